@@ -1,0 +1,1 @@
+//! Deliberate attempts at forbidden operations, used by phantom-probe.

@@ -1,0 +1,2 @@
+//! The Phantom Fragment engine.
+#![forbid(unsafe_code)]
