@@ -1,1 +1,59 @@
-fn main() {}
+//! `phantom`: run untrusted code in a Linux sandbox that starts in milliseconds.
+//!
+//! Each subcommand maps its flags onto `phantom-api` types and calls the runtime;
+//! nothing here touches the kernel directly.
+
+mod bench;
+mod doctor;
+mod policy_cmd;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+/// Run untrusted code — above all code written by LLM agents — in a Linux sandbox
+/// that starts in milliseconds and lets nothing out that its policy does not allow.
+#[derive(Parser, Debug)]
+#[command(name = "phantom", version, about, long_about = None)]
+#[command(after_help = "Examples:
+  phantom run -- python3 -c 'print(\"Hello Fragment!\")'
+  phantom run --profile strict --timeout 5s --json -- sh -c 'id; hostname'
+  phantom run --workspace ./proj --memory 1GB -- python3 /workspace/main.py
+  phantom profile list
+  phantom doctor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a command in a fresh sandbox and remove it afterwards.
+    Run(run::RunArgs),
+    /// Built-in profiles: list them or show one in the policy DSL.
+    #[command(subcommand)]
+    Profile(policy_cmd::ProfileCommand),
+    /// Check or compile a policy file written in the DSL.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+    /// Report what this host supports (namespaces, seccomp, Landlock, cgroups, PSI).
+    Doctor(doctor::DoctorArgs),
+    /// Measure start-up latency against peers installed on this host.
+    Benchmark(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Profile(cmd) => policy_cmd::profile(cmd),
+        Command::Policy(cmd) => policy_cmd::policy(cmd),
+        Command::Doctor(args) => doctor::doctor(args),
+        Command::Benchmark(args) => bench::benchmark(args),
+    };
+    std::process::exit(code);
+}
+
+/// Print a one-line error the way every subcommand does.
+pub(crate) fn error_line(msg: impl std::fmt::Display) {
+    eprintln!("phantom: error: {msg}");
+}

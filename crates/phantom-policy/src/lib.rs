@@ -2,12 +2,66 @@
 //!
 //! * [`Profile`] — the YAML a user writes (`profiles/*.yaml`, `--policy FILE`), parsed
 //!   with a YAML library that is safe on untrusted input; errors carry file:line:column.
-//! * [`Plan`] — what [`compile`] makes of a profile: mounts, seccomp BPF, Landlock
-//!   rules, limits, environment. The runtime only replays a plan.
+//!   Read one with [`load_builtin`], [`load_file`] or [`load_str`].
+//! * [`Plan`] — what [`compile`] makes of a profile and the command line's
+//!   [`Overrides`]: mounts, seccomp BPF, Landlock rules, limits, environment. The
+//!   runtime only replays a plan.
+//! * [`units`] — sizes (`512MB`), durations (`30s`) and CPU counts (`0.5`).
+//! * [`PolicyError`] — one line, `file:line:column: key: what is wrong (how to fix it)`.
+//!
+//! ```
+//! let profile = phantom_policy::load_builtin(phantom_policy::DEFAULT_PROFILE).unwrap();
+//! let plan = phantom_policy::compile(&profile, &Default::default()).unwrap();
+//! assert_eq!(plan.limits.pids, 256);
+//! ```
 //!
 //! This crate is pure: it reads policy files but makes no other system call.
 #![forbid(unsafe_code)]
 
+mod builtin;
+mod compile;
+mod error;
 pub mod plan;
+mod profile;
+mod seccomp;
+pub mod units;
+mod yaml;
 
+use std::path::Path;
+use std::sync::Arc;
+
+pub use builtin::{builtin_names, builtin_source, load_builtin, DEFAULT_PROFILE};
+pub use compile::{compile, Overrides, DEV_NODES, HOSTNAME, PATH, PROC_MASKED, PROC_READ_ONLY, SHM_SIZE_BYTES};
+pub use error::{ChoiceError, PolicyError, SourcePos};
 pub use plan::*;
+pub use profile::{
+    Filesystem, HostBind, IoMode, LandlockPath, LandlockPolicy, MemoryAllocator, Network, Performance, Profile,
+    Resources, Runtime, SeccompDefault, SeccompPolicy, Security, SecurityLevel, MAX_EXTENDS,
+};
+pub use seccomp::{BASE_ALLOWLIST, DENYLIST};
+pub use yaml::{MAX_DEPTH, MAX_POLICY_BYTES};
+
+use profile::{Base, Layer, Loader};
+
+/// Loads and validates a policy file; relative `extends:` paths start in its directory.
+pub fn load_file(path: &Path) -> Result<Profile, PolicyError> {
+    let text = profile::read_policy_file(path)?;
+    Loader::new().load(Layer {
+        text,
+        file: Arc::from(path.display().to_string()),
+        identity: profile::identity_of(path),
+        base: Base::Dir(profile::parent_dir(path)),
+    })
+}
+
+/// Loads and validates policy text. `origin` names it in messages (e.g. the file it was
+/// read from, or `<stdin>`); relative `extends:` paths start in `origin`'s directory.
+pub fn load_str(text: &str, origin: &str) -> Result<Profile, PolicyError> {
+    let path = Path::new(origin);
+    Loader::new().load(Layer {
+        text: text.to_string(),
+        file: Arc::from(origin),
+        identity: profile::identity_of(path),
+        base: Base::Dir(profile::parent_dir(path)),
+    })
+}

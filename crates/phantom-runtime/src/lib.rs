@@ -1,2 +1,19 @@
-//! The Phantom Fragment engine.
+//! The Phantom Fragment engine: turns a [`phantom_api::RunRequest`] into a sandboxed
+//! process and a [`phantom_api::RunReport`].
+//!
+//! * [`prepare`] loads and compiles the policy (no process exists yet);
+//! * [`Prepared::run`] is the cold path: clone3 into new namespaces, the sandbox init
+//!   (`init.rs`) builds the root and execs the payload, the front end relays output,
+//!   enforces the timeout and cleans up (`cold.rs`);
+//! * [`doctor`] reports what this host supports.
 #![forbid(unsafe_code)]
+
+mod cold;
+pub mod doctor;
+mod error;
+pub mod ids;
+mod init;
+pub mod workspace;
+
+pub use cold::{prepare, Prepared};
+pub use error::RuntimeError;

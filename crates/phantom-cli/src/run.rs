@@ -1,0 +1,149 @@
+//! `phantom run`.
+
+use clap::Args;
+use phantom_api::{PolicySource, RunOverrides, RunRequest};
+
+use crate::error_line;
+
+/// Exit code for failures of phantom itself (not of the payload), as docker uses.
+pub const EXIT_PHANTOM_FAILED: i32 = 125;
+
+#[derive(Args, Debug)]
+#[command(after_help = "The command's exit code is returned (128+N when it was killed by signal N).
+phantom's own errors exit with 2 (bad flags or policy) or 125 (the sandbox could not start).
+
+Sandbox mode (the default) gives the command: new user, pid, mount, network, ipc, uts and
+cgroup namespaces; a tmpfs root with read-only /usr, /bin, /lib and a few /etc files; a
+private /tmp; the workspace at /workspace; only `lo`; no capabilities; seccomp and Landlock;
+cgroup limits on memory, processes and CPU; a wall-clock timeout; and an output cap.
+
+Examples:
+  phantom run -- python3 -c 'print(1)'
+  echo 'print(2+2)' | phantom run -- python3 -
+  phantom run --json --timeout 2s -- sleep 10        # timed_out: true
+  phantom run --profile strict --env DEBUG=1 -- sh -c 'echo $DEBUG'")]
+pub struct RunArgs {
+    /// Built-in profile to run under (see `phantom profile list`).
+    #[arg(long, value_name = "NAME", conflicts_with = "policy")]
+    profile: Option<String>,
+    /// Policy file in the DSL (see `phantom profile show default` for the format).
+    #[arg(long, value_name = "FILE.yaml")]
+    policy: Option<String>,
+    /// Isolation: direct (none, limits only), sandbox (default), hardened.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
+    /// Wall-clock limit; the whole process tree is killed when it fires (e.g. 30s, 500ms).
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Memory limit (e.g. 512MB, 1GiB); exceeding it gets the command OOM-killed.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// CPU quota in CPUs (e.g. 1.0, 0.5).
+    #[arg(long, value_name = "CPUS")]
+    cpus: Option<String>,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// Network: none (no interface up) or loopback-only.
+    #[arg(long, value_name = "MODE")]
+    network: Option<String>,
+    /// Host directory bound read-write at /workspace (default: a fresh temporary one,
+    /// removed after the run). Files written there belong to you on the host.
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<String>,
+    /// Set an environment variable inside (repeatable). Nothing else from your
+    /// environment is passed in but TERM.
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the sandbox (default: /workspace).
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<String>,
+    /// Capture the output and print one JSON report at the end: exit_code, signal,
+    /// timed_out, oom_killed, output_truncated, wall_ms, user_ms, sys_ms, max_rss_kb,
+    /// stdout, stderr, sandbox_id, profile, mode, isolation, warnings.
+    #[arg(long)]
+    json: bool,
+    /// The command and its arguments.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn parse_env(items: &[String]) -> Result<Vec<(String, String)>, String> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("--env {item}: expected NAME=VALUE, e.g. --env DEBUG=1")),
+        })
+        .collect()
+}
+
+pub fn run(args: RunArgs) -> i32 {
+    let env = match parse_env(&args.env) {
+        Ok(e) => e,
+        Err(msg) => {
+            error_line(msg);
+            return 2;
+        }
+    };
+    let policy = match (args.policy, args.profile) {
+        (Some(file), _) => PolicySource::File(file),
+        (None, Some(name)) => PolicySource::Profile(name),
+        (None, None) => PolicySource::Profile(phantom_policy::DEFAULT_PROFILE.to_string()),
+    };
+    let request = RunRequest {
+        policy,
+        overrides: RunOverrides {
+            mode: args.mode,
+            memory: args.memory,
+            cpus: args.cpus,
+            pids: args.pids,
+            timeout: args.timeout,
+            network: args.network,
+        },
+        argv: args.command,
+        env,
+        cwd: args.cwd,
+        workspace: args.workspace,
+        capture_output: args.json,
+    };
+    let prepared = match phantom_runtime::prepare(&request) {
+        Ok(p) => p,
+        Err(e) => {
+            error_line(&e);
+            return e.exit_code();
+        }
+    };
+    if !args.json {
+        for w in prepared.warnings() {
+            eprintln!("phantom: warning: {w}");
+        }
+    }
+    let limits = prepared.plan.limits.clone();
+    let shown = prepared.warnings().len();
+    let report = match prepared.run() {
+        Ok(r) => r,
+        Err(e) => {
+            error_line(&e);
+            return if e.exit_code() == 2 { 2 } else { EXIT_PHANTOM_FAILED };
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report).expect("report serializes"));
+    } else {
+        // Warnings found during the run (e.g. cgroup fallback) that were not known before.
+        for w in report.warnings.iter().skip(shown) {
+            eprintln!("phantom: warning: {w}");
+        }
+        if report.timed_out {
+            eprintln!("phantom: timed out after {} ms: the sandbox was killed (raise it with --timeout)", limits.wall_timeout_ms);
+        }
+        if report.oom_killed {
+            eprintln!("phantom: out of memory: the {} byte limit was hit (raise it with --memory)", limits.memory_bytes);
+        }
+        if report.output_truncated {
+            eprintln!("phantom: output truncated at {} bytes", limits.output_limit_bytes);
+        }
+    }
+    report.exit_code
+}

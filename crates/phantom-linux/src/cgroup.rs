@@ -1,0 +1,333 @@
+//! cgroup v1 and v2: one cgroup per sandbox with memory, pids and cpu limits.
+//!
+//! Hosts differ: a pure v2 host has every controller in the unified hierarchy; a
+//! hybrid host (like Debian with systemd in legacy mode) has the controllers in v1
+//! hierarchies and an empty v2 tree. [`Layout::detect`] finds, per controller, where
+//! it is enabled, and [`SandboxCgroup`] creates `phantom/<id>` there.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+/// The controllers phantom limits.
+pub const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// Errors creating or using a cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup hierarchy has the {0} controller enabled")]
+    NoController(&'static str),
+    #[error("cannot create {0}: {1} (cgroup limits need root or a delegated cgroup)")]
+    Create(PathBuf, #[source] std::io::Error),
+    #[error("cannot write {1:?} to {0}: {2}")]
+    Write(PathBuf, String, #[source] std::io::Error),
+}
+
+/// Where a controller lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    V1(PathBuf),
+    V2(PathBuf),
+}
+
+/// The cgroup hierarchies of this host.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// Mount point of the unified (v2) hierarchy, if mounted.
+    pub v2_mount: Option<PathBuf>,
+    /// Controllers enabled in the v2 root (`cgroup.controllers`).
+    pub v2_controllers: Vec<String>,
+    /// v1 hierarchies by controller name.
+    pub v1_mounts: BTreeMap<String, PathBuf>,
+}
+
+impl Layout {
+    /// Read /proc/self/mountinfo and the v2 root's controller list.
+    pub fn detect() -> Layout {
+        let mut layout = Layout::default();
+        let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+            return layout;
+        };
+        for line in info.lines() {
+            // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let mount_point = left.split(' ').nth(4).unwrap_or("");
+            let mut r = right.split(' ');
+            let fstype = r.next().unwrap_or("");
+            let superopts = r.nth(1).unwrap_or("");
+            match fstype {
+                "cgroup2" if layout.v2_mount.is_none() => layout.v2_mount = Some(PathBuf::from(mount_point)),
+                "cgroup" => {
+                    for opt in superopts.split(',') {
+                        if CONTROLLERS.contains(&opt) {
+                            layout.v1_mounts.insert(opt.to_string(), PathBuf::from(mount_point));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(v2) = &layout.v2_mount {
+            if let Ok(c) = fs::read_to_string(v2.join("cgroup.controllers")) {
+                layout.v2_controllers = c.split_whitespace().map(str::to_string).collect();
+            }
+        }
+        layout
+    }
+
+    /// Where `controller` can be used: v2 when the unified root offers it, else v1.
+    pub fn hierarchy(&self, controller: &str) -> Option<Hierarchy> {
+        if let Some(v2) = &self.v2_mount {
+            if self.v2_controllers.iter().any(|c| c == controller) {
+                return Some(Hierarchy::V2(v2.clone()));
+            }
+        }
+        self.v1_mounts.get(controller).map(|p| Hierarchy::V1(p.clone()))
+    }
+
+    /// "v1", "v2", "v1+v2" or "none", for the controllers phantom needs.
+    pub fn describe(&self) -> &'static str {
+        let (mut v1, mut v2) = (false, false);
+        for c in CONTROLLERS {
+            match self.hierarchy(c) {
+                Some(Hierarchy::V1(_)) => v1 = true,
+                Some(Hierarchy::V2(_)) => v2 = true,
+                None => {}
+            }
+        }
+        match (v1, v2) {
+            (true, true) => "v1+v2",
+            (true, false) => "v1",
+            (false, true) => "v2",
+            (false, false) => "none",
+        }
+    }
+}
+
+/// Limits for one sandbox's cgroup.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub cpu_millis: u32,
+    pub pids: u64,
+}
+
+/// The cgroup(s) of one sandbox: a `phantom/<id>` directory in every hierarchy that
+/// holds one of the controllers. Removed by [`SandboxCgroup::remove`].
+#[derive(Debug)]
+pub struct SandboxCgroup {
+    /// Directory per controller (several controllers may share one directory).
+    dirs: Vec<(&'static str, PathBuf)>,
+    version: &'static str,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|e| CgroupError::Write(path.to_path_buf(), value.to_string(), e))
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(CgroupError::Create(path.to_path_buf(), e)),
+    }
+}
+
+impl SandboxCgroup {
+    /// Create `phantom/<id>` wherever the controllers live and apply `limits`.
+    /// On error nothing is left behind.
+    pub fn create(layout: &Layout, id: &str, limits: Limits) -> Result<SandboxCgroup, CgroupError> {
+        let mut cg = SandboxCgroup {
+            dirs: Vec::new(),
+            version: layout.describe(),
+        };
+        let result = cg.create_inner(layout, id, limits);
+        if let Err(e) = result {
+            cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn create_inner(&mut self, layout: &Layout, id: &str, limits: Limits) -> Result<(), CgroupError> {
+        for controller in CONTROLLERS {
+            let hierarchy = layout.hierarchy(controller).ok_or(CgroupError::NoController(controller))?;
+            let (root, v2) = match &hierarchy {
+                Hierarchy::V1(p) => (p.clone(), false),
+                Hierarchy::V2(p) => (p.clone(), true),
+            };
+            let base = root.join("phantom");
+            let dir = base.join(id);
+            if !base.exists() {
+                mkdir(&base)?;
+            }
+            if v2 {
+                // A v2 child only gets a controller its parent delegates.
+                let _ = fs::write(root.join("cgroup.subtree_control"), format!("+{controller}"));
+                let _ = fs::write(base.join("cgroup.subtree_control"), format!("+{controller}"));
+            }
+            mkdir(&dir)?;
+            if !self.dirs.iter().any(|(_, d)| d == &dir) {
+                self.dirs.push((controller, dir.clone()));
+            }
+            match (controller, v2) {
+                ("memory", false) => {
+                    write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        write(&memsw, &limits.memory_bytes.to_string())?;
+                    }
+                }
+                ("memory", true) => {
+                    write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                    let swap = dir.join("memory.swap.max");
+                    if swap.exists() {
+                        write(&swap, "0")?;
+                    }
+                }
+                ("pids", _) => write(&dir.join("pids.max"), &limits.pids.to_string())?,
+                ("cpu", false) => {
+                    write(&dir.join("cpu.cfs_period_us"), "100000")?;
+                    write(&dir.join("cpu.cfs_quota_us"), &(u64::from(limits.cpu_millis) * 100).to_string())?;
+                }
+                ("cpu", true) => write(&dir.join("cpu.max"), &format!("{} 100000", u64::from(limits.cpu_millis) * 100))?,
+                _ => unreachable!("CONTROLLERS lists only memory, pids and cpu"),
+            }
+        }
+        Ok(())
+    }
+
+    /// "v1", "v2" or "v1+v2".
+    pub fn version(&self) -> &'static str {
+        self.version
+    }
+
+    /// A directory fd of the v2 cgroup, when every controller is in v2 (for
+    /// CLONE_INTO_CGROUP, which places the child before it runs a single instruction).
+    pub fn v2_dir_fd(&self) -> Option<OwnedFd> {
+        if self.version != "v2" {
+            return None;
+        }
+        let dir = &self.dirs.first()?.1;
+        fs::File::open(dir).ok().map(OwnedFd::from)
+    }
+
+    /// Move process `pid` into every directory of this cgroup.
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        for (_, dir) in &self.dirs {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel OOM-killed a process of this cgroup.
+    pub fn oom_killed(&self) -> bool {
+        for (controller, dir) in &self.dirs {
+            if *controller != "memory" {
+                continue;
+            }
+            for file in ["memory.events", "memory.oom_control"] {
+                if let Ok(text) = fs::read_to_string(dir.join(file)) {
+                    for line in text.lines() {
+                        if let Some(n) = line.strip_prefix("oom_kill ") {
+                            if n.trim().parse::<u64>().unwrap_or(0) > 0 {
+                                return true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// SIGKILL every process in the cgroup (cgroup.kill on v2, a sweep on v1).
+    pub fn kill_all(&self) {
+        for (_, dir) in &self.dirs {
+            if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                continue;
+            }
+            for _ in 0..100 {
+                let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = crate::process::kill(pid, libc::SIGKILL);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Remove the cgroup directories (retrying while the kernel finishes tearing
+    /// down exited tasks). Errors are ignored: a busy cgroup cannot be removed, and
+    /// the next `phantom` run collects it (see [`collect_stale`]).
+    pub fn remove(&mut self) {
+        for (_, dir) in self.dirs.drain(..) {
+            for attempt in 0..50 {
+                match fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(_) if attempt < 49 => std::thread::sleep(std::time::Duration::from_micros(200)),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Remove empty `phantom/*` cgroups left by runs whose front end was killed. A cgroup
+/// that still has processes cannot be removed (EBUSY), and one younger than
+/// [`STALE_AFTER`] may belong to a run that has not moved its sandbox in yet, so this
+/// never disturbs a live sandbox. Returns how many were removed.
+pub fn collect_stale(layout: &Layout) -> usize {
+    let mut roots: Vec<PathBuf> = layout.v1_mounts.values().cloned().collect();
+    roots.extend(layout.v2_mount.clone());
+    roots.sort();
+    roots.dedup();
+    let mut removed = 0;
+    for root in roots {
+        let Ok(entries) = fs::read_dir(root.join("phantom")) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_AFTER);
+            let empty = fs::read_to_string(path.join("cgroup.procs")).map(|s| s.trim().is_empty()).unwrap_or(false);
+            if !old {
+                continue;
+            }
+            if empty && fs::remove_dir(&path).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// Age after which an empty sandbox cgroup is considered abandoned.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The `phantom/<id>` directories that exist now (for leak checks in tests).
+pub fn list_sandbox_cgroups(layout: &Layout) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = layout.v1_mounts.values().cloned().collect();
+    roots.extend(layout.v2_mount.clone());
+    let mut out = Vec::new();
+    for root in roots {
+        if let Ok(entries) = fs::read_dir(root.join("phantom")) {
+            out.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,64 @@
+//! A seqpacket channel between a parent and a child process that carries small
+//! messages and, optionally, one file descriptor (SCM_RIGHTS).
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::net::{
+    recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+use crate::{SysError, SysResult};
+
+/// A connected pair of close-on-exec SOCK_SEQPACKET unix sockets.
+pub fn channel() -> SysResult<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| SysError::new("socketpair", "AF_UNIX SOCK_SEQPACKET", e.into()))
+}
+
+/// Send one message, with `fd` attached when given.
+pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> SysResult<()> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd];
+        ancillary.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    sendmsg(sock, &[IoSlice::new(bytes)], &mut ancillary, SendFlags::NOSIGNAL)
+        .map_err(|e| SysError::new("sendmsg", "channel", e.into()))?;
+    Ok(())
+}
+
+/// Receive one message (up to `buf.len()` bytes) and the fd attached to it, if any.
+/// Returns 0 bytes when the peer has closed its end.
+pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<(usize, Option<OwnedFd>)> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let msg = loop {
+        match recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut ancillary, RecvFlags::CMSG_CLOEXEC) {
+            Ok(m) => break m,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(SysError::new("recvmsg", "channel", e.into())),
+        }
+    };
+    let mut received = None;
+    for message in ancillary.drain() {
+        if let RecvAncillaryMessage::ScmRights(mut fds) = message {
+            received = fds.next();
+        }
+    }
+    Ok((msg.bytes, received))
+}
+
+/// Convenience: send without an fd.
+pub fn send_bytes(sock: impl AsFd, bytes: &[u8]) -> SysResult<()> {
+    send(sock.as_fd(), bytes, None)
+}

@@ -1,0 +1,381 @@
+//! [`compile`]: a [`Profile`] and the command line's [`Overrides`] → a [`Plan`].
+//!
+//! Overrides are applied first, then everything is checked against the effective mode,
+//! so `--mode hardened` gets hardened's rules (no network, no read-write binds).
+//! The plan is built in the order the runtime replays it; see [`Plan`] and, for
+//! seccomp, `seccomp.rs`.
+
+use crate::error::{PolicyError, SourcePos};
+use crate::plan::{Access, LandlockPlan, LandlockRule, Limits, Mode, Mount, NetworkMode, Plan};
+use crate::profile::{self, IoMode, MemoryAllocator, Profile, Runtime, SeccompDefault, SecurityLevel};
+use crate::seccomp;
+
+/// Values given on the command line (or in an API request) that take precedence over
+/// the profile. Each is checked like the profile key it replaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--mode`. `Hardened` brings hardened's rules: network `none` (a profile's
+    /// `loopback-only` is overridden; an explicit `network: Some(LoopbackOnly)` here is
+    /// an error), read-only `/tmp`, no read-write binds, the seccomp allowlist.
+    pub mode: Option<Mode>,
+    /// `--memory`, in bytes (at least 1MB).
+    pub memory_bytes: Option<u64>,
+    /// `--cpus`, in thousandths of a CPU (1..=1024000).
+    pub cpu_millis: Option<u32>,
+    /// `--pids` (1..=4194304).
+    pub pids: Option<u64>,
+    /// `--timeout`, in milliseconds (more than 0).
+    pub wall_timeout_ms: Option<u64>,
+    /// `--network`.
+    pub network: Option<NetworkMode>,
+}
+
+/// The sandbox's hostname, also in its /etc/hosts and /etc/hostname.
+pub const HOSTNAME: &str = "phantom";
+/// `PATH` inside the sandbox.
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Size of the tmpfs at /dev/shm.
+pub const SHM_SIZE_BYTES: u64 = 64 << 20;
+/// Host device nodes bound into the sandbox's /dev.
+pub const DEV_NODES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// /proc entries hidden: Docker's masked paths, plus kallsyms.
+pub const PROC_MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/kallsyms",
+];
+/// /proc entries made read-only: Docker's read-only paths.
+pub const PROC_READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+/// Device paths the payload may write to when Landlock is on.
+const DEV_WRITABLE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts", "/dev/shm"];
+
+/// Turns a profile plus overrides into the plan the runtime replays.
+pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyError> {
+    let at = |key: &str| {
+        profile
+            .position(key)
+            .cloned()
+            .unwrap_or_else(|| SourcePos::file_only(format!("profile {}", profile.name)))
+    };
+    let profile_error = |key: &str, message: String| PolicyError::InvalidValue {
+        at: at(key),
+        field: key.to_string(),
+        message,
+    };
+    let override_error = |field: &str, message: String| PolicyError::InvalidOverride {
+        field: field.to_string(),
+        message,
+    };
+
+    // The mode, and what this build cannot do.
+    let mode = overrides.mode.unwrap_or(profile.mode);
+    if mode == Mode::Wasm {
+        let message = "mode wasm is not available in this build (no wasmtime); use sandbox or hardened".to_string();
+        return Err(match overrides.mode {
+            Some(_) => override_error("mode", message),
+            None => profile_error("mode", message),
+        });
+    }
+    if profile.runtime == Runtime::Wasm {
+        return Err(profile_error(
+            "runtime",
+            "runtime wasm is not available in this build (no wasmtime); use auto or native".into(),
+        ));
+    }
+    let hardened = mode == Mode::Hardened;
+    let level = profile.security.level;
+    let high = level == SecurityLevel::High;
+
+    // Limits.
+    let r = &profile.resources;
+    let limits = Limits {
+        memory_bytes: overrides.memory_bytes.unwrap_or(r.memory_bytes),
+        cpu_millis: overrides.cpu_millis.unwrap_or(r.cpu_millis),
+        pids: overrides.pids.unwrap_or(r.pids),
+        wall_timeout_ms: overrides.wall_timeout_ms.unwrap_or(r.timeout_ms),
+        output_limit_bytes: r.output_bytes,
+        tmp_size_bytes: r.tmp_bytes,
+        nofile: r.nofile,
+        fsize_bytes: r.fsize_bytes,
+    };
+    if let Some(v) = overrides.memory_bytes {
+        profile::check_memory(v).map_err(|m| override_error("memory", m))?;
+    }
+    if let Some(v) = overrides.cpu_millis {
+        profile::check_cpu(v).map_err(|m| override_error("cpus", m))?;
+    }
+    if let Some(v) = overrides.pids {
+        profile::check_pids(v).map_err(|m| override_error("pids", m))?;
+    }
+    if let Some(v) = overrides.wall_timeout_ms {
+        profile::check_timeout(v).map_err(|m| override_error("timeout", m))?;
+    }
+
+    // Network: hardened has none.
+    let network = match (overrides.network, hardened) {
+        (Some(NetworkMode::LoopbackOnly), true) => {
+            return Err(override_error(
+                "network",
+                "loopback-only conflicts with mode hardened, which has no network at all; use network none or mode sandbox".into(),
+            ));
+        }
+        (Some(network), _) => network,
+        (None, true) => {
+            // The same file asking for both is a contradiction; a loopback-only
+            // inherited from a parent, or a --mode hardened, simply means none.
+            let conflict = profile.mode == Mode::Hardened
+                && profile.network.mode == NetworkMode::LoopbackOnly
+                && matches!(
+                    (profile.position("mode"), profile.position("network.mode")),
+                    (Some(m), Some(n)) if m.file == n.file
+                );
+            if conflict {
+                return Err(profile_error(
+                    "network.mode",
+                    "loopback-only conflicts with mode: hardened, which has no network at all; write network.mode: none".into(),
+                ));
+            }
+            NetworkMode::None
+        }
+        (None, false) => profile.network.mode,
+    };
+
+    // Hardened: read-only binds only.
+    if hardened {
+        for (i, bind) in profile.filesystem.binds.iter().enumerate() {
+            if bind.access == Access::ReadWrite {
+                let key = format!("filesystem.binds[{i}].access");
+                let key = if profile.position(&key).is_some() { key } else { format!("filesystem.binds[{i}]") };
+                return Err(profile_error(
+                    &key,
+                    format!(
+                        "read-write bind of {} is not allowed in mode hardened (only the workspace is writable); use access: read-only or mode sandbox",
+                        bind.target
+                    ),
+                ));
+            }
+        }
+    }
+
+    let workspace = profile.filesystem.workspace.clone();
+    let home = if hardened { workspace.clone() } else { "/tmp".to_string() };
+    let arch = seccomp::build_arch();
+
+    let mut env = vec![
+        ("PATH".to_string(), PATH.to_string()),
+        ("HOME".to_string(), home.clone()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("TERM".to_string(), "xterm".to_string()),
+    ];
+    if hardened {
+        // /tmp is read-only: temporary files go to the workspace.
+        env.push(("TMPDIR".to_string(), workspace.clone()));
+    }
+    if profile.performance.memory_allocator == MemoryAllocator::Jemalloc {
+        let library = arch.as_ref().map(|a| a.jemalloc).unwrap_or("/usr/lib/libjemalloc.so.2");
+        env.push(("LD_PRELOAD".to_string(), library.to_string()));
+    }
+
+    let isolated = mode != Mode::Direct;
+    let mounts = if isolated { mounts(profile, hardened, high, &home) } else { Vec::new() };
+    let landlock = landlock(profile, hardened, isolated && level != SecurityLevel::Low && profile.security.landlock.enabled);
+
+    let seccomp = if isolated {
+        let policy = &profile.security.seccomp;
+        let spec = seccomp::Spec {
+            kill: high,
+            allowlist: hardened || policy.default == SeccompDefault::Deny,
+            allow: &policy.allow,
+            deny: &policy.deny,
+        };
+        seccomp::programs(arch?, &spec)?
+    } else {
+        Vec::new()
+    };
+
+    Ok(Plan {
+        profile: profile.name.clone(),
+        mode,
+        hostname: HOSTNAME.to_string(),
+        mounts,
+        workspace_target: workspace.clone(),
+        network,
+        env,
+        cwd: workspace,
+        limits,
+        seccomp,
+        landlock,
+        noexec_writable: high,
+        warnings: warnings(profile, mode),
+    })
+}
+
+/// The mount list, in replay order. See [`Plan::mounts`].
+fn mounts(profile: &Profile, hardened: bool, high: bool, home: &str) -> Vec<Mount> {
+    let fs = &profile.filesystem;
+    let mut mounts = Vec::new();
+    for path in &fs.system {
+        mounts.push(Mount::Bind {
+            source: path.clone(),
+            target: path.clone(),
+            read_only: true,
+            optional: true,
+        });
+    }
+    for name in &fs.etc {
+        mounts.push(Mount::Bind {
+            source: format!("/etc/{name}"),
+            target: format!("/etc/{name}"),
+            read_only: true,
+            optional: true,
+        });
+    }
+    let file = |target: &str, contents: String| Mount::File {
+        target: target.to_string(),
+        contents,
+        mode: 0o644,
+    };
+    mounts.push(file(
+        "/etc/passwd",
+        format!("root:x:0:0:root:{home}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+    ));
+    mounts.push(file("/etc/group", "root:x:0:\nnogroup:x:65534:\n".to_string()));
+    mounts.push(file("/etc/hosts", format!("127.0.0.1 localhost {HOSTNAME}\n::1 localhost\n")));
+    mounts.push(file("/etc/hostname", format!("{HOSTNAME}\n")));
+    for bind in &fs.binds {
+        mounts.push(Mount::Bind {
+            source: bind.source.clone(),
+            target: bind.target.clone(),
+            read_only: bind.access == Access::ReadOnly,
+            optional: false,
+        });
+    }
+    mounts.push(Mount::Tmpfs {
+        target: "/tmp".to_string(),
+        size_bytes: profile.resources.tmp_bytes,
+        mode: 0o1777,
+        read_only: hardened,
+        noexec: high,
+    });
+    mounts.push(Mount::Workspace {
+        target: fs.workspace.clone(),
+        noexec: high,
+    });
+    mounts.push(Mount::Proc {
+        target: "/proc".to_string(),
+    });
+    for path in PROC_MASKED {
+        mounts.push(Mount::Mask {
+            target: path.to_string(),
+        });
+    }
+    for path in PROC_READ_ONLY {
+        mounts.push(Mount::ReadOnly {
+            target: path.to_string(),
+        });
+    }
+    mounts.push(Mount::Dev {
+        target: "/dev".to_string(),
+        nodes: DEV_NODES.iter().map(|n| n.to_string()).collect(),
+        shm_size_bytes: SHM_SIZE_BYTES,
+    });
+    mounts
+}
+
+/// The Landlock rules. See [`crate::LandlockPolicy`].
+fn landlock(profile: &Profile, hardened: bool, enabled: bool) -> LandlockPlan {
+    if !enabled {
+        return LandlockPlan {
+            enabled: false,
+            rules: Vec::new(),
+            scope_abstract_unix: false,
+            scope_signals: false,
+        };
+    }
+    let fs = &profile.filesystem;
+    let mut rules: Vec<LandlockRule> = Vec::new();
+    let mut add = |path: &str, access: Access| {
+        let rule = LandlockRule {
+            path: path.to_string(),
+            access,
+        };
+        if !rules.contains(&rule) {
+            rules.push(rule);
+        }
+    };
+    for path in &fs.system {
+        add(path, Access::ReadOnly);
+    }
+    for path in ["/etc", "/proc", "/dev"] {
+        add(path, Access::ReadOnly);
+    }
+    add(&fs.workspace, Access::ReadWrite);
+    // In hardened mode /tmp is a read-only tmpfs: readable, like the rest.
+    add("/tmp", if hardened { Access::ReadOnly } else { Access::ReadWrite });
+    for path in DEV_WRITABLE {
+        add(path, Access::ReadWrite);
+    }
+    for bind in &fs.binds {
+        add(&bind.target, bind.access);
+    }
+    for extra in &profile.security.landlock.paths {
+        add(&extra.path, extra.access);
+    }
+    LandlockPlan {
+        enabled: true,
+        rules,
+        scope_abstract_unix: true,
+        scope_signals: true,
+    }
+}
+
+/// One line per key that has no (or less) effect than the user may think.
+fn warnings(profile: &Profile, mode: Mode) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let perf = &profile.performance;
+    let cold = "warm pools need phantom-supervisor, which this build does not have yet; runs are cold";
+    if perf.zygote {
+        warnings.push(format!("performance.zygote: {cold}"));
+    }
+    if perf.pool_size.is_some() {
+        warnings.push(format!("performance.pool_size: {cold}"));
+    }
+    if perf.io_mode == IoMode::Uring {
+        warnings.push(
+            "performance.io_mode: uring: io_uring stays blocked for the payload by seccomp; phantom's own file I/O uses read/write"
+                .to_string(),
+        );
+    }
+    if mode == Mode::Direct {
+        warnings.push(
+            "mode: direct runs without namespaces, seccomp or Landlock: the payload sees the host's filesystem and network (network.*, filesystem.* and security.* have no effect; limits and the timeout apply)"
+                .to_string(),
+        );
+        return warnings;
+    }
+    let landlock = &profile.security.landlock;
+    let landlock_written =
+        profile.position("security.landlock.enabled").is_some() && landlock.enabled || !landlock.paths.is_empty();
+    if profile.security.level == SecurityLevel::Low && landlock_written {
+        warnings.push("security.landlock: has no effect at security.level: low, which turns Landlock off".to_string());
+    }
+    let seccomp = &profile.security.seccomp;
+    let allowlist = mode == Mode::Hardened || seccomp.default == SeccompDefault::Deny;
+    if !allowlist {
+        for name in &seccomp.allow {
+            if !seccomp::DENYLIST.contains(&name.as_str()) {
+                warnings.push(format!(
+                    "security.seccomp.allow: `{name}` is not denied with seccomp.default: allow, so allowing it changes nothing"
+                ));
+            }
+        }
+    }
+    warnings
+}

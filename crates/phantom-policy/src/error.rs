@@ -1,0 +1,246 @@
+//! Errors of the policy crate.
+//!
+//! * [`PolicyError`] — everything [`crate::load_file`], [`crate::load_str`],
+//!   [`crate::load_builtin`] and [`crate::compile`] can report. Its `Display` is one line
+//!   that starts with `file:line:column:` whenever the problem sits at a place in a YAML
+//!   file, names the key (`resources.memory: ...`) and ends with how to fix it.
+//! * [`SourcePos`] — such a place.
+//! * [`ChoiceError`] — a word that is not one of a fixed set (`--mode`, `--network`).
+
+use std::fmt;
+
+/// A place in a policy file: `file:line:column` (both 1-based).
+///
+/// `line == 0` means the place inside the file is not known; it then displays as `file`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SourcePos {
+    /// The file name as given to the loader (`policy.yaml`, `builtin/python-dev.yaml`).
+    pub file: String,
+    /// 1-based line, or 0 when unknown.
+    pub line: u64,
+    /// 1-based column, counted in characters.
+    pub column: u64,
+}
+
+impl SourcePos {
+    /// A place somewhere in `file`, line unknown.
+    pub fn file_only(file: impl Into<String>) -> Self {
+        SourcePos {
+            file: file.into(),
+            line: 0,
+            column: 0,
+        }
+    }
+}
+
+impl fmt::Display for SourcePos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file)
+        } else {
+            write!(f, "{}:{}:{}", self.file, self.line, self.column)
+        }
+    }
+}
+
+/// Why a policy could not be loaded or compiled. See the module docs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The policy file could not be read.
+    #[error("{file}: cannot read policy file: {error}")]
+    Read {
+        file: String,
+        /// The I/O error, kept in the message (not as a `source`) so the line is whole.
+        error: std::io::Error,
+    },
+
+    /// The policy file is larger than any sensible policy.
+    #[error("{file}: policy file is too large ({size} bytes; the limit is {limit} bytes)")]
+    TooLarge { file: String, size: u64, limit: u64 },
+
+    /// The text is not valid YAML, or it trips a safety limit (nesting depth, alias
+    /// expansion, document count, duplicate key).
+    #[error("{at}: {message}")]
+    Yaml { at: SourcePos, message: String },
+
+    /// A key that the DSL does not have.
+    #[error("{at}: unknown key `{key}` {section}{hint}")]
+    UnknownKey {
+        at: SourcePos,
+        key: String,
+        /// Rendered place: "in `resources`" or "at the top level".
+        section: String,
+        /// Rendered suggestion: " (did you mean `memory`?)" or " (valid keys: ...)".
+        hint: String,
+    },
+
+    /// A required key is absent.
+    #[error("{at}: missing key `{key}`: {hint}")]
+    MissingKey {
+        at: SourcePos,
+        key: String,
+        hint: String,
+    },
+
+    /// A value of the wrong YAML type (a list where a word belongs, ...).
+    #[error("{at}: {field}: expected {expected}, found {found}")]
+    WrongType {
+        at: SourcePos,
+        field: String,
+        expected: String,
+        found: String,
+    },
+
+    /// A value of the right type that is not allowed (a size that does not parse,
+    /// `pids: 0`, a relative path, an unknown syscall, a feature this build lacks).
+    #[error("{at}: {field}: {message}")]
+    InvalidValue {
+        at: SourcePos,
+        field: String,
+        message: String,
+    },
+
+    /// `extends:` names an unknown built-in profile.
+    #[error("{at}: extends: unknown built-in profile `{name}`{hint}")]
+    UnknownProfile {
+        at: SourcePos,
+        name: String,
+        hint: String,
+    },
+
+    /// A built-in profile was asked for by a name that does not exist.
+    #[error("unknown built-in profile `{name}`{hint}")]
+    UnknownBuiltin { name: String, hint: String },
+
+    /// `extends:` goes round in a circle.
+    #[error("{at}: extends: cycle {chain}; a profile cannot extend itself")]
+    ExtendsCycle { at: SourcePos, chain: String },
+
+    /// A value given to `compile()` as an override (a CLI flag) is not allowed, or
+    /// conflicts with the profile.
+    #[error("override {field}: {message}")]
+    InvalidOverride { field: String, message: String },
+
+    /// Seccomp programs cannot be built for the architecture phantom was built for.
+    #[error(
+        "seccomp: this build targets {arch}, for which phantom has no syscall table \
+         (supported: x86_64, aarch64); use mode direct or build for a supported architecture"
+    )]
+    UnsupportedArch { arch: String },
+
+    /// A bug: the BPF generator produced something it should not have.
+    #[error("seccomp program `{program}`: internal error: {message} (please report this)")]
+    Internal { program: String, message: String },
+}
+
+impl PolicyError {
+    /// Where in a policy file the problem is, when it is at a place in one.
+    pub fn position(&self) -> Option<&SourcePos> {
+        match self {
+            PolicyError::Yaml { at, .. }
+            | PolicyError::UnknownKey { at, .. }
+            | PolicyError::MissingKey { at, .. }
+            | PolicyError::WrongType { at, .. }
+            | PolicyError::InvalidValue { at, .. }
+            | PolicyError::UnknownProfile { at, .. }
+            | PolicyError::ExtendsCycle { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// A word that is not one of a fixed set of choices, e.g. `--mode sandbx`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} `{value}` {reason}")]
+pub struct ChoiceError {
+    /// What was being chosen ("mode", "network mode").
+    pub what: &'static str,
+    /// The word given, escaped for display.
+    pub value: String,
+    /// The rest of the sentence: "is not one of: a, b, c (did you mean `b`?)".
+    pub reason: String,
+}
+
+/// Escapes control characters so that user text cannot break a one-line message, and
+/// keeps it short.
+pub(crate) fn shown(text: &str) -> String {
+    one_line(text, 80)
+}
+
+/// `text` with control characters escaped, cut after `max` characters.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).flat_map(char::escape_debug).collect();
+    // `escape_debug` escapes quotes too; in our backtick-quoted messages they are fine.
+    out = out.replace("\\\"", "\"").replace("\\'", "'");
+    if text.chars().count() > max {
+        out.push_str("...");
+    }
+    out
+}
+
+/// " (did you mean `x`?)" when `word` is close to one of `candidates`, else "".
+pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    closest(word, candidates)
+        .map(|c| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default()
+}
+
+/// The candidate closest to `word`, if it is close enough to be a likely typo.
+pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word_lower = word.to_ascii_lowercase();
+    let mut best: Option<(&str, f64)> = None;
+    for candidate in candidates {
+        let score = strsim::jaro_winkler(&word_lower, candidate);
+        let distance = strsim::damerau_levenshtein(&word_lower, candidate);
+        let close = score >= 0.85 || (distance <= 2 && distance < candidate.len());
+        if close && best.is_none_or(|(_, s)| score > s) {
+            best = Some((candidate, score));
+        }
+    }
+    best.map(|(c, _)| c)
+}
+
+/// A `ChoiceError` for `value` not being one of `valid`.
+pub(crate) fn choice_error(what: &'static str, value: &str, valid: &[&str]) -> ChoiceError {
+    ChoiceError {
+        what,
+        value: shown(value),
+        reason: format!(
+            "is not one of: {}{}",
+            valid.join(", "),
+            did_you_mean(value, valid.iter().copied())
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_find_typos_and_ignore_noise() {
+        let keys = ["memory", "cpu", "pids", "timeout"];
+        assert_eq!(closest("memroy", keys), Some("memory"));
+        assert_eq!(closest("pid", keys), Some("pids"));
+        assert_eq!(closest("zzzzzzzz", keys), None);
+    }
+
+    #[test]
+    fn shown_keeps_messages_on_one_line() {
+        let s = shown("a\nb\u{7}");
+        assert!(!s.contains('\n'));
+        assert!(!s.contains('\u{7}'));
+    }
+
+    #[test]
+    fn position_displays_as_file_line_column() {
+        let p = SourcePos {
+            file: "p.yaml".into(),
+            line: 3,
+            column: 5,
+        };
+        assert_eq!(p.to_string(), "p.yaml:3:5");
+        assert_eq!(SourcePos::file_only("p.yaml").to_string(), "p.yaml");
+    }
+}

@@ -1,0 +1,728 @@
+//! Profiles in, plans out: built-ins, error messages, `extends:`, overrides, mounts.
+
+use std::path::PathBuf;
+
+use phantom_policy::{
+    builtin_names, builtin_source, compile, load_builtin, load_file, load_str, units, Access, Mode, Mount,
+    NetworkMode, Overrides, PolicyError, Profile,
+};
+
+fn load(text: &str) -> Result<Profile, PolicyError> {
+    load_str(text, "policy.yaml")
+}
+
+fn plan_of(text: &str) -> phantom_policy::Plan {
+    compile(&load(text).unwrap(), &Overrides::default()).unwrap()
+}
+
+/// The 1-based (line, column) of the first occurrence of `needle` in `text`.
+fn place(text: &str, needle: &str) -> (u64, u64) {
+    let offset = text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in text"));
+    let before = &text[..offset];
+    let line = before.matches('\n').count() as u64 + 1;
+    let column = before.rsplit('\n').next().unwrap().chars().count() as u64 + 1;
+    (line, column)
+}
+
+fn assert_at(err: &PolicyError, text: &str, needle: &str) {
+    let at = err.position().unwrap_or_else(|| panic!("no position in {err}"));
+    assert_eq!((at.line, at.column), place(text, needle), "{err}");
+    assert_eq!(at.file, "policy.yaml");
+    let (line, column) = place(text, needle);
+    assert!(err.to_string().starts_with(&format!("policy.yaml:{line}:{column}: ")), "{err}");
+}
+
+/// A scratch directory for policy files, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("phantom-policy-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Built-in profiles.
+
+#[test]
+fn every_builtin_parses_and_is_named_after_itself() {
+    assert_eq!(builtin_names().len(), 8);
+    for name in builtin_names() {
+        let profile = load_builtin(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(profile.name, *name);
+        assert!(profile.description.is_some(), "{name} has no description");
+        assert!(builtin_source(name).unwrap().contains(&format!("profile: {name}")));
+    }
+}
+
+#[test]
+fn every_builtin_compiles_without_warnings() {
+    for name in builtin_names() {
+        let profile = load_builtin(name).unwrap();
+        let plan = compile(&profile, &Overrides::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(plan.warnings.is_empty(), "{name}: {:?}", plan.warnings);
+        assert_eq!(plan.profile, *name);
+        assert_eq!(plan.cwd, plan.workspace_target);
+        assert!(!plan.seccomp.is_empty(), "{name} has no seccomp");
+        for mount in &plan.mounts {
+            let target = mount_target(mount);
+            assert!(target.starts_with('/'), "{name}: {target}");
+            assert!(!target.split('/').any(|c| c == ".." || c == "."), "{name}: {target}");
+        }
+        let workspaces: Vec<&Mount> = plan.mounts.iter().filter(|m| matches!(m, Mount::Workspace { .. })).collect();
+        assert_eq!(workspaces.len(), 1, "{name}");
+        assert_eq!(mount_target(workspaces[0]), plan.workspace_target);
+    }
+}
+
+fn mount_target(mount: &Mount) -> &str {
+    match mount {
+        Mount::Tmpfs { target, .. }
+        | Mount::Bind { target, .. }
+        | Mount::File { target, .. }
+        | Mount::Proc { target }
+        | Mount::Dev { target, .. }
+        | Mount::Workspace { target, .. }
+        | Mount::Mask { target }
+        | Mount::ReadOnly { target } => target,
+    }
+}
+
+#[test]
+fn the_default_profile_states_the_code_defaults() {
+    let written = compile(&load_builtin("default").unwrap(), &Overrides::default()).unwrap();
+    let implied = plan_of("profile: default\n");
+    assert_eq!(written.limits, implied.limits);
+    assert_eq!(written.mounts, implied.mounts);
+    assert_eq!(written.env, implied.env);
+    assert_eq!(written.seccomp, implied.seccomp);
+    assert_eq!(written.landlock, implied.landlock);
+    assert_eq!(written.network, implied.network);
+}
+
+#[test]
+fn default_limits_are_the_documented_ones() {
+    let limits = plan_of("profile: x\n").limits;
+    assert_eq!(limits.memory_bytes, units::parse_bytes("512MB").unwrap());
+    assert_eq!(limits.cpu_millis, units::parse_cpus("1.0").unwrap());
+    assert_eq!(limits.pids, 256);
+    assert_eq!(limits.wall_timeout_ms, units::parse_duration_ms("30s").unwrap());
+    assert_eq!(limits.output_limit_bytes, units::parse_bytes("1MB").unwrap());
+    assert_eq!(limits.tmp_size_bytes, units::parse_bytes("64MB").unwrap());
+    assert_eq!(limits.nofile, 1024);
+    assert_eq!(limits.fsize_bytes, units::parse_bytes("1GB").unwrap());
+}
+
+#[test]
+fn builtins_differ_where_they_say() {
+    let strict = compile(&load_builtin("strict").unwrap(), &Overrides::default()).unwrap();
+    assert_eq!(strict.mode, Mode::Hardened);
+    assert_eq!(strict.network, NetworkMode::None);
+    assert!(strict.noexec_writable);
+    assert_eq!(strict.limits.pids, 64);
+    assert_eq!(strict.limits.memory_bytes, units::parse_bytes("256MB").unwrap());
+    assert_eq!(strict.limits.wall_timeout_ms, units::parse_duration_ms("10s").unwrap());
+    assert!(strict.seccomp.iter().any(|p| p.name == "allowlist"));
+
+    let minimal = compile(&load_builtin("minimal").unwrap(), &Overrides::default()).unwrap();
+    assert_eq!(minimal.network, NetworkMode::None);
+    assert_eq!(minimal.limits.pids, 32);
+    let binds: Vec<&str> = minimal
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            Mount::Bind { target, .. } => Some(target.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(binds, ["/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache"]);
+
+    let java = compile(&load_builtin("java-dev").unwrap(), &Overrides::default()).unwrap();
+    assert_eq!(java.limits.memory_bytes, units::parse_bytes("1GB").unwrap());
+    let default = compile(&load_builtin("default").unwrap(), &Overrides::default()).unwrap();
+    assert!(java.limits.pids > default.limits.pids);
+    for name in ["python-dev", "node-dev", "go-dev", "rust-dev", "java-dev"] {
+        let profile = load_builtin(name).unwrap();
+        assert_eq!(profile.extends.as_deref(), Some("default"), "{name}");
+        let plan = compile(&profile, &Overrides::default()).unwrap();
+        assert_eq!(plan.network, NetworkMode::LoopbackOnly, "{name}");
+        assert_eq!(plan.mode, Mode::Sandbox, "{name}");
+        // Language profiles add Landlock rules for their toolchain.
+        assert!(plan.landlock.rules.len() > default.landlock.rules.len(), "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Every key of the DSL.
+
+const EVERY_KEY: &str = r#"
+profile: python-ai-turbo
+description: "every key"
+extends: python-dev
+mode: sandbox
+runtime: auto
+security:
+  level: medium
+  seccomp:
+    default: deny
+    allow: [read, write, openat, close, mmap, exit_group]
+    deny: []
+  landlock:
+    enabled: true
+    paths:
+      - path: /tmp
+        access: read-write
+      - path: /usr/lib/python3*
+        access: read-only
+performance:
+  zygote: true
+  pool_size: 4
+  io_mode: uring
+  memory_allocator: jemalloc
+resources:
+  memory: 512MB
+  cpu: 1.0
+  pids: 256
+  timeout: 30s
+  output: 1MB
+  tmp: 64MB
+  nofile: 1024
+  fsize: 1GB
+network:
+  mode: loopback-only
+filesystem:
+  system: [/usr, /bin, /sbin, /lib, /lib64, /lib32, /libx32]
+  etc: [ld.so.cache, ld.so.conf, ld.so.conf.d, nsswitch.conf, localtime, ssl, ca-certificates, alternatives, os-release]
+  binds:
+    - {source: /opt/tool, target: /opt/tool, access: read-only}
+  workspace: /workspace
+"#;
+
+#[test]
+fn every_key_is_accepted_and_has_an_effect_or_a_warning() {
+    let profile = load(EVERY_KEY).unwrap();
+    let plan = compile(&profile, &Overrides::default()).unwrap();
+    let warned = |key: &str| plan.warnings.iter().any(|w| w.starts_with(key));
+    assert!(warned("performance.zygote: warm pools need phantom-supervisor"), "{:?}", plan.warnings);
+    assert!(warned("performance.pool_size:"), "{:?}", plan.warnings);
+    assert!(warned("performance.io_mode: uring: io_uring stays blocked"), "{:?}", plan.warnings);
+    assert_eq!(plan.warnings.len(), 3, "{:?}", plan.warnings);
+    let preload = plan.env.iter().find(|(k, _)| k == "LD_PRELOAD").unwrap();
+    assert!(preload.1.ends_with("libjemalloc.so.2"));
+    assert!(plan.seccomp.iter().any(|p| p.name == "allowlist"));
+    assert!(plan.mounts.contains(&Mount::Bind {
+        source: "/opt/tool".into(),
+        target: "/opt/tool".into(),
+        read_only: true,
+        optional: false,
+    }));
+    assert!(plan
+        .landlock
+        .rules
+        .iter()
+        .any(|r| r.path == "/usr/lib/python3*" && r.access == Access::ReadOnly));
+    // extends: python-dev contributed what this file did not override.
+    let python = load_builtin("python-dev").unwrap();
+    assert_eq!(profile.resources.memory_bytes, units::parse_bytes("512MB").unwrap());
+    assert_ne!(python.resources.memory_bytes, profile.resources.memory_bytes);
+    assert_eq!(profile.extends.as_deref(), Some("python-dev"));
+}
+
+#[test]
+fn the_design_seed_profile_loads() {
+    let seed = r#"
+profile: python-ai-turbo
+mode: sandbox
+runtime: auto
+security:
+  level: medium
+  seccomp:
+    default: deny
+    allow: [read, write, openat, close, mmap, exit_group]
+  landlock:
+    enabled: true
+    paths:
+      - path: /tmp
+        access: read-write
+      - path: /usr/lib/python3*
+        access: read-only
+performance:
+  zygote: true
+  io_mode: uring
+  memory_allocator: jemalloc
+resources:
+  memory: 512MB
+  cpu: 1.0
+  pids: 256
+network:
+  mode: loopback-only
+"#;
+    let plan = plan_of(seed);
+    assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors.
+
+#[test]
+fn unknown_key_points_at_the_key_and_suggests() {
+    let text = "profile: x\nresources:\n  memroy: 512MB\n";
+    let err = load(text).unwrap_err();
+    assert!(matches!(err, PolicyError::UnknownKey { .. }), "{err}");
+    assert_at(&err, text, "memroy");
+    assert!(
+        err.to_string().ends_with("unknown key `memroy` in `resources` (did you mean `memory`?)"),
+        "{err}"
+    );
+
+    let text = "profile: x\nmdoe: sandbox\n";
+    let err = load(text).unwrap_err();
+    assert_at(&err, text, "mdoe");
+    assert!(err.to_string().contains("at the top level (did you mean `mode`?)"), "{err}");
+
+    let text = "profile: x\nfilesystem:\n  binds:\n    - {source: /a, target: /b, acess: read-only}\n";
+    let err = load(text).unwrap_err();
+    assert_at(&err, text, "acess");
+    assert!(err.to_string().contains("in `filesystem.binds[0]` (did you mean `access`?)"), "{err}");
+}
+
+#[test]
+fn unknown_key_without_a_close_match_lists_the_valid_keys() {
+    let text = "profile: x\nnetwork:\n  firewall: on\n";
+    let err = load(text).unwrap_err();
+    assert_at(&err, text, "firewall");
+    assert!(err.to_string().contains("(valid keys: mode)"), "{err}");
+}
+
+#[test]
+fn wrong_types_name_the_key_and_what_was_expected() {
+    for (text, needle, expected) in [
+        ("profile: x\nresources:\n  pids: [1]\n", "[1]", "expected a whole number"),
+        ("profile: x\nperformance:\n  zygote: yes\n", "yes", "expected true or false"),
+        ("profile: x\nmode: 5\n", "5", "expected one of: direct, sandbox, hardened, wasm"),
+        ("profile: x\nsecurity: strict\n", "strict", "expected a mapping"),
+        ("profile: x\nfilesystem:\n  etc: ssl\n", "ssl", "expected a list"),
+        ("profile: x\nfilesystem:\n  etc:\n", "etc:", "write [] for an empty one"),
+        ("profile: 12\n", "12", "expected a string (put quotes around it)"),
+    ] {
+        let err = load(text).unwrap_err();
+        assert!(matches!(err, PolicyError::WrongType { .. }), "{text}: {err}");
+        assert!(err.to_string().contains(expected), "{err}");
+        if needle != "etc:" {
+            assert_at(&err, text, needle);
+        }
+    }
+}
+
+#[test]
+fn bad_units_quote_the_value_and_show_an_example() {
+    let text = "profile: x\nresources:\n  memory: 512XB\n";
+    let err = load(text).unwrap_err();
+    assert_at(&err, text, "512XB");
+    assert!(
+        err.to_string()
+            .ends_with(r#"resources.memory: cannot parse "512XB" as a size (use e.g. 512MB, 1GiB, or 4096 for bytes)"#),
+        "{err}"
+    );
+    for (text, needle, expected) in [
+        ("profile: x\nresources:\n  timeout: soon\n", "soon", "as a duration"),
+        ("profile: x\nresources:\n  cpu: lots\n", "lots", "number of CPUs"),
+        ("profile: x\nresources:\n  cpu: -1\n", "-1", "more than 0 and at most 1024"),
+        ("profile: x\nresources:\n  cpu: 2000\n", "2000", "more than 0 and at most 1024"),
+    ] {
+        let err = load(text).unwrap_err();
+        assert_at(&err, text, needle);
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+}
+
+#[test]
+fn impossible_values_are_refused_at_their_place() {
+    for (text, needle) in [
+        ("profile: x\nresources:\n  pids: 0\n", "0"),
+        ("profile: x\nresources:\n  memory: 0\n", "0"),
+        ("profile: x\nresources:\n  cpu: 0\n", "0"),
+        ("profile: x\nresources:\n  timeout: 0s\n", "0s"),
+        ("profile: x\nresources:\n  tmp: 0\n", "0"),
+        ("profile: x\nresources:\n  output: 0\n", "0"),
+        ("profile: x\nresources:\n  nofile: 2\n", "2"),
+        ("profile: x\nresources:\n  pids: 99999999999999999999999\n", "9999"),
+        ("profile: x\nperformance:\n  pool_size: 0\n", "0"),
+        ("profile: x\nfilesystem:\n  workspace: workspace\n", "workspace\n"),
+        ("profile: x\nfilesystem:\n  workspace: /usr/src\n", "/usr/src"),
+        ("profile: x\nfilesystem:\n  workspace: /tmp/w\n", "/tmp/w"),
+        ("profile: x\nfilesystem:\n  system: [/usr, relative]\n", "relative"),
+        ("profile: x\nfilesystem:\n  system: [/]\n", "/]"),
+        ("profile: x\nfilesystem:\n  system: [/proc/self]\n", "/proc/self"),
+        ("profile: x\nfilesystem:\n  system: [/etc]\n", "/etc"),
+        ("profile: x\nfilesystem:\n  etc: [passwd]\n", "passwd"),
+        ("profile: x\nfilesystem:\n  etc: [shadow]\n", "shadow"),
+        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /tmp/a}]\n", "/tmp/a"),
+        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /workspace/a}]\n", "/workspace/a"),
+        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /dev/sda}]\n", "/dev/sda"),
+        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /}]\n", "/}"),
+        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /opt/../etc}]\n", "/opt/../etc"),
+        ("profile: x\nfilesystem:\n  binds: [{source: a, target: /a}]\n", "a, target"),
+        ("profile: x\nsecurity:\n  landlock:\n    paths: [{path: tmp, access: read-only}]\n", "tmp,"),
+        ("profile: x\nnetwork:\n  mode: limited\n", "limited"),
+        ("profile: x\nnetwork:\n  mode: host\n", "host"),
+        ("profile: x\nmode: sandbx\n", "sandbx"),
+        ("profile: \"has space\"\n", "\"has space\""),
+    ] {
+        let err = load(text).unwrap_err();
+        assert_at(&err, text, needle);
+    }
+}
+
+#[test]
+fn network_modes_that_do_not_exist_yet_say_what_to_use() {
+    let err = load("profile: x\nnetwork:\n  mode: limited\n").unwrap_err().to_string();
+    assert!(err.contains("not available yet") && err.contains("use loopback-only"), "{err}");
+}
+
+#[test]
+fn unknown_syscalls_are_refused_with_the_closest_name() {
+    let text = "profile: x\nsecurity:\n  seccomp:\n    deny: [getpid, ptrce]\n";
+    let err = load(text).unwrap_err();
+    assert_at(&err, text, "ptrce");
+    assert!(err.to_string().contains("did you mean `ptrace`"), "{err}");
+    let text = "profile: x\nsecurity:\n  seccomp:\n    allow: [opne]\n";
+    let err = load(text).unwrap_err();
+    assert!(err.to_string().contains("`opne` is not a syscall on"), "{err}");
+}
+
+#[test]
+fn seccomp_lists_refuse_contradictions() {
+    for (text, needle) in [
+        ("profile: x\nsecurity:\n  seccomp:\n    allow: [ptrace]\n    deny: [ptrace]\n", "ptrace]\n    deny"),
+        ("profile: x\nsecurity:\n  seccomp:\n    deny: [execve]\n", "execve"),
+        ("profile: x\nsecurity:\n  seccomp:\n    deny: [exit_group]\n", "exit_group"),
+        ("profile: x\nsecurity:\n  seccomp:\n    allow: [clone3]\n", "clone3"),
+    ] {
+        let err = load(text).unwrap_err();
+        assert_at(&err, text, needle);
+    }
+}
+
+#[test]
+fn documents_that_are_not_a_mapping_get_a_clear_error() {
+    for text in ["", "# only a comment\n", "- a\n- b\n", "just words\n", "42\n"] {
+        let err = load(text).unwrap_err();
+        let message = err.to_string();
+        assert!(message.starts_with("policy.yaml"), "{message}");
+        assert!(message.contains("expected a mapping with at least `profile: NAME`"), "{message}");
+    }
+}
+
+#[test]
+fn a_missing_profile_name_is_an_error() {
+    let err = load("mode: sandbox\n").unwrap_err();
+    assert!(matches!(err, PolicyError::MissingKey { .. }), "{err}");
+    assert!(err.to_string().contains("missing key `profile`"), "{err}");
+}
+
+#[test]
+fn yaml_syntax_errors_have_a_place() {
+    let text = "profile: x\nresources:\n  memory: 1GB\n  memory: 2GB\n";
+    let err = load(text).unwrap_err();
+    assert!(matches!(err, PolicyError::Yaml { .. }), "{err}");
+    assert_eq!(err.position().unwrap().line, place(text, "  memory: 2GB").0);
+    let err = load("profile: [x\n").unwrap_err();
+    assert!(err.to_string().starts_with("policy.yaml:1:"), "{err}");
+}
+
+#[test]
+fn every_error_is_one_line() {
+    for text in [
+        "profile: x\nresources:\n  memroy: 1\n",
+        "profile: \"a\\nb\"\n",
+        "profile: x\n\"bad\\nkey\": 1\n",
+        "profile: x\nmode: \"sand\\nbox\"\n",
+        "profile: x\nresources:\n  memory: \"5\\n12XB\"\n",
+        "profile: x\nextends: \"nope\\nnope\"\n",
+        "a: [\n",
+    ] {
+        let err = load(text).unwrap_err().to_string();
+        assert!(!err.contains('\n') && !err.contains('\r'), "{err:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// extends.
+
+#[test]
+fn extends_chains_merge_mappings_and_replace_lists() {
+    let dir = Scratch::new("chain");
+    dir.write(
+        "base.yaml",
+        "profile: base\nextends: python-dev\nresources:\n  pids: 100\nfilesystem:\n  etc: [ssl]\n",
+    );
+    std::fs::create_dir_all(dir.0.join("sub")).unwrap();
+    let child = dir.write(
+        "sub/child.yaml",
+        "profile: child\nextends: ../base.yaml\nresources:\n  memory: 300MB\nfilesystem:\n  etc: [localtime]\n",
+    );
+    let profile = load_file(&child).unwrap();
+    let python = load_builtin("python-dev").unwrap();
+    assert_eq!(profile.name, "child");
+    assert_eq!(profile.description, None, "descriptions are not inherited");
+    assert_eq!(profile.resources.memory_bytes, units::parse_bytes("300MB").unwrap());
+    assert_eq!(profile.resources.pids, 100);
+    assert_eq!(profile.resources.timeout_ms, python.resources.timeout_ms);
+    assert_eq!(profile.filesystem.etc, ["localtime"]);
+    assert_eq!(profile.security.landlock.paths, python.security.landlock.paths);
+}
+
+#[test]
+fn extends_cycles_are_refused() {
+    let dir = Scratch::new("cycle");
+    let a = dir.write("a.yaml", "profile: a\nextends: ./b.yaml\n");
+    dir.write("b.yaml", "profile: b\nextends: a.yaml\n");
+    let err = load_file(&a).unwrap_err();
+    assert!(matches!(err, PolicyError::ExtendsCycle { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("a.yaml -> ") && message.contains("b.yaml -> "), "{message}");
+    assert_eq!(err.position().unwrap().file, dir.0.join("./b.yaml").display().to_string());
+
+    let selfish = dir.write("self.yaml", "profile: s\nextends: self.yaml\n");
+    assert!(matches!(load_file(&selfish), Err(PolicyError::ExtendsCycle { .. })));
+}
+
+#[test]
+fn errors_in_a_parent_point_into_the_parent() {
+    let dir = Scratch::new("parent-error");
+    dir.write("base.yaml", "profile: base\nresources:\n  pids: 0\n");
+    let child = dir.write("child.yaml", "profile: child\nextends: base.yaml\nresources:\n  pids: 5\n");
+    let err = load_file(&child).unwrap_err();
+    assert!(err.position().unwrap().file.ends_with("base.yaml"), "{err}");
+}
+
+#[test]
+fn extends_names_unknown_builtins_and_missing_files_clearly() {
+    let text = "profile: x\nextends: pyhton-dev\n";
+    let err = load(text).unwrap_err();
+    assert_at(&err, text, "pyhton-dev");
+    assert!(err.to_string().contains("did you mean `python-dev`"), "{err}");
+    let text = "profile: x\nextends: ./does-not-exist.yaml\n";
+    let err = load(text).unwrap_err();
+    assert_at(&err, text, "./does-not-exist.yaml");
+}
+
+#[test]
+fn load_file_refuses_what_is_not_a_policy_file() {
+    let dir = Scratch::new("not-a-file");
+    assert!(matches!(load_file(&dir.0), Err(PolicyError::Read { .. })));
+    assert!(matches!(load_file(&dir.0.join("missing.yaml")), Err(PolicyError::Read { .. })));
+    let big = dir.write("big.yaml", &"#".repeat(phantom_policy::MAX_POLICY_BYTES + 1));
+    assert!(matches!(load_file(&big), Err(PolicyError::TooLarge { .. })));
+}
+
+// ---------------------------------------------------------------------------------------
+// Modes and overrides.
+
+#[test]
+fn hardened_forces_network_none() {
+    let default = load_builtin("default").unwrap();
+    let hardened = Overrides {
+        mode: Some(Mode::Hardened),
+        ..Overrides::default()
+    };
+    let plan = compile(&default, &hardened).unwrap();
+    assert_eq!(default.network.mode, NetworkMode::LoopbackOnly);
+    assert_eq!(plan.network, NetworkMode::None);
+    assert!(plan.seccomp.iter().any(|p| p.name == "allowlist"));
+    assert!(plan.mounts.iter().any(|m| matches!(m, Mount::Tmpfs { target, read_only: true, .. } if target == "/tmp")));
+    assert!(plan.env.contains(&("HOME".to_string(), plan.workspace_target.clone())));
+
+    let loopback = Overrides {
+        network: Some(NetworkMode::LoopbackOnly),
+        ..hardened.clone()
+    };
+    let err = compile(&default, &loopback).unwrap_err();
+    assert!(matches!(err, PolicyError::InvalidOverride { .. }), "{err}");
+
+    // A child that asks for hardened inherits loopback-only from its parent: none.
+    let child = load("profile: child\nextends: default\nmode: hardened\n").unwrap();
+    assert_eq!(compile(&child, &Overrides::default()).unwrap().network, NetworkMode::None);
+
+    // One file asking for both is a contradiction.
+    let text = "profile: x\nmode: hardened\nnetwork:\n  mode: loopback-only\n";
+    let err = compile(&load(text).unwrap(), &Overrides::default()).unwrap_err();
+    assert_at(&err, text, "loopback-only");
+}
+
+#[test]
+fn hardened_refuses_read_write_binds() {
+    let text = "profile: x\nfilesystem:\n  binds:\n    - {source: /srv/data, target: /data, access: read-write}\n";
+    let profile = load(text).unwrap();
+    let sandbox = compile(&profile, &Overrides::default()).unwrap();
+    assert!(sandbox
+        .landlock
+        .rules
+        .iter()
+        .any(|r| r.path == "/data" && r.access == Access::ReadWrite));
+    let err = compile(
+        &profile,
+        &Overrides {
+            mode: Some(Mode::Hardened),
+            ..Overrides::default()
+        },
+    )
+    .unwrap_err();
+    assert_at(&err, text, "read-write");
+}
+
+#[test]
+fn overrides_replace_profile_values_and_are_checked() {
+    let profile = load_builtin("python-dev").unwrap();
+    let overrides = Overrides {
+        mode: None,
+        memory_bytes: Some(units::parse_bytes("2GB").unwrap()),
+        cpu_millis: Some(units::parse_cpus("0.5").unwrap()),
+        pids: Some(17),
+        wall_timeout_ms: Some(units::parse_duration_ms("5s").unwrap()),
+        network: Some(NetworkMode::None),
+    };
+    let plan = compile(&profile, &overrides).unwrap();
+    assert_eq!(plan.limits.memory_bytes, overrides.memory_bytes.unwrap());
+    assert_eq!(plan.limits.cpu_millis, overrides.cpu_millis.unwrap());
+    assert_eq!(plan.limits.pids, 17);
+    assert_eq!(plan.limits.wall_timeout_ms, overrides.wall_timeout_ms.unwrap());
+    assert_eq!(plan.network, NetworkMode::None);
+    assert_eq!(plan.limits.tmp_size_bytes, profile.resources.tmp_bytes);
+
+    for bad in [
+        Overrides { pids: Some(0), ..Overrides::default() },
+        Overrides { memory_bytes: Some(0), ..Overrides::default() },
+        Overrides { cpu_millis: Some(0), ..Overrides::default() },
+        Overrides { wall_timeout_ms: Some(0), ..Overrides::default() },
+        Overrides { mode: Some(Mode::Wasm), ..Overrides::default() },
+    ] {
+        let err = compile(&profile, &bad).unwrap_err();
+        assert!(matches!(err, PolicyError::InvalidOverride { .. }), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn wasm_is_refused_with_the_reason() {
+    let text = "profile: x\nmode: wasm\n";
+    let err = compile(&load(text).unwrap(), &Overrides::default()).unwrap_err();
+    assert_at(&err, text, "wasm");
+    assert!(err.to_string().contains("mode wasm is not available in this build (no wasmtime)"), "{err}");
+    let text = "profile: x\nruntime: wasm\n";
+    let err = compile(&load(text).unwrap(), &Overrides::default()).unwrap_err();
+    assert_at(&err, text, "wasm");
+}
+
+#[test]
+fn direct_mode_has_no_isolation_and_says_so() {
+    let plan = plan_of("profile: x\nmode: direct\n");
+    assert!(plan.mounts.is_empty());
+    assert!(plan.seccomp.is_empty());
+    assert!(!plan.landlock.enabled);
+    assert!(plan.warnings.iter().any(|w| w.starts_with("mode: direct")), "{:?}", plan.warnings);
+}
+
+#[test]
+fn security_levels_change_landlock_and_noexec() {
+    let low = plan_of("profile: x\nsecurity:\n  level: low\n");
+    assert!(!low.landlock.enabled && low.landlock.rules.is_empty());
+    assert!(!low.noexec_writable);
+    let medium = plan_of("profile: x\n");
+    assert!(medium.landlock.enabled && medium.landlock.scope_abstract_unix && medium.landlock.scope_signals);
+    assert!(!medium.noexec_writable);
+    let high = plan_of("profile: x\nsecurity:\n  level: high\n");
+    assert!(high.noexec_writable);
+    assert!(high.mounts.iter().any(|m| matches!(m, Mount::Tmpfs { noexec: true, .. })));
+    assert!(high.mounts.iter().any(|m| matches!(m, Mount::Workspace { noexec: true, .. })));
+    let off = plan_of("profile: x\nsecurity:\n  landlock:\n    enabled: false\n");
+    assert!(!off.landlock.enabled);
+    let ignored = plan_of("profile: x\nsecurity:\n  level: low\n  landlock:\n    enabled: true\n");
+    assert!(ignored.warnings.iter().any(|w| w.starts_with("security.landlock:")), "{:?}", ignored.warnings);
+}
+
+#[test]
+fn mounts_come_in_replay_order() {
+    let plan = plan_of("profile: x\nfilesystem:\n  binds: [{source: /opt/t, target: /opt/t}]\n");
+    let kinds: Vec<&str> = plan
+        .mounts
+        .iter()
+        .map(|m| match m {
+            Mount::Bind { target, .. } if target.starts_with("/etc/") => "etc",
+            Mount::Bind { target, .. } if target == "/opt/t" => "bind",
+            Mount::Bind { .. } => "system",
+            Mount::File { .. } => "file",
+            Mount::Tmpfs { .. } => "tmp",
+            Mount::Workspace { .. } => "workspace",
+            Mount::Proc { .. } => "proc",
+            Mount::Mask { .. } => "mask",
+            Mount::ReadOnly { .. } => "read-only",
+            Mount::Dev { .. } => "dev",
+        })
+        .collect();
+    let mut order: Vec<&str> = kinds.clone();
+    order.dedup();
+    assert_eq!(
+        order,
+        ["system", "etc", "file", "bind", "tmp", "workspace", "proc", "mask", "read-only", "dev"]
+    );
+    let files: Vec<&str> = plan
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            Mount::File { target, .. } => Some(target.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(files, ["/etc/passwd", "/etc/group", "/etc/hosts", "/etc/hostname"]);
+    assert!(plan.mounts.contains(&Mount::Mask { target: "/proc/kcore".into() }));
+    assert!(plan.mounts.contains(&Mount::ReadOnly { target: "/proc/sys".into() }));
+    assert!(!plan.mounts.iter().any(|m| mount_target(m).starts_with("/sys")));
+    let hosts = plan.mounts.iter().find_map(|m| match m {
+        Mount::File { target, contents, .. } if target == "/etc/hosts" => Some(contents),
+        _ => None,
+    });
+    assert!(hosts.unwrap().contains(&plan.hostname));
+}
+
+#[test]
+fn environment_is_fixed_and_names_no_host_values() {
+    let plan = plan_of("profile: x\n");
+    let keys: Vec<&str> = plan.env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["PATH", "HOME", "LANG", "TERM"]);
+    assert!(plan.env.contains(&("HOME".to_string(), "/tmp".to_string())));
+}
+
+#[test]
+fn seccomp_allow_without_effect_is_a_warning() {
+    let plan = plan_of("profile: x\nsecurity:\n  seccomp:\n    allow: [read, ptrace]\n");
+    assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+    assert!(plan.warnings[0].contains("`read`"));
+}
+
+#[test]
+fn merge_keys_and_anchors_work_within_limits() {
+    let text = "profile: x\nbase: &b\n  memory: 1GB\n";
+    assert!(matches!(load(text), Err(PolicyError::UnknownKey { .. })));
+    let text = "profile: x\nresources: &r\n  memory: 1GB\nfilesystem:\n  workspace: /w\n";
+    assert!(load(text).is_ok());
+    let text = "profile: x\nresources:\n  <<: {memory: 1GB, pids: 9}\n  pids: 10\n";
+    let profile = load(text).unwrap();
+    assert_eq!(profile.resources.pids, 10);
+    assert_eq!(profile.resources.memory_bytes, units::parse_bytes("1GB").unwrap());
+}

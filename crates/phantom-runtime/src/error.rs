@@ -1,0 +1,47 @@
+//! Errors of the runtime. Each says what went wrong and, where the user can act,
+//! how to fix it.
+
+use phantom_linux::SysError;
+
+/// Why a run could not start or complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The policy did not load or compile (message carries file:line:column).
+    #[error("{0}")]
+    Policy(#[from] phantom_policy::PolicyError),
+    /// A value the caller gave is wrong; exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    /// The host lacks something this run needs.
+    #[error("{what}: {why}\n  hint: {hint}")]
+    Unsupported {
+        what: String,
+        why: String,
+        hint: String,
+    },
+    /// A kernel operation failed in the front end.
+    #[error("{0}")]
+    Sys(#[from] SysError),
+    /// Setting up the sandbox failed inside the child; the message names the step.
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    /// Host filesystem work (workspace, state) failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    /// The process exit code a CLI should use for this error: 2 for usage errors
+    /// (bad flags, bad policy), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RuntimeError::Policy(_) | RuntimeError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}

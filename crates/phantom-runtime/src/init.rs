@@ -1,0 +1,556 @@
+//! The sandbox side of a cold start: what the child does between clone3 and execve.
+//!
+//! The child is born in new user, pid, mount, net, ipc and uts namespaces (see
+//! `cold.rs`). [`sandbox_init`] is its whole life, one linear setup script:
+//!
+//! 1. wait for the parent's GO (uid/gid maps written, cgroup joined, and — when phantom
+//!    runs as root — an idmapped workspace mount attached to the message);
+//! 2. cgroup namespace, private mounts, a tmpfs root filled from the plan's mounts,
+//!    pivot_root, read-only root, hostname, loopback;
+//! 3. fork the payload, which sets up its own session, limits and fences (Landlock,
+//!    capabilities, seccomp — in that order) and execs;
+//! 4. as pid 1, reap every process, forward signals to the payload, and report the
+//!    payload's exit status to the parent when it ends.
+//!
+//! Protocol on the seqpacket channel (one message per packet):
+//! parent → child: `GO` (+ optional mount fd);
+//! child → parent: `ERR <text>` (setup failed, exit follows), `ABI <n>` (Landlock ABI
+//! enforced), `EXIT <code>` or `SIG <n>` (how the payload ended).
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use phantom_linux::mount::{self, Attrs};
+use phantom_linux::process::{self, ExitStatus, Rlimit};
+use phantom_linux::{caps, fdpass, landlock, net, seccomp};
+use phantom_policy::{Access, NetworkMode, Plan};
+
+/// One filesystem step, prepared by the parent before clone (symlinks read, missing
+/// optional sources dropped) so that the child only replays it. Host sources are
+/// opened by the child itself: a bind needs a source in the caller's own mount
+/// namespace.
+#[derive(Debug)]
+pub(crate) enum Step {
+    Symlink { target: PathBuf, points_to: PathBuf },
+    Bind { source: PathBuf, target: PathBuf, is_dir: bool, read_only: bool },
+    Tmpfs { target: PathBuf, options: String, attrs: Attrs },
+    File { target: PathBuf, contents: String, mode: u32 },
+    Proc { target: PathBuf },
+    Dev { target: PathBuf, nodes: Vec<String>, shm_size_bytes: u64, noexec: bool },
+    /// The workspace: bound from `source`, unless the GO message brings an idmapped
+    /// mount to attach instead.
+    Workspace { source: PathBuf, target: PathBuf, noexec: bool },
+    Mask { target: PathBuf },
+    ReadOnly { target: PathBuf },
+}
+
+/// Everything the child needs, prepared before clone.
+#[derive(Debug)]
+pub(crate) struct ChildContext {
+    pub steps: Vec<Step>,
+    pub hostname: String,
+    pub network: NetworkMode,
+    pub payload: PayloadContext,
+}
+
+/// What the payload process needs to exec.
+#[derive(Debug)]
+pub(crate) struct PayloadContext {
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    /// PATH used to look up argv[0].
+    pub path_var: String,
+    pub cwd: PathBuf,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub nofile: u64,
+    pub fsize: u64,
+    /// Fallback limits when no cgroup could be used.
+    pub rlimit_nproc: Option<u64>,
+    pub rlimit_data: Option<u64>,
+    pub landlock: Option<(Vec<landlock::Rule>, bool, bool)>,
+    pub seccomp: Vec<(String, Vec<seccomp::Instruction>)>,
+    pub drop_caps: bool,
+}
+
+/// Where the new root is assembled before pivot_root. The tmpfs mounted here hides
+/// the host's /tmp only inside this private mount namespace; every host path the
+/// steps need was opened before.
+const NEW_ROOT: &str = "/tmp";
+
+/// The child's whole life. Never returns.
+pub(crate) fn sandbox_init(ctx: ChildContext, chan: OwnedFd) -> ! {
+    process::set_name("phantom:init");
+    // We are a fork of the front end: its command line and host environment are still
+    // in our memory, and /proc/1/{cmdline,environ} would show them to the payload.
+    if let Err(e) = process::scrub_cmdline_and_environ("phantom-init")
+        .and_then(|_| process::set_non_dumpable())
+    {
+        let _ = fdpass::send_bytes(&chan, format!("ERR {e}").as_bytes());
+        process::exit_now(1)
+    }
+    match setup(&ctx, &chan) {
+        Ok(mut ctx_payload) => supervise(&chan, &mut ctx_payload),
+        Err(msg) => {
+            let _ = fdpass::send_bytes(&chan, format!("ERR {msg}").as_bytes());
+            process::exit_now(1)
+        }
+    }
+}
+
+fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
+    // Die with the front end: if it is killed, the kernel kills us, and with us (pid 1)
+    // everything in the pid namespace.
+    process::set_parent_death_signal_kill().map_err(|e| e.to_string())?;
+
+    // 1. Wait for GO: the parent has written our uid/gid maps (we have no privileges
+    //    before that) and put us in the sandbox's cgroup.
+    let mut buf = [0u8; 16];
+    let (n, idmapped_workspace) = fdpass::recv(chan.as_fd(), &mut buf).map_err(|e| e.to_string())?;
+    if &buf[..n] != b"GO" {
+        return Err("front end went away before the sandbox started".into());
+    }
+
+    // Our ids are the parent's host ids until we take the namespace's root ids.
+    phantom_linux::userns::become_root().map_err(|e| e.to_string())?;
+    // Changing credentials cleared the parent-death signal: set it again, then make
+    // sure the front end did not die in between (its end of the channel would be
+    // closed, and nobody would be left to send the signal).
+    process::set_parent_death_signal_kill().map_err(|e| e.to_string())?;
+    if peer_closed(chan) {
+        return Err("front end went away before the sandbox started".into());
+    }
+
+    // 2. A cgroup namespace rooted at the sandbox's cgroup; must come after the parent
+    //    moved us into it, or the namespace would be rooted at the host's cgroup.
+    process::unshare_cgroup_namespace().map_err(|e| e.to_string())?;
+
+    // Nothing mounted from here on may propagate back to the host.
+    mount::make_all_private().map_err(|e| e.to_string())?;
+
+    // Open every host source now, before the new root's tmpfs hides the host's /tmp.
+    let sources = Sources::open(&ctx.steps, idmapped_workspace.is_some()).map_err(|e| e.to_string())?;
+    let root = Path::new(NEW_ROOT);
+    mount::tmpfs(root, "mode=0755,size=1m", Attrs::default()).map_err(|e| e.to_string())?;
+    for (i, step) in ctx.steps.iter().enumerate() {
+        apply_step(root, step, &sources, i, idmapped_workspace.as_ref()).map_err(|e| e.to_string())?;
+    }
+
+    // pivot_root needs every mount in place; afterwards the host tree is unreachable.
+    mount::pivot_into(root).map_err(|e| e.to_string())?;
+    // The root tmpfs itself becomes read-only; /tmp, /workspace, /dev/shm keep their
+    // own (writable) mounts.
+    mount::set_attrs(
+        Path::new("/"),
+        Attrs {
+            read_only: true,
+            nosuid: true,
+            nodev: true,
+            noexec: false,
+        },
+        false,
+    )
+    .map_err(|e| e.to_string())?;
+
+    process::sethostname(&ctx.hostname).map_err(|e| e.to_string())?;
+    if ctx.network == NetworkMode::LoopbackOnly {
+        net::loopback_up().map_err(|e| e.to_string())?;
+    }
+
+    // 3. The payload. Forking here is safe: init is single-threaded.
+    match process::clone_child(process::Namespaces::default(), None).map_err(|e| e.to_string())? {
+        process::Forked::Child => payload(&ctx.payload, chan),
+        process::Forked::Parent { pid, pidfd } => Ok(PayloadStart { pid, _pidfd: pidfd }),
+    }
+}
+
+/// Whether the other end of `chan` has been closed (without consuming a message).
+fn peer_closed(chan: &OwnedFd) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        rustix::net::recv(chan, &mut b, rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT),
+        Ok((0, _))
+    )
+}
+
+struct PayloadStart {
+    pid: i32,
+    _pidfd: OwnedFd,
+}
+
+fn in_root(root: &Path, target: &Path) -> PathBuf {
+    root.join(target.strip_prefix("/").unwrap_or(target))
+}
+
+fn mkdir_p(path: &Path) -> Result<(), phantom_linux::SysError> {
+    std::fs::create_dir_all(path).map_err(|e| phantom_linux::SysError::new("mkdir", path.display().to_string(), e))
+}
+
+fn touch(path: &Path) -> Result<(), phantom_linux::SysError> {
+    if let Some(parent) = path.parent() {
+        mkdir_p(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map(|_| ())
+        .map_err(|e| phantom_linux::SysError::new("create", path.display().to_string(), e))
+}
+
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+const RO: Attrs = Attrs {
+    read_only: true,
+    nosuid: true,
+    nodev: true,
+    noexec: false,
+};
+
+/// O_PATH handles on the host sources of the steps, opened inside the sandbox's
+/// mount namespace.
+struct Sources {
+    /// Per step: its bind source, or for a Dev step its nodes in order.
+    per_step: Vec<Vec<OwnedFd>>,
+    /// The host's /dev/null, bound over masked files.
+    dev_null: OwnedFd,
+}
+
+impl Sources {
+    fn open(steps: &[Step], idmapped_workspace: bool) -> Result<Sources, phantom_linux::SysError> {
+        let mut per_step = Vec::with_capacity(steps.len());
+        for step in steps {
+            per_step.push(match step {
+                Step::Bind { source, .. } => vec![mount::open_path(source)?],
+                Step::Workspace { source, .. } if !idmapped_workspace => vec![mount::open_path(source)?],
+                Step::Dev { nodes, .. } => nodes
+                    .iter()
+                    .map(|n| mount::open_path(&Path::new("/dev").join(n)))
+                    .collect::<Result<_, _>>()?,
+                _ => Vec::new(),
+            });
+        }
+        Ok(Sources {
+            per_step,
+            dev_null: mount::open_path(Path::new("/dev/null"))?,
+        })
+    }
+}
+
+fn apply_step(
+    root: &Path,
+    step: &Step,
+    sources: &Sources,
+    index: usize,
+    idmapped_workspace: Option<&OwnedFd>,
+) -> Result<(), phantom_linux::SysError> {
+    let source = |i: usize| &sources.per_step[index][i];
+    let dev_null = &sources.dev_null;
+    match step {
+        Step::Symlink { target, points_to } => {
+            let at = in_root(root, target);
+            if let Some(parent) = at.parent() {
+                mkdir_p(parent)?;
+            }
+            std::os::unix::fs::symlink(points_to, &at)
+                .map_err(|e| phantom_linux::SysError::new("symlink", at.display().to_string(), e))
+        }
+        Step::Bind { target, is_dir, read_only, .. } => {
+            let at = in_root(root, target);
+            if *is_dir {
+                mkdir_p(&at)?;
+            } else {
+                touch(&at)?;
+            }
+            mount::bind(&fd_path(source(0)), &at)?;
+            let attrs = Attrs {
+                read_only: *read_only,
+                nosuid: true,
+                nodev: true,
+                noexec: false,
+            };
+            mount::set_attrs(&at, attrs, true)
+        }
+        Step::Tmpfs { target, options, attrs } => {
+            let at = in_root(root, target);
+            mkdir_p(&at)?;
+            mount::tmpfs(&at, options, *attrs)
+        }
+        Step::File { target, contents, mode } => {
+            let at = in_root(root, target);
+            if let Some(parent) = at.parent() {
+                mkdir_p(parent)?;
+            }
+            std::fs::write(&at, contents).map_err(|e| phantom_linux::SysError::new("write", at.display().to_string(), e))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(*mode))
+                .map_err(|e| phantom_linux::SysError::new("chmod", at.display().to_string(), e))
+        }
+        Step::Proc { target } => {
+            let at = in_root(root, target);
+            mkdir_p(&at)?;
+            mount::proc(&at)
+        }
+        Step::Dev { target, nodes, shm_size_bytes, noexec } => {
+            let at = in_root(root, target);
+            mkdir_p(&at)?;
+            mount::tmpfs(&at, "mode=0755,size=64k", Attrs { noexec: true, ..Default::default() })?;
+            for (i, name) in nodes.iter().enumerate() {
+                let node = at.join(name);
+                touch(&node)?;
+                mount::bind(&fd_path(source(i)), &node)?;
+                mount::set_attrs(&node, Attrs { nosuid: true, noexec: true, ..Default::default() }, false)?;
+            }
+            let pts = at.join("pts");
+            mkdir_p(&pts)?;
+            mount::devpts(&pts)?;
+            let shm = at.join("shm");
+            mkdir_p(&shm)?;
+            mount::tmpfs(
+                &shm,
+                &format!("mode=1777,size={shm_size_bytes}"),
+                Attrs { noexec: *noexec, ..Default::default() },
+            )?;
+            for (link, to) in [
+                ("ptmx", "pts/ptmx"),
+                ("fd", "/proc/self/fd"),
+                ("stdin", "/proc/self/fd/0"),
+                ("stdout", "/proc/self/fd/1"),
+                ("stderr", "/proc/self/fd/2"),
+            ] {
+                let l = at.join(link);
+                std::os::unix::fs::symlink(to, &l)
+                    .map_err(|e| phantom_linux::SysError::new("symlink", l.display().to_string(), e))?;
+            }
+            // Nothing more is created in /dev: make the tmpfs itself read-only.
+            mount::set_attrs(&at, RO, false)
+        }
+        Step::Workspace { target, noexec, .. } => {
+            let at = in_root(root, target);
+            mkdir_p(&at)?;
+            match idmapped_workspace {
+                Some(m) => mount::attach(m.as_fd(), &at)?,
+                None => mount::bind(&fd_path(source(0)), &at)?,
+            }
+            mount::set_attrs(&at, Attrs { nosuid: true, nodev: true, noexec: *noexec, read_only: false }, true)
+        }
+        Step::Mask { target } => {
+            let at = in_root(root, target);
+            match std::fs::symlink_metadata(&at) {
+                Err(_) => Ok(()), // nothing to hide on this kernel
+                Ok(m) if m.is_dir() => mount::tmpfs(&at, "mode=0555,size=4k", RO),
+                Ok(_) => mount::bind(&fd_path(dev_null), &at),
+            }
+        }
+        Step::ReadOnly { target } => {
+            let at = in_root(root, target);
+            if std::fs::symlink_metadata(&at).is_err() {
+                return Ok(());
+            }
+            mount::bind(&at, &at)?;
+            mount::set_attrs(&at, RO, true)
+        }
+    }
+}
+
+/// The payload process: from the init's fork to execve. Never returns.
+fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
+    process::set_name("phantom:payload");
+    let fail = |code: i32, msg: String| -> ! {
+        let _ = rustix::io::write(&ctx.stderr, format!("phantom: {msg}\n").as_bytes());
+        process::exit_now(code)
+    };
+    // Signals: init blocks them; the payload starts with the default mask and actions.
+    if let Err(e) = process::reset_signals(&process::FORWARDED_SIGNALS) {
+        fail(126, e.to_string());
+    }
+    // A new session: no controlling terminal, so TIOCSTI-style tricks on the user's
+    // terminal have nothing to act on (seccomp blocks them as well).
+    if let Err(e) = process::setsid() {
+        fail(126, e.to_string());
+    }
+    for (fd, target) in [(&ctx.stdout, 1), (&ctx.stderr, 2)] {
+        if let Err(e) = process::dup_onto(fd.as_fd(), target) {
+            fail(126, e.to_string());
+        }
+    }
+    let mut limits = vec![
+        (Rlimit::NoFile, ctx.nofile),
+        (Rlimit::FileSize, ctx.fsize),
+        (Rlimit::Core, 0),
+    ];
+    limits.extend(ctx.rlimit_nproc.map(|n| (Rlimit::NProc, n)));
+    limits.extend(ctx.rlimit_data.map(|n| (Rlimit::Data, n)));
+    for (which, value) in limits {
+        if let Err(e) = process::set_rlimit(which, value) {
+            fail(126, e.to_string());
+        }
+    }
+    if let Err(e) = std::env::set_current_dir(&ctx.cwd) {
+        fail(2, format!("working directory {} does not exist in the sandbox: {e}", ctx.cwd.display()));
+    }
+    let Some(program) = resolve(&ctx.argv[0], &ctx.path_var) else {
+        fail(
+            127,
+            format!(
+                "{}: command not found in the sandbox (searched PATH={}; is it installed on the host under a mounted directory?)",
+                ctx.argv[0].to_string_lossy(),
+                ctx.path_var
+            ),
+        )
+    };
+
+    // no_new_privs before Landlock and seccomp, which require it without CAP_SYS_ADMIN.
+    if let Err(e) = process::set_no_new_privs() {
+        fail(126, e.to_string());
+    }
+    if let Some((rules, scope_unix, scope_signals)) = &ctx.landlock {
+        match landlock::restrict(&expand_globs(rules), *scope_unix, *scope_signals) {
+            Ok(abi) => {
+                let _ = fdpass::send_bytes(chan, format!("ABI {abi}").as_bytes());
+            }
+            Err(e) => fail(126, e.to_string()),
+        }
+    }
+    if ctx.drop_caps {
+        if let Err(e) = caps::drop_all() {
+            fail(126, e.to_string());
+        }
+    }
+    // Every fd but 0, 1, 2 (including any the front end itself inherited) is closed by
+    // execve.
+    if let Err(e) = process::cloexec_from(3) {
+        fail(126, e.to_string());
+    }
+    // Seccomp last: the steps above need syscalls it forbids (landlock_*, capset, ...).
+    for (name, program) in &ctx.seccomp {
+        if let Err(e) = seccomp::install(name, program) {
+            fail(126, e.to_string());
+        }
+    }
+    let err = process::execve(&program, &ctx.argv, &ctx.env);
+    let code = if err.errno() == Some(libc::ENOENT) { 127 } else { 126 };
+    fail(code, format!("cannot execute {}: {}", program.to_string_lossy(), err.source))
+}
+
+/// Look `cmd` up on `path_var` as execvp would (a name with a `/` is used as is).
+fn resolve(cmd: &CString, path_var: &str) -> Option<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let bytes = cmd.as_bytes();
+    if bytes.is_empty() {
+        return None;
+    }
+    if bytes.contains(&b'/') {
+        return Some(cmd.clone());
+    }
+    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(std::ffi::OsStr::from_bytes(bytes));
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return CString::new(candidate.as_os_str().as_bytes()).ok();
+            }
+        }
+    }
+    None
+}
+
+/// Pid 1's loop: reap, forward, report. Never returns.
+fn supervise(chan: &OwnedFd, payload: &mut PayloadStart) -> ! {
+    let mut waited: Vec<i32> = process::FORWARDED_SIGNALS.to_vec();
+    waited.push(libc::SIGCHLD);
+    let status = loop {
+        let Some(signal) = process::wait_signal(&waited, Some(Duration::from_secs(1))) else {
+            // Timeout or spurious wakeup: poll for exited children anyway.
+            if let Some(s) = reap(payload.pid) {
+                break s;
+            }
+            continue;
+        };
+        if signal == libc::SIGCHLD {
+            if let Some(s) = reap(payload.pid) {
+                break s;
+            }
+        } else {
+            // Forward to the payload's process group (it leads its own session).
+            let _ = process::kill(-payload.pid, signal);
+        }
+    };
+    // The payload is done: nothing else in the sandbox may outlive it.
+    let _ = process::kill(-1, libc::SIGKILL);
+    let msg = match status {
+        ExitStatus::Exited(c) => format!("EXIT {c}"),
+        ExitStatus::Signaled(s) => format!("SIG {s}"),
+    };
+    let _ = fdpass::send_bytes(chan, msg.as_bytes());
+    // Reap what the kill left so their usage is accounted before we exit.
+    while let Ok(Some(_)) = process::wait4(-1, false) {}
+    process::exit_now(0)
+}
+
+/// Reap every exited child; return the payload's status if it was among them.
+fn reap(payload_pid: i32) -> Option<ExitStatus> {
+    let mut found = None;
+    while let Ok(Some((pid, status, _))) = process::wait4(-1, true) {
+        if pid == payload_pid {
+            found = Some(status);
+        }
+    }
+    found
+}
+
+/// Expand a trailing-`*` pattern in the last path component (e.g.
+/// `/usr/lib/python3*`) against the sandbox's own filesystem.
+fn expand_globs(rules: &[landlock::Rule]) -> Vec<landlock::Rule> {
+    let mut out = Vec::with_capacity(rules.len());
+    for rule in rules {
+        let text = rule.path.to_string_lossy();
+        let Some(name) = rule.path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            out.push(rule.clone());
+            continue;
+        };
+        if !text.contains('*') {
+            out.push(rule.clone());
+            continue;
+        }
+        let (prefix, suffix) = name.split_once('*').unwrap_or((&name, ""));
+        let parent = rule.path.parent().unwrap_or(Path::new("/"));
+        if let Ok(entries) = std::fs::read_dir(parent) {
+            for entry in entries.flatten() {
+                let n = entry.file_name().to_string_lossy().into_owned();
+                if n.starts_with(prefix) && n.ends_with(suffix) && n.len() >= prefix.len() + suffix.len() {
+                    out.push(landlock::Rule { path: entry.path(), write: rule.write });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Landlock rules from the plan, with trailing-`*` globs expanded inside the sandbox.
+pub(crate) fn landlock_rules(plan: &Plan) -> Vec<landlock::Rule> {
+    plan.landlock
+        .rules
+        .iter()
+        .map(|r| landlock::Rule {
+            path: PathBuf::from(&r.path),
+            write: r.access == Access::ReadWrite,
+        })
+        .collect()
+}
+
+/// Direct mode: no namespaces; the child is the payload itself once the parent has
+/// put it in the cgroup. Never returns.
+pub(crate) fn direct_child(ctx: PayloadContext, chan: OwnedFd) -> ! {
+    let _ = process::set_parent_death_signal_kill();
+    let mut buf = [0u8; 16];
+    match fdpass::recv(chan.as_fd(), &mut buf) {
+        Ok((2, _)) if &buf[..2] == b"GO" => payload(&ctx, &chan),
+        _ => process::exit_now(1),
+    }
+}

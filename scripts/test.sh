@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs what it needs, builds once, runs
+# the unit and integration tests as root (where CI runs) and again as an unprivileged
+# user, then asserts that nothing was left behind on the host.
+#
+#   ./scripts/test.sh            # everything
+#   SKIP_LINT=1 ./scripts/test.sh  # skip fmt/clippy (faster local loop)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+step() { printf '\n== %s\n' "$*"; }
+
+step "toolchain"
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
+cargo --version
+
+if [ "$(id -u)" = 0 ]; then
+  # The unprivileged half of the suite runs as this user.
+  TEST_USER=${PHANTOM_TEST_USER:-phantom-test}
+  if ! id "$TEST_USER" >/dev/null 2>&1; then
+    step "creating unprivileged test user $TEST_USER"
+    useradd --create-home --shell /bin/sh "$TEST_USER"
+  fi
+  # Root in CI has every kernel feature the core tests need: none may skip there.
+  export PHANTOM_REQUIRE_ISOLATION=1
+fi
+
+if [ -z "${SKIP_LINT:-}" ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy"
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+fi
+
+step "build (once; every test below reuses these binaries)"
+cargo build --workspace --all-targets --quiet
+cargo test --workspace --no-run --quiet 2>/dev/null || cargo test --workspace --no-run
+
+step "tests as $(id -un)"
+cargo test --workspace -- --test-threads=2
+
+if [ "$(id -u)" = 0 ]; then
+  step "isolation tests as unprivileged user $TEST_USER"
+  # The test binary and the binaries it runs are copied where that user can reach
+  # them (a clone under /root is not).
+  stage=$(mktemp -d /tmp/phantom-suite.XXXXXX)
+  chmod 755 "$stage"
+  iso=$(cargo test -p phantom-cli --test isolation --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for line in sys.stdin:
+    m=json.loads(line)
+    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="isolation" and m.get("executable"):
+        print(m["executable"])')
+  cp "$iso" "$stage/isolation"
+  cp target/debug/phantom target/debug/phantom-probe "$stage/"
+  chmod 755 "$stage"/*
+  (cd "$stage" && runuser -u "$TEST_USER" -- env -i PATH=/usr/bin:/bin HOME=/tmp \
+      PHANTOM_BIN="$stage/phantom" PHANTOM_PROBE="$stage/phantom-probe" \
+      ./isolation --test-threads=2)
+  rm -rf "$stage"
+fi
+
+step "nothing left behind"
+leaks=0
+if grep -q 'phantom' /proc/mounts; then echo "LEAK: mounts:"; grep phantom /proc/mounts; leaks=1; fi
+left=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 4 -path '*/phantom/*' -type d 2>/dev/null || true)
+if [ -n "$left" ]; then echo "LEAK: cgroups:"; echo "$left"; leaks=1; fi
+procs=$(pgrep -a -f 'phantom-(init|probe)|phantom:(init|payload)' || true)
+if [ -n "$procs" ]; then echo "LEAK: processes:"; echo "$procs"; leaks=1; fi
+ws=$(find "${TMPDIR:-/tmp}" -maxdepth 2 -path '*/phantom-*/ws-*' 2>/dev/null || true)
+if [ -n "$ws" ]; then echo "LEAK: temporary workspaces:"; echo "$ws"; leaks=1; fi
+if [ "$leaks" != 0 ]; then echo "the suite left things behind on the host"; exit 1; fi
+echo "no leftover mounts, cgroups, processes or workspaces"
