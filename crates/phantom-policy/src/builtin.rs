@@ -7,14 +7,18 @@
 use std::sync::Arc;
 
 use crate::error::{did_you_mean, PolicyError};
-use crate::profile::{Base, Layer, Loader, Profile};
+use crate::extends::{Base, Layer, Loader};
+use crate::profile::Profile;
 
 /// The profile used when none is named.
 pub const DEFAULT_PROFILE: &str = "default";
 
 const BUILTINS: &[(&str, &str)] = &[
     ("default", include_str!("../../../profiles/default.yaml")),
-    ("python-dev", include_str!("../../../profiles/python-dev.yaml")),
+    (
+        "python-dev",
+        include_str!("../../../profiles/python-dev.yaml"),
+    ),
     ("node-dev", include_str!("../../../profiles/node-dev.yaml")),
     ("go-dev", include_str!("../../../profiles/go-dev.yaml")),
     ("rust-dev", include_str!("../../../profiles/rust-dev.yaml")),
@@ -41,7 +45,10 @@ pub fn builtin_names() -> &'static [&'static str] {
 
 /// The YAML text of a built-in profile.
 pub fn builtin_source(name: &str) -> Option<&'static str> {
-    BUILTINS.iter().find(|(n, _)| *n == name).map(|(_, text)| *text)
+    BUILTINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
 }
 
 /// Loads and validates a built-in profile.

@@ -7,7 +7,9 @@
 
 use crate::error::{PolicyError, SourcePos};
 use crate::plan::{Access, LandlockPlan, LandlockRule, Limits, Mode, Mount, NetworkMode, Plan};
-use crate::profile::{self, IoMode, MemoryAllocator, Profile, Runtime, SeccompDefault, SecurityLevel};
+use crate::profile::{
+    self, IoMode, MemoryAllocator, Profile, Runtime, SeccompDefault, SecurityLevel,
+};
 use crate::seccomp;
 
 /// Values given on the command line (or in an API request) that take precedence over
@@ -52,9 +54,22 @@ pub const PROC_MASKED: &[&str] = &[
     "/proc/kallsyms",
 ];
 /// /proc entries made read-only: Docker's read-only paths.
-pub const PROC_READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const PROC_READ_ONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 /// Device paths the payload may write to when Landlock is on.
-const DEV_WRITABLE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts", "/dev/shm"];
+const DEV_WRITABLE: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/tty",
+    "/dev/pts",
+    "/dev/shm",
+];
 
 /// Turns a profile plus overrides into the plan the runtime replays.
 pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyError> {
@@ -77,7 +92,9 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
     // The mode, and what this build cannot do.
     let mode = overrides.mode.unwrap_or(profile.mode);
     if mode == Mode::Wasm {
-        let message = "mode wasm is not available in this build (no wasmtime); use sandbox or hardened".to_string();
+        let message =
+            "mode wasm is not available in this build (no wasmtime); use sandbox or hardened"
+                .to_string();
         return Err(match overrides.mode {
             Some(_) => override_error("mode", message),
             None => profile_error("mode", message),
@@ -152,7 +169,11 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         for (i, bind) in profile.filesystem.binds.iter().enumerate() {
             if bind.access == Access::ReadWrite {
                 let key = format!("filesystem.binds[{i}].access");
-                let key = if profile.position(&key).is_some() { key } else { format!("filesystem.binds[{i}]") };
+                let key = if profile.position(&key).is_some() {
+                    key
+                } else {
+                    format!("filesystem.binds[{i}]")
+                };
                 return Err(profile_error(
                     &key,
                     format!(
@@ -165,7 +186,11 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
     }
 
     let workspace = profile.filesystem.workspace.clone();
-    let home = if hardened { workspace.clone() } else { "/tmp".to_string() };
+    let home = if hardened {
+        workspace.clone()
+    } else {
+        "/tmp".to_string()
+    };
     let arch = seccomp::build_arch();
 
     let mut env = vec![
@@ -179,13 +204,24 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         env.push(("TMPDIR".to_string(), workspace.clone()));
     }
     if profile.performance.memory_allocator == MemoryAllocator::Jemalloc {
-        let library = arch.as_ref().map(|a| a.jemalloc).unwrap_or("/usr/lib/libjemalloc.so.2");
+        let library = arch
+            .as_ref()
+            .map(|a| a.jemalloc)
+            .unwrap_or("/usr/lib/libjemalloc.so.2");
         env.push(("LD_PRELOAD".to_string(), library.to_string()));
     }
 
     let isolated = mode != Mode::Direct;
-    let mounts = if isolated { mounts(profile, hardened, high, &home) } else { Vec::new() };
-    let landlock = landlock(profile, hardened, isolated && level != SecurityLevel::Low && profile.security.landlock.enabled);
+    let mounts = if isolated {
+        mounts(profile, hardened, high, &home)
+    } else {
+        Vec::new()
+    };
+    let landlock = landlock(
+        profile,
+        hardened,
+        isolated && level != SecurityLevel::Low && profile.security.landlock.enabled,
+    );
 
     let seccomp = if isolated {
         let policy = &profile.security.seccomp;
@@ -246,8 +282,14 @@ fn mounts(profile: &Profile, hardened: bool, high: bool, home: &str) -> Vec<Moun
         "/etc/passwd",
         format!("root:x:0:0:root:{home}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
     ));
-    mounts.push(file("/etc/group", "root:x:0:\nnogroup:x:65534:\n".to_string()));
-    mounts.push(file("/etc/hosts", format!("127.0.0.1 localhost {HOSTNAME}\n::1 localhost\n")));
+    mounts.push(file(
+        "/etc/group",
+        "root:x:0:\nnogroup:x:65534:\n".to_string(),
+    ));
+    mounts.push(file(
+        "/etc/hosts",
+        format!("127.0.0.1 localhost {HOSTNAME}\n::1 localhost\n"),
+    ));
     mounts.push(file("/etc/hostname", format!("{HOSTNAME}\n")));
     for bind in &fs.binds {
         mounts.push(Mount::Bind {
@@ -310,6 +352,9 @@ fn landlock(profile: &Profile, hardened: bool, enabled: bool) -> LandlockPlan {
             rules.push(rule);
         }
     };
+    // The root itself, so that `ls /` works: it holds only what this plan mounts, and
+    // the rules below name each part for whoever reads the plan.
+    add("/", Access::ReadOnly);
     for path in &fs.system {
         add(path, Access::ReadOnly);
     }
@@ -318,7 +363,14 @@ fn landlock(profile: &Profile, hardened: bool, enabled: bool) -> LandlockPlan {
     }
     add(&fs.workspace, Access::ReadWrite);
     // In hardened mode /tmp is a read-only tmpfs: readable, like the rest.
-    add("/tmp", if hardened { Access::ReadOnly } else { Access::ReadWrite });
+    add(
+        "/tmp",
+        if hardened {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        },
+    );
     for path in DEV_WRITABLE {
         add(path, Access::ReadWrite);
     }
@@ -340,7 +392,8 @@ fn landlock(profile: &Profile, hardened: bool, enabled: bool) -> LandlockPlan {
 fn warnings(profile: &Profile, mode: Mode) -> Vec<String> {
     let mut warnings = Vec::new();
     let perf = &profile.performance;
-    let cold = "warm pools need phantom-supervisor, which this build does not have yet; runs are cold";
+    let cold =
+        "warm pools need phantom-supervisor, which this build does not have yet; runs are cold";
     if perf.zygote {
         warnings.push(format!("performance.zygote: {cold}"));
     }
@@ -361,10 +414,14 @@ fn warnings(profile: &Profile, mode: Mode) -> Vec<String> {
         return warnings;
     }
     let landlock = &profile.security.landlock;
-    let landlock_written =
-        profile.position("security.landlock.enabled").is_some() && landlock.enabled || !landlock.paths.is_empty();
+    let landlock_written = profile.position("security.landlock.enabled").is_some()
+        && landlock.enabled
+        || !landlock.paths.is_empty();
     if profile.security.level == SecurityLevel::Low && landlock_written {
-        warnings.push("security.landlock: has no effect at security.level: low, which turns Landlock off".to_string());
+        warnings.push(
+            "security.landlock: has no effect at security.level: low, which turns Landlock off"
+                .to_string(),
+        );
     }
     let seccomp = &profile.security.seccomp;
     let allowlist = mode == Mode::Hardened || seccomp.default == SeccompDefault::Deny;

@@ -170,7 +170,11 @@ pub(crate) fn shown(text: &str) -> String {
 
 /// `text` with control characters escaped, cut after `max` characters.
 pub(crate) fn one_line(text: &str, max: usize) -> String {
-    let mut out: String = text.chars().take(max).flat_map(char::escape_debug).collect();
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .flat_map(char::escape_debug)
+        .collect();
     // `escape_debug` escapes quotes too; in our backtick-quoted messages they are fine.
     out = out.replace("\\\"", "\"").replace("\\'", "'");
     if text.chars().count() > max {
@@ -180,14 +184,20 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
 }
 
 /// " (did you mean `x`?)" when `word` is close to one of `candidates`, else "".
-pub(crate) fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> String {
     closest(word, candidates)
         .map(|c| format!(" (did you mean `{c}`?)"))
         .unwrap_or_default()
 }
 
 /// The candidate closest to `word`, if it is close enough to be a likely typo.
-pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let word_lower = word.to_ascii_lowercase();
     let mut best: Option<(&str, f64)> = None;
     for candidate in candidates {

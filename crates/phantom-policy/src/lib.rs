@@ -21,8 +21,10 @@
 mod builtin;
 mod compile;
 mod error;
+mod extends;
 pub mod plan;
 mod profile;
+mod schema;
 mod seccomp;
 pub mod units;
 mod yaml;
@@ -31,26 +33,29 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use builtin::{builtin_names, builtin_source, load_builtin, DEFAULT_PROFILE};
-pub use compile::{compile, Overrides, DEV_NODES, HOSTNAME, PATH, PROC_MASKED, PROC_READ_ONLY, SHM_SIZE_BYTES};
+pub use compile::{
+    compile, Overrides, DEV_NODES, HOSTNAME, PATH, PROC_MASKED, PROC_READ_ONLY, SHM_SIZE_BYTES,
+};
 pub use error::{ChoiceError, PolicyError, SourcePos};
 pub use plan::*;
 pub use profile::{
-    Filesystem, HostBind, IoMode, LandlockPath, LandlockPolicy, MemoryAllocator, Network, Performance, Profile,
-    Resources, Runtime, SeccompDefault, SeccompPolicy, Security, SecurityLevel, MAX_EXTENDS,
+    Filesystem, HostBind, IoMode, LandlockPath, LandlockPolicy, MemoryAllocator, Network,
+    Performance, Profile, Resources, Runtime, SeccompDefault, SeccompPolicy, Security,
+    SecurityLevel, MAX_EXTENDS,
 };
 pub use seccomp::{BASE_ALLOWLIST, DENYLIST};
 pub use yaml::{MAX_DEPTH, MAX_POLICY_BYTES};
 
-use profile::{Base, Layer, Loader};
+use extends::{Base, Layer, Loader};
 
 /// Loads and validates a policy file; relative `extends:` paths start in its directory.
 pub fn load_file(path: &Path) -> Result<Profile, PolicyError> {
-    let text = profile::read_policy_file(path)?;
+    let text = extends::read_policy_file(path)?;
     Loader::new().load(Layer {
         text,
         file: Arc::from(path.display().to_string()),
-        identity: profile::identity_of(path),
-        base: Base::Dir(profile::parent_dir(path)),
+        identity: extends::identity_of(path),
+        base: Base::Dir(extends::parent_dir(path)),
     })
 }
 
@@ -61,7 +66,7 @@ pub fn load_str(text: &str, origin: &str) -> Result<Profile, PolicyError> {
     Loader::new().load(Layer {
         text: text.to_string(),
         file: Arc::from(origin),
-        identity: profile::identity_of(path),
-        base: Base::Dir(profile::parent_dir(path)),
+        identity: extends::identity_of(path),
+        base: Base::Dir(extends::parent_dir(path)),
     })
 }

@@ -31,8 +31,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 
 use crate::error::PolicyError;
@@ -82,6 +82,7 @@ const DATA_LEN: u32 = 64;
 /// `vhangup`, `quotactl_fd`, `set_mempolicy_home_node`). Names that do not exist on the
 /// target architecture are skipped (`vm86`/`vm86old` are i386-only; i386 syscalls are
 /// killed by the architecture check anyway).
+#[rustfmt::skip]
 pub const DENYLIST: &[&str] = &[
     // Kernel modules, kexec, reboot, swap, accounting: host administration.
     "create_module", "init_module", "finit_module", "delete_module", "query_module",
@@ -110,6 +111,7 @@ pub const DENYLIST: &[&str] = &[
 /// What the allowlist lets through before the profile's `allow`/`deny`: enough for sh,
 /// coreutils, python3 and node. Names missing on the target architecture (the legacy
 /// x86_64 `open`, `stat`, `fork`, ...) are skipped.
+#[rustfmt::skip]
 pub const BASE_ALLOWLIST: &[&str] = &[
     // Files and directories.
     "read", "write", "open", "openat", "openat2", "creat", "close", "close_range",
@@ -206,8 +208,11 @@ macro_rules! table {
     };
 }
 
-const X86_64_TABLE: (fn(&str) -> Option<i64>, fn() -> Vec<&'static str>) = table!(x86_64);
-const AARCH64_TABLE: (fn(&str) -> Option<i64>, fn() -> Vec<&'static str>) = table!(aarch64);
+/// A syscall table: name → number, and every name.
+type Table = (fn(&str) -> Option<i64>, fn() -> Vec<&'static str>);
+
+const X86_64_TABLE: Table = table!(x86_64);
+const AARCH64_TABLE: Table = table!(aarch64);
 
 /// x86_64: `AUDIT_ARCH_X86_64` = EM_X86_64 | 64BIT | LE.
 pub static X86_64: Arch = Arch {
@@ -275,9 +280,12 @@ pub(crate) fn programs(arch: &Arch, spec: &Spec<'_>) -> Result<Vec<SeccompProgra
         rules.deny(name)?;
     }
     let arg = |index: u8, op: SeccompCmpOp, value: u64| {
-        SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value).map_err(|e| internal("denylist", e))
+        SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value)
+            .map_err(|e| internal("denylist", e))
     };
-    let rule = |conditions: Vec<SeccompCondition>| SeccompRule::new(conditions).map_err(|e| internal("denylist", e));
+    let rule = |conditions: Vec<SeccompCondition>| {
+        SeccompRule::new(conditions).map_err(|e| internal("denylist", e))
+    };
     // ioctl(fd, TIOCSTI/TIOCLINUX, ...): typing into or reprogramming the terminal.
     // The kernel takes the command as a 32-bit int, so comparing only the low word
     // catches 0x1_0000_5412 as well.
@@ -354,10 +362,13 @@ impl<'a> Rules<'a> {
 
     /// Matches `name` whatever its arguments.
     fn deny(&mut self, name: &str) -> Result<(), PolicyError> {
-        let nr = self.arch.number(name).ok_or_else(|| PolicyError::Internal {
-            program: self.program.to_string(),
-            message: format!("`{name}` is not a syscall on {}", self.arch.name),
-        })?;
+        let nr = self
+            .arch
+            .number(name)
+            .ok_or_else(|| PolicyError::Internal {
+                program: self.program.to_string(),
+                message: format!("`{name}` is not a syscall on {}", self.arch.name),
+            })?;
         self.map.insert(nr, Vec::new());
         self.names.insert(name.to_string());
         Ok(())
@@ -374,17 +385,24 @@ impl<'a> Rules<'a> {
     /// Matches `name` when any of `rules` matches — unless it is already matched
     /// unconditionally.
     fn argument_rules(&mut self, name: &str, rules: Vec<SeccompRule>) -> Result<(), PolicyError> {
-        let nr = self.arch.number(name).ok_or_else(|| PolicyError::Internal {
-            program: self.program.to_string(),
-            message: format!("`{name}` is not a syscall on {}", self.arch.name),
-        })?;
+        let nr = self
+            .arch
+            .number(name)
+            .ok_or_else(|| PolicyError::Internal {
+                program: self.program.to_string(),
+                message: format!("`{name}` is not a syscall on {}", self.arch.name),
+            })?;
         // An existing empty rule list means "always": keep it so.
         self.map.entry(nr).or_insert(rules);
         self.names.insert(name.to_string());
         Ok(())
     }
 
-    fn build(self, match_action: SeccompAction, mismatch_action: SeccompAction) -> Result<SeccompProgram, PolicyError> {
+    fn build(
+        self,
+        match_action: SeccompAction,
+        mismatch_action: SeccompAction,
+    ) -> Result<SeccompProgram, PolicyError> {
         let rule_count = self.map.values().map(|rules| rules.len().max(1)).sum();
         let filter = SeccompFilter::new(self.map, mismatch_action, match_action, self.arch.target)
             .map_err(|e| internal(self.program, e))?;
@@ -406,7 +424,12 @@ fn internal(program: &str, error: impl std::fmt::Display) -> PolicyError {
 }
 
 const fn stmt(code: u16, k: u32) -> SockFilter {
-    SockFilter { code, jt: 0, jf: 0, k }
+    SockFilter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 const fn jump(code: u16, k: u32, jt: u8, jf: u8) -> SockFilter {
@@ -458,7 +481,10 @@ fn finish(arch: &Arch, program: &str, bpf: BpfProgram) -> Result<Vec<SockFilter>
 /// `struct seccomp_data`, the program ends in a return and fits the kernel's limit.
 pub(crate) fn verify(program: &[SockFilter]) -> Result<(), String> {
     if program.is_empty() || program.len() > BPF_MAX_LEN {
-        return Err(format!("{} instructions (1..={BPF_MAX_LEN} allowed)", program.len()));
+        return Err(format!(
+            "{} instructions (1..={BPF_MAX_LEN} allowed)",
+            program.len()
+        ));
     }
     for (i, ins) in program.iter().enumerate() {
         let next = i + 1;
@@ -471,7 +497,10 @@ pub(crate) fn verify(program: &[SockFilter]) -> Result<(), String> {
             let targets = if ins.code == BPF_JA {
                 vec![next as u64 + u64::from(ins.k)]
             } else {
-                vec![(next + usize::from(ins.jt)) as u64, (next + usize::from(ins.jf)) as u64]
+                vec![
+                    (next + usize::from(ins.jt)) as u64,
+                    (next + usize::from(ins.jf)) as u64,
+                ]
             };
             if targets.iter().any(|t| *t >= program.len() as u64) {
                 return Err(format!("instruction {i} jumps past the end"));
@@ -502,7 +531,16 @@ mod tests {
             );
         }
         // The x86_64 base allowlist must have every name the brief's runtime needs.
-        for name in ["read", "write", "execve", "clone", "futex", "rseq", "newfstatat", "prlimit64"] {
+        for name in [
+            "read",
+            "write",
+            "execve",
+            "clone",
+            "futex",
+            "rseq",
+            "newfstatat",
+            "prlimit64",
+        ] {
             assert!(X86_64.number(name).is_some(), "{name}");
         }
     }
@@ -534,7 +572,12 @@ mod tests {
         for arch in [&X86_64, &AARCH64] {
             let programs = programs(arch, &spec).unwrap();
             let names: Vec<&str> = programs.iter().map(|p| p.name.as_str()).collect();
-            assert_eq!(names, ["denylist", "clone3-enosys", "allowlist"], "{}", arch.name);
+            assert_eq!(
+                names,
+                ["denylist", "clone3-enosys", "allowlist"],
+                "{}",
+                arch.name
+            );
             for p in &programs {
                 assert_eq!(p.instructions[1].k, arch.audit_arch);
                 let guarded = p.instructions[3] == stmt(BPF_LD_W_ABS, DATA_NR)

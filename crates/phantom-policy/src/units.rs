@@ -47,7 +47,9 @@ fn split_decimal(s: &str) -> Option<(Decimal, &str)> {
     let (whole_text, rest) = s.split_at(end_whole);
     let (fraction_text, rest) = match rest.strip_prefix('.') {
         Some(after) => {
-            let end = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+            let end = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
             after.split_at(end)
         }
         None => ("", rest),
@@ -59,7 +61,13 @@ fn split_decimal(s: &str) -> Option<(Decimal, &str)> {
     if whole_text.len() > 30 || fraction_text.len() > 30 {
         return None;
     }
-    let parse = |t: &str| if t.is_empty() { Some(0) } else { t.parse::<u128>().ok() };
+    let parse = |t: &str| {
+        if t.is_empty() {
+            Some(0)
+        } else {
+            t.parse::<u128>().ok()
+        }
+    };
     Some((
         Decimal {
             whole: parse(whole_text)?,
@@ -172,7 +180,12 @@ pub fn parse_cpus(s: &str) -> Result<u32, UnitError> {
 
 /// Renders a byte count the way a user would write it (`512MiB`, `1GiB`, `1500B`).
 pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (name, size) in UNITS {
         if bytes >= size && bytes % size == 0 {
             return format!("{}{name}", bytes / size);
@@ -212,8 +225,14 @@ mod tests {
             assert!(matches!(err, UnitError::Size(_)), "{text}: {err}");
             assert!(err.to_string().contains("512MB"));
         }
-        assert!(matches!(parse_bytes("1.5"), Err(UnitError::FractionalBytes(_))));
-        assert!(matches!(parse_bytes("99999999999TB"), Err(UnitError::TooLarge { .. })));
+        assert!(matches!(
+            parse_bytes("1.5"),
+            Err(UnitError::FractionalBytes(_))
+        ));
+        assert!(matches!(
+            parse_bytes("99999999999TB"),
+            Err(UnitError::TooLarge { .. })
+        ));
         assert!(matches!(
             parse_bytes("999999999999999999999999999999999999"),
             Err(UnitError::Size(_))
@@ -241,9 +260,15 @@ mod tests {
     #[test]
     fn durations_reject_nonsense() {
         for text in ["", "s", "30x", "1m30", "-1s", "1d"] {
-            assert!(matches!(parse_duration_ms(text), Err(UnitError::Duration(_))), "{text}");
+            assert!(
+                matches!(parse_duration_ms(text), Err(UnitError::Duration(_))),
+                "{text}"
+            );
         }
-        assert!(matches!(parse_duration_ms("0.0001s"), Err(UnitError::SubMillisecond(_))));
+        assert!(matches!(
+            parse_duration_ms("0.0001s"),
+            Err(UnitError::SubMillisecond(_))
+        ));
         assert!(matches!(
             parse_duration_ms("99999999999999999999h"),
             Err(UnitError::TooLarge { .. })
@@ -260,7 +285,10 @@ mod tests {
         for text in ["0", "0.0", "-1", "1025", "1e3"] {
             assert!(parse_cpus(text).is_err(), "{text}");
         }
-        assert!(matches!(parse_cpus("0.0001"), Err(UnitError::CpusTooPrecise(_))));
+        assert!(matches!(
+            parse_cpus("0.0001"),
+            Err(UnitError::CpusTooPrecise(_))
+        ));
         assert!(matches!(parse_cpus("two"), Err(UnitError::Cpus(_))));
     }
 

@@ -93,10 +93,10 @@ pub(crate) fn parse(text: &str, file: &Arc<str>) -> Result<Node, PolicyError> {
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_reader_input_bytes: Some(MAX_POLICY_BYTES),
-            max_events: 100_000,
+            max_events: 50_000,
             max_aliases: 1_000,
             max_anchors: 1_000,
-            max_recorded_anchor_events: 20_000,
+            max_recorded_anchor_events: 5_000,
             max_recorded_anchor_bytes: MAX_POLICY_BYTES,
             max_depth: MAX_DEPTH,
             max_documents: 1,
@@ -107,7 +107,7 @@ pub(crate) fn parse(text: &str, file: &Arc<str>) -> Result<Node, PolicyError> {
             flow_nesting_limit: MAX_DEPTH,
         },
         alias_limits: serde_saphyr::alias_limits! {
-            max_total_replayed_events: 20_000,
+            max_total_replayed_events: 5_000,
             max_replay_stack_depth: 8,
             max_alias_expansions_per_anchor: 1_000,
         },
@@ -117,8 +117,8 @@ pub(crate) fn parse(text: &str, file: &Arc<str>) -> Result<Node, PolicyError> {
         emit_comments: false,
     };
     DEPTH.with(|d| d.set(0));
-    let raw: Spanned<Raw> = serde_saphyr::from_str_with_options(text, options)
-        .map_err(|err| yaml_error(&err, file))?;
+    let raw: Spanned<Raw> =
+        serde_saphyr::from_str_with_options(text, options).map_err(|err| yaml_error(&err, file))?;
     Ok(into_node(raw, file))
 }
 
@@ -161,7 +161,11 @@ impl serde_saphyr::Localizer for NoLocationSuffix {
     }
 
     fn alias_defined_at(&self, defined: Location) -> String {
-        format!(" (in the anchor defined at {}:{})", defined.line(), defined.column())
+        format!(
+            " (in the anchor defined at {}:{})",
+            defined.line(),
+            defined.column()
+        )
     }
 }
 
@@ -331,8 +335,12 @@ mod tests {
     #[test]
     fn nodes_remember_line_and_column() {
         let node = parse("a:\n  b: 5\n", &file()).unwrap();
-        let Value::Map(top) = &node.value else { panic!("{node:?}") };
-        let Value::Map(inner) = &top[0].1.value else { panic!() };
+        let Value::Map(top) = &node.value else {
+            panic!("{node:?}")
+        };
+        let Value::Map(inner) = &top[0].1.value else {
+            panic!()
+        };
         assert_eq!((inner[0].0.pos.line, inner[0].0.pos.column), (2, 3));
         assert_eq!((inner[0].1.pos.line, inner[0].1.pos.column), (2, 6));
     }
@@ -340,7 +348,9 @@ mod tests {
     #[test]
     fn yaml11_booleans_stay_strings() {
         let node = parse("n: no\n", &file()).unwrap();
-        let Value::Map(top) = &node.value else { panic!() };
+        let Value::Map(top) = &node.value else {
+            panic!()
+        };
         assert_eq!(top[0].0.value, Value::Str("n".into()));
         assert_eq!(top[0].1.value, Value::Str("no".into()));
     }
@@ -364,13 +374,21 @@ mod tests {
         let err = parse(&text, &file()).unwrap_err();
         let at = err.position().unwrap();
         assert_eq!(at.line, 1, "{err}");
-        let block: String = (0..100).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+        let block: String = (0..100)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
         assert!(parse(&block, &file()).is_err());
     }
 
     #[test]
     fn syntax_errors_are_one_line_with_a_place() {
-        for text in ["a: [1\n", "a: 1\na: 2\n", "a: 1\n---\nb: 2\n", "a: !foo x\n", "a: .nan\n"] {
+        for text in [
+            "a: [1\n",
+            "a: 1\na: 2\n",
+            "a: 1\n---\nb: 2\n",
+            "a: !foo x\n",
+            "a: .nan\n",
+        ] {
             let err = parse(text, &file()).unwrap_err();
             let line = err.to_string();
             assert!(line.starts_with("t.yaml:"), "{line}");

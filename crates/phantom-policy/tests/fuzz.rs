@@ -21,17 +21,57 @@ fn check(text: &str) -> Result<(), TestCaseError> {
         prop_assert!(!line.contains('\n'), "multi-line error: {line:?}");
     }
     let took = start.elapsed();
-    prop_assert!(took < BOUND, "took {took:?} on {:?}", text.chars().take(200).collect::<String>());
+    prop_assert!(
+        took < BOUND,
+        "took {took:?} on {:?}",
+        text.chars().take(200).collect::<String>()
+    );
     Ok(())
 }
 
 /// Keys the DSL knows, a few near-misses, and the YAML merge key.
 const KEYS: &[&str] = &[
-    "profile", "description", "extends", "mode", "runtime", "security", "level", "seccomp",
-    "default", "allow", "deny", "landlock", "enabled", "paths", "path", "access", "performance",
-    "zygote", "pool_size", "io_mode", "memory_allocator", "resources", "memory", "cpu", "pids",
-    "timeout", "output", "tmp", "nofile", "fsize", "network", "filesystem", "system", "etc",
-    "binds", "source", "target", "workspace", "memroy", "<<", "x",
+    "profile",
+    "description",
+    "extends",
+    "mode",
+    "runtime",
+    "security",
+    "level",
+    "seccomp",
+    "default",
+    "allow",
+    "deny",
+    "landlock",
+    "enabled",
+    "paths",
+    "path",
+    "access",
+    "performance",
+    "zygote",
+    "pool_size",
+    "io_mode",
+    "memory_allocator",
+    "resources",
+    "memory",
+    "cpu",
+    "pids",
+    "timeout",
+    "output",
+    "tmp",
+    "nofile",
+    "fsize",
+    "network",
+    "filesystem",
+    "system",
+    "etc",
+    "binds",
+    "source",
+    "target",
+    "workspace",
+    "memroy",
+    "<<",
+    "x",
 ];
 
 fn scalar() -> impl Strategy<Value = String> {
@@ -77,9 +117,13 @@ fn flow_value() -> impl Strategy<Value = String> {
     ];
     leaf.prop_recursive(6, 64, 6, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..6).prop_map(|items| format!("[{}]", items.join(", "))),
+            proptest::collection::vec(inner.clone(), 0..6)
+                .prop_map(|items| format!("[{}]", items.join(", "))),
             proptest::collection::vec((key(), inner.clone()), 0..6).prop_map(|entries| {
-                let body: Vec<String> = entries.into_iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                let body: Vec<String> = entries
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect();
                 format!("{{{}}}", body.join(", "))
             }),
             ((0..8u8), inner).prop_map(|(i, v)| format!("&a{i} {v}")),
@@ -94,7 +138,11 @@ fn document() -> impl Strategy<Value = String> {
         proptest::collection::vec((key(), flow_value(), 0..3usize), 0..10),
     )
         .prop_map(|(named, entries)| {
-            let mut text = if named { "profile: fuzz\n".to_string() } else { String::new() };
+            let mut text = if named {
+                "profile: fuzz\n".to_string()
+            } else {
+                String::new()
+            };
             for (k, v, style) in entries {
                 match style {
                     0 => text.push_str(&format!("{k}: {v}\n")),
@@ -153,6 +201,11 @@ proptest! {
         };
         check(&text)?;
     }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn alias_bombs_are_refused_quickly(levels in 1usize..12, width in 1usize..30) {

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use phantom_policy::{
-    builtin_names, builtin_source, compile, load_builtin, load_file, load_str, units, Access, Mode, Mount,
-    NetworkMode, Overrides, PolicyError, Profile,
+    builtin_names, builtin_source, compile, load_builtin, load_file, load_str, units, Access, Mode,
+    Mount, NetworkMode, Overrides, PolicyError, Profile,
 };
 
 fn load(text: &str) -> Result<Profile, PolicyError> {
@@ -17,7 +17,9 @@ fn plan_of(text: &str) -> phantom_policy::Plan {
 
 /// The 1-based (line, column) of the first occurrence of `needle` in `text`.
 fn place(text: &str, needle: &str) -> (u64, u64) {
-    let offset = text.find(needle).unwrap_or_else(|| panic!("{needle:?} not in text"));
+    let offset = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in text"));
     let before = &text[..offset];
     let line = before.matches('\n').count() as u64 + 1;
     let column = before.rsplit('\n').next().unwrap().chars().count() as u64 + 1;
@@ -25,11 +27,17 @@ fn place(text: &str, needle: &str) -> (u64, u64) {
 }
 
 fn assert_at(err: &PolicyError, text: &str, needle: &str) {
-    let at = err.position().unwrap_or_else(|| panic!("no position in {err}"));
+    let at = err
+        .position()
+        .unwrap_or_else(|| panic!("no position in {err}"));
     assert_eq!((at.line, at.column), place(text, needle), "{err}");
     assert_eq!(at.file, "policy.yaml");
     let (line, column) = place(text, needle);
-    assert!(err.to_string().starts_with(&format!("policy.yaml:{line}:{column}: ")), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("policy.yaml:{line}:{column}: ")),
+        "{err}"
+    );
 }
 
 /// A scratch directory for policy files, removed on drop.
@@ -37,7 +45,8 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("phantom-policy-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("phantom-policy-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
@@ -66,7 +75,9 @@ fn every_builtin_parses_and_is_named_after_itself() {
         let profile = load_builtin(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(profile.name, *name);
         assert!(profile.description.is_some(), "{name} has no description");
-        assert!(builtin_source(name).unwrap().contains(&format!("profile: {name}")));
+        assert!(builtin_source(name)
+            .unwrap()
+            .contains(&format!("profile: {name}")));
     }
 }
 
@@ -74,7 +85,8 @@ fn every_builtin_parses_and_is_named_after_itself() {
 fn every_builtin_compiles_without_warnings() {
     for name in builtin_names() {
         let profile = load_builtin(name).unwrap();
-        let plan = compile(&profile, &Overrides::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let plan =
+            compile(&profile, &Overrides::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(plan.warnings.is_empty(), "{name}: {:?}", plan.warnings);
         assert_eq!(plan.profile, *name);
         assert_eq!(plan.cwd, plan.workspace_target);
@@ -82,9 +94,16 @@ fn every_builtin_compiles_without_warnings() {
         for mount in &plan.mounts {
             let target = mount_target(mount);
             assert!(target.starts_with('/'), "{name}: {target}");
-            assert!(!target.split('/').any(|c| c == ".." || c == "."), "{name}: {target}");
+            assert!(
+                !target.split('/').any(|c| c == ".." || c == "."),
+                "{name}: {target}"
+            );
         }
-        let workspaces: Vec<&Mount> = plan.mounts.iter().filter(|m| matches!(m, Mount::Workspace { .. })).collect();
+        let workspaces: Vec<&Mount> = plan
+            .mounts
+            .iter()
+            .filter(|m| matches!(m, Mount::Workspace { .. }))
+            .collect();
         assert_eq!(workspaces.len(), 1, "{name}");
         assert_eq!(mount_target(workspaces[0]), plan.workspace_target);
     }
@@ -121,8 +140,14 @@ fn default_limits_are_the_documented_ones() {
     assert_eq!(limits.memory_bytes, units::parse_bytes("512MB").unwrap());
     assert_eq!(limits.cpu_millis, units::parse_cpus("1.0").unwrap());
     assert_eq!(limits.pids, 256);
-    assert_eq!(limits.wall_timeout_ms, units::parse_duration_ms("30s").unwrap());
-    assert_eq!(limits.output_limit_bytes, units::parse_bytes("1MB").unwrap());
+    assert_eq!(
+        limits.wall_timeout_ms,
+        units::parse_duration_ms("30s").unwrap()
+    );
+    assert_eq!(
+        limits.output_limit_bytes,
+        units::parse_bytes("1MB").unwrap()
+    );
     assert_eq!(limits.tmp_size_bytes, units::parse_bytes("64MB").unwrap());
     assert_eq!(limits.nofile, 1024);
     assert_eq!(limits.fsize_bytes, units::parse_bytes("1GB").unwrap());
@@ -135,8 +160,14 @@ fn builtins_differ_where_they_say() {
     assert_eq!(strict.network, NetworkMode::None);
     assert!(strict.noexec_writable);
     assert_eq!(strict.limits.pids, 64);
-    assert_eq!(strict.limits.memory_bytes, units::parse_bytes("256MB").unwrap());
-    assert_eq!(strict.limits.wall_timeout_ms, units::parse_duration_ms("10s").unwrap());
+    assert_eq!(
+        strict.limits.memory_bytes,
+        units::parse_bytes("256MB").unwrap()
+    );
+    assert_eq!(
+        strict.limits.wall_timeout_ms,
+        units::parse_duration_ms("10s").unwrap()
+    );
     assert!(strict.seccomp.iter().any(|p| p.name == "allowlist"));
 
     let minimal = compile(&load_builtin("minimal").unwrap(), &Overrides::default()).unwrap();
@@ -150,7 +181,10 @@ fn builtins_differ_where_they_say() {
             _ => None,
         })
         .collect();
-    assert_eq!(binds, ["/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache"]);
+    assert_eq!(
+        binds,
+        ["/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache"]
+    );
 
     let java = compile(&load_builtin("java-dev").unwrap(), &Overrides::default()).unwrap();
     assert_eq!(java.limits.memory_bytes, units::parse_bytes("1GB").unwrap());
@@ -163,7 +197,10 @@ fn builtins_differ_where_they_say() {
         assert_eq!(plan.network, NetworkMode::LoopbackOnly, "{name}");
         assert_eq!(plan.mode, Mode::Sandbox, "{name}");
         // Language profiles add Landlock rules for their toolchain.
-        assert!(plan.landlock.rules.len() > default.landlock.rules.len(), "{name}");
+        assert!(
+            plan.landlock.rules.len() > default.landlock.rules.len(),
+            "{name}"
+        );
     }
 }
 
@@ -218,9 +255,17 @@ fn every_key_is_accepted_and_has_an_effect_or_a_warning() {
     let profile = load(EVERY_KEY).unwrap();
     let plan = compile(&profile, &Overrides::default()).unwrap();
     let warned = |key: &str| plan.warnings.iter().any(|w| w.starts_with(key));
-    assert!(warned("performance.zygote: warm pools need phantom-supervisor"), "{:?}", plan.warnings);
+    assert!(
+        warned("performance.zygote: warm pools need phantom-supervisor"),
+        "{:?}",
+        plan.warnings
+    );
     assert!(warned("performance.pool_size:"), "{:?}", plan.warnings);
-    assert!(warned("performance.io_mode: uring: io_uring stays blocked"), "{:?}", plan.warnings);
+    assert!(
+        warned("performance.io_mode: uring: io_uring stays blocked"),
+        "{:?}",
+        plan.warnings
+    );
     assert_eq!(plan.warnings.len(), 3, "{:?}", plan.warnings);
     let preload = plan.env.iter().find(|(k, _)| k == "LD_PRELOAD").unwrap();
     assert!(preload.1.ends_with("libjemalloc.so.2"));
@@ -238,8 +283,14 @@ fn every_key_is_accepted_and_has_an_effect_or_a_warning() {
         .any(|r| r.path == "/usr/lib/python3*" && r.access == Access::ReadOnly));
     // extends: python-dev contributed what this file did not override.
     let python = load_builtin("python-dev").unwrap();
-    assert_eq!(profile.resources.memory_bytes, units::parse_bytes("512MB").unwrap());
-    assert_ne!(python.resources.memory_bytes, profile.resources.memory_bytes);
+    assert_eq!(
+        profile.resources.memory_bytes,
+        units::parse_bytes("512MB").unwrap()
+    );
+    assert_ne!(
+        python.resources.memory_bytes,
+        profile.resources.memory_bytes
+    );
     assert_eq!(profile.extends.as_deref(), Some("python-dev"));
 }
 
@@ -286,19 +337,29 @@ fn unknown_key_points_at_the_key_and_suggests() {
     assert!(matches!(err, PolicyError::UnknownKey { .. }), "{err}");
     assert_at(&err, text, "memroy");
     assert!(
-        err.to_string().ends_with("unknown key `memroy` in `resources` (did you mean `memory`?)"),
+        err.to_string()
+            .ends_with("unknown key `memroy` in `resources` (did you mean `memory`?)"),
         "{err}"
     );
 
     let text = "profile: x\nmdoe: sandbox\n";
     let err = load(text).unwrap_err();
     assert_at(&err, text, "mdoe");
-    assert!(err.to_string().contains("at the top level (did you mean `mode`?)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("at the top level (did you mean `mode`?)"),
+        "{err}"
+    );
 
-    let text = "profile: x\nfilesystem:\n  binds:\n    - {source: /a, target: /b, acess: read-only}\n";
+    let text =
+        "profile: x\nfilesystem:\n  binds:\n    - {source: /a, target: /b, acess: read-only}\n";
     let err = load(text).unwrap_err();
     assert_at(&err, text, "acess");
-    assert!(err.to_string().contains("in `filesystem.binds[0]` (did you mean `access`?)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("in `filesystem.binds[0]` (did you mean `access`?)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -312,16 +373,47 @@ fn unknown_key_without_a_close_match_lists_the_valid_keys() {
 #[test]
 fn wrong_types_name_the_key_and_what_was_expected() {
     for (text, needle, expected) in [
-        ("profile: x\nresources:\n  pids: [1]\n", "[1]", "expected a whole number"),
-        ("profile: x\nperformance:\n  zygote: yes\n", "yes", "expected true or false"),
-        ("profile: x\nmode: 5\n", "5", "expected one of: direct, sandbox, hardened, wasm"),
-        ("profile: x\nsecurity: strict\n", "strict", "expected a mapping"),
-        ("profile: x\nfilesystem:\n  etc: ssl\n", "ssl", "expected a list"),
-        ("profile: x\nfilesystem:\n  etc:\n", "etc:", "write [] for an empty one"),
-        ("profile: 12\n", "12", "expected a string (put quotes around it)"),
+        (
+            "profile: x\nresources:\n  pids: [1]\n",
+            "[1]",
+            "expected a whole number",
+        ),
+        (
+            "profile: x\nperformance:\n  zygote: yes\n",
+            "yes",
+            "expected true or false",
+        ),
+        (
+            "profile: x\nmode: 5\n",
+            "5",
+            "expected one of: direct, sandbox, hardened, wasm",
+        ),
+        (
+            "profile: x\nsecurity: strict\n",
+            "strict",
+            "expected a mapping",
+        ),
+        (
+            "profile: x\nfilesystem:\n  etc: ssl\n",
+            "ssl",
+            "expected a list",
+        ),
+        (
+            "profile: x\nfilesystem:\n  etc:\n",
+            "etc:",
+            "write [] for an empty one",
+        ),
+        (
+            "profile: 12\n",
+            "12",
+            "expected a string (put quotes around it)",
+        ),
     ] {
         let err = load(text).unwrap_err();
-        assert!(matches!(err, PolicyError::WrongType { .. }), "{text}: {err}");
+        assert!(
+            matches!(err, PolicyError::WrongType { .. }),
+            "{text}: {err}"
+        );
         assert!(err.to_string().contains(expected), "{err}");
         if needle != "etc:" {
             assert_at(&err, text, needle);
@@ -340,10 +432,26 @@ fn bad_units_quote_the_value_and_show_an_example() {
         "{err}"
     );
     for (text, needle, expected) in [
-        ("profile: x\nresources:\n  timeout: soon\n", "soon", "as a duration"),
-        ("profile: x\nresources:\n  cpu: lots\n", "lots", "number of CPUs"),
-        ("profile: x\nresources:\n  cpu: -1\n", "-1", "more than 0 and at most 1024"),
-        ("profile: x\nresources:\n  cpu: 2000\n", "2000", "more than 0 and at most 1024"),
+        (
+            "profile: x\nresources:\n  timeout: soon\n",
+            "soon",
+            "as a duration",
+        ),
+        (
+            "profile: x\nresources:\n  cpu: lots\n",
+            "lots",
+            "number of CPUs",
+        ),
+        (
+            "profile: x\nresources:\n  cpu: -1\n",
+            "-1",
+            "more than 0 and at most 1024",
+        ),
+        (
+            "profile: x\nresources:\n  cpu: 2000\n",
+            "2000",
+            "more than 0 and at most 1024",
+        ),
     ] {
         let err = load(text).unwrap_err();
         assert_at(&err, text, needle);
@@ -361,24 +469,64 @@ fn impossible_values_are_refused_at_their_place() {
         ("profile: x\nresources:\n  tmp: 0\n", "0"),
         ("profile: x\nresources:\n  output: 0\n", "0"),
         ("profile: x\nresources:\n  nofile: 2\n", "2"),
-        ("profile: x\nresources:\n  pids: 99999999999999999999999\n", "9999"),
+        (
+            "profile: x\nresources:\n  pids: 99999999999999999999999\n",
+            "9999",
+        ),
         ("profile: x\nperformance:\n  pool_size: 0\n", "0"),
-        ("profile: x\nfilesystem:\n  workspace: workspace\n", "workspace\n"),
-        ("profile: x\nfilesystem:\n  workspace: /usr/src\n", "/usr/src"),
+        (
+            "profile: x\nfilesystem:\n  workspace: workspace\n",
+            "workspace\n",
+        ),
+        (
+            "profile: x\nfilesystem:\n  workspace: /usr/src\n",
+            "/usr/src",
+        ),
         ("profile: x\nfilesystem:\n  workspace: /tmp/w\n", "/tmp/w"),
-        ("profile: x\nfilesystem:\n  system: [/usr, relative]\n", "relative"),
+        (
+            "profile: x\nfilesystem:\n  system: [/usr, relative]\n",
+            "relative",
+        ),
         ("profile: x\nfilesystem:\n  system: [/]\n", "/]"),
-        ("profile: x\nfilesystem:\n  system: [/proc/self]\n", "/proc/self"),
+        (
+            "profile: x\nfilesystem:\n  system: [/proc/self]\n",
+            "/proc/self",
+        ),
         ("profile: x\nfilesystem:\n  system: [/etc]\n", "/etc"),
         ("profile: x\nfilesystem:\n  etc: [passwd]\n", "passwd"),
         ("profile: x\nfilesystem:\n  etc: [shadow]\n", "shadow"),
-        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /tmp/a}]\n", "/tmp/a"),
-        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /workspace/a}]\n", "/workspace/a"),
-        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /dev/sda}]\n", "/dev/sda"),
-        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /}]\n", "/}"),
-        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /opt/../etc}]\n", "/opt/../etc"),
-        ("profile: x\nfilesystem:\n  binds: [{source: a, target: /a}]\n", "a, target"),
-        ("profile: x\nsecurity:\n  landlock:\n    paths: [{path: tmp, access: read-only}]\n", "tmp,"),
+        (
+            "profile: x\nfilesystem:\n  binds: [{source: /a, target: /tmp/a}]\n",
+            "/tmp/a",
+        ),
+        (
+            "profile: x\nfilesystem:\n  binds: [{source: /a, target: /workspace/a}]\n",
+            "/workspace/a",
+        ),
+        (
+            "profile: x\nfilesystem:\n  binds: [{source: /a, target: /dev/sda}]\n",
+            "/dev/sda",
+        ),
+        (
+            "profile: x\nfilesystem:\n  binds: [{source: /a, target: /}]\n",
+            "/}",
+        ),
+        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /etc}]\n", "/etc}"),
+        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /usr}]\n", "/usr}"),
+        ("profile: x\nfilesystem:\n  workspace: /w/s\n  binds: [{source: /a, target: /w}]\n", "/w}"),
+        ("profile: x\nfilesystem:\n  binds: [{source: /a, target: /b}, {source: /c, target: /b}]\n", "/b}]"),
+        (
+            "profile: x\nfilesystem:\n  binds: [{source: /a, target: /opt/../etc}]\n",
+            "/opt/../etc",
+        ),
+        (
+            "profile: x\nfilesystem:\n  binds: [{source: a, target: /a}]\n",
+            "a, target",
+        ),
+        (
+            "profile: x\nsecurity:\n  landlock:\n    paths: [{path: tmp, access: read-only}]\n",
+            "tmp,",
+        ),
         ("profile: x\nnetwork:\n  mode: limited\n", "limited"),
         ("profile: x\nnetwork:\n  mode: host\n", "host"),
         ("profile: x\nmode: sandbx\n", "sandbx"),
@@ -391,8 +539,13 @@ fn impossible_values_are_refused_at_their_place() {
 
 #[test]
 fn network_modes_that_do_not_exist_yet_say_what_to_use() {
-    let err = load("profile: x\nnetwork:\n  mode: limited\n").unwrap_err().to_string();
-    assert!(err.contains("not available yet") && err.contains("use loopback-only"), "{err}");
+    let err = load("profile: x\nnetwork:\n  mode: limited\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not available yet") && err.contains("use loopback-only"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -403,16 +556,31 @@ fn unknown_syscalls_are_refused_with_the_closest_name() {
     assert!(err.to_string().contains("did you mean `ptrace`"), "{err}");
     let text = "profile: x\nsecurity:\n  seccomp:\n    allow: [opne]\n";
     let err = load(text).unwrap_err();
-    assert!(err.to_string().contains("`opne` is not a syscall on"), "{err}");
+    assert!(
+        err.to_string().contains("`opne` is not a syscall on"),
+        "{err}"
+    );
 }
 
 #[test]
 fn seccomp_lists_refuse_contradictions() {
     for (text, needle) in [
-        ("profile: x\nsecurity:\n  seccomp:\n    allow: [ptrace]\n    deny: [ptrace]\n", "ptrace]\n    deny"),
-        ("profile: x\nsecurity:\n  seccomp:\n    deny: [execve]\n", "execve"),
-        ("profile: x\nsecurity:\n  seccomp:\n    deny: [exit_group]\n", "exit_group"),
-        ("profile: x\nsecurity:\n  seccomp:\n    allow: [clone3]\n", "clone3"),
+        (
+            "profile: x\nsecurity:\n  seccomp:\n    allow: [ptrace]\n    deny: [ptrace]\n",
+            "ptrace]\n    deny",
+        ),
+        (
+            "profile: x\nsecurity:\n  seccomp:\n    deny: [execve]\n",
+            "execve",
+        ),
+        (
+            "profile: x\nsecurity:\n  seccomp:\n    deny: [exit_group]\n",
+            "exit_group",
+        ),
+        (
+            "profile: x\nsecurity:\n  seccomp:\n    allow: [clone3]\n",
+            "clone3",
+        ),
     ] {
         let err = load(text).unwrap_err();
         assert_at(&err, text, needle);
@@ -421,11 +589,20 @@ fn seccomp_lists_refuse_contradictions() {
 
 #[test]
 fn documents_that_are_not_a_mapping_get_a_clear_error() {
-    for text in ["", "# only a comment\n", "- a\n- b\n", "just words\n", "42\n"] {
+    for text in [
+        "",
+        "# only a comment\n",
+        "- a\n- b\n",
+        "just words\n",
+        "42\n",
+    ] {
         let err = load(text).unwrap_err();
         let message = err.to_string();
         assert!(message.starts_with("policy.yaml"), "{message}");
-        assert!(message.contains("expected a mapping with at least `profile: NAME`"), "{message}");
+        assert!(
+            message.contains("expected a mapping with at least `profile: NAME`"),
+            "{message}"
+        );
     }
 }
 
@@ -481,11 +658,17 @@ fn extends_chains_merge_mappings_and_replace_lists() {
     let python = load_builtin("python-dev").unwrap();
     assert_eq!(profile.name, "child");
     assert_eq!(profile.description, None, "descriptions are not inherited");
-    assert_eq!(profile.resources.memory_bytes, units::parse_bytes("300MB").unwrap());
+    assert_eq!(
+        profile.resources.memory_bytes,
+        units::parse_bytes("300MB").unwrap()
+    );
     assert_eq!(profile.resources.pids, 100);
     assert_eq!(profile.resources.timeout_ms, python.resources.timeout_ms);
     assert_eq!(profile.filesystem.etc, ["localtime"]);
-    assert_eq!(profile.security.landlock.paths, python.security.landlock.paths);
+    assert_eq!(
+        profile.security.landlock.paths,
+        python.security.landlock.paths
+    );
 }
 
 #[test]
@@ -496,18 +679,30 @@ fn extends_cycles_are_refused() {
     let err = load_file(&a).unwrap_err();
     assert!(matches!(err, PolicyError::ExtendsCycle { .. }), "{err}");
     let message = err.to_string();
-    assert!(message.contains("a.yaml -> ") && message.contains("b.yaml -> "), "{message}");
-    assert_eq!(err.position().unwrap().file, dir.0.join("./b.yaml").display().to_string());
+    assert!(
+        message.contains("a.yaml -> ") && message.contains("b.yaml -> "),
+        "{message}"
+    );
+    assert_eq!(
+        err.position().unwrap().file,
+        dir.0.join("./b.yaml").display().to_string()
+    );
 
     let selfish = dir.write("self.yaml", "profile: s\nextends: self.yaml\n");
-    assert!(matches!(load_file(&selfish), Err(PolicyError::ExtendsCycle { .. })));
+    assert!(matches!(
+        load_file(&selfish),
+        Err(PolicyError::ExtendsCycle { .. })
+    ));
 }
 
 #[test]
 fn errors_in_a_parent_point_into_the_parent() {
     let dir = Scratch::new("parent-error");
     dir.write("base.yaml", "profile: base\nresources:\n  pids: 0\n");
-    let child = dir.write("child.yaml", "profile: child\nextends: base.yaml\nresources:\n  pids: 5\n");
+    let child = dir.write(
+        "child.yaml",
+        "profile: child\nextends: base.yaml\nresources:\n  pids: 5\n",
+    );
     let err = load_file(&child).unwrap_err();
     assert!(err.position().unwrap().file.ends_with("base.yaml"), "{err}");
 }
@@ -517,7 +712,10 @@ fn extends_names_unknown_builtins_and_missing_files_clearly() {
     let text = "profile: x\nextends: pyhton-dev\n";
     let err = load(text).unwrap_err();
     assert_at(&err, text, "pyhton-dev");
-    assert!(err.to_string().contains("did you mean `python-dev`"), "{err}");
+    assert!(
+        err.to_string().contains("did you mean `python-dev`"),
+        "{err}"
+    );
     let text = "profile: x\nextends: ./does-not-exist.yaml\n";
     let err = load(text).unwrap_err();
     assert_at(&err, text, "./does-not-exist.yaml");
@@ -527,8 +725,14 @@ fn extends_names_unknown_builtins_and_missing_files_clearly() {
 fn load_file_refuses_what_is_not_a_policy_file() {
     let dir = Scratch::new("not-a-file");
     assert!(matches!(load_file(&dir.0), Err(PolicyError::Read { .. })));
-    assert!(matches!(load_file(&dir.0.join("missing.yaml")), Err(PolicyError::Read { .. })));
-    let big = dir.write("big.yaml", &"#".repeat(phantom_policy::MAX_POLICY_BYTES + 1));
+    assert!(matches!(
+        load_file(&dir.0.join("missing.yaml")),
+        Err(PolicyError::Read { .. })
+    ));
+    let big = dir.write(
+        "big.yaml",
+        &"#".repeat(phantom_policy::MAX_POLICY_BYTES + 1),
+    );
     assert!(matches!(load_file(&big), Err(PolicyError::TooLarge { .. })));
 }
 
@@ -546,8 +750,13 @@ fn hardened_forces_network_none() {
     assert_eq!(default.network.mode, NetworkMode::LoopbackOnly);
     assert_eq!(plan.network, NetworkMode::None);
     assert!(plan.seccomp.iter().any(|p| p.name == "allowlist"));
-    assert!(plan.mounts.iter().any(|m| matches!(m, Mount::Tmpfs { target, read_only: true, .. } if target == "/tmp")));
-    assert!(plan.env.contains(&("HOME".to_string(), plan.workspace_target.clone())));
+    assert!(plan
+        .mounts
+        .iter()
+        .any(|m| matches!(m, Mount::Tmpfs { target, read_only: true, .. } if target == "/tmp")));
+    assert!(plan
+        .env
+        .contains(&("HOME".to_string(), plan.workspace_target.clone())));
 
     let loopback = Overrides {
         network: Some(NetworkMode::LoopbackOnly),
@@ -558,7 +767,10 @@ fn hardened_forces_network_none() {
 
     // A child that asks for hardened inherits loopback-only from its parent: none.
     let child = load("profile: child\nextends: default\nmode: hardened\n").unwrap();
-    assert_eq!(compile(&child, &Overrides::default()).unwrap().network, NetworkMode::None);
+    assert_eq!(
+        compile(&child, &Overrides::default()).unwrap().network,
+        NetworkMode::None
+    );
 
     // One file asking for both is a contradiction.
     let text = "profile: x\nmode: hardened\nnetwork:\n  mode: loopback-only\n";
@@ -602,19 +814,40 @@ fn overrides_replace_profile_values_and_are_checked() {
     assert_eq!(plan.limits.memory_bytes, overrides.memory_bytes.unwrap());
     assert_eq!(plan.limits.cpu_millis, overrides.cpu_millis.unwrap());
     assert_eq!(plan.limits.pids, 17);
-    assert_eq!(plan.limits.wall_timeout_ms, overrides.wall_timeout_ms.unwrap());
+    assert_eq!(
+        plan.limits.wall_timeout_ms,
+        overrides.wall_timeout_ms.unwrap()
+    );
     assert_eq!(plan.network, NetworkMode::None);
     assert_eq!(plan.limits.tmp_size_bytes, profile.resources.tmp_bytes);
 
     for bad in [
-        Overrides { pids: Some(0), ..Overrides::default() },
-        Overrides { memory_bytes: Some(0), ..Overrides::default() },
-        Overrides { cpu_millis: Some(0), ..Overrides::default() },
-        Overrides { wall_timeout_ms: Some(0), ..Overrides::default() },
-        Overrides { mode: Some(Mode::Wasm), ..Overrides::default() },
+        Overrides {
+            pids: Some(0),
+            ..Overrides::default()
+        },
+        Overrides {
+            memory_bytes: Some(0),
+            ..Overrides::default()
+        },
+        Overrides {
+            cpu_millis: Some(0),
+            ..Overrides::default()
+        },
+        Overrides {
+            wall_timeout_ms: Some(0),
+            ..Overrides::default()
+        },
+        Overrides {
+            mode: Some(Mode::Wasm),
+            ..Overrides::default()
+        },
     ] {
         let err = compile(&profile, &bad).unwrap_err();
-        assert!(matches!(err, PolicyError::InvalidOverride { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, PolicyError::InvalidOverride { .. }),
+            "{bad:?}: {err}"
+        );
     }
 }
 
@@ -623,7 +856,11 @@ fn wasm_is_refused_with_the_reason() {
     let text = "profile: x\nmode: wasm\n";
     let err = compile(&load(text).unwrap(), &Overrides::default()).unwrap_err();
     assert_at(&err, text, "wasm");
-    assert!(err.to_string().contains("mode wasm is not available in this build (no wasmtime)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("mode wasm is not available in this build (no wasmtime)"),
+        "{err}"
+    );
     let text = "profile: x\nruntime: wasm\n";
     let err = compile(&load(text).unwrap(), &Overrides::default()).unwrap_err();
     assert_at(&err, text, "wasm");
@@ -635,7 +872,11 @@ fn direct_mode_has_no_isolation_and_says_so() {
     assert!(plan.mounts.is_empty());
     assert!(plan.seccomp.is_empty());
     assert!(!plan.landlock.enabled);
-    assert!(plan.warnings.iter().any(|w| w.starts_with("mode: direct")), "{:?}", plan.warnings);
+    assert!(
+        plan.warnings.iter().any(|w| w.starts_with("mode: direct")),
+        "{:?}",
+        plan.warnings
+    );
 }
 
 #[test]
@@ -644,16 +885,33 @@ fn security_levels_change_landlock_and_noexec() {
     assert!(!low.landlock.enabled && low.landlock.rules.is_empty());
     assert!(!low.noexec_writable);
     let medium = plan_of("profile: x\n");
-    assert!(medium.landlock.enabled && medium.landlock.scope_abstract_unix && medium.landlock.scope_signals);
+    assert!(
+        medium.landlock.enabled
+            && medium.landlock.scope_abstract_unix
+            && medium.landlock.scope_signals
+    );
     assert!(!medium.noexec_writable);
     let high = plan_of("profile: x\nsecurity:\n  level: high\n");
     assert!(high.noexec_writable);
-    assert!(high.mounts.iter().any(|m| matches!(m, Mount::Tmpfs { noexec: true, .. })));
-    assert!(high.mounts.iter().any(|m| matches!(m, Mount::Workspace { noexec: true, .. })));
+    assert!(high
+        .mounts
+        .iter()
+        .any(|m| matches!(m, Mount::Tmpfs { noexec: true, .. })));
+    assert!(high
+        .mounts
+        .iter()
+        .any(|m| matches!(m, Mount::Workspace { noexec: true, .. })));
     let off = plan_of("profile: x\nsecurity:\n  landlock:\n    enabled: false\n");
     assert!(!off.landlock.enabled);
     let ignored = plan_of("profile: x\nsecurity:\n  level: low\n  landlock:\n    enabled: true\n");
-    assert!(ignored.warnings.iter().any(|w| w.starts_with("security.landlock:")), "{:?}", ignored.warnings);
+    assert!(
+        ignored
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("security.landlock:")),
+        "{:?}",
+        ignored.warnings
+    );
 }
 
 #[test]
@@ -679,7 +937,18 @@ fn mounts_come_in_replay_order() {
     order.dedup();
     assert_eq!(
         order,
-        ["system", "etc", "file", "bind", "tmp", "workspace", "proc", "mask", "read-only", "dev"]
+        [
+            "system",
+            "etc",
+            "file",
+            "bind",
+            "tmp",
+            "workspace",
+            "proc",
+            "mask",
+            "read-only",
+            "dev"
+        ]
     );
     let files: Vec<&str> = plan
         .mounts
@@ -689,12 +958,24 @@ fn mounts_come_in_replay_order() {
             _ => None,
         })
         .collect();
-    assert_eq!(files, ["/etc/passwd", "/etc/group", "/etc/hosts", "/etc/hostname"]);
-    assert!(plan.mounts.contains(&Mount::Mask { target: "/proc/kcore".into() }));
-    assert!(plan.mounts.contains(&Mount::ReadOnly { target: "/proc/sys".into() }));
-    assert!(!plan.mounts.iter().any(|m| mount_target(m).starts_with("/sys")));
+    assert_eq!(
+        files,
+        ["/etc/passwd", "/etc/group", "/etc/hosts", "/etc/hostname"]
+    );
+    assert!(plan.mounts.contains(&Mount::Mask {
+        target: "/proc/kcore".into()
+    }));
+    assert!(plan.mounts.contains(&Mount::ReadOnly {
+        target: "/proc/sys".into()
+    }));
+    assert!(!plan
+        .mounts
+        .iter()
+        .any(|m| mount_target(m).starts_with("/sys")));
     let hosts = plan.mounts.iter().find_map(|m| match m {
-        Mount::File { target, contents, .. } if target == "/etc/hosts" => Some(contents),
+        Mount::File {
+            target, contents, ..
+        } if target == "/etc/hosts" => Some(contents),
         _ => None,
     });
     assert!(hosts.unwrap().contains(&plan.hostname));
@@ -724,5 +1005,8 @@ fn merge_keys_and_anchors_work_within_limits() {
     let text = "profile: x\nresources:\n  <<: {memory: 1GB, pids: 9}\n  pids: 10\n";
     let profile = load(text).unwrap();
     assert_eq!(profile.resources.pids, 10);
-    assert_eq!(profile.resources.memory_bytes, units::parse_bytes("1GB").unwrap());
+    assert_eq!(
+        profile.resources.memory_bytes,
+        units::parse_bytes("1GB").unwrap()
+    );
 }

@@ -8,7 +8,9 @@
 
 use std::str::FromStr;
 
-use phantom_policy::{compile, load_builtin, load_str, Mode, Overrides, Plan, SeccompProgram, SockFilter};
+use phantom_policy::{
+    compile, load_builtin, load_str, Mode, Overrides, Plan, SeccompProgram, SockFilter,
+};
 use syscalls::x86_64::Sysno;
 
 // Return values (linux/seccomp.h) and errnos (asm-generic/errno-base.h, errno.h).
@@ -48,19 +50,71 @@ const ADDR_NO_RANDOMIZE: u64 = 0x0004_0000;
 /// Docker's default-profile denials as listed in the brief (vm86/vm86old are i386-only
 /// and do not exist on x86_64).
 const DOCKER_DENIED: &[&str] = &[
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
-    "finit_module", "get_kernel_syms", "init_module", "ioperm", "iopl", "kcmp", "kexec_file_load",
-    "kexec_load", "keyctl", "lookup_dcookie", "mount", "umount2", "move_mount", "open_tree", "fsopen",
-    "fsconfig", "fsmount", "fspick", "mount_setattr", "name_to_handle_at", "open_by_handle_at",
-    "nfsservctl", "perf_event_open", "pivot_root", "process_vm_readv", "process_vm_writev", "ptrace",
-    "query_module", "quotactl", "reboot", "request_key", "setns", "settimeofday", "swapon", "swapoff",
-    "sysfs", "_sysctl", "unshare", "uselib", "userfaultfd", "ustat", "io_uring_setup",
-    "io_uring_enter", "io_uring_register", "syslog", "chroot", "pidfd_getfd", "mbind",
-    "migrate_pages", "move_pages", "set_mempolicy", "fanotify_init",
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "umount2",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "nfsservctl",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapon",
+    "swapoff",
+    "sysfs",
+    "_sysctl",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "syslog",
+    "chroot",
+    "pidfd_getfd",
+    "mbind",
+    "migrate_pages",
+    "move_pages",
+    "set_mempolicy",
+    "fanotify_init",
 ];
 
 fn nr(name: &str) -> u32 {
-    Sysno::from_str(name).unwrap_or_else(|_| panic!("{name} is not an x86_64 syscall")).id() as u32
+    Sysno::from_str(name)
+        .unwrap_or_else(|_| panic!("{name} is not an x86_64 syscall"))
+        .id() as u32
 }
 
 /// `struct seccomp_data` as the kernel lays it out (little endian).
@@ -184,7 +238,17 @@ fn docker_denials_fail_with_eperm() {
 #[test]
 fn ordinary_syscalls_are_allowed() {
     let plan = default_plan();
-    for name in ["read", "write", "openat", "close", "mmap", "execve", "exit_group", "getpid", "socket"] {
+    for name in [
+        "read",
+        "write",
+        "openat",
+        "close",
+        "mmap",
+        "execve",
+        "exit_group",
+        "getpid",
+        "socket",
+    ] {
         assert_eq!(call(&plan, name, &[0, 0, 0]), ALLOW, "{name}");
     }
 }
@@ -192,20 +256,50 @@ fn ordinary_syscalls_are_allowed() {
 #[test]
 fn terminal_injection_ioctls_are_denied_even_with_high_bits_set() {
     let plan = default_plan();
-    for request in [TIOCSTI, TIOCSTI | 0x1_0000_0000, TIOCSTI | 0xffff_ffff_0000_0000, TIOCLINUX, TIOCLINUX | 0x1_0000_0000] {
-        assert_eq!(call(&plan, "ioctl", &[0, request, 0]), ERRNO | EPERM, "{request:#x}");
+    for request in [
+        TIOCSTI,
+        TIOCSTI | 0x1_0000_0000,
+        TIOCSTI | 0xffff_ffff_0000_0000,
+        TIOCLINUX,
+        TIOCLINUX | 0x1_0000_0000,
+    ] {
+        assert_eq!(
+            call(&plan, "ioctl", &[0, request, 0]),
+            ERRNO | EPERM,
+            "{request:#x}"
+        );
     }
     for request in [FIONREAD, TCGETS, 0] {
-        assert_eq!(call(&plan, "ioctl", &[0, request, 0]), ALLOW, "{request:#x}");
+        assert_eq!(
+            call(&plan, "ioctl", &[0, request, 0]),
+            ALLOW,
+            "{request:#x}"
+        );
     }
 }
 
 #[test]
 fn clone_with_namespace_flags_is_denied() {
     let plan = default_plan();
-    for flag in [CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWCGROUP] {
-        assert_eq!(call(&plan, "clone", &[flag | SIGCHLD]), ERRNO | EPERM, "{flag:#x}");
-        assert_eq!(call(&plan, "clone", &[flag | CLONE_VM | CLONE_THREAD]), ERRNO | EPERM, "{flag:#x}");
+    for flag in [
+        CLONE_NEWUSER,
+        CLONE_NEWNS,
+        CLONE_NEWPID,
+        CLONE_NEWNET,
+        CLONE_NEWUTS,
+        CLONE_NEWIPC,
+        CLONE_NEWCGROUP,
+    ] {
+        assert_eq!(
+            call(&plan, "clone", &[flag | SIGCHLD]),
+            ERRNO | EPERM,
+            "{flag:#x}"
+        );
+        assert_eq!(
+            call(&plan, "clone", &[flag | CLONE_VM | CLONE_THREAD]),
+            ERRNO | EPERM,
+            "{flag:#x}"
+        );
     }
     let thread = CLONE_VM
         | CLONE_FS
@@ -222,7 +316,10 @@ fn clone_with_namespace_flags_is_denied() {
 
 #[test]
 fn clone3_gets_enosys_so_libc_falls_back_to_clone() {
-    for plan in [default_plan(), plan("profile: x\nmode: hardened\nnetwork: {mode: none}\n")] {
+    for plan in [
+        default_plan(),
+        plan("profile: x\nmode: hardened\nnetwork: {mode: none}\n"),
+    ] {
         assert_eq!(call(&plan, "clone3", &[0, 88]), ERRNO | ENOSYS);
     }
 }
@@ -231,25 +328,45 @@ fn clone3_gets_enosys_so_libc_falls_back_to_clone() {
 fn personality_allows_only_dockers_personas() {
     let plan = default_plan();
     for persona in [0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff] {
-        assert_eq!(call(&plan, "personality", &[persona]), ALLOW, "{persona:#x}");
+        assert_eq!(
+            call(&plan, "personality", &[persona]),
+            ALLOW,
+            "{persona:#x}"
+        );
     }
-    assert_eq!(call(&plan, "personality", &[ADDR_NO_RANDOMIZE]), ERRNO | EPERM);
+    assert_eq!(
+        call(&plan, "personality", &[ADDR_NO_RANDOMIZE]),
+        ERRNO | EPERM
+    );
 }
 
 #[test]
 fn x32_and_foreign_architectures_are_killed() {
-    for plan in [default_plan(), plan("profile: x\nmode: hardened\nnetwork: {mode: none}\n")] {
+    for plan in [
+        default_plan(),
+        plan("profile: x\nmode: hardened\nnetwork: {mode: none}\n"),
+    ] {
         for program in &plan.seccomp {
             let x32_read = Data {
                 nr: X32_BIT | nr("read"),
                 ..Data::call("read", &[])
             };
-            assert_eq!(run(&program.instructions, &x32_read), KILL_PROCESS, "{}", program.name);
+            assert_eq!(
+                run(&program.instructions, &x32_read),
+                KILL_PROCESS,
+                "{}",
+                program.name
+            );
             let i386 = Data {
                 arch: AUDIT_ARCH_I386,
                 ..Data::call("read", &[])
             };
-            assert_eq!(run(&program.instructions, &i386), KILL_PROCESS, "{}", program.name);
+            assert_eq!(
+                run(&program.instructions, &i386),
+                KILL_PROCESS,
+                "{}",
+                program.name
+            );
         }
         let x32_write = Data {
             nr: X32_BIT | nr("write"),
@@ -270,7 +387,15 @@ fn hardened_allows_only_its_list() {
     for name in ["setxattr", "sethostname", "mlockall"] {
         assert_eq!(call(&plan, name, &[]), ERRNO | EPERM, "{name}");
     }
-    for name in ["read", "write", "execve", "exit_group", "futex", "rt_sigreturn", "newfstatat"] {
+    for name in [
+        "read",
+        "write",
+        "execve",
+        "exit_group",
+        "futex",
+        "rt_sigreturn",
+        "newfstatat",
+    ] {
         assert_eq!(call(&plan, name, &[]), ALLOW, "{name}");
     }
     // Argument checks of the stacked denylist still apply.
@@ -297,7 +422,9 @@ fn level_high_kills_instead_of_eperm() {
 
 #[test]
 fn profile_allow_and_deny_change_the_programs() {
-    let plan = plan("profile: x\nsecurity:\n  seccomp:\n    allow: [ptrace]\n    deny: [getpid, setxattr]\n");
+    let plan = plan(
+        "profile: x\nsecurity:\n  seccomp:\n    allow: [ptrace]\n    deny: [getpid, setxattr]\n",
+    );
     assert_eq!(call(&plan, "ptrace", &[]), ALLOW);
     assert_eq!(call(&plan, "getpid", &[]), ERRNO | EPERM);
     assert_eq!(call(&plan, "setxattr", &[]), ERRNO | EPERM);
@@ -311,19 +438,34 @@ fn profile_allow_and_deny_change_the_programs() {
 }
 
 fn plan_with(seccomp: &str) -> Plan {
-    plan(&format!("profile: x\nsecurity:\n  seccomp:\n    {seccomp}\n"))
+    plan(&format!(
+        "profile: x\nsecurity:\n  seccomp:\n    {seccomp}\n"
+    ))
 }
 
 #[test]
 fn programs_are_installed_denylist_first_and_allowlist_last() {
     let strict = compile(&load_builtin("strict").unwrap(), &Overrides::default()).unwrap();
     let names: Vec<&str> = strict.seccomp.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["denylist", "clone3-enosys", "memfd-eperm", "allowlist"]);
+    assert_eq!(
+        names,
+        ["denylist", "clone3-enosys", "memfd-eperm", "allowlist"]
+    );
     // Installing each later program needs seccomp(2) or prctl(2) to pass the earlier ones.
     for (i, program) in strict.seccomp.iter().enumerate().skip(1) {
         let earlier = &strict.seccomp[..i];
-        assert_eq!(decide(earlier, &Data::call("seccomp", &[1, 0, 0])), ALLOW, "before {}", program.name);
-        assert_eq!(decide(earlier, &Data::call("prctl", &[22, 2, 0])), ALLOW, "before {}", program.name);
+        assert_eq!(
+            decide(earlier, &Data::call("seccomp", &[1, 0, 0])),
+            ALLOW,
+            "before {}",
+            program.name
+        );
+        assert_eq!(
+            decide(earlier, &Data::call("prctl", &[22, 2, 0])),
+            ALLOW,
+            "before {}",
+            program.name
+        );
     }
 }
 
