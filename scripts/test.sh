@@ -40,23 +40,26 @@ step "tests as $(id -un)"
 cargo test --workspace -- --test-threads=2
 
 if [ "$(id -u)" = 0 ]; then
-  step "isolation tests as unprivileged user $TEST_USER"
-  # The test binary and the binaries it runs are copied where that user can reach
+  step "integration tests as unprivileged user $TEST_USER"
+  # The test binaries and the binaries they run are copied where that user can reach
   # them (a clone under /root is not).
   stage=$(mktemp -d /tmp/phantom-suite.XXXXXX)
   chmod 755 "$stage"
-  iso=$(cargo test -p phantom-cli --test isolation --no-run --message-format=json 2>/dev/null \
-        | python3 -c 'import json,sys
+  cargo test -p phantom-cli --tests --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
 for line in sys.stdin:
     m=json.loads(line)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="isolation" and m.get("executable"):
-        print(m["executable"])')
-  cp "$iso" "$stage/isolation"
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])' \
+    | while read -r name exe; do cp "$exe" "$stage/test-$name"; done
   cp target/debug/phantom target/debug/phantom-probe "$stage/"
   chmod 755 "$stage"/*
-  (cd "$stage" && runuser -u "$TEST_USER" -- env -i PATH=/usr/bin:/bin HOME=/tmp \
-      PHANTOM_BIN="$stage/phantom" PHANTOM_PROBE="$stage/phantom-probe" \
-      ./isolation --test-threads=2)
+  for t in "$stage"/test-*; do
+    echo "-- $(basename "$t") as $TEST_USER"
+    (cd "$stage" && runuser -u "$TEST_USER" -- env -i PATH=/usr/bin:/bin HOME=/tmp TMPDIR=/tmp \
+        PHANTOM_BIN="$stage/phantom" PHANTOM_PROBE="$stage/phantom-probe" \
+        "$t" --test-threads=2)
+  done
   rm -rf "$stage"
 fi
 

@@ -16,7 +16,10 @@ pub fn doctor(args: DoctorArgs) -> i32 {
     let checks = phantom_runtime::doctor::run(!args.no_live);
     let failed = checks.iter().any(|c| c.status == "fail");
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&checks).expect("serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).expect("serializes")
+        );
     } else {
         for c in &checks {
             let mark = match c.status {

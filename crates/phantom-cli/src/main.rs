@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a command in a fresh sandbox and remove it afterwards.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Built-in profiles: list them or show one in the policy DSL.
     #[command(subcommand)]
     Profile(policy_cmd::ProfileCommand),
@@ -44,7 +44,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Profile(cmd) => policy_cmd::profile(cmd),
         Command::Policy(cmd) => policy_cmd::policy(cmd),
         Command::Doctor(args) => doctor::doctor(args),

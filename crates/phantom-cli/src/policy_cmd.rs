@@ -69,7 +69,11 @@ pub fn profile(cmd: ProfileCommand) -> i32 {
                         return 1;
                     }
                 };
-                rows.push((name.to_string(), profile.description.clone().unwrap_or_default(), plan));
+                rows.push((
+                    name.to_string(),
+                    profile.description.clone().unwrap_or_default(),
+                    plan,
+                ));
             }
             if json {
                 let out: Vec<_> = rows
@@ -85,19 +89,31 @@ pub fn profile(cmd: ProfileCommand) -> i32 {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).expect("serializes")
+                );
             } else {
-                println!("{:<11} {:<9} {:<14} {:>8} {:>5} {:>5} {:>7}  DESCRIPTION", "NAME", "MODE", "NETWORK", "MEMORY", "CPUS", "PIDS", "TIMEOUT");
+                println!(
+                    "{:<11} {:<9} {:<14} {:>8} {:>5} {:>5} {:>7}  DESCRIPTION",
+                    "NAME", "MODE", "NETWORK", "MEMORY", "CPUS", "PIDS", "TIMEOUT"
+                );
                 for (name, description, plan) in &rows {
                     let l = &plan.limits;
-                    let marker = if *name == phantom_policy::DEFAULT_PROFILE { " (default)" } else { "" };
+                    let marker = if *name == phantom_policy::DEFAULT_PROFILE {
+                        " (default)"
+                    } else {
+                        ""
+                    };
                     println!(
                         "{:<11} {:<9} {:<14} {:>8} {:>5} {:>5} {:>7}  {}{}",
                         name,
                         plan.mode.as_str(),
                         plan.network.as_str(),
                         human_bytes(l.memory_bytes),
-                        format!("{:.2}", f64::from(l.cpu_millis) / 1000.0).trim_end_matches('0').trim_end_matches('.'),
+                        format!("{:.2}", f64::from(l.cpu_millis) / 1000.0)
+                            .trim_end_matches('0')
+                            .trim_end_matches('.'),
                         l.pids,
                         format!("{}s", l.wall_timeout_ms as f64 / 1000.0),
                         description,
@@ -163,9 +179,15 @@ pub fn policy(cmd: PolicyCommand) -> i32 {
             }
             Err(code) => code,
         },
-        PolicyCommand::Compile { file: FileArg { file }, json } => match load_and_compile(&file) {
+        PolicyCommand::Compile {
+            file: FileArg { file },
+            json,
+        } => match load_and_compile(&file) {
             Ok(plan) if json => {
-                println!("{}", serde_json::to_string_pretty(&plan).expect("plan serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("plan serializes")
+                );
                 0
             }
             Ok(plan) => {
@@ -197,12 +219,23 @@ fn print_plan(plan: &Plan) {
     println!("mounts ({}):", plan.mounts.len());
     for m in &plan.mounts {
         let line = match m {
-            Mount::Bind { source, target, read_only, optional } => format!(
+            Mount::Bind {
+                source,
+                target,
+                read_only,
+                optional,
+            } => format!(
                 "bind     {target} <- {source} ({}{})",
                 if *read_only { "ro" } else { "rw" },
                 if *optional { ", optional" } else { "" }
             ),
-            Mount::Tmpfs { target, size_bytes, read_only, noexec, .. } => format!(
+            Mount::Tmpfs {
+                target,
+                size_bytes,
+                read_only,
+                noexec,
+                ..
+            } => format!(
                 "tmpfs    {target} ({}, {}{})",
                 human_bytes(*size_bytes),
                 if *read_only { "ro" } else { "rw" },
@@ -210,8 +243,13 @@ fn print_plan(plan: &Plan) {
             ),
             Mount::File { target, .. } => format!("file     {target} (generated)"),
             Mount::Proc { target } => format!("proc     {target}"),
-            Mount::Dev { target, nodes, .. } => format!("dev      {target} ({}, pts, shm)", nodes.join(", ")),
-            Mount::Workspace { target, noexec } => format!("workspace {target}{}", if *noexec { " (noexec)" } else { "" }),
+            Mount::Dev { target, nodes, .. } => {
+                format!("dev      {target} ({}, pts, shm)", nodes.join(", "))
+            }
+            Mount::Workspace { target, noexec } => format!(
+                "workspace {target}{}",
+                if *noexec { " (noexec)" } else { "" }
+            ),
             Mount::Mask { target } => format!("mask     {target}"),
             Mount::ReadOnly { target } => format!("readonly {target}"),
         };
@@ -219,7 +257,12 @@ fn print_plan(plan: &Plan) {
     }
     println!("seccomp ({} programs):", plan.seccomp.len());
     for p in &plan.seccomp {
-        println!("  {:<14} {} rules, {} BPF instructions", p.name, p.rule_count, p.instructions.len());
+        println!(
+            "  {:<14} {} rules, {} BPF instructions",
+            p.name,
+            p.rule_count,
+            p.instructions.len()
+        );
     }
     println!(
         "landlock {} ({} rules; scopes: abstract unix {}, signals {})",

@@ -9,7 +9,8 @@ use crate::error_line;
 pub const EXIT_PHANTOM_FAILED: i32 = 125;
 
 #[derive(Args, Debug)]
-#[command(after_help = "The command's exit code is returned (128+N when it was killed by signal N).
+#[command(
+    after_help = "The command's exit code is returned (128+N when it was killed by signal N).
 phantom's own errors exit with 2 (bad flags or policy) or 125 (the sandbox could not start).
 
 Sandbox mode (the default) gives the command: new user, pid, mount, network, ipc, uts and
@@ -21,7 +22,8 @@ Examples:
   phantom run -- python3 -c 'print(1)'
   echo 'print(2+2)' | phantom run -- python3 -
   phantom run --json --timeout 2s -- sleep 10        # timed_out: true
-  phantom run --profile strict --env DEBUG=1 -- sh -c 'echo $DEBUG'")]
+  phantom run --profile strict --env DEBUG=1 -- sh -c 'echo $DEBUG'"
+)]
 pub struct RunArgs {
     /// Built-in profile to run under (see `phantom profile list`).
     #[arg(long, value_name = "NAME", conflicts_with = "policy")]
@@ -73,7 +75,9 @@ fn parse_env(items: &[String]) -> Result<Vec<(String, String)>, String> {
         .iter()
         .map(|item| match item.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(format!("--env {item}: expected NAME=VALUE, e.g. --env DEBUG=1")),
+            _ => Err(format!(
+                "--env {item}: expected NAME=VALUE, e.g. --env DEBUG=1"
+            )),
         })
         .collect()
 }
@@ -125,24 +129,40 @@ pub fn run(args: RunArgs) -> i32 {
         Ok(r) => r,
         Err(e) => {
             error_line(&e);
-            return if e.exit_code() == 2 { 2 } else { EXIT_PHANTOM_FAILED };
+            return if e.exit_code() == 2 {
+                2
+            } else {
+                EXIT_PHANTOM_FAILED
+            };
         }
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serializes")
+        );
     } else {
         // Warnings found during the run (e.g. cgroup fallback) that were not known before.
         for w in report.warnings.iter().skip(shown) {
             eprintln!("phantom: warning: {w}");
         }
         if report.timed_out {
-            eprintln!("phantom: timed out after {} ms: the sandbox was killed (raise it with --timeout)", limits.wall_timeout_ms);
+            eprintln!(
+                "phantom: timed out after {} ms: the sandbox was killed (raise it with --timeout)",
+                limits.wall_timeout_ms
+            );
         }
         if report.oom_killed {
-            eprintln!("phantom: out of memory: the {} byte limit was hit (raise it with --memory)", limits.memory_bytes);
+            eprintln!(
+                "phantom: out of memory: the {} byte limit was hit (raise it with --memory)",
+                limits.memory_bytes
+            );
         }
         if report.output_truncated {
-            eprintln!("phantom: output truncated at {} bytes", limits.output_limit_bytes);
+            eprintln!(
+                "phantom: output truncated at {} bytes",
+                limits.output_limit_bytes
+            );
         }
     }
     report.exit_code

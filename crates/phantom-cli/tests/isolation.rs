@@ -8,8 +8,11 @@
 //! could be used. Run as root for the full set:
 //!
 //! ```text
-//! cargo build -p phantom-probe && sudo -E cargo test -p phantom-cli --test isolation
+//! sudo -E cargo test -p phantom-cli --test isolation
 //! ```
+//!
+//! The probe is taken from `$PHANTOM_PROBE`, else from next to `phantom` when it is up
+//! to date, else built by the tests (see `common::probe_binary`).
 
 mod common;
 
@@ -602,19 +605,27 @@ fn strict_profile_has_no_network_and_read_only_tmp() {
         return;
     }
     let workspace = Workspace::new();
-    let flags = ["--profile", "strict"];
-    let net = run_probe_in(&workspace, &["net"], &flags);
+    let policy = workspace.strict_policy();
+    let flags = ["--policy", policy.as_str()];
+    let net = run_probe_at(&workspace, PROBE_READ_ONLY, &["net"], &flags, |_| {});
     assert!(
         net.probe.is_object(),
         "the probe failed under strict:\n{}",
         net.describe()
     );
+    assert_eq!(net.report["mode"], "hardened", "{}", net.report);
     let seen = interfaces(&net.probe);
     assert!(
         seen.iter().all(|(_, up)| *up == Some(false)),
         "strict: no interface may be up; saw {seen:?}"
     );
-    let write = run_probe_in(&workspace, &["write", "/tmp/x", "/workspace/y"], &flags);
+    let write = run_probe_at(
+        &workspace,
+        PROBE_READ_ONLY,
+        &["write", "/tmp/x", "/workspace/y"],
+        &flags,
+        |_| {},
+    );
     let results = &write.probe["results"];
     assert!(
         refused(&results["/tmp/x"]) && errno(&results["/tmp/x"]) == EROFS,
@@ -626,6 +637,75 @@ fn strict_profile_has_no_network_and_read_only_tmp() {
         "strict: the workspace stays writable: {}",
         results["/workspace/y"]
     );
+}
+
+#[test]
+fn strict_profile_does_not_execute_the_workspace() {
+    if !sandbox_available() {
+        return;
+    }
+    let workspace = Workspace::new();
+    let run = run_probe_in(&workspace, &["exit", "0"], &["--profile", "strict"]);
+    assert!(
+        run.probe.is_null() && run.report["exit_code"] == 126,
+        "strict mounts the workspace noexec; executing from it must fail with 126\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn strict_profile_kills_forbidden_syscalls() {
+    if !sandbox_available() {
+        return;
+    }
+    let workspace = Workspace::new();
+    let policy = workspace.strict_policy();
+    let run = run_probe_at(
+        &workspace,
+        PROBE_READ_ONLY,
+        &["report"],
+        &["--policy", &policy],
+        |_| {},
+    );
+    let attempts = &run.probe["attempts"];
+    assert!(
+        attempts.is_object(),
+        "no report under strict\n{}",
+        run.describe()
+    );
+    // Outside the allowlist at security level high: the filter kills with SIGSYS.
+    let killed = [
+        "mount_tmpfs",
+        "fsopen_tmpfs",
+        "keyctl_join_session_keyring",
+        "bpf_map_create",
+        "io_uring_setup",
+        "unshare_user",
+        "clone_newuser",
+        "setns_self_net",
+        "ptrace_traceme",
+        "perf_event_open_sw",
+        "userfaultfd",
+        "chroot",
+        "tiocsti_dev_null",
+        "tiocsti_high_bits_dev_null",
+        "x32_getpid",
+    ];
+    let survived: Vec<String> = killed
+        .iter()
+        .filter(|name| attempts[**name]["signal"].as_i64() != Some(SIGSYS))
+        .map(|name| format!("{name}: {}", attempts[*name]))
+        .collect();
+    assert!(
+        survived.is_empty(),
+        "strict must kill these with SIGSYS:\n  {}",
+        survived.join("\n  ")
+    );
+    for (name, outcome) in attempts.as_object().expect("attempts") {
+        if name != "clone3_plain" {
+            assert!(refused(outcome), "strict allowed {name}: {outcome}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -711,22 +791,29 @@ fn fsize_limit_stops_huge_files() {
         return;
     }
     let workspace = Workspace::new();
-    let report = run_probe_in(&workspace, &["report"], &[]);
-    let Some(limit) = report.probe["rlimits"]["fsize"]["soft"].as_u64() else {
-        println!("skipped: the default profile sets no RLIMIT_FSIZE");
-        return;
-    };
     let mib = 1u64 << 20;
-    if limit > 1024 * mib {
-        println!("skipped: RLIMIT_FSIZE is {limit} bytes, too large to fill in a test");
-        return;
-    }
-    let mb = (limit / mib + 1).to_string();
-    let run = run_probe_in(&workspace, &["fill", "/workspace/big", &mb], &[]);
+    // The default profile sets a finite limit (1GB, too big to fill in a test) ...
+    let report = run_probe_in(&workspace, &["report"], &[]);
+    let default_limit = report.probe["rlimits"]["fsize"]["soft"].as_u64();
+    assert!(
+        default_limit.is_some(),
+        "the default profile must set RLIMIT_FSIZE: {}",
+        report.probe["rlimits"]
+    );
+    // ... so check the mechanism with a small one.
+    let policy = workspace.policy(
+        "fsize",
+        "profile: fsize-8mb\nextends: default\nresources:\n  fsize: 8MB\n",
+    );
+    let run = run_probe_in(
+        &workspace,
+        &["fill", "/workspace/big", "9"],
+        &["--policy", &policy],
+    );
     assert_eq!(errno(&run.probe), EFBIG, "{}", run.describe());
     assert_eq!(
         run.probe["bytes_written"].as_u64(),
-        Some(limit),
+        Some(8 * mib),
         "{}",
         run.probe
     );

@@ -847,8 +847,3 @@ pub fn ignore_sigxfsz() -> Result<(), Errno> {
         Ok(())
     }
 }
-
-/// Whether `fd` is a terminal (`isatty`).
-pub fn is_terminal(fd: BorrowedFd<'_>) -> bool {
-    rustix::termios::isatty(fd)
-}

@@ -16,7 +16,11 @@ pub fn drop_all() -> SysResult<()> {
             if err.raw_os_error() == Some(libc::EINVAL) {
                 break; // past the last capability this kernel knows
             }
-            return Err(SysError::new("prctl", format!("PR_CAPBSET_DROP {cap}"), err));
+            return Err(SysError::new(
+                "prctl",
+                format!("PR_CAPBSET_DROP {cap}"),
+                err,
+            ));
         }
         cap += 1;
     }

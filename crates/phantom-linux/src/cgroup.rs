@@ -51,17 +51,23 @@ impl Layout {
         };
         for line in info.lines() {
             // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let mount_point = left.split(' ').nth(4).unwrap_or("");
             let mut r = right.split(' ');
             let fstype = r.next().unwrap_or("");
             let superopts = r.nth(1).unwrap_or("");
             match fstype {
-                "cgroup2" if layout.v2_mount.is_none() => layout.v2_mount = Some(PathBuf::from(mount_point)),
+                "cgroup2" if layout.v2_mount.is_none() => {
+                    layout.v2_mount = Some(PathBuf::from(mount_point))
+                }
                 "cgroup" => {
                     for opt in superopts.split(',') {
                         if CONTROLLERS.contains(&opt) {
-                            layout.v1_mounts.insert(opt.to_string(), PathBuf::from(mount_point));
+                            layout
+                                .v1_mounts
+                                .insert(opt.to_string(), PathBuf::from(mount_point));
                         }
                     }
                 }
@@ -83,7 +89,9 @@ impl Layout {
                 return Some(Hierarchy::V2(v2.clone()));
             }
         }
-        self.v1_mounts.get(controller).map(|p| Hierarchy::V1(p.clone()))
+        self.v1_mounts
+            .get(controller)
+            .map(|p| Hierarchy::V1(p.clone()))
     }
 
     /// "v1", "v2", "v1+v2" or "none", for the controllers phantom needs.
@@ -150,9 +158,16 @@ impl SandboxCgroup {
         Ok(cg)
     }
 
-    fn create_inner(&mut self, layout: &Layout, id: &str, limits: Limits) -> Result<(), CgroupError> {
+    fn create_inner(
+        &mut self,
+        layout: &Layout,
+        id: &str,
+        limits: Limits,
+    ) -> Result<(), CgroupError> {
         for controller in CONTROLLERS {
-            let hierarchy = layout.hierarchy(controller).ok_or(CgroupError::NoController(controller))?;
+            let hierarchy = layout
+                .hierarchy(controller)
+                .ok_or(CgroupError::NoController(controller))?;
             let (root, v2) = match &hierarchy {
                 Hierarchy::V1(p) => (p.clone(), false),
                 Hierarchy::V2(p) => (p.clone(), true),
@@ -164,8 +179,14 @@ impl SandboxCgroup {
             }
             if v2 {
                 // A v2 child only gets a controller its parent delegates.
-                let _ = fs::write(root.join("cgroup.subtree_control"), format!("+{controller}"));
-                let _ = fs::write(base.join("cgroup.subtree_control"), format!("+{controller}"));
+                let _ = fs::write(
+                    root.join("cgroup.subtree_control"),
+                    format!("+{controller}"),
+                );
+                let _ = fs::write(
+                    base.join("cgroup.subtree_control"),
+                    format!("+{controller}"),
+                );
             }
             mkdir(&dir)?;
             if !self.dirs.iter().any(|(_, d)| d == &dir) {
@@ -173,7 +194,10 @@ impl SandboxCgroup {
             }
             match (controller, v2) {
                 ("memory", false) => {
-                    write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    write(
+                        &dir.join("memory.limit_in_bytes"),
+                        &limits.memory_bytes.to_string(),
+                    )?;
                     let memsw = dir.join("memory.memsw.limit_in_bytes");
                     if memsw.exists() {
                         write(&memsw, &limits.memory_bytes.to_string())?;
@@ -189,9 +213,15 @@ impl SandboxCgroup {
                 ("pids", _) => write(&dir.join("pids.max"), &limits.pids.to_string())?,
                 ("cpu", false) => {
                     write(&dir.join("cpu.cfs_period_us"), "100000")?;
-                    write(&dir.join("cpu.cfs_quota_us"), &(u64::from(limits.cpu_millis) * 100).to_string())?;
+                    write(
+                        &dir.join("cpu.cfs_quota_us"),
+                        &(u64::from(limits.cpu_millis) * 100).to_string(),
+                    )?;
                 }
-                ("cpu", true) => write(&dir.join("cpu.max"), &format!("{} 100000", u64::from(limits.cpu_millis) * 100))?,
+                ("cpu", true) => write(
+                    &dir.join("cpu.max"),
+                    &format!("{} 100000", u64::from(limits.cpu_millis) * 100),
+                )?,
                 _ => unreachable!("CONTROLLERS lists only memory, pids and cpu"),
             }
         }
@@ -213,12 +243,38 @@ impl SandboxCgroup {
         fs::File::open(dir).ok().map(OwnedFd::from)
     }
 
-    /// Move process `pid` into every directory of this cgroup.
-    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
-        for (_, dir) in &self.dirs {
+    /// Move process `pid` into every v2 directory of this cgroup (for v1 see
+    /// [`SandboxCgroup::v1_task_files`]).
+    pub fn add_v2(&self, pid: i32) -> Result<(), CgroupError> {
+        for (_, dir) in self.dirs.iter().filter(|(_, d)| !self.is_v1(d)) {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
+    }
+
+    fn is_v1(&self, dir: &Path) -> bool {
+        // v1 directories have a `tasks` file; v2 directories do not.
+        dir.join("tasks").exists()
+    }
+
+    /// Open the `tasks` file of every v1 directory, for the sandbox to join by itself
+    /// with [`join_self`] right after clone.
+    ///
+    /// Why not write the child's pid into `cgroup.procs` from the parent: that takes
+    /// the kernel's global cgroup_threadgroup_rwsem for writing, whose slow path waits
+    /// for an RCU grace period (several ms) whenever no other writer ran recently. A
+    /// single-threaded process writing "0" (itself) to `tasks` skips that lock.
+    pub fn v1_task_files(&self) -> Result<Vec<OwnedFd>, CgroupError> {
+        let mut files = Vec::new();
+        for (_, dir) in self.dirs.iter().filter(|(_, d)| self.is_v1(d)) {
+            let path = dir.join("tasks");
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| CgroupError::Write(path.clone(), "open".into(), e))?;
+            files.push(OwnedFd::from(f));
+        }
+        Ok(files)
     }
 
     /// Whether the kernel OOM-killed a process of this cgroup.
@@ -250,7 +306,10 @@ impl SandboxCgroup {
             }
             for _ in 0..100 {
                 let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                let pids: Vec<i32> = procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
                 if pids.is_empty() {
                     break;
                 }
@@ -271,7 +330,9 @@ impl SandboxCgroup {
                 match fs::remove_dir(&dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(_) if attempt < 49 => std::thread::sleep(std::time::Duration::from_micros(200)),
+                    Err(_) if attempt < 49 => {
+                        std::thread::sleep(std::time::Duration::from_micros(200))
+                    }
                     Err(_) => {}
                 }
             }
@@ -279,43 +340,32 @@ impl SandboxCgroup {
     }
 }
 
-/// Remove empty `phantom/*` cgroups left by runs whose front end was killed. A cgroup
-/// that still has processes cannot be removed (EBUSY), and one younger than
-/// [`STALE_AFTER`] may belong to a run that has not moved its sandbox in yet, so this
-/// never disturbs a live sandbox. Returns how many were removed.
-pub fn collect_stale(layout: &Layout) -> usize {
-    let mut roots: Vec<PathBuf> = layout.v1_mounts.values().cloned().collect();
-    roots.extend(layout.v2_mount.clone());
-    roots.sort();
-    roots.dedup();
-    let mut removed = 0;
-    for root in roots {
-        let Ok(entries) = fs::read_dir(root.join("phantom")) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if !path.is_dir() {
-                continue;
-            }
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age >= STALE_AFTER);
-            let empty = fs::read_to_string(path.join("cgroup.procs")).map(|s| s.trim().is_empty()).unwrap_or(false);
-            if !old {
-                continue;
-            }
-            if empty && fs::remove_dir(&path).is_ok() {
-                removed += 1;
-            }
-        }
+/// Move the calling thread (a single-threaded process) into the cgroups whose `tasks`
+/// files are given (see [`SandboxCgroup::v1_task_files`]).
+pub fn join_self(task_files: &[OwnedFd]) -> Result<(), CgroupError> {
+    for f in task_files {
+        rustix::io::write(f, b"0")
+            .map_err(|e| CgroupError::Write(PathBuf::from("tasks"), "0".into(), e.into()))?;
     }
-    removed
+    Ok(())
 }
 
-/// Age after which an empty sandbox cgroup is considered abandoned.
-pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+/// Remove the cgroup directories of sandbox `id` (after its front end was killed).
+/// A cgroup that still has processes cannot be removed, so this never disturbs a live
+/// sandbox.
+pub fn remove_sandbox(layout: &Layout, id: &str) {
+    if id.is_empty() || id.contains('/') || id.contains("..") {
+        return;
+    }
+    let mut roots: Vec<PathBuf> = layout.v1_mounts.values().cloned().collect();
+    roots.extend(layout.v2_mount.clone());
+    for root in roots {
+        let dir = root.join("phantom").join(id);
+        if dir.is_dir() {
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+}
 
 /// The `phantom/<id>` directories that exist now (for leak checks in tests).
 pub fn list_sandbox_cgroups(layout: &Layout) -> Vec<PathBuf> {

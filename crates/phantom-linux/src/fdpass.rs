@@ -6,8 +6,8 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::net::{
-    recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
+    RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
 use crate::{SysError, SysResult};
@@ -32,8 +32,13 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> S
         fds = [fd];
         ancillary.push(SendAncillaryMessage::ScmRights(&fds));
     }
-    sendmsg(sock, &[IoSlice::new(bytes)], &mut ancillary, SendFlags::NOSIGNAL)
-        .map_err(|e| SysError::new("sendmsg", "channel", e.into()))?;
+    sendmsg(
+        sock,
+        &[IoSlice::new(bytes)],
+        &mut ancillary,
+        SendFlags::NOSIGNAL,
+    )
+    .map_err(|e| SysError::new("sendmsg", "channel", e.into()))?;
     Ok(())
 }
 
@@ -43,7 +48,12 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<(usize, Option<Ow
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut ancillary = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
-        match recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut ancillary, RecvFlags::CMSG_CLOEXEC) {
+        match recvmsg(
+            sock,
+            &mut [IoSliceMut::new(buf)],
+            &mut ancillary,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
             Ok(m) => break m,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(SysError::new("recvmsg", "channel", e.into())),

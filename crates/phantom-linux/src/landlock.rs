@@ -49,7 +49,9 @@ pub fn restrict(rules: &[Rule], scope_abstract_unix: bool, scope_signals: bool) 
     if kernel == 0 {
         return Ok(0);
     }
-    let err = |e: landlock::RulesetError| SysError::new("landlock", "ruleset", std::io::Error::other(e.to_string()));
+    let err = |e: landlock::RulesetError| {
+        SysError::new("landlock", "ruleset", std::io::Error::other(e.to_string()))
+    };
     let mut scopes = enumflags_scopes(scope_abstract_unix, scope_signals);
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
@@ -68,7 +70,9 @@ pub fn restrict(rules: &[Rule], scope_abstract_unix: bool, scope_signals: bool) 
         } else {
             AccessFs::from_read(TARGET_ABI)
         };
-        created = created.add_rule(PathBeneath::new(fd, access)).map_err(err)?;
+        created = created
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(err)?;
     }
     let status = created.restrict_self().map_err(err)?;
     Ok(match status.ruleset {

@@ -73,7 +73,11 @@ impl SysError {
 pub type SysResult<T> = Result<T, SysError>;
 
 /// Turn a `-1`-on-error return value into a result.
-pub(crate) fn check(ret: libc::c_long, op: &'static str, target: impl FnOnce() -> String) -> SysResult<libc::c_long> {
+pub(crate) fn check(
+    ret: libc::c_long,
+    op: &'static str,
+    target: impl FnOnce() -> String,
+) -> SysResult<libc::c_long> {
     if ret < 0 {
         Err(SysError::last(op, target()))
     } else {

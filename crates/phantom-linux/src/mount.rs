@@ -67,7 +67,13 @@ fn mount_setattr(dirfd: i32, path: &Path, flags: u32, attr: &MountAttr) -> SysRe
 /// Make every mount in this (new) mount namespace private, so that nothing mounted
 /// afterwards propagates back to the host.
 pub fn make_all_private() -> SysResult<()> {
-    raw_mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)
+    raw_mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )
 }
 
 fn raw_mount(
@@ -80,10 +86,13 @@ fn raw_mount(
     let src = source.map(cstr).transpose()?;
     let tgt = cstr(target)?;
     let fst = fstype.map(|f| std::ffi::CString::new(f).expect("static fs type"));
-    let dat = data
-        .map(std::ffi::CString::new)
-        .transpose()
-        .map_err(|_| SysError::new("mount", target.display().to_string(), std::io::ErrorKind::InvalidInput.into()))?;
+    let dat = data.map(std::ffi::CString::new).transpose().map_err(|_| {
+        SysError::new(
+            "mount",
+            target.display().to_string(),
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
     // SAFETY: every pointer is either null or a NUL-terminated string that outlives
     // the call; mount(2) does not keep them.
     let ret = unsafe {
@@ -92,7 +101,8 @@ fn raw_mount(
             tgt.as_ptr(),
             fst.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
             flags,
-            dat.as_ref().map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
+            dat.as_ref()
+                .map_or(std::ptr::null(), |s| s.as_ptr() as *const libc::c_void),
         )
     };
     check(ret as _, "mount", || target.display().to_string()).map(|_| ())
@@ -107,13 +117,25 @@ pub fn tmpfs(target: &Path, options: &str, attrs: Attrs) -> SysResult<()> {
     if attrs.noexec {
         flags |= libc::MS_NOEXEC;
     }
-    raw_mount(Some(Path::new("tmpfs")), target, Some("tmpfs"), flags, Some(options))
+    raw_mount(
+        Some(Path::new("tmpfs")),
+        target,
+        Some("tmpfs"),
+        flags,
+        Some(options),
+    )
 }
 
 /// Recursively bind `source` (a path, e.g. /proc/self/fd/N of an O_PATH fd) onto
 /// `target`.
 pub fn bind(source: &Path, target: &Path) -> SysResult<()> {
-    raw_mount(Some(source), target, None, libc::MS_BIND | libc::MS_REC, None)
+    raw_mount(
+        Some(source),
+        target,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
 }
 
 /// Set attributes on the mount at `target` and, when `recursive`, every mount below
@@ -152,8 +174,10 @@ pub fn devpts(target: &Path) -> SysResult<()> {
 /// Make `dir` the root: pivot_root(".", ".") from inside it, then detach the old root
 /// stacked on top, so no path leads back to the host's tree.
 pub fn pivot_into(dir: &Path) -> SysResult<()> {
-    std::env::set_current_dir(dir).map_err(|e| SysError::new("chdir", dir.display().to_string(), e))?;
-    rustix::process::pivot_root(".", ".").map_err(|e| SysError::new("pivot_root", dir.display().to_string(), e.into()))?;
+    std::env::set_current_dir(dir)
+        .map_err(|e| SysError::new("chdir", dir.display().to_string(), e))?;
+    rustix::process::pivot_root(".", ".")
+        .map_err(|e| SysError::new("pivot_root", dir.display().to_string(), e.into()))?;
     rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH)
         .map_err(|e| SysError::new("umount2", "old root", e.into()))?;
     std::env::set_current_dir("/").map_err(|e| SysError::new("chdir", "/", e))
@@ -166,7 +190,9 @@ pub fn clone_tree(path: &Path) -> SysResult<OwnedFd> {
     rustix::mount::open_tree(
         rustix::fs::CWD,
         path,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE,
     )
     .map_err(|e| SysError::new("open_tree", path.display().to_string(), e.into()))
 }
@@ -180,7 +206,12 @@ pub fn set_idmap(mount: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> SysResult<()>
         ..Default::default()
     };
     const AT_EMPTY_PATH: u32 = 0x1000;
-    mount_setattr(mount.as_raw_fd(), Path::new(""), AT_EMPTY_PATH | AT_RECURSIVE, &attr)
+    mount_setattr(
+        mount.as_raw_fd(),
+        Path::new(""),
+        AT_EMPTY_PATH | AT_RECURSIVE,
+        &attr,
+    )
 }
 
 /// Attach a detached mount (from [`clone_tree`]) at `target`.
@@ -200,7 +231,12 @@ pub fn attach(mount: BorrowedFd<'_>, target: &Path) -> SysResult<()> {
 pub fn open_path(path: &Path) -> SysResult<OwnedFd> {
     let c = cstr(path)?;
     // SAFETY: c is NUL-terminated and outlives the call.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
     check(fd as _, "open", || path.display().to_string())?;
     // SAFETY: open returned a new fd we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

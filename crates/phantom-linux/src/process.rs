@@ -234,7 +234,15 @@ pub fn kill(pid: i32, signal: i32) -> SysResult<()> {
 /// Ask for SIGKILL when the parent dies (survives exec, cleared by fork).
 pub fn set_parent_death_signal_kill() -> SysResult<()> {
     // SAFETY: prctl with integer arguments only.
-    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     check(ret as _, "prctl", || "PR_SET_PDEATHSIG".into()).map(|_| ())
 }
 
@@ -310,7 +318,10 @@ pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> SysResult<()> {
     // SAFETY: `fd` is open (borrowed); dup2 replaces `target` atomically. The caller
     // owns stdio in this process, so nobody else holds `target` as an OwnedFd.
     let ret = unsafe { libc::dup2(fd.as_raw_fd(), target) };
-    check(ret as _, "dup2", || format!("{} -> {target}", fd.as_raw_fd())).map(|_| ())
+    check(ret as _, "dup2", || {
+        format!("{} -> {target}", fd.as_raw_fd())
+    })
+    .map(|_| ())
 }
 
 /// Replace the process image. Returns only on failure.
@@ -392,7 +403,11 @@ pub fn block_signals(signals: &[i32]) -> SysResult<()> {
     // SAFETY: set is valid; old set not requested.
     let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if ret != 0 {
-        return Err(SysError::new("sigprocmask", "block", std::io::Error::from_raw_os_error(ret)));
+        return Err(SysError::new(
+            "sigprocmask",
+            "block",
+            std::io::Error::from_raw_os_error(ret),
+        ));
     }
     Ok(())
 }
@@ -408,7 +423,11 @@ pub fn reset_signals(signals: &[i32]) -> SysResult<()> {
     // SAFETY: set is a valid empty set.
     let ret = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
     if ret != 0 {
-        return Err(SysError::new("sigprocmask", "setmask", std::io::Error::from_raw_os_error(ret)));
+        return Err(SysError::new(
+            "sigprocmask",
+            "setmask",
+            std::io::Error::from_raw_os_error(ret),
+        ));
     }
     Ok(())
 }
@@ -429,7 +448,13 @@ pub fn read_signalfd(fd: BorrowedFd<'_>) -> Option<i32> {
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
     // SAFETY: info is valid for `size` bytes of writes.
-    let n = unsafe { libc::read(fd.as_raw_fd(), &mut info as *mut _ as *mut libc::c_void, size) };
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            &mut info as *mut _ as *mut libc::c_void,
+            size,
+        )
+    };
     if n as usize == size {
         Some(info.ssi_signo as i32)
     } else {
@@ -486,15 +511,23 @@ pub fn set_non_dumpable() -> SysResult<()> {
 /// environment, which the sandbox must not see. Call only in a process that will not
 /// read its arguments or environment again (they are parsed and copied before fork).
 pub fn scrub_cmdline_and_environ(name: &str) -> SysResult<()> {
-    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|e| SysError::new("read", "/proc/self/stat", e))?;
+    let stat = std::fs::read_to_string("/proc/self/stat")
+        .map_err(|e| SysError::new("read", "/proc/self/stat", e))?;
     // Fields after the `)` closing the command name start at field 3 (state).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
     let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
     let (arg_start, arg_end, env_start, env_end) = (field(48), field(49), field(50), field(51));
     let valid = |s: u64, e: u64| s != 0 && e > s && e - s < (1 << 24);
     if !valid(arg_start, arg_end) {
-        return Err(SysError::new("scrub", "cmdline", std::io::Error::other("no argument area in /proc/self/stat")));
+        return Err(SysError::new(
+            "scrub",
+            "cmdline",
+            std::io::Error::other("no argument area in /proc/self/stat"),
+        ));
     }
     // SAFETY: [arg_start, arg_end) and [env_start, env_end) are the kernel's bounds of
     // this process's initial argument and environment strings, which live in its own
@@ -502,12 +535,14 @@ pub fn scrub_cmdline_and_environ(name: &str) -> SysResult<()> {
     // (arguments were parsed into owned values and the environment copied before the
     // fork that made this process), so overwriting them breaks no reference.
     unsafe {
-        let args = std::slice::from_raw_parts_mut(arg_start as *mut u8, (arg_end - arg_start) as usize);
+        let args =
+            std::slice::from_raw_parts_mut(arg_start as *mut u8, (arg_end - arg_start) as usize);
         args.fill(0);
         let n = name.len().min(args.len().saturating_sub(1));
         args[..n].copy_from_slice(&name.as_bytes()[..n]);
         if valid(env_start, env_end) {
-            std::slice::from_raw_parts_mut(env_start as *mut u8, (env_end - env_start) as usize).fill(0);
+            std::slice::from_raw_parts_mut(env_start as *mut u8, (env_end - env_start) as usize)
+                .fill(0);
         }
     }
     Ok(())

@@ -26,7 +26,10 @@ pub fn install(name: &str, program: &[Instruction]) -> SysResult<()> {
             name.to_string(),
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("program has {} instructions; the kernel takes 1 to {MAX_INSTRUCTIONS}", program.len()),
+                format!(
+                    "program has {} instructions; the kernel takes 1 to {MAX_INSTRUCTIONS}",
+                    program.len()
+                ),
             ),
         ));
     }

@@ -2,10 +2,16 @@
 
 /// The kernel release (uname -r).
 pub fn kernel_release() -> String {
-    rustix::system::uname().release().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The machine architecture (uname -m).
 pub fn machine() -> String {
-    rustix::system::uname().machine().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .machine()
+        .to_string_lossy()
+        .into_owned()
 }

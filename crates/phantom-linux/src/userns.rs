@@ -28,7 +28,9 @@ pub fn become_root() -> SysResult<()> {
         if libc::setresgid(0, 0, 0) < 0 {
             return Err(SysError::last("setresgid", "0"));
         }
-        if libc::setgroups(0, std::ptr::null()) < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM) {
+        if libc::setgroups(0, std::ptr::null()) < 0
+            && std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+        {
             return Err(SysError::last("setgroups", "[]"));
         }
         if libc::setresuid(0, 0, 0) < 0 {

@@ -26,7 +26,7 @@ use phantom_policy::{Mode, Mount, NetworkMode, Overrides, Plan};
 use rustix::event::{poll, PollFd, PollFlags};
 
 use crate::init::{self, ChildContext, PayloadContext, Step};
-use crate::workspace::Workspace;
+use crate::workspace::RunDir;
 use crate::{ids, RuntimeError};
 
 /// A request whose policy is loaded and compiled, ready to run.
@@ -40,7 +40,9 @@ pub struct Prepared {
 fn parse_overrides(request: &RunRequest) -> Result<Overrides, RuntimeError> {
     use phantom_policy::units;
     let o = &request.overrides;
-    let usage = |flag: &str, value: &str, e: &dyn std::fmt::Display| RuntimeError::Usage(format!("{flag} {value}: {e}"));
+    let usage = |flag: &str, value: &str, e: &dyn std::fmt::Display| {
+        RuntimeError::Usage(format!("{flag} {value}: {e}"))
+    };
     Ok(Overrides {
         mode: o
             .mode
@@ -58,7 +60,11 @@ fn parse_overrides(request: &RunRequest) -> Result<Overrides, RuntimeError> {
             .map(|c| units::parse_cpus(c).map_err(|e| usage("--cpus", c, &e)))
             .transpose()?,
         pids: match o.pids {
-            Some(0) => return Err(RuntimeError::Usage("--pids 0: a sandbox needs at least 1 process".into())),
+            Some(0) => {
+                return Err(RuntimeError::Usage(
+                    "--pids 0: a sandbox needs at least 1 process".into(),
+                ))
+            }
             p => p,
         },
         wall_timeout_ms: o
@@ -83,7 +89,9 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
     }
     for (k, v) in &request.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(RuntimeError::Usage(format!("--env {k}={v}: expected NAME=VALUE with a non-empty NAME")));
+            return Err(RuntimeError::Usage(format!(
+                "--env {k}={v}: expected NAME=VALUE with a non-empty NAME"
+            )));
         }
     }
     let profile = match &request.policy {
@@ -132,7 +140,9 @@ impl Relay {
     /// Read what is available on sink `i`; false at EOF.
     fn pump(&mut self, i: usize) -> bool {
         let mut buf = [0u8; 65536];
-        let Some(pipe) = self.sinks[i].pipe.as_ref() else { return false };
+        let Some(pipe) = self.sinks[i].pipe.as_ref() else {
+            return false;
+        };
         match rustix::io::read(pipe, &mut buf) {
             Ok(0) => {
                 self.sinks[i].pipe = None;
@@ -162,12 +172,46 @@ impl Relay {
 
 fn write_all(fd: i32, mut data: &[u8]) {
     // SAFETY-free: our own stdio fds stay open for the life of the process.
-    let out = if fd == 1 { rustix::stdio::stdout() } else { rustix::stdio::stderr() };
+    let out = if fd == 1 {
+        rustix::stdio::stdout()
+    } else {
+        rustix::stdio::stderr()
+    };
     while !data.is_empty() {
         match rustix::io::write(out, data) {
             Ok(n) => data = &data[n..],
             Err(rustix::io::Errno::INTR) => {}
             Err(_) => return, // reader went away (EPIPE): drop the rest
+        }
+    }
+}
+
+/// Step timings of one run, printed to stderr when PHANTOM_TRACE=1 (for finding where
+/// start-up time goes; see docs/BENCHMARKS.md).
+struct Trace {
+    on: bool,
+    start: Instant,
+    last: Instant,
+}
+
+impl Trace {
+    fn new(start: Instant) -> Trace {
+        Trace {
+            on: std::env::var_os("PHANTOM_TRACE").is_some_and(|v| v == "1"),
+            start,
+            last: start,
+        }
+    }
+
+    fn step(&mut self, name: &str) {
+        if self.on {
+            let now = Instant::now();
+            eprintln!(
+                "phantom: trace: {:>8.3} ms  +{:>7.3} ms  {name}",
+                ms(now - self.start),
+                ms(now - self.last)
+            );
+            self.last = now;
         }
     }
 }
@@ -185,18 +229,17 @@ impl Prepared {
     /// Run the sandbox to completion.
     pub fn run(self) -> Result<RunReport, RuntimeError> {
         let started = Instant::now();
+        let mut trace = Trace::new(started);
         let plan = &self.plan;
         let request = &self.request;
         let mut warnings = self.warnings.clone();
         let sandbox_id = ids::new_sandbox_id();
-        let workspace = match &request.workspace {
-            Some(dir) => Workspace::existing(dir)?,
-            None => Workspace::temporary(&sandbox_id)?,
-        };
-
-        // cgroup first: its limits must hold from the payload's first instruction.
         let layout = Layout::detect();
-        cgroup::collect_stale(&layout);
+        // The run directory first: it is what lets a later run clean up after this one
+        // if this front end is killed.
+        let run_dir = RunDir::create(&sandbox_id, request.workspace.as_deref(), &layout)?;
+        trace.step("run directory and workspace");
+        // cgroup before clone: its limits must hold from the payload's first instruction.
         let limits = cgroup::Limits {
             memory_bytes: plan.limits.memory_bytes,
             cpu_millis: plan.limits.cpu_millis,
@@ -212,16 +255,29 @@ impl Prepared {
             }
         };
         let guard = CgroupGuard(cgroup);
+        trace.step("cgroup created");
         let isolated = plan.mode != Mode::Direct;
-        let (host_uid, host_gid) = if isolated { ids::sandbox_host_ids() } else { process::ids() };
+        let (host_uid, host_gid) = if isolated {
+            ids::sandbox_host_ids()
+        } else {
+            process::ids()
+        };
         let (invoker_uid, _) = process::ids();
 
         let (out_r, out_w) = process::pipe()?;
         let (err_r, err_w) = process::pipe()?;
         let (chan_parent, chan_child) = fdpass::channel()?;
-        let payload = self.payload_context(plan, out_w, err_w, guard.0.is_none())?;
+        let payload =
+            self.payload_context(plan, run_dir.workspace(), out_w, err_w, guard.0.is_none())?;
+        let cgroup_tasks = match &guard.0 {
+            Some(cg) => cg
+                .v1_task_files()
+                .map_err(|e| RuntimeError::Setup(e.to_string()))?,
+            None => Vec::new(),
+        };
         let ctx = ChildContext {
-            steps: prepare_steps(plan, &workspace)?,
+            steps: prepare_steps(plan, run_dir.workspace())?,
+            cgroup_tasks,
             hostname: plan.hostname.clone(),
             network: plan.network,
             payload,
@@ -233,10 +289,14 @@ impl Prepared {
         blocked.push(libc::SIGCHLD);
         process::block_signals(&blocked)?;
         let sigfd = process::signalfd(&process::FORWARDED_SIGNALS)?;
+        trace.step("prepared steps, pipes, signals");
 
         let ns = if isolated {
             // The cgroup namespace is entered by the child after it joined the cgroup.
-            Namespaces { cgroup: false, ..Namespaces::all() }
+            Namespaces {
+                cgroup: false,
+                ..Namespaces::all()
+            }
         } else {
             Namespaces::default()
         };
@@ -247,13 +307,14 @@ impl Prepared {
                 if isolated {
                     init::sandbox_init(ctx, chan_child)
                 } else {
-                    init::direct_child(ctx.payload, chan_child)
+                    init::direct_child(ctx.payload, ctx.cgroup_tasks, chan_child)
                 }
             }
             Forked::Parent { pid, pidfd } => (pid, pidfd),
         };
         drop(chan_child);
         drop(ctx); // the child's copies of the payload pipes and sources stay in the child
+        trace.step("clone3");
 
         let mut idmapped = false;
         let handoff = (|| -> Result<Option<OwnedFd>, RuntimeError> {
@@ -262,7 +323,9 @@ impl Prepared {
             }
             if let Some(cg) = &guard.0 {
                 if v2_fd.is_none() {
-                    cg.add(pid).map_err(|e| RuntimeError::Setup(e.to_string()))?;
+                    // v1 directories are joined by the child itself.
+                    cg.add_v2(pid)
+                        .map_err(|e| RuntimeError::Setup(e.to_string()))?;
                 }
             }
             if isolated && host_uid != invoker_uid {
@@ -271,9 +334,9 @@ impl Prepared {
                 // mount through the sandbox's own user namespace maps on-disk uid 0 to
                 // the sandbox's root and back.
                 let userns_fd = mount::open_userns(pid)?;
-                let tree = mount::clone_tree(workspace.path())?;
+                let tree = mount::clone_tree(run_dir.workspace())?;
                 mount::set_idmap(tree.as_fd(), userns_fd.as_fd()).map_err(|e| RuntimeError::Unsupported {
-                    what: format!("workspace {}", workspace.path().display()),
+                    what: format!("workspace {}", run_dir.workspace().display()),
                     why: format!("cannot make an idmapped mount ({e})"),
                     hint: "put the workspace on a filesystem with idmapped-mount support (ext4, xfs, btrfs, tmpfs on Linux 6.3+)".into(),
                 })?;
@@ -291,7 +354,12 @@ impl Prepared {
                 return Err(e);
             }
         };
-        fdpass::send(chan_parent.as_fd(), b"GO", mount_fd.as_ref().map(|f| f.as_fd()))?;
+        trace.step("id maps, cgroup attach, idmapped workspace");
+        fdpass::send(
+            chan_parent.as_fd(),
+            b"GO",
+            mount_fd.as_ref().map(|f| f.as_fd()),
+        )?;
         drop(mount_fd);
 
         let mut relay = Relay {
@@ -320,7 +388,11 @@ impl Prepared {
         let mut chan_open = true;
         while !init_done {
             let now = Instant::now();
-            let wait = if timed_out { None } else { Some(deadline.saturating_duration_since(now)) };
+            let wait = if timed_out {
+                None
+            } else {
+                Some(deadline.saturating_duration_since(now))
+            };
             let ts = wait.map(|w| rustix::event::Timespec {
                 tv_sec: w.as_secs() as i64,
                 tv_nsec: w.subsec_nanos() as i64,
@@ -342,7 +414,13 @@ impl Prepared {
             }
             match poll(&mut fds, ts.as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(RuntimeError::Sys(phantom_linux::SysError::new("poll", "relay", e.into()))),
+                Err(e) => {
+                    return Err(RuntimeError::Sys(phantom_linux::SysError::new(
+                        "poll",
+                        "relay",
+                        e.into(),
+                    )))
+                }
             }
             let ready = |i: usize| !fds[i].revents().is_empty();
             let init_exited = ready(0);
@@ -365,10 +443,13 @@ impl Prepared {
                             setup_error = Some(e.to_string());
                         } else if let Some(a) = msg.strip_prefix("ABI ") {
                             landlock_abi = a.trim().parse().unwrap_or(0);
+                            trace.step("payload fenced (landlock applied)");
                         } else if let Some(c) = msg.strip_prefix("EXIT ") {
                             payload_status = c.trim().parse().ok().map(ExitStatus::Exited);
+                            trace.step("payload exited");
                         } else if let Some(s) = msg.strip_prefix("SIG ") {
                             payload_status = s.trim().parse().ok().map(ExitStatus::Signaled);
+                            trace.step("payload killed");
                         }
                     }
                 }
@@ -401,8 +482,10 @@ impl Prepared {
                 init_done = true;
             }
         }
-        let (_, init_status, usage) = process::wait4(pid, false)?.expect("blocking wait4 returns a status");
+        let (_, init_status, usage) =
+            process::wait4(pid, false)?.expect("blocking wait4 returns a status");
         let wall = started.elapsed();
+        trace.step("init reaped");
         if !isolated {
             // No pid namespace: take down whatever the payload left in its group/cgroup.
             let _ = process::kill(-pid, libc::SIGKILL);
@@ -438,7 +521,8 @@ impl Prepared {
         let oom_killed = guard.0.as_ref().is_some_and(|c| c.oom_killed());
         let cgroup_version = guard.0.as_ref().map_or("none", |c| c.version());
         drop(guard);
-        drop(workspace);
+        drop(run_dir);
+        trace.step("cgroup and workspace removed");
 
         if let Some(e) = setup_error {
             return Err(RuntimeError::Setup(e));
@@ -465,8 +549,12 @@ impl Prepared {
             user_ms: ms(usage.user),
             sys_ms: ms(usage.sys),
             max_rss_kb: usage.max_rss_kb,
-            stdout: out.capture.map(|v| String::from_utf8_lossy(&v).into_owned()),
-            stderr: err.capture.map(|v| String::from_utf8_lossy(&v).into_owned()),
+            stdout: out
+                .capture
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+            stderr: err
+                .capture
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
             isolation: IsolationReport {
                 cgroup: cgroup_version.to_string(),
                 landlock_abi,
@@ -478,10 +566,23 @@ impl Prepared {
         })
     }
 
-    fn payload_context(&self, plan: &Plan, stdout: OwnedFd, stderr: OwnedFd, no_cgroup: bool) -> Result<PayloadContext, RuntimeError> {
+    fn payload_context(
+        &self,
+        plan: &Plan,
+        host_workspace: &std::path::Path,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        no_cgroup: bool,
+    ) -> Result<PayloadContext, RuntimeError> {
         let request = &self.request;
-        let cstring = |s: &str| CString::new(s).map_err(|_| RuntimeError::Usage(format!("{s:?}: contains a NUL byte")));
-        let argv = request.argv.iter().map(|a| cstring(a)).collect::<Result<Vec<_>, _>>()?;
+        let cstring = |s: &str| {
+            CString::new(s).map_err(|_| RuntimeError::Usage(format!("{s:?}: contains a NUL byte")))
+        };
+        let argv = request
+            .argv
+            .iter()
+            .map(|a| cstring(a))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut env: Vec<(String, String)> = plan.env.clone();
         if let Ok(term) = std::env::var("TERM") {
             set_var(&mut env, "TERM", &term);
@@ -489,13 +590,21 @@ impl Prepared {
         for (k, v) in &request.env {
             set_var(&mut env, k, v);
         }
-        let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_default();
-        let env = env.iter().map(|(k, v)| cstring(&format!("{k}={v}"))).collect::<Result<Vec<_>, _>>()?;
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let env = env
+            .iter()
+            .map(|(k, v)| cstring(&format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
         let isolated = plan.mode != Mode::Direct;
         let cwd = match (&request.cwd, isolated) {
             (Some(c), _) => PathBuf::from(c),
             (None, true) => PathBuf::from(&plan.cwd),
-            (None, false) => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            // Direct mode has no /workspace: the command runs in the host directory.
+            (None, false) => host_workspace.to_path_buf(),
         };
         Ok(PayloadContext {
             argv,
@@ -523,7 +632,12 @@ impl Prepared {
                             p.name.clone(),
                             p.instructions
                                 .iter()
-                                .map(|i| seccomp::Instruction { code: i.code, jt: i.jt, jf: i.jf, k: i.k })
+                                .map(|i| seccomp::Instruction {
+                                    code: i.code,
+                                    jt: i.jt,
+                                    jf: i.jf,
+                                    k: i.k,
+                                })
                                 .collect(),
                         )
                     })
@@ -556,7 +670,7 @@ impl Drop for CgroupGuard {
 }
 
 /// Turn the plan's mounts into steps, opening every host source now.
-fn prepare_steps(plan: &Plan, workspace: &Workspace) -> Result<Vec<Step>, RuntimeError> {
+fn prepare_steps(plan: &Plan, workspace: &std::path::Path) -> Result<Vec<Step>, RuntimeError> {
     if plan.mode == Mode::Direct {
         return Ok(Vec::new());
     }
@@ -564,7 +678,12 @@ fn prepare_steps(plan: &Plan, workspace: &Workspace) -> Result<Vec<Step>, Runtim
     let mut steps = Vec::with_capacity(plan.mounts.len());
     for m in &plan.mounts {
         let step = match m {
-            Mount::Bind { source, target, read_only, optional } => {
+            Mount::Bind {
+                source,
+                target,
+                read_only,
+                optional,
+            } => {
                 let src = std::path::Path::new(source);
                 let meta = match std::fs::symlink_metadata(src) {
                     Ok(meta) => meta,
@@ -581,7 +700,10 @@ fn prepare_steps(plan: &Plan, workspace: &Workspace) -> Result<Vec<Step>, Runtim
                         path: source.clone(),
                         source: e,
                     })?;
-                    Step::Symlink { target: target.into(), points_to }
+                    Step::Symlink {
+                        target: target.into(),
+                        points_to,
+                    }
                 } else {
                     Step::Bind {
                         source: src.to_path_buf(),
@@ -591,30 +713,55 @@ fn prepare_steps(plan: &Plan, workspace: &Workspace) -> Result<Vec<Step>, Runtim
                     }
                 }
             }
-            Mount::Tmpfs { target, size_bytes, mode, read_only, noexec } => Step::Tmpfs {
+            Mount::Tmpfs {
+                target,
+                size_bytes,
+                mode,
+                read_only,
+                noexec,
+            } => Step::Tmpfs {
                 target: target.into(),
                 options: format!("mode={mode:o},size={size_bytes}"),
-                attrs: Attrs { read_only: *read_only, noexec: *noexec, nosuid: true, nodev: true },
+                attrs: Attrs {
+                    read_only: *read_only,
+                    noexec: *noexec,
+                    nosuid: true,
+                    nodev: true,
+                },
             },
-            Mount::File { target, contents, mode } => Step::File {
+            Mount::File {
+                target,
+                contents,
+                mode,
+            } => Step::File {
                 target: target.into(),
                 contents: contents.clone(),
                 mode: *mode,
             },
-            Mount::Proc { target } => Step::Proc { target: target.into() },
-            Mount::Dev { target, nodes, shm_size_bytes } => Step::Dev {
+            Mount::Proc { target } => Step::Proc {
+                target: target.into(),
+            },
+            Mount::Dev {
+                target,
+                nodes,
+                shm_size_bytes,
+            } => Step::Dev {
                 target: target.into(),
                 nodes: nodes.clone(),
                 shm_size_bytes: *shm_size_bytes,
                 noexec,
             },
             Mount::Workspace { target, noexec } => Step::Workspace {
-                source: workspace.path().to_path_buf(),
+                source: workspace.to_path_buf(),
                 target: target.into(),
                 noexec: *noexec,
             },
-            Mount::Mask { target } => Step::Mask { target: target.into() },
-            Mount::ReadOnly { target } => Step::ReadOnly { target: target.into() },
+            Mount::Mask { target } => Step::Mask {
+                target: target.into(),
+            },
+            Mount::ReadOnly { target } => Step::ReadOnly {
+                target: target.into(),
+            },
         };
         steps.push(step);
     }

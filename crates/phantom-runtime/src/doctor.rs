@@ -27,7 +27,9 @@ fn check(name: &str, status: &'static str, detail: impl Into<String>, hint: Opti
 }
 
 fn read(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Inspect the host. `live`: also start a real sandbox running `true`.
@@ -37,40 +39,90 @@ pub fn run(live: bool) -> Vec<Check> {
     out.push(check(
         "kernel",
         "ok",
-        format!("{} {}", phantom_linux::sysinfo::kernel_release(), phantom_linux::sysinfo::machine()),
+        format!(
+            "{} {}",
+            phantom_linux::sysinfo::kernel_release(),
+            phantom_linux::sysinfo::machine()
+        ),
         None,
     ));
     out.push(check(
         "user",
         "ok",
-        if euid == 0 { "root (sandbox root maps to an unprivileged host uid)".to_string() } else { format!("uid {euid} (unprivileged: user namespaces)") },
+        if euid == 0 {
+            "root (sandbox root maps to an unprivileged host uid)".to_string()
+        } else {
+            format!("uid {euid} (unprivileged: user namespaces)")
+        },
         None,
     ));
 
-    let max_ns = read("/proc/sys/user/max_user_namespaces").and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let max_ns = read("/proc/sys/user/max_user_namespaces")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
     let unpriv = read("/proc/sys/kernel/unprivileged_userns_clone");
     let apparmor = read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns");
     if max_ns == 0 {
-        out.push(check("user namespaces", "fail", "user.max_user_namespaces = 0", Some("sysctl -w user.max_user_namespaces=15000")));
+        out.push(check(
+            "user namespaces",
+            "fail",
+            "user.max_user_namespaces = 0",
+            Some("sysctl -w user.max_user_namespaces=15000"),
+        ));
     } else if euid != 0 && unpriv.as_deref() == Some("0") {
-        out.push(check("user namespaces", "fail", "kernel.unprivileged_userns_clone = 0", Some("sysctl -w kernel.unprivileged_userns_clone=1, or run as root")));
+        out.push(check(
+            "user namespaces",
+            "fail",
+            "kernel.unprivileged_userns_clone = 0",
+            Some("sysctl -w kernel.unprivileged_userns_clone=1, or run as root"),
+        ));
     } else if euid != 0 && apparmor.as_deref() == Some("1") {
         out.push(check("user namespaces", "fail", "AppArmor restricts unprivileged user namespaces", Some("sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or add an AppArmor profile for phantom")));
     } else {
-        out.push(check("user namespaces", "ok", format!("max_user_namespaces = {max_ns}"), None));
+        out.push(check(
+            "user namespaces",
+            "ok",
+            format!("max_user_namespaces = {max_ns}"),
+            None,
+        ));
     }
 
     let seccomp_actions = read("/proc/sys/kernel/seccomp/actions_avail");
     match seccomp_actions {
-        Some(a) if a.contains("errno") && a.contains("kill_process") => out.push(check("seccomp", "ok", format!("filter mode; actions: {a}"), None)),
-        Some(a) => out.push(check("seccomp", "fail", format!("actions: {a}"), Some("a kernel with SECCOMP_FILTER and kill_process (Linux 4.14+)"))),
-        None => out.push(check("seccomp", "fail", "no /proc/sys/kernel/seccomp", Some("a kernel built with CONFIG_SECCOMP_FILTER"))),
+        Some(a) if a.contains("errno") && a.contains("kill_process") => out.push(check(
+            "seccomp",
+            "ok",
+            format!("filter mode; actions: {a}"),
+            None,
+        )),
+        Some(a) => out.push(check(
+            "seccomp",
+            "fail",
+            format!("actions: {a}"),
+            Some("a kernel with SECCOMP_FILTER and kill_process (Linux 4.14+)"),
+        )),
+        None => out.push(check(
+            "seccomp",
+            "fail",
+            "no /proc/sys/kernel/seccomp",
+            Some("a kernel built with CONFIG_SECCOMP_FILTER"),
+        )),
     }
 
     let abi = phantom_linux::landlock::kernel_abi();
     match abi {
-        0 => out.push(check("landlock", "warn", "not available: the filesystem fence is skipped (namespaces and seccomp still apply)", Some("boot with lsm=...,landlock (Linux 5.13+)"))),
-        1..=5 => out.push(check("landlock", "warn", format!("ABI {abi}: no signal/abstract-socket scoping (needs ABI 6, Linux 6.12)"), None)),
+        0 => out.push(check(
+            "landlock",
+            "warn",
+            "not available: the filesystem fence is skipped (namespaces and seccomp still apply)",
+            Some("boot with lsm=...,landlock (Linux 5.13+)"),
+        )),
+        1..=5 => out.push(check(
+            "landlock",
+            "warn",
+            format!("ABI {abi}: no signal/abstract-socket scoping (needs ABI 6, Linux 6.12)"),
+            None,
+        )),
         _ => out.push(check("landlock", "ok", format!("ABI {abi}"), None)),
     }
 
@@ -102,15 +154,23 @@ pub fn run(live: bool) -> Vec<Check> {
         (!all).then_some("run as root, or delegate a cgroup v2 subtree to this user; without it memory and processes are limited by rlimits and cpu is not limited"),
     ));
 
-    let psi: Vec<&str> = ["cpu", "memory", "io"].into_iter().filter(|r| read(&format!("/proc/pressure/{r}")).is_some()).collect();
+    let psi: Vec<&str> = ["cpu", "memory", "io"]
+        .into_iter()
+        .filter(|r| read(&format!("/proc/pressure/{r}")).is_some())
+        .collect();
     out.push(check(
         "pressure (PSI)",
         if psi.len() == 3 { "ok" } else { "warn" },
-        if psi.is_empty() { "not available".to_string() } else { format!("/proc/pressure: {}", psi.join(", ")) },
+        if psi.is_empty() {
+            "not available".to_string()
+        } else {
+            format!("/proc/pressure: {}", psi.join(", "))
+        },
         (psi.len() != 3).then_some("boot with psi=1 (needed by pressure-aware warm pools)"),
     ));
 
-    let overlay = read("/proc/filesystems").is_some_and(|f| f.lines().any(|l| l.ends_with("overlay")));
+    let overlay =
+        read("/proc/filesystems").is_some_and(|f| f.lines().any(|l| l.ends_with("overlay")));
     out.push(check(
         "overlayfs",
         if overlay { "ok" } else { "warn" },
@@ -136,7 +196,10 @@ fn live_check() -> Check {
     use phantom_api::{PolicySource, RunOverrides, RunRequest};
     let request = RunRequest {
         policy: PolicySource::Profile(phantom_policy::DEFAULT_PROFILE.into()),
-        overrides: RunOverrides { timeout: Some("10s".into()), ..Default::default() },
+        overrides: RunOverrides {
+            timeout: Some("10s".into()),
+            ..Default::default()
+        },
         argv: vec!["true".into()],
         env: Vec::new(),
         cwd: None,
@@ -147,10 +210,27 @@ fn live_check() -> Check {
         Ok(r) if r.exit_code == 0 => check(
             "sandbox start",
             "ok",
-            format!("`true` in the default profile: exit 0 in {:.1} ms (cgroup {}, landlock ABI {})", r.wall_ms, r.isolation.cgroup, r.isolation.landlock_abi),
+            format!(
+                "`true` in the default profile: exit 0 in {:.1} ms (cgroup {}, landlock ABI {})",
+                r.wall_ms, r.isolation.cgroup, r.isolation.landlock_abi
+            ),
             None,
         ),
-        Ok(r) => check("sandbox start", "fail", format!("`true` exited {}: {}", r.exit_code, r.stderr.unwrap_or_default().trim()), None),
-        Err(e) => check("sandbox start", "fail", e.to_string(), Some("see the checks above")),
+        Ok(r) => check(
+            "sandbox start",
+            "fail",
+            format!(
+                "`true` exited {}: {}",
+                r.exit_code,
+                r.stderr.unwrap_or_default().trim()
+            ),
+            None,
+        ),
+        Err(e) => check(
+            "sandbox start",
+            "fail",
+            e.to_string(),
+            Some("see the checks above"),
+        ),
     }
 }

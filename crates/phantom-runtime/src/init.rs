@@ -33,23 +33,56 @@ use phantom_policy::{Access, NetworkMode, Plan};
 /// namespace.
 #[derive(Debug)]
 pub(crate) enum Step {
-    Symlink { target: PathBuf, points_to: PathBuf },
-    Bind { source: PathBuf, target: PathBuf, is_dir: bool, read_only: bool },
-    Tmpfs { target: PathBuf, options: String, attrs: Attrs },
-    File { target: PathBuf, contents: String, mode: u32 },
-    Proc { target: PathBuf },
-    Dev { target: PathBuf, nodes: Vec<String>, shm_size_bytes: u64, noexec: bool },
+    Symlink {
+        target: PathBuf,
+        points_to: PathBuf,
+    },
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        is_dir: bool,
+        read_only: bool,
+    },
+    Tmpfs {
+        target: PathBuf,
+        options: String,
+        attrs: Attrs,
+    },
+    File {
+        target: PathBuf,
+        contents: String,
+        mode: u32,
+    },
+    Proc {
+        target: PathBuf,
+    },
+    Dev {
+        target: PathBuf,
+        nodes: Vec<String>,
+        shm_size_bytes: u64,
+        noexec: bool,
+    },
     /// The workspace: bound from `source`, unless the GO message brings an idmapped
     /// mount to attach instead.
-    Workspace { source: PathBuf, target: PathBuf, noexec: bool },
-    Mask { target: PathBuf },
-    ReadOnly { target: PathBuf },
+    Workspace {
+        source: PathBuf,
+        target: PathBuf,
+        noexec: bool,
+    },
+    Mask {
+        target: PathBuf,
+    },
+    ReadOnly {
+        target: PathBuf,
+    },
 }
 
 /// Everything the child needs, prepared before clone.
 #[derive(Debug)]
 pub(crate) struct ChildContext {
     pub steps: Vec<Step>,
+    /// v1 cgroup `tasks` files to join first thing (see cgroup::join_self).
+    pub cgroup_tasks: Vec<OwnedFd>,
     pub hostname: String,
     pub network: NetworkMode,
     pub payload: PayloadContext,
@@ -85,9 +118,9 @@ pub(crate) fn sandbox_init(ctx: ChildContext, chan: OwnedFd) -> ! {
     process::set_name("phantom:init");
     // We are a fork of the front end: its command line and host environment are still
     // in our memory, and /proc/1/{cmdline,environ} would show them to the payload.
-    if let Err(e) = process::scrub_cmdline_and_environ("phantom-init")
-        .and_then(|_| process::set_non_dumpable())
-    {
+    // (Non-dumpable comes later, after GO: it makes /proc/PID root-owned, and an
+    // unprivileged front end could then no longer write our uid/gid maps.)
+    if let Err(e) = process::scrub_cmdline_and_environ("phantom-init") {
         let _ = fdpass::send_bytes(&chan, format!("ERR {e}").as_bytes());
         process::exit_now(1)
     }
@@ -104,11 +137,15 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     // Die with the front end: if it is killed, the kernel kills us, and with us (pid 1)
     // everything in the pid namespace.
     process::set_parent_death_signal_kill().map_err(|e| e.to_string())?;
+    // Join the v1 cgroups while our ids are still the front end's (the files belong to
+    // it), and before anything runs that the limits must cover.
+    phantom_linux::cgroup::join_self(&ctx.cgroup_tasks).map_err(|e| e.to_string())?;
 
     // 1. Wait for GO: the parent has written our uid/gid maps (we have no privileges
     //    before that) and put us in the sandbox's cgroup.
     let mut buf = [0u8; 16];
-    let (n, idmapped_workspace) = fdpass::recv(chan.as_fd(), &mut buf).map_err(|e| e.to_string())?;
+    let (n, idmapped_workspace) =
+        fdpass::recv(chan.as_fd(), &mut buf).map_err(|e| e.to_string())?;
     if &buf[..n] != b"GO" {
         return Err("front end went away before the sandbox started".into());
     }
@@ -119,6 +156,9 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     // sure the front end did not die in between (its end of the channel would be
     // closed, and nobody would be left to send the signal).
     process::set_parent_death_signal_kill().map_err(|e| e.to_string())?;
+    // Now that the maps are written: the payload (same uid) must not read our memory
+    // or environment through /proc/1.
+    process::set_non_dumpable().map_err(|e| e.to_string())?;
     if peer_closed(chan) {
         return Err("front end went away before the sandbox started".into());
     }
@@ -131,11 +171,13 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     mount::make_all_private().map_err(|e| e.to_string())?;
 
     // Open every host source now, before the new root's tmpfs hides the host's /tmp.
-    let sources = Sources::open(&ctx.steps, idmapped_workspace.is_some()).map_err(|e| e.to_string())?;
+    let sources =
+        Sources::open(&ctx.steps, idmapped_workspace.is_some()).map_err(|e| e.to_string())?;
     let root = Path::new(NEW_ROOT);
     mount::tmpfs(root, "mode=0755,size=1m", Attrs::default()).map_err(|e| e.to_string())?;
     for (i, step) in ctx.steps.iter().enumerate() {
-        apply_step(root, step, &sources, i, idmapped_workspace.as_ref()).map_err(|e| e.to_string())?;
+        apply_step(root, step, &sources, i, idmapped_workspace.as_ref())
+            .map_err(|e| e.to_string())?;
     }
 
     // pivot_root needs every mount in place; afterwards the host tree is unreachable.
@@ -170,7 +212,11 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
 fn peer_closed(chan: &OwnedFd) -> bool {
     let mut b = [0u8; 1];
     matches!(
-        rustix::net::recv(chan, &mut b, rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT),
+        rustix::net::recv(
+            chan,
+            &mut b,
+            rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT
+        ),
         Ok((0, _))
     )
 }
@@ -185,7 +231,8 @@ fn in_root(root: &Path, target: &Path) -> PathBuf {
 }
 
 fn mkdir_p(path: &Path) -> Result<(), phantom_linux::SysError> {
-    std::fs::create_dir_all(path).map_err(|e| phantom_linux::SysError::new("mkdir", path.display().to_string(), e))
+    std::fs::create_dir_all(path)
+        .map_err(|e| phantom_linux::SysError::new("mkdir", path.display().to_string(), e))
 }
 
 fn touch(path: &Path) -> Result<(), phantom_linux::SysError> {
@@ -227,7 +274,9 @@ impl Sources {
         for step in steps {
             per_step.push(match step {
                 Step::Bind { source, .. } => vec![mount::open_path(source)?],
-                Step::Workspace { source, .. } if !idmapped_workspace => vec![mount::open_path(source)?],
+                Step::Workspace { source, .. } if !idmapped_workspace => {
+                    vec![mount::open_path(source)?]
+                }
                 Step::Dev { nodes, .. } => nodes
                     .iter()
                     .map(|n| mount::open_path(&Path::new("/dev").join(n)))
@@ -260,7 +309,12 @@ fn apply_step(
             std::os::unix::fs::symlink(points_to, &at)
                 .map_err(|e| phantom_linux::SysError::new("symlink", at.display().to_string(), e))
         }
-        Step::Bind { target, is_dir, read_only, .. } => {
+        Step::Bind {
+            target,
+            is_dir,
+            read_only,
+            ..
+        } => {
             let at = in_root(root, target);
             if *is_dir {
                 mkdir_p(&at)?;
@@ -276,17 +330,26 @@ fn apply_step(
             };
             mount::set_attrs(&at, attrs, true)
         }
-        Step::Tmpfs { target, options, attrs } => {
+        Step::Tmpfs {
+            target,
+            options,
+            attrs,
+        } => {
             let at = in_root(root, target);
             mkdir_p(&at)?;
             mount::tmpfs(&at, options, *attrs)
         }
-        Step::File { target, contents, mode } => {
+        Step::File {
+            target,
+            contents,
+            mode,
+        } => {
             let at = in_root(root, target);
             if let Some(parent) = at.parent() {
                 mkdir_p(parent)?;
             }
-            std::fs::write(&at, contents).map_err(|e| phantom_linux::SysError::new("write", at.display().to_string(), e))?;
+            std::fs::write(&at, contents)
+                .map_err(|e| phantom_linux::SysError::new("write", at.display().to_string(), e))?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&at, std::fs::Permissions::from_mode(*mode))
                 .map_err(|e| phantom_linux::SysError::new("chmod", at.display().to_string(), e))
@@ -296,15 +359,35 @@ fn apply_step(
             mkdir_p(&at)?;
             mount::proc(&at)
         }
-        Step::Dev { target, nodes, shm_size_bytes, noexec } => {
+        Step::Dev {
+            target,
+            nodes,
+            shm_size_bytes,
+            noexec,
+        } => {
             let at = in_root(root, target);
             mkdir_p(&at)?;
-            mount::tmpfs(&at, "mode=0755,size=64k", Attrs { noexec: true, ..Default::default() })?;
+            mount::tmpfs(
+                &at,
+                "mode=0755,size=64k",
+                Attrs {
+                    noexec: true,
+                    ..Default::default()
+                },
+            )?;
             for (i, name) in nodes.iter().enumerate() {
                 let node = at.join(name);
                 touch(&node)?;
                 mount::bind(&fd_path(source(i)), &node)?;
-                mount::set_attrs(&node, Attrs { nosuid: true, noexec: true, ..Default::default() }, false)?;
+                mount::set_attrs(
+                    &node,
+                    Attrs {
+                        nosuid: true,
+                        noexec: true,
+                        ..Default::default()
+                    },
+                    false,
+                )?;
             }
             let pts = at.join("pts");
             mkdir_p(&pts)?;
@@ -314,7 +397,10 @@ fn apply_step(
             mount::tmpfs(
                 &shm,
                 &format!("mode=1777,size={shm_size_bytes}"),
-                Attrs { noexec: *noexec, ..Default::default() },
+                Attrs {
+                    noexec: *noexec,
+                    ..Default::default()
+                },
             )?;
             for (link, to) in [
                 ("ptmx", "pts/ptmx"),
@@ -324,8 +410,9 @@ fn apply_step(
                 ("stderr", "/proc/self/fd/2"),
             ] {
                 let l = at.join(link);
-                std::os::unix::fs::symlink(to, &l)
-                    .map_err(|e| phantom_linux::SysError::new("symlink", l.display().to_string(), e))?;
+                std::os::unix::fs::symlink(to, &l).map_err(|e| {
+                    phantom_linux::SysError::new("symlink", l.display().to_string(), e)
+                })?;
             }
             // Nothing more is created in /dev: make the tmpfs itself read-only.
             mount::set_attrs(&at, RO, false)
@@ -337,7 +424,16 @@ fn apply_step(
                 Some(m) => mount::attach(m.as_fd(), &at)?,
                 None => mount::bind(&fd_path(source(0)), &at)?,
             }
-            mount::set_attrs(&at, Attrs { nosuid: true, nodev: true, noexec: *noexec, read_only: false }, true)
+            mount::set_attrs(
+                &at,
+                Attrs {
+                    nosuid: true,
+                    nodev: true,
+                    noexec: *noexec,
+                    read_only: false,
+                },
+                true,
+            )
         }
         Step::Mask { target } => {
             let at = in_root(root, target);
@@ -392,7 +488,13 @@ fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
         }
     }
     if let Err(e) = std::env::set_current_dir(&ctx.cwd) {
-        fail(2, format!("working directory {} does not exist in the sandbox: {e}", ctx.cwd.display()));
+        fail(
+            2,
+            format!(
+                "working directory {} does not exist in the sandbox: {e}",
+                ctx.cwd.display()
+            ),
+        );
     }
     let Some(program) = resolve(&ctx.argv[0], &ctx.path_var) else {
         fail(
@@ -434,8 +536,19 @@ fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
         }
     }
     let err = process::execve(&program, &ctx.argv, &ctx.env);
-    let code = if err.errno() == Some(libc::ENOENT) { 127 } else { 126 };
-    fail(code, format!("cannot execute {}: {}", program.to_string_lossy(), err.source))
+    let code = if err.errno() == Some(libc::ENOENT) {
+        127
+    } else {
+        126
+    };
+    fail(
+        code,
+        format!(
+            "cannot execute {}: {}",
+            program.to_string_lossy(),
+            err.source
+        ),
+    )
 }
 
 /// Look `cmd` up on `path_var` as execvp would (a name with a `/` is used as is).
@@ -510,7 +623,11 @@ fn expand_globs(rules: &[landlock::Rule]) -> Vec<landlock::Rule> {
     let mut out = Vec::with_capacity(rules.len());
     for rule in rules {
         let text = rule.path.to_string_lossy();
-        let Some(name) = rule.path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        let Some(name) = rule
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+        else {
             out.push(rule.clone());
             continue;
         };
@@ -523,8 +640,14 @@ fn expand_globs(rules: &[landlock::Rule]) -> Vec<landlock::Rule> {
         if let Ok(entries) = std::fs::read_dir(parent) {
             for entry in entries.flatten() {
                 let n = entry.file_name().to_string_lossy().into_owned();
-                if n.starts_with(prefix) && n.ends_with(suffix) && n.len() >= prefix.len() + suffix.len() {
-                    out.push(landlock::Rule { path: entry.path(), write: rule.write });
+                if n.starts_with(prefix)
+                    && n.ends_with(suffix)
+                    && n.len() >= prefix.len() + suffix.len()
+                {
+                    out.push(landlock::Rule {
+                        path: entry.path(),
+                        write: rule.write,
+                    });
                 }
             }
         }
@@ -546,8 +669,11 @@ pub(crate) fn landlock_rules(plan: &Plan) -> Vec<landlock::Rule> {
 
 /// Direct mode: no namespaces; the child is the payload itself once the parent has
 /// put it in the cgroup. Never returns.
-pub(crate) fn direct_child(ctx: PayloadContext, chan: OwnedFd) -> ! {
+pub(crate) fn direct_child(ctx: PayloadContext, cgroup_tasks: Vec<OwnedFd>, chan: OwnedFd) -> ! {
     let _ = process::set_parent_death_signal_kill();
+    if phantom_linux::cgroup::join_self(&cgroup_tasks).is_err() {
+        process::exit_now(125);
+    }
     let mut buf = [0u8; 16];
     match fdpass::recv(chan.as_fd(), &mut buf) {
         Ok((2, _)) if &buf[..2] == b"GO" => payload(&ctx, &chan),

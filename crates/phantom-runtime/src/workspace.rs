@@ -1,28 +1,24 @@
-//! The host directory bound at /workspace: the caller's, or a fresh temporary one
-//! that is removed after the run.
+//! Per-run host state: a locked run directory, and the workspace bound at /workspace
+//! (the caller's directory, or a fresh one inside the run directory).
 //!
-//! Temporary workspaces live in `$TMPDIR/phantom-<uid>/ws-<sandbox id>` and are
-//! flock()ed while their run lives. If a front end is killed before it can clean up,
-//! the next run finds the directory unlocked and removes it ([`collect_stale`]).
+//! Every run holds `$TMPDIR/phantom-<uid>/run-<sandbox id>` locked (flock) for as long
+//! as it lives; a temporary workspace is its `workspace` subdirectory. If a front end
+//! is killed before it can clean up, its sandbox dies with it (parent-death signal) but
+//! the run directory and the sandbox's cgroup stay behind: the next run finds the
+//! directory unlocked and removes both ([`collect_stale`]). No timing guess is involved:
+//! an unlocked run directory belongs to no living run.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use phantom_linux::cgroup::{self, Layout};
 use rustix::fs::{flock, FlockOperation};
 
 use crate::RuntimeError;
 
-/// A workspace directory for one run.
-#[derive(Debug)]
-pub struct Workspace {
-    pub path: PathBuf,
-    /// Held (flock) while the run lives; `Some` for temporary workspaces.
-    lock: Option<File>,
-}
-
-/// Name prefix of temporary workspaces inside [`temp_base`].
-pub const TEMP_PREFIX: &str = "ws-";
+/// Name prefix of run directories inside [`state_base`].
+pub const RUN_PREFIX: &str = "run-";
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
     move |source| RuntimeError::Io {
@@ -32,10 +28,10 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// The per-user directory holding temporary workspaces, created 0700 on first use.
+/// The per-user directory holding run directories, created 0700 on first use.
 /// Refuses a directory that another user owns or that is a symlink (someone else could
 /// have planted it in a shared /tmp).
-pub fn temp_base() -> Result<PathBuf, RuntimeError> {
+pub fn state_base() -> Result<PathBuf, RuntimeError> {
     let uid = phantom_linux::process::euid();
     let base = std::env::temp_dir().join(format!("phantom-{uid}"));
     match std::fs::DirBuilder::new().mode(0o700).create(&base) {
@@ -48,65 +44,113 @@ pub fn temp_base() -> Result<PathBuf, RuntimeError> {
         return Err(RuntimeError::Unsupported {
             what: format!("temporary directory {}", base.display()),
             why: "it is not a private directory owned by you".into(),
-            hint: format!("remove it, or set TMPDIR to a directory only you can write (it must be mode 0700 and owned by uid {uid})"),
+            hint: format!(
+                "remove it, or set TMPDIR to a directory only you can write (it must be mode 0700 and owned by uid {uid})"
+            ),
         });
     }
     Ok(base)
 }
 
-impl Workspace {
-    /// Use the caller's directory, which must exist.
-    pub fn existing(dir: &str) -> Result<Workspace, RuntimeError> {
-        let path = PathBuf::from(dir);
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(RuntimeError::Usage(format!("--workspace {dir}: not a directory"))),
-            Err(e) => {
-                return Err(RuntimeError::Usage(format!(
-                    "--workspace {dir}: {e} (create it first, or leave --workspace out for a temporary one)"
-                )))
-            }
+/// The host side of one run: its locked run directory and its workspace.
+#[derive(Debug)]
+pub struct RunDir {
+    dir: PathBuf,
+    workspace: PathBuf,
+    /// Held (flock) while the run lives.
+    lock: Option<File>,
+}
+
+impl RunDir {
+    /// Create and lock the run directory for `sandbox_id`, first collecting what runs
+    /// killed earlier left behind. `workspace`: the caller's directory (must exist), or
+    /// None for a fresh one that is removed with the run directory.
+    pub fn create(
+        sandbox_id: &str,
+        workspace: Option<&str>,
+        layout: &Layout,
+    ) -> Result<RunDir, RuntimeError> {
+        let workspace = workspace.map(existing_workspace).transpose()?;
+        let base = state_base()?;
+        collect_stale(&base, layout);
+        // Created under a name collect_stale() ignores and renamed once locked: a
+        // concurrent run must never find it unlocked.
+        let creating = base.join(format!(".new-{sandbox_id}"));
+        let dir = base.join(format!("{RUN_PREFIX}{sandbox_id}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&creating)
+            .map_err(io("create", &creating))?;
+        let lock = File::open(&creating).map_err(io("open", &creating))?;
+        flock(&lock, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| io("lock", &creating)(e.into()))?;
+        std::fs::rename(&creating, &dir).map_err(io("rename", &creating))?;
+        let mut run = RunDir {
+            workspace: dir.join("workspace"),
+            dir,
+            lock: Some(lock),
+        };
+        match workspace {
+            Some(path) => run.workspace = path,
+            None => std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&run.workspace)
+                .map_err(io("create", &run.workspace))?,
         }
-        let path = path.canonicalize().map_err(io("resolve", Path::new(dir)))?;
-        Ok(Workspace { path, lock: None })
+        Ok(run)
     }
 
-    /// A fresh private directory named after the sandbox, locked while it is in use.
-    pub fn temporary(sandbox_id: &str) -> Result<Workspace, RuntimeError> {
-        let base = temp_base()?;
-        collect_stale(&base);
-        let path = base.join(format!("{TEMP_PREFIX}{sandbox_id}"));
-        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(io("create", &path))?;
-        let lock = File::open(&path).map_err(io("open", &path))?;
-        flock(&lock, FlockOperation::NonBlockingLockExclusive).map_err(|e| io("lock", &path)(e.into()))?;
-        Ok(Workspace { path, lock: Some(lock) })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The host directory bound at /workspace.
+    pub fn workspace(&self) -> &Path {
+        &self.workspace
     }
 }
 
-impl Drop for Workspace {
+fn existing_workspace(dir: &str) -> Result<PathBuf, RuntimeError> {
+    let path = PathBuf::from(dir);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(RuntimeError::Usage(format!("--workspace {dir}: not a directory"))),
+        Err(e) => {
+            return Err(RuntimeError::Usage(format!(
+                "--workspace {dir}: {e} (create it first, or leave --workspace out for a temporary one)"
+            )))
+        }
+    }
+    path.canonicalize().map_err(io("resolve", Path::new(dir)))
+}
+
+impl Drop for RunDir {
     fn drop(&mut self) {
-        if self.lock.take().is_some() {
-            let _ = std::fs::remove_dir_all(&self.path);
+        if let Some(lock) = self.lock.take() {
+            // Removes the temporary workspace with it; a caller's workspace lives
+            // elsewhere and is untouched. The lock is released only afterwards, so an
+            // unlocked run directory always means an abandoned one.
+            let _ = std::fs::remove_dir_all(&self.dir);
+            drop(lock);
         }
     }
 }
 
-/// Remove temporary workspaces in `base` whose run is gone (nobody holds their lock).
-/// Returns how many were removed.
-pub fn collect_stale(base: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(base) else { return 0 };
+/// Remove the run directories in `base` that no living run holds, with their
+/// sandboxes' cgroups. Returns how many runs were collected.
+pub fn collect_stale(base: &Path, layout: &Layout) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
     let mut removed = 0;
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix(RUN_PREFIX) else {
             continue;
-        }
+        };
         let path = entry.path();
         let Ok(dir) = File::open(&path) else { continue };
-        if flock(&dir, FlockOperation::NonBlockingLockExclusive).is_ok() && std::fs::remove_dir_all(&path).is_ok() {
+        if flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // a living run
+        }
+        cgroup::remove_sandbox(layout, id);
+        if std::fs::remove_dir_all(&path).is_ok() {
             removed += 1;
         }
     }

@@ -38,9 +38,13 @@ pub const ENOSYS: i64 = 38;
 pub const SIGKILL: i64 = 9;
 pub const SIGSYS: i64 = 31;
 
-/// The `phantom` binary under test.
+/// The `phantom` binary under test: `$PHANTOM_BIN` (the suite's unprivileged pass runs
+/// a staged copy an unprivileged user can reach), else the one cargo built.
 pub fn phantom_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_phantom"))
+    match std::env::var_os("PHANTOM_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_phantom")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -81,6 +85,19 @@ fn check_sandbox() -> Result<(), String> {
         return Err("user namespaces are disabled (max_user_namespaces is 0)".into());
     }
     probe_binary().map_err(|e| format!("phantom-probe is not available: {e}"))?;
+    // A few tries: one failed start is a runtime bug the tests themselves will show, not
+    // a reason to skip all of them.
+    let mut last = String::new();
+    for _ in 0..3 {
+        match try_true() {
+            Ok(()) => return Ok(()),
+            Err(why) => last = why,
+        }
+    }
+    Err(last)
+}
+
+fn try_true() -> Result<(), String> {
     let out = phantom(&["run", "--json", "--timeout", "30s", "--", "true"], |_| {});
     let report = out.report().map_err(|e| {
         format!(
@@ -222,6 +239,26 @@ impl Workspace {
         Workspace { dir, marker }
     }
 
+    /// Writes a policy file in the DSL into the workspace; returns its host path for
+    /// `--policy`.
+    pub fn policy(&self, name: &str, yaml: &str) -> String {
+        let path = self.dir.join(format!("{name}.yaml"));
+        fs::write(&path, yaml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path.display().to_string()
+    }
+
+    /// `--policy` for the built-in `strict` profile plus one read-only bind of this
+    /// workspace at `/opt/phantom-it`: strict makes writable mounts `noexec`, so the probe
+    /// runs from there ([`PROBE_READ_ONLY`]). Nothing else differs from `strict`.
+    pub fn strict_policy(&self) -> String {
+        let yaml = format!(
+            "profile: strict-probe\nextends: strict\nfilesystem:\n  binds:\n    - {{source: {}, \
+             target: /opt/phantom-it, access: read-only}}\n",
+            self.dir.display()
+        );
+        self.policy("strict-probe", &yaml)
+    }
+
     /// The host path of `/workspace/<relative>`.
     pub fn host_path(&self, relative: &str) -> PathBuf {
         self.dir.join(relative)
@@ -349,10 +386,18 @@ pub fn probe_json(report: &Value) -> Option<Value> {
     serde_json::from_str(line).ok()
 }
 
-/// `phantom run --json --workspace WS FLAGS -- /workspace/phantom-probe ARGS`, with
-/// `configure` adjusting the command first.
-pub fn run_probe_with(
+/// Where the probe is inside the sandbox by default.
+pub const PROBE_IN_WORKSPACE: &str = "/workspace/phantom-probe";
+
+/// Where [`Workspace::strict_policy`] binds the workspace read-only, so that the probe can
+/// run where writable mounts are `noexec`.
+pub const PROBE_READ_ONLY: &str = "/opt/phantom-it/phantom-probe";
+
+/// `phantom run --json --workspace WS FLAGS -- PROBE ARGS`, with `configure` adjusting
+/// the command first.
+pub fn run_probe_at(
     workspace: &Workspace,
+    probe: &str,
     args: &[&str],
     flags: &[&str],
     configure: impl FnOnce(&mut Command),
@@ -360,7 +405,7 @@ pub fn run_probe_with(
     let ws = workspace.dir.to_str().expect("utf-8 temp dir");
     let mut argv = vec!["run", "--json", "--workspace", ws];
     argv.extend_from_slice(flags);
-    argv.extend_from_slice(&["--", "/workspace/phantom-probe"]);
+    argv.extend_from_slice(&["--", probe]);
     argv.extend_from_slice(args);
     let output = phantom(&argv, configure);
     let report = output
@@ -372,6 +417,16 @@ pub fn run_probe_with(
         probe,
         output,
     }
+}
+
+/// [`run_probe_at`] with the probe at `/workspace/phantom-probe`.
+pub fn run_probe_with(
+    workspace: &Workspace,
+    args: &[&str],
+    flags: &[&str],
+    configure: impl FnOnce(&mut Command),
+) -> ProbeRun {
+    run_probe_at(workspace, PROBE_IN_WORKSPACE, args, flags, configure)
 }
 
 /// [`run_probe_with`] without extra configuration.

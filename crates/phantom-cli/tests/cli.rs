@@ -1,0 +1,426 @@
+//! The `phantom` CLI as a user meets it: bad input gets one clear line and exit 2,
+//! reports carry what happened, and runs leave nothing behind — plus regression tests
+//! for bugs found in the spawn path, each named after what broke.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{phantom, sandbox_available, Workspace};
+
+/// One line on stderr, starting with `phantom: error:`, and exit code `code`.
+fn assert_usage_error(args: &[&str], code: i32, mentions: &str) {
+    let out = phantom(args, |_| {});
+    assert_eq!(out.code, Some(code), "{}", out.describe());
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(!lines.is_empty(), "no error message: {}", out.describe());
+    assert!(
+        lines[0].starts_with("phantom: error:") || lines[0].starts_with("error:"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains(mentions),
+        "error should mention {mentions:?}: {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn unknown_profile_is_a_usage_error() {
+    assert_usage_error(
+        &["run", "--profile", "no-such-profile", "--", "true"],
+        2,
+        "no-such-profile",
+    );
+}
+
+#[test]
+fn missing_command_is_a_usage_error() {
+    assert_usage_error(&["run"], 2, "--");
+}
+
+#[test]
+fn unparsable_memory_is_a_usage_error() {
+    assert_usage_error(&["run", "--memory", "512XB", "--", "true"], 2, "512XB");
+}
+
+#[test]
+fn unparsable_timeout_is_a_usage_error() {
+    assert_usage_error(&["run", "--timeout", "soon", "--", "true"], 2, "soon");
+}
+
+#[test]
+fn missing_workspace_is_a_usage_error() {
+    assert_usage_error(
+        &[
+            "run",
+            "--workspace",
+            "/nonexistent/phantom-dir",
+            "--",
+            "true",
+        ],
+        2,
+        "/nonexistent/phantom-dir",
+    );
+}
+
+#[test]
+fn bad_env_is_a_usage_error() {
+    assert_usage_error(&["run", "--env", "NOEQUALS", "--", "true"], 2, "NOEQUALS");
+}
+
+#[test]
+fn bad_yaml_policy_is_a_usage_error_with_location() {
+    let dir = Workspace::new();
+    let file = dir.host_path("bad.yaml");
+    std::fs::write(&file, "profile: x\nresources:\n  memroy: 1GB\n").unwrap();
+    let out = phantom(
+        &["run", "--policy", file.to_str().unwrap(), "--", "true"],
+        |_| {},
+    );
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("bad.yaml:3:"),
+        "no file:line in {}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("memory"),
+        "no suggestion in {}",
+        out.describe()
+    );
+}
+
+#[test]
+fn policy_check_accepts_every_builtin_profile_source() {
+    let list = phantom(&["profile", "list", "--json"], |_| {});
+    assert_eq!(list.code, Some(0), "{}", list.describe());
+    let profiles: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let names: Vec<String> = profiles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.len() >= 7, "{names:?}");
+    let dir = Workspace::new();
+    for name in names {
+        let show = phantom(&["profile", "show", &name], |_| {});
+        assert_eq!(show.code, Some(0), "{}", show.describe());
+        let file = dir.host_path(&format!("{name}.yaml"));
+        std::fs::write(&file, &show.stdout).unwrap();
+        let check = phantom(&["policy", "check", file.to_str().unwrap()], |_| {});
+        assert_eq!(check.code, Some(0), "{name}: {}", check.describe());
+    }
+}
+
+#[test]
+fn command_not_found_exits_127_with_a_message() {
+    if !sandbox_available() {
+        return;
+    }
+    let out = phantom(&["run", "--", "no-such-command-xyz"], |_| {});
+    assert_eq!(out.code, Some(127), "{}", out.describe());
+    assert!(
+        out.stderr.contains("no-such-command-xyz"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("not found"), "{}", out.describe());
+}
+
+#[test]
+fn json_report_has_every_field() {
+    if !sandbox_available() {
+        return;
+    }
+    let out = phantom(
+        &[
+            "run",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        |_| {},
+    );
+    assert_eq!(out.code, Some(3), "{}", out.describe());
+    let r = out.report().unwrap();
+    for key in [
+        "exit_code",
+        "signal",
+        "timed_out",
+        "oom_killed",
+        "output_truncated",
+        "wall_ms",
+        "user_ms",
+        "sys_ms",
+        "max_rss_kb",
+        "sandbox_id",
+        "profile",
+        "mode",
+    ] {
+        assert!(r.get(key).is_some(), "missing {key} in {r}");
+    }
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(r["stdout"], "out\n");
+    assert_eq!(r["stderr"], "err\n");
+    assert_eq!(r["mode"], "sandbox");
+    assert_eq!(r["profile"], "default");
+    assert!(r["wall_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["max_rss_kb"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn stdin_passes_through() {
+    if !sandbox_available() {
+        return;
+    }
+    let mut child = Command::new(common::phantom_bin())
+        .args(["run", "--", "sh", "-c", "tr a-z A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello sandbox\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO SANDBOX\n");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn output_cap_truncates_and_reports() {
+    if !sandbox_available() {
+        return;
+    }
+    // 3 MiB of output against the default 1 MiB cap.
+    let out = phantom(
+        &[
+            "run",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "head -c 3145728 /dev/zero | tr '\\0' x",
+        ],
+        |_| {},
+    );
+    let r = out.report().unwrap();
+    assert_eq!(r["output_truncated"], true, "{}", out.describe());
+    let len = r["stdout"].as_str().unwrap().len();
+    assert!(len <= 1 << 20 && len > 0, "captured {len} bytes");
+    assert_eq!(r["exit_code"], 0);
+}
+
+#[test]
+fn direct_mode_warns_that_it_does_not_isolate() {
+    let out = phantom(&["run", "--mode", "direct", "--", "true"], |_| {});
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stderr.contains("warning") && out.stderr.contains("direct"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// Regression: the sandbox init is a fork of the front end, so /proc/1/cmdline showed
+/// phantom's own command line and /proc/1/environ its host environment.
+#[test]
+fn init_cmdline_and_environ_do_not_leak_the_front_end() {
+    if !sandbox_available() {
+        return;
+    }
+    let out = phantom(
+        &[
+            "run",
+            "--json",
+            "--env",
+            "VISIBLE=1",
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/1/cmdline; echo; cat /proc/1/environ; true",
+        ],
+        |c| {
+            c.env("PHANTOM_TEST_HOST_SECRET", "hunter2-in-host-env");
+        },
+    );
+    let r = out.report().unwrap();
+    let seen = format!("{}{}", r["stdout"], r["stderr"]);
+    assert!(
+        !seen.contains("hunter2-in-host-env"),
+        "host env leaked: {seen}"
+    );
+    assert!(!seen.contains("--json"), "front end argv leaked: {seen}");
+    assert!(
+        seen.contains("phantom-init"),
+        "init should be named: {seen}"
+    );
+}
+
+/// The per-user directory holding run directories (see phantom-runtime's workspace.rs).
+fn state_base() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("phantom-{}", common::host_ids().0))
+}
+
+/// The sandbox id of the init whose child runs a process matching `marker`, read from
+/// its host-side cgroup path (root only: unprivileged runs have no cgroup).
+fn sandbox_id_of(marker: &str) -> Option<String> {
+    for (pid, _) in common::host_processes_containing(marker) {
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if let Some(id) = cg.lines().find_map(|l| {
+            l.split_once("/phantom/")
+                .map(|(_, id)| id.trim().to_string())
+        }) {
+            return Some(id);
+        }
+    }
+    None
+}
+
+/// Regression: setresuid in the init cleared its parent-death signal, so a front end
+/// killed with SIGKILL left the sandbox running on the host. Also checks that the next
+/// run collects the killed run's directory and cgroup.
+#[test]
+fn killed_front_end_takes_the_sandbox_down() {
+    if !sandbox_available() {
+        return;
+    }
+    let marker = format!("phantom-kill-test-{}", std::process::id());
+    let mut child = Command::new(common::phantom_bin())
+        .args(["run", "--", "sh", "-c", &format!("sleep 300; : {marker}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the payload itself (`sh -c ...`): the init briefly shows the front
+    // end's command line before it scrubs it.
+    let started = Instant::now();
+    while !common::host_processes_containing(&marker)
+        .iter()
+        .any(|(_, cmd)| cmd.starts_with("sh -c"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "sandbox did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let id = sandbox_id_of(&marker);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+    loop {
+        let left = common::host_processes_containing(&marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "sandbox outlived its front end: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The next run collects what the killed one left: no run directory stays
+    // unlocked (a living run always holds its lock), and the killed sandbox's cgroup
+    // is gone.
+    let next = phantom(&["run", "--", "true"], |_| {});
+    assert_eq!(next.code, Some(0), "{}", next.describe());
+    for entry in std::fs::read_dir(state_base()).unwrap().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with("run-") {
+            continue;
+        }
+        if let Ok(f) = std::fs::File::open(entry.path()) {
+            if f.try_lock().is_ok() {
+                // Removed by now if it was a finishing run's; otherwise it was left over.
+                std::thread::sleep(Duration::from_millis(200));
+                assert!(
+                    !entry.path().exists(),
+                    "abandoned run directory {:?} was not collected",
+                    entry.path()
+                );
+            }
+        }
+    }
+    if let Some(id) = id {
+        for controller in ["memory", "pids", "cpu"] {
+            let dir = std::path::Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join("phantom")
+                .join(&id);
+            assert!(
+                !dir.exists(),
+                "cgroup {dir:?} of the killed sandbox was not collected"
+            );
+        }
+    } else if common::is_root() {
+        panic!("as root the sandbox should have had a cgroup");
+    }
+}
+
+/// Regression: the init made itself non-dumpable before the front end had written its
+/// uid/gid maps; /proc/PID then belonged to root and an unprivileged front end failed
+/// with EACCES on setgroups/uid_map in about one run in six. (Meaningful in the
+/// unprivileged pass of the suite; as root it cannot fail this way.)
+#[test]
+fn id_maps_are_written_before_the_init_turns_non_dumpable() {
+    if !sandbox_available() {
+        return;
+    }
+    for i in 0..30 {
+        let out = phantom(&["run", "--", "true"], |_| {});
+        assert_eq!(out.code, Some(0), "run {i}: {}", out.describe());
+    }
+}
+
+/// Regression: a temporary workspace existed unlocked for a moment after mkdir, and a
+/// concurrent run's stale-workspace collection could delete it (exit 125, "No such
+/// file or directory").
+#[test]
+fn concurrent_temporary_workspaces_are_not_collected() {
+    if !sandbox_available() {
+        return;
+    }
+    for round in 0..4 {
+        let children: Vec<_> = (0..8)
+            .map(|_| {
+                Command::new(common::phantom_bin())
+                    .args([
+                        "run",
+                        "--",
+                        "sh",
+                        "-c",
+                        "echo x > /workspace/f && cat /workspace/f",
+                    ])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "x\n");
+        }
+    }
+}
