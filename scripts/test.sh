@@ -70,7 +70,7 @@ left=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 4 -path '*/phantom/*' -type d 2
 if [ -n "$left" ]; then echo "LEAK: cgroups:"; echo "$left"; leaks=1; fi
 procs=$(pgrep -a -f 'phantom-(init|probe)|phantom:(init|payload)' || true)
 if [ -n "$procs" ]; then echo "LEAK: processes:"; echo "$procs"; leaks=1; fi
-ws=$(find "${TMPDIR:-/tmp}" -maxdepth 2 -path '*/phantom-*/ws-*' 2>/dev/null || true)
-if [ -n "$ws" ]; then echo "LEAK: temporary workspaces:"; echo "$ws"; leaks=1; fi
+runs=$(find /dev/shm "${TMPDIR:-/tmp}" ${XDG_RUNTIME_DIR:+"$XDG_RUNTIME_DIR"} -maxdepth 2 -path '*phantom*/run-*' 2>/dev/null || true)
+if [ -n "$runs" ]; then echo "LEAK: run directories (temporary workspaces):"; echo "$runs"; leaks=1; fi
 if [ "$leaks" != 0 ]; then echo "the suite left things behind on the host"; exit 1; fi
 echo "no leftover mounts, cgroups, processes or workspaces"

@@ -2,6 +2,7 @@
 //!
 //! Each subcommand maps its flags onto `phantom-api` types and calls the runtime;
 //! nothing here touches the kernel directly.
+#![forbid(unsafe_code)]
 
 mod bench;
 mod doctor;

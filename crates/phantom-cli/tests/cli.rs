@@ -271,9 +271,15 @@ fn init_cmdline_and_environ_do_not_leak_the_front_end() {
     );
 }
 
-/// The per-user directory holding run directories (see phantom-runtime's workspace.rs).
+/// The per-user directory holding run directories (mirrors phantom-runtime's
+/// `workspace::state_base`).
 fn state_base() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("phantom-{}", common::host_ids().0))
+    let uid = common::host_ids().0;
+    match std::env::var_os("XDG_RUNTIME_DIR").map(std::path::PathBuf::from) {
+        Some(dir) if dir.is_absolute() && dir.is_dir() => dir.join("phantom"),
+        _ if std::path::Path::new("/dev/shm").is_dir() => format!("/dev/shm/phantom-{uid}").into(),
+        _ => std::env::temp_dir().join(format!("phantom-{uid}")),
+    }
 }
 
 /// The sandbox id of the init whose child runs a process matching `marker`, read from

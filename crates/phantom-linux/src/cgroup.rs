@@ -134,6 +134,19 @@ fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     fs::write(path, value).map_err(|e| CgroupError::Write(path.to_path_buf(), value.to_string(), e))
 }
 
+/// Write a control file that only some kernels or configurations have.
+fn write_if_present(path: &Path, value: &str) -> Result<(), CgroupError> {
+    match fs::OpenOptions::new().write(true).open(path) {
+        Ok(mut f) => {
+            use std::io::Write;
+            f.write_all(value.as_bytes())
+                .map_err(|e| CgroupError::Write(path.to_path_buf(), value.to_string(), e))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CgroupError::Write(path.to_path_buf(), value.to_string(), e)),
+    }
+}
+
 fn mkdir(path: &Path) -> Result<(), CgroupError> {
     match fs::create_dir(path) {
         Ok(()) => Ok(()),
@@ -194,29 +207,18 @@ impl SandboxCgroup {
             }
             match (controller, v2) {
                 ("memory", false) => {
-                    write(
-                        &dir.join("memory.limit_in_bytes"),
-                        &limits.memory_bytes.to_string(),
-                    )?;
-                    let memsw = dir.join("memory.memsw.limit_in_bytes");
-                    if memsw.exists() {
-                        write(&memsw, &limits.memory_bytes.to_string())?;
-                    }
+                    write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    // No swap either (the file exists only with swap accounting).
+                    write_if_present(&dir.join("memory.memsw.limit_in_bytes"), &limits.memory_bytes.to_string())?;
                 }
                 ("memory", true) => {
                     write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
-                    let swap = dir.join("memory.swap.max");
-                    if swap.exists() {
-                        write(&swap, "0")?;
-                    }
+                    write_if_present(&dir.join("memory.swap.max"), "0")?;
                 }
                 ("pids", _) => write(&dir.join("pids.max"), &limits.pids.to_string())?,
                 ("cpu", false) => {
-                    write(&dir.join("cpu.cfs_period_us"), "100000")?;
-                    write(
-                        &dir.join("cpu.cfs_quota_us"),
-                        &(u64::from(limits.cpu_millis) * 100).to_string(),
-                    )?;
+                    // cpu.cfs_period_us starts at the kernel default, 100000 us.
+                    write(&dir.join("cpu.cfs_quota_us"), &(u64::from(limits.cpu_millis) * 100).to_string())?;
                 }
                 ("cpu", true) => write(
                     &dir.join("cpu.max"),

@@ -348,12 +348,15 @@ fn landlock(profile: &Profile, hardened: bool, enabled: bool) -> LandlockPlan {
             path: path.to_string(),
             access,
         };
-        if !rules.contains(&rule) {
+        // Read access below `/` already covers every other read-only rule; each rule
+        // costs the payload an open and a syscall at start-up, so keep only `/`.
+        let covered = access == Access::ReadOnly && rules.first().is_some_and(|r| r.path == "/");
+        if !covered && !rules.contains(&rule) {
             rules.push(rule);
         }
     };
-    // The root itself, so that `ls /` works: it holds only what this plan mounts, and
-    // the rules below name each part for whoever reads the plan.
+    // The root itself, so that `ls /` works: it holds only what this plan mounts, so
+    // reading everything below it is "reading only what is mounted".
     add("/", Access::ReadOnly);
     for path in &fs.system {
         add(path, Access::ReadOnly);
@@ -422,6 +425,13 @@ fn warnings(profile: &Profile, mode: Mode) -> Vec<String> {
             "security.landlock: has no effect at security.level: low, which turns Landlock off"
                 .to_string(),
         );
+    } else if landlock.enabled {
+        for entry in landlock.paths.iter().filter(|p| p.access == Access::ReadOnly) {
+            warnings.push(format!(
+                "security.landlock.paths: `{}` read-only adds nothing: everything mounted in the sandbox is readable already; only read-write entries widen the fence",
+                entry.path
+            ));
+        }
     }
     let seccomp = &profile.security.seccomp;
     let allowlist = mode == Mode::Hardened || seccomp.default == SeccompDefault::Deny;

@@ -99,11 +99,10 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
         PolicySource::File(path) => phantom_policy::load_file(std::path::Path::new(path))?,
     };
     let plan = phantom_policy::compile(&profile, &parse_overrides(request)?)?;
-    let mut warnings = plan.warnings.clone();
+    let warnings = plan.warnings.clone();
     match plan.mode {
-        Mode::Direct => warnings.push(
-            "--mode direct: NO isolation — the command runs on the host with only resource limits and the timeout".into(),
-        ),
+        // The plan already carries the warning that direct mode does not isolate.
+        Mode::Direct => {}
         Mode::Wasm => {
             return Err(RuntimeError::Unsupported {
                 what: "mode wasm".into(),
@@ -281,6 +280,7 @@ impl Prepared {
             hostname: plan.hostname.clone(),
             network: plan.network,
             payload,
+            trace: trace.on.then_some(started),
         };
 
         // Signals are read from a signalfd and forwarded; blocked before clone so the
@@ -335,13 +335,30 @@ impl Prepared {
                 // the sandbox's root and back.
                 let userns_fd = mount::open_userns(pid)?;
                 let tree = mount::clone_tree(run_dir.workspace())?;
-                mount::set_idmap(tree.as_fd(), userns_fd.as_fd()).map_err(|e| RuntimeError::Unsupported {
-                    what: format!("workspace {}", run_dir.workspace().display()),
-                    why: format!("cannot make an idmapped mount ({e})"),
-                    hint: "put the workspace on a filesystem with idmapped-mount support (ext4, xfs, btrfs, tmpfs on Linux 6.3+)".into(),
-                })?;
-                idmapped = true;
-                return Ok(Some(tree));
+                match mount::set_idmap(tree.as_fd(), userns_fd.as_fd()) {
+                    Ok(()) => {
+                        idmapped = true;
+                        return Ok(Some(tree));
+                    }
+                    // A temporary workspace is ours and thrown away: without idmapped
+                    // mounts (tmpfs before Linux 6.3), hand it to the sandbox's uid.
+                    Err(_) if run_dir.workspace_is_temporary() => {
+                        std::os::unix::fs::chown(run_dir.workspace(), Some(host_uid), Some(host_gid)).map_err(|e| {
+                            RuntimeError::Io {
+                                what: "chown workspace",
+                                path: run_dir.workspace().display().to_string(),
+                                source: e,
+                            }
+                        })?;
+                    }
+                    Err(e) => {
+                        return Err(RuntimeError::Unsupported {
+                            what: format!("workspace {}", run_dir.workspace().display()),
+                            why: format!("cannot make an idmapped mount ({e})"),
+                            hint: "put the workspace on a filesystem with idmapped-mount support (ext4, xfs, btrfs, tmpfs on Linux 6.3+)".into(),
+                        })
+                    }
+                }
             }
             Ok(None)
         })();

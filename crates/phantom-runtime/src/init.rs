@@ -20,7 +20,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use phantom_linux::mount::{self, Attrs};
 use phantom_linux::process::{self, ExitStatus, Rlimit};
@@ -86,6 +86,15 @@ pub(crate) struct ChildContext {
     pub hostname: String,
     pub network: NetworkMode,
     pub payload: PayloadContext,
+    /// PHANTOM_TRACE=1: the run's start, to print step timings from the sandbox side.
+    pub trace: Option<Instant>,
+}
+
+/// Print a step timing to the front end's stderr (PHANTOM_TRACE=1 only).
+fn trace(start: Option<Instant>, what: &str) {
+    if let Some(t) = start {
+        eprintln!("phantom: trace: {:>8.3} ms  (sandbox) {what}", t.elapsed().as_secs_f64() * 1000.0);
+    }
 }
 
 /// What the payload process needs to exec.
@@ -165,6 +174,7 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
 
     // 2. A cgroup namespace rooted at the sandbox's cgroup; must come after the parent
     //    moved us into it, or the namespace would be rooted at the host's cgroup.
+    trace(ctx.trace, "GO received, ids set");
     process::unshare_cgroup_namespace().map_err(|e| e.to_string())?;
 
     // Nothing mounted from here on may propagate back to the host.
@@ -175,12 +185,14 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
         Sources::open(&ctx.steps, idmapped_workspace.is_some()).map_err(|e| e.to_string())?;
     let root = Path::new(NEW_ROOT);
     mount::tmpfs(root, "mode=0755,size=1m", Attrs::default()).map_err(|e| e.to_string())?;
+    trace(ctx.trace, "sources opened, root tmpfs mounted");
     for (i, step) in ctx.steps.iter().enumerate() {
         apply_step(root, step, &sources, i, idmapped_workspace.as_ref())
             .map_err(|e| e.to_string())?;
     }
 
     // pivot_root needs every mount in place; afterwards the host tree is unreachable.
+    trace(ctx.trace, "mounts applied");
     mount::pivot_into(root).map_err(|e| e.to_string())?;
     // The root tmpfs itself becomes read-only; /tmp, /workspace, /dev/shm keep their
     // own (writable) mounts.
@@ -201,6 +213,7 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
         net::loopback_up().map_err(|e| e.to_string())?;
     }
 
+    trace(ctx.trace, "pivoted, hostname, loopback");
     // 3. The payload. Forking here is safe: init is single-threaded.
     match process::clone_child(process::Namespaces::default(), None).map_err(|e| e.to_string())? {
         process::Forked::Child => payload(&ctx.payload, chan),
@@ -230,9 +243,22 @@ fn in_root(root: &Path, target: &Path) -> PathBuf {
     root.join(target.strip_prefix("/").unwrap_or(target))
 }
 
+/// mkdir -p, trying mkdir first (the parent usually exists) to spare the stat calls
+/// of `create_dir_all` on the start-up path.
 fn mkdir_p(path: &Path) -> Result<(), phantom_linux::SysError> {
-    std::fs::create_dir_all(path)
-        .map_err(|e| phantom_linux::SysError::new("mkdir", path.display().to_string(), e))
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = path.parent() {
+                mkdir_p(parent)?;
+            }
+            std::fs::create_dir(path)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .map_err(|e| phantom_linux::SysError::new("mkdir", path.display().to_string(), e))
+        }
+        Err(e) => Err(phantom_linux::SysError::new("mkdir", path.display().to_string(), e)),
+    }
 }
 
 fn touch(path: &Path) -> Result<(), phantom_linux::SysError> {
@@ -378,16 +404,9 @@ fn apply_step(
             for (i, name) in nodes.iter().enumerate() {
                 let node = at.join(name);
                 touch(&node)?;
+                // A bind of a single device node keeps the flags of the host's /dev
+                // mount (nosuid); exec of a device node fails anyway.
                 mount::bind(&fd_path(source(i)), &node)?;
-                mount::set_attrs(
-                    &node,
-                    Attrs {
-                        nosuid: true,
-                        noexec: true,
-                        ..Default::default()
-                    },
-                    false,
-                )?;
             }
             let pts = at.join("pts");
             mkdir_p(&pts)?;

@@ -1,8 +1,8 @@
 //! Per-run host state: a locked run directory, and the workspace bound at /workspace
 //! (the caller's directory, or a fresh one inside the run directory).
 //!
-//! Every run holds `$TMPDIR/phantom-<uid>/run-<sandbox id>` locked (flock) for as long
-//! as it lives; a temporary workspace is its `workspace` subdirectory. If a front end
+//! Every run holds `<state base>/run-<sandbox id>` (see [`state_base`]) locked (flock)
+//! for as long as it lives; a temporary workspace is its `workspace` subdirectory. If a front end
 //! is killed before it can clean up, its sandbox dies with it (parent-death signal) but
 //! the run directory and the sandbox's cgroup stay behind: the next run finds the
 //! directory unlocked and removes both ([`collect_stale`]). No timing guess is involved:
@@ -28,12 +28,19 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// The per-user directory holding run directories, created 0700 on first use.
-/// Refuses a directory that another user owns or that is a symlink (someone else could
-/// have planted it in a shared /tmp).
+/// The per-user directory holding run directories, created 0700 on first use:
+/// `$XDG_RUNTIME_DIR/phantom` when set, else `/dev/shm/phantom-<uid>` (a tmpfs: run
+/// directories are created and removed on every run, and on a disk filesystem that
+/// costs a journal commit's worth of latency), else `$TMPDIR/phantom-<uid>`.
+/// Refuses a directory that another user owns, that others can write, or that is a
+/// symlink (someone else could have planted it in a shared directory).
 pub fn state_base() -> Result<PathBuf, RuntimeError> {
     let uid = phantom_linux::process::euid();
-    let base = std::env::temp_dir().join(format!("phantom-{uid}"));
+    let base = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() && dir.is_dir() => dir.join("phantom"),
+        _ if Path::new("/dev/shm").is_dir() => PathBuf::from(format!("/dev/shm/phantom-{uid}")),
+        _ => std::env::temp_dir().join(format!("phantom-{uid}")),
+    };
     match std::fs::DirBuilder::new().mode(0o700).create(&base) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -42,11 +49,9 @@ pub fn state_base() -> Result<PathBuf, RuntimeError> {
     let meta = std::fs::symlink_metadata(&base).map_err(io("inspect", &base))?;
     if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
         return Err(RuntimeError::Unsupported {
-            what: format!("temporary directory {}", base.display()),
+            what: format!("state directory {}", base.display()),
             why: "it is not a private directory owned by you".into(),
-            hint: format!(
-                "remove it, or set TMPDIR to a directory only you can write (it must be mode 0700 and owned by uid {uid})"
-            ),
+            hint: format!("remove it (it must be a mode 0700 directory owned by uid {uid})"),
         });
     }
     Ok(base)
@@ -103,6 +108,11 @@ impl RunDir {
     /// The host directory bound at /workspace.
     pub fn workspace(&self) -> &Path {
         &self.workspace
+    }
+
+    /// Whether the workspace was made for this run (and is removed with it).
+    pub fn workspace_is_temporary(&self) -> bool {
+        self.workspace.starts_with(&self.dir)
     }
 }
 
