@@ -816,7 +816,9 @@ pub fn run_in_child<T>(attempt: impl FnOnce() -> Result<T, Errno>) -> Result<Chi
     }
 }
 
-/// `kill(pid, sig)`.
+/// `kill(pid, sig)`. With `sig` 0 nothing is delivered and only the permission check
+/// runs: the probe's `signal_init` attempt asks that way whether the payload may signal
+/// the sandbox's init (Landlock ABI 6 signal scoping says no).
 pub fn send_signal(pid: i32, sig: i32) -> Result<(), Errno> {
     // SAFETY: kill takes only integers.
     let ret = unsafe { libc::kill(pid, sig) };

@@ -45,37 +45,45 @@ pub struct Layout {
 impl Layout {
     /// Read /proc/self/mountinfo and the v2 root's controller list.
     pub fn detect() -> Layout {
-        let mut layout = Layout::default();
         let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-            return layout;
+            return Layout::default();
         };
-        for line in info.lines() {
-            // id parent major:minor root mountpoint options [optional...] - fstype source superopts
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let mount_point = left.split(' ').nth(4).unwrap_or("");
-            let mut r = right.split(' ');
-            let fstype = r.next().unwrap_or("");
-            let superopts = r.nth(1).unwrap_or("");
-            match fstype {
+        // The controller list lives in the unified root, so find that mount first.
+        let controllers = cgroup_mounts(&info)
+            .find(|m| m.fstype == "cgroup2")
+            .and_then(|m| {
+                fs::read_to_string(Path::new(m.mount_point).join("cgroup.controllers")).ok()
+            });
+        Layout::from_mountinfo(&info, controllers.as_deref())
+    }
+
+    /// The layout described by a `/proc/self/mountinfo` text; `v2_controllers` is the
+    /// text of the unified root's `cgroup.controllers` (`None` when it was not read).
+    /// The first `cgroup2` mount is the unified hierarchy; a v1 controller mounted twice
+    /// is taken from its last mount. Pure, for tests.
+    pub fn from_mountinfo(mountinfo: &str, v2_controllers: Option<&str>) -> Layout {
+        let mut layout = Layout::default();
+        for mount in cgroup_mounts(mountinfo) {
+            match mount.fstype {
                 "cgroup2" if layout.v2_mount.is_none() => {
-                    layout.v2_mount = Some(PathBuf::from(mount_point))
+                    layout.v2_mount = Some(PathBuf::from(mount.mount_point))
                 }
                 "cgroup" => {
-                    for opt in superopts.split(',') {
+                    // Comounted controllers share one mount: `rw,cpu,cpuacct` at
+                    // /sys/fs/cgroup/cpu,cpuacct holds `cpu`.
+                    for opt in mount.super_options.split(',') {
                         if CONTROLLERS.contains(&opt) {
                             layout
                                 .v1_mounts
-                                .insert(opt.to_string(), PathBuf::from(mount_point));
+                                .insert(opt.to_string(), PathBuf::from(mount.mount_point));
                         }
                     }
                 }
                 _ => {}
             }
         }
-        if let Some(v2) = &layout.v2_mount {
-            if let Ok(c) = fs::read_to_string(v2.join("cgroup.controllers")) {
+        if layout.v2_mount.is_some() {
+            if let Some(c) = v2_controllers {
                 layout.v2_controllers = c.split_whitespace().map(str::to_string).collect();
             }
         }
@@ -111,6 +119,28 @@ impl Layout {
             (false, false) => "none",
         }
     }
+}
+
+/// One line of mountinfo, the fields [`Layout`] needs.
+struct MountLine<'a> {
+    mount_point: &'a str,
+    fstype: &'a str,
+    super_options: &'a str,
+}
+
+/// The `cgroup` and `cgroup2` mounts of a mountinfo text, in order.
+fn cgroup_mounts(mountinfo: &str) -> impl Iterator<Item = MountLine<'_>> {
+    mountinfo.lines().filter_map(|line| {
+        // id parent major:minor root mountpoint options [optional...] - fstype source superopts
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split(' ');
+        let mount = MountLine {
+            mount_point: left.split(' ').nth(4).unwrap_or(""),
+            fstype: r.next().unwrap_or(""),
+            super_options: r.nth(1).unwrap_or(""),
+        };
+        matches!(mount.fstype, "cgroup" | "cgroup2").then_some(mount)
+    })
 }
 
 /// Limits for one sandbox's cgroup.
@@ -382,4 +412,134 @@ pub fn list_sandbox_cgroups(layout: &Layout) -> Vec<PathBuf> {
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mountinfo of a hybrid (systemd "legacy") host: controllers in v1, an empty
+    /// unified tree. `cpu` and `cpuacct` are comounted, next to `cpuset`, whose name
+    /// starts with "cpu" but is another controller.
+    const HYBRID: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+31 22 0:28 / /sys/fs/cgroup rw,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+32 31 0:29 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+33 31 0:30 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,nosuid,nodev,noexec,relatime shared:12 - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:13 - cgroup cgroup rw,cpu,cpuacct
+36 31 0:33 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,memory
+37 31 0:34 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,pids
+";
+
+    /// Mountinfo of a pure v2 host, plus a second cgroup2 mount further down (a
+    /// container runtime's bind), which is not the unified root.
+    const PURE_V2: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:27 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+90 22 0:27 /system.slice /run/some-runtime/cgroup rw,relatime shared:4 - cgroup2 cgroup2 rw
+";
+
+    const PURE_V2_CONTROLLERS: &str = "cpuset cpu io memory hugetlb pids rdma misc\n";
+
+    /// No cgroup filesystem mounted at all.
+    const NO_CGROUPS: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+23 22 0:5 / /proc rw,nosuid,nodev,noexec,relatime shared:2 - proc proc rw
+24 22 0:6 / /sys rw,nosuid,nodev,noexec,relatime shared:3 - sysfs sysfs rw
+";
+
+    fn v1(path: &str) -> Option<Hierarchy> {
+        Some(Hierarchy::V1(PathBuf::from(path)))
+    }
+
+    fn v2(path: &str) -> Option<Hierarchy> {
+        Some(Hierarchy::V2(PathBuf::from(path)))
+    }
+
+    #[test]
+    fn hybrid_host_uses_v1_and_maps_comounted_cpu() {
+        // The unified root of a hybrid host offers no controller: its file is empty.
+        let layout = Layout::from_mountinfo(HYBRID, Some("\n"));
+        assert_eq!(
+            layout.v2_mount,
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert!(layout.v2_controllers.is_empty(), "{layout:?}");
+        assert_eq!(layout.hierarchy("memory"), v1("/sys/fs/cgroup/memory"));
+        assert_eq!(layout.hierarchy("pids"), v1("/sys/fs/cgroup/pids"));
+        assert_eq!(layout.hierarchy("cpu"), v1("/sys/fs/cgroup/cpu,cpuacct"));
+        // Only the controllers phantom limits are recorded; cpuset is not cpu.
+        let names: Vec<&str> = layout.v1_mounts.keys().map(String::as_str).collect();
+        assert_eq!(names, ["cpu", "memory", "pids"]);
+        assert_eq!(layout.describe(), "v1");
+    }
+
+    #[test]
+    fn hybrid_host_with_separate_cpu_and_cpuacct() {
+        // Like this test suite's own host.
+        let mut text: String = HYBRID
+            .lines()
+            .filter(|l| !l.ends_with("rw,cpu,cpuacct"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str("35 31 0:32 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n");
+        text.push_str(
+            "38 31 0:35 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct\n",
+        );
+        let layout = Layout::from_mountinfo(&text, Some(""));
+        assert_eq!(layout.hierarchy("cpu"), v1("/sys/fs/cgroup/cpu"));
+        assert_eq!(layout.hierarchy("memory"), v1("/sys/fs/cgroup/memory"));
+        assert_eq!(layout.describe(), "v1");
+    }
+
+    #[test]
+    fn hybrid_host_with_a_controller_left_to_v2() {
+        // systemd leaves a controller no v1 hierarchy took in the unified tree.
+        let text: String = HYBRID
+            .lines()
+            .filter(|l| !l.ends_with("rw,pids"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let layout = Layout::from_mountinfo(&text, Some("pids\n"));
+        assert_eq!(layout.hierarchy("pids"), v2("/sys/fs/cgroup/unified"));
+        assert_eq!(layout.hierarchy("memory"), v1("/sys/fs/cgroup/memory"));
+        assert_eq!(layout.describe(), "v1+v2");
+    }
+
+    #[test]
+    fn pure_v2_host_uses_the_unified_root() {
+        let layout = Layout::from_mountinfo(PURE_V2, Some(PURE_V2_CONTROLLERS));
+        assert_eq!(layout.v2_mount, Some(PathBuf::from("/sys/fs/cgroup")));
+        assert!(layout.v1_mounts.is_empty(), "{layout:?}");
+        for controller in CONTROLLERS {
+            assert_eq!(
+                layout.hierarchy(controller),
+                v2("/sys/fs/cgroup"),
+                "{controller}"
+            );
+        }
+        assert_eq!(layout.hierarchy("blkio"), None);
+        assert_eq!(layout.describe(), "v2");
+    }
+
+    #[test]
+    fn unread_v2_controllers_mean_no_v2_controller() {
+        let layout = Layout::from_mountinfo(PURE_V2, None);
+        assert_eq!(layout.v2_mount, Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(layout.hierarchy("memory"), None);
+        assert_eq!(layout.describe(), "none");
+    }
+
+    #[test]
+    fn host_without_cgroups_has_no_hierarchy() {
+        // Controllers given without a unified mount belong to no hierarchy.
+        let layout = Layout::from_mountinfo(NO_CGROUPS, Some(PURE_V2_CONTROLLERS));
+        assert_eq!(layout.v2_mount, None);
+        assert!(layout.v2_controllers.is_empty(), "{layout:?}");
+        assert!(layout.v1_mounts.is_empty(), "{layout:?}");
+        assert_eq!(layout.hierarchy("memory"), None);
+        assert_eq!(layout.describe(), "none");
+        assert_eq!(Layout::from_mountinfo("", None).describe(), "none");
+    }
 }

@@ -13,6 +13,7 @@
 //! phantom-probe memhog MB               allocate and touch MB MiB (expects an OOM kill)
 //! phantom-probe fill PATH MB            write MB MiB of zeros; what stopped it
 //! phantom-probe spawn-sleepers N SECS   a chain of N descendants, all sleeping SECS
+//! phantom-probe kill PID SIG            kill(PID, SIG) once: may this process signal PID?
 //! phantom-probe exit N | signal N | sleep SECS | env | fds | net
 //! ```
 //!
@@ -42,7 +43,7 @@ const MIB: usize = 1 << 20;
 
 const USAGE: &str = "usage: phantom-probe <report | read PATH... | write PATH... | stat PATH... \
 | list DIR | tiocsti | forkbomb N | memhog MB | fill PATH MB | spawn-sleepers N SECS \
-| exit N | signal N | sleep SECS | env | fds | net>";
+| kill PID SIG | exit N | signal N | sleep SECS | env | fds | net>";
 
 /// A bad command line: printed with the usage, exit 2.
 struct UsageError(String);
@@ -85,6 +86,15 @@ fn run(args: &[String]) -> Result<Value, UsageError> {
         "memhog" => memhog(number(rest, 0, "MB")?),
         "fill" => fill(Path::new(arg(rest, 0, "PATH")?), number(rest, 1, "MB")?),
         "spawn-sleepers" => spawn_sleepers(number(rest, 0, "N")?, number(rest, 1, "SECS")?),
+        "kill" => {
+            let (pid, sig): (i32, i32) = (number(rest, 0, "PID")?, number(rest, 1, "SIG")?);
+            let result = attempt::send_signal(pid, sig);
+            with(
+                with(with(outcome(&result), "probe", "kill"), "pid", pid),
+                "sig",
+                sig,
+            )
+        }
         "exit" => {
             let code: i32 = number(rest, 0, "N")?;
             emit(&json!({"probe": "exit", "code": code}));
@@ -485,6 +495,10 @@ fn attempts() -> Value {
         }
     }
     put("x32_getpid", in_child(attempt::x32_getpid));
+    // Signal 0 only asks whether we may signal pid 1 (the sandbox's init, outside the
+    // payload's Landlock domain); it delivers nothing, so it needs no child. Landlock
+    // ABI 6 signal scoping refuses it with EPERM.
+    put("signal_init", outcome(&attempt::send_signal(1, 0)));
     Value::Object(out)
 }
 
@@ -893,5 +907,10 @@ mod tests {
             panic!("expected a usage error")
         };
         assert!(msg.contains("MB"), "{msg}");
+        let args = ["kill".to_owned(), "1".to_owned()];
+        let Err(UsageError(msg)) = run(&args) else {
+            panic!("expected a usage error")
+        };
+        assert!(msg.contains("SIG"), "{msg}");
     }
 }

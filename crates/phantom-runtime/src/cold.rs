@@ -119,6 +119,36 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
     })
 }
 
+/// What the sandbox told the front end over the channel (protocol in init.rs).
+#[derive(Debug, Default)]
+struct SandboxStatus {
+    setup_error: Option<String>,
+    landlock_abi: u32,
+    payload: Option<ExitStatus>,
+}
+
+impl SandboxStatus {
+    /// Record one message; returns a trace label for it.
+    fn record(&mut self, msg: &[u8]) -> Option<&'static str> {
+        let msg = String::from_utf8_lossy(msg);
+        if let Some(e) = msg.strip_prefix("ERR ") {
+            self.setup_error = Some(e.to_string());
+            Some("sandbox setup failed")
+        } else if let Some(a) = msg.strip_prefix("ABI ") {
+            self.landlock_abi = a.trim().parse().unwrap_or(0);
+            Some("payload fenced (landlock applied)")
+        } else if let Some(c) = msg.strip_prefix("EXIT ") {
+            self.payload = c.trim().parse().ok().map(ExitStatus::Exited);
+            Some("payload exited")
+        } else if let Some(s) = msg.strip_prefix("SIG ") {
+            self.payload = s.trim().parse().ok().map(ExitStatus::Signaled);
+            Some("payload killed")
+        } else {
+            None
+        }
+    }
+}
+
 /// Where payload output goes.
 struct Sink {
     capture: Option<Vec<u8>>,
@@ -397,9 +427,7 @@ impl Prepared {
         };
         let deadline = started + Duration::from_millis(plan.limits.wall_timeout_ms);
         let mut timed_out = false;
-        let mut landlock_abi = 0;
-        let mut setup_error = None;
-        let mut payload_status = None;
+        let mut sandbox = SandboxStatus::default();
         let mut interrupts = 0;
         let mut init_done = false;
         let mut chan_open = true;
@@ -455,18 +483,8 @@ impl Prepared {
                 match fdpass::recv(chan_parent.as_fd(), &mut buf) {
                     Ok((0, _)) | Err(_) => chan_open = false,
                     Ok((n, _)) => {
-                        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                        if let Some(e) = msg.strip_prefix("ERR ") {
-                            setup_error = Some(e.to_string());
-                        } else if let Some(a) = msg.strip_prefix("ABI ") {
-                            landlock_abi = a.trim().parse().unwrap_or(0);
-                            trace.step("payload fenced (landlock applied)");
-                        } else if let Some(c) = msg.strip_prefix("EXIT ") {
-                            payload_status = c.trim().parse().ok().map(ExitStatus::Exited);
-                            trace.step("payload exited");
-                        } else if let Some(s) = msg.strip_prefix("SIG ") {
-                            payload_status = s.trim().parse().ok().map(ExitStatus::Signaled);
-                            trace.step("payload killed");
+                        if let Some(step) = sandbox.record(&buf[..n]) {
+                            trace.step(step);
                         }
                     }
                 }
@@ -509,23 +527,14 @@ impl Prepared {
             if let Some(cg) = &guard.0 {
                 cg.kill_all();
             }
-            payload_status = Some(init_status);
+            sandbox.payload = Some(init_status);
         }
         // Status messages sent just before init exited may still be queued.
         let mut buf = [0u8; 4096];
         while chan_open {
             match rustix::net::recv(&chan_parent, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
                 Ok((n, _)) if n > 0 => {
-                    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    if let Some(e) = msg.strip_prefix("ERR ") {
-                        setup_error = Some(e.to_string());
-                    } else if let Some(a) = msg.strip_prefix("ABI ") {
-                        landlock_abi = a.trim().parse().unwrap_or(0);
-                    } else if let Some(c) = msg.strip_prefix("EXIT ") {
-                        payload_status = c.trim().parse().ok().map(ExitStatus::Exited);
-                    } else if let Some(s) = msg.strip_prefix("SIG ") {
-                        payload_status = s.trim().parse().ok().map(ExitStatus::Signaled);
-                    }
+                    sandbox.record(&buf[..n]);
                 }
                 _ => chan_open = false,
             }
@@ -541,13 +550,13 @@ impl Prepared {
         drop(run_dir);
         trace.step("cgroup and workspace removed");
 
-        if let Some(e) = setup_error {
+        if let Some(e) = sandbox.setup_error {
             return Err(RuntimeError::Setup(e));
         }
         let status = if timed_out {
             ExitStatus::Signaled(libc::SIGKILL)
         } else {
-            payload_status.unwrap_or(init_status)
+            sandbox.payload.unwrap_or(init_status)
         };
         let [out, err] = relay.sinks;
         Ok(RunReport {
@@ -574,7 +583,7 @@ impl Prepared {
                 .map(|v| String::from_utf8_lossy(&v).into_owned()),
             isolation: IsolationReport {
                 cgroup: cgroup_version.to_string(),
-                landlock_abi,
+                landlock_abi: sandbox.landlock_abi,
                 seccomp_programs: if isolated { plan.seccomp.len() } else { 0 },
                 host_uid,
                 idmapped_workspace: idmapped,
