@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -84,17 +84,30 @@ fn landlock_scopes_signals_to_the_sandbox() {
 // Signals sent to phantom
 // ---------------------------------------------------------------------------------------
 
+/// A `phantom run` front end started by [`start_until_ready`].
+struct Running {
+    child: Child,
+    /// Everything phantom writes to stderr, once it exits.
+    stderr: std::thread::JoinHandle<String>,
+}
+
 /// `phantom run -- sh -c SCRIPT` with stdout piped; returns once the payload printed
-/// `ready`, with the running front end and its remaining output lines.
-fn start_until_ready(script: &str) -> (Child, mpsc::Receiver<String>) {
+/// `ready`.
+fn start_until_ready(script: &str) -> Running {
     let mut child = Command::new(phantom_bin())
         .args(["run", "--timeout", "30s", "--", "sh", "-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn phantom: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -103,38 +116,53 @@ fn start_until_ready(script: &str) -> (Child, mpsc::Receiver<String>) {
             }
         }
     });
+    let mut running = Running { child, stderr };
     match lines.recv_timeout(Duration::from_secs(10)) {
-        Ok(line) if line == "ready" => (child, lines),
+        Ok(line) if line == "ready" => running,
         other => {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!("the payload did not print `ready`: got {other:?}; phantom: {status:?}");
+            let _ = running.child.kill();
+            let status = running.child.wait();
+            panic!(
+                "the payload did not print `ready`: got {other:?}; phantom: {status:?}, stderr: {}",
+                running.stderr()
+            );
         }
     }
 }
 
-/// `kill -SIG PID` through the kill(1) command (this crate has no libc).
-fn send(signal: &str, child: &Child) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap_or_else(|e| panic!("run kill: {e}"));
-    assert!(status.success(), "kill -{signal} {}: {status}", child.id());
-}
+impl Running {
+    /// `kill -SIG PID` on the front end, through kill(1) (this crate has no libc).
+    fn send(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap_or_else(|e| panic!("run kill: {e}"));
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
 
-/// Waits up to `limit` for the front end to exit; kills it and panics after that.
-fn exit_within(mut child: Child, limit: Duration, what: &str) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for phantom") {
-            return status;
+    /// Waits up to `limit` for the front end to exit; kills it and panics after that.
+    fn exit_within(mut self, limit: Duration, what: &str) -> (ExitStatus, String) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for phantom") {
+                return (status, self.stderr());
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let status = self.child.wait();
+                panic!(
+                    "phantom did not exit within {limit:?} after {what}; killed it: {status:?}, stderr: {}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!("phantom did not exit within {limit:?} after {what}; killed it: {status:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    /// phantom's stderr; call only once it has exited (or been killed).
+    fn stderr(self) -> String {
+        self.stderr.join().unwrap_or_default()
     }
 }
 
@@ -143,14 +171,13 @@ fn sigterm_to_phantom_reaches_the_payload() {
     if !sandbox_available() {
         return;
     }
-    let (child, _lines) =
-        start_until_ready("trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done");
-    send("TERM", &child);
-    let status = exit_within(child, Duration::from_secs(5), "SIGTERM");
+    let phantom = start_until_ready("trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done");
+    phantom.send("TERM");
+    let (status, stderr) = phantom.exit_within(Duration::from_secs(5), "SIGTERM");
     assert_eq!(
         status.code(),
         Some(42),
-        "the payload's TERM trap should decide phantom's exit code: {status}"
+        "the payload's TERM trap should decide phantom's exit code: {status}, stderr: {stderr}"
     );
 }
 
@@ -159,25 +186,25 @@ fn sigint_three_times_kills_the_payload() {
     if !sandbox_available() {
         return;
     }
-    let (mut child, _lines) =
-        start_until_ready("trap '' INT; echo ready; while :; do sleep 0.1; done");
+    let mut phantom = start_until_ready("trap '' INT; echo ready; while :; do sleep 0.1; done");
     for i in 1..=3 {
         if i == 3 {
             // Two interrupts are forwarded to a payload that ignores them: still running.
-            let early = child.try_wait().expect("wait for phantom");
+            let early = phantom.child.try_wait().expect("wait for phantom");
             assert!(
                 early.is_none(),
-                "phantom ended after only two SIGINTs: {early:?}"
+                "phantom ended after only two SIGINTs: {early:?}, stderr: {}",
+                phantom.stderr()
             );
         }
-        send("INT", &child);
+        phantom.send("INT");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = exit_within(child, Duration::from_secs(5), "three SIGINTs");
+    let (status, stderr) = phantom.exit_within(Duration::from_secs(5), "three SIGINTs");
     assert_eq!(
         status.code(),
         Some(128 + SIGKILL as i32),
-        "a third SIGINT should SIGKILL the payload, which ignores INT: {status}"
+        "a third SIGINT should SIGKILL the payload, which ignores INT: {status}, stderr: {stderr}"
     );
 }
 

@@ -18,7 +18,7 @@ pub const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 pub enum CgroupError {
     #[error("no cgroup hierarchy has the {0} controller enabled")]
     NoController(&'static str),
-    #[error("cannot create {0}: {1} (cgroup limits need root or a delegated cgroup)")]
+    #[error("cannot create {0}: {1}")]
     Create(PathBuf, #[source] std::io::Error),
     #[error("cannot write {1:?} to {0}: {2}")]
     Write(PathBuf, String, #[source] std::io::Error),
@@ -237,9 +237,15 @@ impl SandboxCgroup {
             }
             match (controller, v2) {
                 ("memory", false) => {
-                    write(&dir.join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    write(
+                        &dir.join("memory.limit_in_bytes"),
+                        &limits.memory_bytes.to_string(),
+                    )?;
                     // No swap either (the file exists only with swap accounting).
-                    write_if_present(&dir.join("memory.memsw.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                    write_if_present(
+                        &dir.join("memory.memsw.limit_in_bytes"),
+                        &limits.memory_bytes.to_string(),
+                    )?;
                 }
                 ("memory", true) => {
                     write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
@@ -248,7 +254,10 @@ impl SandboxCgroup {
                 ("pids", _) => write(&dir.join("pids.max"), &limits.pids.to_string())?,
                 ("cpu", false) => {
                     // cpu.cfs_period_us starts at the kernel default, 100000 us.
-                    write(&dir.join("cpu.cfs_quota_us"), &(u64::from(limits.cpu_millis) * 100).to_string())?;
+                    write(
+                        &dir.join("cpu.cfs_quota_us"),
+                        &(u64::from(limits.cpu_millis) * 100).to_string(),
+                    )?;
                 }
                 ("cpu", true) => write(
                     &dir.join("cpu.max"),

@@ -426,7 +426,11 @@ fn warnings(profile: &Profile, mode: Mode) -> Vec<String> {
                 .to_string(),
         );
     } else if landlock.enabled {
-        for entry in landlock.paths.iter().filter(|p| p.access == Access::ReadOnly) {
+        for entry in landlock
+            .paths
+            .iter()
+            .filter(|p| p.access == Access::ReadOnly)
+        {
             warnings.push(format!(
                 "security.landlock.paths: `{}` read-only adds nothing: everything mounted in the sandbox is readable already; only read-write entries widen the fence",
                 entry.path

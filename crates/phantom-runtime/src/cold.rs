@@ -87,6 +87,13 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
             "no command given: put it after `--`, e.g. phantom run -- python3 -c 'print(1)'".into(),
         ));
     }
+    if let Some(cwd) = &request.cwd {
+        if !cwd.starts_with('/') {
+            return Err(RuntimeError::Usage(format!(
+                "--cwd {cwd}: must be an absolute path inside the sandbox, e.g. /workspace/src"
+            )));
+        }
+    }
     for (k, v) in &request.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             return Err(RuntimeError::Usage(format!(
@@ -123,6 +130,8 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
 #[derive(Debug, Default)]
 struct SandboxStatus {
     setup_error: Option<String>,
+    /// A request value that turned out wrong inside the sandbox (e.g. --cwd).
+    usage_error: Option<String>,
     landlock_abi: u32,
     payload: Option<ExitStatus>,
 }
@@ -134,6 +143,9 @@ impl SandboxStatus {
         if let Some(e) = msg.strip_prefix("ERR ") {
             self.setup_error = Some(e.to_string());
             Some("sandbox setup failed")
+        } else if let Some(e) = msg.strip_prefix("USAGE ") {
+            self.usage_error = Some(e.to_string());
+            Some("request refused inside the sandbox")
         } else if let Some(a) = msg.strip_prefix("ABI ") {
             self.landlock_abi = a.trim().parse().unwrap_or(0);
             Some("payload fenced (landlock applied)")
@@ -278,7 +290,7 @@ impl Prepared {
             Ok(cg) => Some(cg),
             Err(e) => {
                 warnings.push(format!(
-                    "cgroup limits not applied ({e}); memory is limited by RLIMIT_DATA and processes by RLIMIT_NPROC instead, cpu is not limited"
+                    "no cgroup limits ({e}; they need root or a delegated cgroup v2 subtree): memory is limited by RLIMIT_DATA, processes by RLIMIT_NPROC (counting all of your processes), CPU not at all"
                 ));
                 None
             }
@@ -550,6 +562,9 @@ impl Prepared {
         drop(run_dir);
         trace.step("cgroup and workspace removed");
 
+        if let Some(e) = sandbox.usage_error {
+            return Err(RuntimeError::Usage(e));
+        }
         if let Some(e) = sandbox.setup_error {
             return Err(RuntimeError::Setup(e));
         }
@@ -612,6 +627,13 @@ impl Prepared {
         let mut env: Vec<(String, String)> = plan.env.clone();
         if let Ok(term) = std::env::var("TERM") {
             set_var(&mut env, "TERM", &term);
+        }
+        if let Some(cwd) = &request.cwd {
+            if !cwd.starts_with('/') {
+                return Err(RuntimeError::Usage(format!(
+                    "--cwd {cwd}: must be an absolute path inside the sandbox, e.g. /workspace/src"
+                )));
+            }
         }
         for (k, v) in &request.env {
             set_var(&mut env, k, v);

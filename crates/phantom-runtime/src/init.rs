@@ -14,7 +14,8 @@
 //!
 //! Protocol on the seqpacket channel (one message per packet):
 //! parent → child: `GO` (+ optional mount fd);
-//! child → parent: `ERR <text>` (setup failed, exit follows), `ABI <n>` (Landlock ABI
+//! child → parent: `ERR <text>` (setup failed, exit follows), `USAGE <text>` (a value of
+//! the request is wrong inside the sandbox, e.g. --cwd), `ABI <n>` (Landlock ABI
 //! enforced), `EXIT <code>` or `SIG <n>` (how the payload ended).
 
 use std::ffi::CString;
@@ -93,7 +94,10 @@ pub(crate) struct ChildContext {
 /// Print a step timing to the front end's stderr (PHANTOM_TRACE=1 only).
 fn trace(start: Option<Instant>, what: &str) {
     if let Some(t) = start {
-        eprintln!("phantom: trace: {:>8.3} ms  (sandbox) {what}", t.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "phantom: trace: {:>8.3} ms  (sandbox) {what}",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
     }
 }
 
@@ -254,10 +258,20 @@ fn mkdir_p(path: &Path) -> Result<(), phantom_linux::SysError> {
                 mkdir_p(parent)?;
             }
             std::fs::create_dir(path)
-                .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(|e| phantom_linux::SysError::new("mkdir", path.display().to_string(), e))
         }
-        Err(e) => Err(phantom_linux::SysError::new("mkdir", path.display().to_string(), e)),
+        Err(e) => Err(phantom_linux::SysError::new(
+            "mkdir",
+            path.display().to_string(),
+            e,
+        )),
     }
 }
 
@@ -507,13 +521,14 @@ fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
         }
     }
     if let Err(e) = std::env::set_current_dir(&ctx.cwd) {
-        fail(
-            2,
-            format!(
-                "working directory {} does not exist in the sandbox: {e}",
-                ctx.cwd.display()
-            ),
+        // The caller's mistake, not the payload's exit code: the front end reports it
+        // as a usage error.
+        let msg = format!(
+            "--cwd {}: not a directory in the sandbox ({e})",
+            ctx.cwd.display()
         );
+        let _ = fdpass::send_bytes(chan, format!("USAGE {msg}").as_bytes());
+        process::exit_now(2);
     }
     let Some(program) = resolve(&ctx.argv[0], &ctx.path_var) else {
         fail(
