@@ -392,20 +392,35 @@ pub fn join_self(task_files: &[OwnedFd]) -> Result<(), CgroupError> {
 }
 
 /// Remove the cgroup directories of sandbox `id` (after its front end was killed).
-/// A cgroup that still has processes cannot be removed, so this never disturbs a live
-/// sandbox.
-pub fn remove_sandbox(layout: &Layout, id: &str) {
+/// Returns true when none is left. A cgroup that still has processes cannot be
+/// removed, so this never disturbs a live sandbox; a process that is still exiting
+/// (its files, and so its run directory lock, are released before it leaves its
+/// cgroup) is waited for briefly.
+pub fn remove_sandbox(layout: &Layout, id: &str) -> bool {
     if id.is_empty() || id.contains('/') || id.contains("..") {
-        return;
+        return false;
     }
     let mut roots: Vec<PathBuf> = layout.v1_mounts.values().cloned().collect();
     roots.extend(layout.v2_mount.clone());
+    roots.sort();
+    roots.dedup();
+    let mut all_gone = true;
     for root in roots {
         let dir = root.join("phantom").join(id);
-        if dir.is_dir() {
-            let _ = fs::remove_dir(&dir);
+        let mut gone = !dir.is_dir();
+        for _ in 0..100 {
+            if gone {
+                break;
+            }
+            match fs::remove_dir(&dir) {
+                Ok(()) => gone = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone = true,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
         }
+        all_gone &= gone;
     }
+    all_gone
 }
 
 /// The `phantom/<id>` directories that exist now (for leak checks in tests).

@@ -159,8 +159,9 @@ pub fn collect_stale(base: &Path, layout: &Layout) -> usize {
         if flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
             continue; // a living run
         }
-        cgroup::remove_sandbox(layout, id);
-        if std::fs::remove_dir_all(&path).is_ok() {
+        // The run directory goes only once the cgroup has: it is what points a later
+        // run at a cgroup that could not be removed yet.
+        if cgroup::remove_sandbox(layout, id) && std::fs::remove_dir_all(&path).is_ok() {
             removed += 1;
         }
     }
