@@ -45,13 +45,11 @@ if [ "$(id -u)" = 0 ]; then
   # them (a clone under /root is not).
   stage=$(mktemp -d /tmp/phantom-suite.XXXXXX)
   chmod 755 "$stage"
-  cargo test -p phantom-cli --tests --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys
-for line in sys.stdin:
-    m=json.loads(line)
-    if m.get("reason")=="compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
-        print(m["target"]["name"], m["executable"])' \
+  # cargo names each integration test binary: "Executable tests/cli.rs (target/debug/deps/cli-HASH)".
+  cargo test -p phantom-cli --tests --no-run 2>&1 \
+    | sed -n 's|^ *Executable tests/\([a-z_]*\)\.rs (\(.*\))$|\1 \2|p' \
     | while read -r name exe; do cp "$exe" "$stage/test-$name"; done
+  ls "$stage"/test-* >/dev/null  # fail loudly if none was found
   cp target/debug/phantom target/debug/phantom-probe "$stage/"
   chmod 755 "$stage"/*
   for t in "$stage"/test-*; do

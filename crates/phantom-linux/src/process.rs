@@ -547,3 +547,38 @@ pub fn scrub_cmdline_and_environ(name: &str) -> SysResult<()> {
     }
     Ok(())
 }
+
+/// Become a child subreaper: orphaned descendants are re-parented to the caller
+/// instead of the host's init, so that they can be found and killed (direct mode has
+/// no pid namespace to do that).
+pub fn set_child_subreaper() -> SysResult<()> {
+    // SAFETY: prctl with integer arguments only.
+    let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    check(ret as _, "prctl", || "PR_SET_CHILD_SUBREAPER".into()).map(|_| ())
+}
+
+/// Every descendant of process `pid` (children of all its threads, recursively), from
+/// /proc/PID/task/TID/children.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                if !out.contains(&child) {
+                    out.push(child);
+                    queue.push(child);
+                }
+            }
+        }
+    }
+    out
+}

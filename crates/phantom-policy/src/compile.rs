@@ -327,6 +327,7 @@ fn mounts(profile: &Profile, hardened: bool, high: bool, home: &str) -> Vec<Moun
         target: "/dev".to_string(),
         nodes: DEV_NODES.iter().map(|n| n.to_string()).collect(),
         shm_size_bytes: SHM_SIZE_BYTES,
+        shm_read_only: hardened,
     });
     mounts
 }

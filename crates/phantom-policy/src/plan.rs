@@ -142,6 +142,8 @@ pub enum Mount {
         target: String,
         nodes: Vec<String>,
         shm_size_bytes: u64,
+        /// /dev/shm read-only (hardened: only the workspace is writable).
+        shm_read_only: bool,
     },
     /// The run's workspace directory, bound read-write.
     Workspace { target: String, noexec: bool },
@@ -164,7 +166,7 @@ pub struct SockFilter {
 /// A complete seccomp filter program for the build architecture.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SeccompProgram {
-    /// What this program is for, e.g. "denylist", "allowlist", "clone3-enosys".
+    /// What this program is for, e.g. "denylist", "enosys", "allowlist".
     pub name: String,
     /// Number of syscall rules that went into it (for reports).
     pub rule_count: usize,

@@ -6,15 +6,20 @@
 //!    plus the profile's `deny`, minus its `allow`; `ioctl` with TIOCSTI or TIOCLINUX
 //!    (compared as 32-bit values, like the kernel does, so `0x1_0000_5412` is caught);
 //!    `clone` with any namespace flag; `personality` other than Docker's allowed
-//!    personas. Denied → `ERRNO(EPERM)`, or `KILL_PROCESS` at `security.level: high`.
-//! 2. **`clone3-enosys`** — `clone3` → `ERRNO(ENOSYS)`. Its flags live in user memory
-//!    that seccomp cannot read; on ENOSYS glibc and musl fall back to `clone`, whose
-//!    flags program 1 checks.
+//!    personas; `socket(AF_VSOCK)` (vsock is not namespaced and reaches the
+//!    hypervisor); setting the setuid or setgid bit with chmod/fchmod/fchmodat(2) or at
+//!    creation with open/openat/creat/mknod(at) (a setuid-root file left in a host
+//!    workspace would escalate whoever runs it). Denied → `ERRNO(EPERM)`, or
+//!    `KILL_PROCESS` at `security.level: high`.
+//! 2. **`enosys`** — `clone3` and `openat2` → `ERRNO(ENOSYS)`. Their flags and mode
+//!    live in user memory that seccomp cannot read; on ENOSYS libc falls back to
+//!    `clone` and `openat`, whose arguments program 1 checks.
 //! 3. **`memfd-eperm`** (level high, unless the profile allows `memfd_create`) —
 //!    `memfd_create` → `ERRNO(EPERM)`: a memfd can be executed, which would sidestep
 //!    the `noexec` mounts of level high.
 //! 4. **`allowlist`** (`hardened` mode or `seccomp.default: deny`) — [`BASE_ALLOWLIST`]
-//!    plus `allow`, plus `execve` and `clone3` (answered by program 2), minus `deny`;
+//!    plus `allow`, plus `execve`, `clone3` and `openat2` (the latter two answered by
+//!    program 2), minus `deny`;
 //!    anything else → `ERRNO(EPERM)`, or `KILL_PROCESS` at level high.
 //!
 //! The kernel runs every installed program and the most restrictive action wins; among
@@ -46,6 +51,23 @@ pub const RET_KILL_PROCESS: u32 = 0x8000_0000;
 /// `__X32_SYSCALL_BIT`: x32 syscalls are numbered from here.
 pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const TIOCSTI: u64 = 0x5412;
+/// Address family of vsock sockets.
+const AF_VSOCK: u64 = 40;
+/// Set-user-ID and set-group-ID mode bits.
+const S_ISUID: u64 = 0o4000;
+const S_ISGID: u64 = 0o2000;
+/// Calls that set a file mode, with the index of their mode argument.
+const MODE_ARGUMENTS: &[(&str, u8)] = &[
+    ("chmod", 1),
+    ("fchmod", 1),
+    ("fchmodat", 2),
+    ("fchmodat2", 2),
+    ("open", 2),
+    ("openat", 3),
+    ("creat", 1),
+    ("mknod", 1),
+    ("mknodat", 2),
+];
 const TIOCLINUX: u64 = 0x541C;
 /// Namespace flags `clone` must not carry (`CLONE_NEWTIME` shares its bit with the
 /// exit-signal byte of `clone(2)`; no real signal number has bit 7 set, so denying it
@@ -309,11 +331,34 @@ pub(crate) fn programs(arch: &Arch, spec: &Spec<'_>) -> Result<Vec<SeccompProgra
         persona_conditions.push(arg(0, SeccompCmpOp::Ne, *persona)?);
     }
     rules.argument_rules("personality", vec![rule(persona_conditions)?])?;
+    // socket(AF_VSOCK, ...): vsock is not namespaced; on a VM it reaches the hypervisor
+    // and its services whatever the network namespace says (Docker refuses it too).
+    rules.argument_rules(
+        "socket",
+        vec![rule(vec![arg(0, SeccompCmpOp::Eq, AF_VSOCK)?])?],
+    )?;
+    // Setuid/setgid bits, set by chmod or at creation: with an idmapped workspace the
+    // sandbox's root writes files as the invoking user — root, when phantom runs as
+    // root — and a setuid-root file left in a host directory is a privilege escalation
+    // for whoever runs it later. (mode is a 32-bit mode_t, so a Dword compare suffices.)
+    for (name, mode_arg) in MODE_ARGUMENTS {
+        if arch.number(name).is_none() {
+            continue; // e.g. open, creat, chmod and mknod do not exist on aarch64
+        }
+        let set_id = [S_ISUID, S_ISGID]
+            .iter()
+            .map(|bit| rule(vec![arg(*mode_arg, SeccompCmpOp::MaskedEq(*bit), *bit)?]))
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.argument_rules(name, set_id)?;
+    }
     programs.push(rules.build(denied_action.clone(), SeccompAction::Allow)?);
 
-    // 2. clone3 -> ENOSYS.
-    let mut rules = Rules::new(arch, "clone3-enosys");
+    // 2. ENOSYS for calls whose arguments live in a struct a filter cannot read, so
+    //    that libc falls back to the call the denylist can inspect: clone3 (namespace
+    //    flags) -> clone, openat2 (creation mode) -> openat.
+    let mut rules = Rules::new(arch, "enosys");
     rules.deny("clone3")?;
+    rules.deny("openat2")?;
     programs.push(rules.build(SeccompAction::Errno(ENOSYS), SeccompAction::Allow)?);
 
     // 3. memfd_create -> EPERM at level high.
@@ -332,10 +377,11 @@ pub(crate) fn programs(arch: &Arch, spec: &Spec<'_>) -> Result<Vec<SeccompProgra
         for name in spec.allow.iter().filter(|n| !denied(n)) {
             rules.deny(name)?;
         }
-        // The filter is installed before phantom execs the payload, and clone3 must reach
-        // program 2 to be answered ENOSYS.
+        // The filter is installed before phantom execs the payload, and clone3 and
+        // openat2 must reach program 2 to be answered ENOSYS.
         rules.deny("execve")?;
         rules.deny("clone3")?;
+        rules.deny("openat2")?;
         programs.push(rules.build(SeccompAction::Allow, denied_action)?);
     }
     Ok(programs)
@@ -572,12 +618,7 @@ mod tests {
         for arch in [&X86_64, &AARCH64] {
             let programs = programs(arch, &spec).unwrap();
             let names: Vec<&str> = programs.iter().map(|p| p.name.as_str()).collect();
-            assert_eq!(
-                names,
-                ["denylist", "clone3-enosys", "allowlist"],
-                "{}",
-                arch.name
-            );
+            assert_eq!(names, ["denylist", "enosys", "allowlist"], "{}", arch.name);
             for p in &programs {
                 assert_eq!(p.instructions[1].k, arch.audit_arch);
                 let guarded = p.instructions[3] == stmt(BPF_LD_W_ABS, DATA_NR)

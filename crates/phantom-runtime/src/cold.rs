@@ -106,7 +106,19 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
         PolicySource::File(path) => phantom_policy::load_file(std::path::Path::new(path))?,
     };
     let plan = phantom_policy::compile(&profile, &parse_overrides(request)?)?;
-    let warnings = plan.warnings.clone();
+    let mut warnings = plan.warnings.clone();
+    if plan.mode != Mode::Direct && plan.landlock.enabled {
+        // Best effort by design, but never silent.
+        match phantom_linux::landlock::kernel_abi() {
+            0 => warnings.push(
+                "Landlock is not available on this kernel: the filesystem fence is skipped (namespaces, seccomp and the read-only mounts still apply)".into(),
+            ),
+            abi @ 1..=5 => warnings.push(format!(
+                "Landlock ABI {abi} (< 6): abstract unix sockets and signals are not scoped to the sandbox"
+            )),
+            _ => {}
+        }
+    }
     match plan.mode {
         // The plan already carries the warning that direct mode does not isolate.
         Mode::Direct => {}
@@ -157,6 +169,90 @@ impl SandboxStatus {
             Some("payload killed")
         } else {
             None
+        }
+    }
+}
+
+/// The payload's stdin. A terminal is never handed to the payload: through it the
+/// payload could write to the screen past the output cap, change the terminal's modes
+/// (echo off, raw) for after the run, or inject input. When phantom's stdin is a
+/// terminal, it is relayed through a pipe instead (and only while phantom is in the
+/// terminal's foreground, so that a background run is not stopped by SIGTTIN: it gets
+/// an empty stdin). Any other stdin (file, pipe, /dev/null) is passed through as is.
+struct StdinRelay {
+    /// Write end of the payload's stdin pipe, while relaying.
+    to_payload: Option<OwnedFd>,
+    pending: Vec<u8>,
+}
+
+impl StdinRelay {
+    /// The relay, and the fd to give the payload as stdin (None: inherit ours).
+    fn new() -> Result<(StdinRelay, Option<OwnedFd>), RuntimeError> {
+        let stdin = rustix::stdio::stdin();
+        let mut relay = StdinRelay {
+            to_payload: None,
+            pending: Vec::new(),
+        };
+        if !rustix::termios::isatty(stdin) {
+            return Ok((relay, None));
+        }
+        let (read, write) = process::pipe()?;
+        let foreground = rustix::termios::tcgetpgrp(stdin).ok() == Some(rustix::process::getpgrp());
+        if foreground {
+            rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::NONBLOCK).map_err(|e| {
+                RuntimeError::Sys(phantom_linux::SysError::new(
+                    "fcntl",
+                    "stdin pipe",
+                    e.into(),
+                ))
+            })?;
+            relay.to_payload = Some(write);
+        }
+        Ok((relay, Some(read)))
+    }
+
+    /// What to poll: our stdin while nothing is pending, else the pipe for room.
+    fn poll_fd(&self) -> Option<PollFd<'_>> {
+        let pipe = self.to_payload.as_ref()?;
+        Some(if self.pending.is_empty() {
+            PollFd::from_borrowed_fd(rustix::stdio::stdin(), PollFlags::IN)
+        } else {
+            PollFd::new(pipe, PollFlags::OUT)
+        })
+    }
+
+    /// Move what is ready one step: read our stdin, then write what is pending.
+    fn pump(&mut self) {
+        if self.to_payload.is_none() {
+            return;
+        }
+        if self.pending.is_empty() {
+            let mut buf = [0u8; 4096];
+            match rustix::io::read(rustix::stdio::stdin(), &mut buf) {
+                // End of input (or the terminal went away): closing the pipe gives the
+                // payload EOF.
+                Ok(0) => self.to_payload = None,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
+                Err(_) => self.to_payload = None,
+            }
+        }
+        let Some(pipe) = self.to_payload.as_ref() else {
+            return;
+        };
+        if self.pending.is_empty() {
+            return;
+        }
+        match rustix::io::write(pipe, &self.pending) {
+            Ok(n) => {
+                self.pending.drain(..n);
+            }
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                // The payload closed its stdin: stop relaying.
+                self.to_payload = None;
+                self.pending.clear();
+            }
         }
     }
 }
@@ -290,7 +386,7 @@ impl Prepared {
             Ok(cg) => Some(cg),
             Err(e) => {
                 warnings.push(format!(
-                    "no cgroup limits ({e}; they need root or a delegated cgroup v2 subtree): memory is limited by RLIMIT_DATA, processes by RLIMIT_NPROC (counting all of your processes), CPU not at all"
+                    "no cgroup limits ({e}; phantom needs root to create cgroups): memory is limited by RLIMIT_DATA and processes by RLIMIT_NPROC instead, CPU not at all"
                 ));
                 None
             }
@@ -307,9 +403,14 @@ impl Prepared {
 
         let (out_r, out_w) = process::pipe()?;
         let (err_r, err_w) = process::pipe()?;
+        let (mut stdin_relay, payload_stdin) = StdinRelay::new()?;
         let (chan_parent, chan_child) = fdpass::channel()?;
-        let payload =
-            self.payload_context(plan, run_dir.workspace(), out_w, err_w, guard.0.is_none())?;
+        let payload = self.payload_context(
+            plan,
+            run_dir.workspace(),
+            [payload_stdin, Some(out_w), Some(err_w)],
+            guard.0.is_none(),
+        )?;
         let cgroup_tasks = match &guard.0 {
             Some(cg) => cg
                 .v1_task_files()
@@ -332,6 +433,12 @@ impl Prepared {
         process::block_signals(&blocked)?;
         let sigfd = process::signalfd(&process::FORWARDED_SIGNALS)?;
         trace.step("prepared steps, pipes, signals");
+        if !isolated {
+            // No pid namespace to take the payload's tree down with it: descendants
+            // that leave its process group (setsid, double fork) are re-parented to us
+            // so that the end of the run can find and kill them.
+            process::set_child_subreaper()?;
+        }
 
         let ns = if isolated {
             // The cgroup namespace is entered by the child after it joined the cgroup.
@@ -469,6 +576,10 @@ impl Prepared {
                     pipe_ix[i] = Some(fds.len() - 1);
                 }
             }
+            let stdin_ix = stdin_relay.poll_fd().map(|fd| {
+                fds.push(fd);
+                fds.len() - 1
+            });
             match poll(&mut fds, ts.as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
@@ -484,7 +595,11 @@ impl Prepared {
             let signal_ready = ready(1);
             let chan_ready = chan_ix.is_some_and(ready);
             let pipes_ready = [pipe_ix[0].is_some_and(ready), pipe_ix[1].is_some_and(ready)];
+            let stdin_ready = stdin_ix.is_some_and(ready);
             drop(fds);
+            if stdin_ready {
+                stdin_relay.pump();
+            }
             for (i, r) in pipes_ready.into_iter().enumerate() {
                 if r {
                     relay.pump(i);
@@ -534,11 +649,13 @@ impl Prepared {
         let wall = started.elapsed();
         trace.step("init reaped");
         if !isolated {
-            // No pid namespace: take down whatever the payload left in its group/cgroup.
+            // No pid namespace: take down whatever the payload left behind — its group,
+            // its cgroup, and every orphan re-parented to us as subreaper.
             let _ = process::kill(-pid, libc::SIGKILL);
             if let Some(cg) = &guard.0 {
                 cg.kill_all();
             }
+            kill_descendants();
             sandbox.payload = Some(init_status);
         }
         // Status messages sent just before init exited may still be queued.
@@ -611,10 +728,12 @@ impl Prepared {
         &self,
         plan: &Plan,
         host_workspace: &std::path::Path,
-        stdout: OwnedFd,
-        stderr: OwnedFd,
+        [stdin, stdout, stderr]: [Option<OwnedFd>; 3],
         no_cgroup: bool,
     ) -> Result<PayloadContext, RuntimeError> {
+        let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
+            unreachable!("the payload always gets output pipes");
+        };
         let request = &self.request;
         let cstring = |s: &str| {
             CString::new(s).map_err(|_| RuntimeError::Usage(format!("{s:?}: contains a NUL byte")))
@@ -659,6 +778,7 @@ impl Prepared {
             env,
             path_var,
             cwd,
+            stdin,
             stdout,
             stderr,
             nofile: plan.limits.nofile,
@@ -695,6 +815,21 @@ impl Prepared {
             },
             drop_caps: isolated,
         })
+    }
+}
+
+/// SIGKILL and reap every descendant of this process (direct mode's cleanup).
+fn kill_descendants() {
+    for _ in 0..100 {
+        let left = process::descendants(process::getpid());
+        if left.is_empty() {
+            return;
+        }
+        for pid in left {
+            let _ = process::kill(pid, libc::SIGKILL);
+        }
+        while let Ok(Some(_)) = process::wait4(-1, true) {}
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -793,10 +928,12 @@ fn prepare_steps(plan: &Plan, workspace: &std::path::Path) -> Result<Vec<Step>, 
                 target,
                 nodes,
                 shm_size_bytes,
+                shm_read_only,
             } => Step::Dev {
                 target: target.into(),
                 nodes: nodes.clone(),
                 shm_size_bytes: *shm_size_bytes,
+                shm_read_only: *shm_read_only,
                 noexec,
             },
             Mount::Workspace { target, noexec } => Step::Workspace {

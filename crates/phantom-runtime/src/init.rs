@@ -61,6 +61,7 @@ pub(crate) enum Step {
         target: PathBuf,
         nodes: Vec<String>,
         shm_size_bytes: u64,
+        shm_read_only: bool,
         noexec: bool,
     },
     /// The workspace: bound from `source`, unless the GO message brings an idmapped
@@ -109,6 +110,8 @@ pub(crate) struct PayloadContext {
     /// PATH used to look up argv[0].
     pub path_var: String,
     pub cwd: PathBuf,
+    /// The payload's stdin, when it is not phantom's own (see cold.rs StdinRelay).
+    pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub nofile: u64,
@@ -403,6 +406,7 @@ fn apply_step(
             target,
             nodes,
             shm_size_bytes,
+            shm_read_only,
             noexec,
         } => {
             let at = in_root(root, target);
@@ -432,6 +436,7 @@ fn apply_step(
                 &format!("mode=1777,size={shm_size_bytes}"),
                 Attrs {
                     noexec: *noexec,
+                    read_only: *shm_read_only,
                     ..Default::default()
                 },
             )?;
@@ -503,7 +508,11 @@ fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
     if let Err(e) = process::setsid() {
         fail(126, e.to_string());
     }
-    for (fd, target) in [(&ctx.stdout, 1), (&ctx.stderr, 2)] {
+    let stdin = ctx.stdin.as_ref().map(|fd| (fd, 0));
+    for (fd, target) in stdin
+        .into_iter()
+        .chain([(&ctx.stdout, 1), (&ctx.stderr, 2)])
+    {
         if let Err(e) = process::dup_onto(fd.as_fd(), target) {
             fail(126, e.to_string());
         }
