@@ -430,3 +430,50 @@ fn concurrent_temporary_workspaces_are_not_collected() {
         }
     }
 }
+
+/// Regression: the sandbox init kept a copy of the stdin relay's write end (it
+/// inherited every fd of the front end), so a payload reading a relayed terminal never
+/// saw end-of-file after Ctrl-D and hung until the timeout. The harness is Python's
+/// `pty` module (the test crate has no libc binding); skipped without /usr/bin/python3.
+#[test]
+fn ctrl_d_on_a_terminal_reaches_the_payload_as_eof() {
+    if !sandbox_available() {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        common::skip("no /usr/bin/python3 to drive a pseudo-terminal");
+        return;
+    }
+    let harness = r#"
+import os, pty, sys, select, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], 'run', '--timeout', '20s', '--', 'sh', '-c', 'cat; echo EOF-SEEN'])
+time.sleep(0.5); os.write(fd, b'abc\n'); time.sleep(0.3); os.write(fd, b'\x04')
+out = b''; end = time.time() + 15
+while time.time() < end:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        try: d = os.read(fd, 4096)
+        except OSError: break
+        if not d: break
+        out += d
+_, st = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors='replace'))
+print('EXIT', os.waitstatus_to_exitcode(st))
+"#;
+    let started = Instant::now();
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", harness])
+        .arg(common::phantom_bin())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("EOF-SEEN"), "payload never saw EOF: {text}");
+    assert!(text.contains("EXIT 0"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}: EOF came from the timeout",
+        started.elapsed()
+    );
+}

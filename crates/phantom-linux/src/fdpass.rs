@@ -25,12 +25,20 @@ pub fn channel() -> SysResult<(OwnedFd, OwnedFd)> {
 
 /// Send one message, with `fd` attached when given.
 pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> SysResult<()> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+    send_fds(sock, bytes, &fds)
+}
+
+/// The most fds one message carries.
+pub const MAX_FDS: usize = 4;
+
+/// Send one message with up to [`MAX_FDS`] fds attached.
+pub fn send_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> SysResult<()> {
+    assert!(fds.len() <= MAX_FDS, "at most {MAX_FDS} fds per message");
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut ancillary = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(fd) = fd {
-        fds = [fd];
-        ancillary.push(SendAncillaryMessage::ScmRights(&fds));
+    if !fds.is_empty() {
+        ancillary.push(SendAncillaryMessage::ScmRights(fds));
     }
     sendmsg(
         sock,
@@ -45,7 +53,18 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> S
 /// Receive one message (up to `buf.len()` bytes) and the fd attached to it, if any.
 /// Returns 0 bytes when the peer has closed its end.
 pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<(usize, Option<OwnedFd>)> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let (n, mut fds) = recv_fds(sock, buf, 1)?;
+    Ok((n, fds.pop()))
+}
+
+/// Receive one message and the fds attached to it (more than `max` is an error: the
+/// extra fds are closed). Returns 0 bytes when the peer has closed its end.
+pub fn recv_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max: usize,
+) -> SysResult<(usize, Vec<OwnedFd>)> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut ancillary = RecvAncillaryBuffer::new(&mut space);
     let msg = loop {
         match recvmsg(
@@ -59,11 +78,21 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<(usize, Option<Ow
             Err(e) => return Err(SysError::new("recvmsg", "channel", e.into())),
         }
     };
-    let mut received = None;
+    let mut received = Vec::new();
     for message in ancillary.drain() {
-        if let RecvAncillaryMessage::ScmRights(mut fds) = message {
-            received = fds.next();
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            received.extend(fds);
         }
+    }
+    if received.len() > max {
+        return Err(SysError::new(
+            "recvmsg",
+            "channel",
+            std::io::Error::other(format!(
+                "{} fds attached, at most {max} expected",
+                received.len()
+            )),
+        ));
     }
     Ok((msg.bytes, received))
 }

@@ -582,3 +582,31 @@ pub fn descendants(pid: i32) -> Vec<i32> {
     }
     out
 }
+
+/// Close every fd but 0, 1, 2 and `keep` (in a freshly forked child, before it runs
+/// anything: the parent's other fds must not reach the sandbox).
+pub fn close_all_except(keep: &[RawFd]) -> SysResult<()> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&f| f >= 0)
+        .map(|&f| f as u32)
+        .chain([0, 1, 2])
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut next = 0u32;
+    let close = |first: u32, last: u32| {
+        // SAFETY: close_range takes integers. The caller is a fresh child that owns no
+        // fd in the range other than ones it must not keep; Rust values holding them
+        // are never dropped (the child execs or exits).
+        let ret = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        check(ret, "close_range", || format!("{first}..={last}")).map(|_| ())
+    };
+    for k in keep {
+        if k > next {
+            close(next, k - 1)?;
+        }
+        next = k + 1;
+    }
+    close(next, u32::MAX)
+}

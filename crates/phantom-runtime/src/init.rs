@@ -87,7 +87,7 @@ pub(crate) struct ChildContext {
     pub cgroup_tasks: Vec<OwnedFd>,
     pub hostname: String,
     pub network: NetworkMode,
-    pub payload: PayloadContext,
+    pub payload: ChildPayload,
     /// PHANTOM_TRACE=1: the run's start, to print step timings from the sandbox side.
     pub trace: Option<Instant>,
 }
@@ -99,6 +99,113 @@ fn trace(start: Option<Instant>, what: &str) {
             "phantom: trace: {:>8.3} ms  (sandbox) {what}",
             t.elapsed().as_secs_f64() * 1000.0
         );
+    }
+}
+
+/// What the init runs: a payload known up front (cold start), or one that arrives
+/// later in a `RUN` message (a pooled sandbox of a warm pool).
+#[derive(Debug)]
+pub(crate) enum ChildPayload {
+    Ready(PayloadContext),
+    #[allow(dead_code)] // constructed by the warm pools, which land next
+    Pooled(PayloadBase),
+}
+
+impl ChildPayload {
+    /// The fds the child must keep open for it.
+    pub(crate) fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        match self {
+            ChildPayload::Ready(p) => p
+                .stdin
+                .iter()
+                .chain([&p.stdout, &p.stderr])
+                .map(|f| f.as_raw_fd())
+                .collect(),
+            ChildPayload::Pooled(_) => Vec::new(),
+        }
+    }
+}
+
+/// The part of a payload's setup that comes from the plan alone.
+#[derive(Debug, Clone)]
+pub(crate) struct PayloadBase {
+    pub nofile: u64,
+    pub fsize: u64,
+    pub landlock: Option<(Vec<landlock::Rule>, bool, bool)>,
+    pub seccomp: Vec<(String, Vec<seccomp::Instruction>)>,
+    pub drop_caps: bool,
+}
+
+/// The per-run part of a pooled sandbox's payload, sent in the `RUN` message as JSON;
+/// its stdio fds (and an idmapped workspace mount, when `workspace_fd`) ride along as
+/// SCM_RIGHTS in the order stdin (when `stdin_fd`), stdout, stderr, workspace.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RunSpec {
+    pub argv: Vec<String>,
+    /// The complete environment (base plus the request's).
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub rlimit_nproc: Option<u64>,
+    pub rlimit_data: Option<u64>,
+    pub stdin_fd: bool,
+    pub workspace_fd: bool,
+}
+
+/// The largest `RUN` message a pooled init accepts (argv and environment included).
+pub(crate) const MAX_RUN_MESSAGE: usize = 256 * 1024;
+
+impl PayloadContext {
+    /// Build the payload of a pooled sandbox from its base and a `RUN` message.
+    fn from_run(
+        base: &PayloadBase,
+        spec: RunSpec,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<(PayloadContext, Option<OwnedFd>), String> {
+        let expected = 2 + usize::from(spec.stdin_fd) + usize::from(spec.workspace_fd);
+        if fds.len() != expected {
+            return Err(format!(
+                "RUN came with {} fds, expected {expected}",
+                fds.len()
+            ));
+        }
+        let workspace = spec.workspace_fd.then(|| fds.pop()).flatten();
+        let stderr = fds.pop().expect("counted");
+        let stdout = fds.pop().expect("counted");
+        let stdin = fds.pop();
+        let cstring = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+        let path_var = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Ok((
+            PayloadContext {
+                argv: spec
+                    .argv
+                    .iter()
+                    .map(|a| cstring(a))
+                    .collect::<Result<_, _>>()?,
+                env: spec
+                    .env
+                    .iter()
+                    .map(|(k, v)| cstring(&format!("{k}={v}")))
+                    .collect::<Result<_, _>>()?,
+                path_var,
+                cwd: PathBuf::from(spec.cwd),
+                stdin,
+                stdout,
+                stderr,
+                nofile: base.nofile,
+                fsize: base.fsize,
+                rlimit_nproc: spec.rlimit_nproc,
+                rlimit_data: spec.rlimit_data,
+                landlock: base.landlock.clone(),
+                seccomp: base.seccomp.clone(),
+                drop_caps: base.drop_caps,
+            },
+            workspace,
+        ))
     }
 }
 
@@ -132,6 +239,11 @@ const NEW_ROOT: &str = "/tmp";
 /// The child's whole life. Never returns.
 pub(crate) fn sandbox_init(ctx: ChildContext, chan: OwnedFd) -> ! {
     process::set_name("phantom:init");
+    // Signals are read synchronously in supervise(); blocked from the start so that one
+    // arriving early cannot take the default action.
+    let mut waited = process::FORWARDED_SIGNALS.to_vec();
+    waited.push(libc::SIGCHLD);
+    let _ = process::block_signals(&waited);
     // We are a fork of the front end: its command line and host environment are still
     // in our memory, and /proc/1/{cmdline,environ} would show them to the payload.
     // (Non-dumpable comes later, after GO: it makes /proc/PID root-owned, and an
@@ -221,9 +333,50 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     }
 
     trace(ctx.trace, "pivoted, hostname, loopback");
-    // 3. The payload. Forking here is safe: init is single-threaded.
+    // 3. The payload: known now (cold), or — in a warm pool — sent by the supervisor
+    //    when a request takes this sandbox.
+    let pooled;
+    let payload_ctx = match &ctx.payload {
+        ChildPayload::Ready(p) => p,
+        ChildPayload::Pooled(base) => {
+            fdpass::send_bytes(chan, b"READY").map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; MAX_RUN_MESSAGE];
+            let (n, fds) =
+                fdpass::recv_fds(chan.as_fd(), &mut buf, 4).map_err(|e| e.to_string())?;
+            let spec: RunSpec = match buf[..n].strip_prefix(b"RUN ") {
+                Some(json) => {
+                    serde_json::from_slice(json).map_err(|e| format!("bad RUN message: {e}"))?
+                }
+                None => return Err("the supervisor went away".into()),
+            };
+            let (p, workspace) = PayloadContext::from_run(base, spec, fds)?;
+            if let Some(ws) = workspace {
+                // A caller's workspace, idmapped by the supervisor: on top of the
+                // pooled sandbox's own temporary one.
+                let (target, noexec) = ctx
+                    .steps
+                    .iter()
+                    .find_map(|s| match s {
+                        Step::Workspace { target, noexec, .. } => Some((target.clone(), *noexec)),
+                        _ => None,
+                    })
+                    .ok_or("the plan has no workspace")?;
+                mount::attach(ws.as_fd(), &target).map_err(|e| e.to_string())?;
+                let attrs = Attrs {
+                    nosuid: true,
+                    nodev: true,
+                    noexec,
+                    read_only: false,
+                };
+                mount::set_attrs(&target, attrs, true).map_err(|e| e.to_string())?;
+            }
+            pooled = p;
+            &pooled
+        }
+    };
+    // Forking here is safe: init is single-threaded.
     match process::clone_child(process::Namespaces::default(), None).map_err(|e| e.to_string())? {
-        process::Forked::Child => payload(&ctx.payload, chan),
+        process::Forked::Child => payload(payload_ctx, chan),
         process::Forked::Parent { pid, pidfd } => Ok(PayloadStart { pid, _pidfd: pidfd }),
     }
 }
@@ -712,11 +865,15 @@ pub(crate) fn landlock_rules(plan: &Plan) -> Vec<landlock::Rule> {
 
 /// Direct mode: no namespaces; the child is the payload itself once the parent has
 /// put it in the cgroup. Never returns.
-pub(crate) fn direct_child(ctx: PayloadContext, cgroup_tasks: Vec<OwnedFd>, chan: OwnedFd) -> ! {
+pub(crate) fn direct_child(ctx: ChildContext, chan: OwnedFd) -> ! {
     let _ = process::set_parent_death_signal_kill();
-    if phantom_linux::cgroup::join_self(&cgroup_tasks).is_err() {
+    if phantom_linux::cgroup::join_self(&ctx.cgroup_tasks).is_err() {
         process::exit_now(125);
     }
+    let ChildPayload::Ready(ctx) = ctx.payload else {
+        // Direct mode has no warm pools.
+        process::exit_now(125)
+    };
     let mut buf = [0u8; 16];
     match fdpass::recv(chan.as_fd(), &mut buf) {
         Ok((2, _)) if &buf[..2] == b"GO" => payload(&ctx, &chan),

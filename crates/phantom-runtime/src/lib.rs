@@ -13,6 +13,8 @@ pub mod doctor;
 mod error;
 pub mod ids;
 mod init;
+mod relay;
+mod spawn;
 pub mod workspace;
 
 pub use cold::{prepare, Prepared};

@@ -110,6 +110,13 @@ impl RunDir {
         &self.workspace
     }
 
+    /// The fd holding the run directory's lock (a sandbox keeps a copy, so that the
+    /// lock lives exactly as long as the sandbox).
+    pub fn lock_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.lock.as_ref().map(|f| f.as_raw_fd())
+    }
+
     /// Whether the workspace was made for this run (and is removed with it).
     pub fn workspace_is_temporary(&self) -> bool {
         self.workspace.starts_with(&self.dir)
