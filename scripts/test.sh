@@ -40,6 +40,18 @@ step "tests as $(id -un)"
 cargo test --workspace -- --test-threads=2
 
 if [ "$(id -u)" = 0 ]; then
+  step "isolation tests on the warm path (a supervisor pools the default profile)"
+  # The same assertions, now served from pooled sandboxes: one matrix, cold and warm.
+  iso=$(cargo test -p phantom-cli --test isolation --no-run 2>&1 | sed -n 's|^ *Executable tests/isolation\.rs (\(.*\))$|\1|p')
+  sock_dir=$(mktemp -d /tmp/phantom-warm-suite.XXXXXX)
+  target/debug/phantom-supervisor --profiles default --zygote-pools 4 --socket "$sock_dir/s.sock" 2>"$sock_dir/log" &
+  sup_pid=$!
+  for _ in $(seq 100); do [ -S "$sock_dir/s.sock" ] && break; sleep 0.05; done
+  PHANTOM_SUPERVISOR_SOCKET="$sock_dir/s.sock" PHANTOM_EXPECT_WARM=1 "$iso" --test-threads=1 \
+    || { cat "$sock_dir/log"; kill "$sup_pid"; exit 1; }
+  kill -TERM "$sup_pid"; wait "$sup_pid" || true
+  rm -rf "$sock_dir"
+
   step "integration tests as unprivileged user $TEST_USER"
   # The test binaries and the binaries they run are copied where that user can reach
   # them (a clone under /root is not).
@@ -50,7 +62,7 @@ if [ "$(id -u)" = 0 ]; then
     | sed -n 's|^ *Executable tests/\([a-z_]*\)\.rs (\(.*\))$|\1 \2|p' \
     | while read -r name exe; do cp "$exe" "$stage/test-$name"; done
   ls "$stage"/test-* >/dev/null  # fail loudly if none was found
-  cp target/debug/phantom target/debug/phantom-probe "$stage/"
+  cp target/debug/phantom target/debug/phantom-probe target/debug/phantom-supervisor "$stage/"
   chmod 755 "$stage"/*
   for t in "$stage"/test-*; do
     echo "-- $(basename "$t") as $TEST_USER"

@@ -58,6 +58,8 @@ pub struct RunReport {
     pub sandbox_id: String,
     pub profile: String,
     pub mode: String,
+    /// `cold` (a sandbox made for this run) or `warm` (taken from a supervisor's pool).
+    pub start: String,
     /// The payload's exit code, or 128+N when it was killed by signal N.
     pub exit_code: i32,
     /// The signal that killed the payload, if one did.

@@ -3,19 +3,28 @@
 //! hits every contender alike). A benchmark prints figures; it never fails on time.
 
 use std::io::IsTerminal;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 #[derive(Args, Debug)]
-#[command(after_help = "Example:
+#[command(after_help = "Examples:
   phantom benchmark cold --iterations 200 --compare bwrap
+  phantom benchmark warm --iterations 200
 
-Each iteration runs every contender once, in turn: phantom run -- true, the same under
-`bwrap --unshare-all` (when bubblewrap is installed), a bare host /bin/true, and the same
-three for `python3 -c pass`. Times are wall-clock from spawn to exit, as a user sees them.")]
+cold: each iteration runs every contender once, in turn: `phantom run -- true`, the same
+under `bwrap --unshare-all` (when bubblewrap is installed), a bare host /bin/true, and
+the same three for `python3 -c pass`.
+
+warm: starts its own phantom-supervisor (pool of the default profile, on a private
+socket) and compares `phantom run -- true` served from the pool with a cold run and a
+bare host /bin/true, and the same for `python3 -c 'print(1)'`; it reports how many
+runs were actually served warm.
+
+Times are wall-clock from spawn to exit, as a user sees them.")]
 pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
@@ -26,15 +35,20 @@ pub struct BenchArgs {
     /// Peer to compare with (skipped with a note when not installed).
     #[arg(long, value_name = "PEER", default_value = "bwrap")]
     compare: Vec<String>,
+    /// Sandboxes in the warm benchmark's pool.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pool: usize,
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum BenchKind {
     /// Cold start: a fresh sandbox per run.
     Cold,
+    /// Warm start: a sandbox from a phantom-supervisor pool per run.
+    Warm,
 }
 
 #[derive(Serialize, Debug)]
@@ -59,14 +73,45 @@ struct Ratio {
 struct Contender {
     name: String,
     argv: Vec<String>,
+    env: Vec<(String, PathBuf)>,
     samples: Vec<f64>,
     failures: usize,
+}
+
+impl Contender {
+    fn new(name: &str, argv: &[&str]) -> Contender {
+        Contender {
+            name: name.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            samples: Vec::new(),
+            failures: 0,
+        }
+    }
+
+    fn with_socket(mut self, socket: &Path) -> Contender {
+        self.env
+            .push(("PHANTOM_SUPERVISOR_SOCKET".into(), socket.to_path_buf()));
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.argv[0]);
+        c.args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
 }
 
 fn which(name: &str) -> Option<String> {
     let path = std::env::var("PATH").unwrap_or_default();
     path.split(':')
-        .map(|d| std::path::Path::new(d).join(name))
+        .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
         .map(|p| p.display().to_string())
 }
@@ -122,99 +167,176 @@ fn bwrap_argv(bwrap: &str, cmd: &[&str]) -> Vec<String> {
     v
 }
 
+/// A phantom-supervisor on a private socket, stopped on drop.
+struct BenchSupervisor {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl BenchSupervisor {
+    fn start(me: &Path, pool: usize) -> Result<BenchSupervisor, String> {
+        let bin = me.with_file_name("phantom-supervisor");
+        if !bin.exists() {
+            return Err(format!(
+                "{} not found (build it with `cargo build --release`)",
+                bin.display()
+            ));
+        }
+        let dir = std::env::temp_dir().join(format!("phantom-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let socket = dir.join("supervisor.sock");
+        let child = Command::new(&bin)
+            .args([
+                "--profiles",
+                "default",
+                "--zygote-pools",
+                &pool.to_string(),
+                "--socket",
+            ])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", bin.display()))?;
+        let sup = BenchSupervisor { child, dir, socket };
+        sup.wait_full(Duration::from_secs(30))?;
+        Ok(sup)
+    }
+
+    fn status(&self) -> Option<phantom_runtime::warm::protocol::PoolStatus> {
+        phantom_runtime::warm::client::status_at(&self.socket).ok()
+    }
+
+    /// Wait until the pool is full again (so that every measured run can be warm).
+    fn wait_full(&self, limit: Duration) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            if let Some(s) = self.status() {
+                if s.pools.iter().all(|p| p.ready == p.target) {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > limit {
+                return Err("the supervisor's pool did not fill in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for BenchSupervisor {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub fn benchmark(args: BenchArgs) -> i32 {
-    let BenchKind::Cold = args.what;
     let me = match std::env::current_exe() {
-        Ok(p) => p.display().to_string(),
+        Ok(p) => p,
         Err(e) => {
             crate::error_line(format!("cannot find the phantom binary: {e}"));
             return 1;
         }
     };
+    let me_s = me.display().to_string();
     let python = "/usr/bin/python3";
+    let have_python = Path::new(python).exists();
     let mut notes = Vec::new();
-    let mut contenders = vec![
-        Contender {
-            name: "phantom true".into(),
-            argv: vec![me.clone(), "run".into(), "--".into(), "true".into()],
-            samples: vec![],
-            failures: 0,
-        },
-        Contender {
-            name: "host true".into(),
-            argv: vec!["/bin/true".into()],
-            samples: vec![],
-            failures: 0,
-        },
-    ];
-    let have_python = std::path::Path::new(python).exists();
-    if have_python {
-        contenders.push(Contender {
-            name: "phantom python".into(),
-            argv: vec![
-                me.clone(),
-                "run".into(),
-                "--".into(),
-                "python3".into(),
-                "-c".into(),
-                "pass".into(),
-            ],
-            samples: vec![],
-            failures: 0,
-        });
-        contenders.push(Contender {
-            name: "host python".into(),
-            argv: vec![python.into(), "-c".into(), "pass".into()],
-            samples: vec![],
-            failures: 0,
-        });
-    } else {
+    if !have_python {
         notes.push(format!("{python} not found: python rows skipped"));
     }
-    for peer in &args.compare {
-        match (peer.as_str(), which(peer)) {
-            ("bwrap", Some(bwrap)) => {
-                contenders.push(Contender {
-                    name: "bwrap true".into(),
-                    argv: bwrap_argv(&bwrap, &["true"]),
-                    samples: vec![],
-                    failures: 0,
-                });
-                if have_python {
-                    contenders.push(Contender {
-                        name: "bwrap python".into(),
-                        argv: bwrap_argv(&bwrap, &["python3", "-c", "pass"]),
-                        samples: vec![],
-                        failures: 0,
-                    });
+    let mut contenders = Vec::new();
+    let mut supervisor = None;
+    match args.what {
+        BenchKind::Cold => {
+            contenders.push(Contender::new(
+                "phantom true",
+                &[&me_s, "run", "--cold", "--", "true"],
+            ));
+            contenders.push(Contender::new("host true", &["/bin/true"]));
+            if have_python {
+                contenders.push(Contender::new(
+                    "phantom python",
+                    &[&me_s, "run", "--cold", "--", "python3", "-c", "pass"],
+                ));
+                contenders.push(Contender::new("host python", &[python, "-c", "pass"]));
+            }
+            for peer in &args.compare {
+                match (peer.as_str(), which(peer)) {
+                    ("bwrap", Some(bwrap)) => {
+                        let argv = bwrap_argv(&bwrap, &["true"]);
+                        let mut c = Contender::new("bwrap true", &[]);
+                        c.argv = argv;
+                        contenders.push(c);
+                        if have_python {
+                            let mut c = Contender::new("bwrap python", &[]);
+                            c.argv = bwrap_argv(&bwrap, &["python3", "-c", "pass"]);
+                            contenders.push(c);
+                        }
+                    }
+                    ("bwrap", None) => notes.push(
+                        "bwrap not installed (apt-get install bubblewrap): no comparison".into(),
+                    ),
+                    (other, _) => {
+                        notes.push(format!("unknown peer `{other}`: supported peers are bwrap"))
+                    }
                 }
             }
-            ("bwrap", None) => {
-                notes.push("bwrap not installed (apt-get install bubblewrap): no comparison".into())
+        }
+        BenchKind::Warm => {
+            let sup = match BenchSupervisor::start(&me, args.pool) {
+                Ok(s) => s,
+                Err(e) => {
+                    crate::error_line(e);
+                    return 1;
+                }
+            };
+            contenders.push(
+                Contender::new("warm true", &[&me_s, "run", "--", "true"]).with_socket(&sup.socket),
+            );
+            contenders.push(Contender::new(
+                "cold true",
+                &[&me_s, "run", "--cold", "--", "true"],
+            ));
+            contenders.push(Contender::new("host true", &["/bin/true"]));
+            if have_python {
+                contenders.push(
+                    Contender::new(
+                        "warm python",
+                        &[&me_s, "run", "--", "python3", "-c", "print(1)"],
+                    )
+                    .with_socket(&sup.socket),
+                );
+                contenders.push(Contender::new("host python", &[python, "-c", "print(1)"]));
             }
-            (other, _) => notes.push(format!("unknown peer `{other}`: supported peers are bwrap")),
+            supervisor = Some(sup);
         }
     }
     let progress = std::io::stderr().is_terminal() && !args.json;
     // One warm-up round so that page cache and binaries are hot for everyone.
     for c in &contenders {
-        let _ = Command::new(&c.argv[0])
-            .args(&c.argv[1..])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = c.command().status();
     }
+    let hits_before = supervisor
+        .as_ref()
+        .and_then(|s| s.status())
+        .map(|s| (s.pools[0].hits, s.pools[0].misses));
     for i in 0..args.iterations {
         for c in contenders.iter_mut() {
+            if let Some(sup) = &supervisor {
+                if !c.env.is_empty() {
+                    // Measure a warm start, not a refill race: the pool refills between runs.
+                    let _ = sup.wait_full(Duration::from_secs(10));
+                }
+            }
             let t = Instant::now();
-            let ok = Command::new(&c.argv[0])
-                .args(&c.argv[1..])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+            let ok = c.command().status().map(|s| s.success()).unwrap_or(false);
             let elapsed = t.elapsed().as_secs_f64() * 1000.0;
             if ok {
                 c.samples.push(elapsed);
@@ -229,6 +351,16 @@ pub fn benchmark(args: BenchArgs) -> i32 {
     if progress {
         eprintln!();
     }
+    if let (Some(sup), Some((h0, m0))) = (&supervisor, hits_before) {
+        if let Some(s) = sup.status() {
+            let (hits, misses) = (s.pools[0].hits - h0, s.pools[0].misses - m0);
+            notes.push(format!(
+                "warm runs served from the pool: {hits} of {}",
+                hits + misses
+            ));
+        }
+    }
+    drop(supervisor);
     let stats: Vec<Stats> = contenders
         .iter()
         .map(|c| {
@@ -251,30 +383,43 @@ pub fn benchmark(args: BenchArgs) -> i32 {
         })
         .collect();
     let find = |n: &str| stats.iter().find(|s| s.name == n);
-    let mut ratios = Vec::new();
-    for (a, b) in [
-        ("phantom true", "bwrap true"),
-        ("phantom python", "bwrap python"),
-        ("phantom python", "host python"),
-        ("phantom true", "host true"),
-    ] {
-        if let (Some(x), Some(y)) = (find(a), find(b)) {
-            ratios.push(Ratio {
+    let pairs: &[(&str, &str)] = match args.what {
+        BenchKind::Cold => &[
+            ("phantom true", "bwrap true"),
+            ("phantom python", "bwrap python"),
+            ("phantom python", "host python"),
+            ("phantom true", "host true"),
+        ],
+        BenchKind::Warm => &[
+            ("warm true", "host true"),
+            ("warm python", "host python"),
+            ("warm true", "cold true"),
+        ],
+    };
+    let ratios: Vec<Ratio> = pairs
+        .iter()
+        .filter_map(|(a, b)| {
+            let (x, y) = (find(a)?, find(b)?);
+            Some(Ratio {
                 what: format!("{a} / {b}"),
                 p50: x.p50_ms / y.p50_ms,
                 p95: x.p95_ms / y.p95_ms,
-            });
-        }
-    }
+            })
+        })
+        .collect();
+    let kind = match args.what {
+        BenchKind::Cold => "cold",
+        BenchKind::Warm => "warm",
+    };
     if args.json {
-        let out = serde_json::json!({ "benchmark": "cold", "iterations": args.iterations, "results": stats, "ratios": ratios, "notes": notes });
+        let out = serde_json::json!({ "benchmark": kind, "iterations": args.iterations, "results": stats, "ratios": ratios, "notes": notes });
         println!(
             "{}",
             serde_json::to_string_pretty(&out).expect("serializes")
         );
     } else {
         println!(
-            "cold start, {} iterations per contender, interleaved",
+            "{kind} start, {} iterations per contender, interleaved",
             args.iterations
         );
         println!(

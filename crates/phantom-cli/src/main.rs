@@ -6,7 +6,9 @@
 
 mod bench;
 mod doctor;
+mod image_cmd;
 mod policy_cmd;
+mod pool_cmd;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -36,10 +38,16 @@ enum Command {
     /// Check or compile a policy file written in the DSL.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Warm pools of a running phantom-supervisor.
+    #[command(subcommand)]
+    Pool(pool_cmd::PoolCommand),
     /// Report what this host supports (namespaces, seccomp, Landlock, cgroups, PSI).
     Doctor(doctor::DoctorArgs),
     /// Measure start-up latency against peers installed on this host.
     Benchmark(bench::BenchArgs),
+    /// Images: import OCI images and docker-save archives, list, inspect, remove.
+    #[command(subcommand, after_help = image_cmd::EXAMPLES)]
+    Image(image_cmd::ImageCommand),
 }
 
 fn main() {
@@ -48,8 +56,10 @@ fn main() {
         Command::Run(args) => run::run(*args),
         Command::Profile(cmd) => policy_cmd::profile(cmd),
         Command::Policy(cmd) => policy_cmd::policy(cmd),
+        Command::Pool(cmd) => pool_cmd::pool(cmd),
         Command::Doctor(args) => doctor::doctor(args),
         Command::Benchmark(args) => bench::benchmark(args),
+        Command::Image(cmd) => image_cmd::image(cmd),
     };
     std::process::exit(code);
 }

@@ -65,6 +65,12 @@ pub struct RunArgs {
     /// stdout, stderr, sandbox_id, profile, mode, isolation, warnings.
     #[arg(long)]
     json: bool,
+    /// Never use the supervisor's warm pools: start a fresh sandbox.
+    #[arg(long)]
+    cold: bool,
+    /// Say why a run was not served warm.
+    #[arg(long, short = 'v')]
+    verbose: bool,
     /// The command and its arguments.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -125,7 +131,23 @@ pub fn run(args: RunArgs) -> i32 {
     }
     let limits = prepared.plan.limits.clone();
     let shown = prepared.warnings().len();
-    let report = match prepared.run() {
+    // Warm first, when a supervisor serves this profile; otherwise cold, silently.
+    let warm = if args.cold {
+        Ok(Err("--cold".to_string()))
+    } else {
+        phantom_runtime::warm::client::try_run(&prepared)
+    };
+    let result = match warm {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(reason)) => {
+            if args.verbose {
+                eprintln!("phantom: cold start: {reason}");
+            }
+            prepared.run()
+        }
+        Err(e) => Err(e),
+    };
+    let report = match result {
         Ok(r) => r,
         Err(e) => {
             error_line(&e);

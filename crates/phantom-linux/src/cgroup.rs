@@ -269,6 +269,46 @@ impl SandboxCgroup {
         Ok(())
     }
 
+    /// Change the limits of a cgroup that may already have processes (a pooled
+    /// sandbox taking a request with its own limits).
+    pub fn set_limits(&self, limits: Limits) -> Result<(), CgroupError> {
+        for (controller, dir) in &self.dirs {
+            let v1 = dir.join("tasks").exists();
+            match (*controller, v1) {
+                ("memory", true) => {
+                    // memsw must stay >= the memory limit at every step: order the writes.
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    let value = limits.memory_bytes.to_string();
+                    if memsw.exists() {
+                        let _ = fs::write(&memsw, &value);
+                    }
+                    write(&dir.join("memory.limit_in_bytes"), &value)?;
+                    write_if_present(&memsw, &value)?;
+                }
+                ("pids", true) => write(&dir.join("pids.max"), &limits.pids.to_string())?,
+                ("cpu", true) => write(
+                    &dir.join("cpu.cfs_quota_us"),
+                    &(u64::from(limits.cpu_millis) * 100).to_string(),
+                )?,
+                // One v2 directory holds every controller (it is listed once).
+                (_, false) => {
+                    for (file, value) in [
+                        ("memory.max", limits.memory_bytes.to_string()),
+                        ("pids.max", limits.pids.to_string()),
+                        (
+                            "cpu.max",
+                            format!("{} 100000", u64::from(limits.cpu_millis) * 100),
+                        ),
+                    ] {
+                        write_if_present(&dir.join(file), &value)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// "v1", "v2" or "v1+v2".
     pub fn version(&self) -> &'static str {
         self.version

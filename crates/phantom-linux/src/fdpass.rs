@@ -101,3 +101,66 @@ pub fn recv_fds(
 pub fn send_bytes(sock: impl AsFd, bytes: &[u8]) -> SysResult<()> {
     send(sock.as_fd(), bytes, None)
 }
+
+/// A listening SOCK_SEQPACKET unix socket at `path` (mode 0600: only its owner may
+/// connect). An existing socket file at `path` is replaced.
+pub fn listen_seqpacket(path: &std::path::Path) -> SysResult<OwnedFd> {
+    use rustix::net::{bind, listen, socket_with, SocketAddrUnix};
+    let err = |op: &'static str| {
+        move |e: rustix::io::Errno| SysError::new(op, path.display().to_string(), e.into())
+    };
+    let sock = socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(err("socket"))?;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(SysError::new("unlink", path.display().to_string(), e)),
+    }
+    let addr = SocketAddrUnix::new(path).map_err(err("sockaddr"))?;
+    // Created 0600 from the start: no window in which others could connect.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let bound = bind(&sock, &addr);
+    rustix::process::umask(old);
+    bound.map_err(err("bind"))?;
+    listen(&sock, 64).map_err(err("listen"))?;
+    Ok(sock)
+}
+
+/// Accept a connection on a listening socket (None when none is pending).
+pub fn accept(listener: BorrowedFd<'_>) -> SysResult<Option<OwnedFd>> {
+    match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => Ok(None),
+        Err(e) => Err(SysError::new("accept", "listener", e.into())),
+    }
+}
+
+/// Connect to a SOCK_SEQPACKET unix socket at `path`.
+pub fn connect_seqpacket(path: &std::path::Path) -> SysResult<OwnedFd> {
+    use rustix::net::{connect, socket_with, SocketAddrUnix};
+    let err = |op: &'static str| {
+        move |e: rustix::io::Errno| SysError::new(op, path.display().to_string(), e.into())
+    };
+    let sock = socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(err("socket"))?;
+    let addr = SocketAddrUnix::new(path).map_err(err("sockaddr"))?;
+    connect(&sock, &addr).map_err(err("connect"))?;
+    Ok(sock)
+}
+
+/// The uid of the process at the other end of a unix socket (SO_PEERCRED).
+pub fn peer_uid(sock: BorrowedFd<'_>) -> SysResult<u32> {
+    rustix::net::sockopt::socket_peercred(sock)
+        .map(|c| c.uid.as_raw())
+        .map_err(|e| SysError::new("getsockopt", "SO_PEERCRED", e.into()))
+}

@@ -396,14 +396,8 @@ fn landlock(profile: &Profile, hardened: bool, enabled: bool) -> LandlockPlan {
 fn warnings(profile: &Profile, mode: Mode) -> Vec<String> {
     let mut warnings = Vec::new();
     let perf = &profile.performance;
-    let cold =
-        "warm pools need phantom-supervisor, which this build does not have yet; runs are cold";
-    if perf.zygote {
-        warnings.push(format!("performance.zygote: {cold}"));
-    }
-    if perf.pool_size.is_some() {
-        warnings.push(format!("performance.pool_size: {cold}"));
-    }
+    // zygote and pool_size act in phantom-supervisor, which pools built-in profiles;
+    // the runtime warns when a policy *file* sets them (it cannot be pooled).
     if perf.io_mode == IoMode::Uring {
         warnings.push(
             "performance.io_mode: uring: io_uring stays blocked for the payload by seccomp; phantom's own file I/O uses read/write"

@@ -165,12 +165,13 @@ pub struct LandlockPath {
 /// `performance:`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Performance {
-    /// `performance.zygote:` (default `false`) — keep pre-started sandboxes. Warm pools
-    /// need phantom-supervisor, which this build does not have yet: `true` runs cold
-    /// and says so in a warning.
+    /// `performance.zygote:` (default `false`) — keep pre-started sandboxes of this
+    /// profile: `phantom-supervisor` started without `--profiles` pools every built-in
+    /// profile that sets it. Policy files are not pooled (a run with `--policy` that
+    /// sets it gets a warning and starts cold).
     pub zygote: bool,
-    /// `performance.pool_size:` (1..=1024) — how many sandboxes a warm pool keeps;
-    /// same warning as `zygote`.
+    /// `performance.pool_size:` (1..=1024) — how many sandboxes the profile's warm pool
+    /// keeps (wins over `phantom-supervisor --zygote-pools`).
     pub pool_size: Option<u32>,
     /// `performance.io_mode:` — `sync` (default) or `uring`. io_uring stays blocked
     /// for the payload by seccomp and phantom's own file I/O uses read/write, so

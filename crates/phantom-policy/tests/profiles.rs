@@ -253,18 +253,15 @@ fn every_key_is_accepted_and_has_an_effect_or_a_warning() {
     let profile = load(EVERY_KEY).unwrap();
     let plan = compile(&profile, &Overrides::default()).unwrap();
     let warned = |key: &str| plan.warnings.iter().any(|w| w.starts_with(key));
-    assert!(
-        warned("performance.zygote: warm pools need phantom-supervisor"),
-        "{:?}",
-        plan.warnings
-    );
-    assert!(warned("performance.pool_size:"), "{:?}", plan.warnings);
+    // performance.zygote and pool_size act in phantom-supervisor: no warning here.
+    assert!(!warned("performance.zygote"), "{:?}", plan.warnings);
+    assert!(!warned("performance.pool_size"), "{:?}", plan.warnings);
     assert!(
         warned("performance.io_mode: uring: io_uring stays blocked"),
         "{:?}",
         plan.warnings
     );
-    assert_eq!(plan.warnings.len(), 4, "{:?}", plan.warnings);
+    assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
     let preload = plan.env.iter().find(|(k, _)| k == "LD_PRELOAD").unwrap();
     assert!(preload.1.ends_with("libjemalloc.so.2"));
     assert!(plan.seccomp.iter().any(|p| p.name == "allowlist"));
@@ -328,8 +325,8 @@ network:
   mode: loopback-only
 "#;
     let plan = plan_of(seed);
-    // zygote, io_mode: uring, and the read-only Landlock entry that `/` already covers.
-    assert_eq!(plan.warnings.len(), 3, "{:?}", plan.warnings);
+    // io_mode: uring, and the read-only Landlock entry that `/` already covers.
+    assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use phantom_api::{IsolationReport, PolicySource, RunReport, RunRequest};
+use phantom_linux::fdpass;
 use phantom_linux::process::{self, ExitStatus};
-use phantom_linux::{fdpass, seccomp};
 use phantom_policy::{Mode, NetworkMode, Overrides, Plan};
 use rustix::event::{poll, PollFd, PollFlags};
 
@@ -24,8 +24,8 @@ use crate::RuntimeError;
 #[derive(Debug)]
 pub struct Prepared {
     pub plan: Plan,
-    request: RunRequest,
-    warnings: Vec<String>,
+    pub(crate) request: RunRequest,
+    pub(crate) warnings: Vec<String>,
 }
 
 fn parse_overrides(request: &RunRequest) -> Result<Overrides, RuntimeError> {
@@ -97,7 +97,17 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
         PolicySource::File(path) => phantom_policy::load_file(std::path::Path::new(path))?,
     };
     let plan = phantom_policy::compile(&profile, &parse_overrides(request)?)?;
+    let pooling_keys: Vec<&str> = ["performance.zygote", "performance.pool_size"]
+        .into_iter()
+        .filter(|key| profile.position(key).is_some())
+        .collect();
     let mut warnings = plan.warnings.clone();
+    if matches!(request.policy, PolicySource::File(_)) && !pooling_keys.is_empty() {
+        warnings.push(format!(
+            "{}: phantom-supervisor keeps warm pools of built-in profiles only; a --policy file always starts cold",
+            pooling_keys.join(", ")
+        ));
+    }
     if plan.mode != Mode::Direct && plan.landlock.enabled {
         // Best effort by design, but never silent.
         match phantom_linux::landlock::kernel_abi() {
@@ -295,6 +305,7 @@ impl Prepared {
             sandbox_id,
             profile: plan.profile.clone(),
             mode: plan.mode.as_str().to_string(),
+            start: "cold".into(),
             exit_code: exit.code(),
             signal: match exit {
                 ExitStatus::Signaled(s) => Some(s),
@@ -363,6 +374,7 @@ impl Prepared {
             .map(|(k, v)| cstring(&format!("{k}={v}")))
             .collect::<Result<Vec<_>, _>>()?;
         let isolated = plan.mode != Mode::Direct;
+        let base = init::payload_base(plan);
         let cwd = match (&request.cwd, isolated) {
             (Some(c), _) => PathBuf::from(c),
             (None, true) => PathBuf::from(&plan.cwd),
@@ -377,39 +389,13 @@ impl Prepared {
             stdin,
             stdout,
             stderr,
-            nofile: plan.limits.nofile,
-            fsize: plan.limits.fsize_bytes,
+            nofile: base.nofile,
+            fsize: base.fsize,
             rlimit_nproc: no_cgroup.then_some(plan.limits.pids),
             rlimit_data: no_cgroup.then_some(plan.limits.memory_bytes),
-            landlock: (isolated && plan.landlock.enabled).then(|| {
-                (
-                    init::landlock_rules(plan),
-                    plan.landlock.scope_abstract_unix,
-                    plan.landlock.scope_signals,
-                )
-            }),
-            seccomp: if isolated {
-                plan.seccomp
-                    .iter()
-                    .map(|p| {
-                        (
-                            p.name.clone(),
-                            p.instructions
-                                .iter()
-                                .map(|i| seccomp::Instruction {
-                                    code: i.code,
-                                    jt: i.jt,
-                                    jf: i.jf,
-                                    k: i.k,
-                                })
-                                .collect(),
-                        )
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            drop_caps: isolated,
+            landlock: base.landlock,
+            seccomp: base.seccomp,
+            drop_caps: base.drop_caps,
         })
     }
 }

@@ -16,7 +16,8 @@
 //! parent → child: `GO` (+ optional mount fd);
 //! child → parent: `ERR <text>` (setup failed, exit follows), `USAGE <text>` (a value of
 //! the request is wrong inside the sandbox, e.g. --cwd), `ABI <n>` (Landlock ABI
-//! enforced), `EXIT <code>` or `SIG <n>` (how the payload ended).
+//! enforced), `EXIT <code> <user µs> <sys µs> <max rss KiB>` or `SIG <n> ...` (how the
+//! payload ended, with its own rusage).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -107,7 +108,6 @@ fn trace(start: Option<Instant>, what: &str) {
 #[derive(Debug)]
 pub(crate) enum ChildPayload {
     Ready(PayloadContext),
-    #[allow(dead_code)] // constructed by the warm pools, which land next
     Pooled(PayloadBase),
 }
 
@@ -773,7 +773,7 @@ fn resolve(cmd: &CString, path_var: &str) -> Option<CString> {
 fn supervise(chan: &OwnedFd, payload: &mut PayloadStart) -> ! {
     let mut waited: Vec<i32> = process::FORWARDED_SIGNALS.to_vec();
     waited.push(libc::SIGCHLD);
-    let status = loop {
+    let (status, usage) = loop {
         let Some(signal) = process::wait_signal(&waited, Some(Duration::from_secs(1))) else {
             // Timeout or spurious wakeup: poll for exited children anyway.
             if let Some(s) = reap(payload.pid) {
@@ -792,9 +792,17 @@ fn supervise(chan: &OwnedFd, payload: &mut PayloadStart) -> ! {
     };
     // The payload is done: nothing else in the sandbox may outlive it.
     let _ = process::kill(-1, libc::SIGKILL);
+    // With the payload's own rusage, so that a warm-pool supervisor can answer its
+    // client now instead of after this namespace's teardown.
+    let usage = format!(
+        "{} {} {}",
+        usage.user.as_micros(),
+        usage.sys.as_micros(),
+        usage.max_rss_kb
+    );
     let msg = match status {
-        ExitStatus::Exited(c) => format!("EXIT {c}"),
-        ExitStatus::Signaled(s) => format!("SIG {s}"),
+        ExitStatus::Exited(c) => format!("EXIT {c} {usage}"),
+        ExitStatus::Signaled(s) => format!("SIG {s} {usage}"),
     };
     let _ = fdpass::send_bytes(chan, msg.as_bytes());
     // Reap what the kill left so their usage is accounted before we exit.
@@ -802,12 +810,13 @@ fn supervise(chan: &OwnedFd, payload: &mut PayloadStart) -> ! {
     process::exit_now(0)
 }
 
-/// Reap every exited child; return the payload's status if it was among them.
-fn reap(payload_pid: i32) -> Option<ExitStatus> {
+/// Reap every exited child; return the payload's status and usage if it was among
+/// them.
+fn reap(payload_pid: i32) -> Option<(ExitStatus, process::Usage)> {
     let mut found = None;
-    while let Ok(Some((pid, status, _))) = process::wait4(-1, true) {
+    while let Ok(Some((pid, status, usage))) = process::wait4(-1, true) {
         if pid == payload_pid {
-            found = Some(status);
+            found = Some((status, usage));
         }
     }
     found
@@ -849,6 +858,43 @@ fn expand_globs(rules: &[landlock::Rule]) -> Vec<landlock::Rule> {
         }
     }
     out
+}
+
+/// The part of a payload's setup that comes from the plan alone.
+pub(crate) fn payload_base(plan: &Plan) -> PayloadBase {
+    let isolated = plan.mode != phantom_policy::Mode::Direct;
+    PayloadBase {
+        nofile: plan.limits.nofile,
+        fsize: plan.limits.fsize_bytes,
+        landlock: (isolated && plan.landlock.enabled).then(|| {
+            (
+                landlock_rules(plan),
+                plan.landlock.scope_abstract_unix,
+                plan.landlock.scope_signals,
+            )
+        }),
+        seccomp: if isolated {
+            plan.seccomp
+                .iter()
+                .map(|p| {
+                    let program = p
+                        .instructions
+                        .iter()
+                        .map(|i| seccomp::Instruction {
+                            code: i.code,
+                            jt: i.jt,
+                            jf: i.jf,
+                            k: i.k,
+                        })
+                        .collect();
+                    (p.name.clone(), program)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        drop_caps: isolated,
+    }
 }
 
 /// Landlock rules from the plan, with trailing-`*` globs expanded inside the sandbox.

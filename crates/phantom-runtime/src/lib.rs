@@ -12,9 +12,11 @@ mod cold;
 pub mod doctor;
 mod error;
 pub mod ids;
+pub mod image;
 mod init;
 mod relay;
 mod spawn;
+pub mod warm;
 pub mod workspace;
 
 pub use cold::{prepare, Prepared};

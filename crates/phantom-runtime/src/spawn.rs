@@ -72,29 +72,54 @@ pub(crate) struct SandboxStatus {
     pub usage_error: Option<String>,
     pub landlock_abi: u32,
     pub payload: Option<ExitStatus>,
+    /// The payload's own rusage, sent with its status.
+    pub payload_usage: Option<Usage>,
 }
 
 impl SandboxStatus {
     /// Record one message; returns a trace label for it.
     pub(crate) fn record(&mut self, msg: &[u8]) -> Option<&'static str> {
         let msg = String::from_utf8_lossy(msg);
-        if let Some(e) = msg.strip_prefix("ERR ") {
-            self.setup_error = Some(e.to_string());
-            Some("sandbox setup failed")
-        } else if let Some(e) = msg.strip_prefix("USAGE ") {
-            self.usage_error = Some(e.to_string());
-            Some("request refused inside the sandbox")
-        } else if let Some(a) = msg.strip_prefix("ABI ") {
-            self.landlock_abi = a.trim().parse().unwrap_or(0);
-            Some("payload fenced (landlock applied)")
-        } else if let Some(c) = msg.strip_prefix("EXIT ") {
-            self.payload = c.trim().parse().ok().map(ExitStatus::Exited);
-            Some("payload exited")
-        } else if let Some(s) = msg.strip_prefix("SIG ") {
-            self.payload = s.trim().parse().ok().map(ExitStatus::Signaled);
-            Some("payload killed")
-        } else {
-            None
+        let (kind, rest) = msg.split_once(' ').unwrap_or((&msg, ""));
+        match kind {
+            "ERR" => {
+                self.setup_error = Some(rest.to_string());
+                Some("sandbox setup failed")
+            }
+            "USAGE" => {
+                self.usage_error = Some(rest.to_string());
+                Some("request refused inside the sandbox")
+            }
+            "ABI" => {
+                self.landlock_abi = rest.trim().parse().unwrap_or(0);
+                Some("payload fenced (landlock applied)")
+            }
+            "EXIT" | "SIG" => {
+                let mut fields = rest.split_whitespace().map(|f| f.parse::<u64>().ok());
+                let code = fields.next().flatten().map(|c| c as i32);
+                self.payload = code.map(|c| {
+                    if kind == "EXIT" {
+                        ExitStatus::Exited(c)
+                    } else {
+                        ExitStatus::Signaled(c)
+                    }
+                });
+                if let (Some(Some(user)), Some(Some(sys)), Some(Some(rss))) =
+                    (fields.next(), fields.next(), fields.next())
+                {
+                    self.payload_usage = Some(Usage {
+                        user: Duration::from_micros(user),
+                        sys: Duration::from_micros(sys),
+                        max_rss_kb: rss,
+                    });
+                }
+                Some(if kind == "EXIT" {
+                    "payload exited"
+                } else {
+                    "payload killed"
+                })
+            }
+            _ => None,
         }
     }
 }

@@ -210,6 +210,12 @@ fn find_or_build_probe() -> Result<PathBuf, String> {
 // Workspaces
 // ---------------------------------------------------------------------------------------
 
+/// A number unique within this test process.
+pub fn unique() -> u32 {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A fresh host directory for `--workspace`, holding `phantom-probe`.
 pub struct Workspace {
     pub dir: PathBuf,
@@ -219,15 +225,10 @@ pub struct Workspace {
 
 impl Workspace {
     pub fn new() -> Workspace {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let marker = format!(
-            "phantom-it-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let marker = format!("phantom-it-{}-{}-{nanos}", std::process::id(), unique());
         let dir = std::env::temp_dir().join(&marker);
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         // World-accessible: the sandbox's uid 0 is some other host uid.
@@ -412,11 +413,30 @@ pub fn run_probe_at(
         .report()
         .unwrap_or_else(|e| panic!("no run report: {e}\n{}", output.describe()));
     let probe = probe_json(&report).unwrap_or(Value::Null);
+    // The suite's warm pass (scripts/test.sh) runs these tests against a supervisor
+    // pooling the default profile: every run a pool can serve must have been served
+    // warm, or the isolation assertions would only prove the cold path again.
+    let poolable = !flags
+        .iter()
+        .any(|f| ["--policy", "--profile", "--mode", "--network"].contains(f));
+    if expect_warm() && poolable {
+        assert_eq!(
+            report["start"],
+            "warm",
+            "PHANTOM_EXPECT_WARM=1 but the run was not served warm\n{}",
+            output.describe()
+        );
+    }
     ProbeRun {
         report,
         probe,
         output,
     }
+}
+
+/// Whether the suite runs against a supervisor's warm pools (`PHANTOM_EXPECT_WARM=1`).
+pub fn expect_warm() -> bool {
+    std::env::var("PHANTOM_EXPECT_WARM").is_ok_and(|v| v == "1")
 }
 
 /// [`run_probe_at`] with the probe at `/workspace/phantom-probe`.

@@ -1,0 +1,71 @@
+//! `phantom pool status`.
+
+use clap::Subcommand;
+
+use crate::error_line;
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCommand {
+    /// Show the supervisor's warm pools: sizes, hits and misses, refill rate, pressure.
+    Status {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn pool(cmd: PoolCommand) -> i32 {
+    let PoolCommand::Status { json } = cmd;
+    let status = match phantom_runtime::warm::client::status() {
+        Ok(s) => s,
+        Err(e) => {
+            error_line(&e);
+            return 1;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("serializes")
+        );
+        return 0;
+    }
+    println!("supervisor pid {}", status.pid);
+    println!(
+        "{:<12} {:>6} {:>6} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "PROFILE",
+        "TARGET",
+        "READY",
+        "STARTING",
+        "ACTIVE",
+        "HITS",
+        "MISSES",
+        "CREATED",
+        "FAILURES",
+        "REFILL/S"
+    );
+    for p in &status.pools {
+        println!(
+            "{:<12} {:>6} {:>6} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9.2}",
+            p.profile,
+            p.target,
+            p.ready,
+            p.starting,
+            p.active,
+            p.hits,
+            p.misses,
+            p.created,
+            p.failures,
+            p.refill_per_second
+        );
+    }
+    match (status.cpu_pressure, status.memory_pressure) {
+        (Some(c), Some(m)) => println!("pressure: cpu {c:.1}%  memory {m:.1}%  (some avg10)"),
+        _ => println!("pressure: not watched (start the supervisor with --psi-aware)"),
+    }
+    if let Some(why) = &status.refill_paused {
+        println!("refill PAUSED: {why}");
+    }
+    println!("refill pauses so far: {}", status.refill_pauses);
+    0
+}

@@ -1,0 +1,87 @@
+//! `phantom-supervisor`: keeps warm pools of sandboxes and serves them on a local
+//! socket to `phantom run` (and, later, the HTTP and MCP front ends).
+//!
+//! Runs in the foreground, logs to stderr, and stops on SIGTERM/SIGINT/SIGHUP — use a
+//! service manager to keep it running. It is single-threaded on purpose: it is the one
+//! process that forks sandboxes.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use phantom_runtime::warm::{pressure, supervisor};
+
+/// Keep warm pools of sandboxes ready for `phantom run`.
+#[derive(Parser, Debug)]
+#[command(name = "phantom-supervisor", version, about, long_about = None)]
+#[command(
+    after_help = "Each pooled sandbox is already through clone3, its mounts and pivot_root; a run
+takes one, the init execs the payload, and the pool refills. A sandbox serves one run
+only, so warm runs are as isolated as cold ones.
+
+`phantom run` uses the supervisor's socket when one is running (root:
+/run/phantom/supervisor.sock; others: $XDG_RUNTIME_DIR/phantom/supervisor.sock, else
+/dev/shm/phantom-UID/supervisor.sock) and falls back to a cold start otherwise.
+
+Examples:
+  phantom-supervisor --profiles default,python-dev --zygote-pools 4
+  phantom-supervisor --psi-aware --psi-memory 30
+  phantom pool status"
+)]
+struct Args {
+    /// Built-in profiles to keep pools for (comma-separated; default: every built-in
+    /// profile with `performance.zygote: true` — default and python-dev).
+    #[arg(long, value_delimiter = ',')]
+    profiles: Vec<String>,
+    /// Sandboxes kept ready per profile (a profile's `performance.pool_size` wins).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    zygote_pools: usize,
+    /// Pause refills while CPU or memory pressure (/proc/pressure, some avg10) is above
+    /// the thresholds.
+    #[arg(long)]
+    psi_aware: bool,
+    /// CPU pressure threshold in percent, with --psi-aware.
+    #[arg(long, value_name = "PERCENT", default_value_t = 80.0)]
+    psi_cpu: f64,
+    /// Memory pressure threshold in percent, with --psi-aware.
+    #[arg(long, value_name = "PERCENT", default_value_t = 40.0)]
+    psi_memory: f64,
+    /// Socket to listen on (default: see below).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<std::path::PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.zygote_pools == 0 || args.zygote_pools > 1024 {
+        eprintln!(
+            "phantom-supervisor: error: --zygote-pools {}: must be 1 to 1024",
+            args.zygote_pools
+        );
+        std::process::exit(2);
+    }
+    let pools = match supervisor::pools_for(&args.profiles, args.zygote_pools) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("phantom-supervisor: error: {e}");
+            std::process::exit(e.exit_code());
+        }
+    };
+    let mut source = pressure::ProcPressure;
+    if args.psi_aware && pressure::PressureSource::sample(&mut source).is_none() {
+        eprintln!("phantom-supervisor: error: --psi-aware: this kernel has no /proc/pressure (boot with psi=1)");
+        std::process::exit(2);
+    }
+    let config = supervisor::Config {
+        pools,
+        thresholds: args.psi_aware.then_some(pressure::Thresholds {
+            cpu: args.psi_cpu,
+            memory: args.psi_memory,
+        }),
+        socket: args
+            .socket
+            .unwrap_or_else(phantom_runtime::warm::socket_path),
+    };
+    if let Err(e) = supervisor::serve(config, &mut source) {
+        eprintln!("phantom-supervisor: error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,529 @@
+//! The warm path: `phantom run` served from a `phantom-supervisor` pool. Each test
+//! starts its own supervisor on a private socket (PHANTOM_SUPERVISOR_SOCKET), so tests
+//! neither see each other's pools nor a supervisor running on the host.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{phantom, sandbox_available, PhantomOutput};
+use serde_json::Value;
+
+/// A supervisor for one test; killed (and its socket removed) on drop.
+struct Supervisor {
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+fn supervisor_bin() -> PathBuf {
+    common::phantom_bin().with_file_name("phantom-supervisor")
+}
+
+impl Supervisor {
+    /// Start with `pool` sandboxes for each of `profiles` and wait until they are ready.
+    fn start(profiles: &str, pool: usize) -> Supervisor {
+        let dir = std::env::temp_dir().join(format!(
+            "phantom-warm-test-{}-{}",
+            std::process::id(),
+            common::unique()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("supervisor.sock");
+        let log = std::fs::File::create(dir.join("supervisor.log")).unwrap();
+        let child = Command::new(supervisor_bin())
+            .args([
+                "--profiles",
+                profiles,
+                "--zygote-pools",
+                &pool.to_string(),
+                "--socket",
+            ])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start phantom-supervisor");
+        let sup = Supervisor {
+            child: Some(child),
+            dir,
+            socket,
+        };
+        sup.wait_ready(Duration::from_secs(20));
+        sup
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("supervisor.log")).unwrap_or_default()
+    }
+
+    /// `phantom ARGS` talking to this supervisor.
+    fn phantom(&self, args: &[&str]) -> PhantomOutput {
+        let socket = self.socket.clone();
+        phantom(args, move |c| {
+            c.env("PHANTOM_SUPERVISOR_SOCKET", &socket);
+        })
+    }
+
+    fn status(&self) -> Value {
+        let out = self.phantom(&["pool", "status", "--json"]);
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{}\nsupervisor log:\n{}",
+            out.describe(),
+            self.log()
+        );
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    /// Wait until every pool is full.
+    fn wait_ready(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if self.socket.exists() {
+                let status = self.status();
+                let pools = status["pools"].as_array().unwrap();
+                if pools.iter().all(|p| p["ready"] == p["target"]) {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < limit,
+                "pools not ready in {limit:?}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Pids of the supervisor's children (its pooled and active sandboxes' inits).
+    fn sandbox_pids(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let pid = self.pid();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                out.extend(
+                    kids.split_whitespace()
+                        .filter_map(|k| k.parse::<u32>().ok()),
+                );
+            }
+        }
+        out
+    }
+
+    fn kill(&mut self, signal: &str) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.kill("-TERM");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn report(out: &PhantomOutput) -> Value {
+    out.report()
+        .unwrap_or_else(|e| panic!("{e}\n{}", out.describe()))
+}
+
+#[test]
+fn warm_run_is_served_from_the_pool() {
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default", 2);
+    let warm = sup.phantom(&[
+        "run",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; hostname",
+    ]);
+    let r = report(&warm);
+    assert_eq!(
+        r["start"],
+        "warm",
+        "{}\nlog:\n{}",
+        warm.describe(),
+        sup.log()
+    );
+    assert_eq!(r["exit_code"], 0);
+    let stdout = r["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("hi\n"), "{stdout}");
+    assert!(stdout.contains("Seccomp:\t2"), "{stdout}");
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+    assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
+    assert!(stdout.ends_with("phantom\n"), "{stdout}");
+    let cold = sup.phantom(&["run", "--cold", "--json", "--", "true"]);
+    assert_eq!(report(&cold)["start"], "cold");
+    let status = sup.status();
+    assert_eq!(status["pools"][0]["hits"], 1, "{status}");
+}
+
+/// One case of the cold/warm comparison: phantom args after `run --json`, and stdin.
+struct Case {
+    args: &'static [&'static str],
+    stdin: Option<&'static str>,
+}
+
+fn run_case(sup: &Supervisor, case: &Case, cold: bool) -> (Option<i32>, Value) {
+    let mut args = vec!["run", "--json"];
+    if cold {
+        args.push("--cold");
+    }
+    args.extend(case.args);
+    let socket = sup.socket.clone();
+    let mut cmd = Command::new(common::phantom_bin());
+    cmd.args(&args).env("PHANTOM_SUPERVISOR_SOCKET", &socket);
+    cmd.stdin(if case.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = case.stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report =
+        serde_json::from_str(stdout.lines().last().unwrap_or("null")).unwrap_or(Value::Null);
+    (out.status.code(), report)
+}
+
+#[test]
+fn warm_runs_behave_like_cold_runs() {
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default", 3);
+    let cases = [
+        Case {
+            args: &["--", "sh", "-c", "exit 3"],
+            stdin: None,
+        },
+        Case {
+            args: &["--", "sh", "-c", "kill -9 $$"],
+            stdin: None,
+        },
+        Case {
+            args: &["--", "tr", "a-z", "A-Z"],
+            stdin: Some("hello stdin\n"),
+        },
+        Case {
+            args: &[
+                "--env",
+                "GREETING=hi there",
+                "--",
+                "sh",
+                "-c",
+                "echo \"$GREETING\"; env | sort | cut -d= -f1",
+            ],
+            stdin: None,
+        },
+        Case {
+            args: &["--cwd", "/tmp", "--", "pwd"],
+            stdin: None,
+        },
+        Case {
+            args: &["--", "no-such-command-xyz"],
+            stdin: None,
+        },
+        Case {
+            args: &["--timeout", "1s", "--", "sh", "-c", "sleep 10"],
+            stdin: None,
+        },
+        Case {
+            args: &[
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; ls /workspace | wc -l",
+            ],
+            stdin: None,
+        },
+        Case {
+            args: &["--", "sh", "-c", "head -c 2000000 /dev/zero | tr '\\0' x"],
+            stdin: None,
+        },
+    ];
+    for case in &cases {
+        sup.wait_ready(Duration::from_secs(20));
+        let (warm_code, warm) = run_case(&sup, case, false);
+        let (cold_code, cold) = run_case(&sup, case, true);
+        let what = format!(
+            "case {:?}\nwarm: {warm}\ncold: {cold}\nlog:\n{}",
+            case.args,
+            sup.log()
+        );
+        assert_eq!(warm["start"], "warm", "{what}");
+        assert_eq!(cold["start"], "cold", "{what}");
+        assert_eq!(warm_code, cold_code, "{what}");
+        for key in [
+            "exit_code",
+            "signal",
+            "timed_out",
+            "oom_killed",
+            "output_truncated",
+            "stdout",
+            "stderr",
+            "mode",
+            "profile",
+        ] {
+            assert_eq!(warm[key], cold[key], "{key} differs: {what}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_cwd_is_a_usage_error_warm_too() {
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default", 1);
+    let out = sup.phantom(&["run", "--cwd", "/nonexistent", "--", "pwd"]);
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(out.stderr.contains("/nonexistent"), "{}", out.describe());
+}
+
+#[test]
+fn a_pooled_sandbox_is_never_used_twice() {
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default", 1);
+    let write = sup.phantom(&[
+        "run",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "echo secret > /tmp/mark; echo secret > /workspace/mark; echo secret > /dev/shm/mark; sleep 30 & echo $! > /tmp/pid",
+    ]);
+    assert_eq!(report(&write)["start"], "warm", "{}", write.describe());
+    sup.wait_ready(Duration::from_secs(20));
+    let read = sup.phantom(&[
+        "run",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "ls /tmp /workspace /dev/shm; cat /tmp/mark /workspace/mark /dev/shm/mark 2>/dev/null; ps -e 2>/dev/null | grep -c sleep || true",
+    ]);
+    let r = report(&read);
+    assert_eq!(r["start"], "warm", "{}", read.describe());
+    let seen = r["stdout"].as_str().unwrap();
+    assert!(
+        !seen.contains("mark") && !seen.contains("secret"),
+        "run 2 saw run 1's files: {seen}"
+    );
+}
+
+#[test]
+fn the_pool_refills_after_exhaustion() {
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default", 2);
+    // Four at once against a pool of two: two are served warm, two fall back cold.
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(common::phantom_bin())
+                .args(["run", "--json", "--", "sh", "-c", "sleep 0.5"])
+                .env("PHANTOM_SUPERVISOR_SOCKET", &sup.socket)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut starts = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        starts.push(r["start"].as_str().unwrap().to_string());
+    }
+    let warm = starts.iter().filter(|s| *s == "warm").count();
+    assert!((1..=2).contains(&warm), "{starts:?}");
+    let status = sup.status();
+    let pool = &status["pools"][0];
+    assert_eq!(pool["hits"].as_u64().unwrap() as usize, warm, "{status}");
+    assert_eq!(
+        pool["misses"].as_u64().unwrap() as usize,
+        4 - warm,
+        "{status}"
+    );
+    // And it fills up again.
+    sup.wait_ready(Duration::from_secs(20));
+    assert!(sup.status()["pools"][0]["created"].as_u64().unwrap() >= 2 + warm as u64);
+}
+
+#[test]
+fn many_concurrent_warm_runs_all_succeed() {
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default", 8);
+    let children: Vec<_> = (0..30)
+        .map(|i| {
+            Command::new(common::phantom_bin())
+                .args(["run", "--", "sh", "-c", &format!("echo run-{i}")])
+                .env("PHANTOM_SUPERVISOR_SOCKET", &sup.socket)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "run {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("run-{i}\n"));
+    }
+}
+
+/// Whether process `pid` still exists (zombies count as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn killing_the_supervisor_takes_its_sandboxes_down() {
+    if !sandbox_available() {
+        return;
+    }
+    let mut sup = Supervisor::start("default", 2);
+    let marker = format!("warm-kill-{}", std::process::id());
+    let mut run = Command::new(common::phantom_bin())
+        .args(["run", "--", "sh", "-c", &format!("sleep 300; : {marker}")])
+        .env("PHANTOM_SUPERVISOR_SOCKET", &sup.socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !common::host_processes_containing(&marker)
+        .iter()
+        .any(|(_, c)| c.starts_with("sh -c"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "warm run did not start\n{}",
+            sup.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let inits = sup.sandbox_pids();
+    assert!(
+        inits.len() >= 2,
+        "expected pooled and active sandboxes, found {inits:?}"
+    );
+    sup.kill("-KILL");
+    // The client learns it at once and says so.
+    let waited = Instant::now();
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "phantom run outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(125));
+    // Every sandbox dies with the supervisor.
+    let killed = Instant::now();
+    loop {
+        let left: Vec<u32> = inits.iter().copied().filter(|p| alive(*p)).collect();
+        let payload = common::host_processes_containing(&marker);
+        if left.is_empty() && payload.is_empty() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "left behind: inits {left:?}, payload {payload:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The next run (cold: no supervisor now) collects their run directories.
+    let next = sup.phantom(&["run", "--", "true"]);
+    assert_eq!(next.code, Some(0), "{}", next.describe());
+}
+
+#[test]
+fn an_unserved_profile_falls_back_to_cold_and_says_why() {
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default", 1);
+    let out = sup.phantom(&[
+        "run",
+        "--verbose",
+        "--json",
+        "--profile",
+        "minimal",
+        "--",
+        "true",
+    ]);
+    assert_eq!(report(&out)["start"], "cold", "{}", out.describe());
+    assert!(
+        out.stderr.contains("no pool for profile minimal"),
+        "{}",
+        out.describe()
+    );
+    let none = phantom(&["run", "--verbose", "--", "true"], |c| {
+        c.env(
+            "PHANTOM_SUPERVISOR_SOCKET",
+            Path::new("/nonexistent/phantom.sock"),
+        );
+    });
+    assert_eq!(none.code, Some(0));
+    assert!(
+        none.stderr
+            .contains("no supervisor at /nonexistent/phantom.sock"),
+        "{}",
+        none.describe()
+    );
+}

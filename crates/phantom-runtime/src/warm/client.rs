@@ -1,0 +1,265 @@
+//! `phantom run`'s side of a warm start: ask the supervisor for a pooled sandbox, hand
+//! it our stdio, relay the output exactly as the cold path does, and build the same
+//! report. Anything that keeps a run from being served warm returns `Ok(None)` and the
+//! caller starts cold.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use phantom_api::{PolicySource, RunReport};
+use phantom_linux::{fdpass, process};
+use rustix::event::{poll, PollFd, PollFlags};
+
+use super::protocol::{PoolStatus, Reply, Request, WarmRun, MAX_MESSAGE};
+use crate::relay::{Relay, StdinRelay};
+use crate::{Prepared, RuntimeError};
+
+/// Why a run was not tried warm, or was refused (for `--verbose`).
+pub type NotWarm = String;
+
+/// Run `prepared` in a pooled sandbox of the supervisor, if one serves it.
+/// `Ok(Err(reason))`: not served warm (no supervisor, no pool for the profile, pool
+/// empty, a setting that pools do not cover) — start cold.
+pub fn try_run(prepared: &Prepared) -> Result<Result<RunReport, NotWarm>, RuntimeError> {
+    let request = &prepared.request;
+    let plan = &prepared.plan;
+    let PolicySource::Profile(profile) = &request.policy else {
+        return Ok(Err("a --policy file is not pooled".into()));
+    };
+    if request.overrides.mode.is_some() || request.overrides.network.is_some() {
+        return Ok(Err(
+            "--mode and --network change how a sandbox is built; pools are built per profile"
+                .into(),
+        ));
+    }
+    if plan.mode == phantom_policy::Mode::Direct {
+        return Ok(Err("direct mode has no sandbox".into()));
+    }
+    let socket = super::socket_path();
+    let conn = match fdpass::connect_seqpacket(&socket) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Err(format!(
+                "no supervisor at {} ({})",
+                socket.display(),
+                e.source
+            )))
+        }
+    };
+
+    let (out_r, out_w) = process::pipe()?;
+    let (err_r, err_w) = process::pipe()?;
+    let (mut stdin_relay, relayed_stdin) = StdinRelay::new()?;
+    // The pooled sandbox does not share our fds: pass our stdin explicitly (a copy of
+    // fd 0, or the relay's pipe when it is a terminal).
+    let payload_stdin = match relayed_stdin {
+        Some(pipe) => pipe,
+        None => rustix::io::dup(rustix::stdio::stdin()).map_err(|e| {
+            RuntimeError::Sys(phantom_linux::SysError::new("dup", "stdin", e.into()))
+        })?,
+    };
+    let run = WarmRun {
+        profile: profile.clone(),
+        argv: request.argv.clone(),
+        env: request.env.clone(),
+        term: std::env::var("TERM").ok(),
+        cwd: request.cwd.clone(),
+        workspace: request.workspace.clone(),
+        memory_bytes: plan.limits.memory_bytes,
+        cpu_millis: plan.limits.cpu_millis,
+        pids: plan.limits.pids,
+        wall_timeout_ms: plan.limits.wall_timeout_ms,
+        stdin_fd: true,
+    };
+    let started = Instant::now();
+    let message = serde_json::to_vec(&Request::Run(run)).expect("requests serialize");
+    {
+        let fds = [payload_stdin.as_fd(), out_w.as_fd(), err_w.as_fd()];
+        fdpass::send_fds(conn.as_fd(), &message, &fds)?;
+    }
+    // Our copies of the payload's ends must go, or the pipes never reach EOF.
+    drop((payload_stdin, out_w, err_w));
+
+    // Signals are forwarded as messages while the run lasts.
+    let mut blocked = process::FORWARDED_SIGNALS.to_vec();
+    blocked.push(libc::SIGCHLD);
+    process::block_signals(&blocked)?;
+    let sigfd = process::signalfd(&process::FORWARDED_SIGNALS)?;
+    let result = relay_until_finished(
+        prepared,
+        &conn,
+        &sigfd,
+        &mut stdin_relay,
+        out_r,
+        err_r,
+        started,
+    );
+    let _ = process::reset_signals(&[]);
+    result
+}
+
+/// Wait for the supervisor's answers while relaying output and signals.
+fn relay_until_finished(
+    prepared: &Prepared,
+    conn: &OwnedFd,
+    sigfd: &OwnedFd,
+    stdin_relay: &mut StdinRelay,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+    started: Instant,
+) -> Result<Result<RunReport, NotWarm>, RuntimeError> {
+    let plan = &prepared.plan;
+    let mut relay = Relay::new(
+        out_r,
+        err_r,
+        prepared.request.capture_output,
+        plan.limits.output_limit_bytes,
+    );
+    // The supervisor enforces the timeout; this one only guards against a supervisor
+    // that stopped answering.
+    let give_up =
+        started + Duration::from_millis(plan.limits.wall_timeout_ms) + Duration::from_secs(10);
+    let mut sandbox_id = None;
+    let mut interrupts = 0;
+    let outcome = loop {
+        let wait = give_up.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Err(RuntimeError::Setup(
+                "the supervisor stopped answering".into(),
+            ));
+        }
+        let ts = rustix::event::Timespec {
+            tv_sec: wait.as_secs() as i64,
+            tv_nsec: wait.subsec_nanos() as i64,
+        };
+        let mut fds = vec![
+            PollFd::new(conn, PollFlags::IN),
+            PollFd::new(sigfd, PollFlags::IN),
+        ];
+        let mut pipe_ix = [None, None];
+        for (i, sink) in relay.sinks.iter().enumerate() {
+            if let Some(p) = &sink.pipe {
+                fds.push(PollFd::new(p, PollFlags::IN));
+                pipe_ix[i] = Some(fds.len() - 1);
+            }
+        }
+        let stdin_ix = stdin_relay.poll_fd().map(|fd| {
+            fds.push(fd);
+            fds.len() - 1
+        });
+        match poll(&mut fds, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(RuntimeError::Sys(phantom_linux::SysError::new(
+                    "poll",
+                    "warm relay",
+                    e.into(),
+                )))
+            }
+        }
+        let ready = |i: usize| !fds[i].revents().is_empty();
+        let (conn_ready, signal_ready) = (ready(0), ready(1));
+        let pipes_ready = [pipe_ix[0].is_some_and(ready), pipe_ix[1].is_some_and(ready)];
+        let stdin_ready = stdin_ix.is_some_and(ready);
+        drop(fds);
+        if stdin_ready {
+            stdin_relay.pump();
+        }
+        for (i, r) in pipes_ready.into_iter().enumerate() {
+            if r {
+                relay.pump(i);
+            }
+        }
+        if signal_ready {
+            while let Some(sig) = process::read_signalfd(sigfd.as_fd()) {
+                if sig == libc::SIGINT {
+                    interrupts += 1;
+                }
+                let signal = if interrupts >= 3 { libc::SIGKILL } else { sig };
+                let bytes =
+                    serde_json::to_vec(&Request::Signal { signal }).expect("requests serialize");
+                let _ = fdpass::send_bytes(conn, &bytes);
+            }
+        }
+        if conn_ready {
+            let mut buf = vec![0u8; MAX_MESSAGE];
+            let n = match fdpass::recv(conn.as_fd(), &mut buf) {
+                Ok((n, _)) => n,
+                Err(e) => return Err(RuntimeError::Setup(format!("lost the supervisor: {e}"))),
+            };
+            if n == 0 {
+                return Err(RuntimeError::Setup(match &sandbox_id {
+                    Some(id) => format!("the supervisor went away during the run of sandbox {id}"),
+                    None => "the supervisor closed the connection".into(),
+                }));
+            }
+            match serde_json::from_slice::<Reply>(&buf[..n]) {
+                Ok(Reply::Refused { reason }) => return Ok(Err(reason)),
+                Ok(Reply::Started { sandbox_id: id }) => sandbox_id = Some(id),
+                Ok(Reply::Finished(outcome)) => break outcome,
+                Ok(Reply::Error {
+                    message,
+                    usage: true,
+                }) => return Err(RuntimeError::Usage(message)),
+                Ok(Reply::Error {
+                    message,
+                    usage: false,
+                }) => return Err(RuntimeError::Setup(message)),
+                Ok(Reply::Status(_)) => {}
+                Err(e) => {
+                    return Err(RuntimeError::Setup(format!(
+                        "unreadable reply from the supervisor: {e}"
+                    )))
+                }
+            }
+        }
+    };
+    // The sandbox is gone: the pipes reach EOF once drained.
+    relay.drain();
+    let truncated = relay.truncated;
+    let (stdout, stderr) = relay.captured();
+    Ok(Ok(RunReport {
+        sandbox_id: outcome.sandbox_id,
+        profile: plan.profile.clone(),
+        mode: plan.mode.as_str().to_string(),
+        start: "warm".into(),
+        exit_code: outcome.exit_code,
+        signal: outcome.signal,
+        timed_out: outcome.timed_out,
+        oom_killed: outcome.oom_killed,
+        output_truncated: truncated,
+        wall_ms: outcome.wall_ms,
+        user_ms: outcome.user_ms,
+        sys_ms: outcome.sys_ms,
+        max_rss_kb: outcome.max_rss_kb,
+        stdout,
+        stderr,
+        isolation: outcome.isolation,
+        warnings: prepared.warnings.clone(),
+    }))
+}
+
+/// Ask the supervisor for its pools (`phantom pool status`).
+pub fn status() -> Result<PoolStatus, RuntimeError> {
+    status_at(&super::socket_path())
+}
+
+/// Ask the supervisor listening on `socket` for its pools.
+pub fn status_at(socket: &std::path::Path) -> Result<PoolStatus, RuntimeError> {
+    let conn = fdpass::connect_seqpacket(socket).map_err(|e| RuntimeError::Unsupported {
+        what: "phantom pool status".into(),
+        why: format!("no supervisor at {} ({})", socket.display(), e.source),
+        hint: "start one with `phantom-supervisor --profiles default --zygote-pools 4`".into(),
+    })?;
+    let bytes = serde_json::to_vec(&Request::Status).expect("requests serialize");
+    fdpass::send_bytes(&conn, &bytes)?;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let (n, _) = fdpass::recv(conn.as_fd(), &mut buf)?;
+    match serde_json::from_slice::<Reply>(&buf[..n]) {
+        Ok(Reply::Status(s)) => Ok(s),
+        Ok(other) => Err(RuntimeError::Setup(format!("unexpected reply: {other:?}"))),
+        Err(e) => Err(RuntimeError::Setup(format!(
+            "unreadable reply from the supervisor: {e}"
+        ))),
+    }
+}
