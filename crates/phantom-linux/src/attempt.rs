@@ -13,7 +13,8 @@
 //! * observations that change nothing ([`process_ids`], [`rlimit`], [`seccomp_mode`],
 //!   [`no_new_privs`], [`interface_flags`], ...);
 //! * attempts at operations a sandbox must refuse ([`mount_tmpfs`], [`unshare`],
-//!   [`bpf_map_create`], [`tiocsti`], [`x32_getpid`], ...). Several of them change the
+//!   [`bpf_map_create`], [`tiocsti`], [`x32_getpid`], [`socket_vsock`], [`openat2_read`],
+//!   [`fchmod`] with a setuid mode, ...). Several of them change the
 //!   calling process when they succeed (a new namespace, a keyring, a tracer): callers run
 //!   them in a child with [`run_in_child`] so one success cannot skew the next attempt;
 //! * process helpers the probe needs for its load tests ([`fork_single_threaded`],
@@ -415,6 +416,160 @@ pub fn open_packet_socket() -> Result<OwnedFd, Errno> {
     )
 }
 
+/// `socket(AF_VSOCK, SOCK_STREAM)`. vsock is not network-namespaced: on a virtual machine
+/// it reaches the hypervisor's services whatever the sandbox's network is.
+pub fn socket_vsock() -> Result<OwnedFd, Errno> {
+    // SAFETY: socket() takes only integers.
+    owned_fd(
+        unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }.into(),
+    )
+}
+
+/// `socket(AF_UNIX, SOCK_STREAM)`: the harmless counterpart of [`socket_vsock`], which a
+/// sandbox allows.
+pub fn socket_unix() -> Result<OwnedFd, Errno> {
+    // SAFETY: socket() takes only integers.
+    owned_fd(
+        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) }.into(),
+    )
+}
+
+/// `struct open_how` (linux/openat2.h, OPEN_HOW_SIZE_VER0).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(AT_FDCWD, path, {O_RDONLY | O_CLOEXEC})`. Its flags and mode live in a struct
+/// a seccomp filter cannot read, so a sandbox answers ENOSYS (libc then uses `openat`).
+pub fn openat2_read(path: &Path) -> Result<OwnedFd, Errno> {
+    let path = cstring(path)?;
+    let how = OpenHow {
+        flags: (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: 0,
+    };
+    // SAFETY: `path` is NUL-terminated and `how` is a live open_how of the size passed;
+    // the kernel only reads both during the call.
+    owned_fd(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    })
+}
+
+/// `openat(AT_FDCWD, path, O_RDONLY | O_CLOEXEC, mode)` as a raw syscall: what libc falls
+/// back to when [`openat2_read`] answers ENOSYS. Without `O_CREAT` or `O_TMPFILE` the
+/// kernel ignores `mode` (libc passes 0; a raw caller may leave anything there).
+pub fn openat_read(path: &Path, mode: u32) -> Result<OwnedFd, Errno> {
+    let path = cstring(path)?;
+    // SAFETY: `path` is NUL-terminated and lives across the call; the rest are integers.
+    owned_fd(unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+            mode,
+        )
+    })
+}
+
+// Setting a file's mode. A sandbox refuses the setuid and setgid bits (04000, 02000)
+// with EPERM on every call that takes a mode, whether it changes an existing file
+// (chmod, fchmod, fchmodat, fchmodat2) or creates one (open, openat, creat, mknod,
+// mknodat). Each function below is the raw syscall its name says, so that libc cannot
+// route it through another call.
+
+/// `chmod(path, mode)` (x86_64 only; other architectures have only `fchmodat`).
+#[cfg(target_arch = "x86_64")]
+pub fn chmod(path: &Path, mode: u32) -> Result<(), Errno> {
+    let path = cstring(path)?;
+    // SAFETY: `path` is NUL-terminated and lives across the call; mode is an integer.
+    check(unsafe { libc::syscall(libc::SYS_chmod, path.as_ptr(), mode) }).map(drop)
+}
+
+/// `fchmod(fd, mode)`.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> Result<(), Errno> {
+    // SAFETY: fchmod takes an fd the caller keeps open for the call, and an integer.
+    check(unsafe { libc::syscall(libc::SYS_fchmod, fd.as_raw_fd(), mode) }).map(drop)
+}
+
+/// `fchmodat(AT_FDCWD, path, mode)` (the syscall has no flags argument).
+pub fn fchmodat(path: &Path, mode: u32) -> Result<(), Errno> {
+    let path = cstring(path)?;
+    // SAFETY: `path` is NUL-terminated and lives across the call; the rest are integers.
+    check(unsafe { libc::syscall(libc::SYS_fchmodat, libc::AT_FDCWD, path.as_ptr(), mode) })
+        .map(drop)
+}
+
+/// `fchmodat2(AT_FDCWD, path, mode, 0)` (Linux 6.6+; ENOSYS before).
+pub fn fchmodat2(path: &Path, mode: u32) -> Result<(), Errno> {
+    /// The same number on every architecture (asm-generic and x86_64 alike).
+    const SYS_FCHMODAT2: libc::c_long = 452;
+    let path = cstring(path)?;
+    // SAFETY: `path` is NUL-terminated and lives across the call; the rest are integers.
+    check(unsafe { libc::syscall(SYS_FCHMODAT2, libc::AT_FDCWD, path.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// `open(path, O_WRONLY | O_CREAT | O_EXCL, mode)`: creates a new file with `mode`
+/// (x86_64 only).
+#[cfg(target_arch = "x86_64")]
+pub fn open_create(path: &Path, mode: u32) -> Result<OwnedFd, Errno> {
+    let path = cstring(path)?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+    // SAFETY: `path` is NUL-terminated and lives across the call; the rest are integers.
+    owned_fd(unsafe { libc::syscall(libc::SYS_open, path.as_ptr(), flags, mode) })
+}
+
+/// `openat(AT_FDCWD, path, O_WRONLY | O_CREAT | O_EXCL, mode)`.
+pub fn openat_create(path: &Path, mode: u32) -> Result<OwnedFd, Errno> {
+    let path = cstring(path)?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+    // SAFETY: `path` is NUL-terminated and lives across the call; the rest are integers.
+    owned_fd(unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), flags, mode) })
+}
+
+/// `creat(path, mode)` (x86_64 only).
+#[cfg(target_arch = "x86_64")]
+pub fn creat(path: &Path, mode: u32) -> Result<OwnedFd, Errno> {
+    let path = cstring(path)?;
+    // SAFETY: `path` is NUL-terminated and lives across the call; mode is an integer.
+    owned_fd(unsafe { libc::syscall(libc::SYS_creat, path.as_ptr(), mode) })
+}
+
+/// `mknod(path, S_IFREG | mode, 0)`: a regular file, which needs no capability
+/// (x86_64 only).
+#[cfg(target_arch = "x86_64")]
+pub fn mknod_regular(path: &Path, mode: u32) -> Result<(), Errno> {
+    let path = cstring(path)?;
+    // SAFETY: `path` is NUL-terminated and lives across the call; the rest are integers.
+    check(unsafe { libc::syscall(libc::SYS_mknod, path.as_ptr(), libc::S_IFREG | mode, 0) })
+        .map(drop)
+}
+
+/// `mknodat(AT_FDCWD, path, S_IFREG | mode, 0)`: a regular file.
+pub fn mknodat_regular(path: &Path, mode: u32) -> Result<(), Errno> {
+    let path = cstring(path)?;
+    // SAFETY: `path` is NUL-terminated and lives across the call; the rest are integers.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mknodat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::S_IFREG | mode,
+            0,
+        )
+    })
+    .map(drop)
+}
+
 /// `personality(persona)`; returns the previous persona. Changes the caller when it
 /// succeeds with anything but `0xffffffff` (query).
 pub fn personality(persona: u32) -> Result<u32, Errno> {
@@ -470,8 +625,14 @@ pub fn clone3_plain() -> Result<i32, Errno> {
 /// `clone(flags | SIGCHLD)` for namespace flags only (e.g. `CLONE_NEWUSER`). The child
 /// `_exit`s at once and is reaped here; returns its pid. Any flag that shares memory,
 /// threads or writes through a pointer is refused with `EINVAL` before the syscall.
+///
+/// `CLONE_NEWTIME` (`0x80`) is accepted too, although `clone(2)` cannot create a time
+/// namespace: the bit lies in the exit-signal byte, so the kernel makes it part of the
+/// child's exit signal (`0x91`, not SIGCHLD) and otherwise forks plainly. A filter that
+/// only looks at the flags word still sees it, which is what the attempt checks.
 pub fn clone_with_flags(flags: i32) -> Result<i32, Errno> {
-    const NAMESPACES: i32 = libc::CLONE_NEWNS
+    const NAMESPACES: i32 = libc::CLONE_NEWTIME
+        | libc::CLONE_NEWNS
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUSER
@@ -774,12 +935,13 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// `waitpid(pid, 0)`, retried on `EINTR`.
+/// `waitpid(pid, __WALL)`, retried on `EINTR`. `__WALL` also reaps a child whose exit
+/// signal is not SIGCHLD (see [`clone_with_flags`] with `CLONE_NEWTIME`).
 pub fn wait_child(pid: i32) -> Result<ChildFate, Errno> {
     let mut status: libc::c_int = 0;
     loop {
         // SAFETY: waitpid writes one int through the pointer, a live local.
-        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let ret = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
         if ret >= 0 {
             break;
         }

@@ -56,18 +56,22 @@ const AF_VSOCK: u64 = 40;
 /// Set-user-ID and set-group-ID mode bits.
 const S_ISUID: u64 = 0o4000;
 const S_ISGID: u64 = 0o2000;
-/// Calls that set a file mode, with the index of their mode argument.
-const MODE_ARGUMENTS: &[(&str, u8)] = &[
-    ("chmod", 1),
-    ("fchmod", 1),
-    ("fchmodat", 2),
-    ("fchmodat2", 2),
-    ("open", 2),
-    ("openat", 3),
-    ("creat", 1),
-    ("mknod", 1),
-    ("mknodat", 2),
+/// Calls that set a file mode: the index of their mode argument, and of their flags
+/// argument when the mode only counts with O_CREAT or O_TMPFILE among the flags.
+const MODE_ARGUMENTS: &[(&str, u8, Option<u8>)] = &[
+    ("chmod", 1, None),
+    ("fchmod", 1, None),
+    ("fchmodat", 2, None),
+    ("fchmodat2", 2, None),
+    ("open", 2, Some(1)),
+    ("openat", 3, Some(2)),
+    ("creat", 1, None),
+    ("mknod", 1, None),
+    ("mknodat", 2, None),
 ];
+/// The open(2) flags under which the mode argument is used.
+const O_CREAT: u64 = 0o100;
+const O_TMPFILE: u64 = 0o20_200_000;
 const TIOCLINUX: u64 = 0x541C;
 /// Namespace flags `clone` must not carry (`CLONE_NEWTIME` shares its bit with the
 /// exit-signal byte of `clone(2)`; no real signal number has bit 7 set, so denying it
@@ -341,14 +345,25 @@ pub(crate) fn programs(arch: &Arch, spec: &Spec<'_>) -> Result<Vec<SeccompProgra
     // sandbox's root writes files as the invoking user — root, when phantom runs as
     // root — and a setuid-root file left in a host directory is a privilege escalation
     // for whoever runs it later. (mode is a 32-bit mode_t, so a Dword compare suffices.)
-    for (name, mode_arg) in MODE_ARGUMENTS {
+    // open/openat ignore the mode unless they create: a plain read whose (unused)
+    // mode register happens to hold those bits must not fail.
+    for (name, mode_arg, flags_arg) in MODE_ARGUMENTS {
         if arch.number(name).is_none() {
             continue; // e.g. open, creat, chmod and mknod do not exist on aarch64
         }
-        let set_id = [S_ISUID, S_ISGID]
-            .iter()
-            .map(|bit| rule(vec![arg(*mode_arg, SeccompCmpOp::MaskedEq(*bit), *bit)?]))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut set_id = Vec::new();
+        for bit in [S_ISUID, S_ISGID] {
+            let mode = arg(*mode_arg, SeccompCmpOp::MaskedEq(bit), bit)?;
+            match flags_arg {
+                None => set_id.push(rule(vec![mode])?),
+                Some(flags) => {
+                    for creating in [O_CREAT, O_TMPFILE] {
+                        let flag = arg(*flags, SeccompCmpOp::MaskedEq(creating), creating)?;
+                        set_id.push(rule(vec![flag, mode.clone()])?);
+                    }
+                }
+            }
+        }
         rules.argument_rules(name, set_id)?;
     }
     programs.push(rules.build(denied_action.clone(), SeccompAction::Allow)?);

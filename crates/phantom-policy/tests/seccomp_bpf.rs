@@ -361,7 +361,8 @@ fn setuid_and_setgid_modes_are_denied() {
     let with_mode = |name: &str, mode: u64| -> Vec<u64> {
         match name {
             "chmod" | "fchmod" | "creat" | "mknod" => vec![0, mode],
-            "fchmodat" | "open" | "mknodat" => vec![0, 0, mode],
+            "fchmodat" | "mknodat" => vec![0, 0, mode],
+            "open" => vec![0, 0o101, mode],
             "openat" => vec![0, 0, 0o101, mode],
             other => panic!("{other}"),
         }
@@ -384,6 +385,26 @@ fn setuid_and_setgid_modes_are_denied() {
             );
         }
     }
+}
+
+/// Regression: the mode rules of open/openat ignored the flags, so a read whose unused
+/// mode argument held 04000 (raw syscalls, Go's OpenFile with a setuid perm) got EPERM.
+#[test]
+fn open_without_o_creat_ignores_the_mode() {
+    let plan = default_plan();
+    const O_RDONLY: u64 = 0;
+    const O_TMPFILE_WRONLY: u64 = 0o20_200_001;
+    assert_eq!(call(&plan, "openat", &[0, 0, O_RDONLY, 0o4000]), ALLOW);
+    assert_eq!(call(&plan, "openat", &[0, 0, O_RDONLY, 0o6755]), ALLOW);
+    assert_eq!(call(&plan, "open", &[0, O_RDONLY, 0o4000]), ALLOW);
+    assert_eq!(
+        call(&plan, "openat", &[0, 0, O_TMPFILE_WRONLY, 0o4755]),
+        ERRNO | EPERM
+    );
+    assert_eq!(
+        call(&plan, "openat", &[0, 0, O_TMPFILE_WRONLY, 0o755]),
+        ALLOW
+    );
 }
 
 #[test]

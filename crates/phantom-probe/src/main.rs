@@ -1,6 +1,7 @@
 //! `phantom-probe`: runs INSIDE a Phantom Fragment sandbox and reports what it can see and
 //! do as one compact JSON object on stdout. Integration tests (`phantom-cli/tests/
-//! isolation.rs`) run it through `phantom run --json` and assert on that object.
+//! isolation.rs`, `fences.rs`) run it through `phantom run --json` and assert on that
+//! object.
 //!
 //! ```text
 //! phantom-probe report                  everything visible: ids, namespaces, caps, seccomp,
@@ -14,13 +15,20 @@
 //! phantom-probe fill PATH MB            write MB MiB of zeros; what stopped it
 //! phantom-probe spawn-sleepers N SECS   a chain of N descendants, all sleeping SECS
 //! phantom-probe kill PID SIG            kill(PID, SIG) once: may this process signal PID?
+//! phantom-probe try NAME...             the named harmless attempts (see `harmless`), each
+//!                                       in a child; unlike `report`, also run unsandboxed
+//! phantom-probe setid DIR               set the setuid/setgid bit on files made in DIR with
+//!                                       every call that takes a mode; chmod 0755 as control
+//! phantom-probe open-files N            open /dev/null until it fails or N are open
+//! phantom-probe spin MS                 burn CPU for MS ms of wall time
 //! phantom-probe exit N | signal N | sleep SECS | env | fds | net
 //! ```
 //!
 //! Every outcome is `{"ok": bool, "errno": n, "error": "EPERM"}` (`errno` 0 when ok);
 //! attempts run in a forked child also carry `"signal"` when the child was killed.
-//! Extra arguments after the ones a subcommand uses are ignored, so tests can put a
-//! unique marker into the probe's command line. Usage errors exit 2.
+//! Extra arguments after the ones a subcommand uses are ignored (except by `try`, which
+//! takes every argument as a name), so tests can put a unique marker into the probe's
+//! command line. Usage errors exit 2.
 //!
 //! The probe is single-threaded on purpose: it forks (attempts run in children so that
 //! one success cannot change the next attempt), which is only sound without threads.
@@ -29,7 +37,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -43,7 +51,8 @@ const MIB: usize = 1 << 20;
 
 const USAGE: &str = "usage: phantom-probe <report | read PATH... | write PATH... | stat PATH... \
 | list DIR | tiocsti | forkbomb N | memhog MB | fill PATH MB | spawn-sleepers N SECS \
-| kill PID SIG | exit N | signal N | sleep SECS | env | fds | net>";
+| kill PID SIG | try NAME... | setid DIR | open-files N | spin MS | exit N | signal N \
+| sleep SECS | env | fds | net>";
 
 /// A bad command line: printed with the usage, exit 2.
 struct UsageError(String);
@@ -95,6 +104,10 @@ fn run(args: &[String]) -> Result<Value, UsageError> {
                 sig,
             )
         }
+        "try" => try_harmless(rest)?,
+        "setid" => setid(Path::new(arg(rest, 0, "DIR")?)),
+        "open-files" => open_files(number(rest, 0, "N")?),
+        "spin" => spin(number(rest, 0, "MS")?),
         "exit" => {
             let code: i32 = number(rest, 0, "N")?;
             emit(&json!({"probe": "exit", "code": code}));
@@ -365,6 +378,7 @@ fn mounts() -> Vec<Value> {
             let sep = fields.iter().position(|f| *f == "-")?;
             Some(json!({
                 "target": unescape(fields.get(4)?),
+                "dev": fields.get(2)?,
                 "root": unescape(fields.get(3)?),
                 "options": fields.get(5)?,
                 "fstype": fields.get(sep + 1)?,
@@ -439,11 +453,20 @@ fn attempts() -> Value {
         "clone_newuser",
         in_child(|| attempt::clone_with_flags(CLONE_NEWUSER)),
     );
+    put(
+        "clone_newtime",
+        in_child(|| attempt::clone_with_flags(CLONE_NEWTIME)),
+    );
     put("clone3_plain", in_child(attempt::clone3_plain));
+    put(
+        "openat2",
+        in_child(|| attempt::openat2_read(Path::new("/"))),
+    );
     put("setns_self_net", in_child(attempt::setns_self_net));
     put("ptrace_traceme", in_child(attempt::ptrace_traceme));
     put("open_raw_socket", in_child(attempt::open_raw_socket));
     put("open_packet_socket", in_child(attempt::open_packet_socket));
+    put("socket_vsock", in_child(attempt::socket_vsock));
     put(
         "personality_read_implies_exec",
         in_child(|| attempt::personality(READ_IMPLIES_EXEC)),
@@ -506,6 +529,8 @@ fn attempts() -> Value {
 const CLONE_NEWNS: i32 = 0x0002_0000;
 const CLONE_NEWUSER: i32 = 0x1000_0000;
 const CLONE_NEWNET: i32 = 0x4000_0000;
+/// In the exit-signal byte of `clone(2)`; see [`attempt::clone_with_flags`].
+const CLONE_NEWTIME: i32 = 0x80;
 const READ_IMPLIES_EXEC: u32 = 0x0040_0000;
 
 // ---------------------------------------------------------------------------------------
@@ -640,6 +665,188 @@ fn list(dir: &Path) -> Value {
             )
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// try: harmless attempts, also outside a sandbox
+// ---------------------------------------------------------------------------------------
+
+/// Attempts that change nothing outside the forked child that makes them, even when the
+/// probe runs unconfined (`phantom run --mode direct`, where `report` skips its attempts):
+/// tests run them there to show that the sandbox's answer is not the kernel's.
+const HARMLESS: &[&str] = &[
+    "socket_vsock",
+    "socket_unix",
+    "openat2",
+    "openat",
+    "openat_read_mode_04000",
+    "clone3_plain",
+    "clone_newtime",
+    "tioclinux_dev_null",
+];
+
+/// One harmless attempt by name, in a child; `None` for a name not in [`HARMLESS`].
+fn harmless(name: &str) -> Option<Value> {
+    let root = Path::new("/");
+    Some(match name {
+        "socket_vsock" => in_child(attempt::socket_vsock),
+        "socket_unix" => in_child(attempt::socket_unix),
+        "openat2" => in_child(|| attempt::openat2_read(root)),
+        "openat" => in_child(|| attempt::openat_read(root, 0)),
+        // Reading with a mode the kernel ignores (no O_CREAT): nothing is created, so
+        // nothing can get a setuid bit; a filter must not refuse it.
+        "openat_read_mode_04000" => in_child(|| attempt::openat_read(root, 0o4000)),
+        "clone3_plain" => in_child(attempt::clone3_plain),
+        "clone_newtime" => in_child(|| attempt::clone_with_flags(CLONE_NEWTIME)),
+        "tioclinux_dev_null" => match fs::File::open("/dev/null") {
+            Ok(null) => in_child(|| attempt::tioclinux(null.as_fd())),
+            Err(err) => with(
+                failed(Errno::from_io(&err)),
+                "note",
+                "cannot open /dev/null",
+            ),
+        },
+        _ => return None,
+    })
+}
+
+fn try_harmless(names: &[String]) -> Result<Value, UsageError> {
+    if names.is_empty() {
+        return Err(UsageError(format!(
+            "expected at least one attempt NAME: {}",
+            HARMLESS.join(", ")
+        )));
+    }
+    let mut results = Map::new();
+    for name in names {
+        let outcome = harmless(name).ok_or_else(|| {
+            UsageError(format!(
+                "unknown attempt `{name}`; known: {}",
+                HARMLESS.join(", ")
+            ))
+        })?;
+        results.insert(name.clone(), outcome);
+    }
+    Ok(json!({"probe": "try", "results": results}))
+}
+
+// ---------------------------------------------------------------------------------------
+// setid
+// ---------------------------------------------------------------------------------------
+
+/// Tries to give a file in `dir` the setuid (04755) or setgid (02755) bit with every
+/// syscall that takes a mode: on `setid-target` (created 0644) with chmod, fchmod,
+/// fchmodat and fchmodat2, and at creation of `setid-<call>-<mode>` with open, openat,
+/// creat, mknod and mknodat. Each runs in a child (at security level high a refusal
+/// kills). `chmod_0755` is the control: a plain mode change must work. `modes` lists
+/// the permission bits of every `setid-*` file afterwards.
+fn setid(dir: &Path) -> Value {
+    let target = dir.join("setid-target");
+    let created = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&target);
+    let file = match created {
+        Ok(file) => file,
+        Err(err) => {
+            return with(
+                with(failed(Errno::from_io(&err)), "probe", "setid"),
+                "target",
+                target.display().to_string(),
+            )
+        }
+    };
+    let mut results = Map::new();
+    for (label, mode) in [("04755", 0o4755), ("02755", 0o2755)] {
+        let new = |call: &str| dir.join(format!("setid-{call}-{label}"));
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut tries: Vec<(&str, Value)> = vec![
+            ("fchmod", in_child(|| attempt::fchmod(file.as_fd(), mode))),
+            ("fchmodat", in_child(|| attempt::fchmodat(&target, mode))),
+            ("fchmodat2", in_child(|| attempt::fchmodat2(&target, mode))),
+            (
+                "openat",
+                in_child(|| attempt::openat_create(&new("openat"), mode)),
+            ),
+            (
+                "mknodat",
+                in_child(|| attempt::mknodat_regular(&new("mknodat"), mode)),
+            ),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        tries.extend([
+            ("chmod", in_child(|| attempt::chmod(&target, mode))),
+            (
+                "open",
+                in_child(|| attempt::open_create(&new("open"), mode)),
+            ),
+            ("creat", in_child(|| attempt::creat(&new("creat"), mode))),
+            (
+                "mknod",
+                in_child(|| attempt::mknod_regular(&new("mknod"), mode)),
+            ),
+        ]);
+        for (call, outcome) in tries {
+            results.insert(format!("{call}_{label}"), outcome);
+        }
+    }
+    results.insert(
+        "chmod_0755".into(),
+        in_child(|| attempt::fchmodat(&target, 0o755)),
+    );
+    let mut modes = Map::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let (true, Ok(meta)) = (name.starts_with("setid-"), entry.metadata()) {
+                modes.insert(name, format!("{:o}", meta.mode() & 0o7777).into());
+            }
+        }
+    }
+    json!({"probe": "setid", "results": results, "modes": modes})
+}
+
+// ---------------------------------------------------------------------------------------
+// open-files, spin
+// ---------------------------------------------------------------------------------------
+
+/// Opens /dev/null until that fails or `n` are open: how many opened, the highest fd,
+/// and what stopped it (EMFILE at `RLIMIT_NOFILE`).
+fn open_files(n: usize) -> Value {
+    let mut files = Vec::new();
+    let mut stopped_by = Value::Null;
+    while files.len() < n {
+        match fs::File::open("/dev/null") {
+            Ok(file) => files.push(file),
+            Err(err) => {
+                stopped_by = failed(Errno::from_io(&err));
+                break;
+            }
+        }
+    }
+    let max_fd = files.iter().map(|f| f.as_fd().as_raw_fd()).max();
+    json!({
+        "probe": "open-files",
+        "requested": n,
+        "opened": files.len(),
+        "max_fd": max_fd,
+        "stopped_by": stopped_by,
+    })
+}
+
+/// Keeps one CPU busy for `ms` milliseconds of wall time; reports the loop count.
+fn spin(ms: u64) -> Value {
+    let start = Instant::now();
+    let limit = Duration::from_millis(ms);
+    let mut rounds: u64 = 0;
+    while start.elapsed() < limit {
+        for _ in 0..10_000 {
+            rounds = std::hint::black_box(rounds.wrapping_add(1));
+        }
+    }
+    json!({"probe": "spin", "ms": ms, "rounds": rounds, "wall_ms": start.elapsed().as_millis() as u64})
 }
 
 // ---------------------------------------------------------------------------------------
