@@ -41,15 +41,22 @@ pub struct RunRequest {
     pub overrides: RunOverrides,
     /// The command and its arguments; `argv[0]` is looked up on the sandbox's PATH.
     pub argv: Vec<String>,
-    /// Extra environment variables (`--env K=V`), on top of PATH, HOME, LANG, TERM.
+    /// Extra environment variables (`--env K=V`), on top of PATH, HOME, LANG, TERM
+    /// (and an image's Env).
     pub env: Vec<(String, String)>,
-    /// Working directory inside the sandbox (default: the workspace).
+    /// Working directory inside the sandbox (default: an image's WorkingDir, else the
+    /// workspace).
     pub cwd: Option<String>,
     /// Host directory bound at /workspace. `None`: a fresh temporary directory that is
     /// removed after the run.
     pub workspace: Option<String>,
     /// Capture stdout/stderr into the report instead of passing them through.
     pub capture_output: bool,
+    /// Run on this image of the store (`phantom run --image NAME`) instead of the
+    /// host's system directories; wins over the policy's `filesystem.rootfs`. With an
+    /// image, `argv` may be empty (the image's Entrypoint and Cmd apply, as in Docker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// What happened to a run.

@@ -14,6 +14,7 @@ use serde::Serialize;
 #[command(after_help = "Examples:
   phantom benchmark cold --iterations 200 --compare bwrap
   phantom benchmark warm --iterations 200
+  phantom benchmark image --image debian:bookworm --iterations 100
 
 cold: each iteration runs every contender once, in turn: `phantom run -- true`, the same
 under `bwrap --unshare-all` (when bubblewrap is installed), a bare host /bin/true, and
@@ -23,6 +24,9 @@ warm: starts its own phantom-supervisor (pool of the default profile, on a priva
 socket) and compares `phantom run -- true` served from the pool with a cold run and a
 bare host /bin/true, and the same for `python3 -c 'print(1)'`; it reports how many
 runs were actually served warm.
+
+image: `phantom run --cold -- true` on the host root against the same on an image's root
+(`--image NAME`, which needs `true` on its PATH), and a bare host /bin/true.
 
 Times are wall-clock from spawn to exit, as a user sees them.")]
 pub struct BenchArgs {
@@ -38,6 +42,9 @@ pub struct BenchArgs {
     /// Sandboxes in the warm benchmark's pool.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pool: usize,
+    /// The image the `image` benchmark runs on (see `phantom image list`).
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -49,6 +56,8 @@ enum BenchKind {
     Cold,
     /// Warm start: a sandbox from a phantom-supervisor pool per run.
     Warm,
+    /// Cold start on an image's root against the host root.
+    Image,
 }
 
 #[derive(Serialize, Debug)]
@@ -317,6 +326,21 @@ pub fn benchmark(args: BenchArgs) -> i32 {
             }
             supervisor = Some(sup);
         }
+        BenchKind::Image => {
+            let Some(image) = args.image.as_deref() else {
+                crate::error_line("benchmark image needs --image NAME (see `phantom image list`)");
+                return 2;
+            };
+            contenders.push(Contender::new(
+                "host root true",
+                &[&me_s, "run", "--cold", "--", "true"],
+            ));
+            contenders.push(Contender::new(
+                "image true",
+                &[&me_s, "run", "--cold", "--image", image, "--", "true"],
+            ));
+            contenders.push(Contender::new("host true", &["/bin/true"]));
+        }
     }
     let progress = std::io::stderr().is_terminal() && !args.json;
     // One warm-up round so that page cache and binaries are hot for everyone.
@@ -395,6 +419,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
             ("warm python", "host python"),
             ("warm true", "cold true"),
         ],
+        BenchKind::Image => &[("image true", "host root true")],
     };
     let ratios: Vec<Ratio> = pairs
         .iter()
@@ -410,6 +435,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
     let kind = match args.what {
         BenchKind::Cold => "cold",
         BenchKind::Warm => "warm",
+        BenchKind::Image => "image",
     };
     if args.json {
         let out = serde_json::json!({ "benchmark": kind, "iterations": args.iterations, "results": stats, "ratios": ratios, "notes": notes });

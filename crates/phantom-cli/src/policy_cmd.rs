@@ -204,6 +204,7 @@ fn print_plan(plan: &Plan) {
     println!("mode     {}", plan.mode.as_str());
     println!("network  {}", plan.network.as_str());
     println!("hostname {}", plan.hostname);
+    println!("rootfs   {}", plan.rootfs);
     let l = &plan.limits;
     println!(
         "limits   memory {}  cpus {}  pids {}  timeout {} ms  output {}  /tmp {}  nofile {}  fsize {}",

@@ -32,33 +32,44 @@ pub fn pool(cmd: PoolCommand) -> i32 {
     }
     println!("supervisor pid {}", status.pid);
     println!(
-        "{:<12} {:>6} {:>6} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "{:<12} {:>6} {:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10}",
         "PROFILE",
         "TARGET",
         "READY",
         "STARTING",
         "ACTIVE",
         "HITS",
+        "PREWARMED",
         "MISSES",
         "CREATED",
         "FAILURES",
-        "REFILL/S"
+        "REFILL/S",
+        "PSS/READY"
     );
     for p in &status.pools {
         println!(
-            "{:<12} {:>6} {:>6} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9.2}",
+            "{:<12} {:>6} {:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9.2} {:>10}",
             p.profile,
             p.target,
             p.ready,
             p.starting,
             p.active,
             p.hits,
+            p.prewarmed_hits,
             p.misses,
             p.created,
             p.failures,
-            p.refill_per_second
+            p.refill_per_second,
+            p.pss_kb_per_ready
+                .map_or("-".to_string(), |k| format!("{:.1}MB", k as f64 / 1024.0))
         );
     }
+    let merged: u64 = status.pools.iter().map(|p| p.ksm_merging_pages).sum();
+    let ksm = std::fs::read_to_string("/sys/kernel/mm/ksm/run").is_ok_and(|s| s.trim() == "1");
+    println!(
+        "ksm: {} ({merged} pages of ready sandboxes merged)",
+        if ksm { "on" } else { "off" }
+    );
     match (status.cpu_pressure, status.memory_pressure) {
         (Some(c), Some(m)) => println!("pressure: cpu {c:.1}%  memory {m:.1}%  (some avg10)"),
         _ => println!("pressure: not watched (start the supervisor with --psi-aware)"),

@@ -22,7 +22,8 @@ Examples:
   phantom run -- python3 -c 'print(1)'
   echo 'print(2+2)' | phantom run -- python3 -
   phantom run --json --timeout 2s -- sleep 10        # timed_out: true
-  phantom run --profile strict --env DEBUG=1 -- sh -c 'echo $DEBUG'"
+  phantom run --profile strict --env DEBUG=1 -- sh -c 'echo $DEBUG'
+  phantom run --image python:3.12-slim -- python3 -c 'import sys; print(sys.version)'"
 )]
 pub struct RunArgs {
     /// Built-in profile to run under (see `phantom profile list`).
@@ -57,9 +58,15 @@ pub struct RunArgs {
     /// environment is passed in but TERM.
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
-    /// Working directory inside the sandbox (default: /workspace).
+    /// Working directory inside the sandbox (default: the image's WorkingDir, else
+    /// /workspace).
     #[arg(long, value_name = "DIR")]
     cwd: Option<String>,
+    /// Run on this image (see `phantom image list`) instead of the host's /usr: its
+    /// root read-only, its Env, WorkingDir, Entrypoint and Cmd as Docker applies them.
+    /// Without a command after `--`, the image's Cmd runs. Always starts cold.
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
     /// Capture the output and print one JSON report at the end: exit_code, signal,
     /// timed_out, oom_killed, output_truncated, wall_ms, user_ms, sys_ms, max_rss_kb,
     /// stdout, stderr, sandbox_id, profile, mode, isolation, warnings.
@@ -116,6 +123,7 @@ pub fn run(args: RunArgs) -> i32 {
         cwd: args.cwd,
         workspace: args.workspace,
         capture_output: args.json,
+        image: args.image,
     };
     let prepared = match phantom_runtime::prepare(&request) {
         Ok(p) => p,

@@ -7,7 +7,7 @@
 //! * [`process`] — clone3 into new namespaces, wait with rusage, signals, setsid,
 //!   execve, rlimits, no_new_privs, parent-death signal.
 //! * [`userns`] — uid/gid maps of a child user namespace.
-//! * [`mount`] — tmpfs/bind/proc/devpts mounts, recursive attribute changes
+//! * [`mount`] — tmpfs/overlay/bind/proc/devpts mounts, recursive attribute changes
 //!   (mount_setattr), idmapped mounts, pivot_root.
 //! * [`caps`] — dropping every capability (bounding, ambient, effective, permitted).
 //! * [`seccomp`] — installing a classic-BPF filter program.

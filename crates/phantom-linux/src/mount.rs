@@ -1,5 +1,5 @@
-//! Mounts for building a sandbox's root: tmpfs, binds, proc, devpts, recursive
-//! attribute changes (mount_setattr), idmapped mounts and pivot_root.
+//! Mounts for building a sandbox's root: tmpfs, overlayfs, binds, proc, devpts,
+//! recursive attribute changes (mount_setattr), idmapped mounts and pivot_root.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -123,6 +123,39 @@ pub fn tmpfs(target: &Path, options: &str, attrs: Attrs) -> SysResult<()> {
         Some("tmpfs"),
         flags,
         Some(options),
+    )
+}
+
+/// Mount an overlayfs at `target`: `lower` read-only below, `upper` taking every
+/// change, with `work` (an empty directory on the same filesystem as `upper`) for the
+/// kernel's scratch files. `userxattr`: the overlay's own metadata goes to `user.*`
+/// xattrs, the only ones a user namespace may set. Inside a user namespace this needs
+/// Linux 5.11 (5.19 for an idmapped `lower`). The paths may not contain `,`, `:` or
+/// `\`, which the option string takes as separators.
+pub fn overlay(target: &Path, lower: &Path, upper: &Path, work: &Path) -> SysResult<()> {
+    let mut options = String::from("userxattr");
+    for (key, path) in [("lowerdir", lower), ("upperdir", upper), ("workdir", work)] {
+        let text = path
+            .to_str()
+            .filter(|t| !t.contains([',', ':', '\\']))
+            .ok_or_else(|| {
+                SysError::new(
+                    "mount overlay",
+                    target.display().to_string(),
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{key} {} is not usable in overlay options", path.display()),
+                    ),
+                )
+            })?;
+        options.push_str(&format!(",{key}={text}"));
+    }
+    raw_mount(
+        Some(Path::new("overlay")),
+        target,
+        Some("overlay"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&options),
     )
 }
 

@@ -610,3 +610,13 @@ pub fn close_all_except(keep: &[RawFd]) -> SysResult<()> {
     }
     close(next, u32::MAX)
 }
+
+/// Mark the calling process's memory mergeable by KSM (PR_SET_MEMORY_MERGE, Linux
+/// 6.4+; kept across fork and execve). Identical pages of pooled interpreters can then
+/// be shared when the host runs KSM.
+pub fn set_memory_merge() -> SysResult<()> {
+    const PR_SET_MEMORY_MERGE: libc::c_int = 67;
+    // SAFETY: prctl with integer arguments only.
+    let ret = unsafe { libc::prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) };
+    check(ret as _, "prctl", || "PR_SET_MEMORY_MERGE".into()).map(|_| ())
+}

@@ -6,7 +6,9 @@
 //! seccomp, `seccomp.rs`.
 
 use crate::error::{PolicyError, SourcePos};
-use crate::plan::{Access, LandlockPlan, LandlockRule, Limits, Mode, Mount, NetworkMode, Plan};
+use crate::plan::{
+    Access, LandlockPlan, LandlockRule, Limits, Mode, Mount, NetworkMode, Plan, Rootfs,
+};
 use crate::profile::{
     self, IoMode, MemoryAllocator, Profile, Runtime, SeccompDefault, SecurityLevel,
 };
@@ -30,6 +32,10 @@ pub struct Overrides {
     pub wall_timeout_ms: Option<u64>,
     /// `--network`.
     pub network: Option<NetworkMode>,
+    /// `--image NAME`: the sandbox's root is that image of the store (wins over
+    /// `filesystem.rootfs`). Checked like an `image:NAME` there; whether the image
+    /// exists is the runtime's business.
+    pub image: Option<String>,
 }
 
 /// The sandbox's hostname, also in its /etc/hosts and /etc/hostname.
@@ -185,6 +191,34 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         }
     }
 
+    // The root: the host's system directories, or an image that brings its own.
+    let rootfs = match &overrides.image {
+        Some(name) => {
+            profile::check_image_name(name).map_err(|m| override_error("image", m))?;
+            Rootfs::Image(name.clone())
+        }
+        None => profile.filesystem.rootfs.clone(),
+    };
+    if mode == Mode::Direct {
+        if let Rootfs::Image(name) = &rootfs {
+            let message = format!(
+                "mode direct runs on the host's own filesystem, so it cannot run on image `{name}`; use mode sandbox or hardened"
+            );
+            return Err(if overrides.mode.is_some() || overrides.image.is_some() {
+                override_error(
+                    if overrides.image.is_some() {
+                        "image"
+                    } else {
+                        "mode"
+                    },
+                    message,
+                )
+            } else {
+                profile_error("filesystem.rootfs", message)
+            });
+        }
+    }
+
     let workspace = profile.filesystem.workspace.clone();
     let home = if hardened {
         workspace.clone()
@@ -213,7 +247,7 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
 
     let isolated = mode != Mode::Direct;
     let mounts = if isolated {
-        mounts(profile, hardened, high, &home)
+        mounts(profile, &rootfs, hardened, high, &home)
     } else {
         Vec::new()
     };
@@ -236,10 +270,26 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         Vec::new()
     };
 
+    let mut warnings = warnings(profile, mode);
+    if let (Rootfs::Image(name), None) = (&rootfs, &overrides.image) {
+        // Written next to `rootfs: image:...` in the same file, these keys suggest the
+        // author expects them to apply. (A parent's host binds simply do not.)
+        let rootfs_file = profile.position("filesystem.rootfs").map(|p| &p.file);
+        for key in ["filesystem.system", "filesystem.etc"] {
+            if matches!((profile.position(key), rootfs_file), (Some(k), Some(r)) if k.file == *r) {
+                warnings.push(format!(
+                    "{key}: has no effect with filesystem.rootfs: image:{name}, which brings its own /usr and /etc"
+                ));
+            }
+        }
+    }
+
     Ok(Plan {
         profile: profile.name.clone(),
         mode,
+        prewarm: (profile.runtime == Runtime::Python).then_some(crate::plan::Interpreter::Python),
         hostname: HOSTNAME.to_string(),
+        rootfs,
         mounts,
         workspace_target: workspace.clone(),
         network,
@@ -249,15 +299,30 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         seccomp,
         landlock,
         noexec_writable: high,
-        warnings: warnings(profile, mode),
+        warnings,
     })
 }
 
-/// The mount list, in replay order. See [`Plan::mounts`].
-fn mounts(profile: &Profile, hardened: bool, high: bool, home: &str) -> Vec<Mount> {
+/// The mount list, in replay order. See [`Plan::mounts`]. On an image root, the
+/// host's system directories and `/etc` files are left out (the image has its own,
+/// `passwd` and `group` included); `/etc/hosts` and `/etc/hostname` still name the
+/// sandbox.
+fn mounts(
+    profile: &Profile,
+    rootfs: &Rootfs,
+    hardened: bool,
+    high: bool,
+    home: &str,
+) -> Vec<Mount> {
     let fs = &profile.filesystem;
+    let host_root = *rootfs == Rootfs::Host;
     let mut mounts = Vec::new();
-    for path in &fs.system {
+    let (system, etc): (&[String], &[String]) = if host_root {
+        (&fs.system, &fs.etc)
+    } else {
+        (&[], &[])
+    };
+    for path in system {
         mounts.push(Mount::Bind {
             source: path.clone(),
             target: path.clone(),
@@ -265,7 +330,7 @@ fn mounts(profile: &Profile, hardened: bool, high: bool, home: &str) -> Vec<Moun
             optional: true,
         });
     }
-    for name in &fs.etc {
+    for name in etc {
         mounts.push(Mount::Bind {
             source: format!("/etc/{name}"),
             target: format!("/etc/{name}"),
@@ -278,14 +343,16 @@ fn mounts(profile: &Profile, hardened: bool, high: bool, home: &str) -> Vec<Moun
         contents,
         mode: 0o644,
     };
-    mounts.push(file(
-        "/etc/passwd",
-        format!("root:x:0:0:root:{home}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
-    ));
-    mounts.push(file(
-        "/etc/group",
-        "root:x:0:\nnogroup:x:65534:\n".to_string(),
-    ));
+    if host_root {
+        mounts.push(file(
+            "/etc/passwd",
+            format!("root:x:0:0:root:{home}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+        ));
+        mounts.push(file(
+            "/etc/group",
+            "root:x:0:\nnogroup:x:65534:\n".to_string(),
+        ));
+    }
     mounts.push(file(
         "/etc/hosts",
         format!("127.0.0.1 localhost {HOSTNAME}\n::1 localhost\n"),

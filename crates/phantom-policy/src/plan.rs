@@ -54,16 +54,67 @@ impl NetworkMode {
     }
 }
 
+/// An interpreter that warm pools keep started in each pooled sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Interpreter {
+    Python,
+}
+
+/// What a sandbox's `/` is made of (`filesystem.rootfs`, `phantom run --image`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rootfs {
+    /// An empty tmpfs with read-only binds of the host's system directories
+    /// (`filesystem.system`) and a few `/etc` files (`filesystem.etc`).
+    Host,
+    /// An image of the store, by name: its root as the lower layer of an overlay
+    /// whose upper layer is a tmpfs thrown away with the run (and `/` read-only, as on
+    /// the host root). The image brings its own `/usr`, `/etc`, ...:
+    /// `filesystem.system` and `filesystem.etc` are not bound.
+    Image(String),
+}
+
+impl Rootfs {
+    /// The image's name, when the root is one.
+    pub fn image(&self) -> Option<&str> {
+        match self {
+            Rootfs::Host => None,
+            Rootfs::Image(name) => Some(name),
+        }
+    }
+}
+
+impl std::fmt::Display for Rootfs {
+    /// As written in the DSL: `host` or `image:NAME`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rootfs::Host => f.write_str("host"),
+            Rootfs::Image(name) => write!(f, "image:{name}"),
+        }
+    }
+}
+
+impl Serialize for Rootfs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// A compiled sandbox description. See the module docs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     /// Name of the profile this plan was compiled from.
     pub profile: String,
     pub mode: Mode,
+    /// `runtime: python`: the interpreter warm pools keep started (None: none).
+    pub prewarm: Option<Interpreter>,
     /// Hostname inside the UTS namespace.
     pub hostname: String,
-    /// Mounts, applied in this order below a fresh tmpfs root that is remounted
-    /// read-only once they are all in place.
+    /// What `/` is made of: the host's system directories (bound by `mounts`) or an
+    /// image, which the runtime mounts first, below everything in `mounts`.
+    pub rootfs: Rootfs,
+    /// Mounts, applied in this order below a fresh root (a tmpfs, or an image's
+    /// overlay) that is remounted read-only once they are all in place.
     pub mounts: Vec<Mount>,
     /// Where the run's workspace appears inside (also listed in `mounts`).
     pub workspace_target: String,

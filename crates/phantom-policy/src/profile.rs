@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::error::{choice_error, shown, ChoiceError, SourcePos};
-use crate::plan::{Access, Mode, NetworkMode};
+use crate::plan::{Access, Mode, NetworkMode, Rootfs};
 use crate::units::format_bytes;
 
 pub const MAX_EXTENDS: usize = 8;
@@ -42,7 +42,10 @@ pub struct Profile {
     /// has no wasmtime: `compile()` refuses it).
     pub mode: Mode,
     /// `runtime:` — `auto` (default) or `native`: both run the payload natively, the
-    /// only runtime of this build. `wasm` is refused by `compile()`.
+    /// only runtime of this build. `python`: native too, and phantom-supervisor's warm
+    /// pools keep python3 started (site imported) in each pooled sandbox, so that
+    /// `phantom run -- python3 -c CODE` / `python3 script.py` skip the interpreter's
+    /// start-up. `wasm` is refused by `compile()`.
     pub runtime: Runtime,
     /// `security:` — seccomp, Landlock and the overall strictness.
     pub security: Security,
@@ -73,6 +76,8 @@ impl Profile {
 pub enum Runtime {
     Auto,
     Native,
+    /// Native, and warm pools keep python3 started in each pooled sandbox.
+    Python,
     Wasm,
 }
 
@@ -251,11 +256,19 @@ pub struct Network {
     pub mode: NetworkMode,
 }
 
-/// `filesystem:` — the sandbox's root is an empty tmpfs, made read-only at the end;
-/// only what is listed here (plus generated /etc files, /tmp, the workspace, /proc and
-/// a minimal /dev) appears in it.
+/// `filesystem:` — the sandbox's root is an empty tmpfs (or an image, see `rootfs`),
+/// made read-only at the end; only what is listed here (plus generated /etc files,
+/// /tmp, the workspace, /proc and a minimal /dev) appears in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Filesystem {
+    /// `filesystem.rootfs:` — `host` (default: an empty tmpfs with the `system` and
+    /// `etc` binds below) or `image:NAME` (an image of the store, see `phantom image
+    /// list`: its root, read-only like the host root, through an overlay whose tmpfs
+    /// upper layer is thrown away with the run, so nothing reaches the store; `system`,
+    /// `etc` and the generated `passwd` and `group` are left out, the image brings its
+    /// own; its Env, WorkingDir, Entrypoint and Cmd apply as in Docker). `phantom run
+    /// --image NAME` overrides it. Not in `direct` mode.
+    pub rootfs: Rootfs,
     /// `filesystem.system:` — host directories bound read-only at the same place,
     /// skipped when missing (default `/usr /bin /sbin /lib /lib64 /lib32 /libx32`).
     /// Not `/`, `/etc` (see `etc`), `/tmp`, or anything under `/proc`, `/dev`, `/sys`.
@@ -278,6 +291,7 @@ impl Default for Filesystem {
     fn default() -> Self {
         let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
         Filesystem {
+            rootfs: Rootfs::Host,
             system: strings(&[
                 "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
             ]),
@@ -345,6 +359,7 @@ pub(crate) const NETWORK_MODES: &[(&str, NetworkMode)] = &[
 pub(crate) const RUNTIMES: &[(&str, Runtime)] = &[
     ("auto", Runtime::Auto),
     ("native", Runtime::Native),
+    ("python", Runtime::Python),
     ("wasm", Runtime::Wasm),
 ];
 pub(crate) const LEVELS: &[(&str, SecurityLevel)] = &[
@@ -385,6 +400,51 @@ pub(crate) fn unavailable_network(s: &str) -> Option<String> {
                 .into(),
         ),
         _ => None,
+    }
+}
+
+impl Rootfs {
+    /// Parses `host` or `image:NAME` as written in `filesystem.rootfs`; the message
+    /// completes "filesystem.rootfs: ...".
+    pub fn parse(s: &str) -> Result<Rootfs, String> {
+        if s == "host" {
+            return Ok(Rootfs::Host);
+        }
+        match s.strip_prefix("image:") {
+            Some(name) => check_image_name(name).map(|()| Rootfs::Image(name.to_string())),
+            None => Err(format!(
+                "`{}` is not a root filesystem: write `host` or `image:NAME` (an image of `phantom image list`)",
+                shown(s)
+            )),
+        }
+    }
+}
+
+/// Longest image name (as the image store allows).
+const MAX_IMAGE_NAME: usize = 128;
+
+/// Checks an image name as the image store does: letters, digits and `._-:/@`,
+/// starting with a letter or digit, no `..`, `//` or trailing `/`, at most 128 bytes.
+/// The message completes "filesystem.rootfs: ..." or "--image: ...".
+pub(crate) fn check_image_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("no image name after `image:`; write e.g. `image:python:3.11-slim`".into());
+    }
+    let ok = name.len() <= MAX_IMAGE_NAME
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/@".contains(&b))
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.ends_with('/');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not a valid image name: use letters, digits and . _ - : / @, start with a letter or digit, no `..`, `//` or trailing `/`, at most {MAX_IMAGE_NAME} characters",
+            shown(name)
+        ))
     }
 }
 

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::{choice_error, closest, did_you_mean, shown, PolicyError, SourcePos};
-use crate::plan::{Access, Mode, NetworkMode};
+use crate::plan::{Access, Mode, NetworkMode, Rootfs};
 use crate::profile::*;
 use crate::seccomp;
 use crate::units::{self, format_bytes};
@@ -37,7 +37,7 @@ const RESOURCE_KEYS: &[&str] = &[
     "memory", "cpu", "pids", "timeout", "output", "tmp", "nofile", "fsize",
 ];
 const NETWORK_KEYS: &[&str] = &["mode"];
-const FILESYSTEM_KEYS: &[&str] = &["system", "etc", "binds", "workspace"];
+const FILESYSTEM_KEYS: &[&str] = &["rootfs", "system", "etc", "binds", "workspace"];
 const BIND_KEYS: &[&str] = &["source", "target", "access"];
 
 /// Names below /etc that phantom writes itself.
@@ -548,6 +548,11 @@ impl Reader {
     fn filesystem(&mut self, node: &Node, out: &mut Filesystem) -> Result<(), PolicyError> {
         for (key, value) in self.map(node, "filesystem", FILESYSTEM_KEYS)? {
             match key {
+                "rootfs" => {
+                    let text = self.string(value, "filesystem.rootfs")?;
+                    out.rootfs =
+                        Rootfs::parse(&text).map_err(|m| invalid(value, "filesystem.rootfs", m))?;
+                }
                 "system" => {
                     out.system.clear();
                     for (i, (text, item)) in self

@@ -63,6 +63,7 @@ const KEYS: &[&str] = &[
     "fsize",
     "network",
     "filesystem",
+    "rootfs",
     "system",
     "etc",
     "binds",

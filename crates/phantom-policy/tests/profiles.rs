@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use phantom_policy::{
     builtin_names, builtin_source, compile, load_builtin, load_file, load_str, units, Access, Mode,
-    Mount, NetworkMode, Overrides, PolicyError, Profile,
+    Mount, NetworkMode, Overrides, PolicyError, Profile, Rootfs,
 };
 
 fn load(text: &str) -> Result<Profile, PolicyError> {
@@ -811,6 +811,7 @@ fn overrides_replace_profile_values_and_are_checked() {
         pids: Some(17),
         wall_timeout_ms: Some(units::parse_duration_ms("5s").unwrap()),
         network: Some(NetworkMode::None),
+        image: None,
     };
     let plan = compile(&profile, &overrides).unwrap();
     assert_eq!(plan.limits.memory_bytes, overrides.memory_bytes.unwrap());
@@ -1011,4 +1012,183 @@ fn merge_keys_and_anchors_work_within_limits() {
         profile.resources.memory_bytes,
         units::parse_bytes("1GB").unwrap()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Image roots.
+
+#[test]
+fn rootfs_defaults_to_the_host_and_binds_its_system_directories() {
+    let plan = plan_of("profile: x\n");
+    assert_eq!(plan.rootfs, Rootfs::Host);
+    assert!(plan
+        .mounts
+        .iter()
+        .any(|m| matches!(m, Mount::Bind { target, .. } if target == "/usr")));
+    assert_eq!(
+        serde_json::to_value(&plan).unwrap()["rootfs"],
+        serde_json::json!("host")
+    );
+}
+
+#[test]
+fn an_image_root_brings_its_own_system_and_etc() {
+    let text = "profile: x\nfilesystem:\n  rootfs: image:python:3.11-slim\n";
+    let plan = plan_of(text);
+    assert_eq!(plan.rootfs, Rootfs::Image("python:3.11-slim".into()));
+    assert_eq!(
+        serde_json::to_value(&plan).unwrap()["rootfs"],
+        serde_json::json!("image:python:3.11-slim")
+    );
+    // No host binds at all: neither filesystem.system nor filesystem.etc.
+    assert!(
+        !plan.mounts.iter().any(|m| matches!(m, Mount::Bind { .. })),
+        "{:#?}",
+        plan.mounts
+    );
+    let files: Vec<&str> = plan
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            Mount::File { target, .. } => Some(target.as_str()),
+            _ => None,
+        })
+        .collect();
+    // The image's own passwd and group stay; hosts and hostname name the sandbox.
+    assert_eq!(files, ["/etc/hosts", "/etc/hostname"]);
+    for target in [
+        "/tmp",
+        "/workspace",
+        "/proc",
+        "/dev",
+        "/proc/kcore",
+        "/proc/sys",
+    ] {
+        assert!(
+            plan.mounts.iter().any(|m| mount_target(m) == target),
+            "{target} missing: {:#?}",
+            plan.mounts
+        );
+    }
+    // Landlock: everything readable, writes where they were.
+    assert_eq!(plan.landlock.rules[0].path, "/");
+    assert!(plan
+        .landlock
+        .rules
+        .iter()
+        .any(|r| r.path == "/workspace" && r.access == Access::ReadWrite));
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+}
+
+#[test]
+fn the_image_override_wins_over_the_profile() {
+    let profile = load_builtin("default").unwrap();
+    let image = Overrides {
+        image: Some("alpine:3.20".into()),
+        ..Overrides::default()
+    };
+    let plan = compile(&profile, &image).unwrap();
+    assert_eq!(plan.rootfs, Rootfs::Image("alpine:3.20".into()));
+    assert!(!plan.mounts.iter().any(|m| matches!(m, Mount::Bind { .. })));
+    // default.yaml writes filesystem.system and etc; --image is no reason to warn.
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+
+    let from_file = load("profile: x\nfilesystem:\n  rootfs: image:a\n").unwrap();
+    let plan = compile(
+        &from_file,
+        &Overrides {
+            image: Some("b".into()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(plan.rootfs, Rootfs::Image("b".into()));
+
+    for bad in [
+        "",
+        "../x",
+        "a/../b",
+        "/abs",
+        "a//b",
+        "a/",
+        "has space",
+        "-x",
+    ] {
+        let err = compile(
+            &profile,
+            &Overrides {
+                image: Some(bad.into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::InvalidOverride { field, .. } if field == "image"),
+            "{bad:?}: {err}"
+        );
+    }
+    let err = compile(
+        &profile,
+        &Overrides {
+            image: Some("a".into()),
+            mode: Some(Mode::Direct),
+            ..Overrides::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("mode direct"), "{err}");
+}
+
+#[test]
+fn bad_rootfs_values_are_refused_at_their_place() {
+    for (text, needle, expected) in [
+        (
+            "profile: x\nfilesystem:\n  rootfs: docker\n",
+            "docker",
+            "`host` or `image:NAME`",
+        ),
+        (
+            "profile: x\nfilesystem:\n  rootfs: \"image:\"\n",
+            "\"image:\"",
+            "no image name",
+        ),
+        (
+            "profile: x\nfilesystem:\n  rootfs: image:../../etc\n",
+            "image:../",
+            "not a valid image name",
+        ),
+        (
+            "profile: x\nfilesystem:\n  rootfs: image:/abs\n",
+            "image:/abs",
+            "not a valid image name",
+        ),
+        (
+            "profile: x\nfilesystem:\n  rootfs: image:a//b\n",
+            "image:a//b",
+            "not a valid image name",
+        ),
+        ("profile: x\nfilesystem:\n  rootfs: 3\n", "3", "string"),
+        (
+            "profile: x\nfilesystem:\n  rootf: host\n",
+            "rootf",
+            "did you mean `rootfs`",
+        ),
+    ] {
+        let err = load(text).unwrap_err();
+        assert_at(&err, text, needle);
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+    // An image root cannot be had without namespaces.
+    let text = "profile: x\nmode: direct\nfilesystem:\n  rootfs: image:a\n";
+    let err = compile(&load(text).unwrap(), &Overrides::default()).unwrap_err();
+    assert_at(&err, text, "image:a");
+}
+
+#[test]
+fn host_keys_next_to_an_image_root_are_named_in_a_warning() {
+    let plan =
+        plan_of("profile: x\nfilesystem:\n  rootfs: image:a\n  system: [/usr]\n  etc: [ssl]\n");
+    assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+    assert!(plan.warnings[0].starts_with("filesystem.system: has no effect"));
+    assert!(plan.warnings[1].starts_with("filesystem.etc: has no effect"));
 }

@@ -15,9 +15,10 @@ use phantom_linux::process::{self, ExitStatus};
 use phantom_policy::{Mode, NetworkMode, Overrides, Plan};
 use rustix::event::{poll, PollFd, PollFlags};
 
+use crate::image_run::ImageRun;
 use crate::init::{self, ChildPayload, PayloadContext};
 use crate::relay::{Relay, StdinRelay};
-use crate::spawn::{ms, set_var, spawn, Outcome, SandboxStatus, Trace};
+use crate::spawn::{ms, set_var, spawn_on, Outcome, SandboxStatus, Trace};
 use crate::RuntimeError;
 
 /// A request whose policy is loaded and compiled, ready to run.
@@ -26,6 +27,10 @@ pub struct Prepared {
     pub plan: Plan,
     pub(crate) request: RunRequest,
     pub(crate) warnings: Vec<String>,
+    /// The image the sandbox runs on (`--image`, `filesystem.rootfs: image:NAME`),
+    /// found in the store, with the command, environment and working directory its
+    /// config gives.
+    pub(crate) image: Option<ImageRun>,
 }
 
 fn parse_overrides(request: &RunRequest) -> Result<Overrides, RuntimeError> {
@@ -68,15 +73,21 @@ fn parse_overrides(request: &RunRequest) -> Result<Overrides, RuntimeError> {
             .as_deref()
             .map(|n| NetworkMode::parse(n).map_err(|e| usage("--network", n, &e)))
             .transpose()?,
+        image: request.image.clone(),
     })
 }
 
 /// Load and compile the request's policy and check the request itself.
 pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
-    if request.argv.is_empty() || request.argv[0].is_empty() {
-        return Err(RuntimeError::Usage(
+    let no_command = || {
+        RuntimeError::Usage(
             "no command given: put it after `--`, e.g. phantom run -- python3 -c 'print(1)'".into(),
-        ));
+        )
+    };
+    // An image may bring the command (its Cmd); only the compiled plan says whether
+    // the sandbox runs on one.
+    if request.argv.first().is_some_and(|a| a.is_empty()) {
+        return Err(no_command());
     }
     if let Some(cwd) = &request.cwd {
         if !cwd.starts_with('/') {
@@ -97,11 +108,17 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
         PolicySource::File(path) => phantom_policy::load_file(std::path::Path::new(path))?,
     };
     let plan = phantom_policy::compile(&profile, &parse_overrides(request)?)?;
+    let mut warnings = plan.warnings.clone();
+    // The image is found now, before clone: a missing one is the caller's mistake.
+    let image = match plan.rootfs.image() {
+        Some(name) => Some(ImageRun::resolve(name, &request.argv, &mut warnings)?),
+        None if request.argv.is_empty() => return Err(no_command()),
+        None => None,
+    };
     let pooling_keys: Vec<&str> = ["performance.zygote", "performance.pool_size"]
         .into_iter()
         .filter(|key| profile.position(key).is_some())
         .collect();
-    let mut warnings = plan.warnings.clone();
     if matches!(request.policy, PolicySource::File(_)) && !pooling_keys.is_empty() {
         warnings.push(format!(
             "{}: phantom-supervisor keeps warm pools of built-in profiles only; a --policy file always starts cold",
@@ -136,6 +153,7 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
         plan,
         request: request.clone(),
         warnings,
+        image,
     })
 }
 
@@ -161,8 +179,9 @@ impl Prepared {
         blocked.push(libc::SIGCHLD);
         process::block_signals(&blocked)?;
         let sigfd = process::signalfd(&process::FORWARDED_SIGNALS)?;
-        let spawned = spawn(
+        let spawned = spawn_on(
             plan,
+            self.image.as_ref(),
             request.workspace.as_deref(),
             &mut trace,
             &mut warnings,
@@ -345,14 +364,20 @@ impl Prepared {
         let cstring = |s: &str| {
             CString::new(s).map_err(|_| RuntimeError::Usage(format!("{s:?}: contains a NUL byte")))
         };
-        let argv = request
-            .argv
+        let image = self.image.as_ref();
+        let argv = image
+            .map_or(&request.argv, |i| &i.argv)
             .iter()
             .map(|a| cstring(a))
             .collect::<Result<Vec<_>, _>>()?;
         let mut env: Vec<(String, String)> = plan.env.clone();
         if let Ok(term) = std::env::var("TERM") {
             set_var(&mut env, "TERM", &term);
+        }
+        // As Docker: the image's Env over phantom's base (its PATH, HOME, ... win),
+        // --env over both.
+        for (k, v) in image.iter().flat_map(|i| &i.env) {
+            set_var(&mut env, k, v);
         }
         if let Some(cwd) = &request.cwd {
             if !cwd.starts_with('/') {
@@ -377,7 +402,11 @@ impl Prepared {
         let base = init::payload_base(plan);
         let cwd = match (&request.cwd, isolated) {
             (Some(c), _) => PathBuf::from(c),
-            (None, true) => PathBuf::from(&plan.cwd),
+            (None, true) => PathBuf::from(
+                image
+                    .and_then(|i| i.working_dir.as_deref())
+                    .unwrap_or(&plan.cwd),
+            ),
             // Direct mode has no /workspace: the command runs in the host directory.
             (None, false) => host_workspace.to_path_buf(),
         };
@@ -396,6 +425,8 @@ impl Prepared {
             landlock: base.landlock,
             seccomp: base.seccomp,
             drop_caps: base.drop_caps,
+            fd3: None,
+            memory_merge: false,
         })
     }
 }

@@ -205,6 +205,7 @@ fn live_check() -> Check {
         cwd: None,
         workspace: None,
         capture_output: true,
+        image: None,
     };
     match crate::prepare(&request).and_then(|p| p.run()) {
         Ok(r) if r.exit_code == 0 => check(

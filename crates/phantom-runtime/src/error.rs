@@ -19,6 +19,10 @@ pub enum RuntimeError {
         why: String,
         hint: String,
     },
+    /// The image store refused: a corrupt record, a store that is not the caller's.
+    /// (A missing image is a [`RuntimeError::Usage`].)
+    #[error("{0}")]
+    Image(#[from] crate::image::ImageError),
     /// A kernel operation failed in the front end.
     #[error("{0}")]
     Sys(#[from] SysError),
@@ -37,10 +41,11 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     /// The process exit code a CLI should use for this error: 2 for usage errors
-    /// (bad flags, bad policy), 1 otherwise.
+    /// (bad flags, bad policy, a bad image), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             RuntimeError::Policy(_) | RuntimeError::Usage(_) => 2,
+            RuntimeError::Image(e) => e.exit_code(),
             _ => 1,
         }
     }

@@ -5,7 +5,8 @@
 //!
 //! 1. wait for the parent's GO (uid/gid maps written, cgroup joined, and — when phantom
 //!    runs as root — an idmapped workspace mount attached to the message);
-//! 2. cgroup namespace, private mounts, a tmpfs root filled from the plan's mounts,
+//! 2. cgroup namespace, private mounts, a tmpfs root (on an image: with the image's
+//!    overlay over it, [`Step::ImageRoot`]) filled from the plan's mounts,
 //!    pivot_root, read-only root, hostname, loopback;
 //! 3. fork the payload, which sets up its own session, limits and fences (Landlock,
 //!    capabilities, seccomp — in that order) and execs;
@@ -13,14 +14,17 @@
 //!    payload's exit status to the parent when it ends.
 //!
 //! Protocol on the seqpacket channel (one message per packet):
-//! parent → child: `GO` (+ optional mount fd);
+//! parent → child: `GO` followed by the name of each mount fd attached, in order:
+//! `workspace` (the idmapped workspace), `image` (an idmapped image root);
 //! child → parent: `ERR <text>` (setup failed, exit follows), `USAGE <text>` (a value of
-//! the request is wrong inside the sandbox, e.g. --cwd), `ABI <n>` (Landlock ABI
+//! the request is wrong inside the sandbox, e.g. --cwd), `PREWARMED` (a pooled
+//! sandbox's pre-started interpreter took the run), `ABI <n>` (Landlock ABI
 //! enforced), `EXIT <code> <user µs> <sys µs> <max rss KiB>` or `SIG <n> ...` (how the
 //! payload ended, with its own rusage).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -78,6 +82,40 @@ pub(crate) enum Step {
     ReadOnly {
         target: PathBuf,
     },
+    /// An image as the root; always the first step. The image's root directory
+    /// (`lower`, in the image store) goes read-only under an overlay whose upper and
+    /// work directories live in the root tmpfs, and the overlay is mounted over that
+    /// tmpfs: every later step mounts on the image. `lower` is bound from its host
+    /// path, unless `idmapped`: then the GO message brings an idmapped mount of it
+    /// (phantom runs as root, the store is root's and closed to the sandbox's uid).
+    /// `mount_points` are the later steps' targets (and the image's WorkingDir), made
+    /// safe before anything is mounted on them; see [`secure_mount_point`].
+    ImageRoot {
+        lower: PathBuf,
+        idmapped: bool,
+        mount_points: Vec<MountPoint>,
+    },
+}
+
+/// A path in an image root that a later step mounts on or creates (see
+/// [`Step::ImageRoot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MountPoint {
+    pub target: PathBuf,
+    pub kind: MountPointKind,
+}
+
+/// What a step needs at a [`MountPoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MountPointKind {
+    /// A directory: created when missing; a file or symlink in its place is removed.
+    Dir,
+    /// A file or symlink the step creates: whatever non-directory is there is removed
+    /// first (never followed, never copied up into the overlay).
+    File,
+    /// A path the step acts on only if it exists (a mask, a read-only remount): only a
+    /// symlink there is removed; nothing is created.
+    Existing,
 }
 
 /// Everything the child needs, prepared before clone.
@@ -134,6 +172,13 @@ pub(crate) struct PayloadBase {
     pub landlock: Option<(Vec<landlock::Rule>, bool, bool)>,
     pub seccomp: Vec<(String, Vec<seccomp::Instruction>)>,
     pub drop_caps: bool,
+    /// `runtime: python`: start the interpreter before a request exists.
+    pub prewarm_python: bool,
+    /// The host runs KSM: mark a pre-started interpreter's memory mergeable.
+    pub ksm: bool,
+    /// The plan's environment and working directory (for the pre-started interpreter).
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
 }
 
 /// The per-run part of a pooled sandbox's payload, sent in the `RUN` message as JSON;
@@ -203,6 +248,8 @@ impl PayloadContext {
                 landlock: base.landlock.clone(),
                 seccomp: base.seccomp.clone(),
                 drop_caps: base.drop_caps,
+                fd3: None,
+                memory_merge: false,
             },
             workspace,
         ))
@@ -229,6 +276,11 @@ pub(crate) struct PayloadContext {
     pub landlock: Option<(Vec<landlock::Rule>, bool, bool)>,
     pub seccomp: Vec<(String, Vec<seccomp::Instruction>)>,
     pub drop_caps: bool,
+    /// An fd the payload keeps as fd 3 across execve (the pre-started interpreter's
+    /// channel to the init).
+    pub fd3: Option<OwnedFd>,
+    /// Mark the payload's memory mergeable by KSM (pre-started interpreters).
+    pub memory_merge: bool,
 }
 
 /// Where the new root is assembled before pivot_root. The tmpfs mounted here hides
@@ -271,12 +323,7 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
 
     // 1. Wait for GO: the parent has written our uid/gid maps (we have no privileges
     //    before that) and put us in the sandbox's cgroup.
-    let mut buf = [0u8; 16];
-    let (n, idmapped_workspace) =
-        fdpass::recv(chan.as_fd(), &mut buf).map_err(|e| e.to_string())?;
-    if &buf[..n] != b"GO" {
-        return Err("front end went away before the sandbox started".into());
-    }
+    let (idmapped_workspace, idmapped_image) = recv_go(chan)?;
 
     // Our ids are the parent's host ids until we take the namespace's root ids.
     phantom_linux::userns::become_root().map_err(|e| e.to_string())?;
@@ -300,8 +347,11 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     mount::make_all_private().map_err(|e| e.to_string())?;
 
     // Open every host source now, before the new root's tmpfs hides the host's /tmp.
-    let sources =
+    let mut sources =
         Sources::open(&ctx.steps, idmapped_workspace.is_some()).map_err(|e| e.to_string())?;
+    if let Some(image) = idmapped_image {
+        sources.add_image(&ctx.steps, image)?;
+    }
     let root = Path::new(NEW_ROOT);
     mount::tmpfs(root, "mode=0755,size=1m", Attrs::default()).map_err(|e| e.to_string())?;
     trace(ctx.trace, "sources opened, root tmpfs mounted");
@@ -339,6 +389,13 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     let payload_ctx = match &ctx.payload {
         ChildPayload::Ready(p) => p,
         ChildPayload::Pooled(base) => {
+            // runtime: python — the interpreter starts now, fenced like any payload, and
+            // waits for code; a request it cannot serve identically gets a plain exec.
+            let zygote = if base.prewarm_python {
+                Some(Zygote::start(base)?)
+            } else {
+                None
+            };
             fdpass::send_bytes(chan, b"READY").map_err(|e| e.to_string())?;
             let mut buf = vec![0u8; MAX_RUN_MESSAGE];
             let (n, fds) =
@@ -349,6 +406,10 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
                 }
                 None => return Err("the supervisor went away".into()),
             };
+            let zygote_spec = zygote
+                .as_ref()
+                .is_some_and(|z| z.serves(&spec))
+                .then(|| spec.clone());
             let (p, workspace) = PayloadContext::from_run(base, spec, fds)?;
             if let Some(ws) = workspace {
                 // A caller's workspace, idmapped by the supervisor: on top of the
@@ -370,6 +431,14 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
                 };
                 mount::set_attrs(&target, attrs, true).map_err(|e| e.to_string())?;
             }
+            if let Some(z) = zygote {
+                match zygote_spec {
+                    Some(spec) => return z.run(spec, p, chan),
+                    // Not a run the interpreter can take as `python3` would: it goes,
+                    // unused, and the payload is exec'd as usual.
+                    None => z.discard(),
+                }
+            }
             pooled = p;
             &pooled
         }
@@ -379,6 +448,241 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
         process::Forked::Child => payload(payload_ctx, chan),
         process::Forked::Parent { pid, pidfd } => Ok(PayloadStart { pid, _pidfd: pidfd }),
     }
+}
+
+/// The source of the pre-started interpreter (see warm/zygote.py).
+const ZYGOTE_PY: &str = include_str!("warm/zygote.py");
+
+/// A pooled sandbox's pre-started python3, waiting on its channel for one request.
+struct Zygote {
+    pid: i32,
+    pidfd: OwnedFd,
+    chan: OwnedFd,
+    /// The interpreter's canonical path inside the sandbox.
+    interpreter: PathBuf,
+    /// The Landlock ABI its fence got (reported with the run).
+    abi: Option<String>,
+    /// LANG, LC_* and PYTHON* as the interpreter started with them.
+    startup_env: Vec<(String, String)>,
+}
+
+/// Variables that shape an interpreter's start-up (encoding, paths, flags): a request
+/// must see them as the pre-started interpreter did, or it gets a fresh one.
+fn shapes_startup(key: &str) -> bool {
+    key == "LANG" || key.starts_with("LC_") || key.starts_with("PYTHON")
+}
+
+impl Zygote {
+    /// Fork the interpreter as a payload (same fences as any payload) and wait until it
+    /// has loaded.
+    fn start(base: &PayloadBase) -> Result<Zygote, String> {
+        let path_var = base
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let python3 = CString::new("python3").expect("static");
+        let program = resolve(&python3, &path_var)
+            .ok_or("runtime: python, but python3 is not in the sandbox")?;
+        let interpreter = std::fs::canonicalize(std::ffi::OsStr::from_bytes(program.as_bytes()))
+            .map_err(|e| format!("python3: {e}"))?;
+        let (ours, theirs) = fdpass::channel().map_err(|e| e.to_string())?;
+        let null = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|e| format!("/dev/null: {e}"))
+        };
+        let cstring = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+        let ctx = PayloadContext {
+            argv: [
+                "python3",
+                "-c",
+                "import sys; exec(compile(sys.argv.pop(1), '<phantom-zygote>', 'exec'))",
+                ZYGOTE_PY,
+            ]
+            .iter()
+            .map(|a| cstring(a))
+            .collect::<Result<_, _>>()?,
+            env: base
+                .env
+                .iter()
+                .map(|(k, v)| cstring(&format!("{k}={v}")))
+                .collect::<Result<_, _>>()?,
+            path_var,
+            cwd: PathBuf::from(&base.cwd),
+            stdin: Some(null()?),
+            stdout: null()?,
+            stderr: null()?,
+            nofile: base.nofile,
+            fsize: base.fsize,
+            // Set per request by the interpreter itself: no user code runs before.
+            rlimit_nproc: None,
+            rlimit_data: None,
+            landlock: base.landlock.clone(),
+            seccomp: base.seccomp.clone(),
+            drop_caps: base.drop_caps,
+            fd3: Some(theirs),
+            memory_merge: base.ksm,
+        };
+        let (pid, pidfd) = match process::clone_child(process::Namespaces::default(), None)
+            .map_err(|e| e.to_string())?
+        {
+            process::Forked::Child => {
+                let own = ctx.fd3.as_ref().expect("set above");
+                payload(&ctx, own)
+            }
+            process::Forked::Parent { pid, pidfd } => (pid, pidfd),
+        };
+        drop(ctx);
+        let mut zygote = Zygote {
+            pid,
+            pidfd,
+            chan: ours,
+            interpreter,
+            abi: None,
+            startup_env: base
+                .env
+                .iter()
+                .filter(|(k, _)| shapes_startup(k))
+                .cloned()
+                .collect(),
+        };
+        // "ABI n" from the fence (when Landlock is on), then "READY" from Python.
+        loop {
+            let mut buf = [0u8; 256];
+            let (n, _) = fdpass::recv(zygote.chan.as_fd(), &mut buf).map_err(|e| e.to_string())?;
+            match &buf[..n] {
+                b"READY" => return Ok(zygote),
+                m if m.starts_with(b"ABI ") => {
+                    zygote.abi = Some(String::from_utf8_lossy(m).into_owned())
+                }
+                m => {
+                    zygote.discard();
+                    return Err(format!(
+                        "the pre-started python3 failed: {}",
+                        if m.is_empty() {
+                            "it exited".into()
+                        } else {
+                            String::from_utf8_lossy(m).into_owned()
+                        }
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Whether `spec` is `python3 -c CODE ...` or `python3 SCRIPT ...` for this very
+    /// interpreter, with the start-up environment it was started with.
+    fn serves(&self, spec: &RunSpec) -> bool {
+        let [cmd, first, rest @ ..] = spec.argv.as_slice() else {
+            return false;
+        };
+        let shape_ok = match first.as_str() {
+            "-c" => !rest.is_empty(),
+            s => !s.is_empty() && !s.starts_with('-'),
+        };
+        let path_var = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or("", |(_, v)| v.as_str());
+        let same_interpreter = CString::new(cmd.as_str())
+            .ok()
+            .and_then(|c| resolve(&c, path_var))
+            .and_then(|p| std::fs::canonicalize(std::ffi::OsStr::from_bytes(p.as_bytes())).ok())
+            .is_some_and(|p| p == self.interpreter);
+        let mut env: Vec<(String, String)> = spec
+            .env
+            .iter()
+            .filter(|(k, _)| shapes_startup(k))
+            .cloned()
+            .collect();
+        let mut startup = self.startup_env.clone();
+        env.sort();
+        startup.sort();
+        shape_ok && same_interpreter && env == startup
+    }
+
+    /// Hand the request to the interpreter, which becomes the payload.
+    fn run(
+        self,
+        spec: RunSpec,
+        ctx: PayloadContext,
+        chan: &OwnedFd,
+    ) -> Result<PayloadStart, String> {
+        // The working directory is checked here, with the message a cold run gives,
+        // so that the interpreter never has to talk back.
+        if let Err(e) = std::fs::read_dir(&ctx.cwd).map(drop) {
+            let msg = format!(
+                "--cwd {}: not a directory in the sandbox ({e})",
+                ctx.cwd.display()
+            );
+            let _ = fdpass::send_bytes(chan, format!("USAGE {msg}").as_bytes());
+            self.discard();
+            process::exit_now(2);
+        }
+        let request = serde_json::json!({
+            "argv": spec.argv,
+            "env": spec.env,
+            "cwd": spec.cwd,
+            "rlimit_nproc": spec.rlimit_nproc,
+            "rlimit_data": spec.rlimit_data,
+        });
+        let null;
+        let stdin = match &ctx.stdin {
+            Some(fd) => fd.as_fd(),
+            None => {
+                null = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
+                null.as_fd()
+            }
+        };
+        let fds = [stdin, ctx.stdout.as_fd(), ctx.stderr.as_fd()];
+        fdpass::send_fds(self.chan.as_fd(), request.to_string().as_bytes(), &fds)
+            .map_err(|e| e.to_string())?;
+        if let Some(abi) = &self.abi {
+            let _ = fdpass::send_bytes(chan, abi.as_bytes());
+        }
+        let _ = fdpass::send_bytes(chan, b"PREWARMED");
+        Ok(PayloadStart {
+            pid: self.pid,
+            _pidfd: self.pidfd,
+        })
+    }
+
+    /// Kill and reap the unused interpreter.
+    fn discard(self) {
+        let _ = process::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
+        let _ = process::wait4(self.pid, false);
+    }
+}
+
+/// Wait for `GO` and the mounts attached to it: the message names each attached fd,
+/// in order (`GO`, `GO workspace`, `GO image`, `GO workspace image`).
+fn recv_go(chan: &OwnedFd) -> Result<(Option<OwnedFd>, Option<OwnedFd>), String> {
+    let mut buf = [0u8; 32];
+    let (n, fds) = fdpass::recv_fds(chan.as_fd(), &mut buf, 2).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let mut words = text.split(' ');
+    if words.next() != Some("GO") {
+        return Err("front end went away before the sandbox started".into());
+    }
+    let names: Vec<&str> = words.collect();
+    if names.len() != fds.len() {
+        return Err(format!("GO came with {} fds for {names:?}", fds.len()));
+    }
+    let (mut workspace, mut image) = (None, None);
+    for (name, fd) in names.into_iter().zip(fds) {
+        match name {
+            "workspace" => workspace = Some(fd),
+            "image" => image = Some(fd),
+            other => return Err(format!("GO came with an unknown fd `{other}`")),
+        }
+    }
+    Ok((workspace, image))
 }
 
 /// Whether the other end of `chan` has been closed (without consuming a message).
@@ -477,6 +781,12 @@ impl Sources {
                     .iter()
                     .map(|n| mount::open_path(&Path::new("/dev").join(n)))
                     .collect::<Result<_, _>>()?,
+                // Idmapped: the mount comes with GO (see `Sources::add_image`).
+                Step::ImageRoot {
+                    lower,
+                    idmapped: false,
+                    ..
+                } => vec![mount::open_path(lower)?],
                 _ => Vec::new(),
             });
         }
@@ -484,6 +794,19 @@ impl Sources {
             per_step,
             dev_null: mount::open_path(Path::new("/dev/null"))?,
         })
+    }
+}
+
+impl Sources {
+    /// The idmapped mount of an image's root that came with GO: the source of the
+    /// [`Step::ImageRoot`] step.
+    fn add_image(&mut self, steps: &[Step], mount: OwnedFd) -> Result<(), String> {
+        let index = steps
+            .iter()
+            .position(|s| matches!(s, Step::ImageRoot { idmapped: true, .. }))
+            .ok_or("GO brought an image mount, but the plan has no image root")?;
+        self.per_step[index].push(mount);
+        Ok(())
     }
 }
 
@@ -642,7 +965,121 @@ fn apply_step(
             mount::bind(&at, &at)?;
             mount::set_attrs(&at, RO, true)
         }
+        Step::ImageRoot {
+            idmapped,
+            mount_points,
+            ..
+        } => image_root(root, source(0), *idmapped, mount_points),
     }
+}
+
+/// Mount an image's root over the root tmpfs (see [`Step::ImageRoot`]). The overlay's
+/// upper and work directories and the lower's mount point are in that tmpfs, below
+/// the overlay: once pivot_root has detached the host's tree (and the tmpfs with it)
+/// the overlay still holds them and nothing in the sandbox can reach them. Whatever
+/// the sandbox writes outside its own mounts goes to the upper directory, in memory,
+/// and is gone with the run; `/` is made read-only after pivot_root anyway.
+fn image_root(
+    root: &Path,
+    lower: &OwnedFd,
+    idmapped: bool,
+    mount_points: &[MountPoint],
+) -> Result<(), phantom_linux::SysError> {
+    let (lower_at, upper, work) = (root.join("lower"), root.join("upper"), root.join("work"));
+    for dir in [&lower_at, &upper, &work] {
+        mkdir_p(dir)?;
+    }
+    if idmapped {
+        mount::attach(lower.as_fd(), &lower_at)?;
+    } else {
+        mount::bind(&fd_path(lower), &lower_at)?;
+    }
+    // Read-only below the overlay as well: nothing reaches the store through it.
+    mount::set_attrs(&lower_at, RO, true)?;
+    mount::overlay(root, &lower_at, &upper, &work)?;
+    for point in mount_points {
+        secure_mount_point(root, point)?;
+    }
+    Ok(())
+}
+
+/// Make `point` safe to mount on in an image root: the image is untrusted, and the
+/// steps join their targets to the root as paths, which the kernel resolves with the
+/// HOST's `/` until pivot_root. So no component of the path may be a symlink: each
+/// one that is, or a file where a directory must be, is removed (from the overlay; the
+/// image store is not touched) and replaced by a directory. Nothing else runs in the
+/// sandbox yet, so what is checked here is what the steps find.
+fn secure_mount_point(root: &Path, point: &MountPoint) -> Result<(), phantom_linux::SysError> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let shown = || format!("{} (in the image)", point.target.display());
+    let fail = |op: &'static str, e: rustix::io::Errno| {
+        phantom_linux::SysError::new(op, shown(), e.into())
+    };
+    let mut names = Vec::new();
+    for component in point.target.components() {
+        match component {
+            std::path::Component::RootDir => {}
+            std::path::Component::Normal(name) => names.push(name),
+            _ => return Err(fail("resolve", rustix::io::Errno::INVAL)),
+        }
+    }
+    let open_dir = |at: &OwnedFd, name: &std::ffi::OsStr| {
+        rustix::fs::openat(
+            at,
+            name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail("open", e))
+    };
+    let mut dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| fail("open", e))?;
+    for (i, name) in names.iter().enumerate() {
+        let last = i + 1 == names.len();
+        let kind = if last {
+            point.kind
+        } else {
+            MountPointKind::Dir
+        };
+        let found = match rustix::fs::statat(&dir, *name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Some(FileType::from_raw_mode(stat.st_mode)),
+            Err(rustix::io::Errno::NOENT) => None,
+            Err(e) => return Err(fail("stat", e)),
+        };
+        if found.is_none() && point.kind == MountPointKind::Existing {
+            // Nothing there for the step to act on; nothing to create either.
+            return Ok(());
+        }
+        let remove = match (found, kind) {
+            (None, _) => false,
+            (Some(FileType::Directory), MountPointKind::File) => {
+                return Err(phantom_linux::SysError::new(
+                    "mount",
+                    shown(),
+                    std::io::Error::other("the image has a directory where phantom puts a file"),
+                ))
+            }
+            (Some(FileType::Directory), _) => false,
+            (Some(FileType::Symlink), _) => true,
+            (Some(_), MountPointKind::Existing) => false,
+            (Some(_), _) => true,
+        };
+        if remove {
+            rustix::fs::unlinkat(&dir, *name, AtFlags::empty()).map_err(|e| fail("unlink", e))?;
+        }
+        if kind == MountPointKind::Dir && found != Some(FileType::Directory) {
+            rustix::fs::mkdirat(&dir, *name, Mode::from_raw_mode(0o755))
+                .map_err(|e| fail("mkdir", e))?;
+        }
+        if !last {
+            dir = open_dir(&dir, name)?;
+        }
+    }
+    Ok(())
 }
 
 /// The payload process: from the init's fork to execve. Never returns.
@@ -720,9 +1157,20 @@ fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
             fail(126, e.to_string());
         }
     }
-    // Every fd but 0, 1, 2 (including any the front end itself inherited) is closed by
-    // execve.
-    if let Err(e) = process::cloexec_from(3) {
+    if ctx.memory_merge {
+        // Best effort: a kernel without it merges nothing, which changes no semantics.
+        let _ = process::set_memory_merge();
+    }
+    // Every fd but 0, 1, 2 (and fd 3 when the payload is given one) — including any
+    // the front end itself inherited — is closed by execve.
+    let mut first_closed = 3;
+    if let Some(fd) = &ctx.fd3 {
+        if let Err(e) = process::dup_onto(fd.as_fd(), 3) {
+            fail(126, e.to_string());
+        }
+        first_closed = 4;
+    }
+    if let Err(e) = process::cloexec_from(first_closed) {
         fail(126, e.to_string());
     }
     // Seccomp last: the steps above need syscalls it forbids (landlock_*, capset, ...).
@@ -894,6 +1342,10 @@ pub(crate) fn payload_base(plan: &Plan) -> PayloadBase {
             Vec::new()
         },
         drop_caps: isolated,
+        prewarm_python: plan.prewarm == Some(phantom_policy::Interpreter::Python),
+        ksm: std::fs::read_to_string("/sys/kernel/mm/ksm/run").is_ok_and(|s| s.trim() == "1"),
+        env: plan.env.clone(),
+        cwd: plan.cwd.clone(),
     }
 }
 
@@ -924,5 +1376,76 @@ pub(crate) fn direct_child(ctx: ChildContext, chan: OwnedFd) -> ! {
     match fdpass::recv(chan.as_fd(), &mut buf) {
         Ok((2, _)) if &buf[..2] == b"GO" => payload(&ctx, &chan),
         _ => process::exit_now(1),
+    }
+}
+
+#[cfg(test)]
+mod image_root_tests {
+    use super::*;
+
+    fn point(target: &str, kind: MountPointKind) -> MountPoint {
+        MountPoint {
+            target: PathBuf::from(target),
+            kind,
+        }
+    }
+
+    /// A scratch directory, removed on drop (also when an assertion fails).
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn mount_points_in_an_image_never_follow_its_symlinks() {
+        let dir = Scratch(std::env::temp_dir().join(format!(
+            "phantom-mount-points-{}-{}",
+            std::process::id(),
+            crate::ids::new_sandbox_id()
+        )));
+        let (root, outside) = (dir.0.join("root"), dir.0.join("outside"));
+        for d in [root.join("etc/dir"), outside.clone()] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let link = |at: &str, to: &Path| std::os::unix::fs::symlink(to, root.join(at)).unwrap();
+        link("etc/hosts", &outside.join("hosts"));
+        link("workspace", &outside);
+        link("opt", &outside);
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/hostname"), "image\n").unwrap();
+        std::fs::write(root.join("tmp"), "a file where a directory goes\n").unwrap();
+
+        for p in [
+            point("/etc/hosts", MountPointKind::File),
+            point("/etc/hostname", MountPointKind::File),
+            point("/workspace", MountPointKind::Dir),
+            point("/opt/tool/bin", MountPointKind::Dir),
+            point("/tmp", MountPointKind::Dir),
+            point("/srv/app", MountPointKind::Dir),
+            point("/etc/passwd", MountPointKind::Existing),
+            point("/proc/kcore", MountPointKind::Existing),
+        ] {
+            secure_mount_point(&root, &p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+        }
+        let kind = |p: &str| std::fs::symlink_metadata(root.join(p)).map(|m| m.file_type());
+        // Symlinks and files in the way are gone, replaced by directories where needed.
+        assert!(kind("etc/hosts").is_err());
+        assert!(kind("etc/hostname").is_err());
+        for d in ["workspace", "opt", "opt/tool/bin", "tmp", "srv/app"] {
+            assert!(kind(d).unwrap().is_dir(), "{d}");
+        }
+        // What a step only acts on if present is kept, or not created.
+        assert!(kind("etc/passwd").unwrap().is_file());
+        assert!(kind("proc").is_err());
+        // Nothing happened where the symlinks pointed.
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+
+        // A directory where phantom puts a file is refused; so is a path that climbs.
+        let err = secure_mount_point(&root, &point("/etc/dir", MountPointKind::File));
+        assert!(err.unwrap_err().to_string().contains("directory"));
+        assert!(secure_mount_point(&root, &point("/etc/../x", MountPointKind::Dir)).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! The Phantom Fragment engine: turns a [`phantom_api::RunRequest`] into a sandboxed
 //! process and a [`phantom_api::RunReport`].
 //!
-//! * [`prepare`] loads and compiles the policy (no process exists yet);
+//! * [`prepare`] loads and compiles the policy (no process exists yet) and, for a run
+//!   on an image, finds the image and applies its config (`image_run.rs`);
 //! * [`Prepared::run`] is the cold path: clone3 into new namespaces, the sandbox init
 //!   (`init.rs`) builds the root and execs the payload, the front end relays output,
 //!   enforces the timeout and cleans up (`cold.rs`);
@@ -13,6 +14,7 @@ pub mod doctor;
 mod error;
 pub mod ids;
 pub mod image;
+mod image_run;
 mod init;
 mod relay;
 mod spawn;

@@ -10,7 +10,8 @@
 //! 2. clone3 into new user/pid/mount/net/ipc/uts namespaces; the child closes every fd
 //!    it was not given, joins its v1 cgroups and waits;
 //! 3. uid/gid maps written, child moved into a v2 cgroup when needed, idmapped
-//!    workspace made — all need the child to exist but must precede its setup;
+//!    workspace (and image root) made — all need the child to exist but must precede
+//!    its setup;
 //! 4. GO.
 //!
 //! [`Spawned::finish`] reaps the init with its rusage, reads what it reported and
@@ -26,7 +27,8 @@ use phantom_linux::process::{self, ExitStatus, Forked, Namespaces, Usage};
 use phantom_linux::{fdpass, userns};
 use phantom_policy::{Mode, Mount, Plan};
 
-use crate::init::{self, ChildContext, ChildPayload, Step};
+use crate::image_run::ImageRun;
+use crate::init::{self, ChildContext, ChildPayload, MountPoint, MountPointKind, Step};
 use crate::workspace::RunDir;
 use crate::{ids, RuntimeError};
 
@@ -74,6 +76,8 @@ pub(crate) struct SandboxStatus {
     pub payload: Option<ExitStatus>,
     /// The payload's own rusage, sent with its status.
     pub payload_usage: Option<Usage>,
+    /// A pre-started interpreter took the run.
+    pub prewarmed: bool,
 }
 
 impl SandboxStatus {
@@ -89,6 +93,10 @@ impl SandboxStatus {
             "USAGE" => {
                 self.usage_error = Some(rest.to_string());
                 Some("request refused inside the sandbox")
+            }
+            "PREWARMED" => {
+                self.prewarmed = true;
+                Some("the pre-started interpreter took the run")
             }
             "ABI" => {
                 self.landlock_abi = rest.trim().parse().unwrap_or(0);
@@ -162,6 +170,19 @@ pub(crate) fn spawn(
     warnings: &mut Vec<String>,
     make_payload: impl FnOnce(&Path, bool) -> Result<ChildPayload, RuntimeError>,
 ) -> Result<Spawned, RuntimeError> {
+    spawn_on(plan, None, workspace, trace, warnings, make_payload)
+}
+
+/// [`spawn`], on `image`'s root when one is given (the plan's `rootfs`, resolved by
+/// `prepare`).
+pub(crate) fn spawn_on(
+    plan: &Plan,
+    image: Option<&ImageRun>,
+    workspace: Option<&str>,
+    trace: &mut Trace,
+    warnings: &mut Vec<String>,
+    make_payload: impl FnOnce(&Path, bool) -> Result<ChildPayload, RuntimeError>,
+) -> Result<Spawned, RuntimeError> {
     let started = trace.start;
     let sandbox_id = ids::new_sandbox_id();
     let layout = Layout::detect();
@@ -199,8 +220,15 @@ pub(crate) fn spawn(
             .map_err(|e| RuntimeError::Setup(e.to_string()))?,
         None => Vec::new(),
     };
+    // Root's image store is closed to the sandbox's uid: the image root goes in as an
+    // idmapped mount, like the workspace.
+    let idmap_image = image.is_some() && isolated && host_uid != invoker_uid;
+    let mut steps = prepare_steps(plan, run_dir.workspace())?;
+    if let (Some(image), true) = (image, isolated) {
+        steps.insert(0, image_root_step(image, idmap_image, &steps));
+    }
     let ctx = ChildContext {
-        steps: prepare_steps(plan, run_dir.workspace())?,
+        steps,
         cgroup_tasks,
         hostname: plan.hostname.clone(),
         network: plan.network,
@@ -250,7 +278,7 @@ pub(crate) fn spawn(
     trace.step("clone3");
 
     let mut idmapped = false;
-    let handoff = (|| -> Result<Option<OwnedFd>, RuntimeError> {
+    let handoff = (|| -> Result<(Option<OwnedFd>, Option<OwnedFd>), RuntimeError> {
         if isolated {
             userns::map_root_to(pid, host_uid, host_gid, invoker_uid != 0)?;
         }
@@ -267,11 +295,17 @@ pub(crate) fn spawn(
             // through the sandbox's own user namespace maps on-disk uid 0 to the
             // sandbox's root and back.
             let userns_fd = mount::open_userns(pid)?;
+            // The same for an image's root, which root's store keeps in 0700
+            // directories: its root-owned files become the sandbox root's.
+            let image_tree = match image.filter(|_| idmap_image) {
+                Some(image) => Some(idmapped_image(image, userns_fd.as_fd())?),
+                None => None,
+            };
             let tree = mount::clone_tree(run_dir.workspace())?;
             match mount::set_idmap(tree.as_fd(), userns_fd.as_fd()) {
                 Ok(()) => {
                     idmapped = true;
-                    return Ok(Some(tree));
+                    return Ok((Some(tree), image_tree));
                 }
                 // A temporary workspace is ours and thrown away: without idmapped
                 // mounts (tmpfs before Linux 6.3), hand it to the sandbox's uid.
@@ -291,10 +325,11 @@ pub(crate) fn spawn(
                     })
                 }
             }
+            return Ok((None, image_tree));
         }
-        Ok(None)
+        Ok((None, None))
     })();
-    let mount_fd = match handoff {
+    let (workspace_fd, image_fd) = match handoff {
         Ok(fd) => fd,
         Err(e) => {
             let _ = process::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
@@ -303,8 +338,17 @@ pub(crate) fn spawn(
         }
     };
     trace.step("id maps, cgroup attach, idmapped workspace");
-    let fds: Vec<_> = mount_fd.iter().map(|f| f.as_fd()).collect();
-    fdpass::send_fds(chan_parent.as_fd(), b"GO", &fds)?;
+    // GO names each mount it brings, in order (protocol in init.rs).
+    let mut go = String::from("GO");
+    let mut fds = Vec::new();
+    for (name, fd) in [("workspace", &workspace_fd), ("image", &image_fd)] {
+        if let Some(fd) = fd {
+            go.push(' ');
+            go.push_str(name);
+            fds.push(fd.as_fd());
+        }
+    }
+    fdpass::send_fds(chan_parent.as_fd(), go.as_bytes(), &fds)?;
     Ok(Spawned {
         sandbox_id,
         pid,
@@ -416,6 +460,71 @@ impl Drop for CgroupGuard {
             cg.kill_all();
             cg.remove();
         }
+    }
+}
+
+/// An idmapped copy of `image`'s root, mapped through the sandbox's user namespace
+/// (`userns`): on-disk uid/gid 0 (root imported it) become the sandbox's root.
+fn idmapped_image(
+    image: &ImageRun,
+    userns: std::os::fd::BorrowedFd<'_>,
+) -> Result<OwnedFd, RuntimeError> {
+    let tree = mount::clone_tree(&image.lower)?;
+    mount::set_idmap(tree.as_fd(), userns).map_err(|e| RuntimeError::Unsupported {
+        what: format!("image `{}`", image.name),
+        why: format!(
+            "cannot make an idmapped mount of its root {} ({e})",
+            image.lower.display()
+        ),
+        hint: "keep the image store (PHANTOM_STATE_DIR, /var/lib/phantom) on a filesystem with idmapped mounts (ext4, xfs, btrfs; tmpfs on Linux 6.3+), or run phantom as an unprivileged user with its own store".into(),
+    })?;
+    Ok(tree)
+}
+
+/// The first step of a sandbox on `image`: its root, and the places the other
+/// `steps` (and the image's WorkingDir) need in it. A step whose target lies below an
+/// earlier one's lands in what phantom mounted there, not in the image.
+fn image_root_step(image: &ImageRun, idmapped: bool, steps: &[Step]) -> Step {
+    let mut mount_points: Vec<MountPoint> = Vec::new();
+    let mut taken: Vec<&Path> = Vec::new();
+    let mut wanted = Vec::with_capacity(steps.len() + 1);
+    for step in steps {
+        let (target, kind) = match step {
+            Step::Symlink { target, .. } | Step::File { target, .. } => {
+                (target, MountPointKind::File)
+            }
+            Step::Bind { target, is_dir, .. } => (
+                target,
+                if *is_dir {
+                    MountPointKind::Dir
+                } else {
+                    MountPointKind::File
+                },
+            ),
+            Step::Tmpfs { target, .. }
+            | Step::Proc { target }
+            | Step::Dev { target, .. }
+            | Step::Workspace { target, .. } => (target, MountPointKind::Dir),
+            Step::Mask { target } | Step::ReadOnly { target } => (target, MountPointKind::Existing),
+            Step::ImageRoot { .. } => continue,
+        };
+        wanted.push((target.as_path(), kind));
+    }
+    let working_dir = image.working_dir.as_deref().map(Path::new);
+    wanted.extend(working_dir.map(|d| (d, MountPointKind::Dir)));
+    for (target, kind) in wanted {
+        if !taken.iter().any(|t| target.starts_with(t)) {
+            mount_points.push(MountPoint {
+                target: target.to_path_buf(),
+                kind,
+            });
+        }
+        taken.push(target);
+    }
+    Step::ImageRoot {
+        lower: image.lower.clone(),
+        idmapped,
+        mount_points,
     }
 }
 

@@ -35,6 +35,11 @@ pub fn try_run(prepared: &Prepared) -> Result<Result<RunReport, NotWarm>, Runtim
     if plan.mode == phantom_policy::Mode::Direct {
         return Ok(Err("direct mode has no sandbox".into()));
     }
+    if let Some(image) = plan.rootfs.image() {
+        return Ok(Err(format!(
+            "pools hold sandboxes on the host root, not on image `{image}`"
+        )));
+    }
     let socket = super::socket_path();
     let conn = match fdpass::connect_seqpacket(&socket) {
         Ok(c) => c,
@@ -222,7 +227,12 @@ fn relay_until_finished(
         sandbox_id: outcome.sandbox_id,
         profile: plan.profile.clone(),
         mode: plan.mode.as_str().to_string(),
-        start: "warm".into(),
+        start: if outcome.prewarmed {
+            "prewarmed"
+        } else {
+            "warm"
+        }
+        .into(),
         exit_code: outcome.exit_code,
         signal: outcome.signal,
         timed_out: outcome.timed_out,

@@ -69,6 +69,8 @@ pub enum Reply {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WarmOutcome {
     pub sandbox_id: String,
+    /// The pooled sandbox's pre-started interpreter ran the payload.
+    pub prewarmed: bool,
     pub exit_code: i32,
     pub signal: Option<i32>,
     pub timed_out: bool,
@@ -103,6 +105,8 @@ pub struct PoolInfo {
     pub active: usize,
     /// Requests served from the pool.
     pub hits: u64,
+    /// Of those, runs taken by a pre-started interpreter (`runtime: python`).
+    pub prewarmed_hits: u64,
     /// Requests refused because the pool was empty.
     pub misses: u64,
     /// Sandboxes started for the pool, and how many failed to become ready.
@@ -110,4 +114,9 @@ pub struct PoolInfo {
     pub failures: u64,
     /// Sandboxes made ready per second over the last minute.
     pub refill_per_second: f64,
+    /// Proportional set size of one ready sandbox (its init and, with `runtime:
+    /// python`, its pre-started interpreter), averaged over the ready ones, in KiB.
+    pub pss_kb_per_ready: Option<u64>,
+    /// Pages of ready sandboxes that KSM currently merges.
+    pub ksm_merging_pages: u64,
 }

@@ -56,6 +56,7 @@ struct Pool {
     ready: VecDeque<Spawned>,
     starting: Vec<Spawned>,
     hits: u64,
+    prewarmed_hits: u64,
     misses: u64,
     created: u64,
     failures: u64,
@@ -144,6 +145,7 @@ pub fn serve(config: Config, pressure: &mut dyn PressureSource) -> Result<(), Ru
             ready: VecDeque::new(),
             starting: Vec::new(),
             hits: 0,
+            prewarmed_hits: 0,
             misses: 0,
             created: 0,
             failures: 0,
@@ -339,7 +341,16 @@ impl Supervisor {
                     if let Ok((n, _)) = fdpass::recv(self.active[i].spawned.chan.as_fd(), &mut buf)
                     {
                         if n > 0 {
+                            let was = self.active[i].status.prewarmed;
                             self.active[i].status.record(&buf[..n]);
+                            if !was && self.active[i].status.prewarmed {
+                                let profile = &self.active[i].profile;
+                                if let Some(pool) =
+                                    self.pools.iter_mut().find(|p| &p.profile == profile)
+                                {
+                                    pool.prewarmed_hits += 1;
+                                }
+                            }
                             self.reply_early(i);
                         }
                     }
@@ -588,6 +599,7 @@ impl Supervisor {
         let s = &a.spawned;
         let outcome = WarmOutcome {
             sandbox_id: s.sandbox_id.clone(),
+            prewarmed: a.status.prewarmed,
             exit_code: exit.code(),
             signal: match exit {
                 ExitStatus::Signaled(sig) => Some(sig),
@@ -674,6 +686,7 @@ impl Supervisor {
                     };
                     Reply::Finished(WarmOutcome {
                         sandbox_id,
+                        prewarmed: status.prewarmed,
                         exit_code: exit.code(),
                         signal: match exit {
                             ExitStatus::Signaled(s) => Some(s),
@@ -821,10 +834,13 @@ impl Supervisor {
                         .filter(|a| a.profile == p.profile)
                         .count(),
                     hits: p.hits,
+                    prewarmed_hits: p.prewarmed_hits,
                     misses: p.misses,
                     created: p.created,
                     failures: p.failures,
                     refill_per_second: p.readied.len() as f64 / 60.0,
+                    pss_kb_per_ready: memory_per_ready(&p.ready).0,
+                    ksm_merging_pages: memory_per_ready(&p.ready).1,
                 })
                 .collect(),
             cpu_pressure: self.pressure_sample.map(|s| s.cpu),
@@ -854,6 +870,30 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Average PSS (KiB) of the ready sandboxes — each one's init and its descendants —
+/// and the pages KSM merges among them.
+fn memory_per_ready(ready: &VecDeque<Spawned>) -> (Option<u64>, u64) {
+    let field = |pid: i32, file: &str, key: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (mut pss, mut merged) = (0u64, 0u64);
+    for s in ready {
+        for pid in std::iter::once(s.pid).chain(process::descendants(s.pid)) {
+            pss += field(pid, "smaps_rollup", "Pss:");
+            merged += field(pid, "ksm_stat", "ksm_merging_pages");
+        }
+    }
+    (
+        (!ready.is_empty()).then(|| pss / ready.len() as u64),
+        merged,
+    )
 }
 
 /// An idmapped copy of the caller's directory `dir` for the sandbox whose init is
@@ -923,6 +963,7 @@ mod tests {
             ready: VecDeque::new(),
             starting: Vec::new(),
             hits: 0,
+            prewarmed_hits: 0,
             misses: 0,
             created: 0,
             failures: 0,
