@@ -20,10 +20,10 @@ cold: each iteration runs every contender once, in turn: `phantom run -- true`, 
 under `bwrap --unshare-all` (when bubblewrap is installed), a bare host /bin/true, and
 the same three for `python3 -c pass`.
 
-warm: starts its own phantom-supervisor (pool of the default profile, on a private
+warm: starts its own phantom-supervisor (pools of default and python-dev, on a private
 socket) and compares `phantom run -- true` served from the pool with a cold run and a
-bare host /bin/true, and the same for `python3 -c 'print(1)'`; it reports how many
-runs were actually served warm.
+bare host /bin/true, and `python3 -c 'print(1)'` warm (default profile), pre-started
+(python-dev) and bare; it reports how many runs were actually served from the pools.
 
 image: `phantom run --cold -- true` on the host root against the same on an image's root
 (`--image NAME`, which needs `true` on its PATH), and a bare host /bin/true.
@@ -198,7 +198,7 @@ impl BenchSupervisor {
         let child = Command::new(&bin)
             .args([
                 "--profiles",
-                "default",
+                "default,python-dev",
                 "--zygote-pools",
                 &pool.to_string(),
                 "--socket",
@@ -322,6 +322,22 @@ pub fn benchmark(args: BenchArgs) -> i32 {
                     )
                     .with_socket(&sup.socket),
                 );
+                contenders.push(
+                    Contender::new(
+                        "prewarmed python",
+                        &[
+                            &me_s,
+                            "run",
+                            "--profile",
+                            "python-dev",
+                            "--",
+                            "python3",
+                            "-c",
+                            "print(1)",
+                        ],
+                    )
+                    .with_socket(&sup.socket),
+                );
                 contenders.push(Contender::new("host python", &[python, "-c", "print(1)"]));
             }
             supervisor = Some(sup);
@@ -347,10 +363,19 @@ pub fn benchmark(args: BenchArgs) -> i32 {
     for c in &contenders {
         let _ = c.command().status();
     }
-    let hits_before = supervisor
-        .as_ref()
-        .and_then(|s| s.status())
-        .map(|s| (s.pools[0].hits, s.pools[0].misses));
+    let counts = |sup: &BenchSupervisor| {
+        sup.status().map(|s| {
+            let sum = |f: fn(&phantom_runtime::warm::protocol::PoolInfo) -> u64| {
+                s.pools.iter().map(f).sum::<u64>()
+            };
+            (
+                sum(|p| p.hits),
+                sum(|p| p.misses),
+                sum(|p| p.prewarmed_hits),
+            )
+        })
+    };
+    let before = supervisor.as_ref().and_then(counts);
     for i in 0..args.iterations {
         for c in contenders.iter_mut() {
             if let Some(sup) = &supervisor {
@@ -375,12 +400,13 @@ pub fn benchmark(args: BenchArgs) -> i32 {
     if progress {
         eprintln!();
     }
-    if let (Some(sup), Some((h0, m0))) = (&supervisor, hits_before) {
-        if let Some(s) = sup.status() {
-            let (hits, misses) = (s.pools[0].hits - h0, s.pools[0].misses - m0);
+    if let (Some(sup), Some((h0, m0, p0))) = (&supervisor, before) {
+        if let Some((h, m, p)) = counts(sup) {
             notes.push(format!(
-                "warm runs served from the pool: {hits} of {}",
-                hits + misses
+                "runs served from the pools: {} of {} ({} by a pre-started interpreter)",
+                h - h0,
+                h - h0 + m - m0,
+                p - p0
             ));
         }
     }
@@ -417,6 +443,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
         BenchKind::Warm => &[
             ("warm true", "host true"),
             ("warm python", "host python"),
+            ("prewarmed python", "host python"),
             ("warm true", "cold true"),
         ],
         BenchKind::Image => &[("image true", "host root true")],
