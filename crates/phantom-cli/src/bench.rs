@@ -45,6 +45,16 @@ pub struct BenchArgs {
     /// The image the `image` benchmark runs on (see `phantom image list`).
     #[arg(long, value_name = "NAME")]
     image: Option<String>,
+    /// Warm runs started at once after the warm latency runs (0: none).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    concurrency: usize,
+    /// Bytes the `io` benchmark writes and reads (e.g. 1GiB, 256MB).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    io_size: String,
+    /// `memory`: also measure with KSM switched on for the measurement (root; KSM is
+    /// restored to its previous state afterwards).
+    #[arg(long)]
+    ksm: bool,
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -58,6 +68,12 @@ enum BenchKind {
     Warm,
     /// Cold start on an image's root against the host root.
     Image,
+    /// Memory per pooled sandbox (PSS), with the supervisor's share, and KSM.
+    Memory,
+    /// Write and read throughput in /workspace against the host filesystem.
+    Io,
+    /// cold, warm, memory and io (and image with --image), one after the other.
+    All,
 }
 
 #[derive(Serialize, Debug)]
@@ -246,13 +262,80 @@ impl Drop for BenchSupervisor {
 }
 
 pub fn benchmark(args: BenchArgs) -> i32 {
-    let me = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            crate::error_line(format!("cannot find the phantom binary: {e}"));
-            return 1;
+    let kinds: Vec<BenchKind> = match args.what {
+        BenchKind::All => {
+            let mut k = vec![
+                BenchKind::Cold,
+                BenchKind::Warm,
+                BenchKind::Memory,
+                BenchKind::Io,
+            ];
+            if args.image.is_some() {
+                k.push(BenchKind::Image);
+            }
+            k
         }
+        k => vec![k],
     };
+    let mut results = serde_json::Map::new();
+    for kind in kinds {
+        let result = match kind {
+            BenchKind::Memory => memory(&args),
+            BenchKind::Io => io(&args),
+            _ => latency(&args, kind),
+        };
+        match result {
+            Ok(v) => {
+                results.insert(kind_name(kind).to_string(), v);
+            }
+            Err((code, msg)) => {
+                crate::error_line(msg);
+                return code;
+            }
+        }
+        if !args.json {
+            println!();
+        }
+    }
+    if args.json {
+        let out = if results.len() == 1 {
+            results
+                .into_iter()
+                .next()
+                .map(|(_, v)| v)
+                .unwrap_or_default()
+        } else {
+            serde_json::Value::Object(results)
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("serializes")
+        );
+    }
+    0
+}
+
+fn kind_name(kind: BenchKind) -> &'static str {
+    match kind {
+        BenchKind::Cold => "cold",
+        BenchKind::Warm => "warm",
+        BenchKind::Image => "image",
+        BenchKind::Memory => "memory",
+        BenchKind::Io => "io",
+        BenchKind::All => "all",
+    }
+}
+
+fn current_exe() -> Result<PathBuf, (i32, String)> {
+    std::env::current_exe().map_err(|e| (1, format!("cannot find the phantom binary: {e}")))
+}
+
+/// A failed benchmark: exit code and message.
+type BenchError = (i32, String);
+
+/// cold, warm and image: start-up latency of interleaved contenders.
+fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, BenchError> {
+    let me = current_exe()?;
     let me_s = me.display().to_string();
     let python = "/usr/bin/python3";
     let have_python = Path::new(python).exists();
@@ -262,7 +345,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
     }
     let mut contenders = Vec::new();
     let mut supervisor = None;
-    match args.what {
+    match kind {
         BenchKind::Cold => {
             contenders.push(Contender::new(
                 "phantom true",
@@ -301,10 +384,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
         BenchKind::Warm => {
             let sup = match BenchSupervisor::start(&me, args.pool) {
                 Ok(s) => s,
-                Err(e) => {
-                    crate::error_line(e);
-                    return 1;
-                }
+                Err(e) => return Err((1, e)),
             };
             contenders.push(
                 Contender::new("warm true", &[&me_s, "run", "--", "true"]).with_socket(&sup.socket),
@@ -342,10 +422,15 @@ pub fn benchmark(args: BenchArgs) -> i32 {
             }
             supervisor = Some(sup);
         }
+        BenchKind::Memory | BenchKind::Io | BenchKind::All => {
+            unreachable!("not a latency benchmark")
+        }
         BenchKind::Image => {
             let Some(image) = args.image.as_deref() else {
-                crate::error_line("benchmark image needs --image NAME (see `phantom image list`)");
-                return 2;
+                return Err((
+                    2,
+                    "benchmark image needs --image NAME (see `phantom image list`)".into(),
+                ));
             };
             contenders.push(Contender::new(
                 "host root true",
@@ -400,6 +485,9 @@ pub fn benchmark(args: BenchArgs) -> i32 {
     if progress {
         eprintln!();
     }
+    if let (Some(sup), true) = (&supervisor, args.concurrency > 0) {
+        notes.push(burst(&me_s, sup, args.concurrency));
+    }
     if let (Some(sup), Some((h0, m0, p0))) = (&supervisor, before) {
         if let Some((h, m, p)) = counts(sup) {
             notes.push(format!(
@@ -410,7 +498,13 @@ pub fn benchmark(args: BenchArgs) -> i32 {
             ));
         }
     }
+    let burst_done = supervisor.is_some() && args.concurrency > 0;
     drop(supervisor);
+    if burst_done {
+        // The supervisor is gone with its pools: nothing of any run may be left.
+        let (runs, cgroups) = leftovers();
+        notes.push(format!("after the supervisor stopped: {runs} run directories and {cgroups} sandbox cgroups left"));
+    }
     let stats: Vec<Stats> = contenders
         .iter()
         .map(|c| {
@@ -433,7 +527,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
         })
         .collect();
     let find = |n: &str| stats.iter().find(|s| s.name == n);
-    let pairs: &[(&str, &str)] = match args.what {
+    let pairs: &[(&str, &str)] = match kind {
         BenchKind::Cold => &[
             ("phantom true", "bwrap true"),
             ("phantom python", "bwrap python"),
@@ -447,6 +541,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
             ("warm true", "cold true"),
         ],
         BenchKind::Image => &[("image true", "host root true")],
+        _ => &[],
     };
     let ratios: Vec<Ratio> = pairs
         .iter()
@@ -459,18 +554,9 @@ pub fn benchmark(args: BenchArgs) -> i32 {
             })
         })
         .collect();
-    let kind = match args.what {
-        BenchKind::Cold => "cold",
-        BenchKind::Warm => "warm",
-        BenchKind::Image => "image",
-    };
-    if args.json {
-        let out = serde_json::json!({ "benchmark": kind, "iterations": args.iterations, "results": stats, "ratios": ratios, "notes": notes });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).expect("serializes")
-        );
-    } else {
+    let kind = kind_name(kind);
+    let out = serde_json::json!({ "benchmark": kind, "iterations": args.iterations, "results": stats, "ratios": ratios, "notes": notes });
+    if !args.json {
         println!(
             "{kind} start, {} iterations per contender, interleaved",
             args.iterations
@@ -492,5 +578,247 @@ pub fn benchmark(args: BenchArgs) -> i32 {
             println!("note: {n}");
         }
     }
-    0
+    Ok(out)
+}
+
+/// `n` warm `phantom run -- true` at once: how many succeed, how long the burst takes,
+/// and whether any run directory or cgroup outlives it.
+fn burst(me: &str, sup: &BenchSupervisor, n: usize) -> String {
+    let _ = sup.wait_full(Duration::from_secs(30));
+    let started = Instant::now();
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            Command::new(me)
+                .args(["run", "--json", "--", "true"])
+                .env("PHANTOM_SUPERVISOR_SOCKET", &sup.socket)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+        })
+        .collect();
+    let (mut ok, mut warm, mut failed) = (0, 0, 0);
+    for child in children {
+        match child.and_then(|c| c.wait_with_output()) {
+            Ok(out) if out.status.success() => {
+                ok += 1;
+                if String::from_utf8_lossy(&out.stdout).contains("\"start\":\"warm\"") {
+                    warm += 1;
+                }
+            }
+            _ => failed += 1,
+        }
+    }
+    let took = started.elapsed();
+    format!(
+        "{n} concurrent warm runs: {ok} ok, {failed} failed, {warm} served warm (the rest cold once the pool ran dry), all done in {:.0} ms",
+        took.as_secs_f64() * 1000.0
+    )
+}
+
+/// Sum a `Key:  N kB` field of /proc/PID/FILE.
+fn proc_kb(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Memory per pooled sandbox: a supervisor with `--pool` sandboxes of default and
+/// python-dev; PSS per ready sandbox plus its share of the supervisor.
+fn memory(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
+    let me = current_exe()?;
+    let ksm_file = "/sys/kernel/mm/ksm/run";
+    let ksm_before = std::fs::read_to_string(ksm_file)
+        .ok()
+        .map(|s| s.trim().to_string());
+    let mut rows = Vec::new();
+    let phases: &[bool] = if args.ksm { &[false, true] } else { &[false] };
+    for &with_ksm in phases {
+        if args.ksm {
+            std::fs::write(ksm_file, if with_ksm { "1" } else { "0" }).map_err(|e| {
+                (
+                    1,
+                    format!("--ksm: cannot write {ksm_file} ({e}); it needs root"),
+                )
+            })?;
+        }
+        let sup = BenchSupervisor::start(&me, args.pool).map_err(|e| (1, e))?;
+        if with_ksm {
+            // Give KSM's scanner time to find the identical pages.
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        let status = sup
+            .status()
+            .ok_or((1, "the supervisor did not answer".to_string()))?;
+        let sandboxes: usize = status.pools.iter().map(|p| p.ready).sum();
+        let supervisor_pss = proc_kb(sup.child.id(), "smaps_rollup", "Pss:");
+        for p in &status.pools {
+            let pss = p.pss_kb_per_ready.unwrap_or(0);
+            let share = supervisor_pss / sandboxes.max(1) as u64;
+            rows.push(serde_json::json!({
+                "profile": p.profile,
+                "ksm": with_ksm,
+                "ready": p.ready,
+                "pss_kb_per_sandbox": pss,
+                "supervisor_share_kb": share,
+                "total_kb_per_sandbox": pss + share,
+                "ksm_merging_pages": p.ksm_merging_pages,
+            }));
+        }
+    }
+    if let (true, Some(before)) = (args.ksm, ksm_before) {
+        let _ = std::fs::write(ksm_file, "2"); // unmerge what was merged for the test
+        let _ = std::fs::write(ksm_file, before);
+    }
+    if !args.json {
+        println!(
+            "memory per pooled sandbox ({} ready per pool; PSS from /proc/PID/smaps_rollup)",
+            args.pool
+        );
+        println!(
+            "{:<12} {:>5} {:>12} {:>14} {:>12} {:>12}",
+            "profile", "ksm", "PSS/sandbox", "+ supervisor", "= total", "KSM pages"
+        );
+        for r in &rows {
+            println!(
+                "{:<12} {:>5} {:>10.2}MB {:>12.2}MB {:>10.2}MB {:>12}",
+                r["profile"].as_str().unwrap_or(""),
+                if r["ksm"] == true { "on" } else { "off" },
+                r["pss_kb_per_sandbox"].as_u64().unwrap_or(0) as f64 / 1024.0,
+                r["supervisor_share_kb"].as_u64().unwrap_or(0) as f64 / 1024.0,
+                r["total_kb_per_sandbox"].as_u64().unwrap_or(0) as f64 / 1024.0,
+                r["ksm_merging_pages"]
+            );
+        }
+        if !args.ksm {
+            println!("note: run with --ksm (root) to measure with KSM switched on as well");
+        }
+    }
+    Ok(serde_json::json!({ "benchmark": "memory", "pool": args.pool, "results": rows }))
+}
+
+/// Write and read `--io-size` bytes with dd in /workspace (a host directory bound in)
+/// and directly on the host, in the same directory, and compare MB/s.
+fn io(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
+    let me = current_exe()?;
+    let bytes = phantom_policy::units::parse_bytes(&args.io_size)
+        .map_err(|e| (2, format!("--io-size {}: {e}", args.io_size)))?;
+    let mib = (bytes / (1 << 20)).max(1);
+    let dir = std::env::temp_dir().join(format!("phantom-io-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| (1, format!("{}: {e}", dir.display())))?;
+    // A policy with room for the file: the memory limit well above the data written,
+    // or the cgroup's dirty-page throttling measures the limit, not the filesystem
+    // path (with 2x the data: 0.32x the host's write speed; with 8 GB: 0.68x).
+    let policy = dir.join("io.yaml");
+    let room = format!("{}MB", mib * 4 + 512);
+    std::fs::write(
+        &policy,
+        format!("profile: io-bench\nextends: default\nresources:\n  memory: {room}\n  fsize: {room}\n  timeout: 10m\n"),
+    )
+    .map_err(|e| (1, e.to_string()))?;
+    let script = |target: &str| {
+        format!(
+            "dd if=/dev/zero of={target}/io.bin bs=1M count={mib} conv=fsync 2>&1 | tail -1; dd if={target}/io.bin of=/dev/null bs=1M 2>&1 | tail -1; rm -f {target}/io.bin"
+        )
+    };
+    let run = |cmd: &mut Command| -> Result<Vec<f64>, BenchError> {
+        let out = cmd.output().map_err(|e| (1, e.to_string()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // dd's last line: "N bytes (...) copied, S s, R MB/s" — compute from bytes and seconds.
+        let rates: Vec<f64> = text
+            .lines()
+            .filter_map(|l| {
+                let copied = l.split_whitespace().next()?.parse::<f64>().ok()?;
+                let secs = l
+                    .split(" copied, ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()?;
+                Some(copied / secs / 1e6)
+            })
+            .collect();
+        if rates.len() != 2 {
+            return Err((
+                1,
+                format!(
+                    "unexpected dd output: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            ));
+        }
+        Ok(rates)
+    };
+    let dir_s = dir.display().to_string();
+    let mut sandbox = Command::new(&me);
+    sandbox
+        .args(["run", "--cold", "--policy"])
+        .arg(&policy)
+        .args([
+            "--workspace",
+            &dir_s,
+            "--",
+            "sh",
+            "-c",
+            &script("/workspace"),
+        ]);
+    let inside = run(&mut sandbox)?;
+    let host = run(Command::new("sh").args(["-c", &script(&dir_s)]))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = [("write", inside[0], host[0]), ("read", inside[1], host[1])];
+    if !args.json {
+        println!("io: {mib} MiB with dd (bs=1M; write with conv=fsync) in {dir_s}");
+        println!(
+            "{:<8} {:>14} {:>14} {:>8}",
+            "", "sandbox MB/s", "host MB/s", "ratio"
+        );
+        for (what, a, b) in &rows {
+            println!("{what:<8} {a:>14.0} {b:>14.0} {:>7.2}x", a / b);
+        }
+        println!("note: the read follows the write, so it mostly comes from the page cache on both sides");
+    }
+    Ok(serde_json::json!({
+        "benchmark": "io",
+        "bytes": mib << 20,
+        "results": rows.iter().map(|(w, a, b)| serde_json::json!({"op": w, "sandbox_mb_s": a, "host_mb_s": b, "ratio": a / b})).collect::<Vec<_>>(),
+    }))
+}
+
+/// Run directories and sandbox cgroups that exist right now (for the "no leftover"
+/// check after a burst).
+fn leftovers() -> (usize, usize) {
+    let uid = std::fs::metadata("/proc/self").map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    let mut runs = 0;
+    for base in [
+        uid.as_ref()
+            .map(|u| PathBuf::from(format!("/dev/shm/phantom-{u}")))
+            .ok(),
+        std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("phantom")),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Ok(entries) = std::fs::read_dir(base) {
+            runs += entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+                .count();
+        }
+    }
+    let mut cgroups = 0;
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            if let Ok(entries) = std::fs::read_dir(h.path().join("phantom")) {
+                cgroups += entries.flatten().filter(|e| e.path().is_dir()).count();
+            }
+        }
+    }
+    (runs, cgroups)
 }

@@ -6,7 +6,8 @@ use crate::error_line;
 
 #[derive(Subcommand, Debug)]
 pub enum PoolCommand {
-    /// Show the supervisor's warm pools: sizes, hits and misses, refill rate, pressure.
+    /// Show the supervisor's warm pools (PROFILE, or PROFILE:IMAGE for a pool on an
+    /// image): sizes, hits and misses, refill rate, pressure.
     Status {
         /// One JSON object instead of a table.
         #[arg(long)]
@@ -31,8 +32,18 @@ pub fn pool(cmd: PoolCommand) -> i32 {
         return 0;
     }
     println!("supervisor pid {}", status.pid);
+    // A pool on an image shows as PROFILE:IMAGE.
+    let names: Vec<String> = status
+        .pools
+        .iter()
+        .map(|p| match &p.image {
+            Some(image) => format!("{}:{image}", p.profile),
+            None => p.profile.clone(),
+        })
+        .collect();
+    let width = names.iter().map(String::len).max().unwrap_or(0).max(12);
     println!(
-        "{:<12} {:>6} {:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10}",
+        "{:<width$} {:>6} {:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10}",
         "PROFILE",
         "TARGET",
         "READY",
@@ -46,10 +57,10 @@ pub fn pool(cmd: PoolCommand) -> i32 {
         "REFILL/S",
         "PSS/READY"
     );
-    for p in &status.pools {
+    for (p, name) in status.pools.iter().zip(&names) {
         println!(
-            "{:<12} {:>6} {:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9.2} {:>10}",
-            p.profile,
+            "{:<width$} {:>6} {:>6} {:>8} {:>6} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9.2} {:>10}",
+            name,
             p.target,
             p.ready,
             p.starting,
@@ -63,6 +74,14 @@ pub fn pool(cmd: PoolCommand) -> i32 {
             p.pss_kb_per_ready
                 .map_or("-".to_string(), |k| format!("{:.1}MB", k as f64 / 1024.0))
         );
+    }
+    for (p, name) in status.pools.iter().zip(&names) {
+        if let Some(root) = &p.image_root_id {
+            println!(
+                "{name}: image root {root}; {} stale sandboxes dropped (image re-imported)",
+                p.stale
+            );
+        }
     }
     let merged: u64 = status.pools.iter().map(|p| p.ksm_merging_pages).sum();
     let ksm = std::fs::read_to_string("/sys/kernel/mm/ksm/run").is_ok_and(|s| s.trim() == "1");

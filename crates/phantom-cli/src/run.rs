@@ -64,7 +64,9 @@ pub struct RunArgs {
     cwd: Option<String>,
     /// Run on this image (see `phantom image list`) instead of the host's /usr: its
     /// root read-only, its Env, WorkingDir, Entrypoint and Cmd as Docker applies them.
-    /// Without a command after `--`, the image's Cmd runs. Always starts cold.
+    /// Without a command after `--`, the image's Cmd runs. Served warm when
+    /// phantom-supervisor keeps a pool of the profile on this image (`--pool
+    /// PROFILE:IMAGE`).
     #[arg(long, value_name = "NAME")]
     image: Option<String>,
     /// Capture the output and print one JSON report at the end: exit_code, signal,

@@ -21,17 +21,32 @@ only, so warm runs are as isolated as cold ones.
 /run/phantom/supervisor.sock; others: $XDG_RUNTIME_DIR/phantom/supervisor.sock, else
 /dev/shm/phantom-UID/supervisor.sock) and falls back to a cold start otherwise.
 
+A pool on an image (`--pool PROFILE:IMAGE`) serves `phantom run --profile PROFILE
+--image IMAGE`; its sandboxes are built on the image's root as a cold run's is. The
+image is read from the supervisor's store (the same user and PHANTOM_STATE_DIR as
+`phantom run`) when it starts; re-importing the image under the same name makes the
+pool's unused sandboxes stale: the next run on it starts cold and the pool refills on
+the new root.
+
 Examples:
   phantom-supervisor --profiles default,python-dev --zygote-pools 4
+  phantom-supervisor --pool default --pool default:alpine --zygote-pools 2
+  phantom-supervisor --pool default:python:3.12-slim   # image python:3.12-slim
   phantom-supervisor --psi-aware --psi-memory 30
   phantom pool status"
 )]
 struct Args {
-    /// Built-in profiles to keep pools for (comma-separated; default: every built-in
-    /// profile with `performance.zygote: true` — default and python-dev).
+    /// Built-in profiles to keep pools for on the host root (comma-separated; with
+    /// neither this nor --pool: every built-in profile with `performance.zygote: true`
+    /// — default and python-dev).
     #[arg(long, value_delimiter = ',')]
     profiles: Vec<String>,
-    /// Sandboxes kept ready per profile (a profile's `performance.pool_size` wins).
+    /// Keep a pool of this built-in profile, on the host root (`default`) or on an
+    /// image of the store (`default:alpine`: the first `:` ends the profile).
+    /// Repeatable; adds to --profiles.
+    #[arg(long = "pool", value_name = "PROFILE[:IMAGE]")]
+    pool: Vec<String>,
+    /// Sandboxes kept ready per pool (a profile's `performance.pool_size` wins).
     #[arg(long, value_name = "N", default_value_t = 4)]
     zygote_pools: usize,
     /// Pause refills while CPU or memory pressure (/proc/pressure, some avg10) is above
@@ -58,7 +73,7 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let pools = match supervisor::pools_for(&args.profiles, args.zygote_pools) {
+    let pools = match supervisor::pools_for(&args.profiles, &args.pool, args.zygote_pools) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("phantom-supervisor: error: {e}");
@@ -82,6 +97,7 @@ fn main() {
     };
     if let Err(e) = supervisor::serve(config, &mut source) {
         eprintln!("phantom-supervisor: error: {e}");
-        std::process::exit(1);
+        // 2: what it was asked to serve is wrong (a --pool whose image is missing).
+        std::process::exit(e.exit_code());
     }
 }

@@ -18,7 +18,9 @@ pub const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 pub enum CgroupError {
     #[error("no cgroup hierarchy has the {0} controller enabled")]
     NoController(&'static str),
-    #[error("cannot create {0}: {1}")]
+    /// Names the directory the cgroup would go in, not the sandbox's own (one
+    /// message for every sandbox, so that a warm run's warning equals a cold one's).
+    #[error("cannot create a cgroup in {dir}: {1}", dir = .0.parent().unwrap_or(.0).display())]
     Create(PathBuf, #[source] std::io::Error),
     #[error("cannot write {1:?} to {0}: {2}")]
     Write(PathBuf, String, #[source] std::io::Error),

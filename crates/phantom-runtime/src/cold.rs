@@ -18,7 +18,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use crate::image_run::ImageRun;
 use crate::init::{self, ChildPayload, PayloadContext};
 use crate::relay::{Relay, StdinRelay};
-use crate::spawn::{ms, set_var, spawn_on, Outcome, SandboxStatus, Trace};
+use crate::spawn::{ms, payload_env, spawn_on, Outcome, SandboxStatus, Trace};
 use crate::RuntimeError;
 
 /// A request whose policy is loaded and compiled, ready to run.
@@ -31,6 +31,21 @@ pub struct Prepared {
     /// found in the store, with the command, environment and working directory its
     /// config gives.
     pub(crate) image: Option<ImageRun>,
+}
+
+/// What a payload runs, where, and with which variables over the plan's environment —
+/// the request as an image's config shapes it, the way Docker composes them. Both
+/// paths take it from [`Prepared::command`]: a cold run builds its payload with it, a
+/// warm run sends it to the supervisor, so a run sees the same either way.
+#[derive(Debug, Clone)]
+pub(crate) struct PayloadCommand {
+    /// On an image: Entrypoint, then the command given or else Cmd.
+    pub argv: Vec<String>,
+    /// Laid over the plan's environment (after TERM), in order: the image's Env (its
+    /// PATH, HOME, ... win over phantom's), then `--env` (wins over both).
+    pub env: Vec<(String, String)>,
+    /// `--cwd`, else the image's WorkingDir; `None`: the plan's default.
+    pub cwd: Option<String>,
 }
 
 fn parse_overrides(request: &RunRequest) -> Result<Overrides, RuntimeError> {
@@ -115,9 +130,19 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
         None if request.argv.is_empty() => return Err(no_command()),
         None => None,
     };
+    // Only keys the policy file itself writes: an `extends: default` inherits
+    // `zygote: true` and must not warn for it.
+    let own_file = match &request.policy {
+        PolicySource::File(path) => Some(path.as_str()),
+        PolicySource::Profile(_) => None,
+    };
     let pooling_keys: Vec<&str> = ["performance.zygote", "performance.pool_size"]
         .into_iter()
-        .filter(|key| profile.position(key).is_some())
+        .filter(|key| {
+            profile
+                .position(key)
+                .is_some_and(|pos| Some(pos.file.as_str()) == own_file)
+        })
         .collect();
     if matches!(request.policy, PolicySource::File(_)) && !pooling_keys.is_empty() {
         warnings.push(format!(
@@ -161,6 +186,26 @@ impl Prepared {
     /// Warnings to show before the run (one line each).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// The payload's command, environment and working directory (see
+    /// [`PayloadCommand`]).
+    pub(crate) fn command(&self) -> PayloadCommand {
+        let request = &self.request;
+        let image = self.image.as_ref();
+        PayloadCommand {
+            argv: image.map_or(&request.argv, |i| &i.argv).clone(),
+            env: image
+                .iter()
+                .flat_map(|i| &i.env)
+                .chain(&request.env)
+                .cloned()
+                .collect(),
+            cwd: request
+                .cwd
+                .clone()
+                .or_else(|| image.and_then(|i| i.working_dir.clone())),
+        }
     }
 
     /// Run the sandbox to completion.
@@ -360,35 +405,17 @@ impl Prepared {
         let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
             unreachable!("the payload always gets output pipes");
         };
-        let request = &self.request;
         let cstring = |s: &str| {
             CString::new(s).map_err(|_| RuntimeError::Usage(format!("{s:?}: contains a NUL byte")))
         };
-        let image = self.image.as_ref();
-        let argv = image
-            .map_or(&request.argv, |i| &i.argv)
+        let command = self.command();
+        let argv = command
+            .argv
             .iter()
             .map(|a| cstring(a))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut env: Vec<(String, String)> = plan.env.clone();
-        if let Ok(term) = std::env::var("TERM") {
-            set_var(&mut env, "TERM", &term);
-        }
-        // As Docker: the image's Env over phantom's base (its PATH, HOME, ... win),
-        // --env over both.
-        for (k, v) in image.iter().flat_map(|i| &i.env) {
-            set_var(&mut env, k, v);
-        }
-        if let Some(cwd) = &request.cwd {
-            if !cwd.starts_with('/') {
-                return Err(RuntimeError::Usage(format!(
-                    "--cwd {cwd}: must be an absolute path inside the sandbox, e.g. /workspace/src"
-                )));
-            }
-        }
-        for (k, v) in &request.env {
-            set_var(&mut env, k, v);
-        }
+        let term = std::env::var("TERM").ok();
+        let env = payload_env(&plan.env, term.as_deref(), &command.env);
         let path_var = env
             .iter()
             .find(|(k, _)| k == "PATH")
@@ -400,13 +427,9 @@ impl Prepared {
             .collect::<Result<Vec<_>, _>>()?;
         let isolated = plan.mode != Mode::Direct;
         let base = init::payload_base(plan);
-        let cwd = match (&request.cwd, isolated) {
+        let cwd = match (command.cwd, isolated) {
             (Some(c), _) => PathBuf::from(c),
-            (None, true) => PathBuf::from(
-                image
-                    .and_then(|i| i.working_dir.as_deref())
-                    .unwrap_or(&plan.cwd),
-            ),
+            (None, true) => PathBuf::from(&plan.cwd),
             // Direct mode has no /workspace: the command runs in the host directory.
             (None, false) => host_workspace.to_path_buf(),
         };

@@ -13,19 +13,28 @@
 //!   unprivileged host id), with a warning when the image asks for another user.
 //!
 //! The root itself is mounted by the sandbox init (`Step::ImageRoot` in `init.rs`).
+//!
+//! A warm pool on an image ([`ImageRun::for_pool`]) takes the same root and
+//! WorkingDir but no command: the client resolves the command, Env and working
+//! directory exactly as for a cold run and sends them with [`ImageRun::warm_image`],
+//! which the supervisor compares with what its pooled sandboxes were built on.
 
 use std::path::{Component, Path, PathBuf};
 
 use crate::image::{ImageConfig, ImageError, ImageStore};
+use crate::warm::protocol::WarmImage;
 use crate::RuntimeError;
 
 /// What a run on an image takes from it, resolved before clone.
 #[derive(Debug, Clone)]
 pub(crate) struct ImageRun {
     pub name: String,
+    /// Names the root in the store (`sha256:<hex>`): what a warm pool compares.
+    pub root_id: String,
     /// The image's root directory in the store: the overlay's lower layer.
     pub lower: PathBuf,
-    /// The command: Entrypoint, then the request's argv or else Cmd.
+    /// The command: Entrypoint, then the request's argv or else Cmd (empty for a
+    /// pool's sandboxes, which get theirs per run).
     pub argv: Vec<String>,
     /// The image's Env, in order.
     pub env: Vec<(String, String)>,
@@ -42,6 +51,35 @@ impl ImageRun {
         argv: &[String],
         warnings: &mut Vec<String>,
     ) -> Result<ImageRun, RuntimeError> {
+        let (mut run, config) = ImageRun::open(name)?;
+        run.argv = command(&config, argv);
+        if run.argv.is_empty() {
+            return Err(RuntimeError::Usage(format!(
+                "no command given, and image `{name}` has no Entrypoint or Cmd: put one after `--`, e.g. phantom run --image {name} -- sh"
+            )));
+        }
+        warnings.extend(user_warning(name, &config));
+        Ok(run)
+    }
+
+    /// Image `name` of the default store as a warm pool's sandboxes are built on it:
+    /// its root and WorkingDir, no command (each run brings its own).
+    pub(crate) fn for_pool(name: &str) -> Result<ImageRun, RuntimeError> {
+        Ok(ImageRun::open(name)?.0)
+    }
+
+    /// What a warm run on this image asks of a pooled sandbox: the same image name,
+    /// built on the same root, with the same WorkingDir made in it.
+    pub(crate) fn warm_image(&self) -> WarmImage {
+        WarmImage {
+            name: self.name.clone(),
+            root_id: self.root_id.clone(),
+            working_dir: self.working_dir.clone(),
+        }
+    }
+
+    /// Find image `name` in the default store: its root and config, no command yet.
+    fn open(name: &str) -> Result<(ImageRun, ImageConfig), RuntimeError> {
         let store = ImageStore::open_default()?;
         let root = match store.rootfs(name) {
             Ok(root) => root,
@@ -65,21 +103,16 @@ impl ImageRun {
                 ),
             });
         };
-        let config = &root.config;
-        let argv = command(config, argv);
-        if argv.is_empty() {
-            return Err(RuntimeError::Usage(format!(
-                "no command given, and image `{name}` has no Entrypoint or Cmd: put one after `--`, e.g. phantom run --image {name} -- sh"
-            )));
-        }
-        warnings.extend(user_warning(name, config));
-        Ok(ImageRun {
+        let config = root.config;
+        let run = ImageRun {
             name: name.to_string(),
+            root_id: root.info.root_id,
             lower: lower.clone(),
-            argv,
-            env: env(config),
-            working_dir: working_dir(config),
-        })
+            argv: Vec::new(),
+            env: env(&config),
+            working_dir: working_dir(&config),
+        };
+        Ok((run, config))
     }
 }
 

@@ -147,6 +147,9 @@ pub(crate) struct Spawned {
     /// Namespaces and fences (false in direct mode).
     pub isolated: bool,
     pub started: Instant,
+    /// Warnings made while starting it (e.g. no cgroup limits): a warm run reports
+    /// them like a cold one.
+    pub warnings: Vec<String>,
 }
 
 /// How a sandbox ended, once its init is reaped.
@@ -160,21 +163,11 @@ pub(crate) struct Outcome {
     pub cgroup_version: &'static str,
 }
 
-/// Start a sandbox for `plan`. `workspace`: the caller's directory, or None for a
-/// fresh one. `make_payload` gets the host workspace and whether cgroups are missing
-/// (the payload then needs rlimit fallbacks) and says what the init runs.
-pub(crate) fn spawn(
-    plan: &Plan,
-    workspace: Option<&str>,
-    trace: &mut Trace,
-    warnings: &mut Vec<String>,
-    make_payload: impl FnOnce(&Path, bool) -> Result<ChildPayload, RuntimeError>,
-) -> Result<Spawned, RuntimeError> {
-    spawn_on(plan, None, workspace, trace, warnings, make_payload)
-}
-
-/// [`spawn`], on `image`'s root when one is given (the plan's `rootfs`, resolved by
-/// `prepare`).
+/// Start a sandbox for `plan`, on `image`'s root when one is given (the plan's
+/// `rootfs`, resolved by `prepare` for a cold run, by the supervisor for a warm pool).
+/// `workspace`: the caller's directory, or None for a fresh one. `make_payload` gets
+/// the host workspace and whether cgroups are missing (the payload then needs rlimit
+/// fallbacks) and says what the init runs.
 pub(crate) fn spawn_on(
     plan: &Plan,
     image: Option<&ImageRun>,
@@ -360,6 +353,7 @@ pub(crate) fn spawn_on(
         idmapped,
         isolated,
         started,
+        warnings: Vec::new(),
     })
 }
 
@@ -441,6 +435,24 @@ fn kill_descendants() {
         while let Ok(Some(_)) = process::wait4(-1, true) {}
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// A payload's environment: the plan's `base`, the client's TERM, then `over` in
+/// order (on an image: its Env, then `--env`) — each replacing a variable in place or
+/// adding it. Cold runs and the supervisor's warm runs both build theirs here.
+pub(crate) fn payload_env(
+    base: &[(String, String)],
+    term: Option<&str>,
+    over: &[(String, String)],
+) -> Vec<(String, String)> {
+    let mut env = base.to_vec();
+    if let Some(term) = term {
+        set_var(&mut env, "TERM", term);
+    }
+    for (k, v) in over {
+        set_var(&mut env, k, v);
+    }
+    env
 }
 
 pub(crate) fn set_var(env: &mut Vec<(String, String)>, key: &str, value: &str) {

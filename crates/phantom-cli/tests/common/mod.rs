@@ -11,7 +11,12 @@
 //! * [`sandbox_available`] / [`skip`] — a test that needs user namespaces (or cgroups, or
 //!   root) prints `skipped: <why>` and returns, unless `PHANTOM_REQUIRE_ISOLATION=1`
 //!   (CI as root), where a missing feature is a failure.
+//! * [`image`] — small OCI images built from host binaries, imported into a temporary
+//!   store; [`supervisor`] — a `phantom-supervisor` on a private socket.
 #![allow(dead_code)] // each test binary uses a different subset
+
+pub mod image;
+pub mod supervisor;
 
 use std::fs;
 use std::io::Read;

@@ -18,8 +18,9 @@ use crate::{Prepared, RuntimeError};
 pub type NotWarm = String;
 
 /// Run `prepared` in a pooled sandbox of the supervisor, if one serves it.
-/// `Ok(Err(reason))`: not served warm (no supervisor, no pool for the profile, pool
-/// empty, a setting that pools do not cover) — start cold.
+/// `Ok(Err(reason))`: not served warm (no supervisor, no pool for the profile — on the
+/// run's image, if any —, pool empty, a pool built on an older import of the image, a
+/// setting that pools do not cover) — start cold.
 pub fn try_run(prepared: &Prepared) -> Result<Result<RunReport, NotWarm>, RuntimeError> {
     let request = &prepared.request;
     let plan = &prepared.plan;
@@ -34,11 +35,6 @@ pub fn try_run(prepared: &Prepared) -> Result<Result<RunReport, NotWarm>, Runtim
     }
     if plan.mode == phantom_policy::Mode::Direct {
         return Ok(Err("direct mode has no sandbox".into()));
-    }
-    if let Some(image) = plan.rootfs.image() {
-        return Ok(Err(format!(
-            "pools hold sandboxes on the host root, not on image `{image}`"
-        )));
     }
     let socket = super::socket_path();
     let conn = match fdpass::connect_seqpacket(&socket) {
@@ -63,12 +59,16 @@ pub fn try_run(prepared: &Prepared) -> Result<Result<RunReport, NotWarm>, Runtim
             RuntimeError::Sys(phantom_linux::SysError::new("dup", "stdin", e.into()))
         })?,
     };
+    // Entrypoint/Cmd, Env and WorkingDir are resolved here, as for a cold run; the
+    // supervisor matches the image by name, root and WorkingDir.
+    let command = prepared.command();
     let run = WarmRun {
         profile: profile.clone(),
-        argv: request.argv.clone(),
-        env: request.env.clone(),
+        image: prepared.image.as_ref().map(|i| i.warm_image()),
+        argv: command.argv,
+        env: command.env,
         term: std::env::var("TERM").ok(),
-        cwd: request.cwd.clone(),
+        cwd: command.cwd,
         workspace: request.workspace.clone(),
         memory_bytes: plan.limits.memory_bytes,
         cpu_millis: plan.limits.cpu_millis,
@@ -77,7 +77,7 @@ pub fn try_run(prepared: &Prepared) -> Result<Result<RunReport, NotWarm>, Runtim
         stdin_fd: true,
     };
     let started = Instant::now();
-    let message = serde_json::to_vec(&Request::Run(run)).expect("requests serialize");
+    let message = serde_json::to_vec(&Request::Run(Box::new(run))).expect("requests serialize");
     {
         let fds = [payload_stdin.as_fd(), out_w.as_fd(), err_w.as_fd()];
         fdpass::send_fds(conn.as_fd(), &message, &fds)?;
@@ -245,7 +245,12 @@ fn relay_until_finished(
         stdout,
         stderr,
         isolation: outcome.isolation,
-        warnings: prepared.warnings.clone(),
+        warnings: prepared
+            .warnings
+            .iter()
+            .chain(&outcome.warnings)
+            .cloned()
+            .collect(),
     }))
 }
 

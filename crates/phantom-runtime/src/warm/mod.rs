@@ -4,14 +4,16 @@
 //! `phantom-supervisor` runs [`supervisor::serve`]: a single-threaded event loop that
 //! alone calls clone3 (it is the "spawner" of DESIGN.md; any multi-threaded front end
 //! — the HTTP API, the MCP server — is a client of its socket, never a forker). It
-//! keeps a [`supervisor::Pool`] per profile, each sandbox used ONCE: a request takes a
+//! keeps a pool per profile — on the host root or on an image of the store
+//! (`--pool PROFILE:IMAGE`) —, each sandbox used ONCE: a request takes a
 //! ready sandbox, the init forks the payload with the request's argv, environment,
 //! working directory and stdio, and the pool refills in the background — pausing while
 //! CPU or memory pressure (PSI) is above its thresholds.
 //!
 //! `phantom run` tries the supervisor's socket first ([`client::try_run`]) and falls back
-//! to a cold start when no supervisor runs, no pool serves the profile, or the pool is
-//! empty.
+//! to a cold start when no supervisor runs, no pool serves the profile (on the run's
+//! image), the pool is empty, or its sandboxes were built on an earlier import of the
+//! image.
 //!
 //! The protocol ([`protocol`]) runs over a SOCK_SEQPACKET unix socket, one JSON message
 //! per packet; the client's stdio fds ride along as SCM_RIGHTS.

@@ -5,7 +5,12 @@
 //!    stderr as SCM_RIGHTS, in that order: the payload writes straight into the
 //!    client's pipes, so the client keeps relaying, capping and capturing the output
 //!    exactly as on the cold path.
-//! 3. The supervisor answers `Refused` (the client runs cold), or `Started` and, when
+//!    A run on an image names the image as the client's store resolves it
+//!    ([`WarmImage`]); the command, environment and working directory arrive resolved
+//!    (the image's Entrypoint/Cmd, Env and WorkingDir applied as on the cold path).
+//! 3. The supervisor answers `Refused` (the client runs cold: no pool for the profile
+//!    on that image, an empty pool, a pool built on an earlier import of the image,
+//!    ...), or `Started` and, when
 //!    the sandbox is gone, `Finished`. Meanwhile the client may send `Signal`; closing
 //!    the connection kills the sandbox.
 //! 4. A `Status` request is answered with `Status`.
@@ -20,20 +25,32 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
-    Run(WarmRun),
+    Run(Box<WarmRun>),
     Signal { signal: i32 },
     Status,
 }
 
-/// One payload for a pooled sandbox of `profile`.
+/// One payload for a pooled sandbox of `profile` (on `image`, when one is given).
+///
+/// The client resolves the command, the environment and the working directory as a
+/// cold run does (an image's Entrypoint/Cmd, Env and WorkingDir included); the
+/// supervisor lays `env` over its pool's base environment the same way, so a run sees
+/// the same either way.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WarmRun {
     pub profile: String,
+    /// The image the sandbox must run on; `None`: the host root.
+    #[serde(default)]
+    pub image: Option<WarmImage>,
+    /// The command as the payload runs it (on an image: Entrypoint, then the command
+    /// given or else Cmd).
     pub argv: Vec<String>,
-    /// The request's own variables (`--env`), added to the profile's.
+    /// Laid over the profile's environment after TERM, in order: the image's Env, then
+    /// the request's own variables (`--env`).
     pub env: Vec<(String, String)>,
     /// The client's TERM, if set.
     pub term: Option<String>,
+    /// `--cwd`, else the image's WorkingDir; `None`: the profile's default.
     pub cwd: Option<String>,
     /// A host directory for /workspace (needs a root supervisor), else the pooled
     /// sandbox's own temporary one.
@@ -43,6 +60,19 @@ pub struct WarmRun {
     pub pids: u64,
     pub wall_timeout_ms: u64,
     pub stdin_fd: bool,
+}
+
+/// The image a warm run asks for, as the client's image store resolves it now. A pool
+/// serves the run only when its sandboxes were built on exactly this: the same root
+/// (an image re-imported under the same name has another) with the same WorkingDir
+/// made in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmImage {
+    pub name: String,
+    /// The image's root in the store (`sha256:<hex>`, `phantom image inspect`'s
+    /// `root_id`).
+    pub root_id: String,
+    pub working_dir: Option<String>,
 }
 
 /// What the supervisor answers.
@@ -69,6 +99,9 @@ pub enum Reply {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WarmOutcome {
     pub sandbox_id: String,
+    /// Warnings about the sandbox as it was built (one line each).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// The pooled sandbox's pre-started interpreter ran the payload.
     pub prewarmed: bool,
     pub exit_code: i32,
@@ -99,6 +132,10 @@ pub struct PoolStatus {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PoolInfo {
     pub profile: String,
+    /// The image its sandboxes run on (`None`: the host root), and the root they were
+    /// built on.
+    pub image: Option<String>,
+    pub image_root_id: Option<String>,
     pub target: usize,
     pub ready: usize,
     pub starting: usize,
@@ -109,6 +146,9 @@ pub struct PoolInfo {
     pub prewarmed_hits: u64,
     /// Requests refused because the pool was empty.
     pub misses: u64,
+    /// Sandboxes thrown away unused because their image was re-imported (stale).
+    #[serde(default)]
+    pub stale: u64,
     /// Sandboxes started for the pool, and how many failed to become ready.
     pub created: u64,
     pub failures: u64,

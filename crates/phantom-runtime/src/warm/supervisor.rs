@@ -6,10 +6,17 @@
 //! channel and pidfd, and the signalfd; then act on what is ready:
 //!
 //! * a new connection from our own uid becomes a client (others are closed);
-//! * a client's `Run` takes a ready sandbox of its profile (each sandbox serves ONE
-//!   request), sets the request's cgroup limits, and sends the init a `RUN` message
-//!   with the payload and the client's stdio fds; the client gets `Started`, and
-//!   `Finished` once the init is reaped;
+//! * a client's `Run` takes a ready sandbox of the pool for its profile and image
+//!   (each sandbox serves ONE request), sets the request's cgroup limits, and sends
+//!   the init a `RUN` message with the payload and the client's stdio fds; the client
+//!   gets `Started`, and `Finished` once the init is reaped. Runs are taken after the
+//!   turn's other events, whose indices they would shift;
+//! * a pool on an image serves a run only if the image, as the client's store resolves
+//!   it, is what the pool's sandboxes were built on (root id and WorkingDir). If not,
+//!   the image is read again from the supervisor's store: when it changed there
+//!   (re-imported under the same name), the pool's sandboxes are stale — killed
+//!   unused — and the pool refills on the new root; the run is refused either way and
+//!   starts cold;
 //! * a starting sandbox's `READY` moves it to its pool's ready queue;
 //! * a sandbox that dies while pooled is counted as a failure and replaced;
 //! * a run past its deadline is killed (the whole pid namespace);
@@ -32,24 +39,74 @@ use phantom_policy::{Overrides, Plan};
 use rustix::event::{poll, PollFd, PollFlags};
 
 use super::pressure::{PressureSource, Thresholds};
-use super::protocol::{PoolInfo, PoolStatus, Reply, Request, WarmOutcome, WarmRun, MAX_MESSAGE};
+use super::protocol::{
+    PoolInfo, PoolStatus, Reply, Request, WarmImage, WarmOutcome, WarmRun, MAX_MESSAGE,
+};
+use crate::image_run::ImageRun;
 use crate::init::{self, ChildPayload, PayloadBase, RunSpec};
-use crate::spawn::{ms, set_var, spawn, Outcome, SandboxStatus, Spawned, Trace};
+use crate::spawn::{ms, payload_env, spawn_on, Outcome, SandboxStatus, Spawned, Trace};
 use crate::RuntimeError;
 
 /// What to serve.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// (built-in profile, pool size).
-    pub pools: Vec<(String, usize)>,
+    pub pools: Vec<PoolSpec>,
     /// Pause refills above these PSI thresholds (`--psi-aware`).
     pub thresholds: Option<Thresholds>,
     pub socket: PathBuf,
 }
 
-/// One profile's pool.
+/// One pool to keep: a built-in profile, on the host root or on an image of the store
+/// (`--pool PROFILE[:IMAGE]`), and how many sandboxes it keeps ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub profile: String,
+    pub image: Option<String>,
+    pub size: usize,
+}
+
+impl PoolSpec {
+    /// `PROFILE` or `PROFILE:IMAGE` (the first `:` ends the profile's name; an image's
+    /// name may hold more, as in `default:python:3.12-slim`), of `size` sandboxes.
+    pub fn parse(spec: &str, size: usize) -> Result<PoolSpec, RuntimeError> {
+        let (profile, image) = match spec.split_once(':') {
+            Some((profile, image)) => (profile, Some(image)),
+            None => (spec, None),
+        };
+        if profile.is_empty() || image.is_some_and(str::is_empty) {
+            return Err(RuntimeError::Usage(format!(
+                "--pool {spec}: expected PROFILE or PROFILE:IMAGE, e.g. --pool default or --pool default:alpine"
+            )));
+        }
+        Ok(PoolSpec {
+            profile: profile.to_string(),
+            image: image.map(str::to_string),
+            size,
+        })
+    }
+}
+
+impl std::fmt::Display for PoolSpec {
+    /// As `--pool` takes it and `phantom pool status` shows it: `default`,
+    /// `default:alpine`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        pool_name(f, &self.profile, self.image.as_deref())
+    }
+}
+
+fn pool_name(f: &mut impl std::fmt::Write, profile: &str, image: Option<&str>) -> std::fmt::Result {
+    match image {
+        Some(image) => write!(f, "{profile}:{image}"),
+        None => f.write_str(profile),
+    }
+}
+
+/// One pool: a profile's sandboxes on the host root, or on one image.
 struct Pool {
     profile: String,
+    /// The image its sandboxes are built on, as read from the store when the pool was
+    /// made or last found stale; `None`: the host root.
+    image: Option<ImageRun>,
     plan: Plan,
     base: PayloadBase,
     target: usize,
@@ -58,6 +115,8 @@ struct Pool {
     hits: u64,
     prewarmed_hits: u64,
     misses: u64,
+    /// Sandboxes dropped unused because their image changed in the store.
+    stale: u64,
     created: u64,
     failures: u64,
     /// Failures in a row: refills back off after a few.
@@ -67,10 +126,87 @@ struct Pool {
     readied: VecDeque<Instant>,
 }
 
+impl Pool {
+    /// The pool `spec` asks for: its profile compiled (on its image, found in the
+    /// store now, as `phantom run --image` compiles and finds it), no sandbox yet.
+    fn new(spec: &PoolSpec) -> Result<Pool, RuntimeError> {
+        let in_spec = |e: RuntimeError| match e {
+            RuntimeError::Usage(m) => RuntimeError::Usage(format!("--pool {spec}: {m}")),
+            e => e,
+        };
+        let overrides = Overrides {
+            image: spec.image.clone(),
+            ..Overrides::default()
+        };
+        let plan =
+            phantom_policy::compile(&phantom_policy::load_builtin(&spec.profile)?, &overrides)
+                .map_err(|e| in_spec(e.into()))?;
+        if plan.mode == phantom_policy::Mode::Direct {
+            return Err(RuntimeError::Usage(format!(
+                "profile {}: direct mode has no sandbox to keep warm",
+                spec.profile
+            )));
+        }
+        let image = match plan.rootfs.image() {
+            Some(name) => Some(ImageRun::for_pool(name).map_err(in_spec)?),
+            None => None,
+        };
+        let mut base = init::payload_base(&plan);
+        // A pre-started interpreter is the host root's python3, started with the plan's
+        // environment; on an image each run starts the image's own (not pre-started).
+        base.prewarm_python &= image.is_none();
+        Ok(Pool {
+            profile: spec.profile.clone(),
+            image,
+            base,
+            plan,
+            target: spec.size,
+            ready: VecDeque::new(),
+            starting: Vec::new(),
+            hits: 0,
+            prewarmed_hits: 0,
+            misses: 0,
+            stale: 0,
+            created: 0,
+            failures: 0,
+            failing: 0,
+            backoff_until: None,
+            readied: VecDeque::new(),
+        })
+    }
+
+    /// `profile` or `profile:image`, for logs and `phantom pool status`.
+    fn name(&self) -> String {
+        let mut name = String::new();
+        let _ = pool_name(&mut name, &self.profile, self.image_name());
+        name
+    }
+
+    fn image_name(&self) -> Option<&str> {
+        self.image.as_ref().map(|i| i.name.as_str())
+    }
+
+    /// Kill and reap every sandbox that is not running a request.
+    fn drain(&mut self) -> usize {
+        let sandboxes: Vec<Spawned> = self
+            .ready
+            .drain(..)
+            .chain(self.starting.drain(..))
+            .collect();
+        let n = sandboxes.len();
+        for s in sandboxes {
+            s.kill();
+            let _ = s.finish(SandboxStatus::default(), &mut Trace::new(Instant::now()));
+        }
+        n
+    }
+}
+
 /// A request being served.
 struct Active {
     spawned: Spawned,
-    profile: String,
+    /// Its pool (an index into `Supervisor::pools`, which never changes).
+    pool: usize,
     client: OwnedFd,
     deadline: Instant,
     timed_out: bool,
@@ -127,32 +263,8 @@ pub fn serve(config: Config, pressure: &mut dyn PressureSource) -> Result<(), Ru
     let sigfd = process::signalfd(&handled)?;
 
     let mut pools = Vec::new();
-    for (profile, size) in &config.pools {
-        let plan = phantom_policy::compile(
-            &phantom_policy::load_builtin(profile)?,
-            &Overrides::default(),
-        )?;
-        if plan.mode == phantom_policy::Mode::Direct {
-            return Err(RuntimeError::Usage(format!(
-                "profile {profile}: direct mode has no sandbox to keep warm"
-            )));
-        }
-        pools.push(Pool {
-            profile: profile.clone(),
-            base: init::payload_base(&plan),
-            plan,
-            target: *size,
-            ready: VecDeque::new(),
-            starting: Vec::new(),
-            hits: 0,
-            prewarmed_hits: 0,
-            misses: 0,
-            created: 0,
-            failures: 0,
-            failing: 0,
-            backoff_until: None,
-            readied: VecDeque::new(),
-        });
+    for spec in &config.pools {
+        pools.push(Pool::new(spec)?);
     }
     if let Some(dir) = config.socket.parent() {
         use std::os::unix::fs::DirBuilderExt;
@@ -166,10 +278,9 @@ pub fn serve(config: Config, pressure: &mut dyn PressureSource) -> Result<(), Ru
     log(format_args!(
         "listening on {} (pools: {})",
         config.socket.display(),
-        config
-            .pools
+        pools
             .iter()
-            .map(|(p, n)| format!("{p} x{n}"))
+            .map(|p| format!("{} x{}", p.name(), p.target))
             .collect::<Vec<_>>()
             .join(", ")
     ));
@@ -281,6 +392,7 @@ impl Supervisor {
         let mut failed: Vec<(usize, usize, String)> = Vec::new();
         let mut ready_died: Vec<(usize, usize)> = Vec::new();
         let mut new_clients = Vec::new();
+        let mut runs = Vec::new();
         for event in ready {
             match *event {
                 Event::Listener => {
@@ -300,7 +412,7 @@ impl Supervisor {
                             closed_clients.push(i);
                             let conn = self.clients[i].try_clone();
                             match (serde_json::from_slice::<Request>(&buf[..n]), conn) {
-                                (Ok(Request::Run(run)), Ok(conn)) => self.start_run(run, fds, conn),
+                                (Ok(Request::Run(run)), Ok(conn)) => runs.push((*run, fds, conn)),
                                 (Ok(Request::Status), Ok(conn)) => {
                                     send_reply(&conn, &Reply::Status(self.status()))
                                 }
@@ -344,12 +456,7 @@ impl Supervisor {
                             let was = self.active[i].status.prewarmed;
                             self.active[i].status.record(&buf[..n]);
                             if !was && self.active[i].status.prewarmed {
-                                let profile = &self.active[i].profile;
-                                if let Some(pool) =
-                                    self.pools.iter_mut().find(|p| &p.profile == profile)
-                                {
-                                    pool.prewarmed_hits += 1;
-                                }
+                                self.pools[self.active[i].pool].prewarmed_hits += 1;
                             }
                             self.reply_early(i);
                         }
@@ -403,7 +510,7 @@ impl Supervisor {
                     }
                     log(format_args!(
                         "pool {}: a sandbox failed to start: {why}",
-                        pool.profile
+                        pool.name()
                     ));
                     sandbox.kill();
                     let _ =
@@ -417,7 +524,7 @@ impl Supervisor {
                 self.pools[p].failures += 1;
                 log(format_args!(
                     "pool {}: a ready sandbox died",
-                    self.pools[p].profile
+                    self.pools[p].name()
                 ));
                 let _ = sandbox.finish(SandboxStatus::default(), &mut Trace::new(Instant::now()));
             }
@@ -426,6 +533,10 @@ impl Supervisor {
         for i in finished.into_iter().rev() {
             let active = self.active.remove(i);
             self.finish_run(active);
+        }
+        // Last: taking a sandbox (or dropping a stale pool) moves the pools' queues.
+        for (run, fds, conn) in runs {
+            self.start_run(run, fds, conn);
         }
     }
 
@@ -442,21 +553,30 @@ impl Supervisor {
                 },
             );
         }
+        let image = run.image.as_ref().map(|i| i.name.as_str());
         let Some(p) = self
             .pools
             .iter()
-            .position(|pool| pool.profile == run.profile)
+            .position(|pool| pool.profile == run.profile && pool.image_name() == image)
         else {
-            let serving: Vec<&str> = self.pools.iter().map(|p| p.profile.as_str()).collect();
+            let serving: Vec<String> = self.pools.iter().map(Pool::name).collect();
+            let on_image = image.map_or(String::new(), |i| format!(" on image `{i}`"));
             return refuse(
                 &conn,
                 format!(
-                    "no pool for profile {} (serving: {})",
+                    "no pool for profile {}{on_image} (serving: {})",
                     run.profile,
                     serving.join(", ")
                 ),
             );
         };
+        if let Some(reason) = run
+            .image
+            .as_ref()
+            .and_then(|want| self.check_image(p, want))
+        {
+            return refuse(&conn, reason);
+        }
         if run.workspace.is_some() && process::euid() != 0 {
             return refuse(
                 &conn,
@@ -465,18 +585,14 @@ impl Supervisor {
         }
         let Some(mut sandbox) = self.pools[p].ready.pop_front() else {
             self.pools[p].misses += 1;
-            return refuse(&conn, format!("pool {} is empty", run.profile));
+            return refuse(&conn, format!("pool {} is empty", self.pools[p].name()));
         };
         self.pools[p].hits += 1;
         // The run's wall time starts now, not when the sandbox was made.
         sandbox.started = Instant::now();
         let (base_env, default_cwd, profile) = {
             let pool = &self.pools[p];
-            (
-                pool.plan.env.clone(),
-                pool.plan.cwd.clone(),
-                pool.profile.clone(),
-            )
+            (pool.plan.env.clone(), pool.plan.cwd.clone(), pool.name())
         };
 
         let limits = cgroup::Limits {
@@ -517,13 +633,7 @@ impl Supervisor {
                 }
             },
         };
-        let mut env = base_env;
-        if let Some(term) = &run.term {
-            set_var(&mut env, "TERM", term);
-        }
-        for (k, v) in &run.env {
-            set_var(&mut env, k, v);
-        }
+        let env = payload_env(&base_env, run.term.as_deref(), &run.env);
         let spec = RunSpec {
             argv: run.argv.clone(),
             env,
@@ -561,7 +671,7 @@ impl Supervisor {
         self.active.push(Active {
             deadline: sandbox.started + Duration::from_millis(run.wall_timeout_ms),
             spawned: sandbox,
-            profile: run.profile,
+            pool: p,
             client: conn,
             timed_out: false,
             status: SandboxStatus::default(),
@@ -569,9 +679,60 @@ impl Supervisor {
         });
     }
 
+    /// Whether image pool `p` can serve a run that wants `want`: `None` if its
+    /// sandboxes were built on exactly that, else why not. On a mismatch the image is
+    /// read again from the store; when it changed there since the pool read it
+    /// (re-imported under the same name), the pool's unused sandboxes are stale: they
+    /// are dropped and the pool refills on the image as it is now.
+    fn check_image(&mut self, p: usize, want: &WarmImage) -> Option<String> {
+        let pool = &mut self.pools[p];
+        let had = pool.image.as_ref()?.warm_image();
+        if had == *want {
+            return None;
+        }
+        let name = pool.name();
+        let now = match ImageRun::for_pool(&want.name) {
+            Ok(now) => now,
+            Err(e) => {
+                return Some(format!(
+                    "pool {name}: cannot read image `{}` again from the store: {e}",
+                    want.name
+                ))
+            }
+        };
+        let current = now.warm_image();
+        if current == had {
+            // The supervisor's store still has what the pool holds: the client's
+            // store (another PHANTOM_STATE_DIR) has something else under that name.
+            return Some(format!(
+                "image `{}` here is {}, but pool {name} holds {} (the supervisor's image store has that)",
+                want.name,
+                describe(want),
+                describe(&had)
+            ));
+        }
+        let dropped = pool.drain();
+        pool.stale += dropped as u64;
+        pool.failing = 0;
+        pool.backoff_until = None;
+        pool.image = Some(now);
+        log(format_args!(
+            "pool {name}: image `{}` changed in the store ({} -> {}): {dropped} stale sandboxes dropped, refilling",
+            want.name,
+            describe(&had),
+            describe(&current)
+        ));
+        Some(format!(
+            "pool {name} was built on an earlier import of image `{}` ({}, now {}); its sandboxes were dropped and it refills",
+            want.name,
+            describe(&had),
+            describe(&current)
+        ))
+    }
+
     /// Answer the client as soon as the payload's status and usage are known.
     fn reply_early(&mut self, i: usize) {
-        let seccomp_programs = self.seccomp_programs(&self.active[i].profile);
+        let seccomp_programs = self.seccomp_programs(self.active[i].pool);
         let a = &mut self.active[i];
         if a.replied || a.timed_out {
             return;
@@ -598,6 +759,7 @@ impl Supervisor {
         }
         let s = &a.spawned;
         let outcome = WarmOutcome {
+            warnings: s.warnings.clone(),
             sandbox_id: s.sandbox_id.clone(),
             prewarmed: a.status.prewarmed,
             exit_code: exit.code(),
@@ -628,11 +790,8 @@ impl Supervisor {
         a.replied = true;
     }
 
-    fn seccomp_programs(&self, profile: &str) -> usize {
-        self.pools
-            .iter()
-            .find(|p| p.profile == profile)
-            .map_or(0, |p| p.plan.seccomp.len())
+    fn seccomp_programs(&self, pool: usize) -> usize {
+        self.pools[pool].plan.seccomp.len()
     }
 
     fn finish_run(&mut self, active: Active) {
@@ -641,7 +800,7 @@ impl Supervisor {
             client,
             timed_out,
             status,
-            profile,
+            pool,
             replied,
             ..
         } = active;
@@ -650,8 +809,15 @@ impl Supervisor {
             spawned.host_uid,
             spawned.idmapped,
         );
-        let seccomp_programs = self.seccomp_programs(&profile);
+        let spawned_warnings = spawned.warnings.clone();
+        let seccomp_programs = self.seccomp_programs(pool);
+        let counted = status.prewarmed;
         let outcome = spawned.finish(status, &mut Trace::new(Instant::now()));
+        // PREWARMED may still have been queued when the init exited (the channel is
+        // read one message per turn): `finish` read it, count it now.
+        if !counted && outcome.as_ref().is_ok_and(|o| o.status.prewarmed) {
+            self.pools[pool].prewarmed_hits += 1;
+        }
         if replied {
             return;
         }
@@ -685,6 +851,7 @@ impl Supervisor {
                         status.payload.unwrap_or(init_status)
                     };
                     Reply::Finished(WarmOutcome {
+                        warnings: spawned_warnings,
                         sandbox_id,
                         prewarmed: status.prewarmed,
                         exit_code: exit.code(),
@@ -785,14 +952,19 @@ impl Supervisor {
         let mut warnings = Vec::new();
         let base = pool.base.clone();
         pool.created += 1;
-        match spawn(
+        // On an image: its root, mounted as for a cold `phantom run --image`.
+        match spawn_on(
             &pool.plan,
+            pool.image.as_ref(),
             None,
             &mut Trace::new(now),
             &mut warnings,
             |_, _| Ok(ChildPayload::Pooled(base)),
         ) {
-            Ok(s) => pool.starting.push(s),
+            Ok(mut s) => {
+                s.warnings = warnings.clone();
+                pool.starting.push(s);
+            }
             Err(e) => {
                 pool.failures += 1;
                 pool.failing += 1;
@@ -801,12 +973,12 @@ impl Supervisor {
                 }
                 log(format_args!(
                     "pool {}: cannot start a sandbox: {e}",
-                    pool.profile
+                    pool.name()
                 ));
             }
         }
         for w in warnings {
-            log(format_args!("pool {}: {w}", pool.profile));
+            log(format_args!("pool {}: {w}", pool.name()));
         }
         let busy = !self.active.is_empty();
         self.pools.iter().any(|p| {
@@ -823,19 +995,19 @@ impl Supervisor {
             pools: self
                 .pools
                 .iter()
-                .map(|p| PoolInfo {
+                .enumerate()
+                .map(|(i, p)| PoolInfo {
                     profile: p.profile.clone(),
+                    image: p.image.as_ref().map(|i| i.name.clone()),
+                    image_root_id: p.image.as_ref().map(|i| i.root_id.clone()),
                     target: p.target,
                     ready: p.ready.len(),
                     starting: p.starting.len(),
-                    active: self
-                        .active
-                        .iter()
-                        .filter(|a| a.profile == p.profile)
-                        .count(),
+                    active: self.active.iter().filter(|a| a.pool == i).count(),
                     hits: p.hits,
                     prewarmed_hits: p.prewarmed_hits,
                     misses: p.misses,
+                    stale: p.stale,
                     created: p.created,
                     failures: p.failures,
                     refill_per_second: p.readied.len() as f64 / 60.0,
@@ -864,10 +1036,7 @@ impl Supervisor {
             let _ = a.spawned.finish(a.status, &mut Trace::new(Instant::now()));
         }
         for pool in &mut self.pools {
-            for s in pool.ready.drain(..).chain(pool.starting.drain(..)) {
-                s.kill();
-                let _ = s.finish(SandboxStatus::default(), &mut Trace::new(Instant::now()));
-            }
+            pool.drain();
         }
     }
 }
@@ -912,31 +1081,69 @@ fn idmapped_workspace(dir: &str, pid: i32) -> Result<OwnedFd, String> {
     Ok(tree)
 }
 
-/// Profiles and pool sizes for `phantom-supervisor --profiles ... --zygote-pools N`:
-/// a profile's own `performance.pool_size` wins over `default_size`. No profiles named:
-/// every built-in profile with `performance.zygote: true`.
+/// A pooled image as messages show it: its root id, short, and its WorkingDir.
+fn describe(image: &WarmImage) -> String {
+    let hex = image
+        .root_id
+        .strip_prefix("sha256:")
+        .unwrap_or(&image.root_id);
+    let mut out = format!("root {}", &hex[..hex.len().min(12)]);
+    if let Some(dir) = &image.working_dir {
+        out.push_str(&format!(", WorkingDir {dir}"));
+    }
+    out
+}
+
+/// The pools for `phantom-supervisor --profiles A,B --pool PROFILE[:IMAGE]...
+/// --zygote-pools N`: one per listed profile on the host root, one per `--pool`
+/// (each once, in order of profile then image). A profile's own
+/// `performance.pool_size` wins over `default_size`. Neither given: every built-in
+/// profile with `performance.zygote: true`, on the host root. Images are not looked
+/// up here (the supervisor does, when it starts).
 pub fn pools_for(
     profiles: &[String],
+    pools: &[String],
     default_size: usize,
-) -> Result<Vec<(String, usize)>, RuntimeError> {
-    let mut names = profiles.to_vec();
-    if names.is_empty() {
+) -> Result<Vec<PoolSpec>, RuntimeError> {
+    let mut specs: Vec<PoolSpec> = profiles
+        .iter()
+        .map(|p| PoolSpec {
+            profile: p.clone(),
+            image: None,
+            size: default_size,
+        })
+        .collect();
+    for spec in pools {
+        specs.push(PoolSpec::parse(spec, default_size)?);
+    }
+    if specs.is_empty() {
         for name in phantom_policy::builtin_names() {
             if phantom_policy::load_builtin(name)?.performance.zygote {
-                names.push(name.to_string());
+                specs.push(PoolSpec {
+                    profile: name.to_string(),
+                    image: None,
+                    size: default_size,
+                });
             }
         }
     }
-    let mut out: BTreeMap<String, usize> = BTreeMap::new();
-    for name in &names {
-        let profile = phantom_policy::load_builtin(name)?;
+    let mut out: BTreeMap<(String, Option<String>), usize> = BTreeMap::new();
+    for spec in specs {
+        let profile = phantom_policy::load_builtin(&spec.profile)?;
         let size = profile
             .performance
             .pool_size
-            .map_or(default_size, |n| n as usize);
-        out.insert(name.clone(), size);
+            .map_or(spec.size, |n| n as usize);
+        out.insert((spec.profile, spec.image), size);
     }
-    Ok(out.into_iter().collect())
+    Ok(out
+        .into_iter()
+        .map(|((profile, image), size)| PoolSpec {
+            profile,
+            image,
+            size,
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -957,6 +1164,7 @@ mod tests {
         });
         Pool {
             profile: "minimal".into(),
+            image: None,
             base: init::payload_base(&plan),
             plan,
             target: 1,
@@ -965,6 +1173,7 @@ mod tests {
             hits: 0,
             prewarmed_hits: 0,
             misses: 0,
+            stale: 0,
             created: 0,
             failures: 0,
             failing: 0,
@@ -1054,5 +1263,37 @@ mod tests {
         // Backing off: no attempt right away.
         assert!(!sup.refill(&mut fake));
         assert_eq!(sup.pools[0].created, 3);
+    }
+
+    #[test]
+    fn pools_are_profiles_on_the_host_root_or_on_an_image() {
+        let strings = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let pools = pools_for(
+            &strings(&["default"]),
+            &strings(&["default:alpine", "default", "minimal:python:3.12-slim"]),
+            3,
+        )
+        .unwrap();
+        let shown: Vec<String> = pools.iter().map(|p| format!("{p} x{}", p.size)).collect();
+        // Sorted, each once; the first `:` ends the profile, the image keeps the rest.
+        assert_eq!(
+            shown,
+            [
+                "default x3",
+                "default:alpine x3",
+                "minimal:python:3.12-slim x3"
+            ]
+        );
+        assert_eq!(pools[2].image.as_deref(), Some("python:3.12-slim"));
+
+        for bad in [":alpine", "default:", ""] {
+            let e = pools_for(&[], &strings(&[bad]), 1).unwrap_err();
+            assert!(e.to_string().contains("PROFILE:IMAGE"), "{bad:?}: {e}");
+        }
+        assert!(pools_for(&[], &strings(&["nope:alpine"]), 1).is_err());
+        // Neither flag: the built-in profiles that ask for a pool, on the host root.
+        let defaults = pools_for(&[], &[], 2).unwrap();
+        assert!(!defaults.is_empty());
+        assert!(defaults.iter().all(|p| p.image.is_none()));
     }
 }
