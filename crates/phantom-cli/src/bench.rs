@@ -754,24 +754,51 @@ fn io(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
         Ok(rates)
     };
     let dir_s = dir.display().to_string();
-    let mut sandbox = Command::new(&me);
-    sandbox
-        .args(["run", "--cold", "--policy"])
-        .arg(&policy)
-        .args([
-            "--workspace",
-            &dir_s,
-            "--",
-            "sh",
-            "-c",
-            &script("/workspace"),
-        ]);
-    let inside = run(&mut sandbox)?;
-    let host = run(Command::new("sh").args(["-c", &script(&dir_s)]))?;
-    let _ = std::fs::remove_dir_all(&dir);
+    // Disks of VMs vary a lot from one write to the next: several rounds, alternating
+    // which side goes first, and the median of each.
+    let rounds = args.iterations.clamp(1, 5);
+    let (mut inside_w, mut inside_r, mut host_w, mut host_r) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let mut sides: Vec<bool> = vec![true, false];
+        if round % 2 == 1 {
+            sides.reverse();
+        }
+        for in_sandbox in sides {
+            let rates = if in_sandbox {
+                let mut sandbox = Command::new(&me);
+                sandbox
+                    .args(["run", "--cold", "--policy"])
+                    .arg(&policy)
+                    .args([
+                        "--workspace",
+                        &dir_s,
+                        "--",
+                        "sh",
+                        "-c",
+                        &script("/workspace"),
+                    ]);
+                run(&mut sandbox)?
+            } else {
+                run(Command::new("sh").args(["-c", &script(&dir_s)]))?
+            };
+            let (w, r) = if in_sandbox {
+                (&mut inside_w, &mut inside_r)
+            } else {
+                (&mut host_w, &mut host_r)
+            };
+            w.push(rates[0]);
+            r.push(rates[1]);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v[v.len() / 2]
+    };
+    let inside = [median(&mut inside_w), median(&mut inside_r)];
+    let host = [median(&mut host_w), median(&mut host_r)];
     let rows = [("write", inside[0], host[0]), ("read", inside[1], host[1])];
     if !args.json {
-        println!("io: {mib} MiB with dd (bs=1M; write with conv=fsync) in {dir_s}");
+        println!("io: {mib} MiB with dd (bs=1M; write with conv=fsync) in {dir_s}, median of {rounds} rounds");
         println!(
             "{:<8} {:>14} {:>14} {:>8}",
             "", "sandbox MB/s", "host MB/s", "ratio"

@@ -270,17 +270,7 @@ impl Prepared {
                 fds.push(PollFd::new(&spawned.chan, PollFlags::IN));
                 fds.len() - 1
             });
-            let mut pipe_ix = [None, None];
-            for (i, sink) in relay.sinks.iter().enumerate() {
-                if let Some(p) = &sink.pipe {
-                    fds.push(PollFd::new(p, PollFlags::IN));
-                    pipe_ix[i] = Some(fds.len() - 1);
-                }
-            }
-            let stdin_ix = stdin_relay.poll_fd().map(|fd| {
-                fds.push(fd);
-                fds.len() - 1
-            });
+            let polled = relay.poll_fds(&stdin_relay, &mut fds);
             match poll(&mut fds, ts.as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
@@ -295,17 +285,9 @@ impl Prepared {
             let init_exited = ready(0);
             let signal_ready = ready(1);
             let chan_ready = chan_ix.is_some_and(ready);
-            let pipes_ready = [pipe_ix[0].is_some_and(ready), pipe_ix[1].is_some_and(ready)];
-            let stdin_ready = stdin_ix.is_some_and(ready);
+            let relay_ready = polled.ready(&fds);
             drop(fds);
-            if stdin_ready {
-                stdin_relay.pump();
-            }
-            for (i, r) in pipes_ready.into_iter().enumerate() {
-                if r {
-                    relay.pump(i);
-                }
-            }
+            relay.pump_ready(&mut stdin_relay, relay_ready);
             if chan_ready {
                 let mut buf = [0u8; 4096];
                 match fdpass::recv(spawned.chan.as_fd(), &mut buf) {

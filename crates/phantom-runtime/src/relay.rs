@@ -109,6 +109,44 @@ pub(crate) struct Relay {
     pub truncated: bool,
 }
 
+fn write_all(fd: i32, mut data: &[u8]) {
+    // SAFETY-free: our own stdio fds stay open for the life of the process.
+    let out = if fd == 1 {
+        rustix::stdio::stdout()
+    } else {
+        rustix::stdio::stderr()
+    };
+    while !data.is_empty() {
+        match rustix::io::write(out, data) {
+            Ok(n) => data = &data[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return, // reader went away (EPIPE): drop the rest
+        }
+    }
+}
+
+/// Where a relay's fds sit in a poll set (see [`Relay::poll_fds`]).
+pub(crate) struct Polled {
+    pipes: [Option<usize>; 2],
+    stdin: Option<usize>,
+}
+
+/// Which of a relay's fds a poll found ready.
+pub(crate) struct Ready {
+    pipes: [bool; 2],
+    stdin: bool,
+}
+
+impl Polled {
+    pub(crate) fn ready(&self, fds: &[PollFd<'_>]) -> Ready {
+        let ready = |i: Option<usize>| i.is_some_and(|i| !fds[i].revents().is_empty());
+        Ready {
+            pipes: [ready(self.pipes[0]), ready(self.pipes[1])],
+            stdin: ready(self.stdin),
+        }
+    }
+}
+
 impl Relay {
     /// Read what is available on sink `i`; false at EOF.
     pub(crate) fn pump(&mut self, i: usize) -> bool {
@@ -141,25 +179,42 @@ impl Relay {
             }
         }
     }
-}
 
-fn write_all(fd: i32, mut data: &[u8]) {
-    // SAFETY-free: our own stdio fds stay open for the life of the process.
-    let out = if fd == 1 {
-        rustix::stdio::stdout()
-    } else {
-        rustix::stdio::stderr()
-    };
-    while !data.is_empty() {
-        match rustix::io::write(out, data) {
-            Ok(n) => data = &data[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(_) => return, // reader went away (EPIPE): drop the rest
+    /// Add the output pipes still open, and what the stdin relay waits on, to `fds`.
+    pub(crate) fn poll_fds<'a>(
+        &'a self,
+        stdin: &'a StdinRelay,
+        fds: &mut Vec<PollFd<'a>>,
+    ) -> Polled {
+        let mut polled = Polled {
+            pipes: [None, None],
+            stdin: None,
+        };
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if let Some(p) = &sink.pipe {
+                fds.push(PollFd::new(p, PollFlags::IN));
+                polled.pipes[i] = Some(fds.len() - 1);
+            }
+        }
+        if let Some(fd) = stdin.poll_fd() {
+            fds.push(fd);
+            polled.stdin = Some(fds.len() - 1);
+        }
+        polled
+    }
+
+    /// Move what a poll found ready.
+    pub(crate) fn pump_ready(&mut self, stdin: &mut StdinRelay, ready: Ready) {
+        if ready.stdin {
+            stdin.pump();
+        }
+        for (i, r) in ready.pipes.into_iter().enumerate() {
+            if r {
+                self.pump(i);
+            }
         }
     }
-}
 
-impl Relay {
     /// stdout and stderr of a run, read from `out` and `err`, captured when `capture`
     /// (else passed through to our own stdout/stderr), `budget` bytes in all.
     pub(crate) fn new(out: OwnedFd, err: OwnedFd, capture: bool, budget: u64) -> Relay {

@@ -141,17 +141,7 @@ fn relay_until_finished(
             PollFd::new(conn, PollFlags::IN),
             PollFd::new(sigfd, PollFlags::IN),
         ];
-        let mut pipe_ix = [None, None];
-        for (i, sink) in relay.sinks.iter().enumerate() {
-            if let Some(p) = &sink.pipe {
-                fds.push(PollFd::new(p, PollFlags::IN));
-                pipe_ix[i] = Some(fds.len() - 1);
-            }
-        }
-        let stdin_ix = stdin_relay.poll_fd().map(|fd| {
-            fds.push(fd);
-            fds.len() - 1
-        });
+        let polled = relay.poll_fds(stdin_relay, &mut fds);
         match poll(&mut fds, Some(&ts)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => {
@@ -164,17 +154,9 @@ fn relay_until_finished(
         }
         let ready = |i: usize| !fds[i].revents().is_empty();
         let (conn_ready, signal_ready) = (ready(0), ready(1));
-        let pipes_ready = [pipe_ix[0].is_some_and(ready), pipe_ix[1].is_some_and(ready)];
-        let stdin_ready = stdin_ix.is_some_and(ready);
+        let relay_ready = polled.ready(&fds);
         drop(fds);
-        if stdin_ready {
-            stdin_relay.pump();
-        }
-        for (i, r) in pipes_ready.into_iter().enumerate() {
-            if r {
-                relay.pump(i);
-            }
-        }
+        relay.pump_ready(stdin_relay, relay_ready);
         if signal_ready {
             while let Some(sig) = process::read_signalfd(sigfd.as_fd()) {
                 if sig == libc::SIGINT {
