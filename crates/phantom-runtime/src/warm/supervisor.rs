@@ -151,16 +151,21 @@ impl Pool {
             Some(name) => Some(ImageRun::for_pool(name).map_err(in_spec)?),
             None => None,
         };
+        Ok(Pool::with_plan(&spec.profile, image, plan, spec.size))
+    }
+
+    /// An empty pool of `target` sandboxes built from `plan`.
+    fn with_plan(profile: &str, image: Option<ImageRun>, plan: Plan, target: usize) -> Pool {
         let mut base = init::payload_base(&plan);
         // A pre-started interpreter is the host root's python3, started with the plan's
         // environment; on an image each run starts the image's own (not pre-started).
         base.prewarm_python &= image.is_none();
-        Ok(Pool {
-            profile: spec.profile.clone(),
+        Pool {
+            profile: profile.to_string(),
             image,
             base,
             plan,
-            target: spec.size,
+            target,
             ready: VecDeque::new(),
             starting: Vec::new(),
             hits: 0,
@@ -172,7 +177,7 @@ impl Pool {
             failing: 0,
             backoff_until: None,
             readied: VecDeque::new(),
-        })
+        }
     }
 
     /// `profile` or `profile:image`, for logs and `phantom pool status`.
@@ -1162,24 +1167,7 @@ mod tests {
             read_only: true,
             optional: false,
         });
-        Pool {
-            profile: "minimal".into(),
-            image: None,
-            base: init::payload_base(&plan),
-            plan,
-            target: 1,
-            ready: VecDeque::new(),
-            starting: Vec::new(),
-            hits: 0,
-            prewarmed_hits: 0,
-            misses: 0,
-            stale: 0,
-            created: 0,
-            failures: 0,
-            failing: 0,
-            backoff_until: None,
-            readied: VecDeque::new(),
-        }
+        Pool::with_plan("minimal", None, plan, 1)
     }
 
     fn supervisor(thresholds: Option<Thresholds>) -> Supervisor {
