@@ -178,6 +178,35 @@ pub fn run(live: bool) -> Vec<Check> {
         (!overlay).then_some("modprobe overlay (needed for image-backed sandboxes)"),
     ));
 
+    let socket = crate::warm::socket_path();
+    out.push(match crate::warm::client::status() {
+        Ok(status) => check(
+            "warm pools",
+            "ok",
+            format!(
+                "phantom-supervisor (pid {}) at {}: {}",
+                status.pid,
+                socket.display(),
+                status
+                    .pools
+                    .iter()
+                    .map(|p| format!("{} {}/{} ready", p.profile, p.ready, p.target))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None,
+        ),
+        Err(_) => check(
+            "warm pools",
+            "warn",
+            format!(
+                "no phantom-supervisor at {}: every run starts cold",
+                socket.display()
+            ),
+            Some("start `phantom-supervisor` (as the same user) for warm starts"),
+        ),
+    });
+
     if live {
         out.push(live_check());
     }
