@@ -10,6 +10,7 @@ mod image_cmd;
 mod policy_cmd;
 mod pool_cmd;
 mod run;
+mod store_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,10 @@ enum Command {
     /// Images: import OCI images and docker-save archives, list, inspect, remove.
     #[command(subcommand, after_help = image_cmd::EXAMPLES)]
     Image(image_cmd::ImageCommand),
+    /// Snapshots: a content-addressed store of directory trees (snapshot, restore,
+    /// list, rm, gc, verify).
+    #[command(subcommand, after_help = store_cmd::EXAMPLES)]
+    Store(store_cmd::StoreCommand),
 }
 
 fn main() {
@@ -60,6 +65,7 @@ fn main() {
         Command::Doctor(args) => doctor::doctor(args),
         Command::Benchmark(args) => bench::benchmark(args),
         Command::Image(cmd) => image_cmd::image(cmd),
+        Command::Store(cmd) => store_cmd::store(cmd),
     };
     std::process::exit(code);
 }

@@ -17,6 +17,7 @@ pub mod image;
 mod image_run;
 mod init;
 mod relay;
+pub mod snapshot;
 mod spawn;
 pub mod warm;
 pub mod workspace;
