@@ -76,7 +76,7 @@ fi
 step "nothing left behind"
 leaks=0
 if grep -q 'phantom' /proc/mounts; then echo "LEAK: mounts:"; grep phantom /proc/mounts; leaks=1; fi
-left=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 4 -path '*/phantom/*' -type d 2>/dev/null || true)
+left=$(find /sys/fs/cgroup -mindepth 1 -maxdepth 4 \( -name phantom -o -path '*/phantom/*' \) -type d 2>/dev/null || true)
 if [ -n "$left" ]; then echo "LEAK: cgroups:"; echo "$left"; leaks=1; fi
 procs=$(pgrep -a -f 'phantom-(init|probe)|phantom:(init|payload)' || true)
 if [ -n "$procs" ]; then echo "LEAK: processes:"; echo "$procs"; leaks=1; fi

@@ -233,7 +233,19 @@ impl SandboxCgroup {
                     format!("+{controller}"),
                 );
             }
-            mkdir(&dir)?;
+            // `phantom/` is removed by the last sandbox to leave it (see `remove`): a
+            // concurrent run may remove it between our two mkdirs, so retry.
+            let mut made = mkdir(&dir);
+            for _ in 0..5 {
+                match &made {
+                    Err(CgroupError::Create(_, e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                        mkdir(&base)?;
+                        made = mkdir(&dir);
+                    }
+                    _ => break,
+                }
+            }
+            made?;
             if !self.dirs.iter().any(|(_, d)| d == &dir) {
                 self.dirs.push((controller, dir.clone()));
             }
@@ -418,6 +430,11 @@ impl SandboxCgroup {
                     }
                     Err(_) => {}
                 }
+            }
+            // The last sandbox out removes `phantom/` too, so that nothing of phantom's
+            // stays in the host's cgroup tree (it fails while other sandboxes live).
+            if let Some(base) = dir.parent() {
+                let _ = fs::remove_dir(base);
             }
         }
     }
