@@ -44,6 +44,7 @@ if [ "$(id -u)" = 0 ]; then
   # The same assertions, now served from pooled sandboxes: one matrix, cold and warm.
   iso=$(cargo test -p phantom-cli --test isolation --no-run 2>&1 | sed -n 's|^ *Executable tests/isolation\.rs (\(.*\))$|\1|p')
   sock_dir=$(mktemp -d /tmp/phantom-warm-suite.XXXXXX)
+  trap 'rm -rf "$sock_dir"' EXIT
   target/debug/phantom-supervisor --profiles default --zygote-pools 4 --socket "$sock_dir/s.sock" 2>"$sock_dir/log" &
   sup_pid=$!
   for _ in $(seq 100); do [ -S "$sock_dir/s.sock" ] && break; sleep 0.05; done
@@ -56,6 +57,7 @@ if [ "$(id -u)" = 0 ]; then
   # The test binaries and the binaries they run are copied where that user can reach
   # them (a clone under /root is not).
   stage=$(mktemp -d /tmp/phantom-suite.XXXXXX)
+  trap 'rm -rf "$stage"' EXIT
   chmod 755 "$stage"
   # cargo names each integration test binary: "Executable tests/cli.rs (target/debug/deps/cli-HASH)".
   cargo test -p phantom-cli --tests --no-run 2>&1 \

@@ -709,6 +709,14 @@ fn io(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
     let mib = (bytes / (1 << 20)).max(1);
     let dir = std::env::temp_dir().join(format!("phantom-io-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| (1, format!("{}: {e}", dir.display())))?;
+    // Removed however the benchmark ends.
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
     // A policy with room for the file: the memory limit well above the data written,
     // or the cgroup's dirty-page throttling measures the limit, not the filesystem
     // path (with 2x the data: 0.32x the host's write speed; with 8 GB: 0.68x).
