@@ -2,6 +2,8 @@
 
 use clap::Args;
 
+use crate::print_json;
+
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
     /// One JSON array of checks instead of text.
@@ -16,10 +18,7 @@ pub fn doctor(args: DoctorArgs) -> i32 {
     let checks = phantom_runtime::doctor::run(!args.no_live);
     let failed = checks.iter().any(|c| c.status == "fail");
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&checks).expect("serializes")
-        );
+        print_json(&checks);
     } else {
         for c in &checks {
             let mark = match c.status {

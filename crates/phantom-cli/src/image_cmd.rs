@@ -13,7 +13,7 @@ use phantom_runtime::image::{
     human_size, Debootstrap, ImageError, ImageInfo, ImageStore, ImportOptions, ImportProgress,
 };
 
-use crate::error_line;
+use crate::{error_line, print_json};
 
 /// Shown by `phantom image --help`.
 pub const EXAMPLES: &str = "Examples:
@@ -249,14 +249,6 @@ pub fn image(cmd: ImageCommand) -> i32 {
 fn fail(e: ImageError) -> i32 {
     error_line(&e);
     e.exit_code()
-}
-
-fn print_json<T: serde::Serialize>(value: &T) -> i32 {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("image records serialize")
-    );
-    0
 }
 
 fn report_import(result: Result<ImageInfo, ImageError>, json: bool, started: Instant) -> i32 {

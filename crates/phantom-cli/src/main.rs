@@ -74,3 +74,12 @@ fn main() {
 pub(crate) fn error_line(msg: impl std::fmt::Display) {
     eprintln!("phantom: error: {msg}");
 }
+
+/// Print `value` as pretty JSON on stdout (every `--json` output); exit code 0.
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> i32 {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("our records serialize to JSON")
+    );
+    0
+}

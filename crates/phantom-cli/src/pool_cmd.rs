@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 
-use crate::error_line;
+use crate::{error_line, print_json};
 
 #[derive(Subcommand, Debug)]
 pub enum PoolCommand {
@@ -25,11 +25,7 @@ pub fn pool(cmd: PoolCommand) -> i32 {
         }
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&status).expect("serializes")
-        );
-        return 0;
+        return print_json(&status);
     }
     println!("supervisor pid {}", status.pid);
     // A pool on an image shows as PROFILE:IMAGE.

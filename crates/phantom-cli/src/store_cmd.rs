@@ -19,7 +19,7 @@ use phantom_runtime::snapshot::{
     SnapshotLimits, SnapshotOptions, SnapshotProgress, SnapshotStore, VerifyReport,
 };
 
-use crate::error_line;
+use crate::{error_line, print_json};
 
 /// Shown by `phantom store --help`.
 pub const EXAMPLES: &str = "Examples:
@@ -261,14 +261,6 @@ pub fn store(cmd: StoreCommand) -> i32 {
 fn fail(e: SnapshotError) -> i32 {
     error_line(&e);
     e.exit_code()
-}
-
-fn print_json<T: serde::Serialize>(value: &T) -> i32 {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("store records serialize")
-    );
-    0
 }
 
 fn print_snapshot(info: &SnapshotInfo, started: Instant) {

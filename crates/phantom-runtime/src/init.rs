@@ -1390,22 +1390,9 @@ mod image_root_tests {
         }
     }
 
-    /// A scratch directory, removed on drop (also when an assertion fails).
-    struct Scratch(PathBuf);
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn mount_points_in_an_image_never_follow_its_symlinks() {
-        let dir = Scratch(std::env::temp_dir().join(format!(
-            "phantom-mount-points-{}-{}",
-            std::process::id(),
-            crate::ids::new_sandbox_id()
-        )));
+        let dir = crate::test_util::Scratch::new("mount-points");
         let (root, outside) = (dir.0.join("root"), dir.0.join("outside"));
         for d in [root.join("etc/dir"), outside.clone()] {
             std::fs::create_dir_all(d).unwrap();

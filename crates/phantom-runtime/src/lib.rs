@@ -19,6 +19,9 @@ mod init;
 mod relay;
 pub mod snapshot;
 mod spawn;
+mod store_dir;
+#[cfg(test)]
+mod test_util;
 pub mod warm;
 pub mod workspace;
 

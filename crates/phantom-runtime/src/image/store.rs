@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,6 +22,8 @@ use super::digest::{chain_ids, Digest, Progress};
 use super::source::{Plan, Source};
 use super::tree::{self, TreeCopy};
 use super::unpack::{Budget, Unpacker};
+use crate::store_dir::StoreDirError;
+
 use super::{
     host_platform, ImageError, ImageInfo, ImageRoot, ImportOptions, ImportProgress, LayerInfo,
     SourceFormat,
@@ -126,40 +128,17 @@ impl ImageStore {
     /// another user owns or that others can write.
     pub fn open(dir: impl Into<PathBuf>) -> Result<ImageStore, ImageError> {
         let dir = dir.into();
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(ImageError::io("create", &dir))?;
-        let meta = fs::symlink_metadata(&dir).map_err(ImageError::io("inspect", &dir))?;
-        let uid = phantom_linux::process::euid();
-        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-            return Err(ImageError::Usage(format!(
-                "image store {}: not a directory owned by you (uid {uid}) that only you can write; \
-                 fix its owner and mode, or point {STATE_DIR_ENV} elsewhere",
-                dir.display()
-            )));
-        }
+        crate::store_dir::prepare(&dir, &["images", "roots", "roots/sha256", "tmp"]).map_err(
+            |e| match e {
+                StoreDirError::Io { what, path, source } => ImageError::Io { what, path, source },
+                StoreDirError::NotYours { uid } => ImageError::Usage(format!(
+                    "image store {}: not a directory owned by you (uid {uid}) that only you can \
+                     write; fix its owner and mode, or point {STATE_DIR_ENV} elsewhere",
+                    dir.display()
+                )),
+            },
+        )?;
         let store = ImageStore { dir };
-        for sub in [
-            store.records_dir(),
-            store.dir.join("roots"),
-            store.roots_dir(),
-            store.tmp_dir(),
-        ] {
-            match DirBuilder::new().mode(0o700).create(&sub) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(ImageError::io("create", &sub)(e)),
-            }
-        }
-        let lock = store.dir.join("lock");
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&lock)
-            .map_err(ImageError::io("create", &lock))?;
         Ok(store)
     }
 

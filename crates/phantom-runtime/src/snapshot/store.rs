@@ -2,10 +2,9 @@
 //! docs of `snapshot`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,6 +20,7 @@ use super::{
     SnapshotInfo, SnapshotLimits, SnapshotOptions, SnapshotProgress, VerifyReport,
 };
 use crate::image::{ImageError, ImageStore, STATE_DIR_ENV};
+use crate::store_dir::StoreDirError;
 
 /// Longest tag.
 pub const MAX_TAG: usize = 128;
@@ -57,35 +57,18 @@ impl SnapshotStore {
     /// another user owns or that others can write.
     pub fn open(dir: impl Into<PathBuf>) -> Result<SnapshotStore, SnapshotError> {
         let dir = dir.into();
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(SnapshotError::io("create", &dir))?;
-        let meta = fs::symlink_metadata(&dir).map_err(SnapshotError::io("inspect", &dir))?;
-        let uid = phantom_linux::process::euid();
-        if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-            return Err(SnapshotError::Usage(format!(
-                "snapshot store {}: not a directory owned by you (uid {uid}) that only you can \
-                 write; fix its owner and mode, or point {STATE_DIR_ENV} elsewhere",
-                dir.display()
-            )));
-        }
-        for sub in ["tags", "manifests", "chunks", "files", "tmp"] {
-            let path = dir.join(sub);
-            match DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(SnapshotError::io("create", &path)(e)),
-            }
-        }
-        let lock = dir.join("lock");
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&lock)
-            .map_err(SnapshotError::io("create", &lock))?;
+        crate::store_dir::prepare(&dir, &["tags", "manifests", "chunks", "files", "tmp"]).map_err(
+            |e| match e {
+                StoreDirError::Io { what, path, source } => {
+                    SnapshotError::Io { what, path, source }
+                }
+                StoreDirError::NotYours { uid } => SnapshotError::Usage(format!(
+                    "snapshot store {}: not a directory owned by you (uid {uid}) that only you \
+                     can write; fix its owner and mode, or point {STATE_DIR_ENV} elsewhere",
+                    dir.display()
+                )),
+            },
+        )?;
         Ok(SnapshotStore {
             dir,
             limits: SnapshotLimits::default(),

@@ -1,0 +1,90 @@
+//! The private directory a store lives in (the image store, the snapshot store).
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Why a store directory could not be prepared.
+#[derive(Debug)]
+pub(crate) enum StoreDirError {
+    /// An I/O step failed: `what` names it ("create", "inspect").
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The directory exists but is not one only we own and can write.
+    NotYours { uid: u32 },
+}
+
+/// Creates `dir` (0700, with its parents) and refuses one that is not a directory,
+/// that another user owns, or that group or others can write — a store someone else
+/// can write could hand us roots or snapshots we never made. Then creates each of
+/// `subs` (paths relative to `dir`, 0700) and the writers' `lock` file (0600).
+pub(crate) fn prepare(dir: &Path, subs: &[&str]) -> Result<(), StoreDirError> {
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StoreDirError::Io { what, path, source }
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("create", dir))?;
+    let meta = fs::symlink_metadata(dir).map_err(io("inspect", dir))?;
+    let uid = phantom_linux::process::euid();
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
+        return Err(StoreDirError::NotYours { uid });
+    }
+    for sub in subs {
+        let path = dir.join(sub);
+        match DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("create", &path)(e)),
+        }
+    }
+    let lock = dir.join("lock");
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&lock)
+        .map_err(io("create", &lock))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::Scratch;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn store_dir_creates_private_subdirs_and_lock() {
+        let tmp = Scratch::new("store-dir");
+        let dir = tmp.0.join("a/b/store");
+        prepare(&dir, &["x", "y/z"]).unwrap_err(); // "y" does not exist: not recursive
+        prepare(&dir, &["x", "y", "y/z"]).unwrap();
+        for sub in ["", "x", "y", "y/z"] {
+            let mode = fs::metadata(dir.join(sub)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{sub}");
+        }
+        let lock = fs::metadata(dir.join("lock")).unwrap().permissions().mode();
+        assert_eq!(lock & 0o777, 0o600);
+        // A second open of the same store is fine.
+        prepare(&dir, &["x", "y", "y/z"]).unwrap();
+    }
+
+    #[test]
+    fn store_dir_refuses_one_others_can_write() {
+        let tmp = Scratch::new("store-dir");
+        let dir = tmp.0.join("store");
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            prepare(&dir, &[]),
+            Err(StoreDirError::NotYours { .. })
+        ));
+    }
+}
