@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -13,7 +13,7 @@ use phantom_runtime::image::{
     human_size, Debootstrap, ImageError, ImageInfo, ImageStore, ImportOptions, ImportProgress,
 };
 
-use crate::{error_line, print_json};
+use crate::{age, error_line, print_json};
 
 /// Shown by `phantom image --help`.
 pub const EXAMPLES: &str = "Examples:
@@ -328,20 +328,6 @@ fn print_table(images: &[ImageInfo]) {
             human_size(image.unpacked_bytes),
             age(image.imported_at)
         );
-    }
-}
-
-fn age(when: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(when);
-    let secs = now.saturating_sub(when);
-    match secs {
-        0..=59 => format!("{secs} seconds ago"),
-        60..=3599 => format!("{} minutes ago", secs / 60),
-        3600..=86399 => format!("{} hours ago", secs / 3600),
-        _ => format!("{} days ago", secs / 86400),
     }
 }
 

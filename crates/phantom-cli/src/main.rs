@@ -75,6 +75,21 @@ pub(crate) fn error_line(msg: impl std::fmt::Display) {
     eprintln!("phantom: error: {msg}");
 }
 
+/// How long ago `when` (seconds since the epoch) was, for humans: "3 minutes ago".
+pub(crate) fn age(when: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(when);
+    let secs = now.saturating_sub(when);
+    match secs {
+        0..=59 => format!("{secs} seconds ago"),
+        60..=3599 => format!("{} minutes ago", secs / 60),
+        3600..=86399 => format!("{} hours ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86400),
+    }
+}
+
 /// Print `value` as pretty JSON on stdout (every `--json` output); exit code 0.
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> i32 {
     println!(

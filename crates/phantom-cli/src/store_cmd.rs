@@ -9,7 +9,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -19,7 +19,7 @@ use phantom_runtime::snapshot::{
     SnapshotLimits, SnapshotOptions, SnapshotProgress, SnapshotStore, VerifyReport,
 };
 
-use crate::{error_line, print_json};
+use crate::{age, error_line, print_json};
 
 /// Shown by `phantom store --help`.
 pub const EXAMPLES: &str = "Examples:
@@ -406,20 +406,6 @@ fn print_verify(report: &VerifyReport) {
             report.problems.len(),
             report.broken_tags.join(", ")
         );
-    }
-}
-
-fn age(when: u64) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(when);
-    let secs = now.saturating_sub(when);
-    match secs {
-        0..=59 => format!("{secs} s ago"),
-        60..=3599 => format!("{} min ago", secs / 60),
-        3600..=86399 => format!("{} h ago", secs / 3600),
-        _ => format!("{} days ago", secs / 86400),
     }
 }
 
