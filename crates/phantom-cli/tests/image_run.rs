@@ -176,15 +176,7 @@ fn entrypoint_cmd_env_and_working_dir_apply_as_in_docker() {
         return;
     }
     let state = State::new("config");
-    state.import(
-        "greeter",
-        json!({
-            "Cmd": ["sh", "-c", "echo $GREETING; pwd; echo $PATH; echo $HOME"],
-            "Env": ["GREETING=hi", "PATH=/bin:/opt/bin"],
-            "WorkingDir": "/srv",
-        }),
-        &[],
-    );
+    state.import_greeter();
     let run = |extra: &[&str]| {
         let mut args = vec!["run", "--json", "--image", "greeter"];
         args.extend_from_slice(extra);

@@ -139,15 +139,7 @@ fn warm_runs_on_an_image_behave_like_cold_ones() {
         return;
     }
     let state = State::new("warm-config");
-    state.import(
-        "greeter",
-        json!({
-            "Cmd": ["sh", "-c", "echo $GREETING; pwd; echo $PATH; echo $HOME"],
-            "Env": ["GREETING=hi", "PATH=/bin:/opt/bin"],
-            "WorkingDir": "/srv",
-        }),
-        &[],
-    );
+    state.import_greeter();
     state.import(
         "entry",
         json!({"Entrypoint": ["sh", "-c", "echo entry:$1; pwd", "sh"], "Cmd": ["default"], "User": "1000"}),

@@ -48,6 +48,21 @@ impl State {
         self.import_entries(name, config, &entries);
     }
 
+    /// Import `greeter`: an image whose Cmd prints $GREETING, the working directory,
+    /// $PATH and $HOME, with Env and WorkingDir set — the config a run must apply as
+    /// Docker does, cold or warm.
+    pub fn import_greeter(&self) {
+        self.import(
+            "greeter",
+            json!({
+                "Cmd": ["sh", "-c", "echo $GREETING; pwd; echo $PATH; echo $HOME"],
+                "Env": ["GREETING=hi", "PATH=/bin:/opt/bin"],
+                "WorkingDir": "/srv",
+            }),
+            &[],
+        );
+    }
+
     /// Import an image of exactly `entries`, with `config` as its config.
     pub fn import_entries(&self, name: &str, config: Value, entries: &[Entry]) {
         let layout = self.0.join(format!("layout-{}", super::unique()));
