@@ -103,3 +103,90 @@ pub struct IsolationReport {
     /// Whether the workspace is seen through an idmapped mount.
     pub idmapped_workspace: bool,
 }
+
+/// A named sandbox that lives between commands (`phantom create`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// Letters, digits, `-`, `_` and `.`; starts with a letter or digit; at most 63.
+    pub name: String,
+    pub policy: PolicySource,
+    /// Limits and mode for every command run in it (`timeout` is the default timeout
+    /// of each `exec`).
+    pub overrides: RunOverrides,
+    /// Run on this image of the store instead of the host's system directories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Destroyed after this long without a running `exec` (e.g. "15m"). Default 15m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// Destroyed this long after creation, busy or not (e.g. "24h"). Default 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<String>,
+    /// Start with the workspace of this snapshot (a tag of the snapshot store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
+}
+
+/// A command run in a persistent sandbox (`phantom exec NAME -- cmd`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// Extra environment variables, on top of the sandbox's.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox (default: /workspace).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Wall-time limit of this command (default: the sandbox's timeout).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Capture stdout/stderr into the report instead of passing them through.
+    #[serde(default)]
+    pub capture_output: bool,
+}
+
+/// A persistent sandbox as `phantom list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    pub name: String,
+    pub id: String,
+    /// `running`, `starting`, or `dead` (its init is gone: `phantom destroy` cleans up).
+    pub status: String,
+    /// Why it is dead, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub profile: String,
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Host pid of its init (0 while starting).
+    pub init_pid: i32,
+    /// Host directory bound at /workspace.
+    pub workspace: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds of the last `exec` start or end.
+    pub last_used: u64,
+    pub idle_timeout_s: u64,
+    pub max_lifetime_s: u64,
+}
+
+/// A persistent sandbox's resource use, from its cgroup (`phantom monitor`). `None`:
+/// not reported on this host (no cgroup, or the controller lacks the counter).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SandboxMetrics {
+    pub name: String,
+    /// Unix milliseconds of the sample.
+    pub at_ms: u64,
+    pub cpu_usage_ms: Option<f64>,
+    /// CPU use since the previous sample, in cores (1.0 = one core busy).
+    pub cpu_cores: Option<f64>,
+    pub memory_bytes: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub pids_limit: Option<u64>,
+    pub io_read_bytes: Option<u64>,
+    pub io_write_bytes: Option<u64>,
+    pub oom_kills: u64,
+}

@@ -10,6 +10,7 @@ mod image_cmd;
 mod policy_cmd;
 mod pool_cmd;
 mod run;
+mod sandbox_cmd;
 mod store_cmd;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,21 @@ enum Command {
     /// list, rm, gc, verify).
     #[command(subcommand, after_help = store_cmd::EXAMPLES)]
     Store(store_cmd::StoreCommand),
+    /// Create a persistent sandbox that lives between commands.
+    Create(sandbox_cmd::CreateArgs),
+    /// Run a command in a persistent sandbox.
+    Exec(sandbox_cmd::ExecArgs),
+    /// Destroy a persistent sandbox (or all of them).
+    Destroy(sandbox_cmd::DestroyArgs),
+    /// List the persistent sandboxes.
+    #[command(visible_alias = "ls")]
+    List(sandbox_cmd::ListArgs),
+    /// Show a persistent sandbox's CPU, memory, processes and I/O, live.
+    Monitor(sandbox_cmd::MonitorArgs),
+    /// Copy files and directories into or out of a persistent sandbox's workspace.
+    Cp(sandbox_cmd::CpArgs),
+    /// Snapshot a persistent sandbox's workspace; list or remove snapshots.
+    Snapshot(sandbox_cmd::SnapshotArgs),
 }
 
 fn main() {
@@ -66,6 +82,13 @@ fn main() {
         Command::Benchmark(args) => bench::benchmark(args),
         Command::Image(cmd) => image_cmd::image(cmd),
         Command::Store(cmd) => store_cmd::store(cmd),
+        Command::Create(args) => sandbox_cmd::create(args),
+        Command::Exec(args) => sandbox_cmd::exec(args),
+        Command::Destroy(args) => sandbox_cmd::destroy(args),
+        Command::List(args) => sandbox_cmd::list(args),
+        Command::Monitor(args) => sandbox_cmd::monitor(args),
+        Command::Cp(args) => sandbox_cmd::cp(args),
+        Command::Snapshot(args) => sandbox_cmd::snapshot(args),
     };
     std::process::exit(code);
 }

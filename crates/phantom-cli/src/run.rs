@@ -8,24 +8,10 @@ use crate::error_line;
 /// Exit code for failures of phantom itself (not of the payload), as docker uses.
 pub const EXIT_PHANTOM_FAILED: i32 = 125;
 
+/// Where the policy comes from and the limits put on top of it: `phantom run` and
+/// `phantom create` take the same.
 #[derive(Args, Debug)]
-#[command(
-    after_help = "The command's exit code is returned (128+N when it was killed by signal N).
-phantom's own errors exit with 2 (bad flags or policy) or 125 (the sandbox could not start).
-
-Sandbox mode (the default) gives the command: new user, pid, mount, network, ipc, uts and
-cgroup namespaces; a tmpfs root with read-only /usr, /bin, /lib and a few /etc files; a
-private /tmp; the workspace at /workspace; only `lo`; no capabilities; seccomp and Landlock;
-cgroup limits on memory, processes and CPU; a wall-clock timeout; and an output cap.
-
-Examples:
-  phantom run -- python3 -c 'print(1)'
-  echo 'print(2+2)' | phantom run -- python3 -
-  phantom run --json --timeout 2s -- sleep 10        # timed_out: true
-  phantom run --profile strict --env DEBUG=1 -- sh -c 'echo $DEBUG'
-  phantom run --image python:3.12-slim -- python3 -c 'import sys; print(sys.version)'"
-)]
-pub struct RunArgs {
+pub struct PolicyArgs {
     /// Built-in profile to run under (see `phantom profile list`).
     #[arg(long, value_name = "NAME", conflicts_with = "policy")]
     profile: Option<String>,
@@ -50,6 +36,49 @@ pub struct RunArgs {
     /// Network: none (no interface up) or loopback-only.
     #[arg(long, value_name = "MODE")]
     network: Option<String>,
+}
+
+impl PolicyArgs {
+    pub fn source(&self) -> PolicySource {
+        match (&self.policy, &self.profile) {
+            (Some(file), _) => PolicySource::File(file.clone()),
+            (None, Some(name)) => PolicySource::Profile(name.clone()),
+            (None, None) => PolicySource::Profile(phantom_policy::DEFAULT_PROFILE.to_string()),
+        }
+    }
+
+    pub fn overrides(&self) -> RunOverrides {
+        RunOverrides {
+            mode: self.mode.clone(),
+            memory: self.memory.clone(),
+            cpus: self.cpus.clone(),
+            pids: self.pids,
+            timeout: self.timeout.clone(),
+            network: self.network.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "The command's exit code is returned (128+N when it was killed by signal N).
+phantom's own errors exit with 2 (bad flags or policy) or 125 (the sandbox could not start).
+
+Sandbox mode (the default) gives the command: new user, pid, mount, network, ipc, uts and
+cgroup namespaces; a tmpfs root with read-only /usr, /bin, /lib and a few /etc files; a
+private /tmp; the workspace at /workspace; only `lo`; no capabilities; seccomp and Landlock;
+cgroup limits on memory, processes and CPU; a wall-clock timeout; and an output cap.
+
+Examples:
+  phantom run -- python3 -c 'print(1)'
+  echo 'print(2+2)' | phantom run -- python3 -
+  phantom run --json --timeout 2s -- sleep 10        # timed_out: true
+  phantom run --profile strict --env DEBUG=1 -- sh -c 'echo $DEBUG'
+  phantom run --image python:3.12-slim -- python3 -c 'import sys; print(sys.version)'"
+)]
+pub struct RunArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Host directory bound read-write at /workspace (default: a fresh temporary one,
     /// removed after the run). Files written there belong to you on the host.
     #[arg(long, value_name = "DIR")]
@@ -85,7 +114,7 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-fn parse_env(items: &[String]) -> Result<Vec<(String, String)>, String> {
+pub fn parse_env(items: &[String]) -> Result<Vec<(String, String)>, String> {
     items
         .iter()
         .map(|item| match item.split_once('=') {
@@ -105,21 +134,9 @@ pub fn run(args: RunArgs) -> i32 {
             return 2;
         }
     };
-    let policy = match (args.policy, args.profile) {
-        (Some(file), _) => PolicySource::File(file),
-        (None, Some(name)) => PolicySource::Profile(name),
-        (None, None) => PolicySource::Profile(phantom_policy::DEFAULT_PROFILE.to_string()),
-    };
     let request = RunRequest {
-        policy,
-        overrides: RunOverrides {
-            mode: args.mode,
-            memory: args.memory,
-            cpus: args.cpus,
-            pids: args.pids,
-            timeout: args.timeout,
-            network: args.network,
-        },
+        policy: args.policy.source(),
+        overrides: args.policy.overrides(),
         argv: args.command,
         env,
         cwd: args.cwd,

@@ -263,7 +263,7 @@ fn fail(e: SnapshotError) -> i32 {
     e.exit_code()
 }
 
-fn print_snapshot(info: &SnapshotInfo, started: Instant) {
+pub(crate) fn print_snapshot(info: &SnapshotInfo, started: Instant) {
     println!(
         "snapshot {} ({}): {} in {} files, {} dirs, {} symlinks; {:.1} s",
         info.tag,
@@ -331,7 +331,7 @@ fn print_restore(info: &RestoreInfo, dest: &std::path::Path, started: Instant) {
     }
 }
 
-fn print_table(list: &[SnapshotInfo]) {
+pub(crate) fn print_table(list: &[SnapshotInfo]) {
     if list.is_empty() {
         println!("no snapshots (take one with `phantom store snapshot DIR --tag TAG`)");
         return;
@@ -411,10 +411,10 @@ fn print_verify(report: &VerifyReport) {
 
 /// A progress bar on stderr when it is a terminal (bytes against a total, or a spinner
 /// with the bytes read); nothing otherwise.
-struct Bar(Option<ProgressBar>);
+pub(crate) struct Bar(Option<ProgressBar>);
 
 impl Bar {
-    fn new(total: Option<u64>) -> Bar {
+    pub(crate) fn new(total: Option<u64>) -> Bar {
         if !std::io::stderr().is_terminal() {
             return Bar(None);
         }
@@ -431,19 +431,19 @@ impl Bar {
         Bar(Some(bar))
     }
 
-    fn set(&self, bytes: u64) {
+    pub(crate) fn set(&self, bytes: u64) {
         if let Some(bar) = &self.0 {
             bar.set_position(bytes);
         }
     }
 
-    fn message(&self, msg: &'static str) {
+    pub(crate) fn message(&self, msg: &'static str) {
         if let Some(bar) = &self.0 {
             bar.set_message(msg);
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.0 {
             bar.finish_and_clear();
         }

@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 /// The controllers phantom limits.
 pub const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 
+/// v1 controllers that only count (CPU time, block I/O): a persistent sandbox joins
+/// them too, so that `phantom monitor` can report what it used (on v2, the one
+/// directory counts both already).
+pub const ACCOUNTING: [&str; 2] = ["cpuacct", "blkio"];
+
 /// Errors creating or using a cgroup.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -24,6 +29,8 @@ pub enum CgroupError {
     Create(PathBuf, #[source] std::io::Error),
     #[error("cannot write {1:?} to {0}: {2}")]
     Write(PathBuf, String, #[source] std::io::Error),
+    #[error("no cgroup at {0} (the sandbox is gone, or was started without cgroups)")]
+    NotFound(PathBuf),
 }
 
 /// Where a controller lives.
@@ -74,7 +81,7 @@ impl Layout {
                     // Comounted controllers share one mount: `rw,cpu,cpuacct` at
                     // /sys/fs/cgroup/cpu,cpuacct holds `cpu`.
                     for opt in mount.super_options.split(',') {
-                        if CONTROLLERS.contains(&opt) {
+                        if CONTROLLERS.contains(&opt) || ACCOUNTING.contains(&opt) {
                             layout
                                 .v1_mounts
                                 .insert(opt.to_string(), PathBuf::from(mount.mount_point));
@@ -374,23 +381,151 @@ impl SandboxCgroup {
 
     /// Whether the kernel OOM-killed a process of this cgroup.
     pub fn oom_killed(&self) -> bool {
+        self.oom_kills() > 0
+    }
+
+    /// How many processes of this cgroup the kernel OOM-killed so far.
+    pub fn oom_kills(&self) -> u64 {
+        let mut kills = 0;
         for (controller, dir) in &self.dirs {
             if *controller != "memory" {
                 continue;
             }
             for file in ["memory.events", "memory.oom_control"] {
                 if let Ok(text) = fs::read_to_string(dir.join(file)) {
-                    for line in text.lines() {
-                        if let Some(n) = line.strip_prefix("oom_kill ") {
-                            if n.trim().parse::<u64>().unwrap_or(0) > 0 {
-                                return true;
-                            }
-                        }
-                    }
+                    kills += keyed(&text, "oom_kill").unwrap_or(0);
                 }
             }
         }
-        false
+        kills
+    }
+
+    /// The cgroup of a sandbox that exists already (a persistent sandbox, created by
+    /// another process): its `phantom/<id>` directories, none created. Errors when
+    /// the controllers have no such directory.
+    pub fn open(layout: &Layout, id: &str) -> Result<SandboxCgroup, CgroupError> {
+        if id.is_empty() || id.contains('/') || id.contains("..") {
+            return Err(CgroupError::NotFound(PathBuf::from(id)));
+        }
+        let mut cg = SandboxCgroup {
+            dirs: Vec::new(),
+            version: layout.describe(),
+        };
+        for controller in CONTROLLERS {
+            let hierarchy = layout
+                .hierarchy(controller)
+                .ok_or(CgroupError::NoController(controller))?;
+            let (Hierarchy::V1(root) | Hierarchy::V2(root)) = hierarchy;
+            let dir = root.join("phantom").join(id);
+            if !dir.is_dir() {
+                return Err(CgroupError::NotFound(dir));
+            }
+            if !cg.dirs.iter().any(|(_, d)| d == &dir) {
+                cg.dirs.push((controller, dir));
+            }
+        }
+        for controller in ACCOUNTING {
+            if let Some(Hierarchy::V1(root)) = layout.hierarchy(controller) {
+                let dir = root.join("phantom").join(id);
+                if dir.is_dir() && !cg.dirs.iter().any(|(_, d)| d == &dir) {
+                    cg.dirs.push((controller, dir));
+                }
+            }
+        }
+        Ok(cg)
+    }
+
+    /// Add the v1 accounting controllers ([`ACCOUNTING`]) that have their own mount
+    /// and put process `pid` (the sandbox's init; its future children follow) in
+    /// them. Nothing to do on v2 or where they are comounted with a limited one.
+    pub fn add_accounting(
+        &mut self,
+        layout: &Layout,
+        id: &str,
+        pid: i32,
+    ) -> Result<(), CgroupError> {
+        for controller in ACCOUNTING {
+            let Some(Hierarchy::V1(root)) = layout.hierarchy(controller) else {
+                continue;
+            };
+            let base = root.join("phantom");
+            let dir = base.join(id);
+            if self.dirs.iter().any(|(_, d)| d == &dir) {
+                continue;
+            }
+            mkdir(&base)?;
+            mkdir(&dir)?;
+            self.dirs.push((controller, dir.clone()));
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Move the calling process into this cgroup (every directory: `tasks` on v1,
+    /// `cgroup.procs` on v2; "0" names the writer).
+    pub fn join_self(&self) -> Result<(), CgroupError> {
+        for (_, dir) in &self.dirs {
+            let file = if self.is_v1(dir) {
+                "tasks"
+            } else {
+                "cgroup.procs"
+            };
+            write(&dir.join(file), "0")?;
+        }
+        Ok(())
+    }
+
+    /// What the sandbox uses now, read from its controllers' files (v1 or v2).
+    pub fn stats(&self) -> Stats {
+        let mut st = Stats::default();
+        let read = |dir: &Path, file: &str| fs::read_to_string(dir.join(file)).ok();
+        let num =
+            |dir: &Path, file: &str| read(dir, file).and_then(|t| t.trim().parse::<u64>().ok());
+        for (controller, dir) in &self.dirs {
+            if !self.is_v1(dir) {
+                // v2: one directory holds every controller's files.
+                st.memory_bytes = num(dir, "memory.current");
+                st.memory_peak_bytes = num(dir, "memory.peak");
+                st.memory_limit_bytes = num(dir, "memory.max");
+                st.pids = num(dir, "pids.current");
+                st.pids_limit = num(dir, "pids.max");
+                st.cpu_usage_ns = read(dir, "cpu.stat")
+                    .and_then(|t| keyed(&t, "usage_usec"))
+                    .map(|us| us * 1000);
+                if let Some(text) = read(dir, "io.stat") {
+                    let (r, w) = io_stat_v2(&text);
+                    st.io_read_bytes = Some(r);
+                    st.io_write_bytes = Some(w);
+                }
+                continue;
+            }
+            match *controller {
+                "memory" => {
+                    st.memory_bytes = num(dir, "memory.usage_in_bytes");
+                    st.memory_peak_bytes = num(dir, "memory.max_usage_in_bytes");
+                    st.memory_limit_bytes = num(dir, "memory.limit_in_bytes");
+                }
+                "pids" => {
+                    st.pids = num(dir, "pids.current");
+                    st.pids_limit = num(dir, "pids.max");
+                }
+                // v1 keeps CPU time in the cpuacct controller, often co-mounted with
+                // cpu (`cpu,cpuacct`); cpuacct.usage is in nanoseconds.
+                "cpu" | "cpuacct" => {
+                    st.cpu_usage_ns = st.cpu_usage_ns.or(num(dir, "cpuacct.usage"));
+                }
+                "blkio" => {
+                    if let Some(text) = read(dir, "blkio.throttle.io_service_bytes") {
+                        let (r, w) = io_service_bytes_v1(&text);
+                        st.io_read_bytes = Some(r);
+                        st.io_write_bytes = Some(w);
+                    }
+                }
+                _ => {}
+            }
+        }
+        st.oom_kills = self.oom_kills();
+        st
     }
 
     /// SIGKILL every process in the cgroup (cgroup.kill on v2, a sweep on v1).
@@ -438,6 +573,62 @@ impl SandboxCgroup {
             }
         }
     }
+}
+
+/// A sandbox's resource use as its cgroup counts it. `None`: this host's controllers
+/// do not report it (e.g. CPU time without cpuacct, I/O bytes on v1).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub cpu_usage_ns: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub memory_peak_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub pids_limit: Option<u64>,
+    pub io_read_bytes: Option<u64>,
+    pub io_write_bytes: Option<u64>,
+    pub oom_kills: u64,
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`key value` per line).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Bytes read and written, summed over the devices of a v1
+/// `blkio.throttle.io_service_bytes` (`8:0 Read 4096` per line, then `Total N`).
+fn io_service_bytes_v1(text: &str) -> (u64, u64) {
+    let (mut r, mut w) = (0, 0);
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(_dev), Some(op), Some(n)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let n = n.parse::<u64>().unwrap_or(0);
+        match op {
+            "Read" => r += n,
+            "Write" => w += n,
+            _ => {}
+        }
+    }
+    (r, w)
+}
+
+/// Bytes read and written, summed over the devices of a v2 `io.stat`
+/// (`8:0 rbytes=1 wbytes=2 rios=3 ...` per line).
+fn io_stat_v2(text: &str) -> (u64, u64) {
+    let (mut r, mut w) = (0, 0);
+    for field in text.split_whitespace() {
+        if let Some(n) = field.strip_prefix("rbytes=") {
+            r += n.parse::<u64>().unwrap_or(0);
+        } else if let Some(n) = field.strip_prefix("wbytes=") {
+            w += n.parse::<u64>().unwrap_or(0);
+        }
+    }
+    (r, w)
 }
 
 /// Move the calling thread (a single-threaded process) into the cgroups whose `tasks`
@@ -554,7 +745,12 @@ mod tests {
         assert_eq!(layout.hierarchy("cpu"), v1("/sys/fs/cgroup/cpu,cpuacct"));
         // Only the controllers phantom limits are recorded; cpuset is not cpu.
         let names: Vec<&str> = layout.v1_mounts.keys().map(String::as_str).collect();
-        assert_eq!(names, ["cpu", "memory", "pids"]);
+        assert_eq!(names, ["cpu", "cpuacct", "memory", "pids"]);
+        assert_eq!(
+            layout.hierarchy("cpuacct"),
+            v1("/sys/fs/cgroup/cpu,cpuacct"),
+            "comounted with cpu: one directory counts and limits"
+        );
         assert_eq!(layout.describe(), "v1");
     }
 
@@ -624,5 +820,135 @@ mod tests {
         assert_eq!(layout.hierarchy("memory"), None);
         assert_eq!(layout.describe(), "none");
         assert_eq!(Layout::from_mountinfo("", None).describe(), "none");
+    }
+
+    /// A scratch directory removed on drop (tests only).
+    struct Tree(PathBuf);
+    impl Tree {
+        fn new(tag: &str) -> Tree {
+            let dir = std::env::temp_dir().join(format!(
+                "phantom-cgtest-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Tree(dir)
+        }
+        fn file(&self, rel: &str, text: &str) {
+            let path = self.0.join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, text).unwrap();
+        }
+    }
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn stats_read_v1_controller_files() {
+        let t = Tree::new("v1");
+        let root = t.0.display().to_string();
+        let mountinfo = format!(
+            "36 31 0:33 / {root}/memory rw - cgroup cgroup rw,memory\n\
+             37 31 0:34 / {root}/pids rw - cgroup cgroup rw,pids\n\
+             35 31 0:32 / {root}/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+        );
+        let layout = Layout::from_mountinfo(&mountinfo, None);
+        t.file("memory/phantom/abc/tasks", "");
+        t.file("memory/phantom/abc/memory.usage_in_bytes", "4096\n");
+        t.file("memory/phantom/abc/memory.max_usage_in_bytes", "8192\n");
+        t.file("memory/phantom/abc/memory.limit_in_bytes", "536870912\n");
+        t.file(
+            "memory/phantom/abc/memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
+        t.file("pids/phantom/abc/tasks", "");
+        t.file("pids/phantom/abc/pids.current", "3\n");
+        t.file("pids/phantom/abc/pids.max", "256\n");
+        t.file("cpu,cpuacct/phantom/abc/tasks", "");
+        t.file("cpu,cpuacct/phantom/abc/cpuacct.usage", "123456789\n");
+        let cg = SandboxCgroup::open(&layout, "abc").unwrap();
+        let st = cg.stats();
+        assert_eq!(st.memory_bytes, Some(4096));
+        assert_eq!(st.memory_peak_bytes, Some(8192));
+        assert_eq!(st.memory_limit_bytes, Some(536870912));
+        assert_eq!(st.pids, Some(3));
+        assert_eq!(st.pids_limit, Some(256));
+        assert_eq!(st.cpu_usage_ns, Some(123456789));
+        assert_eq!(st.io_read_bytes, None, "v1 without blkio reports no I/O");
+        assert_eq!(st.oom_kills, 2);
+        assert!(cg.oom_killed());
+        // A sandbox without directories is not found (and nothing is created).
+        assert!(matches!(
+            SandboxCgroup::open(&layout, "gone"),
+            Err(CgroupError::NotFound(_))
+        ));
+        assert!(!t.0.join("memory/phantom/gone").exists());
+        assert!(SandboxCgroup::open(&layout, "../abc").is_err());
+    }
+
+    #[test]
+    fn stats_read_v2_controller_files() {
+        let t = Tree::new("v2");
+        let root = t.0.display().to_string();
+        let mountinfo = format!("30 22 0:27 / {root} rw - cgroup2 cgroup2 rw\n");
+        let layout = Layout::from_mountinfo(&mountinfo, Some("cpu io memory pids\n"));
+        t.file("phantom/abc/memory.current", "1000\n");
+        t.file("phantom/abc/memory.peak", "2000\n");
+        t.file("phantom/abc/memory.max", "max\n");
+        t.file(
+            "phantom/abc/memory.events",
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+        );
+        t.file("phantom/abc/pids.current", "2\n");
+        t.file("phantom/abc/cpu.stat", "usage_usec 1500\nuser_usec 1000\n");
+        t.file(
+            "phantom/abc/io.stat",
+            "8:0 rbytes=100 wbytes=20 rios=1 wios=1\n8:16 rbytes=5 wbytes=1 rios=1 wios=1\n",
+        );
+        let st = SandboxCgroup::open(&layout, "abc").unwrap().stats();
+        assert_eq!(st.memory_bytes, Some(1000));
+        assert_eq!(st.memory_peak_bytes, Some(2000));
+        assert_eq!(st.memory_limit_bytes, None, "`max` is no number");
+        assert_eq!(st.pids, Some(2));
+        assert_eq!(st.cpu_usage_ns, Some(1_500_000));
+        assert_eq!((st.io_read_bytes, st.io_write_bytes), (Some(105), Some(21)));
+        assert_eq!(st.oom_kills, 1);
+    }
+
+    #[test]
+    fn stats_read_separately_mounted_v1_accounting_controllers() {
+        let t = Tree::new("v1acct");
+        let root = t.0.display().to_string();
+        let mountinfo = format!(
+            "32 31 0:29 / {root}/cpu rw - cgroup cgroup rw,cpu\n\
+             33 31 0:30 / {root}/cpuacct rw - cgroup cgroup rw,cpuacct\n\
+             35 31 0:32 / {root}/memory rw - cgroup cgroup rw,memory\n\
+             38 31 0:35 / {root}/blkio rw - cgroup cgroup rw,blkio\n\
+             39 31 0:36 / {root}/pids rw - cgroup cgroup rw,pids\n"
+        );
+        let layout = Layout::from_mountinfo(&mountinfo, None);
+        for c in ["cpu", "memory", "pids"] {
+            t.file(&format!("{c}/phantom/abc/tasks"), "");
+        }
+        // Without the accounting directories: no CPU time, no I/O.
+        let st = SandboxCgroup::open(&layout, "abc").unwrap().stats();
+        assert_eq!((st.cpu_usage_ns, st.io_read_bytes), (None, None));
+        t.file("cpuacct/phantom/abc/tasks", "");
+        t.file("cpuacct/phantom/abc/cpuacct.usage", "42000\n");
+        t.file("blkio/phantom/abc/tasks", "");
+        t.file(
+            "blkio/phantom/abc/blkio.throttle.io_service_bytes",
+            "8:0 Read 4096\n8:0 Write 512\n8:0 Sync 0\n8:16 Read 4\n8:16 Write 1\nTotal 4613\n",
+        );
+        let st = SandboxCgroup::open(&layout, "abc").unwrap().stats();
+        assert_eq!(st.cpu_usage_ns, Some(42000));
+        assert_eq!(
+            (st.io_read_bytes, st.io_write_bytes),
+            (Some(4100), Some(513))
+        );
     }
 }

@@ -134,6 +134,96 @@ pub fn clone_child(ns: Namespaces, cgroup: Option<BorrowedFd<'_>>) -> SysResult<
     })
 }
 
+/// Fork the calling process with CLONE_PARENT: the child is a child of OUR parent,
+/// which can wait for it, and it is born in the pid namespace the caller joined with
+/// [`setns`] (a process cannot move itself into a pid namespace; its children can be
+/// born there). Returns the child's pid (as the caller's pid namespace sees it) in
+/// the caller, `None` in the child.
+///
+/// The caller must be single-threaded: it is meant for a child fresh from
+/// [`clone_child`] (which checked its parent), and after setns the thread count
+/// cannot be read here (/proc is the joined namespace's).
+pub fn fork_sibling() -> SysResult<Option<i32>> {
+    let mut args = CloneArgs {
+        flags: libc::CLONE_PARENT as u64,
+        // clone3 refuses an exit signal with CLONE_PARENT: the child inherits the
+        // caller's (SIGCHLD for a child of clone_child), so the shared parent's plain
+        // wait4 sees it.
+        exit_signal: 0,
+        ..Default::default()
+    };
+    // SAFETY: as in clone_child: a fully initialised clone_args, stack = 0 (fork-like),
+    // single-threaded caller (this function's contract).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let ret = check(ret, "clone3", || "CLONE_PARENT".into())?;
+    Ok((ret != 0).then_some(ret as i32))
+}
+
+/// A pidfd for process `pid` (pidfd_open). It keeps naming that process: once it
+/// exits, the pid may be reused but the pidfd never refers to the new process.
+pub fn pidfd_open(pid: i32) -> SysResult<OwnedFd> {
+    // SAFETY: pidfd_open takes integers and returns a new fd that we own.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    let fd = check(ret, "pidfd_open", || pid.to_string())?;
+    // SAFETY: on success the return value is a new, open fd owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Join the namespaces `ns` of the process behind `pidfd`, all at once (setns with a
+/// pidfd, Linux 5.8+). The pid namespace applies to the caller's children only.
+pub fn setns(pidfd: BorrowedFd<'_>, ns: Namespaces) -> SysResult<()> {
+    let flags = ns.clone_flags() as libc::c_int;
+    // SAFETY: setns takes an fd we borrow and integer flags.
+    let ret = unsafe { libc::setns(pidfd.as_raw_fd(), flags) };
+    check(ret as _, "setns", || format!("pidfd, flags={flags:#x}")).map(|_| ())
+}
+
+/// The namespace files of the calling process, in the order [`join_namespaces`]
+/// joins them (the user namespace first: it gives the capabilities the others need).
+pub const NAMESPACE_FILES: [&str; 7] = ["user", "mnt", "pid", "net", "ipc", "uts", "cgroup"];
+
+/// Open `/proc/self/ns/<name>` for each of [`NAMESPACE_FILES`].
+pub fn open_own_namespaces() -> SysResult<Vec<OwnedFd>> {
+    NAMESPACE_FILES
+        .iter()
+        .map(|name| {
+            let path = format!("/proc/self/ns/{name}");
+            std::fs::File::open(&path)
+                .map(OwnedFd::from)
+                .map_err(|e| SysError::new("open", path, e))
+        })
+        .collect()
+}
+
+/// Join the namespaces behind `fds` (from [`open_own_namespaces`] of another
+/// process, in that order) with setns. The pid namespace applies to the caller's
+/// children only.
+pub fn join_namespaces(fds: &[OwnedFd]) -> SysResult<()> {
+    for (fd, name) in fds.iter().zip(NAMESPACE_FILES) {
+        // SAFETY: setns takes an fd we borrow and an integer (0: any namespace type).
+        let ret = unsafe { libc::setns(fd.as_raw_fd(), 0) };
+        check(ret as _, "setns", || name.to_string())?;
+    }
+    Ok(())
+}
+
+/// When process `pid` started, in clock ticks after boot (field 22 of
+/// /proc/PID/stat). A pid and its start time name one process for the life of the
+/// host: a recorded pair tells a live process from a reused pid.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: count fields
+    // from the last `)`; field 3 is the first after it.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
 /// Resource usage of a waited-for process and its waited-for descendants.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {

@@ -5,7 +5,7 @@
 //! rusage.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -94,6 +94,12 @@ fn parse_overrides(request: &RunRequest) -> Result<Overrides, RuntimeError> {
 
 /// Load and compile the request's policy and check the request itself.
 pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
+    prepare_with(request, true)
+}
+
+/// [`prepare`]; `command`: whether the request must name a command (a persistent
+/// sandbox is created without one).
+pub(crate) fn prepare_with(request: &RunRequest, command: bool) -> Result<Prepared, RuntimeError> {
     let no_command = || {
         RuntimeError::Usage(
             "no command given: put it after `--`, e.g. phantom run -- python3 -c 'print(1)'".into(),
@@ -127,7 +133,7 @@ pub fn prepare(request: &RunRequest) -> Result<Prepared, RuntimeError> {
     // The image is found now, before clone: a missing one is the caller's mistake.
     let image = match plan.rootfs.image() {
         Some(name) => Some(ImageRun::resolve(name, &request.argv, &mut warnings)?),
-        None if request.argv.is_empty() => return Err(no_command()),
+        None if command && request.argv.is_empty() => return Err(no_command()),
         None => None,
     };
     // Only keys the policy file itself writes: an `extends: default` inherits
@@ -225,6 +231,7 @@ impl Prepared {
         process::block_signals(&blocked)?;
         let sigfd = process::signalfd(&process::FORWARDED_SIGNALS)?;
         let spawned = spawn_on(
+            crate::ids::new_sandbox_id(),
             plan,
             self.image.as_ref(),
             request.workspace.as_deref(),
@@ -252,70 +259,23 @@ impl Prepared {
             plan.limits.output_limit_bytes,
         );
         let deadline = started + Duration::from_millis(plan.limits.wall_timeout_ms);
-        let mut timed_out = false;
-        let mut sandbox = SandboxStatus::default();
-        let mut interrupts = 0;
-        let mut chan_open = true;
-        loop {
-            let wait = (!timed_out).then(|| deadline.saturating_duration_since(Instant::now()));
-            let ts = wait.map(|w| rustix::event::Timespec {
-                tv_sec: w.as_secs() as i64,
-                tv_nsec: w.subsec_nanos() as i64,
-            });
-            let mut fds = vec![
-                PollFd::new(&spawned.pidfd, PollFlags::IN),
-                PollFd::new(&sigfd, PollFlags::IN),
-            ];
-            let chan_ix = chan_open.then(|| {
-                fds.push(PollFd::new(&spawned.chan, PollFlags::IN));
-                fds.len() - 1
-            });
-            let polled = relay.poll_fds(&stdin_relay, &mut fds);
-            match poll(&mut fds, ts.as_ref()) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    return Err(RuntimeError::Sys(phantom_linux::SysError::new(
-                        "poll",
-                        "relay",
-                        e.into(),
-                    )))
-                }
-            }
-            let ready = |i: usize| !fds[i].revents().is_empty();
-            let init_exited = ready(0);
-            let signal_ready = ready(1);
-            let chan_ready = chan_ix.is_some_and(ready);
-            let relay_ready = polled.ready(&fds);
-            drop(fds);
-            relay.pump_ready(&mut stdin_relay, relay_ready);
-            if chan_ready {
-                let mut buf = [0u8; 4096];
-                match fdpass::recv(spawned.chan.as_fd(), &mut buf) {
-                    Ok((0, _)) | Err(_) => chan_open = false,
-                    Ok((n, _)) => {
-                        if let Some(step) = sandbox.record(&buf[..n]) {
-                            trace.step(step);
-                        }
-                    }
-                }
-            }
-            if signal_ready {
-                while let Some(sig) = process::read_signalfd(sigfd.as_fd()) {
-                    if sig == libc::SIGINT {
-                        interrupts += 1;
-                    }
-                    // A third Ctrl-C means "stop now", whatever the payload does with it.
-                    spawned.signal(if interrupts >= 3 { libc::SIGKILL } else { sig });
-                }
-            }
-            if init_exited {
-                break;
-            }
-            if !timed_out && Instant::now() >= deadline {
-                timed_out = true;
+        let watched = watch(
+            &spawned,
+            &mut relay,
+            &mut stdin_relay,
+            &sigfd,
+            deadline,
+            &mut trace,
+        );
+        let (sandbox, timed_out) = match watched {
+            Ok(w) => w,
+            Err(e) => {
                 spawned.kill();
+                let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+                let _ = process::reset_signals(&[]);
+                return Err(e);
             }
-        }
+        };
         let (sandbox_id, host_uid, idmapped, isolated) = (
             spawned.sandbox_id.clone(),
             spawned.host_uid,
@@ -377,7 +337,7 @@ impl Prepared {
         })
     }
 
-    fn payload_context(
+    pub(crate) fn payload_context(
         &self,
         plan: &Plan,
         host_workspace: &std::path::Path,
@@ -434,4 +394,111 @@ impl Prepared {
             memory_merge: false,
         })
     }
+}
+
+/// What a front end watches until it exits: a cold sandbox's init, or the command
+/// `phantom exec` started in a persistent sandbox.
+pub(crate) trait Watched {
+    /// Readable once the process exited.
+    fn pidfd(&self) -> BorrowedFd<'_>;
+    /// Its end of the status channel (protocol in init.rs).
+    fn chan(&self) -> BorrowedFd<'_>;
+    /// Forward a signal the front end received.
+    fn signal(&self, signal: i32);
+    /// Kill it and whatever it started (timeout).
+    fn kill(&self);
+}
+
+impl Watched for crate::spawn::Spawned {
+    fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+    fn chan(&self) -> BorrowedFd<'_> {
+        self.chan.as_fd()
+    }
+    fn signal(&self, signal: i32) {
+        crate::spawn::Spawned::signal(self, signal)
+    }
+    fn kill(&self) {
+        crate::spawn::Spawned::kill(self)
+    }
+}
+
+/// Relay output and input, forward signals (a third Ctrl-C kills), read the status
+/// channel and enforce `deadline`, until `target` exits. Returns what the sandbox
+/// reported and whether the deadline fired.
+pub(crate) fn watch(
+    target: &dyn Watched,
+    relay: &mut Relay,
+    stdin_relay: &mut StdinRelay,
+    sigfd: &OwnedFd,
+    deadline: Instant,
+    trace: &mut Trace,
+) -> Result<(SandboxStatus, bool), RuntimeError> {
+    let mut timed_out = false;
+    let mut sandbox = SandboxStatus::default();
+    let mut interrupts = 0;
+    let mut chan_open = true;
+    let (pidfd, chan) = (target.pidfd(), target.chan());
+    loop {
+        let wait = (!timed_out).then(|| deadline.saturating_duration_since(Instant::now()));
+        let ts = wait.map(|w| rustix::event::Timespec {
+            tv_sec: w.as_secs() as i64,
+            tv_nsec: w.subsec_nanos() as i64,
+        });
+        let mut fds = vec![
+            PollFd::new(&pidfd, PollFlags::IN),
+            PollFd::new(sigfd, PollFlags::IN),
+        ];
+        let chan_ix = chan_open.then(|| {
+            fds.push(PollFd::new(&chan, PollFlags::IN));
+            fds.len() - 1
+        });
+        let polled = relay.poll_fds(stdin_relay, &mut fds);
+        match poll(&mut fds, ts.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                return Err(RuntimeError::Sys(phantom_linux::SysError::new(
+                    "poll",
+                    "relay",
+                    e.into(),
+                )))
+            }
+        }
+        let ready = |i: usize| !fds[i].revents().is_empty();
+        let init_exited = ready(0);
+        let signal_ready = ready(1);
+        let chan_ready = chan_ix.is_some_and(ready);
+        let relay_ready = polled.ready(&fds);
+        drop(fds);
+        relay.pump_ready(stdin_relay, relay_ready);
+        if chan_ready {
+            let mut buf = [0u8; 4096];
+            match fdpass::recv(chan, &mut buf) {
+                Ok((0, _)) | Err(_) => chan_open = false,
+                Ok((n, _)) => {
+                    if let Some(step) = sandbox.record(&buf[..n]) {
+                        trace.step(step);
+                    }
+                }
+            }
+        }
+        if signal_ready {
+            while let Some(sig) = process::read_signalfd(sigfd.as_fd()) {
+                if sig == libc::SIGINT {
+                    interrupts += 1;
+                }
+                // A third Ctrl-C means "stop now", whatever the payload does with it.
+                target.signal(if interrupts >= 3 { libc::SIGKILL } else { sig });
+            }
+        }
+        if init_exited {
+            break;
+        }
+        if !timed_out && Instant::now() >= deadline {
+            timed_out = true;
+            target.kill();
+        }
+    }
+    Ok((sandbox, timed_out))
 }

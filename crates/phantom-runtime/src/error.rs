@@ -29,6 +29,12 @@ pub enum RuntimeError {
     /// Setting up the sandbox failed inside the child; the message names the step.
     #[error("sandbox setup failed: {0}")]
     Setup(String),
+    /// The persistent sandboxes' database failed or holds a corrupt record.
+    #[error("state database: {0}")]
+    State(String),
+    /// The snapshot store refused (a missing tag, a damaged store, ...).
+    #[error("{0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     /// Host filesystem work (workspace, state) failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -46,6 +52,7 @@ impl RuntimeError {
         match self {
             RuntimeError::Policy(_) | RuntimeError::Usage(_) => 2,
             RuntimeError::Image(e) => e.exit_code(),
+            RuntimeError::Snapshot(e) => e.exit_code(),
             _ => 1,
         }
     }

@@ -147,6 +147,9 @@ fn trace(start: Option<Instant>, what: &str) {
 pub(crate) enum ChildPayload {
     Ready(PayloadContext),
     Pooled(PayloadBase),
+    /// A persistent sandbox (`phantom create`): the init reports READY and stays,
+    /// reaping; commands join it from outside (`phantom exec`, see sandbox/exec.rs).
+    Persistent,
 }
 
 impl ChildPayload {
@@ -159,7 +162,7 @@ impl ChildPayload {
                 .chain([&p.stdout, &p.stderr])
                 .map(|f| f.as_raw_fd())
                 .collect(),
-            ChildPayload::Pooled(_) => Vec::new(),
+            ChildPayload::Pooled(_) | ChildPayload::Persistent => Vec::new(),
         }
     }
 }
@@ -388,6 +391,15 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     let pooled;
     let payload_ctx = match &ctx.payload {
         ChildPayload::Ready(p) => p,
+        ChildPayload::Persistent => {
+            // Our namespaces, for `phantom exec` to join (through the keeper): opened
+            // by us, since nothing outside may open our /proc/1/ns (non-dumpable).
+            let ns = process::open_own_namespaces().map_err(|e| e.to_string())?;
+            let fds: Vec<_> = ns.iter().map(|f| f.as_fd()).collect();
+            fdpass::send_fds(chan.as_fd(), b"READY", &fds).map_err(|e| e.to_string())?;
+            drop(ns);
+            keep_alive(chan)
+        }
         ChildPayload::Pooled(base) => {
             // runtime: python — the interpreter starts now, fenced like any payload, and
             // waits for code; a request it cannot serve identically gets a plain exec.
@@ -1082,8 +1094,9 @@ fn secure_mount_point(root: &Path, point: &MountPoint) -> Result<(), phantom_lin
     Ok(())
 }
 
-/// The payload process: from the init's fork to execve. Never returns.
-fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
+/// The payload process: from the init's fork (or, for `phantom exec`, from the fork
+/// that joined a persistent sandbox) to execve. Never returns.
+pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
     process::set_name("phantom:payload");
     let fail = |code: i32, msg: String| -> ! {
         let _ = rustix::io::write(&ctx.stderr, format!("phantom: {msg}\n").as_bytes());
@@ -1256,6 +1269,25 @@ fn supervise(chan: &OwnedFd, payload: &mut PayloadStart) -> ! {
     // Reap what the kill left so their usage is accounted before we exit.
     while let Ok(Some(_)) = process::wait4(-1, false) {}
     process::exit_now(0)
+}
+
+/// A persistent sandbox's pid 1: reap whatever is re-parented to it (processes that
+/// `exec` commands left behind) until its keeper goes away — then exit, and the
+/// kernel kills everything left in the namespace. Never returns.
+fn keep_alive(chan: &OwnedFd) -> ! {
+    let mut waited: Vec<i32> = process::FORWARDED_SIGNALS.to_vec();
+    waited.push(libc::SIGCHLD);
+    loop {
+        // Signals from inside the sandbox to pid 1 are dropped by the kernel unless
+        // handled; blocked ones wait here and are simply consumed.
+        let _ = process::wait_signal(&waited, Some(Duration::from_secs(1)));
+        while let Ok(Some(_)) = process::wait4(-1, true) {}
+        // The keeper is our parent (parent-death signal); this also catches a keeper
+        // that closed the channel without dying.
+        if peer_closed(chan) {
+            process::exit_now(0)
+        }
+    }
 }
 
 /// Reap every exited child; return the payload's status and usage if it was among

@@ -17,6 +17,7 @@ pub mod image;
 mod image_run;
 mod init;
 mod relay;
+pub mod sandbox;
 pub mod snapshot;
 mod spawn;
 mod store_dir;

@@ -163,12 +163,13 @@ pub(crate) struct Outcome {
     pub cgroup_version: &'static str,
 }
 
-/// Start a sandbox for `plan`, on `image`'s root when one is given (the plan's
+/// Start sandbox `sandbox_id` (see [`ids::new_sandbox_id`]) for `plan`, on `image`'s root when one is given (the plan's
 /// `rootfs`, resolved by `prepare` for a cold run, by the supervisor for a warm pool).
 /// `workspace`: the caller's directory, or None for a fresh one. `make_payload` gets
 /// the host workspace and whether cgroups are missing (the payload then needs rlimit
 /// fallbacks) and says what the init runs.
 pub(crate) fn spawn_on(
+    sandbox_id: String,
     plan: &Plan,
     image: Option<&ImageRun>,
     workspace: Option<&str>,
@@ -177,7 +178,6 @@ pub(crate) fn spawn_on(
     make_payload: impl FnOnce(&Path, bool) -> Result<ChildPayload, RuntimeError>,
 ) -> Result<Spawned, RuntimeError> {
     let started = trace.start;
-    let sandbox_id = ids::new_sandbox_id();
     let layout = Layout::detect();
     let run_dir = RunDir::create(&sandbox_id, workspace, &layout)?;
     trace.step("run directory and workspace");

@@ -4,6 +4,33 @@ use std::fs::{self, DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Phantom's state directory (`<state>`: the image and snapshot stores, the
+/// persistent sandboxes' database and workspaces): `$PHANTOM_STATE_DIR` when set
+/// (relative to the current directory), else `/var/lib/phantom` for root, else
+/// `$XDG_STATE_HOME/phantom`, else `~/.local/state/phantom`. `None` when none of
+/// them applies (no HOME). Not created here.
+pub fn state_dir() -> std::io::Result<Option<PathBuf>> {
+    if let Some(dir) = std::env::var_os(crate::image::STATE_DIR_ENV).filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if dir.is_absolute() {
+            return Ok(Some(dir));
+        }
+        return Ok(Some(std::env::current_dir()?.join(dir)));
+    }
+    if phantom_linux::process::euid() == 0 {
+        return Ok(Some(PathBuf::from("/var/lib/phantom")));
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
+        if state.is_absolute() {
+            return Ok(Some(state.join("phantom")));
+        }
+    }
+    Ok(std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|home| home.is_absolute())
+        .map(|home| home.join(".local/state/phantom")))
+}
+
 /// Why a store directory could not be prepared.
 #[derive(Debug)]
 pub(crate) enum StoreDirError {

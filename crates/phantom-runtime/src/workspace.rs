@@ -105,6 +105,11 @@ impl RunDir {
         Ok(run)
     }
 
+    /// The run directory itself (private to the run, removed with it).
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     /// The host directory bound at /workspace.
     pub fn workspace(&self) -> &Path {
         &self.workspace

@@ -92,30 +92,12 @@ impl Drop for WorkDir {
 impl ImageStore {
     /// Where [`ImageStore::open_default`] keeps the store.
     pub fn default_dir() -> Result<PathBuf, ImageError> {
-        if let Some(dir) = std::env::var_os(STATE_DIR_ENV).filter(|d| !d.is_empty()) {
-            let dir = PathBuf::from(dir);
-            let dir = if dir.is_absolute() {
-                dir
-            } else {
-                std::env::current_dir()
-                    .map_err(ImageError::io("resolve", &dir))?
-                    .join(dir)
-            };
-            return Ok(dir.join("images"));
-        }
-        if phantom_linux::process::euid() == 0 {
-            return Ok(PathBuf::from("/var/lib/phantom/images"));
-        }
-        if let Some(state) = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
-            if state.is_absolute() {
-                return Ok(state.join("phantom/images"));
-            }
-        }
-        match std::env::var_os("HOME").map(PathBuf::from) {
-            Some(home) if home.is_absolute() => Ok(home.join(".local/state/phantom/images")),
-            _ => Err(ImageError::Usage(format!(
+        match crate::store_dir::state_dir() {
+            Ok(Some(state)) => Ok(state.join("images")),
+            Ok(None) => Err(ImageError::Usage(format!(
                 "no place for the image store: set HOME, XDG_STATE_HOME or {STATE_DIR_ENV}"
             ))),
+            Err(e) => Err(ImageError::io("resolve", Path::new(STATE_DIR_ENV))(e)),
         }
     }
 

@@ -959,6 +959,7 @@ impl Supervisor {
         pool.created += 1;
         // On an image: its root, mounted as for a cold `phantom run --image`.
         match spawn_on(
+            crate::ids::new_sandbox_id(),
             &pool.plan,
             pool.image.as_ref(),
             None,

@@ -1,0 +1,617 @@
+//! Persistent sandboxes as a user meets them: `phantom create`, `exec`, `list`,
+//! `destroy`, `cp`, `snapshot`, `monitor` — with a temporary state directory
+//! (`PHANTOM_STATE_DIR`) per test, destroyed afterwards.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{is_root, phantom, sandbox_available, PhantomOutput};
+use serde_json::Value;
+
+/// A temporary state directory and scratch area; every sandbox in it is destroyed on
+/// drop, then the directory removed.
+struct Env(PathBuf);
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let dir = std::env::temp_dir().join(format!(
+            "phantom-sandbox-it-{tag}-{}-{}",
+            std::process::id(),
+            common::unique()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("host")).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        Env(dir)
+    }
+
+    fn run(&self, args: &[&str]) -> PhantomOutput {
+        phantom(args, |cmd| {
+            cmd.env("PHANTOM_STATE_DIR", self.0.join("state"));
+        })
+    }
+
+    /// Runs and expects exit 0.
+    fn ok(&self, args: &[&str]) -> PhantomOutput {
+        let out = self.run(args);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.describe()))
+    }
+
+    fn create(&self, name: &str, extra: &[&str]) -> Value {
+        let mut args = vec!["create", "--name", name, "--json"];
+        args.extend_from_slice(extra);
+        self.json(&args)
+    }
+
+    fn info(&self, name: &str) -> Value {
+        let list = self.json(&["list", "--json"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in {list}"))
+    }
+
+    fn host(&self, rel: &str) -> PathBuf {
+        self.0.join("host").join(rel)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.run(&["destroy", "--all"]);
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A one-line error with exit code 2 that contains `needle`.
+fn refused(out: &PhantomOutput, needle: &str) {
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {}", out.describe());
+    assert!(
+        lines[0].starts_with("phantom: error: ") && lines[0].contains(needle),
+        "expected `{needle}`: {}",
+        out.describe()
+    );
+}
+
+fn alive(pid: i64) -> bool {
+    // A zombie has no /proc/PID/exe target readable and state Z; either way not a
+    // running init.
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn create_exec_list_destroy_round_trip() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("round");
+    let created = env.create("box", &[]);
+    assert_eq!(created["status"], "running", "{created}");
+    let init = created["init_pid"].as_i64().unwrap();
+    assert!(init > 0 && alive(init), "{created}");
+    let workspace = PathBuf::from(created["workspace"].as_str().unwrap());
+
+    // State persists between commands; exit codes propagate.
+    let out = env.ok(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /workspace/a.txt",
+    ]);
+    assert_eq!(out.stdout, "");
+    let out = env.ok(&["exec", "box", "--", "cat", "/workspace/a.txt"]);
+    assert_eq!(out.stdout, "hi\n");
+    let out = env.run(&["exec", "box", "--", "sh", "-c", "echo err >&2; exit 7"]);
+    assert_eq!(
+        (out.code, out.stderr.as_str()),
+        (Some(7), "err\n"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(fs::read_to_string(workspace.join("a.txt")).unwrap(), "hi\n");
+
+    // --json is `phantom run --json`'s report, start = exec.
+    let out = env.ok(&["exec", "box", "--json", "--", "sh", "-c", "echo $PWD"]);
+    let report = out.report().unwrap();
+    assert_eq!(report["start"], "exec");
+    assert_eq!(report["stdout"], "/workspace\n");
+    assert_eq!(report["sandbox_id"], created["id"]);
+
+    let info = env.info("box");
+    assert_eq!(info["status"], "running");
+    env.ok(&["destroy", "box"]);
+    assert!(!alive(init), "init {init} still alive after destroy");
+    assert!(!workspace.exists(), "workspace left behind");
+    assert_eq!(env.json(&["list", "--json"]), serde_json::json!([]));
+    refused(
+        &env.run(&["exec", "box", "--", "true"]),
+        "no sandbox named `box`",
+    );
+}
+
+#[test]
+fn exec_is_fenced_like_a_cold_run() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("fence");
+    env.create("f", &[]);
+    let script = "grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/self/status; \
+                  id -u; ls /proc | grep -c '^[0-9]'; hostname; cat /proc/1/cmdline | tr '\\0' ' '";
+    let out = env.ok(&["exec", "f", "--", "sh", "-c", script]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines.contains(&"NoNewPrivs:\t1"), "{}", out.stdout);
+    assert!(lines.contains(&"Seccomp:\t2"), "{}", out.stdout);
+    assert!(
+        lines.contains(&"CapEff:\t0000000000000000"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines.contains(&"CapBnd:\t0000000000000000"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(lines[4], "0", "uid 0 inside: {}", out.stdout);
+    // Its own pid namespace: init, sh, ls, grep — not the host's processes.
+    let procs: u32 = lines[5].parse().unwrap();
+    assert!(procs <= 6, "sees {procs} processes: {}", out.stdout);
+    assert_ne!(
+        lines[6],
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+    );
+    // pid 1 is phantom's init, and its command line shows nothing of the host's.
+    assert!(lines[7].starts_with("phantom-init"), "{}", out.stdout);
+    // The host's files are not writable, the network is not there.
+    let out = env.run(&[
+        "exec",
+        "f",
+        "--",
+        "sh",
+        "-c",
+        "touch /usr/x || echo refused",
+    ]);
+    assert!(out.stdout.contains("refused"), "{}", out.describe());
+}
+
+#[test]
+fn concurrent_creates_of_one_name_give_one_sandbox_and_clear_errors() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("race");
+    let outs: Vec<PhantomOutput> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| env.run(&["create", "--name", "same"])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = outs.iter().filter(|o| o.code == Some(0)).count();
+    assert_eq!(
+        ok,
+        1,
+        "{:#?}",
+        outs.iter().map(|o| o.describe()).collect::<Vec<_>>()
+    );
+    for out in outs.iter().filter(|o| o.code != Some(0)) {
+        refused(out, "a sandbox named `same` exists already");
+    }
+    let list = env.json(&["list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["status"], "running");
+    // Only one sandbox directory was made (the losers left nothing behind).
+    let dirs = fs::read_dir(env.0.join("state/sandboxes")).unwrap().count();
+    assert_eq!(dirs, 1);
+}
+
+#[test]
+fn a_sandbox_whose_init_was_killed_shows_dead_and_destroy_cleans_it() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("dead");
+    let created = env.create("victim", &[]);
+    let init = created["init_pid"].as_i64().unwrap();
+    let workspace = PathBuf::from(created["workspace"].as_str().unwrap());
+    assert_eq!(kill9(init), 0, "kill -9 {init}");
+    wait_for("status dead", Duration::from_secs(10), || {
+        env.info("victim")["status"] == "dead"
+    });
+    let info = env.info("victim");
+    assert!(
+        info["reason"].as_str().unwrap().contains("signal 9"),
+        "{info}"
+    );
+    refused(
+        &env.run(&["exec", "victim", "--", "true"]),
+        "sandbox `victim` is dead",
+    );
+    // Its workspace is still there to copy out, until destroy.
+    assert!(workspace.is_dir());
+    env.ok(&["destroy", "victim"]);
+    assert!(!workspace.exists());
+    assert_eq!(env.json(&["list", "--json"]), serde_json::json!([]));
+}
+
+/// kill -9 through kill(1) (the test crate has no libc).
+fn kill9(pid: i64) -> i32 {
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .map(|s| s.code().unwrap_or(-1))
+        .unwrap_or(-1)
+}
+
+#[test]
+fn idle_timeout_and_max_lifetime_are_enforced_without_a_cli() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("idle");
+    let idle = env.create("idle", &["--timeout-idle", "2s"]);
+    let busy = env.create("busy", &["--max-lifetime", "3s", "--timeout", "60s"]);
+    // A command that outlives the sandbox's lifetime dies with it.
+    let started = Instant::now();
+    let out = env.run(&["exec", "busy", "--", "sleep", "30"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the exec outlived the sandbox: {}",
+        out.describe()
+    );
+    assert_ne!(out.code, Some(0), "{}", out.describe());
+    // No phantom command runs while we wait.
+    wait_for("idle sandbox retired", Duration::from_secs(15), || {
+        env.info("idle")["status"] == "dead"
+    });
+    wait_for("busy sandbox retired", Duration::from_secs(15), || {
+        env.info("busy")["status"] == "dead"
+    });
+    assert!(env.info("idle")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("idle for 2s"));
+    assert!(env.info("busy")["reason"]
+        .as_str()
+        .unwrap()
+        .contains("maximum lifetime of 3s"));
+    for s in [&idle, &busy] {
+        let pid = s["init_pid"].as_i64().unwrap();
+        wait_for("init gone", Duration::from_secs(5), || !alive(pid));
+    }
+}
+
+/// Writes a tree with a 3 MB file, a nested directory and a symlink under `dir`.
+fn sample_tree(dir: &Path) {
+    fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    let big: Vec<u8> = (0..3_000_000u64).map(|i| (i * 7919 % 251) as u8).collect();
+    fs::write(dir.join("big.bin"), &big).unwrap();
+    fs::write(dir.join("sub/deeper/note.txt"), "note\n").unwrap();
+    fs::write(dir.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    fs::set_permissions(dir.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("deeper/note.txt", dir.join("sub/link")).unwrap();
+}
+
+/// Every entry under `dir`, with its kind and content (files), target (links), mode.
+fn tree_listing(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let mut entries: Vec<_> = fs::read_dir(dir.join(&rel)).unwrap().flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let r = rel.join(e.file_name());
+            let meta = fs::symlink_metadata(e.path()).unwrap();
+            let what = if meta.file_type().is_symlink() {
+                format!("link {}", fs::read_link(e.path()).unwrap().display())
+            } else if meta.is_dir() {
+                stack.push(r.clone());
+                "dir".to_string()
+            } else {
+                let bytes = fs::read(e.path()).unwrap();
+                format!(
+                    "file {:o} {} {}",
+                    meta.permissions().mode() & 0o777,
+                    bytes.len(),
+                    bytes
+                        .iter()
+                        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(*b)))
+                )
+            };
+            out.push((r.display().to_string(), what));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn cp_copies_files_and_trees_both_ways_byte_for_byte() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("cp");
+    env.create("c", &[]);
+    let src = env.host("src");
+    sample_tree(&src);
+    let src_arg = src.display().to_string();
+    env.ok(&["cp", &src_arg, "c:/workspace/proj"]);
+    let out = env.ok(&[
+        "exec",
+        "c",
+        "--",
+        "sh",
+        "-c",
+        "/workspace/proj/run.sh; cat /workspace/proj/sub/link",
+    ]);
+    assert_eq!(out.stdout, "ran\nnote\n");
+    // Back out, into an existing directory: lands inside it.
+    let back = env.host("back");
+    fs::create_dir(&back).unwrap();
+    let out = env.json(&[
+        "cp",
+        "--json",
+        "c:/workspace/proj",
+        &back.display().to_string(),
+    ]);
+    assert_eq!(out["files"], 3, "{out}");
+    assert_eq!(out["symlinks"], 1, "{out}");
+    assert_eq!(tree_listing(&src), tree_listing(&back.join("proj")));
+    // A single file onto a new name, and `DIR/.` for a directory's contents.
+    env.ok(&["cp", &format!("{src_arg}/big.bin"), "c:/workspace/copy.bin"]);
+    env.ok(&[
+        "cp",
+        "c:/workspace/copy.bin",
+        &env.host("copy.bin").display().to_string(),
+    ]);
+    assert_eq!(
+        fs::read(src.join("big.bin")).unwrap(),
+        fs::read(env.host("copy.bin")).unwrap()
+    );
+    let contents = env.host("contents");
+    fs::create_dir(&contents).unwrap();
+    env.ok(&["cp", "c:/workspace/proj/.", &contents.display().to_string()]);
+    assert_eq!(tree_listing(&src), tree_listing(&contents));
+    // Size limits: refused, and nothing half-written left behind.
+    let out = env.run(&[
+        "cp",
+        "--max-size",
+        "1MB",
+        &format!("{src_arg}/big.bin"),
+        "c:/workspace/toobig",
+    ]);
+    refused(&out, "exceeds the limit");
+    let out = env.ok(&["exec", "c", "--", "sh", "-c", "ls /workspace"]);
+    assert!(!out.stdout.contains("toobig"), "{}", out.stdout);
+}
+
+#[test]
+fn cp_never_follows_a_sandbox_symlink_out_of_the_workspace() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("escape");
+    env.create("e", &[]);
+    // The sandbox plants links to host paths, and a `..` chain.
+    env.ok(&[
+        "exec", "e", "--", "sh", "-c",
+        "ln -s /etc/shadow /workspace/shadow; ln -s / /workspace/root; \
+         ln -s ../../../../../../.. /workspace/up; mkdir /workspace/d; ln -s /etc/passwd /workspace/d/pw",
+    ]);
+    let outside = env.host("planted");
+    let outside_arg = outside.display().to_string();
+    let host_file = env.host("f.txt");
+    fs::write(&host_file, "payload").unwrap();
+    let host_arg = host_file.display().to_string();
+    // Out of the sandbox through its links: refused, nothing read.
+    for src in [
+        "e:/workspace/shadow",
+        "e:/workspace/root/etc/passwd",
+        "e:/workspace/up/etc/passwd",
+        "e:/workspace/../x",
+    ] {
+        refused(&env.run(&["cp", src, &outside_arg]), "leaves the workspace");
+        assert!(!outside.exists(), "{src} created {}", outside.display());
+    }
+    // Into the sandbox through its links: refused, no host file written.
+    for dst in [
+        "e:/workspace/root/tmp/phantom-escape-test",
+        "e:/workspace/up/tmp/phantom-escape-test",
+    ] {
+        refused(&env.run(&["cp", &host_arg, dst]), "leaves the workspace");
+    }
+    assert!(!Path::new("/tmp/phantom-escape-test").exists());
+    // Writing onto a planted link is refused too (never written through).
+    let out = env.run(&["cp", &host_arg, "e:/workspace/shadow"]);
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    // Paths outside /workspace are not reachable at all.
+    refused(
+        &env.run(&["cp", "e:/etc/passwd", &outside_arg]),
+        "reaches only the sandbox's workspace",
+    );
+    // A directory holding a link is copied with the link as a link: its target's
+    // content (a host file) is never read.
+    env.ok(&["cp", "e:/workspace/d", &outside_arg]);
+    assert_eq!(
+        fs::read_link(outside.join("pw")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert!(fs::symlink_metadata(outside.join("pw"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn snapshot_and_restore_round_trip_and_an_unchanged_workspace_stores_nothing_new() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("snap");
+    let a = env.create("a", &[]);
+    let src = env.host("src");
+    sample_tree(&src);
+    env.ok(&["cp", &format!("{}/.", src.display()), "a:/workspace"]);
+    let first = env.json(&["snapshot", "a", "--tag", "t1", "--json"]);
+    assert!(first["new_chunks"].as_u64().unwrap() > 0, "{first}");
+    let second = env.json(&["snapshot", "a", "--tag", "t2", "--json"]);
+    assert_eq!(second["new_chunks"], 0, "{second}");
+    assert_eq!(second["new_bytes"], 0, "{second}");
+    assert_eq!(first["manifest"], second["manifest"]);
+    let listed = env.json(&["snapshot", "list", "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    let b = env.create("b", &["--from-snapshot", "t1"]);
+    let (wa, wb) = (
+        PathBuf::from(a["workspace"].as_str().unwrap()),
+        PathBuf::from(b["workspace"].as_str().unwrap()),
+    );
+    assert_eq!(tree_listing(&wa), tree_listing(&wb));
+    let out = env.ok(&["exec", "b", "--", "/workspace/run.sh"]);
+    assert_eq!(out.stdout, "ran\n");
+    // The restored sandbox writes to its own copy, not to the store or to a.
+    env.ok(&[
+        "exec",
+        "b",
+        "--",
+        "sh",
+        "-c",
+        "echo changed > /workspace/sub/deeper/note.txt",
+    ]);
+    assert_eq!(
+        fs::read_to_string(wa.join("sub/deeper/note.txt")).unwrap(),
+        "note\n"
+    );
+    let c = env.create("c", &["--from-snapshot", "t1"]);
+    let wc = PathBuf::from(c["workspace"].as_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(wc.join("sub/deeper/note.txt")).unwrap(),
+        "note\n"
+    );
+
+    // A tag that does not exist: refused, and no sandbox is left behind.
+    refused(
+        &env.run(&["create", "--name", "d", "--from-snapshot", "nope"]),
+        "no snapshot tagged `nope`",
+    );
+    assert_eq!(env.json(&["list", "--json"]).as_array().unwrap().len(), 3);
+    env.ok(&["snapshot", "rm", "t2"]);
+    assert_eq!(
+        env.json(&["snapshot", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_nothing_is_left_behind() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("bad");
+    for name in ["a/b", "..", "../x", "x..y", "-x"] {
+        let out = env.run(&["create", "--name", name]);
+        // clap may read `-x` as a flag: exit 2 with its own message.
+        assert_eq!(out.code, Some(2), "{}", out.describe());
+    }
+    refused(
+        &env.run(&["create", "--name", "a/b"]),
+        "invalid sandbox name",
+    );
+    refused(
+        &env.run(&["exec", "ghost", "--", "true"]),
+        "no sandbox named `ghost`",
+    );
+    refused(&env.run(&["destroy", "ghost"]), "no sandbox named `ghost`");
+    refused(&env.run(&["snapshot", "ghost"]), "no sandbox named `ghost`");
+    refused(
+        &env.run(&["exec", "../etc", "--", "true"]),
+        "invalid sandbox name",
+    );
+    refused(
+        &env.run(&["create", "--name", "x", "--timeout-idle", "soon"]),
+        "--timeout-idle soon",
+    );
+    env.create("x", &[]);
+    refused(&env.run(&["create", "--name", "x"]), "exists already");
+    refused(&env.run(&["exec", "x"]), "no command given");
+    refused(
+        &env.run(&["snapshot", "x", "--tag", "../t"]),
+        "invalid snapshot tag",
+    );
+    refused(
+        &env.run(&["exec", "x", "--cwd", "/nope", "--", "true"]),
+        "--cwd /nope",
+    );
+    env.ok(&["destroy", "x"]);
+    refused(
+        &env.run(&["exec", "x", "--", "true"]),
+        "no sandbox named `x`",
+    );
+    assert_eq!(env.json(&["list", "--json"]), serde_json::json!([]));
+    let left = fs::read_dir(env.0.join("state/sandboxes")).unwrap().count();
+    assert_eq!(left, 0, "sandbox directories left behind");
+}
+
+#[test]
+fn monitor_reports_the_sandbox_cgroup() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("mon");
+    env.create("m", &[]);
+    if !is_root() {
+        // Without cgroups there is nothing to read: a clear error, not zeros.
+        let out = env.run(&["monitor", "m"]);
+        assert_eq!(out.code, Some(125), "{}", out.describe());
+        assert!(out.stderr.contains("no cgroup"), "{}", out.describe());
+        common::skip("monitor needs the sandbox's cgroup, which needs root");
+        return;
+    }
+    env.ok(&[
+        "exec",
+        "m",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done",
+    ]);
+    let m = env.json(&["monitor", "m", "--json"]);
+    assert!(m["memory_bytes"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["pids"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(m["pids_limit"], 256, "{m}");
+    assert!(
+        m["cpu_usage_ms"].as_f64().unwrap() > 1.0,
+        "the loop's CPU time is counted: {m}"
+    );
+}
