@@ -28,6 +28,11 @@ bare host /bin/true, and `python3 -c 'print(1)'` warm (default profile), pre-sta
 image: `phantom run --cold -- true` on the host root against the same on an image's root
 (`--image NAME`, which needs `true` on its PATH), and a bare host /bin/true.
 
+sandbox: creates a persistent sandbox (in a temporary state directory) and compares
+`phantom exec NAME -- true` (and python3 -c pass) with a cold `phantom run`, then copies
+a file of --io-size into it with `phantom cp` against a plain cp on the same filesystem
+(median of up to 5 rounds).
+
 Times are wall-clock from spawn to exit, as a user sees them.")]
 pub struct BenchArgs {
     /// What to measure.
@@ -72,6 +77,9 @@ enum BenchKind {
     Memory,
     /// Write and read throughput in /workspace against the host filesystem.
     Io,
+    /// `phantom exec` into a persistent sandbox against a cold `phantom run`, and
+    /// `phantom cp` into it against a plain cp.
+    Sandbox,
     /// cold, warm, memory and io (and image with --image), one after the other.
     All,
 }
@@ -269,6 +277,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
                 BenchKind::Warm,
                 BenchKind::Memory,
                 BenchKind::Io,
+                BenchKind::Sandbox,
             ];
             if args.image.is_some() {
                 k.push(BenchKind::Image);
@@ -322,6 +331,7 @@ fn kind_name(kind: BenchKind) -> &'static str {
         BenchKind::Image => "image",
         BenchKind::Memory => "memory",
         BenchKind::Io => "io",
+        BenchKind::Sandbox => "sandbox",
         BenchKind::All => "all",
     }
 }
@@ -345,6 +355,7 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
     }
     let mut contenders = Vec::new();
     let mut supervisor = None;
+    let mut sandbox: Option<BenchSandbox> = None;
     match kind {
         BenchKind::Cold => {
             contenders.push(Contender::new(
@@ -425,6 +436,30 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
         BenchKind::Memory | BenchKind::Io | BenchKind::All => {
             unreachable!("not a latency benchmark")
         }
+        BenchKind::Sandbox => {
+            let sb = BenchSandbox::create(&me).map_err(|e| (1, e))?;
+            let exec = |name: &str, cmd: &[&str]| {
+                let mut argv = vec![me_s.as_str(), "exec", "bench", "--"];
+                argv.extend_from_slice(cmd);
+                let mut c = Contender::new(name, &argv);
+                c.env.push(("PHANTOM_STATE_DIR".into(), sb.state.clone()));
+                c
+            };
+            contenders.push(exec("exec true", &["true"]));
+            contenders.push(Contender::new(
+                "cold true",
+                &[&me_s, "run", "--cold", "--", "true"],
+            ));
+            contenders.push(Contender::new("host true", &["/bin/true"]));
+            if have_python {
+                contenders.push(exec("exec python", &["python3", "-c", "pass"]));
+                contenders.push(Contender::new(
+                    "cold python",
+                    &[&me_s, "run", "--cold", "--", "python3", "-c", "pass"],
+                ));
+            }
+            sandbox = Some(sb);
+        }
         BenchKind::Image => {
             let Some(image) = args.image.as_deref() else {
                 return Err((
@@ -498,6 +533,13 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
             ));
         }
     }
+    let mut cp = serde_json::Value::Null;
+    if let Some(sb) = &sandbox {
+        let (note, value) = sb.cp_throughput(args)?;
+        notes.push(note);
+        cp = value;
+    }
+    drop(sandbox);
     let burst_done = supervisor.is_some() && args.concurrency > 0;
     drop(supervisor);
     if burst_done {
@@ -541,6 +583,11 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
             ("warm true", "cold true"),
         ],
         BenchKind::Image => &[("image true", "host root true")],
+        BenchKind::Sandbox => &[
+            ("exec true", "cold true"),
+            ("exec python", "cold python"),
+            ("exec true", "host true"),
+        ],
         _ => &[],
     };
     let ratios: Vec<Ratio> = pairs
@@ -555,7 +602,10 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
         })
         .collect();
     let kind = kind_name(kind);
-    let out = serde_json::json!({ "benchmark": kind, "iterations": args.iterations, "results": stats, "ratios": ratios, "notes": notes });
+    let mut out = serde_json::json!({ "benchmark": kind, "iterations": args.iterations, "results": stats, "ratios": ratios, "notes": notes });
+    if !cp.is_null() {
+        out["cp"] = cp;
+    }
     if !args.json {
         println!(
             "{kind} start, {} iterations per contender, interleaved",
@@ -579,6 +629,128 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
         }
     }
     Ok(out)
+}
+
+/// A persistent sandbox `bench` in a temporary state directory, destroyed on drop.
+struct BenchSandbox {
+    me: PathBuf,
+    dir: PathBuf,
+    state: PathBuf,
+}
+
+impl BenchSandbox {
+    fn create(me: &Path) -> Result<BenchSandbox, String> {
+        let dir =
+            std::env::temp_dir().join(format!("phantom-sandbox-bench-{}", std::process::id()));
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
+        let sb = BenchSandbox {
+            me: me.to_path_buf(),
+            dir,
+            state,
+        };
+        let out = sb
+            .phantom()
+            .args(["create", "--name", "bench", "--timeout-idle", "1h"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "phantom create failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(sb)
+    }
+
+    fn phantom(&self) -> Command {
+        let mut c = Command::new(&self.me);
+        c.env("PHANTOM_STATE_DIR", &self.state).stdin(Stdio::null());
+        c
+    }
+
+    /// `phantom cp FILE bench:/workspace/` against `cp FILE DIR` on the same
+    /// filesystem: median MB/s of up to 5 rounds, alternating who goes first.
+    fn cp_throughput(&self, args: &BenchArgs) -> Result<(String, serde_json::Value), BenchError> {
+        let bytes = phantom_policy::units::parse_bytes(&args.io_size)
+            .map_err(|e| (2, format!("--io-size {}: {e}", args.io_size)))?;
+        let src = self.dir.join("cp-src.bin");
+        let plain = self.dir.join("plain");
+        std::fs::create_dir_all(&plain).map_err(|e| (1, e.to_string()))?;
+        // Incompressible, so that no layer can cheat (and written once, outside the
+        // timing).
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&src).map_err(|e| (1, e.to_string()))?;
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            let mut block = vec![0u8; 1 << 20];
+            for _ in 0..(bytes >> 20).max(1) {
+                for chunk in block.chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+                }
+                f.write_all(&block).map_err(|e| (1, e.to_string()))?;
+            }
+            f.sync_all().map_err(|e| (1, e.to_string()))?;
+        }
+        let size = std::fs::metadata(&src).map(|m| m.len()).unwrap_or(bytes) as f64;
+        let time = |c: &mut Command| -> Result<f64, BenchError> {
+            let t = Instant::now();
+            let out = c.output().map_err(|e| (1, e.to_string()))?;
+            if !out.status.success() {
+                return Err((
+                    1,
+                    format!(
+                        "{c:?} failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                ));
+            }
+            Ok(size / t.elapsed().as_secs_f64() / 1e6)
+        };
+        let rounds = args.iterations.clamp(1, 5);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            for first in [round % 2 == 0, round % 2 == 1] {
+                if first {
+                    ours.push(time(
+                        self.phantom()
+                            .arg("cp")
+                            .arg(&src)
+                            .arg("bench:/workspace/cp.bin"),
+                    )?);
+                } else {
+                    theirs.push(time(
+                        Command::new("cp").arg(&src).arg(plain.join("cp.bin")),
+                    )?);
+                }
+            }
+            let _ = std::fs::remove_file(plain.join("cp.bin"));
+            let _ = self
+                .phantom()
+                .args(["exec", "bench", "--", "rm", "-f", "/workspace/cp.bin"])
+                .output();
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            v[v.len() / 2]
+        };
+        let (a, b) = (median(&mut ours), median(&mut theirs));
+        let mib = size as u64 >> 20;
+        Ok((
+            format!("cp of {mib} MiB: phantom cp {a:.0} MB/s, plain cp {b:.0} MB/s on the same filesystem: {:.2}x (median of {rounds})", a / b),
+            serde_json::json!({"bytes": size as u64, "phantom_cp_mb_s": a, "plain_cp_mb_s": b, "ratio": a / b, "rounds": rounds}),
+        ))
+    }
+}
+
+impl Drop for BenchSandbox {
+    fn drop(&mut self) {
+        let _ = self.phantom().args(["destroy", "--all"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// `n` warm `phantom run -- true` at once: how many succeed, how long the burst takes,

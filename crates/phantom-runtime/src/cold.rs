@@ -132,6 +132,9 @@ pub(crate) fn prepare_with(request: &RunRequest, command: bool) -> Result<Prepar
     let mut warnings = plan.warnings.clone();
     // The image is found now, before clone: a missing one is the caller's mistake.
     let image = match plan.rootfs.image() {
+        // A persistent sandbox is built on the image's root alone: each `exec`
+        // brings its command.
+        Some(name) if !command => Some(ImageRun::for_pool(name)?),
         Some(name) => Some(ImageRun::resolve(name, &request.argv, &mut warnings)?),
         None if command && request.argv.is_empty() => return Err(no_command()),
         None => None,
@@ -239,9 +242,13 @@ impl Prepared {
             &mut warnings,
             |workspace, no_cgroup| {
                 let stdio = [payload_stdin, Some(out_w), Some(err_w)];
-                Ok(ChildPayload::Ready(
-                    self.payload_context(plan, workspace, stdio, no_cgroup)?,
-                ))
+                Ok(ChildPayload::Ready(self.payload_context(
+                    self.command(),
+                    plan,
+                    workspace,
+                    stdio,
+                    no_cgroup,
+                )?))
             },
         );
         let spawned = match spawned {
@@ -339,6 +346,7 @@ impl Prepared {
 
     pub(crate) fn payload_context(
         &self,
+        command: PayloadCommand,
         plan: &Plan,
         host_workspace: &std::path::Path,
         [stdin, stdout, stderr]: [Option<OwnedFd>; 3],
@@ -350,7 +358,6 @@ impl Prepared {
         let cstring = |s: &str| {
             CString::new(s).map_err(|_| RuntimeError::Usage(format!("{s:?}: contains a NUL byte")))
         };
-        let command = self.command();
         let argv = command
             .argv
             .iter()

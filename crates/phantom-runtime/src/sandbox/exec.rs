@@ -26,7 +26,7 @@ use rustix::fs::{flock, FlockOperation};
 
 use super::state::{Record, State, DEAD, DESTROYING, RUNNING, STARTING};
 use super::{now_s, plan_hash};
-use crate::cold::{prepare_with, watch, Watched};
+use crate::cold::{prepare_with, watch, PayloadCommand, Watched};
 use crate::init::ChildPayload;
 use crate::relay::{Relay, StdinRelay};
 use crate::spawn::{ms, Trace};
@@ -102,6 +102,7 @@ pub fn exec(name: &str, req: &ExecRequest) -> Result<RunReport, RuntimeError> {
     super::validate_name(name)?;
     let state = State::open_default()?;
     let record = super::get(&state, name)?;
+    trace.step("record read");
     check_usable(&record)?;
     if req.argv.first().is_none_or(|a| a.is_empty()) {
         return Err(RuntimeError::Usage(format!(
@@ -125,13 +126,13 @@ pub fn exec(name: &str, req: &ExecRequest) -> Result<RunReport, RuntimeError> {
         image: record.request.image.clone(),
     };
     let prepared = prepare_with(&run, true)?;
+    trace.step("plan compiled");
     let plan = &prepared.plan;
     if plan_hash(plan) != record.plan_hash {
         return Err(RuntimeError::Usage(format!(
             "the policy of sandbox `{name}` changed since it was created; its mounts were made for the old one. Recreate it: phantom destroy {name}, then phantom create --name {name}"
         )));
     }
-    trace.step("record read, plan compiled");
 
     // Held shared while the command runs: the keeper takes it exclusively to decide
     // that the sandbox is idle, and holds it while it retires the sandbox.
@@ -151,20 +152,40 @@ pub fn exec(name: &str, req: &ExecRequest) -> Result<RunReport, RuntimeError> {
     // The init, proven alive; its namespaces come from the keeper.
     drop(open_init(&record)?);
     let namespaces = namespaces_from_keeper(&record)?;
+    trace.step("namespaces from the keeper");
     state.touch(&record.id, now_s())?;
+    trace.step("use recorded");
 
     let cgroup = SandboxCgroup::open(&Layout::detect(), &record.id).ok();
     let oom_before = cgroup.as_ref().map_or(0, |c| c.oom_kills());
     let (out_r, out_w) = process::pipe()?;
     let (err_r, err_w) = process::pipe()?;
     let (mut stdin_relay, payload_stdin) = StdinRelay::new()?;
+    // As `docker exec`: the command as given (no Entrypoint), the image's Env under
+    // --env, its WorkingDir unless --cwd.
+    let image = prepared.image.as_ref();
+    let command = PayloadCommand {
+        argv: req.argv.clone(),
+        env: image
+            .iter()
+            .flat_map(|i| &i.env)
+            .chain(&req.env)
+            .cloned()
+            .collect(),
+        cwd: req
+            .cwd
+            .clone()
+            .or_else(|| image.and_then(|i| i.working_dir.clone())),
+    };
     let ctx = prepared.payload_context(
+        command,
         plan,
         &record.workspace(),
         [payload_stdin, Some(out_w), Some(err_w)],
         cgroup.is_none(),
     )?;
     let payload = ChildPayload::Ready(ctx);
+    trace.step("payload prepared");
     let mut blocked = process::FORWARDED_SIGNALS.to_vec();
     blocked.push(libc::SIGCHLD);
     process::block_signals(&blocked)?;
@@ -283,10 +304,19 @@ fn join(
     let ChildPayload::Ready(ctx) = payload else {
         unreachable!("exec always has its payload");
     };
+    // Two channels: the payload reports on `chan` (Landlock ABI, a bad --cwd) as soon as
+    // it runs, possibly before the helper's own report; the helper reports on
+    // `report`, which the payload closes.
     let (chan_parent, chan_child) = fdpass::channel()?;
+    let (report_parent, report_child) = fdpass::channel()?;
+    // Tests only: hold the helper's report back, so that the payload reports first.
+    let report_delay = std::env::var("PHANTOM_TEST_EXEC_REPORT_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
     let (helper, helper_fd) = match process::clone_child(Namespaces::default(), None)? {
         Forked::Child => {
-            let mut keep: Vec<RawFd> = vec![chan_child.as_raw_fd()];
+            let mut keep: Vec<RawFd> = vec![chan_child.as_raw_fd(), report_child.as_raw_fd()];
             keep.extend(namespaces.iter().map(|f| f.as_raw_fd()));
             keep.extend(
                 ctx.stdin
@@ -295,7 +325,7 @@ fn join(
                     .map(|f| f.as_raw_fd()),
             );
             let fail = |msg: String| -> ! {
-                let _ = fdpass::send_bytes(&chan_child, format!("ERR {msg}").as_bytes());
+                let _ = fdpass::send_bytes(&report_child, format!("ERR {msg}").as_bytes());
                 process::exit_now(1)
             };
             if let Err(e) = process::close_all_except(&keep) {
@@ -322,10 +352,14 @@ fn join(
                 Ok(None) => {
                     // The payload: dies with the front end, like a cold run's sandbox.
                     let _ = process::set_parent_death_signal_kill();
+                    drop(report_child);
                     crate::init::payload(&ctx, &chan_child)
                 }
                 Ok(Some(pid)) => {
-                    let _ = fdpass::send_bytes(&chan_child, format!("CHILD {pid}").as_bytes());
+                    if let Some(delay) = report_delay {
+                        std::thread::sleep(delay);
+                    }
+                    let _ = fdpass::send_bytes(&report_child, format!("CHILD {pid}").as_bytes());
                     process::exit_now(0)
                 }
                 Err(e) => fail(e.to_string()),
@@ -333,10 +367,10 @@ fn join(
         }
         Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
-    drop((chan_child, ctx, namespaces, helper_fd));
+    drop((chan_child, report_child, ctx, namespaces, helper_fd));
     // The helper's report: CHILD <pid>, or ERR <why>.
     let mut buf = [0u8; 4096];
-    let report = fdpass::recv(chan_parent.as_fd(), &mut buf);
+    let report = fdpass::recv(report_parent.as_fd(), &mut buf);
     let _ = process::wait4(helper, false);
     let msg = match report {
         Ok((n, _)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
