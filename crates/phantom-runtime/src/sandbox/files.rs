@@ -307,6 +307,189 @@ pub fn cp(src: &CpEnd, dst: &CpEnd, limits: CpLimits) -> Result<CpReport, Runtim
     Ok(budget.report)
 }
 
+/// One entry of a sandbox directory ([`list_files`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileEntry {
+    /// The name inside the listed directory.
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    /// Bytes (files), 0 otherwise.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// The link's target as written (symlinks; never followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// Write `data` to `path` (`/workspace/...`) in sandbox `name`, creating or replacing
+/// the file (mode 0644 for a new one); parent directories are created when `parents`.
+/// Resolved beneath the workspace like [`cp`]. For front ends that hold the content
+/// (MCP, HTTP) rather than a host file.
+pub fn write_file(name: &str, path: &str, data: &[u8], parents: bool) -> Result<(), RuntimeError> {
+    super::validate_name(name)?;
+    write_file_in(&State::open_default()?, name, path, data, parents)
+}
+
+fn write_file_in(
+    state: &State,
+    name: &str,
+    path: &str,
+    data: &[u8],
+    parents: bool,
+) -> Result<(), RuntimeError> {
+    let (side, rel) = sandbox_side(state, name, path)?;
+    let leaf = rel
+        .file_name()
+        .filter(|_| {
+            rel.components()
+                .next_back()
+                .is_some_and(|c| matches!(c, Component::Normal(_)))
+        })
+        .ok_or_else(|| {
+            RuntimeError::Usage(format!(
+                "{name}:{path}: name a file, e.g. {name}:/workspace/main.py"
+            ))
+        })?
+        .to_os_string();
+    let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+    let mut dir = side.open(
+        Path::new(""),
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )?;
+    if parents {
+        // One component at a time, never through a symlink.
+        for comp in parent_rel.components() {
+            let Component::Normal(part) = comp else {
+                return Err(RuntimeError::Usage(format!(
+                    "{name}:{path}: `..` is not allowed when creating directories"
+                )));
+            };
+            match rfs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(errno("mkdir", path)(e)),
+            }
+            dir = rfs::openat(
+                &dir,
+                part,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno("open", path))?;
+        }
+    } else {
+        dir = side.open(
+            &parent_rel,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )?;
+    }
+    let fd = rfs::openat(
+        &dir,
+        &leaf,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(errno("create", path))?;
+    let st = rfs::fstat(&fd).map_err(errno("stat", path))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(RuntimeError::Usage(format!(
+            "{name}:{path}: not a regular file"
+        )));
+    }
+    use std::io::Write;
+    File::from(fd)
+        .write_all(data)
+        .map_err(|e| RuntimeError::Io {
+            what: "write",
+            path: format!("{name}:{path}"),
+            source: e,
+        })
+}
+
+/// Read the file at `path` in sandbox `name`, at most `max` bytes (a larger file is a
+/// usage error naming its size). Resolved beneath the workspace like [`cp`].
+pub fn read_file(name: &str, path: &str, max: u64) -> Result<Vec<u8>, RuntimeError> {
+    super::validate_name(name)?;
+    read_file_in(&State::open_default()?, name, path, max)
+}
+
+fn read_file_in(state: &State, name: &str, path: &str, max: u64) -> Result<Vec<u8>, RuntimeError> {
+    let (side, rel) = sandbox_side(state, name, path)?;
+    let fd = side.open(&rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
+    let st = rfs::fstat(&fd).map_err(errno("stat", path))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(RuntimeError::Usage(format!(
+            "{name}:{path}: not a regular file (list a directory instead)"
+        )));
+    }
+    let mut data = Vec::new();
+    File::from(fd)
+        .take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| RuntimeError::Io {
+            what: "read",
+            path: format!("{name}:{path}"),
+            source: e,
+        })?;
+    if data.len() as u64 > max {
+        return Err(RuntimeError::Usage(format!(
+            "{name}:{path}: larger than the limit of {max} bytes"
+        )));
+    }
+    Ok(data)
+}
+
+/// The entries of directory `path` in sandbox `name`, by name (symlinks reported, not
+/// followed).
+pub fn list_files(name: &str, path: &str) -> Result<Vec<FileEntry>, RuntimeError> {
+    super::validate_name(name)?;
+    list_files_in(&State::open_default()?, name, path)
+}
+
+fn list_files_in(state: &State, name: &str, path: &str) -> Result<Vec<FileEntry>, RuntimeError> {
+    let (side, rel) = sandbox_side(state, name, path)?;
+    let dir = side.open(&rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
+    let mut entries = rfs::Dir::read_from(&dir).map_err(errno("read", path))?;
+    let mut out = Vec::new();
+    while let Some(entry) = entries.read() {
+        let entry = entry.map_err(errno("read", path))?;
+        let raw = entry.file_name().to_bytes();
+        if raw == b"." || raw == b".." {
+            continue;
+        }
+        let file = OsStr::from_bytes(raw);
+        let Ok(st) = rfs::statat(&dir, file, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue; // removed meanwhile
+        };
+        let kind = FileType::from_raw_mode(st.st_mode);
+        out.push(FileEntry {
+            name: file.to_string_lossy().into_owned(),
+            kind: match kind {
+                FileType::RegularFile => "file",
+                FileType::Directory => "dir",
+                FileType::Symlink => "symlink",
+                _ => "other",
+            }
+            .into(),
+            size: if kind == FileType::RegularFile {
+                st.st_size as u64
+            } else {
+                0
+            },
+            mode: st.st_mode & 0o7777,
+            target: (kind == FileType::Symlink)
+                .then(|| rfs::readlinkat(&dir, file, Vec::new()).ok())
+                .flatten()
+                .map(|t| t.to_string_lossy().into_owned()),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 /// Counts what is copied and refuses more than the limits.
 struct Budget {
     limits: CpLimits,
@@ -529,6 +712,121 @@ fn remove_at(parent: BorrowedFd<'_>, name: &OsStr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::sandbox::state::{Record, STARTING};
+    use crate::test_util::Scratch;
+
+    /// A state directory with one record, `box`, whose workspace is a plain directory
+    /// (file operations need no running sandbox).
+    fn with_box(tag: &str) -> (Scratch, State, PathBuf) {
+        let scratch = Scratch::new(tag);
+        let state = State::open(&scratch.0.join("state")).unwrap();
+        let dir = scratch.0.join("sb");
+        std::fs::create_dir_all(dir.join("workspace")).unwrap();
+        let request: phantom_api::CreateRequest = serde_json::from_value(serde_json::json!({
+            "name": "box", "policy": {"profile": "default"}, "overrides": {}
+        }))
+        .unwrap();
+        state
+            .insert(&Record {
+                name: "box".into(),
+                id: "id1".into(),
+                status: STARTING.into(),
+                reason: None,
+                request,
+                profile: "default".into(),
+                mode: "sandbox".into(),
+                plan_hash: String::new(),
+                dir: dir.clone(),
+                init_pid: 0,
+                init_start: 0,
+                keeper_pid: 0,
+                keeper_start: 0,
+                socket: PathBuf::new(),
+                created: 0,
+                last_used: 0,
+                idle_timeout_s: 1,
+                max_lifetime_s: 1,
+            })
+            .unwrap();
+        (scratch, state, dir.join("workspace"))
+    }
+
+    #[test]
+    fn write_read_and_list_stay_inside_the_workspace() {
+        let (scratch, state, ws) = with_box("files-ok");
+        write_file_in(&state, "box", "/workspace/src/main.py", b"print(1)\n", true).unwrap();
+        assert_eq!(
+            std::fs::read(ws.join("src/main.py")).unwrap(),
+            b"print(1)\n"
+        );
+        assert_eq!(
+            read_file_in(&state, "box", "/workspace/src/main.py", 100).unwrap(),
+            b"print(1)\n"
+        );
+        let err = read_file_in(&state, "box", "/workspace/src/main.py", 3).unwrap_err();
+        assert!(
+            err.to_string().contains("larger than the limit of 3 bytes"),
+            "{err}"
+        );
+        std::os::unix::fs::symlink("/etc/passwd", ws.join("pw")).unwrap();
+        let list = list_files_in(&state, "box", "/workspace").unwrap();
+        let names: Vec<_> = list
+            .iter()
+            .map(|e| (e.name.as_str(), e.kind.as_str()))
+            .collect();
+        assert_eq!(names, [("pw", "symlink"), ("src", "dir")]);
+        assert_eq!(list[0].target.as_deref(), Some("/etc/passwd"));
+        // Without `parents`, a missing directory is an error, not created.
+        assert!(write_file_in(&state, "box", "/workspace/none/x", b"", false).is_err());
+        assert!(!ws.join("none").exists());
+        drop(scratch);
+    }
+
+    #[test]
+    fn planted_symlinks_never_lead_file_operations_out_of_the_workspace() {
+        let (scratch, state, ws) = with_box("files-escape");
+        let outside = scratch.0.join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("secret"), b"host secret").unwrap();
+        std::os::unix::fs::symlink(&outside, ws.join("out")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), ws.join("secret")).unwrap();
+        std::os::unix::fs::symlink("../../outside", ws.join("rel")).unwrap();
+        for path in [
+            "/workspace/secret",
+            "/workspace/out/secret",
+            "/workspace/rel/secret",
+            "/workspace/../outside/secret",
+        ] {
+            let err = read_file_in(&state, "box", path, 1 << 20)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("leaves the workspace"), "{path}: {err}");
+        }
+        for path in [
+            "/workspace/out/new",
+            "/workspace/rel/new",
+            "/workspace/secret",
+        ] {
+            assert!(
+                write_file_in(&state, "box", path, b"x", true).is_err(),
+                "{path}"
+            );
+        }
+        assert!(list_files_in(&state, "box", "/workspace/out").is_err());
+        assert!(!outside.join("new").exists());
+        assert_eq!(
+            std::fs::read(outside.join("secret")).unwrap(),
+            b"host secret"
+        );
+        let err = read_file_in(&state, "box", "/etc/passwd", 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("reaches only the sandbox's workspace"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn sandbox_paths_are_name_colon_path_and_everything_else_is_host() {

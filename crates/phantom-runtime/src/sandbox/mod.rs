@@ -35,7 +35,7 @@ use crate::RuntimeError;
 use state::{Record, State, STARTING};
 
 pub use exec::exec;
-pub use files::{cp, CpEnd, CpLimits, CpReport};
+pub use files::{cp, list_files, read_file, write_file, CpEnd, CpLimits, CpReport, FileEntry};
 
 /// Default idle timeout of a persistent sandbox.
 pub const DEFAULT_IDLE_TIMEOUT: &str = "15m";

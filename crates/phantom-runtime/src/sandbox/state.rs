@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 );
 ";
 
+/// Written to `PRAGMA user_version` once the schema is in place.
+const SCHEMA_VERSION: i64 = 1;
+
 /// Status values kept in the database.
 pub(crate) const STARTING: &str = "starting";
 pub(crate) const RUNNING: &str = "running";
@@ -167,14 +170,24 @@ impl State {
         let conn = Connection::open(&path).map_err(db_error("open state.db"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(db_error("configure state.db"))?;
-        // WAL: readers (list, exec) never wait for a writer; NORMAL sync is durable
-        // across a crash of phantom, which is what these records must survive.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_error("configure state.db"))?;
+        // NORMAL sync in WAL mode is durable across a crash of phantom, which is what
+        // these records must survive (a per-connection setting).
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db_error("configure state.db"))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(db_error("create the sandboxes table"))?;
+        // The schema and WAL mode (kept in the file) once per database, not on every
+        // open: `exec` opens it on its start-up path.
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(db_error("read state.db"))?;
+        if version != SCHEMA_VERSION {
+            // WAL: readers (list, exec) never wait for a writer.
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(db_error("configure state.db"))?;
+            conn.execute_batch(SCHEMA)
+                .map_err(db_error("create the sandboxes table"))?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(db_error("configure state.db"))?;
+        }
         Ok(State {
             conn,
             dir: dir.to_path_buf(),
