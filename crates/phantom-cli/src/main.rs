@@ -7,6 +7,7 @@
 mod bench;
 mod doctor;
 mod image_cmd;
+mod keys_cmd;
 mod policy_cmd;
 mod pool_cmd;
 mod run;
@@ -69,6 +70,11 @@ enum Command {
     Cp(sandbox_cmd::CpArgs),
     /// Snapshot a persistent sandbox's workspace; list or remove snapshots.
     Snapshot(sandbox_cmd::SnapshotArgs),
+    /// API keys of the supervisor's HTTP API: add, list, revoke.
+    #[command(subcommand, after_help = keys_cmd::EXAMPLES)]
+    Keys(keys_cmd::KeysCommand),
+    /// The HTTP API's audit log: mutating calls and refused keys.
+    Audit(keys_cmd::AuditArgs),
 }
 
 fn main() {
@@ -89,6 +95,8 @@ fn main() {
         Command::Monitor(args) => sandbox_cmd::monitor(args),
         Command::Cp(args) => sandbox_cmd::cp(args),
         Command::Snapshot(args) => sandbox_cmd::snapshot(args),
+        Command::Keys(cmd) => keys_cmd::keys(cmd),
+        Command::Audit(args) => keys_cmd::audit(args),
     };
     std::process::exit(code);
 }

@@ -9,6 +9,7 @@
 //! * [`doctor`] reports what this host supports.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 mod cold;
 pub mod doctor;
 mod error;
@@ -16,10 +17,12 @@ pub mod ids;
 pub mod image;
 mod image_run;
 mod init;
+pub mod keys;
 mod relay;
 pub mod sandbox;
 pub mod snapshot;
 mod spawn;
+mod state;
 mod store_dir;
 #[cfg(test)]
 mod test_util;

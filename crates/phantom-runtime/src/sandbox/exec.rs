@@ -24,12 +24,12 @@ use phantom_linux::fdpass;
 use phantom_linux::process::{self, ExitStatus, Forked, Namespaces};
 use rustix::fs::{flock, FlockOperation};
 
-use super::state::{Record, State, DEAD, DESTROYING, RUNNING, STARTING};
 use super::{now_s, plan_hash};
 use crate::cold::{prepare_with, watch, PayloadCommand, Watched};
 use crate::init::ChildPayload;
 use crate::relay::{Relay, StdinRelay};
 use crate::spawn::{ms, Trace};
+use crate::state::{Record, State, DEAD, DESTROYING, RUNNING, STARTING};
 use crate::RuntimeError;
 
 /// The command started in the sandbox, as the front end watches it.

@@ -26,7 +26,7 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use super::state::State;
+use crate::state::State;
 use crate::RuntimeError;
 
 /// Where the workspace appears inside a sandbox.
@@ -713,7 +713,7 @@ fn remove_at(parent: BorrowedFd<'_>, name: &OsStr) {
 mod tests {
     use super::*;
 
-    use crate::sandbox::state::{Record, STARTING};
+    use crate::state::{Record, STARTING};
     use crate::test_util::Scratch;
 
     /// A state directory with one record, `box`, whose workspace is a plain directory

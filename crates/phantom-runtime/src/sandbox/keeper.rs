@@ -22,10 +22,10 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fs::{flock, FlockOperation};
 
 use super::now_s;
-use super::state::{State, DEAD, DESTROYING};
 use crate::image_run::ImageRun;
 use crate::init::ChildPayload;
 use crate::spawn::{spawn_on, SandboxStatus, Trace};
+use crate::state::{State, DEAD, DESTROYING};
 
 /// Everything the keeper needs, prepared by `create` before the fork.
 pub(crate) struct Keeper {

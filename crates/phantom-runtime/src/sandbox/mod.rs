@@ -13,7 +13,6 @@
 mod exec;
 mod files;
 mod keeper;
-mod state;
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -31,8 +30,8 @@ use crate::cold::prepare_with;
 use crate::snapshot::{
     RestoreMode, SnapshotInfo, SnapshotOptions, SnapshotProgress, SnapshotStore,
 };
+use crate::state::{Record, State, STARTING};
 use crate::RuntimeError;
-use state::{Record, State, STARTING};
 
 pub use exec::exec;
 pub use files::{cp, list_files, read_file, write_file, CpEnd, CpLimits, CpReport, FileEntry};

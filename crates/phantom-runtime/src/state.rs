@@ -1,5 +1,7 @@
-//! The persistent sandboxes' records: one SQLite database (WAL mode) in the state
-//! directory, `<state>/state.db`, shared by every `phantom` process of the user.
+//! Phantom's state database: one SQLite file (WAL mode) in the state directory,
+//! `<state>/state.db`, shared by every `phantom` process of the user. It holds the
+//! persistent sandboxes' records (here), API keys (`keys.rs`) and the audit log
+//! (`audit.rs`).
 //!
 //! A record is keyed by its name (unique: two concurrent `create` of one name give
 //! one sandbox and one clear error — the second INSERT fails on the constraint) and
@@ -38,10 +40,31 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     idle_timeout_s INTEGER NOT NULL,
     max_lifetime_s INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS api_keys (
+    id             TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    hash           TEXT NOT NULL,
+    created        INTEGER NOT NULL,
+    revoked        INTEGER,
+    last_used      INTEGER,
+    rate_per_min   INTEGER NOT NULL,
+    burst          INTEGER NOT NULL,
+    max_concurrent INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms   INTEGER NOT NULL,
+    key_id  TEXT,
+    action  TEXT NOT NULL,
+    target  TEXT,
+    result  TEXT NOT NULL,
+    detail  TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
 ";
 
 /// Written to `PRAGMA user_version` once the schema is in place.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Status values kept in the database.
 pub(crate) const STARTING: &str = "starting";
@@ -134,7 +157,7 @@ pub(crate) struct State {
     dir: PathBuf,
 }
 
-fn db_error(what: &str) -> impl FnOnce(rusqlite::Error) -> RuntimeError + '_ {
+pub(crate) fn db_error(what: &str) -> impl FnOnce(rusqlite::Error) -> RuntimeError + '_ {
     move |e| RuntimeError::State(format!("{what}: {e}"))
 }
 
@@ -192,6 +215,11 @@ impl State {
             conn,
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// The connection, for the other tables' modules.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     /// The state directory.

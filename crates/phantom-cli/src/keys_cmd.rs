@@ -1,0 +1,267 @@
+//! `phantom keys add|list|revoke` and `phantom audit`: the HTTP API's keys and audit
+//! log, in the state database.
+
+use clap::{Args, Subcommand};
+use phantom_runtime::audit::Audit;
+use phantom_runtime::keys::{KeyLimits, Keys};
+
+use crate::{age, error_line, print_json};
+
+/// Shown by `phantom keys --help`.
+pub const EXAMPLES: &str = "Examples:
+  phantom keys add grader-prod --rate 120 --burst 20 --max-concurrent 8
+  phantom keys list
+  phantom keys revoke grader-prod
+
+The key is printed once, by `add`; only its hash is stored. Clients send it as
+`X-API-Key: phk_...` or `Authorization: Bearer phk_...`. Keys live in the state
+database (/var/lib/phantom/state.db for root; PHANTOM_STATE_DIR overrides).";
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make a key; prints it once.
+    Add {
+        /// A name to tell keys apart (e.g. who uses it).
+        name: String,
+        /// Requests per minute.
+        #[arg(long, default_value_t = KeyLimits::default().rate_per_min)]
+        rate: u32,
+        /// Requests allowed at once above the rate.
+        #[arg(long, default_value_t = KeyLimits::default().burst)]
+        burst: u32,
+        /// Sandboxes (runs and persistent ones) at once.
+        #[arg(long, default_value_t = KeyLimits::default().max_concurrent)]
+        max_concurrent: u32,
+        /// Print the record and the key as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by id or name; it is refused from then on.
+    Revoke {
+        /// The key's id or name.
+        key: String,
+    },
+}
+
+fn fail(e: phantom_runtime::RuntimeError) -> i32 {
+    error_line(&e);
+    if e.exit_code() == 2 {
+        2
+    } else {
+        1
+    }
+}
+
+pub fn keys(cmd: KeysCommand) -> i32 {
+    let keys = match Keys::open_default() {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    match cmd {
+        KeysCommand::Add {
+            name,
+            rate,
+            burst,
+            max_concurrent,
+            json,
+        } => {
+            let limits = KeyLimits {
+                rate_per_min: rate,
+                burst,
+                max_concurrent,
+            };
+            match keys.add(&name, limits) {
+                Ok((record, secret)) => {
+                    let _ = Audit::open_default().and_then(|a| {
+                        a.record(None, "keys.add", Some(&record.id), "ok", Some(&name))
+                    });
+                    if json {
+                        return print_json(&serde_json::json!({ "key": secret, "record": record }));
+                    }
+                    println!("{secret}");
+                    eprintln!(
+                        "key {} ({name}): {rate}/min, burst {burst}, {max_concurrent} at once. It is shown only now: store it.",
+                        record.id
+                    );
+                    0
+                }
+                Err(e) => fail(e),
+            }
+        }
+        KeysCommand::List { json } => match keys.list() {
+            Ok(list) if json => print_json(&list),
+            Ok(list) => {
+                if list.is_empty() {
+                    println!("no API keys (make one with `phantom keys add NAME`)");
+                    return 0;
+                }
+                println!(
+                    "{:<12}  {:<20}  {:<8}  {:>8}  {:>5}  {:>5}  CREATED",
+                    "ID", "NAME", "STATUS", "RATE/MIN", "BURST", "CONC"
+                );
+                for k in list {
+                    println!(
+                        "{:<12}  {:<20}  {:<8}  {:>8}  {:>5}  {:>5}  {}",
+                        k.id,
+                        k.name,
+                        if k.revoked.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        },
+                        k.rate_per_min,
+                        k.burst,
+                        k.max_concurrent,
+                        age(k.created)
+                    );
+                }
+                0
+            }
+            Err(e) => fail(e),
+        },
+        KeysCommand::Revoke { key } => match keys.revoke(&key) {
+            Ok(record) => {
+                let _ = Audit::open_default().and_then(|a| {
+                    a.record(
+                        None,
+                        "keys.revoke",
+                        Some(&record.id),
+                        "ok",
+                        Some(&record.name),
+                    )
+                });
+                println!("revoked {} ({})", record.id, record.name);
+                0
+            }
+            Err(e) => fail(e),
+        },
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  phantom audit                  # the last 100 records
+  phantom audit --since 1h
+  phantom audit --since 2026-11-21T18:00:00Z --json")]
+pub struct AuditArgs {
+    /// Only records this recent (e.g. 1h, 30m) or after this UTC time
+    /// (YYYY-MM-DDTHH:MM:SSZ).
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// At most this many (the newest).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Unix milliseconds for `--since`: a duration back from now, or an RFC 3339 UTC time.
+fn since_ms(text: &str, now_ms: u64) -> Result<u64, String> {
+    if let Ok(ms) = phantom_policy::units::parse_duration_ms(text) {
+        return Ok(now_ms.saturating_sub(ms));
+    }
+    let bad = || {
+        format!(
+            "--since {text}: expected a duration (1h, 30m) or a UTC time like 2026-11-21T18:00:00Z"
+        )
+    };
+    let t = text.strip_suffix('Z').ok_or_else(bad)?;
+    let (date, time) = t.split_once('T').ok_or_else(bad)?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let h: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let ([y, m, day], [hh, mm, ss]) = (d.as_slice(), h.as_slice()) else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(m) || !(1..=31).contains(day) || *hh > 23 || *mm > 59 || *ss > 60 {
+        return Err(bad());
+    }
+    // Days from civil date (H. Hinnant), the inverse of the stamp in sandbox snapshots.
+    let (y, m) = if *m <= 2 { (y - 1, m + 9) } else { (*y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs).map(|s| s * 1000).map_err(|_| bad())
+}
+
+pub fn audit(args: AuditArgs) -> i32 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let since = match args
+        .since
+        .as_deref()
+        .map(|s| since_ms(s, now_ms))
+        .transpose()
+    {
+        Ok(s) => s.unwrap_or(0),
+        Err(e) => {
+            error_line(e);
+            return 2;
+        }
+    };
+    let entries = match Audit::open_default().and_then(|a| a.since(since, args.limit)) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    if args.json {
+        return print_json(&entries);
+    }
+    if entries.is_empty() {
+        println!("no audit records");
+    }
+    for e in entries {
+        println!(
+            "{:>6}  {}  key={}  {}  {}  {}{}",
+            e.seq,
+            age(e.at_ms / 1000),
+            e.key_id.as_deref().unwrap_or("-"),
+            e.action,
+            e.target.as_deref().unwrap_or("-"),
+            e.result,
+            e.detail.map(|d| format!("  ({d})")).unwrap_or_default()
+        );
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_durations_and_utc_times() {
+        assert_eq!(since_ms("1h", 10_000_000).unwrap(), 10_000_000 - 3_600_000);
+        // `date -u -d 2026-11-21T18:00:00Z +%s` = 1795284000
+        assert_eq!(
+            since_ms("2026-11-21T18:00:00Z", 0).unwrap(),
+            1_795_284_000_000
+        );
+        assert_eq!(
+            since_ms("2000-02-29T00:00:00Z", 0).unwrap(),
+            951_782_400_000
+        );
+        for bad in [
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-11-21 18:00",
+            "2026-11-21T18:00:00",
+        ] {
+            assert!(since_ms(bad, 0).is_err(), "{bad}");
+        }
+    }
+}
