@@ -6,6 +6,9 @@
 //!   (when captured) the output. `phantom run --json` prints exactly this.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where the policy comes from.
@@ -60,7 +63,7 @@ pub struct RunRequest {
 }
 
 /// What happened to a run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunReport {
     pub sandbox_id: String,
     pub profile: String,
@@ -90,7 +93,7 @@ pub struct RunReport {
 }
 
 /// The isolation a run actually got (what the host allowed).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct IsolationReport {
     /// `v1`, `v2` or `none` (rlimits only).
     pub cgroup: String,
@@ -146,11 +149,12 @@ pub struct ExecRequest {
 }
 
 /// A persistent sandbox as `phantom list` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SandboxInfo {
     pub name: String,
     pub id: String,
-    /// `running`, `starting`, or `dead` (its init is gone: `phantom destroy` cleans up).
+    /// `running`, `starting`, `dead` (its init is gone: `phantom destroy` cleans up),
+    /// or `destroyed` (in what `destroy` returns).
     pub status: String,
     /// Why it is dead, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -173,7 +177,7 @@ pub struct SandboxInfo {
 
 /// A persistent sandbox's resource use, from its cgroup (`phantom monitor`). `None`:
 /// not reported on this host (no cgroup, or the controller lacks the counter).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SandboxMetrics {
     pub name: String,
     /// Unix milliseconds of the sample.
@@ -189,4 +193,159 @@ pub struct SandboxMetrics {
     pub io_read_bytes: Option<u64>,
     pub io_write_bytes: Option<u64>,
     pub oom_kills: u64,
+}
+
+// ---------------------------------------------------------------------------------------
+// The supervisor's HTTP API (/api/v2): request and response bodies. Requests refuse
+// unknown fields, so a misspelt key is a 400 that names it, not a silent default.
+// ---------------------------------------------------------------------------------------
+
+/// A file written into the run's workspace before the command starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFile {
+    /// Relative to /workspace, e.g. `src/main.py` (no `..`, not absolute).
+    pub path: String,
+    /// UTF-8 text.
+    pub content: String,
+}
+
+/// `POST /api/v2/run`: one command in a fresh sandbox (warm when a pool serves the
+/// profile). Give `language` + `code`, or `argv`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiRunRequest {
+    /// `python`, `node`, `bash` or `sh`: runs `code` with that interpreter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The command and its arguments (instead of language + code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ApiFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// A built-in profile (default: `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(flatten)]
+    pub limits: ApiLimits,
+    /// Stream the output as Server-Sent Events (`stdout`, `stderr`, then `result`).
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// Limits over the profile's (each optional).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiLimits {
+    /// Wall time, e.g. `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// e.g. `256MB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// e.g. `0.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// `none` or `loopback-only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+/// What a run or an exec returned over HTTP: the run report plus `cpu_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiRunResult {
+    #[serde(flatten)]
+    pub report: RunReport,
+    /// user_ms + sys_ms.
+    pub cpu_ms: f64,
+}
+
+/// `POST /api/v2/sandboxes`: a persistent sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiCreateSandbox {
+    /// Letters, digits, `-`, `_`, `.`; unique per API key.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// e.g. `15m` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_idle: Option<String>,
+    /// e.g. `24h` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_snapshot: Option<String>,
+    #[serde(flatten)]
+    pub limits: ApiLimits,
+}
+
+/// `POST /api/v2/sandboxes/{name}/exec`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiExecRequest {
+    pub argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+}
+
+/// `POST /api/v2/sandboxes/{name}/snapshots`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSnapshotRequest {
+    /// Default: `NAME-YYYYMMDD-HHMMSS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// A snapshot of a sandbox's workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiSnapshot {
+    pub tag: String,
+    pub manifest: String,
+    pub files: u64,
+    pub bytes: u64,
+    /// Chunks this snapshot added to the store (0: nothing new).
+    pub new_chunks: u64,
+    pub created: u64,
+}
+
+/// One entry of a sandbox directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiFileEntry {
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    pub size: u64,
+    pub mode: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// Every error body: what went wrong, in one line, and what to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiHealth {
+    pub status: String,
+    pub version: String,
 }

@@ -1,10 +1,14 @@
 //! `phantom-supervisor`: keeps warm pools of sandboxes and serves them on a local
-//! socket to `phantom run` (and, later, the HTTP and MCP front ends).
+//! socket to `phantom run`; with `--bind ADDR`, also the HTTP API (phantom-server).
 //!
 //! Runs in the foreground, logs to stderr, and stops on SIGTERM/SIGINT/SIGHUP — use a
-//! service manager to keep it running. It is single-threaded on purpose: it is the one
-//! process that forks sandboxes.
+//! service manager to keep it running. The pool keeper is single-threaded on purpose:
+//! it is the one process that forks sandboxes. With `--bind`, the HTTP server (tokio,
+//! threads) runs in this process and the pool keeper in a child process, this same
+//! binary started without `--bind` on a socket of its own.
 #![forbid(unsafe_code)]
+
+mod http;
 
 use clap::Parser;
 use phantom_runtime::warm::{pressure, supervisor};
@@ -35,37 +39,83 @@ Examples:
   phantom-supervisor --psi-aware --psi-memory 30
   phantom pool status"
 )]
-struct Args {
+pub(crate) struct Args {
     /// Built-in profiles to keep pools for on the host root (comma-separated; with
     /// neither this nor --pool: every built-in profile with `performance.zygote: true`
     /// — default and python-dev).
     #[arg(long, value_delimiter = ',')]
-    profiles: Vec<String>,
+    pub(crate) profiles: Vec<String>,
     /// Keep a pool of this built-in profile, on the host root (`default`) or on an
     /// image of the store (`default:alpine`: the first `:` ends the profile).
     /// Repeatable; adds to --profiles.
     #[arg(long = "pool", value_name = "PROFILE[:IMAGE]")]
-    pool: Vec<String>,
+    pub(crate) pool: Vec<String>,
     /// Sandboxes kept ready per pool (a profile's `performance.pool_size` wins).
     #[arg(long, value_name = "N", default_value_t = 4)]
-    zygote_pools: usize,
+    pub(crate) zygote_pools: usize,
     /// Pause refills while CPU or memory pressure (/proc/pressure, some avg10) is above
     /// the thresholds.
     #[arg(long)]
-    psi_aware: bool,
+    pub(crate) psi_aware: bool,
     /// CPU pressure threshold in percent, with --psi-aware.
     #[arg(long, value_name = "PERCENT", default_value_t = 80.0)]
-    psi_cpu: f64,
+    pub(crate) psi_cpu: f64,
     /// Memory pressure threshold in percent, with --psi-aware.
     #[arg(long, value_name = "PERCENT", default_value_t = 40.0)]
-    psi_memory: f64,
+    pub(crate) psi_memory: f64,
     /// Socket to listen on (default: see below).
     #[arg(long, value_name = "PATH")]
-    socket: Option<std::path::PathBuf>,
+    pub(crate) socket: Option<std::path::PathBuf>,
+    /// Serve the HTTP API on this address (e.g. 127.0.0.1:8080; port 0 picks one, which
+    /// is printed). Every /api/v2 call needs an API key (`phantom keys add NAME`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) bind: Option<std::net::SocketAddr>,
+    /// With --bind: sandboxes at once (runs, execs and persistent sandboxes).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub(crate) max_sandboxes: usize,
+    /// With --bind: largest request body (e.g. 8MiB).
+    #[arg(long, value_name = "SIZE", default_value = "8MiB")]
+    pub(crate) max_body: String,
+    /// With --bind: also accept the keys listed in FILE (one `phk_...` key per line,
+    /// `#` comments), e.g. a mounted secret; keys from `phantom keys add` always work.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) api_keys: Option<std::path::PathBuf>,
+    /// With --bind and --psi-aware: read pressure from DIR/cpu and DIR/memory instead
+    /// of /proc/pressure (a container's view).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) psi_source: Option<std::path::PathBuf>,
+    /// With --bind: how long in-flight requests get after SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub(crate) grace: String,
+    /// Pin pools to a NUMA node's CPUs. Refused: this build does not pin, and on a
+    /// one-node host there is nothing to pin (the seed's flag is never silently ignored).
+    #[arg(long)]
+    pub(crate) numa_optimize: bool,
 }
 
 fn main() {
     let args = Args::parse();
+    if args.numa_optimize {
+        let nodes = std::fs::read_dir("/sys/devices/system/node")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("node"))
+                    .count()
+            })
+            .unwrap_or(1);
+        eprintln!(
+            "phantom-supervisor: error: --numa-optimize: {}",
+            if nodes <= 1 {
+                "this host has one NUMA node: there is nothing to pin pools to".to_string()
+            } else {
+                format!("this build does not pin pools to NUMA nodes ({nodes} nodes here); leave the flag out")
+            }
+        );
+        std::process::exit(2);
+    }
+    if let Some(bind) = args.bind {
+        std::process::exit(http::main(&args, bind));
+    }
     if args.zygote_pools == 0 || args.zygote_pools > 1024 {
         eprintln!(
             "phantom-supervisor: error: --zygote-pools {}: must be 1 to 1024",

@@ -15,6 +15,7 @@
 //!   store; [`supervisor`] — a `phantom-supervisor` on a private socket.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod api;
 pub mod image;
 pub mod supervisor;
 

@@ -102,7 +102,7 @@ fn errno<'a>(what: &'static str, path: &'a str) -> impl FnOnce(Errno) -> Runtime
     move |e| {
         if e == Errno::XDEV {
             RuntimeError::Usage(format!(
-                "{path}: leaves the workspace (through `..` or a symlink); phantom cp only reaches files inside /workspace"
+                "{path}: leaves the workspace (through `..` or a symlink); only files inside /workspace are reachable"
             ))
         } else if e == Errno::NOENT {
             RuntimeError::Usage(format!("{path}: no such file or directory"))

@@ -323,8 +323,11 @@ pub fn destroy(name: &str) -> Result<SandboxInfo, RuntimeError> {
     validate_name(name)?;
     let state = State::open_default()?;
     let record = get(&state, name)?;
+    let mut info = record.info();
     destroy_record(&state, &record)?;
-    Ok(record.info())
+    info.status = "destroyed".into();
+    info.reason = None;
+    Ok(info)
 }
 
 /// Destroy every persistent sandbox; returns the names destroyed.

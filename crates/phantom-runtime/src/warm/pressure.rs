@@ -37,6 +37,21 @@ impl PressureSource for ProcPressure {
     }
 }
 
+/// Pressure files in another directory (`cpu` and `memory`, in /proc/pressure's
+/// format): a container's view, or a test's fake written to disk.
+#[derive(Debug, Clone)]
+pub struct DirPressure(pub std::path::PathBuf);
+
+impl PressureSource for DirPressure {
+    fn sample(&mut self) -> Option<Pressure> {
+        let read = |r: &str| std::fs::read_to_string(self.0.join(r)).ok();
+        Some(Pressure {
+            cpu: some_avg10(&read("cpu")?)?,
+            memory: some_avg10(&read("memory")?)?,
+        })
+    }
+}
+
 /// A source that replays fixed samples (the last one repeats).
 #[derive(Debug, Clone)]
 pub struct FakePressure {

@@ -1,0 +1,425 @@
+//! The supervisor's HTTP API against a real server on loopback
+//! (`phantom-supervisor --bind 127.0.0.1:0`), with a temporary state directory and
+//! pool socket: endpoints, keys, rate limits, body limits, PSI admission with a fake
+//! pressure source, SIGTERM, and a bounded load test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::api::{http, Server};
+use common::sandbox_available;
+use serde_json::{json, Value};
+
+#[test]
+fn health_needs_no_key_and_answers_fast() {
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("health", &[]);
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = server.request("GET", "/health", None, b"");
+        times.push(t.elapsed());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["status"], "ok");
+    }
+    times.sort();
+    // Connection set-up included; no sandbox, no database on this path.
+    assert!(times[10] < Duration::from_millis(50), "{times:?}");
+    let doc = server
+        .request("GET", "/api/v2/openapi.json", None, b"")
+        .json();
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(doc["paths"]["/api/v2/run"]["post"].is_object());
+    let r = server.request("GET", "/api/v2/nowhere", None, b"");
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("no such endpoint"));
+}
+
+#[test]
+fn runs_report_like_phantom_run_and_bad_input_is_a_clear_400() {
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("run", &[]);
+    let key = server.key("runner", &[]);
+    let r = server.json(
+        "POST",
+        "/api/v2/run",
+        &key,
+        json!({"language": "python", "code": "print(6*7)"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["stdout"], "42\n");
+    assert_eq!(v["exit_code"], 0);
+    assert!(v["cpu_ms"].as_f64().unwrap() > 0.0, "{v}");
+    for field in [
+        "stderr",
+        "signal",
+        "timed_out",
+        "oom_killed",
+        "output_truncated",
+        "wall_ms",
+        "max_rss_kb",
+    ] {
+        assert!(v.get(field).is_some(), "{field} missing: {v}");
+    }
+    // Files, env, stdin; the command's failure is a normal result.
+    let r = server.json(
+        "POST",
+        "/api/v2/run",
+        &key,
+        json!({"argv": ["sh", "-c", "cat /workspace/src/in.txt; echo $GREETING; cat; exit 3"],
+               "files": [{"path": "src/in.txt", "content": "file\n"}],
+               "env": {"GREETING": "hi"}, "stdin": "piped\n"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["stdout"], "file\nhi\npiped\n");
+    assert_eq!(r.json()["exit_code"], 3);
+    let r = server.json(
+        "POST",
+        "/api/v2/run",
+        &key,
+        json!({"argv": ["sleep", "5"], "timeout": "500ms"}),
+    );
+    assert_eq!(r.json()["timed_out"], true, "{}", r.text());
+    // Bad input: each a 400 with a message saying what to send.
+    for (body, needle) in [
+        (b"{not json".to_vec(), "invalid JSON body"),
+        (
+            json!({"lang": "python"}).to_string().into_bytes(),
+            "unknown field `lang`",
+        ),
+        (
+            json!({"language": "cobol", "code": "x"})
+                .to_string()
+                .into_bytes(),
+            "unknown language `cobol`",
+        ),
+        (
+            json!({"code": "print(1)"}).to_string().into_bytes(),
+            "send either language and code",
+        ),
+        (
+            json!({"argv": ["true"], "profile": "nope"})
+                .to_string()
+                .into_bytes(),
+            "nope",
+        ),
+        (
+            json!({"argv": ["true"], "memory": "lots"})
+                .to_string()
+                .into_bytes(),
+            "lots",
+        ),
+        (
+            json!({"argv": ["true"], "files": [{"path": "../x", "content": ""}]})
+                .to_string()
+                .into_bytes(),
+            "without `..`",
+        ),
+    ] {
+        let r = server.request("POST", "/api/v2/run", Some(&key), &body);
+        assert_eq!(
+            r.status,
+            400,
+            "{}: {}",
+            String::from_utf8_lossy(&body),
+            r.text()
+        );
+        let msg = r.json()["error"].as_str().unwrap().to_string();
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
+    // A huge body: 413, before anything runs.
+    let big = vec![b'x'; 9 << 20];
+    let r = server.request("POST", "/api/v2/run", Some(&key), &big);
+    assert_eq!(r.status, 413, "{}", r.text());
+}
+
+#[test]
+fn keys_are_required_checked_rate_limited_and_audited() {
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("auth", &[]);
+    let body = json!({"argv": ["true"]}).to_string();
+    assert_eq!(
+        server
+            .request("POST", "/api/v2/run", None, body.as_bytes())
+            .status,
+        401
+    );
+    let r = server.request(
+        "POST",
+        "/api/v2/run",
+        Some("phk_000000000000_00"),
+        body.as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"].as_str().unwrap()),
+        (401, "malformed API key (expected phk_<id>_<secret>)")
+    );
+    let key = server.key("limited", &["--rate", "2", "--burst", "2"]);
+    let mut wrong = key.clone();
+    wrong.pop();
+    wrong.push(if key.ends_with('0') { '1' } else { '0' });
+    assert_eq!(
+        server
+            .request("POST", "/api/v2/run", Some(&wrong), body.as_bytes())
+            .status,
+        401
+    );
+    // The bucket holds 2: the third call at once is refused with Retry-After.
+    assert_eq!(
+        server
+            .request("GET", "/api/v2/sandboxes", Some(&key), b"")
+            .status,
+        200
+    );
+    assert_eq!(
+        server
+            .request("GET", "/api/v2/sandboxes", Some(&key), b"")
+            .status,
+        200
+    );
+    let r = server.request("GET", "/api/v2/sandboxes", Some(&key), b"");
+    assert_eq!(r.status, 429, "{}", r.text());
+    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=31).contains(&after), "{after}");
+    // A revoked key is refused.
+    let other = server.key("other", &[]);
+    assert_eq!(
+        server
+            .request("GET", "/api/v2/sandboxes", Some(&other), b"")
+            .status,
+        200
+    );
+    assert_eq!(server.phantom(&["keys", "revoke", "other"]).code, Some(0));
+    let r = server.request("GET", "/api/v2/sandboxes", Some(&other), b"");
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error"].as_str().unwrap().contains("revoked"));
+    // Every refusal is in the audit log; metrics count them.
+    std::thread::sleep(Duration::from_millis(300));
+    let audit: Value = serde_json::from_str(&server.phantom(&["audit", "--json"]).stdout).unwrap();
+    let denied = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["result"] == "denied")
+        .count();
+    assert!(denied >= 4, "{audit}");
+    let metrics = server.request("GET", "/metrics", None, b"").text();
+    assert!(
+        metrics.contains("aisbx_auth_failures_total{reason=\"revoked\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("aisbx_rate_limit_hits_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn persistent_sandboxes_files_and_snapshots_over_http_are_per_key() {
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("sandboxes", &[]);
+    let key = server.key("agent", &[]);
+    let r = server.json("POST", "/api/v2/sandboxes", &key, json!({"name": "box"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["name"], "box");
+    assert_eq!(
+        server
+            .json("POST", "/api/v2/sandboxes", &key, json!({"name": "box"}))
+            .status,
+        400
+    );
+    let r = server.request(
+        "PUT",
+        "/api/v2/sandboxes/box/files/content?path=/workspace/app/main.py",
+        Some(&key),
+        b"print('hello from a file')\n",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = server.json(
+        "POST",
+        "/api/v2/sandboxes/box/exec",
+        &key,
+        json!({"argv": ["python3", "app/main.py"], "cwd": "/workspace"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["stdout"], "hello from a file\n");
+    assert_eq!(r.json()["start"], "exec");
+    let r = server.json("POST", "/api/v2/sandboxes/box/exec", &key, json!({"argv": ["sh", "-c", "echo made > /workspace/out.txt; ln -s /etc/shadow /workspace/s"]}));
+    assert_eq!(r.status, 200);
+    let r = server.request(
+        "GET",
+        "/api/v2/sandboxes/box/files/content?path=/workspace/out.txt",
+        Some(&key),
+        b"",
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "made\n"));
+    let listing = server
+        .request(
+            "GET",
+            "/api/v2/sandboxes/box/files?path=/workspace",
+            Some(&key),
+            b"",
+        )
+        .json();
+    let names: Vec<&str> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app", "out.txt", "s"]);
+    // A planted symlink and `..` are refused, not followed.
+    for path in ["/workspace/s", "/workspace/../etc/passwd", "/etc/passwd"] {
+        let r = server.request(
+            "GET",
+            &format!("/api/v2/sandboxes/box/files/content?path={path}"),
+            Some(&key),
+            b"",
+        );
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+    }
+    let r = server.request("POST", "/api/v2/sandboxes/box/snapshots", Some(&key), b"");
+    assert_eq!(r.status, 201, "{}", r.text());
+    let snaps = server
+        .request("GET", "/api/v2/sandboxes/box/snapshots", Some(&key), b"")
+        .json();
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    // Another key sees none of it.
+    let stranger = server.key("stranger", &[]);
+    assert_eq!(
+        server
+            .request("GET", "/api/v2/sandboxes", Some(&stranger), b"")
+            .json(),
+        json!([])
+    );
+    assert_eq!(
+        server
+            .request("GET", "/api/v2/sandboxes/box", Some(&stranger), b"")
+            .status,
+        404
+    );
+    let r = server.json(
+        "POST",
+        "/api/v2/sandboxes/box/exec",
+        &stranger,
+        json!({"argv": ["true"]}),
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = server.request("DELETE", "/api/v2/sandboxes/box", Some(&key), b"");
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("destroyed"))
+    );
+    assert_eq!(
+        server
+            .request("GET", "/api/v2/sandboxes/box", Some(&key), b"")
+            .status,
+        404
+    );
+    let metrics = server.request("GET", "/metrics", None, b"").text();
+    for family in [
+        "phantom_fragment_spawn_duration_seconds_bucket",
+        "phantom_orchestrator_warm_pool_size",
+        "phantom_security_policy_compile_duration_seconds",
+        "phantom_performance_p95_spawn_time_ms",
+        "aisbx_request_duration_seconds_bucket",
+        "aisbx_sandbox_starts_total",
+        "aisbx_active_connections",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+}
+
+#[test]
+fn pressure_above_the_thresholds_gets_503_with_retry_after() {
+    if !sandbox_available() {
+        return;
+    }
+    let psi = std::env::temp_dir().join(format!(
+        "phantom-api-psi-{}-{}",
+        std::process::id(),
+        common::unique()
+    ));
+    std::fs::create_dir_all(&psi).unwrap();
+    let write = |cpu: f64, mem: f64| {
+        for (file, v) in [("cpu", cpu), ("memory", mem)] {
+            std::fs::write(
+                psi.join(file),
+                format!("some avg10={v:.2} avg60=0.00 avg300=0.00 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1\n"),
+            )
+            .unwrap();
+        }
+    };
+    write(95.0, 0.0);
+    let psi_arg = psi.display().to_string();
+    let server = Server::start(
+        "psi",
+        &["--psi-aware", "--psi-source", &psi_arg, "--psi-cpu", "50"],
+    );
+    let key = server.key("k", &[]);
+    let r = server.json("POST", "/api/v2/run", &key, json!({"argv": ["true"]}));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("cpu pressure 95.0% > 50.0%"));
+    let p = server
+        .request("GET", "/api/v2/system/psi", Some(&key), b"")
+        .json();
+    assert_eq!(p["cpu_some_avg10"], 95.0);
+    write(1.0, 0.0);
+    let r = server.json("POST", "/api/v2/run", &key, json!({"argv": ["true"]}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&psi);
+}
+
+#[test]
+fn sigterm_finishes_in_flight_runs_and_keeps_persistent_sandboxes() {
+    if !sandbox_available() {
+        return;
+    }
+    let mut server = Server::start("term", &["--grace", "10s"]);
+    let key = server.key("k", &[]);
+    let r = server.json("POST", "/api/v2/sandboxes", &key, json!({"name": "keep"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let port = server.port;
+    let k2 = key.clone();
+    let in_flight = std::thread::spawn(move || {
+        http(
+            port,
+            "POST",
+            "/api/v2/run",
+            Some(&k2),
+            json!({"argv": ["sh", "-c", "sleep 1; echo done"]})
+                .to_string()
+                .as_bytes(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.stop(Duration::from_secs(15)),
+        "the server did not stop: {}",
+        server.log.lock().unwrap()
+    );
+    let r = in_flight.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["stdout"], "done\n");
+    // The persistent sandbox outlives the server, recorded and running.
+    let list: Value = serde_json::from_str(&server.phantom(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["status"], "running", "{list}");
+}

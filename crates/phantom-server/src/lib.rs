@@ -1,0 +1,170 @@
+//! The supervisor's HTTP API (`phantom-supervisor --bind ADDR`): REST over the
+//! runtime, with API keys, per-key rate limits, concurrency limits, pressure-aware
+//! admission, an audit log and Prometheus metrics.
+//!
+//! Process model: this server is multi-threaded (tokio), so it never forks. Anything
+//! that needs a new process — a run, `create`, `exec` — is done by the `phantom`
+//! binary as a child process (`runner.rs`), which itself uses the supervisor's warm
+//! pools through their socket. What needs no new process (list, files, snapshots,
+//! destroy) calls the runtime directly on a blocking thread.
+#![forbid(unsafe_code)]
+
+mod handlers;
+pub mod limits;
+pub mod metrics;
+pub mod openapi;
+mod runner;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use handlers::ApiFailure;
+
+/// How the server is set up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The `phantom` binary that runs sandboxes.
+    pub phantom_bin: PathBuf,
+    /// The warm pools' socket, passed to every run (None: cold runs only).
+    pub pool_socket: Option<PathBuf>,
+    /// Sandboxes at once, runs and persistent ones together.
+    pub max_sandboxes: usize,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// PSI admission: where pressure files are (`/proc/pressure`), and the
+    /// thresholds in percent; None: no pressure check.
+    pub psi: Option<(PathBuf, f64, f64)>,
+    /// How long in-flight requests get after SIGTERM.
+    pub grace: Duration,
+    /// Keys accepted besides the state database's (`--api-keys FILE`).
+    pub file_keys: Vec<String>,
+}
+
+/// What every handler shares.
+pub struct App {
+    pub config: Config,
+    pub metrics: metrics::Metrics,
+    pub(crate) buckets: Mutex<std::collections::HashMap<String, limits::TokenBucket>>,
+    pub(crate) inflight: Arc<Mutex<limits::Inflight>>,
+    pub(crate) shutting_down: AtomicBool,
+    /// `--api-keys FILE`: each key's id and hash.
+    pub(crate) file_keys: Vec<(String, blake3::Hash)>,
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<App> {
+        let file_keys = config
+            .file_keys
+            .iter()
+            .map(|k| (k[4..16].to_string(), blake3::hash(k.as_bytes())))
+            .collect();
+        Arc::new(App {
+            file_keys,
+            config,
+            metrics: metrics::Metrics::new(),
+            buckets: Mutex::new(Default::default()),
+            inflight: Arc::new(Mutex::new(limits::Inflight::default())),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+}
+
+/// The router: every route of the API.
+pub fn router(app: Arc<App>) -> Router {
+    let max_body = app.config.max_body;
+    let api = Router::new()
+        .route("/run", post(handlers::run))
+        .route(
+            "/sandboxes",
+            post(handlers::create_sandbox).get(handlers::list_sandboxes),
+        )
+        .route(
+            "/sandboxes/{name}",
+            get(handlers::get_sandbox).delete(handlers::delete_sandbox),
+        )
+        .route("/sandboxes/{name}/exec", post(handlers::exec))
+        .route("/sandboxes/{name}/files", get(handlers::list_files))
+        .route(
+            "/sandboxes/{name}/files/content",
+            get(handlers::read_file).put(handlers::write_file),
+        )
+        .route(
+            "/sandboxes/{name}/snapshots",
+            post(handlers::snapshot).get(handlers::list_snapshots),
+        )
+        .route("/zygotes/pools", get(handlers::pools))
+        .route("/system/psi", get(handlers::psi))
+        .route("/fragments/performance", get(handlers::performance))
+        .route("/openapi.json", get(handlers::openapi));
+    Router::new()
+        .route("/health", get(handlers::health))
+        .route("/metrics", get(handlers::metrics))
+        .nest("/api/v2", api)
+        .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            handlers::observe,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app)
+}
+
+/// Serve on `listener` until SIGTERM or SIGINT; then stop accepting, give in-flight
+/// requests the grace period, and return.
+pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let addr: SocketAddr = listener.local_addr()?;
+    eprintln!(
+        "phantom-supervisor: HTTP API on http://{addr}/api/v2 (health: /health, metrics: /metrics)"
+    );
+    let grace = app.config.grace;
+    let shutdown_app = app.clone();
+    let router = router(app.clone());
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        shutdown_app.shutting_down.store(true, Ordering::SeqCst);
+        eprintln!(
+            "phantom-supervisor: stopping: no new requests; in-flight ones get {}s",
+            grace.as_secs()
+        );
+    });
+    let server = tokio::spawn(async move { server.await });
+    // After the signal, the server drains; past the grace period its runs are killed
+    // (each run's `phantom` child is killed when its request future is dropped).
+    let done = server;
+    tokio::pin!(done);
+    loop {
+        tokio::select! {
+            r = &mut done => return r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if app.shutting_down.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+        }
+    }
+    match tokio::time::timeout(grace, &mut done).await {
+        Ok(r) => r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        Err(_) => {
+            eprintln!("phantom-supervisor: grace period over: killing the runs still in flight");
+            done.abort();
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

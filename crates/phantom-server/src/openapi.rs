@@ -1,0 +1,296 @@
+//! The OpenAPI document served at /api/v2/openapi.json: paths written here, every
+//! body's schema generated from the phantom-api types themselves (schemars), so the
+//! document cannot drift from what the server parses and returns.
+
+use phantom_api::{
+    ApiCreateSandbox, ApiError, ApiExecRequest, ApiFileEntry, ApiHealth, ApiRunRequest,
+    ApiRunResult, ApiSnapshot, ApiSnapshotRequest, SandboxInfo,
+};
+use schemars::generate::{Contract, SchemaSettings};
+use serde_json::{json, Map, Value};
+
+fn schemas() -> Map<String, Value> {
+    let mut requests = SchemaSettings::openapi3();
+    requests.contract = Contract::Deserialize;
+    let mut gen = requests.into_generator();
+    gen.subschema_for::<ApiRunRequest>();
+    gen.subschema_for::<ApiCreateSandbox>();
+    gen.subschema_for::<ApiExecRequest>();
+    gen.subschema_for::<ApiSnapshotRequest>();
+    let mut all = gen.take_definitions(true);
+    let mut responses = SchemaSettings::openapi3();
+    responses.contract = Contract::Serialize;
+    let mut gen = responses.into_generator();
+    gen.subschema_for::<ApiRunResult>();
+    gen.subschema_for::<SandboxInfo>();
+    gen.subschema_for::<ApiSnapshot>();
+    gen.subschema_for::<ApiFileEntry>();
+    gen.subschema_for::<ApiError>();
+    gen.subschema_for::<ApiHealth>();
+    all.extend(gen.take_definitions(true));
+    all
+}
+
+fn r(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn body(name: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": r(name) } } })
+}
+
+fn ok(status: &str, desc: &str, schema: Value) -> (String, Value) {
+    (
+        status.to_string(),
+        json!({ "description": desc, "content": { "application/json": { "schema": schema } } }),
+    )
+}
+
+/// The error answers every authenticated operation can give.
+fn errors(extra: &[(&str, &str)]) -> Vec<(String, Value)> {
+    let mut out = vec![
+        ok(
+            "400",
+            "Bad input: the message says what to send instead",
+            r("ApiError"),
+        ),
+        ok("401", "Missing, unknown or revoked API key", r("ApiError")),
+        ok(
+            "429",
+            "Rate limit or the key's concurrency limit (Retry-After)",
+            r("ApiError"),
+        ),
+    ];
+    for (status, desc) in extra {
+        out.push(ok(status, desc, r("ApiError")));
+    }
+    out
+}
+
+fn op(summary: &str, request: Option<Value>, responses: Vec<(String, Value)>) -> Value {
+    let mut o = json!({
+        "summary": summary,
+        "security": [{ "apiKey": [] }, { "bearer": [] }],
+        "responses": responses.into_iter().collect::<Map<_, _>>(),
+    });
+    if let Some(b) = request {
+        o["requestBody"] = b;
+    }
+    o
+}
+
+fn name_param() -> Value {
+    json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,45}$" } })
+}
+
+fn path_param(required: bool) -> Value {
+    json!({ "name": "path", "in": "query", "required": required, "schema": { "type": "string", "pattern": "^/workspace(/.*)?$" } })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    paths.insert("/health".into(), json!({ "get": {
+        "summary": "Liveness (no key needed)",
+        "security": [],
+        "responses": { "200": { "description": "Up", "content": { "application/json": { "schema": r("ApiHealth") } } } }
+    }}));
+    paths.insert("/metrics".into(), json!({ "get": {
+        "summary": "Prometheus metrics, text format (no key needed)",
+        "security": [],
+        "responses": { "200": { "description": "Metrics", "content": { "text/plain": { "schema": { "type": "string" } } } } }
+    }}));
+    let mut run_responses = vec![ok(
+        "200",
+        "The run's result (the command's failure is a normal result)",
+        r("ApiRunResult"),
+    )];
+    run_responses.extend(errors(&[
+        ("413", "Body too large"),
+        ("500", "The sandbox could not start"),
+        ("503", "Server full or host under pressure (Retry-After)"),
+    ]));
+    paths.insert("/api/v2/run".into(), json!({ "post": op("One command in a fresh sandbox", Some(body("ApiRunRequest")), run_responses) }));
+
+    let mut create = vec![ok("201", "Created", r("SandboxInfo"))];
+    create.extend(errors(&[
+        ("413", "Body too large"),
+        ("500", "The sandbox could not start"),
+        ("503", "Server full or host under pressure (Retry-After)"),
+    ]));
+    let mut list = vec![ok(
+        "200",
+        "This key's sandboxes",
+        json!({ "type": "array", "items": r("SandboxInfo") }),
+    )];
+    list.extend(errors(&[]));
+    paths.insert(
+        "/api/v2/sandboxes".into(),
+        json!({
+            "post": op("Create a persistent sandbox", Some(body("ApiCreateSandbox")), create),
+            "get": op("List this key's sandboxes", None, list),
+        }),
+    );
+    let mut one = vec![ok("200", "The sandbox", r("SandboxInfo"))];
+    one.extend(errors(&[("404", "No such sandbox")]));
+    let mut get = op("A sandbox", None, one.clone());
+    get["parameters"] = json!([name_param()]);
+    let mut del = op("Destroy a sandbox (also a dead one)", None, one);
+    del["parameters"] = json!([name_param()]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}".into(),
+        json!({ "get": get, "delete": del }),
+    );
+
+    let mut exec_r = vec![ok("200", "The command's result", r("ApiRunResult"))];
+    exec_r.extend(errors(&[
+        ("404", "No such sandbox"),
+        ("413", "Body too large"),
+        ("500", "Could not join the sandbox"),
+        ("503", "Server full or host under pressure (Retry-After)"),
+    ]));
+    let mut exec = op(
+        "Run a command in a sandbox",
+        Some(body("ApiExecRequest")),
+        exec_r,
+    );
+    exec["parameters"] = json!([name_param()]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}/exec".into(),
+        json!({ "post": exec }),
+    );
+
+    let mut files_r = vec![ok(
+        "200",
+        "Entries",
+        json!({ "type": "array", "items": r("ApiFileEntry") }),
+    )];
+    files_r.extend(errors(&[("404", "No such sandbox")]));
+    let mut files = op("List a directory of the workspace", None, files_r);
+    files["parameters"] = json!([name_param(), path_param(false)]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}/files".into(),
+        json!({ "get": files }),
+    );
+
+    let mut read_r: Vec<(String, Value)> = vec![(
+        "200".into(),
+        json!({ "description": "The file's bytes", "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } }),
+    )];
+    read_r.extend(errors(&[("404", "No such sandbox")]));
+    let mut read = op("Read a file of the workspace", None, read_r);
+    read["parameters"] = json!([name_param(), path_param(true)]);
+    let mut write_r: Vec<(String, Value)> =
+        vec![("204".into(), json!({ "description": "Written" }))];
+    write_r.extend(errors(&[
+        ("404", "No such sandbox"),
+        ("413", "Body too large"),
+    ]));
+    let mut write = op(
+        "Write a file of the workspace (parents created)",
+        Some(
+            json!({ "required": true, "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } }),
+        ),
+        write_r,
+    );
+    write["parameters"] = json!([name_param(), path_param(true)]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}/files/content".into(),
+        json!({ "get": read, "put": write }),
+    );
+
+    let mut snap_r = vec![ok("201", "The snapshot", r("ApiSnapshot"))];
+    snap_r.extend(errors(&[("404", "No such sandbox")]));
+    let mut snap = op(
+        "Snapshot the workspace into the content-addressed store",
+        Some(
+            json!({ "required": false, "content": { "application/json": { "schema": r("ApiSnapshotRequest") } } }),
+        ),
+        snap_r,
+    );
+    snap["parameters"] = json!([name_param()]);
+    let mut snaps_r = vec![ok(
+        "200",
+        "This sandbox's snapshots",
+        json!({ "type": "array", "items": r("ApiSnapshot") }),
+    )];
+    snaps_r.extend(errors(&[]));
+    let mut snaps = op("List the sandbox's snapshots", None, snaps_r);
+    snaps["parameters"] = json!([name_param()]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}/snapshots".into(),
+        json!({ "post": snap, "get": snaps }),
+    );
+
+    for (path, summary) in [
+        (
+            "/api/v2/zygotes/pools",
+            "Warm pools: ready sandboxes, hits and misses per profile",
+        ),
+        (
+            "/api/v2/system/psi",
+            "Host pressure (PSI) and the admission thresholds",
+        ),
+        (
+            "/api/v2/fragments/performance",
+            "Spawn latency percentiles of the recent runs, by profile and path",
+        ),
+    ] {
+        let mut resp = vec![ok("200", summary, json!({ "type": "object" }))];
+        resp.extend(errors(&[]));
+        paths.insert(path.into(), json!({ "get": op(summary, None, resp) }));
+    }
+    paths.insert("/api/v2/openapi.json".into(), json!({ "get": {
+        "summary": "This document",
+        "security": [],
+        "responses": { "200": { "description": "OpenAPI 3.0", "content": { "application/json": { "schema": { "type": "object" } } } } }
+    }}));
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Phantom Fragment supervisor API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Sandboxed runs, persistent sandboxes, files and snapshots. Send an API key (`phantom keys add NAME`) as X-API-Key or Authorization: Bearer."
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {
+                "apiKey": { "type": "apiKey", "in": "header", "name": "X-API-Key" },
+                "bearer": { "type": "http", "scheme": "bearer" }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_reference_resolves() {
+        let doc = super::document();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for part in text.split("#/components/schemas/").skip(1) {
+            let name: String = part.chars().take_while(|c| *c != '"').collect();
+            assert!(schemas.contains_key(&name), "unresolved $ref {name}");
+        }
+        for name in ["ApiRunRequest", "ApiRunResult", "SandboxInfo", "ApiError"] {
+            assert!(schemas.contains_key(name), "{name} missing");
+        }
+        // Flattened fields appear in the request's own schema.
+        let run = &schemas["ApiRunRequest"]["properties"];
+        for field in ["language", "code", "argv", "timeout", "memory", "stream"] {
+            assert!(
+                run.get(field).is_some(),
+                "ApiRunRequest.{field} missing: {run}"
+            );
+        }
+        let result = &schemas["ApiRunResult"]["properties"];
+        for field in ["stdout", "exit_code", "cpu_ms", "wall_ms", "timed_out"] {
+            assert!(
+                result.get(field).is_some(),
+                "ApiRunResult.{field} missing: {result}"
+            );
+        }
+    }
+}
