@@ -39,6 +39,9 @@ cargo test --workspace --no-run --quiet 2>/dev/null || cargo test --workspace --
 step "tests as $(id -un)"
 cargo test --workspace -- --test-threads=2
 
+step "HTTP API: promtool on /metrics, schemathesis on the OpenAPI document"
+./scripts/test-api.sh
+
 if [ "$(id -u)" = 0 ]; then
   step "isolation tests on the warm path (a supervisor pools the default profile)"
   # The same assertions, now served from pooled sandboxes: one matrix, cold and warm.

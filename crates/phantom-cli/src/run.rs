@@ -103,6 +103,10 @@ pub struct RunArgs {
     /// stdout, stderr, sandbox_id, profile, mode, isolation, warnings.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON report to FILE when the run ends, while the output goes to
+    /// stdout and stderr as usual (for front ends that stream the output).
+    #[arg(long, value_name = "FILE")]
+    report_file: Option<std::path::PathBuf>,
     /// Never use the supervisor's warm pools: start a fresh sandbox.
     #[arg(long)]
     cold: bool,
@@ -185,6 +189,13 @@ pub fn run(args: RunArgs) -> i32 {
             };
         }
     };
+    if let Some(path) = &args.report_file {
+        let json = serde_json::to_string(&report).expect("report serializes");
+        if let Err(e) = std::fs::write(path, json) {
+            error_line(format!("--report-file {}: {e}", path.display()));
+            return EXIT_PHANTOM_FAILED;
+        }
+    }
     if args.json {
         println!(
             "{}",

@@ -423,3 +423,77 @@ fn sigterm_finishes_in_flight_runs_and_keeps_persistent_sandboxes() {
     let list: Value = serde_json::from_str(&server.phantom(&["list", "--json"]).stdout).unwrap();
     assert_eq!(list[0]["status"], "running", "{list}");
 }
+
+#[test]
+fn stream_true_sends_output_as_it_comes_then_the_result() {
+    use std::io::{BufRead, BufReader, Write};
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("stream", &[]);
+    let key = server.key("k", &[]);
+    let body =
+        json!({"argv": ["sh", "-c", "echo first; sleep 2; echo second; exit 5"], "stream": true})
+            .to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        s,
+        "POST /api/v2/run HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut events: Vec<(Duration, String, String)> = Vec::new();
+    let mut current = String::new();
+    for line in BufReader::new(s).lines().map_while(Result::ok) {
+        if let Some(name) = line.strip_prefix("event: ") {
+            current = name.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            events.push((started.elapsed(), current.clone(), data.to_string()));
+        }
+    }
+    let first = events
+        .iter()
+        .find(|e| e.1 == "stdout" && e.2.contains("first"))
+        .expect("first chunk");
+    let last = events.last().expect("events");
+    assert_eq!(last.1, "result", "{events:?}");
+    let result: Value = serde_json::from_str(&last.2).unwrap();
+    assert_eq!(result["exit_code"], 5);
+    // The first line arrived while the command was still sleeping.
+    assert!(
+        last.0 - first.0 >= Duration::from_millis(1500),
+        "{events:?}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| e.1 == "stdout" && e.2.contains("second")));
+}
+
+/// Regression (found by schemathesis): a NUL byte in an argument made starting the
+/// `phantom` child fail, and the API answered 500 instead of telling the caller.
+#[test]
+fn a_nul_byte_in_an_argument_is_a_400_not_a_500() {
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("nul", &[]);
+    let key = server.key("k", &[]);
+    let r = server.json(
+        "POST",
+        "/api/v2/run",
+        &key,
+        json!({"argv": ["echo", "a\u{0}b"]}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("NUL byte"));
+    let r = server.json("POST", "/api/v2/sandboxes", &key, json!({"name": "n"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = server.json(
+        "POST",
+        "/api/v2/sandboxes/n/exec",
+        &key,
+        json!({"argv": ["true"], "timeout": "1\u{0}s"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+}

@@ -112,7 +112,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(runtime_failure)
 }
 
-fn audit(
+pub(crate) fn audit(
     key: Option<&str>,
     action: &str,
     target: Option<&str>,
@@ -383,7 +383,7 @@ pub(crate) async fn health() -> axum::Json<ApiHealth> {
     })
 }
 
-pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
+pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     // Gauges read at scrape time.
     let socket = app.config.pool_socket.clone();
     let pools = tokio::task::spawn_blocking(move || {
@@ -430,6 +430,20 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
             .sandbox_memory
             .get_or_create(&SandboxLabel { sandbox: name })
             .set(bytes as i64);
+    }
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        return (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            app.metrics.encode_openmetrics(),
+        )
+            .into_response();
     }
     (
         [(
@@ -517,7 +531,7 @@ fn env_args(env: &BTreeMap<String, String>) -> ApiResult<Vec<String>> {
 }
 
 /// A temporary workspace with the request's files, removed on drop.
-struct TempWorkspace(PathBuf);
+pub(crate) struct TempWorkspace(PathBuf);
 
 impl Drop for TempWorkspace {
     fn drop(&mut self) {
@@ -558,7 +572,7 @@ fn write_files(files: &[phantom_api::ApiFile]) -> ApiResult<Option<TempWorkspace
     Ok(Some(ws))
 }
 
-fn finish_run(app: &App, report: RunReport, kind: &str) -> ApiRunResult {
+pub(crate) fn finish_run(app: &App, report: RunReport, kind: &str) -> ApiRunResult {
     app.metrics
         .spawned(&report.profile, &report.start, report.wall_ms);
     app.metrics
@@ -590,11 +604,6 @@ pub(crate) async fn run(
             ))
         }
     };
-    if req.stream {
-        return Err(ApiFailure::bad_request(
-            "stream: true is not served by this build; leave it out for one JSON result",
-        ));
-    }
     let profile = req
         .profile
         .clone()
@@ -618,7 +627,10 @@ pub(crate) async fn run(
         .observe(started.elapsed().as_secs_f64());
     let _slot = admit(&app, &key).await?;
     let workspace = write_files(&req.files)?;
-    let mut args: Vec<String> = vec!["run".into(), "--json".into(), "--profile".into(), profile];
+    let mut args: Vec<String> = vec!["run".into(), "--profile".into(), profile];
+    if !req.stream {
+        args.push("--json".into());
+    }
     args.extend(limit_args(&req.limits));
     args.extend(env_args(&req.env)?);
     if let Some(ws) = &workspace {
@@ -627,6 +639,17 @@ pub(crate) async fn run(
     }
     args.push("--".into());
     args.extend(argv);
+    if req.stream {
+        return runner::stream(
+            app.clone(),
+            args,
+            req.stdin,
+            workspace,
+            key.id.clone(),
+            _slot,
+        )
+        .await;
+    }
     let out = runner::phantom(&app, &args, req.stdin.as_deref()).await?;
     drop(workspace);
     let result = runner::report(&out);

@@ -51,6 +51,32 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     .into_iter()
 }
 
+/// OpenMetrics text to the Prometheus text format: a counter's HELP and TYPE name its
+/// `_total` samples, and there are no `# EOF` or `# UNIT` lines.
+fn to_prometheus_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 /// p50, p95 and p99 (nearest rank) of `v`; zeros when empty.
 fn percentiles(mut v: Vec<f64>) -> [f64; 3] {
     if v.is_empty() {
@@ -246,17 +272,51 @@ impl Metrics {
             .collect()
     }
 
-    /// The text format.
-    pub fn encode(&self) -> String {
+    /// OpenMetrics text (what prometheus-client writes).
+    pub fn encode_openmetrics(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding to a String cannot fail");
         out
+    }
+
+    /// The Prometheus text format (0.0.4), which scrapers and `promtool check
+    /// metrics` read by default.
+    pub fn encode(&self) -> String {
+        to_prometheus_text(&self.encode_openmetrics())
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_by_their_total_samples_in_the_prometheus_format() {
+        let m = Metrics::new();
+        m.rate_limit_hits.inc();
+        m.spawned("default", "warm", 4.0);
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE aisbx_rate_limit_hits_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP aisbx_rate_limit_hits_total "),
+            "{text}"
+        );
+        assert!(text.contains("aisbx_rate_limit_hits_total 1"), "{text}");
+        assert!(!text.contains("# EOF"));
+        assert!(
+            text.contains("phantom_performance_p95_spawn_time_ms 4"),
+            "{text}"
+        );
+        assert!(m.encode_openmetrics().ends_with("# EOF\n"));
     }
 }

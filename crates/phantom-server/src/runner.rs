@@ -19,19 +19,24 @@ pub(crate) struct Output {
     pub stderr: String,
 }
 
-/// Run `phantom ARGS` with `stdin`, to completion.
-pub(crate) async fn phantom(
-    app: &App,
-    args: &[String],
-    stdin: Option<&str>,
-) -> Result<Output, ApiFailure> {
+/// Arguments cannot carry a NUL byte (execve's strings end at one): the caller's
+/// mistake, said as such — not a failure to start phantom.
+fn check_args(args: &[String]) -> Result<(), ApiFailure> {
+    match args.iter().find(|a| a.contains('\0')) {
+        Some(a) => Err(ApiFailure::bad_request(format!(
+            "{:?}: contains a NUL byte, which no command-line argument, variable, path or limit can hold",
+            a.replace('\0', "\\0")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `phantom ARGS` as a command: piped output, killed when dropped, and only the
+/// environment phantom needs.
+fn command(app: &App, args: &[String], stdin: bool) -> Command {
     let mut cmd = Command::new(&app.config.phantom_bin);
     cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -53,6 +58,17 @@ pub(crate) async fn phantom(
     if let Some(socket) = &app.config.pool_socket {
         cmd.env("PHANTOM_SUPERVISOR_SOCKET", socket);
     }
+    cmd
+}
+
+/// Run `phantom ARGS` with `stdin`, to completion.
+pub(crate) async fn phantom(
+    app: &App,
+    args: &[String],
+    stdin: Option<&str>,
+) -> Result<Output, ApiFailure> {
+    check_args(args)?;
+    let mut cmd = command(app, args, stdin.is_some());
     let mut child = cmd.spawn().map_err(|e| {
         ApiFailure::internal(format!(
             "cannot start {}: {e}",
@@ -110,4 +126,130 @@ pub(crate) fn refusal(out: &Output) -> ApiFailure {
         Some(2) => ApiFailure::bad_request(msg),
         _ => ApiFailure::internal(msg),
     }
+}
+
+/// A run whose output streams as Server-Sent Events:
+///
+/// * `event: stdout` / `event: stderr`, `data: {"data": "<text>"}` — output as it
+///   comes (lossy UTF-8, in chunks of up to 16 KiB);
+/// * `event: result`, `data: <ApiRunResult>` — once, at the end;
+/// * `event: error`, `data: {"error": "..."}` — instead of `result` when the
+///   sandbox could not run.
+///
+/// The client going away kills the run.
+pub(crate) async fn stream(
+    app: std::sync::Arc<App>,
+    mut args: Vec<String>,
+    stdin: Option<String>,
+    workspace: Option<crate::handlers::TempWorkspace>,
+    key_id: String,
+    slot: crate::limits::Slot,
+) -> Result<axum::response::Response, ApiFailure> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use axum::response::IntoResponse;
+    use tokio::io::AsyncReadExt;
+
+    let report_dir = std::env::temp_dir().join(format!(
+        "phantom-api-report-{}-{}",
+        std::process::id(),
+        phantom_runtime::ids::new_sandbox_id()
+    ));
+    std::fs::create_dir(&report_dir)
+        .map_err(|e| ApiFailure::internal(format!("{}: {e}", report_dir.display())))?;
+    let report_file = report_dir.join("report.json");
+    // `--report-file FILE` goes before `--`.
+    let dash = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    args.splice(
+        dash..dash,
+        [
+            "--report-file".to_string(),
+            report_file.display().to_string(),
+        ],
+    );
+    check_args(&args)?;
+    let mut cmd = command(&app, &args, stdin.is_some());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| ApiFailure::internal(format!("cannot start phantom: {e}")))?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        tokio::spawn(async move {
+            let _ = pipe.write_all(data.as_bytes()).await;
+        });
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    tokio::spawn(async move {
+        let _slot = slot;
+        let _workspace = workspace;
+        let (mut out_open, mut err_open) = (true, true);
+        let mut out_buf = vec![0u8; 16 * 1024];
+        let mut err_buf = vec![0u8; 16 * 1024];
+        let mut stderr_text = String::new();
+        while out_open || err_open {
+            let (name, data) = tokio::select! {
+                n = out.read(&mut out_buf), if out_open => match n {
+                    Ok(0) | Err(_) => { out_open = false; continue }
+                    Ok(n) => ("stdout", String::from_utf8_lossy(&out_buf[..n]).into_owned()),
+                },
+                n = err.read(&mut err_buf), if err_open => match n {
+                    Ok(0) | Err(_) => { err_open = false; continue }
+                    Ok(n) => ("stderr", String::from_utf8_lossy(&err_buf[..n]).into_owned()),
+                },
+                _ = tx.closed() => {
+                    // The client went away: the run goes too.
+                    let _ = child.kill().await;
+                    let _ = std::fs::remove_dir_all(&report_dir);
+                    return;
+                }
+            };
+            if name == "stderr" && data.contains("phantom: ") {
+                stderr_text.push_str(&data);
+            }
+            let event = Event::default()
+                .event(name)
+                .data(serde_json::json!({ "data": data }).to_string());
+            if tx.send(event).await.is_err() {
+                let _ = child.kill().await;
+                let _ = std::fs::remove_dir_all(&report_dir);
+                return;
+            }
+        }
+        let status = child.wait().await;
+        let report = std::fs::read(&report_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<RunReport>(&b).ok());
+        let _ = std::fs::remove_dir_all(&report_dir);
+        let event = match report {
+            Some(report) => {
+                crate::handlers::audit(Some(&key_id), "run", None, "ok", Some("streamed"));
+                let result = crate::handlers::finish_run(&app, report, "run");
+                Event::default()
+                    .event("result")
+                    .data(serde_json::to_string(&result).expect("serializes"))
+            }
+            None => {
+                let msg = format!(
+                    "the run did not complete ({}): {}",
+                    status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|e| e.to_string()),
+                    error_line(&stderr_text)
+                );
+                crate::handlers::audit(Some(&key_id), "run", None, "error", Some(&msg));
+                Event::default()
+                    .event("error")
+                    .data(serde_json::json!({ "error": msg }).to_string())
+            }
+        };
+        let _ = tx.send(event).await;
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
