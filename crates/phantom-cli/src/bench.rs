@@ -28,6 +28,10 @@ bare host /bin/true, and `python3 -c 'print(1)'` warm (default profile), pre-sta
 image: `phantom run --cold -- true` on the host root against the same on an image's root
 (`--image NAME`, which needs `true` on its PATH), and a bare host /bin/true.
 
+http: starts phantom-supervisor --bind on loopback (pools of default, --pool N sandboxes)
+and sends --iterations runs of `true`, then of python3 print(1), --concurrency at a
+time (default 8 here), through POST /api/v2/run: runs per second and latency.
+
 sandbox: creates a persistent sandbox (in a temporary state directory) and compares
 `phantom exec NAME -- true` (and python3 -c pass) with a cold `phantom run`, then copies
 a file of --io-size into it with `phantom cp` against a plain cp on the same filesystem
@@ -80,6 +84,9 @@ enum BenchKind {
     /// `phantom exec` into a persistent sandbox against a cold `phantom run`, and
     /// `phantom cp` into it against a plain cp.
     Sandbox,
+    /// Sustained one-shot runs per second through the HTTP API (phantom-supervisor
+    /// --bind), with latency percentiles under that load.
+    Http,
     /// cold, warm, memory and io (and image with --image), one after the other.
     All,
 }
@@ -291,6 +298,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
         let result = match kind {
             BenchKind::Memory => memory(&args),
             BenchKind::Io => io(&args),
+            BenchKind::Http => http(&args),
             _ => latency(&args, kind),
         };
         match result {
@@ -332,6 +340,7 @@ fn kind_name(kind: BenchKind) -> &'static str {
         BenchKind::Memory => "memory",
         BenchKind::Io => "io",
         BenchKind::Sandbox => "sandbox",
+        BenchKind::Http => "http",
         BenchKind::All => "all",
     }
 }
@@ -433,7 +442,7 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
             }
             supervisor = Some(sup);
         }
-        BenchKind::Memory | BenchKind::Io | BenchKind::All => {
+        BenchKind::Memory | BenchKind::Io | BenchKind::Http | BenchKind::All => {
             unreachable!("not a latency benchmark")
         }
         BenchKind::Sandbox => {
@@ -629,6 +638,172 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
         }
     }
     Ok(out)
+}
+
+/// One POST over a fresh loopback connection; the status code.
+fn post(port: u16, path: &str, key: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return 0;
+    }
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// http: sustained runs through the API.
+fn http(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
+    use std::io::BufRead;
+    let me = current_exe()?;
+    let dir = std::env::temp_dir().join(format!("phantom-http-bench-{}", std::process::id()));
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).map_err(|e| (1, format!("{}: {e}", state.display())))?;
+    struct Cleanup(PathBuf, PathBuf, Option<Child>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.2.take() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status();
+                let _ = c.wait();
+            }
+            let _ = Command::new(&self.1)
+                .args(["destroy", "--all"])
+                .env("PHANTOM_STATE_DIR", self.0.join("state"))
+                .output();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let mut cleanup = Cleanup(dir.clone(), me.clone(), None);
+    let key_out = Command::new(&me)
+        .args([
+            "keys",
+            "add",
+            "bench",
+            "--rate",
+            "10000000",
+            "--burst",
+            "1000000",
+            "--max-concurrent",
+            "256",
+        ])
+        .env("PHANTOM_STATE_DIR", &state)
+        .output()
+        .map_err(|e| (1, e.to_string()))?;
+    let key = String::from_utf8_lossy(&key_out.stdout).trim().to_string();
+    let concurrency = if args.concurrency == 100 {
+        8
+    } else {
+        args.concurrency.max(1)
+    };
+    let mut child = Command::new(me.with_file_name("phantom-supervisor"))
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--profiles",
+            "default",
+            "--zygote-pools",
+        ])
+        .arg(args.pool.to_string())
+        .arg("--max-sandboxes")
+        .arg((concurrency * 2).to_string())
+        .arg("--socket")
+        .arg(dir.join("pool.sock"))
+        .env("PHANTOM_STATE_DIR", &state)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| (1, format!("start phantom-supervisor: {e}")))?;
+    let stderr = child.stderr.take().expect("piped");
+    cleanup.2 = Some(child);
+    let mut port = 0u16;
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        if let Some(rest) = line.split("HTTP API on http://127.0.0.1:").nth(1) {
+            port = rest
+                .split('/')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            break;
+        }
+    }
+    if port == 0 {
+        return Err((1, "phantom-supervisor did not start its HTTP API".into()));
+    }
+    let mut rows = Vec::new();
+    for (name, body) in [
+        ("true", r#"{"argv":["true"]}"#),
+        (
+            "python print(1)",
+            r#"{"language":"python","code":"print(1)"}"#,
+        ),
+    ] {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let total = args.iterations;
+        let started = Instant::now();
+        let mut samples: Vec<(f64, u16)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut mine = Vec::new();
+                        while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
+                            let t = Instant::now();
+                            let status = post(port, "/api/v2/run", &key, body);
+                            mine.push((t.elapsed().as_secs_f64() * 1000.0, status));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        let secs = started.elapsed().as_secs_f64();
+        let errors = samples.iter().filter(|(_, st)| *st != 200).count();
+        samples.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        let lat: Vec<f64> = samples.iter().map(|s| s.0).collect();
+        rows.push(serde_json::json!({
+            "run": name, "requests": total, "concurrency": concurrency, "errors": errors,
+            "runs_per_second": total as f64 / secs,
+            "p50_ms": percentile(&lat, 50.0), "p95_ms": percentile(&lat, 95.0), "p99_ms": percentile(&lat, 99.0),
+        }));
+    }
+    if !args.json {
+        println!("http: POST /api/v2/run on loopback, {} requests each, {concurrency} at a time (pool of {} default sandboxes)", args.iterations, args.pool);
+        println!(
+            "{:<18} {:>10} {:>9} {:>9} {:>9} {:>7}",
+            "run", "runs/s", "p50 ms", "p95 ms", "p99 ms", "errors"
+        );
+        for r in &rows {
+            println!(
+                "{:<18} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+                r["run"].as_str().unwrap_or(""),
+                r["runs_per_second"].as_f64().unwrap_or(0.0),
+                r["p50_ms"].as_f64().unwrap_or(0.0),
+                r["p95_ms"].as_f64().unwrap_or(0.0),
+                r["p99_ms"].as_f64().unwrap_or(0.0),
+                r["errors"]
+            );
+        }
+    }
+    Ok(serde_json::json!({ "benchmark": "http", "results": rows }))
 }
 
 /// A persistent sandbox `bench` in a temporary state directory, destroyed on drop.
