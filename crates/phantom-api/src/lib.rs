@@ -33,7 +33,7 @@ pub struct RunOverrides {
     pub pids: Option<u64>,
     /// e.g. "30s".
     pub timeout: Option<String>,
-    /// `none` or `loopback-only`.
+    /// `none`, `loopback-only`, `limited` or `host`.
     pub network: Option<String>,
 }
 
@@ -90,6 +90,54 @@ pub struct RunReport {
     pub isolation: IsolationReport,
     /// One line each: fallbacks and keys without effect.
     pub warnings: Vec<String>,
+    /// `network.mode: limited`: what the egress proxy allowed and refused. Absent in
+    /// the other modes (and in reports of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkReport>,
+}
+
+/// The egress proxy's decisions for one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NetworkReport {
+    /// The network mode (`limited`).
+    pub mode: String,
+    /// Where the proxy listened inside the sandbox (`127.0.0.1:3128`).
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// Connections made.
+    #[serde(default)]
+    pub allowed: u64,
+    /// Connections refused by the policy.
+    #[serde(default)]
+    pub refused: u64,
+    /// Connections the policy allowed that could not be made (name not found, peer
+    /// unreachable).
+    #[serde(default)]
+    pub failed: u64,
+    /// Each decision (the first 1000), in order.
+    #[serde(default)]
+    pub connections: Vec<ConnectionRecord>,
+}
+
+/// One decision of the egress proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnectionRecord {
+    /// `connect` (HTTP CONNECT), `http` (a plain request with an absolute URI),
+    /// `socks5`, or `tcp` (refused before a request was read).
+    pub protocol: String,
+    /// The host as the client asked for it (lower-case).
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub port: u16,
+    /// `allowed`, `refused` or `failed`.
+    pub decision: String,
+    /// The address connected to, when allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Why it was refused or failed (the rule that refused it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The isolation a run actually got (what the host allowed).

@@ -33,7 +33,9 @@ pub struct PolicyArgs {
     /// Maximum number of processes and threads.
     #[arg(long, value_name = "N")]
     pids: Option<u64>,
-    /// Network: none (no interface up) or loopback-only.
+    /// Network: none (no interface up), loopback-only (lo up), limited (lo, and an
+    /// egress proxy at 127.0.0.1:3128 inside that connects only where the profile's
+    /// network.allow says) or host (the host's network; refused in hardened mode).
     #[arg(long, value_name = "MODE")]
     network: Option<String>,
 }
@@ -100,7 +102,8 @@ pub struct RunArgs {
     image: Option<String>,
     /// Capture the output and print one JSON report at the end: exit_code, signal,
     /// timed_out, oom_killed, output_truncated, wall_ms, user_ms, sys_ms, max_rss_kb,
-    /// stdout, stderr, sandbox_id, profile, mode, isolation, warnings.
+    /// stdout, stderr, sandbox_id, profile, mode, isolation, warnings, and in limited
+    /// network mode `network`: the connections the proxy made and refused.
     #[arg(long)]
     json: bool,
     /// Also write the JSON report to FILE when the run ends, while the output goes to
@@ -110,7 +113,8 @@ pub struct RunArgs {
     /// Never use the supervisor's warm pools: start a fresh sandbox.
     #[arg(long)]
     cold: bool,
-    /// Say why a run was not served warm.
+    /// Say why a run was not served warm, and (network limited) each decision of the
+    /// egress proxy.
     #[arg(long, short = 'v')]
     verbose: bool,
     /// The command and its arguments.
@@ -223,6 +227,34 @@ pub fn run(args: RunArgs) -> i32 {
                 "phantom: output truncated at {} bytes",
                 limits.output_limit_bytes
             );
+        }
+        if let Some(net) = &report.network {
+            if args.verbose {
+                for c in &net.connections {
+                    eprintln!(
+                        "phantom: proxy [{}]: {} {} {}:{}{}{}",
+                        report.sandbox_id,
+                        c.decision,
+                        c.protocol,
+                        c.host,
+                        c.port,
+                        c.address
+                            .as_ref()
+                            .map(|a| format!(" via {a}"))
+                            .unwrap_or_default(),
+                        c.reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            if args.verbose || net.refused > 0 {
+                eprintln!(
+                    "phantom: proxy [{}]: {} connection(s) made, {} refused by the policy, {} failed",
+                    report.sandbox_id, net.allowed, net.refused, net.failed
+                );
+            }
         }
     }
     report.exit_code

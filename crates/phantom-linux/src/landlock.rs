@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use landlock::{
-    Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
 use crate::{SysError, SysResult};
@@ -44,7 +44,21 @@ pub fn kernel_abi() -> u32 {
 
 /// Restrict the calling thread (and its future children) to `rules`. Paths that do
 /// not exist are skipped. Returns the ABI enforced (0 when nothing was enforced).
-pub fn restrict(rules: &[Rule], scope_abstract_unix: bool, scope_signals: bool) -> SysResult<u32> {
+/// TCP ports the payload may `connect` to and `bind` (Landlock ABI 4). Every other
+/// TCP connect and bind fails with EACCES. Kernels before ABI 4 skip it (best effort:
+/// the namespace is the first fence; the reported ABI says which applied).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpPorts {
+    pub connect: Vec<u16>,
+    pub bind: Vec<u16>,
+}
+
+pub fn restrict(
+    rules: &[Rule],
+    scope_abstract_unix: bool,
+    scope_signals: bool,
+    tcp: Option<&TcpPorts>,
+) -> SysResult<u32> {
     let kernel = kernel_abi();
     if kernel == 0 {
         return Ok(0);
@@ -60,7 +74,24 @@ pub fn restrict(rules: &[Rule], scope_abstract_unix: bool, scope_signals: bool) 
     if let Some(s) = scopes.take() {
         ruleset = ruleset.scope(s).map_err(err)?;
     }
+    if tcp.is_some() {
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(TARGET_ABI))
+            .map_err(err)?;
+    }
     let mut created = ruleset.create().map_err(err)?;
+    if let Some(tcp) = tcp {
+        for &port in &tcp.connect {
+            created = created
+                .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+                .map_err(err)?;
+        }
+        for &port in &tcp.bind {
+            created = created
+                .add_rule(NetPort::new(port, AccessNet::BindTcp))
+                .map_err(err)?;
+        }
+    }
     for rule in rules {
         let Ok(fd) = PathFd::new(&rule.path) else {
             continue;

@@ -49,3 +49,22 @@ pub fn is_up(name: &str) -> SysResult<bool> {
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
     Ok(unsafe { req.ifr_ifru.ifru_flags } & libc::IFF_UP as libc::c_short != 0)
 }
+
+/// A TCP socket listening on 127.0.0.1:`port`, close-on-exec. The sandbox init makes
+/// one inside its network namespace for the egress proxy and hands it to the front
+/// end, which accepts on it from outside.
+pub fn listen_loopback(port: u16) -> SysResult<OwnedFd> {
+    use rustix::net::{bind, listen, socket_with, AddressFamily, SocketFlags, SocketType};
+    let what = || format!("127.0.0.1:{port}");
+    let sock = socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| SysError::new("socket", what(), e.into()))?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    bind(&sock, &addr).map_err(|e| SysError::new("bind", what(), e.into()))?;
+    listen(&sock, 128).map_err(|e| SysError::new("listen", what(), e.into()))?;
+    Ok(sock)
+}

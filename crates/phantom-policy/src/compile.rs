@@ -5,9 +5,10 @@
 //! The plan is built in the order the runtime replays it; see [`Plan`] and, for
 //! seccomp, `seccomp.rs`.
 
+use crate::egress::{Egress, PROXY_PORT};
 use crate::error::{PolicyError, SourcePos};
 use crate::plan::{
-    Access, LandlockPlan, LandlockRule, Limits, Mode, Mount, NetworkMode, Plan, Rootfs,
+    Access, LandlockPlan, LandlockRule, LandlockTcp, Limits, Mode, Mount, NetworkMode, Plan, Rootfs,
 };
 use crate::profile::{
     self, IoMode, MemoryAllocator, Profile, Runtime, SeccompDefault, SecurityLevel,
@@ -141,33 +142,45 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         profile::check_timeout(v).map_err(|m| override_error("timeout", m))?;
     }
 
-    // Network: hardened has none.
+    // Network: hardened has none, and never the host's.
     let network = match (overrides.network, hardened) {
-        (Some(NetworkMode::LoopbackOnly), true) => {
+        (Some(NetworkMode::LoopbackOnly | NetworkMode::Limited | NetworkMode::Host), true) => {
+            let asked = overrides.network.map_or("", |n| n.as_str());
             return Err(override_error(
                 "network",
-                "loopback-only conflicts with mode hardened, which has no network at all; use network none or mode sandbox".into(),
+                format!("{asked} conflicts with mode hardened, which has no network at all; use network none or mode sandbox"),
             ));
         }
         (Some(network), _) => network,
         (None, true) => {
-            // The same file asking for both is a contradiction; a loopback-only
-            // inherited from a parent, or a --mode hardened, simply means none.
-            let conflict = profile.mode == Mode::Hardened
-                && profile.network.mode == NetworkMode::LoopbackOnly
-                && matches!(
-                    (profile.position("mode"), profile.position("network.mode")),
-                    (Some(m), Some(n)) if m.file == n.file
-                );
-            if conflict {
+            // The same file asking for both is a contradiction; a loopback-only or
+            // limited inherited from a parent, or a --mode hardened, simply means
+            // none. The host's network is never silently dropped or granted: it is
+            // refused wherever it comes from.
+            let same_file = matches!(
+                (profile.position("mode"), profile.position("network.mode")),
+                (Some(m), Some(n)) if m.file == n.file
+            );
+            let asked = profile.network.mode;
+            if asked == NetworkMode::Host
+                || (profile.mode == Mode::Hardened && asked != NetworkMode::None && same_file)
+            {
                 return Err(profile_error(
                     "network.mode",
-                    "loopback-only conflicts with mode: hardened, which has no network at all; write network.mode: none".into(),
+                    format!("{} conflicts with mode: hardened, which has no network at all; write network.mode: none", asked.as_str()),
                 ));
             }
             NetworkMode::None
         }
         (None, false) => profile.network.mode,
+    };
+    let egress = if network == NetworkMode::Limited {
+        Egress {
+            allow: profile.network.allow.clone(),
+            deny: profile.network.deny.clone(),
+        }
+    } else {
+        Egress::default()
     };
 
     // Hardened: read-only binds only.
@@ -237,6 +250,21 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         // /tmp is read-only: temporary files go to the workspace.
         env.push(("TMPDIR".to_string(), workspace.clone()));
     }
+    if network == NetworkMode::Limited && mode != Mode::Direct {
+        // Every common client honours one of these; ALL_PROXY as socks5h so that
+        // names are resolved by the proxy, never inside (there is no DNS inside).
+        let http = format!("http://127.0.0.1:{PROXY_PORT}");
+        let socks = format!("socks5h://127.0.0.1:{PROXY_PORT}");
+        for (key, value) in [
+            ("HTTP_PROXY", &http),
+            ("HTTPS_PROXY", &http),
+            ("ALL_PROXY", &socks),
+            ("NO_PROXY", &String::new()),
+        ] {
+            env.push((key.to_string(), value.clone()));
+            env.push((key.to_ascii_lowercase(), value.clone()));
+        }
+    }
     if profile.performance.memory_allocator == MemoryAllocator::Jemalloc {
         let library = arch
             .as_ref()
@@ -251,11 +279,28 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
     } else {
         Vec::new()
     };
-    let landlock = landlock(
+    let mut landlock = landlock(
         profile,
         hardened,
         isolated && level != SecurityLevel::Low && profile.security.landlock.enabled,
     );
+    if landlock.enabled {
+        // Landlock's TCP fence (ABI 4) where the mode has a use for it: with no
+        // interface but lo, `none` needs no TCP at all and `limited` only the proxy.
+        // loopback-only needs every port on lo (local servers and their tests), and
+        // host mode is not fenced by design.
+        landlock.tcp = match network {
+            NetworkMode::None => Some(LandlockTcp {
+                connect_ports: Vec::new(),
+                bind_ports: Vec::new(),
+            }),
+            NetworkMode::Limited => Some(LandlockTcp {
+                connect_ports: vec![PROXY_PORT],
+                bind_ports: Vec::new(),
+            }),
+            NetworkMode::LoopbackOnly | NetworkMode::Host => None,
+        };
+    }
 
     let seccomp = if isolated {
         let policy = &profile.security.seccomp;
@@ -271,6 +316,24 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
     };
 
     let mut warnings = warnings(profile, mode);
+    if isolated {
+        if network == NetworkMode::Host {
+            warnings.push(
+                "network host: the sandbox shares the host's network (no network namespace): it can reach everything the host can, including services on the host's loopback".into(),
+            );
+        }
+        let rules_written = !profile.network.allow.is_empty() || !profile.network.deny.is_empty();
+        if network != NetworkMode::Limited
+            && rules_written
+            && overrides.network.is_none()
+            && !hardened
+        {
+            warnings.push(format!(
+                "network.allow, network.deny: have no effect with network.mode: {} (only limited uses them)",
+                network.as_str()
+            ));
+        }
+    }
     if let (Rootfs::Image(name), None) = (&rootfs, &overrides.image) {
         // Written next to `rootfs: image:...` in the same file, these keys suggest the
         // author expects them to apply. (A parent's host binds simply do not.)
@@ -293,6 +356,7 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         mounts,
         workspace_target: workspace.clone(),
         network,
+        egress,
         env,
         cwd: workspace,
         limits,
@@ -407,6 +471,7 @@ fn landlock(profile: &Profile, hardened: bool, enabled: bool) -> LandlockPlan {
             rules: Vec::new(),
             scope_abstract_unix: false,
             scope_signals: false,
+            tcp: None,
         };
     }
     let fs = &profile.filesystem;
@@ -456,6 +521,7 @@ fn landlock(profile: &Profile, hardened: bool, enabled: bool) -> LandlockPlan {
         rules,
         scope_abstract_unix: true,
         scope_signals: true,
+        tcp: None,
     }
 }
 

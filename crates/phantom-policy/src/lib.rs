@@ -20,6 +20,7 @@
 
 mod builtin;
 mod compile;
+pub mod egress;
 mod error;
 mod extends;
 pub mod plan;

@@ -42,6 +42,13 @@ pub enum NetworkMode {
     None,
     /// A network namespace with only `lo`, and `lo` up.
     LoopbackOnly,
+    /// Only `lo`, up, with phantom's egress proxy listening on 127.0.0.1:PROXY_PORT
+    /// inside; the proxy (outside the sandbox) connects only where `network.allow`
+    /// lets it.
+    Limited,
+    /// No network namespace: the host's network (explicit opt-in; never in hardened
+    /// mode).
+    Host,
 }
 
 impl NetworkMode {
@@ -50,6 +57,8 @@ impl NetworkMode {
         match self {
             NetworkMode::None => "none",
             NetworkMode::LoopbackOnly => "loopback-only",
+            NetworkMode::Limited => "limited",
+            NetworkMode::Host => "host",
         }
     }
 }
@@ -119,6 +128,9 @@ pub struct Plan {
     /// Where the run's workspace appears inside (also listed in `mounts`).
     pub workspace_target: String,
     pub network: NetworkMode,
+    /// `network.allow` / `network.deny`: what the egress proxy of a `limited` sandbox
+    /// may connect to (empty in the other modes).
+    pub egress: crate::egress::Egress,
     /// The base environment (PATH, HOME, LANG, TERM, and LD_PRELOAD when the profile
     /// asks for an allocator). The runtime appends the user's `--env` entries. Nothing
     /// from the host environment is passed unless named.
@@ -253,4 +265,15 @@ pub struct LandlockPlan {
     pub scope_abstract_unix: bool,
     /// Scope signals to the sandbox (Landlock ABI 6).
     pub scope_signals: bool,
+    /// The TCP fence (Landlock ABI 4), None when TCP is not fenced (loopback-only,
+    /// host, direct, Landlock off).
+    pub tcp: Option<LandlockTcp>,
+}
+
+/// Landlock's TCP fence: with it, `connect` and `bind` on TCP sockets succeed only
+/// for the ports listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LandlockTcp {
+    pub connect_ports: Vec<u16>,
+    pub bind_ports: Vec<u16>,
 }

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::egress::EgressRule;
 use crate::error::{choice_error, shown, ChoiceError, SourcePos};
 use crate::plan::{Access, Mode, NetworkMode, Rootfs};
 use crate::units::format_bytes;
@@ -250,10 +251,19 @@ impl Default for Resources {
 /// `network:`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Network {
-    /// `network.mode:` — `none` (a network namespace with no interface up) or
-    /// `loopback-only` (default; only `lo`, up). `hardened` mode always has `none`.
-    /// `limited` and `host` are not available yet.
+    /// `network.mode:` — `none` (a network namespace with no interface up),
+    /// `loopback-only` (default; only `lo`, up), `limited` (only `lo`, and phantom's
+    /// egress proxy at 127.0.0.1:3128 inside — HTTP_PROXY, HTTPS_PROXY, ALL_PROXY are
+    /// set — which connects only where `allow` says) or `host` (no network namespace:
+    /// the host's network; refused in `hardened` mode). `hardened` mode has `none`.
     pub mode: NetworkMode,
+    /// `network.allow:` — where a `limited` sandbox's proxy may connect: `pypi.org`,
+    /// `*.pythonhosted.org` (subdomains), `api.example.com:443`, `10.0.0.5:8080`
+    /// (addresses: the only way to reach a private, loopback or link-local address).
+    pub allow: Vec<EgressRule>,
+    /// `network.deny:` — entries written like `allow` that are refused even when
+    /// `allow` matches (deny wins).
+    pub deny: Vec<EgressRule>,
 }
 
 /// `filesystem:` — the sandbox's root is an empty tmpfs (or an image, see `rootfs`),
@@ -332,15 +342,9 @@ impl Mode {
 }
 
 impl NetworkMode {
-    /// Parses a network mode as written on the command line (`none`, `loopback-only`).
+    /// Parses a network mode as written on the command line (`none`, `loopback-only`,
+    /// `limited`, `host`).
     pub fn parse(s: &str) -> Result<NetworkMode, ChoiceError> {
-        if let Some(reason) = unavailable_network(s) {
-            return Err(ChoiceError {
-                what: "network mode",
-                value: shown(s),
-                reason,
-            });
-        }
         choose(s, NETWORK_MODES)
             .ok_or_else(|| choice_error("network mode", s, &names(NETWORK_MODES)))
     }
@@ -355,6 +359,8 @@ pub(crate) const MODES: &[(&str, Mode)] = &[
 pub(crate) const NETWORK_MODES: &[(&str, NetworkMode)] = &[
     ("none", NetworkMode::None),
     ("loopback-only", NetworkMode::LoopbackOnly),
+    ("limited", NetworkMode::Limited),
+    ("host", NetworkMode::Host),
 ];
 pub(crate) const RUNTIMES: &[(&str, Runtime)] = &[
     ("auto", Runtime::Auto),
@@ -387,20 +393,6 @@ pub(crate) fn choose<T: Copy>(s: &str, choices: &[(&str, T)]) -> Option<T> {
 
 pub(crate) fn names<T>(choices: &[(&'static str, T)]) -> Vec<&'static str> {
     choices.iter().map(|(name, _)| *name).collect()
-}
-
-/// Network modes people ask for that this build does not have, with what to do.
-pub(crate) fn unavailable_network(s: &str) -> Option<String> {
-    match s {
-        "limited" => Some(
-            "is not available yet (egress policies are planned); use loopback-only, or none".into(),
-        ),
-        "host" => Some(
-            "is not available: phantom never shares the host's network; use loopback-only, or none"
-                .into(),
-        ),
-        _ => None,
-    }
 }
 
 impl Rootfs {
@@ -500,10 +492,9 @@ mod tests {
             NetworkMode::parse("loopback-only"),
             Ok(NetworkMode::LoopbackOnly)
         );
-        let err = NetworkMode::parse("limited").unwrap_err().to_string();
-        assert!(
-            err.contains("not available yet") && err.contains("loopback-only"),
-            "{err}"
-        );
+        assert_eq!(NetworkMode::parse("limited"), Ok(NetworkMode::Limited));
+        assert_eq!(NetworkMode::parse("host"), Ok(NetworkMode::Host));
+        let err = NetworkMode::parse("limitd").unwrap_err().to_string();
+        assert!(err.contains("did you mean `limited`"), "{err}");
     }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::egress::EgressRule;
 use crate::error::{choice_error, closest, did_you_mean, shown, PolicyError, SourcePos};
 use crate::plan::{Access, Mode, NetworkMode, Rootfs};
 use crate::profile::*;
@@ -36,7 +37,7 @@ const PERFORMANCE_KEYS: &[&str] = &["zygote", "pool_size", "io_mode", "memory_al
 const RESOURCE_KEYS: &[&str] = &[
     "memory", "cpu", "pids", "timeout", "output", "tmp", "nofile", "fsize",
 ];
-const NETWORK_KEYS: &[&str] = &["mode"];
+const NETWORK_KEYS: &[&str] = &["mode", "allow", "deny"];
 const FILESYSTEM_KEYS: &[&str] = &["rootfs", "system", "etc", "binds", "workspace"];
 const BIND_KEYS: &[&str] = &["source", "target", "access"];
 
@@ -77,6 +78,8 @@ impl Profile {
             resources: Resources::default(),
             network: Network {
                 mode: NetworkMode::LoopbackOnly,
+                allow: Vec::new(),
+                deny: Vec::new(),
             },
             filesystem: Filesystem::default(),
             positions: BTreeMap::new(),
@@ -232,16 +235,11 @@ impl Reader {
     ) -> Result<T, PolicyError> {
         let valid = names(choices);
         let expected = format!("one of: {}", valid.join(", "));
-        let Value::Str(s) = &node.value else {
+        let Value::Str(_) = &node.value else {
             self.record(node, path);
             return Err(wrong_type(node, path, &expected));
         };
         let word = self.string(node, path)?;
-        if path == "network.mode" {
-            if let Some(reason) = unavailable_network(&word) {
-                return Err(invalid(node, path, format!("`{}` {reason}", shown(s))));
-            }
-        }
         choose(&word, choices).ok_or_else(|| {
             let err = choice_error("", &word, &valid);
             invalid(node, path, format!("`{}` {}", err.value, err.reason))
@@ -539,6 +537,20 @@ impl Reader {
         for (key, value) in self.map(node, "network", NETWORK_KEYS)? {
             match key {
                 "mode" => out.mode = self.choice(value, "network.mode", NETWORK_MODES)?,
+                "allow" | "deny" => {
+                    let path = format!("network.{key}");
+                    let mut rules = Vec::new();
+                    for (i, (text, item)) in self.strings(value, &path)?.into_iter().enumerate() {
+                        let rule = EgressRule::parse(&text)
+                            .map_err(|m| invalid(&item, &format!("{path}[{i}]"), m))?;
+                        rules.push(rule);
+                    }
+                    if key == "allow" {
+                        out.allow = rules;
+                    } else {
+                        out.deny = rules;
+                    }
+                }
                 _ => unreachable!(),
             }
         }

@@ -194,12 +194,46 @@ fn builtins_differ_where_they_say() {
         let profile = load_builtin(name).unwrap();
         assert_eq!(profile.extends.as_deref(), Some("default"), "{name}");
         let plan = compile(&profile, &Overrides::default()).unwrap();
-        assert_eq!(plan.network, NetworkMode::LoopbackOnly, "{name}");
         assert_eq!(plan.mode, Mode::Sandbox, "{name}");
         // Everything mounted is readable already: language profiles need no extra
         // Landlock rules, and carry none.
         assert_eq!(plan.landlock.rules, default.landlock.rules, "{name}");
     }
+}
+
+#[test]
+fn dev_profiles_allow_their_package_index_and_nothing_else() {
+    use phantom_policy::egress::Verdict;
+    for (name, index) in [
+        ("node-dev", &["registry.npmjs.org"][..]),
+        ("go-dev", &["proxy.golang.org", "sum.golang.org"]),
+        (
+            "rust-dev",
+            &["crates.io", "static.crates.io", "index.crates.io"],
+        ),
+        ("java-dev", &["repo.maven.apache.org", "repo1.maven.org"]),
+    ] {
+        let plan = compile(&load_builtin(name).unwrap(), &Overrides::default()).unwrap();
+        assert_eq!(plan.network, NetworkMode::Limited, "{name}");
+        for host in index {
+            assert_eq!(
+                plan.egress.decide_name(host, 443),
+                Verdict::Allow,
+                "{name} {host}"
+            );
+        }
+        for host in ["pypi.org", "github.com", "example.com", "localhost"] {
+            assert!(
+                matches!(plan.egress.decide_name(host, 443), Verdict::Refuse(_)),
+                "{name} {host}"
+            );
+        }
+        assert!(plan.warnings.is_empty(), "{name}: {:?}", plan.warnings);
+    }
+    // python-dev stays loopback-only until warm pools (which keep python3 started
+    // for it) can serve limited sandboxes; `--network limited` works cold.
+    let python = compile(&load_builtin("python-dev").unwrap(), &Overrides::default()).unwrap();
+    assert_eq!(python.network, NetworkMode::LoopbackOnly);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -369,7 +403,10 @@ fn unknown_key_without_a_close_match_lists_the_valid_keys() {
     let text = "profile: x\nnetwork:\n  firewall: on\n";
     let err = load(text).unwrap_err();
     assert_at(&err, text, "firewall");
-    assert!(err.to_string().contains("(valid keys: mode)"), "{err}");
+    assert!(
+        err.to_string().contains("(valid keys: mode, allow, deny)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -529,8 +566,8 @@ fn impossible_values_are_refused_at_their_place() {
             "profile: x\nsecurity:\n  landlock:\n    paths: [{path: tmp, access: read-only}]\n",
             "tmp,",
         ),
-        ("profile: x\nnetwork:\n  mode: limited\n", "limited"),
-        ("profile: x\nnetwork:\n  mode: host\n", "host"),
+        ("profile: x\nnetwork:\n  mode: limted\n", "limted"),
+        ("profile: x\nnetwork:\n  mode: hostt\n", "hostt"),
         ("profile: x\nmode: sandbx\n", "sandbx"),
         ("profile: \"has space\"\n", "\"has space\""),
     ] {
@@ -540,13 +577,146 @@ fn impossible_values_are_refused_at_their_place() {
 }
 
 #[test]
-fn network_modes_that_do_not_exist_yet_say_what_to_use() {
-    let err = load("profile: x\nnetwork:\n  mode: limited\n")
+fn malformed_egress_entries_are_errors_at_their_place() {
+    for (entry, says) in [
+        ("\"*.\"", "a wildcard needs a domain after `*.`"),
+        ("\"pypi.org:0\"", "port 0 is out of range"),
+        ("\"pypi.org:65536\"", "port 65536 is out of range"),
+        (
+            "\"https://pypi.org/simple\"",
+            "is a URL; write only the host",
+        ),
+        ("\"*\"", "would allow every host"),
+        ("\"10.0.0.0/8\"", "address ranges are not supported"),
+    ] {
+        for key in ["allow", "deny"] {
+            let text =
+                format!("profile: x\nnetwork:\n  mode: limited\n  {key}: [pypi.org, {entry}]\n");
+            let err = load(&text).unwrap_err();
+            assert_at(&err, &text, entry);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("network.{key}[1]: ")) && msg.contains(says),
+                "{msg}"
+            );
+        }
+    }
+    let text = "profile: x\nnetwork:\n  allow: pypi.org\n";
+    let err = load(text).unwrap_err();
+    assert!(
+        err.to_string().contains("network.allow: expected a list"),
+        "{err}"
+    );
+}
+
+#[test]
+fn limited_mode_carries_its_rules_and_the_proxy_environment() {
+    let plan = plan_of(
+        "profile: x\nnetwork:\n  mode: limited\n  allow: [pypi.org, \"*.pythonhosted.org\"]\n  deny: [evil.pythonhosted.org]\n",
+    );
+    assert_eq!(plan.network, NetworkMode::Limited);
+    let shown: Vec<String> = plan.egress.allow.iter().map(|r| r.to_string()).collect();
+    assert_eq!(shown, ["pypi.org", "*.pythonhosted.org"]);
+    assert_eq!(plan.egress.deny[0].to_string(), "evil.pythonhosted.org");
+    let env = |k: &str| {
+        plan.env
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let port = phantom_policy::egress::PROXY_PORT;
+    for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        assert_eq!(
+            env(key),
+            Some(format!("http://127.0.0.1:{port}").as_str()),
+            "{key}"
+        );
+    }
+    for key in ["ALL_PROXY", "all_proxy"] {
+        assert_eq!(
+            env(key),
+            Some(format!("socks5h://127.0.0.1:{port}").as_str()),
+            "{key}"
+        );
+    }
+    // Landlock's TCP fence: connect only to the proxy, bind nothing.
+    let tcp = plan.landlock.tcp.as_ref().expect("limited fences TCP");
+    assert_eq!(tcp.connect_ports, [port]);
+    assert!(tcp.bind_ports.is_empty());
+    // Other modes: no proxy variables, no rules; the fence only where the mode has a use for it.
+    let plain = plan_of("profile: x\nnetwork:\n  mode: none\n");
+    assert!(plain
+        .env
+        .iter()
+        .all(|(k, _)| !k.to_ascii_lowercase().ends_with("_proxy")));
+    assert!(plain.egress.allow.is_empty());
+    let none = plain.landlock.tcp.expect("none fences TCP");
+    assert!(none.connect_ports.is_empty() && none.bind_ports.is_empty());
+    assert_eq!(plan_of("profile: x\n").landlock.tcp, None);
+}
+
+#[test]
+fn allow_rules_outside_limited_mode_warn() {
+    let plan = plan_of("profile: x\nnetwork:\n  mode: loopback-only\n  allow: [pypi.org]\n");
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("network.allow, network.deny: have no effect")),
+        "{:?}",
+        plan.warnings
+    );
+    assert!(plan.egress.allow.is_empty());
+}
+
+#[test]
+fn host_network_is_refused_in_hardened_mode_and_by_strict() {
+    let err = compile(
+        &load("profile: x\nmode: hardened\nnetwork:\n  mode: host\n").unwrap(),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("host conflicts with mode: hardened"),
+        "{err}"
+    );
+    for network in [NetworkMode::Host, NetworkMode::Limited] {
+        let err = compile(
+            &load_builtin("strict").unwrap(),
+            &Overrides {
+                network: Some(network),
+                ..Overrides::default()
+            },
+        )
         .unwrap_err()
         .to_string();
+        assert!(
+            err.contains(&format!(
+                "override network: {} conflicts with mode hardened",
+                network.as_str()
+            )),
+            "{err}"
+        );
+    }
+    // A profile asking for the host's network is refused under --mode hardened too.
+    let err = compile(
+        &load("profile: x\nnetwork:\n  mode: host\n").unwrap(),
+        &Overrides {
+            mode: Some(Mode::Hardened),
+            ..Overrides::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("host conflicts"), "{err}");
+    // Elsewhere it is an explicit opt-in that says what it means.
+    let plan = plan_of("profile: x\nnetwork:\n  mode: host\n");
+    assert_eq!(plan.network, NetworkMode::Host);
     assert!(
-        err.contains("not available yet") && err.contains("use loopback-only"),
-        "{err}"
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("shares the host's network")),
+        "{:?}",
+        plan.warnings
     );
 }
 

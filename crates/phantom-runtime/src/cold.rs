@@ -17,6 +17,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 
 use crate::image_run::ImageRun;
 use crate::init::{self, ChildPayload, PayloadContext};
+use crate::proxy::{ProxyConfig, ProxyHelper};
 use crate::relay::{Relay, StdinRelay};
 use crate::spawn::{ms, payload_env, spawn_on, Outcome, SandboxStatus, Trace};
 use crate::RuntimeError;
@@ -31,6 +32,8 @@ pub struct Prepared {
     /// found in the store, with the command, environment and working directory its
     /// config gives.
     pub(crate) image: Option<ImageRun>,
+    /// `network.mode: limited`: names the test-only resolver override maps.
+    pub(crate) test_resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// What a payload runs, where, and with which variables over the plan's environment —
@@ -171,6 +174,29 @@ pub(crate) fn prepare_with(request: &RunRequest, command: bool) -> Result<Prepar
             _ => {}
         }
     }
+    let mut test_resolve = Vec::new();
+    if plan.network == NetworkMode::Limited && plan.mode != Mode::Direct {
+        if let Some(text) = std::env::var_os(crate::proxy::TEST_RESOLVE_VAR) {
+            let text = text.to_string_lossy();
+            test_resolve = crate::proxy::parse_test_resolve(&text).map_err(RuntimeError::Usage)?;
+            // Never silent: this maps names the policy allows to any address,
+            // internal ones included (a deny entry still wins).
+            warnings.push(format!(
+                "{}: the egress proxy maps {} (a test hook: names resolve there, even to internal addresses)",
+                crate::proxy::TEST_RESOLVE_VAR,
+                test_resolve
+                    .iter()
+                    .map(|(n, a)| format!("{n} to {a}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if phantom_linux::landlock::kernel_abi() < 4 && plan.landlock.enabled {
+            warnings.push(
+                "Landlock ABI < 4: TCP connects inside the sandbox are not fenced to the proxy port (the network namespace, which has only lo, still is)".into(),
+            );
+        }
+    }
     match plan.mode {
         // The plan already carries the warning that direct mode does not isolate.
         Mode::Direct => {}
@@ -188,6 +214,7 @@ pub(crate) fn prepare_with(request: &RunRequest, command: bool) -> Result<Prepar
         request: request.clone(),
         warnings,
         image,
+        test_resolve,
     })
 }
 
@@ -266,6 +293,8 @@ impl Prepared {
             plan.limits.output_limit_bytes,
         );
         let deadline = started + Duration::from_millis(plan.limits.wall_timeout_ms);
+        let proxy =
+            (plan.network == NetworkMode::Limited).then(|| self.proxy_config(&spawned.sandbox_id));
         let watched = watch(
             &spawned,
             &mut relay,
@@ -273,8 +302,9 @@ impl Prepared {
             &sigfd,
             deadline,
             &mut trace,
+            proxy,
         );
-        let (sandbox, timed_out) = match watched {
+        let (sandbox, timed_out, proxy) = match watched {
             Ok(w) => w,
             Err(e) => {
                 spawned.kill();
@@ -290,6 +320,8 @@ impl Prepared {
             spawned.isolated,
         );
         let outcome = spawned.finish(sandbox, &mut trace);
+        // The sandbox is gone: the proxy has nothing left to serve.
+        let network = proxy.map(ProxyHelper::finish);
         relay.drain();
         let _ = process::reset_signals(&[]);
         let Outcome {
@@ -341,7 +373,18 @@ impl Prepared {
                 idmapped_workspace: idmapped,
             },
             warnings,
+            network,
         })
+    }
+
+    /// The egress proxy's settings for sandbox `sandbox_id`.
+    fn proxy_config(&self, sandbox_id: &str) -> ProxyConfig {
+        ProxyConfig {
+            sandbox_id: sandbox_id.to_string(),
+            profile: self.plan.profile.clone(),
+            egress: self.plan.egress.clone(),
+            resolve: self.test_resolve.clone(),
+        }
     }
 
     pub(crate) fn payload_context(
@@ -432,8 +475,10 @@ impl Watched for crate::spawn::Spawned {
 }
 
 /// Relay output and input, forward signals (a third Ctrl-C kills), read the status
-/// channel and enforce `deadline`, until `target` exits. Returns what the sandbox
-/// reported and whether the deadline fired.
+/// channel and enforce `deadline`, until `target` exits. With `proxy` (network
+/// limited), the socket the init sends with `PROXY` is served by an egress proxy
+/// helper started here. Returns what the sandbox reported, whether the deadline fired,
+/// and the proxy helper (still running: stop it once the sandbox is gone).
 pub(crate) fn watch(
     target: &dyn Watched,
     relay: &mut Relay,
@@ -441,11 +486,13 @@ pub(crate) fn watch(
     sigfd: &OwnedFd,
     deadline: Instant,
     trace: &mut Trace,
-) -> Result<(SandboxStatus, bool), RuntimeError> {
+    mut proxy_config: Option<ProxyConfig>,
+) -> Result<(SandboxStatus, bool, Option<ProxyHelper>), RuntimeError> {
     let mut timed_out = false;
     let mut sandbox = SandboxStatus::default();
     let mut interrupts = 0;
     let mut chan_open = true;
+    let mut proxy: Option<ProxyHelper> = None;
     let (pidfd, chan) = (target.pidfd(), target.chan());
     loop {
         let wait = (!timed_out).then(|| deadline.saturating_duration_since(Instant::now()));
@@ -483,6 +530,21 @@ pub(crate) fn watch(
             let mut buf = [0u8; 4096];
             match fdpass::recv(chan, &mut buf) {
                 Ok((0, _)) | Err(_) => chan_open = false,
+                Ok((n, Some(listener))) if &buf[..n] == b"PROXY" && proxy_config.is_some() => {
+                    // The init's listening socket on 127.0.0.1 inside: serve it from a
+                    // helper in our (the host's) network namespace.
+                    let config = proxy_config.take().expect("checked");
+                    match ProxyHelper::start(listener, config) {
+                        Ok(p) => {
+                            proxy = Some(p);
+                            trace.step("egress proxy started");
+                        }
+                        Err(e) => {
+                            sandbox.setup_error = Some(format!("egress proxy: {e}"));
+                            target.kill();
+                        }
+                    }
+                }
                 Ok((n, _)) => {
                     if let Some(step) = sandbox.record(&buf[..n]) {
                         trace.step(step);
@@ -507,5 +569,5 @@ pub(crate) fn watch(
             target.kill();
         }
     }
-    Ok((sandbox, timed_out))
+    Ok((sandbox, timed_out, proxy))
 }

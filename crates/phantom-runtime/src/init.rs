@@ -118,6 +118,10 @@ pub(crate) enum MountPointKind {
     Existing,
 }
 
+/// The payload's Landlock fence: path rules, scoping of abstract unix sockets and of
+/// signals, and the TCP ports it may connect to and bind (None: TCP not fenced).
+pub(crate) type LandlockSpec = (Vec<landlock::Rule>, bool, bool, Option<landlock::TcpPorts>);
+
 /// Everything the child needs, prepared before clone.
 #[derive(Debug)]
 pub(crate) struct ChildContext {
@@ -172,7 +176,7 @@ impl ChildPayload {
 pub(crate) struct PayloadBase {
     pub nofile: u64,
     pub fsize: u64,
-    pub landlock: Option<(Vec<landlock::Rule>, bool, bool)>,
+    pub landlock: Option<LandlockSpec>,
     pub seccomp: Vec<(String, Vec<seccomp::Instruction>)>,
     pub drop_caps: bool,
     /// `runtime: python`: start the interpreter before a request exists.
@@ -276,7 +280,7 @@ pub(crate) struct PayloadContext {
     /// Fallback limits when no cgroup could be used.
     pub rlimit_nproc: Option<u64>,
     pub rlimit_data: Option<u64>,
-    pub landlock: Option<(Vec<landlock::Rule>, bool, bool)>,
+    pub landlock: Option<LandlockSpec>,
     pub seccomp: Vec<(String, Vec<seccomp::Instruction>)>,
     pub drop_caps: bool,
     /// An fd the payload keeps as fd 3 across execve (the pre-started interpreter's
@@ -381,8 +385,20 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     .map_err(|e| e.to_string())?;
 
     process::sethostname(&ctx.hostname).map_err(|e| e.to_string())?;
-    if ctx.network == NetworkMode::LoopbackOnly {
+    if matches!(
+        ctx.network,
+        NetworkMode::LoopbackOnly | NetworkMode::Limited
+    ) {
         net::loopback_up().map_err(|e| e.to_string())?;
+    }
+    if ctx.network == NetworkMode::Limited {
+        // The egress proxy's door: a socket listening on 127.0.0.1 in this namespace,
+        // made here (after lo is up, before any payload exists, so the port cannot be
+        // taken first) and handed to the front end, which accepts on it from the
+        // host's side. We keep no copy: the payload cannot accept on it.
+        let listener =
+            net::listen_loopback(phantom_policy::egress::PROXY_PORT).map_err(|e| e.to_string())?;
+        fdpass::send(chan.as_fd(), b"PROXY", Some(listener.as_fd())).map_err(|e| e.to_string())?;
     }
 
     trace(ctx.trace, "pivoted, hostname, loopback");
@@ -1157,8 +1173,13 @@ pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
     if let Err(e) = process::set_no_new_privs() {
         fail(126, e.to_string());
     }
-    if let Some((rules, scope_unix, scope_signals)) = &ctx.landlock {
-        match landlock::restrict(&expand_globs(rules), *scope_unix, *scope_signals) {
+    if let Some((rules, scope_unix, scope_signals, tcp)) = &ctx.landlock {
+        match landlock::restrict(
+            &expand_globs(rules),
+            *scope_unix,
+            *scope_signals,
+            tcp.as_ref(),
+        ) {
             Ok(abi) => {
                 let _ = fdpass::send_bytes(chan, format!("ABI {abi}").as_bytes());
             }
@@ -1351,6 +1372,10 @@ pub(crate) fn payload_base(plan: &Plan) -> PayloadBase {
                 landlock_rules(plan),
                 plan.landlock.scope_abstract_unix,
                 plan.landlock.scope_signals,
+                plan.landlock.tcp.as_ref().map(|t| landlock::TcpPorts {
+                    connect: t.connect_ports.clone(),
+                    bind: t.bind_ports.clone(),
+                }),
             )
         }),
         seccomp: if isolated {

@@ -18,6 +18,7 @@ pub mod image;
 mod image_run;
 mod init;
 pub mod keys;
+pub mod proxy;
 mod relay;
 pub mod sandbox;
 pub mod snapshot;

@@ -239,6 +239,8 @@ pub(crate) fn spawn_on(
         // The cgroup namespace is entered by the child after it joined the cgroup.
         Namespaces {
             cgroup: false,
+            // network host: the explicit opt-in to the host's network.
+            net: plan.network != phantom_policy::NetworkMode::Host,
             ..Namespaces::all()
         }
     } else {

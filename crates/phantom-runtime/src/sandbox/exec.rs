@@ -207,12 +207,14 @@ pub fn exec(name: &str, req: &ExecRequest) -> Result<RunReport, RuntimeError> {
             &sigfd,
             deadline,
             &mut trace,
+            // The sandbox's proxy, if any, belongs to whoever keeps it.
+            None,
         );
         if watched.is_err() {
             joined.kill();
         }
         let waited = process::wait4(joined.pid, false);
-        let (mut status, timed_out) = watched?;
+        let (mut status, timed_out, _) = watched?;
         let (_, exit, usage) = waited?.expect("blocking wait4 returns a status");
         // Messages sent just before the payload exec'd or exited may still be queued.
         let mut buf = [0u8; 4096];
@@ -273,6 +275,9 @@ pub fn exec(name: &str, req: &ExecRequest) -> Result<RunReport, RuntimeError> {
             idmapped_workspace: phantom_linux::process::euid() == 0,
         },
         warnings: prepared.warnings().to_vec(),
+        // A persistent sandbox's proxy belongs to its keeper, which logs each decision
+        // with the sandbox id; an exec's report does not count them.
+        network: None,
     })
 }
 

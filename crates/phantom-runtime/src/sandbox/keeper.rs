@@ -24,6 +24,7 @@ use rustix::fs::{flock, FlockOperation};
 use super::now_s;
 use crate::image_run::ImageRun;
 use crate::init::ChildPayload;
+use crate::proxy::ProxyHelper;
 use crate::spawn::{spawn_on, SandboxStatus, Trace};
 use crate::state::{State, DEAD, DESTROYING};
 
@@ -36,6 +37,8 @@ pub(crate) struct Keeper {
     pub state_dir: std::path::PathBuf,
     pub lock_path: std::path::PathBuf,
     pub log_path: std::path::PathBuf,
+    /// network limited: PHANTOM_TEST_RESOLVE as `create` read it.
+    pub test_resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// The keeper's whole life, in the forked child. `report`: where `create` waits for
@@ -77,9 +80,33 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
         Ok(s) => s,
         Err(e) => fail(e.to_string()),
     };
-    // READY with the init's namespaces, or ERR from its setup.
+    // network limited: first the socket of the egress proxy, which the keeper serves
+    // (from a helper: we are single-threaded) for as long as the sandbox lives.
     let mut buf = [0u8; 4096];
-    let first = fdpass::recv_fds(spawned.chan.as_fd(), &mut buf, fdpass::MAX_FDS);
+    let mut first = fdpass::recv_fds(spawned.chan.as_fd(), &mut buf, fdpass::MAX_FDS);
+    let mut proxy = None;
+    if k.plan.network == phantom_policy::NetworkMode::Limited {
+        if let Ok((n, fds)) = &mut first {
+            if &buf[..*n] == b"PROXY" && fds.len() == 1 {
+                let config = crate::proxy::ProxyConfig {
+                    sandbox_id: k.id.clone(),
+                    profile: k.plan.profile.clone(),
+                    egress: k.plan.egress.clone(),
+                    resolve: k.test_resolve.clone(),
+                };
+                match ProxyHelper::start(fds.pop().expect("one fd"), config) {
+                    Ok(helper) => proxy = Some(helper),
+                    Err(e) => {
+                        spawned.kill();
+                        let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+                        fail(format!("egress proxy: {e}"));
+                    }
+                }
+                first = fdpass::recv_fds(spawned.chan.as_fd(), &mut buf, fdpass::MAX_FDS);
+            }
+        }
+    }
+    // READY with the init's namespaces, or ERR from its setup.
     let (msg, namespaces) = match first {
         Ok((n, fds)) => (String::from_utf8_lossy(&buf[..n]).into_owned(), fds),
         Err(e) => (e.to_string(), Vec::new()),
@@ -146,6 +173,8 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
         spawned.kill();
     }
     let outcome = spawned.finish(SandboxStatus::default(), &mut trace);
+    // The sandbox is gone: so is what its proxy served.
+    drop(proxy);
     let reason = reason.unwrap_or_else(|| match outcome {
         Ok(o) => match o.init_status {
             ExitStatus::Signaled(s) => format!("its init was killed by signal {s}"),

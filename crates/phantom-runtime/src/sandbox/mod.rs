@@ -225,6 +225,7 @@ pub fn create(req: &CreateRequest) -> Result<Created, RuntimeError> {
             state_dir: state_dir.clone(),
             lock_path: lock,
             log_path: dir.join("keeper.log"),
+            test_resolve: prepared.test_resolve.clone(),
         };
         start_keeper(keeper)
     })();

@@ -147,6 +147,12 @@ impl Pool {
                 spec.profile
             )));
         }
+        if plan.network == phantom_policy::NetworkMode::Limited {
+            return Err(RuntimeError::Usage(format!(
+                "profile {}: network.mode limited is not pooled yet (its egress proxy runs beside a cold run); `phantom run --profile {}` starts it cold",
+                spec.profile, spec.profile
+            )));
+        }
         let image = match plan.rootfs.image() {
             Some(name) => Some(ImageRun::for_pool(name).map_err(in_spec)?),
             None => None,
