@@ -322,7 +322,15 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
                 "network host: the sandbox shares the host's network (no network namespace): it can reach everything the host can, including services on the host's loopback".into(),
             );
         }
-        let rules_written = !profile.network.allow.is_empty() || !profile.network.deny.is_empty();
+        // Rules written beside a mode that ignores them; a child that only changes
+        // the mode of a limited parent (python-dev -> loopback-only) means it.
+        let mode_file = profile.position("network.mode").map(|p| &p.file);
+        let rules_written = ["network.allow", "network.deny"].iter().any(|key| {
+            profile
+                .position(key)
+                .is_some_and(|p| mode_file.is_none_or(|f| *f == p.file))
+        }) && (!profile.network.allow.is_empty()
+            || !profile.network.deny.is_empty());
         if network != NetworkMode::Limited
             && rules_written
             && overrides.network.is_none()

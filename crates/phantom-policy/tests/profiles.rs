@@ -205,7 +205,8 @@ fn builtins_differ_where_they_say() {
 fn dev_profiles_allow_their_package_index_and_nothing_else() {
     use phantom_policy::egress::Verdict;
     for (name, index) in [
-        ("node-dev", &["registry.npmjs.org"][..]),
+        ("python-dev", &["pypi.org", "files.pythonhosted.org"][..]),
+        ("node-dev", &["registry.npmjs.org"]),
         ("go-dev", &["proxy.golang.org", "sum.golang.org"]),
         (
             "rust-dev",
@@ -222,7 +223,7 @@ fn dev_profiles_allow_their_package_index_and_nothing_else() {
                 "{name} {host}"
             );
         }
-        for host in ["pypi.org", "github.com", "example.com", "localhost"] {
+        for host in ["evil.org", "github.com", "example.com", "localhost"] {
             assert!(
                 matches!(plan.egress.decide_name(host, 443), Verdict::Refuse(_)),
                 "{name} {host}"
@@ -230,10 +231,6 @@ fn dev_profiles_allow_their_package_index_and_nothing_else() {
         }
         assert!(plan.warnings.is_empty(), "{name}: {:?}", plan.warnings);
     }
-    // python-dev stays loopback-only until warm pools (which keep python3 started
-    // for it) can serve limited sandboxes; `--network limited` works cold.
-    let python = compile(&load_builtin("python-dev").unwrap(), &Overrides::default()).unwrap();
-    assert_eq!(python.network, NetworkMode::LoopbackOnly);
 }
 
 // ---------------------------------------------------------------------------------------

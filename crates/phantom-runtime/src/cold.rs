@@ -176,20 +176,9 @@ pub(crate) fn prepare_with(request: &RunRequest, command: bool) -> Result<Prepar
     }
     let mut test_resolve = Vec::new();
     if plan.network == NetworkMode::Limited && plan.mode != Mode::Direct {
-        if let Some(text) = std::env::var_os(crate::proxy::TEST_RESOLVE_VAR) {
-            let text = text.to_string_lossy();
-            test_resolve = crate::proxy::parse_test_resolve(&text).map_err(RuntimeError::Usage)?;
-            // Never silent: this maps names the policy allows to any address,
-            // internal ones included (a deny entry still wins).
-            warnings.push(format!(
-                "{}: the egress proxy maps {} (a test hook: names resolve there, even to internal addresses)",
-                crate::proxy::TEST_RESOLVE_VAR,
-                test_resolve
-                    .iter()
-                    .map(|(n, a)| format!("{n} to {a}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+        if let Some(entries) = crate::proxy::test_resolve_from_env().map_err(RuntimeError::Usage)? {
+            warnings.push(crate::proxy::test_resolve_warning(&entries));
+            test_resolve = entries;
         }
         if phantom_linux::landlock::kernel_abi() < 4 && plan.landlock.enabled {
             warnings.push(
@@ -278,7 +267,7 @@ impl Prepared {
                 )?))
             },
         );
-        let spawned = match spawned {
+        let mut spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
                 let _ = process::reset_signals(&[]);
@@ -293,8 +282,8 @@ impl Prepared {
             plan.limits.output_limit_bytes,
         );
         let deadline = started + Duration::from_millis(plan.limits.wall_timeout_ms);
-        let proxy =
-            (plan.network == NetworkMode::Limited).then(|| self.proxy_config(&spawned.sandbox_id));
+        let proxy = (plan.network == NetworkMode::Limited)
+            .then(|| proxy_config(plan, &spawned.sandbox_id, &self.test_resolve));
         let watched = watch(
             &spawned,
             &mut relay,
@@ -313,6 +302,8 @@ impl Prepared {
                 return Err(e);
             }
         };
+        // Spawned owns the proxy from here: `finish` stops it once the init is gone.
+        spawned.proxy = proxy;
         let (sandbox_id, host_uid, idmapped, isolated) = (
             spawned.sandbox_id.clone(),
             spawned.host_uid,
@@ -320,8 +311,6 @@ impl Prepared {
             spawned.isolated,
         );
         let outcome = spawned.finish(sandbox, &mut trace);
-        // The sandbox is gone: the proxy has nothing left to serve.
-        let network = proxy.map(ProxyHelper::finish);
         relay.drain();
         let _ = process::reset_signals(&[]);
         let Outcome {
@@ -331,6 +320,7 @@ impl Prepared {
             wall,
             oom_killed,
             cgroup_version,
+            network,
         } = outcome?;
 
         if let Some(e) = status.usage_error {
@@ -375,16 +365,6 @@ impl Prepared {
             warnings,
             network,
         })
-    }
-
-    /// The egress proxy's settings for sandbox `sandbox_id`.
-    fn proxy_config(&self, sandbox_id: &str) -> ProxyConfig {
-        ProxyConfig {
-            sandbox_id: sandbox_id.to_string(),
-            profile: self.plan.profile.clone(),
-            egress: self.plan.egress.clone(),
-            resolve: self.test_resolve.clone(),
-        }
     }
 
     pub(crate) fn payload_context(
@@ -570,4 +550,19 @@ pub(crate) fn watch(
         }
     }
     Ok((sandbox, timed_out, proxy))
+}
+
+/// The egress proxy's settings for sandbox `sandbox_id` of `plan` (cold runs and
+/// warm pools).
+pub(crate) fn proxy_config(
+    plan: &Plan,
+    sandbox_id: &str,
+    test_resolve: &[(String, std::net::SocketAddr)],
+) -> ProxyConfig {
+    ProxyConfig {
+        sandbox_id: sandbox_id.to_string(),
+        profile: plan.profile.clone(),
+        egress: plan.egress.clone(),
+        resolve: test_resolve.to_vec(),
+    }
 }

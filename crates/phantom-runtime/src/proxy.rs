@@ -80,6 +80,26 @@ pub(crate) fn parse_test_resolve(text: &str) -> Result<Vec<(String, SocketAddr)>
         .collect()
 }
 
+/// The resolver override from the environment, when it is set.
+pub(crate) fn test_resolve_from_env() -> Result<Option<Vec<(String, SocketAddr)>>, String> {
+    match std::env::var_os(TEST_RESOLVE_VAR) {
+        None => Ok(None),
+        Some(text) => parse_test_resolve(&text.to_string_lossy()).map(Some),
+    }
+}
+
+/// The warning a set override earns (it is never silent).
+pub(crate) fn test_resolve_warning(entries: &[(String, SocketAddr)]) -> String {
+    format!(
+        "{TEST_RESOLVE_VAR}: the egress proxy maps {} (a test hook: names resolve there, even to internal addresses)",
+        entries
+            .iter()
+            .map(|(n, a)| format!("{n} to {a}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 /// The running helper, as the front end holds it.
 #[derive(Debug)]
 pub(crate) struct ProxyHelper {
@@ -90,7 +110,8 @@ pub(crate) struct ProxyHelper {
 }
 
 impl ProxyHelper {
-    /// Fork the helper serving `listener`. Call only while single-threaded.
+    /// Fork the helper serving `listener`. Call only while single-threaded (the
+    /// cold front end; phantom-supervisor).
     pub(crate) fn start(
         listener: OwnedFd,
         config: ProxyConfig,
@@ -128,10 +149,21 @@ impl ProxyHelper {
     /// its decisions.
     pub(crate) fn finish(mut self) -> NetworkReport {
         self.stop();
+        self.decisions()
+    }
+
+    /// The decisions logged so far (the helper may still be running).
+    pub(crate) fn decisions(&self) -> NetworkReport {
         let mut text = Vec::new();
-        let mut file = std::fs::File::from(self.log.try_clone().expect("dup memfd"));
-        let _ = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0));
-        let _ = file.read_to_end(&mut text);
+        let mut at = 0u64;
+        let mut buf = [0u8; 16384];
+        while let Ok(n) = rustix::io::pread(&self.log, &mut buf, at) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+            at += n as u64;
+        }
         report_from_log(&text)
     }
 

@@ -150,6 +150,9 @@ pub(crate) struct Spawned {
     /// Warnings made while starting it (e.g. no cgroup limits): a warm run reports
     /// them like a cold one.
     pub warnings: Vec<String>,
+    /// `network.mode: limited`: the egress proxy serving it (started when the init
+    /// sends its listening socket; stopped by `finish`, or killed when dropped).
+    pub proxy: Option<crate::proxy::ProxyHelper>,
 }
 
 /// How a sandbox ended, once its init is reaped.
@@ -161,6 +164,8 @@ pub(crate) struct Outcome {
     pub wall: Duration,
     pub oom_killed: bool,
     pub cgroup_version: &'static str,
+    /// What its egress proxy allowed and refused (network limited).
+    pub network: Option<phantom_api::NetworkReport>,
 }
 
 /// Start sandbox `sandbox_id` (see [`ids::new_sandbox_id`]) for `plan`, on `image`'s root when one is given (the plan's
@@ -356,6 +361,7 @@ pub(crate) fn spawn_on(
         isolated,
         started,
         warnings: Vec::new(),
+        proxy: None,
     })
 }
 
@@ -408,6 +414,8 @@ impl Spawned {
             }
             status.record(&buf[..n]);
         }
+        // The sandbox is gone: its proxy has nothing left to serve.
+        let network = self.proxy.map(crate::proxy::ProxyHelper::finish);
         let oom_killed = self.cgroup.0.as_ref().is_some_and(|c| c.oom_killed());
         let cgroup_version = self.cgroup.0.as_ref().map_or("none", |c| c.version());
         drop(self.cgroup);
@@ -420,6 +428,7 @@ impl Spawned {
             wall,
             oom_killed,
             cgroup_version,
+            network,
         })
     }
 }

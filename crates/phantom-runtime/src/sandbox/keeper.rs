@@ -84,18 +84,12 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     // (from a helper: we are single-threaded) for as long as the sandbox lives.
     let mut buf = [0u8; 4096];
     let mut first = fdpass::recv_fds(spawned.chan.as_fd(), &mut buf, fdpass::MAX_FDS);
-    let mut proxy = None;
     if k.plan.network == phantom_policy::NetworkMode::Limited {
         if let Ok((n, fds)) = &mut first {
             if &buf[..*n] == b"PROXY" && fds.len() == 1 {
-                let config = crate::proxy::ProxyConfig {
-                    sandbox_id: k.id.clone(),
-                    profile: k.plan.profile.clone(),
-                    egress: k.plan.egress.clone(),
-                    resolve: k.test_resolve.clone(),
-                };
+                let config = crate::cold::proxy_config(&k.plan, &k.id, &k.test_resolve);
                 match ProxyHelper::start(fds.pop().expect("one fd"), config) {
-                    Ok(helper) => proxy = Some(helper),
+                    Ok(helper) => spawned.proxy = Some(helper),
                     Err(e) => {
                         spawned.kill();
                         let _ = spawned.finish(SandboxStatus::default(), &mut trace);
@@ -173,8 +167,6 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
         spawned.kill();
     }
     let outcome = spawned.finish(SandboxStatus::default(), &mut trace);
-    // The sandbox is gone: so is what its proxy served.
-    drop(proxy);
     let reason = reason.unwrap_or_else(|| match outcome {
         Ok(o) => match o.init_status {
             ExitStatus::Signaled(s) => format!("its init was killed by signal {s}"),

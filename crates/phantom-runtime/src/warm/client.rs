@@ -36,12 +36,7 @@ pub fn try_run(prepared: &Prepared) -> Result<Result<RunReport, NotWarm>, Runtim
     if plan.mode == phantom_policy::Mode::Direct {
         return Ok(Err("direct mode has no sandbox".into()));
     }
-    if plan.network == phantom_policy::NetworkMode::Limited {
-        return Ok(Err(
-            "network limited: its egress proxy runs beside a cold run; pools do not serve it yet"
-                .into(),
-        ));
-    }
+
     let socket = super::socket_path();
     let conn = match fdpass::connect_seqpacket(&socket) {
         Ok(c) => c,
@@ -239,8 +234,7 @@ fn relay_until_finished(
             .chain(&outcome.warnings)
             .cloned()
             .collect(),
-        // Limited sandboxes are not pooled; the other modes report nothing here.
-        network: None,
+        network: outcome.network,
     }))
 }
 

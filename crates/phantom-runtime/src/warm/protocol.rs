@@ -113,6 +113,9 @@ pub struct WarmOutcome {
     pub sys_ms: f64,
     pub max_rss_kb: u64,
     pub isolation: IsolationReport,
+    /// network limited: what the sandbox's egress proxy allowed and refused.
+    #[serde(default)]
+    pub network: Option<phantom_api::NetworkReport>,
 }
 
 /// `phantom pool status`.

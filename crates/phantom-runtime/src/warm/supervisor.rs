@@ -35,7 +35,7 @@ use phantom_linux::cgroup;
 use phantom_linux::fdpass;
 use phantom_linux::mount;
 use phantom_linux::process::{self, ExitStatus};
-use phantom_policy::{Overrides, Plan};
+use phantom_policy::{NetworkMode, Overrides, Plan};
 use rustix::event::{poll, PollFd, PollFlags};
 
 use super::pressure::{PressureSource, Thresholds};
@@ -44,6 +44,7 @@ use super::protocol::{
 };
 use crate::image_run::ImageRun;
 use crate::init::{self, ChildPayload, PayloadBase, RunSpec};
+use crate::proxy::ProxyHelper;
 use crate::spawn::{ms, payload_env, spawn_on, Outcome, SandboxStatus, Spawned, Trace};
 use crate::RuntimeError;
 
@@ -147,12 +148,7 @@ impl Pool {
                 spec.profile
             )));
         }
-        if plan.network == phantom_policy::NetworkMode::Limited {
-            return Err(RuntimeError::Usage(format!(
-                "profile {}: network.mode limited is not pooled yet (its egress proxy runs beside a cold run); `phantom run --profile {}` starts it cold",
-                spec.profile, spec.profile
-            )));
-        }
+
         let image = match plan.rootfs.image() {
             Some(name) => Some(ImageRun::for_pool(name).map_err(in_spec)?),
             None => None,
@@ -260,6 +256,8 @@ struct Supervisor {
     sampled_at: Option<Instant>,
     paused: Option<String>,
     pauses: u64,
+    /// PHANTOM_TEST_RESOLVE, read once at start (limited pools' proxies).
+    test_resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// Serve until SIGTERM/SIGINT/SIGHUP. `pressure` is read when `config.thresholds` is
@@ -276,6 +274,15 @@ pub fn serve(config: Config, pressure: &mut dyn PressureSource) -> Result<(), Ru
     let mut pools = Vec::new();
     for spec in &config.pools {
         pools.push(Pool::new(spec)?);
+    }
+    let test_resolve = crate::proxy::test_resolve_from_env()
+        .map_err(RuntimeError::Usage)?
+        .unwrap_or_default();
+    if !test_resolve.is_empty() {
+        log(format_args!(
+            "warning: {}",
+            crate::proxy::test_resolve_warning(&test_resolve)
+        ));
     }
     if let Some(dir) = config.socket.parent() {
         use std::os::unix::fs::DirBuilderExt;
@@ -305,6 +312,7 @@ pub fn serve(config: Config, pressure: &mut dyn PressureSource) -> Result<(), Ru
         sampled_at: None,
         paused: None,
         pauses: 0,
+        test_resolve,
     };
     let result = sup.run(&listener, &sigfd, pressure);
     sup.shutdown();
@@ -444,6 +452,24 @@ impl Supervisor {
                     let mut buf = [0u8; 4096];
                     match fdpass::recv(self.pools[p].starting[i].chan.as_fd(), &mut buf) {
                         Ok((n, _)) if &buf[..n] == b"READY" => became_ready.push((p, i)),
+                        Ok((n, Some(listener)))
+                            if &buf[..n] == b"PROXY"
+                                && self.pools[p].plan.network == NetworkMode::Limited
+                                && self.pools[p].starting[i].proxy.is_none() =>
+                        {
+                            // A limited sandbox's proxy lives as long as the sandbox:
+                            // forked now (we are single-threaded), stopped with it.
+                            let pool = &mut self.pools[p];
+                            let config = crate::cold::proxy_config(
+                                &pool.plan,
+                                &pool.starting[i].sandbox_id,
+                                &self.test_resolve,
+                            );
+                            match ProxyHelper::start(listener, config) {
+                                Ok(helper) => pool.starting[i].proxy = Some(helper),
+                                Err(e) => failed.push((p, i, format!("egress proxy: {e}"))),
+                            }
+                        }
                         Ok((n, _)) if n > 0 => {
                             failed.push((p, i, String::from_utf8_lossy(&buf[..n]).into_owned()))
                         }
@@ -796,6 +822,9 @@ impl Supervisor {
                 host_uid: s.host_uid,
                 idmapped_workspace: s.idmapped,
             },
+            // The payload is gone (the init kills what it left before reporting),
+            // so what its proxy logged is complete.
+            network: s.proxy.as_ref().map(ProxyHelper::decisions),
         };
         send_reply(&a.client, &Reply::Finished(outcome));
         a.replied = true;
@@ -844,6 +873,7 @@ impl Supervisor {
                 wall,
                 oom_killed,
                 cgroup_version,
+                network,
             }) => {
                 if let Some(message) = status.usage_error {
                     Reply::Error {
@@ -883,6 +913,7 @@ impl Supervisor {
                             host_uid,
                             idmapped_workspace: idmapped,
                         },
+                        network,
                     })
                 }
             }
@@ -1187,6 +1218,7 @@ mod tests {
             sampled_at: None,
             paused: None,
             pauses: 0,
+            test_resolve: Vec::new(),
         }
     }
 
