@@ -25,6 +25,10 @@ socket) and compares `phantom run -- true` served from the pool with a cold run 
 bare host /bin/true, and `python3 -c 'print(1)'` warm (default profile), pre-started
 (python-dev) and bare; it reports how many runs were actually served from the pools.
 
+net: a server on the host's loopback; a python3 client connects to it directly (on the
+host) and from a `network: limited` sandbox through phantom's egress proxy (CONNECT),
+and measures connection set-up, 1-byte round trips and a bulk transfer (--io-size).
+
 image: `phantom run --cold -- true` on the host root against the same on an image's root
 (`--image NAME`, which needs `true` on its PATH), and a bare host /bin/true.
 
@@ -87,7 +91,11 @@ enum BenchKind {
     /// Sustained one-shot runs per second through the HTTP API (phantom-supervisor
     /// --bind), with latency percentiles under that load.
     Http,
-    /// cold, warm, memory and io (and image with --image), one after the other.
+    /// Latency and throughput through the egress proxy (network limited) against a
+    /// direct loopback connection.
+    Net,
+    /// cold, warm, memory, io, sandbox and net (and image with --image), one after
+    /// the other.
     All,
 }
 
@@ -285,6 +293,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
                 BenchKind::Memory,
                 BenchKind::Io,
                 BenchKind::Sandbox,
+                BenchKind::Net,
             ];
             if args.image.is_some() {
                 k.push(BenchKind::Image);
@@ -299,6 +308,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
             BenchKind::Memory => memory(&args),
             BenchKind::Io => io(&args),
             BenchKind::Http => http(&args),
+            BenchKind::Net => net(&args),
             _ => latency(&args, kind),
         };
         match result {
@@ -341,6 +351,7 @@ fn kind_name(kind: BenchKind) -> &'static str {
         BenchKind::Io => "io",
         BenchKind::Sandbox => "sandbox",
         BenchKind::Http => "http",
+        BenchKind::Net => "net",
         BenchKind::All => "all",
     }
 }
@@ -442,7 +453,7 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
             }
             supervisor = Some(sup);
         }
-        BenchKind::Memory | BenchKind::Io | BenchKind::Http | BenchKind::All => {
+        BenchKind::Memory | BenchKind::Io | BenchKind::Http | BenchKind::Net | BenchKind::All => {
             unreachable!("not a latency benchmark")
         }
         BenchKind::Sandbox => {
@@ -1167,6 +1178,212 @@ fn io(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
         "benchmark": "io",
         "bytes": mib << 20,
         "results": rows.iter().map(|(w, a, b)| serde_json::json!({"op": w, "sandbox_mb_s": a, "host_mb_s": b, "ratio": a / b})).collect::<Vec<_>>(),
+    }))
+}
+
+/// The python3 client of `net`: connects to the server directly or through the proxy
+/// in HTTP_PROXY (CONNECT), then measures set-up, round trips and a bulk read.
+const NET_CLIENT: &str = r#"
+import json, os, socket, struct, sys, time
+host, port, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+proxy = os.environ.get("HTTP_PROXY")
+def connect():
+    if not proxy:
+        s = socket.create_connection((host, port))
+    else:
+        p = proxy.rsplit(":", 1)
+        s = socket.create_connection((p[0].split("//")[-1], int(p[1])))
+        s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        if b" 200 " not in head: raise SystemExit("proxy said: " + head.decode())
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+setup = []
+for _ in range(max(n // 10, 10)):
+    t = time.perf_counter(); s = connect(); s.sendall(b"P"); s.recv(1); setup.append((time.perf_counter() - t) * 1000); s.close()
+s = connect(); s.sendall(b"P"); s.recv(1)
+rtt = []
+for _ in range(n):
+    t = time.perf_counter(); s.sendall(b"x"); s.recv(1); rtt.append((time.perf_counter() - t) * 1000)
+s.close()
+s = connect(); s.sendall(b"T" + struct.pack(">Q", size))
+t = time.perf_counter(); got = 0
+while True:
+    b = s.recv(1 << 20)
+    if not b: break
+    got += len(b)
+secs = time.perf_counter() - t
+print(json.dumps({"setup_ms": setup, "rtt_ms": rtt, "bytes": got, "mb_s": got / secs / 1e6}))
+"#;
+
+/// `net`: the egress proxy's added latency and its throughput, against a direct
+/// loopback connection. Both clients are the same python3 script.
+fn net(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
+    use std::io::{Read, Write};
+    let me = current_exe()?;
+    if which("python3").is_none() {
+        return Err((
+            1,
+            "net needs python3 on the host (the client on both sides)".into(),
+        ));
+    }
+    let size = phantom_policy::units::parse_bytes(&args.io_size)
+        .map_err(|e| (2, format!("--io-size {}: {e}", args.io_size)))?
+        .min(4 << 30);
+    // The server: `P` then echo each byte; `T` + u64 size: send that many bytes. Its
+    // threads live in this process, which from here on only starts commands (fork and
+    // exec at once, by std): it never forks to run code of its own.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| (1, e.to_string()))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| (1, e.to_string()))?
+        .port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = stream;
+                let _ = s.set_nodelay(true);
+                let mut kind = [0u8; 1];
+                if s.read_exact(&mut kind).is_err() {
+                    return;
+                }
+                if kind[0] == b'T' {
+                    let mut len = [0u8; 8];
+                    if s.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut left = u64::from_be_bytes(len);
+                    let chunk = vec![0u8; 1 << 20];
+                    while left > 0 {
+                        let n = left.min(chunk.len() as u64) as usize;
+                        if s.write_all(&chunk[..n]).is_err() {
+                            return;
+                        }
+                        left -= n as u64;
+                    }
+                    return;
+                }
+                let _ = s.write_all(b"P");
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
+            });
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("phantom-net-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| (1, format!("{}: {e}", dir.display())))?;
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
+    // The server is on the host's loopback: only an address entry reaches it.
+    let policy = dir.join("net.yaml");
+    std::fs::write(
+        &policy,
+        format!("profile: net-bench\nextends: default\nresources:\n  timeout: 10m\nnetwork:\n  mode: limited\n  allow: [\"127.0.0.1:{port}\"]\n"),
+    )
+    .map_err(|e| (1, e.to_string()))?;
+    let n = args.iterations.max(10).to_string();
+    let (port_s, size_s) = (port.to_string(), size.to_string());
+    let client = ["-c", NET_CLIENT, "127.0.0.1", &port_s, &n, &size_s];
+    let parse = |out: std::process::Output, who: &str| -> Result<serde_json::Value, BenchError> {
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .ok_or_else(|| {
+                (
+                    1,
+                    format!(
+                        "the {who} client failed: {}{}",
+                        text,
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                )
+            })
+    };
+    let mut direct_cmd = Command::new("python3");
+    direct_cmd.args(client).env_remove("HTTP_PROXY");
+    let direct = parse(
+        direct_cmd.output().map_err(|e| (1, e.to_string()))?,
+        "direct",
+    )?;
+    let mut proxied_cmd = Command::new(&me);
+    proxied_cmd
+        .args(["run", "--cold", "--policy"])
+        .arg(&policy)
+        .args(["--", "python3"])
+        .args(client);
+    let proxied = parse(
+        proxied_cmd.output().map_err(|e| (1, e.to_string()))?,
+        "sandboxed",
+    )?;
+    let sorted = |v: &serde_json::Value, key: &str| -> Vec<f64> {
+        let mut x: Vec<f64> = v[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|f| f.as_f64()).collect())
+            .unwrap_or_default();
+        x.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        x
+    };
+    let mut rows = Vec::new();
+    for (what, key) in [("connect", "setup_ms"), ("round trip", "rtt_ms")] {
+        for (side, v) in [("direct", &direct), ("proxy", &proxied)] {
+            let x = sorted(v, key);
+            rows.push(serde_json::json!({
+                "what": what, "path": side, "runs": x.len(),
+                "p50_ms": percentile(&x, 50.0), "p95_ms": percentile(&x, 95.0), "p99_ms": percentile(&x, 99.0),
+            }));
+        }
+    }
+    let mb = |v: &serde_json::Value| v["mb_s"].as_f64().unwrap_or(f64::NAN);
+    let (d_mb, p_mb) = (mb(&direct), mb(&proxied));
+    if !args.json {
+        println!(
+            "net: python3 client -> server on 127.0.0.1, directly on the host and from a limited sandbox through the egress proxy (CONNECT); {n} round trips, {} MiB bulk",
+            size >> 20
+        );
+        println!(
+            "{:<24} {:>10} {:>10} {:>10}",
+            "", "p50 ms", "p95 ms", "p99 ms"
+        );
+        for r in &rows {
+            println!(
+                "{:<24} {:>10.3} {:>10.3} {:>10.3}",
+                format!(
+                    "{} ({})",
+                    r["what"].as_str().unwrap_or(""),
+                    r["path"].as_str().unwrap_or("")
+                ),
+                r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p95_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p99_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        let added = |i: usize| {
+            rows[i + 1]["p50_ms"].as_f64().unwrap_or(f64::NAN)
+                - rows[i]["p50_ms"].as_f64().unwrap_or(f64::NAN)
+        };
+        println!(
+            "added by the proxy at p50: connect {:.3} ms, round trip {:.3} ms",
+            added(0),
+            added(2)
+        );
+        println!(
+            "bulk: direct {d_mb:.0} MB/s, proxy {p_mb:.0} MB/s ({:.2}x)",
+            p_mb / d_mb
+        );
+    }
+    Ok(serde_json::json!({
+        "benchmark": "net",
+        "round_trips": n.parse::<u64>().unwrap_or(0),
+        "bulk_bytes": size,
+        "latency": rows,
+        "throughput": {"direct_mb_s": d_mb, "proxy_mb_s": p_mb, "ratio": p_mb / d_mb},
     }))
 }
 
