@@ -680,3 +680,63 @@ fn old_reports_without_a_network_section_still_parse() {
     let net = report.network.expect("python-dev is limited");
     assert_eq!((net.allowed, net.refused, net.failed), (0, 0, 0));
 }
+
+#[test]
+fn a_pooled_limited_sandbox_has_its_own_proxy_and_reports_it() {
+    if !ready() {
+        return;
+    }
+    let internet = Internet::start();
+    // python-dev: limited, PyPI allowed, pre-started python3 in each pooled sandbox.
+    let resolve = internet.resolve(&["pypi.org", "evil.test"]);
+    let sup = supervisor::Supervisor::start_with_env(
+        &["--profiles", "python-dev", "--zygote-pools", "1"],
+        None,
+        &[("PHANTOM_TEST_RESOLVE", &resolve)],
+    );
+    let code = format!(
+        "{HELPERS}\nresults['pypi'] = urllib_get('http://pypi.org/simple/')\nresults['evil'] = connect_get('evil.test', 443)\nprint(json.dumps(results))"
+    );
+    let out = sup.phantom(&[
+        "run",
+        "--json",
+        "--profile",
+        "python-dev",
+        "--",
+        "python3",
+        "-c",
+        &code,
+    ]);
+    let report = out
+        .report()
+        .unwrap_or_else(|e| panic!("{e}\n{}", out.describe()));
+    assert_eq!(report["start"], "prewarmed", "{report}\n{}", sup.log());
+    let results: Value = serde_json::from_str(
+        report["stdout"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {report}"));
+    let (status, body) = pair(&results, "pypi");
+    assert_eq!(status, "200", "{body}");
+    assert!(body.contains(&internet.token), "{body}");
+    let (status, body) = pair(&results, "evil");
+    assert_eq!(status, "403", "{body}");
+    assert!(body.contains("profile `python-dev`"), "{body}");
+    let net = &report["network"];
+    assert_eq!(
+        (net["allowed"].as_u64(), net["refused"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    // The supervisor logged each decision with the sandbox id.
+    let id = report["sandbox_id"].as_str().unwrap();
+    let log = sup.log();
+    assert!(
+        log.contains(&format!("proxy [{id}]: refused connect evil.test:443")),
+        "{log}"
+    );
+}

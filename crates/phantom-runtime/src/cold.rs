@@ -564,5 +564,6 @@ pub(crate) fn proxy_config(
         profile: plan.profile.clone(),
         egress: plan.egress.clone(),
         resolve: test_resolve.to_vec(),
+        log_prefix: None,
     }
 }

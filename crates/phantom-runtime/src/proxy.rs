@@ -61,6 +61,9 @@ pub(crate) struct ProxyConfig {
     pub egress: Egress,
     /// Names mapped by the test-only resolver override.
     pub resolve: Vec<(String, SocketAddr)>,
+    /// Also log each decision on stderr with this prefix (phantom-supervisor's log;
+    /// a cold run prints them with --verbose from the report instead).
+    pub log_prefix: Option<String>,
 }
 
 /// Parses `PHANTOM_TEST_RESOLVE`: `name=ADDR:PORT` entries separated by commas.
@@ -221,6 +224,21 @@ struct Shared {
 
 impl Shared {
     fn record(&self, record: ConnectionRecord) {
+        if let Some(prefix) = &self.config.log_prefix {
+            eprintln!(
+                "{prefix}: proxy [{}]: {} {} {}:{}{}",
+                self.config.sandbox_id,
+                record.decision,
+                record.protocol,
+                record.host,
+                record.port,
+                record
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+        }
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let line = if log.1 < MAX_RECORDS {
             serde_json::to_string(&record).expect("records serialize")

@@ -36,6 +36,11 @@ impl Supervisor {
     /// PHANTOM_STATE_DIR=`state` — where it finds the images of `--pool PROFILE:IMAGE`,
     /// and what [`Supervisor::phantom`] passes on. Waits until every pool is full.
     pub fn start_with(args: &[&str], state: Option<&Path>) -> Supervisor {
+        Supervisor::start_with_env(args, state, &[])
+    }
+
+    /// [`Supervisor::start_with`], with `env` set for the supervisor.
+    pub fn start_with_env(args: &[&str], state: Option<&Path>, env: &[(&str, &str)]) -> Supervisor {
         let dir = std::env::temp_dir().join(format!(
             "phantom-warm-test-{}-{}",
             std::process::id(),
@@ -55,6 +60,7 @@ impl Supervisor {
         if let Some(state) = state {
             command.env("PHANTOM_STATE_DIR", state);
         }
+        command.envs(env.iter().copied());
         let child = command.spawn().expect("start phantom-supervisor");
         let sup = Supervisor {
             child: Some(child),

@@ -460,11 +460,13 @@ impl Supervisor {
                             // A limited sandbox's proxy lives as long as the sandbox:
                             // forked now (we are single-threaded), stopped with it.
                             let pool = &mut self.pools[p];
-                            let config = crate::cold::proxy_config(
+                            let mut config = crate::cold::proxy_config(
                                 &pool.plan,
                                 &pool.starting[i].sandbox_id,
                                 &self.test_resolve,
                             );
+                            // Each decision in the supervisor's log, with the sandbox id.
+                            config.log_prefix = Some("phantom-supervisor".into());
                             match ProxyHelper::start(listener, config) {
                                 Ok(helper) => pool.starting[i].proxy = Some(helper),
                                 Err(e) => failed.push((p, i, format!("egress proxy: {e}"))),
