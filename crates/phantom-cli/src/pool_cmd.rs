@@ -72,6 +72,12 @@ pub fn pool(cmd: PoolCommand) -> i32 {
         );
     }
     for (p, name) in status.pools.iter().zip(&names) {
+        if p.proxy_allowed + p.proxy_refused + p.proxy_failed > 0 {
+            println!(
+                "{name}: egress proxy: {} connections made, {} refused by the policy, {} failed",
+                p.proxy_allowed, p.proxy_refused, p.proxy_failed
+            );
+        }
         if let Some(root) = &p.image_root_id {
             println!(
                 "{name}: image root {root}; {} stale sandboxes dropped (image re-imported)",

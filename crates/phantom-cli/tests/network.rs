@@ -732,6 +732,17 @@ fn a_pooled_limited_sandbox_has_its_own_proxy_and_reports_it() {
         (Some(1), Some(1)),
         "{report}"
     );
+    // The pool counts them (`phantom pool status`); the count lands once the init
+    // is reaped, just after the reply.
+    let counted = (0..100).any(|_| {
+        let pool = &sup.status()["pools"][0];
+        if pool["proxy_allowed"] == 1 && pool["proxy_refused"] == 1 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        false
+    });
+    assert!(counted, "{}", sup.status());
     // The supervisor logged each decision with the sandbox id.
     let id = report["sandbox_id"].as_str().unwrap();
     let log = sup.log();

@@ -147,6 +147,14 @@ pub struct PoolInfo {
     pub hits: u64,
     /// Of those, runs taken by a pre-started interpreter (`runtime: python`).
     pub prewarmed_hits: u64,
+    /// network limited: connections the proxies of its sandboxes made, refused (by
+    /// the policy) and failed, over the runs served.
+    #[serde(default)]
+    pub proxy_allowed: u64,
+    #[serde(default)]
+    pub proxy_refused: u64,
+    #[serde(default)]
+    pub proxy_failed: u64,
     /// Requests refused because the pool was empty.
     pub misses: u64,
     /// Sandboxes thrown away unused because their image was re-imported (stale).

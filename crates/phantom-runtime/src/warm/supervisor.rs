@@ -115,6 +115,8 @@ struct Pool {
     starting: Vec<Spawned>,
     hits: u64,
     prewarmed_hits: u64,
+    /// network limited: connections its sandboxes' proxies made, refused and failed.
+    proxy: [u64; 3],
     misses: u64,
     /// Sandboxes dropped unused because their image changed in the store.
     stale: u64,
@@ -172,6 +174,7 @@ impl Pool {
             starting: Vec::new(),
             hits: 0,
             prewarmed_hits: 0,
+            proxy: [0; 3],
             misses: 0,
             stale: 0,
             created: 0,
@@ -860,6 +863,12 @@ impl Supervisor {
         if !counted && outcome.as_ref().is_ok_and(|o| o.status.prewarmed) {
             self.pools[pool].prewarmed_hits += 1;
         }
+        if let Some(net) = outcome.as_ref().ok().and_then(|o| o.network.as_ref()) {
+            let counts = &mut self.pools[pool].proxy;
+            counts[0] += net.allowed;
+            counts[1] += net.refused;
+            counts[2] += net.failed;
+        }
         if replied {
             return;
         }
@@ -1051,6 +1060,9 @@ impl Supervisor {
                     active: self.active.iter().filter(|a| a.pool == i).count(),
                     hits: p.hits,
                     prewarmed_hits: p.prewarmed_hits,
+                    proxy_allowed: p.proxy[0],
+                    proxy_refused: p.proxy[1],
+                    proxy_failed: p.proxy[2],
                     misses: p.misses,
                     stale: p.stale,
                     created: p.created,
