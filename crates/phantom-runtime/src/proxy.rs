@@ -224,8 +224,12 @@ struct Shared {
 
 impl Shared {
     fn record(&self, record: ConnectionRecord) {
-        if let Some(prefix) = &self.config.log_prefix {
-            eprintln!(
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        // The first MAX_RECORDS decisions are logged in full, then only counted: a
+        // payload opening connections in a loop cannot flood the log.
+        let full = log.1 < MAX_RECORDS;
+        match &self.config.log_prefix {
+            Some(prefix) if full => eprintln!(
                 "{prefix}: proxy [{}]: {} {} {}:{}{}",
                 self.config.sandbox_id,
                 record.decision,
@@ -237,10 +241,14 @@ impl Shared {
                     .as_ref()
                     .map(|r| format!(": {r}"))
                     .unwrap_or_default()
-            );
+            ),
+            Some(prefix) if log.1 == MAX_RECORDS => eprintln!(
+                "{prefix}: proxy [{}]: {MAX_RECORDS} decisions logged; the rest are only counted",
+                self.config.sandbox_id
+            ),
+            _ => {}
         }
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let line = if log.1 < MAX_RECORDS {
+        let line = if full {
             serde_json::to_string(&record).expect("records serialize")
         } else {
             match record.decision.as_str() {
@@ -804,6 +812,46 @@ mod tests {
         assert!(parse_test_resolve("a=localhost:1")
             .unwrap_err()
             .contains("not ADDRESS:PORT"));
+    }
+
+    #[test]
+    fn decisions_past_the_cap_are_counted_not_logged() {
+        let memfd = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let shared = Shared {
+            config: ProxyConfig {
+                sandbox_id: "t".into(),
+                profile: "p".into(),
+                egress: Egress::default(),
+                resolve: Vec::new(),
+                log_prefix: None,
+            },
+            active: AtomicUsize::new(0),
+            log: Mutex::new((std::fs::File::from(memfd.try_clone().unwrap()), 0)),
+        };
+        let extra = 7;
+        for i in 0..MAX_RECORDS + extra {
+            shared.record(ConnectionRecord {
+                protocol: "connect".into(),
+                host: format!("h{i}.test"),
+                port: 443,
+                decision: if i % 2 == 0 { "refused" } else { "allowed" }.into(),
+                address: None,
+                reason: None,
+            });
+        }
+        let helper = ProxyHelper {
+            pid: 0,
+            pidfd: memfd.try_clone().unwrap(),
+            log: memfd,
+            done: true,
+        };
+        let report = helper.decisions();
+        assert_eq!(report.connections.len(), MAX_RECORDS);
+        assert_eq!(
+            report.allowed + report.refused,
+            (MAX_RECORDS + extra) as u64
+        );
+        assert_eq!(report.refused, (MAX_RECORDS + extra).div_ceil(2) as u64);
     }
 
     #[test]
