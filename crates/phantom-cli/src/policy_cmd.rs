@@ -203,6 +203,25 @@ fn print_plan(plan: &Plan) {
     println!("profile  {}", plan.profile);
     println!("mode     {}", plan.mode.as_str());
     println!("network  {}", plan.network.as_str());
+    if plan.network == phantom_policy::NetworkMode::Limited {
+        let list = |rules: &[phantom_policy::egress::EgressRule]| {
+            if rules.is_empty() {
+                "(none)".to_string()
+            } else {
+                rules
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        println!(
+            "  proxy  127.0.0.1:{} inside",
+            phantom_policy::egress::PROXY_PORT
+        );
+        println!("  allow  {}", list(&plan.egress.allow));
+        println!("  deny   {}", list(&plan.egress.deny));
+    }
     println!("hostname {}", plan.hostname);
     println!("rootfs   {}", plan.rootfs);
     let l = &plan.limits;
@@ -274,6 +293,20 @@ fn print_plan(plan: &Plan) {
     );
     for r in &plan.landlock.rules {
         println!("  {:<10} {}", format!("{:?}", r.access), r.path);
+    }
+    if let Some(tcp) = &plan.landlock.tcp {
+        let ports = |p: &[u16]| {
+            if p.is_empty() {
+                "none".to_string()
+            } else {
+                p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+            }
+        };
+        println!(
+            "  tcp        connect to ports: {}; bind ports: {} (ABI 4)",
+            ports(&tcp.connect_ports),
+            ports(&tcp.bind_ports)
+        );
     }
     for w in &plan.warnings {
         println!("warning: {w}");

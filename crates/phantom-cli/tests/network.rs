@@ -751,3 +751,30 @@ fn a_pooled_limited_sandbox_has_its_own_proxy_and_reports_it() {
         "{log}"
     );
 }
+
+#[test]
+fn policy_compile_shows_the_egress_rules_and_the_tcp_fence() {
+    let dir = std::env::temp_dir().join(format!(
+        "phantom-net-compile-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.yaml");
+    std::fs::write(
+        &path,
+        "profile: p\nnetwork:\n  mode: limited\n  allow: [pypi.org, \"*.pythonhosted.org:443\"]\n  deny: [evil.pythonhosted.org]\n",
+    )
+    .unwrap();
+    let out = phantom(&["policy", "compile", path.to_str().unwrap()], |_| {});
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    for line in [
+        "network  limited",
+        "  allow  pypi.org, *.pythonhosted.org:443",
+        "  deny   evil.pythonhosted.org",
+        "connect to ports: 3128; bind ports: none",
+    ] {
+        assert!(out.stdout.contains(line), "{line:?}\n{}", out.describe());
+    }
+}
