@@ -778,3 +778,93 @@ fn policy_compile_shows_the_egress_rules_and_the_tcp_fence() {
         assert!(out.stdout.contains(line), "{line:?}\n{}", out.describe());
     }
 }
+
+#[test]
+fn a_persistent_limited_sandbox_is_served_by_its_keeper_until_destroyed() {
+    if !ready() {
+        return;
+    }
+    let internet = Internet::start();
+    let ws = Workspace::new();
+    let policy = ws.policy(
+        "persistent",
+        "profile: persistent-test\nnetwork:\n  mode: limited\n  allow: [pypi.test]\n",
+    );
+    let state = std::env::temp_dir().join(format!(
+        "phantom-net-state-{}-{}",
+        std::process::id(),
+        unique()
+    ));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let resolve = internet.resolve(&["pypi.test", "other.test"]);
+    let run = |args: &[&str]| {
+        phantom(args, |c| {
+            c.env("PHANTOM_STATE_DIR", &state)
+                .env("PHANTOM_TEST_RESOLVE", &resolve);
+        })
+    };
+    let created = run(&["create", "--name", "net", "--policy", &policy, "--json"]);
+    assert_eq!(created.code, Some(0), "{}", created.describe());
+    let record: Value = serde_json::from_str(&created.stdout).unwrap();
+    let code = format!(
+        "{HELPERS}\nresults['pypi'] = urllib_get('http://pypi.test/')\nresults['other'] = connect_get('other.test', 443)\nprint(json.dumps(results))"
+    );
+    let out = run(&["exec", "net", "--json", "--", "python3", "-c", &code]);
+    let report = out
+        .report()
+        .unwrap_or_else(|e| panic!("{e}\n{}", out.describe()));
+    let results: Value = serde_json::from_str(
+        report["stdout"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}: {report}"));
+    let (status, body) = pair(&results, "pypi");
+    assert_eq!(status, "200", "{body}");
+    assert!(body.contains(&internet.token), "{body}");
+    assert_eq!(pair(&results, "other").0, "403", "{results}");
+    // The keeper serves the proxy (its child) and logs each decision with the id.
+    let id = record["id"].as_str().unwrap();
+    let init = record["init_pid"].as_u64().unwrap();
+    let parent = |pid: &str| -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)
+            .map(str::to_string)
+    };
+    let keeper = parent(&init.to_string()).expect("the init's parent");
+    let helper = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "phantom:proxy")
+                && parent(pid).as_deref() == Some(keeper.as_str())
+        })
+        .expect("a phantom:proxy child of the keeper");
+    let log = std::fs::read_to_string(state.join("sandboxes").join(id).join("keeper.log"))
+        .unwrap_or_default();
+    assert!(
+        log.contains(&format!("proxy [{id}]: refused connect other.test:443")),
+        "{log}"
+    );
+    let destroyed = run(&["destroy", "net"]);
+    assert_eq!(destroyed.code, Some(0), "{}", destroyed.describe());
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(25));
+        std::fs::read_to_string(format!("/proc/{helper}/comm"))
+            .map_or(true, |c| c.trim() != "phantom:proxy")
+    });
+    let _ = std::fs::remove_dir_all(&state);
+    assert!(
+        gone,
+        "phantom:proxy {helper} outlived its destroyed sandbox"
+    );
+}

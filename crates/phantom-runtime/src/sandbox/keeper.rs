@@ -87,7 +87,10 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     if k.plan.network == phantom_policy::NetworkMode::Limited {
         if let Ok((n, fds)) = &mut first {
             if &buf[..*n] == b"PROXY" && fds.len() == 1 {
-                let config = crate::cold::proxy_config(&k.plan, &k.id, &k.test_resolve);
+                let mut config = crate::cold::proxy_config(&k.plan, &k.id, &k.test_resolve);
+                // Each decision in the keeper's log, with the sandbox id: an exec's
+                // report does not carry them.
+                config.log_prefix = Some("phantom-keeper".into());
                 match ProxyHelper::start(fds.pop().expect("one fd"), config) {
                     Ok(helper) => spawned.proxy = Some(helper),
                     Err(e) => {
