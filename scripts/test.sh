@@ -83,7 +83,9 @@ leaks=0
 if grep -q 'phantom' /proc/mounts; then echo "LEAK: mounts:"; grep phantom /proc/mounts; leaks=1; fi
 left=$(find /sys/fs/cgroup -mindepth 1 -maxdepth 4 \( -name phantom -o -path '*/phantom/*' \) -type d 2>/dev/null || true)
 if [ -n "$left" ]; then echo "LEAK: cgroups:"; echo "$left"; leaks=1; fi
-procs=$( (pgrep -a -f 'phantom-(init|probe|keeper)|phantom:(init|payload|exec)'; pgrep -a '^phantom:proxy$') || true)
+# By process name (comm), not command line: `cargo build -p phantom-probe` of a
+# concurrent build is no leak.
+procs=$(pgrep -a '^(phantom-(init|probe|keeper)|phantom:(init|payload|exec|keeper|proxy))$' || true)
 if [ -n "$procs" ]; then echo "LEAK: processes:"; echo "$procs"; leaks=1; fi
 runs=$(find /dev/shm "${TMPDIR:-/tmp}" ${XDG_RUNTIME_DIR:+"$XDG_RUNTIME_DIR"} -maxdepth 2 -path '*phantom*/run-*' 2>/dev/null || true)
 if [ -n "$runs" ]; then echo "LEAK: run directories (temporary workspaces):"; echo "$runs"; leaks=1; fi
