@@ -497,3 +497,35 @@ fn a_nul_byte_in_an_argument_is_a_400_not_a_500() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
 }
+
+#[test]
+fn a_limited_run_over_http_reports_and_counts_its_proxy_decisions() {
+    if !sandbox_available() {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        common::skip("no /usr/bin/python3 on this host (the client inside the sandbox)");
+        return;
+    }
+    let server = Server::start("net", &[]);
+    let key = server.key("runner", &[]);
+    // node-dev is limited to registry.npmjs.org: example.com is refused by the proxy,
+    // which answers CONNECT with a 403 (no name is resolved, nothing leaves the host).
+    let code = "import urllib.request\ntry:\n    urllib.request.urlopen('https://example.com/', timeout=10)\nexcept Exception as e:\n    print(e)";
+    let r = server.json(
+        "POST",
+        "/api/v2/run",
+        &key,
+        json!({"argv": ["python3", "-c", code], "profile": "node-dev"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert!(v["stdout"].as_str().unwrap().contains("403"), "{v}");
+    assert_eq!(v["network"]["refused"], 1, "{v}");
+    assert_eq!(v["network"]["connections"][0]["host"], "example.com", "{v}");
+    let metrics = server.request("GET", "/metrics", None, b"").text();
+    assert!(
+        metrics.contains("phantom_network_proxy_connections_total{decision=\"refused\"} 1"),
+        "{metrics}"
+    );
+}

@@ -24,7 +24,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::limits::{take_slot, Refusal, Slot};
-use crate::metrics::{KindLabel, ProfileLabel, ReasonLabel, RequestLabels, SandboxLabel};
+use crate::metrics::{
+    DecisionLabel, KindLabel, ProfileLabel, ReasonLabel, RequestLabels, SandboxLabel,
+};
 use crate::{runner, App};
 
 /// An error answer.
@@ -581,6 +583,20 @@ pub(crate) fn finish_run(app: &App, report: RunReport, kind: &str) -> ApiRunResu
         .inc();
     if report.signal == Some(31) {
         app.metrics.seccomp_violations.inc();
+    }
+    if let Some(net) = &report.network {
+        for (decision, n) in [
+            ("allowed", net.allowed),
+            ("refused", net.refused),
+            ("failed", net.failed),
+        ] {
+            app.metrics
+                .proxy_connections
+                .get_or_create(&DecisionLabel {
+                    decision: decision.into(),
+                })
+                .inc_by(n);
+        }
     }
     ApiRunResult {
         cpu_ms: report.user_ms + report.sys_ms,

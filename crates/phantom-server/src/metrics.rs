@@ -39,6 +39,12 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    /// `allowed`, `refused` or `failed`.
+    pub decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SandboxLabel {
     pub sandbox: String,
 }
@@ -106,6 +112,7 @@ pub struct Metrics {
     pub sandbox_starts: Family<KindLabel, Counter>,
     pub active_connections: Gauge,
     pub sandbox_memory: Family<SandboxLabel, Gauge>,
+    pub proxy_connections: Family<DecisionLabel, Counter>,
     /// The last 1000 runs: profile, path, wall ms (for the p95 gauge and
     /// /fragments/performance).
     recent: Mutex<Vec<(String, String, f64)>>,
@@ -203,6 +210,12 @@ impl Metrics {
             "Memory in use per persistent sandbox (from its cgroup)",
             sandbox_memory.clone(),
         );
+        let proxy_connections = Family::<DecisionLabel, Counter>::default();
+        registry.register(
+            "phantom_network_proxy_connections",
+            "Connections of network-limited runs through the egress proxy, by decision: allowed, refused (by the policy), failed",
+            proxy_connections.clone(),
+        );
         Metrics {
             registry,
             spawn_duration,
@@ -219,6 +232,7 @@ impl Metrics {
             sandbox_starts,
             active_connections,
             sandbox_memory,
+            proxy_connections,
             recent: Mutex::new(Vec::new()),
         }
     }
