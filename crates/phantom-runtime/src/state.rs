@@ -203,13 +203,35 @@ impl State {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(db_error("read state.db"))?;
         if version != SCHEMA_VERSION {
-            // WAL: readers (list, exec) never wait for a writer.
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(db_error("configure state.db"))?;
-            conn.execute_batch(SCHEMA)
-                .map_err(db_error("create the sandboxes table"))?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-                .map_err(db_error("configure state.db"))?;
+            // One process at a time: switching to WAL needs the database to itself, and
+            // SQLite answers "database is locked" at once, without its busy timeout,
+            // when another connection is in the middle of the same switch.
+            let lock_path = dir.join("lock");
+            let lock = std::fs::File::open(&lock_path).map_err(|e| RuntimeError::Io {
+                what: "open",
+                path: lock_path.display().to_string(),
+                source: e,
+            })?;
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+                RuntimeError::Io {
+                    what: "lock",
+                    path: lock_path.display().to_string(),
+                    source: e.into(),
+                }
+            })?;
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(db_error("read state.db"))?;
+            if version != SCHEMA_VERSION {
+                // WAL: readers (list, exec) never wait for a writer.
+                conn.pragma_update(None, "journal_mode", "WAL")
+                    .map_err(db_error("configure state.db"))?;
+                conn.execute_batch(SCHEMA)
+                    .map_err(db_error("create the sandboxes table"))?;
+                conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(db_error("configure state.db"))?;
+            }
+            drop(lock);
         }
         Ok(State {
             conn,
@@ -496,6 +518,29 @@ mod tests {
         }
         let state = State::open(&dir).unwrap();
         assert_eq!(state.list().unwrap().len(), 1);
+    }
+
+    /// Regression: concurrent first opens of a new database raced to switch it to WAL
+    /// and one failed with "database is locked" (SQLite does not wait for that).
+    #[test]
+    fn concurrent_first_opens_of_a_new_database_all_succeed() {
+        for round in 0..10 {
+            let scratch = Scratch::new(&format!("state-first-open-{round}"));
+            let dir = scratch.0.clone();
+            let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        let dir = dir.clone();
+                        s.spawn(move || State::open(&dir).map(|_| ()).map_err(|e| e.to_string()))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(
+                results.iter().all(|r| r.is_ok()),
+                "round {round}: {results:?}"
+            );
+        }
     }
 
     #[test]
