@@ -88,7 +88,10 @@ pub fn mcp(args: McpArgs) -> i32 {
             Ok(name) if !profiles.contains(&name) => profiles.push(name),
             Ok(_) => {}
             Err(e) => {
-                eprintln!("phantom-mcp: error: --profiles: {}", e.0.replace("`profile` ", ""));
+                eprintln!(
+                    "phantom-mcp: error: --profiles: {}",
+                    e.0.replace("`profile` ", "")
+                );
                 return 2;
             }
         }

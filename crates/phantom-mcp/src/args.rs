@@ -132,7 +132,11 @@ fn check_known(tool: &str, args: &Map<String, Value>, known: &[&str]) -> Result<
     Ok(())
 }
 
-fn string<'a>(args: &'a Map<String, Value>, key: &str, hint: &str) -> Result<Option<&'a str>, ArgError> {
+fn string<'a>(
+    args: &'a Map<String, Value>,
+    key: &str,
+    hint: &str,
+) -> Result<Option<&'a str>, ArgError> {
     match args.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -155,7 +159,11 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn stdin(args: &Map<String, Value>) -> Result<Option<String>, ArgError> {
-    let s = string(args, "stdin", "the text given to the program's standard input")?;
+    let s = string(
+        args,
+        "stdin",
+        "the text given to the program's standard input",
+    )?;
     if let Some(s) = s {
         if s.len() > MAX_STDIN_BYTES {
             return err(format!(
@@ -211,7 +219,11 @@ pub fn profile_name(name: &str) -> Result<String, ArgError> {
 }
 
 fn profile(args: &Map<String, Value>, default: &str) -> Result<String, ArgError> {
-    match string(args, "profile", "a built-in profile name, e.g. \"python-dev\"")? {
+    match string(
+        args,
+        "profile",
+        "a built-in profile name, e.g. \"python-dev\"",
+    )? {
         None => Ok(default.to_string()),
         Some(name) => profile_name(name),
     }
@@ -324,7 +336,11 @@ pub fn run_code(args: &Map<String, Value>) -> Result<RunCode, ArgError> {
         args,
         &["language", "code", "stdin", "files", "timeout_s", "profile"],
     )?;
-    let language = match string(args, "language", "one of \"python\", \"node\", \"bash\", \"sh\"")? {
+    let language = match string(
+        args,
+        "language",
+        "one of \"python\", \"node\", \"bash\", \"sh\"",
+    )? {
         Some(l) => Language::parse(l)?,
         None => {
             return err(
@@ -382,7 +398,9 @@ pub fn run_command(args: &Map<String, Value>) -> Result<RunCommand, ArgError> {
             ))
         }
         None | Some(Value::Null) => {
-            return err(format!("`argv` is missing: send the command as an array, {example}"))
+            return err(format!(
+                "`argv` is missing: send the command as an array, {example}"
+            ))
         }
         Some(other) => {
             return err(format!(
@@ -461,7 +479,9 @@ pub fn run_command(args: &Map<String, Value>) -> Result<RunCommand, ArgError> {
 /// them to mean something).
 pub fn no_arguments(tool: &str, args: &Map<String, Value>) -> Result<(), ArgError> {
     if let Some(key) = args.keys().next() {
-        return err(format!("unknown argument `{key}`: {tool} takes no arguments"));
+        return err(format!(
+            "unknown argument `{key}`: {tool} takes no arguments"
+        ));
     }
     Ok(())
 }
@@ -515,9 +535,14 @@ mod tests {
     #[test]
     fn run_code_wrong_types_name_the_expected_type() {
         let e = run_code(&obj(json!({"language": "python", "code": 5}))).unwrap_err();
-        assert!(e.0.contains("`code` must be a string") && e.0.contains("a number"), "{e}");
-        let e =
-            run_code(&obj(json!({"language": "sh", "code": "x", "timeout_s": "10"}))).unwrap_err();
+        assert!(
+            e.0.contains("`code` must be a string") && e.0.contains("a number"),
+            "{e}"
+        );
+        let e = run_code(&obj(
+            json!({"language": "sh", "code": "x", "timeout_s": "10"}),
+        ))
+        .unwrap_err();
         assert!(e.0.contains("`timeout_s` must be a number"), "{e}");
     }
 
@@ -531,11 +556,16 @@ mod tests {
     #[test]
     fn timeout_range_is_checked() {
         for bad in [json!(0), json!(-1), json!(601), json!(1e9)] {
-            let e = run_code(&obj(json!({"language": "sh", "code": "x", "timeout_s": bad})))
-                .unwrap_err();
+            let e = run_code(&obj(
+                json!({"language": "sh", "code": "x", "timeout_s": bad}),
+            ))
+            .unwrap_err();
             assert!(e.0.contains("out of range"), "{e}");
         }
-        let a = run_code(&obj(json!({"language": "sh", "code": "x", "timeout_s": 0.5}))).unwrap();
+        let a = run_code(&obj(
+            json!({"language": "sh", "code": "x", "timeout_s": 0.5}),
+        ))
+        .unwrap();
         assert_eq!(a.timeout_s, Some(0.5));
     }
 
@@ -553,9 +583,14 @@ mod tests {
         assert_eq!(profile_name("python").unwrap(), "python-dev");
         assert_eq!(profile_name("strict").unwrap(), "strict");
         let e = profile_name("nope").unwrap_err();
-        assert!(e.0.contains("\"nope\"") && e.0.contains("\"strict\""), "{e}");
-        let a = run_code(&obj(json!({"language": "python", "code": "1", "profile": "strict"})))
-            .unwrap();
+        assert!(
+            e.0.contains("\"nope\"") && e.0.contains("\"strict\""),
+            "{e}"
+        );
+        let a = run_code(&obj(
+            json!({"language": "python", "code": "1", "profile": "strict"}),
+        ))
+        .unwrap();
         assert_eq!(a.profile, "strict");
     }
 
@@ -566,7 +601,16 @@ mod tests {
             PathBuf::from("src/main.py")
         );
         assert_eq!(workspace_path(0, "./a//b").unwrap(), PathBuf::from("a/b"));
-        for bad in ["/etc/passwd", "../x", "a/../../x", "a/..", "", ".", "./", "a\0b"] {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "",
+            ".",
+            "./",
+            "a\0b",
+        ] {
             let e = workspace_path(3, bad).unwrap_err();
             assert!(e.0.starts_with("files[3].path"), "{bad:?}: {e}");
             assert!(e.0.contains("relative to the workspace"), "{bad:?}: {e}");
@@ -593,8 +637,10 @@ mod tests {
             "files": [{"name": "a", "content": "x"}]})))
         .unwrap_err();
         assert!(e.0.contains("unknown key `name`"), "{e}");
-        let e = run_code(&obj(json!({"language": "python", "code": "1", "files": "a.py"})))
-            .unwrap_err();
+        let e = run_code(&obj(
+            json!({"language": "python", "code": "1", "files": "a.py"}),
+        ))
+        .unwrap_err();
         assert!(e.0.contains("must be an array"), "{e}");
     }
 
@@ -604,7 +650,10 @@ mod tests {
         assert_eq!(a.argv, ["ls", "-l"]);
         assert_eq!(a.profile, phantom_policy::DEFAULT_PROFILE);
         let e = run_command(&obj(json!({"argv": "ls -l"}))).unwrap_err();
-        assert!(e.0.contains("not one string") && e.0.contains("\"sh\", \"-c\""), "{e}");
+        assert!(
+            e.0.contains("not one string") && e.0.contains("\"sh\", \"-c\""),
+            "{e}"
+        );
         let e = run_command(&obj(json!({"argv": []}))).unwrap_err();
         assert!(e.0.contains("`argv` is empty"), "{e}");
         let e = run_command(&obj(json!({"argv": ["echo", 1]}))).unwrap_err();

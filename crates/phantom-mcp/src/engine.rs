@@ -191,15 +191,17 @@ impl Engine {
         progress: &Progress,
         started: Instant,
     ) -> Result<Result<Finished, String>, RunError> {
-        let mut prepared = phantom_runtime::prepare(&self.request(job, workspace))
-            .map_err(|e| match e.exit_code() {
-                2 => RunError::Usage(e.to_string()),
-                _ => RunError::Failed(e.to_string()),
+        let mut prepared =
+            phantom_runtime::prepare(&self.request(job, workspace)).map_err(|e| {
+                match e.exit_code() {
+                    2 => RunError::Usage(e.to_string()),
+                    _ => RunError::Failed(e.to_string()),
+                }
             })?;
         prepared.plan.limits.output_limit_bytes = self.max_output;
         let stdin = self.stdin_fd(job.stdin.as_deref()).await?;
-        let (cancel_tx, cancel_rx) = UnixStream::pair()
-            .map_err(|e| RunError::Failed(format!("socketpair: {e}")))?;
+        let (cancel_tx, cancel_rx) =
+            UnixStream::pair().map_err(|e| RunError::Failed(format!("socketpair: {e}")))?;
         let socket = socket.to_path_buf();
         let run = tokio::task::spawn_blocking(move || {
             phantom_runtime::warm::client::try_run_captured(
@@ -337,7 +339,8 @@ impl Engine {
                 _ = tick.tick() => progress(started.elapsed().as_secs_f64()),
             }
         };
-        let status = status.map_err(|e| RunError::Failed(format!("waiting for phantom run: {e}")))?;
+        let status =
+            status.map_err(|e| RunError::Failed(format!("waiting for phantom run: {e}")))?;
         let stdout = read_out.await.unwrap_or_default();
         let stderr = read_err.await.unwrap_or_default();
         let cancelled = cancelled_at.is_some();

@@ -128,11 +128,39 @@ fn sibling(env: &str, name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// Remove the scratch directories of servers of ours that are gone (killed with
+/// SIGKILL: their supervisor stopped with them, but nobody removed the directory).
+pub fn collect_stale_scratch(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let uid = rustix::process::geteuid().as_raw();
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("phantom-mcp."))
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours =
+            std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if ours && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            engine::remove_tree(&entry.path());
+        }
+    }
+}
+
 /// The server's private scratch directory (0700): temporary workspaces, stdin files,
-/// the supervisor's socket. Removed when the server stops.
+/// the supervisor's socket. Removed when the server stops (or, after a SIGKILL, by the
+/// next server that starts).
 fn make_scratch() -> Result<PathBuf, StartError> {
     use std::os::unix::fs::DirBuilderExt;
     let base = std::env::temp_dir();
+    collect_stale_scratch(&base);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
