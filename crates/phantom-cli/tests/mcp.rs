@@ -33,10 +33,14 @@ struct Server {
 impl Server {
     /// Start `phantom-mcp --transport stdio` with `args` in TMPDIR `tmp`, and initialize.
     fn start(args: &[&str], tmp: &Path) -> Server {
+        // Run directories of its sandboxes go here too, so that a test can see them.
+        let xdg = tmp.join("xdg");
+        std::fs::create_dir_all(&xdg).unwrap();
         let mut child = Command::new(mcp_bin())
             .args(["--transport", "stdio"])
             .args(args)
             .env("TMPDIR", tmp)
+            .env("XDG_RUNTIME_DIR", &xdg)
             .env("PHANTOM_BIN", common::phantom_bin())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -135,6 +139,21 @@ fn tmpdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Run directories (and their temporary workspaces) the server's sandboxes left.
+fn run_dirs(tmp: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(tmp.join("xdg/phantom")) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("run-"))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 fn scratch_dirs(tmp: &Path) -> Vec<PathBuf> {
@@ -263,4 +282,68 @@ fn a_non_loopback_bind_needs_an_api_key() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--api-key-file"), "{err}");
+}
+
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(marker) && alive(pid) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Regression: a server whose client went away mid-run used to drop the run (SIGKILL
+/// of `phantom run`, leaving its run directory and cgroup to the next run); now it
+/// kills the sandbox through the runtime's own cleanup before it exits.
+fn client_leaving_mid_run_kills_the_run(mode: &str, marker: &str) {
+    if !common::sandbox_available() {
+        return;
+    }
+    let tmp = tmpdir(&format!("leave-{mode}"));
+    let mut server = Server::start(&["--mode", mode, "--profiles", "default"], &tmp);
+    server.send(
+        &json!({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {
+        "name": "run_command", "arguments": {"argv": ["sleep", marker], "timeout_s": 120}}}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_with(&format!("sleep {marker}")).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !processes_with(&format!("sleep {marker}")).is_empty(),
+        "the run never started"
+    );
+    let started = Instant::now();
+    let status = server.finish();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the server took {:?} to stop",
+        started.elapsed()
+    );
+    assert!(
+        processes_with(&format!("sleep {marker}")).is_empty(),
+        "the run outlived the server"
+    );
+    assert!(run_dirs(&tmp).is_empty(), "left: {:?}", run_dirs(&tmp));
+    assert!(scratch_dirs(&tmp).is_empty(), "{:?}", scratch_dirs(&tmp));
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn client_leaving_mid_cold_run_kills_the_run() {
+    client_leaving_mid_run_kills_the_run("cold", &format!("97.{}1", std::process::id()));
+}
+
+#[test]
+fn client_leaving_mid_warm_run_kills_the_run() {
+    client_leaving_mid_run_kills_the_run("zygote", &format!("97.{}2", std::process::id()));
 }

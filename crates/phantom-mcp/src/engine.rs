@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,29 @@ pub struct Engine {
     pub scratch: PathBuf,
     pub metrics: Metrics,
     next: AtomicU64,
+    /// Cancelled when the server stops: every run in flight is killed and cleaned up.
+    shutdown: CancellationToken,
+    /// Runs in flight.
+    active: AtomicUsize,
+}
+
+/// A run's temporary workspace, removed when the run ends — also when its call is
+/// dropped half-way (a client that went away).
+struct WorkspaceDir(PathBuf);
+
+impl Drop for WorkspaceDir {
+    fn drop(&mut self) {
+        remove_tree(&self.0);
+    }
+}
+
+/// Counts a run in flight for as long as it lives.
+struct Active<'a>(&'a AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Progress callback: seconds elapsed, and the run's timeout when known.
@@ -91,6 +114,17 @@ impl Engine {
             scratch,
             metrics: Metrics::default(),
             next: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    /// Kill every run in flight and wait (up to `limit`) until each has cleaned up.
+    pub async fn shut_down(&self, limit: Duration) {
+        self.shutdown.cancel();
+        let deadline = Instant::now() + limit;
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -109,29 +143,42 @@ impl Engine {
         progress: Progress,
     ) -> Result<Finished, RunError> {
         let started = Instant::now();
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let _active = Active(&self.active);
+        // The call's cancellation, or the server's shutdown.
+        let run_ct = self.shutdown.child_token();
+        let forward = {
+            let run_ct = run_ct.clone();
+            tokio::spawn(async move {
+                ct.cancelled().await;
+                run_ct.cancel();
+            })
+        };
         // Files go into a fresh workspace that only this run sees.
         let workspace = if job.files.is_empty() {
             None
         } else {
-            let dir = self.scratch_name("ws");
+            let dir = WorkspaceDir(self.scratch_name("ws"));
             let files = job.files.clone();
-            let d = dir.clone();
-            let written = tokio::task::spawn_blocking(move || write_workspace(&d, &files))
+            let d = dir.0.clone();
+            tokio::task::spawn_blocking(move || write_workspace(&d, &files))
                 .await
+                .map_err(|e| RunError::Failed(format!("writing the workspace: {e}")))?
                 .map_err(|e| RunError::Failed(format!("writing the workspace: {e}")))?;
-            if let Err(e) = written {
-                remove_tree(&dir);
-                return Err(RunError::Failed(format!("writing the workspace: {e}")));
-            }
             Some(dir)
         };
         let result = self
-            .run_in(&job, workspace.as_deref(), ct, progress, started)
+            .run_in(
+                &job,
+                workspace.as_ref().map(|w| w.0.as_path()),
+                run_ct,
+                progress,
+                started,
+            )
             .await;
+        forward.abort();
         if let Some(dir) = workspace {
-            tokio::task::spawn_blocking(move || remove_tree(&dir))
-                .await
-                .ok();
+            tokio::task::spawn_blocking(move || drop(dir)).await.ok();
         }
         let wall = started.elapsed().as_secs_f64() * 1000.0;
         match &result {

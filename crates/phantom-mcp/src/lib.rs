@@ -339,14 +339,24 @@ async fn serve(
     }
     match config.transport {
         Transport::Stdio => {
-            let server = server::PhantomMcp::new(engine);
-            let running = server
+            let server = server::PhantomMcp::new(engine.clone());
+            let result = match server
                 .serve_with_ct(rmcp::transport::stdio(), stop.child_token())
                 .await
-                .map_err(|e| failure(format!("MCP over stdio: {e}")))?;
-            let _ = running.waiting().await;
-            Ok(())
+            {
+                Ok(running) => {
+                    let _ = running.waiting().await;
+                    Ok(())
+                }
+                Err(e) => Err(failure(format!("MCP over stdio: {e}"))),
+            };
+            engine.shut_down(Duration::from_secs(15)).await;
+            result
         }
-        Transport::Http => http::serve(config, engine, api_key, stop).await,
+        Transport::Http => {
+            let result = http::serve(config, engine.clone(), api_key, stop).await;
+            engine.shut_down(Duration::from_secs(15)).await;
+            result
+        }
     }
 }
