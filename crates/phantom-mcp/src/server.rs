@@ -96,7 +96,10 @@ impl ServerHandler for PhantomMcp {
                 let peer = context.peer.clone();
                 Box::new(move |elapsed_s: f64| {
                     let peer = peer.clone();
-                    let param = ProgressNotificationParam::new(token.clone(), elapsed_s.floor())
+                    // Progress must increase with each notification: the elapsed time
+                    // in milliseconds does (whole seconds could repeat after a late tick).
+                    let progress = (elapsed_s * 1000.0).round() / 1000.0;
+                    let param = ProgressNotificationParam::new(token.clone(), progress)
                         .with_message(format!("running for {:.0} s", elapsed_s));
                     tokio::spawn(async move {
                         let _ = peer.notify_progress(param).await;
