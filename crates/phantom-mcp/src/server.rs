@@ -43,6 +43,13 @@ impl PhantomMcp {
     }
 }
 
+/// The `progress` of a notification sent `elapsed_s` seconds into a run. It must
+/// increase with each notification: the elapsed time in milliseconds does (whole
+/// seconds could repeat when the ticker catches up on a late tick).
+pub fn progress_of(elapsed_s: f64) -> f64 {
+    (elapsed_s * 1000.0).round() / 1000.0
+}
+
 pub const INSTRUCTIONS: &str = "Phantom Fragment runs code in isolated Linux sandboxes that \
 start in milliseconds. Use run_code for a program in python, node, bash or sh (add `files` \
 for more source or data; they appear in the working directory /workspace), run_command \
@@ -96,11 +103,9 @@ impl ServerHandler for PhantomMcp {
                 let peer = context.peer.clone();
                 Box::new(move |elapsed_s: f64| {
                     let peer = peer.clone();
-                    // Progress must increase with each notification: the elapsed time
-                    // in milliseconds does (whole seconds could repeat after a late tick).
-                    let progress = (elapsed_s * 1000.0).round() / 1000.0;
-                    let param = ProgressNotificationParam::new(token.clone(), progress)
-                        .with_message(format!("running for {:.0} s", elapsed_s));
+                    let param =
+                        ProgressNotificationParam::new(token.clone(), progress_of(elapsed_s))
+                            .with_message(format!("running for {:.0} s", elapsed_s));
                     tokio::spawn(async move {
                         let _ = peer.notify_progress(param).await;
                     });
@@ -134,5 +139,18 @@ impl ServerHandler for PhantomMcp {
             }
         };
         Ok(result.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_of;
+
+    #[test]
+    fn progress_increases_between_ticks_in_the_same_second() {
+        // Two ticks that land in the same whole second (a late tick and its catch-up).
+        assert!(progress_of(3.402) > progress_of(3.401));
+        assert!(progress_of(2.0) < progress_of(2.999));
+        assert_eq!(progress_of(1.0004), 1.0);
     }
 }
