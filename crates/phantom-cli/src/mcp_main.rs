@@ -9,7 +9,7 @@ mod mcp_cmd;
 /// Serve Phantom Fragment's sandboxes to MCP clients (agents) over stdio or
 /// Streamable HTTP.
 #[derive(Parser, Debug)]
-#[command(name = "phantom-mcp", version, about, long_about = None, after_help = mcp_cmd::AFTER_HELP)]
+#[command(name = "phantom-mcp", version, after_help = mcp_cmd::AFTER_HELP)]
 struct Cli {
     #[command(flatten)]
     args: mcp_cmd::McpArgs,
