@@ -95,7 +95,7 @@ impl Drop for Active<'_> {
     }
 }
 
-/// Progress callback: seconds elapsed, and the run's timeout when known.
+/// Progress callback: called about once a second with the seconds elapsed since the run began.
 pub type Progress = Box<dyn Fn(f64) + Send + Sync>;
 
 impl Engine {
