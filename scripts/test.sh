@@ -67,7 +67,7 @@ if [ "$(id -u)" = 0 ]; then
     | sed -n 's|^ *Executable tests/\([a-z_]*\)\.rs (\(.*\))$|\1 \2|p' \
     | while read -r name exe; do cp "$exe" "$stage/test-$name"; done
   ls "$stage"/test-* >/dev/null  # fail loudly if none was found
-  cp target/debug/phantom target/debug/phantom-probe target/debug/phantom-supervisor "$stage/"
+  cp target/debug/phantom target/debug/phantom-probe target/debug/phantom-supervisor target/debug/phantom-mcp "$stage/"
   chmod 755 "$stage"/*
   for t in "$stage"/test-*; do
     echo "-- $(basename "$t") as $TEST_USER"
@@ -78,6 +78,10 @@ if [ "$(id -u)" = 0 ]; then
   rm -rf "$stage"
 fi
 
+step "MCP server against the official Python SDK and the conformance suite"
+# Installs pinned versions of both into a throwaway directory (see the script).
+./scripts/test-mcp.sh target/debug/phantom-mcp
+
 step "nothing left behind"
 leaks=0
 if grep -q 'phantom' /proc/mounts; then echo "LEAK: mounts:"; grep phantom /proc/mounts; leaks=1; fi
@@ -86,8 +90,12 @@ if [ -n "$left" ]; then echo "LEAK: cgroups:"; echo "$left"; leaks=1; fi
 # By process name (comm), not command line: `cargo build -p phantom-probe` of a
 # concurrent build is no leak.
 procs=$(pgrep -a '^(phantom-(init|probe|keeper)|phantom:(init|payload|exec|keeper|proxy))$' || true)
+# MCP servers and the supervisors they start, from this tree or the staged copy.
+procs+=$(pgrep -a -f "^($root/target/debug|/tmp/phantom-suite\.[^/]*)/phantom-(mcp|supervisor)" || true)
 if [ -n "$procs" ]; then echo "LEAK: processes:"; echo "$procs"; leaks=1; fi
 runs=$(find /dev/shm "${TMPDIR:-/tmp}" ${XDG_RUNTIME_DIR:+"$XDG_RUNTIME_DIR"} -maxdepth 2 -path '*phantom*/run-*' 2>/dev/null || true)
 if [ -n "$runs" ]; then echo "LEAK: run directories (temporary workspaces):"; echo "$runs"; leaks=1; fi
+scratch=$(find /tmp "${TMPDIR:-/tmp}" -maxdepth 2 -name 'phantom-mcp.*' 2>/dev/null || true)
+if [ -n "$scratch" ]; then echo "LEAK: MCP server scratch directories:"; echo "$scratch"; leaks=1; fi
 if [ "$leaks" != 0 ]; then echo "the suite left things behind on the host"; exit 1; fi
 echo "no leftover mounts, cgroups, processes or workspaces"

@@ -8,6 +8,7 @@ mod bench;
 mod doctor;
 mod image_cmd;
 mod keys_cmd;
+mod mcp_cmd;
 mod policy_cmd;
 mod pool_cmd;
 mod run;
@@ -75,6 +76,10 @@ enum Command {
     Keys(keys_cmd::KeysCommand),
     /// The HTTP API's audit log: mutating calls and refused keys.
     Audit(keys_cmd::AuditArgs),
+    /// Serve sandboxes to agents over MCP (stdio or Streamable HTTP); the same as
+    /// `phantom-mcp`.
+    #[command(after_help = mcp_cmd::AFTER_HELP)]
+    Mcp(mcp_cmd::McpArgs),
 }
 
 fn main() {
@@ -97,6 +102,7 @@ fn main() {
         Command::Snapshot(args) => sandbox_cmd::snapshot(args),
         Command::Keys(cmd) => keys_cmd::keys(cmd),
         Command::Audit(args) => keys_cmd::audit(args),
+        Command::Mcp(args) => mcp_cmd::mcp(args),
     };
     std::process::exit(code);
 }

@@ -81,6 +81,10 @@ Examples:
 pub struct RunArgs {
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Output cap: bytes of stdout+stderr kept before the output is cut (and reported
+    /// as truncated), e.g. 1MiB (default: the profile's `resources.output`).
+    #[arg(long, value_name = "SIZE")]
+    max_output: Option<String>,
     /// Host directory bound read-write at /workspace (default: a fresh temporary one,
     /// removed after the run). Files written there belong to you on the host.
     #[arg(long, value_name = "DIR")]
@@ -152,13 +156,26 @@ pub fn run(args: RunArgs) -> i32 {
         capture_output: args.json,
         image: args.image,
     };
-    let prepared = match phantom_runtime::prepare(&request) {
+    let mut prepared = match phantom_runtime::prepare(&request) {
         Ok(p) => p,
         Err(e) => {
             error_line(&e);
             return e.exit_code();
         }
     };
+    if let Some(size) = &args.max_output {
+        match phantom_policy::units::parse_bytes(size) {
+            Ok(n) if n > 0 => prepared.plan.limits.output_limit_bytes = n,
+            Ok(_) => {
+                error_line(format!("--max-output {size}: must be more than 0"));
+                return 2;
+            }
+            Err(e) => {
+                error_line(format!("--max-output {size}: {e}"));
+                return 2;
+            }
+        }
+    }
     if !args.json {
         for w in prepared.warnings() {
             eprintln!("phantom: warning: {w}");

@@ -91,6 +91,10 @@ pub(crate) struct Args {
     /// one-node host there is nothing to pin (the seed's flag is never silently ignored).
     #[arg(long)]
     pub(crate) numa_optimize: bool,
+    /// Stop (as on SIGTERM) when process PID, which started this supervisor, exits.
+    /// `phantom-mcp --mode zygote` runs its private supervisor this way.
+    #[arg(long, value_name = "PID")]
+    pub(crate) parent_pid: Option<u32>,
 }
 
 fn main() {
@@ -112,6 +116,12 @@ fn main() {
             }
         );
         std::process::exit(2);
+    }
+    if let Some(parent) = args.parent_pid {
+        if let Err(e) = supervisor::stop_with_parent(parent) {
+            eprintln!("phantom-supervisor: error: {e}");
+            std::process::exit(1);
+        }
     }
     if let Some(bind) = args.bind {
         std::process::exit(http::main(&args, bind));

@@ -321,6 +321,14 @@ pub fn kill(pid: i32, signal: i32) -> SysResult<()> {
     check(ret as _, "kill", || format!("{pid}, signal {signal}")).map(|_| ())
 }
 
+/// Ask for `signal` when the parent (the thread that forked us) dies (survives exec,
+/// cleared by fork).
+pub fn set_parent_death_signal(signal: i32) -> SysResult<()> {
+    // SAFETY: prctl with integer arguments only.
+    let ret = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) };
+    check(ret as _, "prctl", || format!("PR_SET_PDEATHSIG {signal}")).map(|_| ())
+}
+
 /// Ask for SIGKILL when the parent dies (survives exec, cleared by fork).
 pub fn set_parent_death_signal_kill() -> SysResult<()> {
     // SAFETY: prctl with integer arguments only.

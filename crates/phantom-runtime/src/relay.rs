@@ -22,6 +22,14 @@ pub(crate) struct StdinRelay {
 }
 
 impl StdinRelay {
+    /// No relay: the payload's stdin was given explicitly.
+    pub(crate) fn none() -> StdinRelay {
+        StdinRelay {
+            to_payload: None,
+            pending: Vec::new(),
+        }
+    }
+
     /// The relay, and the fd to give the payload as stdin (None: inherit ours).
     pub(crate) fn new() -> Result<(StdinRelay, Option<OwnedFd>), RuntimeError> {
         let stdin = rustix::stdio::stdin();

@@ -3,7 +3,8 @@
 //! report. Anything that keeps a run from being served warm returns `Ok(None)` and the
 //! caller starts cold.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use phantom_api::{PolicySource, RunReport};
@@ -22,35 +23,10 @@ pub type NotWarm = String;
 /// run's image, if any —, pool empty, a pool built on an older import of the image, a
 /// setting that pools do not cover) — start cold.
 pub fn try_run(prepared: &Prepared) -> Result<Result<RunReport, NotWarm>, RuntimeError> {
-    let request = &prepared.request;
-    let plan = &prepared.plan;
-    let PolicySource::Profile(profile) = &request.policy else {
-        return Ok(Err("a --policy file is not pooled".into()));
-    };
-    if request.overrides.mode.is_some() || request.overrides.network.is_some() {
-        return Ok(Err(
-            "--mode and --network change how a sandbox is built; pools are built per profile"
-                .into(),
-        ));
-    }
-    if plan.mode == phantom_policy::Mode::Direct {
-        return Ok(Err("direct mode has no sandbox".into()));
-    }
-
-    let socket = super::socket_path();
-    let conn = match fdpass::connect_seqpacket(&socket) {
+    let conn = match connect_for(prepared, &super::socket_path()) {
         Ok(c) => c,
-        Err(e) => {
-            return Ok(Err(format!(
-                "no supervisor at {} ({})",
-                socket.display(),
-                e.source
-            )))
-        }
+        Err(reason) => return Ok(Err(reason)),
     };
-
-    let (out_r, out_w) = process::pipe()?;
-    let (err_r, err_w) = process::pipe()?;
     let (mut stdin_relay, relayed_stdin) = StdinRelay::new()?;
     // The pooled sandbox does not share our fds: pass our stdin explicitly (a copy of
     // fd 0, or the relay's pipe when it is a terminal).
@@ -60,6 +36,91 @@ pub fn try_run(prepared: &Prepared) -> Result<Result<RunReport, NotWarm>, Runtim
             RuntimeError::Sys(phantom_linux::SysError::new("dup", "stdin", e.into()))
         })?,
     };
+    let started = Instant::now();
+    let (out_r, err_r) = send_run(prepared, &conn, payload_stdin)?;
+
+    // Signals are forwarded as messages while the run lasts.
+    let mut blocked = process::FORWARDED_SIGNALS.to_vec();
+    blocked.push(libc::SIGCHLD);
+    process::block_signals(&blocked)?;
+    let sigfd = process::signalfd(&process::FORWARDED_SIGNALS)?;
+    let result = relay_until_finished(
+        prepared,
+        &conn,
+        Wake::Signals(&sigfd),
+        &mut stdin_relay,
+        out_r,
+        err_r,
+        started,
+    );
+    let _ = process::reset_signals(&[]);
+    result
+}
+
+/// A warm run for a front end that owns neither a terminal nor the process's signals —
+/// the MCP server, which may call this from any of its threads (nothing here forks):
+/// the supervisor at `socket`, `stdin` handed to the payload as is, the output captured
+/// (set `capture_output` in the request) up to the plan's output cap. When `cancel`
+/// becomes readable the payload's sandbox is killed (SIGKILL through the supervisor,
+/// which then reaps it and removes its cgroup and run directory) and the report comes
+/// back as usual. Signals are left alone.
+pub fn try_run_captured(
+    prepared: &Prepared,
+    socket: &Path,
+    stdin: OwnedFd,
+    cancel: BorrowedFd<'_>,
+) -> Result<Result<RunReport, NotWarm>, RuntimeError> {
+    let conn = match connect_for(prepared, socket) {
+        Ok(c) => c,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let started = Instant::now();
+    let (out_r, err_r) = send_run(prepared, &conn, stdin)?;
+    relay_until_finished(
+        prepared,
+        &conn,
+        Wake::Cancel(cancel),
+        &mut StdinRelay::none(),
+        out_r,
+        err_r,
+        started,
+    )
+}
+
+/// A connection to the supervisor at `socket`, when the run is one that pools serve.
+fn connect_for(prepared: &Prepared, socket: &Path) -> Result<OwnedFd, NotWarm> {
+    let request = &prepared.request;
+    let plan = &prepared.plan;
+    if !matches!(request.policy, PolicySource::Profile(_)) {
+        return Err("a --policy file is not pooled".into());
+    }
+    if request.overrides.mode.is_some() || request.overrides.network.is_some() {
+        return Err(
+            "--mode and --network change how a sandbox is built; pools are built per profile"
+                .into(),
+        );
+    }
+    if plan.mode == phantom_policy::Mode::Direct {
+        return Err("direct mode has no sandbox".into());
+    }
+    fdpass::connect_seqpacket(socket)
+        .map_err(|e| format!("no supervisor at {} ({})", socket.display(), e.source))
+}
+
+/// Send the Run request with the payload's stdio; returns the read ends of its stdout
+/// and stderr pipes.
+fn send_run(
+    prepared: &Prepared,
+    conn: &OwnedFd,
+    payload_stdin: OwnedFd,
+) -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    let request = &prepared.request;
+    let plan = &prepared.plan;
+    let PolicySource::Profile(profile) = &request.policy else {
+        unreachable!("connect_for only connects for a built-in profile");
+    };
+    let (out_r, out_w) = process::pipe()?;
+    let (err_r, err_w) = process::pipe()?;
     // Entrypoint/Cmd, Env and WorkingDir are resolved here, as for a cold run; the
     // supervisor matches the image by name, root and WorkingDir.
     let command = prepared.command();
@@ -77,38 +138,31 @@ pub fn try_run(prepared: &Prepared) -> Result<Result<RunReport, NotWarm>, Runtim
         wall_timeout_ms: plan.limits.wall_timeout_ms,
         stdin_fd: true,
     };
-    let started = Instant::now();
     let message = serde_json::to_vec(&Request::Run(Box::new(run))).expect("requests serialize");
     {
         let fds = [payload_stdin.as_fd(), out_w.as_fd(), err_w.as_fd()];
         fdpass::send_fds(conn.as_fd(), &message, &fds)?;
     }
-    // Our copies of the payload's ends must go, or the pipes never reach EOF.
+    // Our copies of the payload's ends must go (when this returns), or the pipes never
+    // reach EOF.
     drop((payload_stdin, out_w, err_w));
+    Ok((out_r, err_r))
+}
 
-    // Signals are forwarded as messages while the run lasts.
-    let mut blocked = process::FORWARDED_SIGNALS.to_vec();
-    blocked.push(libc::SIGCHLD);
-    process::block_signals(&blocked)?;
-    let sigfd = process::signalfd(&process::FORWARDED_SIGNALS)?;
-    let result = relay_until_finished(
-        prepared,
-        &conn,
-        &sigfd,
-        &mut stdin_relay,
-        out_r,
-        err_r,
-        started,
-    );
-    let _ = process::reset_signals(&[]);
-    result
+/// What else wakes the relay loop besides the supervisor and the output.
+#[derive(Clone, Copy)]
+enum Wake<'a> {
+    /// `phantom run`: signals to forward (a signalfd).
+    Signals(&'a OwnedFd),
+    /// A front end's cancel fd: readable means kill the run.
+    Cancel(BorrowedFd<'a>),
 }
 
 /// Wait for the supervisor's answers while relaying output and signals.
 fn relay_until_finished(
     prepared: &Prepared,
     conn: &OwnedFd,
-    sigfd: &OwnedFd,
+    wake: Wake<'_>,
     stdin_relay: &mut StdinRelay,
     out_r: OwnedFd,
     err_r: OwnedFd,
@@ -127,6 +181,7 @@ fn relay_until_finished(
         started + Duration::from_millis(plan.limits.wall_timeout_ms) + Duration::from_secs(10);
     let mut sandbox_id = None;
     let mut interrupts = 0;
+    let mut cancelled = false;
     let outcome = loop {
         let wait = give_up.saturating_duration_since(Instant::now());
         if wait.is_zero() {
@@ -138,10 +193,15 @@ fn relay_until_finished(
             tv_sec: wait.as_secs() as i64,
             tv_nsec: wait.subsec_nanos() as i64,
         };
-        let mut fds = vec![
-            PollFd::new(conn, PollFlags::IN),
-            PollFd::new(sigfd, PollFlags::IN),
-        ];
+        let wake_fd = match wake {
+            Wake::Signals(fd) => fd.as_fd(),
+            Wake::Cancel(fd) => fd,
+        };
+        let mut fds = vec![PollFd::new(conn, PollFlags::IN)];
+        // A cancel fd stays readable once cancelled: poll it until the kill is sent.
+        if !cancelled {
+            fds.push(PollFd::from_borrowed_fd(wake_fd, PollFlags::IN));
+        }
         let polled = relay.poll_fds(stdin_relay, &mut fds);
         match poll(&mut fds, Some(&ts)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -154,20 +214,33 @@ fn relay_until_finished(
             }
         }
         let ready = |i: usize| !fds[i].revents().is_empty();
-        let (conn_ready, signal_ready) = (ready(0), ready(1));
+        let (conn_ready, wake_ready) = (ready(0), !cancelled && ready(1));
         let relay_ready = polled.ready(&fds);
         drop(fds);
         relay.pump_ready(stdin_relay, relay_ready);
-        if signal_ready {
-            while let Some(sig) = process::read_signalfd(sigfd.as_fd()) {
-                if sig == libc::SIGINT {
-                    interrupts += 1;
+        match wake {
+            Wake::Signals(sigfd) if wake_ready => {
+                while let Some(sig) = process::read_signalfd(sigfd.as_fd()) {
+                    if sig == libc::SIGINT {
+                        interrupts += 1;
+                    }
+                    let signal = if interrupts >= 3 { libc::SIGKILL } else { sig };
+                    let bytes = serde_json::to_vec(&Request::Signal { signal })
+                        .expect("requests serialize");
+                    let _ = fdpass::send_bytes(conn, &bytes);
                 }
-                let signal = if interrupts >= 3 { libc::SIGKILL } else { sig };
-                let bytes =
-                    serde_json::to_vec(&Request::Signal { signal }).expect("requests serialize");
+            }
+            Wake::Cancel(_) if wake_ready => {
+                // The supervisor kills the sandbox and answers Finished as usual, once
+                // it has reaped it and removed its cgroup and run directory.
+                cancelled = true;
+                let bytes = serde_json::to_vec(&Request::Signal {
+                    signal: libc::SIGKILL,
+                })
+                .expect("requests serialize");
                 let _ = fdpass::send_bytes(conn, &bytes);
             }
+            _ => {}
         }
         if conn_ready {
             let mut buf = vec![0u8; MAX_MESSAGE];

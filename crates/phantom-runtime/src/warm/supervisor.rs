@@ -263,6 +263,24 @@ struct Supervisor {
     test_resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
+/// Make this process stop serving (as on SIGTERM) when `parent`, the process that
+/// started it, exits — a front end that keeps a private supervisor (`phantom-mcp
+/// --mode zygote`). Call before [`serve`]. The signal is asked for the thread that
+/// started us: a front end must start the supervisor from a thread that lives as long
+/// as it does (its main thread). Fails when `parent` is already gone.
+pub fn stop_with_parent(parent: u32) -> Result<(), RuntimeError> {
+    process::set_parent_death_signal(libc::SIGTERM)?;
+    // The parent may have died before the request took effect: then we were
+    // re-parented already and nobody would ever signal us.
+    let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
+    if ppid != parent {
+        return Err(RuntimeError::Setup(format!(
+            "--parent-pid {parent}: that process is gone (our parent is now {ppid})"
+        )));
+    }
+    Ok(())
+}
+
 /// Serve until SIGTERM/SIGINT/SIGHUP. `pressure` is read when `config.thresholds` is
 /// set (the kernel's PSI, or a fake in tests).
 pub fn serve(config: Config, pressure: &mut dyn PressureSource) -> Result<(), RuntimeError> {

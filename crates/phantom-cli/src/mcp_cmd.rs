@@ -1,0 +1,117 @@
+//! `phantom mcp` and `phantom-mcp`: the MCP server's flags (one definition for both).
+
+use clap::{Args, ValueEnum};
+
+pub const AFTER_HELP: &str = "Tools: run_code {language: python|node|bash|sh, code, stdin?, files?, timeout_s?, profile?},
+run_command {argv, stdin?, env?, timeout_s?, profile?}, list_profiles, get_metrics.
+
+--mode zygote (the default) starts a private phantom-supervisor (warm pools for
+--profiles) before the server's threads exist, and stops it on exit; runs no pool
+serves start cold. --mode cold starts every run in a fresh sandbox (`phantom run`).
+
+Over HTTP the endpoint is http://BIND:PORT/mcp; Host and Origin are checked (DNS
+rebinding); a non-loopback --bind needs --api-key-file (clients send
+`Authorization: Bearer KEY`).
+
+Examples:
+  phantom-mcp --transport stdio
+  phantom-mcp --transport http --port 8080 --profiles python,default
+  phantom-mcp --transport http --bind 0.0.0.0 --api-key-file /etc/phantom/mcp.key --allowed-host box.example
+  phantom mcp --mode cold";
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TransportArg {
+    Stdio,
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Warm pools in a private supervisor; cold when no pool serves a run.
+    Zygote,
+    /// A fresh sandbox for every run.
+    Cold,
+}
+
+#[derive(Args, Debug)]
+pub struct McpArgs {
+    /// stdio (for a client that starts the server) or http (Streamable HTTP at /mcp).
+    #[arg(long, value_enum, default_value = "stdio")]
+    transport: TransportArg,
+    /// Address to listen on (http). Anything but loopback needs --api-key-file.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Port to listen on (http); 0 picks a free one (printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// zygote: warm pools (see below); cold: a fresh sandbox for every run.
+    #[arg(long, value_enum, default_value = "zygote")]
+    mode: ModeArg,
+    /// Built-in profiles to keep warm pools for (comma-separated; `python` means
+    /// python-dev, `node` node-dev, ...).
+    #[arg(long, value_delimiter = ',', default_value = "default,python-dev")]
+    profiles: Vec<String>,
+    /// Sandboxes kept ready per pool.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pool_size: usize,
+    /// Output cap per run: bytes of stdout+stderr kept (e.g. 1MiB, 256KB); the rest is
+    /// dropped and the result says `truncated`.
+    #[arg(long, value_name = "BYTES", default_value = "1MiB")]
+    max_output: String,
+    /// File whose first line is the API key clients must send as `Authorization:
+    /// Bearer KEY` (http). Required with a non-loopback --bind.
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<std::path::PathBuf>,
+    /// Also accept this Host (name or name:port) over http (repeatable); loopback names
+    /// and the bind address are always accepted.
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    allowed_hosts: Vec<String>,
+    /// Also accept requests from this browser Origin (repeatable), e.g.
+    /// https://app.example:443; loopback origins are always accepted, requests without
+    /// an Origin (non-browser clients) too.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+}
+
+/// Run the server with these flags; returns the exit code.
+pub fn mcp(args: McpArgs) -> i32 {
+    let max_output = match phantom_policy::units::parse_bytes(&args.max_output) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("phantom-mcp: error: --max-output {}: {e}", args.max_output);
+            return 2;
+        }
+    };
+    let mut profiles = Vec::new();
+    for p in &args.profiles {
+        match phantom_mcp::args::profile_name(p.trim()) {
+            Ok(name) if !profiles.contains(&name) => profiles.push(name),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!(
+                    "phantom-mcp: error: --profiles: {}",
+                    e.0.replace("`profile` ", "")
+                );
+                return 2;
+            }
+        }
+    }
+    phantom_mcp::run(phantom_mcp::Config {
+        transport: match args.transport {
+            TransportArg::Stdio => phantom_mcp::Transport::Stdio,
+            TransportArg::Http => phantom_mcp::Transport::Http,
+        },
+        bind: args.bind,
+        port: args.port,
+        mode: match args.mode {
+            ModeArg::Zygote => phantom_mcp::Mode::Zygote,
+            ModeArg::Cold => phantom_mcp::Mode::Cold,
+        },
+        profiles,
+        pool_size: args.pool_size,
+        max_output,
+        api_key_file: args.api_key_file,
+        allowed_hosts: args.allowed_hosts,
+        allowed_origins: args.allowed_origins,
+    })
+}
