@@ -29,6 +29,8 @@ work=$(mktemp -d /tmp/phantom-mcp-test.XXXXXX)
 server_pid=
 cleanup() {
   if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  # Sandboxes a failed check left behind.
+  [ -d "$work/state" ] && PHANTOM_STATE_DIR="$work/state" "$(dirname "$BIN")/phantom" destroy --all >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -37,6 +39,10 @@ echo "-- installing mcp==$MCP_PY_VERSION into a throwaway venv"
 python3 -m venv "$work/venv" || { echo "test-mcp: python3 -m venv failed (apt-get install python3-venv)"; exit 1; }
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$MCP_PY_VERSION" \
   || { echo "test-mcp: pip install mcp==$MCP_PY_VERSION failed"; exit 1; }
+
+# Persistent sandboxes the client makes live in a state directory of their own.
+export PHANTOM_STATE_DIR="$work/state"
+mkdir -p "$PHANTOM_STATE_DIR"
 
 for mode in zygote cold; do
   echo "-- Python MCP SDK client, --mode $mode"

@@ -89,7 +89,8 @@ left=$(find /sys/fs/cgroup -mindepth 1 -maxdepth 4 \( -name phantom -o -path '*/
 if [ -n "$left" ]; then echo "LEAK: cgroups:"; echo "$left"; leaks=1; fi
 # By process name (comm), not command line: `cargo build -p phantom-probe` of a
 # concurrent build is no leak.
-procs=$(pgrep -a '^(phantom-(init|probe|keeper)|phantom:(init|payload|exec|keeper|proxy))$' || true)
+# (pgrep would compare a pattern this long with the 15-character comm and never match.)
+procs=$(ps -eo pid=,comm= | awk '$2 ~ /^(phantom-(init|probe|keeper)|phantom:(init|payload|exec|keeper|proxy))$/' || true)
 # MCP servers and the supervisors they start, from this tree or the staged copy.
 procs+=$(pgrep -a -f "^($root/target/debug|/tmp/phantom-suite\.[^/]*)/phantom-(mcp|supervisor)" || true)
 if [ -n "$procs" ]; then echo "LEAK: processes:"; echo "$procs"; leaks=1; fi

@@ -194,6 +194,9 @@ pub struct ExecRequest {
     /// Capture stdout/stderr into the report instead of passing them through.
     #[serde(default)]
     pub capture_output: bool,
+    /// Output cap in bytes, stdout and stderr together (default: the profile's).
+    #[serde(default)]
+    pub max_output: Option<u64>,
 }
 
 /// A persistent sandbox as `phantom list` shows it.

@@ -123,6 +123,9 @@ pub struct ExecArgs {
     /// Capture the output and print one JSON report at the end (as `phantom run --json`).
     #[arg(long)]
     json: bool,
+    /// Output cap, stdout and stderr together (e.g. 256KiB; default: the profile's).
+    #[arg(long, value_name = "SIZE")]
+    max_output: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -136,12 +139,29 @@ pub fn exec(args: ExecArgs) -> i32 {
             return 2;
         }
     };
+    let max_output = match args
+        .max_output
+        .as_deref()
+        .map(phantom_policy::units::parse_bytes)
+    {
+        None => None,
+        Some(Ok(n)) if n > 0 => Some(n),
+        Some(Ok(_)) => {
+            error_line("--max-output: must be more than 0");
+            return 2;
+        }
+        Some(Err(e)) => {
+            error_line(format!("--max-output: {e}"));
+            return 2;
+        }
+    };
     let req = ExecRequest {
         argv: args.command,
         env,
         cwd: args.cwd,
         timeout: args.timeout,
         capture_output: args.json,
+        max_output,
     };
     match sandbox::exec(&args.name, &req) {
         Ok(report) => {

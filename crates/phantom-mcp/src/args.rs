@@ -486,6 +486,175 @@ pub fn no_arguments(tool: &str, args: &Map<String, Value>) -> Result<(), ArgErro
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// Persistent-sandbox tools
+// ---------------------------------------------------------------------------------------
+
+/// Most bytes `write_file` writes and `read_file` returns.
+pub const MAX_FILE_BYTES: usize = 8 << 20;
+
+/// `create_sandbox`'s arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateSandbox {
+    pub name: String,
+    pub profile: String,
+    pub idle_timeout_s: Option<f64>,
+}
+
+/// `exec_in_sandbox`'s arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecInSandbox {
+    pub name: String,
+    pub command: RunCommand,
+    pub cwd: Option<String>,
+}
+
+/// A sandbox and a path in it (`write_file`, `read_file`, `list_files`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxPath {
+    pub name: String,
+    /// `/workspace/...` (a relative path is taken relative to /workspace).
+    pub path: String,
+}
+
+/// The sandbox's `name`: required, a valid name.
+fn sandbox_name(tool: &str, args: &Map<String, Value>) -> Result<String, ArgError> {
+    let example = "e.g. {\"name\": \"work\"}";
+    let Some(name) = string(args, "name", "the sandbox's name")? else {
+        return err(format!(
+            "`name` is missing: {tool} needs the sandbox's name ({example}; list_sandboxes shows them)"
+        ));
+    };
+    phantom_runtime::sandbox::validate_name(name).map_err(|e| ArgError(format!("`name`: {e}")))?;
+    Ok(name.to_string())
+}
+
+/// A path inside the sandbox: `/workspace/...`, or relative to /workspace.
+fn sandbox_path(args: &Map<String, Value>, required: bool) -> Result<String, ArgError> {
+    let hint = "a path in the sandbox's workspace, e.g. \"/workspace/main.py\" or \"main.py\"";
+    let path = match string(args, "path", hint)? {
+        Some(p) => p,
+        None if required => return err(format!("`path` is missing: send {hint}")),
+        None => return Ok("/workspace".into()),
+    };
+    if path.is_empty() || path.len() > 4096 || path.contains('\0') {
+        return err(format!("`path`: send {hint} (1 to 4096 bytes, no NUL)"));
+    }
+    if path.starts_with('/') {
+        if path != "/workspace" && !path.starts_with("/workspace/") {
+            return err(format!(
+                "`path` {path:?} is outside the workspace: only /workspace is reachable; send {hint}"
+            ));
+        }
+        return Ok(path.to_string());
+    }
+    Ok(format!("/workspace/{path}"))
+}
+
+/// Parse `create_sandbox`'s arguments.
+pub fn create_sandbox(args: &Map<String, Value>) -> Result<CreateSandbox, ArgError> {
+    check_known(
+        "create_sandbox",
+        args,
+        &["name", "profile", "idle_timeout_s"],
+    )?;
+    let idle_timeout_s = match args.get("idle_timeout_s") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(t) if (1.0..=86400.0).contains(&t) => Some(t),
+            _ => return err("`idle_timeout_s` must be 1 to 86400 seconds, e.g. 900 (the default)"),
+        },
+        Some(other) => {
+            return err(format!(
+                "`idle_timeout_s` must be a number of seconds, e.g. 900; got {}",
+                kind(other)
+            ))
+        }
+    };
+    Ok(CreateSandbox {
+        name: sandbox_name("create_sandbox", args)?,
+        profile: profile(args, phantom_policy::DEFAULT_PROFILE)?,
+        idle_timeout_s,
+    })
+}
+
+/// Parse `exec_in_sandbox`'s arguments (as `run_command`'s, plus `name` and `cwd`).
+pub fn exec_in_sandbox(args: &Map<String, Value>) -> Result<ExecInSandbox, ArgError> {
+    check_known(
+        "exec_in_sandbox",
+        args,
+        &["name", "argv", "stdin", "env", "timeout_s", "cwd"],
+    )?;
+    let name = sandbox_name("exec_in_sandbox", args)?;
+    let cwd = match string(
+        args,
+        "cwd",
+        "an absolute directory in the sandbox, e.g. \"/workspace/src\"",
+    )? {
+        Some(c) if c.starts_with('/') && !c.contains('\0') => Some(c.to_string()),
+        Some(c) => {
+            return err(format!(
+                "`cwd` {c:?} must be an absolute directory in the sandbox, e.g. \"/workspace/src\""
+            ))
+        }
+        None => None,
+    };
+    let mut rest = args.clone();
+    rest.remove("name");
+    rest.remove("cwd");
+    let command =
+        run_command(&rest).map_err(|e| ArgError(e.0.replace("run_command", "exec_in_sandbox")))?;
+    Ok(ExecInSandbox { name, command, cwd })
+}
+
+/// Parse `write_file`'s arguments: the sandbox, the path and the content.
+pub fn write_file(args: &Map<String, Value>) -> Result<(SandboxPath, String), ArgError> {
+    check_known("write_file", args, &["name", "path", "content"])?;
+    let target = SandboxPath {
+        name: sandbox_name("write_file", args)?,
+        path: sandbox_path(args, true)?,
+    };
+    let Some(content) = string(args, "content", "the file's text")? else {
+        return err(
+            "`content` is missing: send the file's text, e.g. {\"content\": \"print(1)\\n\"}",
+        );
+    };
+    if content.len() > MAX_FILE_BYTES {
+        return err(format!("`content` is larger than {MAX_FILE_BYTES} bytes"));
+    }
+    Ok((target, content.to_string()))
+}
+
+/// Parse `read_file`'s or `list_files`'s arguments.
+pub fn sandbox_path_args(
+    tool: &str,
+    args: &Map<String, Value>,
+    required: bool,
+) -> Result<SandboxPath, ArgError> {
+    check_known(tool, args, &["name", "path"])?;
+    Ok(SandboxPath {
+        name: sandbox_name(tool, args)?,
+        path: sandbox_path(args, required)?,
+    })
+}
+
+/// Parse `destroy_sandbox`'s arguments.
+pub fn destroy_sandbox(args: &Map<String, Value>) -> Result<String, ArgError> {
+    check_known("destroy_sandbox", args, &["name"])?;
+    sandbox_name("destroy_sandbox", args)
+}
+
+/// Parse `snapshot_sandbox`'s arguments: the sandbox and an optional tag.
+pub fn snapshot_sandbox(args: &Map<String, Value>) -> Result<(String, Option<String>), ArgError> {
+    check_known("snapshot_sandbox", args, &["name", "tag"])?;
+    let name = sandbox_name("snapshot_sandbox", args)?;
+    let tag = string(args, "tag", "a snapshot tag, e.g. \"before-refactor\"")?;
+    if let Some(t) = tag {
+        phantom_runtime::snapshot::validate_tag(t).map_err(|e| ArgError(format!("`tag`: {e}")))?;
+    }
+    Ok((name, tag.map(str::to_string)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,5 +850,86 @@ mod tests {
         assert!(no_arguments("list_profiles", &Map::new()).is_ok());
         let e = no_arguments("get_metrics", &obj(json!({"x": 1}))).unwrap_err();
         assert!(e.0.contains("takes no arguments"), "{e}");
+    }
+
+    #[test]
+    fn sandbox_tools_check_names_paths_and_say_what_to_send() {
+        let e = create_sandbox(&obj(serde_json::json!({}))).unwrap_err().0;
+        assert!(e.contains("`name` is missing"), "{e}");
+        let e = create_sandbox(&obj(serde_json::json!({"name": "../x"})))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("invalid sandbox name"), "{e}");
+        let c =
+            create_sandbox(&obj(serde_json::json!({"name": "w", "profile": "python"}))).unwrap();
+        assert_eq!((c.name.as_str(), c.profile.as_str()), ("w", "python-dev"));
+        let e = create_sandbox(&obj(serde_json::json!({"name": "w", "idle_timeout_s": 0})))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("1 to 86400"), "{e}");
+
+        let (p, content) = write_file(&obj(
+            serde_json::json!({"name": "w", "path": "src/a.py", "content": "x"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            (p.path.as_str(), content.as_str()),
+            ("/workspace/src/a.py", "x")
+        );
+        let e = write_file(&obj(
+            serde_json::json!({"name": "w", "path": "/etc/passwd", "content": "x"}),
+        ))
+        .unwrap_err()
+        .0;
+        assert!(e.contains("outside the workspace"), "{e}");
+        let e = write_file(&obj(serde_json::json!({"name": "w", "path": "a"})))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("`content` is missing"), "{e}");
+        let e = sandbox_path_args("read_file", &obj(serde_json::json!({"name": "w"})), true)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("`path` is missing"), "{e}");
+        let p =
+            sandbox_path_args("list_files", &obj(serde_json::json!({"name": "w"})), false).unwrap();
+        assert_eq!(p.path, "/workspace");
+        let e = sandbox_path_args(
+            "read_file",
+            &obj(serde_json::json!({"name": "w", "path": "a", "mode": "r"})),
+            true,
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("unknown argument `mode`"), "{e}");
+
+        let x = exec_in_sandbox(&obj(
+            serde_json::json!({"name": "w", "argv": ["ls"], "cwd": "/workspace"}),
+        ))
+        .unwrap();
+        assert_eq!(
+            (x.command.argv.clone(), x.cwd.as_deref()),
+            (vec!["ls".to_string()], Some("/workspace"))
+        );
+        let e = exec_in_sandbox(&obj(serde_json::json!({"name": "w", "argv": "ls -l"})))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("array of strings"), "{e}");
+        let e = exec_in_sandbox(&obj(
+            serde_json::json!({"name": "w", "argv": ["ls"], "cwd": "src"}),
+        ))
+        .unwrap_err()
+        .0;
+        assert!(e.contains("absolute directory"), "{e}");
+        let e = exec_in_sandbox(&obj(
+            serde_json::json!({"name": "w", "argv": ["ls"], "profile": "x"}),
+        ))
+        .unwrap_err()
+        .0;
+        assert!(e.contains("unknown argument `profile`"), "{e}");
+        assert!(snapshot_sandbox(&obj(serde_json::json!({"name": "w", "tag": "../t"}))).is_err());
+        assert_eq!(
+            destroy_sandbox(&obj(serde_json::json!({"name": "w"}))).unwrap(),
+            "w"
+        );
     }
 }

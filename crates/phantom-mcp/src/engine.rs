@@ -3,6 +3,7 @@
 //! as a subprocess (the CLI is the single-threaded spawner of a cold run; exec'ing it
 //! from a threaded process is safe, forking our own sandbox from here would not be).
 
+use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -313,21 +314,62 @@ impl Engine {
         progress: &Progress,
         started: Instant,
     ) -> Result<Finished, RunError> {
-        let mut cmd = tokio::process::Command::new(&self.phantom_bin);
-        cmd.args(["run", "--json", "--cold", "--profile", &job.profile])
-            .arg("--max-output")
-            .arg(self.max_output.to_string());
+        let mut args: Vec<OsString> = ["run", "--json", "--cold", "--profile", &job.profile]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        args.push("--max-output".into());
+        args.push(self.max_output.to_string().into());
         if let Some(t) = job.timeout_s {
-            cmd.arg("--timeout").arg(timeout_arg(t));
+            args.push("--timeout".into());
+            args.push(timeout_arg(t).into());
         }
         if let Some(ws) = workspace {
-            cmd.arg("--workspace").arg(ws);
+            args.push("--workspace".into());
+            args.push(ws.into());
         }
         for (k, v) in &job.env {
-            cmd.arg("--env").arg(format!("{k}={v}"));
+            args.push("--env".into());
+            args.push(format!("{k}={v}").into());
         }
-        cmd.arg("--").args(&job.argv);
-        cmd.stdin(if job.stdin.is_some() {
+        args.push("--".into());
+        args.extend(job.argv.iter().map(OsString::from));
+        let out = self
+            .phantom(&args, job.stdin.clone(), ct, progress, started)
+            .await?;
+        self.report(out, "phantom run")
+    }
+
+    /// A run report from `phantom run|exec --json`, or why there is none.
+    pub fn report(&self, out: CliOutput, what: &str) -> Result<Finished, RunError> {
+        if let Ok(report) = serde_json::from_slice::<RunReport>(&out.stdout) {
+            return Ok(Finished {
+                report,
+                cancelled: out.cancelled,
+                max_output: self.max_output,
+            });
+        }
+        if out.cancelled {
+            return Err(RunError::Failed(
+                "the run was cancelled before the sandbox reported".into(),
+            ));
+        }
+        Err(out.error(what))
+    }
+
+    /// Run `phantom ARGS` (our binary) to completion with `stdin`: `ct` interrupts it
+    /// (it cleans up and reports), `progress` ticks about once a second.
+    pub async fn phantom(
+        &self,
+        args: &[OsString],
+        stdin: Option<String>,
+        ct: CancellationToken,
+        progress: &Progress,
+        started: Instant,
+    ) -> Result<CliOutput, RunError> {
+        let mut cmd = tokio::process::Command::new(&self.phantom_bin);
+        cmd.args(args);
+        cmd.stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -343,7 +385,7 @@ impl Engine {
                 self.phantom_bin.display()
             ))
         })?;
-        if let (Some(text), Some(mut pipe)) = (job.stdin.clone(), child.stdin.take()) {
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             // A payload that does not read its stdin closes the pipe: that is fine.
             tokio::spawn(async move {
                 let _ = pipe.write_all(text.as_bytes()).await;
@@ -386,34 +428,39 @@ impl Engine {
                 _ = tick.tick() => progress(started.elapsed().as_secs_f64()),
             }
         };
-        let status =
-            status.map_err(|e| RunError::Failed(format!("waiting for phantom run: {e}")))?;
-        let stdout = read_out.await.unwrap_or_default();
-        let stderr = read_err.await.unwrap_or_default();
-        let cancelled = cancelled_at.is_some();
-        if let Ok(report) = serde_json::from_slice::<RunReport>(&stdout) {
-            return Ok(Finished {
-                report,
-                cancelled,
-                max_output: self.max_output,
-            });
-        }
-        let message = String::from_utf8_lossy(&stderr)
-            .trim()
-            .trim_start_matches("phantom: error: ")
-            .to_string();
-        if cancelled {
-            return Err(RunError::Failed(
-                "the run was cancelled before the sandbox reported".into(),
-            ));
-        }
-        match status.code() {
-            Some(2) => Err(RunError::Usage(message)),
-            _ => Err(RunError::Failed(if message.is_empty() {
-                format!("phantom run ended with {status} and no report")
+        let status = status.map_err(|e| RunError::Failed(format!("waiting for phantom: {e}")))?;
+        Ok(CliOutput {
+            status,
+            stdout: read_out.await.unwrap_or_default(),
+            stderr: read_err.await.unwrap_or_default(),
+            cancelled: cancelled_at.is_some(),
+        })
+    }
+}
+
+/// What a `phantom` child printed, and how it ended.
+pub struct CliOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub cancelled: bool,
+}
+
+impl CliOutput {
+    /// phantom's own error: a usage error (exit 2) tells the model what to change.
+    pub fn error(&self, what: &str) -> RunError {
+        let message = String::from_utf8_lossy(&self.stderr)
+            .lines()
+            .find_map(|l| l.strip_prefix("phantom: error: "))
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&self.stderr).trim().to_string());
+        match self.status.code() {
+            Some(2) => RunError::Usage(message),
+            _ => RunError::Failed(if message.is_empty() {
+                format!("{what} ended with {} and no report", self.status)
             } else {
                 message
-            })),
+            }),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The tool registry: each tool's name, description, input and output JSON Schemas,
-//! and what a call does. The persistent-sandbox tools of issue 5 (create_sandbox,
-//! exec_in_sandbox, write_file, read_file, list_files, destroy_sandbox, list_sandboxes,
-//! snapshot_sandbox) will be added here as further [`ToolKind`]s whose handlers call the
-//! runtime's persistent-sandbox API; nothing else in the server needs to change.
+//! and what a call does. One-shot runs go through the engine (warm or cold); the
+//! persistent-sandbox tools call the runtime's sandbox API — `create_sandbox` and
+//! `exec_in_sandbox` through the `phantom` binary (they fork, and this server is
+//! multi-threaded), the others in-process on a blocking thread (no fork).
 
 use std::sync::Arc;
 
@@ -18,6 +18,14 @@ pub enum ToolKind {
     RunCommand,
     ListProfiles,
     GetMetrics,
+    CreateSandbox,
+    ExecInSandbox,
+    WriteFile,
+    ReadFile,
+    ListFiles,
+    DestroySandbox,
+    ListSandboxes,
+    SnapshotSandbox,
 }
 
 /// One tool as `tools/list` shows it.
@@ -54,7 +62,7 @@ fn run_result_schema() -> Value {
             "truncated": {"type": "boolean", "description": "Output beyond max_output_bytes (stdout and stderr together) was dropped."},
             "cancelled": {"type": "boolean", "description": "The call was cancelled and the sandbox killed."},
             "wall_ms": {"type": "number", "description": "Wall-clock time of the run in the sandbox, in milliseconds."},
-            "start": {"type": "string", "enum": ["cold", "warm", "prewarmed"], "description": "cold: a sandbox made for this run; warm: a pooled one; prewarmed: a pooled sandbox with the interpreter already started."},
+            "start": {"type": "string", "enum": ["cold", "warm", "prewarmed", "exec"], "description": "cold: a sandbox made for this run; warm: a pooled one; prewarmed: a pooled sandbox with the interpreter already started; exec: a command in a persistent sandbox (exec_in_sandbox)."},
             "profile": {"type": "string"},
             "sandbox_id": {"type": "string"},
             "max_output_bytes": {"type": "integer"},
@@ -225,7 +233,424 @@ pub fn registry(max_output: u64) -> Vec<ToolDef> {
             kind: ToolKind::GetMetrics,
             read_only: true,
         },
+        ToolDef {
+            name: "create_sandbox",
+            title: "Create a persistent sandbox",
+            description: "Create a named sandbox that lives between calls: files written to its \
+                          /workspace stay, and exec_in_sandbox runs commands in it (each fenced \
+                          like run_command). It is destroyed after idle_timeout_s without a \
+                          command (default 900) or with destroy_sandbox."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "name": sandbox_name_schema(),
+                    "profile": profile_schema(),
+                    "idle_timeout_s": {"type": "number", "minimum": 1, "maximum": 86400,
+                                       "description": "Destroyed after this long without a running command (default 900)."}
+                },
+                "required": ["name"],
+                "additionalProperties": false
+            }),
+            output_schema: sandbox_schema(),
+            kind: ToolKind::CreateSandbox,
+            read_only: false,
+        },
+        ToolDef {
+            name: "exec_in_sandbox",
+            title: "Run a command in a persistent sandbox",
+            description: format!(
+                "Run one command (argv; use [\"sh\", \"-c\", \"...\"] for a shell line) in the \
+                 sandbox `name` made by create_sandbox, in /workspace unless `cwd`. Files and \
+                 processes it leaves stay for the next call. Returns stdout, stderr, exit_code, \
+                 timed_out, oom_killed, truncated, wall_ms; output is capped at {max_output} \
+                 bytes. A non-zero exit is a normal result with isError set."
+            ),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "name": sandbox_name_schema(),
+                    "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                             "maxItems": args::MAX_ARGV,
+                             "description": "The program (looked up on PATH) and its arguments."},
+                    "stdin": {"type": "string", "description": "Text for standard input (default: empty)."},
+                    "env": {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "Extra environment variables."},
+                    "cwd": {"type": "string", "description": "Absolute working directory in the sandbox (default /workspace)."},
+                    "timeout_s": timeout_schema()
+                },
+                "required": ["name", "argv"],
+                "additionalProperties": false
+            }),
+            output_schema: run_result_schema(),
+            kind: ToolKind::ExecInSandbox,
+            read_only: false,
+        },
+        ToolDef {
+            name: "write_file",
+            title: "Write a file into a sandbox",
+            description: "Write text to a file in the sandbox's /workspace (created or replaced; \
+                          parent directories are made). Paths that leave /workspace, through `..` \
+                          or a symlink, are refused."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "name": sandbox_name_schema(),
+                    "path": path_schema(),
+                    "content": {"type": "string", "maxLength": args::MAX_FILE_BYTES,
+                                "description": "The file's text."}
+                },
+                "required": ["name", "path", "content"],
+                "additionalProperties": false
+            }),
+            output_schema: json!({
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "bytes": {"type": "integer"}},
+                "required": ["path", "bytes"]
+            }),
+            kind: ToolKind::WriteFile,
+            read_only: false,
+        },
+        ToolDef {
+            name: "read_file",
+            title: "Read a file from a sandbox",
+            description: format!(
+                "Read a file of the sandbox's /workspace as text (lossy UTF-8; at most {} bytes). \
+                 Paths that leave /workspace, through `..` or a symlink, are refused.",
+                args::MAX_FILE_BYTES
+            ),
+            input_schema: json!({
+                "type": "object",
+                "properties": {"name": sandbox_name_schema(), "path": path_schema()},
+                "required": ["name", "path"],
+                "additionalProperties": false
+            }),
+            output_schema: json!({
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string"},
+                    "content": {"type": "string"},
+                    "bytes": {"type": "integer"},
+                    "binary": {"type": "boolean", "description": "The file is not valid UTF-8: content is a lossy copy."}
+                },
+                "required": ["path", "content", "bytes", "binary"]
+            }),
+            kind: ToolKind::ReadFile,
+            read_only: true,
+        },
+        ToolDef {
+            name: "list_files",
+            title: "List a sandbox directory",
+            description: "List a directory of the sandbox's /workspace (default: /workspace \
+                          itself): names, kinds (file, dir, symlink), sizes."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {"name": sandbox_name_schema(), "path": path_schema()},
+                "required": ["name"],
+                "additionalProperties": false
+            }),
+            output_schema: json!({
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string"},
+                    "entries": {"type": "array", "items": {"type": "object", "properties": {
+                        "name": {"type": "string"}, "kind": {"type": "string"},
+                        "size": {"type": "integer"}, "mode": {"type": "integer"},
+                        "target": {"type": "string"}
+                    }, "required": ["name", "kind", "size", "mode"]}}
+                },
+                "required": ["path", "entries"]
+            }),
+            kind: ToolKind::ListFiles,
+            read_only: true,
+        },
+        ToolDef {
+            name: "destroy_sandbox",
+            title: "Destroy a persistent sandbox",
+            description: "Kill everything in the sandbox and remove it with its workspace \
+                          (snapshot_sandbox first to keep the files)."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {"name": sandbox_name_schema()},
+                "required": ["name"],
+                "additionalProperties": false
+            }),
+            output_schema: sandbox_schema(),
+            kind: ToolKind::DestroySandbox,
+            read_only: false,
+        },
+        ToolDef {
+            name: "list_sandboxes",
+            title: "List persistent sandboxes",
+            description: "The persistent sandboxes: name, status (running, or dead with the \
+                          reason), profile, when created and last used."
+                .into(),
+            input_schema: json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            output_schema: json!({
+                "type": "object",
+                "properties": {"sandboxes": {"type": "array", "items": sandbox_schema()}},
+                "required": ["sandboxes"]
+            }),
+            kind: ToolKind::ListSandboxes,
+            read_only: true,
+        },
+        ToolDef {
+            name: "snapshot_sandbox",
+            title: "Snapshot a sandbox's workspace",
+            description: "Store the sandbox's /workspace in the content-addressed snapshot \
+                          store (unchanged files cost nothing); returns the tag, which \
+                          `phantom create --from-snapshot TAG` starts a sandbox from."
+                .into(),
+            input_schema: json!({
+                "type": "object",
+                "properties": {
+                    "name": sandbox_name_schema(),
+                    "tag": {"type": "string", "description": "Default: NAME-YYYYMMDD-HHMMSS."}
+                },
+                "required": ["name"],
+                "additionalProperties": false
+            }),
+            output_schema: json!({
+                "type": "object",
+                "properties": {
+                    "tag": {"type": "string"}, "files": {"type": "integer"},
+                    "bytes": {"type": "integer"}, "new_chunks": {"type": "integer"},
+                    "new_bytes": {"type": "integer"}
+                },
+                "required": ["tag", "files", "bytes", "new_chunks", "new_bytes"]
+            }),
+            kind: ToolKind::SnapshotSandbox,
+            read_only: false,
+        },
     ]
+}
+
+fn sandbox_name_schema() -> Value {
+    json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+           "description": "The sandbox's name (letters, digits, - _ .)."})
+}
+
+fn path_schema() -> Value {
+    json!({"type": "string", "description": "A path in the workspace: /workspace/main.py, or main.py (relative to /workspace)."})
+}
+
+fn sandbox_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"}, "id": {"type": "string"},
+            "status": {"type": "string", "description": "running, dead (see reason), or destroyed"},
+            "reason": {"type": "string"}, "profile": {"type": "string"},
+            "mode": {"type": "string"}, "created": {"type": "integer"},
+            "last_used": {"type": "integer"}, "idle_timeout_s": {"type": "integer"},
+            "max_lifetime_s": {"type": "integer"}
+        },
+        "required": ["name", "id", "status", "profile"]
+    })
+}
+
+/// A sandbox record as the tools return it (no host paths or pids).
+fn sandbox_value(i: &phantom_api::SandboxInfo) -> Value {
+    let mut v = json!({
+        "name": i.name, "id": i.id, "status": i.status, "profile": i.profile, "mode": i.mode,
+        "created": i.created, "last_used": i.last_used, "idle_timeout_s": i.idle_timeout_s,
+        "max_lifetime_s": i.max_lifetime_s,
+    });
+    if let Some(r) = &i.reason {
+        v["reason"] = json!(r);
+    }
+    v
+}
+
+/// A runtime refusal or failure as a tool error the model can act on.
+fn runtime_error(e: phantom_runtime::RuntimeError) -> Outcome {
+    Outcome::Message {
+        text: if e.exit_code() == 2 {
+            format!("bad arguments: {e}")
+        } else {
+            format!("failed: {e}")
+        },
+        is_error: true,
+    }
+}
+
+/// Run runtime work that needs no fork on a blocking thread.
+async fn blocking(
+    f: impl FnOnce() -> Result<Value, phantom_runtime::RuntimeError> + Send + 'static,
+) -> Outcome {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Outcome::Structured {
+            value,
+            is_error: false,
+        },
+        Ok(Err(e)) => runtime_error(e),
+        Err(e) => Outcome::Message {
+            text: format!("internal error: {e}"),
+            is_error: true,
+        },
+    }
+}
+
+/// The persistent-sandbox tools.
+async fn sandbox_call(
+    engine: &Arc<Engine>,
+    kind: ToolKind,
+    arguments: &Map<String, Value>,
+    ct: tokio_util::sync::CancellationToken,
+    progress: Progress,
+) -> Outcome {
+    use phantom_runtime::sandbox;
+    use std::ffi::OsString;
+    let started = std::time::Instant::now();
+    match kind {
+        ToolKind::CreateSandbox => {
+            let a = match args::create_sandbox(arguments) {
+                Ok(a) => a,
+                Err(e) => return bad_args(e),
+            };
+            let mut argv: Vec<OsString> = [
+                "create",
+                "--json",
+                "--name",
+                &a.name,
+                "--profile",
+                &a.profile,
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect();
+            if let Some(t) = a.idle_timeout_s {
+                argv.push("--timeout-idle".into());
+                argv.push(format!("{}s", t.round() as u64).into());
+            }
+            match engine.phantom(&argv, None, ct, &progress, started).await {
+                Ok(out) if out.status.success() => {
+                    match serde_json::from_slice::<phantom_api::SandboxInfo>(&out.stdout) {
+                        Ok(info) => Outcome::Structured {
+                            value: sandbox_value(&info),
+                            is_error: false,
+                        },
+                        Err(e) => Outcome::Message {
+                            text: format!("failed: phantom create printed no record ({e})"),
+                            is_error: true,
+                        },
+                    }
+                }
+                Ok(out) => run_error(out.error("phantom create")),
+                Err(e) => run_error(e),
+            }
+        }
+        ToolKind::ExecInSandbox => {
+            let a = match args::exec_in_sandbox(arguments) {
+                Ok(a) => a,
+                Err(e) => return bad_args(e),
+            };
+            let mut argv: Vec<OsString> =
+                vec!["exec".into(), a.name.clone().into(), "--json".into()];
+            argv.push("--max-output".into());
+            argv.push(engine.max_output.to_string().into());
+            if let Some(t) = a.command.timeout_s {
+                argv.push("--timeout".into());
+                argv.push(format!("{}ms", ((t * 1000.0).round() as u64).max(1)).into());
+            }
+            if let Some(c) = &a.cwd {
+                argv.push("--cwd".into());
+                argv.push(c.into());
+            }
+            for (k, v) in &a.command.env {
+                argv.push("--env".into());
+                argv.push(format!("{k}={v}").into());
+            }
+            argv.push("--".into());
+            argv.extend(a.command.argv.iter().map(OsString::from));
+            match engine
+                .phantom(&argv, a.command.stdin.clone(), ct, &progress, started)
+                .await
+            {
+                Ok(out) => match engine.report(out, "phantom exec") {
+                    Ok(f) => run_result(&f),
+                    Err(e) => run_error(e),
+                },
+                Err(e) => run_error(e),
+            }
+        }
+        ToolKind::WriteFile => {
+            let (target, content) = match args::write_file(arguments) {
+                Ok(a) => a,
+                Err(e) => return bad_args(e),
+            };
+            blocking(move || {
+                sandbox::write_file(&target.name, &target.path, content.as_bytes(), true)?;
+                Ok(json!({"path": target.path, "bytes": content.len()}))
+            })
+            .await
+        }
+        ToolKind::ReadFile => {
+            let target = match args::sandbox_path_args("read_file", arguments, true) {
+                Ok(a) => a,
+                Err(e) => return bad_args(e),
+            };
+            blocking(move || {
+                let data =
+                    sandbox::read_file(&target.name, &target.path, args::MAX_FILE_BYTES as u64)?;
+                let text = String::from_utf8(data.clone());
+                Ok(json!({
+                    "path": target.path,
+                    "bytes": data.len(),
+                    "binary": text.is_err(),
+                    "content": text.unwrap_or_else(|_| String::from_utf8_lossy(&data).into_owned()),
+                }))
+            })
+            .await
+        }
+        ToolKind::ListFiles => {
+            let target = match args::sandbox_path_args("list_files", arguments, false) {
+                Ok(a) => a,
+                Err(e) => return bad_args(e),
+            };
+            blocking(move || {
+                let entries = sandbox::list_files(&target.name, &target.path)?;
+                Ok(json!({"path": target.path, "entries": entries}))
+            })
+            .await
+        }
+        ToolKind::DestroySandbox => {
+            let name = match args::destroy_sandbox(arguments) {
+                Ok(a) => a,
+                Err(e) => return bad_args(e),
+            };
+            blocking(move || Ok(sandbox_value(&sandbox::destroy(&name)?))).await
+        }
+        ToolKind::ListSandboxes => {
+            if let Err(e) = args::no_arguments("list_sandboxes", arguments) {
+                return bad_args(e);
+            }
+            blocking(|| {
+                let list: Vec<Value> = sandbox::list()?.iter().map(sandbox_value).collect();
+                Ok(json!({"sandboxes": list}))
+            })
+            .await
+        }
+        ToolKind::SnapshotSandbox => {
+            let (name, tag) = match args::snapshot_sandbox(arguments) {
+                Ok(a) => a,
+                Err(e) => return bad_args(e),
+            };
+            blocking(move || {
+                let info =
+                    sandbox::snapshot(&name, tag.as_deref(), &Default::default(), &mut |_| {})?;
+                Ok(json!({
+                    "tag": info.tag, "files": info.files, "bytes": info.bytes,
+                    "new_chunks": info.new_chunks, "new_bytes": info.new_bytes,
+                }))
+            })
+            .await
+        }
+        _ => unreachable!("not a sandbox tool"),
+    }
 }
 
 fn bad_args(e: ArgError) -> Outcome {
@@ -415,6 +840,16 @@ pub async fn call(
             },
             Err(e) => return bad_args(e),
         },
+        ToolKind::CreateSandbox
+        | ToolKind::ExecInSandbox
+        | ToolKind::WriteFile
+        | ToolKind::ReadFile
+        | ToolKind::ListFiles
+        | ToolKind::DestroySandbox
+        | ToolKind::ListSandboxes
+        | ToolKind::SnapshotSandbox => {
+            return sandbox_call(engine, kind, arguments, ct, progress).await;
+        }
         ToolKind::ListProfiles | ToolKind::GetMetrics => {
             let name = if kind == ToolKind::ListProfiles {
                 "list_profiles"

@@ -58,7 +58,9 @@ def processes_matching(pattern):
 async def run_checks(client, label, marker):
     tools = (await client.list_tools()).tools
     names = sorted(t.name for t in tools)
-    check(f"{label}: tools/list", names == ["get_metrics", "list_profiles", "run_code", "run_command"], names)
+    check(f"{label}: tools/list", names == sorted([
+        "get_metrics", "list_profiles", "run_code", "run_command", "create_sandbox", "exec_in_sandbox",
+        "write_file", "read_file", "list_files", "destroy_sandbox", "list_sandboxes", "snapshot_sandbox"]), names)
     check(f"{label}: every tool has input and output schemas",
           all(t.input_schema.get("type") == "object" and (t.output_schema or {}).get("type") == "object" for t in tools))
 
@@ -135,6 +137,8 @@ async def run_checks(client, label, marker):
         await anyio.sleep(0.05)
     check(f"{label}: cancellation kills the run", not processes_matching(f"sleep {marker}"))
 
+    await sandbox_checks(client, label, marker)
+
     r = await client.call_tool("list_profiles", {})
     sc = structured(r)
     check(f"{label}: list_profiles", any(p["name"] == "python-dev" and "python" in p["default_for"] for p in sc["profiles"]), sc)
@@ -146,8 +150,47 @@ async def run_checks(client, label, marker):
         check(f"{label}: warm runs served", sc["warm"] >= 1 and sc["pools"], sc)
 
 
+async def sandbox_checks(client, label, marker):
+    """A persistent sandbox: create, write, exec, read, list, a path escape, snapshot,
+    destroy."""
+    name = re.sub(r"[^A-Za-z0-9]", "-", f"{label}-{marker}")
+    r = await client.call_tool("create_sandbox", {"name": name, "profile": "default"})
+    sc = structured(r)
+    check(f"{label}: create_sandbox", not r.is_error and sc and sc["status"] == "running", text_of(r))
+    r = await client.call_tool("create_sandbox", {"name": name})
+    check(f"{label}: a second create of the name is refused", r.is_error and "exists already" in text_of(r), text_of(r))
+    r = await client.call_tool("write_file", {"name": name, "path": "src/app.py", "content": "print('persisted')\n"})
+    check(f"{label}: write_file", not r.is_error and structured(r)["bytes"] == 19, text_of(r))
+    r = await client.call_tool("exec_in_sandbox", {"name": name, "argv": ["python3", "src/app.py"]})
+    sc = structured(r)
+    check(f"{label}: exec_in_sandbox runs the written file", not r.is_error and sc["stdout"] == "persisted\n", sc)
+    r = await client.call_tool("exec_in_sandbox", {"name": name, "argv": ["sh", "-c", "echo kept > out.txt; ln -s /etc/shadow shadow; exit 4"]})
+    sc = structured(r)
+    check(f"{label}: exec_in_sandbox failure is a result with isError", r.is_error and sc["exit_code"] == 4, sc)
+    r = await client.call_tool("read_file", {"name": name, "path": "/workspace/out.txt"})
+    check(f"{label}: read_file sees what exec wrote", not r.is_error and structured(r)["content"] == "kept\n", text_of(r))
+    r = await client.call_tool("list_files", {"name": name})
+    entries = sorted(e["name"] for e in structured(r)["entries"]) if not r.is_error else []
+    check(f"{label}: list_files", entries == ["out.txt", "shadow", "src"], text_of(r))
+    for path in ["shadow", "../../../etc/passwd", "/etc/passwd"]:
+        r = await client.call_tool("read_file", {"name": name, "path": path})
+        check(f"{label}: read_file {path} (an escape) is refused",
+              r.is_error and ("leaves the workspace" in text_of(r) or "outside the workspace" in text_of(r))
+              and "root:" not in text_of(r), text_of(r))
+    r = await client.call_tool("snapshot_sandbox", {"name": name})
+    check(f"{label}: snapshot_sandbox", not r.is_error and structured(r)["files"] == 2, text_of(r))
+    r = await client.call_tool("list_sandboxes", {})
+    check(f"{label}: list_sandboxes", not r.is_error and any(s["name"] == name for s in structured(r)["sandboxes"]), text_of(r))
+    r = await client.call_tool("destroy_sandbox", {"name": name})
+    check(f"{label}: destroy_sandbox", not r.is_error and structured(r)["status"] == "destroyed", text_of(r))
+    r = await client.call_tool("exec_in_sandbox", {"name": name, "argv": ["true"]})
+    check(f"{label}: exec into a destroyed sandbox says so", r.is_error and "no sandbox named" in text_of(r), text_of(r))
+
+
 async def stdio(protocol_mode, marker):
-    params = StdioServerParameters(command=BIN, args=["--transport", "stdio", "--mode", MODE])
+    # The SDK passes a stdio server only a few variables; the state directory too.
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "PHANTOM_STATE_DIR", "TMPDIR")}
+    params = StdioServerParameters(command=BIN, args=["--transport", "stdio", "--mode", MODE], env=env)
     async with Client(params, mode=protocol_mode) as client:
         check(f"stdio/{protocol_mode}: negotiated {client.protocol_version}", True)
         await run_checks(client, f"stdio/{protocol_mode}", marker)

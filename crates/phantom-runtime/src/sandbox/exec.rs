@@ -125,7 +125,10 @@ pub fn exec(name: &str, req: &ExecRequest) -> Result<RunReport, RuntimeError> {
         capture_output: req.capture_output,
         image: record.request.image.clone(),
     };
-    let prepared = prepare_with(&run, true)?;
+    let mut prepared = prepare_with(&run, true)?;
+    if let Some(n) = req.max_output {
+        prepared.plan.limits.output_limit_bytes = n.max(1);
+    }
     trace.step("plan compiled");
     let plan = &prepared.plan;
     if plan_hash(plan) != record.plan_hash {
