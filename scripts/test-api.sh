@@ -62,7 +62,8 @@ if [ -n "$other" ]; then echo "promtool check metrics:"; echo "$other"; exit 1; 
 echo "promtool: ok ($(grep -c '^# TYPE' "$work/metrics.txt") families)"
 
 echo "-- schemathesis (bounded: 10 examples per operation, deterministic)"
-"$work/venv/bin/schemathesis" run "$base/api/v2/openapi.json" \
+# From the work directory: schemathesis keeps a cache (.schemathesis/) where it runs.
+(cd "$work" && "$work/venv/bin/schemathesis" run "$base/api/v2/openapi.json" \
   --header "X-API-Key: $key" \
   --checks not_a_server_error,response_schema_conformance \
-  --max-examples 10 --generation-deterministic --request-timeout 60 --no-color
+  --max-examples 10 --generation-deterministic --request-timeout 60 --no-color)
