@@ -706,3 +706,58 @@ fn exec_does_not_fail_when_the_payload_reports_before_the_helper() {
         "{report}"
     );
 }
+
+#[test]
+fn a_killed_keeper_takes_its_sandbox_down_and_destroy_leaves_nothing() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("keeper");
+    let created = env.create("k", &[]);
+    let init = created["init_pid"].as_i64().unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    // The keeper is the init's parent (field 4 of /proc/PID/stat).
+    let stat = fs::read_to_string(format!("/proc/{init}/stat")).unwrap();
+    let keeper: i64 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(kill9(keeper), 0, "kill -9 {keeper}");
+    // The init dies with it (parent-death signal), and the sandbox shows dead.
+    wait_for("init gone", Duration::from_secs(10), || !alive(init));
+    wait_for("status dead", Duration::from_secs(10), || {
+        env.info("k")["status"] == "dead"
+    });
+    refused(
+        &env.run(&["exec", "k", "--", "true"]),
+        "sandbox `k` is dead",
+    );
+    env.ok(&["destroy", "k"]);
+    // Nothing of it is left: no cgroup, no run directory.
+    let cgroups = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("find /sys/fs/cgroup -maxdepth 3 -path '*/phantom/{id}'"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        cgroups.stdout.is_empty(),
+        "cgroup left: {}",
+        String::from_utf8_lossy(&cgroups.stdout)
+    );
+    let runs = std::process::Command::new("sh")
+        .args(["-c", &format!("find /dev/shm /tmp ${{XDG_RUNTIME_DIR:-/nonexistent}} -maxdepth 2 -name 'run-{id}' 2>/dev/null")])
+        .output()
+        .unwrap();
+    assert!(
+        runs.stdout.is_empty(),
+        "run directory left: {}",
+        String::from_utf8_lossy(&runs.stdout)
+    );
+}
