@@ -529,3 +529,60 @@ fn a_limited_run_over_http_reports_and_counts_its_proxy_decisions() {
         "{metrics}"
     );
 }
+
+/// A client that goes away mid-run: the run is stopped, and its cgroup and run directory
+/// are removed at once (a SIGKILL of `phantom run` would leave them for the next run).
+#[test]
+fn a_client_that_goes_away_stops_its_run_and_leaves_nothing() {
+    use std::io::Write;
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("leave", &[]);
+    let key = server.key("k", &[]);
+    let marker = format!("gone-{}-{}", std::process::id(), common::unique());
+    // `minimal` has no pool here: a cold run, the path that has a run directory to clean.
+    let body = json!({"argv": ["sh", "-c", format!("touch /workspace/{marker}; sleep 30")], "profile": "minimal"}).to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        s,
+        "POST /api/v2/run HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let find = || {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("find /dev/shm /tmp ${{XDG_RUNTIME_DIR:-/nonexistent}} -maxdepth 4 -path '*run-*/workspace/{marker}' 2>/dev/null")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let started = Instant::now();
+    while find().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(s); // the client goes away
+    let gone = Instant::now();
+    while !find().is_empty() {
+        assert!(
+            gone.elapsed() < Duration::from_secs(10),
+            "run directory still there: {}\n{}",
+            find(),
+            server.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let procs = std::process::Command::new("pgrep")
+        .args(["-f", &format!("touch /workspace/{marker}")])
+        .output()
+        .unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "still running: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+}

@@ -83,15 +83,68 @@ pub(crate) async fn phantom(
             let _ = pipe.write_all(&data).await;
         });
     }
-    let out = child
-        .wait_with_output()
+    let stdout = read_all(child.stdout.take());
+    let stderr = read_all(child.stderr.take());
+    // If this request goes away (the client disconnected), `running` stops the run.
+    let mut running = Running(Some(child));
+    let status = running
+        .0
+        .as_mut()
+        .expect("just set")
+        .wait()
         .await
         .map_err(|e| ApiFailure::internal(format!("waiting for phantom: {e}")))?;
+    running.0 = None;
     Ok(Output {
-        code: out.status.code(),
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code: status.code(),
+        stdout: stdout.await.unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&stderr.await.unwrap_or_default()).into_owned(),
     })
+}
+
+fn read_all<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    pipe: Option<R>,
+) -> tokio::task::JoinHandle<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    tokio::spawn(async move {
+        let mut v = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut v).await;
+        }
+        v
+    })
+}
+
+/// A `phantom` child whose request may go away before it ends; then it is stopped.
+struct Running(Option<tokio::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let (Some(child), Ok(rt)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(stop(child));
+        }
+    }
+}
+
+/// Stop a run as a user at a terminal would: SIGINT until `phantom` ends — at the third
+/// it kills the sandbox and removes its cgroup and run directory, which a SIGKILL of
+/// `phantom` would leave for the next run to collect — and SIGKILL only if it has not
+/// ended within 5 s (its sandbox dies with it either way).
+pub(crate) async fn stop(mut child: tokio::process::Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        if let Some(pid) = child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = child.kill().await;
 }
 
 /// phantom's own one-line error from stderr (`phantom: error: ...`).
@@ -198,7 +251,7 @@ pub(crate) async fn stream(
                 },
                 _ = tx.closed() => {
                     // The client went away: the run goes too.
-                    let _ = child.kill().await;
+                    stop(child).await;
                     let _ = std::fs::remove_dir_all(&report_dir);
                     return;
                 }
@@ -210,7 +263,7 @@ pub(crate) async fn stream(
                 .event(name)
                 .data(serde_json::json!({ "data": data }).to_string());
             if tx.send(event).await.is_err() {
-                let _ = child.kill().await;
+                stop(child).await;
                 let _ = std::fs::remove_dir_all(&report_dir);
                 return;
             }
