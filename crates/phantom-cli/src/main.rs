@@ -25,6 +25,10 @@ use clap::{Parser, Subcommand};
   phantom run -- python3 -c 'print(\"Hello Fragment!\")'
   phantom run --profile strict --timeout 5s --json -- sh -c 'id; hostname'
   phantom run --workspace ./proj --memory 1GB -- python3 /workspace/main.py
+  phantom create --name agent-1 --profile python-dev
+  phantom cp main.py agent-1:/workspace/ && phantom exec agent-1 -- python3 main.py
+  phantom-supervisor --bind 127.0.0.1:8080     # warm pools and the HTTP API
+  phantom-mcp --transport stdio                # for MCP clients (Claude Desktop, ...)
   phantom profile list
   phantom doctor")]
 struct Cli {
