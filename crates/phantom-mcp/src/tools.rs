@@ -494,6 +494,16 @@ async fn blocking(
     }
 }
 
+/// A tool's parsed arguments, or the call ends with the message that says what to send.
+macro_rules! parsed {
+    ($parse:expr) => {
+        match $parse {
+            Ok(a) => a,
+            Err(e) => return bad_args(e),
+        }
+    };
+}
+
 /// The persistent-sandbox tools.
 async fn sandbox_call(
     engine: &Arc<Engine>,
@@ -507,10 +517,7 @@ async fn sandbox_call(
     let started = std::time::Instant::now();
     match kind {
         ToolKind::CreateSandbox => {
-            let a = match args::create_sandbox(arguments) {
-                Ok(a) => a,
-                Err(e) => return bad_args(e),
-            };
+            let a = parsed!(args::create_sandbox(arguments));
             let mut argv: Vec<OsString> = [
                 "create",
                 "--json",
@@ -544,10 +551,7 @@ async fn sandbox_call(
             }
         }
         ToolKind::ExecInSandbox => {
-            let a = match args::exec_in_sandbox(arguments) {
-                Ok(a) => a,
-                Err(e) => return bad_args(e),
-            };
+            let a = parsed!(args::exec_in_sandbox(arguments));
             let mut argv: Vec<OsString> =
                 vec!["exec".into(), a.name.clone().into(), "--json".into()];
             argv.push("--max-output".into());
@@ -578,10 +582,7 @@ async fn sandbox_call(
             }
         }
         ToolKind::WriteFile => {
-            let (target, content) = match args::write_file(arguments) {
-                Ok(a) => a,
-                Err(e) => return bad_args(e),
-            };
+            let (target, content) = parsed!(args::write_file(arguments));
             blocking(move || {
                 sandbox::write_file(&target.name, &target.path, content.as_bytes(), true)?;
                 Ok(json!({"path": target.path, "bytes": content.len()}))
@@ -589,10 +590,7 @@ async fn sandbox_call(
             .await
         }
         ToolKind::ReadFile => {
-            let target = match args::sandbox_path_args("read_file", arguments, true) {
-                Ok(a) => a,
-                Err(e) => return bad_args(e),
-            };
+            let target = parsed!(args::sandbox_path_args("read_file", arguments, true));
             blocking(move || {
                 let data =
                     sandbox::read_file(&target.name, &target.path, args::MAX_FILE_BYTES as u64)?;
@@ -607,10 +605,7 @@ async fn sandbox_call(
             .await
         }
         ToolKind::ListFiles => {
-            let target = match args::sandbox_path_args("list_files", arguments, false) {
-                Ok(a) => a,
-                Err(e) => return bad_args(e),
-            };
+            let target = parsed!(args::sandbox_path_args("list_files", arguments, false));
             blocking(move || {
                 let entries = sandbox::list_files(&target.name, &target.path)?;
                 Ok(json!({"path": target.path, "entries": entries}))
@@ -618,10 +613,7 @@ async fn sandbox_call(
             .await
         }
         ToolKind::DestroySandbox => {
-            let name = match args::destroy_sandbox(arguments) {
-                Ok(a) => a,
-                Err(e) => return bad_args(e),
-            };
+            let name = parsed!(args::destroy_sandbox(arguments));
             blocking(move || Ok(sandbox_value(&sandbox::destroy(&name)?))).await
         }
         ToolKind::ListSandboxes => {
@@ -635,10 +627,7 @@ async fn sandbox_call(
             .await
         }
         ToolKind::SnapshotSandbox => {
-            let (name, tag) = match args::snapshot_sandbox(arguments) {
-                Ok(a) => a,
-                Err(e) => return bad_args(e),
-            };
+            let (name, tag) = parsed!(args::snapshot_sandbox(arguments));
             blocking(move || {
                 let info =
                     sandbox::snapshot(&name, tag.as_deref(), &Default::default(), &mut |_| {})?;
