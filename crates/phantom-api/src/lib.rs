@@ -376,9 +376,10 @@ pub struct ApiSnapshot {
     pub created: u64,
 }
 
-/// One entry of a sandbox directory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct ApiFileEntry {
+/// One entry of a sandbox directory (`phantom_runtime::sandbox::list_files`, the
+/// HTTP API's and MCP's file listings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FileEntry {
     pub name: String,
     /// `file`, `dir`, `symlink` or `other`.
     pub kind: String,

@@ -817,6 +817,23 @@ fn http(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
     Ok(serde_json::json!({ "benchmark": "http", "results": rows }))
 }
 
+/// A benchmark's scratch directory, removed however the benchmark ends.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Result<Scratch, BenchError> {
+        let dir = std::env::temp_dir().join(format!("phantom-{tag}-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| (1, format!("{}: {e}", dir.display())))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A persistent sandbox `bench` in a temporary state directory, destroyed on drop.
 struct BenchSandbox {
     me: PathBuf,
@@ -1065,16 +1082,8 @@ fn io(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
     let bytes = phantom_policy::units::parse_bytes(&args.io_size)
         .map_err(|e| (2, format!("--io-size {}: {e}", args.io_size)))?;
     let mib = (bytes / (1 << 20)).max(1);
-    let dir = std::env::temp_dir().join(format!("phantom-io-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| (1, format!("{}: {e}", dir.display())))?;
-    // Removed however the benchmark ends.
-    struct RemoveOnDrop(PathBuf);
-    impl Drop for RemoveOnDrop {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = RemoveOnDrop(dir.clone());
+    let scratch = Scratch::new("io")?;
+    let dir = scratch.0.clone();
     // A policy with room for the file: the memory limit well above the data written,
     // or the cgroup's dirty-page throttling measures the limit, not the filesystem
     // path (with 2x the data: 0.32x the host's write speed; with 8 GB: 0.68x).
@@ -1271,15 +1280,8 @@ fn net(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
             });
         }
     });
-    let dir = std::env::temp_dir().join(format!("phantom-net-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| (1, format!("{}: {e}", dir.display())))?;
-    struct RemoveOnDrop(PathBuf);
-    impl Drop for RemoveOnDrop {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = RemoveOnDrop(dir.clone());
+    let scratch = Scratch::new("net")?;
+    let dir = scratch.0.clone();
     // The server is on the host's loopback: only an address entry reaches it.
     let policy = dir.join("net.yaml");
     std::fs::write(

@@ -255,6 +255,14 @@ impl ExitStatus {
             ExitStatus::Signaled(s) => 128 + s,
         }
     }
+
+    /// The signal that ended the process, if one did.
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            ExitStatus::Signaled(s) => Some(s),
+            ExitStatus::Exited(_) => None,
+        }
+    }
 }
 
 fn tv(t: libc::timeval) -> Duration {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use phantom_api::{IsolationReport, PolicySource, RunReport, RunRequest};
 use phantom_linux::fdpass;
-use phantom_linux::process::{self, ExitStatus};
+use phantom_linux::process;
 use phantom_policy::{Mode, NetworkMode, Overrides, Plan};
 use rustix::event::{poll, PollFd, PollFlags};
 
@@ -314,7 +314,7 @@ impl Prepared {
         relay.drain();
         let _ = process::reset_signals(&[]);
         let Outcome {
-            status,
+            mut status,
             init_status,
             usage,
             wall,
@@ -323,17 +323,7 @@ impl Prepared {
             network,
         } = outcome?;
 
-        if let Some(e) = status.usage_error {
-            return Err(RuntimeError::Usage(e));
-        }
-        if let Some(e) = status.setup_error {
-            return Err(RuntimeError::Setup(e));
-        }
-        let exit = if timed_out {
-            ExitStatus::Signaled(libc::SIGKILL)
-        } else {
-            status.payload.unwrap_or(init_status)
-        };
+        let exit = status.outcome(timed_out, init_status)?;
         let truncated = relay.truncated;
         let (stdout, stderr) = relay.captured();
         Ok(RunReport {
@@ -342,10 +332,7 @@ impl Prepared {
             mode: plan.mode.as_str().to_string(),
             start: "cold".into(),
             exit_code: exit.code(),
-            signal: match exit {
-                ExitStatus::Signaled(s) => Some(s),
-                ExitStatus::Exited(_) => None,
-            },
+            signal: exit.signal(),
             timed_out,
             oom_killed,
             output_truncated: truncated,

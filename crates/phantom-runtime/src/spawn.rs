@@ -132,6 +132,40 @@ impl SandboxStatus {
     }
 }
 
+impl SandboxStatus {
+    /// Record the messages still queued on `chan` (sent just before the sender exited).
+    pub(crate) fn drain(&mut self, chan: std::os::fd::BorrowedFd<'_>) {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, _)) = rustix::net::recv(chan, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
+            if n == 0 {
+                break;
+            }
+            self.record(&buf[..n]);
+        }
+    }
+
+    /// How the payload ended, as a report gives it: a request refused inside the
+    /// sandbox or a failed setup is an error; a fired deadline is SIGKILL; else the
+    /// payload's own status (`fallback` when it sent none).
+    pub(crate) fn outcome(
+        &mut self,
+        timed_out: bool,
+        fallback: ExitStatus,
+    ) -> Result<ExitStatus, RuntimeError> {
+        if let Some(e) = self.usage_error.take() {
+            return Err(RuntimeError::Usage(e));
+        }
+        if let Some(e) = self.setup_error.take() {
+            return Err(RuntimeError::Setup(e));
+        }
+        Ok(if timed_out {
+            ExitStatus::Signaled(libc::SIGKILL)
+        } else {
+            self.payload.unwrap_or(fallback)
+        })
+    }
+}
+
 /// A started sandbox, as its front end holds it.
 #[derive(Debug)]
 pub(crate) struct Spawned {
@@ -405,15 +439,7 @@ impl Spawned {
             status.payload = Some(init_status);
         }
         // Status messages sent just before init exited may still be queued.
-        let mut buf = [0u8; 4096];
-        while let Ok((n, _)) =
-            rustix::net::recv(&self.chan, &mut buf, rustix::net::RecvFlags::DONTWAIT)
-        {
-            if n == 0 {
-                break;
-            }
-            status.record(&buf[..n]);
-        }
+        status.drain(self.chan.as_fd());
         // The sandbox is gone: its proxy has nothing left to serve.
         let network = self.proxy.map(crate::proxy::ProxyHelper::finish);
         let oom_killed = self.cgroup.0.as_ref().is_some_and(|c| c.oom_killed());

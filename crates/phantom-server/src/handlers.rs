@@ -15,9 +15,9 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use phantom_api::{
-    ApiCreateSandbox, ApiError, ApiExecRequest, ApiFileEntry, ApiHealth, ApiLimits, ApiRunRequest,
-    ApiRunResult, ApiSnapshot, ApiSnapshotRequest, PolicySource, RunOverrides, RunReport,
-    RunRequest, SandboxInfo,
+    ApiCreateSandbox, ApiError, ApiExecRequest, ApiHealth, ApiLimits, ApiRunRequest, ApiRunResult,
+    ApiSnapshot, ApiSnapshotRequest, PolicySource, RunOverrides, RunReport, RunRequest,
+    SandboxInfo,
 };
 use phantom_runtime::keys::{ApiKey, AuthError};
 use serde::de::DeserializeOwned;
@@ -143,6 +143,14 @@ pub(crate) fn audit(
             eprintln!("phantom-supervisor: audit log: {e}");
         }
     });
+}
+
+/// Audit a mutating call by what it returned: `ok`, or `error` with the message.
+fn audit_result<T>(key: &ApiKey, action: &str, target: Option<&str>, r: &ApiResult<T>) {
+    match r {
+        Ok(_) => audit(Some(&key.id), action, target, "ok", None),
+        Err(e) => audit(Some(&key.id), action, target, "error", Some(&e.message)),
+    }
 }
 
 /// The presented key, from `X-API-Key` or `Authorization: Bearer`.
@@ -669,13 +677,7 @@ pub(crate) async fn run(
     let out = runner::phantom(&app, &args, req.stdin.as_deref()).await?;
     drop(workspace);
     let result = runner::report(&out);
-    audit(
-        Some(&key.id),
-        "run",
-        None,
-        if result.is_ok() { "ok" } else { "error" },
-        result.as_ref().err().map(|e| e.message.as_str()),
-    );
+    audit_result(&key, "run", None, &result);
     Ok(axum::Json(finish_run(&app, result?, "run")).into_response())
 }
 
@@ -821,13 +823,7 @@ pub(crate) async fn delete_sandbox(
     let key = authenticate(&app, &headers, "sandbox.delete", Some(&name)).await?;
     let internal = internal_name(&key, &name)?;
     let r = blocking(move || phantom_runtime::sandbox::destroy(&internal)).await;
-    audit(
-        Some(&key.id),
-        "sandbox.delete",
-        Some(&name),
-        if r.is_ok() { "ok" } else { "error" },
-        r.as_ref().err().map(|e| e.message.as_str()),
-    );
+    audit_result(&key, "sandbox.delete", Some(&name), &r);
     Ok(axum::Json(external(
         &key,
         r.map_err(|e| rename(e, &key, &name))?,
@@ -861,13 +857,7 @@ pub(crate) async fn exec(
     args.extend(req.argv.iter().cloned());
     let out = runner::phantom(&app, &args, req.stdin.as_deref()).await?;
     let result = runner::report(&out).map_err(|e| rename(e, &key, &name));
-    audit(
-        Some(&key.id),
-        "sandbox.exec",
-        Some(&name),
-        if result.is_ok() { "ok" } else { "error" },
-        result.as_ref().err().map(|e| e.message.as_str()),
-    );
+    audit_result(&key, "sandbox.exec", Some(&name), &result);
     Ok(axum::Json(finish_run(&app, result?, "exec")))
 }
 
@@ -888,25 +878,14 @@ pub(crate) async fn list_files(
     headers: HeaderMap,
     Path(name): Path<String>,
     q: Result<Query<PathQuery>, QueryRejection>,
-) -> ApiResult<axum::Json<Vec<ApiFileEntry>>> {
+) -> ApiResult<axum::Json<Vec<phantom_api::FileEntry>>> {
     let key = authenticate(&app, &headers, "files.list", Some(&name)).await?;
     let path = query(q)?.path.unwrap_or_else(|| "/workspace".into());
     let internal = internal_name(&key, &name)?;
     let entries = blocking(move || phantom_runtime::sandbox::list_files(&internal, &path))
         .await
         .map_err(|e| rename(e, &key, &name))?;
-    Ok(axum::Json(
-        entries
-            .into_iter()
-            .map(|e| ApiFileEntry {
-                name: e.name,
-                kind: e.kind,
-                size: e.size,
-                mode: e.mode,
-                target: e.target,
-            })
-            .collect(),
-    ))
+    Ok(axum::Json(entries))
 }
 
 pub(crate) async fn read_file(
@@ -949,13 +928,7 @@ pub(crate) async fn write_file(
     let r = blocking(move || phantom_runtime::sandbox::write_file(&internal, &path, &body, true))
         .await
         .map_err(|e| rename(e, &key, &name));
-    audit(
-        Some(&key.id),
-        "files.write",
-        Some(&target),
-        if r.is_ok() { "ok" } else { "error" },
-        r.as_ref().err().map(|e| e.message.as_str()),
-    );
+    audit_result(&key, "files.write", Some(&target), &r);
     r.map(|()| StatusCode::NO_CONTENT)
 }
 
@@ -994,13 +967,7 @@ pub(crate) async fn snapshot(
     })
     .await
     .map_err(|e| rename(e, &key, &name));
-    audit(
-        Some(&key.id),
-        "sandbox.snapshot",
-        Some(&name),
-        if r.is_ok() { "ok" } else { "error" },
-        r.as_ref().err().map(|e| e.message.as_str()),
-    );
+    audit_result(&key, "sandbox.snapshot", Some(&name), &r);
     Ok((StatusCode::CREATED, axum::Json(api_snapshot(r?))).into_response())
 }
 

@@ -3,8 +3,8 @@
 //! document cannot drift from what the server parses and returns.
 
 use phantom_api::{
-    ApiCreateSandbox, ApiError, ApiExecRequest, ApiFileEntry, ApiHealth, ApiRunRequest,
-    ApiRunResult, ApiSnapshot, ApiSnapshotRequest, SandboxInfo,
+    ApiCreateSandbox, ApiError, ApiExecRequest, ApiHealth, ApiRunRequest, ApiRunResult,
+    ApiSnapshot, ApiSnapshotRequest, FileEntry, SandboxInfo,
 };
 use schemars::generate::{Contract, SchemaSettings};
 use serde_json::{json, Map, Value};
@@ -24,7 +24,7 @@ fn schemas() -> Map<String, Value> {
     gen.subschema_for::<ApiRunResult>();
     gen.subschema_for::<SandboxInfo>();
     gen.subschema_for::<ApiSnapshot>();
-    gen.subschema_for::<ApiFileEntry>();
+    gen.subschema_for::<FileEntry>();
     gen.subschema_for::<ApiError>();
     gen.subschema_for::<ApiHealth>();
     all.extend(gen.take_definitions(true));
@@ -163,7 +163,7 @@ pub fn document() -> Value {
     let mut files_r = vec![ok(
         "200",
         "Entries",
-        json!({ "type": "array", "items": r("ApiFileEntry") }),
+        json!({ "type": "array", "items": r("FileEntry") }),
     )];
     files_r.extend(errors(&[("404", "No such sandbox")]));
     let mut files = op("List a directory of the workspace", None, files_r);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use phantom_api::{ExecRequest, IsolationReport, RunReport, RunRequest};
 use phantom_linux::cgroup::{Layout, SandboxCgroup};
 use phantom_linux::fdpass;
-use phantom_linux::process::{self, ExitStatus, Forked, Namespaces};
+use phantom_linux::process::{self, Forked, Namespaces};
 use rustix::fs::{flock, FlockOperation};
 
 use super::{now_s, plan_hash};
@@ -220,34 +220,16 @@ pub fn exec(name: &str, req: &ExecRequest) -> Result<RunReport, RuntimeError> {
         let (mut status, timed_out, _) = watched?;
         let (_, exit, usage) = waited?.expect("blocking wait4 returns a status");
         // Messages sent just before the payload exec'd or exited may still be queued.
-        let mut buf = [0u8; 4096];
-        while let Ok((n, _)) =
-            rustix::net::recv(&joined.chan, &mut buf, rustix::net::RecvFlags::DONTWAIT)
-        {
-            if n == 0 {
-                break;
-            }
-            status.record(&buf[..n]);
-        }
+        status.drain(joined.chan.as_fd());
         relay.drain();
         Ok::<_, RuntimeError>((status, timed_out, exit, usage, relay))
     })();
     let _ = process::reset_signals(&[]);
     let _ = state.touch(&record.id, now_s());
     drop(lock);
-    let (status, timed_out, exit, usage, relay) = result?;
+    let (mut status, timed_out, exit, usage, relay) = result?;
     trace.step("payload reaped");
-    if let Some(e) = status.usage_error {
-        return Err(RuntimeError::Usage(e));
-    }
-    if let Some(e) = status.setup_error {
-        return Err(RuntimeError::Setup(e));
-    }
-    let exit = if timed_out {
-        ExitStatus::Signaled(libc::SIGKILL)
-    } else {
-        exit
-    };
+    let exit = status.outcome(timed_out, exit)?;
     let truncated = relay.truncated;
     let (stdout, stderr) = relay.captured();
     let (host_uid, _) = crate::ids::sandbox_host_ids();
@@ -257,10 +239,7 @@ pub fn exec(name: &str, req: &ExecRequest) -> Result<RunReport, RuntimeError> {
         mode: plan.mode.as_str().to_string(),
         start: "exec".into(),
         exit_code: exit.code(),
-        signal: match exit {
-            ExitStatus::Signaled(s) => Some(s),
-            ExitStatus::Exited(_) => None,
-        },
+        signal: exit.signal(),
         timed_out,
         oom_killed: cgroup.as_ref().is_some_and(|c| c.oom_kills() > oom_before),
         output_truncated: truncated,

@@ -26,6 +26,8 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use phantom_api::FileEntry;
+
 use crate::state::State;
 use crate::RuntimeError;
 
@@ -305,22 +307,6 @@ pub fn cp(src: &CpEnd, dst: &CpEnd, limits: CpLimits) -> Result<CpReport, Runtim
     }
     budget.report.destination = shown;
     Ok(budget.report)
-}
-
-/// One entry of a sandbox directory ([`list_files`]).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FileEntry {
-    /// The name inside the listed directory.
-    pub name: String,
-    /// `file`, `dir`, `symlink` or `other`.
-    pub kind: String,
-    /// Bytes (files), 0 otherwise.
-    pub size: u64,
-    /// Permission bits.
-    pub mode: u32,
-    /// The link's target as written (symlinks; never followed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
 }
 
 /// Write `data` to `path` (`/workspace/...`) in sandbox `name`, creating or replacing

@@ -34,7 +34,7 @@ use crate::state::{Record, State, STARTING};
 use crate::RuntimeError;
 
 pub use exec::exec;
-pub use files::{cp, list_files, read_file, write_file, CpEnd, CpLimits, CpReport, FileEntry};
+pub use files::{cp, list_files, read_file, write_file, CpEnd, CpLimits, CpReport};
 
 /// Default idle timeout of a persistent sandbox.
 pub const DEFAULT_IDLE_TIMEOUT: &str = "15m";

@@ -925,10 +925,7 @@ impl Supervisor {
                         sandbox_id,
                         prewarmed: status.prewarmed,
                         exit_code: exit.code(),
-                        signal: match exit {
-                            ExitStatus::Signaled(s) => Some(s),
-                            ExitStatus::Exited(_) => None,
-                        },
+                        signal: exit.signal(),
                         timed_out,
                         oom_killed,
                         wall_ms: ms(wall),
