@@ -216,10 +216,20 @@ impl Prepared {
     /// The payload's command, environment and working directory (see
     /// [`PayloadCommand`]).
     pub(crate) fn command(&self) -> PayloadCommand {
+        let argv = match &self.image {
+            Some(image) => image.argv.clone(),
+            None => self.request.argv.clone(),
+        };
+        self.command_with(argv)
+    }
+
+    /// [`Prepared::command`] with `argv` as given: the image's Env and WorkingDir still
+    /// apply, its Entrypoint and Cmd do not (`phantom exec`, as `docker exec`).
+    pub(crate) fn command_with(&self, argv: Vec<String>) -> PayloadCommand {
         let request = &self.request;
         let image = self.image.as_ref();
         PayloadCommand {
-            argv: image.map_or(&request.argv, |i| &i.argv).clone(),
+            argv,
             env: image
                 .iter()
                 .flat_map(|i| &i.env)

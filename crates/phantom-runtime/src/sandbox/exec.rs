@@ -25,7 +25,7 @@ use phantom_linux::process::{self, Forked, Namespaces};
 use rustix::fs::{flock, FlockOperation};
 
 use super::{now_s, plan_hash};
-use crate::cold::{prepare_with, watch, PayloadCommand, Watched};
+use crate::cold::{prepare_with, watch, Watched};
 use crate::init::ChildPayload;
 use crate::relay::{Relay, StdinRelay};
 use crate::spawn::{ms, Trace};
@@ -166,20 +166,7 @@ pub fn exec(name: &str, req: &ExecRequest) -> Result<RunReport, RuntimeError> {
     let (mut stdin_relay, payload_stdin) = StdinRelay::new()?;
     // As `docker exec`: the command as given (no Entrypoint), the image's Env under
     // --env, its WorkingDir unless --cwd.
-    let image = prepared.image.as_ref();
-    let command = PayloadCommand {
-        argv: req.argv.clone(),
-        env: image
-            .iter()
-            .flat_map(|i| &i.env)
-            .chain(&req.env)
-            .cloned()
-            .collect(),
-        cwd: req
-            .cwd
-            .clone()
-            .or_else(|| image.and_then(|i| i.working_dir.clone())),
-    };
+    let command = prepared.command_with(req.argv.clone());
     let ctx = prepared.payload_context(
         command,
         plan,
