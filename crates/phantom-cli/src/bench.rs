@@ -253,8 +253,8 @@ impl BenchSupervisor {
         Ok(sup)
     }
 
-    fn status(&self) -> Option<phantom_runtime::warm::protocol::PoolStatus> {
-        phantom_runtime::warm::client::status_at(&self.socket).ok()
+    fn status(&self) -> Option<phantom_engine::warm::protocol::PoolStatus> {
+        phantom_engine::warm::client::status_at(&self.socket).ok()
     }
 
     /// Wait until the pool is full again (so that every measured run can be warm).
@@ -505,7 +505,7 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
     }
     let counts = |sup: &BenchSupervisor| {
         sup.status().map(|s| {
-            let sum = |f: fn(&phantom_runtime::warm::protocol::PoolInfo) -> u64| {
+            let sum = |f: fn(&phantom_engine::warm::protocol::PoolInfo) -> u64| {
                 s.pools.iter().map(f).sum::<u64>()
             };
             (

@@ -15,7 +15,7 @@ pub struct DoctorArgs {
 }
 
 pub fn doctor(args: DoctorArgs) -> i32 {
-    let checks = phantom_runtime::doctor::run(!args.no_live);
+    let checks = phantom_engine::doctor::run(!args.no_live);
     let failed = checks.iter().any(|c| c.status == "fail");
     if args.json {
         print_json(&checks);

@@ -75,7 +75,7 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
             .psi_source
             .clone()
             .unwrap_or_else(|| PathBuf::from("/proc/pressure"));
-        use phantom_runtime::warm::pressure::{DirPressure, PressureSource};
+        use phantom_engine::warm::pressure::{DirPressure, PressureSource};
         if DirPressure(dir.clone()).sample().is_none() {
             return fail(format!(
                 "--psi-aware: no pressure files in {} (boot with psi=1, or point --psi-source at cpu and memory files)",
@@ -104,7 +104,7 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
     let socket = args
         .socket
         .clone()
-        .unwrap_or_else(phantom_runtime::warm::socket_path);
+        .unwrap_or_else(phantom_engine::warm::socket_path);
     let mut child = Command::new(std::env::current_exe().expect("checked above"));
     child
         .arg("--zygote-pools")

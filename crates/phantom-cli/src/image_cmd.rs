@@ -1,5 +1,5 @@
 //! `phantom image import|import-dir|list|inspect|rm|build`: the image store from the
-//! command line. Each subcommand maps its flags onto `phantom_runtime::image` and
+//! command line. Each subcommand maps its flags onto `phantom_image` and
 //! prints what the store returns; a progress bar goes to stderr when it is a terminal.
 
 use std::io::IsTerminal;
@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use phantom_runtime::image::{
-    human_size, Debootstrap, ImageError, ImageInfo, ImageStore, ImportOptions, ImportProgress,
+use phantom_image::{
+    Debootstrap, ImageError, ImageInfo, ImageStore, ImportOptions, ImportProgress,
 };
+use phantom_policy::units::human_size;
 
 use crate::{age, error_line, print_json};
 

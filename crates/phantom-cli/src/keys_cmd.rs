@@ -2,8 +2,8 @@
 //! log, in the state database.
 
 use clap::{Args, Subcommand};
-use phantom_runtime::audit::Audit;
-use phantom_runtime::keys::{KeyLimits, Keys};
+use phantom_state::audit::Audit;
+use phantom_state::keys::{KeyLimits, Keys};
 
 use crate::{age, error_line, print_json};
 
@@ -48,7 +48,7 @@ pub enum KeysCommand {
     },
 }
 
-fn fail(e: phantom_runtime::RuntimeError) -> i32 {
+fn fail(e: phantom_state::StateError) -> i32 {
     error_line(&e);
     if e.exit_code() == 2 {
         2

@@ -17,7 +17,7 @@ pub enum PoolCommand {
 
 pub fn pool(cmd: PoolCommand) -> i32 {
     let PoolCommand::Status { json } = cmd;
-    let status = match phantom_runtime::warm::client::status() {
+    let status = match phantom_engine::warm::client::status() {
         Ok(s) => s,
         Err(e) => {
             error_line(&e);

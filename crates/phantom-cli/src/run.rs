@@ -156,7 +156,7 @@ pub fn run(args: RunArgs) -> i32 {
         capture_output: args.json,
         image: args.image,
     };
-    let mut prepared = match phantom_runtime::prepare(&request) {
+    let mut prepared = match phantom_engine::prepare(&request) {
         Ok(p) => p,
         Err(e) => {
             error_line(&e);
@@ -187,7 +187,7 @@ pub fn run(args: RunArgs) -> i32 {
     let warm = if args.cold {
         Ok(Err("--cold".to_string()))
     } else {
-        phantom_runtime::warm::client::try_run(&prepared)
+        phantom_engine::warm::client::try_run(&prepared)
     };
     let result = match warm {
         Ok(Ok(report)) => Ok(report),

@@ -1,22 +1,22 @@
 //! Persistent sandboxes: `phantom create|exec|destroy|list|monitor|cp|snapshot`.
-//! Each maps its flags onto `phantom_runtime::sandbox` and prints what it returns.
+//! Each maps its flags onto `phantom_engine::sandbox` and prints what it returns.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use phantom_api::{CreateRequest, ExecRequest, SandboxInfo, SandboxMetrics};
-use phantom_runtime::image::human_size;
-use phantom_runtime::sandbox::{self, CpEnd, CpLimits};
-use phantom_runtime::snapshot::{SnapshotOptions, SnapshotProgress, SnapshotStore};
-use phantom_runtime::RuntimeError;
+use phantom_engine::sandbox::{self, CpEnd, CpLimits};
+use phantom_engine::EngineError;
+use phantom_policy::units::human_size;
+use phantom_store::{SnapshotOptions, SnapshotProgress, SnapshotStore};
 
 use crate::run::{parse_env, PolicyArgs, EXIT_PHANTOM_FAILED};
 use crate::store_cmd::{print_snapshot, print_table, Bar};
 use crate::{age, error_line, print_json};
 
 /// The exit code for a runtime error: 2 for the caller's mistakes, else 125.
-fn fail(e: RuntimeError) -> i32 {
+fn fail(e: EngineError) -> i32 {
     error_line(&e);
     if e.exit_code() == 2 {
         2
@@ -509,7 +509,7 @@ pub enum SnapshotCommand {
 }
 
 pub fn snapshot(args: SnapshotArgs) -> i32 {
-    let store_fail = |e: phantom_runtime::snapshot::SnapshotError| {
+    let store_fail = |e: phantom_store::SnapshotError| {
         error_line(&e);
         e.exit_code()
     };

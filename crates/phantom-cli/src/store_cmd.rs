@@ -1,7 +1,7 @@
 //! `phantom store snapshot|restore|list|rm|gc|verify`: the content-addressed snapshot
-//! store from the command line. Each subcommand maps its flags onto
-//! `phantom_runtime::snapshot` and prints what the store returns; a progress bar goes to
-//! stderr when it is a terminal.
+//! store from the command line. Each subcommand maps its flags onto `phantom_store`
+//! and prints what the store returns; a progress bar goes to stderr when it is a
+//! terminal.
 //!
 //! Until persistent sandboxes exist, snapshots are of host directories
 //! (`phantom store snapshot DIR --tag TAG`); `phantom snapshot NAME` for a sandbox's
@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use phantom_runtime::image::human_size;
-use phantom_runtime::snapshot::{
+use phantom_policy::units::human_size;
+use phantom_store::{
     GcReport, RestoreInfo, RestoreMode, RestoreProgress, SnapshotError, SnapshotInfo,
     SnapshotLimits, SnapshotOptions, SnapshotProgress, SnapshotStore, VerifyReport,
 };
@@ -368,10 +368,10 @@ fn print_gc(report: &GcReport) {
 fn print_verify(report: &VerifyReport) {
     for problem in &report.problems {
         let kind = match problem.kind {
-            phantom_runtime::snapshot::ObjectKind::Tag => "tag",
-            phantom_runtime::snapshot::ObjectKind::Manifest => "manifest",
-            phantom_runtime::snapshot::ObjectKind::Chunk => "chunk",
-            phantom_runtime::snapshot::ObjectKind::CacheFile => "cached file",
+            phantom_store::ObjectKind::Tag => "tag",
+            phantom_store::ObjectKind::Manifest => "manifest",
+            phantom_store::ObjectKind::Chunk => "chunk",
+            phantom_store::ObjectKind::CacheFile => "cached file",
         };
         let breaks = if problem.breaks.is_empty() {
             "breaks no snapshot".to_string()

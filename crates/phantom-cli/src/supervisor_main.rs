@@ -11,7 +11,7 @@
 mod http;
 
 use clap::Parser;
-use phantom_runtime::warm::{pressure, supervisor};
+use phantom_engine::warm::{pressure, supervisor};
 
 /// Keep warm pools of sandboxes ready for `phantom run`.
 #[derive(Parser, Debug)]
@@ -153,7 +153,7 @@ fn main() {
         }),
         socket: args
             .socket
-            .unwrap_or_else(phantom_runtime::warm::socket_path),
+            .unwrap_or_else(phantom_engine::warm::socket_path),
     };
     if let Err(e) = supervisor::serve(config, &mut source) {
         eprintln!("phantom-supervisor: error: {e}");

@@ -271,7 +271,7 @@ fn init_cmdline_and_environ_do_not_leak_the_front_end() {
     );
 }
 
-/// The per-user directory holding run directories (mirrors phantom-runtime's
+/// The per-user directory holding run directories (mirrors phantom-engine's
 /// `workspace::state_base`).
 fn state_base() -> std::path::PathBuf {
     let uid = common::host_ids().0;

@@ -525,7 +525,7 @@ fn sandbox_name(tool: &str, args: &Map<String, Value>) -> Result<String, ArgErro
             "`name` is missing: {tool} needs the sandbox's name ({example}; list_sandboxes shows them)"
         ));
     };
-    phantom_runtime::sandbox::validate_name(name).map_err(|e| ArgError(format!("`name`: {e}")))?;
+    phantom_engine::sandbox::validate_name(name).map_err(|e| ArgError(format!("`name`: {e}")))?;
     Ok(name.to_string())
 }
 
@@ -650,7 +650,7 @@ pub fn snapshot_sandbox(args: &Map<String, Value>) -> Result<(String, Option<Str
     let name = sandbox_name("snapshot_sandbox", args)?;
     let tag = string(args, "tag", "a snapshot tag, e.g. \"before-refactor\"")?;
     if let Some(t) = tag {
-        phantom_runtime::snapshot::validate_tag(t).map_err(|e| ArgError(format!("`tag`: {e}")))?;
+        phantom_store::validate_tag(t).map_err(|e| ArgError(format!("`tag`: {e}")))?;
     }
     Ok((name, tag.map(str::to_string)))
 }

@@ -239,20 +239,19 @@ impl Engine {
         progress: &Progress,
         started: Instant,
     ) -> Result<Result<Finished, String>, RunError> {
-        let mut prepared =
-            phantom_runtime::prepare(&self.request(job, workspace)).map_err(|e| {
-                match e.exit_code() {
-                    2 => RunError::Usage(e.to_string()),
-                    _ => RunError::Failed(e.to_string()),
-                }
-            })?;
+        let mut prepared = phantom_engine::prepare(&self.request(job, workspace)).map_err(|e| {
+            match e.exit_code() {
+                2 => RunError::Usage(e.to_string()),
+                _ => RunError::Failed(e.to_string()),
+            }
+        })?;
         prepared.plan.limits.output_limit_bytes = self.max_output;
         let stdin = self.stdin_fd(job.stdin.as_deref()).await?;
         let (cancel_tx, cancel_rx) =
             UnixStream::pair().map_err(|e| RunError::Failed(format!("socketpair: {e}")))?;
         let socket = socket.to_path_buf();
         let run = tokio::task::spawn_blocking(move || {
-            phantom_runtime::warm::client::try_run_captured(
+            phantom_engine::warm::client::try_run_captured(
                 &prepared,
                 &socket,
                 stdin,

@@ -8,7 +8,7 @@
 //!   `phantom-supervisor` (single-threaded; the one process that clones sandboxes) on a
 //!   socket in the server's 0700 scratch directory, tied to this process with
 //!   `--parent-pid`. Runs go to it in-process through
-//!   `phantom_runtime::warm::client::try_run_captured` (a socket and SCM_RIGHTS).
+//!   `phantom_engine::warm::client::try_run_captured` (a socket and SCM_RIGHTS).
 //! * cold runs (`--mode cold`, or a run no pool serves) exec our own `phantom run
 //!   --json --cold` — the CLI is the single-threaded spawner of the cold path.
 #![forbid(unsafe_code)]
@@ -224,7 +224,7 @@ impl Supervisor {
         // that cannot fill is the supervisor's to report; we go on after 10 s).
         let filled_by = Instant::now() + Duration::from_secs(10);
         while Instant::now() < filled_by {
-            match phantom_runtime::warm::client::status_at(&socket) {
+            match phantom_engine::warm::client::status_at(&socket) {
                 Ok(s) if s.pools.iter().all(|p| p.ready > 0) => break,
                 Ok(_) => std::thread::sleep(Duration::from_millis(20)),
                 Err(_) => break,

@@ -466,7 +466,7 @@ fn sandbox_value(i: &phantom_api::SandboxInfo) -> Value {
 }
 
 /// A runtime refusal or failure as a tool error the model can act on.
-fn runtime_error(e: phantom_runtime::RuntimeError) -> Outcome {
+fn runtime_error(e: phantom_engine::EngineError) -> Outcome {
     Outcome::Message {
         text: if e.exit_code() == 2 {
             format!("bad arguments: {e}")
@@ -479,7 +479,7 @@ fn runtime_error(e: phantom_runtime::RuntimeError) -> Outcome {
 
 /// Run runtime work that needs no fork on a blocking thread.
 async fn blocking(
-    f: impl FnOnce() -> Result<Value, phantom_runtime::RuntimeError> + Send + 'static,
+    f: impl FnOnce() -> Result<Value, phantom_engine::EngineError> + Send + 'static,
 ) -> Outcome {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(value)) => Outcome::Structured {
@@ -512,7 +512,7 @@ async fn sandbox_call(
     ct: tokio_util::sync::CancellationToken,
     progress: Progress,
 ) -> Outcome {
-    use phantom_runtime::sandbox;
+    use phantom_engine::sandbox;
     use std::ffi::OsString;
     let started = std::time::Instant::now();
     match kind {
@@ -747,7 +747,7 @@ fn list_profiles(engine: &Engine) -> Outcome {
 /// Profiles the private supervisor keeps pools for (on the host root).
 fn warm_profiles(engine: &Engine) -> Vec<String> {
     match (&engine.mode, &engine.socket) {
-        (Mode::Zygote, Some(socket)) => phantom_runtime::warm::client::status_at(socket)
+        (Mode::Zygote, Some(socket)) => phantom_engine::warm::client::status_at(socket)
             .map(|s| {
                 s.pools
                     .into_iter()
@@ -764,7 +764,7 @@ fn get_metrics(engine: &Engine) -> Outcome {
     let snapshot = engine.metrics.snapshot();
     let mut value = serde_json::to_value(&snapshot).expect("metrics serialize");
     let (pools, supervisor) = match (&engine.mode, &engine.socket) {
-        (Mode::Zygote, Some(socket)) => match phantom_runtime::warm::client::status_at(socket) {
+        (Mode::Zygote, Some(socket)) => match phantom_engine::warm::client::status_at(socket) {
             Ok(s) => (
                 s.pools
                     .iter()

@@ -1,6 +1,6 @@
 //! Egress rules of `network.mode: limited`: the entries of `network.allow` and
 //! `network.deny`, how they are written, and how the proxy matches a destination
-//! against them. Pure: the proxy (phantom-runtime) calls [`Egress::decide_name`] for
+//! against them. Pure: the proxy (phantom-egress) calls [`Egress::decide_name`] for
 //! the name a client asked for and [`Egress::decide_ip`] for every address it would
 //! connect to.
 //!

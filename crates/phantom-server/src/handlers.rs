@@ -19,7 +19,7 @@ use phantom_api::{
     ApiSnapshot, ApiSnapshotRequest, PolicySource, RunOverrides, RunReport, RunRequest,
     SandboxInfo,
 };
-use phantom_runtime::keys::{ApiKey, AuthError};
+use phantom_state::keys::{ApiKey, AuthError};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -91,7 +91,7 @@ impl IntoResponse for ApiFailure {
 
 /// A runtime error as an answer: the caller's mistakes are 400 (404 for an unknown
 /// sandbox), the rest 500.
-fn runtime_failure(e: phantom_runtime::RuntimeError) -> ApiFailure {
+fn runtime_failure(e: phantom_engine::EngineError) -> ApiFailure {
     let msg = e.to_string();
     if msg.contains("no sandbox named") {
         ApiFailure::not_found(msg)
@@ -106,7 +106,7 @@ type ApiResult<T> = Result<T, ApiFailure>;
 
 /// Run blocking runtime work (SQLite, file I/O) off the async threads.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, phantom_runtime::RuntimeError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, phantom_engine::EngineError> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -130,7 +130,7 @@ pub(crate) fn audit(
     );
     // Best effort, off the request's path; a failure is logged, never silently lost.
     tokio::task::spawn_blocking(move || {
-        let r = phantom_runtime::audit::Audit::open_default().and_then(|a| {
+        let r = phantom_state::audit::Audit::open_default().and_then(|a| {
             a.record(
                 key.as_deref(),
                 &action,
@@ -170,7 +170,7 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
 fn file_key(app: &App, presented: &str) -> Option<ApiKey> {
     let hash = blake3::hash(presented.as_bytes());
     let (id, _) = app.file_keys.iter().find(|(_, h)| *h == hash)?;
-    let limits = phantom_runtime::keys::KeyLimits::default();
+    let limits = phantom_state::keys::KeyLimits::default();
     Some(ApiKey {
         id: id.clone(),
         name: "--api-keys file".into(),
@@ -207,10 +207,8 @@ async fn authenticate(
     let verdict = match from_file {
         Some(key) => Ok(key),
         None => {
-            blocking(move || {
-                phantom_runtime::keys::Keys::open_default().and_then(|k| k.verify(&presented))
-            })
-            .await?
+            blocking(move || Ok(phantom_state::keys::Keys::open_default()?.verify(&presented)?))
+                .await?
         }
     };
     let key = match verdict {
@@ -265,8 +263,8 @@ async fn authenticate(
 }
 
 /// Current pressure, when the server watches it.
-fn pressure(app: &App) -> Option<phantom_runtime::warm::pressure::Pressure> {
-    use phantom_runtime::warm::pressure::{DirPressure, PressureSource};
+fn pressure(app: &App) -> Option<phantom_engine::warm::pressure::Pressure> {
+    use phantom_engine::warm::pressure::{DirPressure, PressureSource};
     let (dir, _, _) = app.config.psi.as_ref()?;
     DirPressure(dir.clone()).sample()
 }
@@ -274,7 +272,7 @@ fn pressure(app: &App) -> Option<phantom_runtime::warm::pressure::Pressure> {
 /// Admit one more sandbox for `key`: pressure, then the key's and the server's limits.
 async fn admit(app: &App, key: &ApiKey) -> ApiResult<Slot> {
     if let (Some((_, cpu, mem)), Some(p)) = (&app.config.psi, pressure(app)) {
-        let t = phantom_runtime::warm::pressure::Thresholds {
+        let t = phantom_engine::warm::pressure::Thresholds {
             cpu: *cpu,
             memory: *mem,
         };
@@ -282,7 +280,7 @@ async fn admit(app: &App, key: &ApiKey) -> ApiResult<Slot> {
             return Err(refused(app, Refusal::Pressure { why }));
         }
     }
-    let persistent = blocking(|| Ok(phantom_runtime::sandbox::list()?.len())).await?;
+    let persistent = blocking(|| Ok(phantom_engine::sandbox::list()?.len())).await?;
     take_slot(
         &app.inflight,
         &key.id,
@@ -397,7 +395,7 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> 
     // Gauges read at scrape time.
     let socket = app.config.pool_socket.clone();
     let pools = tokio::task::spawn_blocking(move || {
-        socket.and_then(|s| phantom_runtime::warm::client::status_at(&s).ok())
+        socket.and_then(|s| phantom_engine::warm::client::status_at(&s).ok())
     })
     .await
     .ok()
@@ -415,7 +413,7 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> 
     let sample = if app.config.psi.is_some() {
         pressure(&app)
     } else {
-        use phantom_runtime::warm::pressure::{PressureSource, ProcPressure};
+        use phantom_engine::warm::pressure::{PressureSource, ProcPressure};
         ProcPressure.sample()
     };
     if let Some(p) = sample {
@@ -423,11 +421,11 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> 
         app.metrics.psi_memory.set(p.memory / 100.0);
     }
     let memory = tokio::task::spawn_blocking(|| {
-        let list = phantom_runtime::sandbox::list().unwrap_or_default();
+        let list = phantom_engine::sandbox::list().unwrap_or_default();
         list.into_iter()
             .filter(|s| s.status == "running")
             .filter_map(|s| {
-                let m = phantom_runtime::sandbox::monitor(&s.name, None).ok()?;
+                let m = phantom_engine::sandbox::monitor(&s.name, None).ok()?;
                 Some((s.name, m.memory_bytes?))
             })
             .collect::<Vec<_>>()
@@ -565,7 +563,7 @@ fn write_files(files: &[phantom_api::ApiFile]) -> ApiResult<Option<TempWorkspace
     let dir = std::env::temp_dir().join(format!(
         "phantom-api-{}-{}",
         std::process::id(),
-        phantom_runtime::ids::new_sandbox_id()
+        phantom_state::ids::new_sandbox_id()
     ));
     std::fs::create_dir(&dir)
         .map_err(|e| ApiFailure::internal(format!("{}: {e}", dir.display())))?;
@@ -645,7 +643,7 @@ pub(crate) async fn run(
         image: None,
     };
     let started = Instant::now();
-    blocking(move || phantom_runtime::prepare(&check).map(|_| ())).await?;
+    blocking(move || phantom_engine::prepare(&check).map(|_| ())).await?;
     app.metrics
         .policy_compile
         .observe(started.elapsed().as_secs_f64());
@@ -687,7 +685,7 @@ pub(crate) async fn run(
 // ---------------------------------------------------------------------------------------
 
 fn internal_name(key: &ApiKey, name: &str) -> ApiResult<String> {
-    if let Err(e) = phantom_runtime::sandbox::validate_name(name) {
+    if let Err(e) = phantom_engine::sandbox::validate_name(name) {
         return Err(ApiFailure::bad_request(e.to_string()));
     }
     let internal = format!("api-{}-{name}", key.id);
@@ -718,7 +716,7 @@ pub(crate) async fn create_sandbox(
     let name = internal_name(&key, &req.name)?;
     let prefix = format!("api-{}-", key.id);
     let mine = blocking(move || {
-        Ok(phantom_runtime::sandbox::list()?
+        Ok(phantom_engine::sandbox::list()?
             .into_iter()
             .filter(|s| s.name.starts_with(&prefix))
             .count())
@@ -784,7 +782,7 @@ pub(crate) async fn list_sandboxes(
     let key = authenticate(&app, &headers, "sandbox.list", None).await?;
     let prefix = format!("api-{}-", key.id);
     let list = blocking(move || {
-        Ok(phantom_runtime::sandbox::list()?
+        Ok(phantom_engine::sandbox::list()?
             .into_iter()
             .filter(|s| s.name.starts_with(&prefix))
             .collect::<Vec<_>>())
@@ -802,7 +800,7 @@ pub(crate) async fn get_sandbox(
 ) -> ApiResult<axum::Json<SandboxInfo>> {
     let key = authenticate(&app, &headers, "sandbox.get", Some(&name)).await?;
     let internal = internal_name(&key, &name)?;
-    let info = blocking(move || phantom_runtime::sandbox::info(&internal)).await;
+    let info = blocking(move || phantom_engine::sandbox::info(&internal)).await;
     Ok(axum::Json(external(
         &key,
         info.map_err(|e| rename(e, &key, &name))?,
@@ -822,7 +820,7 @@ pub(crate) async fn delete_sandbox(
 ) -> ApiResult<axum::Json<SandboxInfo>> {
     let key = authenticate(&app, &headers, "sandbox.delete", Some(&name)).await?;
     let internal = internal_name(&key, &name)?;
-    let r = blocking(move || phantom_runtime::sandbox::destroy(&internal)).await;
+    let r = blocking(move || phantom_engine::sandbox::destroy(&internal)).await;
     audit_result(&key, "sandbox.delete", Some(&name), &r);
     Ok(axum::Json(external(
         &key,
@@ -882,7 +880,7 @@ pub(crate) async fn list_files(
     let key = authenticate(&app, &headers, "files.list", Some(&name)).await?;
     let path = query(q)?.path.unwrap_or_else(|| "/workspace".into());
     let internal = internal_name(&key, &name)?;
-    let entries = blocking(move || phantom_runtime::sandbox::list_files(&internal, &path))
+    let entries = blocking(move || phantom_engine::sandbox::list_files(&internal, &path))
         .await
         .map_err(|e| rename(e, &key, &name))?;
     Ok(axum::Json(entries))
@@ -900,7 +898,7 @@ pub(crate) async fn read_file(
     })?;
     let internal = internal_name(&key, &name)?;
     let max = app.config.max_body as u64;
-    let data = blocking(move || phantom_runtime::sandbox::read_file(&internal, &path, max))
+    let data = blocking(move || phantom_engine::sandbox::read_file(&internal, &path, max))
         .await
         .map_err(|e| rename(e, &key, &name))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
@@ -925,14 +923,14 @@ pub(crate) async fn write_file(
     })?;
     let internal = internal_name(&key, &name)?;
     let target = format!("{name}:{path}");
-    let r = blocking(move || phantom_runtime::sandbox::write_file(&internal, &path, &body, true))
+    let r = blocking(move || phantom_engine::sandbox::write_file(&internal, &path, &body, true))
         .await
         .map_err(|e| rename(e, &key, &name));
     audit_result(&key, "files.write", Some(&target), &r);
     r.map(|()| StatusCode::NO_CONTENT)
 }
 
-fn api_snapshot(i: phantom_runtime::snapshot::SnapshotInfo) -> ApiSnapshot {
+fn api_snapshot(i: phantom_store::SnapshotInfo) -> ApiSnapshot {
     ApiSnapshot {
         tag: i.tag,
         manifest: i.manifest,
@@ -958,7 +956,7 @@ pub(crate) async fn snapshot(
     };
     let internal = internal_name(&key, &name)?;
     let r = blocking(move || {
-        phantom_runtime::sandbox::snapshot(
+        phantom_engine::sandbox::snapshot(
             &internal,
             req.tag.as_deref(),
             &Default::default(),
@@ -979,7 +977,7 @@ pub(crate) async fn list_snapshots(
     let key = authenticate(&app, &headers, "sandbox.snapshots", Some(&name)).await?;
     let source = format!("{}:/workspace", internal_name(&key, &name)?);
     let list = blocking(move || {
-        Ok(phantom_runtime::snapshot::SnapshotStore::open_default()?
+        Ok(phantom_store::SnapshotStore::open_default()?
             .list()?
             .into_iter()
             .filter(|s| s.source == source)
@@ -1000,7 +998,7 @@ pub(crate) async fn pools(
     authenticate(&app, &headers, "pools", None).await?;
     let socket = app.config.pool_socket.clone();
     let status = tokio::task::spawn_blocking(move || {
-        socket.map(|s| phantom_runtime::warm::client::status_at(&s))
+        socket.map(|s| phantom_engine::warm::client::status_at(&s))
     })
     .await
     .map_err(|e| ApiFailure::internal(e.to_string()))?;
@@ -1021,7 +1019,7 @@ pub(crate) async fn psi(
     let sample = match &app.config.psi {
         Some(_) => pressure(&app),
         None => {
-            use phantom_runtime::warm::pressure::{PressureSource, ProcPressure};
+            use phantom_engine::warm::pressure::{PressureSource, ProcPressure};
             ProcPressure.sample()
         }
     };

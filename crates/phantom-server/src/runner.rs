@@ -205,7 +205,7 @@ pub(crate) async fn stream(
     let report_dir = std::env::temp_dir().join(format!(
         "phantom-api-report-{}-{}",
         std::process::id(),
-        phantom_runtime::ids::new_sandbox_id()
+        phantom_state::ids::new_sandbox_id()
     ));
     std::fs::create_dir(&report_dir)
         .map_err(|e| ApiFailure::internal(format!("{}: {e}", report_dir.display())))?;

@@ -1,0 +1,260 @@
+//! Moving bytes between the caller and a sandbox: the payload's stdout and stderr
+//! (relayed through pipes, so that the output cap holds and `--json` can capture them)
+//! and, when the caller's stdin is a terminal, its stdin.
+
+use std::os::fd::OwnedFd;
+
+use phantom_linux::process;
+use rustix::event::{PollFd, PollFlags};
+
+use crate::EngineError;
+
+/// The payload's stdin. A terminal is never handed to the payload: through it the
+/// payload could write to the screen past the output cap, change the terminal's modes
+/// (echo off, raw) for after the run, or inject input. When phantom's stdin is a
+/// terminal, it is relayed through a pipe instead (and only while phantom is in the
+/// terminal's foreground, so that a background run is not stopped by SIGTTIN: it gets
+/// an empty stdin). Any other stdin (file, pipe, /dev/null) is passed through as is.
+pub(crate) struct StdinRelay {
+    /// Write end of the payload's stdin pipe, while relaying.
+    to_payload: Option<OwnedFd>,
+    pending: Vec<u8>,
+}
+
+impl StdinRelay {
+    /// No relay: the payload's stdin was given explicitly.
+    pub(crate) fn none() -> StdinRelay {
+        StdinRelay {
+            to_payload: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The relay, and the fd to give the payload as stdin (None: inherit ours).
+    pub(crate) fn new() -> Result<(StdinRelay, Option<OwnedFd>), EngineError> {
+        let stdin = rustix::stdio::stdin();
+        let mut relay = StdinRelay {
+            to_payload: None,
+            pending: Vec::new(),
+        };
+        if !rustix::termios::isatty(stdin) {
+            return Ok((relay, None));
+        }
+        let (read, write) = process::pipe()?;
+        let foreground = rustix::termios::tcgetpgrp(stdin).ok() == Some(rustix::process::getpgrp());
+        if foreground {
+            rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::NONBLOCK).map_err(|e| {
+                EngineError::Sys(phantom_linux::SysError::new(
+                    "fcntl",
+                    "stdin pipe",
+                    e.into(),
+                ))
+            })?;
+            relay.to_payload = Some(write);
+        }
+        Ok((relay, Some(read)))
+    }
+
+    /// What to poll: our stdin while nothing is pending, else the pipe for room.
+    pub(crate) fn poll_fd(&self) -> Option<PollFd<'_>> {
+        let pipe = self.to_payload.as_ref()?;
+        Some(if self.pending.is_empty() {
+            PollFd::from_borrowed_fd(rustix::stdio::stdin(), PollFlags::IN)
+        } else {
+            PollFd::new(pipe, PollFlags::OUT)
+        })
+    }
+
+    /// Move what is ready one step: read our stdin, then write what is pending.
+    pub(crate) fn pump(&mut self) {
+        if self.to_payload.is_none() {
+            return;
+        }
+        if self.pending.is_empty() {
+            let mut buf = [0u8; 4096];
+            match rustix::io::read(rustix::stdio::stdin(), &mut buf) {
+                // End of input (or the terminal went away): closing the pipe gives the
+                // payload EOF.
+                Ok(0) => self.to_payload = None,
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
+                Err(_) => self.to_payload = None,
+            }
+        }
+        let Some(pipe) = self.to_payload.as_ref() else {
+            return;
+        };
+        if self.pending.is_empty() {
+            return;
+        }
+        match rustix::io::write(pipe, &self.pending) {
+            Ok(n) => {
+                self.pending.drain(..n);
+            }
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                // The payload closed its stdin: stop relaying.
+                self.to_payload = None;
+                self.pending.clear();
+            }
+        }
+    }
+}
+
+/// Where payload output goes.
+pub(crate) struct Sink {
+    pub capture: Option<Vec<u8>>,
+    /// Our own fd 1 or 2, for pass-through.
+    pub target: i32,
+    /// The reader side of the payload's pipe, until EOF.
+    pub pipe: Option<OwnedFd>,
+}
+
+/// stdout and stderr of one run, with the shared output cap.
+pub(crate) struct Relay {
+    pub sinks: [Sink; 2],
+    pub budget: u64,
+    pub truncated: bool,
+}
+
+fn write_all(fd: i32, mut data: &[u8]) {
+    // SAFETY-free: our own stdio fds stay open for the life of the process.
+    let out = if fd == 1 {
+        rustix::stdio::stdout()
+    } else {
+        rustix::stdio::stderr()
+    };
+    while !data.is_empty() {
+        match rustix::io::write(out, data) {
+            Ok(n) => data = &data[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return, // reader went away (EPIPE): drop the rest
+        }
+    }
+}
+
+/// Where a relay's fds sit in a poll set (see [`Relay::poll_fds`]).
+pub(crate) struct Polled {
+    pipes: [Option<usize>; 2],
+    stdin: Option<usize>,
+}
+
+/// Which of a relay's fds a poll found ready.
+pub(crate) struct Ready {
+    pipes: [bool; 2],
+    stdin: bool,
+}
+
+impl Polled {
+    pub(crate) fn ready(&self, fds: &[PollFd<'_>]) -> Ready {
+        let ready = |i: Option<usize>| i.is_some_and(|i| !fds[i].revents().is_empty());
+        Ready {
+            pipes: [ready(self.pipes[0]), ready(self.pipes[1])],
+            stdin: ready(self.stdin),
+        }
+    }
+}
+
+impl Relay {
+    /// Read what is available on sink `i`; false at EOF.
+    pub(crate) fn pump(&mut self, i: usize) -> bool {
+        let mut buf = [0u8; 65536];
+        let Some(pipe) = self.sinks[i].pipe.as_ref() else {
+            return false;
+        };
+        match rustix::io::read(pipe, &mut buf) {
+            Ok(0) => {
+                self.sinks[i].pipe = None;
+                false
+            }
+            Ok(n) => {
+                let keep = (n as u64).min(self.budget) as usize;
+                if keep < n {
+                    self.truncated = true;
+                }
+                self.budget -= keep as u64;
+                let sink = &mut self.sinks[i];
+                match sink.capture.as_mut() {
+                    Some(v) => v.extend_from_slice(&buf[..keep]),
+                    None => write_all(sink.target, &buf[..keep]),
+                }
+                true
+            }
+            Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => true,
+            Err(_) => {
+                self.sinks[i].pipe = None;
+                false
+            }
+        }
+    }
+
+    /// Add the output pipes still open, and what the stdin relay waits on, to `fds`.
+    pub(crate) fn poll_fds<'a>(
+        &'a self,
+        stdin: &'a StdinRelay,
+        fds: &mut Vec<PollFd<'a>>,
+    ) -> Polled {
+        let mut polled = Polled {
+            pipes: [None, None],
+            stdin: None,
+        };
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if let Some(p) = &sink.pipe {
+                fds.push(PollFd::new(p, PollFlags::IN));
+                polled.pipes[i] = Some(fds.len() - 1);
+            }
+        }
+        if let Some(fd) = stdin.poll_fd() {
+            fds.push(fd);
+            polled.stdin = Some(fds.len() - 1);
+        }
+        polled
+    }
+
+    /// Move what a poll found ready.
+    pub(crate) fn pump_ready(&mut self, stdin: &mut StdinRelay, ready: Ready) {
+        if ready.stdin {
+            stdin.pump();
+        }
+        for (i, r) in ready.pipes.into_iter().enumerate() {
+            if r {
+                self.pump(i);
+            }
+        }
+    }
+
+    /// stdout and stderr of a run, read from `out` and `err`, captured when `capture`
+    /// (else passed through to our own stdout/stderr), `budget` bytes in all.
+    pub(crate) fn new(out: OwnedFd, err: OwnedFd, capture: bool, budget: u64) -> Relay {
+        Relay {
+            sinks: [
+                Sink {
+                    capture: capture.then(Vec::new),
+                    target: 1,
+                    pipe: Some(out),
+                },
+                Sink {
+                    capture: capture.then(Vec::new),
+                    target: 2,
+                    pipe: Some(err),
+                },
+            ],
+            budget,
+            truncated: false,
+        }
+    }
+
+    /// Read everything left (after the sandbox is gone, the pipes are at EOF).
+    pub(crate) fn drain(&mut self) {
+        for i in 0..2 {
+            while self.pump(i) {}
+        }
+    }
+
+    /// The captured output, as (stdout, stderr), when capturing.
+    pub(crate) fn captured(self) -> (Option<String>, Option<String>) {
+        let [out, err] = self.sinks;
+        let text = |v: Option<Vec<u8>>| v.map(|v| String::from_utf8_lossy(&v).into_owned());
+        (text(out.capture), text(err.capture))
+    }
+}

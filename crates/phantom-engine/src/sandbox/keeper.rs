@@ -1,0 +1,342 @@
+//! The keeper: the host-side process that owns one persistent sandbox.
+//!
+//! `phantom create` forks it (before any thread exists) and returns once it reported
+//! READY. The keeper started the sandbox's init, so it is the init's parent: when the
+//! keeper dies, the init gets its parent-death signal and the kernel takes the whole
+//! sandbox down. While it lives it
+//! * waits for the init on its pidfd (an init that dies is recorded as dead, with why),
+//! * retires the sandbox at its maximum lifetime, and when it was idle — no `exec`
+//!   holding `exec.lock` — for the idle timeout, with nobody's CLI running,
+//! * then removes the cgroup and the run directory (`Spawned::finish`).
+//!
+//! A retired sandbox keeps its record (status dead, with the reason) and its
+//! workspace, so that files can still be copied out; `phantom destroy` removes both.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use phantom_egress::ProxyHelper;
+use phantom_linux::fdpass;
+use phantom_linux::process::{self, ExitStatus};
+use phantom_policy::Plan;
+use phantom_state::{State, DEAD, DESTROYING};
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::fs::{flock, FlockOperation};
+
+use super::now_s;
+use crate::image_run::ImageRun;
+use crate::init::ChildPayload;
+use crate::spawn::{spawn_on, SandboxStatus, Trace};
+
+/// Everything the keeper needs, prepared by `create` before the fork.
+pub(crate) struct Keeper {
+    pub id: String,
+    pub plan: Plan,
+    pub image: Option<ImageRun>,
+    pub workspace: String,
+    pub state_dir: std::path::PathBuf,
+    pub lock_path: std::path::PathBuf,
+    pub log_path: std::path::PathBuf,
+    /// network limited: PHANTOM_TEST_RESOLVE as `create` read it.
+    pub test_resolve: Vec<(String, std::net::SocketAddr)>,
+}
+
+/// The keeper's whole life, in the forked child. `report`: where `create` waits for
+/// READY or ERR. Never returns.
+pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
+    process::set_name("phantom:keeper");
+    // `ps` shows "phantom-keeper", not the `phantom create` command line we were
+    // forked from (its arguments and environment were parsed and copied already).
+    let _ = process::scrub_cmdline_and_environ("phantom-keeper");
+    // Detached from the terminal and the CLI's session: Ctrl-C in the shell that ran
+    // `phantom create` must not reach it.
+    let _ = process::setsid();
+    redirect_stdio(&k.log_path);
+    let fail = |msg: String| -> ! {
+        let _ = fdpass::send_bytes(&report, format!("ERR {msg}").as_bytes());
+        process::exit_now(1)
+    };
+    let state = match State::open(&k.state_dir) {
+        Ok(s) => s,
+        Err(e) => fail(e.to_string()),
+    };
+    let me = process::getpid();
+    let my_start = process::start_time(me).unwrap_or(0);
+    if let Err(e) = state.set_keeper(&k.id, (me, my_start)) {
+        fail(e.to_string());
+    }
+    let mut trace = Trace::new(Instant::now());
+    let mut warnings = Vec::new();
+    let spawned = spawn_on(
+        k.id.clone(),
+        &k.plan,
+        k.image.as_ref(),
+        Some(&k.workspace),
+        &mut trace,
+        &mut warnings,
+        |_, _| Ok(ChildPayload::Persistent),
+    );
+    let mut spawned = match spawned {
+        Ok(s) => s,
+        Err(e) => fail(e.to_string()),
+    };
+    // network limited: first the socket of the egress proxy, which the keeper serves
+    // (from a helper: we are single-threaded) for as long as the sandbox lives.
+    let mut buf = [0u8; 4096];
+    let mut first = fdpass::recv_fds(spawned.chan.as_fd(), &mut buf, fdpass::MAX_FDS);
+    if k.plan.network == phantom_policy::NetworkMode::Limited {
+        if let Ok((n, fds)) = &mut first {
+            if &buf[..*n] == b"PROXY" && fds.len() == 1 {
+                let mut config = crate::cold::proxy_config(&k.plan, &k.id, &k.test_resolve);
+                // Each decision in the keeper's log, with the sandbox id: an exec's
+                // report does not carry them.
+                config.log_prefix = Some("phantom-keeper".into());
+                match ProxyHelper::start(fds.pop().expect("one fd"), config) {
+                    Ok(helper) => spawned.proxy = Some(helper),
+                    Err(e) => {
+                        spawned.kill();
+                        let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+                        fail(format!("egress proxy: {e}"));
+                    }
+                }
+                first = fdpass::recv_fds(spawned.chan.as_fd(), &mut buf, fdpass::MAX_FDS);
+            }
+        }
+    }
+    // READY with the init's namespaces, or ERR from its setup.
+    let (msg, namespaces) = match first {
+        Ok((n, fds)) => (String::from_utf8_lossy(&buf[..n]).into_owned(), fds),
+        Err(e) => (e.to_string(), Vec::new()),
+    };
+    let expected = process::NAMESPACE_FILES.len();
+    if msg == "READY" && namespaces.len() != expected {
+        spawned.kill();
+        let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+        fail(format!(
+            "the sandbox sent {} namespace fds, expected {expected}",
+            namespaces.len()
+        ));
+    }
+    if msg != "READY" {
+        spawned.kill();
+        let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+        fail(
+            msg.strip_prefix("ERR ")
+                .map(|m| format!("sandbox setup failed: {m}"))
+                .unwrap_or(msg),
+        );
+    }
+    if let Some(cg) = spawned.cgroup.0.as_mut() {
+        // CPU time and I/O for `phantom monitor` where v1 counts them apart.
+        if let Err(e) =
+            cg.add_accounting(&phantom_linux::cgroup::Layout::detect(), &k.id, spawned.pid)
+        {
+            warnings.push(format!(
+                "phantom monitor will not show CPU time or I/O: {e}"
+            ));
+        }
+    }
+    // `exec` asks here for the namespaces; in the run directory, whose path is short
+    // (a unix socket path has at most 107 bytes) and private to this user.
+    let socket = spawned.run_dir.path().join("keeper.sock");
+    let listener = match fdpass::listen_seqpacket(&socket) {
+        Ok(l) => l,
+        Err(e) => {
+            spawned.kill();
+            let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+            fail(e.to_string());
+        }
+    };
+    let init = (spawned.pid, process::start_time(spawned.pid).unwrap_or(0));
+    if let Err(e) = state.set_running(&k.id, init, (me, my_start), &socket) {
+        spawned.kill();
+        let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+        fail(e.to_string());
+    }
+    let ready = match warnings.is_empty() {
+        true => "READY".to_string(),
+        false => format!("READY {}", warnings.join("\n")),
+    };
+    let _ = fdpass::send_bytes(&report, ready.as_bytes());
+    drop(report);
+
+    let gate = Gate {
+        listener,
+        namespaces,
+    };
+    let (reason, _lock) = watch(&k, &state, &spawned.pidfd, &gate);
+    drop(gate);
+    if reason.is_some() {
+        spawned.kill();
+    }
+    let outcome = spawned.finish(SandboxStatus::default(), &mut trace);
+    let reason = reason.unwrap_or_else(|| match outcome {
+        Ok(o) => match o.init_status {
+            ExitStatus::Signaled(s) => format!("its init was killed by signal {s}"),
+            ExitStatus::Exited(c) => format!("its init exited with status {c}"),
+        },
+        Err(e) => format!("its init is gone ({e})"),
+    });
+    // A sandbox being destroyed keeps that status (set_status skips it): `destroy`
+    // removes the record once we are gone.
+    let _ = state.set_status(&k.id, DEAD, Some(&reason));
+    eprintln!("phantom: keeper: sandbox {} retired: {reason}", k.id);
+    process::exit_now(0)
+}
+
+/// Wait until the init dies (None) or a limit fires (Some(why)); in that case the
+/// exec lock is returned held, so that no command starts while the sandbox goes.
+fn watch(
+    k: &Keeper,
+    state: &State,
+    init: &OwnedFd,
+    gate: &Gate,
+) -> (Option<String>, Option<std::fs::File>) {
+    loop {
+        let record = match state.get_by_id(&k.id) {
+            Ok(Some(r)) => r,
+            // Record gone or unreadable: `destroy` is at work; it kills the init.
+            _ => return (None, None),
+        };
+        if record.status == DESTROYING {
+            // `destroy` kills the init; wait for that rather than racing it.
+            wait_readable(init, Duration::from_secs(10));
+            return (None, None);
+        }
+        let now = now_s();
+        let end_of_life = record.created.saturating_add(record.max_lifetime_s);
+        let idle_end = record.last_used.saturating_add(record.idle_timeout_s);
+        if now >= end_of_life {
+            // At the end of its life a sandbox goes even with a command running: the
+            // command dies with it (it is in the sandbox's pid namespace).
+            return (
+                Some(format!(
+                    "maximum lifetime of {} reached",
+                    super::human_duration(record.max_lifetime_s)
+                )),
+                None,
+            );
+        }
+        let mut next = end_of_life.min(idle_end);
+        if now >= idle_end {
+            match try_lock_exclusive(&k.lock_path) {
+                Some(lock) => {
+                    // Re-read under the lock: an exec may have just ended.
+                    let fresh = state.get_by_id(&k.id).ok().flatten();
+                    if fresh.is_some_and(|r| r.last_used.saturating_add(r.idle_timeout_s) > now) {
+                        continue;
+                    }
+                    return (
+                        Some(format!(
+                            "idle for {} (idle timeout)",
+                            super::human_duration(record.idle_timeout_s)
+                        )),
+                        Some(lock),
+                    );
+                }
+                // A command is running: look again soon.
+                None => next = now + 1,
+            }
+        }
+        // Wake at the next deadline, and at least every 30 s to see `last_used`;
+        // serve `exec` in between.
+        let deadline = Instant::now() + Duration::from_secs(next.saturating_sub(now).clamp(1, 30));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match wait_either(init, &gate.listener, left) {
+                Woke::Init => return (None, None),
+                Woke::Exec => gate.serve(),
+                Woke::Timeout => break,
+            }
+        }
+    }
+}
+
+/// What `exec` needs from the keeper: the init's namespaces.
+struct Gate {
+    listener: OwnedFd,
+    namespaces: Vec<OwnedFd>,
+}
+
+impl Gate {
+    /// Hand the namespaces to one `exec` — only to a process of our own user (the
+    /// socket is 0600 in a 0700 directory already; SO_PEERCRED says it again).
+    fn serve(&self) {
+        let Ok(Some(conn)) = fdpass::accept(self.listener.as_fd()) else {
+            return;
+        };
+        if fdpass::peer_uid(conn.as_fd()).ok() != Some(process::euid()) {
+            return;
+        }
+        let fds: Vec<_> = self.namespaces.iter().map(|f| f.as_fd()).collect();
+        let _ = fdpass::send_fds(conn.as_fd(), b"NS", &fds);
+    }
+}
+
+enum Woke {
+    Init,
+    Exec,
+    Timeout,
+}
+
+/// Wait for the init to exit or an `exec` to connect.
+fn wait_either(init: &OwnedFd, listener: &OwnedFd, timeout: Duration) -> Woke {
+    let ts = rustix::event::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos() as i64,
+    };
+    let mut fds = [
+        PollFd::new(init, PollFlags::IN),
+        PollFd::new(listener, PollFlags::IN),
+    ];
+    match poll(&mut fds, Some(&ts)) {
+        Ok(n) if n > 0 => {
+            if !fds[0].revents().is_empty() {
+                Woke::Init
+            } else {
+                Woke::Exec
+            }
+        }
+        _ => Woke::Timeout,
+    }
+}
+
+/// Whether `fd` became readable (the init exited) within `timeout`.
+fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
+    let ts = rustix::event::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos() as i64,
+    };
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0)
+}
+
+/// The exec lock, exclusively, if no command holds it.
+fn try_lock_exclusive(path: &std::path::Path) -> Option<std::fs::File> {
+    let file = std::fs::File::open(path).ok()?;
+    flock(&file, FlockOperation::NonBlockingLockExclusive)
+        .ok()
+        .map(|_| file)
+}
+
+/// Stdin from /dev/null; stdout and stderr to the sandbox's keeper.log.
+fn redirect_stdio(log: &std::path::Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let null = std::fs::File::open("/dev/null").ok();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(log)
+        .ok();
+    if let Some(null) = &null {
+        let _ = process::dup_onto(null.as_fd(), 0);
+    }
+    if let Some(log) = log.as_ref().or(null.as_ref()) {
+        let _ = process::dup_onto(log.as_fd(), 1);
+        let _ = process::dup_onto(log.as_fd(), 2);
+    }
+}

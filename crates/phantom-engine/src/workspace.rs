@@ -1,0 +1,181 @@
+//! Per-run host state: a locked run directory, and the workspace bound at /workspace
+//! (the caller's directory, or a fresh one inside the run directory).
+//!
+//! Every run holds `<state base>/run-<sandbox id>` (see [`state_base`]) locked (flock)
+//! for as long as it lives; a temporary workspace is its `workspace` subdirectory. If a front end
+//! is killed before it can clean up, its sandbox dies with it (parent-death signal) but
+//! the run directory and the sandbox's cgroup stay behind: the next run finds the
+//! directory unlocked and removes both ([`collect_stale`]). No timing guess is involved:
+//! an unlocked run directory belongs to no living run.
+
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use phantom_linux::cgroup::{self, Layout};
+use rustix::fs::{flock, FlockOperation};
+
+use crate::EngineError;
+
+/// Name prefix of run directories inside [`state_base`].
+pub const RUN_PREFIX: &str = "run-";
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> EngineError + 'a {
+    move |source| EngineError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The per-user directory holding run directories, created 0700 on first use:
+/// `$XDG_RUNTIME_DIR/phantom` when set, else `/dev/shm/phantom-<uid>` (a tmpfs: run
+/// directories are created and removed on every run, and on a disk filesystem that
+/// costs a journal commit's worth of latency), else `$TMPDIR/phantom-<uid>`.
+/// Refuses a directory that another user owns, that others can write, or that is a
+/// symlink (someone else could have planted it in a shared directory).
+pub fn state_base() -> Result<PathBuf, EngineError> {
+    let uid = phantom_linux::process::euid();
+    let base = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() && dir.is_dir() => dir.join("phantom"),
+        _ if Path::new("/dev/shm").is_dir() => PathBuf::from(format!("/dev/shm/phantom-{uid}")),
+        _ => std::env::temp_dir().join(format!("phantom-{uid}")),
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&base) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io("create", &base)(e)),
+    }
+    let meta = std::fs::symlink_metadata(&base).map_err(io("inspect", &base))?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(EngineError::Unsupported {
+            what: format!("state directory {}", base.display()),
+            why: "it is not a private directory owned by you".into(),
+            hint: format!("remove it (it must be a mode 0700 directory owned by uid {uid})"),
+        });
+    }
+    Ok(base)
+}
+
+/// The host side of one run: its locked run directory and its workspace.
+#[derive(Debug)]
+pub struct RunDir {
+    dir: PathBuf,
+    workspace: PathBuf,
+    /// Held (flock) while the run lives.
+    lock: Option<File>,
+}
+
+impl RunDir {
+    /// Create and lock the run directory for `sandbox_id`, first collecting what runs
+    /// killed earlier left behind. `workspace`: the caller's directory (must exist), or
+    /// None for a fresh one that is removed with the run directory.
+    pub fn create(
+        sandbox_id: &str,
+        workspace: Option<&str>,
+        layout: &Layout,
+    ) -> Result<RunDir, EngineError> {
+        let workspace = workspace.map(existing_workspace).transpose()?;
+        let base = state_base()?;
+        collect_stale(&base, layout);
+        // Created under a name collect_stale() ignores and renamed once locked: a
+        // concurrent run must never find it unlocked.
+        let creating = base.join(format!(".new-{sandbox_id}"));
+        let dir = base.join(format!("{RUN_PREFIX}{sandbox_id}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&creating)
+            .map_err(io("create", &creating))?;
+        let lock = File::open(&creating).map_err(io("open", &creating))?;
+        flock(&lock, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| io("lock", &creating)(e.into()))?;
+        std::fs::rename(&creating, &dir).map_err(io("rename", &creating))?;
+        let mut run = RunDir {
+            workspace: dir.join("workspace"),
+            dir,
+            lock: Some(lock),
+        };
+        match workspace {
+            Some(path) => run.workspace = path,
+            None => std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&run.workspace)
+                .map_err(io("create", &run.workspace))?,
+        }
+        Ok(run)
+    }
+
+    /// The run directory itself (private to the run, removed with it).
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The host directory bound at /workspace.
+    pub fn workspace(&self) -> &Path {
+        &self.workspace
+    }
+
+    /// The fd holding the run directory's lock (a sandbox keeps a copy, so that the
+    /// lock lives exactly as long as the sandbox).
+    pub fn lock_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.lock.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// Whether the workspace was made for this run (and is removed with it).
+    pub fn workspace_is_temporary(&self) -> bool {
+        self.workspace.starts_with(&self.dir)
+    }
+}
+
+fn existing_workspace(dir: &str) -> Result<PathBuf, EngineError> {
+    let path = PathBuf::from(dir);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(EngineError::Usage(format!("--workspace {dir}: not a directory"))),
+        Err(e) => {
+            return Err(EngineError::Usage(format!(
+                "--workspace {dir}: {e} (create it first, or leave --workspace out for a temporary one)"
+            )))
+        }
+    }
+    path.canonicalize().map_err(io("resolve", Path::new(dir)))
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Some(lock) = self.lock.take() {
+            // Removes the temporary workspace with it; a caller's workspace lives
+            // elsewhere and is untouched. The lock is released only afterwards, so an
+            // unlocked run directory always means an abandoned one.
+            let _ = std::fs::remove_dir_all(&self.dir);
+            drop(lock);
+        }
+    }
+}
+
+/// Remove the run directories in `base` that no living run holds, with their
+/// sandboxes' cgroups. Returns how many runs were collected.
+pub fn collect_stale(base: &Path, layout: &Layout) -> usize {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix(RUN_PREFIX) else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(dir) = File::open(&path) else { continue };
+        if flock(&dir, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // a living run
+        }
+        // The run directory goes only once the cgroup has: it is what points a later
+        // run at a cgroup that could not be removed yet.
+        if cgroup::remove_sandbox(layout, id) && std::fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
