@@ -6,6 +6,16 @@
 //!   (when captured) the output. `phantom run --json` prints exactly this.
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod choice;
+pub mod engine;
+pub mod report;
+pub mod request;
+pub mod strict;
+
+/// The profile a run gets when it names none and its language has no own default.
+pub const DEFAULT_PROFILE: &str = "default";
+
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
