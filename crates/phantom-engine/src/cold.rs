@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use phantom_api::{IsolationReport, PolicySource, RunReport, RunRequest};
 use phantom_egress::{ProxyConfig, ProxyHelper};
-use phantom_linux::fdpass;
 use phantom_linux::process;
 use phantom_policy::{Mode, NetworkMode, Overrides, Plan};
 use rustix::event::{poll, PollFd, PollFlags};
 
+use crate::channel::{self, FromInit};
 use crate::image_run::ImageRun;
 use crate::init::{self, ChildPayload, PayloadContext};
 use crate::relay::{Relay, StdinRelay};
@@ -412,6 +412,7 @@ impl Prepared {
             stdin,
             stdout,
             stderr,
+            files: None,
             nofile: base.nofile,
             fsize: base.fsize,
             rlimit_nproc: no_cgroup.then_some(plan.limits.pids),
@@ -506,12 +507,12 @@ pub(crate) fn watch(
         drop(fds);
         relay.pump_ready(stdin_relay, relay_ready);
         if chan_ready {
-            let mut buf = [0u8; 4096];
-            match fdpass::recv(chan, &mut buf) {
-                Ok((0, _)) | Err(_) => chan_open = false,
-                Ok((n, Some(listener))) if &buf[..n] == b"PROXY" && proxy_config.is_some() => {
+            match channel::recv::<FromInit>(chan, channel::FROM_INIT_MAX, 1, "sandbox") {
+                Err(_) => chan_open = false,
+                Ok((FromInit::Proxy, mut fds)) if fds.len() == 1 && proxy_config.is_some() => {
                     // The init's listening socket on 127.0.0.1 inside: serve it from a
                     // helper in our (the host's) network namespace.
+                    let listener = fds.pop().expect("one fd");
                     let config = proxy_config.take().expect("checked");
                     match ProxyHelper::start(listener, config) {
                         Ok(p) => {
@@ -524,11 +525,7 @@ pub(crate) fn watch(
                         }
                     }
                 }
-                Ok((n, _)) => {
-                    if let Some(step) = sandbox.record(&buf[..n]) {
-                        trace.step(step);
-                    }
-                }
+                Ok((msg, _)) => trace.step(sandbox.record(msg)),
             }
         }
         if signal_ready {

@@ -13,14 +13,8 @@
 //! 4. as pid 1, reap every process, forward signals to the payload, and report the
 //!    payload's exit status to the parent when it ends.
 //!
-//! Protocol on the seqpacket channel (one message per packet):
-//! parent → child: `GO` followed by the name of each mount fd attached, in order:
-//! `workspace` (the idmapped workspace), `image` (an idmapped image root);
-//! child → parent: `ERR <text>` (setup failed, exit follows), `USAGE <text>` (a value of
-//! the request is wrong inside the sandbox, e.g. --cwd), `PREWARMED` (a pooled
-//! sandbox's pre-started interpreter took the run), `ABI <n>` (Landlock ABI
-//! enforced), `EXIT <code> <user µs> <sys µs> <max rss KiB>` or `SIG <n> ...` (how the
-//! payload ended, with its own rusage).
+//! The messages on the channel to the spawner are [`crate::channel`]'s [`ToInit`] and
+//! [`FromInit`]; that module lists them in the order they come.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -31,6 +25,8 @@ use std::time::{Duration, Instant};
 use phantom_linux::mount::{self, Attrs};
 use phantom_linux::process::{self, ExitStatus, Rlimit};
 use phantom_linux::{caps, fdpass, landlock, net, seccomp};
+
+use crate::channel::{self, tell, FromInit, GoMount, RunSpec, ToInit};
 use phantom_policy::{Access, NetworkMode, Plan};
 
 /// One filesystem step, prepared by the parent before clone (symlinks read, missing
@@ -188,24 +184,6 @@ pub(crate) struct PayloadBase {
     pub cwd: String,
 }
 
-/// The per-run part of a pooled sandbox's payload, sent in the `RUN` message as JSON;
-/// its stdio fds (and an idmapped workspace mount, when `workspace_fd`) ride along as
-/// SCM_RIGHTS in the order stdin (when `stdin_fd`), stdout, stderr, workspace.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct RunSpec {
-    pub argv: Vec<String>,
-    /// The complete environment (base plus the request's).
-    pub env: Vec<(String, String)>,
-    pub cwd: String,
-    pub rlimit_nproc: Option<u64>,
-    pub rlimit_data: Option<u64>,
-    pub stdin_fd: bool,
-    pub workspace_fd: bool,
-}
-
-/// The largest `RUN` message a pooled init accepts (argv and environment included).
-pub(crate) const MAX_RUN_MESSAGE: usize = 256 * 1024;
-
 impl PayloadContext {
     /// Build the payload of a pooled sandbox from its base and a `RUN` message.
     fn from_run(
@@ -213,14 +191,15 @@ impl PayloadContext {
         spec: RunSpec,
         mut fds: Vec<OwnedFd>,
     ) -> Result<(PayloadContext, Option<OwnedFd>), String> {
-        let expected = 2 + usize::from(spec.stdin_fd) + usize::from(spec.workspace_fd);
+        let expected = spec.fd_count();
         if fds.len() != expected {
             return Err(format!(
-                "RUN came with {} fds, expected {expected}",
+                "the run came with {} fds, expected {expected}",
                 fds.len()
             ));
         }
         let workspace = spec.workspace_fd.then(|| fds.pop()).flatten();
+        let files = spec.files_fd.then(|| fds.pop()).flatten();
         let stderr = fds.pop().expect("counted");
         let stdout = fds.pop().expect("counted");
         let stdin = fds.pop();
@@ -248,6 +227,7 @@ impl PayloadContext {
                 stdin,
                 stdout,
                 stderr,
+                files,
                 nofile: base.nofile,
                 fsize: base.fsize,
                 rlimit_nproc: spec.rlimit_nproc,
@@ -275,6 +255,9 @@ pub(crate) struct PayloadContext {
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// A memfd holding the files to write into the workspace before the program
+    /// starts (JSON: a list of `phantom_api::FileSpec`).
+    pub files: Option<OwnedFd>,
     pub nofile: u64,
     pub fsize: u64,
     /// Fallback limits when no cgroup could be used.
@@ -308,13 +291,18 @@ pub(crate) fn sandbox_init(ctx: ChildContext, chan: OwnedFd) -> ! {
     // (Non-dumpable comes later, after GO: it makes /proc/PID root-owned, and an
     // unprivileged front end could then no longer write our uid/gid maps.)
     if let Err(e) = process::scrub_cmdline_and_environ("phantom-init") {
-        let _ = fdpass::send_bytes(&chan, format!("ERR {e}").as_bytes());
+        let _ = tell(
+            &chan,
+            &FromInit::SetupFailed {
+                message: e.to_string(),
+            },
+        );
         process::exit_now(1)
     }
     match setup(&ctx, &chan) {
         Ok(mut ctx_payload) => supervise(&chan, &mut ctx_payload),
-        Err(msg) => {
-            let _ = fdpass::send_bytes(&chan, format!("ERR {msg}").as_bytes());
+        Err(message) => {
+            let _ = tell(&chan, &FromInit::SetupFailed { message });
             process::exit_now(1)
         }
     }
@@ -398,7 +386,8 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
         // host's side. We keep no copy: the payload cannot accept on it.
         let listener =
             net::listen_loopback(phantom_policy::egress::PROXY_PORT).map_err(|e| e.to_string())?;
-        fdpass::send(chan.as_fd(), b"PROXY", Some(listener.as_fd())).map_err(|e| e.to_string())?;
+        channel::send(chan.as_fd(), &FromInit::Proxy, &[listener.as_fd()])
+            .map_err(|e| e.to_string())?;
     }
 
     trace(ctx.trace, "pivoted, hostname, loopback");
@@ -412,7 +401,7 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
             // by us, since nothing outside may open our /proc/1/ns (non-dumpable).
             let ns = process::open_own_namespaces().map_err(|e| e.to_string())?;
             let fds: Vec<_> = ns.iter().map(|f| f.as_fd()).collect();
-            fdpass::send_fds(chan.as_fd(), b"READY", &fds).map_err(|e| e.to_string())?;
+            channel::send(chan.as_fd(), &FromInit::Namespaces, &fds).map_err(|e| e.to_string())?;
             drop(ns);
             keep_alive(chan)
         }
@@ -424,15 +413,20 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
             } else {
                 None
             };
-            fdpass::send_bytes(chan, b"READY").map_err(|e| e.to_string())?;
-            let mut buf = vec![0u8; MAX_RUN_MESSAGE];
-            let (n, fds) =
-                fdpass::recv_fds(chan.as_fd(), &mut buf, 4).map_err(|e| e.to_string())?;
-            let spec: RunSpec = match buf[..n].strip_prefix(b"RUN ") {
-                Some(json) => {
-                    serde_json::from_slice(json).map_err(|e| format!("bad RUN message: {e}"))?
+            tell(chan, &FromInit::Ready).map_err(|e| e.to_string())?;
+            let (message, fds) =
+                channel::recv::<ToInit>(chan.as_fd(), channel::TO_INIT_MAX, 5, "spawner")
+                    .map_err(|e| e.to_string())?;
+            let spec = match message {
+                ToInit::Run(spec) => *spec,
+                other => {
+                    return Err(channel::ChannelError::UnexpectedMessage {
+                        peer: "spawner",
+                        expected: "run",
+                        received: other.name().into(),
+                    }
+                    .to_string())
                 }
-                None => return Err("the supervisor went away".into()),
             };
             let zygote_spec = zygote
                 .as_ref()
@@ -459,6 +453,7 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
                 };
                 mount::set_attrs(&target, attrs, true).map_err(|e| e.to_string())?;
             }
+            write_files(&p, &ctx.steps, chan);
             if let Some(z) = zygote {
                 match zygote_spec {
                     Some(spec) => return z.run(spec, p, chan),
@@ -471,11 +466,80 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
             &pooled
         }
     };
+    if let ChildPayload::Ready(p) = &ctx.payload {
+        write_files(p, &ctx.steps, chan);
+    }
     // Forking here is safe: init is single-threaded.
     match process::clone_child(process::Namespaces::default(), None).map_err(|e| e.to_string())? {
         process::Forked::Child => payload(payload_ctx, chan),
         process::Forked::Parent { pid, pidfd } => Ok(PayloadStart { pid, _pidfd: pidfd }),
     }
+}
+
+/// Write the request's files (if it has any) into the workspace. This runs in the
+/// init after pivot_root, so every path resolves in the sandbox's own tree; a path
+/// that is absolute or climbs is the caller's mistake: the run is refused (exit 2).
+fn write_files(ctx: &PayloadContext, steps: &[Step], chan: &OwnedFd) {
+    let Some(memfd) = &ctx.files else { return };
+    let workspace = steps
+        .iter()
+        .find_map(|s| match s {
+            Step::Workspace { target, .. } => Some(target.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| PathBuf::from("/workspace"));
+    if let Err(message) = write_files_from(memfd, &workspace) {
+        let _ = tell(chan, &FromInit::Refused { message });
+        process::exit_now(2);
+    }
+}
+
+fn write_files_from(memfd: &OwnedFd, workspace: &Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    // Read from offset 0 whatever the shared file offset is.
+    let mut text = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = rustix::io::pread(memfd, &mut buf, text.len() as u64)
+            .map_err(|e| format!("files: reading the request's files: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    let files: Vec<phantom_api::request::FileSpec> =
+        serde_json::from_slice(&text).map_err(|e| format!("files: {e}"))?;
+    for file in files {
+        let relative = Path::new(&file.path);
+        let plain = !file.path.is_empty()
+            && relative
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(format!(
+                "files: `{}`: give a relative path inside the workspace without `..`, e.g. src/main.py",
+                file.path
+            ));
+        }
+        let path = workspace.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|e| format!("files: `{}`: {e}", file.path))?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&path)
+            .and_then(|mut f| f.write_all(file.content.as_bytes()))
+            .map_err(|e| format!("files: `{}`: {e}", file.path))?;
+    }
+    Ok(())
 }
 
 /// The source of the pre-started interpreter (see warm/zygote.py).
@@ -489,7 +553,7 @@ struct Zygote {
     /// The interpreter's canonical path inside the sandbox.
     interpreter: PathBuf,
     /// The Landlock ABI its fence got (reported with the run).
-    abi: Option<String>,
+    abi: Option<u32>,
     /// LANG, LC_* and PYTHON* as the interpreter started with them.
     startup_env: Vec<(String, String)>,
 }
@@ -545,6 +609,7 @@ impl Zygote {
             stdin: Some(null()?),
             stdout: null()?,
             stderr: null()?,
+            files: None,
             nofile: base.nofile,
             fsize: base.fsize,
             // Set per request by the interpreter itself: no user code runs before.
@@ -579,25 +644,29 @@ impl Zygote {
                 .cloned()
                 .collect(),
         };
-        // "ABI n" from the fence (when Landlock is on), then "READY" from Python.
+        // Landlock's ABI from the fence (when Landlock is on), then Ready from Python.
         loop {
-            let mut buf = [0u8; 256];
-            let (n, _) = fdpass::recv(zygote.chan.as_fd(), &mut buf).map_err(|e| e.to_string())?;
-            match &buf[..n] {
-                b"READY" => return Ok(zygote),
-                m if m.starts_with(b"ABI ") => {
-                    zygote.abi = Some(String::from_utf8_lossy(m).into_owned())
-                }
-                m => {
+            let received = channel::recv::<FromInit>(
+                zygote.chan.as_fd(),
+                channel::FROM_INIT_MAX,
+                0,
+                "pre-started python3",
+            );
+            match received {
+                Ok((FromInit::Ready, _)) => return Ok(zygote),
+                Ok((FromInit::Landlock { abi }, _)) => zygote.abi = Some(abi),
+                Ok((other, _)) => {
                     zygote.discard();
-                    return Err(format!(
-                        "the pre-started python3 failed: {}",
-                        if m.is_empty() {
-                            "it exited".into()
-                        } else {
-                            String::from_utf8_lossy(m).into_owned()
-                        }
-                    ));
+                    return Err(channel::ChannelError::UnexpectedMessage {
+                        peer: "pre-started python3",
+                        expected: "landlock or ready",
+                        received: other.name(),
+                    }
+                    .to_string());
+                }
+                Err(e) => {
+                    zygote.discard();
+                    return Err(format!("the pre-started python3 failed: {e}"));
                 }
             }
         }
@@ -649,7 +718,7 @@ impl Zygote {
                 "--cwd {}: not a directory in the sandbox ({e})",
                 ctx.cwd.display()
             );
-            let _ = fdpass::send_bytes(chan, format!("USAGE {msg}").as_bytes());
+            let _ = tell(chan, &FromInit::Refused { message: msg });
             self.discard();
             process::exit_now(2);
         }
@@ -671,10 +740,10 @@ impl Zygote {
         let fds = [stdin, ctx.stdout.as_fd(), ctx.stderr.as_fd()];
         fdpass::send_fds(self.chan.as_fd(), request.to_string().as_bytes(), &fds)
             .map_err(|e| e.to_string())?;
-        if let Some(abi) = &self.abi {
-            let _ = fdpass::send_bytes(chan, abi.as_bytes());
+        if let Some(abi) = self.abi {
+            let _ = tell(chan, &FromInit::Landlock { abi });
         }
-        let _ = fdpass::send_bytes(chan, b"PREWARMED");
+        let _ = tell(chan, &FromInit::Prewarmed);
         Ok(PayloadStart {
             pid: self.pid,
             _pidfd: self.pidfd,
@@ -688,26 +757,34 @@ impl Zygote {
     }
 }
 
-/// Wait for `GO` and the mounts attached to it: the message names each attached fd,
-/// in order (`GO`, `GO workspace`, `GO image`, `GO workspace image`).
+/// Wait for [`ToInit::Go`] and the mounts attached to it, in the order it names them.
 fn recv_go(chan: &OwnedFd) -> Result<(Option<OwnedFd>, Option<OwnedFd>), String> {
-    let mut buf = [0u8; 32];
-    let (n, fds) = fdpass::recv_fds(chan.as_fd(), &mut buf, 2).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf[..n]);
-    let mut words = text.split(' ');
-    if words.next() != Some("GO") {
-        return Err("front end went away before the sandbox started".into());
-    }
-    let names: Vec<&str> = words.collect();
-    if names.len() != fds.len() {
-        return Err(format!("GO came with {} fds for {names:?}", fds.len()));
+    let (message, fds) = match channel::recv::<ToInit>(chan.as_fd(), 4096, 2, "spawner") {
+        Ok(received) => received,
+        Err(channel::ChannelError::Closed { .. }) => {
+            return Err("front end went away before the sandbox started".into())
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let mounts = match message {
+        ToInit::Go { mounts } => mounts,
+        other => {
+            return Err(channel::ChannelError::UnexpectedMessage {
+                peer: "spawner",
+                expected: "go",
+                received: other.name().into(),
+            }
+            .to_string())
+        }
+    };
+    if mounts.len() != fds.len() {
+        return Err(format!("go came with {} fds for {mounts:?}", fds.len()));
     }
     let (mut workspace, mut image) = (None, None);
-    for (name, fd) in names.into_iter().zip(fds) {
+    for (name, fd) in mounts.into_iter().zip(fds) {
         match name {
-            "workspace" => workspace = Some(fd),
-            "image" => image = Some(fd),
-            other => return Err(format!("GO came with an unknown fd `{other}`")),
+            GoMount::Workspace => workspace = Some(fd),
+            GoMount::Image => image = Some(fd),
         }
     }
     Ok((workspace, image))
@@ -1155,7 +1232,7 @@ pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
             "--cwd {}: not a directory in the sandbox ({e})",
             ctx.cwd.display()
         );
-        let _ = fdpass::send_bytes(chan, format!("USAGE {msg}").as_bytes());
+        let _ = tell(chan, &FromInit::Refused { message: msg });
         process::exit_now(2);
     }
     let Some(program) = resolve(&ctx.argv[0], &ctx.path_var) else {
@@ -1181,7 +1258,7 @@ pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
             tcp.as_ref(),
         ) {
             Ok(abi) => {
-                let _ = fdpass::send_bytes(chan, format!("ABI {abi}").as_bytes());
+                let _ = tell(chan, &FromInit::Landlock { abi });
             }
             Err(e) => fail(126, e.to_string()),
         }
@@ -1276,17 +1353,7 @@ fn supervise(chan: &OwnedFd, payload: &mut PayloadStart) -> ! {
     let _ = process::kill(-1, libc::SIGKILL);
     // With the payload's own rusage, so that a warm-pool supervisor can answer its
     // client now instead of after this namespace's teardown.
-    let usage = format!(
-        "{} {} {}",
-        usage.user.as_micros(),
-        usage.sys.as_micros(),
-        usage.max_rss_kb
-    );
-    let msg = match status {
-        ExitStatus::Exited(c) => format!("EXIT {c} {usage}"),
-        ExitStatus::Signaled(s) => format!("SIG {s} {usage}"),
-    };
-    let _ = fdpass::send_bytes(chan, msg.as_bytes());
+    let _ = tell(chan, &FromInit::exited(status, usage));
     // Reap what the kill left so their usage is accounted before we exit.
     while let Ok(Some(_)) = process::wait4(-1, false) {}
     process::exit_now(0)
@@ -1429,10 +1496,9 @@ pub(crate) fn direct_child(ctx: ChildContext, chan: OwnedFd) -> ! {
         // Direct mode has no warm pools.
         process::exit_now(125)
     };
-    let mut buf = [0u8; 16];
-    match fdpass::recv(chan.as_fd(), &mut buf) {
-        Ok((2, _)) if &buf[..2] == b"GO" => payload(&ctx, &chan),
-        _ => process::exit_now(1),
+    match recv_go(&chan) {
+        Ok(_) => payload(&ctx, &chan),
+        Err(_) => process::exit_now(1),
     }
 }
 

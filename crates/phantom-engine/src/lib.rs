@@ -14,6 +14,7 @@
 //!   (phantom-egress) and the state database (phantom-state).
 #![forbid(unsafe_code)]
 
+mod channel;
 mod cold;
 pub mod doctor;
 mod error;

@@ -17,7 +17,7 @@
 //! [`Spawned::finish`] reaps the init with its rusage, reads what it reported and
 //! removes the cgroup and the run directory.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use phantom_linux::process::{self, ExitStatus, Forked, Namespaces, Usage};
 use phantom_linux::{fdpass, userns};
 use phantom_policy::{Mode, Mount, Plan};
 
+use crate::channel::{self, ChannelError, FromInit, GoMount, ToInit};
 use crate::image_run::ImageRun;
 use crate::init::{self, ChildContext, ChildPayload, MountPoint, MountPointKind, Step};
 use crate::workspace::RunDir;
@@ -81,66 +82,67 @@ pub(crate) struct SandboxStatus {
 }
 
 impl SandboxStatus {
-    /// Record one message; returns a trace label for it.
-    pub(crate) fn record(&mut self, msg: &[u8]) -> Option<&'static str> {
-        let msg = String::from_utf8_lossy(msg);
-        let (kind, rest) = msg.split_once(' ').unwrap_or((&msg, ""));
-        match kind {
-            "ERR" => {
-                self.setup_error = Some(rest.to_string());
-                Some("sandbox setup failed")
+    /// Record one message from the sandbox; returns a trace label for it. A message
+    /// that has no place after setup (`Ready`, `Namespaces`, `Proxy` without its
+    /// socket) is an error of the sandbox's setup, never ignored.
+    pub(crate) fn record(&mut self, msg: FromInit) -> &'static str {
+        match msg {
+            FromInit::SetupFailed { message } => {
+                self.setup_error = Some(message);
+                "sandbox setup failed"
             }
-            "USAGE" => {
-                self.usage_error = Some(rest.to_string());
-                Some("request refused inside the sandbox")
+            FromInit::Refused { message } => {
+                self.usage_error = Some(message);
+                "request refused inside the sandbox"
             }
-            "PREWARMED" => {
+            FromInit::Prewarmed => {
                 self.prewarmed = true;
-                Some("the pre-started interpreter took the run")
+                "the pre-started interpreter took the run"
             }
-            "ABI" => {
-                self.landlock_abi = rest.trim().parse().unwrap_or(0);
-                Some("payload fenced (landlock applied)")
+            FromInit::Landlock { abi } => {
+                self.landlock_abi = abi;
+                "payload fenced (landlock applied)"
             }
-            "EXIT" | "SIG" => {
-                let mut fields = rest.split_whitespace().map(|f| f.parse::<u64>().ok());
-                let code = fields.next().flatten().map(|c| c as i32);
-                self.payload = code.map(|c| {
-                    if kind == "EXIT" {
-                        ExitStatus::Exited(c)
-                    } else {
-                        ExitStatus::Signaled(c)
-                    }
+            FromInit::Exited {
+                status,
+                user_us,
+                sys_us,
+                max_rss_kb,
+            } => {
+                let status: ExitStatus = status.into();
+                self.payload = Some(status);
+                self.payload_usage = Some(Usage {
+                    user: Duration::from_micros(user_us),
+                    sys: Duration::from_micros(sys_us),
+                    max_rss_kb,
                 });
-                if let (Some(Some(user)), Some(Some(sys)), Some(Some(rss))) =
-                    (fields.next(), fields.next(), fields.next())
-                {
-                    self.payload_usage = Some(Usage {
-                        user: Duration::from_micros(user),
-                        sys: Duration::from_micros(sys),
-                        max_rss_kb: rss,
-                    });
+                match status {
+                    ExitStatus::Exited(_) => "payload exited",
+                    ExitStatus::Signaled(_) => "payload killed",
                 }
-                Some(if kind == "EXIT" {
-                    "payload exited"
-                } else {
-                    "payload killed"
-                })
             }
-            _ => None,
+            other @ (FromInit::Ready | FromInit::Namespaces | FromInit::Proxy) => {
+                self.setup_error.get_or_insert_with(|| {
+                    format!("unexpected message from the sandbox: {}", other.name())
+                });
+                "unexpected message"
+            }
         }
     }
-}
 
-impl SandboxStatus {
+    /// Receive one message from `chan` and record it; `Err` when the channel is
+    /// closed or broken (the caller stops reading it).
+    pub(crate) fn receive(&mut self, chan: BorrowedFd<'_>) -> Result<&'static str, ChannelError> {
+        let (msg, _) = channel::recv::<FromInit>(chan, channel::FROM_INIT_MAX, 0, "sandbox")?;
+        Ok(self.record(msg))
+    }
+
     /// Record the messages still queued on `chan` (sent just before the sender exited).
-    pub(crate) fn drain(&mut self, chan: std::os::fd::BorrowedFd<'_>) {
-        let mut buf = [0u8; 4096];
-        while let Ok((n, _)) = rustix::net::recv(chan, &mut buf, rustix::net::RecvFlags::DONTWAIT) {
-            if n == 0 {
+    pub(crate) fn drain(&mut self, chan: BorrowedFd<'_>) {
+        while channel::readable(chan, Duration::ZERO) {
+            if self.receive(chan).is_err() {
                 break;
             }
-            self.record(&buf[..n]);
         }
     }
 
@@ -372,17 +374,22 @@ pub(crate) fn spawn_on(
         }
     };
     trace.step("id maps, cgroup attach, idmapped workspace");
-    // GO names each mount it brings, in order (protocol in init.rs).
-    let mut go = String::from("GO");
+    // Go names each mount it brings, in order (see channel.rs).
+    let mut mounts = Vec::new();
     let mut fds = Vec::new();
-    for (name, fd) in [("workspace", &workspace_fd), ("image", &image_fd)] {
+    for (name, fd) in [
+        (GoMount::Workspace, &workspace_fd),
+        (GoMount::Image, &image_fd),
+    ] {
         if let Some(fd) = fd {
-            go.push(' ');
-            go.push_str(name);
+            mounts.push(name);
             fds.push(fd.as_fd());
         }
     }
-    fdpass::send_fds(chan_parent.as_fd(), go.as_bytes(), &fds)?;
+    channel::send(chan_parent.as_fd(), &ToInit::Go { mounts }, &fds).map_err(|e| match e {
+        ChannelError::Sys(e) => EngineError::Sys(e),
+        e => EngineError::Setup(e.to_string()),
+    })?;
     Ok(Spawned {
         sandbox_id,
         pid,

@@ -26,6 +26,7 @@ use phantom_state::{Record, State, StateError, DEAD, DESTROYING, RUNNING, STARTI
 use rustix::fs::{flock, FlockOperation};
 
 use super::{now_s, plan_hash};
+use crate::channel::{self, Report};
 use crate::cold::{prepare_with, watch, Watched};
 use crate::init::ChildPayload;
 use crate::relay::{Relay, StdinRelay};
@@ -259,13 +260,15 @@ fn namespaces_from_keeper(record: &Record) -> Result<Vec<OwnedFd>, EngineError> 
         ))
     };
     let conn = fdpass::connect_seqpacket(&record.socket).map_err(|e| gone(&e))?;
-    let mut buf = [0u8; 16];
-    let (n, fds) =
-        fdpass::recv_fds(conn.as_fd(), &mut buf, fdpass::MAX_FDS).map_err(|e| gone(&e))?;
-    if &buf[..n] != b"NS" || fds.len() != process::NAMESPACE_FILES.len() {
-        return Err(gone(&"it sent no namespaces"));
+    match channel::recv::<Report>(conn.as_fd(), 4096, fdpass::MAX_FDS, "keeper") {
+        Ok((Report::Namespaces, fds)) if fds.len() == process::NAMESPACE_FILES.len() => Ok(fds),
+        Ok((other, fds)) => Err(gone(&format_args!(
+            "it sent {} with {} fds instead of the sandbox's namespaces",
+            other.name(),
+            fds.len()
+        ))),
+        Err(e) => Err(gone(&e)),
     }
-    Ok(fds)
 }
 
 /// Fork the helper that joins the sandbox (see the module docs) and return the
@@ -299,7 +302,7 @@ fn join(
                     .map(|f| f.as_raw_fd()),
             );
             let fail = |msg: String| -> ! {
-                let _ = fdpass::send_bytes(&report_child, format!("ERR {msg}").as_bytes());
+                let _ = channel::send(report_child.as_fd(), &Report::Failed { message: msg }, &[]);
                 process::exit_now(1)
             };
             if let Err(e) = process::close_all_except(&keep) {
@@ -333,7 +336,7 @@ fn join(
                     if let Some(delay) = report_delay {
                         std::thread::sleep(delay);
                     }
-                    let _ = fdpass::send_bytes(&report_child, format!("CHILD {pid}").as_bytes());
+                    let _ = channel::send(report_child.as_fd(), &Report::Child { pid }, &[]);
                     process::exit_now(0)
                 }
                 Err(e) => fail(e.to_string()),
@@ -342,30 +345,31 @@ fn join(
         Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
     drop((chan_child, report_child, ctx, namespaces, helper_fd));
-    // The helper's report: CHILD <pid>, or ERR <why>.
-    let mut buf = [0u8; 4096];
-    let report = fdpass::recv(report_parent.as_fd(), &mut buf);
+    // The helper's report: the payload's pid, or why it failed.
+    let report = channel::recv::<Report>(report_parent.as_fd(), 4096, 0, "exec helper");
     let _ = process::wait4(helper, false);
-    let msg = match report {
-        Ok((n, _)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
-        Err(e) => return Err(e.into()),
-    };
-    if let Some(pid) = msg
-        .strip_prefix("CHILD ")
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    {
-        // Our child (CLONE_PARENT): its pid cannot be reused before we reap it.
-        let pidfd = process::pidfd_open(pid)?;
-        return Ok(Joined {
-            pid,
-            pidfd,
-            chan: chan_parent,
-        });
+    match report {
+        Ok((Report::Child { pid }, _)) => {
+            // Our child (CLONE_PARENT): its pid cannot be reused before we reap it.
+            let pidfd = process::pidfd_open(pid)?;
+            Ok(Joined {
+                pid,
+                pidfd,
+                chan: chan_parent,
+            })
+        }
+        Ok((Report::Failed { message }, _)) => Err(EngineError::Setup(message)),
+        Ok((other, _)) => Err(EngineError::Setup(
+            channel::ChannelError::UnexpectedMessage {
+                peer: "exec helper",
+                expected: "child or failed",
+                received: other.name(),
+            }
+            .to_string(),
+        )),
+        Err(channel::ChannelError::Closed { .. }) => Err(EngineError::Setup(
+            "the helper joining the sandbox died".into(),
+        )),
+        Err(e) => Err(EngineError::Setup(e.to_string())),
     }
-    let why = msg.strip_prefix("ERR ").unwrap_or(&msg);
-    Err(EngineError::Setup(if why.is_empty() {
-        "the helper joining the sandbox died".into()
-    } else {
-        why.to_string()
-    }))
 }

@@ -24,6 +24,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fs::{flock, FlockOperation};
 
 use super::now_s;
+use crate::channel::{self, FromInit, Report};
 use crate::image_run::ImageRun;
 use crate::init::ChildPayload;
 use crate::spawn::{spawn_on, SandboxStatus, Trace};
@@ -53,7 +54,7 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     let _ = process::setsid();
     redirect_stdio(&k.log_path);
     let fail = |msg: String| -> ! {
-        let _ = fdpass::send_bytes(&report, format!("ERR {msg}").as_bytes());
+        let _ = channel::send(report.as_fd(), &Report::Failed { message: msg }, &[]);
         process::exit_now(1)
     };
     let state = match State::open(&k.state_dir) {
@@ -81,12 +82,14 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
         Err(e) => fail(e.to_string()),
     };
     // network limited: first the socket of the egress proxy, which the keeper serves
-    // (from a helper: we are single-threaded) for as long as the sandbox lives.
-    let mut buf = [0u8; 4096];
-    let mut first = fdpass::recv_fds(spawned.chan.as_fd(), &mut buf, fdpass::MAX_FDS);
+    // (from a helper: we are single-threaded) for as long as the sandbox lives; then
+    // the init's namespaces, or why its setup failed.
+    let receive =
+        |chan| channel::recv::<FromInit>(chan, channel::FROM_INIT_MAX, fdpass::MAX_FDS, "sandbox");
+    let mut first = receive(spawned.chan.as_fd());
     if k.plan.network == phantom_policy::NetworkMode::Limited {
-        if let Ok((n, fds)) = &mut first {
-            if &buf[..*n] == b"PROXY" && fds.len() == 1 {
+        if let Ok((FromInit::Proxy, fds)) = &mut first {
+            if fds.len() == 1 {
                 let mut config = crate::cold::proxy_config(&k.plan, &k.id, &k.test_resolve);
                 // Each decision in the keeper's log, with the sandbox id: an exec's
                 // report does not carry them.
@@ -99,33 +102,34 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
                         fail(format!("egress proxy: {e}"));
                     }
                 }
-                first = fdpass::recv_fds(spawned.chan.as_fd(), &mut buf, fdpass::MAX_FDS);
+                first = receive(spawned.chan.as_fd());
             }
         }
     }
-    // READY with the init's namespaces, or ERR from its setup.
-    let (msg, namespaces) = match first {
-        Ok((n, fds)) => (String::from_utf8_lossy(&buf[..n]).into_owned(), fds),
-        Err(e) => (e.to_string(), Vec::new()),
-    };
     let expected = process::NAMESPACE_FILES.len();
-    if msg == "READY" && namespaces.len() != expected {
-        spawned.kill();
-        let _ = spawned.finish(SandboxStatus::default(), &mut trace);
-        fail(format!(
-            "the sandbox sent {} namespace fds, expected {expected}",
-            namespaces.len()
-        ));
-    }
-    if msg != "READY" {
-        spawned.kill();
-        let _ = spawned.finish(SandboxStatus::default(), &mut trace);
-        fail(
-            msg.strip_prefix("ERR ")
-                .map(|m| format!("sandbox setup failed: {m}"))
-                .unwrap_or(msg),
-        );
-    }
+    let namespaces = match first {
+        Ok((FromInit::Namespaces, fds)) if fds.len() == expected => fds,
+        other => {
+            spawned.kill();
+            let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+            fail(match other {
+                Ok((FromInit::Namespaces, fds)) => format!(
+                    "the sandbox sent {} namespace fds, expected {expected}",
+                    fds.len()
+                ),
+                Ok((FromInit::SetupFailed { message }, _)) => {
+                    format!("sandbox setup failed: {message}")
+                }
+                Ok((other, _)) => channel::ChannelError::UnexpectedMessage {
+                    peer: "sandbox",
+                    expected: "namespaces",
+                    received: other.name(),
+                }
+                .to_string(),
+                Err(e) => e.to_string(),
+            })
+        }
+    };
     if let Some(cg) = spawned.cgroup.0.as_mut() {
         // CPU time and I/O for `phantom monitor` where v1 counts them apart.
         if let Err(e) =
@@ -153,11 +157,7 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
         let _ = spawned.finish(SandboxStatus::default(), &mut trace);
         fail(e.to_string());
     }
-    let ready = match warnings.is_empty() {
-        true => "READY".to_string(),
-        false => format!("READY {}", warnings.join("\n")),
-    };
-    let _ = fdpass::send_bytes(&report, ready.as_bytes());
+    let _ = channel::send(report.as_fd(), &Report::Ready { warnings }, &[]);
     drop(report);
 
     let gate = Gate {
@@ -272,7 +272,7 @@ impl Gate {
             return;
         }
         let fds: Vec<_> = self.namespaces.iter().map(|f| f.as_fd()).collect();
-        let _ = fdpass::send_fds(conn.as_fd(), b"NS", &fds);
+        let _ = channel::send(conn.as_fd(), &Report::Namespaces, &fds);
     }
 }
 

@@ -28,6 +28,7 @@ use phantom_state::{Record, State, STARTING};
 use phantom_store::{RestoreMode, SnapshotInfo, SnapshotOptions, SnapshotProgress, SnapshotStore};
 use rustix::event::{poll, PollFd, PollFlags};
 
+use crate::channel::{self, Report};
 use crate::cold::prepare_with;
 use crate::EngineError;
 
@@ -261,7 +262,8 @@ fn start_keeper(keeper: keeper::Keeper) -> Result<Vec<String>, EngineError> {
                 Ok(Forked::Child) => keeper::run(keeper, report_child),
                 Ok(Forked::Parent { .. }) => process::exit_now(0),
                 Err(e) => {
-                    let _ = fdpass::send_bytes(&report_child, format!("ERR {e}").as_bytes());
+                    let message = e.to_string();
+                    let _ = channel::send(report_child.as_fd(), &Report::Failed { message }, &[]);
                     process::exit_now(1)
                 }
             }
@@ -282,23 +284,22 @@ fn start_keeper(keeper: keeper::Keeper) -> Result<Vec<String>, EngineError> {
             CREATE_TIMEOUT.as_secs()
         )));
     }
-    let mut buf = vec![0u8; 64 * 1024];
-    let msg = match fdpass::recv(report.as_fd(), &mut buf) {
-        Ok((n, _)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
-        Err(e) => return Err(e.into()),
-    };
-    if let Some(rest) = msg.strip_prefix("READY") {
-        return Ok(rest
-            .trim_start()
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect());
+    match channel::recv::<Report>(report.as_fd(), 64 * 1024, 0, "keeper") {
+        Ok((Report::Ready { warnings }, _)) => Ok(warnings),
+        Ok((Report::Failed { message }, _)) => Err(EngineError::Setup(message)),
+        Ok((other, _)) => Err(EngineError::Setup(
+            channel::ChannelError::UnexpectedMessage {
+                peer: "keeper",
+                expected: "ready or failed",
+                received: other.name(),
+            }
+            .to_string(),
+        )),
+        Err(channel::ChannelError::Closed { .. }) => Err(EngineError::Setup(
+            "the sandbox's keeper died while starting it".into(),
+        )),
+        Err(e) => Err(EngineError::Setup(e.to_string())),
     }
-    Err(match msg.strip_prefix("ERR ") {
-        Some(why) => EngineError::Setup(why.to_string()),
-        None => EngineError::Setup("the sandbox's keeper died while starting it".into()),
-    })
 }
 
 /// Every persistent sandbox, by name.

@@ -43,8 +43,9 @@ use super::pressure::{PressureSource, Thresholds};
 use super::protocol::{
     PoolInfo, PoolStatus, Reply, Request, WarmImage, WarmOutcome, WarmRun, MAX_MESSAGE,
 };
+use crate::channel::{self, FromInit, RunSpec, ToInit};
 use crate::image_run::ImageRun;
-use crate::init::{self, ChildPayload, PayloadBase, RunSpec};
+use crate::init::{self, ChildPayload, PayloadBase};
 use crate::spawn::{ms, payload_env, spawn_on, Outcome, SandboxStatus, Spawned, Trace};
 use crate::EngineError;
 
@@ -470,16 +471,22 @@ impl Supervisor {
                     }
                 }
                 Event::Starting(p, i) => {
-                    let mut buf = [0u8; 4096];
-                    match fdpass::recv(self.pools[p].starting[i].chan.as_fd(), &mut buf) {
-                        Ok((n, _)) if &buf[..n] == b"READY" => became_ready.push((p, i)),
-                        Ok((n, Some(listener)))
-                            if &buf[..n] == b"PROXY"
+                    let received = channel::recv::<FromInit>(
+                        self.pools[p].starting[i].chan.as_fd(),
+                        channel::FROM_INIT_MAX,
+                        1,
+                        "sandbox",
+                    );
+                    match received {
+                        Ok((FromInit::Ready, _)) => became_ready.push((p, i)),
+                        Ok((FromInit::Proxy, mut fds))
+                            if fds.len() == 1
                                 && self.pools[p].plan.network == NetworkMode::Limited
                                 && self.pools[p].starting[i].proxy.is_none() =>
                         {
                             // A limited sandbox's proxy lives as long as the sandbox:
                             // forked now (we are single-threaded), stopped with it.
+                            let listener = fds.pop().expect("one fd");
                             let pool = &mut self.pools[p];
                             let mut config = crate::cold::proxy_config(
                                 &pool.plan,
@@ -493,10 +500,18 @@ impl Supervisor {
                                 Err(e) => failed.push((p, i, format!("egress proxy: {e}"))),
                             }
                         }
-                        Ok((n, _)) if n > 0 => {
-                            failed.push((p, i, String::from_utf8_lossy(&buf[..n]).into_owned()))
-                        }
-                        _ => failed.push((p, i, "the sandbox closed its channel".into())),
+                        Ok((FromInit::SetupFailed { message }, _)) => failed.push((p, i, message)),
+                        Ok((other, _)) => failed.push((
+                            p,
+                            i,
+                            channel::ChannelError::UnexpectedMessage {
+                                peer: "sandbox",
+                                expected: "ready or proxy",
+                                received: other.name(),
+                            }
+                            .to_string(),
+                        )),
+                        Err(e) => failed.push((p, i, e.to_string())),
                     }
                 }
                 Event::StartingExited(p, i) => {
@@ -509,17 +524,13 @@ impl Supervisor {
                 Event::ReadyExited(p, i) => ready_died.push((p, i)),
                 Event::ActiveExited(i) => finished.push(i),
                 Event::ActiveChan(i) => {
-                    let mut buf = [0u8; 4096];
-                    if let Ok((n, _)) = fdpass::recv(self.active[i].spawned.chan.as_fd(), &mut buf)
-                    {
-                        if n > 0 {
-                            let was = self.active[i].status.prewarmed;
-                            self.active[i].status.record(&buf[..n]);
-                            if !was && self.active[i].status.prewarmed {
-                                self.pools[self.active[i].pool].prewarmed_hits += 1;
-                            }
-                            self.reply_early(i);
+                    let was = self.active[i].status.prewarmed;
+                    let active = &mut self.active[i];
+                    if active.status.receive(active.spawned.chan.as_fd()).is_ok() {
+                        if !was && self.active[i].status.prewarmed {
+                            self.pools[self.active[i].pool].prewarmed_hits += 1;
                         }
+                        self.reply_early(i);
                     }
                 }
                 Event::ActiveClient(i) => {
@@ -701,13 +712,16 @@ impl Supervisor {
             rlimit_nproc: no_cgroup.then_some(run.pids),
             rlimit_data: no_cgroup.then_some(run.memory_bytes),
             stdin_fd: run.stdin_fd,
+            files_fd: false,
             workspace_fd: workspace_fd.is_some(),
         };
-        let mut message = b"RUN ".to_vec();
-        message.extend(serde_json::to_vec(&spec).expect("RunSpec serializes"));
         fds.extend(workspace_fd);
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        if let Err(e) = fdpass::send_fds(sandbox.chan.as_fd(), &message, &borrowed) {
+        if let Err(e) = channel::send(
+            sandbox.chan.as_fd(),
+            &ToInit::Run(Box::new(spec)),
+            &borrowed,
+        ) {
             log(format_args!("pool {profile}: cannot hand over a run: {e}"));
             sandbox.kill();
             let _ = sandbox.finish(SandboxStatus::default(), &mut Trace::new(Instant::now()));

@@ -22,7 +22,8 @@ def serve():
     import json
 
     chan = socket.socket(fileno=3)
-    chan.send(b"READY")
+    # A FromInit message (crates/phantom-engine/src/channel.rs).
+    chan.send(b'{"type": "ready"}')
     message, fds, _flags, _addr = socket.recv_fds(chan, 1 << 18, 3)
     chan.close()
     if len(fds) != 3 or not message:

@@ -1,0 +1,329 @@
+//! Typed messages between processes of one machine: a sandbox's spawner and its init,
+//! an init and its payload or pre-started interpreter, a keeper and the process
+//! creating it, and the engine and its clients (`phantom_api::engine`).
+//!
+//! Every channel is a `SOCK_SEQPACKET` unix socket: one packet is one message, encoded
+//! as JSON, with file descriptors attached as `SCM_RIGHTS`. A receiver names the
+//! messages it expects; anything else is an [`ChannelError::UnexpectedMessage`] that
+//! says what was expected and what came — never silently ignored.
+//!
+//! The sandbox channel ([`ToInit`], [`FromInit`]), in the order things happen:
+//!
+//! 1. spawner → init: [`ToInit::Go`] once the uid/gid maps are written and the cgroup
+//!    joined, with the idmapped mounts it names attached in order (when phantom runs as
+//!    root: the workspace, an image's root);
+//! 2. init → spawner while it builds the sandbox: [`FromInit::Proxy`] with the socket
+//!    listening on 127.0.0.1:3128 inside (network `limited`), then
+//!    [`FromInit::SetupFailed`] (the init exits), or — for a pooled sandbox —
+//!    [`FromInit::Ready`], or — for a persistent one — [`FromInit::Namespaces`] with its
+//!    seven namespace fds; a cold sandbox goes straight on to its payload;
+//! 3. spawner → pooled init: [`ToInit::Run`] with the run's stdio (and the files memfd,
+//!    and an idmapped workspace) attached;
+//! 4. payload or init → spawner: [`FromInit::Landlock`] (the fence applied, with its
+//!    ABI), [`FromInit::Prewarmed`] (a pre-started interpreter took the run),
+//!    [`FromInit::Refused`] (a value of the request is wrong inside the sandbox, e.g. a
+//!    working directory that does not exist there), and last [`FromInit::Exited`] with
+//!    the payload's status and rusage.
+//!
+//! A pre-started interpreter (`warm/zygote.py`) speaks the same [`FromInit`] to its
+//! init on fd 3: `Landlock` from its fence, then `Ready` once Python has loaded.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use phantom_linux::process::{ExitStatus, Usage};
+use phantom_linux::{fdpass, SysError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Why a message could not be sent or received.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The other end closed the channel.
+    #[error("the {peer} closed the channel")]
+    Closed { peer: &'static str },
+    /// A packet that is not a message of this channel (or longer than its buffer).
+    #[error("malformed message from the {peer}: {detail}")]
+    Malformed { peer: &'static str, detail: String },
+    /// A well-formed message that the receiver was not waiting for.
+    #[error("unexpected message from the {peer}: expected {expected}, received {received}")]
+    UnexpectedMessage {
+        peer: &'static str,
+        expected: &'static str,
+        received: String,
+    },
+    #[error(transparent)]
+    Sys(#[from] SysError),
+}
+
+/// Send `message` on `chan` with `fds` attached.
+pub(crate) fn send<M: Serialize>(
+    chan: BorrowedFd<'_>,
+    message: &M,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), ChannelError> {
+    let bytes = serde_json::to_vec(message).expect("channel messages serialize");
+    fdpass::send_fds(chan, &bytes, fds)?;
+    Ok(())
+}
+
+/// Receive one message of type `M` (at most `max_len` bytes, `max_fds` fds). `peer`
+/// names the other end in errors.
+pub(crate) fn recv<M: DeserializeOwned>(
+    chan: BorrowedFd<'_>,
+    max_len: usize,
+    max_fds: usize,
+    peer: &'static str,
+) -> Result<(M, Vec<OwnedFd>), ChannelError> {
+    let mut buf = vec![0u8; max_len];
+    let (n, fds) = fdpass::recv_fds(chan, &mut buf, max_fds)?;
+    if n == 0 {
+        return Err(ChannelError::Closed { peer });
+    }
+    if n == max_len {
+        return Err(ChannelError::Malformed {
+            peer,
+            detail: format!("longer than {max_len} bytes"),
+        });
+    }
+    let message = serde_json::from_slice(&buf[..n]).map_err(|e| ChannelError::Malformed {
+        peer,
+        detail: format!("{e}: {}", String::from_utf8_lossy(&buf[..n.min(200)])),
+    })?;
+    Ok((message, fds))
+}
+
+/// Whether a message is waiting on `chan` (or its peer closed it) within `timeout`.
+pub(crate) fn readable(chan: BorrowedFd<'_>, timeout: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let ts = Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos() as i64,
+    };
+    let mut fds = [PollFd::from_borrowed_fd(chan, PollFlags::IN)];
+    matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0)
+}
+
+/// The largest [`FromInit`] message.
+pub(crate) const FROM_INIT_MAX: usize = 64 * 1024;
+/// The largest [`ToInit`] message (a run's argv and environment included).
+pub(crate) const TO_INIT_MAX: usize = 256 * 1024;
+
+/// What the spawner sends a sandbox's init.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum ToInit {
+    /// Start building the sandbox; the mounts named are attached, in order.
+    Go { mounts: Vec<GoMount> },
+    /// A pooled sandbox's run.
+    Run(Box<RunSpec>),
+}
+
+impl ToInit {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            ToInit::Go { .. } => "go",
+            ToInit::Run(_) => "run",
+        }
+    }
+}
+
+/// A mount attached to [`ToInit::Go`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum GoMount {
+    /// The workspace, idmapped through the sandbox's user namespace.
+    Workspace,
+    /// An image's root, idmapped likewise.
+    Image,
+}
+
+/// The per-run part of a pooled sandbox's payload. Its fds ride along in the order
+/// stdin (when `stdin_fd`), stdout, stderr, files (when `files_fd`), workspace (when
+/// `workspace_fd`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RunSpec {
+    pub argv: Vec<String>,
+    /// The complete environment (base plus the request's).
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub rlimit_nproc: Option<u64>,
+    pub rlimit_data: Option<u64>,
+    pub stdin_fd: bool,
+    #[serde(default)]
+    pub files_fd: bool,
+    pub workspace_fd: bool,
+}
+
+impl RunSpec {
+    /// How many fds come with it.
+    pub(crate) fn fd_count(&self) -> usize {
+        2 + usize::from(self.stdin_fd) + usize::from(self.files_fd) + usize::from(self.workspace_fd)
+    }
+}
+
+/// What a sandbox's init (or its payload, or a pre-started interpreter) tells its
+/// spawner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum FromInit {
+    /// Setup failed; the message names the step. The init exits.
+    SetupFailed { message: String },
+    /// A value of the request is wrong inside the sandbox (the caller's mistake).
+    Refused { message: String },
+    /// The egress proxy's listening socket is attached (network `limited`).
+    Proxy,
+    /// A pooled sandbox (or a pre-started interpreter) waits for its run.
+    Ready,
+    /// A persistent sandbox is up; its namespace fds are attached.
+    Namespaces,
+    /// The payload is fenced; Landlock enforces this ABI.
+    Landlock { abi: u32 },
+    /// A pooled sandbox's pre-started interpreter took the run.
+    Prewarmed,
+    /// How the payload ended, with its own rusage.
+    Exited {
+        status: Status,
+        user_us: u64,
+        sys_us: u64,
+        max_rss_kb: u64,
+    },
+}
+
+impl FromInit {
+    /// The message's name, for [`ChannelError::UnexpectedMessage`].
+    pub(crate) fn name(&self) -> String {
+        match self {
+            FromInit::SetupFailed { message } => format!("setup_failed ({message})"),
+            FromInit::Refused { message } => format!("refused ({message})"),
+            FromInit::Proxy => "proxy".into(),
+            FromInit::Ready => "ready".into(),
+            FromInit::Namespaces => "namespaces".into(),
+            FromInit::Landlock { .. } => "landlock".into(),
+            FromInit::Prewarmed => "prewarmed".into(),
+            FromInit::Exited { .. } => "exited".into(),
+        }
+    }
+
+    /// The payload's exit message.
+    pub(crate) fn exited(status: ExitStatus, usage: Usage) -> FromInit {
+        FromInit::Exited {
+            status: status.into(),
+            user_us: usage.user.as_micros() as u64,
+            sys_us: usage.sys.as_micros() as u64,
+            max_rss_kb: usage.max_rss_kb,
+        }
+    }
+}
+
+/// An [`ExitStatus`] on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Status {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl From<ExitStatus> for Status {
+    fn from(s: ExitStatus) -> Status {
+        match s {
+            ExitStatus::Exited(c) => Status::Exited(c),
+            ExitStatus::Signaled(s) => Status::Signaled(s),
+        }
+    }
+}
+
+impl From<Status> for ExitStatus {
+    fn from(s: Status) -> ExitStatus {
+        match s {
+            Status::Exited(c) => ExitStatus::Exited(c),
+            Status::Signaled(s) => ExitStatus::Signaled(s),
+        }
+    }
+}
+
+/// What a helper process reports to the one that forked it: a persistent sandbox's
+/// keeper to `create`, the helper that joins a sandbox to `exec`, and a keeper to an
+/// `exec` asking for the sandbox's namespaces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Report {
+    /// The keeper's sandbox runs; the warnings its start produced.
+    Ready { warnings: Vec<String> },
+    /// The command joined the sandbox as this process (a child of the front end).
+    Child { pid: i32 },
+    /// The sandbox's namespaces are attached.
+    Namespaces,
+    /// It failed; the message says why.
+    Failed { message: String },
+}
+
+impl Report {
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Report::Ready { .. } => "ready".into(),
+            Report::Child { .. } => "child".into(),
+            Report::Namespaces => "namespaces".into(),
+            Report::Failed { message } => format!("failed ({message})"),
+        }
+    }
+}
+
+/// Send on a channel we hold as an `OwnedFd` (convenience for the init's side).
+pub(crate) fn tell(chan: &OwnedFd, message: &FromInit) -> Result<(), ChannelError> {
+    send(chan.as_fd(), message, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_cross_a_socket_pair_with_their_fds() {
+        let (a, b) = fdpass::channel().unwrap();
+        let (pipe_r, _pipe_w) = phantom_linux::process::pipe().unwrap();
+        send(
+            a.as_fd(),
+            &ToInit::Go {
+                mounts: vec![GoMount::Workspace],
+            },
+            &[pipe_r.as_fd()],
+        )
+        .unwrap();
+        let (msg, fds) = recv::<ToInit>(b.as_fd(), TO_INIT_MAX, 2, "spawner").unwrap();
+        assert!(matches!(msg, ToInit::Go { mounts } if mounts == [GoMount::Workspace]));
+        assert_eq!(fds.len(), 1);
+
+        tell(
+            &b,
+            &FromInit::exited(ExitStatus::Signaled(9), Usage::default()),
+        )
+        .unwrap();
+        let (msg, _) = recv::<FromInit>(a.as_fd(), FROM_INIT_MAX, 0, "init").unwrap();
+        assert!(matches!(
+            msg,
+            FromInit::Exited {
+                status: Status::Signaled(9),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn text_that_is_not_a_message_is_malformed_and_a_closed_peer_is_said() {
+        let (a, b) = fdpass::channel().unwrap();
+        fdpass::send_bytes(&a, b"EXIT 0").unwrap();
+        let err = recv::<FromInit>(b.as_fd(), FROM_INIT_MAX, 0, "init").unwrap_err();
+        assert!(matches!(err, ChannelError::Malformed { .. }), "{err}");
+        drop(a);
+        let err = recv::<FromInit>(b.as_fd(), FROM_INIT_MAX, 0, "init").unwrap_err();
+        assert_eq!(err.to_string(), "the init closed the channel");
+    }
+
+    #[test]
+    fn the_interpreters_ready_is_a_from_init_message() {
+        // warm/zygote.py sends exactly this text.
+        let msg: FromInit = serde_json::from_str(r#"{"type": "ready"}"#).unwrap();
+        assert!(matches!(msg, FromInit::Ready));
+    }
+}
