@@ -8,7 +8,8 @@ framing included, no SDK in between). Prints figures; never fails on time.
 
 warm: --mode zygote --profiles python-dev (pre-started interpreters; the pool refills
 between calls, so calls faster than the refill may start cold — the `start` counts say
-how each call was served). cold: --mode cold (`phantom run` per call).
+how each call was served). cold: --mode cold (a fresh sandbox from the server's engine per
+call).
 """
 
 import argparse

@@ -10,7 +10,7 @@ chmod 755 "$work"
 sup=""
 cleanup() {
   if [ -n "$sup" ]; then kill -TERM "$sup" 2>/dev/null || true; wait "$sup" 2>/dev/null || true; fi
-  PHANTOM_STATE_DIR="$work/state" target/debug/phantom destroy --all >/dev/null 2>&1 || true
+  PHANTOM_STATE_DIR="$work/state" target/debug/phantom destroy --all --every-owner >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -66,4 +66,5 @@ echo "-- schemathesis (bounded: 10 examples per operation, deterministic)"
 (cd "$work" && "$work/venv/bin/schemathesis" run "$base/api/v2/openapi.json" \
   --header "X-API-Key: $key" \
   --checks not_a_server_error,response_schema_conformance \
-  --max-examples 10 --generation-deterministic --request-timeout 60 --no-color)
+  --max-examples 10 --generation-deterministic --request-timeout 60 --no-color) \
+  || { echo "server log (a 500 names an error id found here):"; tail -40 "$work/log"; exit 1; }

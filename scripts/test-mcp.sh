@@ -30,7 +30,7 @@ server_pid=
 cleanup() {
   if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
   # Sandboxes a failed check left behind.
-  [ -d "$work/state" ] && PHANTOM_STATE_DIR="$work/state" "$(dirname "$BIN")/phantom" destroy --all >/dev/null 2>&1 || true
+  [ -d "$work/state" ] && PHANTOM_STATE_DIR="$work/state" "$(dirname "$BIN")/phantom" destroy --all --every-owner >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -1,10 +1,12 @@
 //! Who a request acts for and what it may ask for.
 //!
-//! Every persistent thing (sandbox, snapshot, image) has an [`Owner`]; a front end
-//! acts for exactly one: the CLI and MCP over stdio for the local user
-//! ([`Owner::Local`]), the HTTP API and MCP over HTTP for the API key that
-//! authenticated the request ([`Owner::Key`]). Nothing of another owner can be listed,
-//! read, exec'd into or destroyed, and "not yours" looks exactly like "not found".
+//! Every persistent sandbox and snapshot has an [`Owner`]; a front end acts for
+//! exactly one: the CLI and a keyless MCP server for the local user
+//! ([`Owner::Local`]), the HTTP API and an MCP server started with a key for that API
+//! key ([`Owner::Key`]). Nothing of another owner can be listed, read, exec'd into or
+//! destroyed, and "not yours" looks exactly like "not found". Images belong to the
+//! local user, the only one who can import them (`phantom image import`); a key runs on
+//! them only with the [`Capability::Images`] grant, and cannot change them.
 //!
 //! [`Grants`] say what a principal may ask for: profiles, network modes, modes, the
 //! largest limits, and the capabilities that reach the host (its network, a host

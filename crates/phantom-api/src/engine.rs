@@ -9,8 +9,9 @@
 //!    as `SCM_RIGHTS`, in the order [`Request::fd_names`] lists: a run's stdin (when it
 //!    has one), stdout and stderr (the payload writes straight into the client's pipes;
 //!    the client relays, caps and captures the output), and a memfd with the files to
-//!    write into the workspace. A request whose JSON is larger than [`MAX_INLINE`] goes
-//!    as [`Request::Large`] with a memfd holding the JSON, attached first.
+//!    write into the workspace. A message (either way) whose JSON is larger than
+//!    [`MAX_INLINE`] travels in a memfd instead: the packet is then the single byte
+//!    [`LARGE_MARKER`] with that memfd attached before the message's own fds.
 //! 3. The engine answers with [`Reply`] messages until a final one
 //!    ([`Reply::is_final`]): a run or an exec gets [`Reply::Started`] and then
 //!    [`Reply::Finished`]; everything else one reply. [`Reply::Workspace`] carries one
@@ -31,12 +32,22 @@ use crate::choice::StartKind;
 use crate::report::{RunReport, SandboxInfo, SandboxMetrics};
 use crate::request::{CreateRequest, ExecRequest, Field, FieldError, RunRequest};
 
-/// The largest request sent inline; larger ones go in a memfd ([`Request::Large`]).
+/// The largest message sent inline; larger ones travel in a memfd.
 pub const MAX_INLINE: usize = 64 * 1024;
-/// The largest request the engine reads from a memfd.
-pub const MAX_REQUEST: u64 = 256 << 20;
-/// The largest reply (lists of sandboxes, files and snapshots are bounded to fit).
-pub const MAX_REPLY: usize = 4 << 20;
+/// The packet that says "the message is in the memfd attached first".
+pub const LARGE_MARKER: u8 = 0;
+/// The largest message read from a memfd.
+pub const MAX_MESSAGE: u64 = 256 << 20;
+
+/// The engine introducing itself ([`Request::Hello`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineHello {
+    pub pid: u32,
+    /// Its state directory: sandboxes, images and snapshots (absolute).
+    pub state_dir: Option<String>,
+    /// phantom's version.
+    pub version: String,
+}
 
 /// What a client asks of the engine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,10 +61,19 @@ pub enum Request {
     Create(Box<CreateCall>),
     /// Destroy one of the principal's sandboxes (dead ones too).
     Destroy { principal: Principal, name: String },
-    /// Destroy every sandbox of the principal.
-    DestroyAll { principal: Principal },
-    /// The principal's sandboxes.
-    List { principal: Principal },
+    /// Destroy every sandbox of the principal; with `every_owner`, of every owner
+    /// (the local operator only: a key's principal is refused).
+    DestroyAll {
+        principal: Principal,
+        #[serde(default)]
+        every_owner: bool,
+    },
+    /// The principal's sandboxes; with `every_owner`, every owner's (local only).
+    List {
+        principal: Principal,
+        #[serde(default)]
+        every_owner: bool,
+    },
     /// One sandbox.
     Get { principal: Principal, name: String },
     /// A sandbox's resource use, from its cgroup.
@@ -68,8 +88,12 @@ pub enum Request {
     Signal { signal: i32 },
     /// The warm pools (`phantom pool status`).
     Pools,
-    /// The real request is JSON in the memfd attached first.
-    Large,
+    /// Every owner's sandboxes and their memory use, for the operator's metrics (a
+    /// front end's own view, never a tenant's).
+    Census,
+    /// Who answers: a client checks that the engine keeps its state where the client
+    /// expects it before it sends it work.
+    Hello,
 }
 
 impl Request {
@@ -95,7 +119,6 @@ impl Request {
                 names.extend(["stdout", "stderr"]);
                 names
             }
-            Request::Large => vec!["request"],
             _ => Vec::new(),
         }
     }
@@ -114,7 +137,8 @@ impl Request {
             Request::Workspace { .. } => "workspace",
             Request::Signal { .. } => "signal",
             Request::Pools => "pools",
-            Request::Large => "large",
+            Request::Census => "census",
+            Request::Hello => "hello",
         }
     }
 }
@@ -193,7 +217,7 @@ pub enum FileOp {
 
 /// What the engine answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum Reply {
     /// A run or an exec started; the output pipes are live.
     Started(Box<Started>),
@@ -210,6 +234,8 @@ pub enum Reply {
     /// A sandbox's workspace directory; its `O_PATH` fd is attached.
     Workspace,
     Pools(Box<PoolStatus>),
+    Census(Vec<SandboxUsage>),
+    Hello(EngineHello),
     /// The request failed (final).
     Error(Failure),
 }
@@ -219,6 +245,18 @@ impl Reply {
     pub fn is_final(&self) -> bool {
         !matches!(self, Reply::Started(_))
     }
+}
+
+/// One sandbox in the operator's census.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SandboxUsage {
+    /// The sandbox's id (random: it tells nothing of its owner or name).
+    pub id: String,
+    pub owner: crate::access::Owner,
+    pub name: String,
+    pub status: crate::choice::SandboxStatus,
+    /// Memory charged to its cgroup now (running sandboxes with a cgroup).
+    pub memory_bytes: Option<u64>,
 }
 
 /// A run or an exec under way.
@@ -237,6 +275,9 @@ pub struct Started {
     /// Why the run did not take a pooled sandbox (`phantom run --verbose`).
     #[serde(default)]
     pub not_warm: Option<String>,
+    /// Milliseconds the engine spent compiling the policy (near 0 for a cached plan).
+    #[serde(default)]
+    pub compile_ms: f64,
 }
 
 /// A created sandbox and the warnings its start produced.

@@ -5,6 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::access::Owner;
 use crate::choice::{
     FileKind, Mode, NetworkDecision, NetworkMode, ProxyProtocol, SandboxStatus, StartKind,
 };
@@ -133,6 +134,8 @@ pub struct IsolationReport {
 pub struct SandboxInfo {
     pub name: String,
     pub id: String,
+    /// Who created it: `local` or `key:<id>`.
+    pub owner: Owner,
     pub status: SandboxStatus,
     /// Why it is dead, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -48,6 +48,13 @@ impl From<&str> for Quantity {
     }
 }
 
+/// A plain number: bytes for sizes, seconds for durations, CPUs for CPU counts.
+impl From<u64> for Quantity {
+    fn from(n: u64) -> Quantity {
+        Quantity(n.to_string())
+    }
+}
+
 impl From<String> for Quantity {
     fn from(s: String) -> Quantity {
         Quantity(s)
@@ -174,12 +181,12 @@ impl Program {
             (None, None, None) if image => Ok(Program::ImageDefault),
             (Some(_), None, _) => Err(FieldError::new(
                 Field::Code,
-                "missing: give the program's source with `language`",
+                format!("missing: give the program's source with `language`; {example}"),
             )),
             (None, Some(_), _) => Err(FieldError::new(
                 Field::Language,
                 format!(
-                    "missing: say which language `code` is in ({})",
+                    "missing: say which language `code` is in ({}); {example}",
                     Language::NAMES.join(", ")
                 ),
             )),
@@ -217,6 +224,93 @@ impl Program {
     }
 }
 
+/// Everything about a run but its program: files, stdin, environment, policy, limits,
+/// image, workspace, working directory. Shared by [`RunRequest`] and the MCP tools'
+/// [`CodeRun`] and [`CommandRun`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RunOptions {
+    /// Files written into /workspace (the working directory) before the program starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub files: Vec<FileSpec>,
+    /// Text for the program's standard input (default: empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Environment variables on top of the profile's (PATH, HOME, LANG, ...); nothing of
+    /// the host's environment is passed in.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// A built-in profile (default: the language's — python-dev for python, node-dev for
+    /// node — else `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// A policy file in the DSL on the engine's host, instead of a profile (needs the
+    /// `policy-files` grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<String>,
+    #[serde(flatten)]
+    pub limits: Limits,
+    /// Run on this image of the store instead of the host's system directories (its
+    /// Env, WorkingDir, Entrypoint and Cmd apply as in Docker; needs the `images` grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A host directory bound at /workspace (default: a fresh one, removed afterwards;
+    /// needs the `host-workspace` grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Working directory inside the sandbox (default: the image's WorkingDir, else
+    /// /workspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+/// Most files one run may write into its workspace, and their total size.
+pub const MAX_FILES: usize = 1000;
+pub const MAX_FILES_BYTES: usize = 64 << 20;
+
+impl RunOptions {
+    /// Check the files: relative paths without `..`, within [`MAX_FILES`] and
+    /// [`MAX_FILES_BYTES`].
+    pub fn check_files(&self) -> Result<(), FieldError> {
+        if self.files.len() > MAX_FILES {
+            return Err(FieldError::new(
+                Field::Files,
+                format!("{} files; at most {MAX_FILES}", self.files.len()),
+            ));
+        }
+        let total: usize = self.files.iter().map(|f| f.content.len()).sum();
+        if total > MAX_FILES_BYTES {
+            return Err(FieldError::new(
+                Field::Files,
+                format!("{total} bytes in all; at most {MAX_FILES_BYTES}"),
+            ));
+        }
+        for f in &self.files {
+            let path = std::path::Path::new(&f.path);
+            let why = if f.path.is_empty() {
+                Some("an empty path")
+            } else if path.is_absolute() {
+                Some("an absolute path")
+            } else if !path
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                Some("a path with `..` (or `.`)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(FieldError::with_value(
+                    Field::Files,
+                    f.path.clone(),
+                    format!("`{}` is {why}: give a path relative to /workspace without `..`, e.g. src/main.py", f.path),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One program in a fresh sandbox (warm when a pool serves it). Give `language` and
 /// `code`, or `argv`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -233,37 +327,8 @@ pub struct RunRequest {
     /// up on the sandbox's PATH.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<Vec<String>>,
-    /// Files written into /workspace before the program starts.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files: Vec<FileSpec>,
-    /// Text for the program's standard input (default: empty).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stdin: Option<String>,
-    /// Environment variables on top of the profile's (PATH, HOME, LANG, ...); nothing of
-    /// the host's environment is passed in.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    /// A built-in profile (default: the language's, else `default`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<String>,
-    /// A policy file in the DSL on the engine's host, instead of a profile (needs the
-    /// `policy-files` grant).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_file: Option<String>,
     #[serde(flatten)]
-    pub limits: Limits,
-    /// Run on this image of the store instead of the host's system directories (its
-    /// Env, WorkingDir, Entrypoint and Cmd apply as in Docker).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// A host directory bound at /workspace (default: a fresh one, removed afterwards;
-    /// needs the `host-workspace` grant).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace: Option<String>,
-    /// Working directory inside the sandbox (default: the image's WorkingDir, else
-    /// /workspace).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
+    pub options: RunOptions,
     /// HTTP only: stream the output as Server-Sent Events (`stdout`, `stderr`, then
     /// `result`) instead of returning it in the report.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -277,8 +342,55 @@ impl RunRequest {
             self.language,
             self.code.as_deref(),
             self.argv.as_deref(),
-            self.image.is_some(),
+            self.options.image.is_some(),
         )
+    }
+}
+
+/// MCP `run_code`: a program in one of the languages, in a fresh sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CodeRun {
+    /// python (`python3 -c`), node (`node -e`), bash or sh (`-c`).
+    pub language: Language,
+    /// The program's source; longer programs go in `files`.
+    #[schemars(length(max = 102400))]
+    pub code: String,
+    #[serde(flatten)]
+    pub options: RunOptions,
+}
+
+/// MCP `run_command`: one command line in a fresh sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CommandRun {
+    /// The program (looked up on PATH) and its arguments; no shell unless you call one:
+    /// `["sh", "-c", "..."]`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub argv: Vec<String>,
+    #[serde(flatten)]
+    pub options: RunOptions,
+}
+
+impl From<CodeRun> for RunRequest {
+    fn from(r: CodeRun) -> RunRequest {
+        RunRequest {
+            language: Some(r.language),
+            code: Some(r.code),
+            argv: None,
+            options: r.options,
+            stream: false,
+        }
+    }
+}
+
+impl From<CommandRun> for RunRequest {
+    fn from(r: CommandRun) -> RunRequest {
+        RunRequest {
+            language: None,
+            code: None,
+            argv: Some(r.argv),
+            options: r.options,
+            stream: false,
+        }
     }
 }
 
@@ -343,7 +455,14 @@ pub struct ExecRequest {
     /// Output cap of this command (default: the sandbox's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output: Option<Quantity>,
-    /// HTTP only: stream the output as Server-Sent Events.
+}
+
+/// The HTTP API's exec body: the command, and whether its output streams.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecBody {
+    #[serde(flatten)]
+    pub request: ExecRequest,
+    /// Stream the output as Server-Sent Events.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
 }
@@ -533,14 +652,31 @@ mod tests {
             r#"{"argv": ["true"], "timeout": 2, "memory": "256MB", "cpus": 0.5, "network": "loopback-only"}"#,
         )
         .unwrap();
-        assert_eq!(req.limits.timeout, Some(Quantity("2".into())));
-        assert_eq!(req.limits.memory, Some(Quantity("256MB".into())));
-        assert_eq!(req.limits.cpus, Some(Quantity("0.5".into())));
-        assert_eq!(req.limits.network, Some(NetworkMode::LoopbackOnly));
+        let limits = &req.options.limits;
+        assert_eq!(limits.timeout, Some(Quantity("2".into())));
+        assert_eq!(limits.memory, Some(Quantity("256MB".into())));
+        assert_eq!(limits.cpus, Some(Quantity("0.5".into())));
+        assert_eq!(limits.network, Some(NetworkMode::LoopbackOnly));
         let back = serde_json::to_value(&req).unwrap();
         assert_eq!(back["memory"], "256MB");
         assert!(serde_json::from_str::<RunRequest>(r#"{"timeout": -1}"#).is_err());
         assert!(serde_json::from_str::<RunRequest>(r#"{"network": "wifi"}"#).is_err());
+    }
+
+    #[test]
+    fn file_paths_stay_inside_the_workspace() {
+        let with = |path: &str| RunOptions {
+            files: vec![FileSpec {
+                path: path.into(),
+                content: String::new(),
+            }],
+            ..RunOptions::default()
+        };
+        with("src/main.py").check_files().unwrap();
+        for bad in ["/etc/passwd", "../x", "a/../../x", "", "./a"] {
+            let e = with(bad).check_files().unwrap_err();
+            assert_eq!(e.field, Field::Files, "{bad}");
+        }
     }
 
     #[test]

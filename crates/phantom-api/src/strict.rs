@@ -178,7 +178,7 @@ mod tests {
     fn flattened_fields_are_known_and_typos_get_a_suggestion() {
         let ok: RunRequest =
             from_slice(br#"{"argv": ["true"], "memory": "1GB", "max_output": 100}"#).unwrap();
-        assert_eq!(ok.limits.memory.unwrap().as_str(), "1GB");
+        assert_eq!(ok.options.limits.memory.unwrap().as_str(), "1GB");
         let e = from_slice::<RunRequest>(br#"{"argv": ["true"], "memroy": "1GB"}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("memroy"));
         assert!(e.message.contains("did you mean `memory`?"), "{e}");

@@ -33,8 +33,15 @@ image: `phantom run --cold -- true` on the host root against the same on an imag
 (`--image NAME`, which needs `true` on its PATH), and a bare host /bin/true.
 
 http: starts phantom-supervisor --bind on loopback (pools of default, --pool N sandboxes)
-and sends --iterations runs of `true`, then of python3 print(1), --concurrency at a
-time (default 8 here), through POST /api/v2/run: runs per second and latency.
+and sends --iterations runs of `true`, --concurrency at a time (default 8 here), through
+POST /api/v2/run, interleaved in rounds with a pool of as many threads each starting
+`bwrap ... true` (--compare bwrap); then python3 print(1); then `true` from one client
+on one kept-alive connection: runs per second and latency.
+
+load: a supervisor with a pool of --pool default sandboxes; `phantom run -- true`
+through it against `phantom run --cold -- true`, --concurrency at a time (default 4
+here), interleaved in rounds: runs per second, latency, and how many pooled runs were
+served warm.
 
 sandbox: creates a persistent sandbox (in a temporary state directory) and compares
 `phantom exec NAME -- true` (and python3 -c pass) with a cold `phantom run`, then copies
@@ -94,6 +101,9 @@ enum BenchKind {
     /// Latency and throughput through the egress proxy (network limited) against a
     /// direct loopback connection.
     Net,
+    /// Sustained `phantom run -- true` at --concurrency (default 4 here) through a
+    /// supervisor's pool against `phantom run --cold`: is pooled ever slower?
+    Load,
     /// cold, warm, memory, io, sandbox and net (and image with --image), one after
     /// the other.
     All,
@@ -253,8 +263,10 @@ impl BenchSupervisor {
         Ok(sup)
     }
 
-    fn status(&self) -> Option<phantom_engine::warm::protocol::PoolStatus> {
-        phantom_engine::warm::client::status_at(&self.socket).ok()
+    fn status(&self) -> Option<phantom_api::engine::PoolStatus> {
+        phantom_engine::EngineClient::at(self.socket.clone())
+            .pools()
+            .ok()
     }
 
     /// Wait until the pool is full again (so that every measured run can be warm).
@@ -309,6 +321,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
             BenchKind::Io => io(&args),
             BenchKind::Http => http(&args),
             BenchKind::Net => net(&args),
+            BenchKind::Load => load(&args),
             _ => latency(&args, kind),
         };
         match result {
@@ -352,6 +365,7 @@ fn kind_name(kind: BenchKind) -> &'static str {
         BenchKind::Sandbox => "sandbox",
         BenchKind::Http => "http",
         BenchKind::Net => "net",
+        BenchKind::Load => "load",
         BenchKind::All => "all",
     }
 }
@@ -453,7 +467,12 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
             }
             supervisor = Some(sup);
         }
-        BenchKind::Memory | BenchKind::Io | BenchKind::Http | BenchKind::Net | BenchKind::All => {
+        BenchKind::Memory
+        | BenchKind::Io
+        | BenchKind::Http
+        | BenchKind::Net
+        | BenchKind::Load
+        | BenchKind::All => {
             unreachable!("not a latency benchmark")
         }
         BenchKind::Sandbox => {
@@ -505,9 +524,8 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
     }
     let counts = |sup: &BenchSupervisor| {
         sup.status().map(|s| {
-            let sum = |f: fn(&phantom_engine::warm::protocol::PoolInfo) -> u64| {
-                s.pools.iter().map(f).sum::<u64>()
-            };
+            let sum =
+                |f: fn(&phantom_api::engine::PoolInfo) -> u64| s.pools.iter().map(f).sum::<u64>();
             (
                 sum(|p| p.hits),
                 sum(|p| p.misses),
@@ -756,26 +774,75 @@ fn http(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
     if port == 0 {
         return Err((1, "phantom-supervisor did not start its HTTP API".into()));
     }
-    let mut rows = Vec::new();
-    for (name, body) in [
-        ("true", r#"{"argv":["true"]}"#),
-        (
-            "python print(1)",
-            r#"{"language":"python","code":"print(1)"}"#,
-        ),
-    ] {
+    let mut notes = Vec::new();
+    let rows = http_rows(args, port, &key, concurrency, &mut notes);
+    let find = |run: &str| {
+        rows.iter()
+            .find(|r| r["run"].as_str().is_some_and(|n| n.starts_with(run)))
+            .and_then(|r| r["runs_per_second"].as_f64())
+    };
+    if let (Some(api), Some(peer)) = (find("api true c="), find("bwrap pool true")) {
+        notes.push(format!(
+            "api true / bwrap pool true, runs/s at {concurrency} at a time: {:.2}x",
+            api / peer
+        ));
+    }
+    if let Some(r) = rows.first() {
+        let (p50, p99) = (
+            r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+        );
+        notes.push(format!(
+            "api true p99 / p50 under that load: {:.2}x",
+            p99 / p50
+        ));
+    }
+    if !args.json {
+        println!(
+            "http: POST /api/v2/run on loopback, {} requests per row, {concurrency} at a time unless the row says (pool of {} default sandboxes; api and bwrap rows interleaved in rounds)",
+            args.iterations, args.pool
+        );
+        print_load_rows(&rows);
+        for n in &notes {
+            println!("note: {n}");
+        }
+    }
+    Ok(serde_json::json!({ "benchmark": "http", "results": rows, "notes": notes }))
+}
+
+/// One load contender: a job run `concurrency` at a time until `n` ran.
+struct Load {
+    name: String,
+    samples: Vec<f64>,
+    failures: usize,
+    /// Seconds spent in its rounds (the rounds of the others excluded).
+    busy_s: f64,
+}
+
+impl Load {
+    fn new(name: &str) -> Load {
+        Load {
+            name: name.into(),
+            samples: Vec::new(),
+            failures: 0,
+            busy_s: 0.0,
+        }
+    }
+
+    /// `n` runs of `job`, `concurrency` at a time; the round's time counts to this
+    /// contender.
+    fn round(&mut self, n: usize, concurrency: usize, job: &(dyn Fn() -> bool + Sync)) {
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let total = args.iterations;
         let started = Instant::now();
-        let mut samples: Vec<(f64, u16)> = std::thread::scope(|s| {
+        let results: Vec<(f64, bool)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..concurrency)
                 .map(|_| {
                     s.spawn(|| {
                         let mut mine = Vec::new();
-                        while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
+                        while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < n {
                             let t = Instant::now();
-                            let status = post(port, "/api/v2/run", &key, body);
-                            mine.push((t.elapsed().as_secs_f64() * 1000.0, status));
+                            let ok = job();
+                            mine.push((t.elapsed().as_secs_f64() * 1000.0, ok));
                         }
                         mine
                     })
@@ -786,35 +853,253 @@ fn http(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
                 .flat_map(|h| h.join().unwrap_or_default())
                 .collect()
         });
-        let secs = started.elapsed().as_secs_f64();
-        let errors = samples.iter().filter(|(_, st)| *st != 200).count();
-        samples.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-        let lat: Vec<f64> = samples.iter().map(|s| s.0).collect();
-        rows.push(serde_json::json!({
-            "run": name, "requests": total, "concurrency": concurrency, "errors": errors,
-            "runs_per_second": total as f64 / secs,
-            "p50_ms": percentile(&lat, 50.0), "p95_ms": percentile(&lat, 95.0), "p99_ms": percentile(&lat, 99.0),
-        }));
-    }
-    if !args.json {
-        println!("http: POST /api/v2/run on loopback, {} requests each, {concurrency} at a time (pool of {} default sandboxes)", args.iterations, args.pool);
-        println!(
-            "{:<18} {:>10} {:>9} {:>9} {:>9} {:>7}",
-            "run", "runs/s", "p50 ms", "p95 ms", "p99 ms", "errors"
-        );
-        for r in &rows {
-            println!(
-                "{:<18} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>7}",
-                r["run"].as_str().unwrap_or(""),
-                r["runs_per_second"].as_f64().unwrap_or(0.0),
-                r["p50_ms"].as_f64().unwrap_or(0.0),
-                r["p95_ms"].as_f64().unwrap_or(0.0),
-                r["p99_ms"].as_f64().unwrap_or(0.0),
-                r["errors"]
-            );
+        self.busy_s += started.elapsed().as_secs_f64();
+        for (ms, ok) in results {
+            if ok {
+                self.samples.push(ms);
+            } else {
+                self.failures += 1;
+            }
         }
     }
-    Ok(serde_json::json!({ "benchmark": "http", "results": rows }))
+
+    fn row(&self) -> serde_json::Value {
+        let mut s = self.samples.clone();
+        s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let runs = s.len() + self.failures;
+        serde_json::json!({
+            "run": self.name,
+            "requests": runs,
+            "errors": self.failures,
+            "runs_per_second": if self.busy_s > 0.0 { runs as f64 / self.busy_s } else { 0.0 },
+            "p50_ms": percentile(&s, 50.0),
+            "p95_ms": percentile(&s, 95.0),
+            "p99_ms": percentile(&s, 99.0),
+        })
+    }
+}
+
+/// Print load rows as a table.
+fn print_load_rows(rows: &[serde_json::Value]) {
+    println!(
+        "{:<28} {:>10} {:>9} {:>9} {:>9} {:>7}",
+        "run", "runs/s", "p50 ms", "p95 ms", "p99 ms", "errors"
+    );
+    for r in rows {
+        println!(
+            "{:<28} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            r["run"].as_str().unwrap_or(""),
+            r["runs_per_second"].as_f64().unwrap_or(0.0),
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p95_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["errors"].as_u64().unwrap_or(0)
+        );
+    }
+}
+
+/// A command run to completion with its output discarded; whether it succeeded.
+fn quiet(argv: &[String], env: &[(&str, &Path)]) -> bool {
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.status().map(|s| s.success()).unwrap_or(false)
+}
+
+/// An HTTP/1.1 client on one kept-alive loopback connection.
+struct KeepAlive {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl KeepAlive {
+    fn connect(port: u16) -> std::io::Result<KeepAlive> {
+        let writer = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        writer.set_nodelay(true)?;
+        Ok(KeepAlive {
+            reader: std::io::BufReader::new(writer.try_clone()?),
+            writer,
+        })
+    }
+
+    /// One POST; its status (0: the exchange failed).
+    fn post(&mut self, path: &str, key: &str, body: &str) -> u16 {
+        use std::io::{BufRead, Read, Write};
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if self.writer.write_all(req.as_bytes()).is_err() {
+            return 0;
+        }
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).is_err() {
+            return 0;
+        }
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return 0;
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        if self.reader.read_exact(&mut body).is_err() {
+            return 0;
+        }
+        status
+    }
+}
+
+/// The rows of the http benchmark: `true` through the API and, with `--compare bwrap`,
+/// a pool of threads each starting `bwrap ... true`, interleaved in rounds; python;
+/// one kept-alive connection.
+fn http_rows(
+    args: &BenchArgs,
+    port: u16,
+    key: &str,
+    concurrency: usize,
+    notes: &mut Vec<String>,
+) -> Vec<serde_json::Value> {
+    let bwrap = args
+        .compare
+        .iter()
+        .any(|p| p == "bwrap")
+        .then(|| which("bwrap"))
+        .flatten();
+    if bwrap.is_none() {
+        notes.push("bwrap not installed (apt-get install bubblewrap): no process-pool peer".into());
+    }
+    let api = |body: &'static str| move || post(port, "/api/v2/run", key, body) == 200;
+    let mut rows = Vec::new();
+    // `true` through the API and the peer, interleaved in rounds so that noise on the
+    // machine hits both alike.
+    let mut api_true = Load::new(&format!("api true c={concurrency}"));
+    let mut peer = Load::new(&format!("bwrap pool true c={concurrency}"));
+    let rounds = 4;
+    let per_round = args.iterations.div_ceil(rounds);
+    let true_job = api(r#"{"argv":["true"]}"#);
+    for _ in 0..rounds {
+        api_true.round(per_round, concurrency, &true_job);
+        if let Some(b) = &bwrap {
+            let argv = bwrap_argv(b, &["true"]);
+            peer.round(per_round, concurrency, &|| quiet(&argv, &[]));
+        }
+    }
+    rows.push(api_true.row());
+    if bwrap.is_some() {
+        rows.push(peer.row());
+    }
+    let mut python = Load::new(&format!("api python print(1) c={concurrency}"));
+    python.round(
+        args.iterations,
+        concurrency,
+        &api(r#"{"language":"python","code":"print(1)"}"#),
+    );
+    rows.push(python.row());
+    // One client, one kept-alive connection, one run at a time.
+    let mut kept = Load::new("api true keep-alive c=1");
+    match KeepAlive::connect(port) {
+        Ok(conn) => {
+            let conn = std::sync::Mutex::new(conn);
+            kept.round(args.iterations, 1, &|| {
+                conn.lock()
+                    .map(|mut c| c.post("/api/v2/run", key, r#"{"argv":["true"]}"#) == 200)
+                    .unwrap_or(false)
+            });
+            rows.push(kept.row());
+        }
+        Err(e) => notes.push(format!("keep-alive connection: {e}")),
+    }
+    rows
+}
+
+/// load: sustained `phantom run -- true` at --concurrency through a supervisor's pool
+/// against `phantom run --cold`, interleaved in rounds.
+fn load(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
+    let me = current_exe()?;
+    let me_s = me.display().to_string();
+    let concurrency = if args.concurrency == 100 {
+        4
+    } else {
+        args.concurrency.max(1)
+    };
+    let sup = BenchSupervisor::start(&me, args.pool).map_err(|e| (1, e))?;
+    let socket = sup.socket.clone();
+    let env: [(&str, &Path); 1] = [("PHANTOM_SUPERVISOR_SOCKET", &socket)];
+    let pooled_argv: Vec<String> = [me_s.as_str(), "run", "--", "true"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let cold_argv: Vec<String> = [me_s.as_str(), "run", "--cold", "--", "true"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let counts = || {
+        sup.status().map(|s| {
+            let p = s
+                .pools
+                .iter()
+                .find(|p| p.profile == "default" && p.image.is_none());
+            p.map_or((0, 0), |p| (p.hits, p.misses))
+        })
+    };
+    let mut pooled = Load::new(&format!("pooled true c={concurrency}"));
+    let mut cold = Load::new(&format!("cold true c={concurrency}"));
+    let rounds = 4;
+    let per_round = args.iterations.div_ceil(rounds);
+    let (mut hits, mut misses) = (0, 0);
+    for _ in 0..rounds {
+        let _ = sup.wait_full(Duration::from_secs(30));
+        let before = counts();
+        pooled.round(per_round, concurrency, &|| quiet(&pooled_argv, &env));
+        if let (Some((h0, m0)), Some((h1, m1))) = (before, counts()) {
+            hits += h1 - h0;
+            misses += m1 - m0;
+        }
+        cold.round(per_round, concurrency, &|| quiet(&cold_argv, &env));
+    }
+    let rows = vec![pooled.row(), cold.row()];
+    let ratio = rows[0]["runs_per_second"].as_f64().unwrap_or(0.0)
+        / rows[1]["runs_per_second"].as_f64().unwrap_or(f64::NAN);
+    let notes = vec![format!(
+        "pooled runs served warm: {hits} of {} (the rest started cold when the pool of {} was empty)",
+        hits + misses,
+        args.pool
+    )];
+    if !args.json {
+        println!(
+            "load: `phantom run -- true`, {} runs each, {concurrency} at a time, pooled (a supervisor with a pool of {}) and --cold, interleaved in {rounds} rounds",
+            args.iterations, args.pool
+        );
+        print_load_rows(&rows);
+        println!("ratio pooled / cold runs/s {ratio:.2}x");
+        for n in &notes {
+            println!("note: {n}");
+        }
+    }
+    Ok(
+        serde_json::json!({ "benchmark": "load", "results": rows, "ratio_pooled_to_cold": ratio, "notes": notes }),
+    )
 }
 
 /// A benchmark's scratch directory, removed however the benchmark ends.

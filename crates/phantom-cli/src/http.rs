@@ -1,11 +1,10 @@
-//! `phantom-supervisor --bind ADDR`: the HTTP API in this process, the warm pools in
-//! a child (this binary again, without --bind): the pool keeper forks sandboxes and
-//! must stay single-threaded, the HTTP server is tokio's.
+//! `phantom-supervisor --bind ADDR`: the HTTP API in this process, the engine (with
+//! the warm pools) in a child forked before tokio starts: the engine forks sandboxes
+//! and must stay single-threaded, the HTTP server is tokio's.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::Args;
 
@@ -36,18 +35,6 @@ fn file_keys(path: &PathBuf) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
-/// The pool keeper, stopped (SIGTERM, then waited for) on drop.
-struct Pools(Child);
-
-impl Drop for Pools {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 pub fn main(args: &Args, bind: SocketAddr) -> i32 {
     let max_body = match phantom_policy::units::parse_bytes(&args.max_body) {
         Ok(b) if (1024..=(1 << 30)).contains(&b) => b as usize,
@@ -75,7 +62,7 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
             .psi_source
             .clone()
             .unwrap_or_else(|| PathBuf::from("/proc/pressure"));
-        use phantom_engine::warm::pressure::{DirPressure, PressureSource};
+        use phantom_engine::pressure::{DirPressure, PressureSource};
         if DirPressure(dir.clone()).sample().is_none() {
             return fail(format!(
                 "--psi-aware: no pressure files in {} (boot with psi=1, or point --psi-source at cpu and memory files)",
@@ -89,58 +76,35 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
         }
         None
     };
-    let phantom_bin = match std::env::current_exe() {
-        Ok(me) => me.with_file_name("phantom"),
-        Err(e) => return fail(format!("cannot find this binary: {e}")),
-    };
-    if !phantom_bin.exists() {
-        return fail(format!(
-            "{} not found: phantom-supervisor runs sandboxes with the phantom binary installed beside it",
-            phantom_bin.display()
-        ));
-    }
-    // The warm pools: this binary without --bind, on the usual socket (so that
-    // `phantom run` on this host uses them too) or --socket.
+    // The engine and its pools: forked now, before tokio starts a thread, on the usual
+    // socket (so that `phantom run` on this host uses them too) or --socket.
     let socket = args
         .socket
         .clone()
-        .unwrap_or_else(phantom_engine::warm::socket_path);
-    let mut child = Command::new(std::env::current_exe().expect("checked above"));
-    child
-        .arg("--zygote-pools")
-        .arg(args.zygote_pools.to_string())
-        .arg("--socket")
-        .arg(&socket)
-        .stdin(Stdio::null());
-    if !args.profiles.is_empty() {
-        child.arg("--profiles").arg(args.profiles.join(","));
-    }
-    for p in &args.pool {
-        child.arg("--pool").arg(p);
-    }
-    if args.psi_aware && args.psi_source.is_none() {
-        child.args([
-            "--psi-aware",
-            "--psi-cpu",
-            &args.psi_cpu.to_string(),
-            "--psi-memory",
-            &args.psi_memory.to_string(),
-        ]);
-    }
-    let pools = match child.spawn() {
-        Ok(c) => Pools(c),
-        Err(e) => return fail(format!("cannot start the pool keeper: {e}")),
-    };
-    let started = Instant::now();
-    while !socket.exists() {
-        if started.elapsed() > Duration::from_secs(30) {
-            return fail(format!("the pool keeper did not open {}", socket.display()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .unwrap_or_else(phantom_engine::client::socket_path);
+    let pools =
+        match phantom_engine::server::pools_for(&args.profiles, &args.pool, args.zygote_pools) {
+            Ok(p) => p,
+            Err(e) => return fail(e),
+        };
+    let thresholds = (args.psi_aware && args.psi_source.is_none()).then_some(
+        phantom_engine::pressure::Thresholds {
+            cpu: args.psi_cpu,
+            memory: args.psi_memory,
+        },
+    );
+    let engine =
+        match phantom_engine::server::EngineProcess::start(phantom_engine::server::Config {
+            name: "phantom-supervisor",
+            pools,
+            thresholds,
+            socket: socket.clone(),
+        }) {
+            Ok(e) => e,
+            Err(e) => return fail(e),
+        };
     let config = phantom_server::Config {
-        phantom_bin,
-        pool_socket: Some(socket),
+        engine_socket: socket,
         max_sandboxes: args.max_sandboxes,
         max_body,
         psi,
@@ -168,6 +132,6 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
             }
         }
     });
-    drop(pools);
+    drop(engine);
     code
 }

@@ -2,6 +2,8 @@
 //! log, in the state database.
 
 use clap::{Args, Subcommand};
+use phantom_api::access::{Capability, Grants, MaxLimits};
+use phantom_api::choice::{Mode, NetworkMode};
 use phantom_state::audit::Audit;
 use phantom_state::keys::{KeyLimits, Keys};
 
@@ -10,8 +12,22 @@ use crate::{age, error_line, print_json};
 /// Shown by `phantom keys --help`.
 pub const EXAMPLES: &str = "Examples:
   phantom keys add grader-prod --rate 120 --burst 20 --max-concurrent 8
+  phantom keys add agents --profiles python-dev,default --networks none,loopback-only
+  phantom keys add ci --max-memory 2GiB --max-timeout 10m --allow images
+  phantom keys add ops --allow host-network --allow host-workspace
   phantom keys list
   phantom keys revoke grader-prod
+
+What a key may ask for (its grants): a key made without options gets every built-in
+profile, networks none, loopback-only and limited, modes sandbox and hardened, and
+limits no larger than the profile's own. Anything that reaches the host needs an
+explicit --allow: host-network (network host), direct-mode (no namespaces),
+host-workspace (a host directory as /workspace), policy-files (policy files on the
+host, which may bind host paths), images (the store's images), any-limits (limits
+above the profile's). A request beyond its key's grants is answered 403 with why.
+
+Each key owns its sandboxes and snapshots: no other key (and not MCP over stdio)
+lists, reads, runs in or destroys them.
 
 The key is printed once, by `add`; only its hash is stored. Clients send it as
 `X-API-Key: phk_...` or `Authorization: Bearer phk_...`. Keys live in the state
@@ -32,6 +48,8 @@ pub enum KeysCommand {
         /// Sandboxes (runs and persistent ones) at once.
         #[arg(long, default_value_t = KeyLimits::default().max_concurrent)]
         max_concurrent: u32,
+        #[command(flatten)]
+        grants: Box<GrantArgs>,
         /// Print the record and the key as JSON.
         #[arg(long)]
         json: bool,
@@ -46,6 +64,111 @@ pub enum KeysCommand {
         /// The key's id or name.
         key: String,
     },
+}
+
+/// What a key may ask for.
+#[derive(Args, Debug)]
+pub struct GrantArgs {
+    /// Built-in profiles it may use (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    profiles: Vec<String>,
+    /// Network modes it may ask for (default: none,loopback-only,limited; `host` also
+    /// needs --allow host-network).
+    #[arg(long, value_delimiter = ',', value_name = "MODES")]
+    networks: Vec<NetworkMode>,
+    /// Isolation modes it may ask for (default: sandbox,hardened; `direct` also needs
+    /// --allow direct-mode).
+    #[arg(long, value_delimiter = ',', value_name = "MODES")]
+    modes: Vec<Mode>,
+    /// The largest memory limit it may ask for (default: the profile's own).
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<String>,
+    /// The most CPUs it may ask for (default: the profile's own).
+    #[arg(long, value_name = "CPUS")]
+    max_cpus: Option<String>,
+    /// The most processes it may ask for (default: the profile's own).
+    #[arg(long, value_name = "N")]
+    max_pids: Option<u64>,
+    /// The longest wall-clock limit it may ask for (default: the profile's own).
+    #[arg(long, value_name = "DURATION")]
+    max_timeout: Option<String>,
+    /// The largest output cap it may ask for (default: the profile's own).
+    #[arg(long, value_name = "SIZE")]
+    max_output: Option<String>,
+    /// A capability that reaches the host (repeatable): host-network, direct-mode,
+    /// host-workspace, policy-files, images, any-limits.
+    #[arg(long = "allow", value_name = "CAPABILITY")]
+    allow: Vec<Capability>,
+}
+
+impl GrantArgs {
+    fn grants(&self) -> Result<Grants, String> {
+        use phantom_policy::units;
+        let defaults = Grants::default_key();
+        for p in &self.profiles {
+            if !phantom_policy::builtin_names().contains(&p.as_str()) {
+                return Err(format!(
+                    "--profiles {p}: not a built-in profile; use {}",
+                    phantom_policy::builtin_names().join(", ")
+                ));
+            }
+        }
+        if self.networks.contains(&NetworkMode::Host)
+            && !self.allow.contains(&Capability::HostNetwork)
+        {
+            return Err("--networks host: also give --allow host-network (the host's network is an explicit grant)".into());
+        }
+        if self.modes.contains(&Mode::Direct) && !self.allow.contains(&Capability::DirectMode) {
+            return Err("--modes direct: also give --allow direct-mode (no namespaces is an explicit grant)".into());
+        }
+        let mut networks = if self.networks.is_empty() {
+            defaults.networks
+        } else {
+            self.networks.clone()
+        };
+        if self.allow.contains(&Capability::HostNetwork) && !networks.contains(&NetworkMode::Host) {
+            networks.push(NetworkMode::Host);
+        }
+        let mut modes = if self.modes.is_empty() {
+            defaults.modes
+        } else {
+            self.modes.clone()
+        };
+        if self.allow.contains(&Capability::DirectMode) && !modes.contains(&Mode::Direct) {
+            modes.push(Mode::Direct);
+        }
+        let bytes = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|t| units::parse_bytes(t).map_err(|e| format!("{flag} {t}: {e}")))
+                .transpose()
+        };
+        let mut allow = self.allow.clone();
+        allow.sort();
+        allow.dedup();
+        Ok(Grants {
+            profiles: self.profiles.clone(),
+            networks,
+            modes,
+            max: MaxLimits {
+                memory_bytes: bytes("--max-memory", &self.max_memory)?,
+                cpu_millis: self
+                    .max_cpus
+                    .as_deref()
+                    .map(|t| units::parse_cpus(t).map_err(|e| format!("--max-cpus {t}: {e}")))
+                    .transpose()?,
+                pids: self.max_pids,
+                timeout_ms: self
+                    .max_timeout
+                    .as_deref()
+                    .map(|t| {
+                        units::parse_duration_ms(t).map_err(|e| format!("--max-timeout {t}: {e}"))
+                    })
+                    .transpose()?,
+                output_bytes: bytes("--max-output", &self.max_output)?,
+            },
+            allow,
+        })
+    }
 }
 
 fn fail(e: phantom_state::StateError) -> i32 {
@@ -68,6 +191,7 @@ pub fn keys(cmd: KeysCommand) -> i32 {
             rate,
             burst,
             max_concurrent,
+            grants,
             json,
         } => {
             let limits = KeyLimits {
@@ -75,7 +199,14 @@ pub fn keys(cmd: KeysCommand) -> i32 {
                 burst,
                 max_concurrent,
             };
-            match keys.add(&name, limits) {
+            let grants = match grants.grants() {
+                Ok(g) => g,
+                Err(msg) => {
+                    error_line(msg);
+                    return 2;
+                }
+            };
+            match keys.add(&name, limits, grants) {
                 Ok((record, secret)) => {
                     let _ = Audit::open_default().and_then(|a| {
                         a.record(None, "keys.add", Some(&record.id), "ok", Some(&name))
@@ -85,8 +216,9 @@ pub fn keys(cmd: KeysCommand) -> i32 {
                     }
                     println!("{secret}");
                     eprintln!(
-                        "key {} ({name}): {rate}/min, burst {burst}, {max_concurrent} at once. It is shown only now: store it.",
-                        record.id
+                        "key {} ({name}): {rate}/min, burst {burst}, {max_concurrent} at once; {}. It is shown only now: store it.",
+                        record.id,
+                        record.grants.summary()
                     );
                     0
                 }
@@ -101,12 +233,12 @@ pub fn keys(cmd: KeysCommand) -> i32 {
                     return 0;
                 }
                 println!(
-                    "{:<12}  {:<20}  {:<8}  {:>8}  {:>5}  {:>5}  CREATED",
-                    "ID", "NAME", "STATUS", "RATE/MIN", "BURST", "CONC"
+                    "{:<12}  {:<20}  {:<8}  {:>8}  {:>5}  {:>5}  {:<16}  GRANTS",
+                    "ID", "NAME", "STATUS", "RATE/MIN", "BURST", "CONC", "CREATED"
                 );
                 for k in list {
                     println!(
-                        "{:<12}  {:<20}  {:<8}  {:>8}  {:>5}  {:>5}  {}",
+                        "{:<12}  {:<20}  {:<8}  {:>8}  {:>5}  {:>5}  {:<16}  {}",
                         k.id,
                         k.name,
                         if k.revoked.is_some() {
@@ -117,7 +249,8 @@ pub fn keys(cmd: KeysCommand) -> i32 {
                         k.rate_per_min,
                         k.burst,
                         k.max_concurrent,
-                        age(k.created)
+                        age(k.created),
+                        k.grants.summary()
                     );
                 }
                 0

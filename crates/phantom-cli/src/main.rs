@@ -1,6 +1,6 @@
 //! `phantom`: run untrusted code in a Linux sandbox that starts in milliseconds.
 //!
-//! Each subcommand maps its flags onto `phantom-api` types and calls the runtime;
+//! Each subcommand maps its flags onto `phantom-api` types and sends them to the engine (`phantom_engine::EngineClient`);
 //! nothing here touches the kernel directly.
 #![forbid(unsafe_code)]
 
@@ -16,6 +16,7 @@ mod sandbox_cmd;
 mod store_cmd;
 
 use clap::{Parser, Subcommand};
+use phantom_api::access::{Owner, Principal};
 
 /// Run untrusted code — above all code written by LLM agents — in a Linux sandbox
 /// that starts in milliseconds and lets nothing out that its policy does not allow.
@@ -32,8 +33,27 @@ use clap::{Parser, Subcommand};
   phantom profile list
   phantom doctor")]
 struct Cli {
+    /// Act for this owner: `local` (you, the default) or `key:<id>` (an API key's
+    /// sandboxes and snapshots, for an operator; `phantom keys list` shows the ids).
+    #[arg(long, global = true, value_name = "OWNER", default_value = "local", value_parser = parse_owner)]
+    owner: Owner,
     #[command(subcommand)]
     command: Command,
+}
+
+fn parse_owner(text: &str) -> Result<Owner, String> {
+    Owner::parse(text).ok_or_else(|| format!("`{text}`: expected `local` or `key:<id>`"))
+}
+
+/// Whom this invocation acts for (`--owner`), with every grant: the local user could
+/// run the same programs without phantom.
+static OWNER: std::sync::OnceLock<Owner> = std::sync::OnceLock::new();
+
+pub(crate) fn principal() -> Principal {
+    Principal {
+        owner: OWNER.get().cloned().unwrap_or(Owner::Local),
+        grants: phantom_api::access::Grants::local(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +108,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    let _ = OWNER.set(cli.owner.clone());
+    if !matches!(cli.command, Command::Mcp(_)) {
+        phantom_engine::client::end_quietly_on_closed_stdout();
+    }
     let code = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Profile(cmd) => policy_cmd::profile(cmd),
@@ -114,6 +138,19 @@ fn main() {
 /// Print a one-line error the way every subcommand does.
 pub(crate) fn error_line(msg: impl std::fmt::Display) {
     eprintln!("phantom: error: {msg}");
+}
+
+/// Print the engine's refusal or failure as the command line names things (`--memory`
+/// rather than `memory`), with a hint for a sandbox that is not found; its exit code:
+/// 2 for the caller's mistakes, 125 for phantom's own failures.
+pub(crate) fn fail(f: phantom_api::engine::Failure) -> i32 {
+    use phantom_api::engine::FailureKind;
+    let mut line = f.for_cli();
+    if f.kind == FailureKind::NotFound && line.starts_with("no sandbox named") {
+        line.push_str(" (`phantom list` shows them; `phantom create --name NAME` makes one)");
+    }
+    error_line(line);
+    f.kind.exit_code()
 }
 
 /// How long ago `when` (seconds since the epoch) was, for humans: "3 minutes ago".

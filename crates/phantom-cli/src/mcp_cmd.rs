@@ -2,12 +2,19 @@
 
 use clap::{Args, ValueEnum};
 
-pub const AFTER_HELP: &str = "Tools: run_code {language: python|node|bash|sh, code, stdin?, files?, timeout_s?, profile?},
-run_command {argv, stdin?, env?, timeout_s?, profile?}, list_profiles, get_metrics.
+pub const AFTER_HELP: &str = "Tools: run_code {language: python|node|bash|sh, code, files?, stdin?, env?, timeout?, ...},
+run_command {argv, ...}, create_sandbox, exec_in_sandbox, write_file, read_file,
+list_files, snapshot_sandbox, destroy_sandbox, list_sandboxes, list_profiles,
+get_metrics (tools/list has each one's schema).
 
---mode zygote (the default) starts a private phantom-supervisor (warm pools for
---profiles) before the server's threads exist, and stops it on exit; runs no pool
-serves start cold. --mode cold starts every run in a fresh sandbox (`phantom run`).
+Before its threads exist the server forks its engine (the process that starts every
+sandbox), which stops with it. --mode zygote (the default) gives the engine warm pools
+for --profiles; runs no pool serves start cold. --mode cold starts every run in a
+fresh sandbox.
+
+Without --api-key-file the tools act for the local user (the sandboxes `phantom list`
+shows, never an HTTP API key's); with a key of `phantom keys add` they act as that key,
+with its grants.
 
 Over HTTP the endpoint is http://BIND:PORT/mcp; Host and Origin are checked (DNS
 rebinding); a non-loopback --bind needs --api-key-file (clients send
@@ -27,7 +34,7 @@ pub enum TransportArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ModeArg {
-    /// Warm pools in a private supervisor; cold when no pool serves a run.
+    /// Warm pools in the server's engine; cold when no pool serves a run.
     Zygote,
     /// A fresh sandbox for every run.
     Cold,
@@ -84,16 +91,16 @@ pub fn mcp(args: McpArgs) -> i32 {
     };
     let mut profiles = Vec::new();
     for p in &args.profiles {
-        match phantom_mcp::args::profile_name(p.trim()) {
-            Ok(name) if !profiles.contains(&name) => profiles.push(name),
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!(
-                    "phantom-mcp: error: --profiles: {}",
-                    e.0.replace("`profile` ", "")
-                );
-                return 2;
-            }
+        let name = p.trim().to_string();
+        if !phantom_policy::builtin_names().contains(&name.as_str()) {
+            eprintln!(
+                "phantom-mcp: error: --profiles: `{name}` is not a built-in profile: use one of {}",
+                phantom_policy::builtin_names().join(", ")
+            );
+            return 2;
+        }
+        if !profiles.contains(&name) {
+            profiles.push(name);
         }
     }
     phantom_mcp::run(phantom_mcp::Config {

@@ -16,7 +16,7 @@ struct Cli {
 }
 
 fn main() {
-    // No thread may exist before this: the server starts its supervisor first.
+    // No thread may exist before this: the server forks its engine first.
     let cli = Cli::parse();
     std::process::exit(mcp_cmd::mcp(cli.args));
 }

@@ -17,10 +17,14 @@ pub enum PoolCommand {
 
 pub fn pool(cmd: PoolCommand) -> i32 {
     let PoolCommand::Status { json } = cmd;
-    let status = match phantom_engine::warm::client::status() {
+    let engine = phantom_engine::EngineClient::at(phantom_engine::client::socket_path());
+    let status = match engine.pools() {
         Ok(s) => s,
         Err(e) => {
-            error_line(&e);
+            error_line(format!(
+                "{} (start one with `phantom-supervisor --profiles default --zygote-pools 4`)",
+                e.for_cli()
+            ));
             return 1;
         }
     };

@@ -1,9 +1,15 @@
-//! `phantom run`.
+//! `phantom run`: the flags as a `RunRequest`, sent to the engine (the supervisor's when
+//! one runs, else a private one), the output relayed here.
+
+use std::collections::BTreeMap;
 
 use clap::Args;
-use phantom_api::{PolicySource, RunOverrides, RunRequest};
+use phantom_api::choice::{Mode, NetworkMode};
+use phantom_api::engine::Started;
+use phantom_api::request::{Limits, Quantity, RunOptions, RunRequest};
+use phantom_engine::client::{Output, RunIo, Stdin, Wake};
 
-use crate::error_line;
+use crate::{error_line, fail};
 
 /// Exit code for failures of phantom itself (not of the payload), as docker uses.
 pub const EXIT_PHANTOM_FAILED: i32 = 125;
@@ -20,7 +26,7 @@ pub struct PolicyArgs {
     policy: Option<String>,
     /// Isolation: direct (none, limits only), sandbox (default), hardened.
     #[arg(long, value_name = "MODE")]
-    mode: Option<String>,
+    mode: Option<Mode>,
     /// Wall-clock limit; the whole process tree is killed when it fires (e.g. 30s, 500ms).
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
@@ -37,28 +43,40 @@ pub struct PolicyArgs {
     /// egress proxy at 127.0.0.1:3128 inside that connects only where the profile's
     /// network.allow says) or host (the host's network; refused in hardened mode).
     #[arg(long, value_name = "MODE")]
-    network: Option<String>,
+    network: Option<NetworkMode>,
 }
 
 impl PolicyArgs {
-    pub fn source(&self) -> PolicySource {
-        match (&self.policy, &self.profile) {
-            (Some(file), _) => PolicySource::File(file.clone()),
-            (None, Some(name)) => PolicySource::Profile(name.clone()),
-            (None, None) => PolicySource::Profile(phantom_policy::DEFAULT_PROFILE.to_string()),
-        }
+    /// The built-in profile named (none: the request's default).
+    pub fn profile(&self) -> Option<String> {
+        self.profile.clone()
     }
 
-    pub fn overrides(&self) -> RunOverrides {
-        RunOverrides {
-            mode: self.mode.clone(),
-            memory: self.memory.clone(),
-            cpus: self.cpus.clone(),
+    /// The policy file named, made absolute (the engine may run elsewhere than here).
+    pub fn policy_file(&self) -> Option<String> {
+        self.policy.as_deref().map(absolute)
+    }
+
+    /// The limits and settings given on top of the profile's.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            timeout: self.timeout.as_deref().map(Quantity::from),
+            memory: self.memory.as_deref().map(Quantity::from),
+            cpus: self.cpus.as_deref().map(Quantity::from),
             pids: self.pids,
-            timeout: self.timeout.clone(),
-            network: self.network.clone(),
+            max_output: None,
+            network: self.network,
+            mode: self.mode,
         }
     }
+}
+
+/// `path` made absolute against the current directory (the engine resolves nothing
+/// relative to the caller's).
+pub fn absolute(path: &str) -> String {
+    std::path::absolute(path)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| path.to_string())
 }
 
 #[derive(Args, Debug)]
@@ -114,7 +132,7 @@ pub struct RunArgs {
     /// stdout and stderr as usual (for front ends that stream the output).
     #[arg(long, value_name = "FILE")]
     report_file: Option<std::path::PathBuf>,
-    /// Never use the supervisor's warm pools: start a fresh sandbox.
+    /// Never take a pooled sandbox: start a fresh one.
     #[arg(long)]
     cold: bool,
     /// Say why a run was not served warm, and (network limited) each decision of the
@@ -126,7 +144,7 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-pub fn parse_env(items: &[String]) -> Result<Vec<(String, String)>, String> {
+pub fn parse_env(items: &[String]) -> Result<BTreeMap<String, String>, String> {
     items
         .iter()
         .map(|item| match item.split_once('=') {
@@ -146,69 +164,61 @@ pub fn run(args: RunArgs) -> i32 {
             return 2;
         }
     };
+    if args.command.is_empty() && args.image.is_none() {
+        error_line("no command given: give it after `--`, e.g. `phantom run -- python3 main.py`");
+        return 2;
+    }
     let request = RunRequest {
-        policy: args.policy.source(),
-        overrides: args.policy.overrides(),
-        argv: args.command,
-        env,
-        cwd: args.cwd,
-        workspace: args.workspace,
-        capture_output: args.json,
-        image: args.image,
+        argv: (!args.command.is_empty() || args.image.is_none()).then_some(args.command),
+        options: RunOptions {
+            env,
+            profile: args.policy.profile(),
+            policy_file: args.policy.policy_file(),
+            limits: Limits {
+                max_output: args.max_output.as_deref().map(Quantity::from),
+                ..args.policy.limits()
+            },
+            image: args.image,
+            workspace: args.workspace.as_deref().map(absolute),
+            cwd: args.cwd,
+            ..RunOptions::default()
+        },
+        ..RunRequest::default()
     };
-    let mut prepared = match phantom_engine::prepare(&request) {
-        Ok(p) => p,
-        Err(e) => {
-            error_line(&e);
-            return e.exit_code();
-        }
-    };
-    if let Some(size) = &args.max_output {
-        match phantom_policy::units::parse_bytes(size) {
-            Ok(n) if n > 0 => prepared.plan.limits.output_limit_bytes = n,
-            Ok(_) => {
-                error_line(format!("--max-output {size}: must be more than 0"));
-                return 2;
-            }
-            Err(e) => {
-                error_line(format!("--max-output {size}: {e}"));
-                return 2;
-            }
+    let engine = phantom_engine::EngineClient::supervisor_or_private();
+    if args.verbose {
+        if let Some(note) = &engine.note {
+            eprintln!("phantom: cold start: {note}");
         }
     }
-    if !args.json {
-        for w in prepared.warnings() {
-            eprintln!("phantom: warning: {w}");
-        }
-    }
-    let limits = prepared.plan.limits.clone();
-    let shown = prepared.warnings().len();
-    // Warm first, when a supervisor serves this profile; otherwise cold, silently.
-    let warm = if args.cold {
-        Ok(Err("--cold".to_string()))
-    } else {
-        phantom_engine::warm::client::try_run(&prepared)
-    };
-    let result = match warm {
-        Ok(Ok(report)) => Ok(report),
-        Ok(Err(reason)) => {
-            if args.verbose {
-                eprintln!("phantom: cold start: {reason}");
+    // What the engine said when the run started: the caps, for the messages after.
+    let mut caps: Option<Started> = None;
+    let mut on_started = |s: &Started| {
+        if !args.json {
+            for w in &s.warnings {
+                eprintln!("phantom: warning: {w}");
             }
-            prepared.run()
         }
-        Err(e) => Err(e),
+        if args.verbose {
+            if let Some(why) = &s.not_warm {
+                eprintln!("phantom: cold start: {why}");
+            }
+        }
+        caps = Some(s.clone());
     };
-    let report = match result {
+    let io = RunIo {
+        stdin: Stdin::Inherit,
+        output: if args.json {
+            Output::capture()
+        } else {
+            Output::Inherit
+        },
+        wake: Wake::Signals,
+        on_started: Some(&mut on_started),
+    };
+    let report = match engine.run(crate::principal(), request, args.cold, io) {
         Ok(r) => r,
-        Err(e) => {
-            error_line(&e);
-            return if e.exit_code() == 2 {
-                2
-            } else {
-                EXIT_PHANTOM_FAILED
-            };
-        }
+        Err(f) => return fail(f),
     };
     if let Some(path) = &args.report_file {
         let json = serde_json::to_string(&report).expect("report serializes");
@@ -222,56 +232,59 @@ pub fn run(args: RunArgs) -> i32 {
             "{}",
             serde_json::to_string(&report).expect("report serializes")
         );
-    } else {
-        // Warnings found during the run (e.g. cgroup fallback) that were not known before.
-        for w in report.warnings.iter().skip(shown) {
-            eprintln!("phantom: warning: {w}");
-        }
-        if report.timed_out {
-            eprintln!(
-                "phantom: timed out after {} ms: the sandbox was killed (raise it with --timeout)",
-                limits.wall_timeout_ms
-            );
-        }
-        if report.oom_killed {
-            eprintln!(
-                "phantom: out of memory: the {} byte limit was hit (raise it with --memory)",
-                limits.memory_bytes
-            );
-        }
-        if report.output_truncated {
-            eprintln!(
-                "phantom: output truncated at {} bytes",
-                limits.output_limit_bytes
-            );
-        }
-        if let Some(net) = &report.network {
-            if args.verbose {
-                for c in &net.connections {
-                    eprintln!(
-                        "phantom: proxy [{}]: {} {} {}:{}{}{}",
-                        report.sandbox_id,
-                        c.decision,
-                        c.protocol,
-                        c.host,
-                        c.port,
-                        c.address
-                            .as_ref()
-                            .map(|a| format!(" via {a}"))
-                            .unwrap_or_default(),
-                        c.reason
-                            .as_ref()
-                            .map(|r| format!(": {r}"))
-                            .unwrap_or_default(),
-                    );
-                }
-            }
-            if args.verbose || net.refused > 0 {
+        return report.exit_code;
+    }
+    let caps = caps.unwrap_or_else(|| Started {
+        sandbox_id: report.sandbox_id.clone(),
+        start: report.start,
+        output_limit: 0,
+        timeout_ms: 0,
+        memory_bytes: 0,
+        warnings: Vec::new(),
+        not_warm: None,
+        compile_ms: 0.0,
+    });
+    if report.timed_out {
+        eprintln!(
+            "phantom: timed out after {} ms: the sandbox was killed (raise it with --timeout)",
+            caps.timeout_ms
+        );
+    }
+    if report.oom_killed {
+        eprintln!(
+            "phantom: out of memory: the {} byte limit was hit (raise it with --memory)",
+            caps.memory_bytes
+        );
+    }
+    if report.output_truncated {
+        eprintln!("phantom: output truncated at {} bytes", caps.output_limit);
+    }
+    if let Some(net) = &report.network {
+        if args.verbose {
+            for c in &net.connections {
                 eprintln!(
-                    "phantom: proxy [{}]: {} connection(s) made, {} refused by the policy, {} failed",
-                    report.sandbox_id, net.allowed, net.refused, net.failed
+                    "phantom: proxy [{}]: {} {} {}:{}{}{}",
+                    report.sandbox_id,
+                    c.decision,
+                    c.protocol,
+                    c.host,
+                    c.port,
+                    c.address
+                        .as_ref()
+                        .map(|a| format!(" via {a}"))
+                        .unwrap_or_default(),
+                    c.reason
+                        .as_ref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default(),
                 );
             }
+        }
+        if args.verbose || net.refused > 0 {
+            eprintln!(
+                "phantom: proxy [{}]: {} connection(s) made, {} refused by the policy, {} failed",
+                report.sandbox_id, net.allowed, net.refused, net.failed
+            );
         }
     }
     report.exit_code

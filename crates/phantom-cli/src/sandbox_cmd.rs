@@ -1,28 +1,32 @@
 //! Persistent sandboxes: `phantom create|exec|destroy|list|monitor|cp|snapshot`.
-//! Each maps its flags onto `phantom_engine::sandbox` and prints what it returns.
+//! Each maps its flags onto a phantom-api request for the engine (as the local user)
+//! and prints what it returns; files and snapshots move here, through the workspace
+//! fd the engine hands out.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use phantom_api::{CreateRequest, ExecRequest, SandboxInfo, SandboxMetrics};
+
+use phantom_api::request::{CreateRequest, ExecRequest, Quantity};
+use phantom_api::{SandboxInfo, SandboxMetrics};
+use phantom_engine::client::{Output, RunIo, Stdin, Wake};
 use phantom_engine::sandbox::{self, CpEnd, CpLimits};
-use phantom_engine::EngineError;
+use phantom_engine::{EngineClient, EngineError};
 use phantom_policy::units::human_size;
 use phantom_store::{SnapshotOptions, SnapshotProgress, SnapshotStore};
 
-use crate::run::{parse_env, PolicyArgs, EXIT_PHANTOM_FAILED};
+use crate::run::{parse_env, PolicyArgs};
 use crate::store_cmd::{print_snapshot, print_table, Bar};
-use crate::{age, error_line, print_json};
+use crate::{age, error_line, fail, print_json};
 
-/// The exit code for a runtime error: 2 for the caller's mistakes, else 125.
-fn fail(e: EngineError) -> i32 {
-    error_line(&e);
-    if e.exit_code() == 2 {
-        2
-    } else {
-        EXIT_PHANTOM_FAILED
-    }
+/// An error of work done here (files, snapshots) as the engine's would be shown.
+fn fail_here(e: EngineError) -> i32 {
+    fail(e.to_failure())
+}
+
+fn engine() -> EngineClient {
+    EngineClient::supervisor_or_private()
 }
 
 #[derive(Args, Debug)]
@@ -66,14 +70,15 @@ pub struct CreateArgs {
 pub fn create(args: CreateArgs) -> i32 {
     let req = CreateRequest {
         name: args.name,
-        policy: args.policy.source(),
-        overrides: args.policy.overrides(),
+        profile: args.policy.profile(),
+        policy_file: args.policy.policy_file(),
+        limits: args.policy.limits(),
         image: args.image,
-        idle_timeout: Some(args.timeout_idle),
-        max_lifetime: Some(args.max_lifetime),
+        timeout_idle: Some(Quantity(args.timeout_idle)),
+        max_lifetime: Some(Quantity(args.max_lifetime)),
         from_snapshot: args.from_snapshot,
     };
-    match sandbox::create(&req) {
+    match engine().create(crate::principal(), req) {
         Ok(created) => {
             for w in &created.warnings {
                 eprintln!("phantom: warning: {w}");
@@ -84,7 +89,11 @@ pub fn create(args: CreateArgs) -> i32 {
             let i = &created.info;
             println!(
                 "created {} ({}, profile {}, {} mode); workspace {}",
-                i.name, i.id, i.profile, i.mode, i.workspace
+                i.name,
+                i.id,
+                i.profile,
+                i.mode,
+                i.workspace.as_deref().unwrap_or("-")
             );
             println!(
                 "  idle timeout {}, maximum lifetime {}; run commands with: phantom exec {} -- CMD",
@@ -132,6 +141,13 @@ pub struct ExecArgs {
 }
 
 pub fn exec(args: ExecArgs) -> i32 {
+    if args.command.is_empty() {
+        error_line(format!(
+            "no command given: give it after `--`, e.g. `phantom exec {} -- python3 main.py`",
+            args.name
+        ));
+        return 2;
+    }
     let env = match parse_env(&args.env) {
         Ok(e) => e,
         Err(msg) => {
@@ -139,31 +155,25 @@ pub fn exec(args: ExecArgs) -> i32 {
             return 2;
         }
     };
-    let max_output = match args
-        .max_output
-        .as_deref()
-        .map(phantom_policy::units::parse_bytes)
-    {
-        None => None,
-        Some(Ok(n)) if n > 0 => Some(n),
-        Some(Ok(_)) => {
-            error_line("--max-output: must be more than 0");
-            return 2;
-        }
-        Some(Err(e)) => {
-            error_line(format!("--max-output: {e}"));
-            return 2;
-        }
-    };
     let req = ExecRequest {
-        argv: args.command,
+        argv: Some(args.command),
         env,
         cwd: args.cwd,
-        timeout: args.timeout,
-        capture_output: args.json,
-        max_output,
+        timeout: args.timeout.map(Quantity),
+        max_output: args.max_output.map(Quantity),
+        ..ExecRequest::default()
     };
-    match sandbox::exec(&args.name, &req) {
+    let io = RunIo {
+        stdin: Stdin::Inherit,
+        output: if args.json {
+            Output::capture()
+        } else {
+            Output::Inherit
+        },
+        wake: Wake::Signals,
+        on_started: None,
+    };
+    match engine().exec(crate::principal(), &args.name, req, io) {
         Ok(report) => {
             if args.json {
                 println!(
@@ -199,15 +209,19 @@ A dead sandbox (its init was killed, or it was retired) is destroyed the same wa
 
 Examples:
   phantom destroy agent-1
-  phantom destroy --all"
+  phantom destroy --all
+  phantom destroy --all --every-owner    # the API keys' sandboxes too"
 )]
 pub struct DestroyArgs {
     /// The sandbox to destroy.
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     name: Option<String>,
-    /// Destroy every persistent sandbox.
+    /// Destroy every persistent sandbox of the owner (see --owner).
     #[arg(long)]
     all: bool,
+    /// With --all: every owner's sandboxes, the API keys' included.
+    #[arg(long, requires = "all")]
+    every_owner: bool,
     /// Print what was destroyed as JSON.
     #[arg(long)]
     json: bool,
@@ -215,7 +229,7 @@ pub struct DestroyArgs {
 
 pub fn destroy(args: DestroyArgs) -> i32 {
     if args.all {
-        return match sandbox::destroy_all() {
+        return match engine().destroy_all(crate::principal(), args.every_owner) {
             Ok(names) if args.json => print_json(&names),
             Ok(names) => {
                 if names.is_empty() {
@@ -230,7 +244,7 @@ pub fn destroy(args: DestroyArgs) -> i32 {
         };
     }
     let name = args.name.expect("clap requires a name without --all");
-    match sandbox::destroy(&name) {
+    match engine().destroy(crate::principal(), &name) {
         Ok(info) if args.json => print_json(&info),
         Ok(info) => {
             println!("destroyed {} ({})", info.name, info.id);
@@ -245,32 +259,58 @@ pub struct ListArgs {
     /// One JSON array of sandbox records instead of a table.
     #[arg(long)]
     json: bool,
+    /// Every owner's sandboxes (the API keys' too), with an OWNER column.
+    #[arg(long)]
+    every_owner: bool,
 }
 
 pub fn list(args: ListArgs) -> i32 {
-    match sandbox::list() {
+    match engine().list(crate::principal(), args.every_owner) {
         Ok(list) if args.json => print_json(&list),
         Ok(list) => {
-            print_sandboxes(&list);
+            print_sandboxes(&list, args.every_owner);
             0
         }
         Err(e) => fail(e),
     }
 }
 
-fn print_sandboxes(list: &[SandboxInfo]) {
+fn print_sandboxes(list: &[SandboxInfo], owners: bool) {
     if list.is_empty() {
         println!("no sandboxes (create one with `phantom create --name NAME`)");
         return;
     }
     let width = list.iter().map(|i| i.name.len()).max().unwrap_or(4).max(4);
+    let owner_width = if owners {
+        list.iter()
+            .map(|i| i.owner.to_string().len())
+            .max()
+            .unwrap_or(5)
+            .max(5)
+            + 2
+    } else {
+        0
+    };
+    let owner = |o: &dyn std::fmt::Display| {
+        if owners {
+            format!("{o}")
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "{:<width$}  {:<12}  {:<7}  {:<12}  {:<15}  LAST USED",
-        "NAME", "ID", "STATUS", "PROFILE", "CREATED"
+        "{:<owner_width$}{:<width$}  {:<12}  {:<7}  {:<12}  {:<15}  LAST USED",
+        owner(&"OWNER"),
+        "NAME",
+        "ID",
+        "STATUS",
+        "PROFILE",
+        "CREATED"
     );
     for i in list {
         println!(
-            "{:<width$}  {:<12}  {:<7}  {:<12}  {:<15}  {}",
+            "{:<owner_width$}{:<width$}  {:<12}  {:<7}  {:<12}  {:<15}  {}",
+            owner(&i.owner),
             i.name,
             i.id,
             i.status,
@@ -279,7 +319,7 @@ fn print_sandboxes(list: &[SandboxInfo]) {
             age(i.last_used)
         );
         if let Some(why) = &i.reason {
-            println!("{:<width$}  ^ {why}", "");
+            println!("{:<owner_width$}{:<width$}  ^ {why}", "", "");
         }
     }
 }
@@ -319,12 +359,13 @@ pub fn monitor(args: MonitorArgs) -> i32 {
     }
     let mut previous: Option<SandboxMetrics> = None;
     let live = args.watch && std::io::stdout().is_terminal() && !args.json;
+    let engine = engine();
     loop {
-        let sample = match sandbox::monitor(&args.name, previous.as_ref()) {
+        let sample = match engine.metrics(crate::principal(), &args.name, previous.as_ref()) {
             Ok(s) => s,
             Err(e) if previous.is_some() => {
                 // The sandbox went while we watched: say so and stop.
-                eprintln!("phantom: {e}");
+                eprintln!("phantom: {}", e.for_cli());
                 return 0;
             }
             Err(e) => return fail(e),
@@ -436,7 +477,20 @@ pub fn cp(args: CpArgs) -> i32 {
         max_entries: args.max_entries,
     };
     let started = Instant::now();
-    match sandbox::cp(&CpEnd::parse(&args.src), &CpEnd::parse(&args.dst), limits) {
+    let (src, dst) = (CpEnd::parse(&args.src), CpEnd::parse(&args.dst));
+    let name = match (&src, &dst) {
+        (CpEnd::Sandbox { name, .. }, CpEnd::Host(_))
+        | (CpEnd::Host(_), CpEnd::Sandbox { name, .. }) => name.clone(),
+        _ => {
+            error_line("phantom cp copies between the host and a sandbox: one side must be NAME:/workspace/PATH, the other a host path");
+            return 2;
+        }
+    };
+    let workspace = match engine().workspace(crate::principal(), &name) {
+        Ok(fd) => fd,
+        Err(f) => return fail(f),
+    };
+    match sandbox::cp(&src, &dst, &workspace, limits) {
         Ok(report) if args.json => print_json(&report),
         Ok(r) => {
             let secs = started.elapsed().as_secs_f64();
@@ -458,7 +512,7 @@ pub fn cp(args: CpArgs) -> i32 {
             }
             0
         }
-        Err(e) => fail(e),
+        Err(e) => fail_here(e),
     }
 }
 
@@ -515,7 +569,9 @@ pub fn snapshot(args: SnapshotArgs) -> i32 {
     };
     match args.command {
         Some(SnapshotCommand::List { json }) => {
-            return match SnapshotStore::open_default().and_then(|s| s.list()) {
+            return match SnapshotStore::open_default()
+                .and_then(|s| s.list(Some(&crate::principal().owner)))
+            {
                 Ok(list) if json => print_json(&list),
                 Ok(list) => {
                     print_table(&list);
@@ -525,7 +581,9 @@ pub fn snapshot(args: SnapshotArgs) -> i32 {
             }
         }
         Some(SnapshotCommand::Rm { tag }) => {
-            return match SnapshotStore::open_default().and_then(|s| s.remove(&tag)) {
+            return match SnapshotStore::open_default()
+                .and_then(|s| s.remove(&crate::principal().owner, &tag))
+            {
                 Ok(()) => {
                     println!(
                         "removed {tag} (`phantom store gc` frees what no other snapshot uses)"
@@ -541,18 +599,33 @@ pub fn snapshot(args: SnapshotArgs) -> i32 {
         .name
         .expect("clap requires a name without a subcommand");
     let started = Instant::now();
+    let workspace = match engine()
+        .workspace(crate::principal(), &name)
+        .and_then(|fd| sandbox::files::readable_dir(&fd).map_err(|e| e.to_failure()))
+    {
+        Ok(fd) => fd,
+        Err(f) => return fail(f),
+    };
+    let tag = args
+        .tag
+        .unwrap_or_else(|| format!("{name}-{}", sandbox::utc_stamp(sandbox::now_s())));
     let bar = Bar::new(None);
-    let result = sandbox::snapshot(
-        &name,
-        args.tag.as_deref(),
-        &SnapshotOptions {
-            replace: args.replace,
-        },
-        &mut |event| match event {
-            SnapshotProgress::Read { bytes, .. } => bar.set(bytes),
-            SnapshotProgress::Committing => bar.message("committing"),
-        },
-    );
+    let result = SnapshotStore::open_default().and_then(|store| {
+        use std::os::fd::AsFd;
+        store.snapshot_at(
+            workspace.as_fd(),
+            &format!("{name}:/workspace"),
+            &crate::principal().owner,
+            &tag,
+            &SnapshotOptions {
+                replace: args.replace,
+            },
+            &mut |event| match event {
+                SnapshotProgress::Read { bytes, .. } => bar.set(bytes),
+                SnapshotProgress::Committing => bar.message("committing"),
+            },
+        )
+    });
     bar.finish();
     match result {
         Ok(info) if args.json => print_json(&info),
@@ -560,6 +633,6 @@ pub fn snapshot(args: SnapshotArgs) -> i32 {
             print_snapshot(&info, started);
             0
         }
-        Err(e) => fail(e),
+        Err(e) => store_fail(e),
     }
 }

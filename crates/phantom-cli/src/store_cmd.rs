@@ -178,10 +178,16 @@ pub fn store(cmd: StoreCommand) -> i32 {
             let options = SnapshotOptions {
                 replace: args.replace,
             };
-            let result = store.snapshot(&args.dir, &args.tag, &options, &mut |event| match event {
-                SnapshotProgress::Read { bytes, .. } => bar.set(bytes),
-                SnapshotProgress::Committing => bar.message("committing"),
-            });
+            let result = store.snapshot(
+                &args.dir,
+                &crate::principal().owner,
+                &args.tag,
+                &options,
+                &mut |event| match event {
+                    SnapshotProgress::Read { bytes, .. } => bar.set(bytes),
+                    SnapshotProgress::Committing => bar.message("committing"),
+                },
+            );
             bar.finish();
             match result {
                 Ok(info) if args.json => print_json(&info),
@@ -197,6 +203,7 @@ pub fn store(cmd: StoreCommand) -> i32 {
             let started = Instant::now();
             let mut bar: Option<Bar> = None;
             let result = store.restore_with_progress(
+                &crate::principal().owner,
                 &args.tag,
                 &args.dest,
                 args.link.mode(),
@@ -217,7 +224,7 @@ pub fn store(cmd: StoreCommand) -> i32 {
                 Err(e) => fail(e),
             }
         }
-        StoreCommand::List { json } => match store.list() {
+        StoreCommand::List { json } => match store.list(Some(&crate::principal().owner)) {
             Ok(list) if json => print_json(&list),
             Ok(list) => {
                 print_table(&list);
@@ -225,7 +232,7 @@ pub fn store(cmd: StoreCommand) -> i32 {
             }
             Err(e) => fail(e),
         },
-        StoreCommand::Rm { tag } => match store.remove(&tag) {
+        StoreCommand::Rm { tag } => match store.remove(&crate::principal().owner, &tag) {
             Ok(()) => {
                 println!("removed {tag} (`phantom store gc` frees what no other snapshot uses)");
                 0

@@ -1,17 +1,18 @@
-//! `phantom-supervisor`: keeps warm pools of sandboxes and serves them on a local
-//! socket to `phantom run`; with `--bind ADDR`, also the HTTP API (phantom-server).
+//! `phantom-supervisor`: the engine — the one process that starts sandboxes, with warm
+//! pools — on a local socket that `phantom`, the MCP server and the HTTP API are
+//! clients of; with `--bind ADDR`, also the HTTP API (phantom-server).
 //!
 //! Runs in the foreground, logs to stderr, and stops on SIGTERM/SIGINT/SIGHUP — use a
-//! service manager to keep it running. The pool keeper is single-threaded on purpose:
-//! it is the one process that forks sandboxes. With `--bind`, the HTTP server (tokio,
-//! threads) runs in this process and the pool keeper in a child process, this same
-//! binary started without `--bind` on a socket of its own.
+//! service manager to keep it running. The engine is single-threaded on purpose: it
+//! forks sandboxes. With `--bind`, the HTTP server (tokio, threads) runs in this
+//! process and the engine in a child forked before any thread exists.
 #![forbid(unsafe_code)]
 
 mod http;
 
 use clap::Parser;
-use phantom_engine::warm::{pressure, supervisor};
+use phantom_engine::pressure;
+use phantom_engine::server;
 
 /// Keep warm pools of sandboxes ready for `phantom run`.
 #[derive(Parser, Debug)]
@@ -91,8 +92,8 @@ pub(crate) struct Args {
     /// one-node host there is nothing to pin (the seed's flag is never silently ignored).
     #[arg(long)]
     pub(crate) numa_optimize: bool,
-    /// Stop (as on SIGTERM) when process PID, which started this supervisor, exits.
-    /// `phantom-mcp --mode zygote` runs its private supervisor this way.
+    /// Stop (as on SIGTERM) when process PID, which started this supervisor, exits: a
+    /// program that keeps a supervisor of its own for as long as it runs.
     #[arg(long, value_name = "PID")]
     pub(crate) parent_pid: Option<u32>,
 }
@@ -118,7 +119,7 @@ fn main() {
         std::process::exit(2);
     }
     if let Some(parent) = args.parent_pid {
-        if let Err(e) = supervisor::stop_with_parent(parent) {
+        if let Err(e) = server::stop_with_parent(parent) {
             eprintln!("phantom-supervisor: error: {e}");
             std::process::exit(1);
         }
@@ -133,7 +134,7 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let pools = match supervisor::pools_for(&args.profiles, &args.pool, args.zygote_pools) {
+    let pools = match server::pools_for(&args.profiles, &args.pool, args.zygote_pools) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("phantom-supervisor: error: {e}");
@@ -145,7 +146,8 @@ fn main() {
         eprintln!("phantom-supervisor: error: --psi-aware: this kernel has no /proc/pressure (boot with psi=1)");
         std::process::exit(2);
     }
-    let config = supervisor::Config {
+    let config = server::Config {
+        name: "phantom-supervisor",
         pools,
         thresholds: args.psi_aware.then_some(pressure::Thresholds {
             cpu: args.psi_cpu,
@@ -153,9 +155,9 @@ fn main() {
         }),
         socket: args
             .socket
-            .unwrap_or_else(phantom_engine::warm::socket_path),
+            .unwrap_or_else(phantom_engine::client::socket_path),
     };
-    if let Err(e) = supervisor::serve(config, &mut source) {
+    if let Err(e) = server::serve(config, &mut source) {
         eprintln!("phantom-supervisor: error: {e}");
         // 2: what it was asked to serve is wrong (a --pool whose image is missing).
         std::process::exit(e.exit_code());

@@ -235,11 +235,12 @@ fn persistent_sandboxes_files_and_snapshots_over_http_are_per_key() {
     let r = server.json("POST", "/api/v2/sandboxes", &key, json!({"name": "box"}));
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["name"], "box");
+    // The name is taken for this key: a conflict.
     assert_eq!(
         server
             .json("POST", "/api/v2/sandboxes", &key, json!({"name": "box"}))
             .status,
-        400
+        409
     );
     let r = server.request(
         "PUT",
@@ -341,6 +342,14 @@ fn persistent_sandboxes_files_and_snapshots_over_http_are_per_key() {
     ] {
         assert!(metrics.contains(family), "{family} missing:\n{metrics}");
     }
+    // The policy compile histogram was registered but never observed: each run and
+    // exec now records the engine's compile time.
+    let compiles: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("phantom_security_policy_compile_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(compiles >= 2.0, "{compiles} compiles observed:\n{metrics}");
 }
 
 #[test]
@@ -419,8 +428,15 @@ fn sigterm_finishes_in_flight_runs_and_keeps_persistent_sandboxes() {
     let r = in_flight.join().unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["stdout"], "done\n");
-    // The persistent sandbox outlives the server, recorded and running.
-    let list: Value = serde_json::from_str(&server.phantom(&["list", "--json"]).stdout).unwrap();
+    // The persistent sandbox outlives the server, recorded and running (the key's: an
+    // operator sees it acting as that key).
+    let owner = format!("key:{}", &key[4..16]);
+    let list: Value = serde_json::from_str(
+        &server
+            .phantom(&["list", "--json", "--owner", &owner])
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(list[0]["status"], "running", "{list}");
 }
 
@@ -534,6 +550,18 @@ fn a_limited_run_over_http_reports_and_counts_its_proxy_decisions() {
 /// are removed at once (a SIGKILL of `phantom run` would leave them for the next run).
 #[test]
 fn a_client_that_goes_away_stops_its_run_and_leaves_nothing() {
+    client_goes_away(false);
+}
+
+/// A streamed run (`"stream": true`) went on to its end after its client left: the
+/// cancel end of the run was held by the task that waited for the result, not by the
+/// response body.
+#[test]
+fn a_streaming_client_that_goes_away_stops_its_run() {
+    client_goes_away(true);
+}
+
+fn client_goes_away(stream: bool) {
     use std::io::Write;
     if !sandbox_available() {
         return;
@@ -542,7 +570,10 @@ fn a_client_that_goes_away_stops_its_run_and_leaves_nothing() {
     let key = server.key("k", &[]);
     let marker = format!("gone-{}-{}", std::process::id(), common::unique());
     // `minimal` has no pool here: a cold run, the path that has a run directory to clean.
-    let body = json!({"argv": ["sh", "-c", format!("touch /workspace/{marker}; sleep 30")], "profile": "minimal"}).to_string();
+    let body =
+        json!({"argv": ["sh", "-c", format!("touch /workspace/{marker}; echo started; sleep 30")],
+                      "profile": "minimal", "stream": stream})
+        .to_string();
     let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     write!(
         s,
@@ -585,4 +616,50 @@ fn a_client_that_goes_away_stops_its_run_and_leaves_nothing() {
         "still running: {}",
         String::from_utf8_lossy(&procs.stdout)
     );
+}
+
+/// A run's `files` were written by joining paths, following symlinks: in direct mode,
+/// which runs on the host, a link an earlier run planted in the host workspace
+/// (`out -> /some/host/dir`) took the write out of it. Each step is resolved beneath
+/// the workspace now, never through a symlink.
+#[test]
+fn files_are_never_written_through_a_symlink_in_the_workspace() {
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("files-link", &[]);
+    let key = server.key(
+        "ops",
+        &["--allow", "direct-mode", "--allow", "host-workspace"],
+    );
+    let ws = server.dir.join("ws");
+    let outside = server.dir.join("outside");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, ws.join("out")).unwrap();
+    std::os::unix::fs::symlink(outside.join("f"), ws.join("f")).unwrap();
+    for mode in ["direct", "sandbox"] {
+        for path in ["out/x", "f"] {
+            let r = server.json(
+                "POST",
+                "/api/v2/run",
+                &key,
+                json!({"argv": ["true"], "mode": mode, "workspace": ws,
+                       "files": [{"path": path, "content": "through the link"}]}),
+            );
+            assert_eq!(r.status, 400, "{mode} {path}: {}", r.text());
+            assert_eq!(r.json()["field"], "files", "{}", r.text());
+        }
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    // A plain path is written as before.
+    let r = server.json(
+        "POST",
+        "/api/v2/run",
+        &key,
+        json!({"argv": ["cat", "src/main.py"], "mode": "direct", "workspace": ws, "cwd": ws,
+               "files": [{"path": "src/main.py", "content": "print(1)\n"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["stdout"], "print(1)\n", "{}", r.text());
 }

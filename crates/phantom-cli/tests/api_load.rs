@@ -1,13 +1,15 @@
-//! A bounded load test of the HTTP API, alone in its test binary so that the
-//! "nothing left" check afterwards sees only its own runs.
+//! A bounded load test of the HTTP API: no errors, no `phantom` CLI started under
+//! load, and nothing of its runs left afterwards (it looks at what it created only:
+//! the server's processes and the cgroups of the sandboxes it ran).
 
 mod common;
 
-use std::process::Command;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use common::api::{http, Server};
-use common::sandbox_available;
+use common::{descendants, sandbox_available, sandbox_cgroups, HostProcess};
 
 #[test]
 fn load_of_2000_runs_at_concurrency_32_has_no_errors_and_leaves_nothing() {
@@ -37,8 +39,24 @@ fn load_of_2000_runs_at_concurrency_32_has_no_errors_and_leaves_nothing() {
         ],
     );
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let ids = Mutex::new(BTreeSet::new());
+    // Every process the server started while busy: its engine, pools, sandboxes.
+    let seen = Mutex::new(Vec::<HostProcess>::new());
+    let server_pid = server.pid().unwrap();
     let started = Instant::now();
     let failures: Vec<String> = std::thread::scope(|s| {
+        s.spawn(|| {
+            while next.load(std::sync::atomic::Ordering::SeqCst) < total {
+                let mut seen = seen.lock().unwrap();
+                for p in descendants(server_pid) {
+                    if !seen.contains(&p) {
+                        seen.push(p);
+                    }
+                }
+                drop(seen);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
         let handles: Vec<_> = (0..32)
             .map(|_| {
                 s.spawn(|| {
@@ -53,7 +71,10 @@ fn load_of_2000_runs_at_concurrency_32_has_no_errors_and_leaves_nothing() {
                         );
                         if r.status != 200 || r.json()["exit_code"] != 0 {
                             errors.push(format!("{} {}", r.status, r.text()));
+                            continue;
                         }
+                        let id = r.json()["sandbox_id"].as_str().unwrap().to_string();
+                        ids.lock().unwrap().insert(id);
                     }
                     errors
                 })
@@ -75,27 +96,41 @@ fn load_of_2000_runs_at_concurrency_32_has_no_errors_and_leaves_nothing() {
         failures.len(),
         &failures[..failures.len().min(3)]
     );
+    let mut seen = seen.into_inner().unwrap();
+    seen.extend(descendants(server_pid));
+    // The front end calls the engine: it never starts the `phantom` CLI to do its work.
+    let phantom_cli = common::phantom_bin().canonicalize().unwrap();
+    let clis: Vec<_> = seen
+        .iter()
+        .filter(|p| p.exe.as_ref() == Some(&phantom_cli))
+        .collect();
+    assert!(
+        clis.is_empty(),
+        "the server started the phantom CLI: {clis:?}"
+    );
+    // Sandboxes of pools that were never handed out are the server's too.
+    let mut ids = ids.into_inner().unwrap();
+    for p in &seen {
+        for cg in &p.cgroups {
+            if let Some(id) = cg.split("/phantom/").nth(1) {
+                ids.insert(id.split('/').next().unwrap().to_string());
+            }
+        }
+    }
+    println!(
+        "{} server processes seen, {} sandboxes",
+        seen.len(),
+        ids.len()
+    );
+    assert!(
+        ids.len() >= total.min(100),
+        "{} sandbox ids for {total} runs",
+        ids.len()
+    );
     drop(server);
     // Nothing of any run is left: no process, no sandbox cgroup.
-    let procs = Command::new("pgrep")
-        .args(["-f", "phantom-init|phantom:payload"])
-        .output()
-        .unwrap();
-    assert!(
-        procs.stdout.is_empty(),
-        "processes left: {}",
-        String::from_utf8_lossy(&procs.stdout)
-    );
-    let cgroups = Command::new("sh")
-        .args([
-            "-c",
-            "find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -path '*/phantom/*' -type d",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        cgroups.stdout.is_empty(),
-        "cgroups left: {}",
-        String::from_utf8_lossy(&cgroups.stdout)
-    );
+    let left: Vec<_> = seen.iter().filter(|p| p.alive()).collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
+    let cgroups: Vec<_> = ids.iter().flat_map(|id| sandbox_cgroups(id)).collect();
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
 }

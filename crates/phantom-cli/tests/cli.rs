@@ -477,3 +477,45 @@ print('EXIT', os.waitstatus_to_exitcode(st))
         started.elapsed()
     );
 }
+
+/// `phantom policy compile F | head -1` and `phantom pool status | head -1` used to
+/// panic ("failed printing to stdout: Broken pipe"): a closed stdout now ends phantom
+/// silently, as it does any Unix tool. (`pool status` is in warm.rs: it needs a
+/// supervisor.)
+#[test]
+fn a_reader_that_closes_stdout_early_gets_no_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [
+        &["profile", "show", "default"][..],
+        &["profile", "list"][..],
+        &["list"][..],
+    ] {
+        let state = std::env::temp_dir().join(format!(
+            "phantom-cli-it-pipe-{}-{}",
+            std::process::id(),
+            common::unique()
+        ));
+        let mut child = Command::new(common::phantom_bin())
+            .args(args)
+            .env("PHANTOM_STATE_DIR", &state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before phantom writes a byte.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let _ = std::fs::remove_dir_all(&state);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "phantom {args:?}: {stderr}"
+        );
+        assert!(
+            out.status.signal() == Some(13) || out.status.success(),
+            "phantom {args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}

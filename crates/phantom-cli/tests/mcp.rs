@@ -6,126 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::mcp::{mcp_bin, McpServer as Server};
 use serde_json::{json, Value};
-
-/// `phantom-mcp` next to the `phantom` under test (the suite's unprivileged pass stages
-/// both), else the one cargo built.
-fn mcp_bin() -> PathBuf {
-    match std::env::var_os("PHANTOM_BIN") {
-        Some(p) => Path::new(&p).with_file_name("phantom-mcp"),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_phantom-mcp")),
-    }
-}
-
-struct Server {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    next_id: u64,
-}
-
-impl Server {
-    /// Start `phantom-mcp --transport stdio` with `args` in TMPDIR `tmp`, and initialize.
-    fn start(args: &[&str], tmp: &Path) -> Server {
-        // Run directories of its sandboxes go here too, so that a test can see them.
-        let xdg = tmp.join("xdg");
-        std::fs::create_dir_all(&xdg).unwrap();
-        let mut child = Command::new(mcp_bin())
-            .args(["--transport", "stdio"])
-            .args(args)
-            .env("TMPDIR", tmp)
-            .env("XDG_RUNTIME_DIR", &xdg)
-            .env("PHANTOM_BIN", common::phantom_bin())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("phantom-mcp starts");
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        let mut server = Server {
-            child,
-            stdin,
-            lines,
-            next_id: 1,
-        };
-        let init = server.request(
-            "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {},
-                   "clientInfo": {"name": "phantom-test", "version": "1"}}),
-        );
-        assert_eq!(init["result"]["protocolVersion"], "2025-06-18", "{init}");
-        server.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        server
-    }
-
-    fn send(&mut self, message: &Value) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{message}").expect("write to phantom-mcp");
-        stdin.flush().expect("flush");
-    }
-
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        let deadline = Instant::now() + common::PHANTOM_DEADLINE;
-        loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(wait)
-                .unwrap_or_else(|_| panic!("no answer to {method} in time"));
-            let msg: Value = serde_json::from_str(&line).expect("JSON-RPC on stdout");
-            if msg["id"] == json!(id) {
-                return msg;
-            }
-        }
-    }
-
-    fn call(&mut self, tool: &str, arguments: Value) -> Value {
-        let r = self.request("tools/call", json!({"name": tool, "arguments": arguments}));
-        r["result"].clone()
-    }
-
-    /// Close stdin (the client goes away) and wait for the server to exit.
-    fn finish(mut self) -> std::process::ExitStatus {
-        drop(self.stdin.take());
-        wait_timeout(&mut self.child, Duration::from_secs(30)).expect("phantom-mcp exits")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -209,7 +95,7 @@ fn bad_arguments_are_tool_errors_that_say_what_to_send() {
     assert_eq!(r["isError"], true, "{r}");
     let text = r["content"][0]["text"].as_str().unwrap();
     assert!(
-        text.contains("\"python\"") && text.contains("run_command"),
+        text.contains("`cobol`") && text.contains("python") && text.contains("run_command"),
         "{text}"
     );
     let r = server.call(
@@ -220,7 +106,7 @@ fn bad_arguments_are_tool_errors_that_say_what_to_send() {
         r["content"][0]["text"]
             .as_str()
             .unwrap()
-            .contains("absolute paths are refused"),
+            .contains("`/etc/passwd` is an absolute path: give a path relative to /workspace"),
         "{r}"
     );
     // An unknown tool is a protocol error (the model asked for something that is not
@@ -245,7 +131,7 @@ fn warm_runs_come_from_the_private_supervisor_which_dies_with_the_server() {
     assert_eq!(r["structuredContent"]["stdout"], "warm\n", "{r}");
     assert_eq!(r["structuredContent"]["start"], "warm", "{r}");
     let m = server.call("get_metrics", json!({}));
-    assert_eq!(m["structuredContent"]["supervisor"], "running", "{m}");
+    assert_eq!(m["structuredContent"]["engine"], "running", "{m}");
     assert_eq!(m["structuredContent"]["warm"], 1, "{m}");
 
     // The supervisor is our child; SIGKILL the server: the supervisor must stop too.
@@ -311,7 +197,7 @@ fn client_leaving_mid_run_kills_the_run(mode: &str, marker: &str) {
     let mut server = Server::start(&["--mode", mode, "--profiles", "default"], &tmp);
     server.send(
         &json!({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": {
-        "name": "run_command", "arguments": {"argv": ["sleep", marker], "timeout_s": 120}}}),
+        "name": "run_command", "arguments": {"argv": ["sleep", marker], "timeout": 120}}}),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while processes_with(&format!("sleep {marker}")).is_empty() && Instant::now() < deadline {
@@ -346,4 +232,80 @@ fn client_leaving_mid_cold_run_kills_the_run() {
 #[test]
 fn client_leaving_mid_warm_run_kills_the_run() {
     client_leaving_mid_run_kills_the_run("zygote", &format!("97.{}2", std::process::id()));
+}
+
+/// The MCP server calls its engine: a busy server has no `phantom` CLI process under it
+/// (it used to start `phantom run` for cold runs, create and exec).
+#[test]
+fn a_busy_mcp_server_starts_no_phantom_process() {
+    if !common::sandbox_available() {
+        return;
+    }
+    let tmp = tmpdir("busy");
+    let mut server = Server::start(&["--mode", "cold"], &tmp);
+    let marker = format!("0.9{}", std::process::id());
+    for id in 0..4 {
+        server.send(
+            &json!({"jsonrpc": "2.0", "id": 1000 + id, "method": "tools/call",
+            "params": {"name": "run_command", "arguments": {"argv": ["sleep", marker]}}}),
+        );
+    }
+    server.send(
+        &json!({"jsonrpc": "2.0", "id": 2000, "method": "tools/call",
+        "params": {"name": "create_sandbox", "arguments": {"name": "busy"}}}),
+    );
+    let phantom = common::phantom_bin().canonicalize().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < deadline {
+        seen.extend(common::descendants(server.child.id()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        seen.iter()
+            .any(|p| p.cmdline_contains(&format!("sleep {marker}"))),
+        "the runs were not seen running under the server"
+    );
+    let clis: Vec<_> = seen
+        .iter()
+        .filter(|p| p.exe.as_ref() == Some(&phantom))
+        .collect();
+    assert!(
+        clis.is_empty(),
+        "phantom CLI processes under the MCP server: {clis:?}"
+    );
+    let r = server.call("exec_in_sandbox", json!({"name": "busy", "argv": ["true"]}));
+    assert_eq!(r["isError"], false, "{r}");
+    server.call("destroy_sandbox", json!({"name": "busy"}));
+    assert!(server.finish().success());
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// `--max-output` only filled in an absent `max_output`: a call could ask for more, and
+/// the result reported the server's cap whatever was used.
+#[test]
+fn the_servers_output_cap_is_a_ceiling_and_the_result_says_the_cap_used() {
+    if !common::sandbox_available() {
+        return;
+    }
+    let tmp = tmpdir("cap");
+    let mut server = Server::start(&["--mode", "cold", "--max-output", "1000"], &tmp);
+    let print = json!(["sh", "-c", "head -c 3000 /dev/zero | tr '\\\\0' x"]);
+    for (asked, used) in [(None, 1000), (Some(5000), 1000), (Some(100), 100)] {
+        let mut args = json!({"argv": print});
+        if let Some(n) = asked {
+            args["max_output"] = json!(n);
+        }
+        let r = server.call("run_command", args);
+        let sc = &r["structuredContent"];
+        assert_eq!(sc["max_output_bytes"], used, "{asked:?}: {r}");
+        assert_eq!(
+            sc["stdout"].as_str().unwrap().len(),
+            used as usize,
+            "{asked:?}: {r}"
+        );
+        assert_eq!(sc["output_truncated"], true, "{asked:?}: {r}");
+    }
+    assert!(server.finish().success());
+    std::fs::remove_dir_all(&tmp).unwrap();
 }

@@ -625,15 +625,13 @@ fn the_proxy_dies_with_a_killed_front_end() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // The helper is phantom's child named phantom:proxy.
+    // The helper is a process under phantom (its engine's child) named phantom:proxy.
     let front = child.id();
     let helper = (0..200).find_map(|_| {
         std::thread::sleep(Duration::from_millis(25));
-        let children =
-            std::fs::read_to_string(format!("/proc/{front}/task/{front}/children")).ok()?;
-        children.split_whitespace().find_map(|pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            (comm.trim() == "phantom:proxy").then(|| pid.to_string())
+        common::descendants(front).into_iter().find_map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).ok()?;
+            (comm.trim() == "phantom:proxy").then(|| p.pid.to_string())
         })
     });
     let helper = helper.unwrap_or_else(|| {

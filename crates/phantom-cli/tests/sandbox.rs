@@ -455,7 +455,7 @@ fn cp_never_follows_a_sandbox_symlink_out_of_the_workspace() {
     // Paths outside /workspace are not reachable at all.
     refused(
         &env.run(&["cp", "e:/etc/passwd", &outside_arg]),
-        "reaches only the sandbox's workspace",
+        "/etc/passwd is outside the workspace of sandbox `e`",
     );
     // A directory holding a link is copied with the link as a link: its target's
     // content (a host file) is never read.
@@ -716,17 +716,7 @@ fn a_killed_keeper_takes_its_sandbox_down_and_destroy_leaves_nothing() {
     let created = env.create("k", &[]);
     let init = created["init_pid"].as_i64().unwrap();
     let id = created["id"].as_str().unwrap().to_string();
-    // The keeper is the init's parent (field 4 of /proc/PID/stat).
-    let stat = fs::read_to_string(format!("/proc/{init}/stat")).unwrap();
-    let keeper: i64 = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let keeper = parent_of(init);
     assert_eq!(kill9(keeper), 0, "kill -9 {keeper}");
     // The init dies with it (parent-death signal), and the sandbox shows dead.
     wait_for("init gone", Duration::from_secs(10), || !alive(init));
@@ -759,6 +749,63 @@ fn a_killed_keeper_takes_its_sandbox_down_and_destroy_leaves_nothing() {
         runs.stdout.is_empty(),
         "run directory left: {}",
         String::from_utf8_lossy(&runs.stdout)
+    );
+}
+
+/// The parent's pid (field 4 of /proc/PID/stat): the keeper of a sandbox's init.
+fn parent_of(pid: i64) -> i64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Keepers used to inherit the engine's blocked SIGTERM and ignore `kill`: a host
+/// shutting down, or an operator, could not stop a sandbox but with SIGKILL, which
+/// leaves its cgroup behind.
+#[test]
+fn a_keeper_stopped_by_sigterm_retires_its_sandbox_cleanly() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("term");
+    let created = env.create("t", &[]);
+    let init = created["init_pid"].as_i64().unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let keeper = parent_of(init);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &keeper.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for("keeper gone", Duration::from_secs(10), || !alive(keeper));
+    assert!(!alive(init), "the init outlived its keeper");
+    let info = env.info("t");
+    assert_eq!(info["status"], "dead", "{info}");
+    assert!(
+        info["reason"]
+            .as_str()
+            .unwrap()
+            .contains("stopped by SIGTERM"),
+        "{info}"
+    );
+    // The keeper removed the cgroup itself, before any destroy.
+    let cgroups = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("find /sys/fs/cgroup -maxdepth 3 -path '*/phantom/{id}'"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        cgroups.stdout.is_empty(),
+        "cgroup left: {}",
+        String::from_utf8_lossy(&cgroups.stdout)
     );
 }
 

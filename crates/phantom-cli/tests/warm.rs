@@ -642,3 +642,143 @@ fn another_users_client_is_not_served() {
     );
     assert_eq!(sup.status()["pools"][0]["hits"], 0);
 }
+
+/// `phantom pool status | head -1` used to panic on the closed pipe.
+#[test]
+fn pool_status_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default", 1);
+    let mut child = Command::new(common::phantom_bin())
+        .args(["pool", "status"])
+        .env("PHANTOM_SUPERVISOR_SOCKET", &sup.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "{:?} {stderr}", out.status);
+}
+
+/// A second supervisor used to take over the socket of a running one silently (the
+/// first kept its pools, unreachable).
+#[test]
+fn a_second_supervisor_on_a_running_ones_socket_is_refused() {
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default", 1);
+    // Also with --bind, whose HTTP front end used to serve on the first one's engine.
+    for bind in [&[][..], &["--bind", "127.0.0.1:0"][..]] {
+        let out = common::run_with_deadline(
+            {
+                let mut c = Command::new(common::supervisor::supervisor_bin());
+                c.args(["--profiles", "default", "--zygote-pools", "1"])
+                    .args(bind)
+                    .arg("--socket")
+                    .arg(&sup.socket);
+                c
+            },
+            Duration::from_secs(30),
+        );
+        assert_ne!(out.code, Some(0), "{}", out.describe());
+        assert!(
+            out.stderr
+                .contains(&format!("already running, pid {}", sup.pid())),
+            "{}",
+            out.describe()
+        );
+    }
+    // The first one still serves, warm.
+    let status = sup.status();
+    assert_eq!(status["pid"], sup.pid(), "{status}");
+    let out = sup.phantom(&["run", "--json", "--", "true"]);
+    let report: Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["start"], "warm", "{}", out.describe());
+}
+
+/// With a supervisor running, a relative `--workspace ws` used to be refused ("not an
+/// existing absolute directory") although it worked cold.
+#[test]
+fn a_relative_workspace_works_with_a_supervisor() {
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default", 1);
+    let dir = sup.dir.join("cwd");
+    std::fs::create_dir_all(dir.join("ws")).unwrap();
+    // The sandbox's uid must be able to write it (an idmapped mount as root; else the
+    // cold path's user namespace maps us).
+    std::fs::set_permissions(
+        dir.join("ws"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket = sup.socket.clone();
+    let cwd = dir.clone();
+    let out = phantom(
+        &[
+            "run",
+            "--workspace",
+            "ws",
+            "--",
+            "sh",
+            "-c",
+            "echo made > /workspace/f",
+        ],
+        move |c| {
+            c.current_dir(&cwd)
+                .env("PHANTOM_SUPERVISOR_SOCKET", &socket);
+        },
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(std::fs::read_to_string(dir.join("ws/f")).unwrap(), "made\n");
+}
+
+/// A warm run whose argv and environment passed 256 KiB failed ("cannot hand the run
+/// to the pooled sandbox: Message too long"); a pre-started interpreter that cannot
+/// take such a request in one packet gives way to a plain exec.
+#[test]
+fn a_warm_run_with_a_large_environment_is_served() {
+    if !sandbox_available() {
+        return;
+    }
+    let sup = Supervisor::start("default,python-dev", 1);
+    let value = "a".repeat(100_000);
+    let envs: Vec<String> = ["A", "B", "C"]
+        .iter()
+        .map(|k| format!("{k}={value}"))
+        .collect();
+    for (profile, cmd) in [
+        ("default", vec!["sh", "-c", "echo ${#A} ${#B} ${#C}"]),
+        (
+            "python-dev",
+            vec![
+                "python3",
+                "-c",
+                "import os; print(*(len(os.environ[k]) for k in 'ABC'))",
+            ],
+        ),
+    ] {
+        let mut args = vec!["run", "--json", "--profile", profile];
+        for e in &envs {
+            args.extend(["--env", e.as_str()]);
+        }
+        args.push("--");
+        args.extend(cmd);
+        let out = sup.phantom(&args);
+        assert_eq!(out.code, Some(0), "{profile}: {}", out.describe());
+        let report: Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            report["stdout"], "100000 100000 100000\n",
+            "{profile}: {report}"
+        );
+        assert_eq!(report["start"], "warm", "{profile}: {report}");
+    }
+}

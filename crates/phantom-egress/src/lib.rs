@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use phantom_api::choice::{NetworkDecision, NetworkMode, ProxyProtocol};
 use phantom_api::{ConnectionRecord, NetworkReport};
 use phantom_linux::process::{self, Forked, Namespaces};
 use phantom_linux::SysError;
@@ -202,28 +203,31 @@ impl Drop for ProxyHelper {
 /// (allowed), `-` (refused) and `!` (failed) lines past [`MAX_RECORDS`].
 pub(crate) fn report_from_log(text: &[u8]) -> NetworkReport {
     let mut report = NetworkReport {
-        mode: "limited".into(),
+        mode: NetworkMode::Limited,
         proxy: Some(format!("127.0.0.1:{PROXY_PORT}")),
-        ..NetworkReport::default()
+        allowed: 0,
+        refused: 0,
+        failed: 0,
+        connections: Vec::new(),
     };
     for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let decision = match line {
-            b"+" => "allowed".to_string(),
-            b"-" => "refused".to_string(),
-            b"!" => "failed".to_string(),
+            b"+" => NetworkDecision::Allowed,
+            b"-" => NetworkDecision::Refused,
+            b"!" => NetworkDecision::Failed,
             json => match serde_json::from_slice::<ConnectionRecord>(json) {
                 Ok(record) => {
-                    let d = record.decision.clone();
+                    let d = record.decision;
                     report.connections.push(record);
                     d
                 }
                 Err(_) => continue,
             },
         };
-        match decision.as_str() {
-            "allowed" => report.allowed += 1,
-            "refused" => report.refused += 1,
-            _ => report.failed += 1,
+        match decision {
+            NetworkDecision::Allowed => report.allowed += 1,
+            NetworkDecision::Refused => report.refused += 1,
+            NetworkDecision::Failed => report.failed += 1,
         }
     }
     report
@@ -297,10 +301,12 @@ fn serve(listener: OwnedFd, log: OwnedFd, config: ProxyConfig) -> ! {
         if shared.active.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
             shared.active.fetch_sub(1, Ordering::SeqCst);
             shared.record(ConnectionRecord {
-                protocol: "tcp".into(),
-                decision: "refused".into(),
+                protocol: ProxyProtocol::Tcp,
+                host: String::new(),
+                port: 0,
+                decision: NetworkDecision::Refused,
+                address: None,
                 reason: Some(format!("more than {MAX_ACTIVE} connections at once")),
-                ..ConnectionRecord::default()
             });
             continue;
         }
@@ -340,18 +346,23 @@ enum Refusal {
 }
 
 /// Decide and connect to `host:port` for `protocol`, recording the decision.
-fn connect(shared: &Shared, protocol: &str, host: &str, port: u16) -> Result<TcpStream, Refusal> {
+fn connect(
+    shared: &Shared,
+    protocol: ProxyProtocol,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, Refusal> {
     let result = connect_inner(shared, host, port);
     let (decision, address, reason) = match &result {
-        Ok((_, addr)) => ("allowed", Some(addr.to_string()), None),
-        Err(Refusal::Policy(r)) => ("refused", None, Some(r.clone())),
-        Err(Refusal::Failed(r)) => ("failed", None, Some(r.clone())),
+        Ok((_, addr)) => (NetworkDecision::Allowed, Some(addr.to_string()), None),
+        Err(Refusal::Policy(r)) => (NetworkDecision::Refused, None, Some(r.clone())),
+        Err(Refusal::Failed(r)) => (NetworkDecision::Failed, None, Some(r.clone())),
     };
     shared.record(ConnectionRecord {
-        protocol: protocol.into(),
+        protocol,
         host: normalize(host),
         port,
-        decision: decision.into(),
+        decision,
         address,
         reason,
     });
@@ -591,15 +602,15 @@ fn http(mut client: TcpStream, first: u8, shared: &Shared) {
         }
     };
     let (protocol, host, port) = match &request {
-        HttpRequest::Connect { host, port } => ("connect", host.clone(), *port),
-        HttpRequest::Forward { host, port, .. } => ("http", host.clone(), *port),
+        HttpRequest::Connect { host, port } => (ProxyProtocol::Connect, host.clone(), *port),
+        HttpRequest::Forward { host, port, .. } => (ProxyProtocol::Http, host.clone(), *port),
     };
     let mut upstream = match connect(shared, protocol, &host, port) {
         Ok(s) => s,
         Err(Refusal::Policy(why)) => {
             let body = format!(
                 "phantom: {} {host}:{port} refused by the network policy of profile `{}` (sandbox {}): {why}\n",
-                if protocol == "connect" { "CONNECT" } else { "request to" },
+                if protocol == ProxyProtocol::Connect { "CONNECT" } else { "request to" },
                 shared.config.profile,
                 shared.config.sandbox_id
             );
@@ -713,7 +724,7 @@ fn socks5(mut client: TcpStream, shared: &Shared) {
         reply(&mut client, 8);
         return;
     };
-    match connect(shared, "socks5", &host, port) {
+    match connect(shared, ProxyProtocol::Socks5, &host, port) {
         Ok(upstream) => {
             reply(&mut client, 0);
             splice(client, upstream);
@@ -844,10 +855,14 @@ mod tests {
         let extra = 7;
         for i in 0..MAX_RECORDS + extra {
             shared.record(ConnectionRecord {
-                protocol: "connect".into(),
+                protocol: ProxyProtocol::Connect,
                 host: format!("h{i}.test"),
                 port: 443,
-                decision: if i % 2 == 0 { "refused" } else { "allowed" }.into(),
+                decision: if i % 2 == 0 {
+                    NetworkDecision::Refused
+                } else {
+                    NetworkDecision::Allowed
+                },
                 address: None,
                 reason: None,
             });
@@ -871,10 +886,10 @@ mod tests {
     fn the_log_becomes_counts_and_records() {
         let rec = |d: &str| {
             serde_json::to_string(&ConnectionRecord {
-                protocol: "connect".into(),
+                protocol: ProxyProtocol::Connect,
                 host: "pypi.org".into(),
                 port: 443,
-                decision: d.into(),
+                decision: d.parse().unwrap(),
                 address: None,
                 reason: None,
             })
@@ -889,6 +904,6 @@ mod tests {
         let report = report_from_log(log.as_bytes());
         assert_eq!((report.allowed, report.refused, report.failed), (2, 3, 2));
         assert_eq!(report.connections.len(), 3);
-        assert_eq!(report.connections[1].decision, "refused");
+        assert_eq!(report.connections[1].decision, NetworkDecision::Refused);
     }
 }

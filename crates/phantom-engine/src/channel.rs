@@ -25,7 +25,7 @@
 //!    working directory that does not exist there), and last [`FromInit::Exited`] with
 //!    the payload's status and rusage.
 //!
-//! A pre-started interpreter (`warm/zygote.py`) speaks the same [`FromInit`] to its
+//! A pre-started interpreter (`zygote.py`) speaks the same [`FromInit`] to its
 //! init on fd 3: `Landlock` from its fence, then `Ready` once Python has loaded.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -106,8 +106,6 @@ pub(crate) fn readable(chan: BorrowedFd<'_>, timeout: Duration) -> bool {
 
 /// The largest [`FromInit`] message.
 pub(crate) const FROM_INIT_MAX: usize = 64 * 1024;
-/// The largest [`ToInit`] message (a run's argv and environment included).
-pub(crate) const TO_INIT_MAX: usize = 256 * 1024;
 
 /// What the spawner sends a sandbox's init.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -117,6 +115,9 @@ pub(crate) enum ToInit {
     Go { mounts: Vec<GoMount> },
     /// A pooled sandbox's run.
     Run(Box<RunSpec>),
+    /// Direct mode (no pid namespace): kill the payload and everything it started,
+    /// then report and exit.
+    Kill,
 }
 
 impl ToInit {
@@ -124,6 +125,7 @@ impl ToInit {
         match self {
             ToInit::Go { .. } => "go",
             ToInit::Run(_) => "run",
+            ToInit::Kill => "kill",
         }
     }
 }
@@ -169,8 +171,13 @@ impl RunSpec {
 pub(crate) enum FromInit {
     /// Setup failed; the message names the step. The init exits.
     SetupFailed { message: String },
-    /// A value of the request is wrong inside the sandbox (the caller's mistake).
-    Refused { message: String },
+    /// A value of the request is wrong inside the sandbox (the caller's mistake): the
+    /// field, the value and what is wrong with it.
+    Refused {
+        field: Option<phantom_api::request::Field>,
+        value: Option<String>,
+        message: String,
+    },
     /// The egress proxy's listening socket is attached (network `limited`).
     Proxy,
     /// A pooled sandbox (or a pre-started interpreter) waits for its run.
@@ -195,7 +202,7 @@ impl FromInit {
     pub(crate) fn name(&self) -> String {
         match self {
             FromInit::SetupFailed { message } => format!("setup_failed ({message})"),
-            FromInit::Refused { message } => format!("refused ({message})"),
+            FromInit::Refused { message, .. } => format!("refused ({message})"),
             FromInit::Proxy => "proxy".into(),
             FromInit::Ready => "ready".into(),
             FromInit::Namespaces => "namespaces".into(),
@@ -269,6 +276,99 @@ impl Report {
     }
 }
 
+/// Send a message of the engine protocol (`phantom_api::engine`): inline when it is
+/// small, else in a memfd (see the protocol's docs). `wait`: block while the peer's
+/// buffer is full (a client sending its request); without it a peer that does not
+/// read gets an error (the engine never waits for a client).
+pub(crate) fn send_message<M: Serialize>(
+    conn: BorrowedFd<'_>,
+    message: &M,
+    fds: &[BorrowedFd<'_>],
+    wait: bool,
+) -> Result<(), ChannelError> {
+    use phantom_api::engine::{LARGE_MARKER, MAX_INLINE};
+    let bytes = serde_json::to_vec(message).expect("protocol messages serialize");
+    let send = |bytes: &[u8], fds: &[BorrowedFd<'_>]| {
+        if wait {
+            fdpass::send_fds(conn, bytes, fds)
+        } else {
+            fdpass::try_send_fds(conn, bytes, fds)
+        }
+    };
+    if bytes.len() <= MAX_INLINE {
+        send(&bytes, fds)?;
+        return Ok(());
+    }
+    let memfd = rustix::fs::memfd_create("phantom-message", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| SysError::new("memfd_create", "phantom-message", e.into()))?;
+    let mut written = 0;
+    while written < bytes.len() {
+        written += rustix::io::pwrite(&memfd, &bytes[written..], written as u64)
+            .map_err(|e| SysError::new("write", "phantom-message", e.into()))?;
+    }
+    let mut all = vec![memfd.as_fd()];
+    all.extend_from_slice(fds);
+    send(&[LARGE_MARKER], &all)?;
+    Ok(())
+}
+
+/// Receive a message of the engine protocol with up to `max_fds` fds (a large one is
+/// read from its memfd). `peer` names the other end in errors.
+pub(crate) fn recv_message<M: DeserializeOwned>(
+    conn: BorrowedFd<'_>,
+    max_fds: usize,
+    peer: &'static str,
+) -> Result<(M, Vec<OwnedFd>), ChannelError> {
+    use phantom_api::engine::{LARGE_MARKER, MAX_INLINE, MAX_MESSAGE};
+    let mut buf = vec![0u8; MAX_INLINE + 1];
+    let (n, mut fds) = fdpass::recv_fds(conn, &mut buf, max_fds + 1)?;
+    if n == 0 {
+        return Err(ChannelError::Closed { peer });
+    }
+    let malformed = |detail: String| ChannelError::Malformed { peer, detail };
+    let bytes = if n == 1 && buf[0] == LARGE_MARKER {
+        if fds.is_empty() {
+            return Err(malformed("a large message without its memfd".into()));
+        }
+        let memfd = fds.remove(0);
+        let size = rustix::fs::fstat(&memfd)
+            .map_err(|e| SysError::new("fstat", "phantom-message", e.into()))?
+            .st_size
+            .max(0) as u64;
+        if size > MAX_MESSAGE {
+            return Err(malformed(format!("{size} bytes, more than {MAX_MESSAGE}")));
+        }
+        let mut bytes = vec![0u8; size as usize];
+        let mut read = 0;
+        while read < bytes.len() {
+            match rustix::io::pread(&memfd, &mut bytes[read..], read as u64) {
+                Ok(0) => break,
+                Ok(k) => read += k,
+                Err(e) => return Err(SysError::new("read", "phantom-message", e.into()).into()),
+            }
+        }
+        bytes.truncate(read);
+        bytes
+    } else if n > MAX_INLINE {
+        return Err(malformed(format!(
+            "an inline message longer than {MAX_INLINE} bytes"
+        )));
+    } else {
+        buf.truncate(n);
+        buf
+    };
+    if fds.len() > max_fds {
+        return Err(malformed(format!("{} fds, at most {max_fds}", fds.len())));
+    }
+    let message = serde_json::from_slice(&bytes).map_err(|e| {
+        malformed(format!(
+            "{e}: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        ))
+    })?;
+    Ok((message, fds))
+}
+
 /// Send on a channel we hold as an `OwnedFd` (convenience for the init's side).
 pub(crate) fn tell(chan: &OwnedFd, message: &FromInit) -> Result<(), ChannelError> {
     send(chan.as_fd(), message, &[])
@@ -277,6 +377,40 @@ pub(crate) fn tell(chan: &OwnedFd, message: &FromInit) -> Result<(), ChannelErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pooled run whose argv and environment passed 256 KiB failed: "cannot hand the
+    /// run to the pooled sandbox: Message too long". It travels in a memfd now.
+    #[test]
+    fn a_run_larger_than_a_packet_reaches_a_pooled_init() {
+        let (a, b) = fdpass::channel().unwrap();
+        let (stdout, _keep) = phantom_linux::process::pipe().unwrap();
+        let big = "a".repeat(300 * 1024);
+        let spec = RunSpec {
+            argv: vec!["sh".into(), "-c".into(), "echo ${#BIG}".into()],
+            env: vec![("BIG".into(), big.clone())],
+            cwd: "/workspace".into(),
+            rlimit_nproc: None,
+            rlimit_data: None,
+            stdin_fd: false,
+            files_fd: false,
+            workspace_fd: false,
+        };
+        // The peer reads while we send: the memfd, not the socket buffer, holds it.
+        let reader = std::thread::spawn(move || recv_message::<ToInit>(b.as_fd(), 5, "spawner"));
+        send_message(
+            a.as_fd(),
+            &ToInit::Run(Box::new(spec)),
+            &[stdout.as_fd()],
+            true,
+        )
+        .unwrap();
+        let (msg, fds) = reader.join().unwrap().unwrap();
+        let ToInit::Run(got) = msg else {
+            panic!("not a run: {}", msg.name())
+        };
+        assert_eq!(got.env, [("BIG".to_string(), big)]);
+        assert_eq!(fds.len(), 1);
+    }
 
     #[test]
     fn messages_cross_a_socket_pair_with_their_fds() {
@@ -290,7 +424,7 @@ mod tests {
             &[pipe_r.as_fd()],
         )
         .unwrap();
-        let (msg, fds) = recv::<ToInit>(b.as_fd(), TO_INIT_MAX, 2, "spawner").unwrap();
+        let (msg, fds) = recv::<ToInit>(b.as_fd(), 4096, 2, "spawner").unwrap();
         assert!(matches!(msg, ToInit::Go { mounts } if mounts == [GoMount::Workspace]));
         assert_eq!(fds.len(), 1);
 
@@ -321,8 +455,26 @@ mod tests {
     }
 
     #[test]
+    fn large_protocol_messages_travel_in_a_memfd_with_their_fds() {
+        use phantom_api::engine::Reply;
+        let (a, b) = fdpass::channel().unwrap();
+        let big = Reply::Destroyed((0..20_000).map(|i| format!("sandbox-{i}")).collect());
+        let (pipe_r, _pipe_w) = phantom_linux::process::pipe().unwrap();
+        // The reader runs alongside: the marker packet is small, the memfd holds the rest.
+        send_message(a.as_fd(), &big, &[pipe_r.as_fd()], true).unwrap();
+        let (got, fds) = recv_message::<Reply>(b.as_fd(), 1, "engine").unwrap();
+        assert_eq!(got, big);
+        assert_eq!(fds.len(), 1);
+        send_message(a.as_fd(), &Reply::Workspace, &[], false).unwrap();
+        assert_eq!(
+            recv_message::<Reply>(b.as_fd(), 0, "engine").unwrap().0,
+            Reply::Workspace
+        );
+    }
+
+    #[test]
     fn the_interpreters_ready_is_a_from_init_message() {
-        // warm/zygote.py sends exactly this text.
+        // zygote.py sends exactly this text.
         let msg: FromInit = serde_json::from_str(r#"{"type": "ready"}"#).unwrap();
         assert!(matches!(msg, FromInit::Ready));
     }

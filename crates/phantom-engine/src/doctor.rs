@@ -178,8 +178,9 @@ pub fn run(live: bool) -> Vec<Check> {
         (!overlay).then_some("modprobe overlay (needed for image-backed sandboxes)"),
     ));
 
-    let socket = crate::warm::socket_path();
-    out.push(match crate::warm::client::status() {
+    let socket = crate::client::socket_path();
+    let engine = crate::EngineClient::supervisor_or_private();
+    out.push(match engine.pools() {
         Ok(status) => check(
             "warm pools",
             "ok",
@@ -222,21 +223,34 @@ fn is_writable(dir: &std::path::Path) -> bool {
 }
 
 fn live_check() -> Check {
-    use phantom_api::{PolicySource, RunOverrides, RunRequest};
+    use crate::client::{Output, RunIo, Stdin, Wake};
+    use phantom_api::request::{Limits, RunOptions, RunRequest};
     let request = RunRequest {
-        policy: PolicySource::Profile(phantom_policy::DEFAULT_PROFILE.into()),
-        overrides: RunOverrides {
-            timeout: Some("10s".into()),
-            ..Default::default()
+        argv: Some(vec!["true".into()]),
+        options: RunOptions {
+            profile: Some(phantom_policy::DEFAULT_PROFILE.into()),
+            limits: Limits {
+                timeout: Some("10s".into()),
+                ..Limits::default()
+            },
+            ..RunOptions::default()
         },
-        argv: vec!["true".into()],
-        env: Vec::new(),
-        cwd: None,
-        workspace: None,
-        capture_output: true,
-        image: None,
+        ..RunRequest::default()
     };
-    match crate::prepare(&request).and_then(|p| p.run()) {
+    let io = RunIo {
+        stdin: Stdin::Null,
+        output: Output::capture(),
+        wake: Wake::Nothing,
+        on_started: None,
+    };
+    // A fresh sandbox, as a first run without a supervisor gets it.
+    let run = crate::EngineClient::private().run(
+        phantom_api::access::Principal::local(),
+        request,
+        true,
+        io,
+    );
+    match run {
         Ok(r) if r.exit_code == 0 => check(
             "sandbox start",
             "ok",

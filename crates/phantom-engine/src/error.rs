@@ -1,6 +1,7 @@
 //! Errors of the engine. Each says what went wrong and, where the user can act,
 //! how to fix it.
 
+use phantom_api::engine::{Failure, FailureKind};
 use phantom_linux::SysError;
 
 /// Why a run could not start or complete.
@@ -12,6 +13,10 @@ pub enum EngineError {
     /// A value the caller gave is wrong; exit code 2.
     #[error("{0}")]
     Usage(String),
+    /// The request was refused, with a typed reason (a field that is wrong, a grant
+    /// that is missing, a sandbox that is not found).
+    #[error("{0}")]
+    Request(Failure),
     /// The host lacks something this run needs.
     #[error("{what}: {why}\n  hint: {hint}")]
     Unsupported {
@@ -55,10 +60,40 @@ impl EngineError {
     pub fn exit_code(&self) -> i32 {
         match self {
             EngineError::Policy(_) | EngineError::Usage(_) => 2,
+            EngineError::Request(f) => f.kind.exit_code(),
             EngineError::Image(e) => e.exit_code(),
             EngineError::Snapshot(e) => e.exit_code(),
             EngineError::State(e) => e.exit_code(),
             _ => 1,
         }
     }
+
+    /// The error as the engine protocol carries it.
+    pub fn to_failure(&self) -> Failure {
+        let kind = match self {
+            EngineError::Request(f) => return f.clone(),
+            EngineError::Policy(_) | EngineError::Usage(_) => FailureKind::Invalid,
+            EngineError::Unsupported { .. } => FailureKind::Unsupported,
+            EngineError::State(phantom_state::StateError::NameTaken(name)) => {
+                return Failure {
+                    kind: FailureKind::Conflict,
+                    field: Some(phantom_api::request::Field::Name),
+                    value: Some(name.clone()),
+                    message: self.to_string(),
+                }
+            }
+            EngineError::Snapshot(phantom_store::SnapshotError::NotFound(_)) => {
+                FailureKind::NotFound
+            }
+            e if e.exit_code() == 2 => FailureKind::Invalid,
+            _ => FailureKind::Failed,
+        };
+        Failure::new(kind, self.to_string())
+    }
+}
+
+/// A sandbox, snapshot or image that does not exist — or is another owner's: the two
+/// look the same.
+pub(crate) fn not_found(message: String) -> EngineError {
+    EngineError::Request(Failure::new(FailureKind::NotFound, message))
 }

@@ -15,15 +15,14 @@
 //! The root itself is mounted by the sandbox init (`Step::ImageRoot` in `init.rs`).
 //!
 //! A warm pool on an image ([`ImageRun::for_pool`]) takes the same root and
-//! WorkingDir but no command: the client resolves the command, Env and working
-//! directory exactly as for a cold run and sends them with [`ImageRun::warm_image`],
-//! which the supervisor compares with what its pooled sandboxes were built on.
+//! WorkingDir but no command: each run brings its command, Env and working directory
+//! resolved exactly as for a cold run, and the engine compares the image's root and
+//! WorkingDir with what its pooled sandboxes were built on.
 
 use std::path::{Component, Path, PathBuf};
 
 use phantom_image::{ImageConfig, ImageError, ImageStore};
 
-use crate::warm::protocol::WarmImage;
 use crate::EngineError;
 
 /// What a run on an image takes from it, resolved before clone.
@@ -69,26 +68,21 @@ impl ImageRun {
         Ok(ImageRun::open(name)?.0)
     }
 
-    /// What a warm run on this image asks of a pooled sandbox: the same image name,
-    /// built on the same root, with the same WorkingDir made in it.
-    pub(crate) fn warm_image(&self) -> WarmImage {
-        WarmImage {
-            name: self.name.clone(),
-            root_id: self.root_id.clone(),
-            working_dir: self.working_dir.clone(),
-        }
-    }
-
     /// Find image `name` in the default store: its root and config, no command yet.
     fn open(name: &str) -> Result<(ImageRun, ImageConfig), EngineError> {
         let store = ImageStore::open_default()?;
         let root = match store.rootfs(name) {
             Ok(root) => root,
             Err(ImageError::NotFound(_)) => {
-                return Err(EngineError::Usage(format!(
-                    "no image named `{name}` in the store {} (`phantom image list` shows the images there; `phantom image import FILE --name {name}` adds one)",
-                    store.dir().display()
-                )))
+                // The store's host path stays out: remote callers see this message.
+                return Err(EngineError::Request(phantom_api::engine::Failure {
+                    kind: phantom_api::engine::FailureKind::NotFound,
+                    field: Some(phantom_api::request::Field::Image),
+                    value: Some(name.to_string()),
+                    message: format!(
+                        "no image named `{name}` (`phantom image list` shows the images; `phantom image import FILE --name {name}` adds one)"
+                    ),
+                }));
             }
             Err(e) => return Err(e.into()),
         };

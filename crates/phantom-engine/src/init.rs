@@ -1,7 +1,7 @@
 //! The sandbox side of a cold start: what the child does between clone3 and execve.
 //!
 //! The child is born in new user, pid, mount, net, ipc and uts namespaces (see
-//! `cold.rs`). [`sandbox_init`] is its whole life, one linear setup script:
+//! `spawn.rs`). [`sandbox_init`] is its whole life, one linear setup script:
 //!
 //! 1. wait for the parent's GO (uid/gid maps written, cgroup joined, and — when phantom
 //!    runs as root — an idmapped workspace mount attached to the message);
@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use phantom_linux::mount::{self, Attrs};
 use phantom_linux::process::{self, ExitStatus, Rlimit};
 use phantom_linux::{caps, fdpass, landlock, net, seccomp};
+
+use phantom_api::request::Field;
 
 use crate::channel::{self, tell, FromInit, GoMount, RunSpec, ToInit};
 use phantom_policy::{Access, NetworkMode, Plan};
@@ -127,6 +129,9 @@ pub(crate) struct ChildContext {
     pub hostname: String,
     pub network: NetworkMode,
     pub payload: ChildPayload,
+    /// Where a run's files are written: the workspace as the sandbox sees it
+    /// (`/workspace`), or in direct mode its host directory.
+    pub files_dir: PathBuf,
     /// PHANTOM_TRACE=1: the run's start, to print step timings from the sandbox side.
     pub trace: Option<Instant>,
 }
@@ -160,6 +165,7 @@ impl ChildPayload {
                 .stdin
                 .iter()
                 .chain([&p.stdout, &p.stderr])
+                .chain(&p.files)
                 .map(|f| f.as_raw_fd())
                 .collect(),
             ChildPayload::Pooled(_) | ChildPayload::Persistent => Vec::new(),
@@ -251,7 +257,7 @@ pub(crate) struct PayloadContext {
     /// PATH used to look up argv[0].
     pub path_var: String,
     pub cwd: PathBuf,
-    /// The payload's stdin, when it is not phantom's own (see cold.rs StdinRelay).
+    /// The payload's stdin, when the request brought one (else /dev/null).
     pub stdin: Option<OwnedFd>,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
@@ -414,9 +420,9 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
                 None
             };
             tell(chan, &FromInit::Ready).map_err(|e| e.to_string())?;
-            let (message, fds) =
-                channel::recv::<ToInit>(chan.as_fd(), channel::TO_INIT_MAX, 5, "spawner")
-                    .map_err(|e| e.to_string())?;
+            // A run's argv and environment may be larger than a packet: in a memfd then.
+            let (message, fds) = channel::recv_message::<ToInit>(chan.as_fd(), 5, "spawner")
+                .map_err(|e| e.to_string())?;
             let spec = match message {
                 ToInit::Run(spec) => *spec,
                 other => {
@@ -453,7 +459,7 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
                 };
                 mount::set_attrs(&target, attrs, true).map_err(|e| e.to_string())?;
             }
-            write_files(&p, &ctx.steps, chan);
+            write_files(&p, &ctx.files_dir, chan);
             if let Some(z) = zygote {
                 match zygote_spec {
                     Some(spec) => return z.run(spec, p, chan),
@@ -467,7 +473,7 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
         }
     };
     if let ChildPayload::Ready(p) = &ctx.payload {
-        write_files(p, &ctx.steps, chan);
+        write_files(p, &ctx.files_dir, chan);
     }
     // Forking here is safe: init is single-threaded.
     match process::clone_child(process::Namespaces::default(), None).map_err(|e| e.to_string())? {
@@ -479,71 +485,111 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
 /// Write the request's files (if it has any) into the workspace. This runs in the
 /// init after pivot_root, so every path resolves in the sandbox's own tree; a path
 /// that is absolute or climbs is the caller's mistake: the run is refused (exit 2).
-fn write_files(ctx: &PayloadContext, steps: &[Step], chan: &OwnedFd) {
+fn write_files(ctx: &PayloadContext, workspace: &Path, chan: &OwnedFd) {
     let Some(memfd) = &ctx.files else { return };
-    let workspace = steps
-        .iter()
-        .find_map(|s| match s {
-            Step::Workspace { target, .. } => Some(target.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| PathBuf::from("/workspace"));
-    if let Err(message) = write_files_from(memfd, &workspace) {
-        let _ = tell(chan, &FromInit::Refused { message });
+    if let Err(message) = write_files_from(memfd, workspace) {
+        let refused = FromInit::Refused {
+            field: Some(Field::Files),
+            value: None,
+            message,
+        };
+        let _ = tell(chan, &refused);
         process::exit_now(2);
     }
 }
 
+/// The working directory does not exist in the sandbox: the caller's mistake.
+fn cwd_refused(cwd: &Path, e: &std::io::Error) -> FromInit {
+    FromInit::Refused {
+        field: Some(Field::Cwd),
+        value: Some(cwd.display().to_string()),
+        message: format!("not a directory in the sandbox ({e})"),
+    }
+}
+
 fn write_files_from(memfd: &OwnedFd, workspace: &Path) -> Result<(), String> {
+    use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
     use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     // Read from offset 0 whatever the shared file offset is.
     let mut text = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = rustix::io::pread(memfd, &mut buf, text.len() as u64)
-            .map_err(|e| format!("files: reading the request's files: {e}"))?;
+            .map_err(|e| format!("reading the request's files: {e}"))?;
         if n == 0 {
             break;
         }
         text.extend_from_slice(&buf[..n]);
     }
     let files: Vec<phantom_api::request::FileSpec> =
-        serde_json::from_slice(&text).map_err(|e| format!("files: {e}"))?;
+        serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    // Every step beneath the workspace's fd and never through a symlink: a host
+    // workspace (direct mode runs on the host) may hold links planted by an earlier run.
+    let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let root = rfs::open(
+        workspace,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("{}: {e}", workspace.display()))?;
     for file in files {
         let relative = Path::new(&file.path);
-        let plain = !file.path.is_empty()
-            && relative
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        let parts: Vec<&std::ffi::OsStr> = relative
+            .components()
+            .map_while(|c| match c {
+                std::path::Component::Normal(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        let plain = !file.path.is_empty() && parts.len() == relative.components().count();
         if !plain {
             return Err(format!(
-                "files: `{}`: give a relative path inside the workspace without `..`, e.g. src/main.py",
+                "`{}`: give a relative path inside the workspace without `..`, e.g. src/main.py",
                 file.path
             ));
         }
-        let path = workspace.join(relative);
-        if let Some(parent) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)
-                .map_err(|e| format!("files: `{}`: {e}", file.path))?;
+        let failed = |e: rustix::io::Errno| format!("`{}`: {e}", file.path);
+        let (name, parents) = parts.split_last().expect("a plain path has a component");
+        let mut dir = root
+            .try_clone()
+            .map_err(|e| format!("`{}`: {e}", file.path))?;
+        for part in parents {
+            match rfs::mkdirat(&dir, *part, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(failed(e)),
+            }
+            dir = rfs::openat2(
+                &dir,
+                *part,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                beneath,
+            )
+            .map_err(failed)?;
         }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&path)
-            .and_then(|mut f| f.write_all(file.content.as_bytes()))
-            .map_err(|e| format!("files: `{}`: {e}", file.path))?;
+        let fd = rfs::openat2(
+            &dir,
+            *name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+            beneath,
+        )
+        .map_err(failed)?;
+        // Replace a regular file only (a FIFO or device swapped in is refused).
+        let kind = rfs::FileType::from_raw_mode(rfs::fstat(&fd).map_err(failed)?.st_mode);
+        if kind != rfs::FileType::RegularFile {
+            return Err(format!("`{}`: not a regular file", file.path));
+        }
+        rfs::ftruncate(&fd, 0).map_err(failed)?;
+        std::fs::File::from(fd)
+            .write_all(file.content.as_bytes())
+            .map_err(|e| format!("`{}`: {e}", file.path))?;
     }
     Ok(())
 }
 
-/// The source of the pre-started interpreter (see warm/zygote.py).
-const ZYGOTE_PY: &str = include_str!("warm/zygote.py");
+/// The source of the pre-started interpreter (see zygote.py).
+const ZYGOTE_PY: &str = include_str!("zygote.py");
 
 /// A pooled sandbox's pre-started python3, waiting on its channel for one request.
 struct Zygote {
@@ -562,6 +608,21 @@ struct Zygote {
 /// must see them as the pre-started interpreter did, or it gets a fresh one.
 fn shapes_startup(key: &str) -> bool {
     key == "LANG" || key.starts_with("LC_") || key.starts_with("PYTHON")
+}
+
+/// The largest request handed to a pre-started interpreter: one seqpacket packet,
+/// well under zygote.py's 256 KiB buffer and the socket's send buffer.
+const ZYGOTE_REQUEST_MAX: usize = 128 * 1024;
+
+/// What zygote.py reads: `{argv, env, cwd, rlimit_nproc, rlimit_data}`.
+fn zygote_request(spec: &RunSpec) -> serde_json::Value {
+    serde_json::json!({
+        "argv": spec.argv,
+        "env": spec.env,
+        "cwd": spec.cwd,
+        "rlimit_nproc": spec.rlimit_nproc,
+        "rlimit_data": spec.rlimit_data,
+    })
 }
 
 impl Zygote {
@@ -701,7 +762,10 @@ impl Zygote {
         let mut startup = self.startup_env.clone();
         env.sort();
         startup.sort();
-        shape_ok && same_interpreter && env == startup
+        // The request goes to the interpreter in one packet (zygote.py reads up to
+        // 256 KiB); a larger one gets a plain exec.
+        let fits = zygote_request(spec).to_string().len() <= ZYGOTE_REQUEST_MAX;
+        shape_ok && same_interpreter && env == startup && fits
     }
 
     /// Hand the request to the interpreter, which becomes the payload.
@@ -714,21 +778,11 @@ impl Zygote {
         // The working directory is checked here, with the message a cold run gives,
         // so that the interpreter never has to talk back.
         if let Err(e) = std::fs::read_dir(&ctx.cwd).map(drop) {
-            let msg = format!(
-                "--cwd {}: not a directory in the sandbox ({e})",
-                ctx.cwd.display()
-            );
-            let _ = tell(chan, &FromInit::Refused { message: msg });
+            let _ = tell(chan, &cwd_refused(&ctx.cwd, &e));
             self.discard();
             process::exit_now(2);
         }
-        let request = serde_json::json!({
-            "argv": spec.argv,
-            "env": spec.env,
-            "cwd": spec.cwd,
-            "rlimit_nproc": spec.rlimit_nproc,
-            "rlimit_data": spec.rlimit_data,
-        });
+        let request = zygote_request(&spec);
         let null;
         let stdin = match &ctx.stdin {
             Some(fd) => fd.as_fd(),
@@ -1228,11 +1282,7 @@ pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
     if let Err(e) = std::env::set_current_dir(&ctx.cwd) {
         // The caller's mistake, not the payload's exit code: the front end reports it
         // as a usage error.
-        let msg = format!(
-            "--cwd {}: not a directory in the sandbox ({e})",
-            ctx.cwd.display()
-        );
-        let _ = tell(chan, &FromInit::Refused { message: msg });
+        let _ = tell(chan, &cwd_refused(&ctx.cwd, &e));
         process::exit_now(2);
     }
     let Some(program) = resolve(&ctx.argv[0], &ctx.path_var) else {
@@ -1487,18 +1537,104 @@ pub(crate) fn landlock_rules(plan: &Plan) -> Vec<landlock::Rule> {
 
 /// Direct mode: no namespaces; the child is the payload itself once the parent has
 /// put it in the cgroup. Never returns.
+///
+/// It stays between the spawner and the payload: it makes itself the subreaper of
+/// everything the payload starts (so that what leaves the payload's session is still
+/// found), forwards signals to the payload's group, and when the payload exits — or the
+/// spawner sends [`ToInit::Kill`] — kills every descendant before it reports and exits.
+/// The spawner never has to find or kill a direct run's processes itself.
 pub(crate) fn direct_child(ctx: ChildContext, chan: OwnedFd) -> ! {
+    process::set_name("phantom:direct");
     let _ = process::set_parent_death_signal_kill();
+    let mut waited = process::FORWARDED_SIGNALS.to_vec();
+    waited.push(libc::SIGCHLD);
+    let _ = process::block_signals(&waited);
     if phantom_linux::cgroup::join_self(&ctx.cgroup_tasks).is_err() {
         process::exit_now(125);
     }
-    let ChildPayload::Ready(ctx) = ctx.payload else {
+    let ChildPayload::Ready(p) = &ctx.payload else {
         // Direct mode has no warm pools.
         process::exit_now(125)
     };
-    match recv_go(&chan) {
-        Ok(_) => payload(&ctx, &chan),
-        Err(_) => process::exit_now(1),
+    if recv_go(&chan).is_err() {
+        process::exit_now(1);
+    }
+    if let Err(e) = process::set_child_subreaper() {
+        let _ = tell(
+            &chan,
+            &FromInit::SetupFailed {
+                message: e.to_string(),
+            },
+        );
+        process::exit_now(1);
+    }
+    write_files(p, &ctx.files_dir, &chan);
+    let payload_pid = match process::clone_child(process::Namespaces::default(), None) {
+        Ok(process::Forked::Child) => payload(p, &chan),
+        Ok(process::Forked::Parent { pid, .. }) => pid,
+        Err(e) => {
+            let _ = tell(
+                &chan,
+                &FromInit::SetupFailed {
+                    message: e.to_string(),
+                },
+            );
+            process::exit_now(1)
+        }
+    };
+    let Ok(sigfd) = process::signalfd(&waited) else {
+        kill_descendants();
+        process::exit_now(1)
+    };
+    let (status, usage) = loop {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [
+            PollFd::new(&sigfd, PollFlags::IN),
+            PollFd::new(&chan, PollFlags::IN),
+        ];
+        let second = Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        let _ = poll(&mut fds, Some(&second));
+        let (signals, told) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
+        if told {
+            // Kill, or the spawner is gone: either way nothing of the run may stay.
+            let _ = channel::recv::<ToInit>(chan.as_fd(), 4096, 0, "spawner");
+            let _ = process::kill(-payload_pid, libc::SIGKILL);
+            let _ = process::kill(payload_pid, libc::SIGKILL);
+        }
+        if signals {
+            while let Some(signal) = process::read_signalfd(sigfd.as_fd()) {
+                if signal != libc::SIGCHLD {
+                    // To the payload's group (it leads its own session).
+                    let _ = process::kill(-payload_pid, signal);
+                }
+            }
+        }
+        if let Some(done) = reap(payload_pid) {
+            break done;
+        }
+    };
+    // The payload is done: nothing it started may outlive it.
+    kill_descendants();
+    let _ = tell(&chan, &FromInit::exited(status, usage));
+    process::exit_now(0)
+}
+
+/// SIGKILL and reap every descendant of this process (a direct run's cleanup; we are
+/// their subreaper).
+fn kill_descendants() {
+    for _ in 0..100 {
+        let left = process::descendants(process::getpid());
+        if left.is_empty() {
+            return;
+        }
+        for pid in left {
+            let _ = process::kill(pid, libc::SIGKILL);
+        }
+        while let Ok(Some(_)) = process::wait4(-1, true) {}
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -1,31 +1,40 @@
-//! The Phantom Fragment engine: turns a [`phantom_api::RunRequest`] into a sandboxed
-//! process and a [`phantom_api::RunReport`].
+//! The Phantom Fragment engine: the one process that starts sandboxes, and the client
+//! every front end talks to it with.
 //!
-//! * [`prepare`] loads and compiles the policy (no process exists yet) and, for a run
-//!   on an image, finds the image and applies its config (`image_run.rs`);
-//! * [`Prepared::run`] is the cold path: clone3 into new namespaces, the sandbox init
-//!   (`init.rs`) builds the root and execs the payload, the front end relays output,
-//!   enforces the timeout and cleans up (`cold.rs`);
-//! * [`warm`] — pools of pre-built sandboxes (the supervisor) and their client;
-//! * [`sandbox`] — persistent sandboxes: create, exec, files, snapshots, destroy;
-//! * [`doctor`] reports what this host supports;
-//! * [`EngineError`] — why any of it failed, wrapping the errors of the crates it
-//!   drives: images (phantom-image), snapshots (phantom-store), the egress proxy
-//!   (phantom-egress) and the state database (phantom-state).
+//! * [`server`] — the engine itself: a single-threaded event loop that alone calls
+//!   clone3. It runs programs in fresh sandboxes (warm from its pools when one serves
+//!   the plan, else cold), keeps persistent sandboxes through their keepers, joins
+//!   commands into them, and answers the engine protocol (`phantom_api::engine`) on a
+//!   unix socket. `phantom-supervisor` serves it; the CLI forks a private one when no
+//!   supervisor runs; the MCP server and the HTTP API start theirs before any thread.
+//! * [`client`] — [`EngineClient`]: run, exec, create, destroy, list, get, metrics,
+//!   workspace, pools — the same calls from every front end, with the program's stdio
+//!   relayed in the caller's process.
+//! * Inside the engine: `prepare.rs` (a request → a compiled, checked plan: policy,
+//!   limits, grants, image), `spawn.rs` (clone3 and everything before the init's
+//!   setup), `init.rs` (the sandbox's pid 1: mounts, pivot_root, fences, the payload),
+//!   `channel.rs` (the typed messages between them), `sandbox/` (keepers, joining a
+//!   sandbox, file operations beneath a workspace).
+//! * [`doctor`] reports what this host supports; [`EngineError`] is why anything
+//!   failed, wrapping the errors of the crates it drives: images (phantom-image),
+//!   snapshots (phantom-store), the egress proxy (phantom-egress) and the state
+//!   database (phantom-state).
 #![forbid(unsafe_code)]
 
 mod channel;
-mod cold;
+pub mod client;
 pub mod doctor;
 mod error;
 pub mod ids;
 mod image_run;
 mod init;
+mod prepare;
+pub mod pressure;
 mod relay;
 pub mod sandbox;
+pub mod server;
 mod spawn;
-pub mod warm;
 pub mod workspace;
 
-pub use cold::{prepare, Prepared};
+pub use client::EngineClient;
 pub use error::EngineError;

@@ -101,28 +101,66 @@ impl StdinRelay {
     }
 }
 
-/// Where payload output goes.
-pub(crate) struct Sink {
-    pub capture: Option<Vec<u8>>,
-    /// Our own fd 1 or 2, for pass-through.
-    pub target: i32,
-    /// The reader side of the payload's pipe, until EOF.
-    pub pipe: Option<OwnedFd>,
+/// Which of the program's outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Where a program's output goes.
+pub enum Output<'a> {
+    /// To our own stdout and stderr, as it comes.
+    Inherit,
+    /// Into the report (`stdout`, `stderr`).
+    Capture(Vec<u8>, Vec<u8>),
+    /// To a callback, as it comes (an HTTP event stream).
+    Stream(&'a mut (dyn FnMut(Stream, &[u8]) + Send)),
+}
+
+impl Output<'_> {
+    /// Capture into the report.
+    pub fn capture<'a>() -> Output<'a> {
+        Output::Capture(Vec::new(), Vec::new())
+    }
+
+    fn take(&mut self, stream: Stream, data: &[u8]) {
+        match self {
+            Output::Inherit => write_all(stream, data),
+            Output::Capture(out, err) => match stream {
+                Stream::Stdout => out.extend_from_slice(data),
+                Stream::Stderr => err.extend_from_slice(data),
+            },
+            Output::Stream(f) => f(stream, data),
+        }
+    }
+
+    /// The captured output (lossy UTF-8), as (stdout, stderr), when capturing.
+    pub(crate) fn captured(&mut self) -> (Option<String>, Option<String>) {
+        match self {
+            Output::Capture(out, err) => (
+                Some(String::from_utf8_lossy(&std::mem::take(out)).into_owned()),
+                Some(String::from_utf8_lossy(&std::mem::take(err)).into_owned()),
+            ),
+            _ => (None, None),
+        }
+    }
 }
 
 /// stdout and stderr of one run, with the shared output cap.
 pub(crate) struct Relay {
-    pub sinks: [Sink; 2],
+    /// The read ends of the payload's pipes, until EOF.
+    pipes: [Option<OwnedFd>; 2],
+    /// Bytes still kept; beyond, output is read and dropped (so a payload never
+    /// blocks on a full pipe).
     pub budget: u64,
     pub truncated: bool,
 }
 
-fn write_all(fd: i32, mut data: &[u8]) {
-    // SAFETY-free: our own stdio fds stay open for the life of the process.
-    let out = if fd == 1 {
-        rustix::stdio::stdout()
-    } else {
-        rustix::stdio::stderr()
+fn write_all(stream: Stream, mut data: &[u8]) {
+    let out = match stream {
+        Stream::Stdout => rustix::stdio::stdout(),
+        Stream::Stderr => rustix::stdio::stderr(),
     };
     while !data.is_empty() {
         match rustix::io::write(out, data) {
@@ -156,15 +194,24 @@ impl Polled {
 }
 
 impl Relay {
-    /// Read what is available on sink `i`; false at EOF.
-    pub(crate) fn pump(&mut self, i: usize) -> bool {
+    /// The relay of the pipes `out` and `err`, keeping `budget` bytes in all.
+    pub(crate) fn new(out: OwnedFd, err: OwnedFd, budget: u64) -> Relay {
+        Relay {
+            pipes: [Some(out), Some(err)],
+            budget,
+            truncated: false,
+        }
+    }
+
+    /// Read what is available on pipe `i` into `output`; false at EOF.
+    fn pump(&mut self, i: usize, output: &mut Output<'_>) -> bool {
         let mut buf = [0u8; 65536];
-        let Some(pipe) = self.sinks[i].pipe.as_ref() else {
+        let Some(pipe) = self.pipes[i].as_ref() else {
             return false;
         };
         match rustix::io::read(pipe, &mut buf) {
             Ok(0) => {
-                self.sinks[i].pipe = None;
+                self.pipes[i] = None;
                 false
             }
             Ok(n) => {
@@ -173,16 +220,19 @@ impl Relay {
                     self.truncated = true;
                 }
                 self.budget -= keep as u64;
-                let sink = &mut self.sinks[i];
-                match sink.capture.as_mut() {
-                    Some(v) => v.extend_from_slice(&buf[..keep]),
-                    None => write_all(sink.target, &buf[..keep]),
+                if keep > 0 {
+                    let stream = if i == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    output.take(stream, &buf[..keep]);
                 }
                 true
             }
             Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => true,
             Err(_) => {
-                self.sinks[i].pipe = None;
+                self.pipes[i] = None;
                 false
             }
         }
@@ -198,8 +248,8 @@ impl Relay {
             pipes: [None, None],
             stdin: None,
         };
-        for (i, sink) in self.sinks.iter().enumerate() {
-            if let Some(p) = &sink.pipe {
+        for (i, pipe) in self.pipes.iter().enumerate() {
+            if let Some(p) = pipe {
                 fds.push(PollFd::new(p, PollFlags::IN));
                 polled.pipes[i] = Some(fds.len() - 1);
             }
@@ -212,49 +262,26 @@ impl Relay {
     }
 
     /// Move what a poll found ready.
-    pub(crate) fn pump_ready(&mut self, stdin: &mut StdinRelay, ready: Ready) {
+    pub(crate) fn pump_ready(
+        &mut self,
+        stdin: &mut StdinRelay,
+        output: &mut Output<'_>,
+        ready: Ready,
+    ) {
         if ready.stdin {
             stdin.pump();
         }
         for (i, r) in ready.pipes.into_iter().enumerate() {
             if r {
-                self.pump(i);
+                self.pump(i, output);
             }
         }
     }
 
-    /// stdout and stderr of a run, read from `out` and `err`, captured when `capture`
-    /// (else passed through to our own stdout/stderr), `budget` bytes in all.
-    pub(crate) fn new(out: OwnedFd, err: OwnedFd, capture: bool, budget: u64) -> Relay {
-        Relay {
-            sinks: [
-                Sink {
-                    capture: capture.then(Vec::new),
-                    target: 1,
-                    pipe: Some(out),
-                },
-                Sink {
-                    capture: capture.then(Vec::new),
-                    target: 2,
-                    pipe: Some(err),
-                },
-            ],
-            budget,
-            truncated: false,
-        }
-    }
-
-    /// Read everything left (after the sandbox is gone, the pipes are at EOF).
-    pub(crate) fn drain(&mut self) {
+    /// Read everything left (once the program is gone, the pipes reach EOF).
+    pub(crate) fn drain(&mut self, output: &mut Output<'_>) {
         for i in 0..2 {
-            while self.pump(i) {}
+            while self.pump(i, output) {}
         }
-    }
-
-    /// The captured output, as (stdout, stderr), when capturing.
-    pub(crate) fn captured(self) -> (Option<String>, Option<String>) {
-        let [out, err] = self.sinks;
-        let text = |v: Option<Vec<u8>>| v.map(|v| String::from_utf8_lossy(&v).into_owned());
-        (text(out.capture), text(err.capture))
     }
 }

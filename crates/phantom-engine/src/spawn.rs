@@ -1,6 +1,7 @@
 //! Starting a sandbox: everything between a compiled [`Plan`] and a sandbox init that
-//! is running its setup — shared by the cold path (`cold.rs`, where the payload is
-//! known up front) and the warm pools (`warm/`, where it arrives later).
+//! is running its setup — shared by cold runs (`server/run.rs`, where the payload is
+//! known up front), the warm pools (`server/pool.rs`, where it arrives later) and the
+//! keepers of persistent sandboxes (`sandbox/keeper.rs`).
 //!
 //! Order matters and each step says why:
 //! 1. the run directory (what lets a later run clean up after this one if this front
@@ -26,6 +27,8 @@ use phantom_linux::mount::{self, Attrs};
 use phantom_linux::process::{self, ExitStatus, Forked, Namespaces, Usage};
 use phantom_linux::{fdpass, userns};
 use phantom_policy::{Mode, Mount, Plan};
+
+use phantom_api::engine::{Failure, FailureKind};
 
 use crate::channel::{self, ChannelError, FromInit, GoMount, ToInit};
 use crate::image_run::ImageRun;
@@ -71,8 +74,9 @@ pub(crate) fn ms(d: Duration) -> f64 {
 #[derive(Debug, Default)]
 pub(crate) struct SandboxStatus {
     pub setup_error: Option<String>,
-    /// A request value that turned out wrong inside the sandbox (e.g. --cwd).
-    pub usage_error: Option<String>,
+    /// A request value that turned out wrong inside the sandbox (e.g. its working
+    /// directory).
+    pub refused: Option<Failure>,
     pub landlock_abi: u32,
     pub payload: Option<ExitStatus>,
     /// The payload's own rusage, sent with its status.
@@ -91,8 +95,17 @@ impl SandboxStatus {
                 self.setup_error = Some(message);
                 "sandbox setup failed"
             }
-            FromInit::Refused { message } => {
-                self.usage_error = Some(message);
+            FromInit::Refused {
+                field,
+                value,
+                message,
+            } => {
+                self.refused = Some(Failure {
+                    kind: FailureKind::Invalid,
+                    message,
+                    field,
+                    value,
+                });
                 "request refused inside the sandbox"
             }
             FromInit::Prewarmed => {
@@ -146,25 +159,15 @@ impl SandboxStatus {
         }
     }
 
-    /// How the payload ended, as a report gives it: a request refused inside the
-    /// sandbox or a failed setup is an error; a fired deadline is SIGKILL; else the
-    /// payload's own status (`fallback` when it sent none).
-    pub(crate) fn outcome(
-        &mut self,
-        timed_out: bool,
-        fallback: ExitStatus,
-    ) -> Result<ExitStatus, EngineError> {
-        if let Some(e) = self.usage_error.take() {
-            return Err(EngineError::Usage(e));
+    /// Why the run failed, when it did: a request refused inside the sandbox (the
+    /// caller's mistake), or a failed setup.
+    pub(crate) fn failure(&self) -> Option<Failure> {
+        if let Some(f) = &self.refused {
+            return Some(f.clone());
         }
-        if let Some(e) = self.setup_error.take() {
-            return Err(EngineError::Setup(e));
-        }
-        Ok(if timed_out {
-            ExitStatus::Signaled(libc::SIGKILL)
-        } else {
-            self.payload.unwrap_or(fallback)
-        })
+        self.setup_error
+            .as_ref()
+            .map(|e| Failure::new(FailureKind::Failed, format!("sandbox setup failed: {e}")))
     }
 }
 
@@ -267,15 +270,14 @@ pub(crate) fn spawn_on(
         hostname: plan.hostname.clone(),
         network: plan.network,
         payload,
+        files_dir: if isolated {
+            std::path::PathBuf::from(&plan.workspace_target)
+        } else {
+            run_dir.workspace().to_path_buf()
+        },
         trace: trace.on.then_some(started),
     };
     trace.step("prepared steps");
-    if !isolated {
-        // No pid namespace to take the payload's tree down with it: descendants that
-        // leave its process group (setsid, double fork) are re-parented to us so that
-        // the end of the run can find and kill them.
-        process::set_child_subreaper()?;
-    }
     let ns = if isolated {
         // The cgroup namespace is entered by the child after it joined the cgroup.
         Namespaces {
@@ -409,16 +411,22 @@ pub(crate) fn spawn_on(
 impl Spawned {
     /// Forward a signal to the sandbox (its init forwards it to the payload).
     pub(crate) fn signal(&self, signal: i32) {
-        let _ = process::pidfd_kill(self.pidfd.as_fd(), signal);
-        if !self.isolated {
-            let _ = process::kill(-self.pid, signal);
+        if signal == libc::SIGKILL {
+            return self.kill();
         }
+        let _ = process::pidfd_kill(self.pidfd.as_fd(), signal);
     }
 
     /// Kill everything in the sandbox.
     pub(crate) fn kill(&self) {
-        // Killing pid 1 of the namespace kills every process in it.
-        self.signal(libc::SIGKILL);
+        if self.isolated {
+            // Killing pid 1 of the namespace kills every process in it.
+            let _ = process::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
+        } else {
+            // Direct mode has no pid namespace: its init kills the payload and all it
+            // left (it is their subreaper), then exits.
+            let _ = channel::send(self.chan.as_fd(), &ToInit::Kill, &[]);
+        }
         if let Some(cg) = &self.cgroup.0 {
             cg.kill_all();
         }
@@ -435,16 +443,6 @@ impl Spawned {
             process::wait4(self.pid, false)?.expect("blocking wait4 returns a status");
         let wall = self.started.elapsed();
         trace.step("init reaped");
-        if !self.isolated {
-            // No pid namespace: take down whatever the payload left behind — its group,
-            // its cgroup, and every orphan re-parented to us as subreaper.
-            let _ = process::kill(-self.pid, libc::SIGKILL);
-            if let Some(cg) = &self.cgroup.0 {
-                cg.kill_all();
-            }
-            kill_descendants();
-            status.payload = Some(init_status);
-        }
         // Status messages sent just before init exited may still be queued.
         status.drain(self.chan.as_fd());
         // The sandbox is gone: its proxy has nothing left to serve.
@@ -463,21 +461,6 @@ impl Spawned {
             cgroup_version,
             network,
         })
-    }
-}
-
-/// SIGKILL and reap every descendant of this process (direct mode's cleanup).
-fn kill_descendants() {
-    for _ in 0..100 {
-        let left = process::descendants(process::getpid());
-        if left.is_empty() {
-            return;
-        }
-        for pid in left {
-            let _ = process::kill(pid, libc::SIGKILL);
-        }
-        while let Ok(Some(_)) = process::wait4(-1, true) {}
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -2,7 +2,7 @@
 //! (the caller's directory, or a fresh one inside the run directory).
 //!
 //! Every run holds `<state base>/run-<sandbox id>` (see [`state_base`]) locked (flock)
-//! for as long as it lives; a temporary workspace is its `workspace` subdirectory. If a front end
+//! for as long as it lives; a temporary workspace is its `workspace` subdirectory. If an engine
 //! is killed before it can clean up, its sandbox dies with it (parent-death signal) but
 //! the run directory and the sandbox's cgroup stay behind: the next run finds the
 //! directory unlocked and removes both ([`collect_stale`]). No timing guess is involved:

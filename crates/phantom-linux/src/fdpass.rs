@@ -50,6 +50,26 @@ pub fn send_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> S
     Ok(())
 }
 
+/// Send one message with up to [`MAX_FDS`] fds attached, without waiting: a peer
+/// whose receive buffer is full gets `EAGAIN` (an engine never blocks on a client
+/// that stopped reading).
+pub fn try_send_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> SysResult<()> {
+    assert!(fds.len() <= MAX_FDS, "at most {MAX_FDS} fds per message");
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        ancillary.push(SendAncillaryMessage::ScmRights(fds));
+    }
+    sendmsg(
+        sock,
+        &[IoSlice::new(bytes)],
+        &mut ancillary,
+        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+    )
+    .map_err(|e| SysError::new("sendmsg", "channel", e.into()))?;
+    Ok(())
+}
+
 /// Receive one message (up to `buf.len()` bytes) and the fd attached to it, if any.
 /// Returns 0 bytes when the peer has closed its end.
 pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<(usize, Option<OwnedFd>)> {

@@ -490,6 +490,36 @@ pub const FORWARDED_SIGNALS: [i32; 6] = [
     libc::SIGUSR2,
 ];
 
+/// SIGPIPE's disposition: `default` — a write to a closed pipe ends the process
+/// silently, as `ls | head -1` expects of a command-line tool; else ignored, so the
+/// write fails with EPIPE (what a server, which must outlive its clients, wants).
+pub fn set_sigpipe_default(default: bool) {
+    let action = if default {
+        libc::SIG_DFL
+    } else {
+        libc::SIG_IGN
+    };
+    // SAFETY: SIG_DFL and SIG_IGN are valid dispositions for SIGPIPE; no handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, action) };
+}
+
+/// A signal's name as `kill -l` spells it ("SIGTERM"), or "signal N".
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
 fn sigset(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };

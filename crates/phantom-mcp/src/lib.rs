@@ -1,28 +1,29 @@
 //! Phantom Fragment's MCP server: the tools agents call (`run_code`, `run_command`,
-//! `list_profiles`, `get_metrics`), served over stdio or Streamable HTTP with the
-//! official Rust MCP SDK (rmcp).
+//! the persistent-sandbox tools, `list_profiles`, `get_metrics`), served over stdio or
+//! Streamable HTTP with the official Rust MCP SDK (rmcp) and typed parameters.
 //!
 //! Process model (DESIGN.md): this server is multi-threaded (tokio), so it never forks
-//! a sandbox itself.
-//! * `--mode zygote`: before any thread exists, [`run`] starts a private
-//!   `phantom-supervisor` (single-threaded; the one process that clones sandboxes) on a
-//!   socket in the server's 0700 scratch directory, tied to this process with
-//!   `--parent-pid`. Runs go to it in-process through
-//!   `phantom_engine::warm::client::try_run_captured` (a socket and SCM_RIGHTS).
-//! * cold runs (`--mode cold`, or a run no pool serves) exec our own `phantom run
-//!   --json --cold` — the CLI is the single-threaded spawner of the cold path.
+//! a sandbox itself. Before any thread exists, [`run`] forks its own engine
+//! (`phantom_engine::server::EngineProcess`: the single-threaded process that alone
+//! clones sandboxes) on a socket in the server's 0700 scratch directory — with warm
+//! pools of `--profiles` in `--mode zygote`, none in `--mode cold` — and every tool
+//! call goes to it through `phantom_engine::EngineClient` (a socket and SCM_RIGHTS).
+//!
+//! Without `--api-key-file` the server acts for the local user; with one, for that key
+//! (its own sandboxes and snapshots; a key of `phantom keys add` with its grants, the
+//! same tenant the HTTP API serves). The local user and a key outside the key store get
+//! the grants of a default API key: the built-in profiles, networks none, loopback-only
+//! and limited, nothing that reaches the host.
 #![forbid(unsafe_code)]
 
-pub mod args;
 pub mod engine;
 mod http;
 pub mod metrics;
+pub mod params;
 pub mod server;
-pub mod tools;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,19 +118,8 @@ pub fn read_api_key(path: &Path) -> Result<String, StartError> {
     Ok(key)
 }
 
-/// A binary next to ours (`phantom`, `phantom-supervisor`), unless `env` names one.
-fn sibling(env: &str, name: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(name)))
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
 /// Remove the scratch directories of servers of ours that are gone (killed with
-/// SIGKILL: their supervisor stopped with them, but nobody removed the directory).
+/// SIGKILL: their engine stopped with them, but nobody removed the directory).
 pub fn collect_stale_scratch(base: &Path) {
     use std::os::unix::fs::MetadataExt;
     let uid = rustix::process::geteuid().as_raw();
@@ -149,13 +139,12 @@ pub fn collect_stale_scratch(base: &Path) {
         let ours =
             std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir() && m.uid() == uid);
         if ours && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            engine::remove_tree(&entry.path());
+            remove_tree(&entry.path());
         }
     }
 }
 
-/// The server's private scratch directory (0700): temporary workspaces, stdin files,
-/// the supervisor's socket. Removed when the server stops (or, after a SIGKILL, by the
+/// The server's private scratch directory (0700): its engine's socket. Removed when the server stops (or, after a SIGKILL, by the
 /// next server that starts).
 fn make_scratch() -> Result<PathBuf, StartError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -173,89 +162,110 @@ fn make_scratch() -> Result<PathBuf, StartError> {
     Ok(dir)
 }
 
-/// The private supervisor, started before any thread exists.
-struct Supervisor {
-    child: Child,
-    socket: PathBuf,
+/// Remove a tree, even where permissions were taken away.
+pub fn remove_tree(dir: &Path) {
+    if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+        return;
+    }
+    fn open_up(p: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::symlink_metadata(p) else {
+            return;
+        };
+        if meta.is_dir() {
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
+            if let Ok(entries) = std::fs::read_dir(p) {
+                for e in entries.flatten() {
+                    open_up(&e.path());
+                }
+            }
+        }
+    }
+    open_up(dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
-impl Supervisor {
-    fn start(config: &Config, scratch: &Path) -> Result<Supervisor, StartError> {
-        let bin = sibling("PHANTOM_SUPERVISOR_BIN", "phantom-supervisor");
-        let socket = scratch.join("supervisor.sock");
-        let mut child = Command::new(&bin)
-            .arg("--profiles")
-            .arg(config.profiles.join(","))
-            .arg("--zygote-pools")
-            .arg(config.pool_size.to_string())
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--parent-pid")
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            // Our stdout may be the MCP stream: the supervisor logs to stderr only.
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                failure(format!(
-                    "cannot start {}: {e} (set PHANTOM_SUPERVISOR_BIN, or use --mode cold)",
-                    bin.display()
-                ))
-            })?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(failure(format!(
-                    "the warm-pool supervisor exited at start ({status}); see its message above, \
-                     or use --mode cold"
-                )));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(failure(
-                    "the warm-pool supervisor did not listen within 20 s; use --mode cold",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // Let the pools fill before the first call, so that it is served warm (a pool
-        // that cannot fill is the supervisor's to report; we go on after 10 s).
+/// The server's own engine, forked before any thread exists: warm pools of
+/// `--profiles` in zygote mode (it waits, up to 10 s, until each has a sandbox ready,
+/// so that the first call is served warm), none in cold mode.
+fn start_engine(
+    config: &Config,
+    scratch: &Path,
+) -> Result<phantom_engine::server::EngineProcess, StartError> {
+    use phantom_engine::server::{self, EngineProcess};
+    let pools = match config.mode {
+        Mode::Zygote => server::pools_for(&config.profiles, &[], config.pool_size)
+            .map_err(|e| usage(format!("--profiles: {e}")))?,
+        Mode::Cold => Vec::new(),
+    };
+    let engine = EngineProcess::start(server::Config {
+        name: "phantom-mcp",
+        pools,
+        thresholds: None,
+        socket: scratch.join("engine.sock"),
+    })
+    .map_err(|e| failure(format!("the engine did not start: {e}")))?;
+    if config.mode == Mode::Zygote {
+        let client = engine.client();
         let filled_by = Instant::now() + Duration::from_secs(10);
         while Instant::now() < filled_by {
-            match phantom_engine::warm::client::status_at(&socket) {
+            match client.pools() {
                 Ok(s) if s.pools.iter().all(|p| p.ready > 0) => break,
                 Ok(_) => std::thread::sleep(Duration::from_millis(20)),
                 Err(_) => break,
             }
         }
-        Ok(Supervisor { child, socket })
     }
+    Ok(engine)
+}
 
-    fn stop(mut self) {
-        // SIGTERM: it kills and reaps its sandboxes and removes their cgroups and run
-        // directories, then exits.
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
+/// Whom the tools act for. Without `--api-key-file`: the local user. With one: that
+/// key — when it is a key of the state directory's store (`phantom keys add`), as that
+/// key, with its grants, so that MCP and the HTTP API see the same tenant's sandboxes;
+/// else (a secret of the operator's own) as the key its hash names.
+fn principal(api_key: Option<&str>) -> Result<phantom_api::access::Principal, StartError> {
+    use phantom_api::access::{Grants, Owner, Principal};
+    // A default key's grants (nothing that reaches the host), with the longer wall
+    // clock an agent's tool call may ask for.
+    let mut grants = Grants::default_key();
+    grants.max.timeout_ms = Some(MAX_TIMEOUT_MS);
+    let Some(key) = api_key else {
+        return Ok(Principal {
+            owner: Owner::Local,
+            grants,
+        });
+    };
+    if phantom_state::keys::looks_like_key(key) {
+        let keys = phantom_state::keys::Keys::open_default()
+            .map_err(|e| failure(format!("--api-key-file: the key store: {e}")))?;
+        return match keys.verify(key) {
+            Ok(Ok(known)) => Ok(Principal {
+                owner: Owner::Key(known.id),
+                grants: known.grants,
+            }),
+            Ok(Err(e)) => Err(usage(format!(
+                "--api-key-file: {e} (a phantom key must be one `phantom keys list` shows, not revoked)"
+            ))),
+            Err(e) => Err(failure(format!("--api-key-file: the key store: {e}"))),
+        };
     }
+    Ok(Principal {
+        owner: Owner::Key(key_id(key)),
+        grants,
+    })
+}
+
+/// The longest `timeout` a tool call may ask for: 10 minutes.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+
+/// A stable id for a key read from a file: the first 12 hex digits of its BLAKE3 (as
+/// the HTTP API names the keys of its `--api-keys` file).
+fn key_id(key: &str) -> String {
+    blake3::hash(key.as_bytes()).to_hex()[..12].to_string()
 }
 
 /// Run the server until its transport ends (stdin closes; SIGTERM/SIGINT). Call from
-/// `main` before any thread exists: it may start the supervisor first. Returns the exit
+/// `main` before any thread exists: it forks its engine first. Returns the exit
 /// code.
 pub fn run(config: Config) -> i32 {
     match run_inner(config) {
@@ -273,25 +283,22 @@ fn run_inner(config: Config) -> Result<(), StartError> {
         Some(p) => Some(read_api_key(p)?),
         None => None,
     };
+    let principal = principal(api_key.as_deref())?;
     let scratch = make_scratch()?;
-    // Before tokio: the supervisor is started from this (main) thread, which lives as
-    // long as the server does — its parent-death signal is tied to this thread.
-    let supervisor = match config.mode {
-        Mode::Zygote => match Supervisor::start(&config, &scratch) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                engine::remove_tree(&scratch);
-                return Err(e);
-            }
-        },
-        Mode::Cold => None,
+    // Before tokio: the engine is forked from this (main) thread, which lives as long
+    // as the server does — its parent-death signal is tied to this thread.
+    let engine_process = match start_engine(&config, &scratch) {
+        Ok(e) => e,
+        Err(e) => {
+            remove_tree(&scratch);
+            return Err(e);
+        }
     };
     let engine = Arc::new(engine::Engine::new(
         config.mode,
-        supervisor.as_ref().map(|s| s.socket.clone()),
-        sibling("PHANTOM_BIN", "phantom"),
+        engine_process.client(),
+        principal,
         config.max_output,
-        scratch.clone(),
     ));
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -300,15 +307,14 @@ fn run_inner(config: Config) -> Result<(), StartError> {
         .and_then(|rt| {
             let r = rt.block_on(serve(&config, engine.clone(), api_key));
             // Runs still in flight (a transport that closed mid-call) end here: their
-            // `phantom run` children are killed on drop, warm runs' connections close
-            // (the supervisor kills their sandboxes).
+            // connections to the engine close, and the engine kills their sandboxes.
             rt.shutdown_timeout(Duration::from_secs(5));
             r
         });
-    if let Some(s) = supervisor {
-        s.stop();
-    }
-    engine::remove_tree(&scratch);
+    // SIGTERM: the engine kills and reaps its sandboxes, removes their cgroups and run
+    // directories, and exits; then the scratch directory goes.
+    drop(engine_process);
+    remove_tree(&scratch);
     result
 }
 

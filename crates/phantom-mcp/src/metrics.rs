@@ -38,7 +38,7 @@ struct Inner {
 }
 
 /// Latency percentiles in milliseconds, over `samples` runs.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Percentiles {
     pub samples: usize,
     pub p50: Option<f64>,
@@ -48,7 +48,7 @@ pub struct Percentiles {
 }
 
 /// A snapshot of the counters.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Snapshot {
     pub uptime_s: f64,
     /// Runs that got a sandbox (whatever their exit code).

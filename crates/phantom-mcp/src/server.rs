@@ -1,46 +1,34 @@
-//! The MCP side: rmcp's `ServerHandler` over the tool registry.
+//! The MCP side: rmcp's tool router over typed parameters ([`crate::params`]). Each
+//! tool is one function; rmcp generates its input schema from the parameter type and
+//! its output schema from the result type.
 
 use std::sync::Arc;
 
+use phantom_api::engine::Failure;
+use phantom_api::SandboxInfo;
+use rmcp::handler::server::common::schema_for_output;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
-    Implementation, ListToolsResult, PaginatedRequestParams, ProgressNotificationParam,
-    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    CallToolResult, ContentBlock, Implementation, ProgressNotificationParam, ServerCapabilities,
+    ServerConfig,
 };
 use rmcp::service::RequestContext;
-use rmcp::{RoleServer, ServerHandler};
-use serde_json::Value;
+use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
+use serde::Serialize;
 
-use crate::engine::Engine;
-use crate::tools::{self, Outcome, ToolDef};
+use crate::engine::{Engine, Job, Mode, Progress};
+use crate::params::*;
+
+/// The largest file `read_file` returns.
+pub const MAX_READ_BYTES: u64 = 16 << 20;
 
 /// One MCP server instance (one per stdio connection or HTTP session); they share the
-/// engine (its supervisor, scratch directory and metrics).
+/// engine glue (its client, principal and metrics).
 #[derive(Clone)]
 pub struct PhantomMcp {
     engine: Arc<Engine>,
-    tools: Arc<Vec<ToolDef>>,
-}
-
-impl PhantomMcp {
-    pub fn new(engine: Arc<Engine>) -> PhantomMcp {
-        let tools = Arc::new(tools::registry(engine.max_output));
-        PhantomMcp { engine, tools }
-    }
-
-    fn tool(def: &ToolDef) -> Tool {
-        let object = |v: &Value| Arc::new(v.as_object().cloned().unwrap_or_default());
-        let mut tool = Tool::new(def.name, def.description.clone(), object(&def.input_schema))
-            .with_title(def.title)
-            .with_raw_output_schema(object(&def.output_schema));
-        tool = tool.with_annotations(
-            ToolAnnotations::with_title(def.title)
-                .read_only(def.read_only)
-                .destructive(false)
-                .open_world(false),
-        );
-        tool
-    }
+    tool_router: ToolRouter<PhantomMcp>,
 }
 
 /// The `progress` of a notification sent `elapsed_s` seconds into a run. It must
@@ -54,51 +42,92 @@ pub const INSTRUCTIONS: &str = "Phantom Fragment runs code in isolated Linux san
 start in milliseconds. Use run_code for a program in python, node, bash or sh (add `files` \
 for more source or data; they appear in the working directory /workspace), run_command \
 for any command line as an argv. Each call gets a fresh sandbox that is thrown away \
-afterwards: nothing persists between calls. A program's failure is a normal result with \
-isError set: read stderr and exit_code.";
+afterwards; create_sandbox makes one that lives between calls (exec_in_sandbox, \
+write_file, read_file, list_files, snapshot_sandbox, destroy_sandbox). A program's \
+failure is a normal result with isError set: read stderr and exit_code.";
 
-impl ServerHandler for PhantomMcp {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(
-                "phantom-fragment",
-                env!("CARGO_PKG_VERSION"),
-            ))
-            .with_instructions(INSTRUCTIONS)
+/// A result the model reads: structured, and an error when `is_error`.
+fn structured(value: &impl Serialize, is_error: bool) -> CallToolResult {
+    let value = serde_json::to_value(value).expect("results serialize");
+    if is_error {
+        CallToolResult::structured_error(value)
+    } else {
+        CallToolResult::structured(value)
+    }
+}
+
+/// A tool error in words.
+fn error_text(text: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+/// Arguments that did not parse.
+fn bad_args(message: String) -> CallToolResult {
+    error_text(format!("bad arguments: {message}"))
+}
+
+/// What the engine refused or could not do.
+fn failed(f: Failure) -> CallToolResult {
+    error_text(match f.kind.exit_code() {
+        2 => format!("bad arguments: {}", f.for_api()),
+        _ => format!("failed: {}", f.for_api()),
+    })
+}
+
+/// A run's or a command's result; a failing program is an error result, not a protocol
+/// error.
+fn run_result(report: phantom_api::RunReport, max_output: u64) -> CallToolResult {
+    let is_error =
+        report.exit_code != 0 || report.timed_out || report.oom_killed || report.cancelled;
+    let notes = report.notes(max_output);
+    structured(
+        &RunResult {
+            report,
+            max_output_bytes: max_output,
+            notes,
+        },
+        is_error,
+    )
+}
+
+/// Parsed arguments, or the call ends with what to send.
+macro_rules! args {
+    ($args:expr) => {
+        match $args.0 {
+            Ok(a) => a,
+            Err(message) => return Ok(bad_args(message)),
+        }
+    };
+}
+
+/// A result, or the engine's failure.
+fn answer<T: Serialize>(r: Result<T, Failure>) -> Result<CallToolResult, ErrorData> {
+    Ok(match r {
+        Ok(v) => structured(&v, false),
+        Err(f) => failed(f),
+    })
+}
+
+#[tool_router]
+impl PhantomMcp {
+    pub fn new(engine: Arc<Engine>) -> PhantomMcp {
+        let mut tool_router = Self::tool_router();
+        // Descriptions that say this server's output cap.
+        for route in tool_router.map.values_mut() {
+            if let Some(d) = &route.attr.description {
+                let d = d.replace("{max_output}", &engine.max_output.to_string());
+                route.attr.description = Some(d.into());
+            }
+        }
+        PhantomMcp {
+            engine,
+            tool_router,
+        }
     }
 
-    async fn list_tools(
-        &self,
-        _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
-    ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(
-            self.tools.iter().map(Self::tool).collect(),
-        ))
-    }
-
-    async fn call_tool(
-        &self,
-        request: CallToolRequestParams,
-        context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
-        let Some(def) = self.tools.iter().find(|t| t.name == request.name) else {
-            return Err(ErrorData::invalid_params(
-                format!(
-                    "unknown tool {:?}: this server has {}",
-                    request.name,
-                    self.tools
-                        .iter()
-                        .map(|t| t.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                None,
-            ));
-        };
-        let arguments = request.arguments.clone().unwrap_or_default();
-        // notifications/progress while the run lasts, when the client asked for them.
-        let progress: crate::engine::Progress = match context.meta.get_progress_token() {
+    /// notifications/progress while the run lasts, when the client asked for them.
+    fn progress(context: &RequestContext<RoleServer>) -> Progress {
+        match context.meta.get_progress_token() {
             Some(token) => {
                 let peer = context.peer.clone();
                 Box::new(move |elapsed_s: f64| {
@@ -112,45 +141,467 @@ impl ServerHandler for PhantomMcp {
                 })
             }
             None => Box::new(|_| {}),
+        }
+    }
+
+    async fn job(&self, job: Job, context: &RequestContext<RoleServer>) -> CallToolResult {
+        match self
+            .engine
+            .run(job, context.ct.clone(), Self::progress(context))
+            .await
+        {
+            Ok((report, cap)) => run_result(report, cap),
+            Err(f) => failed(f),
+        }
+    }
+
+    #[tool(
+        name = "run_code",
+        title = "Run code in a fresh sandbox",
+        description = "Run a program in a fresh, isolated Linux sandbox that is thrown away afterwards (no network but loopback unless the profile allows more, a private /tmp, the working directory /workspace holds `files`). language: python (python3 -c), node (node -e), bash or sh (-c); the profile defaults to the language's (python-dev, node-dev, default). Returns stdout, stderr, exit_code, timed_out, oom_killed, output_truncated, wall_ms and notes. Output is capped at {max_output} bytes (stdout and stderr together); a program that fails is a normal result with isError set.",
+        annotations(read_only_hint = true, destructive_hint = false, open_world_hint = false),
+        output_schema = schema_for_output::<RunResult>()
+    )]
+    async fn run_code(
+        &self,
+        Parameters(args): Parameters<Args<CodeRun>>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let run = args!(args);
+        Ok(self.job(Job::Run(Box::new(run.into())), &context).await)
+    }
+
+    #[tool(
+        name = "run_command",
+        title = "Run a command in a fresh sandbox",
+        description = "Run one command (argv, no shell unless you call one: [\"sh\", \"-c\", \"...\"]) in a fresh, isolated Linux sandbox that is thrown away afterwards. The host's /usr is visible read-only; /workspace and /tmp are empty and writable. Returns stdout, stderr, exit_code, timed_out, oom_killed, output_truncated, wall_ms; output is capped at {max_output} bytes. A non-zero exit is a normal result with isError set.",
+        annotations(read_only_hint = true, destructive_hint = false, open_world_hint = false),
+        output_schema = schema_for_output::<RunResult>()
+    )]
+    async fn run_command(
+        &self,
+        Parameters(args): Parameters<Args<CommandRun>>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let run = args!(args);
+        Ok(self.job(Job::Run(Box::new(run.into())), &context).await)
+    }
+
+    #[tool(
+        name = "list_profiles",
+        title = "List sandbox profiles",
+        description = "The built-in sandbox profiles: isolation mode, network, limits, the languages they are the default for, and whether this server keeps warm sandboxes for them.",
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<Profiles>()
+    )]
+    async fn list_profiles(
+        &self,
+        Parameters(args): Parameters<Args<NoParams>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        args!(args);
+        let engine = self.engine.clone();
+        answer(engine.blocking(|client, _| profiles(client)).await)
+    }
+
+    #[tool(
+        name = "get_metrics",
+        title = "Server metrics",
+        description = "Runs served (warm, pre-started, cold), failures, cancellations, timeouts, end-to-end latency percentiles, and the warm pools.",
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<MetricsResult>()
+    )]
+    async fn get_metrics(
+        &self,
+        Parameters(args): Parameters<Args<NoParams>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        args!(args);
+        let engine = self.engine.clone();
+        let runs = engine.metrics.snapshot();
+        let mode = match engine.mode {
+            Mode::Zygote => "zygote",
+            Mode::Cold => "cold",
         };
-        let outcome = tools::call(
-            &self.engine,
-            def.kind,
-            &arguments,
-            context.ct.clone(),
-            progress,
+        let pools = engine.blocking(|client, _| client.pools()).await;
+        let (pools, status) = match pools {
+            Ok(p) => (p.pools, "running".to_string()),
+            Err(f) => (Vec::new(), f.message),
+        };
+        answer(Ok::<_, Failure>(MetricsResult {
+            runs,
+            mode: mode.into(),
+            pools,
+            engine: status,
+        }))
+    }
+
+    #[tool(
+        name = "create_sandbox",
+        title = "Create a persistent sandbox",
+        description = "Create a named sandbox that lives between calls (until destroy_sandbox, its idle timeout — 15m by default — or its maximum lifetime). Run commands in it with exec_in_sandbox; move files with write_file and read_file; its /workspace persists.",
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false),
+        output_schema = schema_for_output::<SandboxInfo>()
+    )]
+    async fn create_sandbox(
+        &self,
+        Parameters(args): Parameters<Args<CreateParams>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let request = args!(args);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    Ok(client.create(principal.clone(), request)?.info.redacted())
+                })
+                .await,
         )
-        .await;
-        let result = match outcome {
-            Outcome::Structured { value, is_error } => {
-                if is_error {
-                    CallToolResult::structured_error(value)
-                } else {
-                    CallToolResult::structured(value)
-                }
-            }
-            Outcome::Message { text, is_error } => {
-                let content = vec![ContentBlock::text(text)];
-                if is_error {
-                    CallToolResult::error(content)
-                } else {
-                    CallToolResult::success(content)
-                }
-            }
-        };
-        Ok(result.into())
+    }
+
+    #[tool(
+        name = "exec_in_sandbox",
+        title = "Run a command in a persistent sandbox",
+        description = "Run a command (argv, or language and code) in a sandbox made by create_sandbox, with its working directory /workspace by default. Returns stdout, stderr, exit_code, timed_out, oom_killed, output_truncated; output is capped at {max_output} bytes. A non-zero exit is a normal result with isError set.",
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false),
+        output_schema = schema_for_output::<RunResult>()
+    )]
+    async fn exec_in_sandbox(
+        &self,
+        Parameters(args): Parameters<Args<NamedExec>>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let NamedExec { name, exec } = args!(args);
+        Ok(self.job(Job::Exec(name, Box::new(exec)), &context).await)
+    }
+
+    #[tool(
+        name = "write_file",
+        title = "Write a file into a sandbox",
+        description = "Write text to a file of a sandbox's /workspace (created or replaced; missing directories are made).",
+        annotations(read_only_hint = false, destructive_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<Written>()
+    )]
+    async fn write_file(
+        &self,
+        Parameters(args): Parameters<Args<FileWrite>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let FileWrite {
+            name,
+            path,
+            content,
+        } = args!(args);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    let ws = client.workspace(principal.clone(), &name)?;
+                    phantom_engine::sandbox::files::write_file(
+                        &ws,
+                        &name,
+                        &path,
+                        content.as_bytes(),
+                        true,
+                    )
+                    .map_err(|e| e.to_failure())?;
+                    Ok(Written {
+                        path,
+                        bytes: content.len(),
+                    })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "read_file",
+        title = "Read a file of a sandbox",
+        description = "Read a file of a sandbox's /workspace (up to 16 MiB; binary content is marked and shown lossily).",
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<FileContent>()
+    )]
+    async fn read_file(
+        &self,
+        Parameters(args): Parameters<Args<FilePath>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let FilePath { name, path } = args!(args);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    let ws = client.workspace(principal.clone(), &name)?;
+                    let data = phantom_engine::sandbox::files::read_file(
+                        &ws,
+                        &name,
+                        &path,
+                        MAX_READ_BYTES,
+                    )
+                    .map_err(|e| e.to_failure())?;
+                    let text = String::from_utf8(data.clone());
+                    Ok(FileContent {
+                        path,
+                        bytes: data.len(),
+                        binary: text.is_err(),
+                        content: text
+                            .unwrap_or_else(|_| String::from_utf8_lossy(&data).into_owned()),
+                    })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "list_files",
+        title = "List a sandbox directory",
+        description = "The entries of a directory of a sandbox's /workspace (symlinks are shown, never followed).",
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<Listing>()
+    )]
+    async fn list_files(
+        &self,
+        Parameters(args): Parameters<Args<DirPath>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let DirPath { name, path } = args!(args);
+        let path = path.unwrap_or_else(|| "/workspace".into());
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    let ws = client.workspace(principal.clone(), &name)?;
+                    let entries = phantom_engine::sandbox::files::list_files(&ws, &name, &path)
+                        .map_err(|e| e.to_failure())?;
+                    Ok(Listing { path, entries })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "destroy_sandbox",
+        title = "Destroy a sandbox",
+        description = "Kill everything in a persistent sandbox and remove it with its workspace.",
+        annotations(read_only_hint = false, destructive_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<SandboxInfo>()
+    )]
+    async fn destroy_sandbox(
+        &self,
+        Parameters(args): Parameters<Args<SandboxName>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let SandboxName { name } = args!(args);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    Ok(client.destroy(principal.clone(), &name)?.redacted())
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "list_sandboxes",
+        title = "List persistent sandboxes",
+        description = "The persistent sandboxes of this server's user: name, status (running, or dead with why), profile, last use.",
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<Sandboxes>()
+    )]
+    async fn list_sandboxes(
+        &self,
+        Parameters(args): Parameters<Args<NoParams>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        args!(args);
+        answer(
+            self.engine
+                .blocking(|client, principal| {
+                    let list = client.list(principal.clone(), false)?;
+                    Ok(Sandboxes {
+                        sandboxes: list.into_iter().map(SandboxInfo::redacted).collect(),
+                    })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "snapshot_sandbox",
+        title = "Snapshot a sandbox's workspace",
+        description = "Store a sandbox's /workspace in the content-addressed snapshot store (unchanged files cost nothing); create_sandbox can start from it (from_snapshot).",
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false),
+        output_schema = schema_for_output::<SnapshotResult>()
+    )]
+    async fn snapshot_sandbox(
+        &self,
+        Parameters(args): Parameters<Args<SnapshotParams>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let SnapshotParams { name, tag } = args!(args);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    use std::os::fd::AsFd;
+                    let ws = client.workspace(principal.clone(), &name)?;
+                    let tag = tag.unwrap_or_else(|| {
+                        format!(
+                            "{name}-{}",
+                            phantom_engine::sandbox::utc_stamp(phantom_engine::sandbox::now_s())
+                        )
+                    });
+                    let store = phantom_store::SnapshotStore::open_default()
+                        .map_err(|e| phantom_engine::EngineError::from(e).to_failure())?;
+                    let dir = phantom_engine::sandbox::files::readable_dir(&ws)
+                        .map_err(|e| e.to_failure())?;
+                    let info = store
+                        .snapshot_at(
+                            dir.as_fd(),
+                            &format!("{name}:/workspace"),
+                            &principal.owner,
+                            &tag,
+                            &Default::default(),
+                            &mut |_| {},
+                        )
+                        .map_err(|e| phantom_engine::EngineError::from(e).to_failure())?;
+                    Ok(SnapshotResult {
+                        tag: info.tag,
+                        files: info.files,
+                        bytes: info.bytes,
+                        new_chunks: info.new_chunks,
+                        new_bytes: info.new_bytes,
+                    })
+                })
+                .await,
+        )
+    }
+}
+
+/// The built-in profiles, as `list_profiles` shows them.
+fn profiles(client: &phantom_engine::EngineClient) -> Result<Profiles, Failure> {
+    use phantom_api::choice::Language;
+    let warm: Vec<String> = client
+        .pools()
+        .map(|s| {
+            s.pools
+                .into_iter()
+                .filter(|p| p.image.is_none())
+                .map(|p| p.profile)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for name in phantom_policy::builtin_names() {
+        let compiled = phantom_policy::load_builtin(name).and_then(|p| {
+            let plan = phantom_policy::compile(&p, &phantom_policy::Overrides::default())?;
+            Ok((p, plan))
+        });
+        let (profile, plan) = compiled.map_err(|e| {
+            Failure::new(
+                phantom_api::engine::FailureKind::Failed,
+                format!("built-in profile {name}: {e}"),
+            )
+        })?;
+        let default_for: Vec<String> = Language::ALL
+            .iter()
+            .filter(|l| l.default_profile() == *name)
+            .map(|l| l.to_string())
+            .chain((*name == phantom_policy::DEFAULT_PROFILE).then(|| "run_command".to_string()))
+            .collect();
+        out.push(ProfileInfo {
+            name: name.to_string(),
+            description: profile.description.clone().unwrap_or_default(),
+            mode: plan
+                .mode
+                .as_str()
+                .parse()
+                .expect("the policy's modes are the API's"),
+            network: plan
+                .network
+                .as_str()
+                .parse()
+                .expect("the policy's networks are the API's"),
+            memory_bytes: plan.limits.memory_bytes,
+            pids: plan.limits.pids,
+            timeout_ms: plan.limits.wall_timeout_ms,
+            default_for,
+            warm: warm.iter().any(|w| w == name),
+        });
+    }
+    Ok(Profiles { profiles: out })
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for PhantomMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "phantom-fragment",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    /// The router's, except that an unknown tool's error names the tools there are
+    /// (a model that guessed a name learns the right one).
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        if !self.tool_router.has_route(&request.name) {
+            let mut names: Vec<String> = self
+                .tool_router
+                .list_all()
+                .into_iter()
+                .map(|t| t.name.to_string())
+                .collect();
+            names.sort();
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "no tool named `{}`; the tools are: {}",
+                    request.name,
+                    names.join(", ")
+                ),
+                None,
+            ));
+        }
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        self.tool_router.call(call).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::progress_of;
+    use super::*;
 
     #[test]
     fn progress_increases_between_ticks_in_the_same_second() {
-        // Two ticks that land in the same whole second (a late tick and its catch-up).
-        assert!(progress_of(3.402) > progress_of(3.401));
-        assert!(progress_of(2.0) < progress_of(2.999));
-        assert_eq!(progress_of(1.0004), 1.0);
+        assert!(progress_of(1.0004) < progress_of(1.9));
+        assert!(progress_of(2.0) > progress_of(1.998));
+    }
+
+    #[test]
+    fn a_failing_program_is_an_error_result_not_a_protocol_error() {
+        let report = |exit_code| phantom_api::RunReport {
+            sandbox_id: "x".into(),
+            profile: "default".into(),
+            mode: phantom_api::choice::Mode::Sandbox,
+            start: phantom_api::choice::StartKind::Cold,
+            exit_code,
+            signal: None,
+            timed_out: false,
+            oom_killed: false,
+            output_truncated: exit_code == 0,
+            cancelled: false,
+            wall_ms: 1.0,
+            user_ms: 0.0,
+            sys_ms: 0.0,
+            max_rss_kb: 0,
+            stdout: Some("out".into()),
+            stderr: Some(String::new()),
+            isolation: Default::default(),
+            warnings: Vec::new(),
+            network: None,
+        };
+        let r = run_result(report(3), 1024);
+        assert_eq!(r.is_error, Some(true));
+        let v = r.structured_content.unwrap();
+        assert_eq!(v["exit_code"], 3);
+        assert_eq!(v["stdout"], "out");
+        let r = run_result(report(0), 1024);
+        assert_eq!(r.is_error, Some(false));
+        let notes = r.structured_content.unwrap()["notes"].clone();
+        assert!(
+            notes.to_string().contains("truncated at 1024 bytes"),
+            "{notes}"
+        );
     }
 }

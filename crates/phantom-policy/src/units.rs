@@ -194,6 +194,18 @@ pub fn format_bytes(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// Renders a duration the way a user would write it, exactly (`30s`, `10m`, `1h`,
+/// `1500ms`): what [`parse_duration_ms`] reads back to the same value.
+pub fn format_duration_ms(ms: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("h", 3_600_000), ("m", 60_000), ("s", 1_000)];
+    for (name, size) in UNITS {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{name}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// Renders a byte count for people to read, rounded to one decimal (`1.5 GiB`,
 /// `320.0 KiB`, `12 B`): sizes in reports and in the image and snapshot stores'
 /// messages. [`format_bytes`] is for sizes a user would write back.
@@ -214,6 +226,20 @@ pub fn human_size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_format_back_to_what_they_parse() {
+        for (ms, text) in [
+            (30_000, "30s"),
+            (600_000, "10m"),
+            (3_600_000_000, "1000h"),
+            (1_500, "1500ms"),
+            (0, "0ms"),
+        ] {
+            assert_eq!(format_duration_ms(ms), text);
+            assert_eq!(parse_duration_ms(text).unwrap(), ms);
+        }
+    }
+
     use super::*;
 
     #[test]

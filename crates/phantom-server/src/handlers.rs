@@ -1,9 +1,11 @@
-//! The API's handlers. Each: authenticate (X-API-Key or Authorization: Bearer),
-//! rate-limit, admit (concurrency, pressure), do the work, audit mutating calls.
-//! Errors are JSON `{"error": "..."}` with the status that fits.
+//! The API's handlers. Each: authenticate (X-API-Key or Authorization: Bearer), rate-
+//! limit, admit (concurrency, pressure), parse the body into the phantom-api model,
+//! ask the engine for the work as the key's principal (its owner and grants), audit
+//! mutating calls. Errors are JSON `{"error": "...", "field": ...}` with the status
+//! that fits; they carry no host internals.
 
-use std::collections::BTreeMap;
-use std::path::{Component, Path as FsPath, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,26 +16,29 @@ use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use phantom_api::{
-    ApiCreateSandbox, ApiError, ApiExecRequest, ApiHealth, ApiLimits, ApiRunRequest, ApiRunResult,
-    ApiSnapshot, ApiSnapshotRequest, PolicySource, RunOverrides, RunReport, RunRequest,
-    SandboxInfo,
-};
+use phantom_api::access::{Grants, Owner, Principal};
+use phantom_api::engine::{Failure, FailureKind, Started};
+use phantom_api::report::SnapshotInfo;
+use phantom_api::request::{CreateRequest, ExecBody, ExecRequest, Field, RunRequest};
+use phantom_api::{ApiError, ApiHealth, ApiRunResult, ApiSnapshotRequest, RunReport, SandboxInfo};
+use phantom_engine::client::{Output, RunIo, Stdin, Stream, Wake};
 use phantom_state::keys::{ApiKey, AuthError};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::audit::Entry;
 use crate::limits::{take_slot, Refusal, Slot};
 use crate::metrics::{
     DecisionLabel, KindLabel, ProfileLabel, ReasonLabel, RequestLabels, SandboxLabel,
 };
-use crate::{runner, App};
+use crate::App;
 
 /// An error answer.
 #[derive(Debug)]
 pub struct ApiFailure {
     pub status: StatusCode,
     pub message: String,
+    pub field: Option<Field>,
     pub retry_after: Option<Duration>,
 }
 
@@ -42,6 +47,7 @@ impl ApiFailure {
         ApiFailure {
             status,
             message: message.into(),
+            field: None,
             retry_after: None,
         }
     }
@@ -65,12 +71,45 @@ impl ApiFailure {
     }
 }
 
+/// The engine's failure as an answer. What the caller did wrong (400, 403, 404, 409)
+/// is said as the engine said it, naming the field; what went wrong on the host (500,
+/// 501) is logged here in full and answered without its details — host paths, pids
+/// — under an id that finds it in the log.
+impl From<Failure> for ApiFailure {
+    fn from(f: Failure) -> ApiFailure {
+        let status =
+            StatusCode::from_u16(f.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = match f.kind {
+            FailureKind::Failed | FailureKind::Unsupported => {
+                let id = phantom_state::ids::new_sandbox_id();
+                eprintln!("phantom-supervisor: error {id}: {}", f.for_api());
+                format!(
+                    "{} (error {id}; the server's log has the details)",
+                    if f.kind == FailureKind::Failed {
+                        "the sandbox could not be run"
+                    } else {
+                        "this host cannot do that"
+                    }
+                )
+            }
+            _ => f.for_api(),
+        };
+        ApiFailure {
+            status,
+            message,
+            field: f.field,
+            retry_after: (f.kind == FailureKind::Unavailable).then(|| Duration::from_secs(1)),
+        }
+    }
+}
+
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         let mut resp = (
             self.status,
             axum::Json(ApiError {
                 error: self.message,
+                field: self.field,
             }),
         )
             .into_response();
@@ -89,67 +128,52 @@ impl IntoResponse for ApiFailure {
     }
 }
 
-/// A runtime error as an answer: the caller's mistakes are 400 (404 for an unknown
-/// sandbox), the rest 500.
-fn runtime_failure(e: phantom_engine::EngineError) -> ApiFailure {
-    let msg = e.to_string();
-    if msg.contains("no sandbox named") {
-        ApiFailure::not_found(msg)
-    } else if e.exit_code() == 2 {
-        ApiFailure::bad_request(msg)
-    } else {
-        ApiFailure::internal(msg)
-    }
-}
-
 type ApiResult<T> = Result<T, ApiFailure>;
 
-/// Run blocking runtime work (SQLite, file I/O) off the async threads.
+/// Run blocking work (the engine's socket, SQLite, file I/O) off the async threads.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, phantom_engine::EngineError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, Failure> + Send + 'static,
 ) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiFailure::internal(format!("worker failed: {e}")))?
-        .map_err(runtime_failure)
+        .map_err(ApiFailure::from)
+}
+
+/// The engine's errors of file work, as failures.
+fn engine_failure(e: phantom_engine::EngineError) -> Failure {
+    e.to_failure()
 }
 
 pub(crate) fn audit(
+    app: &App,
     key: Option<&str>,
     action: &str,
     target: Option<&str>,
     result: &str,
     detail: Option<&str>,
 ) {
-    let (key, action, target, result, detail) = (
-        key.map(str::to_string),
-        action.to_string(),
-        target.map(str::to_string),
-        result.to_string(),
-        detail.map(str::to_string),
-    );
-    // Best effort, off the request's path; a failure is logged, never silently lost.
-    tokio::task::spawn_blocking(move || {
-        let r = phantom_state::audit::Audit::open_default().and_then(|a| {
-            a.record(
-                key.as_deref(),
-                &action,
-                target.as_deref(),
-                &result,
-                detail.as_deref(),
-            )
-        });
-        if let Err(e) = r {
-            eprintln!("phantom-supervisor: audit log: {e}");
-        }
+    app.audit.record(Entry {
+        key: key.map(str::to_string),
+        action: action.to_string(),
+        target: target.map(str::to_string),
+        result: result.to_string(),
+        detail: detail.map(str::to_string),
     });
 }
 
 /// Audit a mutating call by what it returned: `ok`, or `error` with the message.
-fn audit_result<T>(key: &ApiKey, action: &str, target: Option<&str>, r: &ApiResult<T>) {
+fn audit_result<T>(app: &App, key: &ApiKey, action: &str, target: Option<&str>, r: &ApiResult<T>) {
     match r {
-        Ok(_) => audit(Some(&key.id), action, target, "ok", None),
-        Err(e) => audit(Some(&key.id), action, target, "error", Some(&e.message)),
+        Ok(_) => audit(app, Some(&key.id), action, target, "ok", None),
+        Err(e) => audit(
+            app,
+            Some(&key.id),
+            action,
+            target,
+            "error",
+            Some(&e.message),
+        ),
     }
 }
 
@@ -166,7 +190,7 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
 }
 
 /// A key of `--api-keys FILE` (hash compared in constant time), with the default
-/// limits.
+/// limits and grants.
 fn file_key(app: &App, presented: &str) -> Option<ApiKey> {
     let hash = blake3::hash(presented.as_bytes());
     let (id, _) = app.file_keys.iter().find(|(_, h)| *h == hash)?;
@@ -180,13 +204,52 @@ fn file_key(app: &App, presented: &str) -> Option<ApiKey> {
         rate_per_min: limits.rate_per_min,
         burst: limits.burst,
         max_concurrent: limits.max_concurrent,
+        grants: Grants::default_key(),
     })
+}
+
+/// How long a verified key is trusted without asking the database again, as long as no
+/// key was revoked meanwhile (`Keys::generation`: one stat per request).
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// The key `presented` names: from `--api-keys`, the cache, or the state database.
+async fn verify(app: &Arc<App>, presented: String) -> ApiResult<Result<ApiKey, AuthError>> {
+    if let Some(key) = file_key(app, &presented) {
+        return Ok(Ok(key));
+    }
+    let hash = blake3::hash(presented.as_bytes());
+    let generation = app
+        .state_dir
+        .as_deref()
+        .and_then(phantom_state::keys::Keys::generation);
+    if let Some((key, at, seen)) = app.key_cache.lock().expect("key cache").get(&hash) {
+        if at.elapsed() < KEY_CACHE_TTL && *seen == generation {
+            return Ok(Ok(key.clone()));
+        }
+    }
+    let verdict = tokio::task::spawn_blocking(move || {
+        phantom_state::keys::Keys::open_default().and_then(|k| k.verify(&presented))
+    })
+    .await
+    .map_err(|e| ApiFailure::internal(format!("worker failed: {e}")))?
+    .map_err(|e| {
+        eprintln!("phantom-supervisor: the key database: {e}");
+        ApiFailure::internal("the key database could not be read (the server's log has why)")
+    })?;
+    if let Ok(key) = &verdict {
+        let mut cache = app.key_cache.lock().expect("key cache");
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(hash, (key.clone(), Instant::now(), generation));
+    }
+    Ok(verdict)
 }
 
 /// Authenticate and rate-limit a request; `action` and `target` name it in the audit
 /// log when it is refused.
 async fn authenticate(
-    app: &App,
+    app: &Arc<App>,
     headers: &HeaderMap,
     action: &str,
     target: Option<&str>,
@@ -198,20 +261,12 @@ async fn authenticate(
                 reason: "missing".into(),
             })
             .inc();
-        audit(None, action, target, "denied", Some("no API key"));
+        audit(app, None, action, target, "denied", Some("no API key"));
         return Err(ApiFailure::unauthorized(
             "an API key is required: send X-API-Key: phk_... or Authorization: Bearer phk_... (make one with `phantom keys add NAME`)",
         ));
     };
-    let from_file = file_key(app, &presented);
-    let verdict = match from_file {
-        Some(key) => Ok(key),
-        None => {
-            blocking(move || Ok(phantom_state::keys::Keys::open_default()?.verify(&presented)?))
-                .await?
-        }
-    };
-    let key = match verdict {
+    let key = match verify(app, presented).await? {
         Ok(key) => key,
         Err(e) => {
             let reason = match &e {
@@ -229,7 +284,7 @@ async fn authenticate(
                 AuthError::Revoked(id) => Some(id.as_str()),
                 _ => None,
             };
-            audit(key_id, action, target, "denied", Some(&e.to_string()));
+            audit(app, key_id, action, target, "denied", Some(&e.to_string()));
             return Err(ApiFailure::unauthorized(e.to_string()));
         }
     };
@@ -262,17 +317,41 @@ async fn authenticate(
     Ok(key)
 }
 
+/// Whom a key's requests act for.
+fn principal(key: &ApiKey) -> Principal {
+    Principal {
+        owner: Owner::Key(key.id.clone()),
+        grants: key.grants.clone(),
+    }
+}
+
 /// Current pressure, when the server watches it.
-fn pressure(app: &App) -> Option<phantom_engine::warm::pressure::Pressure> {
-    use phantom_engine::warm::pressure::{DirPressure, PressureSource};
+fn pressure(app: &App) -> Option<phantom_engine::pressure::Pressure> {
+    use phantom_engine::pressure::{DirPressure, PressureSource};
     let (dir, _, _) = app.config.psi.as_ref()?;
     DirPressure(dir.clone()).sample()
 }
 
+/// How long the count of persistent sandboxes is reused for admission.
+const CENSUS_TTL: Duration = Duration::from_secs(1);
+
+/// Persistent sandboxes of every owner (each holds a slot of the server's maximum).
+async fn persistent_count(app: &Arc<App>) -> ApiResult<usize> {
+    if let Some((n, at)) = *app.persistent.lock().expect("census") {
+        if at.elapsed() < CENSUS_TTL {
+            return Ok(n);
+        }
+    }
+    let engine = app.engine.clone();
+    let n = blocking(move || Ok(engine.census()?.len())).await?;
+    *app.persistent.lock().expect("census") = Some((n, Instant::now()));
+    Ok(n)
+}
+
 /// Admit one more sandbox for `key`: pressure, then the key's and the server's limits.
-async fn admit(app: &App, key: &ApiKey) -> ApiResult<Slot> {
+async fn admit(app: &Arc<App>, key: &ApiKey) -> ApiResult<Slot> {
     if let (Some((_, cpu, mem)), Some(p)) = (&app.config.psi, pressure(app)) {
-        let t = phantom_engine::warm::pressure::Thresholds {
+        let t = phantom_engine::pressure::Thresholds {
             cpu: *cpu,
             memory: *mem,
         };
@@ -280,7 +359,7 @@ async fn admit(app: &App, key: &ApiKey) -> ApiResult<Slot> {
             return Err(refused(app, Refusal::Pressure { why }));
         }
     }
-    let persistent = blocking(|| Ok(phantom_engine::sandbox::list()?.len())).await?;
+    let persistent = persistent_count(app).await?;
     take_slot(
         &app.inflight,
         &key.id,
@@ -331,8 +410,12 @@ fn refused(app: &App, r: Refusal) -> ApiFailure {
     failure
 }
 
-/// Parse a JSON body into `T`, with a message that says what to send instead.
-fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, max: usize) -> ApiResult<T> {
+/// Parse a JSON body into `T`, refusing unknown fields, with a message that says what
+/// to send instead.
+fn json_body<T: DeserializeOwned + schemars::JsonSchema>(
+    body: Result<Bytes, BytesRejection>,
+    max: usize,
+) -> ApiResult<T> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiFailure::new(
@@ -343,13 +426,10 @@ fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, max: usiz
             ApiFailure::bad_request(format!("cannot read the request body: {e}"))
         }
     })?;
-    serde_json::from_slice(&body).map_err(|e| {
-        let hint = if e.to_string().contains("unknown field") {
-            "; /api/v2/openapi.json lists the fields"
-        } else {
-            ""
-        };
-        ApiFailure::bad_request(format!("invalid JSON body: {e}{hint}"))
+    phantom_api::strict::from_slice(&body).map_err(|e| {
+        ApiFailure::bad_request(format!(
+            "invalid JSON body: {e}; /api/v2/openapi.json describes the fields"
+        ))
     })
 }
 
@@ -393,13 +473,11 @@ pub(crate) async fn health() -> axum::Json<ApiHealth> {
 
 pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     // Gauges read at scrape time.
-    let socket = app.config.pool_socket.clone();
-    let pools = tokio::task::spawn_blocking(move || {
-        socket.and_then(|s| phantom_engine::warm::client::status_at(&s).ok())
-    })
-    .await
-    .ok()
-    .flatten();
+    let engine = app.engine.clone();
+    let (pools, census) =
+        tokio::task::spawn_blocking(move || (engine.pools().ok(), engine.census().ok()))
+            .await
+            .unwrap_or((None, None));
     if let Some(status) = pools {
         for p in status.pools {
             app.metrics
@@ -413,31 +491,23 @@ pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> 
     let sample = if app.config.psi.is_some() {
         pressure(&app)
     } else {
-        use phantom_engine::warm::pressure::{PressureSource, ProcPressure};
+        use phantom_engine::pressure::{PressureSource, ProcPressure};
         ProcPressure.sample()
     };
     if let Some(p) = sample {
         app.metrics.psi_cpu.set(p.cpu / 100.0);
         app.metrics.psi_memory.set(p.memory / 100.0);
     }
-    let memory = tokio::task::spawn_blocking(|| {
-        let list = phantom_engine::sandbox::list().unwrap_or_default();
-        list.into_iter()
-            .filter(|s| s.status == "running")
-            .filter_map(|s| {
-                let m = phantom_engine::sandbox::monitor(&s.name, None).ok()?;
-                Some((s.name, m.memory_bytes?))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
     app.metrics.sandbox_memory.clear();
-    for (name, bytes) in memory {
-        app.metrics
-            .sandbox_memory
-            .get_or_create(&SandboxLabel { sandbox: name })
-            .set(bytes as i64);
+    // By id: /metrics needs no key, and owners (key ids) and names are the tenants'
+    // business (`phantom list --every-owner` maps ids to them for the operator).
+    for s in census.unwrap_or_default() {
+        if let Some(bytes) = s.memory_bytes {
+            app.metrics
+                .sandbox_memory
+                .get_or_create(&SandboxLabel { sandbox: s.id })
+                .set(bytes as i64);
+        }
     }
     let openmetrics = headers
         .get(header::ACCEPT)
@@ -474,115 +544,32 @@ pub(crate) async fn openapi() -> axum::Json<serde_json::Value> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Runs
+// Runs and commands
 // ---------------------------------------------------------------------------------------
 
-/// The command for `language` + `code`.
-fn language_argv(language: &str, code: &str) -> ApiResult<Vec<String>> {
-    let (interp, flag) = match language {
-        "python" | "python3" => ("python3", "-c"),
-        "node" | "javascript" | "js" => ("node", "-e"),
-        "bash" => ("bash", "-c"),
-        "sh" => ("sh", "-c"),
-        other => {
-            return Err(ApiFailure::bad_request(format!(
-                "unknown language `{other}`: use python, node, bash or sh, or send argv instead"
-            )))
-        }
-    };
-    Ok(vec![interp.into(), flag.into(), code.into()])
+/// The blocking side of a run holds this end; when the request goes away (the client
+/// disconnected), its future drops the other end, this one becomes readable, and the
+/// engine kills the sandbox.
+struct Cancel {
+    /// Dropped with the request.
+    _request_side: UnixStream,
+    run_side: OwnedFd,
 }
 
-fn overrides(limits: &ApiLimits) -> RunOverrides {
-    RunOverrides {
-        mode: None,
-        memory: limits.memory.clone(),
-        cpus: limits.cpus.clone(),
-        pids: limits.pids,
-        timeout: limits.timeout.clone(),
-        network: limits.network.clone(),
+impl Cancel {
+    fn new() -> ApiResult<Cancel> {
+        let (a, b) =
+            UnixStream::pair().map_err(|e| ApiFailure::internal(format!("socketpair: {e}")))?;
+        Ok(Cancel {
+            _request_side: a,
+            run_side: b.into(),
+        })
     }
-}
-
-fn limit_args(limits: &ApiLimits) -> Vec<String> {
-    let mut args = Vec::new();
-    for (flag, value) in [
-        ("--timeout", &limits.timeout),
-        ("--memory", &limits.memory),
-        ("--cpus", &limits.cpus),
-        ("--network", &limits.network),
-    ] {
-        if let Some(v) = value {
-            args.push(flag.to_string());
-            args.push(v.clone());
-        }
-    }
-    if let Some(p) = limits.pids {
-        args.push("--pids".into());
-        args.push(p.to_string());
-    }
-    args
-}
-
-fn env_args(env: &BTreeMap<String, String>) -> ApiResult<Vec<String>> {
-    let mut args = Vec::new();
-    for (k, v) in env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(ApiFailure::bad_request(format!(
-                "env `{k}`: names must be non-empty, without `=` or NUL"
-            )));
-        }
-        args.push("--env".into());
-        args.push(format!("{k}={v}"));
-    }
-    Ok(args)
-}
-
-/// A temporary workspace with the request's files, removed on drop.
-pub(crate) struct TempWorkspace(PathBuf);
-
-impl Drop for TempWorkspace {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn write_files(files: &[phantom_api::ApiFile]) -> ApiResult<Option<TempWorkspace>> {
-    if files.is_empty() {
-        return Ok(None);
-    }
-    for f in files {
-        let p = FsPath::new(&f.path);
-        if f.path.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(ApiFailure::bad_request(format!(
-                "files: `{}`: give a relative path inside the workspace without `..`, e.g. src/main.py",
-                f.path
-            )));
-        }
-    }
-    let dir = std::env::temp_dir().join(format!(
-        "phantom-api-{}-{}",
-        std::process::id(),
-        phantom_state::ids::new_sandbox_id()
-    ));
-    std::fs::create_dir(&dir)
-        .map_err(|e| ApiFailure::internal(format!("{}: {e}", dir.display())))?;
-    let ws = TempWorkspace(dir);
-    for f in files {
-        let path = ws.0.join(&f.path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| ApiFailure::internal(format!("{}: {e}", parent.display())))?;
-        }
-        std::fs::write(&path, &f.content)
-            .map_err(|e| ApiFailure::internal(format!("{}: {e}", path.display())))?;
-    }
-    Ok(Some(ws))
 }
 
 pub(crate) fn finish_run(app: &App, report: RunReport, kind: &str) -> ApiRunResult {
     app.metrics
-        .spawned(&report.profile, &report.start, report.wall_ms);
+        .spawned(&report.profile, report.start.as_str(), report.wall_ms);
     app.metrics
         .sandbox_starts
         .get_or_create(&KindLabel { kind: kind.into() })
@@ -610,101 +597,177 @@ pub(crate) fn finish_run(app: &App, report: RunReport, kind: &str) -> ApiRunResu
     }
 }
 
+/// What a run or an exec asks of the engine.
+enum Job {
+    Run(Box<RunRequest>),
+    Exec(String, Box<ExecRequest>),
+}
+
+/// Run `job` as `principal` with its output captured; killed if the request goes.
+async fn run_captured(app: &Arc<App>, principal: Principal, job: Job) -> ApiResult<RunReport> {
+    let cancel = Cancel::new()?;
+    let engine = app.engine.clone();
+    let run_side = cancel
+        .run_side
+        .try_clone()
+        .map_err(|e| ApiFailure::internal(e.to_string()))?;
+    let compile = app.metrics.policy_compile.clone();
+    let result = blocking(move || {
+        let mut on_started = |s: &Started| compile.observe(s.compile_ms / 1000.0);
+        let io = RunIo {
+            stdin: Stdin::Null,
+            output: Output::capture(),
+            wake: Wake::Cancel(run_side.as_fd()),
+            on_started: Some(&mut on_started),
+        };
+        match job {
+            Job::Run(req) => engine.run(principal, *req, false, io),
+            Job::Exec(name, req) => engine.exec(principal, &name, *req, io),
+        }
+    })
+    .await;
+    drop(cancel);
+    result
+}
+
+/// A run or an exec whose output streams as Server-Sent Events:
+///
+/// * `event: stdout` / `event: stderr`, `data: {"data": "<text>"}` — output as it
+///   comes (lossy UTF-8);
+/// * `event: result`, `data: <ApiRunResult>` — once, at the end;
+/// * `event: error`, `data: {"error": "..."}` — instead of `result` when the
+///   sandbox could not run.
+///
+/// The client going away kills the run.
+async fn run_streamed(
+    app: Arc<App>,
+    principal: Principal,
+    job: Job,
+    key_id: String,
+    slot: Slot,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let cancel = Cancel::new()?;
+    let run_side = cancel
+        .run_side
+        .try_clone()
+        .map_err(|e| ApiFailure::internal(e.to_string()))?;
+    let engine = app.engine.clone();
+    let (kind, target) = match &job {
+        Job::Run(_) => ("run", None),
+        Job::Exec(name, _) => ("sandbox.exec", Some(name.clone())),
+    };
+    let events = tx.clone();
+    let compile = app.metrics.policy_compile.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut on_started = |s: &Started| compile.observe(s.compile_ms / 1000.0);
+        let mut send = |stream: Stream, data: &[u8]| {
+            let name = match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            };
+            let event = Event::default()
+                .event(name)
+                .data(serde_json::json!({ "data": String::from_utf8_lossy(data) }).to_string());
+            // A client that went away dropped the receiver (and the cancel end with it:
+            // the run is being killed); nothing to send to.
+            let _ = events.blocking_send(event);
+        };
+        let io = RunIo {
+            stdin: Stdin::Null,
+            output: Output::Stream(&mut send),
+            wake: Wake::Cancel(run_side.as_fd()),
+            on_started: Some(&mut on_started),
+        };
+        match job {
+            Job::Run(req) => engine.run(principal, *req, false, io),
+            Job::Exec(name, req) => engine.exec(principal, &name, *req, io),
+        }
+    });
+    tokio::spawn(async move {
+        let _slot = slot;
+        let result = task.await;
+        let event = match result {
+            Ok(Ok(report)) => {
+                audit(
+                    &app,
+                    Some(&key_id),
+                    kind,
+                    target.as_deref(),
+                    "ok",
+                    Some("streamed"),
+                );
+                let result = finish_run(&app, report, if kind == "run" { "run" } else { "exec" });
+                Event::default()
+                    .event("result")
+                    .data(serde_json::to_string(&result).expect("serializes"))
+            }
+            Ok(Err(failure)) => {
+                let failure = ApiFailure::from(failure);
+                audit(
+                    &app,
+                    Some(&key_id),
+                    kind,
+                    target.as_deref(),
+                    "error",
+                    Some(&failure.message),
+                );
+                Event::default().event("error").data(
+                    serde_json::json!({ "error": failure.message, "field": failure.field })
+                        .to_string(),
+                )
+            }
+            Err(e) => Event::default()
+                .event("error")
+                .data(serde_json::json!({ "error": format!("worker failed: {e}") }).to_string()),
+        };
+        let _ = tx.send(event).await;
+    });
+    // The cancel end lives as long as the response body: a client that goes away drops
+    // the body, the engine sees its end of the pair close and kills the run.
+    let events = futures_util::stream::unfold((rx, cancel), |(mut rx, cancel)| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), (rx, cancel)))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 pub(crate) async fn run(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let key = authenticate(&app, &headers, "run", None).await?;
-    let req: ApiRunRequest = json_body(body, app.config.max_body)?;
-    let argv = match (&req.language, &req.code, &req.argv) {
-        (Some(lang), Some(code), None) => language_argv(lang, code)?,
-        (None, None, Some(argv)) if !argv.is_empty() && !argv[0].is_empty() => argv.clone(),
-        _ => {
-            return Err(ApiFailure::bad_request(
-                "send either language and code (e.g. {\"language\": \"python\", \"code\": \"print(1)\"}) or argv (e.g. {\"argv\": [\"echo\", \"hi\"]})",
-            ))
-        }
-    };
-    let profile = req
-        .profile
-        .clone()
-        .unwrap_or_else(|| phantom_policy::DEFAULT_PROFILE.to_string());
-    // The policy is checked here first: a bad profile or limit is a 400 before any
-    // process starts, and the compile time is measured.
-    let check = RunRequest {
-        policy: PolicySource::Profile(profile.clone()),
-        overrides: overrides(&req.limits),
-        argv: argv.clone(),
-        env: Vec::new(),
-        cwd: None,
-        workspace: None,
-        capture_output: true,
-        image: None,
-    };
-    let started = Instant::now();
-    blocking(move || phantom_engine::prepare(&check).map(|_| ())).await?;
-    app.metrics
-        .policy_compile
-        .observe(started.elapsed().as_secs_f64());
-    let _slot = admit(&app, &key).await?;
-    let workspace = write_files(&req.files)?;
-    let mut args: Vec<String> = vec!["run".into(), "--profile".into(), profile];
-    if !req.stream {
-        args.push("--json".into());
-    }
-    args.extend(limit_args(&req.limits));
-    args.extend(env_args(&req.env)?);
-    if let Some(ws) = &workspace {
-        args.push("--workspace".into());
-        args.push(ws.0.display().to_string());
-    }
-    args.push("--".into());
-    args.extend(argv);
+    let req: RunRequest = json_body(body, app.config.max_body)?;
+    // The request's shape is checked before a slot is taken.
+    req.program()
+        .map_err(|e| ApiFailure::from(Failure::from(e)))?;
+    let slot = admit(&app, &key).await?;
+    let principal = principal(&key);
     if req.stream {
-        return runner::stream(
+        return run_streamed(
             app.clone(),
-            args,
-            req.stdin,
-            workspace,
+            principal,
+            Job::Run(Box::new(req)),
             key.id.clone(),
-            _slot,
+            slot,
         )
         .await;
     }
-    let out = runner::phantom(&app, &args, req.stdin.as_deref()).await?;
-    drop(workspace);
-    let result = runner::report(&out);
-    audit_result(&key, "run", None, &result);
+    let result = run_captured(&app, principal, Job::Run(Box::new(req))).await;
+    drop(slot);
+    audit_result(&app, &key, "run", None, &result);
     Ok(axum::Json(finish_run(&app, result?, "run")).into_response())
 }
 
 // ---------------------------------------------------------------------------------------
-// Persistent sandboxes: an API key sees only its own, named `api-<key id>-<name>`
-// underneath.
+// Persistent sandboxes: an API key sees only its own (the engine looks them up by the
+// key's owner: another key's sandbox is "not found").
 // ---------------------------------------------------------------------------------------
-
-fn internal_name(key: &ApiKey, name: &str) -> ApiResult<String> {
-    if let Err(e) = phantom_engine::sandbox::validate_name(name) {
-        return Err(ApiFailure::bad_request(e.to_string()));
-    }
-    let internal = format!("api-{}-{name}", key.id);
-    if internal.len() > 63 {
-        return Err(ApiFailure::bad_request(format!(
-            "sandbox name `{name}`: at most {} characters over the API",
-            63 - (internal.len() - name.len())
-        )));
-    }
-    Ok(internal)
-}
-
-fn external(key: &ApiKey, mut info: SandboxInfo) -> SandboxInfo {
-    let prefix = format!("api-{}-", key.id);
-    if let Some(n) = info.name.strip_prefix(&prefix) {
-        info.name = n.to_string();
-    }
-    info
-}
 
 pub(crate) async fn create_sandbox(
     State(app): State<Arc<App>>,
@@ -712,16 +775,11 @@ pub(crate) async fn create_sandbox(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let key = authenticate(&app, &headers, "sandbox.create", None).await?;
-    let req: ApiCreateSandbox = json_body(body, app.config.max_body)?;
-    let name = internal_name(&key, &req.name)?;
-    let prefix = format!("api-{}-", key.id);
-    let mine = blocking(move || {
-        Ok(phantom_engine::sandbox::list()?
-            .into_iter()
-            .filter(|s| s.name.starts_with(&prefix))
-            .count())
-    })
-    .await?;
+    let req: CreateRequest = json_body(body, app.config.max_body)?;
+    let name = req.name.clone();
+    let principal = principal(&key);
+    let (engine, p) = (app.engine.clone(), principal.clone());
+    let mine = blocking(move || Ok(engine.list(p, false)?.len())).await?;
     if mine >= key.max_concurrent as usize {
         return Err(refused(
             &app,
@@ -731,48 +789,19 @@ pub(crate) async fn create_sandbox(
         ));
     }
     let slot = admit(&app, &key).await?;
-    let mut args: Vec<String> = vec![
-        "create".into(),
-        "--json".into(),
-        "--name".into(),
-        name.clone(),
-    ];
-    for (flag, value) in [
-        ("--profile", &req.profile),
-        ("--image", &req.image),
-        ("--timeout-idle", &req.timeout_idle),
-        ("--max-lifetime", &req.max_lifetime),
-        ("--from-snapshot", &req.from_snapshot),
-    ] {
-        if let Some(v) = value {
-            args.push(flag.into());
-            args.push(v.clone());
-        }
-    }
-    args.extend(limit_args(&req.limits));
-    let out = runner::phantom(&app, &args, None).await?;
+    let engine = app.engine.clone();
+    let created = blocking(move || engine.create(principal, req)).await;
     drop(slot); // from now on it counts as a persistent sandbox
-    if out.code != Some(0) {
-        let failure = runner::refusal(&out);
-        audit(
-            Some(&key.id),
-            "sandbox.create",
-            Some(&req.name),
-            "error",
-            Some(&failure.message),
-        );
-        return Err(failure);
-    }
-    let info: SandboxInfo = serde_json::from_slice(&out.stdout)
-        .map_err(|e| ApiFailure::internal(format!("phantom create printed no record: {e}")))?;
+    *app.persistent.lock().expect("census") = None;
+    audit_result(&app, &key, "sandbox.create", Some(&name), &created);
+    let created = created?;
     app.metrics
         .sandbox_starts
         .get_or_create(&KindLabel {
             kind: "persistent".into(),
         })
         .inc();
-    audit(Some(&key.id), "sandbox.create", Some(&req.name), "ok", None);
-    Ok((StatusCode::CREATED, axum::Json(external(&key, info))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(created.info.redacted())).into_response())
 }
 
 pub(crate) async fn list_sandboxes(
@@ -780,16 +809,11 @@ pub(crate) async fn list_sandboxes(
     headers: HeaderMap,
 ) -> ApiResult<axum::Json<Vec<SandboxInfo>>> {
     let key = authenticate(&app, &headers, "sandbox.list", None).await?;
-    let prefix = format!("api-{}-", key.id);
-    let list = blocking(move || {
-        Ok(phantom_engine::sandbox::list()?
-            .into_iter()
-            .filter(|s| s.name.starts_with(&prefix))
-            .collect::<Vec<_>>())
-    })
-    .await?;
+    let engine = app.engine.clone();
+    let principal = principal(&key);
+    let list = blocking(move || engine.list(principal, false)).await?;
     Ok(axum::Json(
-        list.into_iter().map(|i| external(&key, i)).collect(),
+        list.into_iter().map(SandboxInfo::redacted).collect(),
     ))
 }
 
@@ -799,18 +823,10 @@ pub(crate) async fn get_sandbox(
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<SandboxInfo>> {
     let key = authenticate(&app, &headers, "sandbox.get", Some(&name)).await?;
-    let internal = internal_name(&key, &name)?;
-    let info = blocking(move || phantom_engine::sandbox::info(&internal)).await;
-    Ok(axum::Json(external(
-        &key,
-        info.map_err(|e| rename(e, &key, &name))?,
-    )))
-}
-
-/// Messages name the sandbox as the caller does, not by its internal name.
-fn rename(mut e: ApiFailure, key: &ApiKey, name: &str) -> ApiFailure {
-    e.message = e.message.replace(&format!("api-{}-{name}", key.id), name);
-    e
+    let engine = app.engine.clone();
+    let principal = principal(&key);
+    let info = blocking(move || engine.get(principal, &name)).await?;
+    Ok(axum::Json(info.redacted()))
 }
 
 pub(crate) async fn delete_sandbox(
@@ -819,13 +835,13 @@ pub(crate) async fn delete_sandbox(
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<SandboxInfo>> {
     let key = authenticate(&app, &headers, "sandbox.delete", Some(&name)).await?;
-    let internal = internal_name(&key, &name)?;
-    let r = blocking(move || phantom_engine::sandbox::destroy(&internal)).await;
-    audit_result(&key, "sandbox.delete", Some(&name), &r);
-    Ok(axum::Json(external(
-        &key,
-        r.map_err(|e| rename(e, &key, &name))?,
-    )))
+    let engine = app.engine.clone();
+    let principal = principal(&key);
+    let target = name.clone();
+    let r = blocking(move || engine.destroy(principal, &target)).await;
+    *app.persistent.lock().expect("census") = None;
+    audit_result(&app, &key, "sandbox.delete", Some(&name), &r);
+    Ok(axum::Json(r?.redacted()))
 }
 
 pub(crate) async fn exec(
@@ -833,30 +849,30 @@ pub(crate) async fn exec(
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<axum::Json<ApiRunResult>> {
+) -> ApiResult<Response> {
     let key = authenticate(&app, &headers, "sandbox.exec", Some(&name)).await?;
-    let req: ApiExecRequest = json_body(body, app.config.max_body)?;
-    if req.argv.first().is_none_or(|a| a.is_empty()) {
-        return Err(ApiFailure::bad_request(
-            "argv: give the command and its arguments, e.g. {\"argv\": [\"python3\", \"main.py\"]}",
-        ));
+    let ExecBody {
+        request: req,
+        stream,
+    } = json_body(body, app.config.max_body)?;
+    req.program()
+        .map_err(|e| ApiFailure::from(Failure::from(e)))?;
+    let slot = admit(&app, &key).await?;
+    let principal = principal(&key);
+    if stream {
+        return run_streamed(
+            app.clone(),
+            principal,
+            Job::Exec(name, Box::new(req)),
+            key.id.clone(),
+            slot,
+        )
+        .await;
     }
-    let internal = internal_name(&key, &name)?;
-    let _slot = admit(&app, &key).await?;
-    let mut args: Vec<String> = vec!["exec".into(), internal, "--json".into()];
-    if let Some(t) = &req.timeout {
-        args.extend(["--timeout".into(), t.clone()]);
-    }
-    if let Some(c) = &req.cwd {
-        args.extend(["--cwd".into(), c.clone()]);
-    }
-    args.extend(env_args(&req.env)?);
-    args.push("--".into());
-    args.extend(req.argv.iter().cloned());
-    let out = runner::phantom(&app, &args, req.stdin.as_deref()).await?;
-    let result = runner::report(&out).map_err(|e| rename(e, &key, &name));
-    audit_result(&key, "sandbox.exec", Some(&name), &result);
-    Ok(axum::Json(finish_run(&app, result?, "exec")))
+    let result = run_captured(&app, principal, Job::Exec(name.clone(), Box::new(req))).await;
+    drop(slot);
+    audit_result(&app, &key, "sandbox.exec", Some(&name), &result);
+    Ok(axum::Json(finish_run(&app, result?, "exec")).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -871,6 +887,22 @@ fn query(q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<PathQuery> {
         .map_err(|e| ApiFailure::bad_request(format!("query: {e}; expected ?path=/workspace/...")))
 }
 
+/// Work on sandbox `name`'s workspace (as `principal`), off the async threads: the
+/// engine hands out the workspace's fd only to its owner.
+async fn in_workspace<T: Send + 'static>(
+    app: &Arc<App>,
+    principal: Principal,
+    name: String,
+    work: impl FnOnce(&OwnedFd, &str) -> Result<T, phantom_engine::EngineError> + Send + 'static,
+) -> ApiResult<T> {
+    let engine = app.engine.clone();
+    blocking(move || {
+        let workspace = engine.workspace(principal, &name)?;
+        work(&workspace, &name).map_err(engine_failure)
+    })
+    .await
+}
+
 pub(crate) async fn list_files(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -879,10 +911,10 @@ pub(crate) async fn list_files(
 ) -> ApiResult<axum::Json<Vec<phantom_api::FileEntry>>> {
     let key = authenticate(&app, &headers, "files.list", Some(&name)).await?;
     let path = query(q)?.path.unwrap_or_else(|| "/workspace".into());
-    let internal = internal_name(&key, &name)?;
-    let entries = blocking(move || phantom_engine::sandbox::list_files(&internal, &path))
-        .await
-        .map_err(|e| rename(e, &key, &name))?;
+    let entries = in_workspace(&app, principal(&key), name, move |ws, name| {
+        phantom_engine::sandbox::files::list_files(ws, name, &path)
+    })
+    .await?;
     Ok(axum::Json(entries))
 }
 
@@ -896,11 +928,11 @@ pub(crate) async fn read_file(
     let path = query(q)?.path.ok_or_else(|| {
         ApiFailure::bad_request("path: which file, e.g. ?path=/workspace/main.py")
     })?;
-    let internal = internal_name(&key, &name)?;
     let max = app.config.max_body as u64;
-    let data = blocking(move || phantom_engine::sandbox::read_file(&internal, &path, max))
-        .await
-        .map_err(|e| rename(e, &key, &name))?;
+    let data = in_workspace(&app, principal(&key), name, move |ws, name| {
+        phantom_engine::sandbox::files::read_file(ws, name, &path, max)
+    })
+    .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
@@ -921,24 +953,13 @@ pub(crate) async fn write_file(
             format!("the file is larger than {} bytes", app.config.max_body),
         )
     })?;
-    let internal = internal_name(&key, &name)?;
     let target = format!("{name}:{path}");
-    let r = blocking(move || phantom_engine::sandbox::write_file(&internal, &path, &body, true))
-        .await
-        .map_err(|e| rename(e, &key, &name));
-    audit_result(&key, "files.write", Some(&target), &r);
+    let r = in_workspace(&app, principal(&key), name, move |ws, name| {
+        phantom_engine::sandbox::files::write_file(ws, name, &path, &body, true)
+    })
+    .await;
+    audit_result(&app, &key, "files.write", Some(&target), &r);
     r.map(|()| StatusCode::NO_CONTENT)
-}
-
-fn api_snapshot(i: phantom_store::SnapshotInfo) -> ApiSnapshot {
-    ApiSnapshot {
-        tag: i.tag,
-        manifest: i.manifest,
-        files: i.files,
-        bytes: i.bytes,
-        new_chunks: i.new_chunks,
-        created: i.created,
-    }
 }
 
 pub(crate) async fn snapshot(
@@ -954,37 +975,65 @@ pub(crate) async fn snapshot(
     } else {
         json_body(body, app.config.max_body)?
     };
-    let internal = internal_name(&key, &name)?;
-    let r = blocking(move || {
-        phantom_engine::sandbox::snapshot(
-            &internal,
-            req.tag.as_deref(),
+    let owner = Owner::Key(key.id.clone());
+    let target = name.clone();
+    let r = in_workspace(&app, principal(&key), name, move |ws, name| {
+        let tag = req.tag.unwrap_or_else(|| {
+            format!(
+                "{name}-{}",
+                phantom_engine::sandbox::utc_stamp(phantom_engine::sandbox::now_s())
+            )
+        });
+        let store = phantom_store::SnapshotStore::open_default()?;
+        let dir = phantom_engine::sandbox::files::readable_dir(ws)?;
+        let info = store.snapshot_at(
+            dir.as_fd(),
+            &format!("{name}:/workspace"),
+            &owner,
+            &tag,
             &Default::default(),
             &mut |_| {},
-        )
+        )?;
+        Ok(api_snapshot(info))
     })
-    .await
-    .map_err(|e| rename(e, &key, &name));
-    audit_result(&key, "sandbox.snapshot", Some(&name), &r);
-    Ok((StatusCode::CREATED, axum::Json(api_snapshot(r?))).into_response())
+    .await;
+    audit_result(&app, &key, "sandbox.snapshot", Some(&target), &r);
+    Ok((StatusCode::CREATED, axum::Json(r?)).into_response())
+}
+
+fn api_snapshot(i: phantom_store::SnapshotInfo) -> SnapshotInfo {
+    SnapshotInfo {
+        tag: i.tag,
+        manifest: i.manifest,
+        files: i.files,
+        bytes: i.bytes,
+        new_chunks: i.new_chunks,
+        created: i.created,
+        source: None,
+    }
 }
 
 pub(crate) async fn list_snapshots(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<axum::Json<Vec<ApiSnapshot>>> {
+) -> ApiResult<axum::Json<Vec<SnapshotInfo>>> {
     let key = authenticate(&app, &headers, "sandbox.snapshots", Some(&name)).await?;
-    let source = format!("{}:/workspace", internal_name(&key, &name)?);
+    let owner = Owner::Key(key.id.clone());
+    let source = format!("{name}:/workspace");
     let list = blocking(move || {
-        Ok(phantom_store::SnapshotStore::open_default()?
-            .list()?
+        let store =
+            phantom_store::SnapshotStore::open_default().map_err(|e| engine_failure(e.into()))?;
+        Ok(store
+            .list(Some(&owner))
+            .map_err(|e| engine_failure(e.into()))?
             .into_iter()
             .filter(|s| s.source == source)
+            .map(api_snapshot)
             .collect::<Vec<_>>())
     })
     .await?;
-    Ok(axum::Json(list.into_iter().map(api_snapshot).collect()))
+    Ok(axum::Json(list))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -994,21 +1043,10 @@ pub(crate) async fn list_snapshots(
 pub(crate) async fn pools(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-) -> ApiResult<axum::Json<serde_json::Value>> {
+) -> ApiResult<axum::Json<phantom_api::engine::PoolStatus>> {
     authenticate(&app, &headers, "pools", None).await?;
-    let socket = app.config.pool_socket.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        socket.map(|s| phantom_engine::warm::client::status_at(&s))
-    })
-    .await
-    .map_err(|e| ApiFailure::internal(e.to_string()))?;
-    Ok(axum::Json(match status {
-        Some(Ok(s)) => serde_json::to_value(s).unwrap_or_default(),
-        Some(Err(e)) => serde_json::json!({ "pools": [], "error": e.to_string() }),
-        None => {
-            serde_json::json!({ "pools": [], "error": "this server keeps no warm pools (start it with --zygote-pools N)" })
-        }
-    }))
+    let engine = app.engine.clone();
+    Ok(axum::Json(blocking(move || engine.pools()).await?))
 }
 
 pub(crate) async fn psi(
@@ -1019,7 +1057,7 @@ pub(crate) async fn psi(
     let sample = match &app.config.psi {
         Some(_) => pressure(&app),
         None => {
-            use phantom_engine::warm::pressure::{PressureSource, ProcPressure};
+            use phantom_engine::pressure::{PressureSource, ProcPressure};
             ProcPressure.sample()
         }
     };

@@ -1,25 +1,27 @@
 //! The supervisor's HTTP API (`phantom-supervisor --bind ADDR`): REST over the
-//! runtime, with API keys, per-key rate limits, concurrency limits, pressure-aware
-//! admission, an audit log and Prometheus metrics.
+//! engine, with API keys (each with its grants and its own sandboxes and snapshots),
+//! per-key rate limits, concurrency limits, pressure-aware admission, an audit log and
+//! Prometheus metrics.
 //!
-//! Process model: this server is multi-threaded (tokio), so it never forks. Anything
-//! that needs a new process — a run, `create`, `exec` — is done by the `phantom`
-//! binary as a child process (`runner.rs`), which itself uses the supervisor's warm
-//! pools through their socket. What needs no new process (list, files, snapshots,
-//! destroy) calls the runtime directly on a blocking thread.
+//! Process model: this server is multi-threaded (tokio), so it never forks. Every
+//! request that needs a sandbox goes to the engine (`phantom_engine::EngineClient`, on
+//! a blocking thread): bodies are parsed into the phantom-api model and sent as they
+//! are, for the key's principal; the engine decides warm or cold, enforces the grants
+//! and ownership, and the client relays the output. Files and snapshots move in this
+//! process through a workspace fd the engine hands to the sandbox's owner only.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod handlers;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
-mod runner;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -30,10 +32,8 @@ pub use handlers::ApiFailure;
 /// How the server is set up.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The `phantom` binary that runs sandboxes.
-    pub phantom_bin: PathBuf,
-    /// The warm pools' socket, passed to every run (None: cold runs only).
-    pub pool_socket: Option<PathBuf>,
+    /// The engine's socket.
+    pub engine_socket: PathBuf,
     /// Sandboxes at once, runs and persistent ones together.
     pub max_sandboxes: usize,
     /// Largest request body, in bytes.
@@ -47,15 +47,33 @@ pub struct Config {
     pub file_keys: Vec<String>,
 }
 
+/// Verified keys by the hash of what was presented, when, and the keys' generation then.
+type KeyCache = std::collections::HashMap<
+    blake3::Hash,
+    (
+        phantom_state::keys::ApiKey,
+        Instant,
+        Option<std::time::SystemTime>,
+    ),
+>;
+
 /// What every handler shares.
 pub struct App {
     pub config: Config,
     pub metrics: metrics::Metrics,
+    /// The engine every request goes to.
+    pub(crate) engine: phantom_engine::EngineClient,
     pub(crate) buckets: Mutex<std::collections::HashMap<String, limits::TokenBucket>>,
     pub(crate) inflight: Arc<Mutex<limits::Inflight>>,
     pub(crate) shutting_down: AtomicBool,
     /// `--api-keys FILE`: each key's id and hash.
     pub(crate) file_keys: Vec<(String, blake3::Hash)>,
+    pub(crate) key_cache: Mutex<KeyCache>,
+    /// The state directory (where a key revocation is marked).
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Persistent sandboxes of every owner, and when they were counted.
+    pub(crate) persistent: Mutex<Option<(usize, Instant)>>,
+    pub(crate) audit: audit::AuditLog,
 }
 
 impl App {
@@ -67,7 +85,12 @@ impl App {
             .collect();
         Arc::new(App {
             file_keys,
+            engine: phantom_engine::EngineClient::at(config.engine_socket.clone()),
             config,
+            key_cache: Mutex::new(Default::default()),
+            state_dir: phantom_state::store_dir::state_dir().ok().flatten(),
+            persistent: Mutex::new(None),
+            audit: audit::AuditLog::start(),
             metrics: metrics::Metrics::new(),
             buckets: Mutex::new(Default::default()),
             inflight: Arc::new(Mutex::new(limits::Inflight::default())),
@@ -136,7 +159,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
     });
     let server = tokio::spawn(async move { server.await });
     // After the signal, the server drains; past the grace period its runs are killed
-    // (each run's `phantom` child is killed when its request future is dropped).
+    // (a request future that is dropped cancels its run in the engine).
     let done = server;
     tokio::pin!(done);
     loop {

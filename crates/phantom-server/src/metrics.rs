@@ -207,7 +207,7 @@ impl Metrics {
         let sandbox_memory = Family::<SandboxLabel, Gauge>::default();
         registry.register(
             "aisbx_sandbox_memory_bytes",
-            "Memory in use per persistent sandbox (from its cgroup)",
+            "Memory in use per persistent sandbox, by sandbox id (from its cgroup)",
             sandbox_memory.clone(),
         );
         let proxy_connections = Family::<DecisionLabel, Counter>::default();

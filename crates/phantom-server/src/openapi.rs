@@ -2,10 +2,10 @@
 //! body's schema generated from the phantom-api types themselves (schemars), so the
 //! document cannot drift from what the server parses and returns.
 
-use phantom_api::{
-    ApiCreateSandbox, ApiError, ApiExecRequest, ApiHealth, ApiRunRequest, ApiRunResult,
-    ApiSnapshot, ApiSnapshotRequest, FileEntry, SandboxInfo,
-};
+use phantom_api::engine::PoolStatus;
+use phantom_api::report::SnapshotInfo;
+use phantom_api::request::{CreateRequest, ExecBody, RunRequest};
+use phantom_api::{ApiError, ApiHealth, ApiRunResult, ApiSnapshotRequest, FileEntry, SandboxInfo};
 use schemars::generate::{Contract, SchemaSettings};
 use serde_json::{json, Map, Value};
 
@@ -13,17 +13,29 @@ fn schemas() -> Map<String, Value> {
     let mut requests = SchemaSettings::openapi3();
     requests.contract = Contract::Deserialize;
     let mut gen = requests.into_generator();
-    gen.subschema_for::<ApiRunRequest>();
-    gen.subschema_for::<ApiCreateSandbox>();
-    gen.subschema_for::<ApiExecRequest>();
+    gen.subschema_for::<RunRequest>();
+    gen.subschema_for::<CreateRequest>();
+    gen.subschema_for::<ExecBody>();
     gen.subschema_for::<ApiSnapshotRequest>();
     let mut all = gen.take_definitions(true);
+    // Bodies refuse unknown fields (phantom_api::strict): said so in their schemas.
+    for name in [
+        "RunRequest",
+        "CreateRequest",
+        "ExecBody",
+        "ApiSnapshotRequest",
+    ] {
+        if let Some(Value::Object(schema)) = all.get_mut(name) {
+            schema.insert("additionalProperties".into(), Value::Bool(false));
+        }
+    }
     let mut responses = SchemaSettings::openapi3();
     responses.contract = Contract::Serialize;
     let mut gen = responses.into_generator();
     gen.subschema_for::<ApiRunResult>();
     gen.subschema_for::<SandboxInfo>();
-    gen.subschema_for::<ApiSnapshot>();
+    gen.subschema_for::<SnapshotInfo>();
+    gen.subschema_for::<PoolStatus>();
     gen.subschema_for::<FileEntry>();
     gen.subschema_for::<ApiError>();
     gen.subschema_for::<ApiHealth>();
@@ -55,6 +67,11 @@ fn errors(extra: &[(&str, &str)]) -> Vec<(String, Value)> {
             r("ApiError"),
         ),
         ok("401", "Missing, unknown or revoked API key", r("ApiError")),
+        ok(
+            "403",
+            "Not granted to this key (a profile, network, mode, limit or capability)",
+            r("ApiError"),
+        ),
         ok(
             "429",
             "Rate limit or the key's concurrency limit (Retry-After)",
@@ -110,10 +127,11 @@ pub fn document() -> Value {
         ("500", "The sandbox could not start"),
         ("503", "Server full or host under pressure (Retry-After)"),
     ]));
-    paths.insert("/api/v2/run".into(), json!({ "post": op("One command in a fresh sandbox", Some(body("ApiRunRequest")), run_responses) }));
+    paths.insert("/api/v2/run".into(), json!({ "post": op("One command in a fresh sandbox", Some(body("RunRequest")), run_responses) }));
 
     let mut create = vec![ok("201", "Created", r("SandboxInfo"))];
     create.extend(errors(&[
+        ("409", "This key has a sandbox of that name"),
         ("413", "Body too large"),
         ("500", "The sandbox could not start"),
         ("503", "Server full or host under pressure (Retry-After)"),
@@ -127,7 +145,7 @@ pub fn document() -> Value {
     paths.insert(
         "/api/v2/sandboxes".into(),
         json!({
-            "post": op("Create a persistent sandbox", Some(body("ApiCreateSandbox")), create),
+            "post": op("Create a persistent sandbox", Some(body("CreateRequest")), create),
             "get": op("List this key's sandboxes", None, list),
         }),
     );
@@ -149,11 +167,7 @@ pub fn document() -> Value {
         ("500", "Could not join the sandbox"),
         ("503", "Server full or host under pressure (Retry-After)"),
     ]));
-    let mut exec = op(
-        "Run a command in a sandbox",
-        Some(body("ApiExecRequest")),
-        exec_r,
-    );
+    let mut exec = op("Run a command in a sandbox", Some(body("ExecBody")), exec_r);
     exec["parameters"] = json!([name_param()]);
     paths.insert(
         "/api/v2/sandboxes/{name}/exec".into(),
@@ -199,7 +213,7 @@ pub fn document() -> Value {
         json!({ "get": read, "put": write }),
     );
 
-    let mut snap_r = vec![ok("201", "The snapshot", r("ApiSnapshot"))];
+    let mut snap_r = vec![ok("201", "The snapshot", r("SnapshotInfo"))];
     snap_r.extend(errors(&[("404", "No such sandbox")]));
     let mut snap = op(
         "Snapshot the workspace into the content-addressed store",
@@ -212,7 +226,7 @@ pub fn document() -> Value {
     let mut snaps_r = vec![ok(
         "200",
         "This sandbox's snapshots",
-        json!({ "type": "array", "items": r("ApiSnapshot") }),
+        json!({ "type": "array", "items": r("SnapshotInfo") }),
     )];
     snaps_r.extend(errors(&[]));
     let mut snaps = op("List the sandbox's snapshots", None, snaps_r);
@@ -222,11 +236,17 @@ pub fn document() -> Value {
         json!({ "post": snap, "get": snaps }),
     );
 
+    let mut pools_r = vec![ok(
+        "200",
+        "Warm pools: ready sandboxes, hits and misses per profile",
+        r("PoolStatus"),
+    )];
+    pools_r.extend(errors(&[("503", "No engine answers")]));
+    paths.insert(
+        "/api/v2/zygotes/pools".into(),
+        json!({ "get": op("The engine's warm pools", None, pools_r) }),
+    );
     for (path, summary) in [
-        (
-            "/api/v2/zygotes/pools",
-            "Warm pools: ready sandboxes, hits and misses per profile",
-        ),
         (
             "/api/v2/system/psi",
             "Host pressure (PSI) and the admission thresholds",
@@ -274,17 +294,26 @@ mod tests {
             let name: String = part.chars().take_while(|c| *c != '"').collect();
             assert!(schemas.contains_key(&name), "unresolved $ref {name}");
         }
-        for name in ["ApiRunRequest", "ApiRunResult", "SandboxInfo", "ApiError"] {
+        for name in ["RunRequest", "ApiRunResult", "SandboxInfo", "ApiError"] {
             assert!(schemas.contains_key(name), "{name} missing");
         }
         // Flattened fields appear in the request's own schema.
-        let run = &schemas["ApiRunRequest"]["properties"];
-        for field in ["language", "code", "argv", "timeout", "memory", "stream"] {
+        let run = &schemas["RunRequest"]["properties"];
+        for field in [
+            "language",
+            "code",
+            "argv",
+            "timeout",
+            "memory",
+            "stream",
+            "max_output",
+        ] {
             assert!(
                 run.get(field).is_some(),
-                "ApiRunRequest.{field} missing: {run}"
+                "RunRequest.{field} missing: {run}"
             );
         }
+        assert_eq!(schemas["RunRequest"]["additionalProperties"], false);
         let result = &schemas["ApiRunResult"]["properties"];
         for field in ["stdout", "exit_code", "cpu_ms", "wall_ms", "timed_out"] {
             assert!(

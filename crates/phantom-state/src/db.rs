@@ -3,15 +3,20 @@
 //! persistent sandboxes' records (here), API keys (`keys.rs`) and the audit log
 //! (`audit.rs`).
 //!
-//! A record is keyed by its name (unique: two concurrent `create` of one name give
-//! one sandbox and one clear error — the second INSERT fails on the constraint) and
-//! updated by its id (a name can be reused after `destroy`; an old sandbox's keeper
-//! must never touch the new one's record).
+//! A record belongs to an owner (`local`, or `key:<id>` for an API key) and is keyed by
+//! its owner and name (unique: two concurrent `create` of one name give one sandbox
+//! and one clear error — the second INSERT fails on the constraint); it is updated by
+//! its id (a name can be reused after `destroy`; an old sandbox's keeper must never
+//! touch the new one's record). Lookups always name the owner: no query reaches
+//! another owner's sandbox.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use phantom_api::{CreateRequest, SandboxInfo};
+use phantom_api::access::Owner;
+use phantom_api::choice::{Mode, SandboxStatus};
+use phantom_api::request::CreateRequest;
+use phantom_api::SandboxInfo;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{store_dir, StateError};
@@ -21,8 +26,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sandboxes (
-    name           TEXT PRIMARY KEY,
-    id             TEXT NOT NULL UNIQUE,
+    owner          TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    id             TEXT PRIMARY KEY,
     status         TEXT NOT NULL,
     reason         TEXT,
     request        TEXT NOT NULL,
@@ -38,7 +44,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     created        INTEGER NOT NULL,
     last_used      INTEGER NOT NULL,
     idle_timeout_s INTEGER NOT NULL,
-    max_lifetime_s INTEGER NOT NULL
+    max_lifetime_s INTEGER NOT NULL,
+    UNIQUE (owner, name)
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     id             TEXT PRIMARY KEY,
@@ -49,7 +56,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     last_used      INTEGER,
     rate_per_min   INTEGER NOT NULL,
     burst          INTEGER NOT NULL,
-    max_concurrent INTEGER NOT NULL
+    max_concurrent INTEGER NOT NULL,
+    grants         TEXT
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -63,28 +71,25 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
 ";
 
-/// Written to `PRAGMA user_version` once the schema is in place.
-const SCHEMA_VERSION: i64 = 2;
-
-/// Status of a sandbox whose keeper is starting it (no init yet).
-pub const STARTING: &str = "starting";
-/// Status of a sandbox whose init is up (see [`Record::effective_status`]).
-pub const RUNNING: &str = "running";
-/// Status of a sandbox whose init is gone; the record says why.
-pub const DEAD: &str = "dead";
-/// Status of a sandbox being destroyed: its keeper only cleans up.
-pub const DESTROYING: &str = "destroying";
+/// Written to `PRAGMA user_version` once the schema is in place. Version 3 gave
+/// sandboxes an owner (and API keys their grants); [`migrate_v2`] brings a version-2
+/// database over.
+const SCHEMA_VERSION: i64 = 3;
 
 /// One persistent sandbox's record.
 #[derive(Debug, Clone)]
 pub struct Record {
+    pub owner: Owner,
     pub name: String,
     pub id: String,
-    pub status: String,
+    /// `starting` (its keeper is starting it), `running` (its init is up; see
+    /// [`Record::effective_status`]), `dead` (its init is gone; the record says why) or
+    /// `destroying` (its keeper only cleans up).
+    pub status: SandboxStatus,
     pub reason: Option<String>,
     pub request: CreateRequest,
     pub profile: String,
-    pub mode: String,
+    pub mode: Mode,
     /// Fingerprint of the compiled plan at create: `exec` refuses a policy that
     /// changed since (its fences would differ from the sandbox's mounts).
     pub plan_hash: String,
@@ -121,33 +126,35 @@ impl Record {
     }
 
     /// The status a user should see: a `running` record whose init is gone is dead.
-    pub fn effective_status(&self) -> (&str, Option<String>) {
-        match self.status.as_str() {
-            RUNNING if !self.init_alive() => (
-                DEAD,
+    pub fn effective_status(&self) -> (SandboxStatus, Option<String>) {
+        match self.status {
+            SandboxStatus::Running if !self.init_alive() => (
+                SandboxStatus::Dead,
                 Some("its init exited (killed, or the host rebooted)".into()),
             ),
-            STARTING if !self.keeper_alive() => (
-                DEAD,
+            SandboxStatus::Starting if !self.keeper_alive() => (
+                SandboxStatus::Dead,
                 Some("it was never started: the process creating it died".into()),
             ),
             other => (other, self.reason.clone()),
         }
     }
 
-    /// The record as the API shows it (with its effective status).
+    /// The record as the local user sees it (with its effective status, its init's
+    /// pid and its host workspace; [`SandboxInfo::redacted`] for remote callers).
     pub fn info(&self) -> SandboxInfo {
         let (status, reason) = self.effective_status();
         SandboxInfo {
             name: self.name.clone(),
             id: self.id.clone(),
-            status: status.to_string(),
+            owner: self.owner.clone(),
+            status,
             reason,
             profile: self.profile.clone(),
-            mode: self.mode.clone(),
+            mode: self.mode,
             image: self.request.image.clone(),
-            init_pid: self.init_pid,
-            workspace: self.workspace().display().to_string(),
+            init_pid: (self.init_pid > 0).then_some(self.init_pid),
+            workspace: Some(self.workspace().display().to_string()),
             created: self.created,
             last_used: self.last_used,
             idle_timeout_s: self.idle_timeout_s,
@@ -232,6 +239,9 @@ impl State {
                 // WAL: readers (list, exec) never wait for a writer.
                 conn.pragma_update(None, "journal_mode", "WAL")
                     .map_err(db_error("configure state.db"))?;
+                if version == 2 {
+                    migrate_v2(&conn)?;
+                }
                 conn.execute_batch(SCHEMA)
                     .map_err(db_error("create the sandboxes table"))?;
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -255,22 +265,25 @@ impl State {
         &self.dir
     }
 
-    /// Record a new sandbox as `starting`. A name in use is a usage error naming it.
+    /// Record a new sandbox as `starting`. A name its owner uses already is a usage
+    /// error naming it.
     pub fn insert(&self, r: &Record) -> Result<(), StateError> {
         let request = serde_json::to_string(&r.request).expect("a CreateRequest serializes");
         let inserted = self.conn.execute(
-            "INSERT INTO sandboxes (name, id, status, reason, request, profile, mode, plan_hash,
-                 dir, init_pid, init_start, keeper_pid, keeper_start, created, last_used,
-                 idle_timeout_s, max_lifetime_s)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            "INSERT INTO sandboxes (owner, name, id, status, reason, request, profile, mode,
+                 plan_hash, dir, init_pid, init_start, keeper_pid, keeper_start, created,
+                 last_used, idle_timeout_s, max_lifetime_s)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                 ?17, ?18)",
             params![
+                r.owner.as_string(),
                 r.name,
                 r.id,
-                r.status,
+                r.status.as_str(),
                 r.reason,
                 request,
                 r.profile,
-                r.mode,
+                r.mode.as_str(),
                 r.plan_hash,
                 r.dir.display().to_string(),
                 r.init_pid,
@@ -288,10 +301,7 @@ impl State {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                Err(StateError::Usage(format!(
-                    "a sandbox named `{}` exists already (`phantom list` shows it); pick another name or `phantom destroy {}` first",
-                    r.name, r.name
-                )))
+                Err(StateError::NameTaken(r.name.clone()))
             }
             Err(e) => Err(db_error("record the sandbox")(e)),
         }
@@ -312,12 +322,12 @@ impl State {
                  WHERE id = ?1 AND status = ?7",
                 params![
                     id,
-                    RUNNING,
+                    SandboxStatus::Running.as_str(),
                     init.0,
                     init.1 as i64,
                     keeper.0,
                     keeper.1 as i64,
-                    STARTING,
+                    SandboxStatus::Starting.as_str(),
                     socket.display().to_string(),
                 ],
             )
@@ -341,13 +351,18 @@ impl State {
     pub fn set_status(
         &self,
         id: &str,
-        status: &str,
+        status: SandboxStatus,
         reason: Option<&str>,
     ) -> Result<(), StateError> {
         self.conn
             .execute(
                 "UPDATE sandboxes SET status = ?2, reason = ?3 WHERE id = ?1 AND status != ?4",
-                params![id, status, reason, DESTROYING],
+                params![
+                    id,
+                    status.as_str(),
+                    reason,
+                    SandboxStatus::Destroying.as_str()
+                ],
             )
             .map_err(db_error("update the sandbox's status"))?;
         Ok(())
@@ -358,7 +373,7 @@ impl State {
         self.conn
             .execute(
                 "UPDATE sandboxes SET status = ?2 WHERE id = ?1",
-                params![id, DESTROYING],
+                params![id, SandboxStatus::Destroying.as_str()],
             )
             .map_err(db_error("mark the sandbox destroyed"))?;
         Ok(())
@@ -383,105 +398,228 @@ impl State {
         Ok(())
     }
 
-    /// The record named `name`.
-    pub fn get(&self, name: &str) -> Result<Option<Record>, StateError> {
-        self.query_one("WHERE name = ?1", name)
-    }
-
-    /// The record with id `id`.
-    pub fn get_by_id(&self, id: &str) -> Result<Option<Record>, StateError> {
-        self.query_one("WHERE id = ?1", id)
-    }
-
-    fn query_one(&self, filter: &str, key: &str) -> Result<Option<Record>, StateError> {
-        let sql = format!("{SELECT} {filter}");
+    /// `owner`'s record named `name`.
+    pub fn get(&self, owner: &Owner, name: &str) -> Result<Option<Record>, StateError> {
+        let sql = format!("{SELECT} WHERE owner = ?1 AND name = ?2");
         self.conn
-            .query_row(&sql, params![key], row_to_record)
+            .query_row(&sql, params![owner.as_string(), name], row_to_record)
             .optional()
             .map_err(db_error("read the sandbox's record"))?
             .transpose()
     }
 
-    /// Every record, by name.
-    pub fn list(&self) -> Result<Vec<Record>, StateError> {
-        let sql = format!("{SELECT} ORDER BY name");
-        let mut stmt = self
-            .conn
-            .prepare(&sql)
-            .map_err(db_error("list the sandboxes"))?;
-        let rows = stmt
-            .query_map([], row_to_record)
-            .map_err(db_error("list the sandboxes"))?;
+    /// The record with id `id` (for the sandbox's own keeper).
+    pub fn get_by_id(&self, id: &str) -> Result<Option<Record>, StateError> {
+        let sql = format!("{SELECT} WHERE id = ?1");
+        self.conn
+            .query_row(&sql, params![id], row_to_record)
+            .optional()
+            .map_err(db_error("read the sandbox's record"))?
+            .transpose()
+    }
+
+    /// `owner`'s records by name; every owner's with `None` (an operator's view).
+    pub fn list(&self, owner: Option<&Owner>) -> Result<Vec<Record>, StateError> {
+        let mut stmt;
+        let rows = match owner {
+            Some(owner) => {
+                stmt = self
+                    .conn
+                    .prepare(&format!("{SELECT} WHERE owner = ?1 ORDER BY name"))
+                    .map_err(db_error("list the sandboxes"))?;
+                stmt.query_map(params![owner.as_string()], row_to_record)
+            }
+            None => {
+                stmt = self
+                    .conn
+                    .prepare(&format!("{SELECT} ORDER BY owner, name"))
+                    .map_err(db_error("list the sandboxes"))?;
+                stmt.query_map([], row_to_record)
+            }
+        }
+        .map_err(db_error("list the sandboxes"))?;
         let mut out = Vec::new();
         for row in rows {
             out.push(row.map_err(db_error("list the sandboxes"))??);
         }
         Ok(out)
     }
+
+    /// How many sandboxes `owner` has (every owner's with `None`).
+    pub fn count(&self, owner: Option<&Owner>) -> Result<usize, StateError> {
+        let n: i64 = match owner {
+            Some(owner) => self.conn.query_row(
+                "SELECT count(*) FROM sandboxes WHERE owner = ?1",
+                params![owner.as_string()],
+                |r| r.get(0),
+            ),
+            None => self
+                .conn
+                .query_row("SELECT count(*) FROM sandboxes", [], |r| r.get(0)),
+        }
+        .map_err(db_error("count the sandboxes"))?;
+        Ok(n.max(0) as usize)
+    }
 }
 
-const SELECT: &str = "SELECT name, id, status, reason, request, profile, mode, plan_hash, dir,
-    init_pid, init_start, keeper_pid, keeper_start, created, last_used, idle_timeout_s,
-    max_lifetime_s, socket FROM sandboxes";
+const SELECT: &str = "SELECT owner, name, id, status, reason, request, profile, mode,
+    plan_hash, dir, init_pid, init_start, keeper_pid, keeper_start, created, last_used,
+    idle_timeout_s, max_lifetime_s, socket FROM sandboxes";
 
-/// A row of [`SELECT`]; a request that does not parse is a corrupt record.
+/// A row of [`SELECT`]; a request, status or mode that does not parse is a corrupt
+/// record.
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, StateError>> {
-    let name: String = row.get(0)?;
-    let request: String = row.get(4)?;
+    let name: String = row.get(1)?;
+    let corrupt = |what: &str| {
+        StateError::Database(format!(
+            "the record of sandbox `{name}` is corrupt ({what}); `phantom destroy {name}` removes it"
+        ))
+    };
+    let owner: String = row.get(0)?;
+    let Some(owner) = Owner::parse(&owner) else {
+        return Ok(Err(corrupt(&format!("owner `{owner}`"))));
+    };
+    let request: String = row.get(5)?;
     let request = match serde_json::from_str::<CreateRequest>(&request) {
         Ok(r) => r,
-        Err(e) => {
-            return Ok(Err(StateError::Database(format!(
-            "the record of sandbox `{name}` is corrupt ({e}); `phantom destroy {name}` removes it"
-        ))))
-        }
+        Err(e) => return Ok(Err(corrupt(&e.to_string()))),
+    };
+    let status: String = row.get(3)?;
+    let Ok(status) = status.parse::<SandboxStatus>() else {
+        return Ok(Err(corrupt(&format!("status `{status}`"))));
+    };
+    let mode: String = row.get(7)?;
+    let Ok(mode) = mode.parse::<Mode>() else {
+        return Ok(Err(corrupt(&format!("mode `{mode}`"))));
     };
     let int = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
     Ok(Ok(Record {
-        id: row.get(1)?,
-        status: row.get(2)?,
-        reason: row.get(3)?,
+        owner,
+        id: row.get(2)?,
+        status,
+        reason: row.get(4)?,
         request,
-        profile: row.get(5)?,
-        mode: row.get(6)?,
-        plan_hash: row.get(7)?,
-        dir: PathBuf::from(row.get::<_, String>(8)?),
-        init_pid: row.get(9)?,
-        init_start: int(10)?,
-        keeper_pid: row.get(11)?,
-        keeper_start: int(12)?,
-        created: int(13)?,
-        last_used: int(14)?,
-        idle_timeout_s: int(15)?,
-        max_lifetime_s: int(16)?,
-        socket: PathBuf::from(row.get::<_, String>(17)?),
+        profile: row.get(6)?,
+        mode,
+        plan_hash: row.get(8)?,
+        dir: PathBuf::from(row.get::<_, String>(9)?),
+        init_pid: row.get(10)?,
+        init_start: int(11)?,
+        keeper_pid: row.get(12)?,
+        keeper_start: int(13)?,
+        created: int(14)?,
+        last_used: int(15)?,
+        idle_timeout_s: int(16)?,
+        max_lifetime_s: int(17)?,
+        socket: PathBuf::from(row.get::<_, String>(18)?),
         name,
     }))
+}
+
+/// Bring a version-2 database over: its sandboxes gain an owner — the API key of the
+/// `api-<key id>-<name>` names the HTTP API used to give them, else the local user —
+/// and their create requests the current shape; API keys gain a grants column (empty:
+/// a key made before grants existed gets the default ones).
+fn migrate_v2(conn: &Connection) -> Result<(), StateError> {
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(db_error("migrate state.db"))?;
+    let old: Vec<(String, String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT id, name, request FROM sandboxes")
+            .map_err(db_error("migrate state.db"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(db_error("migrate state.db"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(db_error("migrate state.db"))?
+    };
+    tx.execute_batch(
+        "ALTER TABLE sandboxes RENAME TO sandboxes_v2;
+         ALTER TABLE api_keys ADD COLUMN grants TEXT;",
+    )
+    .map_err(db_error("migrate state.db"))?;
+    tx.execute_batch(SCHEMA)
+        .map_err(db_error("migrate state.db"))?;
+    for (id, name, request) in old {
+        let (owner, name) = match name
+            .strip_prefix("api-")
+            .and_then(|rest| rest.split_once('-'))
+        {
+            Some((key, rest)) => (Owner::Key(key.to_string()), rest.to_string()),
+            None => (Owner::Local, name),
+        };
+        let request = upgrade_request(&request, &name);
+        tx.execute(
+            "INSERT INTO sandboxes (owner, name, id, status, reason, request, profile, mode,
+                 plan_hash, dir, init_pid, init_start, keeper_pid, keeper_start, socket,
+                 created, last_used, idle_timeout_s, max_lifetime_s)
+             SELECT ?1, ?2, id, status, reason, ?3, profile, mode, plan_hash, dir, init_pid,
+                 init_start, keeper_pid, keeper_start, socket, created, last_used,
+                 idle_timeout_s, max_lifetime_s FROM sandboxes_v2 WHERE id = ?4",
+            params![owner.as_string(), name, request, id],
+        )
+        .map_err(db_error("migrate state.db from version 2"))?;
+    }
+    tx.execute_batch("DROP TABLE sandboxes_v2;")
+        .map_err(db_error("migrate state.db"))?;
+    tx.commit().map_err(db_error("migrate state.db"))
+}
+
+/// A version-2 create request (`{"policy": {"profile": P}, "overrides": {...},
+/// "idle_timeout": ...}`) in the current shape.
+fn upgrade_request(text: &str, name: &str) -> String {
+    let Ok(serde_json::Value::Object(old)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return text.to_string();
+    };
+    let mut new = serde_json::Map::new();
+    new.insert("name".into(), name.into());
+    if let Some(serde_json::Value::Object(p)) = old.get("policy") {
+        if let Some(v) = p.get("profile") {
+            new.insert("profile".into(), v.clone());
+        }
+        if let Some(v) = p.get("file") {
+            new.insert("policy_file".into(), v.clone());
+        }
+    }
+    if let Some(serde_json::Value::Object(o)) = old.get("overrides") {
+        for (k, v) in o {
+            if !v.is_null() {
+                new.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    for (from, to) in [
+        ("image", "image"),
+        ("idle_timeout", "timeout_idle"),
+        ("max_lifetime", "max_lifetime"),
+        ("from_snapshot", "from_snapshot"),
+    ] {
+        if let Some(v) = old.get(from).filter(|v| !v.is_null()) {
+            new.insert(to.into(), v.clone());
+        }
+    }
+    serde_json::Value::Object(new).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_util::Scratch;
-    use phantom_api::{PolicySource, RunOverrides};
 
-    fn record(name: &str, id: &str) -> Record {
+    fn record_of(owner: Owner, name: &str, id: &str) -> Record {
         Record {
+            owner,
             name: name.into(),
             id: id.into(),
-            status: STARTING.into(),
+            status: SandboxStatus::Starting,
             reason: None,
             request: CreateRequest {
                 name: name.into(),
-                policy: PolicySource::Profile("default".into()),
-                overrides: RunOverrides::default(),
-                image: None,
-                idle_timeout: None,
-                max_lifetime: None,
-                from_snapshot: None,
+                ..CreateRequest::default()
             },
             profile: "default".into(),
-            mode: "sandbox".into(),
+            mode: Mode::Sandbox,
             plan_hash: "h".into(),
             dir: PathBuf::from(format!("/nonexistent/{id}")),
             init_pid: 0,
@@ -494,6 +632,10 @@ mod tests {
             idle_timeout_s: 900,
             max_lifetime_s: 86400,
         }
+    }
+
+    fn record(name: &str, id: &str) -> Record {
+        record_of(Owner::Local, name, id)
     }
 
     #[test]
@@ -524,7 +666,33 @@ mod tests {
             );
         }
         let state = State::open(&dir).unwrap();
-        assert_eq!(state.list().unwrap().len(), 1);
+        assert_eq!(state.list(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn owners_see_only_their_own_sandboxes_and_may_reuse_each_others_names() {
+        let scratch = Scratch::new("state-owners");
+        let state = State::open(&scratch.0).unwrap();
+        let (a, b) = (Owner::Key("aaaa".into()), Owner::Key("bbbb".into()));
+        state.insert(&record_of(a.clone(), "box", "ia")).unwrap();
+        state.insert(&record_of(b.clone(), "box", "ib")).unwrap();
+        state.insert(&record("box", "il")).unwrap();
+        assert_eq!(state.get(&a, "box").unwrap().unwrap().id, "ia");
+        assert_eq!(state.get(&b, "box").unwrap().unwrap().id, "ib");
+        assert_eq!(state.get(&Owner::Local, "box").unwrap().unwrap().id, "il");
+        assert!(state.get(&a, "other").unwrap().is_none());
+        let names = |o: &Owner| -> Vec<String> {
+            state
+                .list(Some(o))
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        assert_eq!(names(&a), ["ia"]);
+        assert_eq!(names(&Owner::Local), ["il"]);
+        assert_eq!(state.count(Some(&b)).unwrap(), 1);
+        assert_eq!(state.count(None).unwrap(), 3);
     }
 
     /// Regression: concurrent first opens of a new database raced to switch it to WAL
@@ -558,16 +726,21 @@ mod tests {
         state.delete("old").unwrap();
         state.insert(&record("box", "new")).unwrap();
         // The old sandbox's keeper reports late: nothing happens to the new one.
-        state.set_status("old", DEAD, Some("gone")).unwrap();
+        state
+            .set_status("old", SandboxStatus::Dead, Some("gone"))
+            .unwrap();
         state
             .set_running("old", (1, 1), (1, 1), Path::new("/s"))
             .unwrap();
-        let r = state.get("box").unwrap().unwrap();
-        assert_eq!((r.id.as_str(), r.status.as_str()), ("new", STARTING));
+        let r = state.get(&Owner::Local, "box").unwrap().unwrap();
+        assert_eq!((r.id.as_str(), r.status), ("new", SandboxStatus::Starting));
         // A record being destroyed keeps that status whatever its keeper says.
         state.set_destroying("new").unwrap();
-        state.set_status("new", DEAD, Some("init exited")).unwrap();
-        assert_eq!(state.get("box").unwrap().unwrap().status, DESTROYING);
+        state
+            .set_status("new", SandboxStatus::Dead, Some("init exited"))
+            .unwrap();
+        let r = state.get(&Owner::Local, "box").unwrap().unwrap();
+        assert_eq!(r.status, SandboxStatus::Destroying);
     }
 
     #[test]
@@ -582,19 +755,18 @@ mod tests {
         state
             .set_running("i1", (me, start), (me, start), Path::new("/s"))
             .unwrap();
-        let r = state.get("box").unwrap().unwrap();
-        assert_eq!(r.effective_status().0, RUNNING);
-        state.set_status("i1", RUNNING, None).unwrap();
+        let r = state.get(&Owner::Local, "box").unwrap().unwrap();
+        assert_eq!(r.effective_status().0, SandboxStatus::Running);
         state.delete("i1").unwrap();
         state.insert(&record("box", "i2")).unwrap();
         state
             .set_running("i2", (me, start + 1), (me, start), Path::new("/s"))
             .unwrap();
-        let r = state.get("box").unwrap().unwrap();
+        let r = state.get(&Owner::Local, "box").unwrap().unwrap();
         let (status, reason) = r.effective_status();
-        assert_eq!(status, DEAD);
+        assert_eq!(status, SandboxStatus::Dead);
         assert!(reason.unwrap().contains("init exited"));
-        assert_eq!(r.info().status, "dead");
+        assert_eq!(r.info().status, SandboxStatus::Dead);
     }
 
     #[test]
@@ -606,8 +778,51 @@ mod tests {
             .conn
             .execute("UPDATE sandboxes SET request = '{' WHERE id = 'c1'", [])
             .unwrap();
-        let err = state.get("box").unwrap_err().to_string();
+        let err = state.get(&Owner::Local, "box").unwrap_err().to_string();
         assert!(err.contains("record of sandbox `box` is corrupt"), "{err}");
         assert!(state.get_by_id("c1").is_err());
+    }
+
+    #[test]
+    fn a_version_2_database_gets_owners_from_the_old_api_names() {
+        let scratch = Scratch::new("state-v2");
+        std::fs::create_dir_all(&scratch.0).unwrap();
+        {
+            let conn = Connection::open(scratch.0.join("state.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE sandboxes (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+                    status TEXT NOT NULL, reason TEXT, request TEXT NOT NULL,
+                    profile TEXT NOT NULL, mode TEXT NOT NULL, plan_hash TEXT NOT NULL,
+                    dir TEXT NOT NULL, init_pid INTEGER NOT NULL DEFAULT 0,
+                    init_start INTEGER NOT NULL DEFAULT 0, keeper_pid INTEGER NOT NULL DEFAULT 0,
+                    keeper_start INTEGER NOT NULL DEFAULT 0, socket TEXT NOT NULL DEFAULT '',
+                    created INTEGER NOT NULL, last_used INTEGER NOT NULL,
+                    idle_timeout_s INTEGER NOT NULL, max_lifetime_s INTEGER NOT NULL);
+                 CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL,
+                    hash TEXT NOT NULL, created INTEGER NOT NULL, revoked INTEGER,
+                    last_used INTEGER, rate_per_min INTEGER NOT NULL, burst INTEGER NOT NULL,
+                    max_concurrent INTEGER NOT NULL);
+                 INSERT INTO sandboxes VALUES ('api-0123456789ab-secretbox', 'x1', 'dead', NULL,
+                    '{\"name\":\"api-0123456789ab-secretbox\",\"policy\":{\"profile\":\"default\"},\"overrides\":{\"mode\":null,\"memory\":\"64MB\",\"cpus\":null,\"pids\":null,\"timeout\":null,\"network\":null},\"idle_timeout\":\"5m\"}',
+                    'default', 'sandbox', 'h', '/nonexistent/x1', 0, 0, 0, 0, '', 1, 1, 300, 86400);
+                 INSERT INTO sandboxes VALUES ('mine', 'x2', 'dead', NULL,
+                    '{\"name\":\"mine\",\"policy\":{\"file\":\"/p.yaml\"},\"overrides\":{}}',
+                    'p', 'sandbox', 'h', '/nonexistent/x2', 0, 0, 0, 0, '', 1, 1, 300, 86400);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let state = State::open(&scratch.0).unwrap();
+        let key = Owner::Key("0123456789ab".into());
+        let theirs = state.get(&key, "secretbox").unwrap().unwrap();
+        assert_eq!(theirs.request.limits.memory.unwrap().as_str(), "64MB");
+        assert_eq!(theirs.request.timeout_idle.unwrap().as_str(), "5m");
+        assert_eq!(theirs.request.profile.as_deref(), Some("default"));
+        assert!(state
+            .get(&Owner::Local, "api-0123456789ab-secretbox")
+            .unwrap()
+            .is_none());
+        let mine = state.get(&Owner::Local, "mine").unwrap().unwrap();
+        assert_eq!(mine.request.policy_file.as_deref(), Some("/p.yaml"));
     }
 }

@@ -7,6 +7,9 @@ pub enum StateError {
     /// A value the caller gave is wrong (a name in use, a bad key name); exit code 2.
     #[error("{0}")]
     Usage(String),
+    /// The owner has a sandbox of that name already; exit code 2.
+    #[error("a sandbox named `{0}` exists already; pick another name or destroy that one first")]
+    NameTaken(String),
     /// The database failed or holds a corrupt record.
     #[error("state database: {0}")]
     Database(String),
@@ -32,7 +35,7 @@ impl StateError {
     /// 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StateError::Usage(_) => 2,
+            StateError::Usage(_) | StateError::NameTaken(_) => 2,
             _ => 1,
         }
     }

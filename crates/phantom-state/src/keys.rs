@@ -5,6 +5,7 @@
 //! a key is high-entropy random, so a fast hash is enough — and it is compared in
 //! constant time (`blake3::Hash` equality). The key itself is shown once, by `add`.
 
+use phantom_api::access::Grants;
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,9 @@ pub struct ApiKey {
     pub burst: u32,
     /// Sandboxes (runs and persistent ones) at once.
     pub max_concurrent: u32,
+    /// What requests made with it may ask for (profiles, networks, modes, limits,
+    /// capabilities that reach the host).
+    pub grants: Grants,
 }
 
 /// Limits a new key gets.
@@ -59,6 +63,9 @@ pub enum AuthError {
     Revoked(String),
 }
 
+/// Touched when a key is revoked (see [`Keys::generation`]).
+const GENERATION_FILE: &str = "keys.changed";
+
 fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -79,6 +86,11 @@ fn random_hex(bytes: usize) -> Result<String, StateError> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Whether `text` has the shape of a key `phantom keys add` makes (`phk_<id>_<secret>`).
+pub fn looks_like_key(text: &str) -> bool {
+    key_id(text).is_ok()
+}
+
 /// Split `phk_<id>_<secret>` into its id, checking the shape.
 fn key_id(key: &str) -> Result<&str, AuthError> {
     let rest = key.strip_prefix("phk_").ok_or(AuthError::Malformed)?;
@@ -90,7 +102,8 @@ fn key_id(key: &str) -> Result<&str, AuthError> {
     Ok(id)
 }
 
-const COLUMNS: &str = "id, name, created, revoked, last_used, rate_per_min, burst, max_concurrent";
+const COLUMNS: &str =
+    "id, name, created, revoked, last_used, rate_per_min, burst, max_concurrent, grants";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
     let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
@@ -105,6 +118,12 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
         rate_per_min: r.get(5)?,
         burst: r.get(6)?,
         max_concurrent: r.get(7)?,
+        // A key made before grants existed (no column value) gets the default ones; a
+        // value that does not parse grants nothing beyond them either.
+        grants: r
+            .get::<_, Option<String>>(8)?
+            .and_then(|g| serde_json::from_str(&g).ok())
+            .unwrap_or_else(Grants::default_key),
     })
 }
 
@@ -128,8 +147,14 @@ impl Keys {
         })
     }
 
-    /// Make a key named `name`; returns its record and the key itself (shown once).
-    pub fn add(&self, name: &str, limits: KeyLimits) -> Result<(ApiKey, String), StateError> {
+    /// Make a key named `name` with `grants`; returns its record and the key itself
+    /// (shown once).
+    pub fn add(
+        &self,
+        name: &str,
+        limits: KeyLimits,
+        grants: Grants,
+    ) -> Result<(ApiKey, String), StateError> {
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(StateError::Usage(
                 "a key's name: 1 to 64 printable characters, e.g. grader-prod".into(),
@@ -151,12 +176,14 @@ impl Keys {
             rate_per_min: limits.rate_per_min,
             burst: limits.burst,
             max_concurrent: limits.max_concurrent,
+            grants,
         };
         self.state
             .conn()
             .execute(
-                "INSERT INTO api_keys (id, name, hash, created, rate_per_min, burst, max_concurrent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO api_keys (id, name, hash, created, rate_per_min, burst,
+                     max_concurrent, grants)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     key.id,
                     key.name,
@@ -164,7 +191,8 @@ impl Keys {
                     key.created as i64,
                     key.rate_per_min,
                     key.burst,
-                    key.max_concurrent
+                    key.max_concurrent,
+                    serde_json::to_string(&key.grants).expect("grants serialize"),
                 ],
             )
             .map_err(db_error("record the key"))?;
@@ -183,6 +211,19 @@ impl Keys {
         let rows = stmt.query_map([], row).map_err(db_error("list the keys"))?;
         rows.collect::<Result<_, _>>()
             .map_err(db_error("list the keys"))
+    }
+
+    /// When keys last changed (a revocation): servers that cache verified keys trust
+    /// their cache only while this stays the same. `None` before any change.
+    pub fn generation(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+        std::fs::metadata(dir.join(GENERATION_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
+    /// The state directory the keys live in.
+    pub fn dir(&self) -> &std::path::Path {
+        self.state.dir()
     }
 
     /// Revoke the key with id (or name) `which`; returns it. Revoking twice is fine.
@@ -213,6 +254,13 @@ impl Keys {
                 params![key.id, now_s() as i64],
             )
             .map_err(db_error("revoke the key"))?;
+        // Servers that cache keys see the change now, not after their cache expires.
+        let marker = self.state.dir().join(GENERATION_FILE);
+        std::fs::write(&marker, now_s().to_string()).map_err(|e| StateError::Io {
+            what: "write",
+            path: marker.display().to_string(),
+            source: e,
+        })?;
         self.get(&key.id)
     }
 
@@ -239,7 +287,7 @@ impl Keys {
             .query_row(
                 &format!("SELECT {COLUMNS}, hash FROM api_keys WHERE id = ?1"),
                 params![id],
-                |r| Ok((row(r)?, r.get::<_, String>(8)?)),
+                |r| Ok((row(r)?, r.get::<_, String>(9)?)),
             )
             .optional()
             .map_err(db_error("read the key"))?;
@@ -273,7 +321,9 @@ mod tests {
     fn a_key_verifies_until_revoked_and_only_its_hash_is_stored() {
         let scratch = Scratch::new("keys");
         let keys = Keys::open(&scratch.0).unwrap();
-        let (key, secret) = keys.add("grader", KeyLimits::default()).unwrap();
+        let (key, secret) = keys
+            .add("grader", KeyLimits::default(), Grants::default_key())
+            .unwrap();
         assert!(secret.starts_with(&format!("phk_{}_", key.id)));
         assert_eq!(keys.verify(&secret).unwrap().unwrap().name, "grader");
         // The secret is nowhere in the database file.
@@ -302,6 +352,13 @@ mod tests {
             Err(AuthError::Revoked(key.id.clone()))
         );
         assert!(keys.revoke("nobody").is_err());
-        assert!(keys.add("", KeyLimits::default()).is_err());
+        assert_eq!(key.grants, Grants::default_key());
+        let (wide, _) = keys
+            .add("wide", KeyLimits::default(), Grants::local())
+            .unwrap();
+        assert_eq!(keys.get(&wide.id).unwrap().grants, Grants::local());
+        assert!(keys
+            .add("", KeyLimits::default(), Grants::default_key())
+            .is_err());
     }
 }

@@ -7,7 +7,7 @@
 //!   (phantom-image), the snapshot store (phantom-store) and `state.db` all live there.
 //! * [`State`] — `<state>/state.db` (SQLite, WAL), shared by every `phantom` process of
 //!   the user: the persistent sandboxes' table ([`Record`], one per sandbox, keyed by
-//!   name, updated by id), and the connection [`keys`] and [`audit`] use.
+//!   owner and name, updated by id), and the connection [`keys`] and [`audit`] use.
 //! * [`keys::Keys`] — API keys of the HTTP API (only their BLAKE3 hash is stored);
 //!   [`audit::Audit`] — the audit log of the HTTP API.
 //! * [`ids::new_sandbox_id`] — fresh random ids (sandboxes, stores' work directories).
@@ -24,5 +24,5 @@ pub mod store_dir;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
-pub use db::{Record, State, DEAD, DESTROYING, RUNNING, STARTING};
+pub use db::{Record, State};
 pub use error::StateError;

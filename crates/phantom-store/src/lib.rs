@@ -180,6 +180,9 @@ impl RestoreMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {
     pub tag: String,
+    /// Whose it is (records from before owners existed are the local user's).
+    #[serde(default = "local")]
+    pub owner: phantom_api::access::Owner,
     /// The manifest's BLAKE3 (hex): two snapshots of the same tree have the same one.
     pub manifest: String,
     /// When it was taken (seconds since the epoch).
@@ -207,6 +210,10 @@ pub struct SnapshotInfo {
     pub vanished: u64,
     /// Files and directories whose setuid/setgid bits were not recorded.
     pub setid_stripped: u64,
+}
+
+fn local() -> phantom_api::access::Owner {
+    phantom_api::access::Owner::Local
 }
 
 /// What a restore did.

@@ -293,10 +293,10 @@ impl Objects {
         }
     }
 
-    /// The record of `tag` (already validated).
-    pub(crate) fn read_tag(&self, tag: &str) -> Result<SnapshotInfo, SnapshotError> {
-        let path = self.path("tags").join(tag);
-        let fd = match rfs::openat(&self.tags, tag, READ_FLAGS, Mode::empty()) {
+    /// The record in tag file `file` (of tag `tag`, already validated).
+    pub(crate) fn read_tag(&self, file: &str, tag: &str) -> Result<SnapshotInfo, SnapshotError> {
+        let path = self.path("tags").join(file);
+        let fd = match rfs::openat(&self.tags, file, READ_FLAGS, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Err(SnapshotError::NotFound(tag.to_string())),
             Err(e) => return Err(SnapshotError::errno("open", &path)(e)),
@@ -336,7 +336,8 @@ impl Objects {
         info: &SnapshotInfo,
         replace: bool,
     ) -> Result<(), SnapshotError> {
-        let path = self.path("tags").join(&info.tag);
+        let file = crate::store::tag_file(&info.owner, &info.tag);
+        let path = self.path("tags").join(&file);
         let json = serde_json::to_vec_pretty(info).expect("tag records serialize");
         let (fd, tmp_name) = self.create_tmp("tag")?;
         let tmp_path = self.path("tmp").join(&tmp_name);
@@ -350,7 +351,7 @@ impl Objects {
             return Err(SnapshotError::io("write", tmp_path)(e));
         }
         let placed = if replace {
-            rfs::renameat(&self.tmp, &tmp_name, &self.tags, &info.tag)
+            rfs::renameat(&self.tmp, &tmp_name, &self.tags, file.as_str())
         } else {
             // link(2) fails with EEXIST when the name exists: no window in which a
             // concurrent snapshot of the same tag could be overwritten.
@@ -358,7 +359,7 @@ impl Objects {
                 &self.tmp,
                 &tmp_name,
                 &self.tags,
-                &info.tag,
+                file.as_str(),
                 AtFlags::empty(),
             );
             self.discard_tmp(&tmp_name);

@@ -1,6 +1,7 @@
 //! [`SnapshotStore`]: the operations on the store (layout and guarantees: see the crate
 //! docs).
 
+use phantom_api::access::Owner;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
@@ -91,6 +92,7 @@ impl SnapshotStore {
     pub fn snapshot(
         &self,
         dir: &Path,
+        owner: &Owner,
         tag: &str,
         options: &SnapshotOptions,
         progress: &mut dyn FnMut(SnapshotProgress),
@@ -121,6 +123,7 @@ impl SnapshotStore {
         self.snapshot_at(
             root.as_fd(),
             &source.display().to_string(),
+            owner,
             tag,
             options,
             progress,
@@ -134,6 +137,7 @@ impl SnapshotStore {
         &self,
         dir: BorrowedFd<'_>,
         source: &str,
+        owner: &Owner,
         tag: &str,
         options: &SnapshotOptions,
         progress: &mut dyn FnMut(SnapshotProgress),
@@ -141,7 +145,7 @@ impl SnapshotStore {
         validate_tag(tag)?;
         let objects = Objects::open(&self.dir, Access::Shared)?;
         // Checked again, atomically, when the tag is written; this spares the walk.
-        if !options.replace && objects.has_tag(tag) {
+        if !options.replace && objects.has_tag(&tag_file(owner, tag)) {
             return Err(SnapshotError::TagExists(tag.to_string()));
         }
         let mut pending = Pending::new(&objects);
@@ -150,6 +154,7 @@ impl SnapshotStore {
         let manifest_hash = pending.put_manifest(&manifest)?;
         let info = SnapshotInfo {
             tag: tag.to_string(),
+            owner: owner.clone(),
             manifest: manifest_hash.hex(),
             created: now(),
             source: source.to_string(),
@@ -175,16 +180,18 @@ impl SnapshotStore {
     /// (its parent must) or an empty one; a symlink there is refused.
     pub fn restore(
         &self,
+        owner: &Owner,
         tag: &str,
         dest: &Path,
         mode: RestoreMode,
     ) -> Result<RestoreInfo, SnapshotError> {
-        self.restore_with_progress(tag, dest, mode, &mut |_| {})
+        self.restore_with_progress(owner, tag, dest, mode, &mut |_| {})
     }
 
     /// [`SnapshotStore::restore`], reporting the bytes written as it goes.
     pub fn restore_with_progress(
         &self,
+        owner: &Owner,
         tag: &str,
         dest: &Path,
         mode: RestoreMode,
@@ -192,7 +199,7 @@ impl SnapshotStore {
     ) -> Result<RestoreInfo, SnapshotError> {
         validate_tag(tag)?;
         let objects = Objects::open(&self.dir, Access::Shared)?;
-        let (manifest, totals) = self.load(&objects, tag)?;
+        let (manifest, totals) = self.load(&objects, owner, tag)?;
         let (fd, created) = open_dest(dest)?;
         // Not emptied on failure: what is in it is not ours.
         check_empty(fd.as_fd(), dest)?;
@@ -217,6 +224,7 @@ impl SnapshotStore {
     /// directory is emptied again.
     pub fn restore_at(
         &self,
+        owner: &Owner,
         tag: &str,
         dest: BorrowedFd<'_>,
         dest_name: &Path,
@@ -225,7 +233,7 @@ impl SnapshotStore {
     ) -> Result<RestoreInfo, SnapshotError> {
         validate_tag(tag)?;
         let objects = Objects::open(&self.dir, Access::Shared)?;
-        let (manifest, totals) = self.load(&objects, tag)?;
+        let (manifest, totals) = self.load(&objects, owner, tag)?;
         check_empty(dest, dest_name)?;
         let result =
             Restore::new(&objects, tag, dest_name, mode, totals, progress).run(&manifest, dest);
@@ -239,9 +247,10 @@ impl SnapshotStore {
     fn load(
         &self,
         objects: &Objects,
+        owner: &Owner,
         tag: &str,
     ) -> Result<(Manifest, super::manifest::Totals), SnapshotError> {
-        let info = objects.read_tag(tag)?;
+        let info = objects.read_tag(&tag_file(owner, tag), tag)?;
         let manifest = objects.manifest_of(&info)?;
         let totals = manifest.check(&self.limits).map_err(|e| match e {
             CheckError::Unsafe(why) => SnapshotError::UnsafeManifest {
@@ -257,18 +266,21 @@ impl SnapshotStore {
         Ok((manifest, totals))
     }
 
-    /// The record of one snapshot.
-    pub fn info(&self, tag: &str) -> Result<SnapshotInfo, SnapshotError> {
+    /// The record of `owner`'s snapshot `tag` (another owner's is not found).
+    pub fn info(&self, owner: &Owner, tag: &str) -> Result<SnapshotInfo, SnapshotError> {
         validate_tag(tag)?;
-        Objects::open(&self.dir, Access::Shared)?.read_tag(tag)
+        Objects::open(&self.dir, Access::Shared)?.read_tag(&tag_file(owner, tag), tag)
     }
 
-    /// Every snapshot, by tag.
-    pub fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotError> {
+    /// `owner`'s snapshots by tag; every owner's with `None` (an operator's view).
+    pub fn list(&self, owner: Option<&Owner>) -> Result<Vec<SnapshotInfo>, SnapshotError> {
         let objects = Objects::open(&self.dir, Access::Shared)?;
         let mut out = Vec::new();
-        for tag in tags(&objects)? {
-            match objects.read_tag(&tag) {
+        for (file, (file_owner, tag)) in tags(&objects)? {
+            if owner.is_some_and(|o| *o != file_owner) {
+                continue;
+            }
+            match objects.read_tag(&file, &tag) {
                 Ok(info) => out.push(info),
                 // Removed since it was listed.
                 Err(SnapshotError::NotFound(_)) => {}
@@ -280,15 +292,16 @@ impl SnapshotStore {
 
     /// Remove a tag. Its chunks stay until [`SnapshotStore::gc`] (other snapshots
     /// may share them).
-    pub fn remove(&self, tag: &str) -> Result<(), SnapshotError> {
+    pub fn remove(&self, owner: &Owner, tag: &str) -> Result<(), SnapshotError> {
         validate_tag(tag)?;
         let objects = Objects::open(&self.dir, Access::Shared)?;
-        match rfs::unlinkat(objects.tags_fd(), tag, AtFlags::empty()) {
+        let file = tag_file(owner, tag);
+        match rfs::unlinkat(objects.tags_fd(), file.as_str(), AtFlags::empty()) {
             Ok(()) => Ok(()),
             Err(Errno::NOENT) => Err(SnapshotError::NotFound(tag.to_string())),
             Err(e) => Err(SnapshotError::errno(
                 "remove",
-                objects.path("tags").join(tag),
+                objects.path("tags").join(&file),
             )(e)),
         }
     }
@@ -302,8 +315,8 @@ impl SnapshotStore {
         let mut live_manifests = HashSet::new();
         let mut live_chunks = HashSet::new();
         let mut live_files = HashSet::new();
-        for tag in tags(&objects)? {
-            let info = objects.read_tag(&tag)?;
+        for (file, (_, tag)) in tags(&objects)? {
+            let info = objects.read_tag(&file, &tag)?;
             let manifest = objects.manifest_of(&info).map_err(|e| match e {
                 SnapshotError::Corrupt { what, why } => SnapshotError::Corrupt {
                     what,
@@ -373,9 +386,9 @@ impl SnapshotStore {
         let mut broken = BTreeSet::new();
         // Which tags use each manifest and each chunk.
         let mut manifest_users: BTreeMap<ContentHash, Vec<String>> = BTreeMap::new();
-        for tag in tags(&objects)? {
+        for (file, (_, tag)) in tags(&objects)? {
             report.tags += 1;
-            match objects.read_tag(&tag) {
+            match objects.read_tag(&file, &tag) {
                 Ok(info) => match ContentHash::parse(&info.manifest) {
                     Some(hash) => manifest_users.entry(hash).or_default().push(tag),
                     None => {
@@ -383,7 +396,7 @@ impl SnapshotStore {
                         report.problems.push(Problem {
                             kind: ObjectKind::Tag,
                             id: tag.clone(),
-                            path: objects.path("tags").join(&tag),
+                            path: objects.path("tags").join(&file),
                             what: format!("names no manifest ({:?})", info.manifest),
                             breaks: vec![tag],
                         });
@@ -395,7 +408,7 @@ impl SnapshotStore {
                     report.problems.push(Problem {
                         kind: ObjectKind::Tag,
                         id: tag.clone(),
-                        path: objects.path("tags").join(&tag),
+                        path: objects.path("tags").join(&file),
                         what: e.to_string(),
                         breaks: vec![tag],
                     });
@@ -636,16 +649,45 @@ fn sweep(
     Ok((count, bytes))
 }
 
-/// The tags in `tags/`, sorted; names that are not valid tags (strays) are skipped.
-fn tags(objects: &Objects) -> Result<Vec<String>, SnapshotError> {
-    let mut out: Vec<String> = list_dir(objects.tags_fd())
+/// A file in `tags/` and the owner and tag it holds.
+type TagFile = (String, (Owner, String));
+
+/// The tag files in `tags/` with their owner and tag, sorted; names that are not tag
+/// files (strays) are skipped.
+fn tags(objects: &Objects) -> Result<Vec<TagFile>, SnapshotError> {
+    let mut out: Vec<TagFile> = list_dir(objects.tags_fd())
         .map_err(SnapshotError::errno("list", objects.path("tags")))?
         .into_iter()
         .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| validate_tag(name).is_ok())
+        .filter_map(|name| parse_tag_file(&name).map(|owned| (name, owned)))
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// The file in `tags/` of `owner`'s tag `tag` (already validated): the tag itself for
+/// the local user, `~<key id>~<tag>` for an API key. A tag never starts with `~`, so
+/// the two never meet, and a key's snapshots are another namespace of tags.
+pub(crate) fn tag_file(owner: &Owner, tag: &str) -> String {
+    match owner {
+        Owner::Local => tag.to_string(),
+        Owner::Key(id) => format!("~{id}~{tag}"),
+    }
+}
+
+/// The owner and tag of a file in `tags/`, when it is one.
+fn parse_tag_file(name: &str) -> Option<(Owner, String)> {
+    match name.strip_prefix('~') {
+        None => validate_tag(name)
+            .ok()
+            .map(|()| (Owner::Local, name.to_string())),
+        Some(rest) => {
+            let (id, tag) = rest.split_once('~')?;
+            let id_ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric());
+            (id_ok && validate_tag(tag).is_ok())
+                .then(|| (Owner::Key(id.to_string()), tag.to_string()))
+        }
+    }
 }
 
 /// Open the destination of a restore, creating it when it does not exist; whether it

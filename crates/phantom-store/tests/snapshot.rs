@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use phantom_api::access::Owner;
 use phantom_store::{
     ObjectKind, RestoreMode, SnapshotError, SnapshotInfo, SnapshotLimits, SnapshotOptions,
     SnapshotStore,
@@ -95,7 +96,13 @@ impl Drop for Scratch {
 
 fn snap(store: &SnapshotStore, dir: &Path, tag: &str) -> SnapshotInfo {
     store
-        .snapshot(dir, tag, &SnapshotOptions::default(), &mut |_| {})
+        .snapshot(
+            dir,
+            &Owner::Local,
+            tag,
+            &SnapshotOptions::default(),
+            &mut |_| {},
+        )
         .unwrap_or_else(|e| panic!("snapshot {tag}: {e}"))
 }
 
@@ -296,9 +303,13 @@ fn round_trip_keeps_every_byte_mode_mtime_and_symlink() {
     let store = s.store();
     let mut events = 0;
     let info = store
-        .snapshot(&src, "rich", &SnapshotOptions::default(), &mut |_| {
-            events += 1
-        })
+        .snapshot(
+            &src,
+            &Owner::Local,
+            "rich",
+            &SnapshotOptions::default(),
+            &mut |_| events += 1,
+        )
         .unwrap();
     assert!(events > 0, "progress is reported");
     assert_eq!(info.files, 11, "{info:?}");
@@ -309,7 +320,9 @@ fn round_trip_keeps_every_byte_mode_mtime_and_symlink() {
     assert_eq!(info.source, src.display().to_string());
 
     let dest = s.out("rich");
-    let restored = store.restore("rich", &dest, RestoreMode::Copy).unwrap();
+    let restored = store
+        .restore(&Owner::Local, "rich", &dest, RestoreMode::Copy)
+        .unwrap();
     assert_eq!(
         (restored.files, restored.dirs, restored.symlinks),
         (11, 4, 4)
@@ -353,7 +366,9 @@ fn a_restore_into_an_existing_empty_directory_works() {
     snap(&store, &s.root.join("src"), "t");
     let dest = s.out("existing");
     fs::create_dir(&dest).unwrap();
-    store.restore("t", &dest, RestoreMode::Copy).unwrap();
+    store
+        .restore(&Owner::Local, "t", &dest, RestoreMode::Copy)
+        .unwrap();
     assert_eq!(fs::read(dest.join("f")).unwrap(), b"hello");
 }
 
@@ -380,7 +395,7 @@ fn a_second_snapshot_of_an_unchanged_tree_stores_nothing_new() {
     assert_eq!(s.usage("chunks"), chunks, "no chunk file and no byte added");
     assert_eq!(s.usage("manifests"), manifests);
     assert_eq!(s.usage("tmp"), (0, 0));
-    assert_eq!(store.list().unwrap().len(), 2);
+    assert_eq!(store.list(None).unwrap().len(), 2);
 }
 
 #[test]
@@ -420,7 +435,7 @@ fn a_one_byte_change_in_a_10_mb_file_adds_only_a_few_chunks() {
 
     // And every version still restores byte for byte.
     store
-        .restore("v3", &s.out("v3"), RestoreMode::Copy)
+        .restore(&Owner::Local, "v3", &s.out("v3"), RestoreMode::Copy)
         .unwrap();
     assert_eq!(fs::read(s.out("v3").join("big.bin")).unwrap(), data);
 }
@@ -481,7 +496,7 @@ fn verify_finds_a_flipped_byte_and_names_the_snapshots_it_breaks() {
 
     // A restore of a broken snapshot fails and leaves nothing; the others still work.
     let err = store
-        .restore("a1", &s.out("a1"), RestoreMode::Copy)
+        .restore(&Owner::Local, "a1", &s.out("a1"), RestoreMode::Copy)
         .unwrap_err();
     assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains(&problem.id), "{err}");
@@ -489,7 +504,9 @@ fn verify_finds_a_flipped_byte_and_names_the_snapshots_it_breaks() {
         !s.out("a1").exists(),
         "a failed restore removes what it created"
     );
-    store.restore("b", &s.out("b"), RestoreMode::Copy).unwrap();
+    store
+        .restore(&Owner::Local, "b", &s.out("b"), RestoreMode::Copy)
+        .unwrap();
 
     // A missing chunk is named too.
     fs::remove_file(victim).unwrap();
@@ -504,7 +521,7 @@ fn verify_finds_a_corrupt_manifest() {
     let s = Scratch::new("verify-manifest");
     let store = s.store();
     two_trees(&s, &store);
-    let a1 = store.info("a1").unwrap();
+    let a1 = store.info(&Owner::Local, "a1").unwrap();
     let path = s
         .store_dir()
         .join("manifests")
@@ -549,7 +566,7 @@ fn gc_after_rm_frees_exactly_the_unshared_chunks() {
     assert!(!only_b.is_empty());
 
     // rm alone frees nothing.
-    store.remove("b").unwrap();
+    store.remove(&Owner::Local, "b").unwrap();
     assert_eq!(files_below(&s.store_dir().join("chunks")), after_b);
     let report = store.gc().unwrap();
     assert_eq!(report.chunks_removed, only_b.len() as u64, "{report:?}");
@@ -558,7 +575,9 @@ fn gc_after_rm_frees_exactly_the_unshared_chunks() {
     assert_eq!(files_below(&s.store_dir().join("chunks")), after_a);
     // What is left is whole, and a second gc finds nothing.
     assert!(store.verify().unwrap().is_ok());
-    store.restore("a", &s.out("a"), RestoreMode::Copy).unwrap();
+    store
+        .restore(&Owner::Local, "a", &s.out("a"), RestoreMode::Copy)
+        .unwrap();
     assert_eq!(
         fs::read(s.out("a").join("shared.bin")).unwrap(),
         fs::read(a.join("shared.bin")).unwrap()
@@ -575,6 +594,7 @@ fn tags_are_checked_and_never_overwritten_unless_asked() {
         let err = store
             .snapshot(
                 &s.root.join("src"),
+                &Owner::Local,
                 bad,
                 &SnapshotOptions::default(),
                 &mut |_| {},
@@ -587,36 +607,45 @@ fn tags_are_checked_and_never_overwritten_unless_asked() {
     let err = store
         .snapshot(
             &s.root.join("src"),
+            &Owner::Local,
             "t",
             &SnapshotOptions::default(),
             &mut |_| {},
         )
         .unwrap_err();
     assert!(matches!(err, SnapshotError::TagExists(_)), "{err}");
-    assert_eq!(store.info("t").unwrap().manifest, first.manifest);
+    assert_eq!(
+        store.info(&Owner::Local, "t").unwrap().manifest,
+        first.manifest
+    );
     let replaced = store
         .snapshot(
             &s.root.join("src"),
+            &Owner::Local,
             "t",
             &SnapshotOptions { replace: true },
             &mut |_| {},
         )
         .unwrap();
     assert_ne!(replaced.manifest, first.manifest);
-    assert_eq!(store.info("t").unwrap().manifest, replaced.manifest);
+    assert_eq!(
+        store.info(&Owner::Local, "t").unwrap().manifest,
+        replaced.manifest
+    );
 
     assert!(matches!(
-        store.remove("nope"),
+        store.remove(&Owner::Local, "nope"),
         Err(SnapshotError::NotFound(_))
     ));
     assert!(matches!(
-        store.restore("nope", &s.out("x"), RestoreMode::Copy),
+        store.restore(&Owner::Local, "nope", &s.out("x"), RestoreMode::Copy),
         Err(SnapshotError::NotFound(_))
     ));
     assert!(!s.out("x").exists());
     let err = store
         .snapshot(
             &s.src("f"),
+            &Owner::Local,
             "file",
             &SnapshotOptions::default(),
             &mut |_| {},
@@ -635,7 +664,13 @@ fn two_concurrent_snapshots_of_one_tag_give_one_snapshot_and_one_error() {
         let handles: Vec<_> = (0..2)
             .map(|_| {
                 scope.spawn(|| {
-                    store.snapshot(&src, "same", &SnapshotOptions::default(), &mut |_| {})
+                    store.snapshot(
+                        &src,
+                        &Owner::Local,
+                        "same",
+                        &SnapshotOptions::default(),
+                        &mut |_| {},
+                    )
                 })
             })
             .collect();
@@ -661,7 +696,13 @@ fn limits_are_errors_and_a_failed_snapshot_leaves_nothing() {
         max_entries: 5,
     });
     let err = few
-        .snapshot(&src, "t", &SnapshotOptions::default(), &mut |_| {})
+        .snapshot(
+            &src,
+            &Owner::Local,
+            "t",
+            &SnapshotOptions::default(),
+            &mut |_| {},
+        )
         .unwrap_err();
     assert!(matches!(err, SnapshotError::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("--max-files"), "{err}");
@@ -670,13 +711,19 @@ fn limits_are_errors_and_a_failed_snapshot_leaves_nothing() {
         max_entries: 1000,
     });
     let err = small
-        .snapshot(&src, "t", &SnapshotOptions::default(), &mut |_| {})
+        .snapshot(
+            &src,
+            &Owner::Local,
+            "t",
+            &SnapshotOptions::default(),
+            &mut |_| {},
+        )
         .unwrap_err();
     assert!(err.to_string().contains("--max-size"), "{err}");
     // Chunks were written before the limit hit, but only to tmp/, and removed.
     assert_eq!(s.usage("chunks"), (0, 0));
     assert_eq!(s.usage("tmp"), (0, 0));
-    assert!(s.store().list().unwrap().is_empty());
+    assert!(s.store().list(None).unwrap().is_empty());
 
     // Nesting deeper than 256 directories is refused, not cut off.
     let deep = s.src("deep");
@@ -687,7 +734,13 @@ fn limits_are_errors_and_a_failed_snapshot_leaves_nothing() {
     fs::create_dir_all(&path).unwrap();
     let err = s
         .store()
-        .snapshot(&deep, "deep", &SnapshotOptions::default(), &mut |_| {})
+        .snapshot(
+            &deep,
+            &Owner::Local,
+            "deep",
+            &SnapshotOptions::default(),
+            &mut |_| {},
+        )
         .unwrap_err();
     assert!(err.to_string().contains("deeper than 256"), "{err}");
     fs::remove_dir_all(&deep).unwrap();
@@ -695,7 +748,7 @@ fn limits_are_errors_and_a_failed_snapshot_leaves_nothing() {
     // A store with lower limits refuses to restore a larger snapshot.
     snap(&s.store(), &src, "t");
     let err = few
-        .restore("t", &s.out("t"), RestoreMode::Copy)
+        .restore(&Owner::Local, "t", &s.out("t"), RestoreMode::Copy)
         .unwrap_err();
     assert!(matches!(err, SnapshotError::TooLarge { .. }), "{err}");
     assert!(!s.out("t").exists());
@@ -715,7 +768,9 @@ fn restore_refuses_a_non_empty_destination_and_a_symlink() {
     let busy = s.out("busy");
     fs::create_dir(&busy).unwrap();
     fs::write(busy.join("mine"), b"keep me").unwrap();
-    let err = store.restore("t", &busy, RestoreMode::Copy).unwrap_err();
+    let err = store
+        .restore(&Owner::Local, "t", &busy, RestoreMode::Copy)
+        .unwrap_err();
     assert_eq!(err.exit_code(), 2);
     assert!(err.to_string().contains("not empty"), "{err}");
     assert_eq!(fs::read_dir(&busy).unwrap().count(), 1);
@@ -724,13 +779,15 @@ fn restore_refuses_a_non_empty_destination_and_a_symlink() {
     // A symlink as the destination is not followed.
     let link = s.out("link");
     std::os::unix::fs::symlink(s.root.join("outside"), &link).unwrap();
-    let err = store.restore("t", &link, RestoreMode::Copy).unwrap_err();
+    let err = store
+        .restore(&Owner::Local, "t", &link, RestoreMode::Copy)
+        .unwrap_err();
     assert!(err.to_string().contains("symlink"), "{err}");
     s.assert_outside_untouched();
 
     // A file as the destination.
     let err = store
-        .restore("t", &busy.join("mine"), RestoreMode::Copy)
+        .restore(&Owner::Local, "t", &busy.join("mine"), RestoreMode::Copy)
         .unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
 }
@@ -812,7 +869,9 @@ fn restore_refuses_a_tampered_manifest() {
         snap(&store, &src, &tag);
         tamper(&s, &tag, edit);
         let dest = s.out(&tag);
-        let err = store.restore(&tag, &dest, RestoreMode::Copy).unwrap_err();
+        let err = store
+            .restore(&Owner::Local, &tag, &dest, RestoreMode::Copy)
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -827,12 +886,12 @@ fn restore_refuses_a_tampered_manifest() {
     }
     // The untouched snapshot still restores.
     store
-        .restore("good", &s.out("good"), RestoreMode::Copy)
+        .restore(&Owner::Local, "good", &s.out("good"), RestoreMode::Copy)
         .unwrap();
     assert_eq!(fs::read(s.out("good/d/f")).unwrap(), b"payload");
 
     // Bytes flipped in a stored manifest: it no longer hashes to its name.
-    let good = store.info("good").unwrap();
+    let good = store.info(&Owner::Local, "good").unwrap();
     let path = s
         .store_dir()
         .join("manifests")
@@ -844,7 +903,7 @@ fn restore_refuses_a_tampered_manifest() {
         .replace("\"d/f\"", "\"d/F\"");
     fs::write(&path, zstd::encode_all(edited.as_bytes(), 3).unwrap()).unwrap();
     let err = store
-        .restore("good", &s.out("good2"), RestoreMode::Copy)
+        .restore(&Owner::Local, "good", &s.out("good2"), RestoreMode::Copy)
         .unwrap_err();
     assert!(matches!(err, SnapshotError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("hashes to"), "{err}");
@@ -872,7 +931,9 @@ fn the_walk_never_follows_a_symlink_out_of_the_tree() {
         "{info:?}"
     );
     assert_eq!(info.bytes, 4, "/etc was not read");
-    store.restore("t", &s.out("t"), RestoreMode::Copy).unwrap();
+    store
+        .restore(&Owner::Local, "t", &s.out("t"), RestoreMode::Copy)
+        .unwrap();
     assert_eq!(fs::read_link(s.out("t/etc")).unwrap(), Path::new("/etc"));
     assert!(fs::symlink_metadata(s.out("t/etc"))
         .unwrap()
@@ -926,7 +987,13 @@ fn a_symlink_swapped_in_during_the_walk_does_not_lead_outside() {
     let (mut taken, mut changed) = (0, 0);
     while started.elapsed() < Duration::from_secs(2) {
         let tag = format!("race-{taken}");
-        match store.snapshot(&src, &tag, &SnapshotOptions::default(), &mut |_| {}) {
+        match store.snapshot(
+            &src,
+            &Owner::Local,
+            &tag,
+            &SnapshotOptions::default(),
+            &mut |_| {},
+        ) {
             Ok(info) => {
                 taken += 1;
                 // The walk may meet the directory under both names while they swap
@@ -951,7 +1018,12 @@ fn a_symlink_swapped_in_during_the_walk_does_not_lead_outside() {
     for i in 0..taken {
         let dest = s.out(&format!("race-{i}"));
         store
-            .restore(&format!("race-{i}"), &dest, RestoreMode::Copy)
+            .restore(
+                &Owner::Local,
+                &format!("race-{i}"),
+                &dest,
+                RestoreMode::Copy,
+            )
             .unwrap();
         for (path, node) in describe(&dest) {
             let path = String::from_utf8(path).unwrap();
@@ -991,7 +1063,7 @@ fn hardlink_restore_links_read_only_files_from_the_cache() {
     snap(&store, &src, "t");
 
     let first = store
-        .restore("t", &s.out("one"), RestoreMode::Hardlink)
+        .restore(&Owner::Local, "t", &s.out("one"), RestoreMode::Hardlink)
         .unwrap();
     // The store and the destination share a filesystem here, which allows hard links.
     assert_eq!(first.hardlinked, 3, "{first:?}");
@@ -1000,7 +1072,7 @@ fn hardlink_restore_links_read_only_files_from_the_cache() {
     assert_eq!(cache.0, 3);
 
     let second = store
-        .restore("t", &s.out("two"), RestoreMode::Hardlink)
+        .restore(&Owner::Local, "t", &s.out("two"), RestoreMode::Hardlink)
         .unwrap();
     assert_eq!(second.hardlinked, 3);
     assert_eq!(
@@ -1036,7 +1108,7 @@ fn hardlink_restore_links_read_only_files_from_the_cache() {
     assert_eq!(report.problems[0].kind, ObjectKind::CacheFile);
     assert!(report.broken_tags.is_empty(), "the chunks are intact");
     store
-        .restore("t", &s.out("three"), RestoreMode::Hardlink)
+        .restore(&Owner::Local, "t", &s.out("three"), RestoreMode::Hardlink)
         .unwrap();
     assert_eq!(fs::read(s.out("three/b.txt")).unwrap(), b"text");
     assert!(store.verify().unwrap().is_ok());
@@ -1051,7 +1123,7 @@ fn hardlink_restore_links_read_only_files_from_the_cache() {
     assert_eq!(gc.cache_files_removed, 1, "{gc:?}");
     assert!(store.verify().unwrap().is_ok());
     store
-        .restore("t", &s.out("four"), RestoreMode::Hardlink)
+        .restore(&Owner::Local, "t", &s.out("four"), RestoreMode::Hardlink)
         .unwrap();
     assert_eq!(
         fs::metadata(s.out("four/d/a.bin")).unwrap().mode() & 0o777,
@@ -1081,7 +1153,7 @@ fn reflink_restore_clones_or_says_why_it_copied() {
     let store = s.store();
     snap(&store, &src, "t");
     let info = store
-        .restore("t", &s.out("r"), RestoreMode::Reflink)
+        .restore(&Owner::Local, "t", &s.out("r"), RestoreMode::Reflink)
         .unwrap();
     assert_eq!(info.reflinked + info.copied, 2, "{info:?}");
     if reflinks_work(&s.root) {
@@ -1105,7 +1177,9 @@ fn reflink_restore_clones_or_says_why_it_copied() {
         fs::read(s.out("r/a.bin")).unwrap(),
         fs::read(src.join("a.bin")).unwrap()
     );
-    let copy = store.restore("t", &s.out("c"), RestoreMode::Copy).unwrap();
+    let copy = store
+        .restore(&Owner::Local, "t", &s.out("c"), RestoreMode::Copy)
+        .unwrap();
     assert_eq!((copy.copied, copy.reflinked, copy.fallback), (2, 0, None));
 }
 
@@ -1119,7 +1193,72 @@ fn read_only_directories_get_their_mode_after_their_contents() {
     let store = s.store();
     snap(&store, &src, "t");
     chmod(&src.join("ro"), 0o755);
-    store.restore("t", &s.out("t"), RestoreMode::Copy).unwrap();
+    store
+        .restore(&Owner::Local, "t", &s.out("t"), RestoreMode::Copy)
+        .unwrap();
     assert_eq!(fs::metadata(s.out("t/ro")).unwrap().mode() & 0o777, 0o555);
     assert_eq!(fs::read(s.out("t/ro/f")).unwrap(), b"x");
+}
+
+/// Snapshots belong to whoever took them: another owner can neither see, restore nor
+/// remove one, and its "not found" is the one a missing tag gets.
+#[test]
+fn snapshots_are_their_owners_and_not_found_looks_the_same_for_others() {
+    let s = Scratch::new("owners");
+    let store = s.store();
+    fs::create_dir_all(s.src("a")).unwrap();
+    fs::write(s.src("a/secret.txt"), "tenant a").unwrap();
+    let (a, b) = (
+        Owner::Key("aaaa11112222".into()),
+        Owner::Key("bbbb33334444".into()),
+    );
+    let opts = SnapshotOptions::default();
+    store
+        .snapshot(&s.src("a"), &a, "shared-name", &opts, &mut |_| {})
+        .unwrap();
+    // The same tag for another owner is another snapshot.
+    store
+        .snapshot(
+            &s.src("a"),
+            &Owner::Local,
+            "shared-name",
+            &opts,
+            &mut |_| {},
+        )
+        .unwrap();
+    let missing = store.info(&b, "never-made").unwrap_err().to_string();
+    let theirs = store.info(&b, "shared-name").unwrap_err().to_string();
+    assert_eq!(
+        missing.replace("never-made", "X"),
+        theirs.replace("shared-name", "X")
+    );
+    assert!(matches!(
+        store.restore(&b, "shared-name", &s.out("b"), RestoreMode::Copy),
+        Err(SnapshotError::NotFound(_))
+    ));
+    assert!(!s.out("b").exists());
+    assert!(matches!(
+        store.remove(&b, "shared-name"),
+        Err(SnapshotError::NotFound(_))
+    ));
+    let tags = |o: Option<&Owner>| -> Vec<(Owner, String)> {
+        store
+            .list(o)
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.owner, i.tag))
+            .collect()
+    };
+    assert_eq!(tags(Some(&a)), [(a.clone(), "shared-name".to_string())]);
+    assert!(tags(Some(&b)).is_empty());
+    assert_eq!(tags(None).len(), 2);
+    store
+        .restore(&a, "shared-name", &s.out("a"), RestoreMode::Copy)
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(s.out("a/secret.txt")).unwrap(),
+        "tenant a"
+    );
+    store.remove(&a, "shared-name").unwrap();
+    assert_eq!(tags(None), [(Owner::Local, "shared-name".to_string())]);
 }

@@ -76,6 +76,11 @@ impl Server {
         }
     }
 
+    /// The server's pid (None once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn phantom(&self, args: &[&str]) -> super::PhantomOutput {
         let state = self.dir.join("state");
         phantom(args, move |c| {
@@ -125,7 +130,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(20));
-        let _ = self.phantom(&["destroy", "--all"]);
+        let _ = self.phantom(&["destroy", "--all", "--every-owner"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod image;
+pub mod mcp;
 pub mod supervisor;
 
 use std::fs;
@@ -514,4 +515,120 @@ pub fn host_processes_containing(needle: &str) -> Vec<(u32, String)> {
 pub fn owner(path: &Path) -> (u32, u32) {
     let meta = fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
     (meta.uid(), meta.gid())
+}
+
+/// A process as the host sees it, told apart from a later one with its pid by its
+/// start time (field 22 of /proc/PID/stat).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostProcess {
+    pub pid: u32,
+    pub start: u64,
+    /// Its executable (`/proc/PID/exe`), when readable.
+    pub exe: Option<PathBuf>,
+    /// Its cgroup paths (`/proc/PID/cgroup`, one line per hierarchy).
+    pub cgroups: Vec<String>,
+    /// Its arguments joined by spaces, as read when it was seen.
+    pub cmdline: String,
+}
+
+impl HostProcess {
+    pub fn read(pid: u32) -> Option<HostProcess> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // After the command: state is field 3, so field N is fields[N - 3].
+        let start = fields.get(19)?.parse().ok()?;
+        let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string))
+            .collect();
+        Some(HostProcess {
+            pid,
+            start,
+            exe: fs::read_link(format!("/proc/{pid}/exe")).ok(),
+            cgroups,
+            cmdline: fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default(),
+        })
+    }
+
+    fn parent(pid: u32) -> Option<u32> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Whether its command line (arguments joined by spaces) contains `needle`.
+    pub fn cmdline_contains(&self, needle: &str) -> bool {
+        self.cmdline.contains(needle)
+    }
+
+    /// Whether this very process (not a later one with its pid) still lives.
+    pub fn alive(&self) -> bool {
+        HostProcess::read(self.pid).is_some_and(|p| p.start == self.start)
+    }
+}
+
+/// Every descendant of `root` (children, their children, ...), not `root` itself.
+pub fn descendants(root: u32) -> Vec<HostProcess> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            Some((pid, HostProcess::parent(pid)?))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found[1..]
+        .iter()
+        .filter_map(|&pid| HostProcess::read(pid))
+        .collect()
+}
+
+/// The sandbox cgroup directories named `id` on this host (`.../phantom/<id>`).
+pub fn sandbox_cgroups(id: &str) -> Vec<PathBuf> {
+    let Ok(controllers) = fs::read_dir("/sys/fs/cgroup") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for c in controllers.flatten() {
+        for dir in [
+            c.path().join("phantom").join(id),
+            PathBuf::from("/sys/fs/cgroup/phantom").join(id),
+        ] {
+            if dir.is_dir() && !found.contains(&dir) {
+                found.push(dir);
+            }
+        }
+    }
+    found
+}
+
+/// Wait up to `limit` for `child` to exit.
+pub fn wait_timeout(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }

@@ -1,5 +1,6 @@
-//! `phantom cp`: files and directories into and out of a persistent sandbox's
-//! workspace.
+//! Files and directories into and out of a persistent sandbox's workspace, in the
+//! caller's process, through the workspace's `O_PATH` fd that the engine handed out
+//! after checking who asks (`EngineClient::workspace`).
 //!
 //! The sandbox side is untrusted: anything in the workspace may be a symlink the
 //! sandbox planted, and may change while we copy. So every sandbox-side path the user
@@ -26,8 +27,8 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use phantom_api::choice::FileKind;
 use phantom_api::FileEntry;
-use phantom_state::State;
 
 use crate::EngineError;
 
@@ -112,6 +113,12 @@ fn errno<'a>(what: &'static str, path: &'a str) -> impl FnOnce(Errno) -> EngineE
             EngineError::Usage(format!(
                 "{path}: too many levels of symlinks, or a symlink where a file must be written"
             ))
+        } else if e == Errno::NOTDIR {
+            EngineError::Usage(format!("{path}: not a directory (a file is in the way)"))
+        } else if e == Errno::ISDIR {
+            EngineError::Usage(format!("{path}: is a directory"))
+        } else if e == Errno::NAMETOOLONG {
+            EngineError::Usage(format!("{path}: name too long"))
         } else {
             EngineError::Io {
                 what,
@@ -159,24 +166,26 @@ impl Side {
 }
 
 /// The sandbox side of `NAME:PATH`: the workspace's fd and PATH relative to it.
-fn sandbox_side(state: &State, name: &str, path: &str) -> Result<(Side, PathBuf), EngineError> {
-    let record = super::get(state, name)?;
+fn sandbox_side(
+    workspace: &OwnedFd,
+    name: &str,
+    path: &str,
+) -> Result<(Side, PathBuf), EngineError> {
     let rel = match path.strip_prefix(WORKSPACE) {
         Some("") => PathBuf::new(),
         Some(rest) if rest.starts_with('/') => PathBuf::from(rest.trim_start_matches('/')),
+        _ if !path.starts_with('/') => PathBuf::from(path),
         _ => {
             return Err(EngineError::Usage(format!(
-                "{name}:{path}: phantom cp reaches only the sandbox's workspace; write an absolute path inside it, e.g. {name}:/workspace/main.py"
+                "{path} is outside the workspace of sandbox `{name}`: only /workspace is reachable; give a path inside it, e.g. /workspace/main.py"
             )))
         }
     };
-    let workspace = record.workspace();
-    let root = rfs::open(
-        &workspace,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(errno("open", &workspace.display().to_string()))?;
+    let root = workspace.try_clone().map_err(|source| EngineError::Io {
+        what: "dup",
+        path: format!("{name}:{WORKSPACE}"),
+        source,
+    })?;
     Ok((
         Side {
             root: Some(root),
@@ -186,9 +195,14 @@ fn sandbox_side(state: &State, name: &str, path: &str) -> Result<(Side, PathBuf)
     ))
 }
 
-/// Copy `src` to `dst`; exactly one of them is in a sandbox.
-pub fn cp(src: &CpEnd, dst: &CpEnd, limits: CpLimits) -> Result<CpReport, EngineError> {
-    let state = State::open_default()?;
+/// Copy `src` to `dst`; exactly one of them is in a sandbox, whose workspace fd is
+/// `workspace`.
+pub fn cp(
+    src: &CpEnd,
+    dst: &CpEnd,
+    workspace: &OwnedFd,
+    limits: CpLimits,
+) -> Result<CpReport, EngineError> {
     let host = |p: &PathBuf| {
         (
             Side {
@@ -200,10 +214,10 @@ pub fn cp(src: &CpEnd, dst: &CpEnd, limits: CpLimits) -> Result<CpReport, Engine
     };
     let ((from, src_rel), (to, dst_rel)) = match (src, dst) {
         (CpEnd::Host(s), CpEnd::Sandbox { name, path }) => {
-            (host(s), sandbox_side(&state, name, path)?)
+            (host(s), sandbox_side(workspace, name, path)?)
         }
         (CpEnd::Sandbox { name, path }, CpEnd::Host(d)) => {
-            (sandbox_side(&state, name, path)?, host(d))
+            (sandbox_side(workspace, name, path)?, host(d))
         }
         _ => {
             return Err(EngineError::Usage(
@@ -306,23 +320,45 @@ pub fn cp(src: &CpEnd, dst: &CpEnd, limits: CpLimits) -> Result<CpReport, Engine
     Ok(budget.report)
 }
 
-/// Write `data` to `path` (`/workspace/...`) in sandbox `name`, creating or replacing
-/// the file (mode 0644 for a new one); parent directories are created when `parents`.
-/// Resolved beneath the workspace like [`cp`]. For front ends that hold the content
-/// (MCP, HTTP) rather than a host file.
-pub fn write_file(name: &str, path: &str, data: &[u8], parents: bool) -> Result<(), EngineError> {
-    super::validate_name(name)?;
-    write_file_in(&State::open_default()?, name, path, data, parents)
+/// The workspace itself, readable (its entries listed): for a snapshot's walk, from the
+/// `O_PATH` fd the engine handed out.
+pub fn readable_dir(workspace: &OwnedFd) -> Result<OwnedFd, EngineError> {
+    rfs::openat(
+        workspace,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| EngineError::Io {
+        what: "open",
+        path: WORKSPACE.into(),
+        source: e.into(),
+    })
 }
 
-fn write_file_in(
-    state: &State,
+/// Write `data` to `path` (`/workspace/...`, or relative to it) in the workspace of
+/// sandbox `name`, creating or replacing the file (mode 0644 for a new one); parent
+/// directories are created when `parents`. Resolved beneath the workspace like [`cp`];
+/// opened without blocking, so a FIFO or a device planted there is refused, never
+/// waited on. For front ends that hold the content (MCP, HTTP) rather than a host file.
+pub fn write_file(
+    workspace: &OwnedFd,
     name: &str,
     path: &str,
     data: &[u8],
     parents: bool,
 ) -> Result<(), EngineError> {
-    let (side, rel) = sandbox_side(state, name, path)?;
+    write_file_in(workspace, name, path, data, parents)
+}
+
+fn write_file_in(
+    workspace: &OwnedFd,
+    name: &str,
+    path: &str,
+    data: &[u8],
+    parents: bool,
+) -> Result<(), EngineError> {
+    let (side, rel) = sandbox_side(workspace, name, path)?;
     let leaf = rel
         .file_name()
         .filter(|_| {
@@ -369,19 +405,28 @@ fn write_file_in(
             Mode::empty(),
         )?;
     }
+    // Not blocking: opening a FIFO for writing would wait for a reader (forever, if the
+    // sandbox planted it); O_NONBLOCK makes that ENXIO. Nothing is truncated before the
+    // type is known: O_TRUNC only after fstat says it is a regular file.
     let fd = rfs::openat(
         &dir,
         &leaf,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o644),
     )
-    .map_err(errno("create", path))?;
+    .map_err(|e| match e {
+        Errno::NXIO => EngineError::Usage(format!(
+            "{name}:{path}: not a regular file (a FIFO or a socket)"
+        )),
+        e => errno("create", path)(e),
+    })?;
     let st = rfs::fstat(&fd).map_err(errno("stat", path))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(EngineError::Usage(format!(
             "{name}:{path}: not a regular file"
         )));
     }
+    rfs::ftruncate(&fd, 0).map_err(errno("truncate", path))?;
     use std::io::Write;
     File::from(fd).write_all(data).map_err(|e| EngineError::Io {
         what: "write",
@@ -390,15 +435,25 @@ fn write_file_in(
     })
 }
 
-/// Read the file at `path` in sandbox `name`, at most `max` bytes (a larger file is a
-/// usage error naming its size). Resolved beneath the workspace like [`cp`].
-pub fn read_file(name: &str, path: &str, max: u64) -> Result<Vec<u8>, EngineError> {
-    super::validate_name(name)?;
-    read_file_in(&State::open_default()?, name, path, max)
+/// Read the file at `path` in the workspace of sandbox `name`, at most `max` bytes (a
+/// larger file is a usage error naming its size). Resolved beneath the workspace like
+/// [`cp`].
+pub fn read_file(
+    workspace: &OwnedFd,
+    name: &str,
+    path: &str,
+    max: u64,
+) -> Result<Vec<u8>, EngineError> {
+    read_file_in(workspace, name, path, max)
 }
 
-fn read_file_in(state: &State, name: &str, path: &str, max: u64) -> Result<Vec<u8>, EngineError> {
-    let (side, rel) = sandbox_side(state, name, path)?;
+fn read_file_in(
+    workspace: &OwnedFd,
+    name: &str,
+    path: &str,
+    max: u64,
+) -> Result<Vec<u8>, EngineError> {
+    let (side, rel) = sandbox_side(workspace, name, path)?;
     let fd = side.open(&rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
     let st = rfs::fstat(&fd).map_err(errno("stat", path))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
@@ -423,15 +478,22 @@ fn read_file_in(state: &State, name: &str, path: &str, max: u64) -> Result<Vec<u
     Ok(data)
 }
 
-/// The entries of directory `path` in sandbox `name`, by name (symlinks reported, not
-/// followed).
-pub fn list_files(name: &str, path: &str) -> Result<Vec<FileEntry>, EngineError> {
-    super::validate_name(name)?;
-    list_files_in(&State::open_default()?, name, path)
+/// The entries of directory `path` in the workspace of sandbox `name`, by name
+/// (symlinks reported, not followed).
+pub fn list_files(
+    workspace: &OwnedFd,
+    name: &str,
+    path: &str,
+) -> Result<Vec<FileEntry>, EngineError> {
+    list_files_in(workspace, name, path)
 }
 
-fn list_files_in(state: &State, name: &str, path: &str) -> Result<Vec<FileEntry>, EngineError> {
-    let (side, rel) = sandbox_side(state, name, path)?;
+fn list_files_in(
+    workspace: &OwnedFd,
+    name: &str,
+    path: &str,
+) -> Result<Vec<FileEntry>, EngineError> {
+    let (side, rel) = sandbox_side(workspace, name, path)?;
     let dir = side.open(&rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())?;
     let mut entries = rfs::Dir::read_from(&dir).map_err(errno("read", path))?;
     let mut out = Vec::new();
@@ -449,12 +511,11 @@ fn list_files_in(state: &State, name: &str, path: &str) -> Result<Vec<FileEntry>
         out.push(FileEntry {
             name: file.to_string_lossy().into_owned(),
             kind: match kind {
-                FileType::RegularFile => "file",
-                FileType::Directory => "dir",
-                FileType::Symlink => "symlink",
-                _ => "other",
-            }
-            .into(),
+                FileType::RegularFile => FileKind::File,
+                FileType::Directory => FileKind::Dir,
+                FileType::Symlink => FileKind::Symlink,
+                _ => FileKind::Other,
+            },
             size: if kind == FileType::RegularFile {
                 st.st_size as u64
             } else {
@@ -695,63 +756,48 @@ mod tests {
     use super::*;
 
     use phantom_state::test_util::Scratch;
-    use phantom_state::{Record, STARTING};
 
-    /// A state directory with one record, `box`, whose workspace is a plain directory
-    /// (file operations need no running sandbox).
-    fn with_box(tag: &str) -> (Scratch, State, PathBuf) {
+    /// A workspace directory and its `O_PATH` fd, as the engine hands it out (file
+    /// operations need no running sandbox).
+    fn with_box(tag: &str) -> (Scratch, OwnedFd, PathBuf) {
         let scratch = Scratch::new(tag);
-        let state = State::open(&scratch.0.join("state")).unwrap();
-        let dir = scratch.0.join("sb");
-        std::fs::create_dir_all(dir.join("workspace")).unwrap();
-        let request: phantom_api::CreateRequest = serde_json::from_value(serde_json::json!({
-            "name": "box", "policy": {"profile": "default"}, "overrides": {}
-        }))
+        let ws = scratch.0.join("sb/workspace");
+        std::fs::create_dir_all(&ws).unwrap();
+        let fd = rfs::open(
+            &ws,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
         .unwrap();
-        state
-            .insert(&Record {
-                name: "box".into(),
-                id: "id1".into(),
-                status: STARTING.into(),
-                reason: None,
-                request,
-                profile: "default".into(),
-                mode: "sandbox".into(),
-                plan_hash: String::new(),
-                dir: dir.clone(),
-                init_pid: 0,
-                init_start: 0,
-                keeper_pid: 0,
-                keeper_start: 0,
-                socket: PathBuf::new(),
-                created: 0,
-                last_used: 0,
-                idle_timeout_s: 1,
-                max_lifetime_s: 1,
-            })
-            .unwrap();
-        (scratch, state, dir.join("workspace"))
+        (scratch, fd, ws)
     }
 
     #[test]
     fn write_read_and_list_stay_inside_the_workspace() {
-        let (scratch, state, ws) = with_box("files-ok");
-        write_file_in(&state, "box", "/workspace/src/main.py", b"print(1)\n", true).unwrap();
+        let (scratch, state_fd, ws) = with_box("files-ok");
+        write_file_in(
+            &state_fd,
+            "box",
+            "/workspace/src/main.py",
+            b"print(1)\n",
+            true,
+        )
+        .unwrap();
         assert_eq!(
             std::fs::read(ws.join("src/main.py")).unwrap(),
             b"print(1)\n"
         );
         assert_eq!(
-            read_file_in(&state, "box", "/workspace/src/main.py", 100).unwrap(),
+            read_file_in(&state_fd, "box", "/workspace/src/main.py", 100).unwrap(),
             b"print(1)\n"
         );
-        let err = read_file_in(&state, "box", "/workspace/src/main.py", 3).unwrap_err();
+        let err = read_file_in(&state_fd, "box", "/workspace/src/main.py", 3).unwrap_err();
         assert!(
             err.to_string().contains("larger than the limit of 3 bytes"),
             "{err}"
         );
         std::os::unix::fs::symlink("/etc/passwd", ws.join("pw")).unwrap();
-        let list = list_files_in(&state, "box", "/workspace").unwrap();
+        let list = list_files_in(&state_fd, "box", "/workspace").unwrap();
         let names: Vec<_> = list
             .iter()
             .map(|e| (e.name.as_str(), e.kind.as_str()))
@@ -759,14 +805,58 @@ mod tests {
         assert_eq!(names, [("pw", "symlink"), ("src", "dir")]);
         assert_eq!(list[0].target.as_deref(), Some("/etc/passwd"));
         // Without `parents`, a missing directory is an error, not created.
-        assert!(write_file_in(&state, "box", "/workspace/none/x", b"", false).is_err());
+        assert!(write_file_in(&state_fd, "box", "/workspace/none/x", b"", false).is_err());
         assert!(!ws.join("none").exists());
         drop(scratch);
     }
 
+    /// Regression: writing onto a FIFO the sandbox planted opened it without
+    /// O_NONBLOCK and blocked the writer forever (a thread of the HTTP API per PUT).
+    #[test]
+    fn a_fifo_planted_in_the_workspace_never_blocks_a_write() {
+        let (_scratch, state_fd, ws) = with_box("files-fifo");
+        rustix::fs::mknodat(
+            rfs::CWD,
+            ws.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o666),
+            0,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = write_file_in(&state_fd, "box", "/workspace/fifo", b"x", false).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let err = read_file_in(&state_fd, "box", "/workspace/fifo", 10).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // An existing regular file is replaced, not appended to.
+        std::fs::write(ws.join("f"), b"long old content").unwrap();
+        write_file_in(&state_fd, "box", "/workspace/f", b"new", false).unwrap();
+        assert_eq!(std::fs::read(ws.join("f")).unwrap(), b"new");
+    }
+
+    /// Listing `path=null` where `null` is a file answered a 500 ("Not a directory" was
+    /// taken for the host's failure); a path the caller got wrong is their error.
+    #[test]
+    fn listing_a_file_as_a_directory_is_the_callers_error_not_a_500() {
+        let (_scratch, state_fd, ws) = with_box("files-notdir");
+        std::fs::write(ws.join("null"), b"x").unwrap();
+        for path in ["/workspace/null", "null/deeper", "/workspace/null/x"] {
+            let err = list_files_in(&state_fd, "box", path).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{path}: {err}");
+            assert_eq!(
+                err.to_failure().kind,
+                phantom_api::engine::FailureKind::Invalid,
+                "{path}: {err}"
+            );
+        }
+        let err = read_file_in(&state_fd, "box", "/workspace", 10).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+    }
+
     #[test]
     fn planted_symlinks_never_lead_file_operations_out_of_the_workspace() {
-        let (scratch, state, ws) = with_box("files-escape");
+        let (scratch, state_fd, ws) = with_box("files-escape");
         let outside = scratch.0.join("outside");
         std::fs::create_dir(&outside).unwrap();
         std::fs::write(outside.join("secret"), b"host secret").unwrap();
@@ -779,7 +869,7 @@ mod tests {
             "/workspace/rel/secret",
             "/workspace/../outside/secret",
         ] {
-            let err = read_file_in(&state, "box", path, 1 << 20)
+            let err = read_file_in(&state_fd, "box", path, 1 << 20)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("leaves the workspace"), "{path}: {err}");
@@ -790,21 +880,21 @@ mod tests {
             "/workspace/secret",
         ] {
             assert!(
-                write_file_in(&state, "box", path, b"x", true).is_err(),
+                write_file_in(&state_fd, "box", path, b"x", true).is_err(),
                 "{path}"
             );
         }
-        assert!(list_files_in(&state, "box", "/workspace/out").is_err());
+        assert!(list_files_in(&state_fd, "box", "/workspace/out").is_err());
         assert!(!outside.join("new").exists());
         assert_eq!(
             std::fs::read(outside.join("secret")).unwrap(),
             b"host secret"
         );
-        let err = read_file_in(&state, "box", "/etc/passwd", 10)
+        let err = read_file_in(&state_fd, "box", "/etc/passwd", 10)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("reaches only the sandbox's workspace"),
+            err.contains("is outside the workspace of sandbox `box`"),
             "{err}"
         );
     }

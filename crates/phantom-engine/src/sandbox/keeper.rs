@@ -1,9 +1,10 @@
 //! The keeper: the host-side process that owns one persistent sandbox.
 //!
-//! `phantom create` forks it (before any thread exists) and returns once it reported
-//! READY. The keeper started the sandbox's init, so it is the init's parent: when the
-//! keeper dies, the init gets its parent-death signal and the kernel takes the whole
-//! sandbox down. While it lives it
+//! The engine forks it (detached: it outlives the engine) and answers `create` once
+//! it reported Ready. It restores the workspace from a snapshot when asked, then
+//! starts the sandbox's init, so it is the init's parent: when the keeper dies, the
+//! init gets its parent-death signal and the kernel takes the whole sandbox down.
+//! While it lives it
 //! * waits for the init on its pidfd (an init that dies is recorded as dead, with why),
 //! * retires the sandbox at its maximum lifetime, and when it was idle — no `exec`
 //!   holding `exec.lock` — for the idle timeout, with nobody's CLI running,
@@ -15,11 +16,14 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use phantom_api::access::Owner;
+use phantom_api::choice::SandboxStatus;
 use phantom_egress::ProxyHelper;
 use phantom_linux::fdpass;
 use phantom_linux::process::{self, ExitStatus};
 use phantom_policy::Plan;
-use phantom_state::{State, DEAD, DESTROYING};
+use phantom_state::State;
+use phantom_store::{RestoreMode, SnapshotStore};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fs::{flock, FlockOperation};
 
@@ -27,7 +31,7 @@ use super::now_s;
 use crate::channel::{self, FromInit, Report};
 use crate::image_run::ImageRun;
 use crate::init::ChildPayload;
-use crate::spawn::{spawn_on, SandboxStatus, Trace};
+use crate::spawn::{spawn_on, SandboxStatus as Status, Trace};
 
 /// Everything the keeper needs, prepared by `create` before the fork.
 pub(crate) struct Keeper {
@@ -38,12 +42,23 @@ pub(crate) struct Keeper {
     pub state_dir: std::path::PathBuf,
     pub lock_path: std::path::PathBuf,
     pub log_path: std::path::PathBuf,
-    /// network limited: PHANTOM_TEST_RESOLVE as `create` read it.
+    /// network limited: PHANTOM_TEST_RESOLVE as the engine read it.
     pub test_resolve: Vec<(String, std::net::SocketAddr)>,
+    /// A snapshot to restore into the workspace before the sandbox starts (the
+    /// engine checked that it exists).
+    pub restore: Option<Restore>,
+}
+
+/// The owner's snapshot `tag`, in the store at `store` (resolved by the engine: the
+/// keeper scrubs its environment, where PHANTOM_STATE_DIR was).
+pub(crate) struct Restore {
+    pub store: std::path::PathBuf,
+    pub owner: Owner,
+    pub tag: String,
 }
 
 /// The keeper's whole life, in the forked child. `report`: where `create` waits for
-/// READY or ERR. Never returns.
+/// [`Report::Ready`] or [`Report::Failed`]. Never returns.
 pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     process::set_name("phantom:keeper");
     // `ps` shows "phantom-keeper", not the `phantom create` command line we were
@@ -53,6 +68,12 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     // `phantom create` must not reach it.
     let _ = process::setsid();
     redirect_stdio(&k.log_path);
+    // The engine's signal mask came with the fork: set ours. SIGTERM, SIGINT and
+    // SIGHUP (a host shutting down, an operator's `kill`) retire the sandbox cleanly:
+    // its processes killed, its cgroup and run directory removed, its record dead.
+    let _ = process::reset_signals(&process::FORWARDED_SIGNALS);
+    let stop = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    let stop_fd = process::block_signals(&stop).and_then(|()| process::signalfd(&stop));
     let fail = |msg: String| -> ! {
         let _ = channel::send(report.as_fd(), &Report::Failed { message: msg }, &[]);
         process::exit_now(1)
@@ -65,6 +86,22 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     let my_start = process::start_time(me).unwrap_or(0);
     if let Err(e) = state.set_keeper(&k.id, (me, my_start)) {
         fail(e.to_string());
+    }
+    if let Some(Restore { store, owner, tag }) = &k.restore {
+        // Reflink where the filesystem can (a copy-on-write clone), else a copy: never a
+        // hard link, which the sandbox could write through into the store. Here in the
+        // keeper, so that a large snapshot never holds the engine.
+        let restored = SnapshotStore::open(store).and_then(|store| {
+            store.restore(
+                owner,
+                tag,
+                std::path::Path::new(&k.workspace),
+                RestoreMode::Reflink,
+            )
+        });
+        if let Err(e) = restored {
+            fail(e.to_string());
+        }
     }
     let mut trace = Trace::new(Instant::now());
     let mut warnings = Vec::new();
@@ -90,7 +127,7 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     if k.plan.network == phantom_policy::NetworkMode::Limited {
         if let Ok((FromInit::Proxy, fds)) = &mut first {
             if fds.len() == 1 {
-                let mut config = crate::cold::proxy_config(&k.plan, &k.id, &k.test_resolve);
+                let mut config = crate::prepare::proxy_config(&k.plan, &k.id, &k.test_resolve);
                 // Each decision in the keeper's log, with the sandbox id: an exec's
                 // report does not carry them.
                 config.log_prefix = Some("phantom-keeper".into());
@@ -98,7 +135,7 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
                     Ok(helper) => spawned.proxy = Some(helper),
                     Err(e) => {
                         spawned.kill();
-                        let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+                        let _ = spawned.finish(Status::default(), &mut trace);
                         fail(format!("egress proxy: {e}"));
                     }
                 }
@@ -111,7 +148,7 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
         Ok((FromInit::Namespaces, fds)) if fds.len() == expected => fds,
         other => {
             spawned.kill();
-            let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+            let _ = spawned.finish(Status::default(), &mut trace);
             fail(match other {
                 Ok((FromInit::Namespaces, fds)) => format!(
                     "the sandbox sent {} namespace fds, expected {expected}",
@@ -147,14 +184,14 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
         Ok(l) => l,
         Err(e) => {
             spawned.kill();
-            let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+            let _ = spawned.finish(Status::default(), &mut trace);
             fail(e.to_string());
         }
     };
     let init = (spawned.pid, process::start_time(spawned.pid).unwrap_or(0));
     if let Err(e) = state.set_running(&k.id, init, (me, my_start), &socket) {
         spawned.kill();
-        let _ = spawned.finish(SandboxStatus::default(), &mut trace);
+        let _ = spawned.finish(Status::default(), &mut trace);
         fail(e.to_string());
     }
     let _ = channel::send(report.as_fd(), &Report::Ready { warnings }, &[]);
@@ -163,13 +200,14 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     let gate = Gate {
         listener,
         namespaces,
+        stop: stop_fd.ok(),
     };
     let (reason, _lock) = watch(&k, &state, &spawned.pidfd, &gate);
     drop(gate);
     if reason.is_some() {
         spawned.kill();
     }
-    let outcome = spawned.finish(SandboxStatus::default(), &mut trace);
+    let outcome = spawned.finish(Status::default(), &mut trace);
     let reason = reason.unwrap_or_else(|| match outcome {
         Ok(o) => match o.init_status {
             ExitStatus::Signaled(s) => format!("its init was killed by signal {s}"),
@@ -179,7 +217,7 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     });
     // A sandbox being destroyed keeps that status (set_status skips it): `destroy`
     // removes the record once we are gone.
-    let _ = state.set_status(&k.id, DEAD, Some(&reason));
+    let _ = state.set_status(&k.id, SandboxStatus::Dead, Some(&reason));
     eprintln!("phantom: keeper: sandbox {} retired: {reason}", k.id);
     process::exit_now(0)
 }
@@ -198,7 +236,7 @@ fn watch(
             // Record gone or unreadable: `destroy` is at work; it kills the init.
             _ => return (None, None),
         };
-        if record.status == DESTROYING {
+        if record.status == SandboxStatus::Destroying {
             // `destroy` kills the init; wait for that rather than racing it.
             wait_readable(init, Duration::from_secs(10));
             return (None, None);
@@ -246,9 +284,15 @@ fn watch(
             if left.is_zero() {
                 break;
             }
-            match wait_either(init, &gate.listener, left) {
+            match wait_either(init, gate, left) {
                 Woke::Init => return (None, None),
                 Woke::Exec => gate.serve(),
+                Woke::Stop(signal) => {
+                    return (
+                        Some(format!("stopped by {}", process::signal_name(signal))),
+                        None,
+                    )
+                }
                 Woke::Timeout => break,
             }
         }
@@ -259,6 +303,9 @@ fn watch(
 struct Gate {
     listener: OwnedFd,
     namespaces: Vec<OwnedFd>,
+    /// The signals that retire the sandbox (None: no signalfd; they then kill the
+    /// keeper, and the init follows by its parent-death signal).
+    stop: Option<OwnedFd>,
 }
 
 impl Gate {
@@ -279,23 +326,39 @@ impl Gate {
 enum Woke {
     Init,
     Exec,
+    Stop(i32),
     Timeout,
 }
 
-/// Wait for the init to exit or an `exec` to connect.
-fn wait_either(init: &OwnedFd, listener: &OwnedFd, timeout: Duration) -> Woke {
+/// Wait for the init to exit, an `exec` to connect or a signal to stop.
+fn wait_either(init: &OwnedFd, gate: &Gate, timeout: Duration) -> Woke {
     let ts = rustix::event::Timespec {
         tv_sec: timeout.as_secs() as i64,
         tv_nsec: timeout.subsec_nanos() as i64,
     };
-    let mut fds = [
+    let mut fds = vec![
         PollFd::new(init, PollFlags::IN),
-        PollFd::new(listener, PollFlags::IN),
+        PollFd::new(&gate.listener, PollFlags::IN),
     ];
+    if let Some(stop) = &gate.stop {
+        fds.push(PollFd::new(stop, PollFlags::IN));
+    }
     match poll(&mut fds, Some(&ts)) {
         Ok(n) if n > 0 => {
             if !fds[0].revents().is_empty() {
-                Woke::Init
+                return Woke::Init;
+            }
+            if fds.get(2).is_some_and(|f| !f.revents().is_empty()) {
+                if let Some(signal) = gate
+                    .stop
+                    .as_ref()
+                    .and_then(|s| process::read_signalfd(s.as_fd()))
+                {
+                    return Woke::Stop(signal);
+                }
+            }
+            if fds[1].revents().is_empty() {
+                Woke::Timeout
             } else {
                 Woke::Exec
             }

@@ -1,0 +1,609 @@
+//! Warm pools: per built-in profile (on the host root or on an image), sandboxes that
+//! are already through clone3, their mounts and pivot_root, waiting for a payload.
+//! Each serves ONE run; the pool refills in the background, pausing while CPU or
+//! memory pressure (PSI) is above its thresholds.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use phantom_api::engine::{PoolInfo, PoolStatus};
+use phantom_linux::mount;
+use phantom_linux::process;
+use phantom_policy::{Overrides, Plan};
+
+use super::log;
+use crate::image_run::ImageRun;
+use crate::init::{self, ChildPayload, PayloadBase};
+use crate::pressure::{Pressure, PressureSource, Thresholds};
+use crate::spawn::{spawn_on, SandboxStatus, Spawned, Trace};
+use crate::EngineError;
+
+/// One pool to keep: a built-in profile, on the host root or on an image of the store
+/// (`--pool PROFILE[:IMAGE]`), and how many sandboxes it keeps ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub profile: String,
+    pub image: Option<String>,
+    pub size: usize,
+}
+
+impl PoolSpec {
+    /// `PROFILE` or `PROFILE:IMAGE` (the first `:` ends the profile's name; an image's
+    /// name may hold more, as in `default:python:3.12-slim`), of `size` sandboxes.
+    pub fn parse(spec: &str, size: usize) -> Result<PoolSpec, EngineError> {
+        let (profile, image) = match spec.split_once(':') {
+            Some((profile, image)) => (profile, Some(image)),
+            None => (spec, None),
+        };
+        if profile.is_empty() || image.is_some_and(str::is_empty) {
+            return Err(EngineError::Usage(format!(
+                "--pool {spec}: expected PROFILE or PROFILE:IMAGE, e.g. --pool default or --pool default:alpine"
+            )));
+        }
+        Ok(PoolSpec {
+            profile: profile.to_string(),
+            image: image.map(str::to_string),
+            size,
+        })
+    }
+}
+
+impl std::fmt::Display for PoolSpec {
+    /// As `--pool` takes it and `phantom pool status` shows it: `default`,
+    /// `default:alpine`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        pool_name(f, &self.profile, self.image.as_deref())
+    }
+}
+
+fn pool_name(f: &mut impl std::fmt::Write, profile: &str, image: Option<&str>) -> std::fmt::Result {
+    match image {
+        Some(image) => write!(f, "{profile}:{image}"),
+        None => f.write_str(profile),
+    }
+}
+
+/// One pool: a profile's sandboxes on the host root, or on one image.
+pub(crate) struct Pool {
+    pub profile: String,
+    /// The image its sandboxes are built on, as read from the store when the pool was
+    /// made or last found stale; `None`: the host root.
+    pub image: Option<ImageRun>,
+    pub plan: Plan,
+    /// What its sandboxes are built from (`prepare::build_key`): a run whose plan has
+    /// the same key is served by it whatever its limits.
+    pub build_key: String,
+    pub base: PayloadBase,
+    pub target: usize,
+    pub ready: VecDeque<Spawned>,
+    pub starting: Vec<Spawned>,
+    pub hits: u64,
+    pub prewarmed_hits: u64,
+    /// network limited: connections its sandboxes' proxies made, refused and failed.
+    pub proxy: [u64; 3],
+    pub misses: u64,
+    /// Sandboxes dropped unused because their image changed in the store.
+    pub stale: u64,
+    pub created: u64,
+    pub failures: u64,
+    /// Failures in a row: refills back off after a few.
+    pub failing: u32,
+    pub backoff_until: Option<Instant>,
+    /// When sandboxes became ready (last minute), for the refill rate.
+    pub readied: VecDeque<Instant>,
+}
+
+impl Pool {
+    /// The pool `spec` asks for: its profile compiled (on its image, found in the
+    /// store now, as a run on the image compiles and finds it), no sandbox yet.
+    pub(crate) fn new(spec: &PoolSpec) -> Result<Pool, EngineError> {
+        let in_spec = |e: EngineError| match e {
+            EngineError::Usage(m) => EngineError::Usage(format!("--pool {spec}: {m}")),
+            // A missing image: the caller's mistake, said with the flag.
+            EngineError::Request(f) => EngineError::Usage(format!("--pool {spec}: {}", f.message)),
+            e => e,
+        };
+        let overrides = Overrides {
+            image: spec.image.clone(),
+            ..Overrides::default()
+        };
+        let plan =
+            phantom_policy::compile(&phantom_policy::load_builtin(&spec.profile)?, &overrides)
+                .map_err(|e| in_spec(e.into()))?;
+        if plan.mode == phantom_policy::Mode::Direct {
+            return Err(EngineError::Usage(format!(
+                "profile {}: direct mode has no sandbox to keep warm",
+                spec.profile
+            )));
+        }
+        let image = match plan.rootfs.image() {
+            Some(name) => Some(ImageRun::for_pool(name).map_err(in_spec)?),
+            None => None,
+        };
+        Ok(Pool::with_plan(&spec.profile, image, plan, spec.size))
+    }
+
+    /// An empty pool of `target` sandboxes built from `plan`.
+    pub(crate) fn with_plan(
+        profile: &str,
+        image: Option<ImageRun>,
+        plan: Plan,
+        target: usize,
+    ) -> Pool {
+        let mut base = init::payload_base(&plan);
+        // A pre-started interpreter is the host root's python3, started with the plan's
+        // environment; on an image each run starts the image's own (not pre-started).
+        base.prewarm_python &= image.is_none();
+        Pool {
+            profile: profile.to_string(),
+            image,
+            build_key: crate::prepare::build_key(&plan),
+            base,
+            plan,
+            target,
+            ready: VecDeque::new(),
+            starting: Vec::new(),
+            hits: 0,
+            prewarmed_hits: 0,
+            proxy: [0; 3],
+            misses: 0,
+            stale: 0,
+            created: 0,
+            failures: 0,
+            failing: 0,
+            backoff_until: None,
+            readied: VecDeque::new(),
+        }
+    }
+
+    /// `profile` or `profile:image`, for logs and `phantom pool status`.
+    pub(crate) fn name(&self) -> String {
+        let mut name = String::new();
+        let _ = pool_name(&mut name, &self.profile, self.image_name());
+        name
+    }
+
+    pub(crate) fn image_name(&self) -> Option<&str> {
+        self.image.as_ref().map(|i| i.name.as_str())
+    }
+
+    /// Kill and reap every sandbox that is not running a request.
+    pub(crate) fn drain(&mut self) -> usize {
+        let sandboxes: Vec<Spawned> = self
+            .ready
+            .drain(..)
+            .chain(self.starting.drain(..))
+            .collect();
+        let n = sandboxes.len();
+        for s in sandboxes {
+            s.kill();
+            let _ = s.finish(SandboxStatus::default(), &mut Trace::new(Instant::now()));
+        }
+        n
+    }
+
+    /// Sandboxes it has or is starting.
+    fn have(&self) -> usize {
+        self.ready.len() + self.starting.len()
+    }
+
+    /// Whether it wants a refill now. `busy`: runs are active — then only a pool
+    /// running low refills (a refill costs a clone3 and a sandbox's setup, which
+    /// compete with the runs for the CPU).
+    fn wants(&self, busy: bool, now: Instant) -> bool {
+        let have = self.have();
+        have < self.target
+            && (!busy || have * 2 < self.target)
+            && self.backoff_until.is_none_or(|t| now >= t)
+    }
+
+    /// A sandbox failed to start: count it, and back off after a few in a row.
+    pub(crate) fn failed(&mut self) {
+        self.failures += 1;
+        self.failing += 1;
+        if self.failing >= 3 {
+            self.backoff_until = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+
+    /// Whether the image this pool was built on is still what the store has; when it
+    /// changed there (re-imported under the same name), the unused sandboxes are
+    /// stale: they are dropped and the pool refills on the image as it is now.
+    /// Returns why the pool cannot serve `want`, if it cannot.
+    pub(crate) fn check_image(&mut self, want: &ImageRun) -> Option<String> {
+        let had = self.image.as_ref()?;
+        if had.root_id == want.root_id && had.working_dir == want.working_dir {
+            return None;
+        }
+        let name = self.name();
+        let (before, now) = (describe(had), describe(want));
+        let dropped = self.drain();
+        self.stale += dropped as u64;
+        self.failing = 0;
+        self.backoff_until = None;
+        self.image = Some(want.clone());
+        log(format_args!(
+            "pool {name}: image `{}` changed in the store ({before} -> {now}): {dropped} stale sandboxes dropped, refilling",
+            want.name
+        ));
+        Some(format!(
+            "pool {name} was built on an earlier import of image `{}` ({before}, now {now}); its sandboxes were dropped and it refills",
+            want.name
+        ))
+    }
+}
+
+/// The pools and their refills.
+pub(crate) struct Pools {
+    pub pools: Vec<Pool>,
+    pub thresholds: Option<Thresholds>,
+    pub pressure_sample: Option<Pressure>,
+    pub sampled_at: Option<Instant>,
+    pub paused: Option<String>,
+    pub pauses: u64,
+}
+
+impl Pools {
+    pub(crate) fn new(pools: Vec<Pool>, thresholds: Option<Thresholds>) -> Pools {
+        Pools {
+            pools,
+            thresholds,
+            pressure_sample: None,
+            sampled_at: None,
+            paused: None,
+            pauses: 0,
+        }
+    }
+
+    /// Start one sandbox for the emptiest pool below its target, unless pressure
+    /// pauses refills. `busy`: runs are active. Returns whether more refills are due
+    /// right away.
+    pub(crate) fn refill(&mut self, pressure: &mut dyn PressureSource, busy: bool) -> bool {
+        let now = Instant::now();
+        for pool in &mut self.pools {
+            while pool
+                .readied
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+            {
+                pool.readied.pop_front();
+            }
+        }
+        let due = self
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.wants(busy, now))
+            .min_by_key(|(_, p)| p.have())
+            .map(|(i, _)| i);
+        let Some(p) = due else { return false };
+        if let Some(thresholds) = self.thresholds {
+            if self
+                .sampled_at
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(500))
+            {
+                self.pressure_sample = pressure.sample();
+                self.sampled_at = Some(now);
+            }
+            let why = self.pressure_sample.and_then(|s| thresholds.exceeded(s));
+            match (&self.paused, why) {
+                (None, Some(why)) => {
+                    log(format_args!("refill paused: {why}"));
+                    self.pauses += 1;
+                    self.paused = Some(why);
+                    return false;
+                }
+                (Some(_), Some(why)) => {
+                    self.paused = Some(why);
+                    return false;
+                }
+                (Some(_), None) => {
+                    log("refill resumed: pressure back under the thresholds");
+                    self.paused = None;
+                }
+                (None, None) => {}
+            }
+        }
+        let pool = &mut self.pools[p];
+        let mut warnings = Vec::new();
+        let base = pool.base.clone();
+        pool.created += 1;
+        // On an image: its root, mounted as for a cold run on the image.
+        match spawn_on(
+            phantom_state::ids::new_sandbox_id(),
+            &pool.plan,
+            pool.image.as_ref(),
+            None,
+            &mut Trace::new(now),
+            &mut warnings,
+            |_, _| Ok(ChildPayload::Pooled(base)),
+        ) {
+            Ok(mut s) => {
+                s.warnings = warnings.clone();
+                pool.starting.push(s);
+            }
+            Err(e) => {
+                pool.failed();
+                log(format_args!(
+                    "pool {}: cannot start a sandbox: {e}",
+                    pool.name()
+                ));
+            }
+        }
+        for w in warnings {
+            log(format_args!("pool {}: {w}", pool.name()));
+        }
+        self.pools.iter().any(|p| p.wants(busy, now))
+    }
+
+    /// `phantom pool status`; `active`: runs per pool.
+    pub(crate) fn status(&self, active: &dyn Fn(usize) -> usize, jobs: usize) -> PoolStatus {
+        PoolStatus {
+            pid: std::process::id(),
+            pools: self
+                .pools
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let (pss, merged) = memory_per_ready(&p.ready);
+                    PoolInfo {
+                        profile: p.profile.clone(),
+                        image: p.image.as_ref().map(|i| i.name.clone()),
+                        image_root_id: p.image.as_ref().map(|i| i.root_id.clone()),
+                        target: p.target,
+                        ready: p.ready.len(),
+                        starting: p.starting.len(),
+                        active: active(i),
+                        hits: p.hits,
+                        prewarmed_hits: p.prewarmed_hits,
+                        proxy_allowed: p.proxy[0],
+                        proxy_refused: p.proxy[1],
+                        proxy_failed: p.proxy[2],
+                        misses: p.misses,
+                        stale: p.stale,
+                        created: p.created,
+                        failures: p.failures,
+                        refill_per_second: p.readied.len() as f64 / 60.0,
+                        pss_kb_per_ready: pss,
+                        ksm_merging_pages: merged,
+                    }
+                })
+                .collect(),
+            cpu_pressure: self.pressure_sample.map(|s| s.cpu),
+            memory_pressure: self.pressure_sample.map(|s| s.memory),
+            refill_paused: self.paused.clone(),
+            refill_pauses: self.pauses,
+            active: jobs,
+        }
+    }
+}
+
+/// Average PSS (KiB) of the ready sandboxes — each one's init and its descendants —
+/// and the pages KSM merges among them.
+fn memory_per_ready(ready: &VecDeque<Spawned>) -> (Option<u64>, u64) {
+    let field = |pid: i32, file: &str, key: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (mut pss, mut merged) = (0u64, 0u64);
+    for s in ready {
+        for pid in std::iter::once(s.pid).chain(process::descendants(s.pid)) {
+            pss += field(pid, "smaps_rollup", "Pss:");
+            merged += field(pid, "ksm_stat", "ksm_merging_pages");
+        }
+    }
+    (
+        (!ready.is_empty()).then(|| pss / ready.len() as u64),
+        merged,
+    )
+}
+
+/// An idmapped copy of the caller's directory `dir` for the sandbox whose init is
+/// `pid` (files its root writes belong on disk to the engine's uid, root).
+pub(crate) fn idmapped_workspace(dir: &std::path::Path, pid: i32) -> Result<OwnedFd, String> {
+    let userns = mount::open_userns(pid).map_err(|e| e.to_string())?;
+    let tree = mount::clone_tree(dir).map_err(|e| e.to_string())?;
+    mount::set_idmap(tree.as_fd(), userns.as_fd()).map_err(|e| {
+        format!(
+            "workspace {}: cannot make an idmapped mount ({e})",
+            dir.display()
+        )
+    })?;
+    Ok(tree)
+}
+
+/// A pooled image as messages show it: its root id, short, and its WorkingDir.
+fn describe(image: &ImageRun) -> String {
+    let hex = image
+        .root_id
+        .strip_prefix("sha256:")
+        .unwrap_or(&image.root_id);
+    let mut out = format!("root {}", &hex[..hex.len().min(12)]);
+    if let Some(dir) = &image.working_dir {
+        out.push_str(&format!(", WorkingDir {dir}"));
+    }
+    out
+}
+
+/// The pools for `phantom-supervisor --profiles A,B --pool PROFILE[:IMAGE]...
+/// --zygote-pools N`: one per listed profile on the host root, one per `--pool`
+/// (each once, in order of profile then image). A profile's own
+/// `performance.pool_size` wins over `default_size`. Neither given: every built-in
+/// profile with `performance.zygote: true`, on the host root. Images are not looked
+/// up here (the engine does, when it starts).
+pub fn pools_for(
+    profiles: &[String],
+    pools: &[String],
+    default_size: usize,
+) -> Result<Vec<PoolSpec>, EngineError> {
+    let mut specs: Vec<PoolSpec> = profiles
+        .iter()
+        .map(|p| PoolSpec {
+            profile: p.clone(),
+            image: None,
+            size: default_size,
+        })
+        .collect();
+    for spec in pools {
+        specs.push(PoolSpec::parse(spec, default_size)?);
+    }
+    if specs.is_empty() {
+        for name in phantom_policy::builtin_names() {
+            if phantom_policy::load_builtin(name)?.performance.zygote {
+                specs.push(PoolSpec {
+                    profile: name.to_string(),
+                    image: None,
+                    size: default_size,
+                });
+            }
+        }
+    }
+    let mut out: BTreeMap<(String, Option<String>), usize> = BTreeMap::new();
+    for spec in specs {
+        let profile = phantom_policy::load_builtin(&spec.profile)?;
+        let size = profile
+            .performance
+            .pool_size
+            .map_or(spec.size, |n| n as usize);
+        out.insert((spec.profile, spec.image), size);
+    }
+    Ok(out
+        .into_iter()
+        .map(|((profile, image), size)| PoolSpec {
+            profile,
+            image,
+            size,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pressure::{FakePressure, Pressure};
+
+    /// A pool whose sandboxes can never start (a required bind source is missing), so
+    /// that refill attempts are observable without starting processes.
+    fn broken_pool() -> Pool {
+        let profile = phantom_policy::load_builtin("minimal").unwrap();
+        let mut plan = phantom_policy::compile(&profile, &Overrides::default()).unwrap();
+        plan.mounts.push(phantom_policy::Mount::Bind {
+            source: "/nonexistent/phantom-refill-test".into(),
+            target: "/x".into(),
+            read_only: true,
+            optional: false,
+        });
+        Pool::with_plan("minimal", None, plan, 1)
+    }
+
+    fn pools(thresholds: Option<Thresholds>) -> Pools {
+        Pools::new(vec![broken_pool()], thresholds)
+    }
+
+    #[test]
+    fn refill_pauses_under_pressure_and_resumes_when_it_drops() {
+        let high = Pressure {
+            cpu: 5.0,
+            memory: 50.0,
+        };
+        let low = Pressure {
+            cpu: 5.0,
+            memory: 1.0,
+        };
+        let mut fake = FakePressure {
+            samples: vec![high, high, low],
+        };
+        let mut sup = pools(Some(Thresholds {
+            cpu: 80.0,
+            memory: 40.0,
+        }));
+
+        assert!(!sup.refill(&mut fake, false));
+        assert_eq!(sup.paused.as_deref(), Some("memory pressure 50.0% > 40.0%"));
+        assert_eq!((sup.pauses, sup.pools[0].created), (1, 0));
+
+        sup.sampled_at = None; // the next turn samples again
+        assert!(!sup.refill(&mut fake, false));
+        assert_eq!(
+            (sup.pauses, sup.pools[0].created),
+            (1, 0),
+            "one pause, counted once"
+        );
+        assert!(sup.status(&|_| 0, 0).refill_paused.is_some());
+
+        sup.sampled_at = None;
+        sup.refill(&mut fake, false);
+        assert_eq!(sup.paused, None);
+        // Refilling resumed: a sandbox was attempted (and failed on the missing bind).
+        assert_eq!((sup.pools[0].created, sup.pools[0].failures), (1, 1));
+        let status = sup.status(&|_| 0, 0);
+        assert_eq!((status.refill_paused, status.refill_pauses), (None, 1));
+        assert_eq!(status.memory_pressure, Some(1.0));
+    }
+
+    #[test]
+    fn without_psi_awareness_pressure_is_not_read() {
+        let mut fake = FakePressure {
+            samples: vec![Pressure {
+                cpu: 99.0,
+                memory: 99.0,
+            }],
+        };
+        let mut sup = pools(None);
+        sup.refill(&mut fake, false);
+        assert_eq!(sup.paused, None);
+        assert_eq!(sup.pools[0].created, 1);
+        assert_eq!(sup.status(&|_| 0, 0).memory_pressure, None);
+    }
+
+    #[test]
+    fn repeated_failures_back_off() {
+        let mut fake = FakePressure { samples: vec![] };
+        let mut sup = pools(None);
+        for _ in 0..3 {
+            sup.refill(&mut fake, false);
+        }
+        assert_eq!(sup.pools[0].failures, 3);
+        assert!(sup.pools[0].backoff_until.is_some());
+        // Backing off: no attempt right away.
+        assert!(!sup.refill(&mut fake, false));
+        assert_eq!(sup.pools[0].created, 3);
+    }
+
+    #[test]
+    fn pools_are_profiles_on_the_host_root_or_on_an_image() {
+        let strings = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let pools = pools_for(
+            &strings(&["default"]),
+            &strings(&["default:alpine", "default", "minimal:python:3.12-slim"]),
+            3,
+        )
+        .unwrap();
+        let shown: Vec<String> = pools.iter().map(|p| format!("{p} x{}", p.size)).collect();
+        // Sorted, each once; the first `:` ends the profile, the image keeps the rest.
+        assert_eq!(
+            shown,
+            [
+                "default x3",
+                "default:alpine x3",
+                "minimal:python:3.12-slim x3"
+            ]
+        );
+        assert_eq!(pools[2].image.as_deref(), Some("python:3.12-slim"));
+
+        for bad in [":alpine", "default:", ""] {
+            let e = pools_for(&[], &strings(&[bad]), 1).unwrap_err();
+            assert!(e.to_string().contains("PROFILE:IMAGE"), "{bad:?}: {e}");
+        }
+        assert!(pools_for(&[], &strings(&["nope:alpine"]), 1).is_err());
+        // Neither flag: the built-in profiles that ask for a pool, on the host root.
+        let defaults = pools_for(&[], &[], 2).unwrap();
+        assert!(!defaults.is_empty());
+        assert!(defaults.iter().all(|p| p.image.is_none()));
+    }
+}

@@ -1,0 +1,573 @@
+//! Runs: a program in a fresh sandbox — a pooled one when a pool serves its plan,
+//! else one built for it (cold). Either way the payload writes straight into the
+//! client's pipes; the engine watches the sandbox, forwards the client's signals,
+//! enforces the deadline, and answers with the report as soon as the payload's status
+//! is known (the teardown — reaping, removing the cgroup and the run directory —
+//! comes after, off the client's critical path).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use phantom_api::choice::StartKind;
+use phantom_api::engine::{Failure, FailureKind, Reply, Request, RunCall, Started};
+use phantom_api::{IsolationReport, NetworkReport, RunReport};
+use phantom_egress::{ProxyConfig, ProxyHelper};
+use phantom_linux::cgroup;
+use phantom_linux::process::{self, ExitStatus, Usage};
+use phantom_policy::{Mode, NetworkMode};
+
+use super::pool::idmapped_workspace;
+use super::{reply, Engine, Slot};
+use crate::channel::{self, FromInit, RunSpec, ToInit};
+use crate::init::ChildPayload;
+use crate::prepare::{self, api_mode, payload_context, Ask, Policy, Prepared};
+use crate::spawn::{ms, payload_env, spawn_on, SandboxStatus, Spawned, Trace};
+use crate::EngineError;
+
+/// A run in flight.
+pub(super) struct RunJob {
+    client: OwnedFd,
+    /// Polled while the client may still send a signal (until it goes).
+    client_open: bool,
+    spawned: Spawned,
+    /// Polled until the sandbox closes it.
+    chan_open: bool,
+    /// The pool it came from (a warm run).
+    pub pool: Option<usize>,
+    deadline: Instant,
+    timed_out: bool,
+    status: SandboxStatus,
+    /// `Finished` (or an error) sent already.
+    replied: bool,
+    /// network limited, cold: the egress proxy's settings until the init sends its
+    /// listening socket.
+    proxy: Option<ProxyConfig>,
+    base: ReportBase,
+}
+
+/// What a run's report takes from its request and its sandbox, known at start.
+struct ReportBase {
+    sandbox_id: String,
+    profile: String,
+    mode: Mode,
+    seccomp_programs: usize,
+    host_uid: u32,
+    idmapped: bool,
+    warm: bool,
+    warnings: Vec<String>,
+}
+
+impl ReportBase {
+    /// The report of a run that ended with `exit` (`status`: what the sandbox said).
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        status: &SandboxStatus,
+        timed_out: bool,
+        exit: ExitStatus,
+        usage: Usage,
+        wall: Duration,
+        oom_killed: bool,
+        cgroup: &str,
+        network: Option<NetworkReport>,
+    ) -> RunReport {
+        let start = match (status.prewarmed, self.warm) {
+            (true, _) => StartKind::Prewarmed,
+            (false, true) => StartKind::Warm,
+            (false, false) => StartKind::Cold,
+        };
+        RunReport {
+            sandbox_id: self.sandbox_id.clone(),
+            profile: self.profile.clone(),
+            mode: api_mode(self.mode),
+            start,
+            exit_code: exit.code(),
+            signal: exit.signal(),
+            timed_out,
+            oom_killed,
+            output_truncated: false,
+            cancelled: false,
+            wall_ms: ms(wall),
+            user_ms: ms(usage.user),
+            sys_ms: ms(usage.sys),
+            max_rss_kb: usage.max_rss_kb,
+            stdout: None,
+            stderr: None,
+            isolation: IsolationReport {
+                cgroup: cgroup.to_string(),
+                landlock_abi: status.landlock_abi,
+                seccomp_programs: self.seccomp_programs,
+                host_uid: self.host_uid,
+                idmapped_workspace: self.idmapped,
+            },
+            warnings: self.warnings.clone(),
+            network,
+        }
+    }
+}
+
+/// What a finished run tells its pool.
+pub(super) struct RunOutcome {
+    /// The pre-started interpreter's message was read only at the end.
+    pub prewarmed_late: bool,
+    pub network: Option<NetworkReport>,
+}
+
+fn dev_null() -> Result<OwnedFd, EngineError> {
+    std::fs::File::open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|source| EngineError::Io {
+            what: "open",
+            path: "/dev/null".into(),
+            source,
+        })
+}
+
+impl Engine {
+    /// Start `call`: take a pooled sandbox when one serves it, else build one.
+    pub(super) fn start_run(
+        &mut self,
+        call: RunCall,
+        fds: Vec<OwnedFd>,
+        conn: &OwnedFd,
+    ) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let RunCall {
+            principal,
+            request,
+            stdin,
+            files,
+            term,
+            cold,
+        } = call;
+        let mut fds = fds.into_iter();
+        let stdin = match stdin.then(|| fds.next()).flatten() {
+            Some(fd) => fd,
+            None => dev_null()?,
+        };
+        let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
+            unreachable!("counted by dispatch");
+        };
+        let files = files.then(|| fds.next()).flatten();
+        let program = request
+            .program()
+            .map_err(|e| EngineError::Request(e.into()))?;
+        let options = &request.options;
+        let policy = Policy::of(
+            options.profile.as_deref(),
+            options.policy_file.as_deref(),
+            program.default_profile(),
+        )
+        .map_err(|e| EngineError::Request(e.into()))?;
+        let prepared = prepare::prepare(
+            Ask {
+                principal: &principal,
+                policy,
+                limits: &options.limits,
+                image: options.image.as_deref(),
+                program: Some(&program),
+                env: &options.env,
+                cwd: options.cwd.as_deref(),
+                workspace: options.workspace.as_deref(),
+                exec: false,
+            },
+            &mut self.cache,
+        )?;
+        let client = conn.try_clone().map_err(|source| EngineError::Io {
+            what: "dup",
+            path: "client connection".into(),
+            source,
+        })?;
+        let plan = prepared.plan();
+        let stdio = [stdin, stdout, stderr];
+        let (spawned, pool, not_warm) = match self.take_pooled(&prepared, cold) {
+            Ok((p, sandbox)) => {
+                let spawned =
+                    self.hand_over(p, sandbox, &prepared, term.as_deref(), stdio, files)?;
+                (spawned, Some(p), None)
+            }
+            Err(reason) => {
+                let mut trace = Trace::new(started);
+                let mut warnings = Vec::new();
+                let [stdin, stdout, stderr] = stdio;
+                let workspace = prepared.workspace.as_ref().map(|p| p.display().to_string());
+                let mut spawned = spawn_on(
+                    phantom_state::ids::new_sandbox_id(),
+                    plan,
+                    prepared.image.as_ref(),
+                    workspace.as_deref(),
+                    &mut trace,
+                    &mut warnings,
+                    |ws, no_cgroup| {
+                        Ok(ChildPayload::Ready(payload_context(
+                            &prepared.command,
+                            plan,
+                            ws,
+                            term.as_deref(),
+                            [Some(stdin), Some(stdout), Some(stderr)],
+                            files,
+                            no_cgroup,
+                        )?))
+                    },
+                )?;
+                spawned.warnings = warnings;
+                (spawned, None, Some(reason))
+            }
+        };
+        let mut warnings = prepared.warnings.clone();
+        warnings.extend(spawned.warnings.iter().cloned());
+        let proxy = (pool.is_none() && plan.network == NetworkMode::Limited)
+            .then(|| prepare::proxy_config(plan, &spawned.sandbox_id, &prepared.test_resolve));
+        let started_reply = Reply::Started(Box::new(Started {
+            sandbox_id: spawned.sandbox_id.clone(),
+            start: if pool.is_some() {
+                StartKind::Warm
+            } else {
+                StartKind::Cold
+            },
+            output_limit: prepared.output_limit,
+            timeout_ms: plan.limits.wall_timeout_ms,
+            memory_bytes: plan.limits.memory_bytes,
+            warnings: warnings.clone(),
+            not_warm,
+            compile_ms: prepared.compile_ms,
+        }));
+        let client_open = reply(&client, &started_reply);
+        if !client_open {
+            // Nobody waits for it: it goes at once, and is cleaned up as usual.
+            spawned.kill();
+        }
+        let (spawned_id, host_uid, idmapped) = (
+            spawned.sandbox_id.clone(),
+            spawned.host_uid,
+            spawned.idmapped,
+        );
+        self.jobs.push(super::Job::Run(RunJob {
+            deadline: spawned.started + Duration::from_millis(plan.limits.wall_timeout_ms),
+            client,
+            client_open,
+            spawned,
+            chan_open: true,
+            pool,
+            timed_out: false,
+            status: SandboxStatus::default(),
+            replied: false,
+            proxy,
+            base: ReportBase {
+                sandbox_id: spawned_id,
+                profile: plan.profile.clone(),
+                mode: plan.mode,
+                seccomp_programs: if plan.mode == Mode::Direct {
+                    0
+                } else {
+                    plan.seccomp.len()
+                },
+                host_uid,
+                idmapped,
+                warm: pool.is_some(),
+                warnings,
+            },
+        }));
+        Ok(())
+    }
+
+    /// A ready sandbox of the pool that serves `prepared`, or why none does.
+    fn take_pooled(&mut self, prepared: &Prepared, cold: bool) -> Result<(usize, Spawned), String> {
+        if cold {
+            return Err("--cold".into());
+        }
+        let plan = prepared.plan();
+        if plan.mode == Mode::Direct {
+            return Err("direct mode has no sandbox".into());
+        }
+        let Some(profile) = &prepared.profile else {
+            return Err("a policy file is not pooled".into());
+        };
+        let image = prepared.image.as_ref().map(|i| i.name.as_str());
+        let on_image = image.map_or(String::new(), |i| format!(" on image `{i}`"));
+        let pools = &mut self.pools.pools;
+        let Some(p) = pools
+            .iter()
+            .position(|pool| &pool.profile == profile && pool.image_name() == image)
+        else {
+            let serving: Vec<String> = pools.iter().map(|p| p.name()).collect();
+            return Err(format!(
+                "no pool for profile {profile}{on_image} (serving: {})",
+                if serving.is_empty() {
+                    "none".into()
+                } else {
+                    serving.join(", ")
+                }
+            ));
+        };
+        let pool = &mut pools[p];
+        if let Some(reason) = prepared.image.as_ref().and_then(|i| pool.check_image(i)) {
+            return Err(reason);
+        }
+        if pool.build_key != prepared.compiled.build_key {
+            return Err(format!(
+                "pool {} is built for the profile as it is; this run changes how its sandbox is built (network or mode)",
+                pool.name()
+            ));
+        }
+        if prepared.workspace.is_some() && process::euid() != 0 {
+            return Err(
+                "a host workspace needs an engine running as root (idmapped mounts)".into(),
+            );
+        }
+        let Some(sandbox) = pool.ready.pop_front() else {
+            pool.misses += 1;
+            return Err(format!("pool {} is empty", pool.name()));
+        };
+        pool.hits += 1;
+        Ok((p, sandbox))
+    }
+
+    /// Give pooled sandbox `sandbox` of pool `p` its run.
+    fn hand_over(
+        &mut self,
+        p: usize,
+        mut sandbox: Spawned,
+        prepared: &Prepared,
+        term: Option<&str>,
+        stdio: [OwnedFd; 3],
+        files: Option<OwnedFd>,
+    ) -> Result<Spawned, EngineError> {
+        let plan = prepared.plan();
+        let fail = |sandbox: Spawned, e: EngineError| {
+            sandbox.kill();
+            let _ = sandbox.finish(SandboxStatus::default(), &mut Trace::new(Instant::now()));
+            Err(e)
+        };
+        // The run's wall time starts now, not when the sandbox was made.
+        sandbox.started = Instant::now();
+        let limits = cgroup::Limits {
+            memory_bytes: plan.limits.memory_bytes,
+            cpu_millis: plan.limits.cpu_millis,
+            pids: plan.limits.pids,
+        };
+        let no_cgroup = sandbox.cgroup.0.is_none();
+        if let Some(cg) = &sandbox.cgroup.0 {
+            if let Err(e) = cg.set_limits(limits) {
+                return fail(
+                    sandbox,
+                    EngineError::Setup(format!("cannot set limits: {e}")),
+                );
+            }
+        }
+        let workspace_fd = match &prepared.workspace {
+            None => None,
+            Some(dir) => match idmapped_workspace(dir, sandbox.pid) {
+                Ok(fd) => Some(fd),
+                Err(message) => {
+                    // The sandbox is untouched: back to the front of the queue.
+                    let pool = &mut self.pools.pools[p];
+                    pool.ready.push_front(sandbox);
+                    pool.hits -= 1;
+                    return Err(EngineError::Usage(message));
+                }
+            },
+        };
+        let command = &prepared.command;
+        let spec = RunSpec {
+            argv: command.argv.clone(),
+            env: payload_env(&plan.env, term, &command.env),
+            cwd: command.cwd.clone().unwrap_or_else(|| plan.cwd.clone()),
+            rlimit_nproc: no_cgroup.then_some(plan.limits.pids),
+            rlimit_data: no_cgroup.then_some(plan.limits.memory_bytes),
+            stdin_fd: true,
+            files_fd: files.is_some(),
+            workspace_fd: workspace_fd.is_some(),
+        };
+        let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
+        fds.extend(files.as_ref().map(|f| f.as_fd()));
+        fds.extend(workspace_fd.as_ref().map(|f| f.as_fd()));
+        // A large argv or environment travels in a memfd (the init reads it so).
+        let run = ToInit::Run(Box::new(spec));
+        if let Err(e) = channel::send_message(sandbox.chan.as_fd(), &run, &fds, true) {
+            return fail(
+                sandbox,
+                EngineError::Setup(format!("cannot hand the run to the pooled sandbox: {e}")),
+            );
+        }
+        // Our copies of the stdio fds go when this returns: the client sees EOF once
+        // the payload is gone.
+        Ok(sandbox)
+    }
+}
+
+impl RunJob {
+    pub(super) fn fds(&self) -> Vec<(BorrowedFd<'_>, Slot)> {
+        let mut fds = vec![(self.spawned.pidfd.as_fd(), Slot::Exited)];
+        if self.chan_open {
+            fds.push((self.spawned.chan.as_fd(), Slot::Chan));
+        }
+        if self.client_open {
+            fds.push((self.client.as_fd(), Slot::Client));
+        }
+        fds
+    }
+
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        (!self.timed_out).then_some(self.deadline)
+    }
+
+    /// One of its fds is ready. Returns whether a pre-started interpreter just took
+    /// the run (the pool counts it).
+    pub(super) fn event(&mut self, slot: Slot) -> bool {
+        match slot {
+            Slot::Chan => {
+                match channel::recv::<FromInit>(
+                    self.spawned.chan.as_fd(),
+                    channel::FROM_INIT_MAX,
+                    1,
+                    "sandbox",
+                ) {
+                    Err(_) => self.chan_open = false,
+                    Ok((FromInit::Proxy, mut fds)) if fds.len() == 1 && self.proxy.is_some() => {
+                        // The init's listening socket on 127.0.0.1 inside: served from a
+                        // helper in the host's network namespace, forked now (we are
+                        // single-threaded).
+                        let config = self.proxy.take().expect("checked");
+                        match ProxyHelper::start(fds.pop().expect("one fd"), config) {
+                            Ok(helper) => self.spawned.proxy = Some(helper),
+                            Err(e) => {
+                                self.status.setup_error = Some(format!("egress proxy: {e}"));
+                                self.spawned.kill();
+                            }
+                        }
+                    }
+                    Ok((message, _)) => {
+                        let was = self.status.prewarmed;
+                        self.status.record(message);
+                        self.reply_early();
+                        return !was && self.status.prewarmed;
+                    }
+                }
+            }
+            Slot::Client => {
+                match channel::recv_message::<Request>(self.client.as_fd(), 0, "client") {
+                    Ok((Request::Signal { signal }, _)) => self.spawned.signal(signal),
+                    Ok(_) => {}
+                    // The client went away: nobody is waiting for this run.
+                    Err(_) => {
+                        self.client_open = false;
+                        self.spawned.kill();
+                    }
+                }
+            }
+            Slot::Exited | Slot::Report => {}
+        }
+        false
+    }
+
+    pub(super) fn on_deadline(&mut self, now: Instant) {
+        if !self.timed_out && now >= self.deadline {
+            self.timed_out = true;
+            self.spawned.kill();
+        }
+    }
+
+    /// Answer as soon as the payload's status and usage are known.
+    fn reply_early(&mut self) {
+        if self.replied || self.timed_out || !self.client_open {
+            return;
+        }
+        if let Some(failure) = self.status.failure() {
+            self.replied = true;
+            reply(&self.client, &Reply::Error(failure));
+            return;
+        }
+        let (Some(exit), Some(usage)) = (self.status.payload, self.status.payload_usage) else {
+            return;
+        };
+        let s = &self.spawned;
+        let cg = s.cgroup.0.as_ref();
+        let report = self.base.report(
+            &self.status,
+            false,
+            exit,
+            usage,
+            s.started.elapsed(),
+            cg.is_some_and(|c| c.oom_killed()),
+            cg.map_or("none", |c| c.version()),
+            // The payload is gone (the init kills what it left before reporting), so
+            // what its proxy logged is complete.
+            s.proxy.as_ref().map(ProxyHelper::decisions),
+        );
+        self.replied = true;
+        reply(&self.client, &Reply::Finished(Box::new(report)));
+    }
+
+    /// The sandbox's init exited: reap it, clean up, and answer if not yet done.
+    /// Returns the pool it came from and what the pool counts.
+    pub(super) fn finish(self) -> (Option<usize>, Option<RunOutcome>) {
+        let RunJob {
+            client,
+            client_open,
+            spawned,
+            pool,
+            timed_out,
+            status,
+            replied,
+            base,
+            ..
+        } = self;
+        let counted = status.prewarmed;
+        let answer = !replied && client_open;
+        match spawned.finish(status, &mut Trace::new(Instant::now())) {
+            Err(e) => {
+                if answer {
+                    reply(&client, &Reply::Error(e.to_failure()));
+                }
+                (pool, None)
+            }
+            Ok(o) => {
+                if answer {
+                    let message = match o.status.failure() {
+                        Some(failure) => Reply::Error(failure),
+                        None => {
+                            let exit = if timed_out {
+                                ExitStatus::Signaled(libc::SIGKILL)
+                            } else {
+                                o.status.payload.unwrap_or(o.init_status)
+                            };
+                            Reply::Finished(Box::new(base.report(
+                                &o.status,
+                                timed_out,
+                                exit,
+                                o.usage,
+                                o.wall,
+                                o.oom_killed,
+                                o.cgroup_version,
+                                o.network.clone(),
+                            )))
+                        }
+                    };
+                    reply(&client, &message);
+                }
+                let prewarmed_late = !counted && o.status.prewarmed;
+                (
+                    pool,
+                    Some(RunOutcome {
+                        prewarmed_late,
+                        network: o.network,
+                    }),
+                )
+            }
+        }
+    }
+
+    /// Kill the run and tell the client why (the engine is going away).
+    pub(super) fn abort(mut self, why: &str) {
+        self.spawned.kill();
+        if !self.replied && self.client_open {
+            reply(
+                &self.client,
+                &Reply::Error(Failure::new(FailureKind::Unavailable, why)),
+            );
+            self.replied = true;
+        }
+        let _ = self.finish();
+    }
+}
