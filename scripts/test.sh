@@ -10,6 +10,26 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 step() { printf '\n== %s\n' "$*"; }
 
+# What a run of phantom can leave on the host, one line per thing: mounts, sandbox
+# cgroups, processes (by pid and name), run directories, MCP scratch directories.
+leftovers() {
+  grep phantom /proc/mounts | sed 's/^/mount: /' || true
+  find /sys/fs/cgroup -mindepth 1 -maxdepth 4 -path '*/phantom/*' -type d 2>/dev/null | sed 's/^/cgroup: /' || true
+  # By process name (comm), not command line: `cargo build -p phantom-probe` of a
+  # concurrent build is no leak.
+  ps -eo pid=,comm= | awk '$2 ~ /^(phantom-(init|probe|keeper)|phantom:(init|payload|exec|keeper|proxy|engine))$/ {print "process: " $1 " " $2}' || true
+  # MCP servers and the supervisors they start, from this tree or the staged copy.
+  pgrep -a -f "^($root/target/debug|/tmp/phantom-suite\.[^/]*)/phantom-(mcp|supervisor)" | sed 's/^/process: /' || true
+  find /dev/shm "${TMPDIR:-/tmp}" ${XDG_RUNTIME_DIR:+"$XDG_RUNTIME_DIR"} -maxdepth 2 -path '*phantom*/run-*' 2>/dev/null | sed 's/^/run directory: /' || true
+  find /tmp "${TMPDIR:-/tmp}" -maxdepth 2 -name 'phantom-mcp.*' 2>/dev/null | sed 's/^/MCP scratch directory: /' || true
+}
+# Temporary files and directories of the suite, removed however it ends.
+scratch_paths=()
+trap 'rm -rf "${scratch_paths[@]}"' EXIT
+baseline=$(mktemp /tmp/phantom-suite-baseline.XXXXXX)
+scratch_paths+=("$baseline")
+leftovers > "$baseline"
+
 step "toolchain"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
 cargo --version
@@ -47,7 +67,7 @@ if [ "$(id -u)" = 0 ]; then
   # The same assertions, now served from pooled sandboxes: one matrix, cold and warm.
   iso=$(cargo test -p phantom-cli --test isolation --no-run 2>&1 | sed -n 's|^ *Executable tests/isolation\.rs (\(.*\))$|\1|p')
   sock_dir=$(mktemp -d /tmp/phantom-warm-suite.XXXXXX)
-  trap 'rm -rf "$sock_dir"' EXIT
+  scratch_paths+=("$sock_dir")
   target/debug/phantom-supervisor --profiles default --zygote-pools 4 --socket "$sock_dir/s.sock" 2>"$sock_dir/log" &
   sup_pid=$!
   for _ in $(seq 100); do [ -S "$sock_dir/s.sock" ] && break; sleep 0.05; done
@@ -60,7 +80,7 @@ if [ "$(id -u)" = 0 ]; then
   # The test binaries and the binaries they run are copied where that user can reach
   # them (a clone under /root is not).
   stage=$(mktemp -d /tmp/phantom-suite.XXXXXX)
-  trap 'rm -rf "$stage"' EXIT
+  scratch_paths+=("$stage")
   chmod 755 "$stage"
   # cargo names each integration test binary: "Executable tests/cli.rs (target/debug/deps/cli-HASH)".
   cargo test -p phantom-cli --tests --no-run 2>&1 \
@@ -83,20 +103,11 @@ step "MCP server against the official Python SDK and the conformance suite"
 ./scripts/test-mcp.sh target/debug/phantom-mcp
 
 step "nothing left behind"
-leaks=0
-if grep -q 'phantom' /proc/mounts; then echo "LEAK: mounts:"; grep phantom /proc/mounts; leaks=1; fi
-left=$(find /sys/fs/cgroup -mindepth 1 -maxdepth 4 \( -name phantom -o -path '*/phantom/*' \) -type d 2>/dev/null || true)
-if [ -n "$left" ]; then echo "LEAK: cgroups:"; echo "$left"; leaks=1; fi
-# By process name (comm), not command line: `cargo build -p phantom-probe` of a
-# concurrent build is no leak.
-# (pgrep would compare a pattern this long with the 15-character comm and never match.)
-procs=$(ps -eo pid=,comm= | awk '$2 ~ /^(phantom-(init|probe|keeper)|phantom:(init|payload|exec|keeper|proxy))$/' || true)
-# MCP servers and the supervisors they start, from this tree or the staged copy.
-procs+=$(pgrep -a -f "^($root/target/debug|/tmp/phantom-suite\.[^/]*)/phantom-(mcp|supervisor)" || true)
-if [ -n "$procs" ]; then echo "LEAK: processes:"; echo "$procs"; leaks=1; fi
-runs=$(find /dev/shm "${TMPDIR:-/tmp}" ${XDG_RUNTIME_DIR:+"$XDG_RUNTIME_DIR"} -maxdepth 2 -path '*phantom*/run-*' 2>/dev/null || true)
-if [ -n "$runs" ]; then echo "LEAK: run directories (temporary workspaces):"; echo "$runs"; leaks=1; fi
-scratch=$(find /tmp "${TMPDIR:-/tmp}" -maxdepth 2 -name 'phantom-mcp.*' 2>/dev/null || true)
-if [ -n "$scratch" ]; then echo "LEAK: MCP server scratch directories:"; echo "$scratch"; leaks=1; fi
-if [ "$leaks" != 0 ]; then echo "the suite left things behind on the host"; exit 1; fi
+# Only what the suite made counts: whatever was there before it started (another
+# user's sandboxes, a supervisor in service) is in the baseline and left alone.
+if leaks=$(leftovers | grep -vxFf "$baseline"); then
+  echo "$leaks"
+  echo "the suite left things behind on the host"
+  exit 1
+fi
 echo "no leftover mounts, cgroups, processes or workspaces"
