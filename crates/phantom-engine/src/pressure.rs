@@ -91,9 +91,63 @@ impl Thresholds {
     }
 }
 
+/// The host's idle CPU share over short windows (from /proc/stat), to tell a host
+/// with no core to spare: refilling a pool ahead of time then only takes CPU from the
+/// runs under way.
+#[derive(Debug, Default)]
+pub(crate) struct IdleCpu {
+    /// The last reading: when, idle and total jiffies.
+    last: Option<(std::time::Instant, u64, u64)>,
+    /// The idle share between the last two readings.
+    share: Option<f64>,
+}
+
+impl IdleCpu {
+    /// The idle share (0 to 1) between the last two readings, read again when the last
+    /// one is at least `window` old. None before two readings, or without /proc/stat.
+    pub(crate) fn share(&mut self, window: std::time::Duration) -> Option<f64> {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|(at, _, _)| now.duration_since(at) < window)
+        {
+            return self.share;
+        }
+        let (idle, total) = idle_and_total(&std::fs::read_to_string("/proc/stat").ok()?)?;
+        if let Some((_, idle0, total0)) = self.last {
+            if total > total0 {
+                self.share = Some(idle.saturating_sub(idle0) as f64 / (total - total0) as f64);
+            }
+        }
+        self.last = Some((now, idle, total));
+        self.share
+    }
+}
+
+/// Idle (idle + iowait) and total jiffies of all CPUs, from /proc/stat's `cpu` line.
+pub(crate) fn idle_and_total(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is counted in user).
+    let total = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((idle, total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_share_comes_from_the_cpu_line_of_proc_stat() {
+        let stat = "cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 50 2 25 400 10 1 1 0 0 0\nintr 1 2\n";
+        assert_eq!(idle_and_total(stat), Some((820, 980)));
+        assert_eq!(idle_and_total("intr 1\n"), None);
+    }
 
     #[test]
     fn parses_the_kernels_format() {

@@ -222,15 +222,15 @@ pub(crate) fn spawn_on(
     make_payload: impl FnOnce(&Path, bool) -> Result<ChildPayload, EngineError>,
 ) -> Result<Spawned, EngineError> {
     let started = trace.start;
-    let layout = Layout::detect();
-    let run_dir = RunDir::create(&sandbox_id, workspace, &layout)?;
+    let layout = Layout::cached();
+    let run_dir = RunDir::create(&sandbox_id, workspace, layout)?;
     trace.step("run directory and workspace");
     let limits = cgroup::Limits {
         memory_bytes: plan.limits.memory_bytes,
         cpu_millis: plan.limits.cpu_millis,
         pids: plan.limits.pids,
     };
-    let cgroup = match SandboxCgroup::create(&layout, &sandbox_id, limits) {
+    let cgroup = match SandboxCgroup::create(layout, &sandbox_id, limits) {
         Ok(cg) => Some(cg),
         Err(e) => {
             warnings.push(format!(

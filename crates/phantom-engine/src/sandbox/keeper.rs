@@ -170,7 +170,7 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     if let Some(cg) = spawned.cgroup.0.as_mut() {
         // CPU time and I/O for `phantom monitor` where v1 counts them apart.
         if let Err(e) =
-            cg.add_accounting(&phantom_linux::cgroup::Layout::detect(), &k.id, spawned.pid)
+            cg.add_accounting(phantom_linux::cgroup::Layout::cached(), &k.id, spawned.pid)
         {
             warnings.push(format!(
                 "phantom monitor will not show CPU time or I/O: {e}"

@@ -362,7 +362,7 @@ impl Engine {
             .unwrap_or_default();
         // What engines killed earlier left behind.
         if let Ok(base) = crate::workspace::state_base() {
-            crate::workspace::collect_stale(&base, &phantom_linux::cgroup::Layout::detect());
+            crate::workspace::collect_stale(&base, phantom_linux::cgroup::Layout::cached());
         }
         Ok(Engine {
             pools,
@@ -393,7 +393,7 @@ impl Engine {
             if self.private && self.conns.is_empty() && self.jobs.is_empty() {
                 return Ok(());
             }
-            let wants_refill = self.pools.refill(pressure, !self.jobs.is_empty());
+            let wants_refill = self.pools.refill(pressure, self.jobs.len());
             let mut fds = vec![PollFd::new(sigfd, PollFlags::IN)];
             let mut events = vec![Event::Signal];
             if let Some(l) = listener {

@@ -188,6 +188,11 @@ impl Engine {
             }
             Err(reason) => {
                 let mut trace = Trace::new(started);
+                trace.step(if prepared.compile_ms > 0.05 {
+                    "request checked, policy compiled"
+                } else {
+                    "request checked (plan cached)"
+                });
                 let mut warnings = Vec::new();
                 let [stdin, stdout, stderr] = stdio;
                 let workspace = prepared.workspace.as_ref().map(|p| p.display().to_string());
@@ -347,7 +352,15 @@ impl Engine {
             pids: plan.limits.pids,
         };
         let no_cgroup = sandbox.cgroup.0.is_none();
-        if let Some(cg) = &sandbox.cgroup.0 {
+        // The pooled sandbox's cgroup holds its pool's limits already: written again
+        // only when the run asks for others (nine file writes saved on most runs).
+        let pool_limits = &self.pools.pools[p].plan.limits;
+        let same = (
+            pool_limits.memory_bytes,
+            pool_limits.cpu_millis,
+            pool_limits.pids,
+        ) == (limits.memory_bytes, limits.cpu_millis, limits.pids);
+        if let Some(cg) = sandbox.cgroup.0.as_ref().filter(|_| !same) {
             if let Err(e) = cg.set_limits(limits) {
                 return fail(
                     sandbox,

@@ -211,7 +211,7 @@ impl Engine {
         drop(crate::sandbox::exec::open_init(&record)?);
         let namespaces = namespaces_from_keeper(&record)?;
         self.state()?.touch(&record.id, now_s())?;
-        let cgroup = SandboxCgroup::open(&Layout::detect(), &record.id).ok();
+        let cgroup = SandboxCgroup::open(Layout::cached(), &record.id).ok();
         let oom_before = cgroup.as_ref().map_or(0, |c| c.oom_kills());
         let ctx = payload_context(
             &prepared.command,
@@ -550,13 +550,13 @@ impl Engine {
     /// Clean up what a dead keeper could not, and forget the sandbox.
     fn remove_sandbox(&mut self, record: &Record) -> Result<SandboxInfo, EngineError> {
         let mut info = record.info();
-        let layout = Layout::detect();
-        if let Ok(mut cg) = SandboxCgroup::open(&layout, &record.id) {
+        let layout = Layout::cached();
+        if let Ok(mut cg) = SandboxCgroup::open(layout, &record.id) {
             cg.kill_all();
             cg.remove();
         }
         if let Ok(base) = crate::workspace::state_base() {
-            crate::workspace::collect_stale(&base, &layout);
+            crate::workspace::collect_stale(&base, layout);
         }
         sandbox::force_remove(&record.dir)?;
         self.state()?.delete(&record.id)?;
@@ -567,7 +567,7 @@ impl Engine {
 
     /// Every owner's sandboxes, with the memory of the running ones.
     pub(super) fn census(&mut self) -> Result<Reply, EngineError> {
-        let layout = Layout::detect();
+        let layout = Layout::cached();
         let records = self.state()?.list(None)?;
         Ok(Reply::Census(
             records
@@ -580,7 +580,7 @@ impl Engine {
                         name: r.name.clone(),
                         status,
                         memory_bytes: (status == SandboxStatus::Running)
-                            .then(|| SandboxCgroup::open(&layout, &r.id).ok())
+                            .then(|| SandboxCgroup::open(layout, &r.id).ok())
                             .flatten()
                             .and_then(|cg| cg.stats().memory_bytes),
                     }
@@ -609,7 +609,7 @@ impl Engine {
     ) -> Result<Reply, EngineError> {
         let record = lookup(self, &principal.owner, name)?;
         check_usable(&record)?;
-        let cgroup = SandboxCgroup::open(&Layout::detect(), &record.id).map_err(|e| {
+        let cgroup = SandboxCgroup::open(Layout::cached(), &record.id).map_err(|e| {
             EngineError::Unsupported {
                 what: format!("metrics of {name}"),
                 why: format!("the sandbox has no cgroup to read ({e})"),
