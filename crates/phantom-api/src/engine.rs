@@ -311,6 +311,23 @@ impl Failure {
         }
     }
 
+    /// What a remote caller (HTTP API, MCP with a key) is told instead, when this says
+    /// more than it should: what went wrong on the host (`failed`, `unsupported`) may
+    /// name host paths and pids, so only its kind is told, with `error_id`, under which
+    /// the front end logs the whole failure. `None`: this is the caller's own mistake
+    /// (or the host's state it may know), said as it is.
+    pub fn for_remote(&self, error_id: &str) -> Option<Failure> {
+        let what = match self.kind {
+            FailureKind::Failed => "the sandbox could not be run",
+            FailureKind::Unsupported => "this host cannot do that",
+            _ => return None,
+        };
+        Some(Failure::new(
+            self.kind,
+            format!("{what} (error {error_id}; the server's log has the details)"),
+        ))
+    }
+
     /// As a JSON caller sees it: `memory: cannot parse ...`.
     pub fn for_api(&self) -> String {
         match self.field {
@@ -484,6 +501,16 @@ mod tests {
             Request::Run(Box::new(call)).fd_names(),
             ["stdout", "stderr", "files"]
         );
+    }
+
+    #[test]
+    fn a_remote_caller_is_told_host_failures_by_kind_and_id_only() {
+        let host = Failure::new(FailureKind::Failed, "mkdir /var/lib/phantom/x: EACCES");
+        let shown = host.for_remote("abc123").unwrap();
+        assert_eq!(shown.kind, FailureKind::Failed);
+        assert!(shown.message.contains("abc123") && !shown.message.contains("/var/lib"));
+        let mistake = Failure::new(FailureKind::Invalid, "memory: cannot parse");
+        assert_eq!(mistake.for_remote("abc123"), None);
     }
 
     #[test]

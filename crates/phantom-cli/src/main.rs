@@ -155,11 +155,7 @@ pub(crate) fn fail(f: phantom_api::engine::Failure) -> i32 {
 
 /// How long ago `when` (seconds since the epoch) was, for humans: "3 minutes ago".
 pub(crate) fn age(when: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(when);
-    let secs = now.saturating_sub(when);
+    let secs = phantom_state::now_s().saturating_sub(when);
     match secs {
         0..=59 => format!("{secs} seconds ago"),
         60..=3599 => format!("{} minutes ago", secs / 60),

@@ -11,6 +11,85 @@ use phantom_engine::client::{Output, RunIo, Stdin, Wake};
 
 use crate::{error_line, fail};
 
+/// What the engine said of a run or an exec as it started (`phantom run` and `phantom
+/// exec` alike): its warnings and, with --verbose, why it did not start warm are shown
+/// then; its caps name the limit in the message after a timeout, an OOM kill or a
+/// truncated output.
+pub(crate) struct Told {
+    json: bool,
+    verbose: bool,
+    /// What a timeout kills: "the sandbox" (a run), "the command" (an exec).
+    killed: &'static str,
+    started: Option<Started>,
+}
+
+impl Told {
+    pub(crate) fn new(json: bool, verbose: bool, killed: &'static str) -> Told {
+        Told {
+            json,
+            verbose,
+            killed,
+            started: None,
+        }
+    }
+
+    pub(crate) fn started(&mut self, s: &Started) {
+        if !self.json {
+            for w in &s.warnings {
+                eprintln!("phantom: warning: {w}");
+            }
+        }
+        if self.verbose {
+            if let Some(why) = &s.not_warm {
+                eprintln!("phantom: cold start: {why}");
+            }
+        }
+        self.started = Some(s.clone());
+    }
+
+    /// After a run without --json: what ended it or cut its output, with the limit.
+    pub(crate) fn ended(&self, report: &phantom_api::RunReport) {
+        let caps = self.started.as_ref();
+        if report.timed_out {
+            eprintln!(
+                "phantom: timed out after {} ms: {} was killed (raise it with --timeout)",
+                caps.map_or(report.wall_ms.round() as u64, |c| c.timeout_ms),
+                self.killed
+            );
+        }
+        if report.oom_killed {
+            match caps {
+                Some(c) => eprintln!(
+                    "phantom: out of memory: the {} byte limit was hit (raise it with --memory)",
+                    c.memory_bytes
+                ),
+                None => eprintln!("phantom: out of memory: the memory limit was hit"),
+            }
+        }
+        if report.output_truncated {
+            match caps {
+                Some(c) => eprintln!("phantom: output truncated at {} bytes", c.output_limit),
+                None => eprintln!("phantom: output truncated"),
+            }
+        }
+    }
+}
+
+/// The stdio of a run or an exec from the command line: the terminal's, or captured
+/// into the report with --json; signals forwarded.
+pub(crate) fn told_io<'a>(json: bool, on_started: &'a mut dyn FnMut(&Started)) -> RunIo<'a> {
+    RunIo {
+        stdin: Stdin::Inherit,
+        output: if json {
+            Output::capture()
+        } else {
+            Output::Inherit
+        },
+        wake: Wake::Signals,
+        on_started: Some(on_started),
+    }
+}
+
 /// Exit code for failures of phantom itself (not of the payload), as docker uses.
 pub const EXIT_PHANTOM_FAILED: i32 = 125;
 
@@ -191,31 +270,9 @@ pub fn run(args: RunArgs) -> i32 {
             eprintln!("phantom: cold start: {note}");
         }
     }
-    // What the engine said when the run started: the caps, for the messages after.
-    let mut caps: Option<Started> = None;
-    let mut on_started = |s: &Started| {
-        if !args.json {
-            for w in &s.warnings {
-                eprintln!("phantom: warning: {w}");
-            }
-        }
-        if args.verbose {
-            if let Some(why) = &s.not_warm {
-                eprintln!("phantom: cold start: {why}");
-            }
-        }
-        caps = Some(s.clone());
-    };
-    let io = RunIo {
-        stdin: Stdin::Inherit,
-        output: if args.json {
-            Output::capture()
-        } else {
-            Output::Inherit
-        },
-        wake: Wake::Signals,
-        on_started: Some(&mut on_started),
-    };
+    let mut told = Told::new(args.json, args.verbose, "the sandbox");
+    let mut on_started = |s: &Started| told.started(s);
+    let io = told_io(args.json, &mut on_started);
     let report = match engine.run(crate::principal(), request, args.cold, io) {
         Ok(r) => r,
         Err(f) => return fail(f),
@@ -234,31 +291,7 @@ pub fn run(args: RunArgs) -> i32 {
         );
         return report.exit_code;
     }
-    let caps = caps.unwrap_or_else(|| Started {
-        sandbox_id: report.sandbox_id.clone(),
-        start: report.start,
-        output_limit: 0,
-        timeout_ms: 0,
-        memory_bytes: 0,
-        warnings: Vec::new(),
-        not_warm: None,
-        compile_ms: 0.0,
-    });
-    if report.timed_out {
-        eprintln!(
-            "phantom: timed out after {} ms: the sandbox was killed (raise it with --timeout)",
-            caps.timeout_ms
-        );
-    }
-    if report.oom_killed {
-        eprintln!(
-            "phantom: out of memory: the {} byte limit was hit (raise it with --memory)",
-            caps.memory_bytes
-        );
-    }
-    if report.output_truncated {
-        eprintln!("phantom: output truncated at {} bytes", caps.output_limit);
-    }
+    told.ended(&report);
     if let Some(net) = &report.network {
         if args.verbose {
             for c in &net.connections {

@@ -10,7 +10,6 @@ use clap::{Args, Subcommand};
 
 use phantom_api::request::{CreateRequest, ExecRequest, Quantity};
 use phantom_api::{SandboxInfo, SandboxMetrics};
-use phantom_engine::client::{Output, RunIo, Stdin, Wake};
 use phantom_engine::sandbox::{self, CpEnd, CpLimits};
 use phantom_engine::{EngineClient, EngineError};
 use phantom_policy::units::human_size;
@@ -163,16 +162,9 @@ pub fn exec(args: ExecArgs) -> i32 {
         max_output: args.max_output.map(Quantity),
         ..ExecRequest::default()
     };
-    let io = RunIo {
-        stdin: Stdin::Inherit,
-        output: if args.json {
-            Output::capture()
-        } else {
-            Output::Inherit
-        },
-        wake: Wake::Signals,
-        on_started: None,
-    };
+    let mut told = crate::run::Told::new(args.json, false, "the command");
+    let mut on_started = |s: &phantom_api::engine::Started| told.started(s);
+    let io = crate::run::told_io(args.json, &mut on_started);
     match engine().exec(crate::principal(), &args.name, req, io) {
         Ok(report) => {
             if args.json {
@@ -181,20 +173,7 @@ pub fn exec(args: ExecArgs) -> i32 {
                     serde_json::to_string(&report).expect("report serializes")
                 );
             } else {
-                for w in &report.warnings {
-                    eprintln!("phantom: warning: {w}");
-                }
-                if report.timed_out {
-                    eprintln!(
-                        "phantom: timed out: the command was killed (raise it with --timeout)"
-                    );
-                }
-                if report.oom_killed {
-                    eprintln!("phantom: out of memory: the sandbox's memory limit was hit");
-                }
-                if report.output_truncated {
-                    eprintln!("phantom: output truncated");
-                }
+                told.ended(&report);
             }
             report.exit_code
         }

@@ -729,18 +729,8 @@ fn a_killed_keeper_takes_its_sandbox_down_and_destroy_leaves_nothing() {
     );
     env.ok(&["destroy", "k"]);
     // Nothing of it is left: no cgroup, no run directory.
-    let cgroups = std::process::Command::new("sh")
-        .args([
-            "-c",
-            &format!("find /sys/fs/cgroup -maxdepth 3 -path '*/phantom/{id}'"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        cgroups.stdout.is_empty(),
-        "cgroup left: {}",
-        String::from_utf8_lossy(&cgroups.stdout)
-    );
+    let cgroups = common::sandbox_cgroups(&id);
+    assert!(cgroups.is_empty(), "cgroup left: {cgroups:?}");
     let runs = std::process::Command::new("sh")
         .args(["-c", &format!("find /dev/shm /tmp ${{XDG_RUNTIME_DIR:-/nonexistent}} -maxdepth 2 -name 'run-{id}' 2>/dev/null")])
         .output()
@@ -752,17 +742,9 @@ fn a_killed_keeper_takes_its_sandbox_down_and_destroy_leaves_nothing() {
     );
 }
 
-/// The parent's pid (field 4 of /proc/PID/stat): the keeper of a sandbox's init.
-fn parent_of(pid: i64) -> i64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
+/// The keeper of a sandbox's init: its parent.
+fn parent_of(init: i64) -> i64 {
+    i64::from(common::HostProcess::parent(init as u32).expect("the init runs"))
 }
 
 /// Keepers used to inherit the engine's blocked SIGTERM and ignore `kill`: a host
@@ -795,18 +777,8 @@ fn a_keeper_stopped_by_sigterm_retires_its_sandbox_cleanly() {
         "{info}"
     );
     // The keeper removed the cgroup itself, before any destroy.
-    let cgroups = std::process::Command::new("sh")
-        .args([
-            "-c",
-            &format!("find /sys/fs/cgroup -maxdepth 3 -path '*/phantom/{id}'"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        cgroups.stdout.is_empty(),
-        "cgroup left: {}",
-        String::from_utf8_lossy(&cgroups.stdout)
-    );
+    let cgroups = common::sandbox_cgroups(&id);
+    assert!(cgroups.is_empty(), "cgroup left: {cgroups:?}");
 }
 
 /// The keeper hands out the sandbox's namespaces only to its owner: another user cannot

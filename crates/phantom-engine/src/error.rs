@@ -54,6 +54,13 @@ pub enum EngineError {
     },
 }
 
+/// A request value that is wrong: the caller's mistake, naming the field.
+impl From<phantom_api::request::FieldError> for EngineError {
+    fn from(e: phantom_api::request::FieldError) -> EngineError {
+        EngineError::Request(e.into())
+    }
+}
+
 impl EngineError {
     /// The process exit code a CLI should use for this error: 2 for usage errors
     /// (bad flags, bad policy, a bad image), 1 otherwise.
@@ -84,6 +91,14 @@ impl EngineError {
             }
             EngineError::Snapshot(phantom_store::SnapshotError::NotFound(_)) => {
                 FailureKind::NotFound
+            }
+            EngineError::Image(phantom_image::ImageError::NotFound(name)) => {
+                return Failure {
+                    kind: FailureKind::NotFound,
+                    field: Some(phantom_api::request::Field::Image),
+                    value: Some(name.clone()),
+                    message: self.to_string(),
+                }
             }
             e if e.exit_code() == 2 => FailureKind::Invalid,
             _ => FailureKind::Failed,

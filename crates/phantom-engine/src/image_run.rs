@@ -21,7 +21,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use phantom_image::{ImageConfig, ImageError, ImageStore};
+use phantom_image::{ImageConfig, ImageStore};
 
 use crate::EngineError;
 
@@ -71,21 +71,7 @@ impl ImageRun {
     /// Find image `name` in the default store: its root and config, no command yet.
     fn open(name: &str) -> Result<(ImageRun, ImageConfig), EngineError> {
         let store = ImageStore::open_default()?;
-        let root = match store.rootfs(name) {
-            Ok(root) => root,
-            Err(ImageError::NotFound(_)) => {
-                // The store's host path stays out: remote callers see this message.
-                return Err(EngineError::Request(phantom_api::engine::Failure {
-                    kind: phantom_api::engine::FailureKind::NotFound,
-                    field: Some(phantom_api::request::Field::Image),
-                    value: Some(name.to_string()),
-                    message: format!(
-                        "no image named `{name}` (`phantom image list` shows the images; `phantom image import FILE --name {name}` adds one)"
-                    ),
-                }));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let root = store.rootfs(name)?;
         let [lower] = root.layers.as_slice() else {
             return Err(EngineError::Unsupported {
                 what: format!("image `{name}`"),

@@ -191,7 +191,56 @@ pub(crate) struct PayloadBase {
 }
 
 impl PayloadContext {
-    /// Build the payload of a pooled sandbox from its base and a `RUN` message.
+    /// The payload of `spec` on `base`, in working directory `cwd`: the one way a
+    /// cold run (`prepare::payload_context`) and a pooled sandbox's run (`from_run`)
+    /// get theirs, so that warm equals cold. Err: an argument or variable with a NUL
+    /// byte.
+    pub(crate) fn new(
+        base: &PayloadBase,
+        spec: &RunSpec,
+        cwd: PathBuf,
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        files: Option<OwnedFd>,
+    ) -> Result<PayloadContext, String> {
+        let cstring = |s: &str| CString::new(s).map_err(|_| format!("{s:?}: contains a NUL byte"));
+        let path_var = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Ok(PayloadContext {
+            argv: spec
+                .argv
+                .iter()
+                .map(|a| cstring(a))
+                .collect::<Result<_, _>>()?,
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| cstring(&format!("{k}={v}")))
+                .collect::<Result<_, _>>()?,
+            path_var,
+            cwd,
+            stdin,
+            stdout,
+            stderr,
+            files,
+            nofile: base.nofile,
+            fsize: base.fsize,
+            rlimit_nproc: spec.rlimit_nproc,
+            rlimit_data: spec.rlimit_data,
+            landlock: base.landlock.clone(),
+            seccomp: base.seccomp.clone(),
+            drop_caps: base.drop_caps,
+            fd3: None,
+            memory_merge: false,
+        })
+    }
+
+    /// Build the payload of a pooled sandbox from its base and a `Run` message.
     fn from_run(
         base: &PayloadBase,
         spec: RunSpec,
@@ -209,43 +258,9 @@ impl PayloadContext {
         let stderr = fds.pop().expect("counted");
         let stdout = fds.pop().expect("counted");
         let stdin = fds.pop();
-        let cstring = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
-        let path_var = spec
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        Ok((
-            PayloadContext {
-                argv: spec
-                    .argv
-                    .iter()
-                    .map(|a| cstring(a))
-                    .collect::<Result<_, _>>()?,
-                env: spec
-                    .env
-                    .iter()
-                    .map(|(k, v)| cstring(&format!("{k}={v}")))
-                    .collect::<Result<_, _>>()?,
-                path_var,
-                cwd: PathBuf::from(spec.cwd),
-                stdin,
-                stdout,
-                stderr,
-                files,
-                nofile: base.nofile,
-                fsize: base.fsize,
-                rlimit_nproc: spec.rlimit_nproc,
-                rlimit_data: spec.rlimit_data,
-                landlock: base.landlock.clone(),
-                seccomp: base.seccomp.clone(),
-                drop_caps: base.drop_caps,
-                fd3: None,
-                memory_merge: false,
-            },
-            workspace,
-        ))
+        let cwd = PathBuf::from(&spec.cwd);
+        let context = PayloadContext::new(base, &spec, cwd, stdin, stdout, stderr, files)?;
+        Ok((context, workspace))
     }
 }
 
@@ -508,8 +523,6 @@ fn cwd_refused(cwd: &Path, e: &std::io::Error) -> FromInit {
 }
 
 fn write_files_from(memfd: &OwnedFd, workspace: &Path) -> Result<(), String> {
-    use rustix::fs::{self as rfs, Mode, OFlags, ResolveFlags};
-    use std::io::Write;
     // Read from offset 0 whatever the shared file offset is.
     let mut text = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -523,67 +536,34 @@ fn write_files_from(memfd: &OwnedFd, workspace: &Path) -> Result<(), String> {
     }
     let files: Vec<phantom_api::request::FileSpec> =
         serde_json::from_slice(&text).map_err(|e| e.to_string())?;
-    // Every step beneath the workspace's fd and never through a symlink: a host
-    // workspace (direct mode runs on the host) may hold links planted by an earlier run.
-    let beneath = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-    let root = rfs::open(
+    // Written as `phantom cp` and the file APIs write: every step beneath the
+    // workspace's fd, never through a symlink — a host workspace (direct mode runs on
+    // the host) may hold links planted by an earlier run.
+    let root = rustix::fs::open(
         workspace,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
     )
     .map_err(|e| format!("{}: {e}", workspace.display()))?;
     for file in files {
-        let relative = Path::new(&file.path);
-        let parts: Vec<&std::ffi::OsStr> = relative
-            .components()
-            .map_while(|c| match c {
-                std::path::Component::Normal(p) => Some(p),
-                _ => None,
-            })
-            .collect();
-        let plain = !file.path.is_empty() && parts.len() == relative.components().count();
+        let plain = !file.path.is_empty()
+            && Path::new(&file.path)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
         if !plain {
             return Err(format!(
                 "`{}`: give a relative path inside the workspace without `..`, e.g. src/main.py",
                 file.path
             ));
         }
-        let failed = |e: rustix::io::Errno| format!("`{}`: {e}", file.path);
-        let (name, parents) = parts.split_last().expect("a plain path has a component");
-        let mut dir = root
-            .try_clone()
-            .map_err(|e| format!("`{}`: {e}", file.path))?;
-        for part in parents {
-            match rfs::mkdirat(&dir, *part, Mode::from_raw_mode(0o755)) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                Err(e) => return Err(failed(e)),
-            }
-            dir = rfs::openat2(
-                &dir,
-                *part,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                beneath,
-            )
-            .map_err(failed)?;
-        }
-        let fd = rfs::openat2(
-            &dir,
-            *name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-            beneath,
+        crate::sandbox::files::write_file(
+            &root,
+            "workspace",
+            &file.path,
+            file.content.as_bytes(),
+            true,
         )
-        .map_err(failed)?;
-        // Replace a regular file only (a FIFO or device swapped in is refused).
-        let kind = rfs::FileType::from_raw_mode(rfs::fstat(&fd).map_err(failed)?.st_mode);
-        if kind != rfs::FileType::RegularFile {
-            return Err(format!("`{}`: not a regular file", file.path));
-        }
-        rfs::ftruncate(&fd, 0).map_err(failed)?;
-        std::fs::File::from(fd)
-            .write_all(file.content.as_bytes())
-            .map_err(|e| format!("`{}`: {e}", file.path))?;
+        .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -5,7 +5,6 @@
 //! directory are resolved. The spawn path only replays what this decided.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use phantom_api::engine::{Failure, FailureKind};
 use phantom_api::request::{Field, FieldError, Limits, Program, Quantity};
 use phantom_policy::{units, Mode, NetworkMode, Overrides, Plan};
 
+use crate::channel::RunSpec;
 use crate::image_run::ImageRun;
 use crate::init::{self, PayloadContext};
 use crate::spawn::payload_env;
@@ -297,16 +297,12 @@ fn forbidden(field: Field, value: impl Into<String>, message: String) -> EngineE
     })
 }
 
-fn field(e: FieldError) -> EngineError {
-    EngineError::Request(e.into())
-}
-
 /// Compile and check a request.
 pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, EngineError> {
     let grants = &ask.principal.grants;
     if let Some(cwd) = ask.cwd {
         if !cwd.starts_with('/') {
-            return Err(field(FieldError::with_value(
+            return Err(EngineError::from(FieldError::with_value(
                 Field::Cwd,
                 cwd,
                 "must be an absolute path inside the sandbox, e.g. /workspace/src",
@@ -315,7 +311,7 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
     }
     for (k, v) in ask.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(field(FieldError::with_value(
+            return Err(EngineError::from(FieldError::with_value(
                 Field::Env,
                 format!("{k}={v}"),
                 "expected NAME=VALUE with a non-empty NAME without `=` or NUL",
@@ -325,7 +321,7 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
     if let Some(program) = ask.program {
         for a in program.argv() {
             if a.contains('\0') {
-                return Err(field(FieldError::new(
+                return Err(EngineError::from(FieldError::new(
                     Field::Argv,
                     "an argument contains a NUL byte, which no command-line argument can hold",
                 )));
@@ -369,13 +365,13 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
             not_granted("a host workspace", Capability::HostWorkspace),
         ));
     }
-    let (overrides, output) = overrides(ask.limits, ask.image).map_err(field)?;
+    let (overrides, output) = overrides(ask.limits, ask.image).map_err(EngineError::from)?;
     let compiling = std::time::Instant::now();
     let compiled = cache.get(&ask.policy, &overrides).map_err(|e| match e {
         // A profile the caller named that does not exist is their mistake, named.
         EngineError::Policy(p) => match &ask.policy {
-            Policy::Builtin(_) => field(FieldError::new(Field::Profile, p.to_string())),
-            Policy::File(_) => field(FieldError::new(Field::PolicyFile, p.to_string())),
+            Policy::Builtin(_) => FieldError::new(Field::Profile, p.to_string()).into(),
+            Policy::File(_) => FieldError::new(Field::PolicyFile, p.to_string()).into(),
         },
         e => e,
     })?;
@@ -427,7 +423,7 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
         None => None,
     };
     if ask.program.is_some() && image.is_none() && argv.is_empty() {
-        return Err(field(FieldError::new(
+        return Err(EngineError::from(FieldError::new(
             Field::Argv,
             "no command given, e.g. [\"python3\", \"-c\", \"print(1)\"]",
         )));
@@ -591,14 +587,14 @@ fn existing_workspace(dir: &str) -> Result<PathBuf, EngineError> {
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            return Err(field(FieldError::with_value(
+            return Err(EngineError::from(FieldError::with_value(
                 Field::Workspace,
                 dir,
                 "not a directory",
             )))
         }
         Err(e) => {
-            return Err(field(FieldError::with_value(
+            return Err(EngineError::from(FieldError::with_value(
                 Field::Workspace,
                 dir,
                 format!("{e} (create it first, or leave the workspace out for a temporary one)"),
@@ -628,56 +624,26 @@ pub(crate) fn payload_context(
     let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
         unreachable!("the payload always gets output pipes");
     };
-    let cstring = |s: &str| {
-        CString::new(s).map_err(|_| {
-            field(FieldError::new(
-                Field::Argv,
-                format!("{s:?}: contains a NUL byte"),
-            ))
-        })
-    };
-    let argv = command
-        .argv
-        .iter()
-        .map(|a| cstring(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let env = payload_env(&plan.env, term, &command.env);
-    let path_var = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let env = env
-        .iter()
-        .map(|(k, v)| cstring(&format!("{k}={v}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let isolated = plan.mode != Mode::Direct;
-    let base = init::payload_base(plan);
-    let cwd = match (&command.cwd, isolated) {
+    let cwd = match (&command.cwd, plan.mode != Mode::Direct) {
         (Some(c), _) => PathBuf::from(c),
         (None, true) => PathBuf::from(&plan.cwd),
         // Direct mode has no /workspace: the command runs in the host directory.
         (None, false) => host_workspace.to_path_buf(),
     };
-    Ok(PayloadContext {
-        argv,
-        env,
-        path_var,
-        cwd,
-        stdin,
-        stdout,
-        stderr,
-        files,
-        nofile: base.nofile,
-        fsize: base.fsize,
+    let spec = RunSpec {
+        argv: command.argv.clone(),
+        env: payload_env(&plan.env, term, &command.env),
+        // Given apart (`cwd` above): a host directory in direct mode need not be UTF-8.
+        cwd: String::new(),
         rlimit_nproc: no_cgroup.then_some(plan.limits.pids),
         rlimit_data: no_cgroup.then_some(plan.limits.memory_bytes),
-        landlock: base.landlock,
-        seccomp: base.seccomp,
-        drop_caps: base.drop_caps,
-        fd3: None,
-        memory_merge: false,
-    })
+        stdin_fd: stdin.is_some(),
+        files_fd: files.is_some(),
+        workspace_fd: false,
+    };
+    let base = init::payload_base(plan);
+    PayloadContext::new(&base, &spec, cwd, stdin, stdout, stderr, files)
+        .map_err(|message| FieldError::new(Field::Argv, message).into())
 }
 
 /// The egress proxy's settings for sandbox `sandbox_id` of `plan`.

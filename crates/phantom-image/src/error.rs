@@ -12,7 +12,7 @@ pub enum ImageError {
     #[error("{0}")]
     Usage(String),
     /// No image of that name in the store.
-    #[error("no image named `{0}` (`phantom image list` shows the images in the store)")]
+    #[error("no image named `{0}` (`phantom image list` shows the images; `phantom image import FILE --name {0}` adds one)")]
     NotFound(String),
     /// The source is not an image this importer understands, or its metadata is
     /// malformed (bad JSON, missing blob, wrong media type, ...).

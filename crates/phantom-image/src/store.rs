@@ -13,7 +13,6 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use phantom_state::ids::new_sandbox_id;
 use phantom_state::store_dir::{self, StoreDirError, STATE_DIR_ENV};
@@ -203,7 +202,7 @@ impl ImageStore {
             architecture: plan.architecture.clone(),
             variant: plan.variant.clone(),
             created: plan.created.clone(),
-            imported_at: now(),
+            imported_at: phantom_state::now_s(),
             layers: plan
                 .layers
                 .iter()
@@ -459,7 +458,7 @@ impl ImageStore {
             architecture: host.architecture,
             variant: None,
             created: None,
-            imported_at: now(),
+            imported_at: phantom_state::now_s(),
             layers: Vec::new(),
             size: 0,
             unpacked_bytes: root.unpacked_bytes,
@@ -738,13 +737,6 @@ fn absolute(path: &Path) -> String {
         .unwrap_or_else(|_| path.to_path_buf())
         .display()
         .to_string()
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

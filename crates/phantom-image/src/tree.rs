@@ -12,13 +12,13 @@
 //! * [`measure`] — bytes and entries of a tree.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 
@@ -63,21 +63,7 @@ pub(crate) fn walk_dirs(root: BorrowedFd<'_>, components: &[&[u8]]) -> Result<Ow
     Ok(current)
 }
 
-/// The entries of a directory (without `.` and `..`), with their types as readdir
-/// reports them (possibly `Unknown`).
-pub(crate) fn list(dir: BorrowedFd<'_>) -> Result<Vec<(CString, FileType)>, Errno> {
-    let mut reader = Dir::read_from(dir)?;
-    let mut names = Vec::new();
-    while let Some(entry) = reader.read() {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == c"." || name == c".." {
-            continue;
-        }
-        names.push((name.to_owned(), entry.file_type()));
-    }
-    Ok(names)
-}
+pub(crate) use phantom_linux::dir::list;
 
 /// The type of `name` in `dir`, asking the kernel when readdir did not say.
 fn file_type(dir: BorrowedFd<'_>, name: &CStr, reported: FileType) -> Result<FileType, Errno> {

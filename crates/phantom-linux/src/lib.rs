@@ -14,6 +14,7 @@
 //! * [`landlock`] — the Landlock filesystem fence and scopes, best effort.
 //! * [`net`] — bringing `lo` up in a fresh network namespace.
 //! * [`cgroup`] — cgroup v1 and v2 limits, membership, OOM events, cleanup.
+//! * [`dir`] — a directory's entries, read by its fd.
 //! * [`fdpass`] — a seqpacket channel that can carry one fd (SCM_RIGHTS).
 //! * [`sysinfo`] — read-only host probes for `phantom doctor`.
 //! * [`attempt`] — deliberate attempts at forbidden operations (for phantom-probe).
@@ -21,6 +22,7 @@
 pub mod attempt;
 pub mod caps;
 pub mod cgroup;
+pub mod dir;
 pub mod fdpass;
 pub mod landlock;
 pub mod mount;

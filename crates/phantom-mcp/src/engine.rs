@@ -177,16 +177,17 @@ impl Engine {
     /// caller), what went wrong on the host is logged here in full and answered
     /// without its details (host paths, pids), as the HTTP API does.
     pub fn shown(&self, f: Failure) -> Failure {
-        let remote = matches!(self.principal.owner, phantom_api::access::Owner::Key(_));
-        if !remote || !matches!(f.kind, FailureKind::Failed | FailureKind::Unsupported) {
+        if !matches!(self.principal.owner, phantom_api::access::Owner::Key(_)) {
             return f;
         }
         let id = phantom_state::ids::new_sandbox_id();
-        eprintln!("phantom-mcp: error {id}: {}", f.for_api());
-        Failure::new(
-            f.kind,
-            format!("the engine could not do that (error {id}; the server's log has the details)"),
-        )
+        match f.for_remote(&id) {
+            Some(shown) => {
+                eprintln!("phantom-mcp: error {id}: {}", f.for_api());
+                shown
+            }
+            None => f,
+        }
     }
 
     /// Blocking engine work (no run) off the async threads.

@@ -79,20 +79,13 @@ impl From<Failure> for ApiFailure {
     fn from(f: Failure) -> ApiFailure {
         let status =
             StatusCode::from_u16(f.kind.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let message = match f.kind {
-            FailureKind::Failed | FailureKind::Unsupported => {
-                let id = phantom_state::ids::new_sandbox_id();
+        let id = phantom_state::ids::new_sandbox_id();
+        let message = match f.for_remote(&id) {
+            Some(shown) => {
                 eprintln!("phantom-supervisor: error {id}: {}", f.for_api());
-                format!(
-                    "{} (error {id}; the server's log has the details)",
-                    if f.kind == FailureKind::Failed {
-                        "the sandbox could not be run"
-                    } else {
-                        "this host cannot do that"
-                    }
-                )
+                shown.message
             }
-            _ => f.for_api(),
+            None => f.for_api(),
         };
         ApiFailure {
             status,

@@ -66,13 +66,6 @@ pub enum AuthError {
 /// Touched when a key is revoked (see [`Keys::generation`]).
 const GENERATION_FILE: &str = "keys.changed";
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
 fn random_hex(bytes: usize) -> Result<String, StateError> {
     use std::io::Read;
     let mut buf = vec![0u8; bytes];
@@ -170,7 +163,7 @@ impl Keys {
         let key = ApiKey {
             id: id.clone(),
             name: name.to_string(),
-            created: now_s(),
+            created: crate::now_s(),
             revoked: None,
             last_used: None,
             rate_per_min: limits.rate_per_min,
@@ -251,12 +244,12 @@ impl Keys {
             .conn()
             .execute(
                 "UPDATE api_keys SET revoked = coalesce(revoked, ?2) WHERE id = ?1",
-                params![key.id, now_s() as i64],
+                params![key.id, crate::now_s() as i64],
             )
             .map_err(db_error("revoke the key"))?;
         // Servers that cache keys see the change now, not after their cache expires.
         let marker = self.state.dir().join(GENERATION_FILE);
-        std::fs::write(&marker, now_s().to_string()).map_err(|e| StateError::Io {
+        std::fs::write(&marker, crate::now_s().to_string()).map_err(|e| StateError::Io {
             what: "write",
             path: marker.display().to_string(),
             source: e,
@@ -306,7 +299,7 @@ impl Keys {
         }
         let _ = self.state.conn().execute(
             "UPDATE api_keys SET last_used = ?2 WHERE id = ?1",
-            params![key.id, now_s() as i64],
+            params![key.id, crate::now_s() as i64],
         );
         Ok(Ok(key))
     }

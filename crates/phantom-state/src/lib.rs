@@ -26,3 +26,11 @@ pub mod test_util;
 
 pub use db::{Record, State};
 pub use error::StateError;
+
+/// Unix seconds now: the time stamps of records, keys, images and snapshots.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}

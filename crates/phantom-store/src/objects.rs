@@ -6,7 +6,6 @@
 //! from a manifest's paths.
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -14,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{self as rfs, AtFlags, Dir, FileType, FlockOperation, Mode, OFlags};
+use rustix::fs::{self as rfs, AtFlags, FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::manifest::{ContentHash, Manifest, ZSTD_LEVEL};
@@ -496,21 +495,7 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// The names in a directory (without `.` and `..`), with their types as readdir
-/// reports them (possibly `Unknown`).
-pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> Result<Vec<(CString, FileType)>, Errno> {
-    let mut reader = Dir::read_from(dir)?;
-    let mut names = Vec::new();
-    while let Some(entry) = reader.read() {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == c"." || name == c".." {
-            continue;
-        }
-        names.push((name.to_owned(), entry.file_type()));
-    }
-    Ok(names)
-}
+pub(crate) use phantom_linux::dir::list as list_dir;
 
 /// Every `<ab>/<name>` file below a fan-out directory (`chunks/`, `manifests/`,
 /// `files/`): (fan-out name, file name).

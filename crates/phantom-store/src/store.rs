@@ -7,7 +7,6 @@ use std::fs::{self, File};
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use phantom_state::store_dir::{self, StoreDirError, STATE_DIR_ENV};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
@@ -156,7 +155,7 @@ impl SnapshotStore {
             tag: tag.to_string(),
             owner: owner.clone(),
             manifest: manifest_hash.hex(),
-            created: now(),
+            created: phantom_state::now_s(),
             source: source.to_string(),
             files: stats.files,
             dirs: stats.dirs,
@@ -761,13 +760,6 @@ pub fn validate_tag(tag: &str) -> Result<(), SnapshotError> {
              letter or digit, no `..` and no `/`, at most {MAX_TAG} characters (e.g. build-42)"
         )))
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

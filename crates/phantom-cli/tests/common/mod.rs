@@ -553,7 +553,8 @@ impl HostProcess {
         })
     }
 
-    fn parent(pid: u32) -> Option<u32> {
+    /// The parent's pid (field 4 of /proc/PID/stat).
+    pub fn parent(pid: u32) -> Option<u32> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         stat.rsplit_once(')')?
             .1

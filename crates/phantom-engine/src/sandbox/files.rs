@@ -348,16 +348,6 @@ pub fn write_file(
     data: &[u8],
     parents: bool,
 ) -> Result<(), EngineError> {
-    write_file_in(workspace, name, path, data, parents)
-}
-
-fn write_file_in(
-    workspace: &OwnedFd,
-    name: &str,
-    path: &str,
-    data: &[u8],
-    parents: bool,
-) -> Result<(), EngineError> {
     let (side, rel) = sandbox_side(workspace, name, path)?;
     let leaf = rel
         .file_name()
@@ -444,15 +434,6 @@ pub fn read_file(
     path: &str,
     max: u64,
 ) -> Result<Vec<u8>, EngineError> {
-    read_file_in(workspace, name, path, max)
-}
-
-fn read_file_in(
-    workspace: &OwnedFd,
-    name: &str,
-    path: &str,
-    max: u64,
-) -> Result<Vec<u8>, EngineError> {
     let (side, rel) = sandbox_side(workspace, name, path)?;
     let fd = side.open(&rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
     let st = rfs::fstat(&fd).map_err(errno("stat", path))?;
@@ -481,14 +462,6 @@ fn read_file_in(
 /// The entries of directory `path` in the workspace of sandbox `name`, by name
 /// (symlinks reported, not followed).
 pub fn list_files(
-    workspace: &OwnedFd,
-    name: &str,
-    path: &str,
-) -> Result<Vec<FileEntry>, EngineError> {
-    list_files_in(workspace, name, path)
-}
-
-fn list_files_in(
     workspace: &OwnedFd,
     name: &str,
     path: &str,
@@ -775,7 +748,7 @@ mod tests {
     #[test]
     fn write_read_and_list_stay_inside_the_workspace() {
         let (scratch, state_fd, ws) = with_box("files-ok");
-        write_file_in(
+        write_file(
             &state_fd,
             "box",
             "/workspace/src/main.py",
@@ -788,16 +761,16 @@ mod tests {
             b"print(1)\n"
         );
         assert_eq!(
-            read_file_in(&state_fd, "box", "/workspace/src/main.py", 100).unwrap(),
+            read_file(&state_fd, "box", "/workspace/src/main.py", 100).unwrap(),
             b"print(1)\n"
         );
-        let err = read_file_in(&state_fd, "box", "/workspace/src/main.py", 3).unwrap_err();
+        let err = read_file(&state_fd, "box", "/workspace/src/main.py", 3).unwrap_err();
         assert!(
             err.to_string().contains("larger than the limit of 3 bytes"),
             "{err}"
         );
         std::os::unix::fs::symlink("/etc/passwd", ws.join("pw")).unwrap();
-        let list = list_files_in(&state_fd, "box", "/workspace").unwrap();
+        let list = list_files(&state_fd, "box", "/workspace").unwrap();
         let names: Vec<_> = list
             .iter()
             .map(|e| (e.name.as_str(), e.kind.as_str()))
@@ -805,7 +778,7 @@ mod tests {
         assert_eq!(names, [("pw", "symlink"), ("src", "dir")]);
         assert_eq!(list[0].target.as_deref(), Some("/etc/passwd"));
         // Without `parents`, a missing directory is an error, not created.
-        assert!(write_file_in(&state_fd, "box", "/workspace/none/x", b"", false).is_err());
+        assert!(write_file(&state_fd, "box", "/workspace/none/x", b"", false).is_err());
         assert!(!ws.join("none").exists());
         drop(scratch);
     }
@@ -824,14 +797,14 @@ mod tests {
         )
         .unwrap();
         let started = std::time::Instant::now();
-        let err = write_file_in(&state_fd, "box", "/workspace/fifo", b"x", false).unwrap_err();
+        let err = write_file(&state_fd, "box", "/workspace/fifo", b"x", false).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
-        let err = read_file_in(&state_fd, "box", "/workspace/fifo", 10).unwrap_err();
+        let err = read_file(&state_fd, "box", "/workspace/fifo", 10).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
         // An existing regular file is replaced, not appended to.
         std::fs::write(ws.join("f"), b"long old content").unwrap();
-        write_file_in(&state_fd, "box", "/workspace/f", b"new", false).unwrap();
+        write_file(&state_fd, "box", "/workspace/f", b"new", false).unwrap();
         assert_eq!(std::fs::read(ws.join("f")).unwrap(), b"new");
     }
 
@@ -842,7 +815,7 @@ mod tests {
         let (_scratch, state_fd, ws) = with_box("files-notdir");
         std::fs::write(ws.join("null"), b"x").unwrap();
         for path in ["/workspace/null", "null/deeper", "/workspace/null/x"] {
-            let err = list_files_in(&state_fd, "box", path).unwrap_err();
+            let err = list_files(&state_fd, "box", path).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{path}: {err}");
             assert_eq!(
                 err.to_failure().kind,
@@ -850,7 +823,7 @@ mod tests {
                 "{path}: {err}"
             );
         }
-        let err = read_file_in(&state_fd, "box", "/workspace", 10).unwrap_err();
+        let err = read_file(&state_fd, "box", "/workspace", 10).unwrap_err();
         assert_eq!(err.exit_code(), 2, "{err}");
     }
 
@@ -869,7 +842,7 @@ mod tests {
             "/workspace/rel/secret",
             "/workspace/../outside/secret",
         ] {
-            let err = read_file_in(&state_fd, "box", path, 1 << 20)
+            let err = read_file(&state_fd, "box", path, 1 << 20)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("leaves the workspace"), "{path}: {err}");
@@ -880,17 +853,17 @@ mod tests {
             "/workspace/secret",
         ] {
             assert!(
-                write_file_in(&state_fd, "box", path, b"x", true).is_err(),
+                write_file(&state_fd, "box", path, b"x", true).is_err(),
                 "{path}"
             );
         }
-        assert!(list_files_in(&state_fd, "box", "/workspace/out").is_err());
+        assert!(list_files(&state_fd, "box", "/workspace/out").is_err());
         assert!(!outside.join("new").exists());
         assert_eq!(
             std::fs::read(outside.join("secret")).unwrap(),
             b"host secret"
         );
-        let err = read_file_in(&state_fd, "box", "/etc/passwd", 10)
+        let err = read_file(&state_fd, "box", "/etc/passwd", 10)
             .unwrap_err()
             .to_string();
         assert!(

@@ -15,7 +15,7 @@ pub(crate) mod keeper;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use phantom_api::request::{Field, FieldError, Quantity};
 use phantom_linux::fdpass;
@@ -36,13 +36,7 @@ pub(crate) const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `destroy` waits for a keeper to clean up after its init.
 pub(crate) const KEEPER_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Unix seconds now.
-pub fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
+pub use phantom_state::now_s;
 
 /// "15m", "24h", "90s" for a number of seconds.
 pub fn human_duration(secs: u64) -> String {
@@ -66,14 +60,12 @@ pub fn validate_name(name: &str) -> Result<(), EngineError> {
     if ok {
         Ok(())
     } else {
-        Err(EngineError::Request(
-            FieldError::with_value(
-                Field::Name,
-                name,
-                "invalid sandbox name: use letters, digits, - _ and ., start with a letter or digit, no `..` or `/`, at most 63 characters (e.g. agent-1)",
-            )
-            .into(),
-        ))
+        Err(FieldError::with_value(
+            Field::Name,
+            name,
+            "invalid sandbox name: use letters, digits, - _ and ., start with a letter or digit, no `..` or `/`, at most 63 characters (e.g. agent-1)",
+        )
+        .into())
     }
 }
 
@@ -92,8 +84,7 @@ pub(crate) fn seconds(
     default: &str,
 ) -> Result<u64, EngineError> {
     let text = value.map_or(default, Quantity::as_str);
-    let bad =
-        |message: String| EngineError::Request(FieldError::with_value(field, text, message).into());
+    let bad = |message: String| EngineError::from(FieldError::with_value(field, text, message));
     let ms = phantom_policy::units::parse_duration_ms(text).map_err(|e| bad(e.to_string()))?;
     if ms < 1000 {
         return Err(bad("at least 1s, e.g. 15m".into()));

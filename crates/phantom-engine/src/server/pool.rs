@@ -98,10 +98,9 @@ impl Pool {
     /// The pool `spec` asks for: its profile compiled (on its image, found in the
     /// store now, as a run on the image compiles and finds it), no sandbox yet.
     pub(crate) fn new(spec: &PoolSpec) -> Result<Pool, EngineError> {
+        // The caller's mistakes (a missing image, a bad profile) are said with the flag.
         let in_spec = |e: EngineError| match e {
-            EngineError::Usage(m) => EngineError::Usage(format!("--pool {spec}: {m}")),
-            // A missing image: the caller's mistake, said with the flag.
-            EngineError::Request(f) => EngineError::Usage(format!("--pool {spec}: {}", f.message)),
+            e if e.exit_code() == 2 => EngineError::Usage(format!("--pool {spec}: {e}")),
             e => e,
         };
         let overrides = Overrides {

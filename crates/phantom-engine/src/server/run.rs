@@ -45,22 +45,24 @@ pub(super) struct RunJob {
     base: ReportBase,
 }
 
-/// What a run's report takes from its request and its sandbox, known at start.
-struct ReportBase {
-    sandbox_id: String,
-    profile: String,
-    mode: Mode,
-    seccomp_programs: usize,
-    host_uid: u32,
-    idmapped: bool,
-    warm: bool,
-    warnings: Vec<String>,
+/// What the report of a run or an exec takes from its request and its sandbox, known
+/// at start.
+pub(super) struct ReportBase {
+    pub sandbox_id: String,
+    pub profile: String,
+    pub mode: Mode,
+    pub seccomp_programs: usize,
+    pub host_uid: u32,
+    pub idmapped: bool,
+    /// Cold, warm or exec (prewarmed when a pre-started interpreter took the run).
+    pub start: StartKind,
+    pub warnings: Vec<String>,
 }
 
 impl ReportBase {
     /// The report of a run that ended with `exit` (`status`: what the sandbox said).
     #[allow(clippy::too_many_arguments)]
-    fn report(
+    pub(super) fn report(
         &self,
         status: &SandboxStatus,
         timed_out: bool,
@@ -71,10 +73,10 @@ impl ReportBase {
         cgroup: &str,
         network: Option<NetworkReport>,
     ) -> RunReport {
-        let start = match (status.prewarmed, self.warm) {
-            (true, _) => StartKind::Prewarmed,
-            (false, true) => StartKind::Warm,
-            (false, false) => StartKind::Cold,
+        let start = if status.prewarmed {
+            StartKind::Prewarmed
+        } else {
+            self.start
         };
         RunReport {
             sandbox_id: self.sandbox_id.clone(),
@@ -149,16 +151,13 @@ impl Engine {
             unreachable!("counted by dispatch");
         };
         let files = files.then(|| fds.next()).flatten();
-        let program = request
-            .program()
-            .map_err(|e| EngineError::Request(e.into()))?;
+        let program = request.program()?;
         let options = &request.options;
         let policy = Policy::of(
             options.profile.as_deref(),
             options.policy_file.as_deref(),
             program.default_profile(),
-        )
-        .map_err(|e| EngineError::Request(e.into()))?;
+        )?;
         let prepared = prepare::prepare(
             Ask {
                 principal: &principal,
@@ -269,7 +268,11 @@ impl Engine {
                 },
                 host_uid,
                 idmapped,
-                warm: pool.is_some(),
+                start: if pool.is_some() {
+                    StartKind::Warm
+                } else {
+                    StartKind::Cold
+                },
                 warnings,
             },
         }));

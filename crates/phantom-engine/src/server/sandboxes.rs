@@ -17,12 +17,13 @@ use phantom_api::engine::{
     CreateCall, Created, ExecCall, Failure, FailureKind, Reply, Request, SandboxUsage, Started,
 };
 use phantom_api::request::{Field, FieldError, Limits};
-use phantom_api::{IsolationReport, RunReport, SandboxInfo, SandboxMetrics};
+use phantom_api::{SandboxInfo, SandboxMetrics};
 use phantom_linux::cgroup::{Layout, SandboxCgroup};
 use phantom_linux::process::{self, ExitStatus};
 use phantom_state::Record;
 use rustix::fs::{flock, FlockOperation};
 
+use super::run::ReportBase;
 use super::{reply, Engine, Slot};
 use crate::channel::{self, FromInit};
 use crate::error::not_found;
@@ -30,7 +31,7 @@ use crate::init::ChildPayload;
 use crate::prepare::{self, api_mode, payload_context, Ask, Policy};
 use crate::sandbox::exec::{check_usable, join, namespaces_from_keeper, Joined};
 use crate::sandbox::{self, keeper, now_s, plan_hash, validate_name};
-use crate::spawn::{ms, SandboxStatus as Status};
+use crate::spawn::SandboxStatus as Status;
 use crate::EngineError;
 
 fn io<'a>(
@@ -59,11 +60,7 @@ pub(super) struct ExecJob {
     _lock: File,
     cgroup: Option<SandboxCgroup>,
     oom_before: u64,
-    id: String,
-    profile: String,
-    mode: phantom_policy::Mode,
-    seccomp_programs: usize,
-    warnings: Vec<String>,
+    base: ReportBase,
     started: Instant,
 }
 
@@ -156,9 +153,7 @@ impl Engine {
         };
         let record = lookup(self, &principal.owner, &name)?;
         check_usable(&record)?;
-        let program = request
-            .program()
-            .map_err(|e| EngineError::Request(e.into()))?;
+        let program = request.program()?;
         // The plan again, from the request the sandbox was created with: its fences
         // must be the ones the sandbox was made for.
         let create = &record.request;
@@ -174,8 +169,7 @@ impl Engine {
             create.profile.as_deref(),
             create.policy_file.as_deref(),
             phantom_api::DEFAULT_PROFILE,
-        )
-        .map_err(|e| EngineError::Request(e.into()))?;
+        )?;
         let prepared = prepare::prepare(
             Ask {
                 principal: &principal,
@@ -252,11 +246,16 @@ impl Engine {
             _lock: lock,
             cgroup,
             oom_before,
-            id: record.id.clone(),
-            profile: plan.profile.clone(),
-            mode: plan.mode,
-            seccomp_programs: plan.seccomp.len(),
-            warnings: prepared.warnings.clone(),
+            base: ReportBase {
+                sandbox_id: record.id.clone(),
+                profile: plan.profile.clone(),
+                mode: plan.mode,
+                seccomp_programs: plan.seccomp.len(),
+                host_uid: crate::ids::sandbox_host_ids().0,
+                idmapped: process::euid() == 0,
+                start: StartKind::Exec,
+                warnings: prepared.warnings.clone(),
+            },
             started,
         }));
         Ok(())
@@ -283,8 +282,7 @@ impl Engine {
             request.profile.as_deref(),
             request.policy_file.as_deref(),
             phantom_api::DEFAULT_PROFILE,
-        )
-        .map_err(|e| EngineError::Request(e.into()))?;
+        )?;
         let prepared = prepare::prepare(
             Ask {
                 principal: &principal,
@@ -301,14 +299,12 @@ impl Engine {
         )?;
         let plan = prepared.plan();
         if plan.mode == phantom_policy::Mode::Direct {
-            return Err(EngineError::Request(
-                FieldError::with_value(
+            return Err(FieldError::with_value(
                     Field::Mode,
                     "direct",
                     "a persistent sandbox needs namespaces to keep: direct mode has none; use sandbox or hardened",
                 )
-                .into(),
-            ));
+                .into());
         }
         // The snapshot must exist, and be the principal's, before anything is recorded.
         if let Some(tag) = &request.from_snapshot {
@@ -723,7 +719,7 @@ impl ExecJob {
         // Messages sent just before the payload exec'd or exited may still be queued.
         self.status.drain(self.joined.chan.as_fd());
         if self.replied || !self.client_open {
-            return self.id;
+            return self.base.sandbox_id;
         }
         let answer = match (waited, self.status.failure()) {
             (_, Some(failure)) => Reply::Error(failure),
@@ -739,40 +735,23 @@ impl ExecJob {
                     status
                 };
                 let cg = self.cgroup.as_ref();
-                Reply::Finished(Box::new(RunReport {
-                    sandbox_id: self.id.clone(),
-                    profile: self.profile.clone(),
-                    mode: api_mode(self.mode),
-                    start: StartKind::Exec,
-                    exit_code: exit.code(),
-                    signal: exit.signal(),
-                    timed_out: self.timed_out,
-                    oom_killed: cg.is_some_and(|c| c.oom_kills() > self.oom_before),
-                    output_truncated: false,
-                    cancelled: false,
-                    wall_ms: ms(self.started.elapsed()),
-                    user_ms: ms(usage.user),
-                    sys_ms: ms(usage.sys),
-                    max_rss_kb: usage.max_rss_kb,
-                    stdout: None,
-                    stderr: None,
-                    isolation: IsolationReport {
-                        cgroup: cg.map_or("none", |c| c.version()).to_string(),
-                        landlock_abi: self.status.landlock_abi,
-                        seccomp_programs: self.seccomp_programs,
-                        host_uid: crate::ids::sandbox_host_ids().0,
-                        idmapped_workspace: process::euid() == 0,
-                    },
-                    warnings: self.warnings.clone(),
+                Reply::Finished(Box::new(self.base.report(
+                    &self.status,
+                    self.timed_out,
+                    exit,
+                    usage,
+                    self.started.elapsed(),
+                    cg.is_some_and(|c| c.oom_kills() > self.oom_before),
+                    cg.map_or("none", |c| c.version()),
                     // A persistent sandbox's proxy belongs to its keeper, which logs
                     // each decision with the sandbox id.
-                    network: None,
-                }))
+                    None,
+                )))
             }
         };
         self.replied = true;
         reply(&self.client, &answer);
-        self.id
+        self.base.sandbox_id
     }
 
     /// Kill the command and tell the client why (the engine is going away).
