@@ -30,6 +30,13 @@ baseline=$(mktemp /tmp/phantom-suite-baseline.XXXXXX)
 scratch_paths+=("$baseline")
 leftovers > "$baseline"
 
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && ! python3 -c 'import numpy, pandas, matplotlib' 2>/dev/null; then
+  step "python3-pandas and python3-matplotlib (python-data's preloads, tests/zygote.rs)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pandas python3-matplotlib >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pandas python3-matplotlib >/dev/null; }
+fi
+
 step "toolchain"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
 cargo --version
@@ -63,18 +70,26 @@ step "HTTP API: promtool on /metrics, schemathesis on the OpenAPI document"
 ./scripts/test-api.sh
 
 if [ "$(id -u)" = 0 ]; then
-  step "isolation tests on the warm path (a supervisor pools the default profile)"
-  # The same assertions, now served from pooled sandboxes: one matrix, cold and warm.
+  # The same assertions, served by a supervisor: one matrix in three columns — cold
+  # (above), warm (pre-built sandboxes) and forked (a zygote forks every run).
   iso=$(cargo test -p phantom-cli --test isolation --no-run 2>&1 | sed -n 's|^ *Executable tests/isolation\.rs (\(.*\))$|\1|p')
-  sock_dir=$(mktemp -d /tmp/phantom-warm-suite.XXXXXX)
-  scratch_paths+=("$sock_dir")
-  target/debug/phantom-supervisor --profiles default --zygote-pools 4 --socket "$sock_dir/s.sock" 2>"$sock_dir/log" &
-  sup_pid=$!
-  for _ in $(seq 100); do [ -S "$sock_dir/s.sock" ] && break; sleep 0.05; done
-  PHANTOM_SUPERVISOR_SOCKET="$sock_dir/s.sock" PHANTOM_EXPECT_WARM=1 "$iso" --test-threads=1 \
-    || { cat "$sock_dir/log"; kill "$sup_pid"; exit 1; }
-  kill -TERM "$sup_pid"; wait "$sup_pid" || true
-  rm -rf "$sock_dir"
+  isolation_served() {  # START SUPERVISOR-ARGS...
+    local start=$1; shift
+    local sock_dir sup_pid
+    sock_dir=$(mktemp -d /tmp/phantom-warm-suite.XXXXXX)
+    scratch_paths+=("$sock_dir")
+    target/debug/phantom-supervisor "$@" --socket "$sock_dir/s.sock" 2>"$sock_dir/log" &
+    sup_pid=$!
+    for _ in $(seq 100); do [ -S "$sock_dir/s.sock" ] && break; sleep 0.05; done
+    PHANTOM_SUPERVISOR_SOCKET="$sock_dir/s.sock" PHANTOM_EXPECT_WARM=1 PHANTOM_EXPECT_START="$start" \
+      "$iso" --test-threads=1 || { cat "$sock_dir/log"; kill "$sup_pid"; exit 1; }
+    kill -TERM "$sup_pid"; wait "$sup_pid" || true
+    rm -rf "$sock_dir"
+  }
+  step "isolation tests on the warm path (a supervisor pools the default profile)"
+  isolation_served warm --profiles default --zygote-pools 4
+  step "isolation tests on the fork path (a zygote forks every run of the default profile)"
+  isolation_served forked --zygote default
 
   step "integration tests as unprivileged user $TEST_USER"
   # The test binaries and the binaries they run are copied where that user can reach
@@ -87,7 +102,8 @@ if [ "$(id -u)" = 0 ]; then
     | sed -n 's|^ *Executable tests/\([a-z_]*\)\.rs (\(.*\))$|\1 \2|p' \
     | while read -r name exe; do cp "$exe" "$stage/test-$name"; done
   ls "$stage"/test-* >/dev/null  # fail loudly if none was found
-  cp target/debug/phantom target/debug/phantom-probe target/debug/phantom-supervisor target/debug/phantom-mcp "$stage/"
+  cp target/debug/phantom target/debug/phantom-probe target/debug/phantom-supervisor target/debug/phantom-mcp \
+    target/debug/libphantom_zygote.so "$stage/"
   chmod 755 "$stage"/*
   for t in "$stage"/test-*; do
     echo "-- $(basename "$t") as $TEST_USER"

@@ -126,6 +126,8 @@ choice! {
         Warm = "warm",
         /// A pooled sandbox whose interpreter was already started.
         Prewarmed = "prewarmed",
+        /// Forked from a zygote of a warm pool into fresh namespaces.
+        Forked = "forked",
         /// A command run in a persistent sandbox.
         Exec = "exec",
     }

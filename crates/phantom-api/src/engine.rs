@@ -469,6 +469,26 @@ pub struct PoolInfo {
     pub pss_kb_per_ready: Option<u64>,
     /// Pages of ready sandboxes that KSM currently merges.
     pub ksm_merging_pages: u64,
+    /// Its zygote: `ready`, `starting`, or why the pool has none (`None`: not a
+    /// Python profile).
+    #[serde(default)]
+    pub zygote: Option<String>,
+    /// Modules its zygote imported before any request.
+    #[serde(default)]
+    pub preload: Vec<String>,
+    /// Of the hits, runs forked from the zygote; and forks per second over the last
+    /// minute.
+    #[serde(default)]
+    pub forked_hits: u64,
+    #[serde(default)]
+    pub forks_per_second: f64,
+    /// Proportional set size of the zygote (its interpreter and preloads; a fork
+    /// shares these pages until it writes them), in KiB.
+    #[serde(default)]
+    pub zygote_pss_kb: Option<u64>,
+    /// PSS of the runs in flight that were forked from it, averaged, in KiB.
+    #[serde(default)]
+    pub pss_kb_per_fork: Option<u64>,
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ pub struct RunReport {
     pub profile: String,
     pub mode: Mode,
     /// `cold` (a sandbox made for this run), `warm` (a pooled one), `prewarmed` (a pooled
-    /// one whose interpreter was already started) or `exec` (a persistent sandbox).
+    /// one whose interpreter was already started), `forked` (forked from a pool's
+    /// zygote into fresh namespaces) or `exec` (a persistent sandbox).
     pub start: StartKind,
     /// The payload's exit code, or 128+N when it was killed by signal N.
     pub exit_code: i32,

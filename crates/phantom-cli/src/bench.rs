@@ -55,10 +55,10 @@ pub struct BenchArgs {
     what: BenchKind,
     /// Runs per contender.
     #[arg(long, default_value_t = 100)]
-    iterations: usize,
+    pub(crate) iterations: usize,
     /// Peer to compare with (skipped with a note when not installed).
     #[arg(long, value_name = "PEER", default_value = "bwrap")]
-    compare: Vec<String>,
+    pub(crate) compare: Vec<String>,
     /// Sandboxes in the warm benchmark's pool.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pool: usize,
@@ -67,7 +67,7 @@ pub struct BenchArgs {
     image: Option<String>,
     /// Warm runs started at once after the warm latency runs (0: none).
     #[arg(long, value_name = "N", default_value_t = 100)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Bytes the `io` benchmark writes and reads (e.g. 1GiB, 256MB).
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
     io_size: String,
@@ -77,7 +77,7 @@ pub struct BenchArgs {
     ksm: bool,
     /// One JSON object instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +104,10 @@ enum BenchKind {
     /// Sustained `phantom run -- true` at --concurrency (default 4 here) through a
     /// supervisor's pool against `phantom run --cold`: is pooled ever slower?
     Load,
+    /// Python forked from a zygote (python-dev, python-data) against bare python3 and
+    /// bwrap: `print(1)` latency through the engine client and `phantom run`, runs/s
+    /// at --concurrency (default 4 here), `import pandas`, and the PSS of a fork.
+    Zygote,
     /// cold, warm, memory, io, sandbox and net (and image with --image), one after
     /// the other.
     All,
@@ -166,7 +170,7 @@ impl Contender {
     }
 }
 
-fn which(name: &str) -> Option<String> {
+pub(crate) fn which(name: &str) -> Option<String> {
     let path = std::env::var("PATH").unwrap_or_default();
     path.split(':')
         .map(|d| Path::new(d).join(name))
@@ -174,7 +178,7 @@ fn which(name: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -182,7 +186,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn bwrap_argv(bwrap: &str, cmd: &[&str]) -> Vec<String> {
+pub(crate) fn bwrap_argv(bwrap: &str, cmd: &[&str]) -> Vec<String> {
     // The same shape of sandbox as phantom's default profile: all namespaces, a
     // read-only /usr with the merged-/usr symlinks, fresh /proc, /dev and /tmp.
     let mut v: Vec<String> = [
@@ -226,14 +230,24 @@ fn bwrap_argv(bwrap: &str, cmd: &[&str]) -> Vec<String> {
 }
 
 /// A phantom-supervisor on a private socket, stopped on drop.
-struct BenchSupervisor {
+pub(crate) struct BenchSupervisor {
     child: Child,
     dir: PathBuf,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
 }
 
 impl BenchSupervisor {
     fn start(me: &Path, pool: usize) -> Result<BenchSupervisor, String> {
+        let pool = pool.to_string();
+        BenchSupervisor::start_with(
+            me,
+            &["--profiles", "default,python-dev", "--zygote-pools", &pool],
+        )
+    }
+
+    /// A supervisor with `args` (its pools); waits until they are full or their
+    /// zygotes ready.
+    pub(crate) fn start_with(me: &Path, args: &[&str]) -> Result<BenchSupervisor, String> {
         let bin = me.with_file_name("phantom-supervisor");
         if !bin.exists() {
             return Err(format!(
@@ -245,13 +259,8 @@ impl BenchSupervisor {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let socket = dir.join("supervisor.sock");
         let child = Command::new(&bin)
-            .args([
-                "--profiles",
-                "default,python-dev",
-                "--zygote-pools",
-                &pool.to_string(),
-                "--socket",
-            ])
+            .args(args)
+            .arg("--socket")
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -263,18 +272,22 @@ impl BenchSupervisor {
         Ok(sup)
     }
 
-    fn status(&self) -> Option<phantom_api::engine::PoolStatus> {
+    pub(crate) fn status(&self) -> Option<phantom_api::engine::PoolStatus> {
         phantom_engine::EngineClient::at(self.socket.clone())
             .pools()
             .ok()
     }
 
     /// Wait until the pool is full again (so that every measured run can be warm).
-    fn wait_full(&self, limit: Duration) -> Result<(), String> {
+    pub(crate) fn wait_full(&self, limit: Duration) -> Result<(), String> {
         let started = Instant::now();
         loop {
             if let Some(s) = self.status() {
-                if s.pools.iter().all(|p| p.ready == p.target) {
+                // A pool served by a zygote keeps no pre-built sandboxes.
+                if s.pools
+                    .iter()
+                    .all(|p| p.ready == p.target || p.zygote.as_deref() == Some("ready"))
+                {
                     return Ok(());
                 }
             }
@@ -322,6 +335,7 @@ pub fn benchmark(args: BenchArgs) -> i32 {
             BenchKind::Http => http(&args),
             BenchKind::Net => net(&args),
             BenchKind::Load => load(&args),
+            BenchKind::Zygote => crate::bench_zygote::zygote(&args),
             _ => latency(&args, kind),
         };
         match result {
@@ -366,16 +380,17 @@ fn kind_name(kind: BenchKind) -> &'static str {
         BenchKind::Http => "http",
         BenchKind::Net => "net",
         BenchKind::Load => "load",
+        BenchKind::Zygote => "zygote",
         BenchKind::All => "all",
     }
 }
 
-fn current_exe() -> Result<PathBuf, (i32, String)> {
+pub(crate) fn current_exe() -> Result<PathBuf, (i32, String)> {
     std::env::current_exe().map_err(|e| (1, format!("cannot find the phantom binary: {e}")))
 }
 
 /// A failed benchmark: exit code and message.
-type BenchError = (i32, String);
+pub(crate) type BenchError = (i32, String);
 
 /// cold, warm and image: start-up latency of interleaved contenders.
 fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, BenchError> {
@@ -472,6 +487,7 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
         | BenchKind::Http
         | BenchKind::Net
         | BenchKind::Load
+        | BenchKind::Zygote
         | BenchKind::All => {
             unreachable!("not a latency benchmark")
         }
@@ -811,7 +827,7 @@ fn http(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
 }
 
 /// One load contender: a job run `concurrency` at a time until `n` ran.
-struct Load {
+pub(crate) struct Load {
     name: String,
     samples: Vec<f64>,
     failures: usize,
@@ -820,7 +836,7 @@ struct Load {
 }
 
 impl Load {
-    fn new(name: &str) -> Load {
+    pub(crate) fn new(name: &str) -> Load {
         Load {
             name: name.into(),
             samples: Vec::new(),
@@ -831,7 +847,7 @@ impl Load {
 
     /// `n` runs of `job`, `concurrency` at a time; the round's time counts to this
     /// contender.
-    fn round(&mut self, n: usize, concurrency: usize, job: &(dyn Fn() -> bool + Sync)) {
+    pub(crate) fn round(&mut self, n: usize, concurrency: usize, job: &(dyn Fn() -> bool + Sync)) {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let started = Instant::now();
         let results: Vec<(f64, bool)> = std::thread::scope(|s| {
@@ -863,7 +879,7 @@ impl Load {
         }
     }
 
-    fn row(&self) -> serde_json::Value {
+    pub(crate) fn row(&self) -> serde_json::Value {
         let mut s = self.samples.clone();
         s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         let runs = s.len() + self.failures;
@@ -880,7 +896,7 @@ impl Load {
 }
 
 /// Print load rows as a table.
-fn print_load_rows(rows: &[serde_json::Value]) {
+pub(crate) fn print_load_rows(rows: &[serde_json::Value]) {
     println!(
         "{:<28} {:>10} {:>9} {:>9} {:>9} {:>7}",
         "run", "runs/s", "p50 ms", "p95 ms", "p99 ms", "errors"
@@ -899,7 +915,7 @@ fn print_load_rows(rows: &[serde_json::Value]) {
 }
 
 /// A command run to completion with its output discarded; whether it succeeded.
-fn quiet(argv: &[String], env: &[(&str, &Path)]) -> bool {
+pub(crate) fn quiet(argv: &[String], env: &[(&str, &Path)]) -> bool {
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..])
         .stdin(Stdio::null())

@@ -82,11 +82,15 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
         .socket
         .clone()
         .unwrap_or_else(phantom_engine::client::socket_path);
-    let pools =
-        match phantom_engine::server::pools_for(&args.profiles, &args.pool, args.zygote_pools) {
-            Ok(p) => p,
-            Err(e) => return fail(e),
-        };
+    let pools = match phantom_engine::server::pools_for(
+        &args.profiles,
+        &args.pool,
+        &args.zygote,
+        args.zygote_pools,
+    ) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
     let thresholds = (args.psi_aware && args.psi_source.is_none()).then_some(
         phantom_engine::pressure::Thresholds {
             cpu: args.psi_cpu,

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_zygote;
 mod doctor;
 mod image_cmd;
 mod keys_cmd;

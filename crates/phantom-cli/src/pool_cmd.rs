@@ -82,6 +82,25 @@ pub fn pool(cmd: PoolCommand) -> i32 {
                 p.proxy_allowed, p.proxy_refused, p.proxy_failed
             );
         }
+        if let Some(zygote) = &p.zygote {
+            let mb = |kb: Option<u64>| {
+                kb.map_or("-".to_string(), |k| format!("{:.1}MB", k as f64 / 1024.0))
+            };
+            println!(
+                "{name}: zygote {zygote}; preloaded: {}; {} runs forked ({:.2}/s last minute); zygote PSS {}, PSS per run in flight {}",
+                if p.preload.is_empty() { "nothing".to_string() } else { p.preload.join(", ") },
+                p.forked_hits,
+                p.forks_per_second,
+                mb(p.zygote_pss_kb),
+                mb(p.pss_kb_per_fork),
+            );
+            println!(
+                "{name}: runs served by fork {}, by a pre-built sandbox {}, cold {}",
+                p.forked_hits,
+                p.hits.saturating_sub(p.forked_hits),
+                p.misses
+            );
+        }
         if let Some(root) = &p.image_root_id {
             println!(
                 "{name}: image root {root}; {} stale sandboxes dropped (image re-imported)",

@@ -51,6 +51,12 @@ pub(crate) struct Args {
     /// Repeatable; adds to --profiles.
     #[arg(long = "pool", value_name = "PROFILE[:IMAGE]")]
     pub(crate) pool: Vec<String>,
+    /// Serve this built-in profile's runs by forks of a zygote (a python3 that never
+    /// runs user code; each run is forked into fresh namespaces with a cold run's
+    /// fences), even when its runtime is not Python. Profiles with `runtime: python`
+    /// (python-dev) have one anyway. Comma-separated; adds to --profiles.
+    #[arg(long, value_delimiter = ',', value_name = "PROFILE")]
+    pub(crate) zygote: Vec<String>,
     /// Sandboxes kept ready per pool (a profile's `performance.pool_size` wins).
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) zygote_pools: usize,
@@ -134,7 +140,8 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let pools = match server::pools_for(&args.profiles, &args.pool, args.zygote_pools) {
+    let pools = match server::pools_for(&args.profiles, &args.pool, &args.zygote, args.zygote_pools)
+    {
         Ok(p) => p,
         Err(e) => {
             eprintln!("phantom-supervisor: error: {e}");

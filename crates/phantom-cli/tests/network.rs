@@ -708,7 +708,7 @@ fn a_pooled_limited_sandbox_has_its_own_proxy_and_reports_it() {
     let report = out
         .report()
         .unwrap_or_else(|e| panic!("{e}\n{}", out.describe()));
-    assert_eq!(report["start"], "prewarmed", "{report}\n{}", sup.log());
+    assert_eq!(report["start"], "forked", "{report}\n{}", sup.log());
     let results: Value = serde_json::from_str(
         report["stdout"]
             .as_str()

@@ -118,6 +118,12 @@ pub(crate) enum ToInit {
     /// Direct mode (no pid namespace): kill the payload and everything it started,
     /// then report and exit.
     Kill,
+    /// To a zygote (fork.rs): fork a child for one run. The fds, in order: the run's
+    /// [`RunSpec`] in a memfd (read by the child only: the zygote never holds a
+    /// request's arguments or environment, which would be in every later child's
+    /// memory), the run's channel, the run directory's lock, the fds the spec names,
+    /// then the cgroup files the child writes itself into.
+    Fork,
 }
 
 impl ToInit {
@@ -126,6 +132,7 @@ impl ToInit {
             ToInit::Go { .. } => "go",
             ToInit::Run(_) => "run",
             ToInit::Kill => "kill",
+            ToInit::Fork => "fork",
         }
     }
 }
@@ -188,6 +195,11 @@ pub(crate) enum FromInit {
     Landlock { abi: u32 },
     /// A pooled sandbox's pre-started interpreter took the run.
     Prewarmed,
+    /// A zygote imported these modules (`performance.preload`); `Ready` follows.
+    Preloaded { modules: Vec<String> },
+    /// A zygote's child (pid 1 of the run's namespaces) started; its pidfd is attached
+    /// (the zygote is its parent, so the engine cannot wait for it).
+    Forked,
     /// How the payload ended, with its own rusage.
     Exited {
         status: Status,
@@ -208,6 +220,8 @@ impl FromInit {
             FromInit::Namespaces => "namespaces".into(),
             FromInit::Landlock { .. } => "landlock".into(),
             FromInit::Prewarmed => "prewarmed".into(),
+            FromInit::Forked => "forked".into(),
+            FromInit::Preloaded { .. } => "preloaded".into(),
             FromInit::Exited { .. } => "exited".into(),
         }
     }
@@ -299,13 +313,7 @@ pub(crate) fn send_message<M: Serialize>(
         send(&bytes, fds)?;
         return Ok(());
     }
-    let memfd = rustix::fs::memfd_create("phantom-message", rustix::fs::MemfdFlags::CLOEXEC)
-        .map_err(|e| SysError::new("memfd_create", "phantom-message", e.into()))?;
-    let mut written = 0;
-    while written < bytes.len() {
-        written += rustix::io::pwrite(&memfd, &bytes[written..], written as u64)
-            .map_err(|e| SysError::new("write", "phantom-message", e.into()))?;
-    }
+    let memfd = memfd_with("phantom-message", &bytes)?;
     let mut all = vec![memfd.as_fd()];
     all.extend_from_slice(fds);
     send(&[LARGE_MARKER], &all)?;
@@ -338,17 +346,7 @@ pub(crate) fn recv_message<M: DeserializeOwned>(
         if size > MAX_MESSAGE {
             return Err(malformed(format!("{size} bytes, more than {MAX_MESSAGE}")));
         }
-        let mut bytes = vec![0u8; size as usize];
-        let mut read = 0;
-        while read < bytes.len() {
-            match rustix::io::pread(&memfd, &mut bytes[read..], read as u64) {
-                Ok(0) => break,
-                Ok(k) => read += k,
-                Err(e) => return Err(SysError::new("read", "phantom-message", e.into()).into()),
-            }
-        }
-        bytes.truncate(read);
-        bytes
+        read_memfd(&memfd, "phantom-message", size as usize)?
     } else if n > MAX_INLINE {
         return Err(malformed(format!(
             "an inline message longer than {MAX_INLINE} bytes"
@@ -367,6 +365,33 @@ pub(crate) fn recv_message<M: DeserializeOwned>(
         ))
     })?;
     Ok((message, fds))
+}
+
+/// A memfd holding `bytes`.
+pub(crate) fn memfd_with(name: &str, bytes: &[u8]) -> Result<OwnedFd, SysError> {
+    let memfd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| SysError::new("memfd_create", name, e.into()))?;
+    let mut written = 0;
+    while written < bytes.len() {
+        written += rustix::io::pwrite(&memfd, &bytes[written..], written as u64)
+            .map_err(|e| SysError::new("write", name, e.into()))?;
+    }
+    Ok(memfd)
+}
+
+/// Up to `max` bytes of `memfd`, from offset 0 whatever its file offset.
+pub(crate) fn read_memfd(memfd: &OwnedFd, name: &str, max: usize) -> Result<Vec<u8>, SysError> {
+    let mut bytes = vec![0u8; max];
+    let mut read = 0;
+    while read < bytes.len() {
+        match rustix::io::pread(memfd, &mut bytes[read..], read as u64) {
+            Ok(0) => break,
+            Ok(k) => read += k,
+            Err(e) => return Err(SysError::new("read", name, e.into())),
+        }
+    }
+    bytes.truncate(read);
+    Ok(bytes)
 }
 
 /// Send on a channel we hold as an `OwnedFd` (convenience for the init's side).

@@ -35,7 +35,7 @@ use phantom_policy::{Access, NetworkMode, Plan};
 /// optional sources dropped) so that the child only replays it. Host sources are
 /// opened by the child itself: a bind needs a source in the caller's own mount
 /// namespace.
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Step {
     Symlink {
         target: PathBuf,
@@ -97,14 +97,14 @@ pub(crate) enum Step {
 
 /// A path in an image root that a later step mounts on or creates (see
 /// [`Step::ImageRoot`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct MountPoint {
     pub target: PathBuf,
     pub kind: MountPointKind,
 }
 
 /// What a step needs at a [`MountPoint`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum MountPointKind {
     /// A directory: created when missing; a file or symlink in its place is removed.
     Dir,
@@ -155,6 +155,9 @@ pub(crate) enum ChildPayload {
     /// A persistent sandbox (`phantom create`): the init reports READY and stays,
     /// reaping; commands join it from outside (`phantom exec`, see sandbox/exec.rs).
     Persistent,
+    /// A zygote (see fork.rs): once the root is built, the init becomes the pool's
+    /// interpreter, which forks each run into fresh namespaces.
+    Zygote(crate::fork::ZygoteStart),
 }
 
 impl ChildPayload {
@@ -168,13 +171,14 @@ impl ChildPayload {
                 .chain(&p.files)
                 .map(|f| f.as_raw_fd())
                 .collect(),
+            ChildPayload::Zygote(z) => z.fds(),
             ChildPayload::Pooled(_) | ChildPayload::Persistent => Vec::new(),
         }
     }
 }
 
 /// The part of a payload's setup that comes from the plan alone.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PayloadBase {
     pub nofile: u64,
     pub fsize: u64,
@@ -241,7 +245,7 @@ impl PayloadContext {
     }
 
     /// Build the payload of a pooled sandbox from its base and a `Run` message.
-    fn from_run(
+    pub(crate) fn from_run(
         base: &PayloadBase,
         spec: RunSpec,
         mut fds: Vec<OwnedFd>,
@@ -417,6 +421,8 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     let pooled;
     let payload_ctx = match &ctx.payload {
         ChildPayload::Ready(p) => p,
+        // The init becomes the interpreter; only a failure comes back.
+        ChildPayload::Zygote(z) => return Err(z.exec(chan)),
         ChildPayload::Persistent => {
             // Our namespaces, for `phantom exec` to join (through the keeper): opened
             // by us, since nothing outside may open our /proc/1/ns (non-dumpable).
@@ -500,7 +506,7 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
 /// Write the request's files (if it has any) into the workspace. This runs in the
 /// init after pivot_root, so every path resolves in the sandbox's own tree; a path
 /// that is absolute or climbs is the caller's mistake: the run is refused (exit 2).
-fn write_files(ctx: &PayloadContext, workspace: &Path, chan: &OwnedFd) {
+pub(crate) fn write_files(ctx: &PayloadContext, workspace: &Path, chan: &OwnedFd) {
     let Some(memfd) = &ctx.files else { return };
     if let Err(message) = write_files_from(memfd, workspace) {
         let refused = FromInit::Refused {
@@ -569,7 +575,7 @@ fn write_files_from(memfd: &OwnedFd, workspace: &Path) -> Result<(), String> {
 }
 
 /// The source of the pre-started interpreter (see zygote.py).
-const ZYGOTE_PY: &str = include_str!("zygote.py");
+pub(crate) const ZYGOTE_PY: &str = include_str!("zygote.py");
 
 /// A pooled sandbox's pre-started python3, waiting on its channel for one request.
 struct Zygote {
@@ -716,36 +722,10 @@ impl Zygote {
     /// Whether `spec` is `python3 -c CODE ...` or `python3 SCRIPT ...` for this very
     /// interpreter, with the start-up environment it was started with.
     fn serves(&self, spec: &RunSpec) -> bool {
-        let [cmd, first, rest @ ..] = spec.argv.as_slice() else {
-            return false;
-        };
-        let shape_ok = match first.as_str() {
-            "-c" => !rest.is_empty(),
-            s => !s.is_empty() && !s.starts_with('-'),
-        };
-        let path_var = spec
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map_or("", |(_, v)| v.as_str());
-        let same_interpreter = CString::new(cmd.as_str())
-            .ok()
-            .and_then(|c| resolve(&c, path_var))
-            .and_then(|p| std::fs::canonicalize(std::ffi::OsStr::from_bytes(p.as_bytes())).ok())
-            .is_some_and(|p| p == self.interpreter);
-        let mut env: Vec<(String, String)> = spec
-            .env
-            .iter()
-            .filter(|(k, _)| shapes_startup(k))
-            .cloned()
-            .collect();
-        let mut startup = self.startup_env.clone();
-        env.sort();
-        startup.sort();
         // The request goes to the interpreter in one packet (zygote.py reads up to
         // 256 KiB); a larger one gets a plain exec.
         let fits = zygote_request(spec).to_string().len() <= ZYGOTE_REQUEST_MAX;
-        shape_ok && same_interpreter && env == startup && fits
+        fits && python_serves(spec, &self.interpreter, &self.startup_env)
     }
 
     /// Hand the request to the interpreter, which becomes the payload.
@@ -789,6 +769,48 @@ impl Zygote {
         let _ = process::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
         let _ = process::wait4(self.pid, false);
     }
+}
+
+/// Whether `spec` is `python3 -c CODE ...` or `python3 SCRIPT ...` run by the
+/// interpreter at `interpreter` (its canonical path in the sandbox), with the start-up
+/// environment (`shapes_startup`) that interpreter started with: then an interpreter
+/// that is already running can take it with the semantics of a fresh one.
+pub(crate) fn python_serves(
+    spec: &RunSpec,
+    interpreter: &Path,
+    startup_env: &[(String, String)],
+) -> bool {
+    let [cmd, first, rest @ ..] = spec.argv.as_slice() else {
+        return false;
+    };
+    let shape_ok = match first.as_str() {
+        "-c" => !rest.is_empty(),
+        s => !s.is_empty() && !s.starts_with('-'),
+    };
+    let path_var = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or("", |(_, v)| v.as_str());
+    let same_interpreter = CString::new(cmd.as_str())
+        .ok()
+        .and_then(|c| resolve(&c, path_var))
+        .and_then(|p| std::fs::canonicalize(std::ffi::OsStr::from_bytes(p.as_bytes())).ok())
+        .is_some_and(|p| p == interpreter);
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .filter(|(k, _)| shapes_startup(k))
+        .cloned()
+        .collect();
+    let mut startup: Vec<(String, String)> = startup_env
+        .iter()
+        .filter(|(k, _)| shapes_startup(k))
+        .cloned()
+        .collect();
+    env.sort();
+    startup.sort();
+    shape_ok && same_interpreter && env == startup
 }
 
 /// Wait for [`ToInit::Go`] and the mounts attached to it, in the order it names them.
@@ -837,9 +859,9 @@ fn peer_closed(chan: &OwnedFd) -> bool {
     )
 }
 
-struct PayloadStart {
-    pid: i32,
-    _pidfd: OwnedFd,
+pub(crate) struct PayloadStart {
+    pub pid: i32,
+    pub _pidfd: OwnedFd,
 }
 
 fn in_root(root: &Path, target: &Path) -> PathBuf {
@@ -900,7 +922,7 @@ const RO: Attrs = Attrs {
 
 /// O_PATH handles on the host sources of the steps, opened inside the sandbox's
 /// mount namespace.
-struct Sources {
+pub(crate) struct Sources {
     /// Per step: its bind source, or for a Dev step its nodes in order.
     per_step: Vec<Vec<OwnedFd>>,
     /// The host's /dev/null, bound over masked files.
@@ -937,6 +959,15 @@ impl Sources {
 }
 
 impl Sources {
+    /// The sources of a zygote's child, which mounts only what each run gets fresh
+    /// (tmpfs, proc, masks): nothing but /dev/null, opened in the sandbox.
+    pub(crate) fn in_sandbox(steps: usize) -> Result<Sources, phantom_linux::SysError> {
+        Ok(Sources {
+            per_step: (0..steps).map(|_| Vec::new()).collect(),
+            dev_null: mount::open_path(Path::new("/dev/null"))?,
+        })
+    }
+
     /// The idmapped mount of an image's root that came with GO: the source of the
     /// [`Step::ImageRoot`] step.
     fn add_image(&mut self, steps: &[Step], mount: OwnedFd) -> Result<(), String> {
@@ -949,7 +980,7 @@ impl Sources {
     }
 }
 
-fn apply_step(
+pub(crate) fn apply_step(
     root: &Path,
     step: &Step,
     sources: &Sources,
@@ -1044,17 +1075,7 @@ fn apply_step(
             let pts = at.join("pts");
             mkdir_p(&pts)?;
             mount::devpts(&pts)?;
-            let shm = at.join("shm");
-            mkdir_p(&shm)?;
-            mount::tmpfs(
-                &shm,
-                &format!("mode=1777,size={shm_size_bytes}"),
-                Attrs {
-                    noexec: *noexec,
-                    read_only: *shm_read_only,
-                    ..Default::default()
-                },
-            )?;
+            mount_shm(&at, *shm_size_bytes, *shm_read_only, *noexec)?;
             for (link, to) in [
                 ("ptmx", "pts/ptmx"),
                 ("fd", "/proc/self/fd"),
@@ -1110,6 +1131,26 @@ fn apply_step(
             ..
         } => image_root(root, source(0), *idmapped, mount_points),
     }
+}
+
+/// /dev/shm of the /dev at `dev`: a tmpfs of its own (POSIX shared memory lives here).
+pub(crate) fn mount_shm(
+    dev: &Path,
+    size_bytes: u64,
+    read_only: bool,
+    noexec: bool,
+) -> Result<(), phantom_linux::SysError> {
+    let shm = dev.join("shm");
+    mkdir_p(&shm)?;
+    mount::tmpfs(
+        &shm,
+        &format!("mode=1777,size={size_bytes}"),
+        Attrs {
+            noexec,
+            read_only,
+            ..Default::default()
+        },
+    )
 }
 
 /// Mount an image's root over the root tmpfs (see [`Step::ImageRoot`]). The overlay's
@@ -1225,18 +1266,54 @@ fn secure_mount_point(root: &Path, point: &MountPoint) -> Result<(), phantom_lin
 /// that joined a persistent sandbox) to execve. Never returns.
 pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
     process::set_name("phantom:payload");
-    let fail = |code: i32, msg: String| -> ! {
-        let _ = rustix::io::write(&ctx.stderr, format!("phantom: {msg}\n").as_bytes());
-        process::exit_now(code)
-    };
     // Signals: init blocks them; the payload starts with the default mask and actions.
     if let Err(e) = process::reset_signals(&process::FORWARDED_SIGNALS) {
-        fail(126, e.to_string());
+        payload_failed(ctx, 126, e.to_string());
     }
+    payload_prologue(ctx, chan);
+    let Some(program) = resolve(&ctx.argv[0], &ctx.path_var) else {
+        payload_failed(
+            ctx,
+            127,
+            format!(
+                "{}: command not found in the sandbox (searched PATH={}; is it installed on the host under a mounted directory?)",
+                ctx.argv[0].to_string_lossy(),
+                ctx.path_var
+            ),
+        )
+    };
+    payload_fences(ctx, chan, false);
+    let err = process::execve(&program, &ctx.argv, &ctx.env);
+    let code = if err.errno() == Some(libc::ENOENT) {
+        127
+    } else {
+        126
+    };
+    payload_failed(
+        ctx,
+        code,
+        format!(
+            "cannot execute {}: {}",
+            program.to_string_lossy(),
+            err.source
+        ),
+    )
+}
+
+/// Say why the payload cannot start on its stderr, and exit with `code`.
+pub(crate) fn payload_failed(ctx: &PayloadContext, code: i32, msg: String) -> ! {
+    let _ = rustix::io::write(&ctx.stderr, format!("phantom: {msg}\n").as_bytes());
+    process::exit_now(code)
+}
+
+/// The payload's session, stdio, limits and working directory — the same for a
+/// program about to be exec'd and for a zygote's child that goes on in its
+/// interpreter. Exits on failure.
+pub(crate) fn payload_prologue(ctx: &PayloadContext, chan: &OwnedFd) {
     // A new session: no controlling terminal, so TIOCSTI-style tricks on the user's
     // terminal have nothing to act on (seccomp blocks them as well).
     if let Err(e) = process::setsid() {
-        fail(126, e.to_string());
+        payload_failed(ctx, 126, e.to_string());
     }
     let stdin = ctx.stdin.as_ref().map(|fd| (fd, 0));
     for (fd, target) in stdin
@@ -1244,7 +1321,7 @@ pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
         .chain([(&ctx.stdout, 1), (&ctx.stderr, 2)])
     {
         if let Err(e) = process::dup_onto(fd.as_fd(), target) {
-            fail(126, e.to_string());
+            payload_failed(ctx, 126, e.to_string());
         }
     }
     let mut limits = vec![
@@ -1256,7 +1333,7 @@ pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
     limits.extend(ctx.rlimit_data.map(|n| (Rlimit::Data, n)));
     for (which, value) in limits {
         if let Err(e) = process::set_rlimit(which, value) {
-            fail(126, e.to_string());
+            payload_failed(ctx, 126, e.to_string());
         }
     }
     if let Err(e) = std::env::set_current_dir(&ctx.cwd) {
@@ -1265,20 +1342,17 @@ pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
         let _ = tell(chan, &cwd_refused(&ctx.cwd, &e));
         process::exit_now(2);
     }
-    let Some(program) = resolve(&ctx.argv[0], &ctx.path_var) else {
-        fail(
-            127,
-            format!(
-                "{}: command not found in the sandbox (searched PATH={}; is it installed on the host under a mounted directory?)",
-                ctx.argv[0].to_string_lossy(),
-                ctx.path_var
-            ),
-        )
-    };
+}
 
+/// The payload's fences, in their order: no_new_privs, Landlock, capabilities, the
+/// fds it keeps (0, 1, 2 and, when given, `fd3`), seccomp last. `close_now`: close
+/// the other fds instead of marking them close-on-exec — for a zygote's child that
+/// goes on without execve; the caller must never use or drop a value owning one of
+/// them afterwards. Exits on failure.
+pub(crate) fn payload_fences(ctx: &PayloadContext, chan: &OwnedFd, close_now: bool) {
     // no_new_privs before Landlock and seccomp, which require it without CAP_SYS_ADMIN.
     if let Err(e) = process::set_no_new_privs() {
-        fail(126, e.to_string());
+        payload_failed(ctx, 126, e.to_string());
     }
     if let Some((rules, scope_unix, scope_signals, tcp)) = &ctx.landlock {
         match landlock::restrict(
@@ -1290,12 +1364,12 @@ pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
             Ok(abi) => {
                 let _ = tell(chan, &FromInit::Landlock { abi });
             }
-            Err(e) => fail(126, e.to_string()),
+            Err(e) => payload_failed(ctx, 126, e.to_string()),
         }
     }
     if ctx.drop_caps {
         if let Err(e) = caps::drop_all() {
-            fail(126, e.to_string());
+            payload_failed(ctx, 126, e.to_string());
         }
     }
     if ctx.memory_merge {
@@ -1303,41 +1377,41 @@ pub(crate) fn payload(ctx: &PayloadContext, chan: &OwnedFd) -> ! {
         let _ = process::set_memory_merge();
     }
     // Every fd but 0, 1, 2 (and fd 3 when the payload is given one) — including any
-    // the front end itself inherited — is closed by execve.
+    // the front end itself inherited — is closed by execve (or now).
     let mut first_closed = 3;
     if let Some(fd) = &ctx.fd3 {
         if let Err(e) = process::dup_onto(fd.as_fd(), 3) {
-            fail(126, e.to_string());
+            payload_failed(ctx, 126, e.to_string());
         }
         first_closed = 4;
     }
-    if let Err(e) = process::cloexec_from(first_closed) {
-        fail(126, e.to_string());
+    let closed = if close_now {
+        process::close_from(first_closed)
+    } else {
+        process::cloexec_from(first_closed)
+    };
+    if let Err(e) = closed {
+        // stderr is fd 2, which stays open either way.
+        let _ = rustix::io::write(
+            rustix::stdio::stderr(),
+            format!("phantom: {e}\n").as_bytes(),
+        );
+        process::exit_now(126);
     }
     // Seccomp last: the steps above need syscalls it forbids (landlock_*, capset, ...).
     for (name, program) in &ctx.seccomp {
         if let Err(e) = seccomp::install(name, program) {
-            fail(126, e.to_string());
+            let _ = rustix::io::write(
+                rustix::stdio::stderr(),
+                format!("phantom: {e}\n").as_bytes(),
+            );
+            process::exit_now(126);
         }
     }
-    let err = process::execve(&program, &ctx.argv, &ctx.env);
-    let code = if err.errno() == Some(libc::ENOENT) {
-        127
-    } else {
-        126
-    };
-    fail(
-        code,
-        format!(
-            "cannot execute {}: {}",
-            program.to_string_lossy(),
-            err.source
-        ),
-    )
 }
 
 /// Look `cmd` up on `path_var` as execvp would (a name with a `/` is used as is).
-fn resolve(cmd: &CString, path_var: &str) -> Option<CString> {
+pub(crate) fn resolve(cmd: &CString, path_var: &str) -> Option<CString> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
     let bytes = cmd.as_bytes();
@@ -1359,7 +1433,7 @@ fn resolve(cmd: &CString, path_var: &str) -> Option<CString> {
 }
 
 /// Pid 1's loop: reap, forward, report. Never returns.
-fn supervise(chan: &OwnedFd, payload: &mut PayloadStart) -> ! {
+pub(crate) fn supervise(chan: &OwnedFd, payload: &mut PayloadStart) -> ! {
     let mut waited: Vec<i32> = process::FORWARDED_SIGNALS.to_vec();
     waited.push(libc::SIGCHLD);
     let (status, usage) = loop {

@@ -25,6 +25,7 @@ mod channel;
 pub mod client;
 pub mod doctor;
 mod error;
+pub mod fork;
 pub mod ids;
 mod image_run;
 mod init;

@@ -134,7 +134,11 @@ impl SandboxStatus {
                     ExitStatus::Signaled(_) => "payload killed",
                 }
             }
-            other @ (FromInit::Ready | FromInit::Namespaces | FromInit::Proxy) => {
+            other @ (FromInit::Ready
+            | FromInit::Namespaces
+            | FromInit::Proxy
+            | FromInit::Forked
+            | FromInit::Preloaded { .. }) => {
                 self.setup_error.get_or_insert_with(|| {
                     format!("unexpected message from the sandbox: {}", other.name())
                 });
@@ -192,6 +196,9 @@ pub(crate) struct Spawned {
     /// `network.mode: limited`: the egress proxy serving it (started when the init
     /// sends its listening socket; stopped by `finish`, or killed when dropped).
     pub proxy: Option<phantom_egress::ProxyHelper>,
+    /// A zygote's child (fork.rs): its parent, the zygote, reaps it; the engine only
+    /// sees it exit through its pidfd.
+    pub forked: bool,
 }
 
 /// How a sandbox ended, once its init is reaped.
@@ -405,6 +412,7 @@ pub(crate) fn spawn_on(
         started,
         warnings: Vec::new(),
         proxy: None,
+        forked: false,
     })
 }
 
@@ -439,8 +447,21 @@ impl Spawned {
         mut status: SandboxStatus,
         trace: &mut Trace,
     ) -> Result<Outcome, EngineError> {
-        let (_, init_status, usage) =
-            process::wait4(self.pid, false)?.expect("blocking wait4 returns a status");
+        let (init_status, usage) = if self.forked {
+            // Not our child: what it reported is all there is (a run killed before it
+            // reported ended by SIGKILL).
+            status.drain(self.chan.as_fd());
+            (
+                status
+                    .payload
+                    .unwrap_or(ExitStatus::Signaled(libc::SIGKILL)),
+                status.payload_usage.unwrap_or_default(),
+            )
+        } else {
+            let (_, s, u) =
+                process::wait4(self.pid, false)?.expect("blocking wait4 returns a status");
+            (s, u)
+        };
         let wall = self.started.elapsed();
         trace.step("init reaped");
         // Status messages sent just before init exited may still be queued.
@@ -568,7 +589,10 @@ fn image_root_step(image: &ImageRun, idmapped: bool, steps: &[Step]) -> Step {
 }
 
 /// Turn the plan's mounts into steps, opening every host source now.
-fn prepare_steps(plan: &Plan, workspace: &std::path::Path) -> Result<Vec<Step>, EngineError> {
+pub(crate) fn prepare_steps(
+    plan: &Plan,
+    workspace: &std::path::Path,
+) -> Result<Vec<Step>, EngineError> {
     if plan.mode == Mode::Direct {
         return Ok(Vec::new());
     }

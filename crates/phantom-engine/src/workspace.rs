@@ -76,6 +76,19 @@ impl RunDir {
         layout: &Layout,
     ) -> Result<RunDir, EngineError> {
         let workspace = workspace.map(existing_workspace).transpose()?;
+        let mut run = RunDir::create_inner(sandbox_id, layout)?;
+        match workspace {
+            Some(path) => run.workspace = path,
+            None => std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&run.workspace)
+                .map_err(io("create", &run.workspace))?,
+        }
+        Ok(run)
+    }
+
+    /// The locked run directory, its workspace path not created yet.
+    fn create_inner(sandbox_id: &str, layout: &Layout) -> Result<RunDir, EngineError> {
         let base = state_base()?;
         collect_stale(&base, layout);
         // Created under a name collect_stale() ignores and renamed once locked: a
@@ -90,19 +103,25 @@ impl RunDir {
         flock(&lock, FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| io("lock", &creating)(e.into()))?;
         std::fs::rename(&creating, &dir).map_err(io("rename", &creating))?;
-        let mut run = RunDir {
+        Ok(RunDir {
             workspace: dir.join("workspace"),
             dir,
             lock: Some(lock),
-        };
-        match workspace {
-            Some(path) => run.workspace = path,
-            None => std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&run.workspace)
-                .map_err(io("create", &run.workspace))?,
-        }
+        })
+    }
+
+    /// A run directory without a host workspace (a zygote's child mounts its own):
+    /// only the lock that tells a later engine whether the run still lives.
+    pub fn create_bare(sandbox_id: &str, layout: &Layout) -> Result<RunDir, EngineError> {
+        let mut run = RunDir::create_inner(sandbox_id, layout)?;
+        run.workspace = run.dir.clone();
         Ok(run)
+    }
+
+    /// The lock's fd, for a sandbox to hold.
+    pub fn lock(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.lock.as_ref().map(|f| f.as_fd())
     }
 
     /// The run directory itself (private to the run, removed with it).

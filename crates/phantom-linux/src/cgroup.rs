@@ -367,6 +367,26 @@ impl SandboxCgroup {
         dir.join("tasks").exists()
     }
 
+    /// Open, for writing, the file of every directory that a process writes "0" to
+    /// to join it: `tasks` (v1) or `cgroup.procs` (v2). The kernel checks the opener's
+    /// credentials, so a process with other ids (a zygote's child) can join with them.
+    pub fn join_files(&self) -> Result<Vec<OwnedFd>, CgroupError> {
+        let mut files = Vec::new();
+        for (_, dir) in &self.dirs {
+            let path = dir.join(if self.is_v1(dir) {
+                "tasks"
+            } else {
+                "cgroup.procs"
+            });
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| CgroupError::Write(path.clone(), "open".into(), e))?;
+            files.push(OwnedFd::from(f));
+        }
+        Ok(files)
+    }
+
     /// Open the `tasks` file of every v1 directory, for the sandbox to join by itself
     /// with [`join_self`] right after clone.
     ///

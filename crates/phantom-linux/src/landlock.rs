@@ -16,7 +16,7 @@ use crate::{SysError, SysResult};
 const TARGET_ABI: ABI = ABI::V6;
 
 /// One rule: everything below `path` may be read (and executed), or also written.
-#[derive(Debug, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
 pub struct Rule {
     pub path: PathBuf,
     pub write: bool,
@@ -47,7 +47,7 @@ pub fn kernel_abi() -> u32 {
 /// TCP ports the payload may `connect` to and `bind` (Landlock ABI 4). Every other
 /// TCP connect and bind fails with EACCES. Kernels before ABI 4 skip it (best effort:
 /// the namespace is the first fence; the reported ABI says which applied).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct TcpPorts {
     pub connect: Vec<u16>,
     pub bind: Vec<u16>,

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::{check, cstr, SysError, SysResult};
 
 /// Mount attributes for [`set_attrs`] (the kernel's MOUNT_ATTR_* flags).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, Default)]
 pub struct Attrs {
     pub read_only: bool,
     pub nosuid: bool,

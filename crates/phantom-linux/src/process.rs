@@ -747,6 +747,37 @@ pub fn close_all_except(keep: &[RawFd]) -> SysResult<()> {
     close(next, u32::MAX)
 }
 
+/// Close every fd from `first` up (close_range). For a process that goes on running
+/// without execve (a zygote's child), where close-on-exec would not act.
+pub fn close_from(first: u32) -> SysResult<()> {
+    // SAFETY: close_range takes integers. The caller gave up (forgot) every Rust value
+    // owning an fd in the range, so none is closed twice or used after this.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+    check(ret, "close_range", || format!("{first}..")).map(|_| ())
+}
+
+/// Take ownership of fd `fd`, inherited across execve at a number agreed with the
+/// parent (a zygote's channel, library and plan). Err when it is not open.
+pub fn take_inherited(fd: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: F_GETFD only reads the fd's flags.
+    let ret = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    check(ret as _, "fcntl", || format!("F_GETFD {fd}"))?;
+    // SAFETY: the fd is open (checked above) and was handed to this process by its
+    // parent at this number for this purpose; no other value in the process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The pid (in our pid namespace) of the process `pidfd` refers to, from
+/// /proc/self/fdinfo; None once it has been reaped.
+pub fn pidfd_pid(pidfd: BorrowedFd<'_>) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&pid: &i32| pid > 0)
+}
+
 /// Mark the calling process's memory mergeable by KSM (PR_SET_MEMORY_MERGE, Linux
 /// 6.4+; kept across fork and execve). Identical pages of pooled interpreters can then
 /// be shared when the host runs KSM.

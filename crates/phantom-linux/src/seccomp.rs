@@ -5,7 +5,7 @@ use crate::{check, SysError, SysResult};
 
 /// One BPF instruction, laid out as the kernel's `struct sock_filter`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Instruction {
     pub code: u16,
     pub jt: u8,

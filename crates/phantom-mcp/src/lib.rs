@@ -194,7 +194,7 @@ fn start_engine(
 ) -> Result<phantom_engine::server::EngineProcess, StartError> {
     use phantom_engine::server::{self, EngineProcess};
     let pools = match config.mode {
-        Mode::Zygote => server::pools_for(&config.profiles, &[], config.pool_size)
+        Mode::Zygote => server::pools_for(&config.profiles, &[], &[], config.pool_size)
             .map_err(|e| usage(format!("--profiles: {e}")))?,
         Mode::Cold => Vec::new(),
     };

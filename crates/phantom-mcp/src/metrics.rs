@@ -74,13 +74,15 @@ pub fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 }
 
 impl Metrics {
-    /// A run that got a sandbox; `start` is the report's (cold, warm, prewarmed).
+    /// A run that got a sandbox; `start` is the report's (cold, warm, prewarmed,
+    /// forked).
     pub fn record(&self, start: &str, wall_ms: f64, cancelled: bool, timed_out: bool) {
         let mut m = self.inner.lock().expect("metrics lock");
         m.runs += 1;
         match start {
             "warm" => m.warm += 1,
-            "prewarmed" => {
+            // A zygote's fork is warm too (the interpreter was loaded before).
+            "prewarmed" | "forked" => {
                 m.warm += 1;
                 m.prewarmed += 1;
             }

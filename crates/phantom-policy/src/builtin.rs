@@ -19,6 +19,10 @@ const BUILTINS: &[(&str, &str)] = &[
         "python-dev",
         include_str!("../../../profiles/python-dev.yaml"),
     ),
+    (
+        "python-data",
+        include_str!("../../../profiles/python-data.yaml"),
+    ),
     ("node-dev", include_str!("../../../profiles/node-dev.yaml")),
     ("go-dev", include_str!("../../../profiles/go-dev.yaml")),
     ("rust-dev", include_str!("../../../profiles/rust-dev.yaml")),
@@ -30,6 +34,7 @@ const BUILTINS: &[(&str, &str)] = &[
 const NAMES: &[&str] = &[
     "default",
     "python-dev",
+    "python-data",
     "node-dev",
     "go-dev",
     "rust-dev",

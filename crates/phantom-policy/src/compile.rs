@@ -359,6 +359,7 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         profile: profile.name.clone(),
         mode,
         prewarm: (profile.runtime == Runtime::Python).then_some(crate::plan::Interpreter::Python),
+        preload: profile.performance.preload.clone(),
         hostname: HOSTNAME.to_string(),
         rootfs,
         mounts,

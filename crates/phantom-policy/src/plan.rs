@@ -117,6 +117,8 @@ pub struct Plan {
     pub mode: Mode,
     /// `runtime: python`: the interpreter warm pools keep started (None: none).
     pub prewarm: Option<Interpreter>,
+    /// `performance.preload`: modules the zygote of a `runtime: python` profile imports.
+    pub preload: Vec<String>,
     /// Hostname inside the UTS namespace.
     pub hostname: String,
     /// What `/` is made of: the host's system directories (bound by `mounts`) or an

@@ -179,6 +179,11 @@ pub struct Performance {
     /// `performance.pool_size:` (1..=1024) — how many sandboxes the profile's warm pool
     /// keeps (wins over `phantom-supervisor --zygote-pools`).
     pub pool_size: Option<u32>,
+    /// `performance.preload:` — Python modules the profile's zygote imports before any
+    /// request (`runtime: python`), so that a run finds them loaded. A module that
+    /// fails to import stops the zygote with an error naming it; `NAME?` is skipped
+    /// when the module is not installed.
+    pub preload: Vec<String>,
     /// `performance.io_mode:` — `sync` (default) or `uring`. io_uring stays blocked
     /// for the payload by seccomp and phantom's own file I/O uses read/write, so
     /// `uring` only produces a warning saying so.

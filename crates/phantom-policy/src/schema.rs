@@ -33,7 +33,13 @@ const SECURITY_KEYS: &[&str] = &["level", "seccomp", "landlock"];
 const SECCOMP_KEYS: &[&str] = &["default", "allow", "deny"];
 const LANDLOCK_KEYS: &[&str] = &["enabled", "paths"];
 const LANDLOCK_PATH_KEYS: &[&str] = &["path", "access"];
-const PERFORMANCE_KEYS: &[&str] = &["zygote", "pool_size", "io_mode", "memory_allocator"];
+const PERFORMANCE_KEYS: &[&str] = &[
+    "zygote",
+    "pool_size",
+    "preload",
+    "io_mode",
+    "memory_allocator",
+];
 const RESOURCE_KEYS: &[&str] = &[
     "memory", "cpu", "pids", "timeout", "output", "tmp", "nofile", "fsize",
 ];
@@ -72,6 +78,7 @@ impl Profile {
             performance: Performance {
                 zygote: false,
                 pool_size: None,
+                preload: Vec::new(),
                 io_mode: IoMode::Sync,
                 memory_allocator: MemoryAllocator::System,
             },
@@ -462,6 +469,34 @@ impl Reader {
                         ));
                     }
                     out.pool_size = Some(size as u32);
+                }
+                "preload" => {
+                    let mut modules = Vec::new();
+                    for (i, (name, item)) in self
+                        .strings(value, "performance.preload")?
+                        .into_iter()
+                        .enumerate()
+                    {
+                        // A dotted Python module name: what `import NAME` takes; a
+                        // trailing `?`: only when installed.
+                        let module = name.strip_suffix('?').unwrap_or(&name);
+                        let valid = !module.is_empty()
+                            && module.split('.').all(|part| {
+                                part.chars()
+                                    .next()
+                                    .is_some_and(|c| c.is_alphabetic() || c == '_')
+                                    && part.chars().all(|c| c.is_alphanumeric() || c == '_')
+                            });
+                        if !valid {
+                            return Err(invalid(
+                                &item,
+                                &format!("performance.preload[{i}]"),
+                                format!("`{name}` is not a module name (what `import NAME` takes, e.g. numpy or matplotlib.pyplot; `numpy?` when it may be missing)"),
+                            ));
+                        }
+                        modules.push(name);
+                    }
+                    out.preload = modules;
                 }
                 "io_mode" => out.io_mode = self.choice(value, "performance.io_mode", IO_MODES)?,
                 "memory_allocator" => {

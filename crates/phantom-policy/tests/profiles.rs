@@ -70,7 +70,7 @@ impl Drop for Scratch {
 
 #[test]
 fn every_builtin_parses_and_is_named_after_itself() {
-    assert_eq!(builtin_names().len(), 8);
+    assert_eq!(builtin_names().len(), 9);
     for name in builtin_names() {
         let profile = load_builtin(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(profile.name, *name);
@@ -1358,4 +1358,32 @@ fn host_keys_next_to_an_image_root_are_named_in_a_warning() {
     assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
     assert!(plan.warnings[0].starts_with("filesystem.system: has no effect"));
     assert!(plan.warnings[1].starts_with("filesystem.etc: has no effect"));
+}
+
+#[test]
+fn python_data_preloads_numpy_pandas_and_matplotlib_when_installed() {
+    let profile = load_builtin("python-data").unwrap();
+    assert_eq!(
+        profile.performance.preload,
+        ["numpy?", "pandas?", "matplotlib?", "matplotlib.pyplot?"]
+    );
+    let plan = phantom_policy::compile(&profile, &phantom_policy::Overrides::default()).unwrap();
+    assert_eq!(plan.preload, profile.performance.preload);
+    assert!(
+        plan.prewarm.is_some(),
+        "python-data runs python: its pool has a zygote"
+    );
+}
+
+#[test]
+fn a_preload_that_is_not_a_module_name_is_refused_at_its_place() {
+    let s = Scratch::new("preload");
+    let path = s.write(
+        "p.yaml",
+        "profile: p\nruntime: python\nperformance:\n  preload: [numpy, \"os; rm -rf /\"]\n",
+    );
+    let e = load_file(&path).unwrap_err().to_string();
+    assert!(e.contains("performance.preload[1]"), "{e}");
+    assert!(e.contains(":4:"), "{e}");
+    assert!(e.contains("not a module name"), "{e}");
 }

@@ -427,10 +427,11 @@ pub fn run_probe_at(
         .iter()
         .any(|f| ["--policy", "--profile", "--mode", "--network"].contains(f));
     if expect_warm() && poolable {
+        let expected = expected_start();
         assert_eq!(
             report["start"],
-            "warm",
-            "PHANTOM_EXPECT_WARM=1 but the run was not served warm\n{}",
+            expected.as_str(),
+            "PHANTOM_EXPECT_WARM=1 but the run was not served {expected}\n{}",
             output.describe()
         );
     }
@@ -444,6 +445,12 @@ pub fn run_probe_at(
 /// Whether the suite runs against a supervisor's warm pools (`PHANTOM_EXPECT_WARM=1`).
 pub fn expect_warm() -> bool {
     std::env::var("PHANTOM_EXPECT_WARM").is_ok_and(|v| v == "1")
+}
+
+/// How the warm pass's runs must start: `warm` (pre-built sandboxes), or what
+/// `PHANTOM_EXPECT_START` says (`forked`: the supervisor forks them from a zygote).
+pub fn expected_start() -> String {
+    std::env::var("PHANTOM_EXPECT_START").unwrap_or_else(|_| "warm".into())
 }
 
 /// [`run_probe_at`] with the probe at `/workspace/phantom-probe`.

@@ -72,6 +72,11 @@ impl Supervisor {
         sup
     }
 
+    /// The socket it listens on (PHANTOM_SUPERVISOR_SOCKET for a client).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -127,7 +132,11 @@ impl Supervisor {
             };
             if let Ok(status) = &status {
                 let pools = status["pools"].as_array().unwrap();
-                if pools.iter().all(|p| p["ready"] == p["target"]) {
+                // A pool served by a zygote keeps no pre-built sandboxes.
+                if pools
+                    .iter()
+                    .all(|p| p["ready"] == p["target"] || p["zygote"] == "ready")
+                {
                     return;
                 }
             }

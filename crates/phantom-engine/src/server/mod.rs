@@ -337,6 +337,8 @@ enum Event {
     Starting(usize, usize),
     StartingExited(usize, usize),
     ReadyExited(usize, usize),
+    /// A pool's ready zygote exited, or said why it stops.
+    Zygote(usize),
     Job(usize, Slot),
 }
 
@@ -414,6 +416,12 @@ impl Engine {
                 for (i, s) in pool.ready.iter().enumerate() {
                     fds.push(PollFd::new(&s.pidfd, PollFlags::IN));
                     events.push(Event::ReadyExited(p, i));
+                }
+                if let Some(z) = &pool.zygote {
+                    fds.push(PollFd::new(&z.pidfd, PollFlags::IN));
+                    events.push(Event::Zygote(p));
+                    fds.push(PollFd::new(&z.chan, PollFlags::IN));
+                    events.push(Event::Zygote(p));
                 }
             }
             for (j, job) in self.jobs.iter().enumerate() {
@@ -543,6 +551,7 @@ impl Engine {
         let mut became_ready: Vec<(usize, usize)> = Vec::new();
         let mut failed: Vec<(usize, usize, String)> = Vec::new();
         let mut ready_died: Vec<(usize, usize)> = Vec::new();
+        let mut zygote_died: Vec<usize> = Vec::new();
         for event in events {
             match *event {
                 Event::Starting(p, i) => {
@@ -555,6 +564,12 @@ impl Engine {
                     let pool = &mut self.pools.pools[p];
                     match received {
                         Ok((FromInit::Ready, _)) => became_ready.push((p, i)),
+                        Ok((FromInit::Preloaded { modules }, _))
+                            if pool.zygote_starting.as_deref()
+                                == Some(pool.starting[i].sandbox_id.as_str()) =>
+                        {
+                            pool.preloaded = modules;
+                        }
                         Ok((FromInit::Proxy, mut fds))
                             if fds.len() == 1
                                 && pool.plan.network == phantom_policy::NetworkMode::Limited
@@ -602,6 +617,7 @@ impl Engine {
                     failed.push((p, i, "the sandbox exited while starting".into()));
                 }
                 Event::ReadyExited(p, i) => ready_died.push((p, i)),
+                Event::Zygote(p) if !zygote_died.contains(&p) => zygote_died.push(p),
                 _ => {}
             }
         }
@@ -615,6 +631,49 @@ impl Engine {
         for (p, i, why) in moves {
             let pool = &mut self.pools.pools[p];
             let sandbox = pool.starting.remove(i);
+            if pool.zygote_starting.as_deref() == Some(sandbox.sandbox_id.as_str()) {
+                pool.zygote_starting = None;
+                match why {
+                    None => {
+                        log(format_args!(
+                            "pool {}: zygote ready in {:.0} ms (preloaded: {})",
+                            pool.name(),
+                            sandbox.started.elapsed().as_secs_f64() * 1000.0,
+                            if pool.preloaded.is_empty() {
+                                "nothing".to_string()
+                            } else {
+                                pool.preloaded.join(", ")
+                            }
+                        ));
+                        pool.failing = 0;
+                        pool.zygote = Some(sandbox);
+                    }
+                    // A module that does not import never will: the pool goes back to
+                    // pre-built sandboxes and says why in `phantom pool status`.
+                    Some(why) if why.starts_with("preload:") || why.starts_with("library:") => {
+                        log(format_args!("pool {}: zygote failed: {why}; the pool keeps pre-built sandboxes instead", pool.name()));
+                        pool.fork = Some(Err(why));
+                        sandbox.kill();
+                        let _ = sandbox.finish(
+                            crate::spawn::SandboxStatus::default(),
+                            &mut crate::spawn::Trace::new(Instant::now()),
+                        );
+                    }
+                    Some(why) => {
+                        log(format_args!(
+                            "pool {}: zygote failed to start: {why}",
+                            pool.name()
+                        ));
+                        pool.failed();
+                        sandbox.kill();
+                        let _ = sandbox.finish(
+                            crate::spawn::SandboxStatus::default(),
+                            &mut crate::spawn::Trace::new(Instant::now()),
+                        );
+                    }
+                }
+                continue;
+            }
             match why {
                 None => {
                     pool.ready.push_back(sandbox);
@@ -634,6 +693,28 @@ impl Engine {
                     );
                 }
             }
+        }
+        for p in zygote_died {
+            let pool = &mut self.pools.pools[p];
+            let Some(z) = pool.zygote.as_ref() else {
+                continue;
+            };
+            // Whatever it said (a zygote speaks only to say why it stops), then gone.
+            let said = match channel::recv::<FromInit>(
+                z.chan.as_fd(),
+                channel::FROM_INIT_MAX,
+                0,
+                "zygote",
+            ) {
+                Ok((FromInit::SetupFailed { message }, _)) => message,
+                Ok((other, _)) => format!("unexpected message {}", other.name()),
+                Err(e) => e.to_string(),
+            };
+            log(format_args!(
+                "pool {}: its zygote stopped ({said}); it is restarted",
+                pool.name()
+            ));
+            pool.zygote_failed();
         }
         ready_died.sort_unstable_by(|a, b| b.cmp(a));
         for (p, i) in ready_died {
@@ -806,7 +887,16 @@ impl Engine {
                 .filter(|j| matches!(j, Job::Run(r) if r.pool == Some(p)))
                 .count()
         };
-        self.pools.status(&runs_of, self.jobs.len())
+        let forked_of = |p: usize| {
+            self.jobs
+                .iter()
+                .filter_map(|j| match j {
+                    Job::Run(r) if r.pool == Some(p) => r.forked_pid(),
+                    _ => None,
+                })
+                .collect()
+        };
+        self.pools.status(&runs_of, &forked_of, self.jobs.len())
     }
 
     /// Kill and reap every sandbox; tell waiting clients.

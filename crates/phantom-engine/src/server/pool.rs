@@ -2,6 +2,11 @@
 //! are already through clone3, their mounts and pivot_root, waiting for a payload.
 //! Each serves ONE run; the pool refills in the background, pausing while CPU or
 //! memory pressure (PSI) is above its thresholds.
+//!
+//! A profile that runs Python (`runtime: python`, on the host root) is served by a
+//! zygote instead (fork.rs): one interpreter with the profile's preloads that forks
+//! every run of the pool into fresh namespaces. Without the zygote library, or for a
+//! plan a zygote cannot fork, the pool keeps pre-built sandboxes and says why.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -26,6 +31,9 @@ pub struct PoolSpec {
     pub profile: String,
     pub image: Option<String>,
     pub size: usize,
+    /// Serve it by forks of a zygote even though its runtime is not Python (python3
+    /// must be in its root): `phantom-supervisor --zygote PROFILE`.
+    pub zygote: bool,
 }
 
 impl PoolSpec {
@@ -45,6 +53,7 @@ impl PoolSpec {
             profile: profile.to_string(),
             image: image.map(str::to_string),
             size,
+            zygote: false,
         })
     }
 }
@@ -92,6 +101,17 @@ pub(crate) struct Pool {
     pub backoff_until: Option<Instant>,
     /// When sandboxes became ready (last minute), for the refill rate.
     pub readied: VecDeque<Instant>,
+    /// Whether its runs are forked from a zygote, or why not (`None`: not a Python
+    /// profile).
+    pub fork: Option<Result<(), String>>,
+    /// The ready zygote, and the id of one that is starting (in `starting`).
+    pub zygote: Option<Spawned>,
+    pub zygote_starting: Option<String>,
+    /// The modules its zygote imported (of `performance.preload`).
+    pub preloaded: Vec<String>,
+    /// Runs forked from its zygotes, and when (last minute).
+    pub forks: u64,
+    pub forked: VecDeque<Instant>,
 }
 
 impl Pool {
@@ -120,7 +140,11 @@ impl Pool {
             Some(name) => Some(ImageRun::for_pool(name).map_err(in_spec)?),
             None => None,
         };
-        Ok(Pool::with_plan(&spec.profile, image, plan, spec.size))
+        let mut pool = Pool::with_plan(&spec.profile, image, plan, spec.size);
+        if spec.zygote && pool.fork.is_none() {
+            pool.fork = Some(Pool::can_fork(&pool.plan));
+        }
+        Ok(pool)
     }
 
     /// An empty pool of `target` sandboxes built from `plan`.
@@ -134,6 +158,7 @@ impl Pool {
         // A pre-started interpreter is the host root's python3, started with the plan's
         // environment; on an image each run starts the image's own (not pre-started).
         base.prewarm_python &= image.is_none();
+        let fork = base.prewarm_python.then(|| Pool::can_fork(&plan));
         Pool {
             profile: profile.to_string(),
             image,
@@ -153,7 +178,116 @@ impl Pool {
             failing: 0,
             backoff_until: None,
             readied: VecDeque::new(),
+            fork,
+            zygote: None,
+            zygote_starting: None,
+            preloaded: Vec::new(),
+            forks: 0,
+            forked: VecDeque::new(),
         }
+    }
+
+    /// Whether a zygote can fork the runs of `plan`, or why not (said in the log).
+    fn can_fork(plan: &Plan) -> Result<(), String> {
+        let can = crate::fork::library().map(drop).and_then(|()| {
+            crate::spawn::prepare_steps(plan, std::path::Path::new("/"))
+                .map_err(|e| e.to_string())
+                .and_then(|steps| crate::fork::per_run_steps(&steps).map(drop))
+        });
+        if let Err(why) = &can {
+            log(format_args!(
+                "pool {}: no zygote ({why}); it keeps pre-built sandboxes instead",
+                plan.profile
+            ));
+        }
+        can
+    }
+
+    /// Whether its runs are forked from a zygote.
+    pub(crate) fn forks_runs(&self) -> bool {
+        matches!(self.fork, Some(Ok(())))
+    }
+
+    /// Start its zygote: a sandbox whose init becomes `python3 zygote.py fork
+    /// PRELOAD...` (see fork.rs).
+    fn start_zygote(&mut self, now: Instant) -> Result<Spawned, EngineError> {
+        use crate::fork::{ForkPlan, ZygoteStart};
+        use std::ffi::CString;
+        let library = crate::fork::library().map_err(EngineError::Setup)?;
+        let library = std::fs::File::open(&library)
+            .map(OwnedFd::from)
+            .map_err(|source| EngineError::Io {
+                what: "open",
+                path: library.display().to_string(),
+                source,
+            })?;
+        // The zygote's own sandbox needs no network: each run gets a namespace of its
+        // own (none only with the host's network).
+        let mut plan = self.plan.clone();
+        if plan.network != phantom_policy::NetworkMode::Host {
+            plan.network = phantom_policy::NetworkMode::None;
+        }
+        let cstring = |s: &str| {
+            CString::new(s).map_err(|_| EngineError::Usage(format!("{s:?} contains a NUL byte")))
+        };
+        let mut argv = vec![
+            "python3".to_string(),
+            "-c".into(),
+            "import sys; exec(compile(sys.argv.pop(1), '<phantom-zygote>', 'exec'))".into(),
+            init::ZYGOTE_PY.into(),
+            "fork".into(),
+        ];
+        argv.extend(self.plan.preload.iter().cloned());
+        // Preloaded libraries must not start threads: a threaded zygote is never forked.
+        let mut env = self.base.env.clone();
+        for var in ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+            crate::spawn::set_var(&mut env, var, "1");
+        }
+        // Figures are files here, never windows.
+        crate::spawn::set_var(&mut env, "MPLBACKEND", "Agg");
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let (name, base, fork_plan) = (self.name(), self.base.clone(), &self.plan);
+        let mut warnings = Vec::new();
+        let spawned = spawn_on(
+            phantom_state::ids::new_sandbox_id(),
+            &plan,
+            self.image.as_ref(),
+            None,
+            &mut Trace::new(now),
+            &mut warnings,
+            |ws, _| {
+                let steps = crate::spawn::prepare_steps(fork_plan, ws)?;
+                let steps = crate::fork::per_run_steps(&steps).map_err(EngineError::Setup)?;
+                let fork_plan = ForkPlan {
+                    pool: name,
+                    steps,
+                    base,
+                    hostname: fork_plan.hostname.clone(),
+                    network: fork_plan.network,
+                    files_dir: fork_plan.workspace_target.clone().into(),
+                    workspace_bytes: fork_plan.limits.memory_bytes,
+                };
+                let json = serde_json::to_vec(&fork_plan).expect("a fork plan serializes");
+                Ok(ChildPayload::Zygote(ZygoteStart {
+                    plan: crate::channel::memfd_with("phantom-fork-plan", &json)?,
+                    library,
+                    argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
+                    env: env
+                        .iter()
+                        .map(|(k, v)| cstring(&format!("{k}={v}")))
+                        .collect::<Result<_, _>>()?,
+                    path_var,
+                }))
+            },
+        )?;
+        for w in warnings {
+            log(format_args!("pool {}: {w}", self.name()));
+        }
+        Ok(spawned)
     }
 
     /// `profile` or `profile:image`, for logs and `phantom pool status`.
@@ -175,7 +309,8 @@ impl Pool {
             .chain(self.starting.drain(..))
             .collect();
         let n = sandboxes.len();
-        for s in sandboxes {
+        self.zygote_starting = None;
+        for s in sandboxes.into_iter().chain(self.zygote.take()) {
             s.kill();
             let _ = s.finish(SandboxStatus::default(), &mut Trace::new(Instant::now()));
         }
@@ -193,6 +328,9 @@ impl Pool {
     /// running low; saturated, none — a run that finds the pool empty starts cold,
     /// which costs no more than the refill would have, and nothing is spent twice.
     fn wants(&self, load: Load, now: Instant) -> bool {
+        if self.forks_runs() {
+            return false;
+        }
         let have = self.have();
         let room = match load {
             Load::Idle => have < self.target,
@@ -200,6 +338,16 @@ impl Pool {
             Load::Saturated => false,
         };
         room && self.backoff_until.is_none_or(|t| now >= t)
+    }
+
+    /// Its zygote could not fork a run: it goes (killed and reaped), and a new one
+    /// is started by the next refill.
+    pub(crate) fn zygote_failed(&mut self) {
+        if let Some(z) = self.zygote.take() {
+            z.kill();
+            let _ = z.finish(SandboxStatus::default(), &mut Trace::new(Instant::now()));
+        }
+        self.failed();
     }
 
     /// A sandbox failed to start: count it, and back off after a few in a row.
@@ -311,6 +459,31 @@ impl Pools {
                 pool.readied.pop_front();
             }
         }
+        // A zygote is started whatever the load: it is made once, and every run of its
+        // pool costs a fork from then on.
+        for pool in &mut self.pools {
+            let due = pool.forks_runs()
+                && pool.zygote.is_none()
+                && pool.zygote_starting.is_none()
+                && pool.backoff_until.is_none_or(|t| now >= t);
+            if !due {
+                continue;
+            }
+            pool.created += 1;
+            match pool.start_zygote(now) {
+                Ok(z) => {
+                    pool.zygote_starting = Some(z.sandbox_id.clone());
+                    pool.starting.push(z);
+                }
+                Err(e) => {
+                    pool.failed();
+                    log(format_args!(
+                        "pool {}: cannot start its zygote: {e}",
+                        pool.name()
+                    ));
+                }
+            }
+        }
         let due = self
             .pools
             .iter()
@@ -378,8 +551,15 @@ impl Pools {
         self.pools.iter().any(|p| p.wants(load, now))
     }
 
-    /// `phantom pool status`; `active`: runs per pool.
-    pub(crate) fn status(&self, active: &dyn Fn(usize) -> usize, jobs: usize) -> PoolStatus {
+    /// `phantom pool status`; `active`: runs per pool; `forked`: the pids of the runs
+    /// in flight that each pool's zygote forked.
+    pub(crate) fn status(
+        &self,
+        active: &dyn Fn(usize) -> usize,
+        forked: &dyn Fn(usize) -> Vec<i32>,
+        jobs: usize,
+    ) -> PoolStatus {
+        let now = Instant::now();
         PoolStatus {
             pid: std::process::id(),
             pools: self
@@ -388,6 +568,10 @@ impl Pools {
                 .enumerate()
                 .map(|(i, p)| {
                     let (pss, merged) = memory_per_ready(&p.ready);
+                    let runs = forked(i);
+                    let per_fork = (!runs.is_empty()).then(|| {
+                        runs.iter().map(|&pid| tree_pss_kb(pid)).sum::<u64>() / runs.len() as u64
+                    });
                     PoolInfo {
                         profile: p.profile.clone(),
                         image: p.image.as_ref().map(|i| i.name.clone()),
@@ -408,6 +592,28 @@ impl Pools {
                         refill_per_second: p.readied.len() as f64 / 60.0,
                         pss_kb_per_ready: pss,
                         ksm_merging_pages: merged,
+                        zygote: p.fork.as_ref().map(|f| match f {
+                            Err(why) => format!("none: {why}"),
+                            Ok(()) if p.zygote.is_some() => "ready".into(),
+                            Ok(()) => "starting".into(),
+                        }),
+                        preload: if p.zygote.is_some() {
+                            p.preloaded.clone()
+                        } else {
+                            p.plan.preload.clone()
+                        },
+                        forked_hits: p.forks,
+                        forks_per_second: p
+                            .forked
+                            .iter()
+                            .filter(|t| now.duration_since(**t) <= Duration::from_secs(60))
+                            .count() as f64
+                            / 60.0,
+                        zygote_pss_kb: p
+                            .zygote
+                            .as_ref()
+                            .map(|z| proc_field(z.pid, "smaps_rollup", "Pss:")),
+                        pss_kb_per_fork: per_fork,
                     }
                 })
                 .collect(),
@@ -420,22 +626,32 @@ impl Pools {
     }
 }
 
+/// A number field of /proc/PID/FILE (`Pss:` of smaps_rollup, in KiB), 0 when absent.
+fn proc_field(pid: i32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// PSS (KiB) of process `pid` and its descendants.
+fn tree_pss_kb(pid: i32) -> u64 {
+    std::iter::once(pid)
+        .chain(process::descendants(pid))
+        .map(|p| proc_field(p, "smaps_rollup", "Pss:"))
+        .sum()
+}
+
 /// Average PSS (KiB) of the ready sandboxes — each one's init and its descendants —
 /// and the pages KSM merges among them.
 fn memory_per_ready(ready: &VecDeque<Spawned>) -> (Option<u64>, u64) {
-    let field = |pid: i32, file: &str, key: &str| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
     let (mut pss, mut merged) = (0u64, 0u64);
     for s in ready {
+        pss += tree_pss_kb(s.pid);
         for pid in std::iter::once(s.pid).chain(process::descendants(s.pid)) {
-            pss += field(pid, "smaps_rollup", "Pss:");
-            merged += field(pid, "ksm_stat", "ksm_merging_pages");
+            merged += proc_field(pid, "ksm_stat", "ksm_merging_pages");
         }
     }
     (
@@ -480,14 +696,17 @@ fn describe(image: &ImageRun) -> String {
 pub fn pools_for(
     profiles: &[String],
     pools: &[String],
+    zygotes: &[String],
     default_size: usize,
 ) -> Result<Vec<PoolSpec>, EngineError> {
     let mut specs: Vec<PoolSpec> = profiles
         .iter()
+        .chain(zygotes)
         .map(|p| PoolSpec {
             profile: p.clone(),
             image: None,
             size: default_size,
+            zygote: false,
         })
         .collect();
     for spec in pools {
@@ -500,6 +719,7 @@ pub fn pools_for(
                     profile: name.to_string(),
                     image: None,
                     size: default_size,
+                    zygote: false,
                 });
             }
         }
@@ -516,6 +736,7 @@ pub fn pools_for(
     Ok(out
         .into_iter()
         .map(|((profile, image), size)| PoolSpec {
+            zygote: image.is_none() && zygotes.contains(&profile),
             profile,
             image,
             size,
@@ -575,14 +796,17 @@ mod tests {
             (1, 0),
             "one pause, counted once"
         );
-        assert!(sup.status(&|_| 0, 0).refill_paused.is_some());
+        assert!(sup
+            .status(&|_| 0, &|_| Vec::new(), 0)
+            .refill_paused
+            .is_some());
 
         sup.sampled_at = None;
         sup.refill(&mut fake, 0);
         assert_eq!(sup.paused, None);
         // Refilling resumed: a sandbox was attempted (and failed on the missing bind).
         assert_eq!((sup.pools[0].created, sup.pools[0].failures), (1, 1));
-        let status = sup.status(&|_| 0, 0);
+        let status = sup.status(&|_| 0, &|_| Vec::new(), 0);
         assert_eq!((status.refill_paused, status.refill_pauses), (None, 1));
         assert_eq!(status.memory_pressure, Some(1.0));
     }
@@ -599,7 +823,7 @@ mod tests {
         sup.refill(&mut fake, 0);
         assert_eq!(sup.paused, None);
         assert_eq!(sup.pools[0].created, 1);
-        assert_eq!(sup.status(&|_| 0, 0).memory_pressure, None);
+        assert_eq!(sup.status(&|_| 0, &|_| Vec::new(), 0).memory_pressure, None);
     }
 
     /// Under sustained load a pooled profile ran at 0.95x the runs/s of cold ones: each
@@ -647,6 +871,7 @@ mod tests {
         let pools = pools_for(
             &strings(&["default"]),
             &strings(&["default:alpine", "default", "minimal:python:3.12-slim"]),
+            &strings(&["minimal"]),
             3,
         )
         .unwrap();
@@ -657,18 +882,26 @@ mod tests {
             [
                 "default x3",
                 "default:alpine x3",
+                "minimal x3",
                 "minimal:python:3.12-slim x3"
             ]
         );
-        assert_eq!(pools[2].image.as_deref(), Some("python:3.12-slim"));
+        // --zygote PROFILE: that profile's pool on the host root forks its runs.
+        let forked: Vec<String> = pools
+            .iter()
+            .filter(|p| p.zygote)
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(forked, ["minimal"]);
+        assert_eq!(pools[3].image.as_deref(), Some("python:3.12-slim"));
 
         for bad in [":alpine", "default:", ""] {
-            let e = pools_for(&[], &strings(&[bad]), 1).unwrap_err();
+            let e = pools_for(&[], &strings(&[bad]), &[], 1).unwrap_err();
             assert!(e.to_string().contains("PROFILE:IMAGE"), "{bad:?}: {e}");
         }
-        assert!(pools_for(&[], &strings(&["nope:alpine"]), 1).is_err());
+        assert!(pools_for(&[], &strings(&["nope:alpine"]), &[], 1).is_err());
         // Neither flag: the built-in profiles that ask for a pool, on the host root.
-        let defaults = pools_for(&[], &[], 2).unwrap();
+        let defaults = pools_for(&[], &[], &[], 2).unwrap();
         assert!(!defaults.is_empty());
         assert!(defaults.iter().all(|p| p.image.is_none()));
     }

@@ -17,12 +17,14 @@ use phantom_linux::process::{self, ExitStatus, Usage};
 use phantom_policy::{Mode, NetworkMode};
 
 use super::pool::idmapped_workspace;
-use super::{reply, Engine, Slot};
+use super::{log, reply, Engine, Slot};
 use crate::channel::{self, FromInit, RunSpec, ToInit};
 use crate::init::ChildPayload;
 use crate::prepare::{self, api_mode, payload_context, Ask, Policy, Prepared};
-use crate::spawn::{ms, payload_env, spawn_on, SandboxStatus, Spawned, Trace};
+use crate::spawn::{ms, payload_env, spawn_on, CgroupGuard, SandboxStatus, Spawned, Trace};
+use crate::workspace::RunDir;
 use crate::EngineError;
+use phantom_linux::fdpass;
 
 /// A run in flight.
 pub(super) struct RunJob {
@@ -73,7 +75,9 @@ impl ReportBase {
         cgroup: &str,
         network: Option<NetworkReport>,
     ) -> RunReport {
-        let start = if status.prewarmed {
+        // A pooled sandbox whose pre-started interpreter took the run; a zygote's
+        // child that went on in the interpreter stays `forked` (the pool counts it).
+        let start = if status.prewarmed && self.start == StartKind::Warm {
             StartKind::Prewarmed
         } else {
             self.start
@@ -179,13 +183,39 @@ impl Engine {
         })?;
         let plan = prepared.plan();
         let stdio = [stdin, stdout, stderr];
-        let (spawned, pool, not_warm) = match self.take_pooled(&prepared, cold) {
-            Ok((p, sandbox)) => {
-                let spawned =
-                    self.hand_over(p, sandbox, &prepared, term.as_deref(), stdio, files)?;
-                (spawned, Some(p), None)
+        // A pool serves it by a fork of its zygote, or with a pre-built sandbox; else
+        // (or when the zygote failed) it starts cold, and the report says why.
+        let (pooled, not_warm) = match self.take_pooled(&prepared, cold) {
+            Ok((p, None)) => {
+                match self.fork_run(p, &prepared, term.as_deref(), &stdio, files.as_ref()) {
+                    Ok(spawned) => (Some((p, spawned)), None),
+                    Err(e) => {
+                        let why = format!(
+                            "the zygote of pool {} failed ({e}); it is restarted",
+                            self.pools.pools[p].name()
+                        );
+                        log(&why);
+                        self.pools.pools[p].zygote_failed();
+                        (None, Some(why))
+                    }
+                }
             }
-            Err(reason) => {
+            Ok((p, Some(sandbox))) => {
+                let spawned = self.hand_over(
+                    p,
+                    sandbox,
+                    &prepared,
+                    term.as_deref(),
+                    &stdio,
+                    files.as_ref(),
+                )?;
+                (Some((p, spawned)), None)
+            }
+            Err(reason) => (None, Some(reason)),
+        };
+        let (spawned, pool, not_warm) = match pooled {
+            Some((p, spawned)) => (spawned, Some(p), None),
+            None => {
                 let mut trace = Trace::new(started);
                 trace.step(if prepared.compile_ms > 0.05 {
                     "request checked, policy compiled"
@@ -215,20 +245,35 @@ impl Engine {
                     },
                 )?;
                 spawned.warnings = warnings;
-                (spawned, None, Some(reason))
+                (spawned, None, not_warm)
             }
         };
         let mut warnings = prepared.warnings.clone();
         warnings.extend(spawned.warnings.iter().cloned());
-        let proxy = (pool.is_none() && plan.network == NetworkMode::Limited)
-            .then(|| prepare::proxy_config(plan, &spawned.sandbox_id, &prepared.test_resolve));
+        let start = match pool {
+            None => StartKind::Cold,
+            Some(_) if spawned.forked => StartKind::Forked,
+            Some(_) => StartKind::Warm,
+        };
+        // A pre-built sandbox's proxy runs already; a cold or forked one sends its door.
+        let proxy = (start != StartKind::Warm && plan.network == NetworkMode::Limited).then(|| {
+            let mut config =
+                prepare::proxy_config(plan, &spawned.sandbox_id, &prepared.test_resolve);
+            if start == StartKind::Forked {
+                // As a pooled sandbox's: each decision in the supervisor's log.
+                config.log_prefix = Some(
+                    super::LOG_NAME
+                        .get()
+                        .copied()
+                        .unwrap_or("phantom-supervisor")
+                        .into(),
+                );
+            }
+            config
+        });
         let started_reply = Reply::Started(Box::new(Started {
             sandbox_id: spawned.sandbox_id.clone(),
-            start: if pool.is_some() {
-                StartKind::Warm
-            } else {
-                StartKind::Cold
-            },
+            start,
             output_limit: prepared.output_limit,
             timeout_ms: plan.limits.wall_timeout_ms,
             memory_bytes: plan.limits.memory_bytes,
@@ -268,11 +313,7 @@ impl Engine {
                 },
                 host_uid,
                 idmapped,
-                start: if pool.is_some() {
-                    StartKind::Warm
-                } else {
-                    StartKind::Cold
-                },
+                start,
                 warnings,
             },
         }));
@@ -280,7 +321,12 @@ impl Engine {
     }
 
     /// A ready sandbox of the pool that serves `prepared`, or why none does.
-    fn take_pooled(&mut self, prepared: &Prepared, cold: bool) -> Result<(usize, Spawned), String> {
+    /// `None`: the pool's zygote forks it.
+    fn take_pooled(
+        &mut self,
+        prepared: &Prepared,
+        cold: bool,
+    ) -> Result<(usize, Option<Spawned>), String> {
         if cold {
             return Err("--cold".into());
         }
@@ -323,12 +369,20 @@ impl Engine {
                 "a host workspace needs an engine running as root (idmapped mounts)".into(),
             );
         }
+        if pool.zygote.is_some() {
+            pool.hits += 1;
+            return Ok((p, None));
+        }
         let Some(sandbox) = pool.ready.pop_front() else {
             pool.misses += 1;
-            return Err(format!("pool {} is empty", pool.name()));
+            return Err(if pool.forks_runs() {
+                format!("the zygote of pool {} is starting", pool.name())
+            } else {
+                format!("pool {} is empty", pool.name())
+            });
         };
         pool.hits += 1;
-        Ok((p, sandbox))
+        Ok((p, Some(sandbox)))
     }
 
     /// Give pooled sandbox `sandbox` of pool `p` its run.
@@ -338,8 +392,8 @@ impl Engine {
         mut sandbox: Spawned,
         prepared: &Prepared,
         term: Option<&str>,
-        stdio: [OwnedFd; 3],
-        files: Option<OwnedFd>,
+        stdio: &[OwnedFd; 3],
+        files: Option<&OwnedFd>,
     ) -> Result<Spawned, EngineError> {
         let plan = prepared.plan();
         let fail = |sandbox: Spawned, e: EngineError| {
@@ -384,17 +438,13 @@ impl Engine {
                 }
             },
         };
-        let command = &prepared.command;
-        let spec = RunSpec {
-            argv: command.argv.clone(),
-            env: payload_env(&plan.env, term, &command.env),
-            cwd: command.cwd.clone().unwrap_or_else(|| plan.cwd.clone()),
-            rlimit_nproc: no_cgroup.then_some(plan.limits.pids),
-            rlimit_data: no_cgroup.then_some(plan.limits.memory_bytes),
-            stdin_fd: true,
-            files_fd: files.is_some(),
-            workspace_fd: workspace_fd.is_some(),
-        };
+        let spec = run_spec(
+            prepared,
+            term,
+            no_cgroup,
+            files.is_some(),
+            workspace_fd.is_some(),
+        );
         let mut fds: Vec<BorrowedFd<'_>> = stdio.iter().map(|f| f.as_fd()).collect();
         fds.extend(files.as_ref().map(|f| f.as_fd()));
         fds.extend(workspace_fd.as_ref().map(|f| f.as_fd()));
@@ -406,9 +456,140 @@ impl Engine {
                 EngineError::Setup(format!("cannot hand the run to the pooled sandbox: {e}")),
             );
         }
-        // Our copies of the stdio fds go when this returns: the client sees EOF once
-        // the payload is gone.
         Ok(sandbox)
+    }
+
+    /// Fork the run from pool `p`'s zygote (see fork.rs): a cgroup and a lock of its
+    /// own, the spec in a memfd that only the child reads, then wait for the child's
+    /// pidfd — the zygote, not the engine, is its parent.
+    fn fork_run(
+        &mut self,
+        p: usize,
+        prepared: &Prepared,
+        term: Option<&str>,
+        stdio: &[OwnedFd; 3],
+        files: Option<&OwnedFd>,
+    ) -> Result<Spawned, EngineError> {
+        let started = Instant::now();
+        let plan = prepared.plan();
+        let pool = &mut self.pools.pools[p];
+        let zygote = pool.zygote.as_ref().expect("take_pooled saw a zygote");
+        let sandbox_id = phantom_state::ids::new_sandbox_id();
+        let layout = cgroup::Layout::cached();
+        let run_dir = RunDir::create_bare(&sandbox_id, layout)?;
+        let mut warnings = Vec::new();
+        let limits = cgroup::Limits {
+            memory_bytes: plan.limits.memory_bytes,
+            cpu_millis: plan.limits.cpu_millis,
+            pids: plan.limits.pids,
+        };
+        let cg = match cgroup::SandboxCgroup::create(layout, &sandbox_id, limits) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                warnings.push(format!(
+                    "no cgroup limits ({e}; phantom needs root to create cgroups): memory is limited by RLIMIT_DATA and processes by RLIMIT_NPROC instead, CPU not at all"
+                ));
+                None
+            }
+        };
+        let cgroup = CgroupGuard(cg);
+        let joins = match &cgroup.0 {
+            Some(cg) => cg
+                .join_files()
+                .map_err(|e| EngineError::Setup(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let workspace_fd = match &prepared.workspace {
+            None => None,
+            Some(dir) => Some(idmapped_workspace(dir, zygote.pid).map_err(EngineError::Usage)?),
+        };
+        let spec = run_spec(
+            prepared,
+            term,
+            cgroup.0.is_none(),
+            files.is_some(),
+            workspace_fd.is_some(),
+        );
+        let spec = channel::memfd_with(
+            "phantom-run",
+            &serde_json::to_vec(&spec).expect("a spec serializes"),
+        )?;
+        let (ours, theirs) = fdpass::channel()?;
+        let lock = run_dir
+            .lock()
+            .ok_or_else(|| EngineError::Setup("run directory without its lock".into()))?;
+        let mut fds = vec![spec.as_fd(), theirs.as_fd(), lock];
+        fds.extend(stdio.iter().map(|f| f.as_fd()));
+        fds.extend(files.map(|f| f.as_fd()));
+        fds.extend(workspace_fd.as_ref().map(|f| f.as_fd()));
+        fds.extend(joins.iter().map(|f| f.as_fd()));
+        channel::send(zygote.chan.as_fd(), &ToInit::Fork, &fds)
+            .map_err(|e| EngineError::Setup(e.to_string()))?;
+        drop((spec, theirs, joins, workspace_fd));
+        // The child's first message; a zygote that cannot fork says so on it.
+        if !channel::readable(ours.as_fd(), FORK_WAIT) {
+            return Err(EngineError::Setup(format!("no child within {FORK_WAIT:?}")));
+        }
+        let pidfd = match channel::recv::<FromInit>(
+            ours.as_fd(),
+            channel::FROM_INIT_MAX,
+            1,
+            "zygote's child",
+        ) {
+            Ok((FromInit::Forked, mut fds)) if fds.len() == 1 => fds.pop().expect("one"),
+            Ok((FromInit::SetupFailed { message }, _)) => return Err(EngineError::Setup(message)),
+            Ok((other, _)) => {
+                return Err(EngineError::Setup(format!(
+                    "unexpected message from the zygote's child: {}",
+                    other.name()
+                )))
+            }
+            Err(e) => return Err(EngineError::Setup(e.to_string())),
+        };
+        let pid = process::pidfd_pid(pidfd.as_fd()).unwrap_or(0);
+        pool.forks += 1;
+        pool.forked.push_back(started);
+        Ok(Spawned {
+            sandbox_id,
+            pid,
+            pidfd,
+            chan: ours,
+            run_dir,
+            cgroup,
+            host_uid: zygote.host_uid,
+            idmapped: prepared.workspace.is_some(),
+            isolated: true,
+            started,
+            warnings,
+            proxy: None,
+            forked: true,
+        })
+    }
+}
+
+/// How long the engine waits for a zygote's child to say it exists.
+const FORK_WAIT: Duration = Duration::from_secs(2);
+
+/// The run's part of a pooled or forked payload (fds: stdin always, the files memfd
+/// and the workspace when flagged).
+fn run_spec(
+    prepared: &Prepared,
+    term: Option<&str>,
+    no_cgroup: bool,
+    files: bool,
+    workspace: bool,
+) -> RunSpec {
+    let plan = prepared.plan();
+    let command = &prepared.command;
+    RunSpec {
+        argv: command.argv.clone(),
+        env: payload_env(&plan.env, term, &command.env),
+        cwd: command.cwd.clone().unwrap_or_else(|| plan.cwd.clone()),
+        rlimit_nproc: no_cgroup.then_some(plan.limits.pids),
+        rlimit_data: no_cgroup.then_some(plan.limits.memory_bytes),
+        stdin_fd: true,
+        files_fd: files,
+        workspace_fd: workspace,
     }
 }
 
@@ -422,6 +603,11 @@ impl RunJob {
             fds.push((self.client.as_fd(), Slot::Client));
         }
         fds
+    }
+
+    /// The pid of its sandbox's init when a zygote forked it.
+    pub(super) fn forked_pid(&self) -> Option<i32> {
+        self.spawned.forked.then_some(self.spawned.pid)
     }
 
     pub(super) fn deadline(&self) -> Option<Instant> {

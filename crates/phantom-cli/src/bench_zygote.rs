@@ -1,0 +1,330 @@
+//! `phantom benchmark zygote`: Python forked from a supervisor's zygote, side by side
+//! with bare python3 (and bwrap) in the same process: latency of `print(1)` through
+//! the engine client (no CLI process) and through `phantom run`, sustained runs/s at a
+//! concurrency, `import pandas` on python-data's zygote, and what a fork costs in
+//! memory (PSS).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use phantom_api::access::Principal;
+use phantom_api::request::{RunOptions, RunRequest};
+use phantom_engine::client::{Output, RunIo, Stdin, Wake};
+use phantom_engine::EngineClient;
+
+use crate::bench::{
+    bwrap_argv, current_exe, percentile, print_load_rows, quiet, which, BenchArgs, BenchError,
+    BenchSupervisor, Load,
+};
+
+/// One way to run a Python snippet, measured.
+enum How {
+    /// `/usr/bin/python3 -c CODE`.
+    Bare,
+    /// The engine client of this process, on `profile`'s pool.
+    Client(&'static str),
+    /// `phantom run --profile P -- python3 -c CODE` through the supervisor.
+    Cli(&'static str),
+    /// `bwrap ... python3 -c CODE`.
+    Bwrap(String),
+}
+
+struct Row {
+    name: String,
+    how: How,
+    code: &'static str,
+    samples: Vec<f64>,
+    failures: usize,
+}
+
+const PRINT: &str = "print(1)";
+const PANDAS: &str = "import pandas; print(pandas.__version__)";
+
+pub(crate) fn zygote(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
+    let me = current_exe()?;
+    let python = "/usr/bin/python3";
+    if !Path::new(python).exists() {
+        return Err((1, format!("benchmark zygote needs {python}")));
+    }
+    let concurrency = if args.concurrency == 100 {
+        4
+    } else {
+        args.concurrency.max(1)
+    };
+    let sup = BenchSupervisor::start_with(
+        &me,
+        &[
+            "--profiles",
+            "python-dev,python-data",
+            "--zygote-pools",
+            "1",
+        ],
+    )
+    .map_err(|e| (1, e))?;
+    let mut notes = Vec::new();
+    let status = sup
+        .status()
+        .ok_or((1, "the supervisor does not answer".to_string()))?;
+    for p in &status.pools {
+        if p.zygote.as_deref() != Some("ready") {
+            notes.push(format!(
+                "pool {}: zygote {} — its rows measure pre-built sandboxes",
+                p.profile,
+                p.zygote.as_deref().unwrap_or("none")
+            ));
+        }
+    }
+    let pandas = quiet(&[python.into(), "-c".into(), "import pandas".into()], &[]);
+    if !pandas {
+        notes.push(
+            "pandas is not installed (apt-get install python3-pandas): no pandas rows".into(),
+        );
+    }
+    let bwrap = args
+        .compare
+        .iter()
+        .any(|p| p == "bwrap")
+        .then(|| which("bwrap"))
+        .flatten();
+    if bwrap.is_none() {
+        notes.push("bwrap not installed (apt-get install bubblewrap): no bwrap rows".into());
+    }
+    let client = EngineClient::at(sup.socket.clone());
+    let me_s = me.display().to_string();
+    let run_once = |how: &How, code: &str| -> bool {
+        match how {
+            How::Bare => quiet(&[python.into(), "-c".into(), code.into()], &[]),
+            How::Client(profile) => {
+                let request = RunRequest {
+                    argv: Some(vec!["python3".into(), "-c".into(), code.into()]),
+                    options: RunOptions {
+                        profile: Some(profile.to_string()),
+                        ..RunOptions::default()
+                    },
+                    ..RunRequest::default()
+                };
+                let io = RunIo {
+                    stdin: Stdin::Null,
+                    output: Output::capture(),
+                    wake: Wake::Nothing,
+                    on_started: None,
+                };
+                client
+                    .run(Principal::local(), request, false, io)
+                    .is_ok_and(|r| r.exit_code == 0)
+            }
+            How::Cli(profile) => quiet(
+                &[
+                    me_s.clone(),
+                    "run".into(),
+                    "--profile".into(),
+                    profile.to_string(),
+                    "--".into(),
+                    "python3".into(),
+                    "-c".into(),
+                    code.into(),
+                ],
+                &[("PHANTOM_SUPERVISOR_SOCKET", &sup.socket)],
+            ),
+            How::Bwrap(bwrap) => quiet(&bwrap_argv(bwrap, &["python3", "-c", code]), &[]),
+        }
+    };
+    let mut rows = vec![
+        row("bare python print(1)", How::Bare, PRINT),
+        row("client forked print(1)", How::Client("python-dev"), PRINT),
+        row("phantom run forked print(1)", How::Cli("python-dev"), PRINT),
+    ];
+    if let Some(b) = &bwrap {
+        rows.push(row("bwrap python print(1)", How::Bwrap(b.clone()), PRINT));
+    }
+    if pandas {
+        rows.push(row("bare python import pandas", How::Bare, PANDAS));
+        rows.push(row(
+            "client forked import pandas",
+            How::Client("python-data"),
+            PANDAS,
+        ));
+    }
+    // Warm-up, then interleaved rounds: every contender sees the same machine.
+    for r in &rows {
+        run_once(&r.how, r.code);
+    }
+    for _ in 0..args.iterations {
+        for r in rows.iter_mut() {
+            let t = Instant::now();
+            if run_once(&r.how, r.code) {
+                r.samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            } else {
+                r.failures += 1;
+            }
+        }
+    }
+    let latency: Vec<serde_json::Value> = rows.iter_mut().map(Row::stats).collect();
+    let p50 = |name: &str| {
+        latency
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["p50_ms"].as_f64())
+    };
+    let ratio = |a: &str, b: &str| p50(a).zip(p50(b)).map(|(a, b)| a / b);
+    let ratios = serde_json::json!({
+        "client_forked_to_bare_print": ratio("client forked print(1)", "bare python print(1)"),
+        "cli_forked_to_bare_print": ratio("phantom run forked print(1)", "bare python print(1)"),
+        "client_forked_to_bare_pandas": ratio("client forked import pandas", "bare python import pandas"),
+    });
+
+    // Sustained: `print(1)` at `concurrency`, interleaved rounds.
+    let mut loads = vec![
+        (
+            Load::new(&format!("bare python c={concurrency}")),
+            How::Bare,
+        ),
+        (
+            Load::new(&format!("client forked c={concurrency}")),
+            How::Client("python-dev"),
+        ),
+        (
+            Load::new(&format!("phantom run forked c={concurrency}")),
+            How::Cli("python-dev"),
+        ),
+    ];
+    if let Some(b) = &bwrap {
+        loads.push((
+            Load::new(&format!("bwrap python c={concurrency}")),
+            How::Bwrap(b.clone()),
+        ));
+    }
+    let rounds = 4;
+    let per_round = args.iterations.div_ceil(rounds).max(concurrency);
+    for _ in 0..rounds {
+        for (load, how) in loads.iter_mut() {
+            load.round(per_round, concurrency, &|| run_once(how, PRINT));
+        }
+    }
+    let load_rows: Vec<serde_json::Value> = loads.iter().map(|(l, _)| l.row()).collect();
+    let rps = |i: usize| load_rows[i]["runs_per_second"].as_f64().unwrap_or(f64::NAN);
+    let sustained_ratio = rps(1) / rps(0);
+
+    // Memory: the zygotes, and a fork in flight (a run that sleeps while we look).
+    let memory = fork_memory(&client, &sup);
+
+    if !args.json {
+        println!(
+            "zygote: python3 -c CODE forked from phantom-supervisor's zygotes (python-dev; python-data with pandas preloaded), {} runs per row, interleaved",
+            args.iterations
+        );
+        println!(
+            "{:<30} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            "run", "p50 ms", "p95 ms", "p99 ms", "mean ms", "errors"
+        );
+        for r in &latency {
+            println!(
+                "{:<30} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+                r["name"].as_str().unwrap_or(""),
+                r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p95_ms"].as_f64().unwrap_or(f64::NAN),
+                r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                r["mean_ms"].as_f64().unwrap_or(f64::NAN),
+                r["failures"].as_u64().unwrap_or(0)
+            );
+        }
+        let show = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.3}x"));
+        println!(
+            "p50 ratios: client forked / bare print {}; phantom run forked / bare print {}; client forked / bare import pandas {}",
+            show(&ratios["client_forked_to_bare_print"]),
+            show(&ratios["cli_forked_to_bare_print"]),
+            show(&ratios["client_forked_to_bare_pandas"]),
+        );
+        println!();
+        println!(
+            "sustained: print(1), {} runs per row in {rounds} interleaved rounds",
+            per_round * rounds
+        );
+        print_load_rows(&load_rows);
+        println!("runs/s ratio client forked / bare python: {sustained_ratio:.2}x");
+        println!();
+        println!("memory: {memory}");
+        for n in &notes {
+            println!("note: {n}");
+        }
+    }
+    Ok(serde_json::json!({
+        "benchmark": "zygote",
+        "latency": latency,
+        "ratios": ratios,
+        "sustained": load_rows,
+        "sustained_ratio_client_forked_to_bare": sustained_ratio,
+        "memory": memory,
+        "notes": notes,
+    }))
+}
+
+fn row(name: &str, how: How, code: &'static str) -> Row {
+    Row {
+        name: name.into(),
+        how,
+        code,
+        samples: Vec::new(),
+        failures: 0,
+    }
+}
+
+impl Row {
+    fn stats(&mut self) -> serde_json::Value {
+        self.samples.sort_by(f64::total_cmp);
+        let s = &self.samples;
+        let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
+        serde_json::json!({
+            "name": self.name,
+            "runs": s.len() + self.failures,
+            "failures": self.failures,
+            "p50_ms": percentile(s, 50.0),
+            "p95_ms": percentile(s, 95.0),
+            "p99_ms": percentile(s, 99.0),
+            "mean_ms": mean,
+        })
+    }
+}
+
+/// The zygotes' PSS, and the PSS of one `print(1)` fork while it is in flight (a run
+/// that prints, then sleeps long enough to be looked at), from `phantom pool status`.
+fn fork_memory(client: &EngineClient, sup: &BenchSupervisor) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    std::thread::scope(|s| {
+        let run = s.spawn(|| {
+            let request = RunRequest {
+                argv: Some(vec![
+                    "python3".into(),
+                    "-c".into(),
+                    "print(1); import time; time.sleep(1.5)".into(),
+                ]),
+                options: RunOptions {
+                    profile: Some("python-dev".into()),
+                    ..RunOptions::default()
+                },
+                ..RunRequest::default()
+            };
+            let io = RunIo {
+                stdin: Stdin::Null,
+                output: Output::capture(),
+                wake: Wake::Nothing,
+                on_started: None,
+            };
+            client.run(Principal::local(), request, false, io)
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        if let Some(status) = sup.status() {
+            for p in &status.pools {
+                out.insert(
+                    format!("{}_zygote_pss_kb", p.profile),
+                    p.zygote_pss_kb.into(),
+                );
+                if p.profile == "python-dev" {
+                    out.insert("pss_kb_per_fork_in_flight".into(), p.pss_kb_per_fork.into());
+                }
+            }
+        }
+        let _ = run.join();
+    });
+    serde_json::Value::Object(out)
+}
