@@ -31,7 +31,7 @@ scratch_paths+=("$baseline")
 leftovers > "$baseline"
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-    && ! python3 -c 'import numpy, pandas, matplotlib' 2>/dev/null; then
+    && ! /usr/bin/python3 -c 'import numpy, pandas, matplotlib' 2>/dev/null; then
   step "python3-pandas and python3-matplotlib (python-data's preloads, tests/zygote.rs)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pandas python3-matplotlib >/dev/null \
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pandas python3-matplotlib >/dev/null; }

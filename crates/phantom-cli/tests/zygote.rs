@@ -261,8 +261,9 @@ fn python_data_runs_find_their_preloads_imported() {
     if !sandbox_available() {
         return;
     }
+    // The host python3 the profile binds (not a pyenv or venv shim on PATH).
     let has = |m: &str| {
-        std::process::Command::new("python3")
+        std::process::Command::new("/usr/bin/python3")
             .args(["-c", &format!("import {m}")])
             .stderr(Stdio::null())
             .status()
