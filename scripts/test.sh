@@ -87,7 +87,8 @@ if [ "$(id -u)" = 0 ]; then
     rm -rf "$sock_dir"
   }
   step "isolation tests on the warm path (a supervisor pools the default profile)"
-  isolation_served warm --profiles default --zygote-pools 4
+  # A floor of 4: every run finds a sandbox ready, however the demand-sized pool shrinks.
+  isolation_served warm --profiles default --zygote-pools 4 --pool-floor 4
   step "isolation tests on the fork path (a zygote forks every run of the default profile)"
   isolation_served forked --zygote default
 

@@ -440,7 +440,13 @@ pub struct PoolInfo {
     /// built on.
     pub image: Option<String>,
     pub image_root_id: Option<String>,
+    /// Sandboxes it wants ready now (from demand), and the most it keeps.
     pub target: usize,
+    #[serde(default)]
+    pub ceiling: usize,
+    /// Runs that asked for it per second, averaged (half-life 10 s).
+    #[serde(default)]
+    pub arrivals_per_second: f64,
     pub ready: usize,
     pub starting: usize,
     pub active: usize,
@@ -489,6 +495,24 @@ pub struct PoolInfo {
     /// PSS of the runs in flight that were forked from it, averaged, in KiB.
     #[serde(default)]
     pub pss_kb_per_fork: Option<u64>,
+}
+
+impl PoolInfo {
+    /// Whether a run of this pool is served warm now: a ready sandbox, or its zygote.
+    pub fn serves_warm(&self) -> bool {
+        self.ready > 0 || self.zygote_ready()
+    }
+
+    /// Whether it holds all it keeps: its target of ready sandboxes (which follows
+    /// demand, so it may hold more for a while), or a ready zygote (which keeps no
+    /// pre-built sandboxes).
+    pub fn is_full(&self) -> bool {
+        self.ready >= self.target || self.zygote_ready()
+    }
+
+    fn zygote_ready(&self) -> bool {
+        self.zygote.as_deref() == Some("ready")
+    }
 }
 
 #[cfg(test)]

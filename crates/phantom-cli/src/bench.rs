@@ -283,11 +283,7 @@ impl BenchSupervisor {
         let started = Instant::now();
         loop {
             if let Some(s) = self.status() {
-                // A pool served by a zygote keeps no pre-built sandboxes.
-                if s.pools
-                    .iter()
-                    .all(|p| p.ready == p.target || p.zygote.as_deref() == Some("ready"))
-                {
+                if s.pools.iter().all(|p| p.is_full()) {
                     return Ok(());
                 }
             }

@@ -87,6 +87,7 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
         &args.pool,
         &args.zygote,
         args.zygote_pools,
+        args.pool_floor,
     ) {
         Ok(p) => p,
         Err(e) => return fail(e),

@@ -76,6 +76,12 @@ pub fn pool(cmd: PoolCommand) -> i32 {
         );
     }
     for (p, name) in status.pools.iter().zip(&names) {
+        if p.zygote.as_deref() != Some("ready") {
+            println!(
+                "{name}: asked for {:.2} times/s (averaged, half-life 10 s): keeps {} of at most {} ready",
+                p.arrivals_per_second, p.target, p.ceiling
+            );
+        }
         if p.proxy_allowed + p.proxy_refused + p.proxy_failed > 0 {
             println!(
                 "{name}: egress proxy: {} connections made, {} refused by the policy, {} failed",

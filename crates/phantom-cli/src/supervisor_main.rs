@@ -57,9 +57,15 @@ pub(crate) struct Args {
     /// (python-dev) have one anyway. Comma-separated; adds to --profiles.
     #[arg(long, value_delimiter = ',', value_name = "PROFILE")]
     pub(crate) zygote: Vec<String>,
-    /// Sandboxes kept ready per pool (a profile's `performance.pool_size` wins).
+    /// The most sandboxes kept ready per pool (a profile's `performance.pool_size`
+    /// wins). How many are kept follows demand: the runs that asked for the pool per
+    /// second (averaged over ~10 s) times the time a sandbox takes to build, doubled;
+    /// a new pool starts full.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) zygote_pools: usize,
+    /// The fewest sandboxes kept ready per pool, however idle (at most its size).
+    #[arg(long, value_name = "N", default_value_t = phantom_engine::server::POOL_FLOOR)]
+    pub(crate) pool_floor: usize,
     /// Pause refills while CPU or memory pressure (/proc/pressure, some avg10) is above
     /// the thresholds.
     #[arg(long)]
@@ -140,8 +146,13 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let pools = match server::pools_for(&args.profiles, &args.pool, &args.zygote, args.zygote_pools)
-    {
+    let pools = match server::pools_for(
+        &args.profiles,
+        &args.pool,
+        &args.zygote,
+        args.zygote_pools,
+        args.pool_floor,
+    ) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("phantom-supervisor: error: {e}");

@@ -309,3 +309,28 @@ fn the_servers_output_cap_is_a_ceiling_and_the_result_says_the_cap_used() {
     assert!(server.finish().success());
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// Regression: with python-dev served by a zygote (no pre-built sandboxes), phantom-mcp
+/// waited its full 10 s at start for a ready sandbox that never came, so the official
+/// SDK's `server/discover` probe timed out and fell back to the old handshake. A ready
+/// zygote counts as a warm pool.
+#[test]
+fn an_mcp_server_whose_python_pool_is_a_zygote_answers_at_once() {
+    if !common::sandbox_available() {
+        return;
+    }
+    let tmp = tmpdir("zygote-start");
+    let started = Instant::now();
+    let mut server = Server::start(&["--mode", "zygote", "--profiles", "python-dev"], &tmp);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the first answer took {took:?}"
+    );
+    let r = server.call(
+        "run_code",
+        json!({"language": "python", "code": "print(6 * 7)"}),
+    );
+    assert_eq!(r["structuredContent"]["stdout"], "42\n", "{r}");
+    assert_eq!(r["structuredContent"]["start"], "forked", "{r}");
+}

@@ -194,8 +194,14 @@ fn start_engine(
 ) -> Result<phantom_engine::server::EngineProcess, StartError> {
     use phantom_engine::server::{self, EngineProcess};
     let pools = match config.mode {
-        Mode::Zygote => server::pools_for(&config.profiles, &[], &[], config.pool_size)
-            .map_err(|e| usage(format!("--profiles: {e}")))?,
+        Mode::Zygote => server::pools_for(
+            &config.profiles,
+            &[],
+            &[],
+            config.pool_size,
+            server::POOL_FLOOR,
+        )
+        .map_err(|e| usage(format!("--profiles: {e}")))?,
         Mode::Cold => Vec::new(),
     };
     let engine = EngineProcess::start(server::Config {
@@ -210,7 +216,7 @@ fn start_engine(
         let filled_by = Instant::now() + Duration::from_secs(10);
         while Instant::now() < filled_by {
             match client.pools() {
-                Ok(s) if s.pools.iter().all(|p| p.ready > 0) => break,
+                Ok(s) if s.pools.iter().all(|p| p.serves_warm()) => break,
                 Ok(_) => std::thread::sleep(Duration::from_millis(20)),
                 Err(_) => break,
             }

@@ -132,11 +132,12 @@ impl Supervisor {
             };
             if let Ok(status) = &status {
                 let pools = status["pools"].as_array().unwrap();
-                // A pool served by a zygote keeps no pre-built sandboxes.
-                if pools
-                    .iter()
-                    .all(|p| p["ready"] == p["target"] || p["zygote"] == "ready")
-                {
+                // A pool served by a zygote keeps no pre-built sandboxes; a target
+                // that follows demand may be below what is ready.
+                let full = |p: &Value| {
+                    p["ready"].as_u64() >= p["target"].as_u64() || p["zygote"] == "ready"
+                };
+                if pools.iter().all(full) {
                     return;
                 }
             }

@@ -33,7 +33,7 @@ use phantom_linux::{fdpass, process};
 use phantom_state::State;
 use rustix::event::{poll, PollFd, PollFlags};
 
-pub use pool::{pools_for, PoolSpec};
+pub use pool::{pools_for, PoolSpec, POOL_FLOOR};
 
 pub use crate::pressure;
 
@@ -676,6 +676,7 @@ impl Engine {
             }
             match why {
                 None => {
+                    pool.demand.built(sandbox.started.elapsed());
                     pool.ready.push_back(sandbox);
                     pool.failing = 0;
                     pool.readied.push_back(Instant::now());

@@ -34,6 +34,8 @@ pub struct PoolSpec {
     /// Serve it by forks of a zygote even though its runtime is not Python (python3
     /// must be in its root): `phantom-supervisor --zygote PROFILE`.
     pub zygote: bool,
+    /// The fewest sandboxes it keeps ready whatever the demand (at most `size`).
+    pub floor: usize,
 }
 
 impl PoolSpec {
@@ -54,6 +56,7 @@ impl PoolSpec {
             image: image.map(str::to_string),
             size,
             zygote: false,
+            floor: POOL_FLOOR,
         })
     }
 }
@@ -84,7 +87,12 @@ pub(crate) struct Pool {
     /// the same key is served by it whatever its limits.
     pub build_key: String,
     pub base: PayloadBase,
+    /// The most sandboxes it keeps ready (`--zygote-pools`, `performance.pool_size`);
+    /// how many it wants now follows demand ([`Demand`]).
     pub target: usize,
+    pub demand: Demand,
+    /// The fewest it keeps ready (`--pool-floor`).
+    pub floor: usize,
     pub ready: VecDeque<Spawned>,
     pub starting: Vec<Spawned>,
     pub hits: u64,
@@ -141,6 +149,7 @@ impl Pool {
             None => None,
         };
         let mut pool = Pool::with_plan(&spec.profile, image, plan, spec.size);
+        pool.floor = spec.floor.min(spec.size);
         if spec.zygote && pool.fork.is_none() {
             pool.fork = Some(Pool::can_fork(&pool.plan));
         }
@@ -166,6 +175,8 @@ impl Pool {
             base,
             plan,
             target,
+            demand: Demand::new(target, Instant::now()),
+            floor: POOL_FLOOR,
             ready: VecDeque::new(),
             starting: Vec::new(),
             hits: 0,
@@ -332,9 +343,10 @@ impl Pool {
             return false;
         }
         let have = self.have();
+        let target = self.demand.want(now, self.floor, self.target);
         let room = match load {
-            Load::Idle => have < self.target,
-            Load::Busy => have * 2 < self.target,
+            Load::Idle => have < target,
+            Load::Busy => have * 2 < target,
             Load::Saturated => false,
         };
         room && self.backoff_until.is_none_or(|t| now >= t)
@@ -383,6 +395,82 @@ impl Pool {
             "pool {name} was built on an earlier import of image `{}` ({before}, now {now}); its sandboxes were dropped and it refills",
             want.name
         ))
+    }
+}
+
+/// How many sandboxes a pool keeps ready, from demand: an exponentially weighted
+/// average of the runs that asked for the pool per second (one sample a second,
+/// half-life [`HALF_LIFE_S`]) times the time a sandbox takes to build, doubled for
+/// bursts — between [`POOL_FLOOR`] and the pool's ceiling. A new pool starts
+/// at its ceiling (ready for a first burst) and shrinks while nobody asks; memory
+/// pressure pauses refills altogether (`--psi-aware`, said in the log and in
+/// `phantom pool status`).
+#[derive(Debug, Clone)]
+pub(crate) struct Demand {
+    /// Runs per second as of `window`'s start.
+    rate: f64,
+    /// Runs that arrived since `window` began (a second not yet folded in).
+    arrivals: u32,
+    window: Instant,
+    /// Seconds a sandbox takes from spawn to ready, averaged.
+    build_s: f64,
+}
+
+/// Half-life of the arrival rate, in seconds.
+pub(crate) const HALF_LIFE_S: f64 = 10.0;
+/// The fewest sandboxes a pool keeps ready, idle or not.
+pub const POOL_FLOOR: usize = 1;
+/// What a build is assumed to take before one was seen.
+const FIRST_BUILD_S: f64 = 0.01;
+
+impl Demand {
+    /// A pool's demand at start: as if it were asked for at the rate that fills it to
+    /// `ceiling`.
+    pub(crate) fn new(ceiling: usize, now: Instant) -> Demand {
+        Demand {
+            rate: ceiling as f64 / (2.0 * FIRST_BUILD_S),
+            arrivals: 0,
+            window: now,
+            build_s: FIRST_BUILD_S,
+        }
+    }
+
+    fn alpha() -> f64 {
+        1.0 - 0.5f64.powf(1.0 / HALF_LIFE_S)
+    }
+
+    /// Runs per second at `now`: whole seconds since `window` folded in (the first
+    /// with its arrivals, the rest empty).
+    pub(crate) fn rate_at(&self, now: Instant) -> f64 {
+        let secs = now.saturating_duration_since(self.window).as_secs();
+        if secs == 0 {
+            return self.rate;
+        }
+        let keep = 1.0 - Demand::alpha();
+        let first = Demand::alpha() * f64::from(self.arrivals) + keep * self.rate;
+        first * keep.powi((secs - 1).min(i32::MAX as u64) as i32)
+    }
+
+    /// A run asked for the pool.
+    pub(crate) fn arrive(&mut self, now: Instant) {
+        let secs = now.saturating_duration_since(self.window).as_secs();
+        if secs > 0 {
+            self.rate = self.rate_at(now);
+            self.arrivals = 0;
+            self.window += Duration::from_secs(secs);
+        }
+        self.arrivals += 1;
+    }
+
+    /// A sandbox of the pool took `took` from spawn to ready.
+    pub(crate) fn built(&mut self, took: Duration) {
+        self.build_s = 0.8 * self.build_s + 0.2 * took.as_secs_f64();
+    }
+
+    /// How many sandboxes to keep ready now: at least `floor`, at most `ceiling`.
+    pub(crate) fn want(&self, now: Instant, floor: usize, ceiling: usize) -> usize {
+        let need = (self.rate_at(now) * self.build_s * 2.0).ceil() as usize;
+        need.clamp(floor.min(ceiling), ceiling)
     }
 }
 
@@ -576,7 +664,9 @@ impl Pools {
                         profile: p.profile.clone(),
                         image: p.image.as_ref().map(|i| i.name.clone()),
                         image_root_id: p.image.as_ref().map(|i| i.root_id.clone()),
-                        target: p.target,
+                        target: p.demand.want(now, p.floor, p.target),
+                        ceiling: p.target,
+                        arrivals_per_second: p.demand.rate_at(now),
                         ready: p.ready.len(),
                         starting: p.starting.len(),
                         active: active(i),
@@ -698,6 +788,7 @@ pub fn pools_for(
     pools: &[String],
     zygotes: &[String],
     default_size: usize,
+    floor: usize,
 ) -> Result<Vec<PoolSpec>, EngineError> {
     let mut specs: Vec<PoolSpec> = profiles
         .iter()
@@ -707,10 +798,14 @@ pub fn pools_for(
             image: None,
             size: default_size,
             zygote: false,
+            floor,
         })
         .collect();
     for spec in pools {
-        specs.push(PoolSpec::parse(spec, default_size)?);
+        specs.push(PoolSpec {
+            floor,
+            ..PoolSpec::parse(spec, default_size)?
+        });
     }
     if specs.is_empty() {
         for name in phantom_policy::builtin_names() {
@@ -720,6 +815,7 @@ pub fn pools_for(
                     image: None,
                     size: default_size,
                     zygote: false,
+                    floor,
                 });
             }
         }
@@ -740,6 +836,7 @@ pub fn pools_for(
             profile,
             image,
             size,
+            floor,
         })
         .collect())
 }
@@ -852,6 +949,41 @@ mod tests {
     }
 
     #[test]
+    fn demand_follows_the_arrival_rate_between_the_floor_and_the_ceiling() {
+        let t0 = Instant::now();
+        let mut d = Demand::new(8, t0);
+        assert_eq!(d.want(t0, POOL_FLOOR, 8), 8, "a new pool starts full");
+        // Nobody asks for two minutes: down to the floor.
+        assert_eq!(
+            d.want(t0 + Duration::from_secs(120), POOL_FLOOR, 8),
+            POOL_FLOOR
+        );
+        // 100 runs a second, each sandbox taking 20 ms to build: two in the making at
+        // any time, doubled for bursts.
+        for _ in 0..10 {
+            d.built(Duration::from_millis(20));
+        }
+        let mut now = t0 + Duration::from_secs(120);
+        for _ in 0..90 {
+            for i in 0..100 {
+                d.arrive(now + Duration::from_millis(i * 10));
+            }
+            now += Duration::from_secs(1);
+        }
+        let rate = d.rate_at(now);
+        assert!((95.0..=105.0).contains(&rate), "{rate}");
+        let want = d.want(now, POOL_FLOOR, 8);
+        assert!((4..=6).contains(&want), "{want} at {rate}/s");
+        // More demand than the ceiling allows: the ceiling.
+        assert_eq!(d.want(now, POOL_FLOOR, 3), 3);
+        // --pool-floor: never fewer than asked, even idle.
+        assert_eq!(d.want(now + Duration::from_secs(600), 4, 8), 4);
+        // And it decays again: one half-life halves the rate.
+        let later = d.rate_at(now + Duration::from_secs(HALF_LIFE_S as u64 + 1));
+        assert!((later - rate / 2.0).abs() < rate * 0.1, "{later} vs {rate}");
+    }
+
+    #[test]
     fn repeated_failures_back_off() {
         let mut fake = FakePressure { samples: vec![] };
         let mut sup = pools(None);
@@ -873,6 +1005,7 @@ mod tests {
             &strings(&["default:alpine", "default", "minimal:python:3.12-slim"]),
             &strings(&["minimal"]),
             3,
+            POOL_FLOOR,
         )
         .unwrap();
         let shown: Vec<String> = pools.iter().map(|p| format!("{p} x{}", p.size)).collect();
@@ -896,12 +1029,12 @@ mod tests {
         assert_eq!(pools[3].image.as_deref(), Some("python:3.12-slim"));
 
         for bad in [":alpine", "default:", ""] {
-            let e = pools_for(&[], &strings(&[bad]), &[], 1).unwrap_err();
+            let e = pools_for(&[], &strings(&[bad]), &[], 1, POOL_FLOOR).unwrap_err();
             assert!(e.to_string().contains("PROFILE:IMAGE"), "{bad:?}: {e}");
         }
-        assert!(pools_for(&[], &strings(&["nope:alpine"]), &[], 1).is_err());
+        assert!(pools_for(&[], &strings(&["nope:alpine"]), &[], 1, POOL_FLOOR).is_err());
         // Neither flag: the built-in profiles that ask for a pool, on the host root.
-        let defaults = pools_for(&[], &[], &[], 2).unwrap();
+        let defaults = pools_for(&[], &[], &[], 2, POOL_FLOOR).unwrap();
         assert!(!defaults.is_empty());
         assert!(defaults.iter().all(|p| p.image.is_none()));
     }

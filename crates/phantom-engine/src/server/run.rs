@@ -355,6 +355,8 @@ impl Engine {
             ));
         };
         let pool = &mut pools[p];
+        // Asked for: its size follows how often (served or not).
+        pool.demand.arrive(std::time::Instant::now());
         if let Some(reason) = prepared.image.as_ref().and_then(|i| pool.check_image(i)) {
             return Err(reason);
         }
