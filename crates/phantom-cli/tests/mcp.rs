@@ -333,4 +333,11 @@ fn an_mcp_server_whose_python_pool_is_a_zygote_answers_at_once() {
     );
     assert_eq!(r["structuredContent"]["stdout"], "42\n", "{r}");
     assert_eq!(r["structuredContent"]["start"], "forked", "{r}");
+    assert!(server.finish().success());
+    assert!(
+        scratch_dirs(&tmp).is_empty(),
+        "scratch left: {:?}",
+        scratch_dirs(&tmp)
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
 }
