@@ -446,3 +446,135 @@ fn a_reimported_image_makes_its_pool_stale_and_it_refills_on_the_new_root() {
     assert_eq!(status["stale"], 4, "{status}");
     assert_eq!(status["image_root_id"], second_root.as_str(), "{status}");
 }
+
+/// The files of an image holding the host's python3 with just the modules a zygote and
+/// a `print` need (what the interpreter loads for them, with their cached bytecode and
+/// extension modules), the libraries all of them link, and libphantom_zygote.so's.
+fn python_image_entries() -> Vec<common::image::Entry> {
+    let list = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import ctypes, gc, importlib, json, signal, socket, types, traceback, atexit, resource, runpy, sys, importlib.util as u\n\
+             for m in list(sys.modules.values()):\n\
+             \x20   f = getattr(m, '__file__', None)\n\
+             \x20   if f:\n\
+             \x20       print(f)\n\
+             \x20       if f.endswith('.py'):\n\
+             \x20           print(u.cache_from_source(f))\n\
+             import encodings, os\n\
+             d = os.path.dirname(encodings.__file__)\n\
+             [print(os.path.join(r, n)) for r, _, ns in os.walk(d) for n in ns]",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let mut files: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|f| std::path::Path::new(f).is_file())
+        .collect();
+    files.push("/usr/bin/python3.11".into());
+    let zygote_lib = common::phantom_bin().with_file_name("libphantom_zygote.so");
+    let mut linked: Vec<String> = [
+        "/usr/bin/python3.11".to_string(),
+        zygote_lib.display().to_string(),
+    ]
+    .iter()
+    .chain(files.iter().filter(|f| f.ends_with(".so")))
+    .flat_map(|f| linked_libraries(f))
+    .collect();
+    files.append(&mut linked);
+    files.sort();
+    files.dedup();
+    let mut entries: Vec<common::image::Entry> = files
+        .iter()
+        .map(|f| {
+            let data = std::fs::read(f).unwrap_or_else(|e| panic!("read {f}: {e}"));
+            file(f.trim_start_matches('/'), &data, 0o755)
+        })
+        .collect();
+    entries.push(common::image::symlink("usr/bin/python3", "python3.11"));
+    entries.push(file("etc/os-release", b"ID=phantom-python-image\n", 0o644));
+    entries
+}
+
+/// The libraries `ldd` lists for `object` (none for an extension module that links
+/// nothing beyond the interpreter).
+fn linked_libraries(object: &str) -> Vec<String> {
+    let out = std::process::Command::new("ldd")
+        .arg(object)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        })
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A Python profile's pool on an image is a zygote made of the image's own python3:
+/// runs on the image are forked from it, see the image's root, and go on in the
+/// interpreter.
+#[test]
+fn a_python_pool_on_an_image_forks_runs_from_the_images_interpreter() {
+    if !sandbox_available() || !std::path::Path::new("/usr/bin/python3.11").exists() {
+        return;
+    }
+    let state = State::new("python-image");
+    state.import_entries(
+        "pyimg",
+        json!({"Env": ["PATH=/usr/bin:/bin", "LANG=C.UTF-8"]}),
+        &python_image_entries(),
+    );
+    // greeter has no python3: its python-dev pool says so and keeps pre-built sandboxes.
+    state.import_greeter();
+    let sup = supervisor(&state, &["python-dev:pyimg", "python-dev:greeter"], 1);
+    let status = pool(&sup, "python-dev:pyimg");
+    assert_eq!(status["zygote"], "ready", "{status}\n{}", sup.log());
+    let without = pool(&sup, "python-dev:greeter");
+    assert!(
+        without["zygote"]
+            .as_str()
+            .is_some_and(|z| z.starts_with("none: interpreter: a zygote needs python3")),
+        "{without}\n{}",
+        sup.log()
+    );
+    let out = sup.phantom(&[
+        "run",
+        "--json",
+        "--profile",
+        "python-dev",
+        "--image",
+        "greeter",
+    ]);
+    let (report, what) = started(&out, &sup);
+    assert_eq!(report["start"], "warm", "{what}");
+    let out = sup.phantom(&[
+        "run",
+        "--json",
+        "--profile",
+        "python-dev",
+        "--image",
+        "pyimg",
+        "--",
+        "python3",
+        "-c",
+        "print(open('/etc/os-release').read().strip())",
+    ]);
+    let (report, what) = started(&out, &sup);
+    assert_eq!(report["start"], "forked", "{what}");
+    assert_eq!(report["stdout"], "ID=phantom-python-image\n", "{what}");
+    let status = pool(&sup, "python-dev:pyimg");
+    assert_eq!(
+        status["prewarmed_hits"], 1,
+        "went on in the interpreter: {status}"
+    );
+}

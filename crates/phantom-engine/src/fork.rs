@@ -160,7 +160,7 @@ impl ZygoteStart {
         let python3 = CString::new("python3").expect("static");
         let Some(program) = init::resolve(&python3, &self.path_var) else {
             return format!(
-                "a zygote needs python3, which is not in the sandbox (PATH={})",
+                "interpreter: a zygote needs python3, which is not in this root (PATH={})",
                 self.path_var
             );
         };

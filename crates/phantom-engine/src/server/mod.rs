@@ -650,7 +650,11 @@ impl Engine {
                     }
                     // A module that does not import never will: the pool goes back to
                     // pre-built sandboxes and says why in `phantom pool status`.
-                    Some(why) if why.starts_with("preload:") || why.starts_with("library:") => {
+                    Some(why)
+                        if ["preload:", "library:", "interpreter:"]
+                            .iter()
+                            .any(|p| why.starts_with(p)) =>
+                    {
                         log(format_args!("pool {}: zygote failed: {why}; the pool keeps pre-built sandboxes instead", pool.name()));
                         pool.fork = Some(Err(why));
                         sandbox.kill();

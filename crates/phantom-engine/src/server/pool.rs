@@ -167,7 +167,8 @@ impl Pool {
         // A pre-started interpreter is the host root's python3, started with the plan's
         // environment; on an image each run starts the image's own (not pre-started).
         base.prewarm_python &= image.is_none();
-        let fork = base.prewarm_python.then(|| Pool::can_fork(&plan));
+        // A zygote runs the root's own python3: the host's, or the image's.
+        let fork = plan.prewarm.is_some().then(|| Pool::can_fork(&plan));
         Pool {
             profile: profile.to_string(),
             image,
@@ -249,8 +250,13 @@ impl Pool {
             "fork".into(),
         ];
         argv.extend(self.plan.preload.iter().cloned());
-        // Preloaded libraries must not start threads: a threaded zygote is never forked.
-        let mut env = self.base.env.clone();
+        // As a run on the image gets it (its Env over the plan's): the interpreter starts
+        // with the environment its runs will have. Preloaded libraries must not start
+        // threads: a threaded zygote is never forked.
+        let mut env = match &self.image {
+            Some(image) => crate::spawn::payload_env(&self.base.env, None, &image.env),
+            None => self.base.env.clone(),
+        };
         for var in ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
             crate::spawn::set_var(&mut env, var, "1");
         }
