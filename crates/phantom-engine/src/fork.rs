@@ -48,6 +48,39 @@ const PLAN_FD: RawFd = 5;
 /// The largest request spec a zygote's child reads.
 const SPEC_MAX: usize = 16 << 20;
 
+/// Network namespaces a zygote makes ahead, while no request waits: a new one costs
+/// about a millisecond, more than anything else in a fork.
+const SPARE_NETWORKS: usize = 2;
+
+/// Fresh network namespaces, made by the zygote between requests (each used by one
+/// run at most). The zygote makes one by moving itself into it (unshare); so the one
+/// it sits in is never handed out, only those it left.
+struct SpareNetworks {
+    ready: std::collections::VecDeque<OwnedFd>,
+    /// The namespace the zygote is in now.
+    current: Option<OwnedFd>,
+}
+
+impl SpareNetworks {
+    fn own() -> Result<OwnedFd, phantom_linux::SysError> {
+        std::fs::File::open("/proc/self/ns/net")
+            .map(OwnedFd::from)
+            .map_err(|e| phantom_linux::SysError::new("open", "/proc/self/ns/net", e))
+    }
+
+    /// Make one more: leave the current namespace for a new one, and keep the one left.
+    fn make(&mut self) -> Result<(), phantom_linux::SysError> {
+        let left = match self.current.take() {
+            Some(fd) => fd,
+            None => SpareNetworks::own()?,
+        };
+        process::unshare_network_namespace()?;
+        self.current = Some(SpareNetworks::own()?);
+        self.ready.push_back(left);
+        Ok(())
+    }
+}
+
 /// Where the zygote library is: `$PHANTOM_ZYGOTE_LIB`, else next to the running
 /// binary, else in `../lib/phantom/` from it (an installed prefix).
 pub(crate) fn library() -> Result<PathBuf, String> {
@@ -249,15 +282,21 @@ pub fn serve(hooks: PythonHooks) -> i32 {
     if tell(&chan, &FromInit::Ready).is_err() {
         return SERVE_STOPPED;
     }
-    let ns = Namespaces {
-        pid: true,
-        mount: true,
-        ipc: true,
-        uts: true,
-        net: plan.network != NetworkMode::Host,
-        ..Namespaces::default()
+    let own_network = plan.network != NetworkMode::Host;
+    let mut spares = SpareNetworks {
+        ready: Default::default(),
+        current: None,
     };
     loop {
+        // Ahead of the next request, while none waits.
+        while own_network
+            && spares.ready.len() < SPARE_NETWORKS
+            && !channel::readable(chan.as_fd(), std::time::Duration::ZERO)
+        {
+            if spares.make().is_err() {
+                break;
+            }
+        }
         let (message, fds) =
             match channel::recv::<ToInit>(chan.as_fd(), 4096, fdpass::MAX_FDS, "engine") {
                 Ok(m) => m,
@@ -282,13 +321,29 @@ pub fn serve(hooks: PythonHooks) -> i32 {
             let _ = tell(&chan, &FromInit::SetupFailed { message });
             return SERVE_FAILED;
         }
+        // A spare network namespace if one is ready, else a new one with the clone.
+        let network = if own_network {
+            spares.ready.pop_front()
+        } else {
+            None
+        };
+        let ns = Namespaces {
+            pid: true,
+            mount: true,
+            ipc: true,
+            uts: true,
+            net: own_network && network.is_none(),
+            ..Namespaces::default()
+        };
         PythonHooks::call(hooks.before);
         // clone_child refuses a multi-threaded process: a preloaded module that
         // started a thread makes the zygote stop, loudly, instead of forking it.
         match process::clone_child(ns, None) {
             Ok(process::Forked::Child) => {
                 PythonHooks::call(hooks.after_child);
-                return child(&plan, &interpreter, &startup_env, chan, fds);
+                // The zygote's other spares are not this run's.
+                drop(spares);
+                return child(&plan, &interpreter, &startup_env, chan, network, fds);
             }
             Ok(process::Forked::Parent { .. }) => {
                 // The child is reaped by the kernel (SIGCHLD is ignored here); our
@@ -319,6 +374,7 @@ fn child(
     interpreter: &Path,
     startup_env: &[(String, String)],
     zygote_chan: OwnedFd,
+    network: Option<OwnedFd>,
     mut fds: Vec<OwnedFd>,
 ) -> i32 {
     // Nothing of the zygote's channel reaches the run.
@@ -363,6 +419,12 @@ fn child(
         fail(e.to_string())
     }
     drop(pidfd);
+    // The spare network namespace the zygote made for it, unused by anyone.
+    if let Some(net) = network {
+        if let Err(e) = process::enter_network_namespace(net.as_fd()) {
+            fail(e.to_string())
+        }
+    }
     // Into the run's cgroup before anything runs that its limits must cover; the
     // files were opened by the engine, whose credentials the kernel checks.
     if let Err(e) = cgroup::join_self(&cgroups) {

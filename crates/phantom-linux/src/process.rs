@@ -462,6 +462,20 @@ pub fn unshare_cgroup_namespace() -> SysResult<()> {
     check(ret as _, "unshare", || "CLONE_NEWCGROUP".into()).map(|_| ())
 }
 
+/// Move into a new network namespace (only `lo`, down).
+pub fn unshare_network_namespace() -> SysResult<()> {
+    // SAFETY: unshare takes an integer flag set.
+    let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    check(ret as _, "unshare", || "CLONE_NEWNET".into()).map(|_| ())
+}
+
+/// Enter the network namespace `fd` refers to (a `/proc/PID/ns/net` handle).
+pub fn enter_network_namespace(fd: BorrowedFd<'_>) -> SysResult<()> {
+    // SAFETY: setns takes an fd we borrow and an integer flag.
+    let ret = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+    check(ret as _, "setns", || "CLONE_NEWNET".into()).map(|_| ())
+}
+
 /// Real uid and gid of the caller.
 pub fn ids() -> (u32, u32) {
     // SAFETY: getuid/getgid cannot fail.
