@@ -232,21 +232,7 @@ pub(crate) fn spawn_on(
     let layout = Layout::cached();
     let run_dir = RunDir::create(&sandbox_id, workspace, layout)?;
     trace.step("run directory and workspace");
-    let limits = cgroup::Limits {
-        memory_bytes: plan.limits.memory_bytes,
-        cpu_millis: plan.limits.cpu_millis,
-        pids: plan.limits.pids,
-    };
-    let cgroup = match SandboxCgroup::create(layout, &sandbox_id, limits) {
-        Ok(cg) => Some(cg),
-        Err(e) => {
-            warnings.push(format!(
-                "no cgroup limits ({e}; phantom needs root to create cgroups): memory is limited by RLIMIT_DATA and processes by RLIMIT_NPROC instead, CPU not at all"
-            ));
-            None
-        }
-    };
-    let guard = CgroupGuard(cgroup);
+    let guard = sandbox_cgroup(plan, &sandbox_id, warnings);
     trace.step("cgroup created");
     let isolated = plan.mode != Mode::Direct;
     let (host_uid, host_gid) = if isolated {
@@ -483,6 +469,25 @@ impl Spawned {
             network,
         })
     }
+}
+
+/// The cgroup of sandbox `id` with `plan`'s limits, or none (and a warning saying what
+/// stands in for it) where this engine cannot make one.
+pub(crate) fn sandbox_cgroup(plan: &Plan, id: &str, warnings: &mut Vec<String>) -> CgroupGuard {
+    let limits = cgroup::Limits {
+        memory_bytes: plan.limits.memory_bytes,
+        cpu_millis: plan.limits.cpu_millis,
+        pids: plan.limits.pids,
+    };
+    CgroupGuard(match SandboxCgroup::create(Layout::cached(), id, limits) {
+        Ok(cg) => Some(cg),
+        Err(e) => {
+            warnings.push(format!(
+                "no cgroup limits ({e}; phantom needs root to create cgroups): memory is limited by RLIMIT_DATA and processes by RLIMIT_NPROC instead, CPU not at all"
+            ));
+            None
+        }
+    })
 }
 
 /// A payload's environment: the plan's `base`, the client's TERM, then `over` in

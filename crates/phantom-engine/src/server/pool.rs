@@ -120,6 +120,47 @@ pub(crate) struct Pool {
     /// Runs forked from its zygotes, and when (last minute).
     pub forks: u64,
     pub forked: VecDeque<Instant>,
+    /// What its next forked runs need from the host, made while the engine idles.
+    pub slots: Vec<RunSlot>,
+}
+
+/// What a forked run needs from the host, made ahead of it: its id, its run directory
+/// (the lock that lets a later engine collect what a killed one left), its cgroup with
+/// the pool's limits, and the files its init writes itself into.
+pub(crate) struct RunSlot {
+    pub sandbox_id: String,
+    pub run_dir: crate::workspace::RunDir,
+    pub cgroup: crate::spawn::CgroupGuard,
+    pub joins: Vec<OwnedFd>,
+    pub warnings: Vec<String>,
+}
+
+/// Run slots a pool with a zygote keeps made.
+const RUN_SLOTS: usize = 2;
+
+impl RunSlot {
+    pub(crate) fn make(plan: &Plan) -> Result<RunSlot, EngineError> {
+        let sandbox_id = phantom_state::ids::new_sandbox_id();
+        let run_dir = crate::workspace::RunDir::create_bare(
+            &sandbox_id,
+            phantom_linux::cgroup::Layout::cached(),
+        )?;
+        let mut warnings = Vec::new();
+        let cgroup = crate::spawn::sandbox_cgroup(plan, &sandbox_id, &mut warnings);
+        let joins = match &cgroup.0 {
+            Some(cg) => cg
+                .join_files()
+                .map_err(|e| EngineError::Setup(e.to_string()))?,
+            None => Vec::new(),
+        };
+        Ok(RunSlot {
+            sandbox_id,
+            run_dir,
+            cgroup,
+            joins,
+            warnings,
+        })
+    }
 }
 
 impl Pool {
@@ -196,6 +237,7 @@ impl Pool {
             preloaded: Vec::new(),
             forks: 0,
             forked: VecDeque::new(),
+            slots: Vec::new(),
         }
     }
 
@@ -327,6 +369,7 @@ impl Pool {
             .collect();
         let n = sandboxes.len();
         self.zygote_starting = None;
+        self.slots.clear();
         for s in sandboxes.into_iter().chain(self.zygote.take()) {
             s.kill();
             let _ = s.finish(SandboxStatus::default(), &mut Trace::new(Instant::now()));
@@ -578,6 +621,20 @@ impl Pools {
                 }
             }
         }
+        // The next forked runs' cgroups and run directories, while a core is free.
+        let mut slots_due = false;
+        for pool in &mut self.pools {
+            if pool.zygote.is_some() && load != Load::Saturated && pool.slots.len() < RUN_SLOTS {
+                match RunSlot::make(&pool.plan) {
+                    Ok(slot) => pool.slots.push(slot),
+                    Err(e) => log(format_args!(
+                        "pool {}: cannot prepare a run: {e}",
+                        pool.name()
+                    )),
+                }
+                slots_due |= pool.slots.len() < RUN_SLOTS;
+            }
+        }
         let due = self
             .pools
             .iter()
@@ -585,7 +642,7 @@ impl Pools {
             .filter(|(_, p)| p.wants(load, now))
             .min_by_key(|(_, p)| p.have())
             .map(|(i, _)| i);
-        let Some(p) = due else { return false };
+        let Some(p) = due else { return slots_due };
         if let Some(thresholds) = self.thresholds {
             if self
                 .sampled_at

@@ -14,15 +14,14 @@ use phantom_api::{IsolationReport, NetworkReport, RunReport};
 use phantom_egress::{ProxyConfig, ProxyHelper};
 use phantom_linux::cgroup;
 use phantom_linux::process::{self, ExitStatus, Usage};
-use phantom_policy::{Mode, NetworkMode};
+use phantom_policy::{Mode, NetworkMode, Plan};
 
-use super::pool::idmapped_workspace;
+use super::pool::{idmapped_workspace, RunSlot};
 use super::{log, reply, Engine, Slot};
 use crate::channel::{self, FromInit, RunSpec, ToInit};
 use crate::init::ChildPayload;
 use crate::prepare::{self, api_mode, payload_context, Ask, Policy, Prepared};
 use crate::spawn::{ms, payload_env, spawn_on, CgroupGuard, SandboxStatus, Spawned, Trace};
-use crate::workspace::RunDir;
 use crate::EngineError;
 use phantom_linux::fdpass;
 
@@ -405,27 +404,10 @@ impl Engine {
         };
         // The run's wall time starts now, not when the sandbox was made.
         sandbox.started = Instant::now();
-        let limits = cgroup::Limits {
-            memory_bytes: plan.limits.memory_bytes,
-            cpu_millis: plan.limits.cpu_millis,
-            pids: plan.limits.pids,
-        };
         let no_cgroup = sandbox.cgroup.0.is_none();
-        // The pooled sandbox's cgroup holds its pool's limits already: written again
-        // only when the run asks for others (nine file writes saved on most runs).
-        let pool_limits = &self.pools.pools[p].plan.limits;
-        let same = (
-            pool_limits.memory_bytes,
-            pool_limits.cpu_millis,
-            pool_limits.pids,
-        ) == (limits.memory_bytes, limits.cpu_millis, limits.pids);
-        if let Some(cg) = sandbox.cgroup.0.as_ref().filter(|_| !same) {
-            if let Err(e) = cg.set_limits(limits) {
-                return fail(
-                    sandbox,
-                    EngineError::Setup(format!("cannot set limits: {e}")),
-                );
-            }
+        let pool_plan = &self.pools.pools[p].plan;
+        if let Err(e) = run_limits(&sandbox.cgroup, pool_plan, plan) {
+            return fail(sandbox, e);
         }
         let workspace_fd = match &prepared.workspace {
             None => None,
@@ -476,31 +458,19 @@ impl Engine {
         let plan = prepared.plan();
         let pool = &mut self.pools.pools[p];
         let zygote = pool.zygote.as_ref().expect("take_pooled saw a zygote");
-        let sandbox_id = phantom_state::ids::new_sandbox_id();
-        let layout = cgroup::Layout::cached();
-        let run_dir = RunDir::create_bare(&sandbox_id, layout)?;
-        let mut warnings = Vec::new();
-        let limits = cgroup::Limits {
-            memory_bytes: plan.limits.memory_bytes,
-            cpu_millis: plan.limits.cpu_millis,
-            pids: plan.limits.pids,
+        // A slot made ahead (cgroup, run directory), else one made now.
+        let slot = match pool.slots.pop() {
+            Some(slot) => slot,
+            None => RunSlot::make(&pool.plan)?,
         };
-        let cg = match cgroup::SandboxCgroup::create(layout, &sandbox_id, limits) {
-            Ok(cg) => Some(cg),
-            Err(e) => {
-                warnings.push(format!(
-                    "no cgroup limits ({e}; phantom needs root to create cgroups): memory is limited by RLIMIT_DATA and processes by RLIMIT_NPROC instead, CPU not at all"
-                ));
-                None
-            }
-        };
-        let cgroup = CgroupGuard(cg);
-        let joins = match &cgroup.0 {
-            Some(cg) => cg
-                .join_files()
-                .map_err(|e| EngineError::Setup(e.to_string()))?,
-            None => Vec::new(),
-        };
+        let RunSlot {
+            sandbox_id,
+            run_dir,
+            cgroup,
+            joins,
+            warnings,
+        } = slot;
+        run_limits(&cgroup, &pool.plan, plan)?;
         let workspace_fd = match &prepared.workspace {
             None => None,
             Some(dir) => Some(idmapped_workspace(dir, zygote.pid).map_err(EngineError::Usage)?),
@@ -566,6 +536,24 @@ impl Engine {
             proxy: None,
             forked: true,
         })
+    }
+}
+
+/// Give a pooled sandbox's (or a run slot's) cgroup, made with `pool`'s limits, the
+/// run's: written only when they differ (nine file writes saved on most runs).
+fn run_limits(cgroup: &CgroupGuard, pool: &Plan, run: &Plan) -> Result<(), EngineError> {
+    let limits = |p: &Plan| cgroup::Limits {
+        memory_bytes: p.limits.memory_bytes,
+        cpu_millis: p.limits.cpu_millis,
+        pids: p.limits.pids,
+    };
+    let key = |l: &cgroup::Limits| (l.memory_bytes, l.cpu_millis, l.pids);
+    let (had, wants) = (limits(pool), limits(run));
+    match &cgroup.0 {
+        Some(cg) if key(&had) != key(&wants) => cg
+            .set_limits(wants)
+            .map_err(|e| EngineError::Setup(format!("cannot set limits: {e}"))),
+        _ => Ok(()),
     }
 }
 
