@@ -650,15 +650,18 @@ fn pool_status_into_a_closed_pipe_ends_quietly() {
         return;
     }
     let sup = Supervisor::start("default", 1);
-    let mut child = Command::new(common::phantom_bin())
+    // The read end is closed before phantom starts: closing it after the spawn raced
+    // with a phantom fast enough to write its table into the pipe's buffer and exit 0.
+    let (read, write) = std::io::pipe().unwrap();
+    drop(read);
+    let child = Command::new(common::phantom_bin())
         .args(["pool", "status"])
         .env("PHANTOM_SUPERVISOR_SOCKET", &sup.socket)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(write)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
