@@ -286,45 +286,66 @@ impl Row {
     }
 }
 
-/// The zygotes' PSS, and the PSS of one `print(1)` fork while it is in flight (a run
-/// that prints, then sleeps long enough to be looked at), from `phantom pool status`.
+/// The zygotes' PSS, and the PSS per `print(1)` fork while 1, 4 and 8 of them are in
+/// flight (runs that print, then sleep long enough to be looked at), from `phantom
+/// pool status`. PSS splits the pages a fork shares with the zygote among all who map
+/// them, so it falls as more forks are in flight; their private pages do not.
 fn fork_memory(client: &EngineClient, sup: &BenchSupervisor) -> serde_json::Value {
     let mut out = serde_json::Map::new();
-    std::thread::scope(|s| {
-        let run = s.spawn(|| {
-            let request = RunRequest {
-                argv: Some(vec![
-                    "python3".into(),
-                    "-c".into(),
-                    "print(1); import time; time.sleep(1.5)".into(),
-                ]),
-                options: RunOptions {
-                    profile: Some("python-dev".into()),
-                    ..RunOptions::default()
-                },
-                ..RunRequest::default()
-            };
-            let io = RunIo {
-                stdin: Stdin::Null,
-                output: Output::capture(),
-                wake: Wake::Nothing,
-                on_started: None,
-            };
-            client.run(Principal::local(), request, false, io)
-        });
-        std::thread::sleep(Duration::from_millis(700));
-        if let Some(status) = sup.status() {
-            for p in &status.pools {
-                out.insert(
-                    format!("{}_zygote_pss_kb", p.profile),
-                    p.zygote_pss_kb.into(),
-                );
-                if p.profile == "python-dev" {
-                    out.insert("pss_kb_per_fork_in_flight".into(), p.pss_kb_per_fork.into());
+    for in_flight in [1usize, 4, 8] {
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..in_flight)
+                .map(|_| {
+                    s.spawn(|| {
+                        let request = RunRequest {
+                            argv: Some(vec![
+                                "python3".into(),
+                                "-c".into(),
+                                "print(1); import time; time.sleep(2)".into(),
+                            ]),
+                            options: RunOptions {
+                                profile: Some("python-dev".into()),
+                                ..RunOptions::default()
+                            },
+                            ..RunRequest::default()
+                        };
+                        let io = RunIo {
+                            stdin: Stdin::Null,
+                            output: Output::capture(),
+                            wake: Wake::Nothing,
+                            on_started: None,
+                        };
+                        client.run(Principal::local(), request, false, io)
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(1200));
+            if let Some(status) = sup.status() {
+                for p in &status.pools {
+                    if p.profile == "python-dev" {
+                        out.insert(
+                            format!("pss_kb_per_fork_{in_flight}_in_flight"),
+                            p.pss_kb_per_fork.into(),
+                        );
+                        out.insert(
+                            format!("python-dev_zygote_pss_kb_{in_flight}_in_flight"),
+                            p.zygote_pss_kb.into(),
+                        );
+                    }
                 }
             }
+            for r in runs {
+                let _ = r.join();
+            }
+        });
+    }
+    if let Some(status) = sup.status() {
+        for p in &status.pools {
+            out.insert(
+                format!("{}_zygote_pss_kb_idle", p.profile),
+                p.zygote_pss_kb.into(),
+            );
         }
-        let _ = run.join();
-    });
+    }
     serde_json::Value::Object(out)
 }

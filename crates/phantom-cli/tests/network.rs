@@ -618,8 +618,21 @@ fn the_proxy_dies_with_a_killed_front_end() {
     }
     let ws = Workspace::new();
     let policy = ws.policy("kill", "profile: kill-test\nnetwork:\n  mode: limited\n");
+    // The helper starts with the first connection to the proxy (a run that never
+    // connects has none): the payload connects, then waits.
+    let connect_and_wait =
+        "import socket, time; s = socket.create_connection(('127.0.0.1', 3128)); time.sleep(30)";
     let mut child = std::process::Command::new(phantom_bin())
-        .args(["run", "--cold", "--policy", &policy, "--", "sleep", "30"])
+        .args([
+            "run",
+            "--cold",
+            "--policy",
+            &policy,
+            "--",
+            "python3",
+            "-c",
+            connect_and_wait,
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -864,5 +877,52 @@ fn a_persistent_limited_sandbox_is_served_by_its_keeper_until_destroyed() {
     assert!(
         gone,
         "phantom:proxy {helper} outlived its destroyed sandbox"
+    );
+}
+
+/// A limited run that never connects pays no proxy helper (a fork of the engine per
+/// run, most runs never using it): the helper starts with the first connection, and
+/// the report still has its network section, with nothing in it.
+#[test]
+fn a_limited_run_that_never_connects_starts_no_proxy_helper() {
+    if !ready() {
+        return;
+    }
+    let ws = Workspace::new();
+    let policy = ws.policy("quiet", "profile: quiet-test\nnetwork:\n  mode: limited\n");
+    let child = std::process::Command::new(phantom_bin())
+        .args([
+            "run", "--cold", "--json", "--policy", &policy, "--", "sleep", "1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let front = child.id();
+    let mut helpers = 0;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(25));
+        helpers += common::descendants(front)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                    .is_ok_and(|c| c.trim() == "phantom:proxy")
+            })
+            .count();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        helpers, 0,
+        "a proxy helper ran for a run that never connected"
+    );
+    let report: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let net = &report["network"];
+    assert_eq!(net["mode"], "limited", "{report}");
+    assert_eq!(
+        (net["allowed"].as_u64(), net["refused"].as_u64()),
+        (Some(0), Some(0)),
+        "{report}"
     );
 }

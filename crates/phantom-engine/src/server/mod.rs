@@ -306,6 +306,8 @@ enum Slot {
     Client,
     /// A keeper's report or its pidfd.
     Report,
+    /// The egress proxy's listening socket inside a run: its first connection waits.
+    Door,
 }
 
 impl Job {

@@ -43,6 +43,12 @@ pub(super) struct RunJob {
     /// network limited, cold: the egress proxy's settings until the init sends its
     /// listening socket.
     proxy: Option<ProxyConfig>,
+    /// network limited: the init's listening socket and the proxy's settings, until a
+    /// first connection waits on it (most runs never connect: they pay no helper).
+    door: Option<(OwnedFd, ProxyConfig)>,
+    /// A door came: the run is limited, and its report has a network section even if
+    /// nothing connected.
+    limited: bool,
     base: ReportBase,
 }
 
@@ -301,6 +307,8 @@ impl Engine {
             status: SandboxStatus::default(),
             replied: false,
             proxy,
+            door: None,
+            limited: false,
             base: ReportBase {
                 sandbox_id: spawned_id,
                 profile: plan.profile.clone(),
@@ -592,6 +600,9 @@ impl RunJob {
         if self.client_open {
             fds.push((self.client.as_fd(), Slot::Client));
         }
+        if let Some((door, _)) = &self.door {
+            fds.push((door.as_fd(), Slot::Door));
+        }
         fds
     }
 
@@ -617,17 +628,11 @@ impl RunJob {
                 ) {
                     Err(_) => self.chan_open = false,
                     Ok((FromInit::Proxy, mut fds)) if fds.len() == 1 && self.proxy.is_some() => {
-                        // The init's listening socket on 127.0.0.1 inside: served from a
-                        // helper in the host's network namespace, forked now (we are
-                        // single-threaded).
+                        // The init's listening socket on 127.0.0.1 inside: watched here
+                        // until a connection waits on it, then served from a helper.
                         let config = self.proxy.take().expect("checked");
-                        match ProxyHelper::start(fds.pop().expect("one fd"), config) {
-                            Ok(helper) => self.spawned.proxy = Some(helper),
-                            Err(e) => {
-                                self.status.setup_error = Some(format!("egress proxy: {e}"));
-                                self.spawned.kill();
-                            }
-                        }
+                        self.door = Some((fds.pop().expect("one fd"), config));
+                        self.limited = true;
                     }
                     Ok((message, _)) => {
                         let was = self.status.prewarmed;
@@ -648,9 +653,30 @@ impl RunJob {
                     }
                 }
             }
+            Slot::Door => {
+                // A first connection: the helper, in the host's network namespace, is
+                // forked now (we are single-threaded) and accepts it from the backlog.
+                if let Some((listener, config)) = self.door.take() {
+                    match ProxyHelper::start(listener, config) {
+                        Ok(helper) => self.spawned.proxy = Some(helper),
+                        Err(e) => {
+                            self.status.setup_error = Some(format!("egress proxy: {e}"));
+                            self.spawned.kill();
+                        }
+                    }
+                }
+            }
             Slot::Exited | Slot::Report => {}
         }
         false
+    }
+
+    /// What its proxy decided so far; a limited run whose proxy never started: nothing.
+    fn network(&self) -> Option<NetworkReport> {
+        match &self.spawned.proxy {
+            Some(helper) => Some(helper.decisions()),
+            None => self.limited.then(phantom_egress::no_connections),
+        }
     }
 
     pub(super) fn on_deadline(&mut self, now: Instant) {
@@ -685,7 +711,7 @@ impl RunJob {
             cg.map_or("none", |c| c.version()),
             // The payload is gone (the init kills what it left before reporting), so
             // what its proxy logged is complete.
-            s.proxy.as_ref().map(ProxyHelper::decisions),
+            self.network(),
         );
         self.replied = true;
         reply(&self.client, &Reply::Finished(Box::new(report)));
@@ -703,11 +729,19 @@ impl RunJob {
             status,
             replied,
             base,
+            limited,
             ..
         } = self;
         let counted = status.prewarmed;
         let answer = !replied && client_open;
-        match spawned.finish(status, &mut Trace::new(Instant::now())) {
+        let finished = spawned.finish(status, &mut Trace::new(Instant::now()));
+        let finished = finished.map(|mut o| {
+            if limited && o.network.is_none() {
+                o.network = Some(phantom_egress::no_connections());
+            }
+            o
+        });
+        match finished {
             Err(e) => {
                 if answer {
                     reply(&client, &Reply::Error(e.to_failure()));

@@ -700,7 +700,7 @@ impl ExecJob {
                     }
                 }
             }
-            Slot::Report => {}
+            Slot::Report | Slot::Door => {}
         }
         false
     }
