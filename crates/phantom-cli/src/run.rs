@@ -218,8 +218,10 @@ pub struct RunArgs {
     /// egress proxy.
     #[arg(long, short = 'v')]
     verbose: bool,
-    /// The command and its arguments.
-    #[arg(last = true, value_name = "CMD")]
+    /// The command and its arguments: after the options, with or without `--`
+    /// (`phantom run python3 -c 'print(1)'`); everything from the command on is its
+    /// own, flags included.
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
@@ -244,7 +246,7 @@ pub fn run(args: RunArgs) -> i32 {
         }
     };
     if args.command.is_empty() && args.image.is_none() {
-        error_line("no command given: give it after `--`, e.g. `phantom run -- python3 main.py`");
+        error_line("no command given: give it after the options, e.g. `phantom run python3 main.py` (or after `--`)");
         return 2;
     }
     let request = RunRequest {

@@ -519,3 +519,23 @@ fn a_reader_that_closes_stdout_early_gets_no_panic() {
         );
     }
 }
+
+/// The seed README's command lines give the command without `--`
+/// (`phantom run --profile python-dev python -c ...`): everything from the command on
+/// is the command's, flags included; `--` still works; a misspelled option before the
+/// command is still an error that suggests the right one.
+#[test]
+fn the_command_may_come_without_a_double_dash() {
+    if !sandbox_available() {
+        return;
+    }
+    let out = phantom(
+        &["run", "sh", "-c", "echo \"$0\" \"$1\"", "--json", "x"],
+        |_| {},
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "--json x\n", "{}", out.describe());
+    let out = phantom(&["run", "--", "sh", "-c", "exit 3"], |_| {});
+    assert_eq!(out.code, Some(3), "{}", out.describe());
+    assert_usage_error(&["run", "--memroy", "1G", "true"], 2, "--memory");
+}
