@@ -114,15 +114,72 @@ enum BenchKind {
 }
 
 #[derive(Serialize, Debug)]
-struct Stats {
-    name: String,
+pub(crate) struct Stats {
+    pub(crate) name: String,
     command: String,
     runs: usize,
     failures: usize,
-    p50_ms: f64,
+    pub(crate) p50_ms: f64,
     p95_ms: f64,
     p99_ms: f64,
     mean_ms: f64,
+}
+
+impl Stats {
+    /// Percentiles and mean of one contender's `samples` (ms).
+    pub(crate) fn of(name: &str, command: String, samples: &[f64], failures: usize) -> Stats {
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        Stats {
+            name: name.to_string(),
+            command,
+            runs: s.len(),
+            failures,
+            p50_ms: percentile(&s, 50.0),
+            p95_ms: percentile(&s, 95.0),
+            p99_ms: percentile(&s, 99.0),
+            mean_ms: if s.is_empty() {
+                f64::NAN
+            } else {
+                s.iter().sum::<f64>() / s.len() as f64
+            },
+        }
+    }
+}
+
+/// Print latency rows as a table, names `width` wide.
+pub(crate) fn print_stats(stats: &[Stats], width: usize) {
+    println!(
+        "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>5}",
+        "contender", "p50 ms", "p95 ms", "p99 ms", "mean ms", "fail"
+    );
+    for s in stats {
+        println!(
+            "{:<width$} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>5}",
+            s.name, s.p50_ms, s.p95_ms, s.p99_ms, s.mean_ms, s.failures
+        );
+    }
+}
+
+/// bwrap's path when `--compare` names it and it is installed; else a note saying so
+/// (`missing`: what the benchmark does without it).
+pub(crate) fn bwrap_peer(
+    args: &BenchArgs,
+    notes: &mut Vec<String>,
+    missing: &str,
+) -> Option<String> {
+    let bwrap = args
+        .compare
+        .iter()
+        .any(|p| p == "bwrap")
+        .then(|| which("bwrap"))
+        .flatten();
+    if bwrap.is_none() {
+        notes.push(format!(
+            "bwrap not installed (apt-get install bubblewrap): {missing}"
+        ));
+    }
+    bwrap
 }
 
 #[derive(Serialize, Debug)]
@@ -599,24 +656,7 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
     }
     let stats: Vec<Stats> = contenders
         .iter()
-        .map(|c| {
-            let mut s = c.samples.clone();
-            s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-            Stats {
-                name: c.name.clone(),
-                command: c.argv.join(" "),
-                runs: s.len(),
-                failures: c.failures,
-                p50_ms: percentile(&s, 50.0),
-                p95_ms: percentile(&s, 95.0),
-                p99_ms: percentile(&s, 99.0),
-                mean_ms: if s.is_empty() {
-                    f64::NAN
-                } else {
-                    s.iter().sum::<f64>() / s.len() as f64
-                },
-            }
-        })
+        .map(|c| Stats::of(&c.name, c.argv.join(" "), &c.samples, c.failures))
         .collect();
     let find = |n: &str| stats.iter().find(|s| s.name == n);
     let pairs: &[(&str, &str)] = match kind {
@@ -661,16 +701,7 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
             "{kind} start, {} iterations per contender, interleaved",
             args.iterations
         );
-        println!(
-            "{:<16} {:>9} {:>9} {:>9} {:>9} {:>5}",
-            "contender", "p50 ms", "p95 ms", "p99 ms", "mean ms", "fail"
-        );
-        for s in &stats {
-            println!(
-                "{:<16} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>5}",
-                s.name, s.p50_ms, s.p95_ms, s.p99_ms, s.mean_ms, s.failures
-            );
-        }
+        print_stats(&stats, 16);
         for r in &ratios {
             println!("ratio {:<32} p50 {:.2}x  p95 {:.2}x", r.what, r.p50, r.p95);
         }
@@ -992,15 +1023,7 @@ fn http_rows(
     concurrency: usize,
     notes: &mut Vec<String>,
 ) -> Vec<serde_json::Value> {
-    let bwrap = args
-        .compare
-        .iter()
-        .any(|p| p == "bwrap")
-        .then(|| which("bwrap"))
-        .flatten();
-    if bwrap.is_none() {
-        notes.push("bwrap not installed (apt-get install bubblewrap): no process-pool peer".into());
-    }
+    let bwrap = bwrap_peer(args, notes, "no process-pool peer");
     let api = |body: &'static str| move || post(port, "/api/v2/run", key, body) == 200;
     let mut rows = Vec::new();
     // `true` through the API and the peer, interleaved in rounds so that noise on the
@@ -1288,16 +1311,6 @@ fn burst(me: &str, sup: &BenchSupervisor, n: usize) -> String {
     )
 }
 
-/// Sum a `Key:  N kB` field of /proc/PID/FILE.
-fn proc_kb(pid: u32, file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Memory per pooled sandbox: a supervisor with `--pool` sandboxes of default and
 /// python-dev; PSS per ready sandbox plus its share of the supervisor.
 fn memory(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
@@ -1326,7 +1339,8 @@ fn memory(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
             .status()
             .ok_or((1, "the supervisor did not answer".to_string()))?;
         let sandboxes: usize = status.pools.iter().map(|p| p.ready).sum();
-        let supervisor_pss = proc_kb(sup.child.id(), "smaps_rollup", "Pss:");
+        let supervisor_pss =
+            phantom_engine::doctor::proc_number(sup.child.id() as i32, "smaps_rollup", "Pss:");
         for p in &status.pools {
             let pss = p.pss_kb_per_ready.unwrap_or(0);
             let share = supervisor_pss / sandboxes.max(1) as u64;

@@ -13,8 +13,8 @@ use phantom_engine::client::{Output, RunIo, Stdin, Wake};
 use phantom_engine::EngineClient;
 
 use crate::bench::{
-    bwrap_argv, current_exe, percentile, print_load_rows, quiet, which, BenchArgs, BenchError,
-    BenchSupervisor, Load,
+    bwrap_argv, bwrap_peer, current_exe, print_load_rows, print_stats, quiet, BenchArgs,
+    BenchError, BenchSupervisor, Load, Stats,
 };
 
 /// One way to run a Python snippet, measured.
@@ -80,38 +80,14 @@ pub(crate) fn zygote(args: &BenchArgs) -> Result<serde_json::Value, BenchError> 
             "pandas is not installed (apt-get install python3-pandas): no pandas rows".into(),
         );
     }
-    let bwrap = args
-        .compare
-        .iter()
-        .any(|p| p == "bwrap")
-        .then(|| which("bwrap"))
-        .flatten();
-    if bwrap.is_none() {
-        notes.push("bwrap not installed (apt-get install bubblewrap): no bwrap rows".into());
-    }
+    let bwrap = bwrap_peer(args, &mut notes, "no bwrap rows");
     let client = EngineClient::at(sup.socket.clone());
     let me_s = me.display().to_string();
     let run_once = |how: &How, code: &str| -> bool {
         match how {
             How::Bare => quiet(&[python.into(), "-c".into(), code.into()], &[]),
             How::Client(profile) => {
-                let request = RunRequest {
-                    argv: Some(vec!["python3".into(), "-c".into(), code.into()]),
-                    options: RunOptions {
-                        profile: Some(profile.to_string()),
-                        ..RunOptions::default()
-                    },
-                    ..RunRequest::default()
-                };
-                let io = RunIo {
-                    stdin: Stdin::Null,
-                    output: Output::capture(),
-                    wake: Wake::Nothing,
-                    on_started: None,
-                };
-                client
-                    .run(Principal::local(), request, false, io)
-                    .is_ok_and(|r| r.exit_code == 0)
+                run_python(&client, profile, code).is_ok_and(|r| r.exit_code == 0)
             }
             How::Cli(profile) => quiet(
                 &[
@@ -159,13 +135,18 @@ pub(crate) fn zygote(args: &BenchArgs) -> Result<serde_json::Value, BenchError> 
             }
         }
     }
-    let latency: Vec<serde_json::Value> = rows.iter_mut().map(Row::stats).collect();
-    let p50 = |name: &str| {
-        latency
-            .iter()
-            .find(|r| r["name"] == name)
-            .and_then(|r| r["p50_ms"].as_f64())
-    };
+    let latency: Vec<Stats> = rows
+        .iter()
+        .map(|r| {
+            Stats::of(
+                &r.name,
+                format!("python3 -c {:?}", r.code),
+                &r.samples,
+                r.failures,
+            )
+        })
+        .collect();
+    let p50 = |name: &str| latency.iter().find(|r| r.name == name).map(|r| r.p50_ms);
     let ratio = |a: &str, b: &str| p50(a).zip(p50(b)).map(|(a, b)| a / b);
     let ratios = serde_json::json!({
         "client_forked_to_bare_print": ratio("client forked print(1)", "bare python print(1)"),
@@ -213,21 +194,7 @@ pub(crate) fn zygote(args: &BenchArgs) -> Result<serde_json::Value, BenchError> 
             "zygote: python3 -c CODE forked from phantom-supervisor's zygotes (python-dev; python-data with pandas preloaded), {} runs per row, interleaved",
             args.iterations
         );
-        println!(
-            "{:<30} {:>9} {:>9} {:>9} {:>9} {:>7}",
-            "run", "p50 ms", "p95 ms", "p99 ms", "mean ms", "errors"
-        );
-        for r in &latency {
-            println!(
-                "{:<30} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
-                r["name"].as_str().unwrap_or(""),
-                r["p50_ms"].as_f64().unwrap_or(f64::NAN),
-                r["p95_ms"].as_f64().unwrap_or(f64::NAN),
-                r["p99_ms"].as_f64().unwrap_or(f64::NAN),
-                r["mean_ms"].as_f64().unwrap_or(f64::NAN),
-                r["failures"].as_u64().unwrap_or(0)
-            );
-        }
+        print_stats(&latency, 30);
         let show = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.3}x"));
         println!(
             "p50 ratios: client forked / bare print {}; phantom run forked / bare print {}; client forked / bare import pandas {}",
@@ -269,21 +236,28 @@ fn row(name: &str, how: How, code: &'static str) -> Row {
     }
 }
 
-impl Row {
-    fn stats(&mut self) -> serde_json::Value {
-        self.samples.sort_by(f64::total_cmp);
-        let s = &self.samples;
-        let mean = s.iter().sum::<f64>() / s.len().max(1) as f64;
-        serde_json::json!({
-            "name": self.name,
-            "runs": s.len() + self.failures,
-            "failures": self.failures,
-            "p50_ms": percentile(s, 50.0),
-            "p95_ms": percentile(s, 95.0),
-            "p99_ms": percentile(s, 99.0),
-            "mean_ms": mean,
-        })
-    }
+/// `python3 -c CODE` on `profile` through the engine client of this process, its
+/// output captured.
+fn run_python(
+    client: &EngineClient,
+    profile: &str,
+    code: &str,
+) -> Result<phantom_api::RunReport, phantom_api::engine::Failure> {
+    let request = RunRequest {
+        argv: Some(vec!["python3".into(), "-c".into(), code.into()]),
+        options: RunOptions {
+            profile: Some(profile.to_string()),
+            ..RunOptions::default()
+        },
+        ..RunRequest::default()
+    };
+    let io = RunIo {
+        stdin: Stdin::Null,
+        output: Output::capture(),
+        wake: Wake::Nothing,
+        on_started: None,
+    };
+    client.run(Principal::local(), request, false, io)
 }
 
 /// The zygotes' PSS, and the PSS per `print(1)` fork while 1, 4 and 8 of them are in
@@ -297,25 +271,7 @@ fn fork_memory(client: &EngineClient, sup: &BenchSupervisor) -> serde_json::Valu
             let runs: Vec<_> = (0..in_flight)
                 .map(|_| {
                     s.spawn(|| {
-                        let request = RunRequest {
-                            argv: Some(vec![
-                                "python3".into(),
-                                "-c".into(),
-                                "print(1); import time; time.sleep(2)".into(),
-                            ]),
-                            options: RunOptions {
-                                profile: Some("python-dev".into()),
-                                ..RunOptions::default()
-                            },
-                            ..RunRequest::default()
-                        };
-                        let io = RunIo {
-                            stdin: Stdin::Null,
-                            output: Output::capture(),
-                            wake: Wake::Nothing,
-                            on_started: None,
-                        };
-                        client.run(Principal::local(), request, false, io)
+                        run_python(client, "python-dev", "print(1); import time; time.sleep(2)")
                     })
                 })
                 .collect();

@@ -82,13 +82,7 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
         .socket
         .clone()
         .unwrap_or_else(phantom_engine::client::socket_path);
-    let pools = match phantom_engine::server::pools_for(
-        &args.profiles,
-        &args.pool,
-        &args.zygote,
-        args.zygote_pools,
-        args.pool_floor,
-    ) {
+    let pools = match args.pools() {
         Ok(p) => p,
         Err(e) => return fail(e),
     };

@@ -110,6 +110,19 @@ pub(crate) struct Args {
     pub(crate) parent_pid: Option<u32>,
 }
 
+impl Args {
+    /// The pools these flags ask for (the same for the engine alone and with --bind).
+    pub(crate) fn pools(&self) -> Result<Vec<server::PoolSpec>, phantom_engine::EngineError> {
+        server::pools_for(
+            &self.profiles,
+            &self.pool,
+            &self.zygote,
+            self.zygote_pools,
+            self.pool_floor,
+        )
+    }
+}
+
 fn main() {
     let args = Args::parse();
     if args.numa_optimize {
@@ -146,13 +159,7 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let pools = match server::pools_for(
-        &args.profiles,
-        &args.pool,
-        &args.zygote,
-        args.zygote_pools,
-        args.pool_floor,
-    ) {
+    let pools = match args.pools() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("phantom-supervisor: error: {e}");

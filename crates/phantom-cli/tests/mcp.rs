@@ -20,6 +20,18 @@ fn alive(pid: u32) -> bool {
 }
 
 /// A fresh TMPDIR for one server, so that its scratch directory can be found.
+/// Stop `server` as a client would (stdin closed), check it removed its scratch
+/// directory, and remove `tmp`.
+fn stop_and_clean(server: Server, tmp: &Path) {
+    assert!(server.finish().success());
+    assert!(
+        scratch_dirs(tmp).is_empty(),
+        "scratch left: {:?}",
+        scratch_dirs(tmp)
+    );
+    std::fs::remove_dir_all(tmp).unwrap();
+}
+
 fn tmpdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("phantom-mcp-it-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -78,13 +90,7 @@ fn run_code_cold_over_stdio_and_nothing_left() {
     // The text copy is the structured content.
     let text: Value = serde_json::from_str(r["content"][0]["text"].as_str().unwrap()).unwrap();
     assert_eq!(&text, sc);
-    assert!(server.finish().success());
-    assert!(
-        scratch_dirs(&tmp).is_empty(),
-        "scratch left: {:?}",
-        scratch_dirs(&tmp)
-    );
-    std::fs::remove_dir_all(&tmp).unwrap();
+    stop_and_clean(server, &tmp);
 }
 
 #[test]
@@ -333,11 +339,5 @@ fn an_mcp_server_whose_python_pool_is_a_zygote_answers_at_once() {
     );
     assert_eq!(r["structuredContent"]["stdout"], "42\n", "{r}");
     assert_eq!(r["structuredContent"]["start"], "forked", "{r}");
-    assert!(server.finish().success());
-    assert!(
-        scratch_dirs(&tmp).is_empty(),
-        "scratch left: {:?}",
-        scratch_dirs(&tmp)
-    );
-    std::fs::remove_dir_all(&tmp).unwrap();
+    stop_and_clean(server, &tmp);
 }

@@ -51,22 +51,7 @@ t = socket.socket(); t.bind(("127.0.0.1", 7777)); t.listen()
 print("ready", flush=True)
 time.sleep(20)
 "#;
-    let mut a = std::process::Command::new(phantom_bin())
-        .args(["run", "--", "python3", "-c", holder])
-        .env("PHANTOM_SUPERVISOR_SOCKET", sup.socket())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(a.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    if line.trim() != "ready" {
-        let mut err = String::new();
-        let _ = a.stderr.as_mut().unwrap().read_to_string(&mut err);
-        panic!("run A did not start: {line:?} {err}\n{}", sup.log());
-    }
+    let mut a = holding_run(&sup, &["run", "--", "python3", "-c", holder]);
     let probe = r#"
 import json, os, socket
 out = {}
@@ -161,33 +146,18 @@ fn the_zygote_never_holds_a_runs_environment() {
     if !sandbox_available() || !std::path::Path::new("/usr/bin/python3").exists() {
         return;
     }
-    if phantom_linux_euid() != 0 {
+    if !common::is_root() {
         common::skip("reading another process's memory needs root");
         return;
     }
     let sup = forking_supervisor();
     let secret = format!("phantom-secret-{}-{}", std::process::id(), common::unique());
     let env = format!("API_TOKEN={secret}");
-    let mut a = std::process::Command::new(phantom_bin())
-        .args([
-            "run",
-            "--env",
-            &env,
-            "--",
-            "python3",
-            "-c",
-            "import time; print('ready', flush=True); time.sleep(20)",
-        ])
-        .env("PHANTOM_SUPERVISOR_SOCKET", sup.socket())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(a.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready", "{}", sup.log());
+    let sleeper = "import time; print('ready', flush=True); time.sleep(20)";
+    let mut a = holding_run(
+        &sup,
+        &["run", "--env", &env, "--", "python3", "-c", sleeper],
+    );
     // The zygote is the supervisor's child running zygote.py in fork mode; the run's
     // init is its child.
     let zygote = sup
@@ -219,13 +189,29 @@ fn the_zygote_never_holds_a_runs_environment() {
     assert!(!in_zygote, "the zygote's memory holds a run's environment");
 }
 
-fn phantom_linux_euid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(u32::MAX)
+/// `phantom ARGS` on `sup`, whose payload prints `ready` and then stays: returned
+/// once it is ready (killed by the caller).
+fn holding_run(sup: &Supervisor, args: &[&str]) -> std::process::Child {
+    let mut child = std::process::Command::new(phantom_bin())
+        .args(args)
+        .env("PHANTOM_SUPERVISOR_SOCKET", sup.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.trim() != "ready" {
+        let mut err = String::new();
+        let _ = child.stderr.as_mut().unwrap().read_to_string(&mut err);
+        panic!(
+            "the holding run did not start: {line:?} {err}\n{}",
+            sup.log()
+        );
+    }
+    child
 }
 
 /// Whether any readable mapping of process `pid` contains `needle`.

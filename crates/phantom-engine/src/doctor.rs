@@ -1,6 +1,9 @@
 //! `phantom doctor`: what this host supports, what phantom will do with it, and what
 //! to change when something is missing.
 
+/// A number field of /proc/PID/FILE, for reports on the host's processes (the
+/// benchmarks' PSS figures).
+pub use phantom_linux::process::proc_number;
 use serde::Serialize;
 
 use phantom_linux::cgroup::{Hierarchy, Layout, CONTROLLERS};

@@ -371,13 +371,19 @@ impl SandboxCgroup {
     /// to join it: `tasks` (v1) or `cgroup.procs` (v2). The kernel checks the opener's
     /// credentials, so a process with other ids (a zygote's child) can join with them.
     pub fn join_files(&self) -> Result<Vec<OwnedFd>, CgroupError> {
+        self.open_join_files(true)
+    }
+
+    /// Open, for writing, `tasks` of every v1 directory, or also `cgroup.procs` of every
+    /// v2 one (`all`).
+    fn open_join_files(&self, all: bool) -> Result<Vec<OwnedFd>, CgroupError> {
         let mut files = Vec::new();
         for (_, dir) in &self.dirs {
-            let path = dir.join(if self.is_v1(dir) {
-                "tasks"
-            } else {
-                "cgroup.procs"
-            });
+            let path = match self.is_v1(dir) {
+                true => dir.join("tasks"),
+                false if all => dir.join("cgroup.procs"),
+                false => continue,
+            };
             let f = fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -395,16 +401,7 @@ impl SandboxCgroup {
     /// for an RCU grace period (several ms) whenever no other writer ran recently. A
     /// single-threaded process writing "0" (itself) to `tasks` skips that lock.
     pub fn v1_task_files(&self) -> Result<Vec<OwnedFd>, CgroupError> {
-        let mut files = Vec::new();
-        for (_, dir) in self.dirs.iter().filter(|(_, d)| self.is_v1(d)) {
-            let path = dir.join("tasks");
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| CgroupError::Write(path.clone(), "open".into(), e))?;
-            files.push(OwnedFd::from(f));
-        }
-        Ok(files)
+        self.open_join_files(false)
     }
 
     /// Whether the kernel OOM-killed a process of this cgroup.

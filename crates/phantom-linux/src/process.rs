@@ -761,6 +761,17 @@ pub fn close_all_except(keep: &[RawFd]) -> SysResult<()> {
     close(next, u32::MAX)
 }
 
+/// A number field of /proc/PID/FILE (`Pss:` of `smaps_rollup` in kB, `ksm_merging_pages`
+/// of `ksm_stat`); 0 when the process or the field is gone.
+pub fn proc_number(pid: i32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Close every fd from `first` up (close_range). For a process that goes on running
 /// without execve (a zygote's child), where close-on-exec would not act.
 pub fn close_from(first: u32) -> SysResult<()> {

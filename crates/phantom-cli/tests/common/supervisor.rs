@@ -131,13 +131,10 @@ impl Supervisor {
                 false => Err("no socket yet".to_string()),
             };
             if let Ok(status) = &status {
-                let pools = status["pools"].as_array().unwrap();
-                // A pool served by a zygote keeps no pre-built sandboxes; a target
-                // that follows demand may be below what is ready.
-                let full = |p: &Value| {
-                    p["ready"].as_u64() >= p["target"].as_u64() || p["zygote"] == "ready"
-                };
-                if pools.iter().all(full) {
+                // The engine's own rule: a target reached, or a ready zygote.
+                let status: phantom_api::engine::PoolStatus =
+                    serde_json::from_value(status.clone()).expect("pool status parses");
+                if status.pools.iter().all(|p| p.is_full()) {
                     return;
                 }
             }

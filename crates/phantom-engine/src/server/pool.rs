@@ -765,7 +765,7 @@ impl Pools {
                         zygote_pss_kb: p
                             .zygote
                             .as_ref()
-                            .map(|z| proc_field(z.pid, "smaps_rollup", "Pss:")),
+                            .map(|z| process::proc_number(z.pid, "smaps_rollup", "Pss:")),
                         pss_kb_per_fork: per_fork,
                     }
                 })
@@ -779,21 +779,11 @@ impl Pools {
     }
 }
 
-/// A number field of /proc/PID/FILE (`Pss:` of smaps_rollup, in KiB), 0 when absent.
-fn proc_field(pid: i32, file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// PSS (KiB) of process `pid` and its descendants.
 fn tree_pss_kb(pid: i32) -> u64 {
     std::iter::once(pid)
         .chain(process::descendants(pid))
-        .map(|p| proc_field(p, "smaps_rollup", "Pss:"))
+        .map(|p| process::proc_number(p, "smaps_rollup", "Pss:"))
         .sum()
 }
 
@@ -804,7 +794,7 @@ fn memory_per_ready(ready: &VecDeque<Spawned>) -> (Option<u64>, u64) {
     for s in ready {
         pss += tree_pss_kb(s.pid);
         for pid in std::iter::once(s.pid).chain(process::descendants(s.pid)) {
-            merged += proc_field(pid, "ksm_stat", "ksm_merging_pages");
+            merged += process::proc_number(pid, "ksm_stat", "ksm_merging_pages");
         }
     }
     (
