@@ -539,3 +539,82 @@ fn the_command_may_come_without_a_double_dash() {
     assert_eq!(out.code, Some(3), "{}", out.describe());
     assert_usage_error(&["run", "--memroy", "1G", "true"], 2, "--memory");
 }
+
+#[test]
+fn a_host_directory_as_stdin_is_refused_and_sockets_are_relayed() {
+    if !sandbox_available() {
+        return;
+    }
+    let run = |stdin: Stdio| {
+        let mut cmd = Command::new(common::phantom_bin());
+        cmd.args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "readlink /proc/self/fd/0; ls /proc/self/fd/0/ && echo LISTED; cat",
+        ]);
+        common::run_with_stdin(cmd, stdin, common::PHANTOM_DEADLINE)
+    };
+    // `phantom run < /`: the payload would hold a handle on the host's root.
+    let out = run(Stdio::from(std::fs::File::open("/").unwrap()));
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("stdin is a directory"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stdout.contains("LISTED"), "{}", out.describe());
+    // A socket (the host's): relayed through a pipe, its bytes arrive.
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    use std::io::Write;
+    ours.write_all(b"through a socket\n").unwrap();
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+    let out = run(Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stdout.starts_with("pipe:["), "{}", out.describe());
+    assert!(
+        out.stdout.ends_with("through a socket\n"),
+        "{}",
+        out.describe()
+    );
+    // A regular file and /dev/null are handed over as they are.
+    let out = run(Stdio::null());
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stdout.starts_with("/dev/null\n"), "{}", out.describe());
+}
+
+#[test]
+fn a_workspace_the_sandbox_cannot_write_is_named_in_a_warning() {
+    if !sandbox_available() {
+        return;
+    }
+    if !common::is_root() {
+        return common::skip("needs root, to give the workspace to another user");
+    }
+    let ws = Workspace::new();
+    let dir = ws.dir.join("theirs");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(61_999), None).unwrap();
+    let arg = dir.display().to_string();
+    let out = phantom(
+        &["run", "--workspace", &arg, "--", "touch", "/workspace/x"],
+        |_| {},
+    );
+    assert_ne!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stderr.contains("phantom: warning: the workspace")
+            && out.stderr.contains("owned by uid 61999")
+            && out.stderr.contains("read-only inside"),
+        "{}",
+        out.describe()
+    );
+    // A workspace the sandbox can write gets no such warning.
+    std::os::unix::fs::chown(&dir, Some(0), None).unwrap();
+    let out = phantom(
+        &["run", "--workspace", &arg, "--", "touch", "/workspace/x"],
+        |_| {},
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(!out.stderr.contains("the workspace"), "{}", out.describe());
+}

@@ -830,3 +830,61 @@ fn another_user_cannot_reach_the_keepers_socket() {
     let out = env.ok(&["exec", "s", "--", "true"]);
     assert_eq!(out.code, Some(0));
 }
+
+#[test]
+fn cp_out_of_a_deep_tree_is_refused_without_a_crash_and_leaves_nothing() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("deep");
+    env.create("d", &[]);
+    // 4,500 nested directories (the depth that overflowed phantom cp's stack), and a
+    // file at the top that the copy reaches before the deep chain.
+    env.ok(&[
+        "exec",
+        "d",
+        "--",
+        "python3",
+        "-c",
+        // (a shell's cd gives up past PATH_MAX; chdir one level at a time does not)
+        "import os\nos.makedirs('/workspace/tree'); os.chdir('/workspace/tree')\n\
+         open('a-top', 'w').write('top')\nfor _ in range(4500): os.mkdir('z'); os.chdir('z')",
+    ]);
+    // Into a new name: refused, and nothing of the half-copied tree is left.
+    let dest = env.host("out");
+    let out = env.run(&["cp", "d:/workspace/tree", &dest.display().to_string()]);
+    refused(&out, "nested more than 256 directories deep");
+    assert!(
+        !dest.exists(),
+        "a half-copied tree was left at {}",
+        dest.display()
+    );
+    // Contents into an existing directory: what it held stays, nothing else is left.
+    let into = env.host("into");
+    fs::create_dir(&into).unwrap();
+    fs::write(into.join("mine"), "kept").unwrap();
+    let out = env.run(&["cp", "d:/workspace/tree/.", &into.display().to_string()]);
+    refused(&out, "nested more than 256 directories deep");
+    let left: Vec<_> = fs::read_dir(&into)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["mine"]);
+    // A tree within the bound still copies.
+    env.ok(&[
+        "exec",
+        "d",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /workspace/ok && cd /workspace/ok && \
+         i=0; while [ $i -lt 200 ]; do mkdir z && cd z || exit 1; i=$((i+1)); done; echo deep > f",
+    ]);
+    let ok = env.host("ok");
+    env.ok(&["cp", "d:/workspace/ok", &ok.display().to_string()]);
+    let mut leaf = ok.clone();
+    for _ in 0..200 {
+        leaf.push("z");
+    }
+    assert_eq!(fs::read_to_string(leaf.join("f")).unwrap(), "deep\n");
+}

@@ -30,8 +30,10 @@ pub use crate::relay::{Output, Stream};
 use crate::relay::{Relay, StdinRelay};
 
 /// Where the supervisor's engine listens: `/run/phantom/supervisor.sock` for root, else
-/// `$XDG_RUNTIME_DIR/phantom/supervisor.sock`, else
-/// `/dev/shm/phantom-<uid>/supervisor.sock`. `PHANTOM_SUPERVISOR_SOCKET` overrides it.
+/// `supervisor.sock` in the user's private directory ([`crate::workspace::state_base`]:
+/// `$XDG_RUNTIME_DIR/phantom`, else `/dev/shm/phantom-<uid>`, or the private directory
+/// beside it when another user squatted that name). `PHANTOM_SUPERVISOR_SOCKET`
+/// overrides it.
 pub fn socket_path() -> PathBuf {
     if let Some(p) = std::env::var_os("PHANTOM_SUPERVISOR_SOCKET") {
         return PathBuf::from(p);
@@ -39,9 +41,11 @@ pub fn socket_path() -> PathBuf {
     if process::euid() == 0 {
         return PathBuf::from("/run/phantom/supervisor.sock");
     }
-    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-        Some(dir) if dir.is_absolute() && dir.is_dir() => dir.join("phantom/supervisor.sock"),
-        _ => PathBuf::from(format!(
+    match crate::workspace::state_base() {
+        Ok(dir) => dir.join("supervisor.sock"),
+        // No private directory can be made: a path nobody listens on (the caller then
+        // starts cold and says why, as with no supervisor).
+        Err(_) => PathBuf::from(format!(
             "/dev/shm/phantom-{}/supervisor.sock",
             process::euid()
         )),
@@ -377,7 +381,7 @@ impl EngineClient {
         let conn = self.connect()?;
         let (mut stdin_relay, stdin_fd) = match &io.stdin {
             Stdin::Inherit => {
-                let (relay, pipe) = StdinRelay::new().map_err(|e| failed(e.to_string()))?;
+                let (relay, pipe) = StdinRelay::new().map_err(|e| e.to_failure())?;
                 let fd = match pipe {
                     Some(pipe) => pipe,
                     None => rustix::io::dup(rustix::stdio::stdin())

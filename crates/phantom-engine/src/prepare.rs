@@ -429,6 +429,9 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
         )));
     }
     let workspace = ask.workspace.map(existing_workspace).transpose()?;
+    if let Some(dir) = workspace.as_deref().filter(|_| isolated) {
+        warnings.extend(unwritable_workspace(dir));
+    }
     let command = {
         let argv = match (&image, ask.exec) {
             (Some(image), false) => image.argv.clone(),
@@ -577,6 +580,38 @@ fn pooling_warning(path: &Path) -> Option<String> {
         format!(
             "{}: phantom-supervisor keeps warm pools of built-in profiles only; a policy file always starts cold",
             keys.join(", ")
+        )
+    })
+}
+
+/// Why the sandbox's user cannot write the caller's workspace `dir`, if it cannot.
+/// Inside, the payload's user is the caller's uid and gid (no supplementary groups,
+/// no capability over host files): a directory that another user owns is silently
+/// read-only there, which a run should say rather than fail with a bare EACCES.
+fn unwritable_workspace(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    let (uid, gid) = (
+        phantom_linux::process::euid(),
+        rustix::process::getegid().as_raw(),
+    );
+    let mode = meta.mode();
+    let writable = (meta.uid() == uid && mode & 0o200 != 0)
+        || (meta.uid() != uid && meta.gid() == gid && mode & 0o020 != 0)
+        || (meta.uid() != uid && meta.gid() != gid && mode & 0o002 != 0);
+    (!writable).then(|| {
+        let (whose, fix) = if meta.uid() == uid {
+            ("yours but not writable".to_string(), "chmod u+w it".to_string())
+        } else {
+            (
+                format!("owned by uid {}", meta.uid()),
+                format!("chown it to uid {uid}, or use a directory of your own"),
+            )
+        };
+        format!(
+            "the workspace {} is {whose} (mode {:o}): the sandbox runs as your uid {uid} without privileges over host files, so /workspace is read-only inside; {fix}",
+            dir.display(),
+            mode & 0o7777
         )
     })
 }

@@ -9,16 +9,57 @@ use rustix::event::{PollFd, PollFlags};
 
 use crate::EngineError;
 
-/// The payload's stdin. A terminal is never handed to the payload: through it the
-/// payload could write to the screen past the output cap, change the terminal's modes
-/// (echo off, raw) for after the run, or inject input. When phantom's stdin is a
-/// terminal, it is relayed through a pipe instead (and only while phantom is in the
+/// The payload's stdin. The payload is given only a pipe, a regular file or /dev/null:
+/// any other handle could be a door out of its root (a directory — `phantom run < /` —
+/// lists and, without Landlock, opens host files through it; a socket or a device is
+/// the host's). A terminal is never handed over either: through it the payload could
+/// write to the screen past the output cap, change the terminal's modes (echo off, raw)
+/// for after the run, or inject input. So a terminal — only while phantom is in the
 /// terminal's foreground, so that a background run is not stopped by SIGTTIN: it gets
-/// an empty stdin). Any other stdin (file, pipe, /dev/null) is passed through as is.
+/// an empty stdin — and anything else that can be read (a socket, a character device)
+/// are relayed through a pipe; a directory is refused.
 pub(crate) struct StdinRelay {
     /// Write end of the payload's stdin pipe, while relaying.
     to_payload: Option<OwnedFd>,
     pending: Vec<u8>,
+}
+
+/// What phantom's own stdin is, for the payload.
+enum StdinKind {
+    /// A pipe, a regular file or /dev/null: handed over as is.
+    Pass,
+    /// A terminal: relayed while in the foreground.
+    Terminal,
+    /// Anything else that can be read: relayed.
+    Relay,
+}
+
+fn stdin_kind() -> Result<StdinKind, EngineError> {
+    use rustix::fs::FileType;
+    let stdin = rustix::stdio::stdin();
+    if rustix::termios::isatty(stdin) {
+        return Ok(StdinKind::Terminal);
+    }
+    let stat = rustix::fs::fstat(stdin)
+        .map_err(|e| EngineError::Sys(phantom_linux::SysError::new("fstat", "stdin", e.into())))?;
+    Ok(match FileType::from_raw_mode(stat.st_mode) {
+        FileType::Fifo | FileType::RegularFile => StdinKind::Pass,
+        FileType::CharacterDevice if is_dev_null(&stat) => StdinKind::Pass,
+        FileType::Directory => {
+            return Err(EngineError::Usage(
+                "stdin is a directory: the payload's stdin may be a pipe, a terminal or a \
+                 file, never a handle to a host directory (give it `< FILE` or `< /dev/null`)"
+                    .into(),
+            ))
+        }
+        _ => StdinKind::Relay,
+    })
+}
+
+/// Whether `stat` is the null device (1:3), which hands the payload nothing.
+pub(crate) fn is_dev_null(stat: &rustix::fs::Stat) -> bool {
+    let rdev = stat.st_rdev;
+    rustix::fs::major(rdev) == 1 && rustix::fs::minor(rdev) == 3
 }
 
 impl StdinRelay {
@@ -37,12 +78,15 @@ impl StdinRelay {
             to_payload: None,
             pending: Vec::new(),
         };
-        if !rustix::termios::isatty(stdin) {
-            return Ok((relay, None));
-        }
+        let relayed = match stdin_kind()? {
+            StdinKind::Pass => return Ok((relay, None)),
+            StdinKind::Terminal => {
+                rustix::termios::tcgetpgrp(stdin).ok() == Some(rustix::process::getpgrp())
+            }
+            StdinKind::Relay => true,
+        };
         let (read, write) = process::pipe()?;
-        let foreground = rustix::termios::tcgetpgrp(stdin).ok() == Some(rustix::process::getpgrp());
-        if foreground {
+        if relayed {
             rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::NONBLOCK).map_err(|e| {
                 EngineError::Sys(phantom_linux::SysError::new(
                     "fcntl",

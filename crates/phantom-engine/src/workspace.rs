@@ -28,12 +28,19 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// The per-user directory holding run directories, created 0700 on first use:
-/// `$XDG_RUNTIME_DIR/phantom` when set, else `/dev/shm/phantom-<uid>` (a tmpfs: run
-/// directories are created and removed on every run, and on a disk filesystem that
-/// costs a journal commit's worth of latency), else `$TMPDIR/phantom-<uid>`.
-/// Refuses a directory that another user owns, that others can write, or that is a
-/// symlink (someone else could have planted it in a shared directory).
+/// The per-user directory holding run directories (and an unprivileged user's
+/// supervisor socket), created 0700 on first use: `$XDG_RUNTIME_DIR/phantom` when set,
+/// else `/dev/shm/phantom-<uid>` (a tmpfs: run directories are created and removed on
+/// every run, and on a disk filesystem that costs a journal commit's worth of latency),
+/// else `$TMPDIR/phantom-<uid>`.
+///
+/// Those names are predictable, and the parent of the last two is writable by everyone:
+/// another user can create the directory first (a squat), to receive this user's runs
+/// or to stop them. A directory that another user owns, that others can write, or that
+/// is a symlink is therefore never used. phantom then says so once, loudly, and uses a
+/// private directory of its own beside it, `phantom-<uid>.<random>` — the first such
+/// directory that this user owns, so that every phantom process of the user (a
+/// supervisor and its clients, a run and the collection of what it left) agrees on it.
 pub fn state_base() -> Result<PathBuf, EngineError> {
     let uid = phantom_linux::process::euid();
     let base = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
@@ -41,20 +48,87 @@ pub fn state_base() -> Result<PathBuf, EngineError> {
         _ if Path::new("/dev/shm").is_dir() => PathBuf::from(format!("/dev/shm/phantom-{uid}")),
         _ => std::env::temp_dir().join(format!("phantom-{uid}")),
     };
-    match std::fs::DirBuilder::new().mode(0o700).create(&base) {
+    match private_dir(&base, uid)? {
+        Private::Ours => Ok(base),
+        Private::Squatted(why) => {
+            let alternate = private_alternate(&base, uid)?;
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!(
+                    "phantom: warning: {} {why}: someone may be trying to intercept or stop your runs; \
+                     using {} instead (have root remove the squatted directory)",
+                    base.display(),
+                    alternate.display()
+                )
+            });
+            Ok(alternate)
+        }
+    }
+}
+
+enum Private {
+    Ours,
+    /// Why the directory is not ours.
+    Squatted(String),
+}
+
+/// Create `dir` 0700 if missing, and say whether it is a private directory of `uid`.
+fn private_dir(dir: &Path, uid: u32) -> Result<Private, EngineError> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io("create", &base)(e)),
+        Err(e) => return Err(io("create", dir)(e)),
     }
-    let meta = std::fs::symlink_metadata(&base).map_err(io("inspect", &base))?;
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-        return Err(EngineError::Unsupported {
-            what: format!("state directory {}", base.display()),
-            why: "it is not a private directory owned by you".into(),
-            hint: format!("remove it (it must be a mode 0700 directory owned by uid {uid})"),
-        });
+    let meta = std::fs::symlink_metadata(dir).map_err(io("inspect", dir))?;
+    Ok(if !meta.is_dir() {
+        Private::Squatted("is not a directory".into())
+    } else if meta.uid() != uid {
+        Private::Squatted(format!("belongs to uid {}, not to you", meta.uid()))
+    } else if meta.mode() & 0o077 != 0 {
+        Private::Squatted(format!(
+            "is open to other users (mode {:o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        Private::Ours
+    })
+}
+
+/// The first `<base>.<suffix>` directory that is private to `uid`, else a new one with
+/// a random suffix.
+fn private_alternate(base: &Path, uid: u32) -> Result<PathBuf, EngineError> {
+    let parent = base.parent().unwrap_or(Path::new("/"));
+    let prefix = format!(
+        "{}.",
+        base.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let mut ours: Vec<PathBuf> = std::fs::read_dir(parent)
+        .map_err(io("list", parent))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::symlink_metadata(p)
+                .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0)
+        })
+        .collect();
+    ours.sort();
+    if let Some(first) = ours.into_iter().next() {
+        return Ok(first);
     }
-    Ok(base)
+    loop {
+        let candidate = parent.join(format!("{prefix}{}", phantom_state::ids::new_sandbox_id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&candidate) {
+            Ok(()) => return Ok(candidate),
+            // Taken (by a squatter guessing, or a concurrent phantom of ours): another.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Ok(Private::Ours) = private_dir(&candidate, uid) {
+                    return Ok(candidate);
+                }
+            }
+            Err(e) => return Err(io("create", &candidate)(e)),
+        }
+    }
 }
 
 /// The host side of one run: its locked run directory and its workspace.

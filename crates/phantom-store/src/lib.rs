@@ -102,6 +102,7 @@ mod walk;
 use serde::{Deserialize, Serialize};
 
 pub use error::SnapshotError;
+pub use manifest::MAX_DEPTH;
 pub use store::{validate_tag, SnapshotStore, MAX_TAG};
 
 /// Smallest chunk FastCDC cuts (except the last of a file).

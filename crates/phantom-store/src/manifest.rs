@@ -35,7 +35,7 @@ const MAX_PATH: usize = 4096;
 const MAX_NAME: usize = 255;
 
 /// Deepest nesting accepted, when snapshotting and when restoring.
-pub(crate) const MAX_DEPTH: usize = 256;
+pub const MAX_DEPTH: usize = 256;
 
 /// zstd level of chunks and manifests.
 pub(crate) const ZSTD_LEVEL: i32 = 3;

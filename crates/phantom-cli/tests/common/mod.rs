@@ -331,10 +331,15 @@ pub fn phantom(args: &[&str], configure: impl FnOnce(&mut Command)) -> PhantomOu
 }
 
 /// Runs a prepared command with stdin from /dev/null and captured output.
-pub fn run_with_deadline(mut command: Command, deadline: Duration) -> PhantomOutput {
+pub fn run_with_deadline(command: Command, deadline: Duration) -> PhantomOutput {
+    run_with_stdin(command, Stdio::null(), deadline)
+}
+
+/// Runs a prepared command with `stdin` and captured output.
+pub fn run_with_stdin(mut command: Command, stdin: Stdio, deadline: Duration) -> PhantomOutput {
     let description = format!("{command:?}");
     command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();

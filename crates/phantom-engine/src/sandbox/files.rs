@@ -252,15 +252,25 @@ pub fn cp(
     };
     let (parent, leaf, shown) = match dst_dir {
         Ok(dir) if src_type == FileType::Directory && contents_only => {
-            // Contents into the existing directory.
+            // Contents into the existing directory; what it did not hold before is
+            // removed again if the copy fails half-way.
             let mut budget = Budget::new(limits);
             let shown = (from.show(&src_rel), to.show(&dst_rel));
-            copy_dir_contents(
+            let before = dir_names(dir.as_fd());
+            let copied = copy_dir_contents(
                 src_fd.as_fd(),
                 dir.as_fd(),
                 &mut budget,
                 (&shown.0, &shown.1),
-            )?;
+            );
+            if let Err(e) = copied {
+                for name in dir_names(dir.as_fd()) {
+                    if !before.contains(&name) {
+                        remove_at(dir.as_fd(), &name);
+                    }
+                }
+                return Err(e);
+            }
             budget.report.destination = to.show(&dst_rel);
             return Ok(budget.report);
         }
@@ -505,10 +515,17 @@ pub fn list_files(
     Ok(out)
 }
 
+/// How deep a copied tree may nest: what a snapshot accepts (a sandbox can build a
+/// chain of thousands of directories; copying one recursively would overflow the
+/// stack).
+pub const MAX_CP_DEPTH: usize = phantom_store::MAX_DEPTH;
+
 /// Counts what is copied and refuses more than the limits.
 struct Budget {
     limits: CpLimits,
     report: CpReport,
+    /// Directories open above the entry being copied.
+    depth: usize,
 }
 
 impl Budget {
@@ -516,7 +533,19 @@ impl Budget {
         Budget {
             limits,
             report: CpReport::default(),
+            depth: 0,
         }
+    }
+
+    /// One directory level down, refused past [`MAX_CP_DEPTH`].
+    fn descend(&mut self, shown: &str) -> Result<(), EngineError> {
+        if self.depth >= MAX_CP_DEPTH {
+            return Err(EngineError::Usage(format!(
+                "{shown}: nested more than {MAX_CP_DEPTH} directories deep; phantom cp (like a snapshot) refuses deeper trees — archive it inside the sandbox (tar) and copy the archive"
+            )));
+        }
+        self.depth += 1;
+        Ok(())
     }
 
     fn entry(&mut self, shown: &str) -> Result<(), EngineError> {
@@ -603,7 +632,9 @@ fn copy_entry(
             )
             .map_err(errno("open", dst_shown))?;
             budget.report.dirs += 1;
+            budget.descend(shown)?;
             copy_dir_contents(src, dir.as_fd(), budget, (shown, dst_shown))?;
+            budget.depth -= 1;
             let _ = rfs::fchmod(&dir, perm | Mode::RWXU);
         }
         FileType::Symlink => unreachable!("symlinks are copied by copy_dir_contents / cp"),
@@ -697,7 +728,30 @@ fn copy_dir_contents(
     Ok(())
 }
 
-/// Remove `name` in `parent` (a tree we created), without following symlinks.
+/// The names in directory `dir` (empty if it cannot be read).
+fn dir_names(dir: BorrowedFd<'_>) -> Vec<std::ffi::OsString> {
+    let mut names = Vec::new();
+    let Ok(fd) = rfs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return names;
+    };
+    if let Ok(mut entries) = rfs::Dir::read_from(&fd) {
+        while let Some(Ok(entry)) = entries.read() {
+            let n = entry.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push(OsStr::from_bytes(n).to_os_string());
+            }
+        }
+    }
+    names
+}
+
+/// Remove `name` in `parent` (a tree we created, at most [`MAX_CP_DEPTH`] deep),
+/// without following symlinks.
 fn remove_at(parent: BorrowedFd<'_>, name: &OsStr) {
     if rfs::unlinkat(parent, name, AtFlags::empty()).is_ok() {
         return;
@@ -708,17 +762,8 @@ fn remove_at(parent: BorrowedFd<'_>, name: &OsStr) {
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     ) {
-        if let Ok(mut entries) = rfs::Dir::read_from(&dir) {
-            let mut names = Vec::new();
-            while let Some(Ok(entry)) = entries.read() {
-                let n = entry.file_name().to_bytes();
-                if n != b"." && n != b".." {
-                    names.push(OsStr::from_bytes(n).to_os_string());
-                }
-            }
-            for n in names {
-                remove_at(dir.as_fd(), &n);
-            }
+        for n in dir_names(dir.as_fd()) {
+            remove_at(dir.as_fd(), &n);
         }
     }
     let _ = rfs::unlinkat(parent, name, AtFlags::REMOVEDIR);

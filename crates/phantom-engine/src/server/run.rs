@@ -134,6 +134,49 @@ fn dev_null() -> Result<OwnedFd, EngineError> {
         })
 }
 
+/// The payload's stdio as a client sent them (stdin, stdout, stderr; None: stdin
+/// given none): /dev/null for a missing stdin, and a refusal of any fd that is not a
+/// pipe, a regular file (a memfd) or /dev/null. Anything else — a directory, a socket,
+/// a device — would be a handle on the host inside the sandbox; the client relays such
+/// a stdin through a pipe, so only a client that skipped that gets here.
+pub(super) fn payload_stdio(
+    stdin: Option<OwnedFd>,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<[OwnedFd; 3], EngineError> {
+    use rustix::fs::FileType;
+    let stdin = match stdin {
+        Some(fd) => fd,
+        None => dev_null()?,
+    };
+    let stdio = [stdin, stdout, stderr];
+    for (fd, name) in stdio.iter().zip(["stdin", "stdout", "stderr"]) {
+        let stat = rustix::fs::fstat(fd)
+            .map_err(|e| EngineError::Sys(phantom_linux::SysError::new("fstat", name, e.into())))?;
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        let fine = match kind {
+            FileType::Fifo | FileType::RegularFile => true,
+            FileType::CharacterDevice => crate::relay::is_dev_null(&stat),
+            _ => false,
+        };
+        if !fine {
+            return Err(EngineError::Usage(format!(
+                "the payload's {name} is a {}: it may be only a pipe, a regular file or \
+                 /dev/null (relay anything else through a pipe)",
+                match kind {
+                    FileType::Directory => "directory",
+                    FileType::Socket => "socket",
+                    FileType::CharacterDevice => "character device",
+                    FileType::BlockDevice => "block device",
+                    FileType::Symlink => "symbolic link",
+                    _ => "file of unknown type",
+                }
+            )));
+        }
+    }
+    Ok(stdio)
+}
+
 impl Engine {
     /// Start `call`: take a pooled sandbox when one serves it, else build one.
     pub(super) fn start_run(
@@ -152,13 +195,11 @@ impl Engine {
             cold,
         } = call;
         let mut fds = fds.into_iter();
-        let stdin = match stdin.then(|| fds.next()).flatten() {
-            Some(fd) => fd,
-            None => dev_null()?,
-        };
+        let stdin = stdin.then(|| fds.next()).flatten();
         let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
             unreachable!("counted by dispatch");
         };
+        let stdio = payload_stdio(stdin, stdout, stderr)?;
         let files = files.then(|| fds.next()).flatten();
         let program = request.program()?;
         let options = &request.options;
@@ -187,7 +228,6 @@ impl Engine {
             source,
         })?;
         let plan = prepared.plan();
-        let stdio = [stdin, stdout, stderr];
         // A pool serves it by a fork of its zygote, or with a pre-built sandbox; else
         // (or when the zygote failed) it starts cold, and the report says why.
         let (pooled, not_warm) = match self.take_pooled(&prepared, cold) {
@@ -795,5 +835,35 @@ impl RunJob {
             self.replied = true;
         }
         let _ = self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd(file: std::fs::File) -> OwnedFd {
+        OwnedFd::from(file)
+    }
+
+    #[test]
+    fn the_engine_refuses_a_directory_or_a_socket_as_a_payloads_stdio() {
+        let (r, w) = process::pipe().unwrap();
+        let (_r2, w2) = process::pipe().unwrap();
+        // Pipes, /dev/null and (no stdin) pass.
+        assert!(payload_stdio(Some(r), w, w2).is_ok());
+        let out = || process::pipe().unwrap().1;
+        assert!(payload_stdio(None, out(), out()).is_ok());
+        // A host directory as stdin, a socket as stderr: refused, naming which.
+        let dir = fd(std::fs::File::open("/").unwrap());
+        let e = payload_stdio(Some(dir), out(), out())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stdin is a directory"), "{e}");
+        let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = payload_stdio(None, out(), OwnedFd::from(sock))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stderr is a socket"), "{e}");
     }
 }

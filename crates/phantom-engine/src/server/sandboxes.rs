@@ -142,15 +142,11 @@ impl Engine {
             term,
         } = call;
         let mut fds = fds.into_iter();
-        let stdin = match stdin.then(|| fds.next()).flatten() {
-            Some(fd) => fd,
-            None => File::open("/dev/null")
-                .map(OwnedFd::from)
-                .map_err(io("open", std::path::Path::new("/dev/null")))?,
-        };
+        let stdin = stdin.then(|| fds.next()).flatten();
         let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
             unreachable!("counted by dispatch");
         };
+        let [stdin, stdout, stderr] = super::run::payload_stdio(stdin, stdout, stderr)?;
         let record = lookup(self, &principal.owner, &name)?;
         check_usable(&record)?;
         let program = request.program()?;
