@@ -27,6 +27,13 @@ pub struct RunReport {
     pub signal: Option<i32>,
     pub timed_out: bool,
     pub oom_killed: bool,
+    /// A size-limited filesystem of the sandbox (its workspace, /tmp, /dev/shm) was
+    /// full when the payload ended: a write ran into its limit (ENOSPC).
+    #[serde(default)]
+    pub disk_limit_hit: bool,
+    /// Which ones, as the sandbox sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub full_filesystems: Vec<String>,
     pub output_truncated: bool,
     /// The caller cancelled the run and the sandbox was killed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -65,6 +72,12 @@ impl RunReport {
         }
         if self.oom_killed {
             notes.push("out of memory: the memory limit was hit (raise memory)".to_string());
+        }
+        if self.disk_limit_hit {
+            notes.push(format!(
+                "disk full: {} reached its size limit (raise resources.tmp for /tmp, memory for the workspace)",
+                self.full_filesystems.join(", ")
+            ));
         }
         if self.output_truncated {
             notes.push(format!(

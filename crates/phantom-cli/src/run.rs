@@ -66,6 +66,12 @@ impl Told {
                 None => eprintln!("phantom: out of memory: the memory limit was hit"),
             }
         }
+        if report.disk_limit_hit {
+            eprintln!(
+                "phantom: disk full: {} reached its size limit (raise resources.tmp in a policy for /tmp, --memory for the workspace)",
+                report.full_filesystems.join(", ")
+            );
+        }
         if report.output_truncated {
             match caps {
                 Some(c) => eprintln!("phantom: output truncated at {} bytes", c.output_limit),

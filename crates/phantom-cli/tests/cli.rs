@@ -618,3 +618,47 @@ fn a_workspace_the_sandbox_cannot_write_is_named_in_a_warning() {
     assert_eq!(out.code, Some(0), "{}", out.describe());
     assert!(!out.stderr.contains("the workspace"), "{}", out.describe());
 }
+
+/// The size of the filesystem at `path` inside a run with `flags`, in KiB (`df -k`).
+fn df_kib(report: &serde_json::Value) -> u64 {
+    let out = report["stdout"].as_str().unwrap_or_default();
+    let line = out.lines().last().unwrap_or_default();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no df line in {report}"))
+}
+
+#[test]
+fn a_workspace_the_caller_did_not_give_is_bounded_and_off_host_disk() {
+    if !sandbox_available() {
+        return;
+    }
+    let run = |script: &str| {
+        let out = phantom(
+            &[
+                "run", "--json", "--memory", "64MB", "--", "sh", "-c", script,
+            ],
+            |_| {},
+        );
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", out.describe()))
+    };
+    // The workspace is a filesystem of its own, no larger than the memory limit.
+    let report = run("df -k /workspace | tail -1");
+    assert_eq!(report["exit_code"], 0, "{report}");
+    assert!(
+        df_kib(&report) <= 32 * 1024,
+        "half the memory limit: {report}"
+    );
+    // Writing past it is a full disk, reported like the other limits.
+    let report = run("head -c 200000000 /dev/zero > /workspace/big");
+    assert_eq!(report["disk_limit_hit"], true, "{report}");
+    assert_eq!(
+        report["full_filesystems"],
+        serde_json::json!(["/workspace"]),
+        "{report}"
+    );
+    assert_eq!(report["oom_killed"], false, "{report}");
+    assert_ne!(report["exit_code"], 0, "{report}");
+}

@@ -777,8 +777,15 @@ fn tmp_fill_is_stopped() {
     if !sandbox_available() {
         return;
     }
-    let (_, probe) = run_probe(&["fill", "/tmp/x", "200"], &[]);
+    let (report, probe) = run_probe(&["fill", "/tmp/x", "200"], &[]);
     let written = probe["bytes_written"].as_u64().unwrap_or(0);
+    // Reported like the other limits.
+    assert_eq!(report["disk_limit_hit"], true, "{report}");
+    assert_eq!(
+        report["full_filesystems"],
+        serde_json::json!(["/tmp"]),
+        "{report}"
+    );
     assert_eq!(
         errno(&probe),
         ENOSPC,

@@ -888,3 +888,70 @@ fn cp_out_of_a_deep_tree_is_refused_without_a_crash_and_leaves_nothing() {
     }
     assert_eq!(fs::read_to_string(leaf.join("f")).unwrap(), "deep\n");
 }
+
+#[test]
+fn a_persistent_sandboxs_workspace_is_bounded_by_its_memory_limit() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("diskcap");
+    let created = env.run(&["create", "--name", "cap", "--memory", "64MB"]);
+    assert_eq!(created.code, Some(0), "{}", created.describe());
+    let mounted = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&env.0.display().to_string()))
+            .count()
+    };
+    if !is_root() {
+        // An unprivileged engine cannot mount on the host: it says so.
+        assert!(
+            created.stderr.contains("on host disk"),
+            "{}",
+            created.describe()
+        );
+        return;
+    }
+    let out = env.ok(&[
+        "exec",
+        "cap",
+        "--",
+        "sh",
+        "-c",
+        "df -k /workspace | tail -1",
+    ]);
+    let kib: u64 = out
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", out.describe()));
+    assert!(
+        kib <= 32 * 1024,
+        "half the memory limit: {}",
+        out.describe()
+    );
+    // 1 GiB cannot be written (it was, before, under --memory 256MB): ENOSPC, and the
+    // sandbox lives on.
+    let out = env.run(&[
+        "exec",
+        "cap",
+        "--",
+        "sh",
+        "-c",
+        "head -c 1073741824 /dev/zero > /workspace/big",
+    ]);
+    assert_ne!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stderr.contains("No space left"), "{}", out.describe());
+    env.ok(&["exec", "cap", "--", "rm", "/workspace/big"]);
+    // Files still go in and out, and destroy leaves no mount behind.
+    let src = env.host("f.txt");
+    fs::write(&src, "kept").unwrap();
+    env.ok(&["cp", &src.display().to_string(), "cap:/workspace/f.txt"]);
+    let out = env.ok(&["exec", "cap", "--", "cat", "/workspace/f.txt"]);
+    assert_eq!(out.stdout, "kept");
+    assert_eq!(mounted(), 1);
+    env.ok(&["destroy", "cap"]);
+    assert_eq!(mounted(), 0);
+}

@@ -206,6 +206,10 @@ pub(crate) enum FromInit {
         user_us: u64,
         sys_us: u64,
         max_rss_kb: u64,
+        /// The size-limited filesystems (tmpfs: the workspace, /tmp, /dev/shm) that
+        /// were full when the payload ended.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        full: Vec<String>,
     },
 }
 
@@ -227,12 +231,13 @@ impl FromInit {
     }
 
     /// The payload's exit message.
-    pub(crate) fn exited(status: ExitStatus, usage: Usage) -> FromInit {
+    pub(crate) fn exited(status: ExitStatus, usage: Usage, full: Vec<String>) -> FromInit {
         FromInit::Exited {
             status: status.into(),
             user_us: usage.user.as_micros() as u64,
             sys_us: usage.sys.as_micros() as u64,
             max_rss_kb: usage.max_rss_kb,
+            full,
         }
     }
 }
@@ -455,7 +460,7 @@ mod tests {
 
         tell(
             &b,
-            &FromInit::exited(ExitStatus::Signaled(9), Usage::default()),
+            &FromInit::exited(ExitStatus::Signaled(9), Usage::default(), Vec::new()),
         )
         .unwrap();
         let (msg, _) = recv::<FromInit>(a.as_fd(), FROM_INIT_MAX, 0, "init").unwrap();

@@ -68,11 +68,15 @@ pub(crate) enum Step {
         noexec: bool,
     },
     /// The workspace: bound from `source`, unless the GO message brings an idmapped
-    /// mount to attach instead.
+    /// mount to attach instead — or, for a run the caller gave no workspace
+    /// (`tmpfs_bytes`), a tmpfs of that size: charged to the sandbox's memory cgroup and
+    /// bounded, never host disk.
     Workspace {
         source: PathBuf,
         target: PathBuf,
         noexec: bool,
+        #[serde(default)]
+        tmpfs_bytes: Option<u64>,
     },
     Mask {
         target: PathBuf,
@@ -935,9 +939,11 @@ impl Sources {
         for step in steps {
             per_step.push(match step {
                 Step::Bind { source, .. } => vec![mount::open_path(source)?],
-                Step::Workspace { source, .. } if !idmapped_workspace => {
-                    vec![mount::open_path(source)?]
-                }
+                Step::Workspace {
+                    source,
+                    tmpfs_bytes: None,
+                    ..
+                } if !idmapped_workspace => vec![mount::open_path(source)?],
                 Step::Dev { nodes, .. } => nodes
                     .iter()
                     .map(|n| mount::open_path(&Path::new("/dev").join(n)))
@@ -1091,12 +1097,20 @@ pub(crate) fn apply_step(
             // Nothing more is created in /dev: make the tmpfs itself read-only.
             mount::set_attrs(&at, RO, false)
         }
-        Step::Workspace { target, noexec, .. } => {
+        Step::Workspace {
+            target,
+            noexec,
+            tmpfs_bytes,
+            ..
+        } => {
             let at = in_root(root, target);
             mkdir_p(&at)?;
-            match idmapped_workspace {
-                Some(m) => mount::attach(m.as_fd(), &at)?,
-                None => mount::bind(&fd_path(source(0)), &at)?,
+            match (idmapped_workspace, tmpfs_bytes) {
+                (Some(m), _) => mount::attach(m.as_fd(), &at)?,
+                (None, Some(size)) => {
+                    mount::tmpfs(&at, &format!("mode=0755,size={size}"), Attrs::default())?
+                }
+                (None, None) => mount::bind(&fd_path(source(0)), &at)?,
             }
             mount::set_attrs(
                 &at,
@@ -1457,10 +1471,65 @@ pub(crate) fn supervise(chan: &OwnedFd, payload: &mut PayloadStart) -> ! {
     let _ = process::kill(-1, libc::SIGKILL);
     // With the payload's own rusage, so that a warm-pool supervisor can answer its
     // client now instead of after this namespace's teardown.
-    let _ = tell(chan, &FromInit::exited(status, usage));
+    let _ = tell(chan, &FromInit::exited(status, usage, full_filesystems()));
     // Reap what the kill left so their usage is accounted before we exit.
     while let Ok(Some(_)) = process::wait4(-1, false) {}
     process::exit_now(0)
+}
+
+/// The writable tmpfs mounts of this mount namespace that are full (no block left
+/// for an unprivileged writer): the size limits a payload ran into, for its report.
+/// Read after the payload ended, from the sandbox's own mount table.
+pub(crate) fn full_filesystems() -> Vec<String> {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut full = Vec::new();
+    for line in table.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+        let mut halves = line.splitn(2, " - ");
+        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let (Some(point), Some(options)) = (fields.get(4), fields.get(5)) else {
+            continue;
+        };
+        if right.split(' ').next() != Some("tmpfs") || !options.split(',').any(|o| o == "rw") {
+            continue;
+        }
+        // Mount points escape spaces and the like as \ooo.
+        let point = unescape_octal(point);
+        if let Ok(st) = rustix::fs::statvfs(point.as_str()) {
+            if st.f_blocks > 0 && st.f_bavail == 0 {
+                full.push(point);
+            }
+        }
+    }
+    full
+}
+
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push(
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
+            );
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A persistent sandbox's pid 1: reap whatever is re-parented to it (processes that
@@ -1672,7 +1741,7 @@ pub(crate) fn direct_child(ctx: ChildContext, chan: OwnedFd) -> ! {
     };
     // The payload is done: nothing it started may outlive it.
     kill_descendants();
-    let _ = tell(&chan, &FromInit::exited(status, usage));
+    let _ = tell(&chan, &FromInit::exited(status, usage, full_filesystems()));
     process::exit_now(0)
 }
 

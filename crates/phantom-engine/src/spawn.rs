@@ -83,6 +83,8 @@ pub(crate) struct SandboxStatus {
     pub payload_usage: Option<Usage>,
     /// A pre-started interpreter took the run.
     pub prewarmed: bool,
+    /// Size-limited filesystems that were full when the payload ended.
+    pub full: Vec<String>,
 }
 
 impl SandboxStatus {
@@ -121,7 +123,9 @@ impl SandboxStatus {
                 user_us,
                 sys_us,
                 max_rss_kb,
+                full,
             } => {
+                self.full = full;
                 let status: ExitStatus = status.into();
                 self.payload = Some(status);
                 self.payload_usage = Some(Usage {
@@ -254,6 +258,15 @@ pub(crate) fn spawn_on(
     // idmapped mount, like the workspace.
     let idmap_image = image.is_some() && isolated && host_uid != invoker_uid;
     let mut steps = prepare_steps(plan, run_dir.workspace())?;
+    if run_dir.workspace_is_temporary() {
+        // No workspace of the caller's: a tmpfs of its own instead of host disk that
+        // nothing bounds.
+        for step in &mut steps {
+            if let Step::Workspace { tmpfs_bytes, .. } = step {
+                *tmpfs_bytes = Some(workspace_bytes(plan));
+            }
+        }
+    }
     if let (Some(image), true) = (image, isolated) {
         steps.insert(0, image_root_step(image, idmap_image, &steps));
     }
@@ -332,31 +345,20 @@ pub(crate) fn spawn_on(
                 Some(image) => Some(idmapped_image(image, userns_fd.as_fd())?),
                 None => None,
             };
-            let tree = mount::clone_tree(run_dir.workspace())?;
-            match mount::set_idmap(tree.as_fd(), userns_fd.as_fd()) {
-                Ok(()) => {
-                    idmapped = true;
-                    return Ok((Some(tree), image_tree));
-                }
-                // A temporary workspace is ours and thrown away: without idmapped
-                // mounts (tmpfs before Linux 6.3), hand it to the sandbox's uid.
-                Err(_) if run_dir.workspace_is_temporary() => {
-                    std::os::unix::fs::chown(run_dir.workspace(), Some(host_uid), Some(host_gid))
-                        .map_err(|e| EngineError::Io {
-                            what: "chown workspace",
-                            path: run_dir.workspace().display().to_string(),
-                            source: e,
-                        })?;
-                }
-                Err(e) => {
-                    return Err(EngineError::Unsupported {
-                        what: format!("workspace {}", run_dir.workspace().display()),
-                        why: format!("cannot make an idmapped mount ({e})"),
-                        hint: "put the workspace on a filesystem with idmapped-mount support (ext4, xfs, btrfs, tmpfs on Linux 6.3+)".into(),
-                    })
-                }
+            // A temporary workspace is the sandbox's own tmpfs: nothing to map.
+            if run_dir.workspace_is_temporary() {
+                return Ok((None, image_tree));
             }
-            return Ok((None, image_tree));
+            let tree = mount::clone_tree(run_dir.workspace())?;
+            mount::set_idmap(tree.as_fd(), userns_fd.as_fd()).map_err(|e| {
+                EngineError::Unsupported {
+                    what: format!("workspace {}", run_dir.workspace().display()),
+                    why: format!("cannot make an idmapped mount ({e})"),
+                    hint: "put the workspace on a filesystem with idmapped-mount support (ext4, xfs, btrfs, tmpfs on Linux 6.3+)".into(),
+                }
+            })?;
+            idmapped = true;
+            return Ok((Some(tree), image_tree));
         }
         Ok((None, None))
     })();
@@ -594,6 +596,14 @@ fn image_root_step(image: &ImageRun, idmapped: bool, steps: &[Step]) -> Step {
 }
 
 /// Turn the plan's mounts into steps, opening every host source now.
+/// The size of a workspace the caller did not give (a run's, a persistent sandbox's):
+/// half the memory limit. Its pages are charged to the sandbox's memory cgroup, where
+/// a workspace as large as the limit would end a write that fills it with the OOM
+/// killer — in a persistent sandbox, of its init — instead of ENOSPC.
+pub(crate) fn workspace_bytes(plan: &Plan) -> u64 {
+    (plan.limits.memory_bytes / 2).max(1 << 20)
+}
+
 pub(crate) fn prepare_steps(
     plan: &Plan,
     workspace: &std::path::Path,
@@ -684,6 +694,7 @@ pub(crate) fn prepare_steps(
                 source: workspace.to_path_buf(),
                 target: target.into(),
                 noexec: *noexec,
+                tmpfs_bytes: None,
             },
             Mount::Mask { target } => Step::Mask {
                 target: target.into(),

@@ -126,6 +126,28 @@ pub fn tmpfs(target: &Path, options: &str, attrs: Attrs) -> SysResult<()> {
     )
 }
 
+/// Detach the mount at `target` (lazily: open files keep it alive until closed),
+/// without following a symlink there.
+pub fn detach(target: &Path) -> SysResult<()> {
+    rustix::mount::unmount(
+        target,
+        rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
+    )
+    .map_err(|e| SysError::new("umount2", target.display().to_string(), e.into()))
+}
+
+/// Whether `path` is the root of a mount (its mount id differs from its parent's).
+pub fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(here), Some(Ok(parent))) = (
+        std::fs::symlink_metadata(path),
+        path.parent().map(std::fs::symlink_metadata),
+    ) else {
+        return false;
+    };
+    here.dev() != parent.dev()
+}
+
 /// Mount an overlayfs at `target`: `lower` read-only below, `upper` taking every
 /// change, with `work` (an empty directory on the same filesystem as `upper`) for the
 /// kernel's scratch files. `userxattr`: the overlay's own metadata goes to `user.*`

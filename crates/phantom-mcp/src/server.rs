@@ -579,6 +579,8 @@ mod tests {
             signal: None,
             timed_out: false,
             oom_killed: false,
+            disk_limit_hit: false,
+            full_filesystems: Vec::new(),
             output_truncated: exit_code == 0,
             cancelled: false,
             wall_ms: 1.0,

@@ -146,6 +146,11 @@ pub(crate) fn keeper_report(report: &std::os::fd::OwnedFd) -> Result<Vec<String>
 /// it chmod'ed 0500 cannot lose its entries until it is writable again). Symlinks are
 /// removed, never followed.
 pub(crate) fn force_remove(dir: &Path) -> Result<(), EngineError> {
+    // A root engine's sandbox has its workspace on a tmpfs of its own.
+    let workspace = dir.join("workspace");
+    if phantom_linux::mount::is_mount_point(&workspace) {
+        phantom_linux::mount::detach(&workspace)?;
+    }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -328,7 +328,7 @@ impl Pool {
                     hostname: fork_plan.hostname.clone(),
                     network: fork_plan.network,
                     files_dir: fork_plan.workspace_target.clone().into(),
-                    workspace_bytes: fork_plan.limits.memory_bytes,
+                    workspace_bytes: crate::spawn::workspace_bytes(fork_plan),
                 };
                 let json = serde_json::to_vec(&fork_plan).expect("a fork plan serializes");
                 Ok(ChildPayload::Zygote(ZygoteStart {

@@ -96,6 +96,8 @@ impl ReportBase {
             signal: exit.signal(),
             timed_out,
             oom_killed,
+            disk_limit_hit: !status.full.is_empty(),
+            full_filesystems: status.full.clone(),
             output_truncated: false,
             cancelled: false,
             wall_ms: ms(wall),

@@ -355,6 +355,7 @@ impl Engine {
                 .mode(0o755)
                 .create(&workspace)
                 .map_err(io("create", &workspace))?;
+            mount_workspace(&workspace, crate::spawn::workspace_bytes(plan))?;
             let lock = dir.join("exec.lock");
             std::fs::OpenOptions::new()
                 .write(true)
@@ -399,7 +400,12 @@ impl Engine {
             deadline: Instant::now() + sandbox::CREATE_TIMEOUT,
             id,
             dir,
-            warnings: prepared.warnings.clone(),
+            warnings: prepared
+                .warnings
+                .iter()
+                .cloned()
+                .chain(unbounded_workspace_warning())
+                .collect(),
         }));
         Ok(())
     }
@@ -781,4 +787,28 @@ impl DestroyJob {
     pub(super) fn deadline(&self) -> Option<Instant> {
         self.current.as_ref().map(|(_, _, d)| *d)
     }
+}
+
+/// A persistent sandbox's workspace is never unbounded host disk: a root engine mounts
+/// a tmpfs there, half as large as the sandbox's memory limit
+/// ([`crate::spawn::workspace_bytes`]) — the pages its payload writes are charged to
+/// its memory cgroup, and a full workspace is an ENOSPC. An engine without the privilege to mount on the host keeps the
+/// directory on disk, bounded per file only (RLIMIT_FSIZE), and the create says so.
+fn mount_workspace(workspace: &std::path::Path, bytes: u64) -> Result<(), EngineError> {
+    if phantom_linux::process::euid() != 0 {
+        return Ok(());
+    }
+    phantom_linux::mount::tmpfs(
+        workspace,
+        &format!("mode=0755,size={bytes}"),
+        phantom_linux::mount::Attrs::default(),
+    )
+    .map_err(EngineError::Sys)
+}
+
+/// The warning for a persistent sandbox whose workspace stays on host disk.
+pub(super) fn unbounded_workspace_warning() -> Option<String> {
+    (phantom_linux::process::euid() != 0).then(|| {
+        "the workspace is a directory on host disk, bounded per file only (resources.fsize): an unprivileged engine cannot mount a size-limited tmpfs for it; run phantom-supervisor as root to bound it by the memory limit".to_string()
+    })
 }
