@@ -37,6 +37,26 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pandas python3-matplotlib >/dev/null; }
 fi
 
+# Each built-in profile runs a hello world in its language (tests/profiles.rs): the
+# toolchains Debian has, installed when missing.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  want=()
+  command -v javac >/dev/null || want+=(default-jdk-headless)
+  command -v go >/dev/null || want+=(golang-go)
+  command -v node >/dev/null || want+=(nodejs)
+  if [ ${#want[@]} -gt 0 ]; then
+    step "toolchains for the profile tests: ${want[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${want[@]}" >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${want[@]}" >/dev/null; }
+  fi
+fi
+
+# Tests that skip say why here too (cargo shows them as `ok`); listed at the end.
+skip_log=$(mktemp /tmp/phantom-suite-skips.XXXXXX)
+chmod 666 "$skip_log"
+scratch_paths+=("$skip_log")
+export PHANTOM_SKIP_LOG="$skip_log"
+
 step "toolchain"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
 cargo --version
@@ -110,6 +130,7 @@ if [ "$(id -u)" = 0 ]; then
     echo "-- $(basename "$t") as $TEST_USER"
     (cd "$stage" && runuser -u "$TEST_USER" -- env -i PATH=/usr/bin:/bin HOME=/tmp TMPDIR=/tmp \
         PHANTOM_BIN="$stage/phantom" PHANTOM_PROBE="$stage/phantom-probe" \
+        PHANTOM_SKIP_LOG="$skip_log" \
         "$t" --test-threads=2)
   done
   rm -rf "$stage"
@@ -118,6 +139,13 @@ fi
 step "MCP server against the official Python SDK and the conformance suite"
 # Installs pinned versions of both into a throwaway directory (see the script).
 ./scripts/test-mcp.sh target/debug/phantom-mcp
+
+step "skipped tests"
+if [ -s "$skip_log" ]; then
+  sort "$skip_log" | uniq -c | sed 's/^ *\([0-9]*\) /\1x /'
+else
+  echo "none"
+fi
 
 step "nothing left behind"
 # Only what the suite made counts: whatever was there before it started (another

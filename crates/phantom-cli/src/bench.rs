@@ -603,6 +603,7 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
         })
     };
     let before = supervisor.as_ref().and_then(counts);
+    let existing = leftovers();
     for i in 0..args.iterations {
         for c in contenders.iter_mut() {
             if let Some(sup) = &supervisor {
@@ -651,8 +652,12 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
     drop(supervisor);
     if burst_done {
         // The supervisor is gone with its pools: nothing of any run may be left.
-        let (runs, cgroups) = leftovers();
-        notes.push(format!("after the supervisor stopped: {runs} run directories and {cgroups} sandbox cgroups left"));
+        let left: Vec<PathBuf> = leftovers().difference(&existing).cloned().collect();
+        let runs = left.iter().filter(|p| !p.starts_with("/sys")).count();
+        notes.push(format!(
+            "after the supervisor stopped: {runs} run directories and {} sandbox cgroups of this benchmark left",
+            left.len() - runs
+        ));
     }
     let stats: Vec<Stats> = contenders
         .iter()
@@ -1700,37 +1705,27 @@ fn net(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
     }))
 }
 
-/// Run directories and sandbox cgroups that exist right now (for the "no leftover"
-/// check after a burst).
-fn leftovers() -> (usize, usize) {
-    let uid = std::fs::metadata("/proc/self").map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.uid()
-    });
-    let mut runs = 0;
-    for base in [
-        uid.as_ref()
-            .map(|u| PathBuf::from(format!("/dev/shm/phantom-{u}")))
-            .ok(),
-        std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("phantom")),
-    ]
-    .into_iter()
-    .flatten()
-    {
+/// Run directories (of this user) and sandbox cgroups that exist right now, by path:
+/// the "no leftover" check after a burst counts only what appeared since the benchmark
+/// started, never another run's or a persistent sandbox the user keeps.
+fn leftovers() -> std::collections::BTreeSet<PathBuf> {
+    let mut found = std::collections::BTreeSet::new();
+    if let Ok(base) = phantom_engine::workspace::state_base() {
         if let Ok(entries) = std::fs::read_dir(base) {
-            runs += entries
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
-                .count();
+            found.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+                    .map(|e| e.path()),
+            );
         }
     }
-    let mut cgroups = 0;
     if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
         for h in hierarchies.flatten() {
             if let Ok(entries) = std::fs::read_dir(h.path().join("phantom")) {
-                cgroups += entries.flatten().filter(|e| e.path().is_dir()).count();
+                found.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
             }
         }
     }
-    (runs, cgroups)
+    found
 }

@@ -33,13 +33,6 @@ use serde_json::Value;
 const EMFILE: i64 = 24;
 const ENOTTY: i64 = 25;
 
-/// Prints why a test does not apply here. Unlike [`skip`] it never fails under
-/// `PHANTOM_REQUIRE_ISOLATION=1`: nothing is missing, the test is for another setup.
-fn not_applicable(why: &str) {
-    println!("skipped: {why}");
-    eprintln!("skipped: {why}");
-}
-
 /// The probe at its host path under `phantom run --mode direct`: no namespaces, seccomp
 /// or Landlock, so the answers are the kernel's own.
 fn run_probe_direct(workspace: &Workspace, args: &[&str]) -> ProbeRun {

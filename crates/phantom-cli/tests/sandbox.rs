@@ -798,7 +798,7 @@ fn another_user_cannot_reach_the_keepers_socket() {
         .is_ok_and(|o| o.status.success())
     {
         // Not an isolation guarantee of the core suite: say so and pass.
-        println!("skipped: no user {user} to try the socket as");
+        common::not_applicable(&format!("no user {user} to try the socket as"));
         return;
     }
     let env = Env::new("sockperm");
