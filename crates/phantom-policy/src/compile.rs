@@ -381,17 +381,18 @@ pub fn compile_on(
                 "network host: the sandbox shares the host's network (no network namespace): it can reach everything the host can, including services on the host's loopback".into(),
             );
         }
-        // Rules written beside a mode that ignores them; a child that only changes
-        // the mode of a limited parent (python-dev -> loopback-only) means it.
-        // A mode chosen on the command line (--network, --mode hardened) is the
-        // caller's word over the profile's rules: no warning then.
+        // Rules the policy file itself wrote (or wrote beside the mode), under a mode
+        // that ignores them. A child that only changes the mode of a limited parent
+        // (python-dev -> loopback-only) means it; a mode chosen on the command line
+        // (--network, --mode hardened) is the caller's word over the profile's rules.
         let mode_file = profile.position("network.mode").map(|p| &p.file);
+        let own_file = profile.position("profile").map(|p| &p.file);
         let written: Vec<&str> = ["network.allow", "network.deny", "network.allow_reserved"]
             .into_iter()
             .filter(|key| {
-                profile
-                    .position(key)
-                    .is_some_and(|p| mode_file.is_none_or(|f| *f == p.file))
+                profile.position(key).is_some_and(|p| {
+                    mode_file.is_none_or(|f| *f == p.file) || own_file == Some(&p.file)
+                })
             })
             .collect();
         let rules = !profile.network.allow.is_empty()

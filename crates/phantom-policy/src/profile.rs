@@ -39,8 +39,9 @@ pub struct Profile {
     /// `mode:` — `direct` (no namespaces, seccomp or Landlock: only limits and the
     /// timeout; for debugging), `sandbox` (default: every namespace, the seccomp
     /// denylist, Landlock), `hardened` (additionally: seccomp allowlist, no network at
-    /// all, read-only `/tmp`, read-only binds only) or `wasm` (accepted, but this build
-    /// has no wasmtime: `compile()` refuses it).
+    /// all, read-only `/tmp`, read-only binds only, and none of the keys that would
+    /// undo that — see `weaken.rs`) or `wasm` (accepted, but this build has no
+    /// wasmtime: `compile()` refuses it).
     pub mode: Mode,
     /// `runtime:` — `auto` (default) or `native`: both run the payload natively, the
     /// only runtime of this build. `python`: native too, and phantom-supervisor's warm
@@ -264,7 +265,9 @@ pub struct Network {
     pub mode: NetworkMode,
     /// `network.allow:` — where a `limited` sandbox's proxy may connect: `pypi.org`,
     /// `*.pythonhosted.org` (subdomains), `api.example.com:443`, `10.0.0.5:8080`
-    /// (addresses: the only way to reach a private, loopback or link-local address).
+    /// (an address entry reaches its address even in a reserved range; a name whose
+    /// addresses are reserved needs `allow_reserved`). Under another mode it has no
+    /// effect, and compile() warns.
     pub allow: Vec<EgressRule>,
     /// `network.deny:` — entries written like `allow` that are refused even when
     /// `allow` matches (deny wins).

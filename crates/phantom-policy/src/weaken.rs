@@ -8,12 +8,15 @@
 //! * Landlock off (`security.landlock.enabled: false`, or `security.level: low`);
 //! * a bind of the host's state ([`HOST_STATE_DIRS`]: /proc, /sys, /dev, /run), of a
 //!   directory below one, or of one containing one (`/`);
-//! * in every isolated mode, a warning for a bind that holds a directory where unix
-//!   sockets live ([`SOCKET_DIRS`]): a read-only bind does not stop `connect()` to a
-//!   socket in it, and Landlock does not cover pathname sockets.
+//! * a bind of a unix socket itself: the sandbox can `connect()` to the host service
+//!   behind it;
+//! * in every isolated mode, a warning for a bind that holds unix sockets — one of
+//!   [`SOCKET_DIRS`] (or a directory containing one, or one below /run or /dev), or a
+//!   directory with a socket in it when phantom checks: a read-only bind does not stop
+//!   `connect()` to a socket in it, and Landlock does not cover pathname sockets.
 
 use crate::error::{PolicyError, SourcePos};
-use crate::host::Host;
+use crate::host::{Host, PathKind};
 use crate::plan::Mode;
 use crate::profile::{Profile, SecurityLevel};
 use crate::schema::is_within;
@@ -42,14 +45,15 @@ pub const FENCE_SYSCALLS: &[(&[&str], &str)] = &[
 /// Host directories whose contents a sandbox should not see, and what they hold.
 #[rustfmt::skip]
 pub const HOST_STATE_DIRS: &[(&str, &str)] = &[
-    ("/proc", "every host process (and through /proc/PID/root their files)"),
+    ("/proc", "every host process and, through /proc/PID/root, their files"),
     ("/sys", "the host's kernel and device settings"),
     ("/dev", "the host's devices"),
     ("/run", "the host's run-time state and service sockets"),
     ("/var/run", "the host's run-time state and service sockets"),
 ];
 
-/// Host directories where unix sockets usually live.
+/// Host directories where unix sockets usually live. Below /tmp, only a directory that
+/// holds a socket when phantom checks is named (its other subdirectories are anyone's).
 pub const SOCKET_DIRS: &[&str] = &["/run", "/var/run", "/tmp", "/dev"];
 
 /// What weakens `profile` in `mode`: refusals (hardened) and warnings (sandbox; the
@@ -128,17 +132,38 @@ pub(crate) fn check(
                 ),
             );
         }
-        let sockets: Vec<&str> = SOCKET_DIRS
+        if host.kind(&bind.source) == PathKind::Socket {
+            weakens(
+                &key,
+                format!("{shown_source} is a unix socket: the sandbox can connect() to the host service behind it, read-only or not"),
+            );
+            continue;
+        }
+        // In hardened mode a bind of host state is refused already.
+        if hardened && !exposed.is_empty() {
+            continue;
+        }
+        let mut holds: Vec<String> = SOCKET_DIRS
             .iter()
             .copied()
-            .filter(|dir| touches(dir) && !(*dir == "/var/run" && touches("/run")))
+            .filter(|dir| {
+                let contains = sources.iter().any(|s| is_within(dir, s));
+                let below = *dir != "/tmp" && sources.iter().any(|s| is_within(s, dir));
+                (contains || below) && !(*dir == "/var/run" && touches("/run"))
+            })
+            .map(str::to_string)
             .collect();
-        // In hardened mode a bind of host state is refused already.
-        let refused = hardened && !exposed.is_empty();
-        if !sockets.is_empty() && !refused {
+        if holds.is_empty() && host.kind(&bind.source) == PathKind::Dir {
+            let socket = host
+                .list(&bind.source)
+                .into_iter()
+                .find(|name| host.kind(&format!("{}/{name}", bind.source)) == PathKind::Socket);
+            holds.extend(socket.map(|name| format!("the socket {name}")));
+        }
+        if !holds.is_empty() {
             socket_warnings.push(format!(
-                "{key}: {shown_source} reaches into {}, where unix sockets live: a read-only bind does not stop connect() to a socket in it (Landlock does not cover pathname sockets); bind only the files you need",
-                sockets.join(", ")
+                "{key}: {shown_source} holds {}, where unix sockets live: a read-only bind does not stop connect() to a socket in it (Landlock does not cover pathname sockets); bind only the files you need",
+                holds.join(", ")
             ));
         }
     }

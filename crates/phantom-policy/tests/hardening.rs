@@ -22,6 +22,7 @@ struct FakeHost {
     /// Directories and files that exist (a file's parents exist too).
     dirs: BTreeSet<String>,
     files: BTreeSet<String>,
+    sockets: BTreeSet<String>,
     /// Symlinks: path -> what it resolves to.
     links: BTreeMap<String, String>,
     /// Directories the sandbox's user cannot enter.
@@ -39,6 +40,10 @@ impl FakeHost {
     }
     fn file(mut self, path: &str) -> Self {
         self.files.insert(path.into());
+        self
+    }
+    fn socket(mut self, path: &str) -> Self {
+        self.sockets.insert(path.into());
         self
     }
     fn link(mut self, path: &str, to: &str) -> Self {
@@ -70,8 +75,15 @@ impl Host for FakeHost {
     fn kind(&self, path: &str) -> PathKind {
         if self.files.contains(path) {
             PathKind::File
+        } else if self.sockets.contains(path) {
+            PathKind::Socket
         } else if self.dirs.contains(path)
-            || self.dirs.iter().chain(&self.files).any(|p| below(p, path))
+            || self
+                .dirs
+                .iter()
+                .chain(&self.files)
+                .chain(&self.sockets)
+                .any(|p| below(p, path))
         {
             PathKind::Dir
         } else {
@@ -83,6 +95,7 @@ impl Host for FakeHost {
             .dirs
             .iter()
             .chain(&self.files)
+            .chain(&self.sockets)
             .filter_map(|p| {
                 let rest = p.strip_prefix(path)?.strip_prefix('/')?;
                 Some(rest.split('/').next()?.to_string())
@@ -304,7 +317,7 @@ fn hardened_mode_refuses_every_key_that_weakens_it_at_its_place() {
         && m.contains("security.landlock.enabled: false turns Landlock off")));
     let root = line_of(WEAKENED, "source: /,");
     assert!(found.iter().any(|(l, _, m)| *l == root
-        && m.contains("filesystem.binds[0].source: `/` shows the sandbox the host's /proc (every host process")
+        && m.contains("filesystem.binds[0].source: `/` shows the sandbox the host's /proc (every host process and")
         && m.contains("/run")
         && m.contains("/dev")
         && m.contains("/sys")));
@@ -336,8 +349,8 @@ fn the_same_keys_are_named_in_warnings_in_sandbox_mode() {
     }
     // ... and that a read-only bind does not stop connect() to the sockets in them.
     for key in [
-        "filesystem.binds[0].source: `/` reaches into /run, /tmp, /dev",
-        "filesystem.binds[1].source: `/run` reaches into /run",
+        "filesystem.binds[0].source: `/` holds /run, /tmp, /dev,",
+        "filesystem.binds[1].source: `/run` holds /run,",
     ] {
         assert!(
             plan.warnings
@@ -402,20 +415,46 @@ fn a_bind_reaching_host_state_through_a_symlink_is_caught() {
 
 #[test]
 fn a_bind_of_a_socket_directory_says_connect_is_not_stopped() {
-    let text =
-        "profile: x\nfilesystem:\n  binds:\n    - {source: /tmp/.X11-unix, target: /opt/x11}\n";
-    for mode in [None, Some(Mode::Hardened)] {
-        let plan = compile_with(text, mode, &FakeHost::default()).unwrap();
+    let host = FakeHost::default()
+        .socket("/tmp/.X11-unix/X0")
+        .dir("/tmp/build")
+        .socket("/var/lib/app/app.sock");
+    for (source, holds) in [
+        ("/tmp/.X11-unix", "holds the socket X0"),
+        ("/run/user/1000", "holds /run"),
+        ("/var", "holds /var/run"),
+    ] {
+        let text = format!(
+            "profile: x\nfilesystem:\n  binds:\n    - {{source: {source}, target: /opt/b}}\n"
+        );
+        let plan = compile_with(&text, None, &host).unwrap_or_else(|e| panic!("{e}"));
         assert!(
-            plan.warnings.iter().any(|w| w.starts_with(
-                "filesystem.binds[0].source: `/tmp/.X11-unix` reaches into /tmp, where unix sockets live: a read-only bind does not stop connect()"
-            )),
-            "{mode:?}: {:?}",
+            plan.warnings.iter().any(|w| w.starts_with(&format!(
+                "filesystem.binds[0].source: `{source}` {holds}, where unix sockets live: a read-only bind does not stop connect()"
+            ))),
+            "{source}: {:?}",
             plan.warnings
         );
     }
-    let plain = "profile: x\nfilesystem:\n  binds:\n    - {source: /opt/tool, target: /opt/tool}\n";
-    assert!(plan_on(plain, &FakeHost::default()).warnings.is_empty());
+    // In hardened mode too (the bind itself is allowed there).
+    let text = "profile: x\nmode: hardened\nfilesystem:\n  binds:\n    - {source: /tmp/.X11-unix, target: /opt/x11}\n";
+    assert_eq!(plan_on(text, &host).warnings.len(), 1);
+    // A socket itself is a door to the host service behind it: refused in hardened.
+    let text = "profile: x\nmode: hardened\nfilesystem:\n  binds:\n    - {source: /var/lib/app/app.sock, target: /opt/app.sock}\n";
+    let err = compile_with(text, None, &host).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "`/var/lib/app/app.sock` is a unix socket: the sandbox can connect() to the host service behind it"
+        ),
+        "{err}"
+    );
+    // A plain directory, or one below /tmp without sockets, is not named.
+    for source in ["/opt/tool", "/tmp/build"] {
+        let text = format!(
+            "profile: x\nfilesystem:\n  binds:\n    - {{source: {source}, target: /opt/t}}\n"
+        );
+        assert!(plan_on(&text, &host).warnings.is_empty(), "{source}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

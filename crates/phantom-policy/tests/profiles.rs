@@ -699,7 +699,19 @@ fn allow_rules_outside_limited_mode_warn() {
         "{:?}",
         plan.warnings
     );
-    // Rules under no `mode:` at all (the default, loopback-only) are not silent either.
+    // Rules written over a parent's mode (`extends: default`, which says
+    // loopback-only) are not silent either, nor are rules under no `mode:` at all.
+    let plan = plan_of("profile: x\nextends: default\nnetwork:\n  allow: [a.test]\n");
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.starts_with("network.allow: has no effect")),
+        "{:?}",
+        plan.warnings
+    );
+    // A child that only turns a limited parent's mode off means it.
+    let plan = plan_of("profile: x\nextends: python-dev\nnetwork:\n  mode: loopback-only\n");
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
     let plan = plan_of("profile: x\nnetwork:\n  allow: [a.test]\n");
     assert!(
         plan.warnings
