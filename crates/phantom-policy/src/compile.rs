@@ -275,9 +275,10 @@ pub fn compile_on(
         }
     }
 
-    // Toolchains of the host, for a sandbox on the host's root.
-    let toolchains = if mode != Mode::Direct && rootfs == Rootfs::Host {
-        crate::toolchain::resolve(&profile.filesystem, host, &mut weakening)
+    // Toolchains of the host, for a run on the host's root (an image brings its own).
+    let toolchains = if rootfs == Rootfs::Host {
+        let bind = mode != Mode::Direct;
+        crate::toolchain::resolve(&profile.filesystem, host, bind, &mut weakening)
     } else {
         Default::default()
     };
@@ -635,7 +636,7 @@ fn warnings(profile: &Profile, mode: Mode) -> Vec<String> {
     }
     if mode == Mode::Direct {
         warnings.push(
-            "mode: direct runs without namespaces, seccomp or Landlock: the payload sees the host's filesystem and network (network.*, filesystem.* and security.* have no effect; limits and the timeout apply)"
+            "mode: direct runs without namespaces, seccomp or Landlock: the payload sees the host's filesystem and network (network.*, security.* and filesystem.* but toolchains have no effect; limits and the timeout apply)"
                 .to_string(),
         );
         return warnings;

@@ -25,14 +25,25 @@ pub(crate) struct Found {
 }
 
 /// Every toolchain of `fs` that is installed and can be bound; the others that are
-/// installed produce a warning.
-pub(crate) fn resolve(fs: &Filesystem, host: &dyn Host, warnings: &mut Vec<String>) -> Found {
+/// installed produce a warning. `bind: false` (mode direct, which runs on the host's
+/// own filesystem as the invoking user): nothing to bind, only `PATH` and variables.
+pub(crate) fn resolve(
+    fs: &Filesystem,
+    host: &dyn Host,
+    bind: bool,
+    warnings: &mut Vec<String>,
+) -> Found {
     let mut all = Found::default();
     for toolchain in &fs.toolchains {
         let Some((found, location)) = locate(*toolchain, host) else {
             continue;
         };
-        match usable(&found, fs, host) {
+        let binds = if bind {
+            usable(&found, fs, host)
+        } else {
+            Ok(Vec::new())
+        };
+        match binds {
             Ok(binds) => {
                 all.binds.extend(binds);
                 all.path.extend(found.path);

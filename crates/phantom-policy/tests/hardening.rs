@@ -512,6 +512,16 @@ fn rustup_is_found_in_the_invoking_users_home_and_bound_read_only() {
     let plan = plan_on(RUSTUP, &host);
     assert!(binds(&plan).contains(&("/opt/rustup", "/opt/rustup", true)));
     assert!(env(&plan, "PATH").unwrap().starts_with("/opt/cargo/bin:"));
+    // Mode direct runs on the host's own filesystem: PATH and RUSTUP_HOME, no bind.
+    let plan = compile_with(
+        RUSTUP,
+        Some(Mode::Direct),
+        &rustup_host("/root").closed("/root", 0o700),
+    )
+    .unwrap();
+    assert!(plan.mounts.is_empty());
+    assert!(env(&plan, "PATH").unwrap().starts_with("/root/.cargo/bin:"));
+    assert_eq!(env(&plan, "RUSTUP_HOME"), Some("/root/.rustup"));
     // Not installed: nothing changes, nothing is said.
     let plan = plan_on(RUSTUP, &FakeHost::default().var("HOME", "/home/u"));
     assert_eq!(plan.env, plan_on("profile: x\n", &FakeHost::default()).env);
