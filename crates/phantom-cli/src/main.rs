@@ -150,7 +150,8 @@ pub(crate) fn fail(f: phantom_api::engine::Failure) -> i32 {
     if f.kind == FailureKind::NotFound && line.starts_with("no sandbox named") {
         line.push_str(" (`phantom list` shows them; `phantom create --name NAME` makes one)");
     }
-    error_line(line);
+    // A policy with several mistakes: one `phantom: error:` line each.
+    line.lines().for_each(error_line);
     f.kind.exit_code()
 }
 

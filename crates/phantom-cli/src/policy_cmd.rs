@@ -150,14 +150,13 @@ fn human_bytes(b: u64) -> String {
 }
 
 fn load_and_compile(file: &str) -> Result<Plan, i32> {
-    let profile = phantom_policy::load_file(Path::new(file)).map_err(|e| {
-        error_line(e);
+    // Every mistake of the file, one `phantom: error:` line each.
+    let report = |e: phantom_policy::PolicyError| {
+        e.errors().iter().for_each(error_line);
         2
-    })?;
-    phantom_policy::compile(&profile, &Overrides::default()).map_err(|e| {
-        error_line(e);
-        2
-    })
+    };
+    let profile = phantom_policy::load_file(Path::new(file)).map_err(report)?;
+    phantom_policy::compile(&profile, &Overrides::default()).map_err(report)
 }
 
 pub fn policy(cmd: PolicyCommand) -> i32 {

@@ -390,12 +390,61 @@ results["allowed"] = connect_get("127.0.0.1", {allowed})
     assert_eq!(status, "403", "{body}");
     let (status, body) = pair(&results, "by_name");
     assert_eq!(status, "403", "{body}");
-    assert!(body.contains("loopback, private or link-local"), "{body}");
+    // The refusal names the range (not "loopback, private or link-local" for every
+    // reserved address) and both ways through.
+    assert!(
+        body.contains("127.0.0.0/8 (loopback)") || body.contains("::1/128 (loopback)"),
+        "{body}"
+    );
+    assert!(body.contains("network.allow_reserved"), "{body}");
     assert_eq!(pair(&results, "by_v6").0, "403", "{results}");
     let (status, body) = pair(&results, "allowed");
     assert_eq!(status, "200", "{body}");
     assert!(body.contains(&allowed.token), "{body}");
     assert!(private.seen().is_empty(), "{:?}", private.seen());
+}
+
+#[test]
+fn a_mirror_at_a_reserved_address_is_reached_only_when_named_in_allow_reserved() {
+    if !ready() {
+        return;
+    }
+    // A package mirror on the host's loopback, reached by a name that resolves there
+    // (no resolver override: the proxy's own lookup, as with an internal DNS).
+    let mirror = Internet::start();
+    let ws = Workspace::new();
+    let named = ws.policy(
+        "mirror",
+        "profile: mirror-test\nnetwork:\n  mode: limited\n  allow: [localhost]\n  allow_reserved: [localhost]\n",
+    );
+    let unnamed = ws.policy(
+        "no-mirror",
+        "profile: no-mirror-test\nnetwork:\n  mode: limited\n  allow: [localhost]\n",
+    );
+    let script = format!(
+        r#"
+results["by_name"] = connect_get("localhost", {port})
+results["by_address"] = connect_get("127.0.0.1", {port})
+"#,
+        port = mirror.port
+    );
+    let (_, results) = run_script(&named, &[], "", &script);
+    let (status, body) = pair(&results, "by_name");
+    assert_eq!(status, "200", "{results}");
+    assert!(body.contains(&mirror.token), "{body}");
+    // The name lets its own addresses through, not an address asked for directly.
+    assert_eq!(pair(&results, "by_address").0, "403", "{results}");
+    assert_eq!(mirror.seen().len(), 1, "{:?}", mirror.seen());
+    // The default stays refusing, and says which range and what to write.
+    let (_, results) = run_script(&unnamed, &[], "", &script);
+    let (status, body) = pair(&results, "by_name");
+    assert_eq!(status, "403", "{results}");
+    assert!(body.contains("(loopback)"), "{body}");
+    assert!(
+        body.contains("network.allow_reserved (e.g. `localhost`"),
+        "{body}"
+    );
+    assert_eq!(mirror.seen().len(), 1, "{:?}", mirror.seen());
 }
 
 #[test]

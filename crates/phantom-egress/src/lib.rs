@@ -399,7 +399,7 @@ fn connect_inner(
     let mut refusal = None;
     let mut failure = None;
     for addr in addrs {
-        match egress.decide_ip(addr.ip(), addr.port(), trusted) {
+        match egress.decide_ip(&name, addr.ip(), addr.port(), trusted) {
             Verdict::Refuse(why) => {
                 refusal.get_or_insert(why);
             }

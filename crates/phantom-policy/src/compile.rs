@@ -1,12 +1,17 @@
 //! [`compile`]: a [`Profile`] and the command line's [`Overrides`] → a [`Plan`].
 //!
 //! Overrides are applied first, then everything is checked against the effective mode,
-//! so `--mode hardened` gets hardened's rules (no network, no read-write binds).
-//! The plan is built in the order the runtime replays it; see [`Plan`] and, for
-//! seccomp, `seccomp.rs`.
+//! so `--mode hardened` gets hardened's rules (no network, no read-write binds, none of
+//! the keys `weaken.rs` lists). The plan is built in the order the runtime replays it;
+//! see [`Plan`] and, for seccomp, `seccomp.rs`.
+//!
+//! Two things depend on the host, which compile() sees through a [`Host`]
+//! (`host.rs`): `filesystem.toolchains` (`toolchain.rs`), and whether the sandbox's
+//! user can reach each bind's source.
 
 use crate::egress::{Egress, PROXY_PORT};
 use crate::error::{PolicyError, SourcePos};
+use crate::host::{Host, LocalHost};
 use crate::plan::{
     Access, LandlockPlan, LandlockRule, LandlockTcp, Limits, Mode, Mount, NetworkMode, Plan, Rootfs,
 };
@@ -78,8 +83,21 @@ const DEV_WRITABLE: &[&str] = &[
     "/dev/shm",
 ];
 
-/// Turns a profile plus overrides into the plan the runtime replays.
+/// Turns a profile plus overrides into the plan the runtime replays, on this machine
+/// ([`LocalHost`]).
 pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyError> {
+    compile_on(profile, overrides, &LocalHost)
+}
+
+/// [`compile`] against the given [`Host`] (tests pass a fake one).
+///
+/// Refusals that do not depend on each other (hardened's, binds the sandbox cannot
+/// reach) come together as one [`PolicyError::Several`].
+pub fn compile_on(
+    profile: &Profile,
+    overrides: &Overrides,
+    host: &dyn Host,
+) -> Result<Plan, PolicyError> {
     let at = |key: &str| {
         profile
             .position(key)
@@ -178,11 +196,15 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         Egress {
             allow: profile.network.allow.clone(),
             deny: profile.network.deny.clone(),
+            allow_reserved: profile.network.allow_reserved.clone(),
         }
     } else {
         Egress::default()
     };
 
+    // Refusals that do not depend on each other, reported together.
+    let mut refusals = Vec::new();
+    let mut weakening = Vec::new();
     // Hardened: read-only binds only.
     if hardened {
         for (i, bind) in profile.filesystem.binds.iter().enumerate() {
@@ -193,7 +215,7 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
                 } else {
                     format!("filesystem.binds[{i}]")
                 };
-                return Err(profile_error(
+                refusals.push(profile_error(
                     &key,
                     format!(
                         "read-write bind of {} is not allowed in mode hardened (only the workspace is writable); use access: read-only or mode sandbox",
@@ -202,6 +224,27 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
                 ));
             }
         }
+    }
+    // What weakens the mode: refused in hardened, a warning in sandbox.
+    crate::weaken::check(profile, mode, host, &mut refusals, &mut weakening);
+    // A bind the sandbox's user cannot reach would fail at run time with EACCES.
+    if mode != Mode::Direct {
+        for (i, bind) in profile.filesystem.binds.iter().enumerate() {
+            if let Some(barrier) = host.barrier(&bind.source) {
+                refusals.push(profile_error(
+                    &format!("filesystem.binds[{i}].source"),
+                    format!(
+                        "`{}` is below {}, which the sandbox's user cannot enter, so the bind would fail with EACCES; bind a path outside it (e.g. under /opt), or give other users search permission on it (chmod o+x {})",
+                        bind.source,
+                        barrier.describe(),
+                        barrier.dir
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(error) = PolicyError::from_list(refusals) {
+        return Err(error);
     }
 
     // The root: the host's system directories, or an image that brings its own.
@@ -232,6 +275,14 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         }
     }
 
+    // Toolchains of the host, for a run on the host's root (an image brings its own).
+    let toolchains = if rootfs == Rootfs::Host {
+        let bind = mode != Mode::Direct;
+        crate::toolchain::resolve(&profile.filesystem, host, bind, &mut weakening)
+    } else {
+        Default::default()
+    };
+
     let workspace = profile.filesystem.workspace.clone();
     let home = if hardened {
         workspace.clone()
@@ -240,8 +291,15 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
     };
     let arch = seccomp::build_arch();
 
+    let path = toolchains
+        .path
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(PATH))
+        .collect::<Vec<_>>()
+        .join(":");
     let mut env = vec![
-        ("PATH".to_string(), PATH.to_string()),
+        ("PATH".to_string(), path),
         ("HOME".to_string(), home.clone()),
         ("LANG".to_string(), "C.UTF-8".to_string()),
         ("TERM".to_string(), "xterm".to_string()),
@@ -250,6 +308,7 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         // /tmp is read-only: temporary files go to the workspace.
         env.push(("TMPDIR".to_string(), workspace.clone()));
     }
+    env.extend(toolchains.env.iter().cloned());
     if network == NetworkMode::Limited && mode != Mode::Direct {
         // Every common client honours one of these; ALL_PROXY as socks5h so that
         // names are resolved by the proxy, never inside (there is no DNS inside).
@@ -275,7 +334,7 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
 
     let isolated = mode != Mode::Direct;
     let mounts = if isolated {
-        mounts(profile, &rootfs, hardened, high, &home)
+        mounts(profile, &rootfs, hardened, high, &home, &toolchains.binds)
     } else {
         Vec::new()
     };
@@ -316,29 +375,44 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
     };
 
     let mut warnings = warnings(profile, mode);
+    warnings.extend(weakening);
     if isolated {
         if network == NetworkMode::Host {
             warnings.push(
                 "network host: the sandbox shares the host's network (no network namespace): it can reach everything the host can, including services on the host's loopback".into(),
             );
         }
-        // Rules written beside a mode that ignores them; a child that only changes
-        // the mode of a limited parent (python-dev -> loopback-only) means it.
+        // Rules the policy file itself wrote (or wrote beside the mode), under a mode
+        // that ignores them. A child that only changes the mode of a limited parent
+        // (python-dev -> loopback-only) means it; a mode chosen on the command line
+        // (--network, --mode hardened) is the caller's word over the profile's rules.
         let mode_file = profile.position("network.mode").map(|p| &p.file);
-        let rules_written = ["network.allow", "network.deny"].iter().any(|key| {
-            profile
-                .position(key)
-                .is_some_and(|p| mode_file.is_none_or(|f| *f == p.file))
-        }) && (!profile.network.allow.is_empty()
-            || !profile.network.deny.is_empty());
-        if network != NetworkMode::Limited
-            && rules_written
-            && overrides.network.is_none()
-            && !hardened
-        {
+        let own_file = profile.position("profile").map(|p| &p.file);
+        let written: Vec<&str> = ["network.allow", "network.deny", "network.allow_reserved"]
+            .into_iter()
+            .filter(|key| {
+                profile.position(key).is_some_and(|p| {
+                    mode_file.is_none_or(|f| *f == p.file) || own_file == Some(&p.file)
+                })
+            })
+            .collect();
+        let rules = !profile.network.allow.is_empty()
+            || !profile.network.deny.is_empty()
+            || !profile.network.allow_reserved.is_empty();
+        let chosen_here = overrides.network.is_none() && overrides.mode != Some(Mode::Hardened);
+        if network != NetworkMode::Limited && !written.is_empty() && rules && chosen_here {
+            let why = if hardened {
+                "mode hardened, which has no network".to_string()
+            } else {
+                format!(
+                    "network.mode: {} (only limited uses them)",
+                    network.as_str()
+                )
+            };
             warnings.push(format!(
-                "network.allow, network.deny: have no effect with network.mode: {} (only limited uses them)",
-                network.as_str()
+                "{}: {} no effect with {why}",
+                written.join(", "),
+                if written.len() == 1 { "has" } else { "have" }
             ));
         }
     }
@@ -346,7 +420,11 @@ pub fn compile(profile: &Profile, overrides: &Overrides) -> Result<Plan, PolicyE
         // Written next to `rootfs: image:...` in the same file, these keys suggest the
         // author expects them to apply. (A parent's host binds simply do not.)
         let rootfs_file = profile.position("filesystem.rootfs").map(|p| &p.file);
-        for key in ["filesystem.system", "filesystem.etc"] {
+        for key in [
+            "filesystem.system",
+            "filesystem.etc",
+            "filesystem.toolchains",
+        ] {
             if matches!((profile.position(key), rootfs_file), (Some(k), Some(r)) if k.file == *r) {
                 warnings.push(format!(
                     "{key}: has no effect with filesystem.rootfs: image:{name}, which brings its own /usr and /etc"
@@ -386,6 +464,7 @@ fn mounts(
     hardened: bool,
     high: bool,
     home: &str,
+    toolchains: &[String],
 ) -> Vec<Mount> {
     let fs = &profile.filesystem;
     let host_root = *rootfs == Rootfs::Host;
@@ -437,6 +516,15 @@ fn mounts(
             target: bind.target.clone(),
             read_only: bind.access == Access::ReadOnly,
             optional: false,
+        });
+    }
+    // Found on the host just now; a toolchain removed before the run is skipped.
+    for dir in toolchains {
+        mounts.push(Mount::Bind {
+            source: dir.clone(),
+            target: dir.clone(),
+            read_only: true,
+            optional: true,
         });
     }
     mounts.push(Mount::Tmpfs {
@@ -548,7 +636,7 @@ fn warnings(profile: &Profile, mode: Mode) -> Vec<String> {
     }
     if mode == Mode::Direct {
         warnings.push(
-            "mode: direct runs without namespaces, seccomp or Landlock: the payload sees the host's filesystem and network (network.*, filesystem.* and security.* have no effect; limits and the timeout apply)"
+            "mode: direct runs without namespaces, seccomp or Landlock: the payload sees the host's filesystem and network (network.*, security.* and filesystem.* but toolchains have no effect; limits and the timeout apply)"
                 .to_string(),
         );
         return warnings;

@@ -9,10 +9,13 @@
 //! * `pypi.org` — exactly that name (any port); `pypi.org:443` — that name, port 443;
 //! * `*.pythonhosted.org` — any name below `pythonhosted.org` (not the bare domain);
 //! * `10.1.2.3`, `10.1.2.3:8080`, `::1`, `[::1]:8080` — an address, matched against
-//!   the addresses the proxy connects to. Only an address entry lets the proxy reach
-//!   a private, loopback or link-local address.
+//!   the addresses the proxy connects to.
 //!
-//! Deny wins over allow.
+//! Deny wins over allow. A name is checked twice: as asked for ([`Egress::decide_name`])
+//! and, once resolved, each address ([`Egress::decide_ip`]): an address in a reserved
+//! range ([`reserved_range`]: loopback, private, link-local, CGNAT, TEST-NET, ...) is
+//! refused unless an address entry of `network.allow` names it, or the name is in
+//! `network.allow_reserved` (a mirror on an internal network, reached by its name).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -172,6 +175,45 @@ impl EgressRule {
             }
     }
 
+    /// Whether a host:port exists that both `self` and `other` match (ports: either
+    /// any, or the same; hosts: the same name, a name below a wildcard, or nested
+    /// wildcards). Addresses overlap only with the same address.
+    pub fn overlaps(&self, other: &EgressRule) -> bool {
+        let below = |name: &str, suffix: &str| {
+            name.strip_suffix(suffix)
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.'))
+        };
+        let ports = self.port.is_none() || other.port.is_none() || self.port == other.port;
+        ports
+            && match (&self.host, &other.host) {
+                (HostPattern::Name(a), HostPattern::Name(b)) => a == b,
+                (HostPattern::Suffix(s), HostPattern::Name(n))
+                | (HostPattern::Name(n), HostPattern::Suffix(s)) => below(n, s),
+                (HostPattern::Suffix(a), HostPattern::Suffix(b)) => {
+                    a == b || below(a, b) || below(b, a)
+                }
+                (HostPattern::Ip(a), HostPattern::Ip(b)) => canonical(*a) == canonical(*b),
+                _ => false,
+            }
+    }
+
+    /// Whether `self` (a `network.allow` entry) lets the proxy ask for some host that
+    /// `entry` (a `network.allow_reserved` entry) names.
+    pub fn covers(&self, entry: &EgressRule) -> bool {
+        self.overlaps(entry)
+    }
+
+    /// Checks a `network.allow_reserved` entry: a name or a wildcard, not an address.
+    /// The message completes "network.allow_reserved[0]: ...".
+    pub fn check_reserved_entry(&self) -> Result<(), String> {
+        match self.host {
+            HostPattern::Ip(_) => Err(format!(
+                "`{self}` is an address: write it in network.allow, where an address entry already reaches a reserved address"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn matches_ip(&self, ip: IpAddr, port: u16) -> bool {
         self.port.is_none_or(|p| p == port)
             && matches!(&self.host, HostPattern::Ip(a) if canonical(*a) == canonical(ip))
@@ -225,45 +267,76 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Addresses the proxy refuses unless an address entry allows them: loopback,
-/// private, link-local, carrier-grade NAT, unspecified, multicast, broadcast,
-/// documentation and other reserved ranges, IPv6 unique-local and site-local.
-pub fn is_internal(ip: IpAddr) -> bool {
+/// The reserved IPv4 ranges: network, prefix length, and how a message names them.
+/// More specific ranges come first.
+#[rustfmt::skip]
+const RESERVED_V4: &[([u8; 4], u8, &str)] = &[
+    ([255, 255, 255, 255], 32, "255.255.255.255/32 (broadcast)"),
+    ([0, 0, 0, 0], 8, "0.0.0.0/8 (\"this network\", RFC 1122)"),
+    ([10, 0, 0, 0], 8, "10.0.0.0/8 (private, RFC 1918)"),
+    ([100, 64, 0, 0], 10, "100.64.0.0/10 (carrier-grade NAT, RFC 6598)"),
+    ([127, 0, 0, 0], 8, "127.0.0.0/8 (loopback)"),
+    ([169, 254, 0, 0], 16, "169.254.0.0/16 (link-local, RFC 3927)"),
+    ([172, 16, 0, 0], 12, "172.16.0.0/12 (private, RFC 1918)"),
+    ([192, 0, 0, 0], 24, "192.0.0.0/24 (IETF protocol assignments, RFC 6890)"),
+    ([192, 0, 2, 0], 24, "192.0.2.0/24 (TEST-NET-1 documentation, RFC 5737)"),
+    ([192, 168, 0, 0], 16, "192.168.0.0/16 (private, RFC 1918)"),
+    ([198, 18, 0, 0], 15, "198.18.0.0/15 (benchmarking, RFC 2544)"),
+    ([198, 51, 100, 0], 24, "198.51.100.0/24 (TEST-NET-2 documentation, RFC 5737)"),
+    ([203, 0, 113, 0], 24, "203.0.113.0/24 (TEST-NET-3 documentation, RFC 5737)"),
+    ([224, 0, 0, 0], 4, "224.0.0.0/4 (multicast)"),
+    ([240, 0, 0, 0], 4, "240.0.0.0/4 (reserved, RFC 1112)"),
+];
+
+/// The reserved IPv6 ranges, as [`RESERVED_V4`]. IPv4-mapped addresses
+/// (`::ffff:a.b.c.d`) are checked as the IPv4 address they are.
+#[rustfmt::skip]
+const RESERVED_V6: &[([u16; 8], u8, &str)] = &[
+    ([0, 0, 0, 0, 0, 0, 0, 1], 128, "::1/128 (loopback)"),
+    ([0, 0, 0, 0, 0, 0, 0, 0], 128, "::/128 (unspecified)"),
+    ([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 32, "64:ff9b::/32 (NAT64, RFC 6052 and 8215, may embed an internal IPv4 address)"),
+    ([0x2001, 0x0db8, 0, 0, 0, 0, 0, 0], 32, "2001:db8::/32 (documentation, RFC 3849)"),
+    ([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7, "fc00::/7 (unique local, RFC 4193)"),
+    ([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10, "fe80::/10 (link-local)"),
+    ([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10, "fec0::/10 (site-local, deprecated)"),
+    ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8, "ff00::/8 (multicast)"),
+];
+
+/// The reserved range `ip` is in, as a message names it (`198.18.0.0/15
+/// (benchmarking, RFC 2544)`), or `None` for a public address. The proxy refuses these
+/// unless an address entry or `network.allow_reserved` lets it through.
+pub fn reserved_range(ip: IpAddr) -> Option<&'static str> {
     match canonical(ip) {
         IpAddr::V4(a) => {
-            let [o0, o1, ..] = a.octets();
-            a.is_loopback()
-                || a.is_private()
-                || a.is_link_local()
-                || a.is_unspecified()
-                || a.is_broadcast()
-                || a.is_multicast()
-                || a.is_documentation()
-                || o0 == 0
-                || (o0 == 100 && (64..128).contains(&o1)) // 100.64/10 CGNAT
-                || (o0 == 192 && o1 == 0 && a.octets()[2] == 0) // 192.0.0/24
-                || (o0 == 198 && (18..20).contains(&o1)) // benchmarking
-                || o0 >= 240 // reserved
+            let bits = u32::from(a);
+            RESERVED_V4.iter().find_map(|(net, len, name)| {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*len)).unwrap_or(0);
+                (bits & mask == u32::from(Ipv4Addr::from(*net)) & mask).then_some(*name)
+            })
         }
         IpAddr::V6(a) => {
-            let s0 = a.segments()[0];
-            a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || (s0 & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (s0 & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (s0 & 0xffc0) == 0xfec0 // site-local fec0::/10
-                || (s0 == 0x2001 && a.segments()[1] == 0x0db8) // documentation
-                || (s0 == 0x0064 && a.segments()[1] == 0xff9b) // NAT64 (may embed internal v4)
+            let bits = u128::from(a);
+            RESERVED_V6.iter().find_map(|(net, len, name)| {
+                let mask = u128::MAX.checked_shl(128 - u32::from(*len)).unwrap_or(0);
+                (bits & mask == u128::from(Ipv6Addr::from(*net)) & mask).then_some(*name)
+            })
         }
     }
 }
 
-/// The egress policy of a limited sandbox: `network.allow` and `network.deny`.
+/// Whether `ip` is in a reserved range ([`reserved_range`]).
+pub fn is_internal(ip: IpAddr) -> bool {
+    reserved_range(ip).is_some()
+}
+
+/// The egress policy of a limited sandbox: `network.allow`, `network.deny` and
+/// `network.allow_reserved`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Egress {
     pub allow: Vec<EgressRule>,
     pub deny: Vec<EgressRule>,
+    /// Names whose reserved addresses the proxy connects to (each also in `allow`).
+    pub allow_reserved: Vec<EgressRule>,
 }
 
 /// A decision, with the entry (or the rule) that made it, for the client's 403 and the
@@ -293,23 +366,45 @@ impl Egress {
         })
     }
 
-    /// Whether the proxy may connect to `ip:port` (an address the requested name
-    /// resolved to). `trusted`: the address came from the test-only resolver override,
-    /// which may map allowed names to internal addresses (a deny entry still wins).
-    pub fn decide_ip(&self, ip: IpAddr, port: u16, trusted: bool) -> Verdict {
+    /// Whether the proxy may connect to `ip:port`, an address that `name` (the host
+    /// the client asked for, already allowed by [`Egress::decide_name`]) resolved to.
+    /// A reserved address ([`reserved_range`]) needs an address entry in `allow`, or
+    /// `name` in `allow_reserved`. `trusted`: the address came from the test-only
+    /// resolver override, which may map allowed names to internal addresses. A deny
+    /// entry wins over all of these.
+    pub fn decide_ip(&self, name: &str, ip: IpAddr, port: u16, trusted: bool) -> Verdict {
         if let Some(rule) = self.deny.iter().find(|r| r.matches_ip(ip, port)) {
             return Verdict::Refuse(format!("denied by network.deny entry `{rule}`"));
         }
-        if is_internal(ip) && !trusted && !self.allow.iter().any(|r| r.matches_ip(ip, port)) {
-            return Verdict::Refuse(format!(
-                "{ip} is a loopback, private or link-local address; only an address entry in network.allow (e.g. `{}`) reaches it",
-                EgressRule {
-                    host: HostPattern::Ip(canonical(ip)),
-                    port: Some(port)
-                }
-            ));
+        let Some(range) = reserved_range(ip) else {
+            return Verdict::Allow;
+        };
+        if trusted || self.allow.iter().any(|r| r.matches_ip(ip, port)) {
+            return Verdict::Allow;
         }
-        Verdict::Allow
+        let name = normalize(name);
+        let by_literal = name.parse::<IpAddr>().is_ok();
+        if !by_literal
+            && self
+                .allow_reserved
+                .iter()
+                .any(|r| r.matches_name(&name, port))
+        {
+            return Verdict::Allow;
+        }
+        let entry = EgressRule {
+            host: HostPattern::Ip(canonical(ip)),
+            port: Some(port),
+        };
+        Verdict::Refuse(if by_literal {
+            format!(
+                "{ip} is in {range}, which the proxy does not reach unless an address entry in network.allow names it (e.g. `{entry}`)"
+            )
+        } else {
+            format!(
+                "{name} resolved to {ip}, which is in {range}; the proxy reaches a reserved address only for a name in network.allow_reserved (e.g. `{name}`, for a mirror you trust) or an address entry in network.allow (e.g. `{entry}`)"
+            )
+        })
     }
 }
 
@@ -329,6 +424,7 @@ mod tests {
         Egress {
             allow: rules(allow),
             deny: rules(deny),
+            allow_reserved: Vec::new(),
         }
     }
 
@@ -421,16 +517,16 @@ mod tests {
         assert_eq!(why, "denied by network.deny entry `secret.example.com`");
         let e = egress(&["10.0.0.5"], &["10.0.0.5:22"]);
         assert_eq!(
-            e.decide_ip("10.0.0.5".parse().unwrap(), 80, false),
+            e.decide_ip("pypi.org", "10.0.0.5".parse().unwrap(), 80, false),
             Verdict::Allow
         );
         assert!(matches!(
-            e.decide_ip("10.0.0.5".parse().unwrap(), 22, false),
+            e.decide_ip("pypi.org", "10.0.0.5".parse().unwrap(), 22, false),
             Verdict::Refuse(_)
         ));
         // Deny also wins over the test resolver's trust.
         assert!(matches!(
-            e.decide_ip("10.0.0.5".parse().unwrap(), 22, true),
+            e.decide_ip("pypi.org", "10.0.0.5".parse().unwrap(), 22, true),
             Verdict::Refuse(_)
         ));
     }
@@ -459,28 +555,32 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(is_internal(ip), "{ip}");
             assert!(
-                matches!(e.decide_ip(ip, 443, false), Verdict::Refuse(_)),
+                matches!(e.decide_ip("pypi.org", ip, 443, false), Verdict::Refuse(_)),
                 "{ip}"
             );
         }
         for ip in ["151.101.0.223", "8.8.8.8", "2a04:4e42::223"] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(!is_internal(ip), "{ip}");
-            assert_eq!(e.decide_ip(ip, 443, false), Verdict::Allow, "{ip}");
+            assert_eq!(
+                e.decide_ip("pypi.org", ip, 443, false),
+                Verdict::Allow,
+                "{ip}"
+            );
         }
         // An address entry reaches it, on its port only; a mapped v6 form counts too.
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(e.decide_ip(lo, 8080, false), Verdict::Allow);
+        assert_eq!(e.decide_ip("pypi.org", lo, 8080, false), Verdict::Allow);
         assert_eq!(
-            e.decide_ip("::ffff:127.0.0.1".parse().unwrap(), 8080, false),
+            e.decide_ip("pypi.org", "::ffff:127.0.0.1".parse().unwrap(), 8080, false),
             Verdict::Allow
         );
-        let Verdict::Refuse(why) = e.decide_ip(lo, 8081, false) else {
+        let Verdict::Refuse(why) = e.decide_ip("pypi.org", lo, 8081, false) else {
             panic!("other port")
         };
         assert!(why.contains("`127.0.0.1:8081`"), "{why}");
         // The test resolver's addresses are trusted.
-        assert_eq!(e.decide_ip(lo, 9, true), Verdict::Allow);
+        assert_eq!(e.decide_ip("pypi.org", lo, 9, true), Verdict::Allow);
     }
 
     #[test]
@@ -499,5 +599,106 @@ mod tests {
             panic!("nothing allowed")
         };
         assert_eq!(why, "network.allow is empty");
+    }
+
+    #[test]
+    fn a_refused_reserved_address_names_its_range() {
+        let e = egress(&["pypi.org"], &[]);
+        for (ip, range) in [
+            ("198.18.0.7", "198.18.0.0/15 (benchmarking, RFC 2544)"),
+            (
+                "192.0.2.1",
+                "192.0.2.0/24 (TEST-NET-1 documentation, RFC 5737)",
+            ),
+            ("203.0.113.9", "203.0.113.0/24 (TEST-NET-3"),
+            ("127.0.0.1", "127.0.0.0/8 (loopback)"),
+            ("10.1.2.3", "10.0.0.0/8 (private, RFC 1918)"),
+            ("100.100.0.1", "100.64.0.0/10 (carrier-grade NAT"),
+            ("169.254.169.254", "169.254.0.0/16 (link-local"),
+            ("255.255.255.255", "255.255.255.255/32 (broadcast)"),
+            ("::ffff:192.168.0.1", "192.168.0.0/16 (private, RFC 1918)"),
+            ("fd00::1", "fc00::/7 (unique local"),
+            ("2001:db8::1", "2001:db8::/32 (documentation"),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(
+                reserved_range(ip).map(|r| r.starts_with(range)),
+                Some(true),
+                "{ip}"
+            );
+            let Verdict::Refuse(why) = e.decide_ip("pypi.org", ip, 443, false) else {
+                panic!("{ip} is reserved")
+            };
+            assert!(why.contains(range), "{why}");
+            assert!(!why.contains("loopback, private or link-local"), "{why}");
+            assert!(why.contains("network.allow_reserved"), "{why}");
+        }
+        // Neighbours of a range are public.
+        for ip in ["198.20.0.1", "192.0.3.1", "100.128.0.1", "172.32.0.1"] {
+            assert_eq!(reserved_range(ip.parse().unwrap()), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn allow_reserved_lets_a_named_mirror_through_and_nothing_else() {
+        let mut e = egress(
+            &["pypi.mirror.test", "*.corp.test", "pypi.org"],
+            &["10.9.9.9"],
+        );
+        e.allow_reserved = vec![
+            EgressRule::parse("pypi.mirror.test").unwrap(),
+            EgressRule::parse("*.corp.test:443").unwrap(),
+        ];
+        let benchmarking: IpAddr = "198.18.0.7".parse().unwrap();
+        let private: IpAddr = "10.0.0.5".parse().unwrap();
+        assert_eq!(
+            e.decide_ip("pypi.mirror.test", benchmarking, 443, false),
+            Verdict::Allow
+        );
+        assert_eq!(
+            e.decide_ip("PYPI.MIRROR.TEST.", private, 80, false),
+            Verdict::Allow
+        );
+        assert_eq!(
+            e.decide_ip("pkg.corp.test", private, 443, false),
+            Verdict::Allow
+        );
+        // Another port of a port-bound entry, a name not listed, and an address asked
+        // for by literal stay refused; deny still wins.
+        assert!(matches!(
+            e.decide_ip("pkg.corp.test", private, 80, false),
+            Verdict::Refuse(_)
+        ));
+        assert!(matches!(
+            e.decide_ip("pypi.org", benchmarking, 443, false),
+            Verdict::Refuse(_)
+        ));
+        assert!(matches!(
+            e.decide_ip("10.0.0.5", private, 443, false),
+            Verdict::Refuse(_)
+        ));
+        assert!(matches!(
+            e.decide_ip("pypi.mirror.test", "10.9.9.9".parse().unwrap(), 443, false),
+            Verdict::Refuse(_)
+        ));
+        // The default refuses.
+        e.allow_reserved.clear();
+        assert!(matches!(
+            e.decide_ip("pypi.mirror.test", benchmarking, 443, false),
+            Verdict::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn entries_overlap_by_name_wildcard_and_port() {
+        let r = |s: &str| EgressRule::parse(s).unwrap();
+        assert!(r("pypi.org").overlaps(&r("pypi.org:443")));
+        assert!(r("*.example.com").overlaps(&r("a.example.com")));
+        assert!(r("*.example.com").overlaps(&r("*.b.example.com")));
+        assert!(!r("*.example.com").overlaps(&r("example.com")));
+        assert!(!r("pypi.org:80").overlaps(&r("pypi.org:443")));
+        assert!(!r("pypi.org").overlaps(&r("pypi.com")));
+        assert!(r("10.0.0.1").check_reserved_entry().is_err());
+        assert!(r("*.corp.test").check_reserved_entry().is_ok());
     }
 }

@@ -3,7 +3,9 @@
 //! * [`PolicyError`] — everything [`crate::load_file`], [`crate::load_str`],
 //!   [`crate::load_builtin`] and [`crate::compile`] can report. Its `Display` is one line
 //!   that starts with `file:line:column:` whenever the problem sits at a place in a YAML
-//!   file, names the key (`resources.memory: ...`) and ends with how to fix it.
+//!   file, names the key (`resources.memory: ...`) and ends with how to fix it. A policy
+//!   with several independent mistakes is one [`PolicyError::Several`]: one such line
+//!   per mistake, in file order ([`PolicyError::errors`] lists them).
 //! * [`SourcePos`] — such a place.
 //! * [`ChoiceError`] — a word that is not one of a fixed set (`--mode`, `--network`).
 
@@ -132,12 +134,68 @@ pub enum PolicyError {
     /// A bug: the BPF generator produced something it should not have.
     #[error("seccomp program `{program}`: internal error: {message} (please report this)")]
     Internal { program: String, message: String },
+
+    /// Several independent problems (unknown keys, wrong types, bad values), in file
+    /// order, so that one round of `phantom policy check` shows them all. Displays as
+    /// one line per problem. Never empty, never holds a single error or another
+    /// `Several`; built by [`PolicyError::from_list`].
+    #[error("{}", lines(.0))]
+    Several(Vec<PolicyError>),
+}
+
+fn lines(errors: &[PolicyError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl PolicyError {
-    /// Where in a policy file the problem is, when it is at a place in one.
+    /// The problems this error stands for: the list of a [`PolicyError::Several`], else
+    /// just this one. Each displays as one line.
+    pub fn errors(&self) -> &[PolicyError] {
+        match self {
+            PolicyError::Several(list) => list,
+            one => std::slice::from_ref(one),
+        }
+    }
+
+    /// The first problem (in file order): for a caller that shows only one.
+    pub fn first(&self) -> &PolicyError {
+        &self.errors()[0]
+    }
+
+    /// `None` for no errors, the error itself for one, else a [`PolicyError::Several`]
+    /// sorted by place (file, line, column; problems without a place last).
+    pub fn from_list(list: Vec<PolicyError>) -> Option<PolicyError> {
+        let mut flat: Vec<PolicyError> = Vec::with_capacity(list.len());
+        for error in list {
+            match error {
+                PolicyError::Several(inner) => flat.extend(inner),
+                one => flat.push(one),
+            }
+        }
+        flat.sort_by(|a, b| {
+            let key = |e: &PolicyError| {
+                e.position()
+                    .map(|p| (false, p.file.clone(), p.line, p.column))
+                    .unwrap_or((true, String::new(), 0, 0))
+            };
+            key(a).cmp(&key(b))
+        });
+        match flat.len() {
+            0 => None,
+            1 => flat.pop(),
+            _ => Some(PolicyError::Several(flat)),
+        }
+    }
+
+    /// Where in a policy file the problem is, when it is at a place in one (for
+    /// several problems: the first's).
     pub fn position(&self) -> Option<&SourcePos> {
         match self {
+            PolicyError::Several(list) => list.first().and_then(PolicyError::position),
             PolicyError::Yaml { at, .. }
             | PolicyError::UnknownKey { at, .. }
             | PolicyError::MissingKey { at, .. }

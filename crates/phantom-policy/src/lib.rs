@@ -7,7 +7,8 @@
 //!   [`Overrides`]: mounts, seccomp BPF, Landlock rules, limits, environment. The
 //!   runtime only replays a plan.
 //! * [`units`] — sizes (`512MB`), durations (`30s`) and CPU counts (`0.5`).
-//! * [`PolicyError`] — one line, `file:line:column: key: what is wrong (how to fix it)`.
+//! * [`PolicyError`] — one line, `file:line:column: key: what is wrong (how to fix it)`;
+//!   a policy with several mistakes gets them all, one line each.
 //!
 //! ```
 //! let profile = phantom_policy::load_builtin(phantom_policy::DEFAULT_PROFILE).unwrap();
@@ -15,7 +16,9 @@
 //! assert_eq!(plan.limits.pids, 256);
 //! ```
 //!
-//! This crate is pure: it reads policy files but makes no other system call.
+//! This crate makes no system call but reads: policy files, and — through
+//! [`host::Host`], which tests replace — the environment and metadata of host paths
+//! that `filesystem.toolchains` and bind sources name. It never writes.
 #![forbid(unsafe_code)]
 
 mod builtin;
@@ -23,11 +26,14 @@ mod compile;
 pub mod egress;
 mod error;
 mod extends;
+pub mod host;
 pub mod plan;
 mod profile;
 mod schema;
 mod seccomp;
+mod toolchain;
 pub mod units;
+mod weaken;
 mod yaml;
 
 use std::path::Path;
@@ -35,16 +41,18 @@ use std::sync::Arc;
 
 pub use builtin::{builtin_names, builtin_source, load_builtin, DEFAULT_PROFILE};
 pub use compile::{
-    compile, Overrides, DEV_NODES, HOSTNAME, PATH, PROC_MASKED, PROC_READ_ONLY, SHM_SIZE_BYTES,
+    compile, compile_on, Overrides, DEV_NODES, HOSTNAME, PATH, PROC_MASKED, PROC_READ_ONLY,
+    SHM_SIZE_BYTES,
 };
 pub use error::{ChoiceError, PolicyError, SourcePos};
 pub use plan::*;
 pub use profile::{
     Filesystem, HostBind, IoMode, LandlockPath, LandlockPolicy, MemoryAllocator, Network,
     Performance, Profile, Resources, Runtime, SeccompDefault, SeccompPolicy, Security,
-    SecurityLevel, MAX_EXTENDS,
+    SecurityLevel, Toolchain, MAX_EXTENDS,
 };
 pub use seccomp::{BASE_ALLOWLIST, DENYLIST};
+pub use weaken::{FENCE_SYSCALLS, HOST_STATE_DIRS, SOCKET_DIRS};
 pub use yaml::{MAX_DEPTH, MAX_POLICY_BYTES};
 
 use extends::{Base, Layer, Loader};

@@ -39,8 +39,9 @@ pub struct Profile {
     /// `mode:` — `direct` (no namespaces, seccomp or Landlock: only limits and the
     /// timeout; for debugging), `sandbox` (default: every namespace, the seccomp
     /// denylist, Landlock), `hardened` (additionally: seccomp allowlist, no network at
-    /// all, read-only `/tmp`, read-only binds only) or `wasm` (accepted, but this build
-    /// has no wasmtime: `compile()` refuses it).
+    /// all, read-only `/tmp`, read-only binds only, and none of the keys that would
+    /// undo that — see `weaken.rs`) or `wasm` (accepted, but this build has no
+    /// wasmtime: `compile()` refuses it).
     pub mode: Mode,
     /// `runtime:` — `auto` (default) or `native`: both run the payload natively, the
     /// only runtime of this build. `python`: native too, and phantom-supervisor's warm
@@ -264,11 +265,21 @@ pub struct Network {
     pub mode: NetworkMode,
     /// `network.allow:` — where a `limited` sandbox's proxy may connect: `pypi.org`,
     /// `*.pythonhosted.org` (subdomains), `api.example.com:443`, `10.0.0.5:8080`
-    /// (addresses: the only way to reach a private, loopback or link-local address).
+    /// (an address entry reaches its address even in a reserved range; a name whose
+    /// addresses are reserved needs `allow_reserved`). Under another mode it has no
+    /// effect, and compile() warns.
     pub allow: Vec<EgressRule>,
     /// `network.deny:` — entries written like `allow` that are refused even when
     /// `allow` matches (deny wins).
     pub deny: Vec<EgressRule>,
+    /// `network.allow_reserved:` — names (`pypi.mirror.internal`, `*.corp.example`,
+    /// optionally with `:PORT`) whose addresses the proxy connects to even when they
+    /// are in a reserved range (loopback, RFC 1918 private, link-local, CGNAT,
+    /// TEST-NET, benchmarking, ...), which it otherwise refuses: the way to reach a
+    /// package mirror on an internal network by its name. Each entry must also be
+    /// allowed by `allow`; addresses are not accepted here (an address entry in
+    /// `allow` already reaches its address). Default: none.
+    pub allow_reserved: Vec<EgressRule>,
 }
 
 /// `filesystem:` — the sandbox's root is an empty tmpfs (or an image, see `rootfs`),
@@ -297,9 +308,44 @@ pub struct Filesystem {
     /// source must exist. `read-write` is refused in `hardened` mode. Targets are
     /// absolute, not `/`, not under `/proc`, `/dev`, `/sys`, `/tmp` or the workspace.
     pub binds: Vec<HostBind>,
+    /// `filesystem.toolchains:` — language toolchains to find on the host where their
+    /// usual installers put them, and bind read-only at the same path with their
+    /// `bin` directories first in `PATH` (see [`Toolchain`]). One that is not
+    /// installed is skipped; one the sandbox's user cannot reach (e.g. under a 0700
+    /// home) is left out with a warning saying what to do. Default: none.
+    pub toolchains: Vec<Toolchain>,
     /// `filesystem.workspace:` (default `/workspace`) — where the run's workspace
     /// directory appears, read-write; also the working directory.
     pub workspace: String,
+}
+
+/// A `filesystem.toolchains` entry: where it is looked for, with `~` the home of the
+/// user phantom runs as (`HOME`), in the environment of the process that compiles the
+/// policy (the `phantom` command, or phantom-supervisor for runs it serves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Toolchain {
+    /// rustup: `$CARGO_HOME/bin` (default `~/.cargo/bin`, the `rustc`, `cargo`, ...
+    /// proxies) and `$RUSTUP_HOME` (default `~/.rustup`, the toolchains); `RUSTUP_HOME`
+    /// is set inside so that the proxies find them (`CARGO_HOME` is not: cargo's
+    /// registry cache stays writable under `HOME`).
+    Rustup,
+    /// Go from the official tarball: `$GOROOT` (default `/usr/local/go`), its `bin`.
+    Go,
+    /// nvm: `$NVM_DIR` (default `~/.nvm`): the Node.js version the invoking `PATH`
+    /// uses, else the newest under `versions/node/`, its `bin`.
+    Nvm,
+}
+
+impl Toolchain {
+    /// The name used in the DSL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Toolchain::Rustup => "rustup",
+            Toolchain::Go => "go",
+            Toolchain::Nvm => "nvm",
+        }
+    }
 }
 
 impl Default for Filesystem {
@@ -322,6 +368,7 @@ impl Default for Filesystem {
                 "os-release",
             ]),
             binds: Vec::new(),
+            toolchains: Vec::new(),
             workspace: "/workspace".into(),
         }
     }
@@ -385,6 +432,11 @@ pub(crate) const SECCOMP_DEFAULTS: &[(&str, SeccompDefault)] = &[
 pub(crate) const ACCESSES: &[(&str, Access)] = &[
     ("read-only", Access::ReadOnly),
     ("read-write", Access::ReadWrite),
+];
+pub(crate) const TOOLCHAINS: &[(&str, Toolchain)] = &[
+    ("rustup", Toolchain::Rustup),
+    ("go", Toolchain::Go),
+    ("nvm", Toolchain::Nvm),
 ];
 pub(crate) const IO_MODES: &[(&str, IoMode)] = &[("sync", IoMode::Sync), ("uring", IoMode::Uring)];
 pub(crate) const ALLOCATORS: &[(&str, MemoryAllocator)] = &[

@@ -6,6 +6,10 @@
 //! ...) that name the dotted key in every error and record where each key was written,
 //! so that `compile()` can point at it too. Checks that involve several keys (the
 //! workspace against system paths and binds) run at the end.
+//!
+//! A mistake does not stop the walk: the reader notes it and goes on with the next key
+//! (or list entry), so that one `phantom policy check` reports every independent
+//! mistake, each at its place ([`PolicyError::Several`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -43,8 +47,15 @@ const PERFORMANCE_KEYS: &[&str] = &[
 const RESOURCE_KEYS: &[&str] = &[
     "memory", "cpu", "pids", "timeout", "output", "tmp", "nofile", "fsize",
 ];
-const NETWORK_KEYS: &[&str] = &["mode", "allow", "deny"];
-const FILESYSTEM_KEYS: &[&str] = &["rootfs", "system", "etc", "binds", "workspace"];
+const NETWORK_KEYS: &[&str] = &["mode", "allow", "deny", "allow_reserved"];
+const FILESYSTEM_KEYS: &[&str] = &[
+    "rootfs",
+    "system",
+    "etc",
+    "binds",
+    "toolchains",
+    "workspace",
+];
 const BIND_KEYS: &[&str] = &["source", "target", "access"];
 
 /// Names below /etc that phantom writes itself.
@@ -87,6 +98,7 @@ impl Profile {
                 mode: NetworkMode::LoopbackOnly,
                 allow: Vec::new(),
                 deny: Vec::new(),
+                allow_reserved: Vec::new(),
             },
             filesystem: Filesystem::default(),
             positions: BTreeMap::new(),
@@ -95,30 +107,51 @@ impl Profile {
             return Err(top_level_error(root));
         }
         for (key, value) in r.map(root, "", TOP_KEYS)? {
-            match key {
-                "profile" => name = Some(r.profile_name(value)?),
-                "description" => profile.description = Some(r.string(value, "description")?),
-                "extends" => profile.extends = Some(r.string(value, "extends")?),
-                "mode" => profile.mode = r.choice(value, "mode", MODES)?,
-                "runtime" => profile.runtime = r.choice(value, "runtime", RUNTIMES)?,
-                "security" => r.security(value, &mut profile.security)?,
-                "performance" => r.performance(value, &mut profile.performance)?,
-                "resources" => r.resources(value, &mut profile.resources)?,
-                "network" => r.network(value, &mut profile.network)?,
-                "filesystem" => r.filesystem(value, &mut profile.filesystem)?,
+            let result = match key {
+                "profile" => r.profile_name(value).map(|n| name = Some(n)),
+                "description" => r
+                    .string(value, "description")
+                    .map(|d| profile.description = Some(d)),
+                "extends" => r
+                    .string(value, "extends")
+                    .map(|e| profile.extends = Some(e)),
+                "mode" => r.choice(value, "mode", MODES).map(|m| profile.mode = m),
+                "runtime" => r
+                    .choice(value, "runtime", RUNTIMES)
+                    .map(|v| profile.runtime = v),
+                "security" => r.security(value, &mut profile.security),
+                "performance" => r.performance(value, &mut profile.performance),
+                "resources" => r.resources(value, &mut profile.resources),
+                "network" => r.network(value, &mut profile.network),
+                "filesystem" => r.filesystem(value, &mut profile.filesystem),
                 _ => unreachable!("Reader::map only returns listed keys"),
-            }
+            };
+            r.note(result);
         }
-        profile.name = name.ok_or_else(|| PolicyError::MissingKey {
-            at: SourcePos {
-                line: 1,
-                column: 1,
-                ..root.pos.source()
-            },
-            key: "profile".into(),
-            hint: "every policy names itself, e.g. `profile: my-python`".into(),
-        })?;
-        check_filesystem(&profile.filesystem, &r)?;
+        match name {
+            Some(name) => profile.name = name,
+            // A name that is there but invalid has its error already, and so has a
+            // misspelt `profile:` (whose error suggests the right key).
+            None if r.positions.contains_key("profile")
+                || r.errors.iter().any(|e| {
+                    matches!(e, PolicyError::UnknownKey { section, hint, .. }
+                        if section == "at the top level" && hint.contains("`profile`"))
+                }) => {}
+            None => r.errors.push(PolicyError::MissingKey {
+                at: SourcePos {
+                    line: 1,
+                    column: 1,
+                    ..root.pos.source()
+                },
+                key: "profile".into(),
+                hint: "every policy names itself, e.g. `profile: my-python`".into(),
+            }),
+        }
+        check_filesystem(&profile.filesystem, &mut r);
+        check_network(&profile.network, &mut r);
+        if let Some(error) = PolicyError::from_list(std::mem::take(&mut r.errors)) {
+            return Err(error);
+        }
         profile.positions = r.positions;
         Ok(profile)
     }
@@ -159,14 +192,32 @@ pub(crate) fn invalid(node: &Node, field: &str, message: String) -> PolicyError 
 #[derive(Default)]
 struct Reader {
     positions: BTreeMap<String, SourcePos>,
+    /// Mistakes noted so far; the walk goes on after each.
+    errors: Vec<PolicyError>,
+    /// The key of each bind and `allow_reserved` entry kept (`filesystem.binds[2]`):
+    /// entries with a mistake are left out, so later ones keep their written index.
+    bind_keys: Vec<String>,
+    reserved_keys: Vec<String>,
 }
 
 impl Reader {
+    /// The value of `result`, or `None` after noting its error.
+    fn note<T>(&mut self, result: Result<T, PolicyError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.errors.push(error);
+                None
+            }
+        }
+    }
+
     fn record(&mut self, node: &Node, path: &str) {
         self.positions.insert(path.to_string(), node.pos.source());
     }
 
-    /// The entries of a mapping whose keys must all be in `keys`.
+    /// The entries of a mapping whose keys are in `keys`; other keys are noted as
+    /// mistakes and left out.
     fn map<'n>(
         &mut self,
         node: &'n Node,
@@ -182,7 +233,7 @@ impl Reader {
         let mut out = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             let Value::Str(name) = &key.value else {
-                return Err(PolicyError::WrongType {
+                self.errors.push(PolicyError::WrongType {
                     at: key.pos.source(),
                     field: if path.is_empty() {
                         "policy".into()
@@ -192,6 +243,7 @@ impl Reader {
                     expected: "a key name".into(),
                     found: key.value.describe(),
                 });
+                continue;
             };
             let Some(known) = keys.iter().find(|k| **k == name) else {
                 let section = if path.is_empty() {
@@ -203,12 +255,13 @@ impl Reader {
                     Some(c) => format!(" (did you mean `{c}`?)"),
                     None => format!(" (valid keys: {})", keys.join(", ")),
                 };
-                return Err(PolicyError::UnknownKey {
+                self.errors.push(PolicyError::UnknownKey {
                     at: key.pos.source(),
                     key: shown(name),
                     section,
                     hint,
                 });
+                continue;
             };
             out.push((*known, value));
         }
@@ -262,11 +315,20 @@ impl Reader {
         }
     }
 
-    fn strings(&mut self, node: &Node, path: &str) -> Result<Vec<(String, Node)>, PolicyError> {
+    /// The strings of a list, with their index and node; an entry that is not a string
+    /// is noted and left out.
+    fn strings(
+        &mut self,
+        node: &Node,
+        path: &str,
+    ) -> Result<Vec<(usize, String, Node)>, PolicyError> {
         let items = self.list(node, path)?;
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            out.push((self.string(item, &format!("{path}[{i}]"))?, item.clone()));
+            let text = self.string(item, &format!("{path}[{i}]"));
+            if let Some(text) = self.note(text) {
+                out.push((i, text, item.clone()));
+            }
         }
         Ok(out)
     }
@@ -328,12 +390,15 @@ impl Reader {
 
     fn security(&mut self, node: &Node, out: &mut Security) -> Result<(), PolicyError> {
         for (key, value) in self.map(node, "security", SECURITY_KEYS)? {
-            match key {
-                "level" => out.level = self.choice(value, "security.level", LEVELS)?,
-                "seccomp" => self.seccomp(value, &mut out.seccomp)?,
-                "landlock" => self.landlock(value, &mut out.landlock)?,
+            let result = match key {
+                "level" => self
+                    .choice(value, "security.level", LEVELS)
+                    .map(|l| out.level = l),
+                "seccomp" => self.seccomp(value, &mut out.seccomp),
+                "landlock" => self.landlock(value, &mut out.landlock),
                 _ => unreachable!(),
-            }
+            };
+            self.note(result);
         }
         Ok(())
     }
@@ -342,19 +407,23 @@ impl Reader {
         let mut allow = Vec::new();
         let mut deny = Vec::new();
         for (key, value) in self.map(node, "security.seccomp", SECCOMP_KEYS)? {
-            match key {
-                "default" => {
-                    out.default =
-                        self.choice(value, "security.seccomp.default", SECCOMP_DEFAULTS)?
-                }
-                "allow" => allow = self.syscalls(value, "security.seccomp.allow")?,
-                "deny" => deny = self.syscalls(value, "security.seccomp.deny")?,
+            let result = match key {
+                "default" => self
+                    .choice(value, "security.seccomp.default", SECCOMP_DEFAULTS)
+                    .map(|d| out.default = d),
+                "allow" => self
+                    .syscalls(value, "security.seccomp.allow")
+                    .map(|names| allow = names),
+                "deny" => self
+                    .syscalls(value, "security.seccomp.deny")
+                    .map(|names| deny = names),
                 _ => unreachable!(),
-            }
+            };
+            self.note(result);
         }
         for (name, node) in &allow {
             if deny.iter().any(|(d, _)| d == name) {
-                return Err(invalid(
+                self.errors.push(invalid(
                     node,
                     "security.seccomp.allow",
                     format!("`{name}` is also in security.seccomp.deny; remove it from one of the lists"),
@@ -363,7 +432,7 @@ impl Reader {
         }
         for (name, node) in &deny {
             if seccomp::NEVER_DENIED.contains(&name.as_str()) {
-                return Err(invalid(
+                self.errors.push(invalid(
                     node,
                     "security.seccomp.deny",
                     format!("`{name}` cannot be denied: phantom needs it to start the payload and every process needs it to end"),
@@ -375,50 +444,58 @@ impl Reader {
         Ok(())
     }
 
-    /// A list of syscall names, each checked against the build architecture's table.
+    /// A list of syscall names, each checked against the build architecture's table;
+    /// a name that is not one is noted and left out.
     fn syscalls(&mut self, node: &Node, path: &str) -> Result<Vec<(String, Node)>, PolicyError> {
         let names = self.strings(node, path)?;
         // On an architecture phantom has no table for, compile() refuses seccomp anyway.
-        let Ok(arch) = seccomp::build_arch() else {
-            return Ok(names);
-        };
-        for (name, item) in &names {
+        let arch = seccomp::build_arch().ok();
+        let mut out = Vec::with_capacity(names.len());
+        for (_, name, item) in names {
+            let Some(arch) = arch else {
+                out.push((name, item));
+                continue;
+            };
             if name == "clone3" {
-                return Err(invalid(
-                    item,
+                self.errors.push(invalid(
+                    &item,
                     path,
                     "`clone3` is always answered ENOSYS so that libc falls back to clone, whose flags seccomp can check; remove it".into(),
                 ));
-            }
-            if arch.number(name).is_none() {
-                return Err(invalid(
-                    item,
+            } else if arch.number(&name).is_none() {
+                self.errors.push(invalid(
+                    &item,
                     path,
                     format!(
                         "`{}` is not a syscall on {}{}",
-                        shown(name),
+                        shown(&name),
                         arch.name,
-                        did_you_mean(name, arch.syscall_names())
+                        did_you_mean(&name, arch.syscall_names())
                     ),
                 ));
+            } else {
+                out.push((name, item));
             }
         }
-        Ok(names)
+        Ok(out)
     }
 
     fn landlock(&mut self, node: &Node, out: &mut LandlockPolicy) -> Result<(), PolicyError> {
         for (key, value) in self.map(node, "security.landlock", LANDLOCK_KEYS)? {
             match key {
-                "enabled" => out.enabled = self.boolean(value, "security.landlock.enabled")?,
+                "enabled" => {
+                    let enabled = self.boolean(value, "security.landlock.enabled");
+                    if let Some(enabled) = self.note(enabled) {
+                        out.enabled = enabled;
+                    }
+                }
                 "paths" => {
                     out.paths.clear();
-                    for (i, item) in self
-                        .list(value, "security.landlock.paths")?
-                        .iter()
-                        .enumerate()
-                    {
+                    let items = self.list(value, "security.landlock.paths");
+                    for (i, item) in self.note(items).unwrap_or_default().iter().enumerate() {
                         let path = format!("security.landlock.paths[{i}]");
-                        out.paths.push(self.landlock_path(item, &path)?);
+                        let entry = self.landlock_path(item, &path);
+                        out.paths.extend(self.note(entry));
                     }
                 }
                 _ => unreachable!(),
@@ -457,6 +534,19 @@ impl Reader {
 
     fn performance(&mut self, node: &Node, out: &mut Performance) -> Result<(), PolicyError> {
         for (key, value) in self.map(node, "performance", PERFORMANCE_KEYS)? {
+            let result = self.performance_key(key, value, out);
+            self.note(result);
+        }
+        Ok(())
+    }
+
+    fn performance_key(
+        &mut self,
+        key: &str,
+        value: &Node,
+        out: &mut Performance,
+    ) -> Result<(), PolicyError> {
+        {
             match key {
                 "zygote" => out.zygote = self.boolean(value, "performance.zygote")?,
                 "pool_size" => {
@@ -472,11 +562,7 @@ impl Reader {
                 }
                 "preload" => {
                     let mut modules = Vec::new();
-                    for (i, (name, item)) in self
-                        .strings(value, "performance.preload")?
-                        .into_iter()
-                        .enumerate()
-                    {
+                    for (i, name, item) in self.strings(value, "performance.preload")? {
                         // A dotted Python module name: what `import NAME` takes; a
                         // trailing `?`: only when installed.
                         let module = name.strip_suffix('?').unwrap_or(&name);
@@ -488,11 +574,12 @@ impl Reader {
                                     && part.chars().all(|c| c.is_alphanumeric() || c == '_')
                             });
                         if !valid {
-                            return Err(invalid(
+                            self.errors.push(invalid(
                                 &item,
                                 &format!("performance.preload[{i}]"),
                                 format!("`{name}` is not a module name (what `import NAME` takes, e.g. numpy or matplotlib.pyplot; `numpy?` when it may be missing)"),
                             ));
+                            continue;
                         }
                         modules.push(name);
                     }
@@ -511,6 +598,19 @@ impl Reader {
 
     fn resources(&mut self, node: &Node, out: &mut Resources) -> Result<(), PolicyError> {
         for (key, value) in self.map(node, "resources", RESOURCE_KEYS)? {
+            let result = self.resource(key, value, out);
+            self.note(result);
+        }
+        Ok(())
+    }
+
+    fn resource(
+        &mut self,
+        key: &str,
+        value: &Node,
+        out: &mut Resources,
+    ) -> Result<(), PolicyError> {
+        {
             let path = format!("resources.{key}");
             let path = path.as_str();
             let check = |result: Result<(), String>| result.map_err(|m| invalid(value, path, m));
@@ -571,19 +671,40 @@ impl Reader {
     fn network(&mut self, node: &Node, out: &mut Network) -> Result<(), PolicyError> {
         for (key, value) in self.map(node, "network", NETWORK_KEYS)? {
             match key {
-                "mode" => out.mode = self.choice(value, "network.mode", NETWORK_MODES)?,
-                "allow" | "deny" => {
+                "mode" => {
+                    let mode = self.choice(value, "network.mode", NETWORK_MODES);
+                    if let Some(mode) = self.note(mode) {
+                        out.mode = mode;
+                    }
+                }
+                "allow" | "deny" | "allow_reserved" => {
                     let path = format!("network.{key}");
                     let mut rules = Vec::new();
-                    for (i, (text, item)) in self.strings(value, &path)?.into_iter().enumerate() {
-                        let rule = EgressRule::parse(&text)
-                            .map_err(|m| invalid(&item, &format!("{path}[{i}]"), m))?;
-                        rules.push(rule);
+                    let mut keys = Vec::new();
+                    let entries = self.strings(value, &path);
+                    for (i, text, item) in self.note(entries).unwrap_or_default() {
+                        let field = format!("{path}[{i}]");
+                        let rule = EgressRule::parse(&text).and_then(|rule| {
+                            if key == "allow_reserved" {
+                                rule.check_reserved_entry()?;
+                            }
+                            Ok(rule)
+                        });
+                        match rule {
+                            Ok(rule) => {
+                                rules.push(rule);
+                                keys.push(field);
+                            }
+                            Err(m) => self.errors.push(invalid(&item, &field, m)),
+                        }
                     }
-                    if key == "allow" {
-                        out.allow = rules;
-                    } else {
-                        out.deny = rules;
+                    match key {
+                        "allow" => out.allow = rules,
+                        "deny" => out.deny = rules,
+                        _ => {
+                            out.allow_reserved = rules;
+                            self.reserved_keys = keys;
+                        }
                     }
                 }
                 _ => unreachable!(),
@@ -594,6 +715,19 @@ impl Reader {
 
     fn filesystem(&mut self, node: &Node, out: &mut Filesystem) -> Result<(), PolicyError> {
         for (key, value) in self.map(node, "filesystem", FILESYSTEM_KEYS)? {
+            let result = self.filesystem_key(key, value, out);
+            self.note(result);
+        }
+        Ok(())
+    }
+
+    fn filesystem_key(
+        &mut self,
+        key: &str,
+        value: &Node,
+        out: &mut Filesystem,
+    ) -> Result<(), PolicyError> {
+        {
             match key {
                 "rootfs" => {
                     let text = self.string(value, "filesystem.rootfs")?;
@@ -602,35 +736,48 @@ impl Reader {
                 }
                 "system" => {
                     out.system.clear();
-                    for (i, (text, item)) in self
-                        .strings(value, "filesystem.system")?
-                        .into_iter()
-                        .enumerate()
-                    {
+                    for (i, text, item) in self.strings(value, "filesystem.system")? {
                         let field = format!("filesystem.system[{i}]");
-                        let path =
-                            absolute_path(&text, false).map_err(|m| invalid(&item, &field, m))?;
-                        system_path_allowed(&path).map_err(|m| invalid(&item, &field, m))?;
-                        out.system.push(path);
+                        let path = absolute_path(&text, false)
+                            .and_then(|path| system_path_allowed(&path).map(|()| path));
+                        match path {
+                            Ok(path) => out.system.push(path),
+                            Err(m) => self.errors.push(invalid(&item, &field, m)),
+                        }
                     }
                 }
                 "etc" => {
                     out.etc.clear();
-                    for (i, (text, item)) in self
-                        .strings(value, "filesystem.etc")?
-                        .into_iter()
-                        .enumerate()
-                    {
+                    for (i, text, item) in self.strings(value, "filesystem.etc")? {
                         let field = format!("filesystem.etc[{i}]");
-                        out.etc
-                            .push(etc_name(&text).map_err(|m| invalid(&item, &field, m))?);
+                        match etc_name(&text) {
+                            Ok(name) => out.etc.push(name),
+                            Err(m) => self.errors.push(invalid(&item, &field, m)),
+                        }
                     }
                 }
                 "binds" => {
                     out.binds.clear();
+                    self.bind_keys.clear();
                     for (i, item) in self.list(value, "filesystem.binds")?.iter().enumerate() {
-                        let bind = self.bind(item, &format!("filesystem.binds[{i}]"))?;
-                        out.binds.push(bind);
+                        let key = format!("filesystem.binds[{i}]");
+                        let bind = self.bind(item, &key);
+                        if let Some(bind) = self.note(bind) {
+                            out.binds.push(bind);
+                            self.bind_keys.push(key);
+                        }
+                    }
+                }
+                "toolchains" => {
+                    out.toolchains.clear();
+                    for (i, _, item) in self.strings(value, "filesystem.toolchains")? {
+                        let field = format!("filesystem.toolchains[{i}]");
+                        let toolchain = self.choice(&item, &field, TOOLCHAINS);
+                        if let Some(toolchain) = self.note(toolchain) {
+                            if !out.toolchains.contains(&toolchain) {
+                                out.toolchains.push(toolchain);
+                            }
+                        }
                     }
                 }
                 "workspace" => {
@@ -720,7 +867,7 @@ pub(crate) fn is_within(path: &str, base: &str) -> bool {
 }
 
 /// Places no bind may cover: the kernel's own filesystems.
-const KERNEL_DIRS: &[&str] = &["/proc", "/dev", "/sys"];
+pub(crate) const KERNEL_DIRS: &[&str] = &["/proc", "/dev", "/sys"];
 
 fn system_path_allowed(path: &str) -> Result<(), String> {
     if path == "/" {
@@ -776,7 +923,8 @@ fn etc_name(text: &str) -> Result<String, String> {
 }
 
 /// Checks that system paths, binds and the workspace do not hide each other.
-fn check_filesystem(fs: &Filesystem, r: &Reader) -> Result<(), PolicyError> {
+fn check_filesystem(fs: &Filesystem, r: &mut Reader) {
+    let mut errors = Vec::new();
     let at = |key: &str| {
         r.positions
             .get(key)
@@ -790,17 +938,21 @@ fn check_filesystem(fs: &Filesystem, r: &Reader) -> Result<(), PolicyError> {
     };
     let ws = fs.workspace.as_str();
     if ws == "/" {
-        return Err(error(
+        // Everything else would overlap it too: one error says it.
+        let error = error(
             "filesystem.workspace",
             "`/` cannot be the workspace; use e.g. /workspace".into(),
-        ));
+        );
+        r.errors.push(error);
+        return;
     }
     for reserved in KERNEL_DIRS.iter().chain(["/etc", "/tmp"].iter()) {
         if is_within(ws, reserved) || is_within(reserved, ws) {
-            return Err(error(
+            errors.push(error(
                 "filesystem.workspace",
                 format!("`{ws}` overlaps {reserved}; use a directory of its own, e.g. /workspace"),
             ));
+            break;
         }
     }
     for (i, system) in fs.system.iter().enumerate() {
@@ -811,7 +963,7 @@ fn check_filesystem(fs: &Filesystem, r: &Reader) -> Result<(), PolicyError> {
             } else {
                 format!("filesystem.system[{i}]")
             };
-            return Err(error(
+            errors.push(error(
                 &key,
                 format!("the workspace `{ws}` and the system path `{system}` overlap; give the workspace a directory of its own, e.g. /workspace"),
             ));
@@ -819,56 +971,88 @@ fn check_filesystem(fs: &Filesystem, r: &Reader) -> Result<(), PolicyError> {
     }
     let mut targets = BTreeSet::new();
     for (i, bind) in fs.binds.iter().enumerate() {
-        let key = format!("filesystem.binds[{i}].target");
-        let t = bind.target.as_str();
-        if t == "/" {
-            return Err(error(&key, "a bind cannot cover `/`".into()));
+        let key = match r.bind_keys.get(i) {
+            Some(written) => format!("{written}.target"),
+            None => format!("filesystem.binds[{i}].target"),
+        };
+        if let Err(message) = check_bind_target(fs, &bind.target, &mut targets) {
+            errors.push(error(&key, message));
         }
-        if let Some(dir) = KERNEL_DIRS.iter().find(|d| is_within(t, d)) {
-            return Err(error(
-                &key,
-                format!("`{t}` is under {dir}, which phantom provides itself"),
-            ));
-        }
-        if is_within(t, "/tmp") {
-            return Err(error(
-                &key,
-                format!(
-                    "`{t}` is under /tmp, whose tmpfs is mounted after binds and would hide it"
+    }
+    r.errors.extend(errors);
+}
+
+/// Checks what `network.allow_reserved` needs of `network.allow`: each of its entries
+/// names a host that `allow` lets the proxy ask for (else it would have no effect).
+fn check_network(network: &Network, r: &mut Reader) {
+    for (i, entry) in network.allow_reserved.iter().enumerate() {
+        if !network.allow.iter().any(|rule| rule.covers(entry)) {
+            let key = r
+                .reserved_keys
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("network.allow_reserved[{i}]"));
+            let at = r
+                .positions
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| SourcePos::file_only("(default)"));
+            r.errors.push(PolicyError::InvalidValue {
+                at,
+                field: key,
+                message: format!(
+                    "`{entry}` is not in network.allow, so the proxy never connects to it; add it to network.allow too"
                 ),
-            ));
+            });
         }
-        if is_within(t, ws) {
-            return Err(error(&key, format!("`{t}` is under the workspace {ws}, which is mounted after binds and would hide it")));
+    }
+}
+
+/// Checks one bind target against the workspace, the kernel's directories, /tmp, /etc,
+/// the system paths and the targets before it; the message completes
+/// "filesystem.binds[i].target: ...".
+fn check_bind_target<'f>(
+    fs: &Filesystem,
+    t: &'f str,
+    targets: &mut BTreeSet<&'f str>,
+) -> Result<(), String> {
+    let ws = fs.workspace.as_str();
+    if t == "/" {
+        return Err("a bind cannot cover `/`".into());
+    }
+    if let Some(dir) = KERNEL_DIRS.iter().find(|d| is_within(t, d)) {
+        return Err(format!(
+            "`{t}` is under {dir}, which phantom provides itself"
+        ));
+    }
+    if is_within(t, "/tmp") {
+        return Err(format!(
+            "`{t}` is under /tmp, whose tmpfs is mounted after binds and would hide it"
+        ));
+    }
+    if is_within(t, ws) {
+        return Err(format!(
+            "`{t}` is under the workspace {ws}, which is mounted after binds and would hide it"
+        ));
+    }
+    if is_within(ws, t) {
+        return Err(format!(
+            "`{t}` contains the workspace {ws}; bind somewhere else or move the workspace"
+        ));
+    }
+    if t == "/etc" {
+        return Err("a bind over /etc would hide the files phantom generates there; bind below it, e.g. /etc/myapp".into());
+    }
+    if fs.system.iter().any(|s| s == t) {
+        return Err(format!("`{t}` is already bound from filesystem.system"));
+    }
+    if let Some(name) = t.strip_prefix("/etc/") {
+        if GENERATED_ETC.contains(&name) {
+            return Err(format!("{t} is generated by phantom"));
         }
-        if is_within(ws, t) {
-            return Err(error(
-                &key,
-                format!(
-                    "`{t}` contains the workspace {ws}; bind somewhere else or move the workspace"
-                ),
-            ));
-        }
-        if t == "/etc" {
-            return Err(error(
-                &key,
-                "a bind over /etc would hide the files phantom generates there; bind below it, e.g. /etc/myapp".into(),
-            ));
-        }
-        if fs.system.iter().any(|s| s == t) {
-            return Err(error(
-                &key,
-                format!("`{t}` is already bound from filesystem.system"),
-            ));
-        }
-        if let Some(name) = t.strip_prefix("/etc/") {
-            if GENERATED_ETC.contains(&name) {
-                return Err(error(&key, format!("{t} is generated by phantom")));
-            }
-        }
-        if !targets.insert(t) {
-            return Err(error(&key, format!("`{t}` is the target of another bind")));
-        }
+    }
+    if !targets.insert(t) {
+        return Err(format!("`{t}` is the target of another bind"));
     }
     Ok(())
 }

@@ -17,8 +17,13 @@ fn check(text: &str) -> Result<(), TestCaseError> {
         let _ = compile(profile, &Overrides::default());
     }
     if let Err(err) = &result {
-        let line = err.to_string();
-        prop_assert!(!line.contains('\n'), "multi-line error: {line:?}");
+        // Several mistakes are one line each.
+        for one in err.errors() {
+            let line = one.to_string();
+            prop_assert!(!line.contains('\n'), "multi-line error: {line:?}");
+        }
+        let all = err.to_string();
+        prop_assert_eq!(all.lines().count(), err.errors().len(), "{}", all);
     }
     let took = start.elapsed();
     prop_assert!(

@@ -2,10 +2,33 @@
 
 use std::path::PathBuf;
 
+use phantom_policy::host::{Barrier, Host, PathKind};
 use phantom_policy::{
-    builtin_names, builtin_source, compile, load_builtin, load_file, load_str, units, Access, Mode,
-    Mount, NetworkMode, Overrides, PolicyError, Profile, Rootfs,
+    builtin_names, builtin_source, compile, compile_on, load_builtin, load_file, load_str, units,
+    Access, Mode, Mount, NetworkMode, Overrides, PolicyError, Profile, Rootfs,
 };
+
+/// A host with nothing installed and nothing out of reach, so that what a plan says
+/// does not depend on the machine the tests run on.
+struct NoHost;
+
+impl Host for NoHost {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn kind(&self, _: &str) -> PathKind {
+        PathKind::Missing
+    }
+    fn list(&self, _: &str) -> Vec<String> {
+        Vec::new()
+    }
+    fn real_path(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn barrier(&self, _: &str) -> Option<Barrier> {
+        None
+    }
+}
 
 fn load(text: &str) -> Result<Profile, PolicyError> {
     load_str(text, "policy.yaml")
@@ -85,8 +108,8 @@ fn every_builtin_parses_and_is_named_after_itself() {
 fn every_builtin_compiles_without_warnings() {
     for name in builtin_names() {
         let profile = load_builtin(name).unwrap();
-        let plan =
-            compile(&profile, &Overrides::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let plan = compile_on(&profile, &Overrides::default(), &NoHost)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(plan.warnings.is_empty(), "{name}: {:?}", plan.warnings);
         assert_eq!(plan.profile, *name);
         assert_eq!(plan.cwd, plan.workspace_target);
@@ -214,7 +237,8 @@ fn dev_profiles_allow_their_package_index_and_nothing_else() {
         ),
         ("java-dev", &["repo.maven.apache.org", "repo1.maven.org"]),
     ] {
-        let plan = compile(&load_builtin(name).unwrap(), &Overrides::default()).unwrap();
+        let plan =
+            compile_on(&load_builtin(name).unwrap(), &Overrides::default(), &NoHost).unwrap();
         assert_eq!(plan.network, NetworkMode::Limited, "{name}");
         for host in index {
             assert_eq!(
@@ -276,13 +300,14 @@ filesystem:
   etc: [ld.so.cache, ld.so.conf, ld.so.conf.d, nsswitch.conf, localtime, ssl, ca-certificates, alternatives, os-release]
   binds:
     - {source: /opt/tool, target: /opt/tool, access: read-only}
+  toolchains: [rustup]
   workspace: /workspace
 "#;
 
 #[test]
 fn every_key_is_accepted_and_has_an_effect_or_a_warning() {
     let profile = load(EVERY_KEY).unwrap();
-    let plan = compile(&profile, &Overrides::default()).unwrap();
+    let plan = compile_on(&profile, &Overrides::default(), &NoHost).unwrap();
     let warned = |key: &str| plan.warnings.iter().any(|w| w.starts_with(key));
     // performance.zygote and pool_size act in phantom-supervisor: no warning here.
     assert!(!warned("performance.zygote"), "{:?}", plan.warnings);
@@ -401,7 +426,8 @@ fn unknown_key_without_a_close_match_lists_the_valid_keys() {
     let err = load(text).unwrap_err();
     assert_at(&err, text, "firewall");
     assert!(
-        err.to_string().contains("(valid keys: mode, allow, deny)"),
+        err.to_string()
+            .contains("(valid keys: mode, allow, deny, allow_reserved)"),
         "{err}"
     );
 }
@@ -656,13 +682,44 @@ fn limited_mode_carries_its_rules_and_the_proxy_environment() {
 fn allow_rules_outside_limited_mode_warn() {
     let plan = plan_of("profile: x\nnetwork:\n  mode: loopback-only\n  allow: [pypi.org]\n");
     assert!(
-        plan.warnings
-            .iter()
-            .any(|w| w.contains("network.allow, network.deny: have no effect")),
+        plan.warnings.iter().any(|w| w
+            == "network.allow: has no effect with network.mode: loopback-only (only limited uses them)"),
         "{:?}",
         plan.warnings
     );
     assert!(plan.egress.allow.is_empty());
+    // Every key written is named; hardened (no network at all) says so too.
+    let plan = plan_of(
+        "profile: x\nmode: hardened\nnetwork:\n  mode: none\n  allow: [a.test]\n  deny: [b.test]\n",
+    );
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w == "network.allow, network.deny: have no effect with mode hardened, which has no network"),
+        "{:?}",
+        plan.warnings
+    );
+    // Rules written over a parent's mode (`extends: default`, which says
+    // loopback-only) are not silent either, nor are rules under no `mode:` at all.
+    let plan = plan_of("profile: x\nextends: default\nnetwork:\n  allow: [a.test]\n");
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.starts_with("network.allow: has no effect")),
+        "{:?}",
+        plan.warnings
+    );
+    // A child that only turns a limited parent's mode off means it.
+    let plan = plan_of("profile: x\nextends: python-dev\nnetwork:\n  mode: loopback-only\n");
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    let plan = plan_of("profile: x\nnetwork:\n  allow: [a.test]\n");
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.starts_with("network.allow: has no effect")),
+        "{:?}",
+        plan.warnings
+    );
 }
 
 #[test]
@@ -1162,8 +1219,10 @@ fn environment_is_fixed_and_names_no_host_values() {
 #[test]
 fn seccomp_allow_without_effect_is_a_warning() {
     let plan = plan_of("profile: x\nsecurity:\n  seccomp:\n    allow: [read, ptrace]\n");
-    assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+    assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
     assert!(plan.warnings[0].contains("`read`"));
+    // ptrace takes effect, and weakens the sandbox: said too.
+    assert!(plan.warnings[1].starts_with("security.seccomp.allow[1]: `ptrace`"));
 }
 
 #[test]
