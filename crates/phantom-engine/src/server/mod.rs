@@ -289,10 +289,10 @@ pub(crate) fn serve_private(conn: OwnedFd) -> ! {
 
 /// A request in flight.
 enum Job {
-    Run(run::RunJob),
-    Exec(sandboxes::ExecJob),
+    Run(Box<run::RunJob>),
+    Exec(Box<sandboxes::ExecJob>),
     Create(sandboxes::CreateJob),
-    Destroy(sandboxes::DestroyJob),
+    Destroy(Box<sandboxes::DestroyJob>),
 }
 
 /// Which fd of a job a poll found ready.
@@ -780,7 +780,7 @@ impl Engine {
                 }
             }
             Job::Create(job) => self.finish_create(job),
-            Job::Destroy(job) => self.continue_destroy(job),
+            Job::Destroy(job) => self.continue_destroy(*job),
         }
     }
 

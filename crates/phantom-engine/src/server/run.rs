@@ -338,7 +338,7 @@ impl Engine {
             spawned.host_uid,
             spawned.idmapped,
         );
-        self.jobs.push(super::Job::Run(RunJob {
+        self.jobs.push(super::Job::Run(Box::new(RunJob {
             deadline: spawned.started + Duration::from_millis(plan.limits.wall_timeout_ms),
             client,
             client_open,
@@ -365,7 +365,7 @@ impl Engine {
                 start,
                 warnings,
             },
-        }));
+        })));
         Ok(())
     }
 

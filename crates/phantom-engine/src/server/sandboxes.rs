@@ -230,7 +230,7 @@ impl Engine {
         if !client_open {
             joined.kill();
         }
-        self.jobs.push(super::Job::Exec(ExecJob {
+        self.jobs.push(super::Job::Exec(Box::new(ExecJob {
             client,
             client_open,
             joined,
@@ -253,7 +253,7 @@ impl Engine {
                 warnings: prepared.warnings.clone(),
             },
             started,
-        }));
+        })));
         Ok(())
     }
 
@@ -522,7 +522,7 @@ impl Engine {
                 Some(pidfd) => {
                     let deadline = Instant::now() + sandbox::KEEPER_EXIT_TIMEOUT;
                     job.current = Some((record, pidfd, deadline));
-                    self.jobs.push(super::Job::Destroy(job));
+                    self.jobs.push(super::Job::Destroy(Box::new(job)));
                     return;
                 }
                 None => match self.remove_sandbox(&record) {
