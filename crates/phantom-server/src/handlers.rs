@@ -710,9 +710,20 @@ pub(crate) async fn openapi() -> axum::Json<serde_json::Value> {
 /// disconnected), its future drops the other end, this one becomes readable, and the
 /// engine kills the sandbox.
 struct Cancel {
-    /// Dropped with the request.
-    request_side: UnixStream,
+    /// Closed when the request is dropped, or by a [`Stopper`] (never duplicated: the
+    /// one fd closing is what cancels).
+    request_side: Arc<std::sync::Mutex<Option<UnixStream>>>,
     run_side: OwnedFd,
+}
+
+/// Cancels a run whose request still holds its [`Cancel`] (a streamed run past its
+/// deadline).
+struct Stopper(Arc<std::sync::Mutex<Option<UnixStream>>>);
+
+impl Stopper {
+    fn stop(&self) {
+        drop(self.0.lock().expect("cancel lock").take());
+    }
 }
 
 impl Cancel {
@@ -720,17 +731,19 @@ impl Cancel {
         let (a, b) =
             UnixStream::pair().map_err(|e| ApiFailure::internal(format!("socketpair: {e}")))?;
         Ok(Cancel {
-            request_side: a,
+            request_side: Arc::new(std::sync::Mutex::new(Some(a))),
             run_side: b.into(),
         })
     }
 
-    /// Another handle on the request's end: shutting it down cancels the run while
-    /// the request still holds the end (a streamed run past its deadline).
-    fn stopper(&self) -> ApiResult<UnixStream> {
-        self.request_side
-            .try_clone()
-            .map_err(|e| ApiFailure::internal(e.to_string()))
+    fn stopper(&self) -> Stopper {
+        Stopper(self.request_side.clone())
+    }
+}
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        self.stopper().stop();
     }
 }
 
@@ -854,7 +867,7 @@ async fn run_streamed(
     use axum::response::sse::{Event, KeepAlive, Sse};
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     let cancel = Cancel::new()?;
-    let stop = cancel.stopper()?;
+    let stop = cancel.stopper();
     let run_side = cancel
         .run_side
         .try_clone()
@@ -948,7 +961,7 @@ async fn run_streamed(
                 .data(serde_json::json!({ "error": format!("worker failed: {e}") }).to_string()),
             Err(had) => {
                 // Kills the run; the response keeps its end of the pair meanwhile.
-                let _ = stop.shutdown(std::net::Shutdown::Both);
+                stop.stop();
                 let failure = run_deadline_passed(&app, had);
                 audit(
                     &app,
