@@ -351,30 +351,113 @@ pub fn audit(args: AuditArgs) -> i32 {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
+    // Records hold what remote callers sent (names, paths): printed escaped, so that
+    // they can neither drive the terminal nor forge a line.
     if args.json {
-        return print_json(&entries);
+        let json = serde_json::to_string_pretty(&entries).expect("audit records serialize");
+        println!("{}", json_safe(&json));
+        return 0;
     }
     if entries.is_empty() {
         println!("no audit records");
     }
     for e in entries {
+        fn shown(s: Option<&str>) -> std::borrow::Cow<'_, str> {
+            s.map_or("-".into(), escaped)
+        }
         println!(
             "{:>6}  {}  key={}  {}  {}  {}{}",
             e.seq,
             age(e.at_ms / 1000),
-            e.key_id.as_deref().unwrap_or("-"),
-            e.action,
-            e.target.as_deref().unwrap_or("-"),
-            e.result,
-            e.detail.map(|d| format!("  ({d})")).unwrap_or_default()
+            shown(e.key_id.as_deref()),
+            escaped(&e.action),
+            shown(e.target.as_deref()),
+            escaped(&e.result),
+            e.detail
+                .map(|d| format!("  ({})", escaped(&d)))
+                .unwrap_or_default()
         );
     }
     0
 }
 
+/// Characters a terminal acts on or draws invisibly, beyond the C0/C1 controls: line
+/// and paragraph separators, zero-width and bidirectional controls, BOM, annotations.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+}
+
+/// `text` for a terminal: `\` doubled, `\n` `\r` `\t` as such, other control
+/// characters (C0, DEL, C1: ESC, CSI...) and [`invisible`] ones as `\u{..}`.
+fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| c == '\\' || c.is_control() || invisible(c))
+    {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || invisible(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// JSON text with what serde_json leaves raw inside strings — DEL, C1 controls and
+/// [`invisible`] characters — written as `\uXXXX` (the same strings to a parser;
+/// outside strings JSON has only ASCII, so every such character is in one).
+fn json_safe(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json
+        .chars()
+        .any(|c| c.is_control() && c != '\n' || invisible(c))
+    {
+        return json.into();
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if (c.is_control() && c != '\n') || invisible(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_text_is_escaped_for_the_terminal_and_json_stays_the_same_strings() {
+        let forged = "box\u{1b}[2J\n     7  1s ago  key=-  run  -  ok\u{9b}31m\u{202e}\\x";
+        let shown = escaped(forged);
+        assert_eq!(
+            shown,
+            "box\\u{1b}[2J\\n     7  1s ago  key=-  run  -  ok\\u{9b}31m\\u{202e}\\\\x"
+        );
+        assert!(!shown.chars().any(|c| c.is_control() || invisible(c)));
+        assert_eq!(escaped("plain name"), "plain name");
+        let json = serde_json::to_string_pretty(&serde_json::json!({ "target": forged })).unwrap();
+        let safe = json_safe(&json);
+        assert!(
+            !safe
+                .chars()
+                .any(|c| (c.is_control() && c != '\n') || invisible(c)),
+            "{safe}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["target"], forged);
+    }
 
     #[test]
     fn since_takes_durations_and_utc_times() {

@@ -3,16 +3,24 @@
 //! ask the engine for the work as the key's principal (its owner and grants), audit
 //! mutating calls. Errors are JSON `{"error": "...", "field": ...}` with the status
 //! that fits; they carry no host internals.
+//!
+//! No request holds a thread or a slot without a deadline: blocking work goes through
+//! [`blocking`] (a worker permit of the key, then the deadline of its kind from
+//! [`crate::limits::Deadlines`], 504 past it); runs and execs through [`RunClock`]
+//! (until the engine says the run started, then its timeout plus a margin; past it the
+//! run is killed and its slot given back).
 
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -123,14 +131,116 @@ impl IntoResponse for ApiFailure {
 
 type ApiResult<T> = Result<T, ApiFailure>;
 
-/// Run blocking work (the engine's socket, SQLite, file I/O) off the async threads.
+/// The peer's address (when served over TCP with connect info): whom a refusal is
+/// counted against.
+pub(crate) struct Peer(Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Peer, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// Whose worker threads blocking work counts against: key lookups of requests not yet
+/// authenticated share one budget (no key id starts with a space).
+const LOOKUPS: &str = " key lookups";
+
+/// The answer to a request that ran past its deadline.
+fn deadline_passed(what: &str, deadline: Duration) -> ApiFailure {
+    ApiFailure::retry(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "{what} took longer than the server's deadline of {}s and was abandoned; retry later",
+            deadline.as_secs_f64()
+        ),
+        Duration::from_secs(1),
+    )
+}
+
+/// Run blocking work (the engine's socket, SQLite, file I/O) off the async threads:
+/// on a worker thread of `who` (503 when none is free within the queue deadline),
+/// answered 504 past `deadline` (`what` names it). The thread keeps `who`'s permit
+/// until the work really ends.
 async fn blocking<T: Send + 'static>(
+    app: &App,
+    who: &str,
+    what: &str,
+    deadline: Duration,
     f: impl FnOnce() -> Result<T, Failure> + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
+    let permit = app
+        .workers
+        .acquire(who, app.deadlines.queue)
         .await
-        .map_err(|e| ApiFailure::internal(format!("worker failed: {e}")))?
-        .map_err(ApiFailure::from)
+        .map_err(|r| refused(app, r))?;
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    });
+    match tokio::time::timeout(deadline, task).await {
+        Ok(joined) => joined
+            .map_err(|e| ApiFailure::internal(format!("worker failed: {e}")))?
+            .map_err(ApiFailure::from),
+        Err(_) => {
+            app.metrics.deadlines_passed.inc();
+            Err(deadline_passed(what, deadline))
+        }
+    }
+}
+
+/// The deadline of a run or an exec: [`Deadlines::start`](crate::limits::Deadlines)
+/// until the engine says it started, then the run's own timeout plus the margin.
+#[derive(Clone)]
+struct RunClock {
+    t0: Instant,
+    /// Milliseconds after `t0`.
+    deadline_ms: Arc<AtomicU64>,
+    margin: Duration,
+}
+
+impl RunClock {
+    fn new(app: &App) -> RunClock {
+        RunClock {
+            t0: Instant::now(),
+            deadline_ms: Arc::new(AtomicU64::new(app.deadlines.start.as_millis() as u64)),
+            margin: app.deadlines.run_margin,
+        }
+    }
+
+    /// The engine started the run, with this timeout.
+    fn started(&self, timeout_ms: u64) {
+        let at = self.t0.elapsed() + Duration::from_millis(timeout_ms) + self.margin;
+        self.deadline_ms
+            .store(at.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn deadline(&self) -> Instant {
+        self.t0 + Duration::from_millis(self.deadline_ms.load(Ordering::SeqCst))
+    }
+
+    /// `work`'s output, or Err(how long it had) once the deadline passed.
+    async fn wait<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, Duration> {
+        tokio::pin!(work);
+        loop {
+            let deadline = self.deadline();
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    // The run may have started meanwhile, moving the deadline.
+                    if self.deadline() <= deadline {
+                        return Err(deadline - self.t0);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The engine's errors of file work, as failures.
@@ -153,6 +263,28 @@ pub(crate) fn audit(
         result: result.to_string(),
         detail: detail.map(str::to_string),
     });
+}
+
+/// Audit a refused call from `peer`: written within the source's budget, else counted
+/// ([`crate::audit`]).
+fn audit_refusal(
+    app: &App,
+    peer: &Peer,
+    key: Option<&str>,
+    action: &str,
+    target: Option<&str>,
+    detail: &str,
+) {
+    app.audit.refusal(
+        peer.0,
+        Entry {
+            key: key.map(str::to_string),
+            action: action.to_string(),
+            target: target.map(str::to_string),
+            result: "denied".into(),
+            detail: Some(detail.to_string()),
+        },
+    );
 }
 
 /// Audit a mutating call by what it returned: `ok`, or `error` with the message.
@@ -210,6 +342,9 @@ async fn verify(app: &Arc<App>, presented: String) -> ApiResult<Result<ApiKey, A
     if let Some(key) = file_key(app, &presented) {
         return Ok(Ok(key));
     }
+    if let Err(e) = phantom_state::keys::well_formed(&presented) {
+        return Ok(Err(e));
+    }
     let hash = blake3::hash(presented.as_bytes());
     let generation = app
         .state_dir
@@ -220,11 +355,21 @@ async fn verify(app: &Arc<App>, presented: String) -> ApiResult<Result<ApiKey, A
             return Ok(Ok(key.clone()));
         }
     }
-    let verdict = tokio::task::spawn_blocking(move || {
-        phantom_state::keys::Keys::open_default().and_then(|k| k.verify(&presented))
-    })
-    .await
-    .map_err(|e| ApiFailure::internal(format!("worker failed: {e}")))?
+    let dir = app.state_dir.clone();
+    let verdict = blocking(
+        app,
+        LOOKUPS,
+        "the key lookup",
+        app.deadlines.call,
+        move || {
+            let keys = match &dir {
+                Some(dir) => phantom_state::keys::Keys::open(dir),
+                None => phantom_state::keys::Keys::open_default(),
+            };
+            Ok(keys.and_then(|k| k.verify(&presented)))
+        },
+    )
+    .await?
     .map_err(|e| {
         eprintln!("phantom-supervisor: the key database: {e}");
         ApiFailure::internal("the key database could not be read (the server's log has why)")
@@ -244,6 +389,7 @@ async fn verify(app: &Arc<App>, presented: String) -> ApiResult<Result<ApiKey, A
 async fn authenticate(
     app: &Arc<App>,
     headers: &HeaderMap,
+    peer: &Peer,
     action: &str,
     target: Option<&str>,
 ) -> ApiResult<ApiKey> {
@@ -254,7 +400,7 @@ async fn authenticate(
                 reason: "missing".into(),
             })
             .inc();
-        audit(app, None, action, target, "denied", Some("no API key"));
+        audit_refusal(app, peer, None, action, target, "no API key");
         return Err(ApiFailure::unauthorized(
             "an API key is required: send X-API-Key: phk_... or Authorization: Bearer phk_... (make one with `phantom keys add NAME`)",
         ));
@@ -277,7 +423,7 @@ async fn authenticate(
                 AuthError::Revoked(id) => Some(id.as_str()),
                 _ => None,
             };
-            audit(app, key_id, action, target, "denied", Some(&e.to_string()));
+            audit_refusal(app, peer, key_id, action, target, &e.to_string());
             return Err(ApiFailure::unauthorized(e.to_string()));
         }
     };
@@ -329,14 +475,21 @@ fn pressure(app: &App) -> Option<phantom_engine::pressure::Pressure> {
 const CENSUS_TTL: Duration = Duration::from_secs(1);
 
 /// Persistent sandboxes of every owner (each holds a slot of the server's maximum).
-async fn persistent_count(app: &Arc<App>) -> ApiResult<usize> {
+async fn persistent_count(app: &Arc<App>, key: &ApiKey) -> ApiResult<usize> {
     if let Some((n, at)) = *app.persistent.lock().expect("census") {
         if at.elapsed() < CENSUS_TTL {
             return Ok(n);
         }
     }
     let engine = app.engine.clone();
-    let n = blocking(move || Ok(engine.census()?.len())).await?;
+    let n = blocking(
+        app,
+        &key.id,
+        "counting the sandboxes",
+        app.deadlines.call,
+        move || Ok(engine.census()?.len()),
+    )
+    .await?;
     *app.persistent.lock().expect("census") = Some((n, Instant::now()));
     Ok(n)
 }
@@ -352,7 +505,7 @@ async fn admit(app: &Arc<App>, key: &ApiKey) -> ApiResult<Slot> {
             return Err(refused(app, Refusal::Pressure { why }));
         }
     }
-    let persistent = persistent_count(app).await?;
+    let persistent = persistent_count(app, key).await?;
     take_slot(
         &app.inflight,
         &key.id,
@@ -391,6 +544,14 @@ fn refused(app: &App, r: Refusal) -> ApiFailure {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the host is under pressure ({why}); retry shortly"),
                 Duration::from_secs(5),
+            ),
+        ),
+        Refusal::Workers { limit } => (
+            "workers",
+            ApiFailure::retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this key already has {limit} requests at work on the server's threads (its limit); retry when one ends"),
+                Duration::from_secs(1),
             ),
         ),
     };
@@ -467,10 +628,15 @@ pub(crate) async fn health() -> axum::Json<ApiHealth> {
 pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     // Gauges read at scrape time.
     let engine = app.engine.clone();
-    let (pools, census) =
-        tokio::task::spawn_blocking(move || (engine.pools().ok(), engine.census().ok()))
-            .await
-            .unwrap_or((None, None));
+    let (pools, census) = blocking(
+        &app,
+        LOOKUPS,
+        "reading the pools",
+        app.deadlines.call,
+        move || Ok((engine.pools().ok(), engine.census().ok())),
+    )
+    .await
+    .unwrap_or((None, None));
     if let Some(status) = pools {
         for p in status.pools {
             app.metrics
@@ -544,9 +710,20 @@ pub(crate) async fn openapi() -> axum::Json<serde_json::Value> {
 /// disconnected), its future drops the other end, this one becomes readable, and the
 /// engine kills the sandbox.
 struct Cancel {
-    /// Dropped with the request.
-    _request_side: UnixStream,
+    /// Closed when the request is dropped, or by a [`Stopper`] (never duplicated: the
+    /// one fd closing is what cancels).
+    request_side: Arc<std::sync::Mutex<Option<UnixStream>>>,
     run_side: OwnedFd,
+}
+
+/// Cancels a run whose request still holds its [`Cancel`] (a streamed run past its
+/// deadline).
+struct Stopper(Arc<std::sync::Mutex<Option<UnixStream>>>);
+
+impl Stopper {
+    fn stop(&self) {
+        drop(self.0.lock().expect("cancel lock").take());
+    }
 }
 
 impl Cancel {
@@ -554,9 +731,19 @@ impl Cancel {
         let (a, b) =
             UnixStream::pair().map_err(|e| ApiFailure::internal(format!("socketpair: {e}")))?;
         Ok(Cancel {
-            _request_side: a,
+            request_side: Arc::new(std::sync::Mutex::new(Some(a))),
             run_side: b.into(),
         })
+    }
+
+    fn stopper(&self) -> Stopper {
+        Stopper(self.request_side.clone())
+    }
+}
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        self.stopper().stop();
     }
 }
 
@@ -596,8 +783,29 @@ enum Job {
     Exec(String, Box<ExecRequest>),
 }
 
-/// Run `job` as `principal` with its output captured; killed if the request goes.
-async fn run_captured(app: &Arc<App>, principal: Principal, job: Job) -> ApiResult<RunReport> {
+/// What a run past its deadline is answered.
+fn run_deadline_passed(app: &App, had: Duration) -> ApiFailure {
+    app.metrics.deadlines_passed.inc();
+    ApiFailure::retry(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "the run did not finish within its deadline ({:.0}s: its timeout plus {}s, or {}s to start); it was killed and its slot given back — retry later",
+            had.as_secs_f64(),
+            app.deadlines.run_margin.as_secs(),
+            app.deadlines.start.as_secs()
+        ),
+        Duration::from_secs(1),
+    )
+}
+
+/// Run `job` as `principal` with its output captured; killed if the request goes or
+/// its deadline passes (the cancel end is dropped either way).
+async fn run_captured(
+    app: &Arc<App>,
+    key: &ApiKey,
+    principal: Principal,
+    job: Job,
+) -> ApiResult<RunReport> {
     let cancel = Cancel::new()?;
     let engine = app.engine.clone();
     let run_side = cancel
@@ -605,8 +813,19 @@ async fn run_captured(app: &Arc<App>, principal: Principal, job: Job) -> ApiResu
         .try_clone()
         .map_err(|e| ApiFailure::internal(e.to_string()))?;
     let compile = app.metrics.policy_compile.clone();
-    let result = blocking(move || {
-        let mut on_started = |s: &Started| compile.observe(s.compile_ms / 1000.0);
+    let clock = RunClock::new(app);
+    let started = clock.clone();
+    let permit = app
+        .workers
+        .acquire(&key.id, app.deadlines.queue)
+        .await
+        .map_err(|r| refused(app, r))?;
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut on_started = |s: &Started| {
+            started.started(s.timeout_ms);
+            compile.observe(s.compile_ms / 1000.0)
+        };
         let io = RunIo {
             stdin: Stdin::Null,
             output: Output::capture(),
@@ -617,10 +836,16 @@ async fn run_captured(app: &Arc<App>, principal: Principal, job: Job) -> ApiResu
             Job::Run(req) => engine.run(principal, *req, false, io),
             Job::Exec(name, req) => engine.exec(principal, &name, *req, io),
         }
-    })
-    .await;
+    });
+    let result = clock.wait(task).await;
+    // Past the deadline this kills the run (the engine sees the cancel end close).
     drop(cancel);
-    result
+    match result {
+        Ok(joined) => joined
+            .map_err(|e| ApiFailure::internal(format!("worker failed: {e}")))?
+            .map_err(ApiFailure::from),
+        Err(had) => Err(run_deadline_passed(app, had)),
+    }
 }
 
 /// A run or an exec whose output streams as Server-Sent Events:
@@ -642,6 +867,7 @@ async fn run_streamed(
     use axum::response::sse::{Event, KeepAlive, Sse};
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     let cancel = Cancel::new()?;
+    let stop = cancel.stopper();
     let run_side = cancel
         .run_side
         .try_clone()
@@ -653,8 +879,21 @@ async fn run_streamed(
     };
     let events = tx.clone();
     let compile = app.metrics.policy_compile.clone();
+    let clock = RunClock::new(&app);
+    let started = clock.clone();
+    let permit = app
+        .workers
+        .acquire(&key_id, app.deadlines.queue)
+        .await
+        .map_err(|r| refused(&app, r))?;
+    let runtime = tokio::runtime::Handle::current();
     let task = tokio::task::spawn_blocking(move || {
-        let mut on_started = |s: &Started| compile.observe(s.compile_ms / 1000.0);
+        let _permit = permit;
+        let mut on_started = |s: &Started| {
+            started.started(s.timeout_ms);
+            compile.observe(s.compile_ms / 1000.0)
+        };
+        let mut late = false;
         let mut send = |stream: Stream, data: &[u8]| {
             let name = match stream {
                 Stream::Stdout => "stdout",
@@ -664,8 +903,15 @@ async fn run_streamed(
                 .event(name)
                 .data(serde_json::json!({ "data": String::from_utf8_lossy(data) }).to_string());
             // A client that went away dropped the receiver (and the cancel end with it:
-            // the run is being killed); nothing to send to.
-            let _ = events.blocking_send(event);
+            // the run is being killed); nothing to send to. A client that stopped
+            // reading holds this thread only until the run's deadline: output after
+            // it is dropped (the run is being killed then).
+            if !late {
+                let deadline = tokio::time::Instant::from_std(started.deadline());
+                late = runtime
+                    .block_on(tokio::time::timeout_at(deadline, events.send(event)))
+                    .is_err();
+            }
         };
         let io = RunIo {
             stdin: Stdin::Null,
@@ -679,10 +925,9 @@ async fn run_streamed(
         }
     });
     tokio::spawn(async move {
-        let _slot = slot;
-        let result = task.await;
+        let result = clock.wait(task).await;
         let event = match result {
-            Ok(Ok(report)) => {
+            Ok(Ok(Ok(report))) => {
                 audit(
                     &app,
                     Some(&key_id),
@@ -696,7 +941,7 @@ async fn run_streamed(
                     .event("result")
                     .data(serde_json::to_string(&result).expect("serializes"))
             }
-            Ok(Err(failure)) => {
+            Ok(Ok(Err(failure))) => {
                 let failure = ApiFailure::from(failure);
                 audit(
                     &app,
@@ -711,11 +956,30 @@ async fn run_streamed(
                         .to_string(),
                 )
             }
-            Err(e) => Event::default()
+            Ok(Err(e)) => Event::default()
                 .event("error")
                 .data(serde_json::json!({ "error": format!("worker failed: {e}") }).to_string()),
+            Err(had) => {
+                // Kills the run; the response keeps its end of the pair meanwhile.
+                stop.stop();
+                let failure = run_deadline_passed(&app, had);
+                audit(
+                    &app,
+                    Some(&key_id),
+                    kind,
+                    target.as_deref(),
+                    "error",
+                    Some(&failure.message),
+                );
+                Event::default()
+                    .event("error")
+                    .data(serde_json::json!({ "error": failure.message }).to_string())
+            }
         };
-        let _ = tx.send(event).await;
+        // The slot is given back before the last event, which a client that stopped
+        // reading may never take.
+        drop(slot);
+        let _ = tokio::time::timeout(app.deadlines.run_margin, tx.send(event)).await;
     });
     // The cancel end lives as long as the response body: a client that goes away drops
     // the body, the engine sees its end of the pair close and kills the run.
@@ -731,10 +995,11 @@ async fn run_streamed(
 
 pub(crate) async fn run(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let key = authenticate(&app, &headers, "run", None).await?;
+    let key = authenticate(&app, &headers, &peer, "run", None).await?;
     let req: RunRequest = json_body(body, app.config.max_body)?;
     // The request's shape is checked before a slot is taken.
     req.program()
@@ -751,7 +1016,7 @@ pub(crate) async fn run(
         )
         .await;
     }
-    let result = run_captured(&app, principal, Job::Run(Box::new(req))).await;
+    let result = run_captured(&app, &key, principal, Job::Run(Box::new(req))).await;
     drop(slot);
     audit_result(&app, &key, "run", None, &result);
     Ok(axum::Json(finish_run(&app, result?, "run")).into_response())
@@ -764,15 +1029,23 @@ pub(crate) async fn run(
 
 pub(crate) async fn create_sandbox(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let key = authenticate(&app, &headers, "sandbox.create", None).await?;
+    let key = authenticate(&app, &headers, &peer, "sandbox.create", None).await?;
     let req: CreateRequest = json_body(body, app.config.max_body)?;
     let name = req.name.clone();
     let principal = principal(&key);
     let (engine, p) = (app.engine.clone(), principal.clone());
-    let mine = blocking(move || Ok(engine.list(p, false)?.len())).await?;
+    let mine = blocking(
+        &app,
+        &key.id,
+        "listing the key's sandboxes",
+        app.deadlines.call,
+        move || Ok(engine.list(p, false)?.len()),
+    )
+    .await?;
     if mine >= key.max_concurrent as usize {
         return Err(refused(
             &app,
@@ -783,7 +1056,14 @@ pub(crate) async fn create_sandbox(
     }
     let slot = admit(&app, &key).await?;
     let engine = app.engine.clone();
-    let created = blocking(move || engine.create(principal, req)).await;
+    let created = blocking(
+        &app,
+        &key.id,
+        "creating the sandbox",
+        app.deadlines.lifecycle,
+        move || engine.create(principal, req),
+    )
+    .await;
     drop(slot); // from now on it counts as a persistent sandbox
     *app.persistent.lock().expect("census") = None;
     audit_result(&app, &key, "sandbox.create", Some(&name), &created);
@@ -799,12 +1079,20 @@ pub(crate) async fn create_sandbox(
 
 pub(crate) async fn list_sandboxes(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> ApiResult<axum::Json<Vec<SandboxInfo>>> {
-    let key = authenticate(&app, &headers, "sandbox.list", None).await?;
+    let key = authenticate(&app, &headers, &peer, "sandbox.list", None).await?;
     let engine = app.engine.clone();
     let principal = principal(&key);
-    let list = blocking(move || engine.list(principal, false)).await?;
+    let list = blocking(
+        &app,
+        &key.id,
+        "listing the sandboxes",
+        app.deadlines.call,
+        move || engine.list(principal, false),
+    )
+    .await?;
     Ok(axum::Json(
         list.into_iter().map(SandboxInfo::redacted).collect(),
     ))
@@ -812,26 +1100,42 @@ pub(crate) async fn list_sandboxes(
 
 pub(crate) async fn get_sandbox(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<SandboxInfo>> {
-    let key = authenticate(&app, &headers, "sandbox.get", Some(&name)).await?;
+    let key = authenticate(&app, &headers, &peer, "sandbox.get", Some(&name)).await?;
     let engine = app.engine.clone();
     let principal = principal(&key);
-    let info = blocking(move || engine.get(principal, &name)).await?;
+    let info = blocking(
+        &app,
+        &key.id,
+        "looking the sandbox up",
+        app.deadlines.call,
+        move || engine.get(principal, &name),
+    )
+    .await?;
     Ok(axum::Json(info.redacted()))
 }
 
 pub(crate) async fn delete_sandbox(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<SandboxInfo>> {
-    let key = authenticate(&app, &headers, "sandbox.delete", Some(&name)).await?;
+    let key = authenticate(&app, &headers, &peer, "sandbox.delete", Some(&name)).await?;
     let engine = app.engine.clone();
     let principal = principal(&key);
     let target = name.clone();
-    let r = blocking(move || engine.destroy(principal, &target)).await;
+    let r = blocking(
+        &app,
+        &key.id,
+        "destroying the sandbox",
+        app.deadlines.lifecycle,
+        move || engine.destroy(principal, &target),
+    )
+    .await;
     *app.persistent.lock().expect("census") = None;
     audit_result(&app, &key, "sandbox.delete", Some(&name), &r);
     Ok(axum::Json(r?.redacted()))
@@ -839,11 +1143,12 @@ pub(crate) async fn delete_sandbox(
 
 pub(crate) async fn exec(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let key = authenticate(&app, &headers, "sandbox.exec", Some(&name)).await?;
+    let key = authenticate(&app, &headers, &peer, "sandbox.exec", Some(&name)).await?;
     let ExecBody {
         request: req,
         stream,
@@ -862,7 +1167,13 @@ pub(crate) async fn exec(
         )
         .await;
     }
-    let result = run_captured(&app, principal, Job::Exec(name.clone(), Box::new(req))).await;
+    let result = run_captured(
+        &app,
+        &key,
+        principal,
+        Job::Exec(name.clone(), Box::new(req)),
+    )
+    .await;
     drop(slot);
     audit_result(&app, &key, "sandbox.exec", Some(&name), &result);
     Ok(axum::Json(finish_run(&app, result?, "exec")).into_response())
@@ -884,12 +1195,14 @@ fn query(q: Result<Query<PathQuery>, QueryRejection>) -> ApiResult<PathQuery> {
 /// engine hands out the workspace's fd only to its owner.
 async fn in_workspace<T: Send + 'static>(
     app: &Arc<App>,
-    principal: Principal,
+    key: &ApiKey,
+    (what, deadline): (&str, Duration),
     name: String,
     work: impl FnOnce(&OwnedFd, &str) -> Result<T, phantom_engine::EngineError> + Send + 'static,
 ) -> ApiResult<T> {
     let engine = app.engine.clone();
-    blocking(move || {
+    let principal = principal(key);
+    blocking(app, &key.id, what, deadline, move || {
         let workspace = engine.workspace(principal, &name)?;
         work(&workspace, &name).map_err(engine_failure)
     })
@@ -898,13 +1211,15 @@ async fn in_workspace<T: Send + 'static>(
 
 pub(crate) async fn list_files(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     Path(name): Path<String>,
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> ApiResult<axum::Json<Vec<phantom_api::FileEntry>>> {
-    let key = authenticate(&app, &headers, "files.list", Some(&name)).await?;
+    let key = authenticate(&app, &headers, &peer, "files.list", Some(&name)).await?;
     let path = query(q)?.path.unwrap_or_else(|| "/workspace".into());
-    let entries = in_workspace(&app, principal(&key), name, move |ws, name| {
+    let files = ("listing the files", app.deadlines.files);
+    let entries = in_workspace(&app, &key, files, name, move |ws, name| {
         phantom_engine::sandbox::files::list_files(ws, name, &path)
     })
     .await?;
@@ -913,16 +1228,18 @@ pub(crate) async fn list_files(
 
 pub(crate) async fn read_file(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     Path(name): Path<String>,
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
-    let key = authenticate(&app, &headers, "files.read", Some(&name)).await?;
+    let key = authenticate(&app, &headers, &peer, "files.read", Some(&name)).await?;
     let path = query(q)?.path.ok_or_else(|| {
         ApiFailure::bad_request("path: which file, e.g. ?path=/workspace/main.py")
     })?;
     let max = app.config.max_body as u64;
-    let data = in_workspace(&app, principal(&key), name, move |ws, name| {
+    let files = ("reading the file", app.deadlines.files);
+    let data = in_workspace(&app, &key, files, name, move |ws, name| {
         phantom_engine::sandbox::files::read_file(ws, name, &path, max)
     })
     .await?;
@@ -931,12 +1248,13 @@ pub(crate) async fn read_file(
 
 pub(crate) async fn write_file(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     Path(name): Path<String>,
     q: Result<Query<PathQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<StatusCode> {
-    let key = authenticate(&app, &headers, "files.write", Some(&name)).await?;
+    let key = authenticate(&app, &headers, &peer, "files.write", Some(&name)).await?;
     let path = query(q)?.path.ok_or_else(|| {
         ApiFailure::bad_request("path: which file, e.g. ?path=/workspace/main.py")
     })?;
@@ -947,7 +1265,8 @@ pub(crate) async fn write_file(
         )
     })?;
     let target = format!("{name}:{path}");
-    let r = in_workspace(&app, principal(&key), name, move |ws, name| {
+    let files = ("writing the file", app.deadlines.files);
+    let r = in_workspace(&app, &key, files, name, move |ws, name| {
         phantom_engine::sandbox::files::write_file(ws, name, &path, &body, true)
     })
     .await;
@@ -957,11 +1276,12 @@ pub(crate) async fn write_file(
 
 pub(crate) async fn snapshot(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let key = authenticate(&app, &headers, "sandbox.snapshot", Some(&name)).await?;
+    let key = authenticate(&app, &headers, &peer, "sandbox.snapshot", Some(&name)).await?;
     let bytes = body.as_ref().map(|b| b.len()).unwrap_or(1);
     let req: ApiSnapshotRequest = if bytes == 0 {
         ApiSnapshotRequest::default()
@@ -970,7 +1290,8 @@ pub(crate) async fn snapshot(
     };
     let owner = Owner::Key(key.id.clone());
     let target = name.clone();
-    let r = in_workspace(&app, principal(&key), name, move |ws, name| {
+    let snapshot = ("the snapshot", app.deadlines.snapshot);
+    let r = in_workspace(&app, &key, snapshot, name, move |ws, name| {
         let tag = req.tag.unwrap_or_else(|| {
             format!(
                 "{name}-{}",
@@ -1008,23 +1329,30 @@ fn api_snapshot(i: phantom_store::SnapshotInfo) -> SnapshotInfo {
 
 pub(crate) async fn list_snapshots(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<Vec<SnapshotInfo>>> {
-    let key = authenticate(&app, &headers, "sandbox.snapshots", Some(&name)).await?;
+    let key = authenticate(&app, &headers, &peer, "sandbox.snapshots", Some(&name)).await?;
     let owner = Owner::Key(key.id.clone());
     let source = format!("{name}:/workspace");
-    let list = blocking(move || {
-        let store =
-            phantom_store::SnapshotStore::open_default().map_err(|e| engine_failure(e.into()))?;
-        Ok(store
-            .list(Some(&owner))
-            .map_err(|e| engine_failure(e.into()))?
-            .into_iter()
-            .filter(|s| s.source == source)
-            .map(api_snapshot)
-            .collect::<Vec<_>>())
-    })
+    let list = blocking(
+        &app,
+        &key.id,
+        "listing the snapshots",
+        app.deadlines.call,
+        move || {
+            let store = phantom_store::SnapshotStore::open_default()
+                .map_err(|e| engine_failure(e.into()))?;
+            Ok(store
+                .list(Some(&owner))
+                .map_err(|e| engine_failure(e.into()))?
+                .into_iter()
+                .filter(|s| s.source == source)
+                .map(api_snapshot)
+                .collect::<Vec<_>>())
+        },
+    )
     .await?;
     Ok(axum::Json(list))
 }
@@ -1035,18 +1363,29 @@ pub(crate) async fn list_snapshots(
 
 pub(crate) async fn pools(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> ApiResult<axum::Json<phantom_api::engine::PoolStatus>> {
-    authenticate(&app, &headers, "pools", None).await?;
+    let key = authenticate(&app, &headers, &peer, "pools", None).await?;
     let engine = app.engine.clone();
-    Ok(axum::Json(blocking(move || engine.pools()).await?))
+    Ok(axum::Json(
+        blocking(
+            &app,
+            &key.id,
+            "reading the pools",
+            app.deadlines.call,
+            move || engine.pools(),
+        )
+        .await?,
+    ))
 }
 
 pub(crate) async fn psi(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> ApiResult<axum::Json<serde_json::Value>> {
-    authenticate(&app, &headers, "psi", None).await?;
+    authenticate(&app, &headers, &peer, "psi", None).await?;
     let sample = match &app.config.psi {
         Some(_) => pressure(&app),
         None => {
@@ -1070,9 +1409,10 @@ pub(crate) async fn psi(
 
 pub(crate) async fn performance(
     State(app): State<Arc<App>>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> ApiResult<axum::Json<serde_json::Value>> {
-    authenticate(&app, &headers, "performance", None).await?;
+    authenticate(&app, &headers, &peer, "performance", None).await?;
     let (n, p50, p95, p99) = app.metrics.recent_percentiles();
     let by_path = app.metrics.by_path();
     Ok(axum::Json(serde_json::json!({

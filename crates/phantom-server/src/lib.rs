@@ -9,13 +9,19 @@
 //! are, for the key's principal; the engine decides warm or cold, enforces the grants
 //! and ownership, and the client relays the output. Files and snapshots move in this
 //! process through a workspace fd the engine hands to the sandbox's owner only.
+//!
+//! No request holds a thread or a slot without a deadline ([`limits::Deadlines`]; 504
+//! past it), one key holds at most [`limits::WORKERS_PER_KEY`] blocking threads, and
+//! refused requests reach the audit log within a per-source budget ([`audit`]).
 #![forbid(unsafe_code)]
 
-mod audit;
+pub mod audit;
 mod handlers;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,10 +80,25 @@ pub struct App {
     /// Persistent sandboxes of every owner, and when they were counted.
     pub(crate) persistent: Mutex<Option<(usize, Instant)>>,
     pub(crate) audit: audit::AuditLog,
+    pub(crate) deadlines: limits::Deadlines,
+    /// Blocking threads per key and in all.
+    pub(crate) workers: limits::Workers,
 }
 
 impl App {
+    /// The server for `config`, with the default deadlines, keeping its keys and audit
+    /// log in the state directory of the environment.
     pub fn new(config: Config) -> Arc<App> {
+        let state_dir = phantom_state::store_dir::state_dir().ok().flatten();
+        App::with(config, limits::Deadlines::default(), state_dir)
+    }
+
+    /// The server for `config` with `deadlines`, its keys and audit log in `state_dir`.
+    pub fn with(
+        config: Config,
+        deadlines: limits::Deadlines,
+        state_dir: Option<PathBuf>,
+    ) -> Arc<App> {
         let file_keys = config
             .file_keys
             .iter()
@@ -88,9 +109,11 @@ impl App {
             engine: phantom_engine::EngineClient::at(config.engine_socket.clone()),
             config,
             key_cache: Mutex::new(Default::default()),
-            state_dir: phantom_state::store_dir::state_dir().ok().flatten(),
+            audit: audit::AuditLog::start(state_dir.clone()),
+            state_dir,
             persistent: Mutex::new(None),
-            audit: audit::AuditLog::start(),
+            deadlines,
+            workers: limits::Workers::new(limits::WORKERS_PER_KEY, limits::WORKERS),
             metrics: metrics::Metrics::new(),
             buckets: Mutex::new(Default::default()),
             inflight: Arc::new(Mutex::new(limits::Inflight::default())),
@@ -148,7 +171,8 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
     );
     let grace = app.config.grace;
     let shutdown_app = app.clone();
-    let router = router(app.clone());
+    // With each connection's peer address: refusals are budgeted per source.
+    let router = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown_signal().await;
         shutdown_app.shutting_down.store(true, Ordering::SeqCst);
@@ -162,24 +186,34 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
     // (a request future that is dropped cancels its run in the engine).
     let done = server;
     tokio::pin!(done);
-    loop {
+    let finished = loop {
         tokio::select! {
-            r = &mut done => return r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            r = &mut done => break Some(r.unwrap_or_else(|e| Err(std::io::Error::other(e)))),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 if app.shutting_down.load(Ordering::SeqCst) {
-                    break;
+                    break None;
                 }
             }
         }
-    }
-    match tokio::time::timeout(grace, &mut done).await {
-        Ok(r) => r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
-        Err(_) => {
-            eprintln!("phantom-supervisor: grace period over: killing the runs still in flight");
-            done.abort();
-            Ok(())
-        }
-    }
+    };
+    let r = match finished {
+        Some(r) => r,
+        None => match tokio::time::timeout(grace, &mut done).await {
+            Ok(r) => r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Err(_) => {
+                eprintln!(
+                    "phantom-supervisor: grace period over: killing the runs still in flight"
+                );
+                done.abort();
+                Ok(())
+            }
+        },
+    };
+    // What is still queued for the audit log, and the refusals only counted so far.
+    let audit_app = app.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || audit_app.audit.flush(Duration::from_secs(5))).await;
+    r
 }
 
 async fn shutdown_signal() {

@@ -1,9 +1,20 @@
 //! Admission: per-key token buckets (429 + Retry-After), per-key and global
-//! concurrency (a guard per admitted sandbox), and pressure (PSI) thresholds (503).
+//! concurrency (a guard per admitted sandbox), pressure (PSI) thresholds (503), the
+//! deadlines of every request ([`Deadlines`]) and the worker threads a key may hold
+//! at once ([`Workers`]).
+//!
+//! Blocking work (an engine call, file I/O, a key lookup) runs on tokio's blocking
+//! pool, whose threads cannot be taken back from a call that hangs: a deadline ends the
+//! *request* (504, its slot given back), not the thread. So each piece of blocking work
+//! also holds a worker permit of its key until the thread is really done: however its
+//! calls hang, one key can hold at most [`WORKERS_PER_KEY`] threads, and the others keep
+//! theirs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A token bucket: `burst` tokens, refilled at `rate_per_min`.
 #[derive(Debug, Clone)]
@@ -49,6 +60,8 @@ pub enum Refusal {
     Full { limit: usize },
     /// Host pressure above the thresholds (503).
     Pressure { why: String },
+    /// The key's worker threads are all busy (503).
+    Workers { limit: usize },
 }
 
 /// Counts of sandboxes in flight, per key and in all.
@@ -104,9 +117,125 @@ pub fn in_flight(inflight: &Arc<Mutex<Inflight>>) -> usize {
     inflight.lock().expect("inflight lock").total
 }
 
+/// How long each kind of request may take before it is answered 504 and gives back
+/// its slot (a run is also killed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// An engine call that answers from its tables (list, get, census, pools, the
+    /// workspace's fd), a key lookup.
+    pub call: Duration,
+    /// Creating or destroying a persistent sandbox.
+    pub lifecycle: Duration,
+    /// Reading, writing or listing files of a workspace.
+    pub files: Duration,
+    /// A snapshot of a workspace.
+    pub snapshot: Duration,
+    /// A run or an exec until the engine says it started...
+    pub start: Duration,
+    /// ...then its own timeout plus this.
+    pub run_margin: Duration,
+    /// How long a request waits for one of its key's worker threads.
+    pub queue: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            call: Duration::from_secs(30),
+            lifecycle: Duration::from_secs(120),
+            files: Duration::from_secs(60),
+            snapshot: Duration::from_secs(600),
+            start: Duration::from_secs(120),
+            run_margin: Duration::from_secs(30),
+            queue: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Blocking threads one key (or all key lookups together) may hold at once.
+pub const WORKERS_PER_KEY: usize = 64;
+/// Blocking threads of all keys at once: below tokio's pool of 512, so that what the
+/// server needs for itself always finds a thread.
+pub const WORKERS: usize = 448;
+
+/// Worker permits: per key and in all.
+pub struct Workers {
+    all: Arc<Semaphore>,
+    per_key: Mutex<HashMap<String, Arc<Semaphore>>>,
+    per_key_limit: usize,
+}
+
+/// Held by a piece of blocking work until its thread is done.
+pub struct WorkerPermit {
+    _key: OwnedSemaphorePermit,
+    _all: OwnedSemaphorePermit,
+}
+
+impl Workers {
+    pub fn new(per_key: usize, all: usize) -> Workers {
+        Workers {
+            all: Arc::new(Semaphore::new(all)),
+            per_key: Mutex::new(HashMap::new()),
+            per_key_limit: per_key,
+        }
+    }
+
+    /// A permit for `key`, waiting at most `wait` for one.
+    pub async fn acquire(&self, key: &str, wait: Duration) -> Result<WorkerPermit, Refusal> {
+        let mine = self
+            .per_key
+            .lock()
+            .expect("workers lock")
+            .entry(key.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_key_limit)))
+            .clone();
+        let refused = || Refusal::Workers {
+            limit: self.per_key_limit,
+        };
+        let both = async {
+            let key = mine.acquire_owned().await.ok()?;
+            let all = self.all.clone().acquire_owned().await.ok()?;
+            Some(WorkerPermit {
+                _key: key,
+                _all: all,
+            })
+        };
+        match tokio::time::timeout(wait, both).await {
+            Ok(Some(p)) => Ok(p),
+            _ => Err(refused()),
+        }
+    }
+
+    /// Permits of `key` held now.
+    pub fn held(&self, key: &str) -> usize {
+        let map = self.per_key.lock().expect("workers lock");
+        map.get(key)
+            .map_or(0, |s| self.per_key_limit - s.available_permits())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn one_key_holding_all_its_workers_leaves_the_others_theirs() {
+        let w = Workers::new(2, 3);
+        let wait = Duration::from_millis(50);
+        let a1 = w.acquire("a", wait).await.unwrap();
+        let _a2 = w.acquire("a", wait).await.unwrap();
+        assert_eq!(
+            w.acquire("a", wait).await.err(),
+            Some(Refusal::Workers { limit: 2 })
+        );
+        assert_eq!(w.held("a"), 2);
+        let _b1 = w.acquire("b", wait).await.unwrap();
+        // The pool in all is full now: b waits, and gets one when a's comes back.
+        assert!(w.acquire("b", wait).await.is_err());
+        drop(a1);
+        w.acquire("b", wait).await.unwrap();
+        assert_eq!(w.held("a"), 1);
+    }
 
     #[test]
     fn a_bucket_allows_its_burst_then_the_rate() {

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub request_duration: Family<RequestLabels, Histogram>,
     pub auth_failures: Family<ReasonLabel, Counter>,
     pub rate_limit_hits: Counter,
+    /// Requests answered 504: past their deadline.
+    pub deadlines_passed: Counter,
     pub admission_refusals: Family<ReasonLabel, Counter>,
     pub sandbox_starts: Family<KindLabel, Counter>,
     pub active_connections: Gauge,
@@ -186,6 +188,12 @@ impl Metrics {
             "Requests answered 429 by a key's token bucket",
             rate_limit_hits.clone(),
         );
+        let deadlines_passed = Counter::default();
+        registry.register(
+            "aisbx_deadlines_passed",
+            "Requests answered 504 because they ran past their deadline",
+            deadlines_passed.clone(),
+        );
         let admission_refusals = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "aisbx_admission_refusals",
@@ -228,6 +236,7 @@ impl Metrics {
             request_duration,
             auth_failures,
             rate_limit_hits,
+            deadlines_passed,
             admission_refusals,
             sandbox_starts,
             active_connections,

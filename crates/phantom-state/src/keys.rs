@@ -95,6 +95,12 @@ fn key_id(key: &str) -> Result<&str, AuthError> {
     Ok(id)
 }
 
+/// Whether `presented` has the shape of a key (`phk_<12 hex>_<64 hex>`): checked before
+/// any database lookup, so that garbage costs no lookup.
+pub fn well_formed(presented: &str) -> Result<(), AuthError> {
+    key_id(presented).map(|_| ())
+}
+
 const COLUMNS: &str =
     "id, name, created, revoked, last_used, rate_per_min, burst, max_concurrent, grants";
 

@@ -8,9 +8,11 @@
 //! workspace's directory fd — a `..` or a symlink that would leave the workspace is
 //! refused by the kernel (EXDEV), never followed to a host file — and below that, a
 //! tree is walked entry by entry with O_NOFOLLOW: a symlink inside a copied directory
-//! is copied as a symlink, never followed, on either side. Files are opened
-//! O_NONBLOCK and checked to be regular after opening (a FIFO swapped in cannot hang
-//! the copy); setuid/setgid bits are dropped. Sizes are bounded ([`CpLimits`]), and
+//! is copied as a symlink, never followed, on either side. Every file, read or
+//! written, on either side, is opened O_NONBLOCK and checked to be regular with fstat
+//! on the open fd before any byte moves (and before a destination is truncated): a
+//! FIFO, a socket or a device planted or swapped in is refused, never waited on;
+//! setuid/setgid bits are dropped. Sizes are bounded ([`CpLimits`]), and
 //! data moves with copy_file_range where the kernel can (std::io::copy uses it).
 //!
 //! Semantics follow `docker cp`: a file onto an existing directory lands inside it; a
@@ -237,6 +239,14 @@ pub fn cp(
             .map_err(errno("stat", &from.show(&src_rel)))?
             .st_mode,
     );
+    // Inside a tree such entries are skipped and reported; named as the source itself
+    // they are an error (nothing could be copied).
+    if !matches!(src_type, FileType::RegularFile | FileType::Directory) {
+        return Err(EngineError::Usage(format!(
+            "{}: not a regular file or a directory (a FIFO, socket or device); phantom cp copies files, directories and symlinks",
+            from.show(&src_rel)
+        )));
+    }
     let name = src_rel
         .file_name()
         .filter(|n| *n != OsStr::new("."))
@@ -405,34 +415,52 @@ pub fn write_file(
             Mode::empty(),
         )?;
     }
-    // Not blocking: opening a FIFO for writing would wait for a reader (forever, if the
-    // sandbox planted it); O_NONBLOCK makes that ENXIO. Nothing is truncated before the
-    // type is known: O_TRUNC only after fstat says it is a regular file.
-    let fd = rfs::openat(
-        &dir,
+    let fd = open_for_writing(
+        dir.as_fd(),
         &leaf,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o644),
-    )
-    .map_err(|e| match e {
-        Errno::NXIO => EngineError::Usage(format!(
-            "{name}:{path}: not a regular file (a FIFO or a socket)"
-        )),
-        e => errno("create", path)(e),
-    })?;
-    let st = rfs::fstat(&fd).map_err(errno("stat", path))?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(EngineError::Usage(format!(
-            "{name}:{path}: not a regular file"
-        )));
-    }
-    rfs::ftruncate(&fd, 0).map_err(errno("truncate", path))?;
+        &format!("{name}:{path}"),
+    )?;
     use std::io::Write;
     File::from(fd).write_all(data).map_err(|e| EngineError::Io {
         what: "write",
         path: format!("{name}:{path}"),
         source: e,
     })
+}
+
+/// Open `name` in `parent` to write it, creating it with `mode` or replacing an existing
+/// regular file's content. Never blocks and never follows a symlink: opening a FIFO
+/// for writing would wait for a reader (forever, if the sandbox planted it), and
+/// O_NONBLOCK makes that ENXIO; a FIFO with a reader, a socket or a device opens but
+/// is refused by the fstat of the open fd. Nothing is truncated before the type is
+/// known: O_TRUNC only after fstat says it is a regular file.
+fn open_for_writing(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    mode: Mode,
+    shown: &str,
+) -> Result<OwnedFd, EngineError> {
+    let fd = rfs::openat(
+        parent,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        mode,
+    )
+    .map_err(|e| match e {
+        Errno::NXIO => EngineError::Usage(format!(
+            "{shown}: not a regular file (a FIFO or a socket); remove it or write elsewhere"
+        )),
+        e => errno("create", shown)(e),
+    })?;
+    let st = rfs::fstat(&fd).map_err(errno("stat", shown))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(EngineError::Usage(format!(
+            "{shown}: not a regular file (a FIFO, socket or device); remove it or write elsewhere"
+        )));
+    }
+    rfs::ftruncate(&fd, 0).map_err(errno("truncate", shown))?;
+    Ok(fd)
 }
 
 /// Read the file at `path` in the workspace of sandbox `name`, at most `max` bytes (a
@@ -579,23 +607,7 @@ fn copy_entry(
     let perm = Mode::from_raw_mode(stat.st_mode & 0o777);
     match kind {
         FileType::RegularFile => {
-            let out = rfs::openat(
-                parent,
-                name,
-                OFlags::WRONLY
-                    | OFlags::CREATE
-                    | OFlags::TRUNC
-                    | OFlags::NOFOLLOW
-                    | OFlags::CLOEXEC,
-                perm | Mode::RUSR | Mode::WUSR,
-            )
-            .map_err(errno("create", dst_shown))?;
-            let out_stat = rfs::fstat(&out).map_err(errno("stat", dst_shown))?;
-            if FileType::from_raw_mode(out_stat.st_mode) != FileType::RegularFile {
-                return Err(EngineError::Usage(format!(
-                    "{dst_shown}: not a regular file"
-                )));
-            }
+            let out = open_for_writing(parent, name, perm | Mode::RUSR | Mode::WUSR, dst_shown)?;
             let mut input =
                 File::from(rustix::io::fcntl_dupfd_cloexec(src, 0).map_err(errno("dup", shown))?);
             let mut output = File::from(out);
@@ -851,6 +863,90 @@ mod tests {
         std::fs::write(ws.join("f"), b"long old content").unwrap();
         write_file(&state_fd, "box", "/workspace/f", b"new", false).unwrap();
         assert_eq!(std::fs::read(ws.join("f")).unwrap(), b"new");
+    }
+
+    /// Regression: `phantom cp HOSTFILE box:/workspace/fifo` opened the destination
+    /// without O_NONBLOCK and waited for a reader forever; the reverse copied nothing and
+    /// said so only in `skipped`. Both are one clear error now, at once.
+    #[test]
+    fn a_fifo_planted_in_the_workspace_never_blocks_a_copy_either_way() {
+        let (scratch, ws_fd, ws) = with_box("files-cp-fifo");
+        rustix::fs::mknodat(
+            rfs::CWD,
+            ws.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o666),
+            0,
+        )
+        .unwrap();
+        let host = scratch.0.join("host.txt");
+        std::fs::write(&host, b"data").unwrap();
+        let started = std::time::Instant::now();
+        let sandbox = CpEnd::Sandbox {
+            name: "box".into(),
+            path: "/workspace/fifo".into(),
+        };
+        let err = cp(
+            &CpEnd::Host(host.clone()),
+            &sandbox,
+            &ws_fd,
+            CpLimits::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert_eq!(err.exit_code(), 2, "{err}");
+        let back = scratch.0.join("back");
+        let err = cp(
+            &sandbox,
+            &CpEnd::Host(back.clone()),
+            &ws_fd,
+            CpLimits::default(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not a regular file or a directory"),
+            "{err}"
+        );
+        assert!(!back.exists());
+        // A host FIFO as the destination of a copy out is refused the same way.
+        std::fs::write(ws.join("f"), b"x").unwrap();
+        rustix::fs::mknodat(
+            rfs::CWD,
+            scratch.0.join("host-fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o666),
+            0,
+        )
+        .unwrap();
+        let from_box = CpEnd::Sandbox {
+            name: "box".into(),
+            path: "/workspace/f".into(),
+        };
+        let err = cp(
+            &from_box,
+            &CpEnd::Host(scratch.0.join("host-fifo")),
+            &ws_fd,
+            CpLimits::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // Inside a copied tree a FIFO is skipped and reported, as before.
+        std::fs::create_dir(ws.join("tree")).unwrap();
+        std::fs::rename(ws.join("fifo"), ws.join("tree/fifo")).unwrap();
+        std::fs::write(ws.join("tree/file"), b"y").unwrap();
+        let report = cp(
+            &CpEnd::Sandbox {
+                name: "box".into(),
+                path: "/workspace/tree".into(),
+            },
+            &CpEnd::Host(scratch.0.join("tree-copy")),
+            &ws_fd,
+            CpLimits::default(),
+        )
+        .unwrap();
+        assert_eq!((report.files, report.skipped.len()), (1, 1), "{report:?}");
     }
 
     /// Listing `path=null` where `null` is a file answered a 500 ("Not a directory" was
