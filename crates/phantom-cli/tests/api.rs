@@ -581,28 +581,41 @@ fn client_goes_away(stream: bool) {
         body.len()
     )
     .unwrap();
-    let find = || {
+    // The run's workspace is a tmpfs inside its sandbox: the host sees its process and
+    // its run directory (one that appeared after the request).
+    let run_dirs = || {
         let out = std::process::Command::new("sh")
-            .args(["-c", &format!("find /dev/shm /tmp ${{XDG_RUNTIME_DIR:-/nonexistent}} -maxdepth 4 -path '*run-*/workspace/{marker}' 2>/dev/null")])
+            .args(["-c", "find /dev/shm /tmp ${XDG_RUNTIME_DIR:-/nonexistent} -maxdepth 2 -name 'run-*' 2>/dev/null"])
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<std::collections::BTreeSet<_>>()
     };
+    let running = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &format!("touch /workspace/{marker}")])
+            .output()
+            .unwrap();
+        !out.stdout.is_empty()
+    };
+    let before = run_dirs();
     let started = Instant::now();
-    while find().is_empty() {
+    while !running() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the run never started"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let ours: Vec<String> = run_dirs().difference(&before).cloned().collect();
     drop(s); // the client goes away
     let gone = Instant::now();
-    while !find().is_empty() {
+    while ours.iter().any(|d| std::path::Path::new(d).exists()) || running() {
         assert!(
             gone.elapsed() < Duration::from_secs(10),
-            "run directory still there: {}\n{}",
-            find(),
+            "run directory {ours:?} or the run still there\n{}",
             server.log.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(50));
