@@ -64,7 +64,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting onward may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest request head (request line and headers) accepted.
-const MAX_HEAD: usize = 16 * 1024;
+#[doc(hidden)]
+pub const MAX_HEAD: usize = 16 * 1024;
 /// Decisions kept in full in the report; beyond, they are only counted.
 pub const MAX_RECORDS: usize = 1000;
 
@@ -441,11 +442,16 @@ fn splice(client: TcpStream, upstream: TcpStream) {
 }
 
 // ---------------------------------------------------------------------------------
-// HTTP
+// HTTP: the request head is parsed by `httparse`; this proxy only decides what the
+// parsed request asks for and rewrites a plain-HTTP request for its origin server.
+
+/// Most header fields in one request head; more is a 431.
+const MAX_HEADERS: usize = 128;
 
 /// A parsed request head.
+#[doc(hidden)]
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum HttpRequest {
+pub enum HttpRequest {
     Connect {
         host: String,
         port: u16,
@@ -458,84 +464,172 @@ pub(crate) enum HttpRequest {
     },
 }
 
-/// Parses a request head (without the final blank line's bytes after it). The error
-/// is the status line and message to answer with.
-pub(crate) fn parse_http(head: &str) -> Result<HttpRequest, (u16, String)> {
-    let bad = |m: &str| (400, m.to_string());
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad("malformed request line"));
+/// Why no request came out of a head.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// The client closed the connection, failed or timed out before its head was
+    /// complete: there is no one to answer.
+    Gone,
+    /// Answer with this status and message.
+    Refuse(u16, String),
+}
+
+impl HeadError {
+    fn bad(message: impl Into<String>) -> HeadError {
+        HeadError::Refuse(400, message.into())
+    }
+}
+
+/// Reads one request head from `client`, whose first byte (`first`) was already read,
+/// and parses it. Returns the request and the bytes that came after the head (a
+/// tunnel's or a body's first bytes). At most [`MAX_HEAD`] bytes of head are read.
+#[doc(hidden)]
+pub fn read_http<R: Read>(client: &mut R, first: u8) -> Result<(HttpRequest, Vec<u8>), HeadError> {
+    let mut head = vec![first];
+    let mut buf = [0u8; 4096];
+    let mut scanned = 0usize;
+    loop {
+        // Parse only once a blank line may have arrived: parsing after every read
+        // would cost a client that sends a byte at a time quadratic time.
+        let from = scanned.saturating_sub(2);
+        if head[from..].windows(2).any(|w| w == b"\n\n")
+            || head[from..].windows(3).any(|w| w == b"\n\r\n")
+        {
+            if let Some((request, len)) = parse_http(&head)? {
+                return Ok((request, head.split_off(len)));
+            }
+        }
+        if head.len() > MAX_HEAD {
+            return Err(too_large());
+        }
+        scanned = head.len();
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return Err(HeadError::Gone),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn too_large() -> HeadError {
+    HeadError::Refuse(
+        431,
+        format!(
+            "request head too large (at most {MAX_HEAD} bytes and {MAX_HEADERS} header fields)"
+        ),
+    )
+}
+
+/// Parses the request head at the start of `bytes`: `None` while it is incomplete,
+/// else the request and the head's length (through its blank line).
+#[doc(hidden)]
+pub fn parse_http(bytes: &[u8]) -> Result<Option<(HttpRequest, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
+        Err(httparse::Error::Version) => {
+            // What httparse finds where the version should be: also a target with a
+            // space in it.
+            return Err(HeadError::bad(
+                "malformed request line: send `GET http://host/path HTTP/1.1` or `CONNECT host:port HTTP/1.1` (only HTTP/1.x is proxied)",
+            ));
+        }
+        Err(e) => return Err(HeadError::bad(format!("malformed request head: {e}"))),
     };
-    if !version.starts_with("HTTP/1.") || method.is_empty() {
-        return Err(bad("only HTTP/1.x requests are proxied"));
+    if len > MAX_HEAD {
+        return Err(too_large());
     }
-    if method.eq_ignore_ascii_case("CONNECT") {
-        let (host, port) =
-            split_authority(target, None).ok_or_else(|| bad("CONNECT needs HOST:PORT"))?;
-        return Ok(HttpRequest::Connect { host, port });
-    }
+    // A complete request always has all three; httparse fills them before the headers.
+    let (Some(method), Some(target), Some(version)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return Err(HeadError::bad("malformed request line"));
+    };
+    let request = if method.eq_ignore_ascii_case("CONNECT") {
+        let (host, port) = split_authority(target, None)
+            .ok_or_else(|| HeadError::bad("CONNECT needs HOST:PORT"))?;
+        HttpRequest::Connect { host, port }
+    } else {
+        forward(method, target, version, parsed.headers)?
+    };
+    Ok(Some((request, len)))
+}
+
+/// Headers that concern only the hop between the client and this proxy.
+const HOP_BY_HOP: [&str; 4] = [
+    "proxy-connection",
+    "proxy-authorization",
+    "connection",
+    "keep-alive",
+];
+
+/// A plain-HTTP request with an absolute URI, rewritten in origin form for the server.
+fn forward(
+    method: &str,
+    target: &str,
+    version: u8,
+    headers: &[httparse::Header<'_>],
+) -> Result<HttpRequest, HeadError> {
     let Some(rest) = strip_prefix_ci(target, "http://") else {
         return Err(if strip_prefix_ci(target, "https://").is_some() {
-            bad("https:// URLs go through CONNECT (set HTTPS_PROXY)")
+            HeadError::bad("https:// URLs go through CONNECT (set HTTPS_PROXY)")
         } else {
-            bad("this is a proxy: send an absolute URI (http://host/path) or CONNECT")
+            HeadError::bad("this is a proxy: send an absolute URI (http://host/path) or CONNECT")
         });
     };
-    let (authority, path) = match rest.find(['/', '?']) {
+    let (authority, path) = match rest.find(['/', '?', '#']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let path = if path.starts_with('?') {
+    // The fragment is the client's own business (RFC 9110 §4.2.5): never sent.
+    let path = path.split('#').next().unwrap_or("");
+    let path = if path.is_empty() || path.starts_with('?') {
         format!("/{path}")
     } else {
         path.to_string()
     };
     if authority.contains('@') {
-        return Err(bad("user information in the URL is not proxied"));
+        return Err(HeadError::bad("user information in the URL is not proxied"));
     }
     let (host, port) =
-        split_authority(authority, Some(80)).ok_or_else(|| bad("bad host in URL"))?;
-    let mut out = format!("{method} {path} {version}\r\n");
-    let mut has_host = false;
-    for line in lines.filter(|l| !l.is_empty()) {
-        let name = line.split(':').next().unwrap_or("").trim();
-        if [
-            "proxy-connection",
-            "proxy-authorization",
-            "connection",
-            "keep-alive",
-        ]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+        split_authority(authority, Some(80)).ok_or_else(|| HeadError::bad("bad host in URL"))?;
+    // Host names the server the policy allowed, whatever the client wrote: a proxy
+    // replaces the Host of an absolute-form request (RFC 9112 §3.2.2), so a Host
+    // header cannot pick another site on an allowed address.
+    let mut out = format!("{method} {path} HTTP/1.{version}\r\nHost: {authority}\r\n").into_bytes();
+    for header in headers {
+        if header.name.eq_ignore_ascii_case("host")
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| header.name.eq_ignore_ascii_case(h))
         {
             continue;
         }
-        has_host |= name.eq_ignore_ascii_case("host");
-        out.push_str(line);
-        out.push_str("\r\n");
+        out.extend_from_slice(header.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value);
+        out.extend_from_slice(b"\r\n");
     }
-    if !has_host {
-        out.push_str(&format!("Host: {authority}\r\n"));
-    }
-    out.push_str("Connection: close\r\n\r\n");
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
     Ok(HttpRequest::Forward {
         host,
         port,
-        head: out.into_bytes(),
+        head: out,
     })
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix))
-        .then(|| &s[prefix.len()..])
+    (s.len() >= prefix.len()
+        && s.is_char_boundary(prefix.len())
+        && s[..prefix.len()].eq_ignore_ascii_case(prefix))
+    .then(|| &s[prefix.len()..])
 }
 
 /// `host:port`, `[v6]:port`, or (with a default port) `host` / `[v6]`.
-pub(crate) fn split_authority(a: &str, default_port: Option<u16>) -> Option<(String, u16)> {
+#[doc(hidden)]
+pub fn split_authority(a: &str, default_port: Option<u16>) -> Option<(String, u16)> {
     let (host, port) = if let Some(rest) = a.strip_prefix('[') {
         let (h, after) = rest.split_once(']')?;
         h.parse::<std::net::Ipv6Addr>().ok()?;
@@ -564,7 +658,13 @@ pub(crate) fn split_authority(a: &str, default_port: Option<u16>) -> Option<(Str
     Some((host.to_string(), port))
 }
 
-fn respond(client: &mut TcpStream, status: u16, reason: &str, body: &str) {
+fn respond(client: &mut TcpStream, status: u16, body: &str) {
+    let reason = match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        431 => "Request Header Fields Too Large",
+        _ => "Bad Gateway",
+    };
     let text = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -573,37 +673,11 @@ fn respond(client: &mut TcpStream, status: u16, reason: &str, body: &str) {
 }
 
 fn http(mut client: TcpStream, first: u8, shared: &Shared) {
-    let mut head = vec![first];
-    let mut buf = [0u8; 4096];
-    let end = loop {
-        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if head.len() > MAX_HEAD {
-            respond(
-                &mut client,
-                431,
-                "Request Header Fields Too Large",
-                "phantom proxy: request head too large\n",
-            );
-            return;
-        }
-        match client.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    };
-    let rest = head.split_off(end + 4);
-    let text = String::from_utf8_lossy(&head[..end]).into_owned();
-    let request = match parse_http(&text) {
+    let (request, rest) = match read_http(&mut client, first) {
         Ok(r) => r,
-        Err((status, msg)) => {
-            respond(
-                &mut client,
-                status,
-                "Bad Request",
-                &format!("phantom proxy: {msg}\n"),
-            );
+        Err(HeadError::Gone) => return,
+        Err(HeadError::Refuse(status, msg)) => {
+            respond(&mut client, status, &format!("phantom proxy: {msg}\n"));
             return;
         }
     };
@@ -620,16 +694,11 @@ fn http(mut client: TcpStream, first: u8, shared: &Shared) {
                 shared.config.profile,
                 shared.config.sandbox_id
             );
-            respond(&mut client, 403, "Forbidden", &body);
+            respond(&mut client, 403, &body);
             return;
         }
         Err(Refusal::Failed(why)) => {
-            respond(
-                &mut client,
-                502,
-                "Bad Gateway",
-                &format!("phantom proxy: {why}\n"),
-            );
+            respond(&mut client, 502, &format!("phantom proxy: {why}\n"));
             return;
         }
     };
@@ -658,7 +727,8 @@ fn http(mut client: TcpStream, first: u8, shared: &Shared) {
 // SOCKS5 (RFC 1928), after the version byte.
 
 /// A SOCKS5 CONNECT request's destination: (host, port) from ATYP + address + port.
-pub(crate) fn parse_socks5_target(atyp: u8, addr: &[u8], port: [u8; 2]) -> Option<(String, u16)> {
+#[doc(hidden)]
+pub fn parse_socks5_target(atyp: u8, addr: &[u8], port: [u8; 2]) -> Option<(String, u16)> {
     let host = match atyp {
         1 if addr.len() == 4 => IpAddr::from(<[u8; 4]>::try_from(addr).ok()?).to_string(),
         4 if addr.len() == 16 => IpAddr::from(<[u8; 16]>::try_from(addr).ok()?).to_string(),
@@ -679,82 +749,127 @@ pub(crate) fn parse_socks5_target(atyp: u8, addr: &[u8], port: [u8; 2]) -> Optio
     (port != 0).then_some((host, port))
 }
 
-fn socks5(mut client: TcpStream, shared: &Shared) {
-    let reply = |client: &mut TcpStream, code: u8| {
-        let _ = client.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]);
-    };
+/// A SOCKS5 reply carrying only `code` (the bound address is not disclosed).
+#[doc(hidden)]
+pub fn socks5_reply(code: u8) -> [u8; 10] {
+    [5, code, 0, 1, 0, 0, 0, 0, 0, 0]
+}
+
+/// What a SOCKS5 client asked for.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Socks5Ask {
+    /// CONNECT to this host and port.
+    Connect { host: String, port: u16 },
+    /// Answer with this reply code and close: 7 (only CONNECT is served) or 8 (an
+    /// address type or name that is not accepted).
+    Refuse(u8),
+    /// The client went away mid-request, or offered no method this proxy speaks (it
+    /// has been told): nothing more to say.
+    Gone,
+}
+
+/// Reads a SOCKS5 greeting and request from `client` (its version byte already read),
+/// answering the method selection, and says what the client asks for.
+#[doc(hidden)]
+pub fn socks5_request<S: Read + Write>(client: &mut S) -> Socks5Ask {
+    socks5_read(client).unwrap_or(Socks5Ask::Gone)
+}
+
+fn socks5_read<S: Read + Write>(client: &mut S) -> Option<Socks5Ask> {
     let mut n = [0u8; 1];
-    if client.read_exact(&mut n).is_err() {
-        return;
-    }
+    client.read_exact(&mut n).ok()?;
     let mut methods = vec![0u8; n[0] as usize];
-    if client.read_exact(&mut methods).is_err() {
-        return;
-    }
+    client.read_exact(&mut methods).ok()?;
     if !methods.contains(&0) {
         let _ = client.write_all(&[5, 0xff]);
-        return;
+        return None;
     }
-    if client.write_all(&[5, 0]).is_err() {
-        return;
-    }
+    client.write_all(&[5, 0]).ok()?;
     let mut req = [0u8; 4];
-    if client.read_exact(&mut req).is_err() || req[0] != 5 {
-        return;
+    client.read_exact(&mut req).ok()?;
+    if req[0] != 5 {
+        return None;
     }
     let addr = match req[3] {
         1 => 4,
         4 => 16,
         3 => {
             let mut len = [0u8; 1];
-            if client.read_exact(&mut len).is_err() {
-                return;
-            }
+            client.read_exact(&mut len).ok()?;
             len[0] as usize
         }
-        _ => {
-            reply(&mut client, 8); // address type not supported
-            return;
-        }
+        _ => return Some(Socks5Ask::Refuse(8)), // address type not supported
     };
     let mut addr_bytes = vec![0u8; addr];
     let mut port = [0u8; 2];
-    if client.read_exact(&mut addr_bytes).is_err() || client.read_exact(&mut port).is_err() {
-        return;
-    }
+    client.read_exact(&mut addr_bytes).ok()?;
+    client.read_exact(&mut port).ok()?;
     if req[1] != 1 {
-        reply(&mut client, 7); // only CONNECT
-        return;
+        return Some(Socks5Ask::Refuse(7)); // only CONNECT
     }
-    let Some((host, port)) = parse_socks5_target(req[3], &addr_bytes, port) else {
-        reply(&mut client, 8);
-        return;
-    };
-    match connect(shared, ProxyProtocol::Socks5, &host, port) {
-        Ok(upstream) => {
-            reply(&mut client, 0);
-            splice(client, upstream);
+    Some(match parse_socks5_target(req[3], &addr_bytes, port) {
+        Some((host, port)) => Socks5Ask::Connect { host, port },
+        None => Socks5Ask::Refuse(8),
+    })
+}
+
+fn socks5(mut client: TcpStream, shared: &Shared) {
+    let (host, port) = match socks5_request(&mut client) {
+        Socks5Ask::Gone => return,
+        Socks5Ask::Refuse(code) => {
+            let _ = client.write_all(&socks5_reply(code));
+            return;
         }
-        Err(Refusal::Policy(_)) => reply(&mut client, 2), // not allowed by ruleset
-        Err(Refusal::Failed(_)) => reply(&mut client, 4), // host unreachable
-    }
+        Socks5Ask::Connect { host, port } => (host, port),
+    };
+    let code = match connect(shared, ProxyProtocol::Socks5, &host, port) {
+        Ok(upstream) => {
+            if client.write_all(&socks5_reply(0)).is_ok() {
+                splice(client, upstream);
+            }
+            return;
+        }
+        Err(Refusal::Policy(_)) => 2, // not allowed by ruleset
+        Err(Refusal::Failed(_)) => 4, // host unreachable
+    };
+    let _ = client.write_all(&socks5_reply(code));
+}
+
+/// The parsers, for the fuzz targets in `fuzz/` (not an API).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::{
+        parse_http, parse_socks5_target, read_http, socks5_reply, socks5_request, split_authority,
+        HeadError, HttpRequest, Socks5Ask, MAX_HEAD,
+    };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `head` with its blank line, parsed whole.
+    fn parse(head: &str) -> Result<HttpRequest, (u16, String)> {
+        match parse_http(format!("{head}\r\n\r\n").as_bytes()) {
+            Ok(Some((request, _))) => Ok(request),
+            Ok(None) => panic!("a complete head: {head:?}"),
+            Err(HeadError::Refuse(status, msg)) => Err((status, msg)),
+            Err(HeadError::Gone) => panic!("nothing was read"),
+        }
+    }
+
     #[test]
     fn connect_requests_name_host_and_port() {
         assert_eq!(
-            parse_http("CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org:443"),
+            parse("CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org:443"),
             Ok(HttpRequest::Connect {
                 host: "pypi.org".into(),
                 port: 443
             })
         );
         assert_eq!(
-            parse_http("CONNECT [::1]:8443 HTTP/1.1"),
+            parse("CONNECT [::1]:8443 HTTP/1.1"),
             Ok(HttpRequest::Connect {
                 host: "::1".into(),
                 port: 8443
@@ -769,13 +884,13 @@ mod tests {
             "CONNECT pypi.org:443",
             "CONNECT ev/il:443 HTTP/1.1",
         ] {
-            assert_eq!(parse_http(bad).map_err(|e| e.0), Err(400), "{bad}");
+            assert_eq!(parse(bad).map_err(|e| e.0), Err(400), "{bad}");
         }
     }
 
     #[test]
     fn absolute_uri_requests_are_rewritten_for_the_origin() {
-        let Ok(HttpRequest::Forward { host, port, head }) = parse_http(
+        let Ok(HttpRequest::Forward { host, port, head }) = parse(
             "GET http://Example.com:8080/a/b?c=1 HTTP/1.1\r\nHost: example.com:8080\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\nAccept: */*",
         ) else {
             panic!("a forward request")
@@ -784,10 +899,9 @@ mod tests {
         let head = String::from_utf8(head).unwrap();
         assert_eq!(
             head,
-            "GET /a/b?c=1 HTTP/1.1\r\nHost: example.com:8080\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            "GET /a/b?c=1 HTTP/1.1\r\nHost: Example.com:8080\r\nAccept: */*\r\nConnection: close\r\n\r\n"
         );
-        let Ok(HttpRequest::Forward { port, head, .. }) =
-            parse_http("GET http://example.com HTTP/1.0")
+        let Ok(HttpRequest::Forward { port, head, .. }) = parse("GET http://example.com HTTP/1.0")
         else {
             panic!("a forward request")
         };
@@ -796,11 +910,11 @@ mod tests {
             String::from_utf8(head).unwrap(),
             "GET / HTTP/1.0\r\nHost: example.com\r\nConnection: close\r\n\r\n"
         );
-        let err = parse_http("GET /index.html HTTP/1.1").unwrap_err();
+        let err = parse("GET /index.html HTTP/1.1").unwrap_err();
         assert!(err.1.contains("absolute URI"), "{}", err.1);
-        let err = parse_http("GET https://pypi.org/ HTTP/1.1").unwrap_err();
+        let err = parse("GET https://pypi.org/ HTTP/1.1").unwrap_err();
         assert!(err.1.contains("CONNECT"), "{}", err.1);
-        let err = parse_http("GET http://user@pypi.org/ HTTP/1.1").unwrap_err();
+        let err = parse("GET http://user@pypi.org/ HTTP/1.1").unwrap_err();
         assert!(err.1.contains("user information"), "{}", err.1);
     }
 

@@ -26,6 +26,8 @@ pub mod client;
 pub mod doctor;
 mod error;
 pub mod fork;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 mod image_run;
 mod init;

@@ -62,6 +62,8 @@
 mod build;
 mod digest;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod source;
 mod store;
 mod tarstream;
