@@ -118,7 +118,7 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
     let code = runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(bind).await {
+        let listener = match listen(bind) {
             Ok(l) => l,
             Err(e) => return fail(format!("--bind {bind}: {e}")),
         };
@@ -133,4 +133,17 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
     });
     drop(engine);
     code
+}
+
+/// The API's listening socket, with a listen queue of 1024: tokio's default of 128
+/// made the kernel reset a burst of connects before the server saw them.
+fn listen(bind: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if bind.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(bind)?;
+    socket.listen(1024)
 }
