@@ -137,6 +137,9 @@ impl ToInit {
     }
 }
 
+/// The most binds GO brings as detached mounts ([`GoMount::Bind`]).
+pub(crate) const GO_MAX_BRIDGED: usize = 32;
+
 /// A mount attached to [`ToInit::Go`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -145,6 +148,10 @@ pub(crate) enum GoMount {
     Workspace,
     /// An image's root, idmapped likewise.
     Image,
+    /// The source of bind step N, which the sandbox's user could not reach (below a
+    /// directory it may not enter, e.g. a 0700 home): a detached copy of the mount,
+    /// made by the root engine, attached instead of bound.
+    Bind(usize),
 }
 
 /// The per-run part of a pooled sandbox's payload. Its fds ride along in the order

@@ -347,7 +347,7 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
 
     // 1. Wait for GO: the parent has written our uid/gid maps (we have no privileges
     //    before that) and put us in the sandbox's cgroup.
-    let (idmapped_workspace, idmapped_image) = recv_go(chan)?;
+    let (idmapped_workspace, idmapped_image, bridged) = recv_go(chan)?;
 
     // Our ids are the parent's host ids until we take the namespace's root ids.
     phantom_linux::userns::become_root().map_err(|e| e.to_string())?;
@@ -371,8 +371,8 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     mount::make_all_private().map_err(|e| e.to_string())?;
 
     // Open every host source now, before the new root's tmpfs hides the host's /tmp.
-    let mut sources =
-        Sources::open(&ctx.steps, idmapped_workspace.is_some()).map_err(|e| e.to_string())?;
+    let mut sources = Sources::open(&ctx.steps, idmapped_workspace.is_some(), bridged)
+        .map_err(|e| e.to_string())?;
     if let Some(image) = idmapped_image {
         sources.add_image(&ctx.steps, image)?;
     }
@@ -818,14 +818,19 @@ pub(crate) fn python_serves(
 }
 
 /// Wait for [`ToInit::Go`] and the mounts attached to it, in the order it names them.
-fn recv_go(chan: &OwnedFd) -> Result<(Option<OwnedFd>, Option<OwnedFd>), String> {
-    let (message, fds) = match channel::recv::<ToInit>(chan.as_fd(), 4096, 2, "spawner") {
-        Ok(received) => received,
-        Err(channel::ChannelError::Closed { .. }) => {
-            return Err("front end went away before the sandbox started".into())
-        }
-        Err(e) => return Err(e.to_string()),
-    };
+/// The mounts GO brings: an idmapped workspace, an idmapped image root, and detached
+/// copies of bind sources the sandbox's user could not reach (by step).
+type GoMounts = (Option<OwnedFd>, Option<OwnedFd>, Vec<(usize, OwnedFd)>);
+
+fn recv_go(chan: &OwnedFd) -> Result<GoMounts, String> {
+    let (message, fds) =
+        match channel::recv::<ToInit>(chan.as_fd(), 4096, 2 + channel::GO_MAX_BRIDGED, "spawner") {
+            Ok(received) => received,
+            Err(channel::ChannelError::Closed { .. }) => {
+                return Err("front end went away before the sandbox started".into())
+            }
+            Err(e) => return Err(e.to_string()),
+        };
     let mounts = match message {
         ToInit::Go { mounts } => mounts,
         other => {
@@ -840,14 +845,15 @@ fn recv_go(chan: &OwnedFd) -> Result<(Option<OwnedFd>, Option<OwnedFd>), String>
     if mounts.len() != fds.len() {
         return Err(format!("go came with {} fds for {mounts:?}", fds.len()));
     }
-    let (mut workspace, mut image) = (None, None);
+    let (mut workspace, mut image, mut bridged) = (None, None, Vec::new());
     for (name, fd) in mounts.into_iter().zip(fds) {
         match name {
             GoMount::Workspace => workspace = Some(fd),
             GoMount::Image => image = Some(fd),
+            GoMount::Bind(step) => bridged.push((step, fd)),
         }
     }
-    Ok((workspace, image))
+    Ok((workspace, image, bridged))
 }
 
 /// Whether the other end of `chan` has been closed (without consuming a message).
@@ -929,15 +935,28 @@ const RO: Attrs = Attrs {
 pub(crate) struct Sources {
     /// Per step: its bind source, or for a Dev step its nodes in order.
     per_step: Vec<Vec<OwnedFd>>,
+    /// Per step: its source is a detached mount to attach (GO's `Bind`), not a path
+    /// to bind.
+    detached: Vec<bool>,
     /// The host's /dev/null, bound over masked files.
     dev_null: OwnedFd,
 }
 
 impl Sources {
-    fn open(steps: &[Step], idmapped_workspace: bool) -> Result<Sources, phantom_linux::SysError> {
+    fn open(
+        steps: &[Step],
+        idmapped_workspace: bool,
+        bridged: Vec<(usize, OwnedFd)>,
+    ) -> Result<Sources, phantom_linux::SysError> {
         let mut per_step = Vec::with_capacity(steps.len());
-        for step in steps {
+        let mut detached = vec![false; steps.len()];
+        let mut bridged: std::collections::HashMap<usize, OwnedFd> = bridged.into_iter().collect();
+        for (i, step) in steps.iter().enumerate() {
             per_step.push(match step {
+                Step::Bind { .. } if bridged.contains_key(&i) => {
+                    detached[i] = true;
+                    vec![bridged.remove(&i).expect("checked")]
+                }
                 Step::Bind { source, .. } => vec![mount::open_path(source)?],
                 Step::Workspace {
                     source,
@@ -959,6 +978,7 @@ impl Sources {
         }
         Ok(Sources {
             per_step,
+            detached,
             dev_null: mount::open_path(Path::new("/dev/null"))?,
         })
     }
@@ -970,6 +990,7 @@ impl Sources {
     pub(crate) fn in_sandbox(steps: usize) -> Result<Sources, phantom_linux::SysError> {
         Ok(Sources {
             per_step: (0..steps).map(|_| Vec::new()).collect(),
+            detached: vec![false; steps],
             dev_null: mount::open_path(Path::new("/dev/null"))?,
         })
     }
@@ -1016,7 +1037,11 @@ pub(crate) fn apply_step(
             } else {
                 touch(&at)?;
             }
-            mount::bind(&fd_path(source(0)), &at)?;
+            if sources.detached[index] {
+                mount::attach(source(0).as_fd(), &at)?;
+            } else {
+                mount::bind(&fd_path(source(0)), &at)?;
+            }
             let attrs = Attrs {
                 read_only: *read_only,
                 nosuid: true,

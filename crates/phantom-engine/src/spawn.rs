@@ -270,6 +270,28 @@ pub(crate) fn spawn_on(
     if let (Some(image), true) = (image, isolated) {
         steps.insert(0, image_root_step(image, idmap_image, &steps));
     }
+    // As root the sandbox's user is an unprivileged host uid of no group: a bind
+    // source below a directory others may not enter (a toolchain in a 0700 home) is
+    // passed in as a detached copy of its mount instead, made here with root's access.
+    let bridged: Vec<(usize, std::path::PathBuf)> = if isolated && host_uid != invoker_uid {
+        steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, step)| match step {
+                Step::Bind { source, .. } if !others_can_reach(source) => Some((i, source.clone())),
+                _ => None,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if bridged.len() > channel::GO_MAX_BRIDGED {
+        return Err(EngineError::Usage(format!(
+            "{} binds lie below directories the sandbox's user cannot enter (at most {} can be passed in); bind fewer, or from places other users may enter",
+            bridged.len(),
+            channel::GO_MAX_BRIDGED
+        )));
+    }
     let ctx = ChildContext {
         steps,
         cgroup_tasks,
@@ -371,6 +393,18 @@ pub(crate) fn spawn_on(
         }
     };
     trace.step("id maps, cgroup attach, idmapped workspace");
+    let bridged = match bridged
+        .into_iter()
+        .map(|(i, source)| mount::clone_tree(&source).map(|tree| (i, tree)))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(trees) => trees,
+        Err(e) => {
+            let _ = process::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+            let _ = process::wait4(pid, false);
+            return Err(e.into());
+        }
+    };
     // Go names each mount it brings, in order (see channel.rs).
     let mut mounts = Vec::new();
     let mut fds = Vec::new();
@@ -382,6 +416,10 @@ pub(crate) fn spawn_on(
             mounts.push(name);
             fds.push(fd.as_fd());
         }
+    }
+    for (i, tree) in &bridged {
+        mounts.push(GoMount::Bind(*i));
+        fds.push(tree.as_fd());
     }
     channel::send(chan_parent.as_fd(), &ToInit::Go { mounts }, &fds).map_err(|e| match e {
         ChannelError::Sys(e) => EngineError::Sys(e),
@@ -596,6 +634,15 @@ fn image_root_step(image: &ImageRun, idmapped: bool, steps: &[Step]) -> Step {
 }
 
 /// Turn the plan's mounts into steps, opening every host source now.
+/// Whether a user that is neither `path`'s owners' nor in their groups may reach it:
+/// every directory a lookup of it enters lets others search it.
+fn others_can_reach(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors()
+        .skip(1)
+        .all(|dir| std::fs::metadata(dir).map_or(true, |m| m.mode() & 0o001 != 0))
+}
+
 /// The size of a workspace the caller did not give (a run's, a persistent sandbox's):
 /// half the memory limit. Its pages are charged to the sandbox's memory cgroup, where
 /// a workspace as large as the limit would end a write that fills it with the OOM

@@ -5,9 +5,9 @@
 //! * `filesystem.toolchains` is resolved against the environment of the process that
 //!   compiles (`HOME`, `RUSTUP_HOME`, `CARGO_HOME`, `GOROOT`, `NVM_DIR`, `PATH`) and
 //!   what exists where the installers put things;
-//! * a bind whose source lies below a directory the sandbox's user cannot enter (a
-//!   0700 home, when phantom runs as root and the sandbox's root is an unprivileged
-//!   host uid) would fail at run time with a bare EACCES; compile() finds that first.
+//! * a bind whose source lies below a directory the sandbox's user cannot enter (for an
+//!   unprivileged invoker, another user's 0700 home; a root engine passes such sources
+//!   in itself) would fail at run time with a bare EACCES; compile() finds that first.
 //!
 //! [`LocalHost`] answers from this machine with read-only calls (environment, stat,
 //! readdir, readlink); tests hand compile() a fake. Nothing here writes.
@@ -109,6 +109,12 @@ impl Host for LocalHost {
         // (phantom-engine's `sandbox_host_ids`): root's own access says nothing then.
         let invoker = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
         let as_root = invoker == Some(0);
+        if as_root {
+            // A root engine passes a source its sandbox's user cannot reach in as a
+            // detached copy of the mount (phantom-engine's spawn.rs, `GoMount::Bind`):
+            // for root nothing is out of reach.
+            return None;
+        }
         let mut seen = Vec::new();
         for candidate in [Some(PathBuf::from(path)), std::fs::canonicalize(path).ok()]
             .into_iter()
