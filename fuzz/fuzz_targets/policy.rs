@@ -20,11 +20,19 @@ fuzz_target!(|data: &[u8]| {
     let profile = match load_str(text, ORIGIN) {
         Ok(p) => p,
         Err(e) => {
-            let line = e.to_string();
-            assert!(!line.contains('\n'), "a policy error spans lines: {line:?}");
+            // Every mistake of the file is reported: one line each.
+            for one in e.errors() {
+                let line = one.to_string();
+                assert!(!line.contains('\n'), "a policy error spans lines: {line:?}");
+            }
+            assert_eq!(
+                e.to_string().lines().count(),
+                e.errors().len(),
+                "one line per mistake: {e}"
+            );
             assert_eq!(
                 load_str(text, ORIGIN).unwrap_err().to_string(),
-                line,
+                e.to_string(),
                 "loading is deterministic"
             );
             return;
@@ -51,11 +59,13 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             Err(e) => {
-                let line = e.to_string();
-                assert!(
-                    !line.contains('\n'),
-                    "a compile error spans lines: {line:?}"
-                );
+                for one in e.errors() {
+                    let line = one.to_string();
+                    assert!(
+                        !line.contains('\n'),
+                        "a compile error spans lines: {line:?}"
+                    );
+                }
             }
         }
     }
