@@ -140,6 +140,9 @@ step "MCP server against the official Python SDK and the conformance suite"
 # Installs pinned versions of both into a throwaway directory (see the script).
 ./scripts/test-mcp.sh target/debug/phantom-mcp
 
+step "fuzzing: each target for a bounded time (longer runs: fuzz/README.md)"
+./scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+
 step "skipped tests"
 if [ -s "$skip_log" ]; then
   sort "$skip_log" | uniq -c | sed 's/^ *\([0-9]*\) /\1x /'
