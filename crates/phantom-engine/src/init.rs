@@ -1524,7 +1524,12 @@ pub(crate) fn full_filesystems() -> Vec<String> {
             continue;
         }
         // Mount points escape spaces and the like as \ooo.
+        // A point mounted over (a forked run's fresh /tmp over its pool's) is listed
+        // once per mount, and statvfs sees only the top one: each point counts once.
         let point = unescape_octal(point);
+        if full.contains(&point) {
+            continue;
+        }
         if let Ok(st) = rustix::fs::statvfs(point.as_str()) {
             if st.f_blocks > 0 && st.f_bavail == 0 {
                 full.push(point);

@@ -158,7 +158,7 @@ impl PhantomMcp {
     #[tool(
         name = "run_code",
         title = "Run code in a fresh sandbox",
-        description = "Run a program in a fresh, isolated Linux sandbox that is thrown away afterwards (no network but loopback unless the profile allows more, a private /tmp, the working directory /workspace holds `files`). language: python (python3 -c), node (node -e), bash or sh (-c); the profile defaults to the language's (python-dev, node-dev, default). Returns stdout, stderr, exit_code, timed_out, oom_killed, output_truncated, wall_ms and notes. Output is capped at {max_output} bytes (stdout and stderr together); a program that fails is a normal result with isError set.",
+        description = "Run a program in a fresh, isolated Linux sandbox that is thrown away afterwards (no network but loopback unless the profile allows more, a private /tmp, the working directory /workspace holds `files`). language: python (python3 -c), node (node -e), bash or sh (-c); the profile defaults to the language's (python-dev, node-dev, default). Returns stdout, stderr, exit_code, timed_out, oom_killed, disk_limit_hit, output_truncated, wall_ms and notes. Output is capped at {max_output} bytes (stdout and stderr together); a program that fails is a normal result with isError set.",
         annotations(read_only_hint = true, destructive_hint = false, open_world_hint = false),
         output_schema = schema_for_output::<RunResult>()
     )]
@@ -174,7 +174,7 @@ impl PhantomMcp {
     #[tool(
         name = "run_command",
         title = "Run a command in a fresh sandbox",
-        description = "Run one command (argv, no shell unless you call one: [\"sh\", \"-c\", \"...\"]) in a fresh, isolated Linux sandbox that is thrown away afterwards. The host's /usr is visible read-only; /workspace and /tmp are empty and writable. Returns stdout, stderr, exit_code, timed_out, oom_killed, output_truncated, wall_ms; output is capped at {max_output} bytes. A non-zero exit is a normal result with isError set.",
+        description = "Run one command (argv, no shell unless you call one: [\"sh\", \"-c\", \"...\"]) in a fresh, isolated Linux sandbox that is thrown away afterwards. The host's /usr is visible read-only; /workspace and /tmp are empty and writable. Returns stdout, stderr, exit_code, timed_out, oom_killed, disk_limit_hit, output_truncated, wall_ms; output is capped at {max_output} bytes. A non-zero exit is a normal result with isError set.",
         annotations(read_only_hint = true, destructive_hint = false, open_world_hint = false),
         output_schema = schema_for_output::<RunResult>()
     )]
@@ -258,7 +258,7 @@ impl PhantomMcp {
     #[tool(
         name = "exec_in_sandbox",
         title = "Run a command in a persistent sandbox",
-        description = "Run a command (argv, or language and code) in a sandbox made by create_sandbox, with its working directory /workspace by default. Returns stdout, stderr, exit_code, timed_out, oom_killed, output_truncated; output is capped at {max_output} bytes. A non-zero exit is a normal result with isError set.",
+        description = "Run a command (argv, or language and code) in a sandbox made by create_sandbox, with its working directory /workspace by default. Returns stdout, stderr, exit_code, timed_out, oom_killed, disk_limit_hit, output_truncated; output is capped at {max_output} bytes. A non-zero exit is a normal result with isError set.",
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false),
         output_schema = schema_for_output::<RunResult>()
     )]
