@@ -571,14 +571,17 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// `message` is kept on one line, the values it quotes in backticks cut short
+    /// ([`crate::strict::one_line`]): they come from the request.
     pub fn new(field: Field, message: impl Into<String>) -> FieldError {
         FieldError {
             field,
             value: None,
-            message: message.into(),
+            message: crate::strict::one_line(&message.into()),
         }
     }
 
+    /// As [`FieldError::new`], with the value shown on one line and cut short.
     pub fn with_value(
         field: Field,
         value: impl Into<String>,
@@ -586,8 +589,8 @@ impl FieldError {
     ) -> FieldError {
         FieldError {
             field,
-            value: Some(value.into()),
-            message: message.into(),
+            value: Some(crate::strict::shown(&value.into(), 256)),
+            message: crate::strict::one_line(&message.into()),
         }
     }
 

@@ -107,6 +107,39 @@ fn distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// The longest quoted value in a message, in characters.
+pub const MAX_QUOTED: usize = 64;
+
+/// `text` fit for a one-line message: control characters escaped (`\n`, `\u{1b}`),
+/// at most `max` characters (then `…`). A request's values may hold anything, and
+/// messages end up on terminals and in logs.
+pub fn shown(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `message` on one line, each `backtick-quoted` part (where messages quote a
+/// request's values) cut to [`MAX_QUOTED`] characters.
+pub fn one_line(message: &str) -> String {
+    message
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| shown(part, if i % 2 == 1 { MAX_QUOTED } else { usize::MAX }))
+        .collect::<Vec<_>>()
+        .join("`")
+}
+
 /// Parse `value` as `T`, refusing top-level fields `T`'s schema does not list.
 pub fn from_value<T: DeserializeOwned + JsonSchema>(value: Value) -> Result<T, StrictError> {
     match &value {
@@ -116,8 +149,11 @@ pub fn from_value<T: DeserializeOwned + JsonSchema>(value: Value) -> Result<T, S
                 if known.contains(key) {
                     continue;
                 }
+                // A name far longer than any known one is near none of them (and
+                // would cost its length times theirs to compare).
                 let nearest = known
                     .iter()
+                    .filter(|_| key.chars().count() <= MAX_QUOTED)
                     .map(|k| (distance(key, k), k))
                     .filter(|(d, k)| *d <= 2.max(k.len() / 3))
                     .min();
@@ -128,9 +164,10 @@ pub fn from_value<T: DeserializeOwned + JsonSchema>(value: Value) -> Result<T, S
                         known.iter().cloned().collect::<Vec<_>>().join(", ")
                     ),
                 };
+                let key = shown(key, MAX_QUOTED);
                 return Err(StrictError {
-                    field: Some(key.clone()),
                     message: format!("unknown field `{key}`: {hint}"),
+                    field: Some(key),
                 });
             }
         }
@@ -148,7 +185,8 @@ pub fn from_value<T: DeserializeOwned + JsonSchema>(value: Value) -> Result<T, S
         value
     };
     serde_json::from_value(value).map_err(|e| {
-        let message = e.to_string();
+        // serde quotes the values it refuses (`unknown variant `...``): one line.
+        let message = one_line(&e.to_string());
         let field = message
             .split('`')
             .nth(1)
@@ -164,7 +202,7 @@ pub fn from_value<T: DeserializeOwned + JsonSchema>(value: Value) -> Result<T, S
 pub fn from_slice<T: DeserializeOwned + JsonSchema>(bytes: &[u8]) -> Result<T, StrictError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| StrictError {
         field: None,
-        message: format!("invalid JSON: {e}"),
+        message: one_line(&format!("invalid JSON: {e}")),
     })?;
     from_value(value)
 }
