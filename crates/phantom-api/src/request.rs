@@ -581,6 +581,20 @@ impl FieldError {
         }
     }
 
+    /// Several mistakes in what `field` names (a policy file with three wrong keys):
+    /// one line each, each kept on one line like [`FieldError::new`]'s message.
+    pub fn lines<S: AsRef<str>>(field: Field, lines: impl IntoIterator<Item = S>) -> FieldError {
+        FieldError {
+            field,
+            value: None,
+            message: lines
+                .into_iter()
+                .map(|l| crate::strict::one_line(l.as_ref()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
     /// As [`FieldError::new`], with the value shown on one line and cut short.
     pub fn with_value(
         field: Field,

@@ -54,3 +54,18 @@ fn a_bad_file_path_is_refused_on_one_line() {
     let long = FieldError::with_value(Field::Memory, "9".repeat(10_000), "cannot parse");
     assert!(long.for_cli().len() < 1024);
 }
+
+/// The escaping above turned a policy file's several mistakes (one line each) into
+/// one line with `\n` in it: a list of mistakes stays one line per mistake, and a
+/// quoted value still cannot add a line.
+#[test]
+fn a_policy_files_mistakes_stay_one_per_line() {
+    let e = FieldError::lines(
+        Field::PolicyFile,
+        ["p.yaml:3:11: bad `12QB`", "p.yaml:5:1: unknown key `a\nb`"],
+    );
+    let text = e.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[1].contains("`a\\nb`"), "{text}");
+}

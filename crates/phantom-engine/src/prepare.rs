@@ -370,8 +370,15 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
     let compiled = cache.get(&ask.policy, &overrides).map_err(|e| match e {
         // A profile the caller named that does not exist is their mistake, named.
         EngineError::Policy(p) => match &ask.policy {
-            Policy::Builtin(_) => FieldError::new(Field::Profile, p.to_string()).into(),
-            Policy::File(_) => FieldError::new(Field::PolicyFile, p.to_string()).into(),
+            // Every mistake of the file, one line each.
+            Policy::Builtin(_) => {
+                FieldError::lines(Field::Profile, p.errors().iter().map(ToString::to_string)).into()
+            }
+            Policy::File(_) => FieldError::lines(
+                Field::PolicyFile,
+                p.errors().iter().map(ToString::to_string),
+            )
+            .into(),
         },
         e => e,
     })?;
