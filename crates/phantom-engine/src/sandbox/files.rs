@@ -678,6 +678,9 @@ fn copy_dir_contents(
             names.push(OsStr::from_bytes(name).to_os_string());
         }
     }
+    // The reader holds an fd of its own: closed before going down a level, so that a
+    // tree MAX_CP_DEPTH deep fits in 1024 open files (3 per level).
+    drop(dir);
     names.sort();
     for name in names {
         let child_shown = format!("{}/{}", shown.trim_end_matches('/'), name.to_string_lossy());
