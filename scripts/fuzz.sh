@@ -6,7 +6,7 @@
 #   ./scripts/fuzz.sh                 # every target, 20 s each (what CI runs)
 #   ./scripts/fuzz.sh 600             # every target, 10 minutes each
 #   ./scripts/fuzz.sh 600 http_head   # one target (or several, by name)
-#   FUZZ_JOBS=2 ./scripts/fuzz.sh     # targets run two at a time (default: 1)
+#   FUZZ_JOBS=1 ./scripts/fuzz.sh     # one target at a time (default: one per core)
 #   FUZZ_TARGET_DIR=DIR ./scripts/fuzz.sh  # build there (default: fuzz/target)
 #
 # Each target grows its corpus in fuzz/corpus/TARGET (kept between runs, not
@@ -24,7 +24,7 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(policy http_head socks5 image_tar image_layer api_request engine_protocol init_protocol)
 fi
-jobs=${FUZZ_JOBS:-1}
+jobs=${FUZZ_JOBS:-$(nproc)}
 # Where the instrumented build goes (its own: the flags differ from the workspace's).
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$fuzz/target}
 
@@ -46,12 +46,17 @@ started=$(date +%s)
 echo "fuzz.sh: building ${targets[*]}"
 bins=()
 for t in "${targets[@]}"; do bins+=(--bin "$t"); done
-cargo build --release --locked --quiet --target "$host" "${bins[@]}"
+# Not --locked: when a crate under test gains a dependency, cargo adds it to
+# fuzz/Cargo.lock (commit that) and keeps every version already pinned there.
+cargo build --release --quiet --target "$host" "${bins[@]}"
 built=$(date +%s)
 echo "fuzz.sh: built in $((built - started)) s"
 
 # The layer target unpacks into a scratch directory of its own; removed however we end.
-scratch=$(mktemp -d "${TMPDIR:-/tmp}/phantom-fuzz.XXXXXX")
+# (tmpfs when there is one: each input creates and removes a tree).
+shm=/dev/shm
+[ -d "$shm" ] && [ -w "$shm" ] || shm=${TMPDIR:-/tmp}
+scratch=$(mktemp -d "$shm/phantom-fuzz.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 export PHANTOM_FUZZ_SCRATCH="$scratch"
 
@@ -74,11 +79,11 @@ run_one() {
   [ "$t" = policy ] && dirs+=("$fuzz/../profiles")
   local dict=()
   [ -f "$fuzz/dicts/$t.dict" ] && dict=(-dict="$fuzz/dicts/$t.dict")
-  # -timeout: one input taking longer is a hang; -rss_limit_mb/-malloc_limit_mb: more
-  # memory than that is a finding. New inputs go to the first corpus directory.
+  # -timeout: one input taking longer is a hang; -rss_limit_mb: more memory than that
+  # is a finding. New inputs go to the first corpus directory.
   if "$CARGO_TARGET_DIR/$host/release/$t" "${dirs[@]}" "${dict[@]}" \
       -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=10 \
-      -rss_limit_mb=2048 -malloc_limit_mb=1024 -print_final_stats=1 \
+      -rss_limit_mb=1024 -print_final_stats=1 \
       -artifact_prefix="$artifacts/" >"$log" 2>&1; then
     local execs rate
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
