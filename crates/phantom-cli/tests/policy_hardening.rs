@@ -148,20 +148,7 @@ fn network_allow_outside_limited_mode_is_named_at_check_and_at_run() {
 
 /// The policy of issue 16 item 8: it passed `policy check` silently, and `unshare -U
 /// true` worked inside.
-const WEAKENED: &str = "\
-profile: h
-mode: hardened
-security:
-  seccomp:
-    allow: [mount, unshare, setns]
-  landlock:
-    enabled: false
-filesystem:
-  binds:
-    - {source: /, target: /host, access: read-only}
-    - {source: /run, target: /hrun, access: read-only}
-";
-
+const WEAKENED: &str = include_str!("../../phantom-policy/tests/fixtures/weakened.yaml");
 #[test]
 fn a_policy_that_weakens_hardened_mode_is_refused_with_every_reason() {
     let scratch = Scratch::new("weak");

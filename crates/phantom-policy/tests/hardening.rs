@@ -257,20 +257,7 @@ fn one_mistake_is_still_one_plain_error() {
 
 /// The policy of issue 16 item 8: passed `policy check` silently, and `unshare -U
 /// true` worked inside.
-const WEAKENED: &str = "\
-profile: h
-mode: hardened
-security:
-  seccomp:
-    allow: [mount, unshare, setns]
-  landlock:
-    enabled: false
-filesystem:
-  binds:
-    - {source: /, target: /host, access: read-only}
-    - {source: /run, target: /hrun, access: read-only}
-";
-
+const WEAKENED: &str = include_str!("fixtures/weakened.yaml");
 #[test]
 fn hardened_mode_refuses_every_key_that_weakens_it_at_its_place() {
     let err = compile_with(WEAKENED, None, &FakeHost::default()).unwrap_err();

@@ -843,11 +843,8 @@ mod tests {
         drop(scratch);
     }
 
-    /// Regression: writing onto a FIFO the sandbox planted opened it without
-    /// O_NONBLOCK and blocked the writer forever (a thread of the HTTP API per PUT).
-    #[test]
-    fn a_fifo_planted_in_the_workspace_never_blocks_a_write() {
-        let (_scratch, state_fd, ws) = with_box("files-fifo");
+    /// A FIFO at /workspace/fifo, as a sandbox would plant it.
+    fn plant_fifo(ws: &Path) {
         rustix::fs::mknodat(
             rfs::CWD,
             ws.join("fifo"),
@@ -856,6 +853,14 @@ mod tests {
             0,
         )
         .unwrap();
+    }
+
+    /// Regression: writing onto a FIFO the sandbox planted opened it without
+    /// O_NONBLOCK and blocked the writer forever (a thread of the HTTP API per PUT).
+    #[test]
+    fn a_fifo_planted_in_the_workspace_never_blocks_a_write() {
+        let (_scratch, state_fd, ws) = with_box("files-fifo");
+        plant_fifo(&ws);
         let started = std::time::Instant::now();
         let err = write_file(&state_fd, "box", "/workspace/fifo", b"x", false).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
@@ -874,14 +879,7 @@ mod tests {
     #[test]
     fn a_fifo_planted_in_the_workspace_never_blocks_a_copy_either_way() {
         let (scratch, ws_fd, ws) = with_box("files-cp-fifo");
-        rustix::fs::mknodat(
-            rfs::CWD,
-            ws.join("fifo"),
-            FileType::Fifo,
-            Mode::from_raw_mode(0o666),
-            0,
-        )
-        .unwrap();
+        plant_fifo(&ws);
         let host = scratch.0.join("host.txt");
         std::fs::write(&host, b"data").unwrap();
         let started = std::time::Instant::now();
