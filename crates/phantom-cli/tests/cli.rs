@@ -662,3 +662,28 @@ fn a_workspace_the_caller_did_not_give_is_bounded_and_off_host_disk() {
     assert_eq!(report["oom_killed"], false, "{report}");
     assert_ne!(report["exit_code"], 0, "{report}");
 }
+
+#[test]
+fn the_seed_readmes_python_line_runs_as_written() {
+    if !sandbox_available() {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        return common::not_applicable("no /usr/bin/python3 on this host");
+    }
+    // No `--`, and `python` (Debian has only `python3` unless python-is-python3 is
+    // installed): the python profiles provide the name.
+    let out = phantom(
+        &[
+            "run",
+            "--profile",
+            "python-dev",
+            "python",
+            "-c",
+            "print('Hello Fragment!')",
+        ],
+        |_| {},
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout, "Hello Fragment!\n", "{}", out.describe());
+}

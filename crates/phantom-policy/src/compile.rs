@@ -46,6 +46,10 @@ pub struct Overrides {
 
 /// The sandbox's hostname, also in its /etc/hosts and /etc/hostname.
 pub const HOSTNAME: &str = "phantom";
+/// Where phantom puts command names a profile provides (`python` for Python 3), first
+/// on `PATH`: a directory of the sandbox's own root, read-only like it.
+pub const ALIAS_BIN: &str = "/opt/phantom/bin";
+
 /// `PATH` inside the sandbox.
 pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Size of the tmpfs at /dev/shm.
@@ -291,10 +295,16 @@ pub fn compile_on(
     };
     let arch = seccomp::build_arch();
 
-    let path = toolchains
-        .path
-        .iter()
-        .map(String::as_str)
+    // `python` is Python 3 in a python profile, on a host that has only `python3`
+    // (Debian's python3 without python-is-python3): what the seed README runs.
+    let python_alias = rootfs == Rootfs::Host
+        && profile.runtime == Runtime::Python
+        && host.kind("/usr/bin/python") == crate::host::PathKind::Missing
+        && host.kind("/usr/bin/python3") != crate::host::PathKind::Missing;
+    let path = python_alias
+        .then_some(ALIAS_BIN)
+        .into_iter()
+        .chain(toolchains.path.iter().map(String::as_str))
         .chain(std::iter::once(PATH))
         .collect::<Vec<_>>()
         .join(":");
@@ -334,7 +344,15 @@ pub fn compile_on(
 
     let isolated = mode != Mode::Direct;
     let mounts = if isolated {
-        mounts(profile, &rootfs, hardened, high, &home, &toolchains.binds)
+        mounts(
+            profile,
+            &rootfs,
+            hardened,
+            high,
+            &home,
+            &toolchains.binds,
+            python_alias,
+        )
     } else {
         Vec::new()
     };
@@ -465,6 +483,7 @@ fn mounts(
     high: bool,
     home: &str,
     toolchains: &[String],
+    python_alias: bool,
 ) -> Vec<Mount> {
     let fs = &profile.filesystem;
     let host_root = *rootfs == Rootfs::Host;
@@ -510,6 +529,13 @@ fn mounts(
         format!("127.0.0.1 localhost {HOSTNAME}\n::1 localhost\n"),
     ));
     mounts.push(file("/etc/hostname", format!("{HOSTNAME}\n")));
+    if python_alias {
+        mounts.push(Mount::File {
+            target: format!("{ALIAS_BIN}/python"),
+            contents: "#!/bin/sh\nexec python3 \"$@\"\n".to_string(),
+            mode: 0o755,
+        });
+    }
     for bind in &fs.binds {
         mounts.push(Mount::Bind {
             source: bind.source.clone(),

@@ -644,3 +644,47 @@ fn allow_reserved_entries_must_be_names_that_allow_lets_through() {
         "{shown}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 17: `python` is Python 3 in the python profiles.
+
+fn python_file(plan: &Plan) -> Option<String> {
+    plan.mounts.iter().find_map(|m| match m {
+        Mount::File {
+            target, contents, ..
+        } if target == "/opt/phantom/bin/python" => Some(contents.clone()),
+        _ => None,
+    })
+}
+
+fn path_of(plan: &Plan) -> String {
+    plan.env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_python_profile_names_python3_python_on_a_host_with_only_python3() {
+    let python_dev = "profile: p\nextends: python-dev\n";
+    let only3 = FakeHost::default().file("/usr/bin/python3");
+    let plan = plan_on(python_dev, &only3);
+    let shim = python_file(&plan).expect("a `python` for python-dev");
+    assert!(shim.contains("exec python3 \"$@\""), "{shim}");
+    assert!(
+        path_of(&plan).starts_with("/opt/phantom/bin:"),
+        "{}",
+        path_of(&plan)
+    );
+    // Not where the host has its own `python`, nor in a profile of another runtime,
+    // nor with no python3 at all.
+    let both = FakeHost::default()
+        .file("/usr/bin/python3")
+        .file("/usr/bin/python");
+    assert!(python_file(&plan_on(python_dev, &both)).is_none());
+    let default = plan_on("profile: d\nextends: default\n", &only3);
+    assert!(python_file(&default).is_none());
+    assert!(!path_of(&default).contains("/opt/phantom"));
+    assert!(python_file(&plan_on(python_dev, &FakeHost::default())).is_none());
+}
