@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_zygote;
+mod completions;
 mod doctor;
 mod image_cmd;
 mod keys_cmd;
@@ -16,7 +17,7 @@ mod run;
 mod sandbox_cmd;
 mod store_cmd;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use phantom_api::access::{Owner, Principal};
 
 /// Run untrusted code — above all code written by LLM agents — in a Linux sandbox
@@ -105,6 +106,12 @@ enum Command {
     /// `phantom-mcp`.
     #[command(after_help = mcp_cmd::AFTER_HELP)]
     Mcp(mcp_cmd::McpArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = completions::COMPLETIONS_AFTER_HELP)]
+    Completions(completions::CompletionsArgs),
+    /// Print phantom.1, or write every man page (phantom.1, phantom-run.1, ...) into
+    /// `--dir`.
+    Man(completions::ManArgs),
 }
 
 fn main() {
@@ -132,6 +139,8 @@ fn main() {
         Command::Keys(cmd) => keys_cmd::keys(cmd),
         Command::Audit(args) => keys_cmd::audit(args),
         Command::Mcp(args) => mcp_cmd::mcp(args),
+        Command::Completions(args) => completions::completions(args, Cli::command()),
+        Command::Man(args) => completions::man(args, Cli::command()),
     };
     std::process::exit(code);
 }

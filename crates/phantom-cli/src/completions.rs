@@ -1,0 +1,108 @@
+//! `phantom completions SHELL` and `phantom man [--dir DIR]`: shell completion scripts
+//! and man pages generated from the clap definitions, so they cannot drift from the
+//! flags `phantom` really takes. `scripts/install.sh` installs both.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Command};
+use clap_complete::Shell;
+
+#[derive(Args, Debug)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to generate the completion script for.
+    #[arg(value_enum)]
+    shell: Shell,
+}
+
+pub(crate) const COMPLETIONS_AFTER_HELP: &str = "Examples:
+  phantom completions bash > ~/.local/share/bash-completion/completions/phantom
+  phantom completions zsh  > ~/.zfunc/_phantom      # with fpath+=(~/.zfunc)
+  phantom completions fish > ~/.config/fish/completions/phantom.fish";
+
+#[derive(Args, Debug)]
+pub(crate) struct ManArgs {
+    /// Write phantom.1 and one page per subcommand (phantom-run.1, ...) into this
+    /// directory (created if missing) instead of printing phantom.1 to stdout.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+/// Prints the completion script for `args.shell` to stdout.
+pub(crate) fn completions(args: CompletionsArgs, mut command: Command) -> i32 {
+    let mut out = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "phantom", &mut out);
+    write_stdout(&out)
+}
+
+/// Prints phantom.1, or writes every page into `--dir`.
+pub(crate) fn man(args: ManArgs, command: Command) -> i32 {
+    let Some(dir) = args.dir else {
+        let mut out = Vec::new();
+        if let Err(e) = clap_mangen::Man::new(command).render(&mut out) {
+            crate::error_line(format_args!("rendering phantom.1: {e}"));
+            return 1;
+        }
+        return write_stdout(&out);
+    };
+    match write_pages(&dir, command) {
+        Ok(names) => {
+            for name in names {
+                println!("{}", dir.join(name).display());
+            }
+            0
+        }
+        Err(e) => {
+            crate::error_line(e);
+            1
+        }
+    }
+}
+
+/// phantom.1 plus phantom-SUB.1 for each (non-hidden) subcommand; returns the file
+/// names written.
+fn write_pages(dir: &Path, mut command: Command) -> Result<Vec<String>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    command.build();
+    let mut pages = vec![("phantom".to_owned(), command.clone())];
+    for sub in command.get_subcommands() {
+        if sub.is_hide_set() || sub.get_name() == "help" {
+            continue;
+        }
+        let name = format!("phantom-{}", sub.get_name());
+        // clap takes names as `&'static str` (without its `string` feature); a handful
+        // of short strings in a process that exits right after is fine to leak.
+        let page_name: &'static str = Box::leak(name.clone().into_boxed_str());
+        let bin_name = format!("phantom {}", sub.get_name());
+        let page = sub
+            .clone()
+            .name(page_name)
+            .bin_name(bin_name)
+            .version(env!("CARGO_PKG_VERSION"));
+        pages.push((name, page));
+    }
+    let mut written = Vec::new();
+    for (name, page) in pages {
+        let file = format!("{name}.1");
+        let path = dir.join(&file);
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page)
+            .render(&mut out)
+            .map_err(|e| format!("rendering {file}: {e}"))?;
+        std::fs::write(&path, out).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        written.push(file);
+    }
+    Ok(written)
+}
+
+fn write_stdout(bytes: &[u8]) -> i32 {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            crate::error_line(format_args!("writing to stdout: {e}"));
+            1
+        }
+    }
+}
