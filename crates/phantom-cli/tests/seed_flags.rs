@@ -199,3 +199,27 @@ fn the_seed_mcp_http_command_line_is_accepted_and_answers() {
     assert!(!stderr.contains("error:"), "{stderr}");
     assert!(status.success() || status.code().is_none(), "{status}");
 }
+
+#[test]
+fn metrics_mode_none_turns_metrics_off_and_health_checks_the_http_api() {
+    if !sandbox_available() {
+        return;
+    }
+    let mut server = common::api::Server::start("seed-metrics", &["--metrics-mode", "none"]);
+    let off = server.request("GET", "/metrics", None, b"");
+    assert_eq!(off.status, 404);
+    assert_eq!(server.request("GET", "/health", None, b"").status, 200);
+    let bind = format!("127.0.0.1:{}", server.port);
+    let out = Command::new(supervisor_bin())
+        .args(["--health", "--bind", &bind, "--socket"])
+        .arg(server.dir.join("pool.sock"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("http://{bind}/health 200")),
+        "{stdout}"
+    );
+    assert!(server.stop(Duration::from_secs(30)));
+}
