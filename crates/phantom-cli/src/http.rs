@@ -98,6 +98,7 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
             pools,
             thresholds,
             socket: socket.clone(),
+            precompile: args.precompile(),
         }) {
             Ok(e) => e,
             Err(e) => return fail(e),
@@ -109,6 +110,7 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
         psi,
         grace,
         file_keys,
+        metrics: args.metrics_mode == crate::MetricsMode::Prometheus,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -40,6 +40,12 @@ pub enum ModeArg {
     Cold,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoModeArg {
+    Sync,
+    Uring,
+}
+
 #[derive(Args, Debug)]
 pub struct McpArgs {
     /// stdio (for a client that starts the server) or http (Streamable HTTP at /mcp).
@@ -78,6 +84,11 @@ pub struct McpArgs {
     /// an Origin (non-browser clients) too.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     allowed_origins: Vec<String>,
+    /// The server's I/O: sync (the default). uring is accepted with a warning and runs
+    /// sync: io_uring stays blocked (seccomp) inside sandboxes for security, and the
+    /// server does not use it either.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "sync")]
+    io_mode: IoModeArg,
 }
 
 /// Run the server with these flags; returns the exit code.
@@ -89,6 +100,11 @@ pub fn mcp(args: McpArgs) -> i32 {
             return 2;
         }
     };
+    if args.io_mode == IoModeArg::Uring {
+        eprintln!(
+            "phantom-mcp: warning: --io-mode uring: io_uring stays blocked inside sandboxes for security, so the server runs with sync I/O"
+        );
+    }
     let mut profiles = Vec::new();
     for p in &args.profiles {
         let name = p.trim().to_string();

@@ -10,7 +10,7 @@
 
 mod http;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use phantom_engine::pressure;
 use phantom_engine::server;
 
@@ -38,6 +38,8 @@ Examples:
   phantom-supervisor --pool default --pool default:alpine --zygote-pools 2
   phantom-supervisor --pool default:python:3.12-slim   # image python:3.12-slim
   phantom-supervisor --psi-aware --psi-memory 30
+  phantom-supervisor --profile-compilation aot --bind 127.0.0.1:8080 --metrics-mode none
+  phantom-supervisor --health                           # exit 0 when one answers
   phantom pool status"
 )]
 pub(crate) struct Args {
@@ -100,17 +102,71 @@ pub(crate) struct Args {
     /// With --bind: how long in-flight requests get after SIGTERM.
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub(crate) grace: String,
-    /// Pin pools to a NUMA node's CPUs. Refused: this build does not pin, and on a
-    /// one-node host there is nothing to pin (the seed's flag is never silently ignored).
+    /// Pin pools to a NUMA node's CPUs. On a one-node host there is nothing to pin: a
+    /// warning says so and the supervisor starts. With several nodes it is refused:
+    /// this build does not pin (the flag is never silently ignored).
     #[arg(long)]
     pub(crate) numa_optimize: bool,
+    /// The supervisor's I/O: sync (the default). uring is accepted with a warning and
+    /// runs sync: io_uring stays blocked (seccomp) inside sandboxes for security, and
+    /// the supervisor does not use it either.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "sync")]
+    pub(crate) io_mode: IoMode,
+    /// The supervisor's allocator: system (the default). jemalloc is accepted with a
+    /// warning and runs with the system allocator: this build does not ship jemalloc
+    /// (a profile's `performance.memory_allocator: jemalloc` preloads it for payloads).
+    #[arg(long, value_enum, value_name = "ALLOCATOR", default_value = "system")]
+    pub(crate) memory_allocator: MemoryAllocator,
+    /// jit (the default): a profile's plan is compiled at its first run and cached.
+    /// aot: every built-in profile's plan is compiled at start (the count and time are
+    /// logged), so a run of a built-in profile does not compile.
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "jit")]
+    pub(crate) profile_compilation: ProfileCompilation,
+    /// With --bind: prometheus (the default) serves /metrics in Prometheus text; none
+    /// turns /metrics off (404).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "prometheus")]
+    pub(crate) metrics_mode: MetricsMode,
+    /// Check the supervisor on --socket (and with --bind, GET /health there) instead of
+    /// starting one: prints `healthy: pid N, ...` and exits 0, or prints why not and
+    /// exits 1.
+    #[arg(long)]
+    pub(crate) health: bool,
     /// Stop (as on SIGTERM) when process PID, which started this supervisor, exits: a
     /// program that keeps a supervisor of its own for as long as it runs.
     #[arg(long, value_name = "PID")]
     pub(crate) parent_pid: Option<u32>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum IoMode {
+    Sync,
+    Uring,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum MemoryAllocator {
+    System,
+    Jemalloc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProfileCompilation {
+    Jit,
+    Aot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum MetricsMode {
+    Prometheus,
+    None,
+}
+
 impl Args {
+    /// `--profile-compilation aot`: the engine compiles built-in plans at start.
+    pub(crate) fn precompile(&self) -> bool {
+        self.profile_compilation == ProfileCompilation::Aot
+    }
+
     /// The pools these flags ask for (the same for the engine alone and with --bind).
     pub(crate) fn pools(&self) -> Result<Vec<server::PoolSpec>, phantom_engine::EngineError> {
         server::pools_for(
@@ -125,23 +181,36 @@ impl Args {
 
 fn main() {
     let args = Args::parse();
+    if args.health {
+        std::process::exit(health(&args));
+    }
     if args.numa_optimize {
-        let nodes = std::fs::read_dir("/sys/devices/system/node")
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("node"))
-                    .count()
-            })
-            .unwrap_or(1);
+        let nodes = numa_nodes();
+        if nodes <= 1 {
+            eprintln!(
+                "phantom-supervisor: warning: --numa-optimize: this host has one NUMA node; nothing to optimize"
+            );
+        } else {
+            eprintln!(
+                "phantom-supervisor: error: --numa-optimize: this build does not pin pools to NUMA nodes ({nodes} nodes here); leave the flag out"
+            );
+            std::process::exit(2);
+        }
+    }
+    if args.io_mode == IoMode::Uring {
         eprintln!(
-            "phantom-supervisor: error: --numa-optimize: {}",
-            if nodes <= 1 {
-                "this host has one NUMA node: there is nothing to pin pools to".to_string()
-            } else {
-                format!("this build does not pin pools to NUMA nodes ({nodes} nodes here); leave the flag out")
-            }
+            "phantom-supervisor: warning: --io-mode uring: io_uring stays blocked inside sandboxes for security, so the supervisor runs with sync I/O"
         );
-        std::process::exit(2);
+    }
+    if args.memory_allocator == MemoryAllocator::Jemalloc {
+        eprintln!(
+            "phantom-supervisor: warning: --memory-allocator jemalloc: this build does not ship jemalloc; the supervisor runs with the system allocator"
+        );
+    }
+    if args.metrics_mode == MetricsMode::None && args.bind.is_none() {
+        eprintln!(
+            "phantom-supervisor: warning: --metrics-mode none: without --bind there is no /metrics to turn off"
+        );
     }
     if let Some(parent) = args.parent_pid {
         if let Err(e) = server::stop_with_parent(parent) {
@@ -178,6 +247,7 @@ fn main() {
             cpu: args.psi_cpu,
             memory: args.psi_memory,
         }),
+        precompile: args.precompile(),
         socket: args
             .socket
             .unwrap_or_else(phantom_engine::client::socket_path),
@@ -186,5 +256,74 @@ fn main() {
         eprintln!("phantom-supervisor: error: {e}");
         // 2: what it was asked to serve is wrong (a --pool whose image is missing).
         std::process::exit(e.exit_code());
+    }
+}
+
+/// NUMA nodes of this host (/sys/devices/system/node/nodeN); 1 when unknown.
+fn numa_nodes() -> usize {
+    std::fs::read_dir("/sys/devices/system/node")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.strip_prefix("node")
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+                .count()
+        })
+        .unwrap_or(1)
+}
+
+/// `--health`: whether a supervisor answers on the socket (and with --bind, whether
+/// GET /health there says 200). Returns the exit code: 0 healthy, 1 not.
+fn health(args: &Args) -> i32 {
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(phantom_engine::client::socket_path);
+    let Some(pid) = phantom_engine::client::running_engine(&socket) else {
+        println!("unhealthy: no supervisor answers on {}", socket.display());
+        return 1;
+    };
+    let mut what = format!("healthy: pid {pid}, engine on {}", socket.display());
+    if let Some(bind) = args.bind {
+        match http_health(bind) {
+            Ok(()) => what.push_str(&format!(", http://{bind}/health 200")),
+            Err(e) => {
+                println!(
+                    "unhealthy: the engine (pid {pid}) answers, but http://{bind}/health: {e}"
+                );
+                return 1;
+            }
+        }
+    }
+    println!("{what}");
+    0
+}
+
+/// GET /health on `bind`: Ok when the status is 200.
+fn http_health(bind: std::net::SocketAddr) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut conn =
+        std::net::TcpStream::connect_timeout(&bind, timeout).map_err(|e| e.to_string())?;
+    let _ = conn.set_read_timeout(Some(timeout));
+    let _ = conn.set_write_timeout(Some(timeout));
+    write!(
+        conn,
+        "GET /health HTTP/1.1\r\nHost: {bind}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let _ = conn.take(4096).read_to_end(&mut head);
+    let head = String::from_utf8_lossy(&head);
+    let status = head.lines().next().unwrap_or("").to_string();
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else if status.is_empty() {
+        Err("no answer".into())
+    } else {
+        Err(format!("answered `{status}`"))
     }
 }

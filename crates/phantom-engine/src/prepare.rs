@@ -85,6 +85,20 @@ pub(crate) struct PlanCache {
 const CACHE_MAX: usize = 256;
 
 impl PlanCache {
+    /// Compile every built-in profile with no overrides (a run's plan when it asks for
+    /// no limits of its own) and keep the plans (`--profile-compilation aot`). Returns
+    /// how many were compiled; a profile that does not compile on this host is left
+    /// to fail at its run, as it would have.
+    pub(crate) fn prefill(&mut self) -> usize {
+        phantom_policy::builtin_names()
+            .iter()
+            .filter(|name| {
+                self.get(&Policy::Builtin(name.to_string()), &Overrides::default())
+                    .is_ok()
+            })
+            .count()
+    }
+
     /// The plan for `policy` with `overrides`.
     pub(crate) fn get(
         &mut self,
@@ -732,6 +746,27 @@ mod tests {
             owner: phantom_api::access::Owner::Key("k1".into()),
             grants: Grants::default_key(),
         }
+    }
+
+    #[test]
+    fn an_aot_cache_holds_the_plan_a_run_without_limits_asks_for() {
+        let mut cache = PlanCache::default();
+        let compiled = cache.prefill();
+        assert_eq!(compiled, phantom_policy::builtin_names().len());
+        let env = Default::default();
+        let principal = Principal::local();
+        let program = Program::Argv(vec!["true".into()]);
+        let (overrides, _) = overrides(&Limits::default(), None).unwrap();
+        let key = (Policy::Builtin("default".into()), format!("{overrides:?}"));
+        let planned = cache.plans.get(&key).cloned().expect("prefilled");
+        prepare(
+            ask(&principal, &Limits::default(), &program, &env),
+            &mut cache,
+        )
+        .unwrap();
+        // The run took the prefilled plan: nothing new was compiled.
+        assert_eq!(cache.plans.len(), compiled);
+        assert!(Arc::ptr_eq(&planned, &cache.plans[&key]));
     }
 
     #[test]

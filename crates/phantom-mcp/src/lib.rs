@@ -209,6 +209,7 @@ fn start_engine(
         pools,
         thresholds: None,
         socket: scratch.join("engine.sock"),
+        precompile: false,
     })
     .map_err(|e| failure(format!("the engine did not start: {e}")))?;
     if config.mode == Mode::Zygote {

@@ -626,6 +626,12 @@ pub(crate) async fn health() -> axum::Json<ApiHealth> {
 }
 
 pub(crate) async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !app.config.metrics {
+        return ApiFailure::not_found(
+            "/metrics is off on this server (phantom-supervisor --metrics-mode none)",
+        )
+        .into_response();
+    }
     // Gauges read at scrape time.
     let engine = app.engine.clone();
     let (pools, census) = blocking(

@@ -51,6 +51,9 @@ pub struct Config {
     pub grace: Duration,
     /// Keys accepted besides the state database's (`--api-keys FILE`).
     pub file_keys: Vec<String>,
+    /// Serve /metrics (Prometheus text); false: /metrics answers 404
+    /// (`--metrics-mode none`).
+    pub metrics: bool,
 }
 
 /// Verified keys by the hash of what was presented, when, and the keys' generation then.

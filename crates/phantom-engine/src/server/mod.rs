@@ -54,6 +54,10 @@ pub struct Config {
     /// Pause refills above these PSI thresholds (`--psi-aware`).
     pub thresholds: Option<Thresholds>,
     pub socket: PathBuf,
+    /// Compile every built-in profile's plan at start and keep it in the plan cache,
+    /// so that a run of a built-in profile without limits of its own does not compile
+    /// (`--profile-compilation aot`).
+    pub precompile: bool,
 }
 
 /// Who the engine's log lines say they are from (set once by [`serve`]).
@@ -102,6 +106,14 @@ pub fn serve(config: Config, pressure: &mut dyn PressureSource) -> Result<(), En
         pools.push(Pool::new(spec)?);
     }
     let mut engine = Engine::new(Pools::new(pools, config.thresholds), false)?;
+    if config.precompile {
+        let started = Instant::now();
+        let compiled = engine.cache.prefill();
+        log(format_args!(
+            "--profile-compilation aot: compiled {compiled} plans of built-in profiles in {} ms",
+            started.elapsed().as_millis()
+        ));
+    }
     if !engine.test_resolve.is_empty() {
         log(format_args!(
             "warning: {}",
