@@ -191,10 +191,11 @@ fn main() {
                 "phantom-supervisor: warning: --numa-optimize: this host has one NUMA node; nothing to optimize"
             );
         } else {
+            // A flag of the seed README never stops the supervisor: say what it does not
+            // do, and go on.
             eprintln!(
-                "phantom-supervisor: error: --numa-optimize: this build does not pin pools to NUMA nodes ({nodes} nodes here); leave the flag out"
+                "phantom-supervisor: warning: --numa-optimize: this build does not pin pools to NUMA nodes ({nodes} nodes here); pools use any node"
             );
-            std::process::exit(2);
         }
     }
     if args.io_mode == IoMode::Uring {
