@@ -96,7 +96,7 @@ pub enum PolicyError {
 
     /// A value of the right type that is not allowed (a size that does not parse,
     /// `pids: 0`, a relative path, an unknown syscall, a feature this build lacks).
-    #[error("{at}: {field}: {message}")]
+    #[error("{at}: {field}: {}", one_line_quoted(.message))]
     InvalidValue {
         at: SourcePos,
         field: String,
@@ -121,7 +121,7 @@ pub enum PolicyError {
 
     /// A value given to `compile()` as an override (a CLI flag) is not allowed, or
     /// conflicts with the profile.
-    #[error("override {field}: {message}")]
+    #[error("override {field}: {}", one_line_quoted(.message))]
     InvalidOverride { field: String, message: String },
 
     /// Seccomp programs cannot be built for the architecture phantom was built for.
@@ -239,6 +239,32 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
         out.push_str("...");
     }
     out
+}
+
+/// `message` on one line whatever the values it quotes: control characters escaped
+/// wherever they are, each `backtick-quoted` part cut to 100 characters. What
+/// [`shown`] made passes unchanged.
+pub(crate) fn one_line_quoted(message: &str) -> String {
+    message
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            let mut out = String::new();
+            for (n, c) in part.chars().enumerate() {
+                if i % 2 == 1 && n == 100 {
+                    out.push_str("...");
+                    break;
+                }
+                if c.is_control() {
+                    out.extend(c.escape_default());
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("`")
 }
 
 /// " (did you mean `x`?)" when `word` is close to one of `candidates`, else "".
