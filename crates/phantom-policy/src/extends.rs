@@ -158,7 +158,18 @@ pub(crate) fn read_policy_file(path: &Path) -> Result<String, PolicyError> {
         file: file_name.clone(),
         error,
     };
-    let meta = std::fs::metadata(path).map_err(read_error)?;
+    // Opened first, without blocking (a FIFO put at the path would hold an open for
+    // a writer forever), and its type checked on what was opened, not on the path: a
+    // file swapped in between cannot pass.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(read_error)?
+    };
+    let meta = file.metadata().map_err(read_error)?;
     if !meta.is_file() {
         return Err(read_error(Error::new(
             ErrorKind::InvalidInput,
@@ -174,7 +185,6 @@ pub(crate) fn read_policy_file(path: &Path) -> Result<String, PolicyError> {
     if meta.len() > limit {
         return Err(too_large(meta.len()));
     }
-    let file = std::fs::File::open(path).map_err(read_error)?;
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)

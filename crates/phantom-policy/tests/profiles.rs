@@ -962,6 +962,30 @@ fn load_file_refuses_what_is_not_a_policy_file() {
     assert!(matches!(load_file(&big), Err(PolicyError::TooLarge { .. })));
 }
 
+/// A FIFO named as a policy file: its type was checked on the path before the file was
+/// opened (a FIFO swapped in between would block the open forever); now the open does
+/// not block and the type is checked on what was opened.
+#[test]
+fn a_fifo_as_a_policy_file_is_refused_without_blocking() {
+    let dir = Scratch::new("fifo-policy");
+    let fifo = dir.0.join("policy.yaml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        println!("skipped: no mkfifo");
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(load_file(&path).map(|_| ()).map_err(|e| e.to_string()));
+    });
+    let outcome = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("loading a FIFO as a policy file blocked");
+    let e = outcome.unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Modes and overrides.
 
