@@ -104,15 +104,11 @@ impl Host for LocalHost {
     }
 
     fn barrier(&self, path: &str) -> Option<Barrier> {
-        // The sandbox's root is the invoking user (same uid and groups) when phantom
-        // runs unprivileged, and an unprivileged uid of no group when it runs as root
-        // (phantom-engine's `sandbox_host_ids`): root's own access says nothing then.
-        let invoker = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-        let as_root = invoker == Some(0);
-        if as_root {
-            // A root engine passes a source its sandbox's user cannot reach in as a
-            // detached copy of the mount (phantom-engine's spawn.rs, `GoMount::Bind`):
-            // for root nothing is out of reach.
+        // As root, the sandbox's user is an unprivileged uid of no group, and a source
+        // it cannot reach is passed in by the engine itself as a detached copy of the
+        // mount (phantom-engine's spawn.rs, `GoMount::Bind`): nothing is out of reach.
+        // Unprivileged, the sandbox has exactly the invoker's access.
+        if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
             return None;
         }
         let mut seen = Vec::new();
@@ -133,14 +129,8 @@ impl Host for LocalHost {
                 if !meta.is_dir() {
                     continue;
                 }
-                let enterable = if as_root {
-                    meta.mode() & 0o001 != 0
-                } else {
-                    // Unprivileged: the sandbox has exactly our access, and looking up
-                    // `.` in a directory needs search permission on it.
-                    std::fs::metadata(dir.join(".")).is_ok()
-                };
-                if !enterable {
+                // Looking up `.` in a directory needs search permission on it.
+                if std::fs::metadata(dir.join(".")).is_err() {
                     return Some(Barrier {
                         dir: dir.display().to_string(),
                         mode: meta.mode(),
