@@ -50,6 +50,10 @@ for mode in zygote cold; do
     || { echo "test-mcp: server log:"; tail -50 "$work/client-$mode.log"; exit 1; }
 done
 
+echo "-- Python MCP SDK client against the supervisor's /mcp/v1/ (API key)"
+"$work/venv/bin/python" crates/phantom-mcp/tests/client/supervisor_client_test.py "$(dirname "$BIN")" \
+  || { echo "test-mcp: the supervisor's MCP endpoint failed"; exit 1; }
+
 echo "-- installing @modelcontextprotocol/conformance@$CONFORMANCE_VERSION (and node $NODE_VERSION) into a throwaway dir"
 mkdir "$work/npm"
 (cd "$work/npm" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error \

@@ -46,6 +46,11 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
         }
         Err(e) => return fail(format!("--max-body {}: {e}", args.max_body)),
     };
+    let mcp_max_output = match phantom_policy::units::parse_bytes(&args.mcp_max_output) {
+        Ok(b) if b > 0 => b,
+        Ok(_) => return fail("--mcp-max-output: must be more than 0 bytes"),
+        Err(e) => return fail(format!("--mcp-max-output {}: {e}", args.mcp_max_output)),
+    };
     let grace = match phantom_policy::units::parse_duration_ms(&args.grace) {
         Ok(ms) => Duration::from_millis(ms),
         Err(e) => return fail(format!("--grace {}: {e}", args.grace)),
@@ -111,6 +116,7 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
         grace,
         file_keys,
         metrics: args.metrics_mode == crate::MetricsMode::Prometheus,
+        mcp_max_output: (args.mcp == crate::McpMode::On).then_some(mcp_max_output),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -14,6 +14,13 @@ use clap::{Parser, ValueEnum};
 use phantom_engine::pressure;
 use phantom_engine::server;
 
+/// `--mcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum McpMode {
+    On,
+    Off,
+}
+
 /// Keep warm pools of sandboxes ready for `phantom run`.
 #[derive(Parser, Debug)]
 #[command(name = "phantom-supervisor", version, about, long_about = None)]
@@ -39,6 +46,7 @@ Examples:
   phantom-supervisor --pool default:python:3.12-slim   # image python:3.12-slim
   phantom-supervisor --psi-aware --psi-memory 30
   phantom-supervisor --profile-compilation aot --bind 127.0.0.1:8080 --metrics-mode none
+  phantom-supervisor --bind 127.0.0.1:8080              # REST /api/v2, MCP /mcp/v1/
   phantom-supervisor --health                           # exit 0 when one answers
   phantom pool status"
 )]
@@ -126,6 +134,15 @@ pub(crate) struct Args {
     /// turns /metrics off (404).
     #[arg(long, value_enum, value_name = "MODE", default_value = "prometheus")]
     pub(crate) metrics_mode: MetricsMode,
+    /// With --bind: serve MCP (Streamable HTTP) at /mcp/v1/ with the same API keys
+    /// and tenancy as /api/v2 (clients send `Authorization: Bearer phk_...`); `off`
+    /// turns it off (404).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "on")]
+    pub(crate) mcp: McpMode,
+    /// With --bind: the largest output (stdout and stderr together) an MCP tool call
+    /// returns.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
+    pub(crate) mcp_max_output: String,
     /// Check the supervisor on --socket (and with --bind, GET /health there) instead of
     /// starting one: prints `healthy: pid N, ...` and exits 0, or prints why not and
     /// exits 1.

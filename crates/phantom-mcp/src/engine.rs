@@ -38,13 +38,24 @@ pub enum Job {
 /// Called about once a second with the seconds elapsed since the run began.
 pub type Progress = Box<dyn Fn(f64) + Send + Sync>;
 
+/// Whom the tools act for.
+#[derive(Debug, Clone)]
+pub enum Acting {
+    /// Always the same principal: the local user (stdio, loopback HTTP) or the API key
+    /// of `--api-key-file` (`phantom-mcp`).
+    As(Principal),
+    /// The principal the HTTP front end authenticated for each request and put into
+    /// the request's extensions (the supervisor's `/mcp/v1/`): a call without one is
+    /// refused, and an MCP session stays with the key that opened it.
+    PerRequest,
+}
+
 /// What the tools share: the engine client, whom they act for, the output cap and the
 /// metrics.
 pub struct Engine {
     pub mode: Mode,
     pub client: EngineClient,
-    /// The local user (stdio, loopback HTTP) or the API key of `--api-key-file`.
-    pub principal: Principal,
+    pub acting: Acting,
     pub max_output: u64,
     pub metrics: Metrics,
     /// Cancelled when the server stops: every run in flight is killed and cleaned up.
@@ -63,16 +74,21 @@ impl Drop for Active<'_> {
 }
 
 impl Engine {
-    pub fn new(mode: Mode, client: EngineClient, principal: Principal, max_output: u64) -> Engine {
+    pub fn new(mode: Mode, client: EngineClient, acting: Acting, max_output: u64) -> Engine {
         Engine {
             mode,
             client,
-            principal,
+            acting,
             max_output,
             metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
             active: AtomicUsize::new(0),
         }
+    }
+
+    /// Runs in flight.
+    pub fn in_flight(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
     }
 
     /// Kill every run in flight and wait (up to `limit`) until each has ended.
@@ -88,6 +104,7 @@ impl Engine {
     /// still comes back, marked cancelled); `progress` is called about once a second.
     pub async fn run(
         self: &Arc<Self>,
+        principal: Principal,
         job: Job,
         ct: CancellationToken,
         progress: Progress,
@@ -109,11 +126,8 @@ impl Engine {
         let (request_side, run_side) = UnixStream::pair()
             .map_err(|e| Failure::new(FailureKind::Failed, format!("socketpair: {e}")))?;
         let run_side: OwnedFd = run_side.into();
-        let (client, principal, cold) = (
-            self.client.clone(),
-            self.principal.clone(),
-            self.mode == Mode::Cold,
-        );
+        let (client, cold) = (self.client.clone(), self.mode == Mode::Cold);
+        let shown_as = principal.clone();
         let run = tokio::task::spawn_blocking(move || {
             let io = RunIo {
                 stdin: Stdin::Null,
@@ -153,7 +167,7 @@ impl Engine {
         }
         result
             .map(|report| (report, cap))
-            .map_err(|f| self.shown(f))
+            .map_err(|f| self.shown(&shown_as, f))
     }
 
     /// The output cap of a call: what it asked for, at most the server's
@@ -176,8 +190,8 @@ impl Engine {
     /// A failure as this server's caller may see it: over HTTP with a key (a remote
     /// caller), what went wrong on the host is logged here in full and answered
     /// without its details (host paths, pids), as the HTTP API does.
-    pub fn shown(&self, f: Failure) -> Failure {
-        if !matches!(self.principal.owner, phantom_api::access::Owner::Key(_)) {
+    pub fn shown(&self, principal: &Principal, f: Failure) -> Failure {
+        if !matches!(principal.owner, phantom_api::access::Owner::Key(_)) {
             return f;
         }
         let id = phantom_state::ids::new_sandbox_id();
@@ -193,12 +207,14 @@ impl Engine {
     /// Blocking engine work (no run) off the async threads.
     pub async fn blocking<T: Send + 'static>(
         &self,
+        principal: Principal,
         f: impl FnOnce(&EngineClient, &Principal) -> Result<T, Failure> + Send + 'static,
     ) -> Result<T, Failure> {
-        let (client, principal) = (self.client.clone(), self.principal.clone());
+        let client = self.client.clone();
+        let shown_as = principal.clone();
         tokio::task::spawn_blocking(move || f(&client, &principal))
             .await
             .map_err(|e| Failure::new(FailureKind::Failed, format!("worker failed: {e}")))?
-            .map_err(|f| self.shown(f))
+            .map_err(|f| self.shown(&shown_as, f))
     }
 }

@@ -33,12 +33,31 @@ pub fn allowed_hosts(config: &Config) -> Vec<String> {
 /// Browser origins accepted in `Origin` (requests without one — every non-browser
 /// client — pass): loopback origins on any port, and what `--allowed-origin` adds.
 pub fn allowed_origins(config: &Config) -> Vec<String> {
-    let mut origins: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
-        .iter()
-        .flat_map(|h| [format!("http://{h}:*"), format!("https://{h}:*")])
-        .collect();
+    let mut origins = loopback_origins();
     origins.extend(config.allowed_origins.iter().cloned());
     origins
+}
+
+/// Loopback browser origins, on any port.
+pub fn loopback_origins() -> Vec<String> {
+    ["localhost", "127.0.0.1", "[::1]"]
+        .iter()
+        .flat_map(|h| [format!("http://{h}:*"), format!("https://{h}:*")])
+        .collect()
+}
+
+/// The tools as a Streamable HTTP service (one [`PhantomMcp`] per session), for this
+/// server's own listener or another's router (the supervisor's `/mcp/v1/`).
+pub fn service(
+    engine: Arc<Engine>,
+    http_config: StreamableHttpServerConfig,
+) -> StreamableHttpService<PhantomMcp, LocalSessionManager> {
+    let server = PhantomMcp::new(engine);
+    StreamableHttpService::new(
+        move || Ok(server.for_new_session()),
+        LocalSessionManager::default().into(),
+        http_config,
+    )
 }
 
 /// Equal without an early exit on the first differing byte.
@@ -76,12 +95,7 @@ pub async fn serve(
         .with_allowed_origins(allowed_origins(config))
         .enforce_origin_validation()
         .with_cancellation_token(stop.child_token());
-    let server = PhantomMcp::new(engine);
-    let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        LocalSessionManager::default().into(),
-        http_config,
-    );
+    let service = service(engine, http_config);
     let mut router = axum::Router::new().nest_service("/mcp", service);
     if let Some(key) = api_key {
         router = router.layer(axum::middleware::from_fn_with_state(

@@ -17,7 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
-mod http;
+pub mod http;
 pub mod metrics;
 pub mod params;
 pub mod server;
@@ -304,7 +304,7 @@ fn run_inner(config: Config) -> Result<(), StartError> {
     let engine = Arc::new(engine::Engine::new(
         config.mode,
         engine_process.client(),
-        principal,
+        engine::Acting::As(principal),
         config.max_output,
     ));
     let result = tokio::runtime::Builder::new_multi_thread()

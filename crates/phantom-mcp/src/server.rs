@@ -17,8 +17,9 @@ use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use serde::Serialize;
 
-use crate::engine::{Engine, Job, Mode, Progress};
+use crate::engine::{Acting, Engine, Job, Mode, Progress};
 use crate::params::*;
+use phantom_api::access::{Owner, Principal};
 
 /// The largest file `read_file` returns.
 pub const MAX_READ_BYTES: u64 = 16 << 20;
@@ -29,6 +30,10 @@ pub const MAX_READ_BYTES: u64 = 16 << 20;
 pub struct PhantomMcp {
     engine: Arc<Engine>,
     tool_router: ToolRouter<PhantomMcp>,
+    /// With [`Acting::PerRequest`]: the owner of this session's first call. Each
+    /// session is its own instance (the HTTP transport's factory makes one per
+    /// session), so a session id presented with another key is refused.
+    session_owner: Arc<std::sync::OnceLock<Owner>>,
 }
 
 /// The `progress` of a notification sent `elapsed_s` seconds into a run. It must
@@ -90,6 +95,16 @@ fn run_result(report: phantom_api::RunReport, max_output: u64) -> CallToolResult
     )
 }
 
+/// Whom the call acts for, or the call ends with the refusal.
+macro_rules! caller {
+    ($self:expr, $context:expr) => {
+        match $self.caller(&$context) {
+            Ok(p) => p,
+            Err(refused) => return Ok(refused),
+        }
+    };
+}
+
 /// Parsed arguments, or the call ends with what to send.
 macro_rules! args {
     ($args:expr) => {
@@ -122,6 +137,41 @@ impl PhantomMcp {
         PhantomMcp {
             engine,
             tool_router,
+            session_owner: Default::default(),
+        }
+    }
+
+    /// A fresh instance for a new session, sharing the engine and the tools.
+    pub fn for_new_session(&self) -> PhantomMcp {
+        PhantomMcp {
+            session_owner: Default::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Whom a call acts for: the server's principal, or the one the HTTP front end
+    /// authenticated for this request — the same for every call of a session.
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Result<Principal, CallToolResult> {
+        match &self.engine.acting {
+            Acting::As(p) => Ok(p.clone()),
+            Acting::PerRequest => {
+                let Some(principal) = context
+                    .extensions
+                    .get::<axum::http::request::Parts>()
+                    .and_then(|parts| parts.extensions.get::<Principal>())
+                else {
+                    return Err(error_text(
+                        "failed: this call carries no authenticated API key".into(),
+                    ));
+                };
+                let owner = self.session_owner.get_or_init(|| principal.owner.clone());
+                if *owner != principal.owner {
+                    return Err(error_text(
+                        "failed: this MCP session belongs to another API key: open a session of your own (initialize)".into(),
+                    ));
+                }
+                Ok(principal.clone())
+            }
         }
     }
 
@@ -145,9 +195,13 @@ impl PhantomMcp {
     }
 
     async fn job(&self, job: Job, context: &RequestContext<RoleServer>) -> CallToolResult {
+        let principal = match self.caller(context) {
+            Ok(p) => p,
+            Err(refused) => return refused,
+        };
         match self
             .engine
-            .run(job, context.ct.clone(), Self::progress(context))
+            .run(principal, job, context.ct.clone(), Self::progress(context))
             .await
         {
             Ok((report, cap)) => run_result(report, cap),
@@ -197,10 +251,15 @@ impl PhantomMcp {
     async fn list_profiles(
         &self,
         Parameters(args): Parameters<Args<NoParams>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         args!(args);
         let engine = self.engine.clone();
-        answer(engine.blocking(|client, _| profiles(client)).await)
+        answer(
+            engine
+                .blocking(caller!(self, context), |client, _| profiles(client))
+                .await,
+        )
     }
 
     #[tool(
@@ -213,6 +272,7 @@ impl PhantomMcp {
     async fn get_metrics(
         &self,
         Parameters(args): Parameters<Args<NoParams>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         args!(args);
         let engine = self.engine.clone();
@@ -221,7 +281,9 @@ impl PhantomMcp {
             Mode::Zygote => "zygote",
             Mode::Cold => "cold",
         };
-        let pools = engine.blocking(|client, _| client.pools()).await;
+        let pools = engine
+            .blocking(caller!(self, context), |client, _| client.pools())
+            .await;
         let (pools, status) = match pools {
             Ok(p) => (p.pools, "running".to_string()),
             Err(f) => (Vec::new(), f.message),
@@ -244,11 +306,12 @@ impl PhantomMcp {
     async fn create_sandbox(
         &self,
         Parameters(args): Parameters<Args<CreateParams>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let request = args!(args);
         answer(
             self.engine
-                .blocking(move |client, principal| {
+                .blocking(caller!(self, context), move |client, principal| {
                     Ok(client.create(principal.clone(), request)?.info.redacted())
                 })
                 .await,
@@ -281,6 +344,7 @@ impl PhantomMcp {
     async fn write_file(
         &self,
         Parameters(args): Parameters<Args<FileWrite>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let FileWrite {
             name,
@@ -289,7 +353,7 @@ impl PhantomMcp {
         } = args!(args);
         answer(
             self.engine
-                .blocking(move |client, principal| {
+                .blocking(caller!(self, context), move |client, principal| {
                     let ws = client.workspace(principal.clone(), &name)?;
                     phantom_engine::sandbox::files::write_file(
                         &ws,
@@ -318,11 +382,12 @@ impl PhantomMcp {
     async fn read_file(
         &self,
         Parameters(args): Parameters<Args<FilePath>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let FilePath { name, path } = args!(args);
         answer(
             self.engine
-                .blocking(move |client, principal| {
+                .blocking(caller!(self, context), move |client, principal| {
                     let ws = client.workspace(principal.clone(), &name)?;
                     let data = phantom_engine::sandbox::files::read_file(
                         &ws,
@@ -354,12 +419,13 @@ impl PhantomMcp {
     async fn list_files(
         &self,
         Parameters(args): Parameters<Args<DirPath>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let DirPath { name, path } = args!(args);
         let path = path.unwrap_or_else(|| "/workspace".into());
         answer(
             self.engine
-                .blocking(move |client, principal| {
+                .blocking(caller!(self, context), move |client, principal| {
                     let ws = client.workspace(principal.clone(), &name)?;
                     let entries = phantom_engine::sandbox::files::list_files(&ws, &name, &path)
                         .map_err(|e| e.to_failure())?;
@@ -379,11 +445,12 @@ impl PhantomMcp {
     async fn destroy_sandbox(
         &self,
         Parameters(args): Parameters<Args<SandboxName>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let SandboxName { name } = args!(args);
         answer(
             self.engine
-                .blocking(move |client, principal| {
+                .blocking(caller!(self, context), move |client, principal| {
                     Ok(client.destroy(principal.clone(), &name)?.redacted())
                 })
                 .await,
@@ -400,11 +467,12 @@ impl PhantomMcp {
     async fn list_sandboxes(
         &self,
         Parameters(args): Parameters<Args<NoParams>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         args!(args);
         answer(
             self.engine
-                .blocking(|client, principal| {
+                .blocking(caller!(self, context), |client, principal| {
                     let list = client.list(principal.clone(), false)?;
                     Ok(Sandboxes {
                         sandboxes: list.into_iter().map(SandboxInfo::redacted).collect(),
@@ -424,11 +492,12 @@ impl PhantomMcp {
     async fn snapshot_sandbox(
         &self,
         Parameters(args): Parameters<Args<SnapshotParams>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let SnapshotParams { name, tag } = args!(args);
         answer(
             self.engine
-                .blocking(move |client, principal| {
+                .blocking(caller!(self, context), move |client, principal| {
                     use std::os::fd::AsFd;
                     let ws = client.workspace(principal.clone(), &name)?;
                     let tag = tag.unwrap_or_else(|| {

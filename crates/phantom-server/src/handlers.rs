@@ -614,6 +614,25 @@ pub(crate) async fn observe(State(app): State<Arc<App>>, req: Request, next: Nex
     resp
 }
 
+/// `/mcp/v1/`: every request (a JSON-RPC message, the SSE stream, a session's end)
+/// is authenticated and rate-limited like a REST request, and carries the key's
+/// principal to the MCP tools, which act for it (tenancy and grants are the engine's,
+/// as for REST; phantom-mcp keeps each session with the key that opened it).
+pub(crate) async fn mcp_auth(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match authenticate(&app, request.headers(), &peer, "mcp", None).await {
+        Ok(key) => {
+            request.extensions_mut().insert(principal(&key));
+            next.run(request).await
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Unauthenticated
 // ---------------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ pub struct Config {
     /// Serve /metrics (Prometheus text); false: /metrics answers 404
     /// (`--metrics-mode none`).
     pub metrics: bool,
+    /// Serve MCP (Streamable HTTP) at `/mcp/v1/`; the largest output of a tool call.
+    pub mcp_max_output: Option<u64>,
 }
 
 /// Verified keys by the hash of what was presented, when, and the keys' generation then.
@@ -86,6 +88,10 @@ pub struct App {
     pub(crate) deadlines: limits::Deadlines,
     /// Blocking threads per key and in all.
     pub(crate) workers: limits::Workers,
+    /// `/mcp/v1/`: the tools' engine glue (acting for each request's key), and what
+    /// ends its sessions when the server stops.
+    pub(crate) mcp: Option<Arc<phantom_mcp::engine::Engine>>,
+    pub(crate) mcp_stop: tokio_util::sync::CancellationToken,
 }
 
 impl App {
@@ -107,9 +113,20 @@ impl App {
             .iter()
             .map(|k| (k[4..16].to_string(), blake3::hash(k.as_bytes())))
             .collect();
+        let engine = phantom_engine::EngineClient::at(config.engine_socket.clone());
+        let mcp = config.mcp_max_output.map(|max_output| {
+            Arc::new(phantom_mcp::engine::Engine::new(
+                phantom_mcp::Mode::Zygote,
+                engine.clone(),
+                phantom_mcp::engine::Acting::PerRequest,
+                max_output,
+            ))
+        });
         Arc::new(App {
             file_keys,
-            engine: phantom_engine::EngineClient::at(config.engine_socket.clone()),
+            engine,
+            mcp,
+            mcp_stop: Default::default(),
             config,
             key_cache: Mutex::new(Default::default()),
             audit: audit::AuditLog::start(state_dir.clone()),
@@ -152,17 +169,50 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/system/psi", get(handlers::psi))
         .route("/fragments/performance", get(handlers::performance))
         .route("/openapi.json", get(handlers::openapi));
-    Router::new()
+    let mut root = Router::new()
         .route("/health", get(handlers::health))
         .route("/metrics", get(handlers::metrics))
-        .nest("/api/v2", api)
-        .fallback(handlers::not_found)
+        .nest("/api/v2", api);
+    if let Some(mcp) = mcp_service(&app) {
+        // The README's URL ends in a slash; clients that drop it are served too.
+        let mcp = Router::new()
+            .route_service("/mcp/v1", mcp.clone())
+            .route_service("/mcp/v1/", mcp)
+            .route_layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                handlers::mcp_auth,
+            ));
+        root = root.merge(mcp);
+    }
+    root.fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             handlers::observe,
         ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
+}
+
+/// MCP's Streamable HTTP transport over the same engine, acting for the key each
+/// request authenticated (`handlers::mcp_auth`). The `Host` check rmcp does against
+/// DNS rebinding is off (every request needs an API key, which a rebinding page does
+/// not have); browser `Origin`s other than loopback ones are refused.
+fn mcp_service(
+    app: &Arc<App>,
+) -> Option<
+    rmcp::transport::StreamableHttpService<
+        phantom_mcp::server::PhantomMcp,
+        rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+    >,
+> {
+    Some(phantom_mcp::http::service(
+        app.mcp.clone()?,
+        rmcp::transport::StreamableHttpServerConfig::default()
+            .disable_allowed_hosts()
+            .with_allowed_origins(phantom_mcp::http::loopback_origins())
+            .enforce_origin_validation()
+            .with_cancellation_token(app.mcp_stop.clone()),
+    ))
 }
 
 /// Serve on `listener` until SIGTERM or SIGINT; then stop accepting, give in-flight
@@ -172,6 +222,9 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
     eprintln!(
         "phantom-supervisor: HTTP API on http://{addr}/api/v2 (health: /health, metrics: /metrics)"
     );
+    if app.mcp.is_some() {
+        eprintln!("phantom-supervisor: MCP (Streamable HTTP) on http://{addr}/mcp/v1/");
+    }
     let grace = app.config.grace;
     let shutdown_app = app.clone();
     // With each connection's peer address: refusals are budgeted per source.
@@ -183,6 +236,20 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
             "phantom-supervisor: stopping: no new requests; in-flight ones get {}s",
             grace.as_secs()
         );
+        // MCP sessions hold their event streams open: once their tool calls in flight
+        // have ended (or the grace period has), the sessions end, so that the server's
+        // connections can drain.
+        let app = shutdown_app.clone();
+        tokio::spawn(async move {
+            if let Some(mcp) = &app.mcp {
+                let deadline = Instant::now() + grace;
+                while mcp.in_flight() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                mcp.shut_down(Duration::from_secs(5)).await;
+            }
+            app.mcp_stop.cancel();
+        });
     });
     let server = tokio::spawn(async move { server.await });
     // After the signal, the server drains; past the grace period its runs are killed

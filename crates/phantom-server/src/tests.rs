@@ -87,6 +87,7 @@ async fn serve(tag: &str, deadlines: Deadlines) -> Fixture {
         grace: Duration::from_secs(1),
         file_keys: vec![KEY.to_string()],
         metrics: true,
+        mcp_max_output: Some(1 << 20),
     };
     let app = App::with(config, deadlines, Some(dir.join("state")));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
