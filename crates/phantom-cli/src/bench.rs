@@ -13,6 +13,9 @@ use serde::Serialize;
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   phantom benchmark cold --iterations 200 --compare bwrap
+  phantom benchmark --all --iterations 1000          # every kind below, in turn
+  phantom benchmark --compare docker                 # cold, with Docker when one answers
+  phantom benchmark --fragment zygote --profile python-dev
   phantom benchmark warm --iterations 200
   phantom benchmark image --image debian:bookworm --iterations 100
 
@@ -50,13 +53,27 @@ a file of --io-size into it with `phantom cp` against a plain cp on the same fil
 
 Times are wall-clock from spawn to exit, as a user sees them.")]
 pub struct BenchArgs {
-    /// What to measure.
+    /// What to measure (default: cold).
     #[arg(value_enum)]
-    what: BenchKind,
+    what: Option<BenchKind>,
+    /// Every kind, one after the other (as `all`).
+    #[arg(long, conflicts_with_all = ["what", "fragment"])]
+    all: bool,
+    /// The start path ("fragment") to measure: a kind by another name, e.g. zygote,
+    /// warm, cold.
+    #[arg(long, value_enum, value_name = "KIND", conflicts_with = "what")]
+    fragment: Option<BenchKind>,
+    /// The profile phantom's runs use (cold, warm, sandbox: `--profile P` on each run;
+    /// zygote: the python profile whose zygote is forked). Default: the built-in
+    /// defaults (default, python-dev).
+    #[arg(long, value_name = "PROFILE")]
+    pub(crate) profile: Option<String>,
     /// Runs per contender.
     #[arg(long, default_value_t = 100)]
     pub(crate) iterations: usize,
-    /// Peer to compare with (skipped with a note when not installed).
+    /// Peer to compare with: bwrap, or docker (cold: `docker run --rm` of the same
+    /// command, when a Docker engine answers; a note says so when none does). Skipped
+    /// with a note when not installed.
     #[arg(long, value_name = "PEER", default_value = "bwrap")]
     pub(crate) compare: Vec<String>,
     /// Sandboxes in the warm benchmark's pool.
@@ -75,9 +92,23 @@ pub struct BenchArgs {
     /// restored to its previous state afterwards).
     #[arg(long)]
     ksm: bool,
+    /// The image `--compare docker` runs (it must be in Docker's local store and have
+    /// `true`; python rows also need python3).
+    #[arg(long, value_name = "IMAGE", default_value = "python:3-slim")]
+    docker_image: String,
     /// One JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+impl BenchArgs {
+    /// The kind asked for: the positional, `--fragment`, `--all`, else cold.
+    fn kind(&self) -> BenchKind {
+        if self.all {
+            return BenchKind::All;
+        }
+        self.what.or(self.fragment).unwrap_or(BenchKind::Cold)
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,12 +325,16 @@ pub(crate) struct BenchSupervisor {
 }
 
 impl BenchSupervisor {
-    fn start(me: &Path, pool: usize) -> Result<BenchSupervisor, String> {
+    /// Pools of default and python-dev, and of `profile` when it is another built-in.
+    fn start(me: &Path, pool: usize, profile: Option<&str>) -> Result<BenchSupervisor, String> {
         let pool = pool.to_string();
-        BenchSupervisor::start_with(
-            me,
-            &["--profiles", "default,python-dev", "--zygote-pools", &pool],
-        )
+        let mut profiles = "default,python-dev".to_string();
+        if let Some(p) = profile.filter(|p| !["default", "python-dev"].contains(p)) {
+            if phantom_policy::builtin_names().contains(&p) {
+                profiles = format!("{profiles},{p}");
+            }
+        }
+        BenchSupervisor::start_with(me, &["--profiles", &profiles, "--zygote-pools", &pool])
     }
 
     /// A supervisor with `args` (its pools); waits until they are full or their
@@ -363,7 +398,13 @@ impl Drop for BenchSupervisor {
 }
 
 pub fn benchmark(args: BenchArgs) -> i32 {
-    let kinds: Vec<BenchKind> = match args.what {
+    if let Some(p) = &args.profile {
+        if let Err(e) = check_profile(p) {
+            crate::error_line(e);
+            return 2;
+        }
+    }
+    let kinds: Vec<BenchKind> = match args.kind() {
         BenchKind::All => {
             let mut k = vec![
                 BenchKind::Cold,
@@ -422,6 +463,67 @@ pub fn benchmark(args: BenchArgs) -> i32 {
     0
 }
 
+/// `--profile`: a profile phantom knows (built-in, or a file path).
+fn check_profile(name: &str) -> Result<(), String> {
+    if phantom_policy::builtin_names().contains(&name) || Path::new(name).is_file() {
+        return Ok(());
+    }
+    Err(format!(
+        "--profile {name}: unknown profile; built-in profiles: {}",
+        phantom_policy::builtin_names().join(", ")
+    ))
+}
+
+/// `phantom run` with the benchmark's `--profile`, if any, before `rest`.
+fn run_argv(me: &str, profile: Option<&str>, rest: &[&str]) -> Vec<String> {
+    let mut argv = vec![me.to_string(), "run".to_string()];
+    if let Some(p) = profile {
+        argv.extend(["--profile".to_string(), p.to_string()]);
+    }
+    argv.extend(rest.iter().map(|s| s.to_string()));
+    argv
+}
+
+/// Whether a Docker engine answers (`docker info`, 10 s at most): Ok, or why not.
+fn docker_answers() -> Result<String, String> {
+    let Some(docker) = which("docker") else {
+        return Err("docker is not installed".into());
+    };
+    let mut child = Command::new(&docker)
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{docker}: {e}"))?;
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("`docker info` did not answer in 10 s".into());
+            }
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(docker);
+    }
+    let why = String::from_utf8_lossy(&out.stderr);
+    Err(format!(
+        "no Docker engine answers (`docker info`: {})",
+        why.lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("failed")
+            .trim()
+    ))
+}
+
 fn kind_name(kind: BenchKind) -> &'static str {
     match kind {
         BenchKind::Cold => "cold",
@@ -460,16 +562,21 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
     let mut sandbox: Option<BenchSandbox> = None;
     match kind {
         BenchKind::Cold => {
-            contenders.push(Contender::new(
-                "phantom true",
-                &[&me_s, "run", "--cold", "--", "true"],
-            ));
+            let profile = args.profile.as_deref();
+            let phantom = |rest: &[&str]| Contender {
+                argv: run_argv(&me_s, profile, rest),
+                ..Contender::new("", &[])
+            };
+            contenders.push(Contender {
+                name: "phantom true".into(),
+                ..phantom(&["--cold", "--", "true"])
+            });
             contenders.push(Contender::new("host true", &["/bin/true"]));
             if have_python {
-                contenders.push(Contender::new(
-                    "phantom python",
-                    &[&me_s, "run", "--cold", "--", "python3", "-c", "pass"],
-                ));
+                contenders.push(Contender {
+                    name: "phantom python".into(),
+                    ..phantom(&["--cold", "--", "python3", "-c", "pass"])
+                });
                 contenders.push(Contender::new("host python", &[python, "-c", "pass"]));
             }
             for peer in &args.compare {
@@ -488,19 +595,50 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
                     ("bwrap", None) => notes.push(
                         "bwrap not installed (apt-get install bubblewrap): no comparison".into(),
                     ),
-                    (other, _) => {
-                        notes.push(format!("unknown peer `{other}`: supported peers are bwrap"))
-                    }
+                    ("docker", _) => match docker_answers() {
+                        Ok(docker) => {
+                            let image = args.docker_image.as_str();
+                            let run = |cmd: &[&str]| {
+                                let mut argv = vec![
+                                    docker.as_str(),
+                                    "run",
+                                    "--rm",
+                                    "--network",
+                                    "none",
+                                    image,
+                                ];
+                                argv.extend_from_slice(cmd);
+                                argv.iter().map(|s| s.to_string()).collect()
+                            };
+                            let mut c = Contender::new("docker true", &[]);
+                            c.argv = run(&["true"]);
+                            contenders.push(c);
+                            if have_python {
+                                let mut c = Contender::new("docker python", &[]);
+                                c.argv = run(&["python3", "-c", "pass"]);
+                                contenders.push(c);
+                            }
+                        }
+                        Err(why) => notes.push(format!("docker: {why}: no comparison")),
+                    },
+                    (other, _) => notes.push(format!(
+                        "unknown peer `{other}`: supported peers are bwrap and docker"
+                    )),
                 }
             }
         }
         BenchKind::Warm => {
-            let sup = match BenchSupervisor::start(&me, args.pool) {
+            let sup = match BenchSupervisor::start(&me, args.pool, args.profile.as_deref()) {
                 Ok(s) => s,
                 Err(e) => return Err((1, e)),
             };
             contenders.push(
-                Contender::new("warm true", &[&me_s, "run", "--", "true"]).with_socket(&sup.socket),
+                Contender {
+                    name: "warm true".into(),
+                    argv: run_argv(&me_s, args.profile.as_deref(), &["--", "true"]),
+                    ..Contender::new("", &[])
+                }
+                .with_socket(&sup.socket),
             );
             contenders.push(Contender::new(
                 "cold true",
@@ -697,7 +835,7 @@ fn latency(args: &BenchArgs, kind: BenchKind) -> Result<serde_json::Value, Bench
         })
         .collect();
     let kind = kind_name(kind);
-    let mut out = serde_json::json!({ "benchmark": kind, "iterations": args.iterations, "results": stats, "ratios": ratios, "notes": notes });
+    let mut out = serde_json::json!({ "benchmark": kind, "profile": args.profile, "iterations": args.iterations, "results": stats, "ratios": ratios, "notes": notes });
     if !cp.is_null() {
         out["cp"] = cp;
     }
@@ -1083,7 +1221,7 @@ fn load(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
     } else {
         args.concurrency.max(1)
     };
-    let sup = BenchSupervisor::start(&me, args.pool).map_err(|e| (1, e))?;
+    let sup = BenchSupervisor::start(&me, args.pool, None).map_err(|e| (1, e))?;
     let socket = sup.socket.clone();
     let env: [(&str, &Path); 1] = [("PHANTOM_SUPERVISOR_SOCKET", &socket)];
     let pooled_argv: Vec<String> = [me_s.as_str(), "run", "--", "true"]
@@ -1335,7 +1473,7 @@ fn memory(args: &BenchArgs) -> Result<serde_json::Value, BenchError> {
                 )
             })?;
         }
-        let sup = BenchSupervisor::start(&me, args.pool).map_err(|e| (1, e))?;
+        let sup = BenchSupervisor::start(&me, args.pool, None).map_err(|e| (1, e))?;
         if with_ksm {
             // Give KSM's scanner time to find the identical pages.
             std::thread::sleep(Duration::from_secs(60));
@@ -1728,4 +1866,141 @@ fn leftovers() -> std::collections::BTreeSet<PathBuf> {
         }
     }
     found
+}
+
+/// `phantom profile list --benchmark`: each built-in profile's cold start
+/// (`phantom run --cold --profile P -- true`) and warm start (the same through a
+/// supervisor with a pool of every profile), interleaved, `iterations` runs each; and
+/// how many warm runs the pools actually served.
+pub(crate) fn profiles(iterations: usize, json: bool) -> i32 {
+    let me = match current_exe() {
+        Ok(me) => me,
+        Err((code, e)) => {
+            crate::error_line(e);
+            return code;
+        }
+    };
+    let me_s = me.display().to_string();
+    let names = phantom_policy::builtin_names();
+    eprintln!(
+        "starting a supervisor with a pool of each of the {} built-in profiles…",
+        names.len()
+    );
+    let sup = match BenchSupervisor::start_with(
+        &me,
+        &["--profiles", &names.join(","), "--zygote-pools", "1"],
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            crate::error_line(format!("profile list --benchmark: {e}"));
+            return 1;
+        }
+    };
+    let served = |sup: &BenchSupervisor| -> Vec<(String, u64)> {
+        sup.status()
+            .map(|s| s.pools.into_iter().map(|p| (p.profile, p.hits)).collect())
+            .unwrap_or_default()
+    };
+    let mut rows: Vec<(Contender, Contender)> = names
+        .iter()
+        .map(|name| {
+            let cold = Contender {
+                name: format!("{name} cold"),
+                argv: run_argv(&me_s, Some(name), &["--cold", "--", "true"]),
+                ..Contender::new("", &[])
+            };
+            let warm = Contender {
+                name: format!("{name} warm"),
+                argv: run_argv(&me_s, Some(name), &["--", "true"]),
+                ..Contender::new("", &[])
+            }
+            .with_socket(&sup.socket);
+            (cold, warm)
+        })
+        .collect();
+    // One warm-up round, then interleaved rounds: every profile sees the same machine.
+    for (cold, warm) in &rows {
+        let _ = cold.command().status();
+        let _ = warm.command().status();
+    }
+    let before = served(&sup);
+    let progress = std::io::stderr().is_terminal() && !json;
+    for i in 0..iterations {
+        for (cold, warm) in rows.iter_mut() {
+            for c in [cold, warm] {
+                let t = Instant::now();
+                match c.command().status() {
+                    Ok(s) if s.success() => c.samples.push(t.elapsed().as_secs_f64() * 1000.0),
+                    _ => c.failures += 1,
+                }
+            }
+        }
+        if progress {
+            eprint!("\r{}/{iterations} rounds", i + 1);
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    let after = served(&sup);
+    drop(sup);
+    let hits = |name: &str| {
+        let of = |v: &[(String, u64)]| v.iter().find(|(p, _)| p == name).map_or(0, |(_, h)| *h);
+        of(&after).saturating_sub(of(&before))
+    };
+    let mut out = Vec::new();
+    for (name, (cold, warm)) in names.iter().zip(&rows) {
+        let cold = Stats::of(
+            &cold.name,
+            cold.argv.join(" "),
+            &cold.samples,
+            cold.failures,
+        );
+        let warm = Stats::of(
+            &warm.name,
+            warm.argv.join(" "),
+            &warm.samples,
+            warm.failures,
+        );
+        out.push(serde_json::json!({
+            "profile": name,
+            "cold": cold,
+            "warm": warm,
+            "warm_runs_served_by_the_pool": hits(name),
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "iterations": iterations,
+                "command": "true",
+                "profiles": out,
+            }))
+            .expect("serializes")
+        );
+        return 0;
+    }
+    println!(
+        "`true` in each profile, {iterations} runs each, interleaved (ms; warm: through a supervisor with a pool of every profile)"
+    );
+    println!(
+        "{:<12} {:>9} {:>9} {:>9} {:>9} {:>12} {:>5}",
+        "PROFILE", "COLD p50", "COLD p95", "WARM p50", "WARM p95", "SERVED WARM", "FAIL"
+    );
+    for row in &out {
+        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        println!(
+            "{:<12} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>12} {:>5}",
+            row["profile"].as_str().unwrap_or(""),
+            f(&row["cold"]["p50_ms"]),
+            f(&row["cold"]["p95_ms"]),
+            f(&row["warm"]["p50_ms"]),
+            f(&row["warm"]["p95_ms"]),
+            format!("{}/{iterations}", row["warm_runs_served_by_the_pool"]),
+            row["cold"]["failures"].as_u64().unwrap_or(0)
+                + row["warm"]["failures"].as_u64().unwrap_or(0),
+        );
+    }
+    0
 }

@@ -18,20 +18,20 @@ use crate::bench::{
 };
 
 /// One way to run a Python snippet, measured.
-enum How {
+enum How<'p> {
     /// `/usr/bin/python3 -c CODE`.
     Bare,
     /// The engine client of this process, on `profile`'s pool.
-    Client(&'static str),
+    Client(&'p str),
     /// `phantom run --profile P -- python3 -c CODE` through the supervisor.
-    Cli(&'static str),
+    Cli(&'p str),
     /// `bwrap ... python3 -c CODE`.
     Bwrap(String),
 }
 
-struct Row {
+struct Row<'p> {
     name: String,
-    how: How,
+    how: How<'p>,
     code: &'static str,
     samples: Vec<f64>,
     failures: usize,
@@ -51,16 +51,15 @@ pub(crate) fn zygote(args: &BenchArgs) -> Result<serde_json::Value, BenchError> 
     } else {
         args.concurrency.max(1)
     };
-    let sup = BenchSupervisor::start_with(
-        &me,
-        &[
-            "--profiles",
-            "python-dev,python-data",
-            "--zygote-pools",
-            "1",
-        ],
-    )
-    .map_err(|e| (1, e))?;
+    // `--profile P`: the print(1) rows fork P's zygote (a python profile).
+    let forked = args.profile.as_deref().unwrap_or("python-dev");
+    let profiles = if ["python-dev", "python-data"].contains(&forked) {
+        "python-dev,python-data".to_string()
+    } else {
+        format!("python-dev,python-data,{forked}")
+    };
+    let sup = BenchSupervisor::start_with(&me, &["--profiles", &profiles, "--zygote-pools", "1"])
+        .map_err(|e| (1, e))?;
     let mut notes = Vec::new();
     let status = sup
         .status()
@@ -107,8 +106,8 @@ pub(crate) fn zygote(args: &BenchArgs) -> Result<serde_json::Value, BenchError> 
     };
     let mut rows = vec![
         row("bare python print(1)", How::Bare, PRINT),
-        row("client forked print(1)", How::Client("python-dev"), PRINT),
-        row("phantom run forked print(1)", How::Cli("python-dev"), PRINT),
+        row("client forked print(1)", How::Client(forked), PRINT),
+        row("phantom run forked print(1)", How::Cli(forked), PRINT),
     ];
     if let Some(b) = &bwrap {
         rows.push(row("bwrap python print(1)", How::Bwrap(b.clone()), PRINT));
@@ -162,11 +161,11 @@ pub(crate) fn zygote(args: &BenchArgs) -> Result<serde_json::Value, BenchError> 
         ),
         (
             Load::new(&format!("client forked c={concurrency}")),
-            How::Client("python-dev"),
+            How::Client(forked),
         ),
         (
             Load::new(&format!("phantom run forked c={concurrency}")),
-            How::Cli("python-dev"),
+            How::Cli(forked),
         ),
     ];
     if let Some(b) = &bwrap {
@@ -187,11 +186,11 @@ pub(crate) fn zygote(args: &BenchArgs) -> Result<serde_json::Value, BenchError> 
     let sustained_ratio = rps(1) / rps(0);
 
     // Memory: the zygotes, and a fork in flight (a run that sleeps while we look).
-    let memory = fork_memory(&client, &sup);
+    let memory = fork_memory(&client, &sup, forked);
 
     if !args.json {
         println!(
-            "zygote: python3 -c CODE forked from phantom-supervisor's zygotes (python-dev; python-data with pandas preloaded), {} runs per row, interleaved",
+            "zygote: python3 -c CODE forked from phantom-supervisor's zygotes ({forked}; python-data with pandas preloaded), {} runs per row, interleaved",
             args.iterations
         );
         print_stats(&latency, 30);
@@ -217,6 +216,7 @@ pub(crate) fn zygote(args: &BenchArgs) -> Result<serde_json::Value, BenchError> 
     }
     Ok(serde_json::json!({
         "benchmark": "zygote",
+        "profile": forked,
         "latency": latency,
         "ratios": ratios,
         "sustained": load_rows,
@@ -226,7 +226,7 @@ pub(crate) fn zygote(args: &BenchArgs) -> Result<serde_json::Value, BenchError> 
     }))
 }
 
-fn row(name: &str, how: How, code: &'static str) -> Row {
+fn row<'p>(name: &str, how: How<'p>, code: &'static str) -> Row<'p> {
     Row {
         name: name.into(),
         how,
@@ -264,27 +264,25 @@ fn run_python(
 /// flight (runs that print, then sleep long enough to be looked at), from `phantom
 /// pool status`. PSS splits the pages a fork shares with the zygote among all who map
 /// them, so it falls as more forks are in flight; their private pages do not.
-fn fork_memory(client: &EngineClient, sup: &BenchSupervisor) -> serde_json::Value {
+fn fork_memory(client: &EngineClient, sup: &BenchSupervisor, forked: &str) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for in_flight in [1usize, 4, 8] {
         std::thread::scope(|s| {
             let runs: Vec<_> = (0..in_flight)
                 .map(|_| {
-                    s.spawn(|| {
-                        run_python(client, "python-dev", "print(1); import time; time.sleep(2)")
-                    })
+                    s.spawn(|| run_python(client, forked, "print(1); import time; time.sleep(2)"))
                 })
                 .collect();
             std::thread::sleep(Duration::from_millis(1200));
             if let Some(status) = sup.status() {
                 for p in &status.pools {
-                    if p.profile == "python-dev" {
+                    if p.profile == forked {
                         out.insert(
                             format!("pss_kb_per_fork_{in_flight}_in_flight"),
                             p.pss_kb_per_fork.into(),
                         );
                         out.insert(
-                            format!("python-dev_zygote_pss_kb_{in_flight}_in_flight"),
+                            format!("{forked}_zygote_pss_kb_{in_flight}_in_flight"),
                             p.zygote_pss_kb.into(),
                         );
                     }

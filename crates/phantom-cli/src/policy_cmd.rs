@@ -10,10 +10,27 @@ use crate::error_line;
 #[derive(Subcommand, Debug)]
 pub enum ProfileCommand {
     /// List the built-in profiles with their mode, network and limits.
+    #[command(after_help = "Examples:
+  phantom profile list
+  phantom profile list --performance        # zygote, pool size, preloads, io_mode, allocator
+  phantom profile list --benchmark          # measure each profile's cold and warm start
+  phantom profile list --benchmark --iterations 50 --json")]
     List {
         /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show each profile's performance settings instead of its limits: warm pool
+        /// (zygote), pool size, preloaded modules, io_mode, memory allocator, and how
+        /// its warm runs start (forked from a zygote or a pre-built sandbox).
+        #[arg(long, conflicts_with = "benchmark")]
+        performance: bool,
+        /// Measure each profile's cold and warm start (`true`, interleaved; starts a
+        /// private supervisor with a pool of every profile; takes a few seconds).
+        #[arg(long)]
+        benchmark: bool,
+        /// With --benchmark: runs per profile and start kind.
+        #[arg(long, value_name = "N", default_value_t = 10, requires = "benchmark")]
+        iterations: usize,
     },
     /// Print a built-in profile's source in the policy DSL (a good start for your own).
     Show {
@@ -52,7 +69,18 @@ fn compile_builtin(name: &str) -> Result<Plan, String> {
 
 pub fn profile(cmd: ProfileCommand) -> i32 {
     match cmd {
-        ProfileCommand::List { json } => {
+        ProfileCommand::List {
+            json,
+            benchmark: true,
+            iterations,
+            ..
+        } => crate::bench::profiles(iterations.max(1), json),
+        ProfileCommand::List {
+            json,
+            performance: true,
+            ..
+        } => performance(json),
+        ProfileCommand::List { json, .. } => {
             let mut rows = Vec::new();
             for name in phantom_policy::builtin_names() {
                 let profile = match phantom_policy::load_builtin(name) {
@@ -310,4 +338,74 @@ fn print_plan(plan: &Plan) {
     for w in &plan.warnings {
         println!("warning: {w}");
     }
+}
+
+/// `phantom profile list --performance`: each built-in profile's `performance:` section
+/// and how its warm runs start.
+fn performance(json: bool) -> i32 {
+    let mut rows = Vec::new();
+    for name in phantom_policy::builtin_names() {
+        let profile = match phantom_policy::load_builtin(name) {
+            Ok(p) => p,
+            Err(e) => {
+                error_line(e);
+                return 1;
+            }
+        };
+        let p = &profile.performance;
+        // A python profile's pool keeps a zygote (its runs are forked); every other
+        // pool keeps pre-built sandboxes.
+        let warm = match (p.zygote, profile.runtime == phantom_policy::Runtime::Python) {
+            (false, _) => "cold (no pool unless named)",
+            (true, true) => "forked from a zygote",
+            (true, false) => "pre-built sandbox",
+        };
+        rows.push(serde_json::json!({
+            "name": name,
+            "zygote": p.zygote,
+            "pool_size": p.pool_size,
+            "preload": p.preload,
+            "io_mode": p.io_mode,
+            "memory_allocator": p.memory_allocator,
+            "runtime": profile.runtime,
+            "warm_start": warm,
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("serializes")
+        );
+        return 0;
+    }
+    println!(
+        "{:<11} {:<7} {:>5} {:<6} {:<9} {:<27} PRELOAD",
+        "NAME", "ZYGOTE", "POOL", "IO", "ALLOC", "WARM START"
+    );
+    for r in &rows {
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        let preload: Vec<String> = r["preload"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<11} {:<7} {:>5} {:<6} {:<9} {:<27} {}",
+            text(&r["name"]),
+            if r["zygote"] == true { "yes" } else { "no" },
+            text(&r["pool_size"]),
+            text(&r["io_mode"]),
+            text(&r["memory_allocator"]),
+            text(&r["warm_start"]),
+            if preload.is_empty() {
+                "-".into()
+            } else {
+                preload.join(", ")
+            },
+        );
+    }
+    0
 }

@@ -214,3 +214,190 @@ fn metrics_mode_none_turns_metrics_off_and_health_checks_the_http_api() {
     );
     assert!(server.stop(Duration::from_secs(30)));
 }
+
+/// `phantom ARGS --json` (benchmarks print their figures on stdout): the JSON, or a
+/// panic with what the command said.
+fn phantom_json(args: &[&str]) -> serde_json::Value {
+    let out = common::phantom(args, |_| {});
+    assert_eq!(out.code, Some(0), "{args:?}: {}", out.describe());
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", out.describe()))
+}
+
+/// `phantom profile list --performance` and `--benchmark` were "unexpected argument".
+#[test]
+fn profile_list_performance_shows_each_profiles_settings_and_benchmark_measures_them() {
+    let rows = phantom_json(&["profile", "list", "--performance", "--json"]);
+    let rows = rows.as_array().unwrap();
+    let names = common::phantom(&["profile", "list", "--json"], |_| {});
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&names.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        names
+    );
+    // What each row says is its profile's source: `performance.zygote: true` and
+    // `runtime: python` make a forking pool, preloads are listed.
+    for r in rows {
+        let name = r["name"].as_str().unwrap();
+        let source = common::phantom(&["profile", "show", name], |_| {}).stdout;
+        // Set in the profile itself, or else inherited (`extends:`).
+        let zygote = r["zygote"] == true;
+        if source.contains("zygote: true") {
+            assert!(zygote, "{name}: {r}");
+        } else if source.contains("zygote: false") || !source.contains("extends:") {
+            assert!(!zygote, "{name}: {r}");
+        }
+        let python = r["runtime"] == "python";
+        if source.contains("runtime: python") {
+            assert!(python, "{name}: {r}");
+        }
+        let expect = match (zygote, python) {
+            (false, _) => "cold",
+            (true, true) => "forked",
+            (true, false) => "pre-built",
+        };
+        assert!(
+            r["warm_start"].as_str().unwrap().starts_with(expect),
+            "{name}: {r}"
+        );
+        for module in r["preload"].as_array().unwrap() {
+            assert!(source.contains(module.as_str().unwrap()), "{name}: {r}");
+        }
+    }
+    let table = common::phantom(&["profile", "list", "--performance"], |_| {});
+    assert_eq!(table.code, Some(0), "{}", table.describe());
+    assert!(table.stdout.starts_with("NAME"), "{}", table.stdout);
+
+    if !sandbox_available() {
+        return;
+    }
+    let measured = phantom_json(&[
+        "profile",
+        "list",
+        "--benchmark",
+        "--iterations",
+        "2",
+        "--json",
+    ]);
+    let profiles = measured["profiles"].as_array().unwrap();
+    assert_eq!(profiles.len(), names.len(), "{measured}");
+    for p in profiles {
+        for start in ["cold", "warm"] {
+            assert_eq!(p[start]["runs"], 2, "{p}");
+            assert_eq!(p[start]["failures"], 0, "{p}");
+            assert!(p[start]["p50_ms"].as_f64().unwrap() > 0.0, "{p}");
+        }
+    }
+    // The warm rows went through the pools (every profile has one here).
+    let default = profiles.iter().find(|p| p["profile"] == "default").unwrap();
+    assert!(
+        default["warm_runs_served_by_the_pool"].as_u64().unwrap() >= 1,
+        "{default}"
+    );
+}
+
+/// `phantom benchmark --all`, `--compare docker`, `--fragment zygote --profile
+/// python-dev` were "unexpected argument".
+#[test]
+fn the_seed_benchmark_command_lines_run() {
+    if !sandbox_available() {
+        return;
+    }
+    let all = phantom_json(&[
+        "benchmark",
+        "--all",
+        "--iterations",
+        "1",
+        "--io-size",
+        "4MiB",
+        "--concurrency",
+        "0",
+        "--json",
+    ]);
+    for kind in ["cold", "warm", "memory", "io", "sandbox", "net"] {
+        assert!(all.get(kind).is_some(), "--all ran no {kind}: {all}");
+    }
+
+    let docker = phantom_json(&[
+        "benchmark",
+        "--compare",
+        "docker",
+        "--iterations",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(docker["benchmark"], "cold", "{docker}");
+    let rows: Vec<&str> = docker["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    let engine = Command::new("docker")
+        .args(["info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if engine {
+        assert!(rows.contains(&"docker true"), "{docker}");
+    } else {
+        // No engine answers here: said so, and the rest still measured.
+        let notes = docker["notes"].to_string();
+        assert!(notes.contains("docker:"), "{docker}");
+        assert!(!rows.iter().any(|r| r.starts_with("docker")), "{docker}");
+        assert!(rows.contains(&"phantom true"), "{docker}");
+    }
+
+    let zygote = phantom_json(&[
+        "benchmark",
+        "--fragment",
+        "zygote",
+        "--profile",
+        "python-dev",
+        "--iterations",
+        "2",
+        "--concurrency",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(zygote["benchmark"], "zygote", "{zygote}");
+    assert_eq!(zygote["profile"], "python-dev", "{zygote}");
+
+    let cold = phantom_json(&[
+        "benchmark",
+        "cold",
+        "--profile",
+        "minimal",
+        "--iterations",
+        "1",
+        "--compare",
+        "none",
+        "--json",
+    ]);
+    let phantom_row = cold["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "phantom true")
+        .cloned()
+        .unwrap();
+    assert!(
+        phantom_row["command"]
+            .as_str()
+            .unwrap()
+            .contains("--profile minimal"),
+        "{phantom_row}"
+    );
+    let bad = common::phantom(&["benchmark", "--profile", "no-such-profile"], |_| {});
+    assert_eq!(bad.code, Some(2), "{}", bad.describe());
+    assert!(bad.stderr.contains("unknown profile"), "{}", bad.describe());
+}
