@@ -13,9 +13,9 @@
 #   PREFIX/bin/{phantom,phantom-supervisor,phantom-mcp}
 #   PREFIX/lib/phantom/libphantom_zygote.so      (the engine looks in ../lib/phantom/ next to the binary)
 #   PREFIX/share/man/man1/phantom*.1
-#   PREFIX/share/bash-completion/completions/phantom
-#   PREFIX/share/zsh/site-functions/_phantom
-#   PREFIX/share/fish/vendor_completions.d/phantom.fish
+#   PREFIX/share/bash-completion/completions/phantom{,-supervisor,-mcp}
+#   PREFIX/share/zsh/site-functions/_phantom{,-supervisor,-mcp}
+#   PREFIX/share/fish/vendor_completions.d/phantom{,-supervisor,-mcp}.fish
 #   PREFIX/lib/phantom/install-manifest           (the list --uninstall removes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,12 +90,24 @@ trap 'rm -rf "$scratch"' EXIT
 for page in "$scratch"/man/*.1; do
   put 644 "$page" "$prefix/share/man/man1/$(basename "$page")"
 done
+"$prefix/bin/phantom-supervisor" --man >"$scratch/man/phantom-supervisor.1"
+"$prefix/bin/phantom-mcp" --man >"$scratch/man/phantom-mcp.1"
+for page in "$scratch"/man/phantom-supervisor.1 "$scratch"/man/phantom-mcp.1; do
+  put 644 "$page" "$prefix/share/man/man1/$(basename "$page")"
+done
 "$prefix/bin/phantom" completions bash >"$scratch/phantom.bash"
 "$prefix/bin/phantom" completions zsh >"$scratch/_phantom"
 "$prefix/bin/phantom" completions fish >"$scratch/phantom.fish"
-put 644 "$scratch/phantom.bash" "$prefix/share/bash-completion/completions/phantom"
-put 644 "$scratch/_phantom" "$prefix/share/zsh/site-functions/_phantom"
-put 644 "$scratch/phantom.fish" "$prefix/share/fish/vendor_completions.d/phantom.fish"
+for bin in phantom-supervisor phantom-mcp; do
+  "$prefix/bin/$bin" --completions bash >"$scratch/$bin.bash"
+  "$prefix/bin/$bin" --completions zsh >"$scratch/_$bin"
+  "$prefix/bin/$bin" --completions fish >"$scratch/$bin.fish"
+done
+for bin in phantom phantom-supervisor phantom-mcp; do
+  put 644 "$scratch/$bin.bash" "$prefix/share/bash-completion/completions/$bin"
+  put 644 "$scratch/_$bin" "$prefix/share/zsh/site-functions/_$bin"
+  put 644 "$scratch/$bin.fish" "$prefix/share/fish/vendor_completions.d/$bin.fish"
+done
 
 # A previous install's files that this one no longer ships are removed too.
 if [ -f "$manifest" ]; then

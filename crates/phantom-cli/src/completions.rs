@@ -1,6 +1,8 @@
 //! `phantom completions SHELL` and `phantom man [--dir DIR]`: shell completion scripts
 //! and man pages generated from the clap definitions, so they cannot drift from the
-//! flags `phantom` really takes. `scripts/install.sh` installs both.
+//! flags `phantom` really takes; `phantom-supervisor` and `phantom-mcp` include this
+//! file for their own `--completions SHELL` and `--man`. `scripts/install.sh` installs
+//! them all.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,10 +17,12 @@ pub(crate) struct CompletionsArgs {
     shell: Shell,
 }
 
+#[allow(dead_code)] // used by `phantom` only
 pub(crate) const COMPLETIONS_AFTER_HELP: &str = "Examples:
   phantom completions bash > ~/.local/share/bash-completion/completions/phantom
   phantom completions zsh  > ~/.zfunc/_phantom      # with fpath+=(~/.zfunc)
-  phantom completions fish > ~/.config/fish/completions/phantom.fish";
+  phantom completions fish > ~/.config/fish/completions/phantom.fish
+  phantom-supervisor --completions bash; phantom-mcp --completions bash   # theirs";
 
 #[derive(Args, Debug)]
 pub(crate) struct ManArgs {
@@ -29,21 +33,35 @@ pub(crate) struct ManArgs {
 }
 
 /// Prints the completion script for `args.shell` to stdout.
-pub(crate) fn completions(args: CompletionsArgs, mut command: Command) -> i32 {
+#[allow(dead_code)] // not every binary that includes this file has the subcommand
+pub(crate) fn completions(args: CompletionsArgs, command: Command) -> i32 {
+    completion_script(args.shell, command)
+}
+
+/// Prints `command`'s completion script for `shell` to stdout.
+pub(crate) fn completion_script(shell: Shell, mut command: Command) -> i32 {
     let mut out = Vec::new();
-    clap_complete::generate(args.shell, &mut command, "phantom", &mut out);
+    let name = command.get_name().to_string();
+    clap_complete::generate(shell, &mut command, name, &mut out);
+    write_stdout(&out)
+}
+
+/// Prints `command`'s man page (NAME.1) to stdout.
+pub(crate) fn man_page(command: Command) -> i32 {
+    let name = command.get_name().to_string();
+    let mut out = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(command).render(&mut out) {
+        eprintln!("{name}: error: rendering {name}.1: {e}");
+        return 1;
+    }
     write_stdout(&out)
 }
 
 /// Prints phantom.1, or writes every page into `--dir`.
+#[allow(dead_code)] // not every binary that includes this file has the subcommand
 pub(crate) fn man(args: ManArgs, command: Command) -> i32 {
     let Some(dir) = args.dir else {
-        let mut out = Vec::new();
-        if let Err(e) = clap_mangen::Man::new(command).render(&mut out) {
-            crate::error_line(format_args!("rendering phantom.1: {e}"));
-            return 1;
-        }
-        return write_stdout(&out);
+        return man_page(command);
     };
     match write_pages(&dir, command) {
         Ok(names) => {
@@ -53,7 +71,7 @@ pub(crate) fn man(args: ManArgs, command: Command) -> i32 {
             0
         }
         Err(e) => {
-            crate::error_line(e);
+            eprintln!("phantom: error: {e}");
             1
         }
     }
@@ -61,6 +79,7 @@ pub(crate) fn man(args: ManArgs, command: Command) -> i32 {
 
 /// phantom.1 plus phantom-SUB.1 for each (non-hidden) subcommand; returns the file
 /// names written.
+#[allow(dead_code)] // not every binary that includes this file has the subcommand
 fn write_pages(dir: &Path, mut command: Command) -> Result<Vec<String>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     command.build();
@@ -101,7 +120,7 @@ fn write_stdout(bytes: &[u8]) -> i32 {
         Ok(()) => 0,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
-            crate::error_line(format_args!("writing to stdout: {e}"));
+            eprintln!("error: writing to stdout: {e}");
             1
         }
     }

@@ -8,9 +8,11 @@
 //! process and the engine in a child forked before any thread exists.
 #![forbid(unsafe_code)]
 
+#[path = "completions.rs"]
+mod completions;
 mod http;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use phantom_engine::pressure;
 use phantom_engine::server;
 
@@ -143,6 +145,12 @@ pub(crate) struct Args {
     /// returns.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     pub(crate) mcp_max_output: String,
+    /// Print the shell completion script for phantom-supervisor and exit.
+    #[arg(long, value_name = "SHELL")]
+    pub(crate) completions: Option<clap_complete::Shell>,
+    /// Print the phantom-supervisor(1) man page and exit.
+    #[arg(long)]
+    pub(crate) man: bool,
     /// Check the supervisor on --socket (and with --bind, GET /health there) instead of
     /// starting one: prints `healthy: pid N, ...` and exits 0, or prints why not and
     /// exits 1.
@@ -198,6 +206,12 @@ impl Args {
 
 fn main() {
     let args = Args::parse();
+    if let Some(shell) = args.completions {
+        std::process::exit(completions::completion_script(shell, Args::command()));
+    }
+    if args.man {
+        std::process::exit(completions::man_page(Args::command()));
+    }
     if args.health {
         std::process::exit(health(&args));
     }

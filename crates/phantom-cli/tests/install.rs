@@ -48,6 +48,29 @@ fn completions_for_bash_zsh_and_fish_name_the_subcommands() {
     }
 }
 
+/// `phantom-supervisor` and `phantom-mcp` had no completions or man pages.
+#[test]
+fn the_supervisor_and_the_mcp_server_print_their_own_completions_and_man_pages() {
+    for (bin, flag) in [
+        (common::api::supervisor_bin(), "zygote-pools"),
+        (common::mcp::mcp_bin(), "transport"),
+    ] {
+        let name = bin.file_name().unwrap().to_string_lossy().into_owned();
+        for shell in ["bash", "zsh", "fish"] {
+            let out = Command::new(&bin)
+                .args(["--completions", shell])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{name} {shell}: {out:?}");
+            assert!(text.contains(flag), "{name} {shell}: {text}");
+        }
+        let out = Command::new(&bin).arg("--man").output().unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        assert_man_page(&String::from_utf8_lossy(&out.stdout), &name);
+    }
+}
+
 #[test]
 fn completions_for_an_unknown_shell_is_a_usage_error() {
     let out = phantom(&["completions", "tcsh"], |_| {});
@@ -141,6 +164,12 @@ fn install_sh_installs_into_a_prefix_that_runs_and_uninstalls_cleanly() {
         "share/bash-completion/completions/phantom",
         "share/zsh/site-functions/_phantom",
         "share/fish/vendor_completions.d/phantom.fish",
+        "share/man/man1/phantom-supervisor.1",
+        "share/man/man1/phantom-mcp.1",
+        "share/bash-completion/completions/phantom-supervisor",
+        "share/bash-completion/completions/phantom-mcp",
+        "share/zsh/site-functions/_phantom-mcp",
+        "share/fish/vendor_completions.d/phantom-supervisor.fish",
     ];
     for file in installed {
         assert!(
