@@ -23,9 +23,9 @@ fn file_keys(path: &PathBuf) -> Result<Vec<String>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if !line.starts_with("phk_") || line.len() != 4 + 12 + 1 + 64 {
+        if !phantom_state::keys::looks_like_key(line) {
             return Err(format!(
-                "--api-keys {}:{}: not a key (expected phk_<12 hex>_<64 hex>, as `phantom keys add` prints)",
+                "--api-keys {}:{}: not a key (expected phk_<12 hex>_<64 hex> or e2b_<40 hex>, as `phantom keys add [--e2b]` prints)",
                 path.display(),
                 i + 1
             ));
@@ -35,7 +35,7 @@ fn file_keys(path: &PathBuf) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
-pub fn main(args: &Args, bind: SocketAddr) -> i32 {
+pub fn main(args: &Args, bind: Option<SocketAddr>) -> i32 {
     let max_body = match phantom_policy::units::parse_bytes(&args.max_body) {
         Ok(b) if (1024..=(1 << 30)).contains(&b) => b as usize,
         Ok(_) => {
@@ -125,19 +125,49 @@ pub fn main(args: &Args, bind: SocketAddr) -> i32 {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
+    let e2b_bind = args.e2b_bind;
     let code = runtime.block_on(async move {
-        let listener = match listen(bind) {
+        let listener = match bind.map(listen).transpose() {
             Ok(l) => l,
-            Err(e) => return fail(format!("--bind {bind}: {e}")),
+            Err(e) => return fail(format!("--bind {}: {e}", bind.expect("bound"))),
+        };
+        let e2b_listener = match e2b_bind.map(listen).transpose() {
+            Ok(l) => l,
+            Err(e) => return fail(format!("--e2b-bind {}: {e}", e2b_bind.expect("bound"))),
         };
         let app = phantom_server::App::new(config);
-        match phantom_server::serve(app, listener).await {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("phantom-supervisor: error: {e}");
-                1
+        let stop = tokio_util::sync::CancellationToken::new();
+        let e2b = e2b_listener
+            .map(|l| tokio::spawn(phantom_server::e2b::serve(app.clone(), l, stop.clone())));
+        let code = match listener {
+            Some(listener) => match phantom_server::serve(app, listener).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("phantom-supervisor: error: {e}");
+                    1
+                }
+            },
+            None => {
+                phantom_server::shutdown_signal().await;
+                eprintln!("phantom-supervisor: stopping");
+                0
+            }
+        };
+        stop.cancel();
+        if let Some(e2b) = e2b {
+            match e2b.await {
+                Ok(Err(e)) => {
+                    eprintln!("phantom-supervisor: error: the E2B API: {e}");
+                    return 1;
+                }
+                Err(e) => {
+                    eprintln!("phantom-supervisor: error: the E2B API: {e}");
+                    return 1;
+                }
+                Ok(Ok(())) => {}
             }
         }
+        code
     });
     drop(engine);
     code

@@ -50,6 +50,11 @@ pub enum KeysCommand {
         max_concurrent: u32,
         #[command(flatten)]
         grants: Box<GrantArgs>,
+        /// Make the key in E2B's shape (`e2b_` + 40 hex digits), for E2B's SDKs as
+        /// `E2B_API_KEY` against `phantom-supervisor --e2b-bind`; the same kind of key
+        /// otherwise (it works on /api/v2 and /mcp/v1/ too).
+        #[arg(long)]
+        e2b: bool,
         /// Print the record and the key as JSON.
         #[arg(long)]
         json: bool,
@@ -192,6 +197,7 @@ pub fn keys(cmd: KeysCommand) -> i32 {
             burst,
             max_concurrent,
             grants,
+            e2b,
             json,
         } => {
             let limits = KeyLimits {
@@ -206,7 +212,12 @@ pub fn keys(cmd: KeysCommand) -> i32 {
                     return 2;
                 }
             };
-            match keys.add(&name, limits, grants) {
+            let shape = if e2b {
+                phantom_state::keys::KeyShape::E2b
+            } else {
+                phantom_state::keys::KeyShape::Phantom
+            };
+            match keys.add_shaped(&name, limits, grants, shape) {
                 Ok((record, secret)) => {
                     let _ = Audit::open_default().and_then(|a| {
                         a.record(None, "keys.add", Some(&record.id), "ok", Some(&name))

@@ -49,6 +49,7 @@ Examples:
   phantom-supervisor --psi-aware --psi-memory 30
   phantom-supervisor --profile-compilation aot --bind 127.0.0.1:8080 --metrics-mode none
   phantom-supervisor --bind 127.0.0.1:8080              # REST /api/v2, MCP /mcp/v1/
+  phantom-supervisor --e2b-bind 127.0.0.1:3000          # E2B's SDKs: E2B_API_URL=http://127.0.0.1:3000
   phantom-supervisor --health                           # exit 0 when one answers
   phantom pool status"
 )]
@@ -95,6 +96,13 @@ pub(crate) struct Args {
     /// is printed). Every /api/v2 call needs an API key (`phantom keys add NAME`).
     #[arg(long, value_name = "ADDR")]
     pub(crate) bind: Option<std::net::SocketAddr>,
+    /// Serve E2B's API on this address (e.g. 127.0.0.1:3000; port 0 picks one, which is
+    /// printed): its control plane and its sandboxes' traffic on one plain-HTTP
+    /// listener, so that E2B's SDKs work unchanged with E2B_API_URL and
+    /// E2B_SANDBOX_URL set to http://ADDR and E2B_API_KEY a key of `phantom keys add
+    /// NAME --e2b`. With or without --bind.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) e2b_bind: Option<std::net::SocketAddr>,
     /// With --bind: sandboxes at once (runs, execs and persistent sandboxes).
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub(crate) max_sandboxes: usize,
@@ -250,8 +258,8 @@ fn main() {
             std::process::exit(1);
         }
     }
-    if let Some(bind) = args.bind {
-        std::process::exit(http::main(&args, bind));
+    if args.bind.is_some() || args.e2b_bind.is_some() {
+        std::process::exit(http::main(&args, args.bind));
     }
     if args.zygote_pools == 0 || args.zygote_pools > 1024 {
         eprintln!(

@@ -29,6 +29,7 @@ const BUILTINS: &[(&str, &str)] = &[
     ("java-dev", include_str!("../../../profiles/java-dev.yaml")),
     ("strict", include_str!("../../../profiles/strict.yaml")),
     ("minimal", include_str!("../../../profiles/minimal.yaml")),
+    ("e2b", include_str!("../../../profiles/e2b.yaml")),
 ];
 
 const NAMES: &[&str] = &[
@@ -41,6 +42,7 @@ const NAMES: &[&str] = &[
     "java-dev",
     "strict",
     "minimal",
+    "e2b",
 ];
 
 /// Names of the built-in profiles, `default` first.

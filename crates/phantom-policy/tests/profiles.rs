@@ -93,7 +93,7 @@ impl Drop for Scratch {
 
 #[test]
 fn every_builtin_parses_and_is_named_after_itself() {
-    assert_eq!(builtin_names().len(), 9);
+    assert_eq!(builtin_names().len(), 10);
     for name in builtin_names() {
         let profile = load_builtin(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(profile.name, *name);

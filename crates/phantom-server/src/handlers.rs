@@ -168,7 +168,7 @@ fn deadline_passed(what: &str, deadline: Duration) -> ApiFailure {
 /// on a worker thread of `who` (503 when none is free within the queue deadline),
 /// answered 504 past `deadline` (`what` names it). The thread keeps `who`'s permit
 /// until the work really ends.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     app: &App,
     who: &str,
     what: &str,
@@ -386,7 +386,7 @@ async fn verify(app: &Arc<App>, presented: String) -> ApiResult<Result<ApiKey, A
 
 /// Authenticate and rate-limit a request; `action` and `target` name it in the audit
 /// log when it is refused.
-async fn authenticate(
+pub(crate) async fn authenticate(
     app: &Arc<App>,
     headers: &HeaderMap,
     peer: &Peer,
@@ -457,7 +457,7 @@ async fn authenticate(
 }
 
 /// Whom a key's requests act for.
-fn principal(key: &ApiKey) -> Principal {
+pub(crate) fn principal(key: &ApiKey) -> Principal {
     Principal {
         owner: Owner::Key(key.id.clone()),
         grants: key.grants.clone(),
@@ -516,7 +516,7 @@ async fn admit(app: &Arc<App>, key: &ApiKey) -> ApiResult<Slot> {
     .map_err(|r| refused(app, r))
 }
 
-fn refused(app: &App, r: Refusal) -> ApiFailure {
+pub(crate) fn refused(app: &App, r: Refusal) -> ApiFailure {
     let (reason, failure) = match r {
         Refusal::Rate { retry_after } => (
             "rate",
@@ -734,25 +734,25 @@ pub(crate) async fn openapi() -> axum::Json<serde_json::Value> {
 /// The blocking side of a run holds this end; when the request goes away (the client
 /// disconnected), its future drops the other end, this one becomes readable, and the
 /// engine kills the sandbox.
-struct Cancel {
+pub(crate) struct Cancel {
     /// Closed when the request is dropped, or by a [`Stopper`] (never duplicated: the
     /// one fd closing is what cancels).
-    request_side: Arc<std::sync::Mutex<Option<UnixStream>>>,
-    run_side: OwnedFd,
+    pub(crate) request_side: Arc<std::sync::Mutex<Option<UnixStream>>>,
+    pub(crate) run_side: OwnedFd,
 }
 
 /// Cancels a run whose request still holds its [`Cancel`] (a streamed run past its
 /// deadline).
-struct Stopper(Arc<std::sync::Mutex<Option<UnixStream>>>);
+pub(crate) struct Stopper(Arc<std::sync::Mutex<Option<UnixStream>>>);
 
 impl Stopper {
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         drop(self.0.lock().expect("cancel lock").take());
     }
 }
 
 impl Cancel {
-    fn new() -> ApiResult<Cancel> {
+    pub(crate) fn new() -> ApiResult<Cancel> {
         let (a, b) =
             UnixStream::pair().map_err(|e| ApiFailure::internal(format!("socketpair: {e}")))?;
         Ok(Cancel {
@@ -761,7 +761,7 @@ impl Cancel {
         })
     }
 
-    fn stopper(&self) -> Stopper {
+    pub(crate) fn stopper(&self) -> Stopper {
         Stopper(self.request_side.clone())
     }
 }

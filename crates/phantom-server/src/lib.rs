@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod e2b;
 mod handlers;
 pub mod limits;
 pub mod metrics;
@@ -92,6 +93,9 @@ pub struct App {
     /// ends its sessions when the server stops.
     pub(crate) mcp: Option<Arc<phantom_mcp::engine::Engine>>,
     pub(crate) mcp_stop: tokio_util::sync::CancellationToken,
+    /// The E2B surface (`--e2b-bind`): its sandboxes' records and running processes.
+    pub(crate) e2b: e2b::E2b,
+    pub(crate) e2b_processes: e2b::envd::Processes,
 }
 
 impl App {
@@ -127,6 +131,8 @@ impl App {
             engine,
             mcp,
             mcp_stop: Default::default(),
+            e2b: e2b::E2b::new(state_dir.clone()),
+            e2b_processes: Default::default(),
             config,
             key_cache: Mutex::new(Default::default()),
             audit: audit::AuditLog::start(state_dir.clone()),
@@ -286,7 +292,8 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
     r
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");

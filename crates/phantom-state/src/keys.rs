@@ -1,7 +1,9 @@
 //! API keys for the supervisor's HTTP API (`phantom keys add|list|revoke`).
 //!
 //! A key is `phk_<id>_<secret>`: the id (12 hex digits) finds the record, the secret
-//! (32 random bytes, hex) proves it. Only the BLAKE3 hash of the whole key is stored —
+//! (32 random bytes, hex) proves it. A key for E2B's SDKs (`phantom keys add --e2b`)
+//! has their shape, `e2b_<40 hex>`: its first 12 hex digits are the id, the other 28
+//! (14 random bytes) the secret; it is the same kind of key otherwise. Only the BLAKE3 hash of the whole key is stored —
 //! a key is high-entropy random, so a fast hash is enough — and it is compared in
 //! constant time (`blake3::Hash` equality). The key itself is shown once, by `add`.
 
@@ -55,7 +57,7 @@ impl Default for KeyLimits {
 /// audit log records which).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("malformed API key (expected phk_<id>_<secret>)")]
+    #[error("malformed API key (expected phk_<id>_<secret> or e2b_<40 hex>)")]
     Malformed,
     #[error("unknown API key")]
     Unknown,
@@ -84,15 +86,35 @@ pub fn looks_like_key(text: &str) -> bool {
     key_id(text).is_ok()
 }
 
-/// Split `phk_<id>_<secret>` into its id, checking the shape.
+/// Split `phk_<id>_<secret>` or `e2b_<id><secret>` into its id, checking the shape.
 fn key_id(key: &str) -> Result<&str, AuthError> {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(rest) = key.strip_prefix(E2B_PREFIX) {
+        if !hex(rest, E2B_HEX) {
+            return Err(AuthError::Malformed);
+        }
+        return Ok(&rest[..12]);
+    }
     let rest = key.strip_prefix("phk_").ok_or(AuthError::Malformed)?;
     let (id, secret) = rest.split_once('_').ok_or(AuthError::Malformed)?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     if !hex(id, 12) || !hex(secret, 64) {
         return Err(AuthError::Malformed);
     }
     Ok(id)
+}
+
+/// E2B's key shape: this prefix and [`E2B_HEX`] hex digits.
+const E2B_PREFIX: &str = "e2b_";
+const E2B_HEX: usize = 40;
+
+/// The shape of a new key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyShape {
+    /// `phk_<id>_<secret>`.
+    #[default]
+    Phantom,
+    /// `e2b_<40 hex>`, what E2B's SDKs take as `E2B_API_KEY`.
+    E2b,
 }
 
 /// Whether `presented` has the shape of a key (`phk_<12 hex>_<64 hex>`): checked before
@@ -154,6 +176,17 @@ impl Keys {
         limits: KeyLimits,
         grants: Grants,
     ) -> Result<(ApiKey, String), StateError> {
+        self.add_shaped(name, limits, grants, KeyShape::Phantom)
+    }
+
+    /// [`Keys::add`], with the key in `shape`.
+    pub fn add_shaped(
+        &self,
+        name: &str,
+        limits: KeyLimits,
+        grants: Grants,
+        shape: KeyShape,
+    ) -> Result<(ApiKey, String), StateError> {
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(StateError::Usage(
                 "a key's name: 1 to 64 printable characters, e.g. grader-prod".into(),
@@ -165,7 +198,10 @@ impl Keys {
             ));
         }
         let id = random_hex(6)?;
-        let secret = format!("phk_{id}_{}", random_hex(32)?);
+        let secret = match shape {
+            KeyShape::Phantom => format!("phk_{id}_{}", random_hex(32)?),
+            KeyShape::E2b => format!("{E2B_PREFIX}{id}{}", random_hex((E2B_HEX - 12) / 2)?),
+        };
         let key = ApiKey {
             id: id.clone(),
             name: name.to_string(),
@@ -210,6 +246,19 @@ impl Keys {
         let rows = stmt.query_map([], row).map_err(db_error("list the keys"))?;
         rows.collect::<Result<_, _>>()
             .map_err(db_error("list the keys"))
+    }
+
+    /// The key with id `id` (revoked or not), if there is one.
+    pub fn find(&self, id: &str) -> Result<Option<ApiKey>, StateError> {
+        self.state
+            .conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"),
+                params![id],
+                row,
+            )
+            .optional()
+            .map_err(db_error("read the key"))
     }
 
     /// When keys last changed (a revocation): servers that cache verified keys trust
@@ -315,6 +364,41 @@ impl Keys {
 mod tests {
     use super::*;
     use crate::test_util::Scratch;
+
+    #[test]
+    fn an_e2b_shaped_key_is_a_key_like_any_other() {
+        let scratch = Scratch::new("keys-e2b");
+        let keys = Keys::open(&scratch.0).unwrap();
+        let (key, secret) = keys
+            .add_shaped(
+                "sdk",
+                KeyLimits::default(),
+                Grants::default_key(),
+                KeyShape::E2b,
+            )
+            .unwrap();
+        let hex = secret.strip_prefix("e2b_").unwrap();
+        assert_eq!(hex.len(), 40, "{secret}");
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
+        assert!(hex.starts_with(&key.id));
+        assert!(looks_like_key(&secret));
+        assert_eq!(keys.verify(&secret).unwrap().unwrap().id, key.id);
+        // Another secret under the same id, and malformed shapes, are refused.
+        let forged = format!("e2b_{}{}", key.id, "0".repeat(28));
+        assert_eq!(keys.verify(&forged).unwrap(), Err(AuthError::Unknown));
+        for bad in ["e2b_", "e2b_abc", &format!("e2b_{}", "g".repeat(40))] {
+            assert_eq!(
+                keys.verify(bad).unwrap(),
+                Err(AuthError::Malformed),
+                "{bad}"
+            );
+        }
+        keys.revoke(&key.id).unwrap();
+        assert_eq!(
+            keys.verify(&secret).unwrap(),
+            Err(AuthError::Revoked(key.id.clone()))
+        );
+    }
 
     #[test]
     fn a_key_verifies_until_revoked_and_only_its_hash_is_stored() {

@@ -1,0 +1,470 @@
+//! E2B's in-sandbox daemon, envd (port 49983), over the sandbox's engine: the process
+//! service of `spec/envd/process/process.proto` (Connect, JSON codec) and `/health`.
+//!
+//! A process is an exec in the persistent sandbox: `Start` streams its start (a pid
+//! of ours), its output as it comes and its end; `SendSignal` (SIGTERM, SIGKILL) and
+//! the client going away kill it; `List` shows the ones running. Every call needs
+//! the sandbox's `X-Access-Token` and acts for the sandbox's owner, whose key must
+//! still be valid.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine as _;
+use phantom_api::access::{Owner, Principal};
+use phantom_api::request::{ExecRequest, Quantity};
+use phantom_engine::client::{Output, RunIo, Stdin, Stream, Wake};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::connect::{self, Code, Error};
+use super::registry::{same_token, Record};
+use super::SandboxId;
+use crate::handlers::{self, Cancel};
+use crate::App;
+
+/// Processes started through envd and still running: by sandbox, then pid.
+#[derive(Default)]
+pub struct Processes {
+    running: Mutex<BTreeMap<(String, u32), Running>>,
+}
+
+/// A running process: what `List` shows, and what kills it.
+struct Running {
+    config: Value,
+    tag: Option<String>,
+    kill: handlers::Stopper,
+}
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/process.Process/{method}", post(process))
+}
+
+async fn health() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+/// The sandbox a request is for, checked: its token, and its owner's key.
+async fn sandbox(
+    app: &Arc<App>,
+    id: &SandboxId,
+    headers: &HeaderMap,
+) -> Result<(Record, Principal), Error> {
+    let gone = || Error::new(Code::NotFound, format!("sandbox \"{}\" not found", id.0));
+    let record = app.e2b.registry.get(&id.0).ok_or_else(gone)?;
+    let token = headers
+        .get("x-access-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !same_token(token, &record.token) {
+        // A wrong token and an unknown sandbox look the same.
+        return Err(gone());
+    }
+    let principal = owner(app, &record.owner).await?;
+    Ok((record, principal))
+}
+
+/// The principal of key `id`, when it is still valid.
+async fn owner(app: &Arc<App>, id: &str) -> Result<Principal, Error> {
+    if let Some(grants) = app.e2b.owner_cached(id, app.state_dir.as_deref()) {
+        return Ok(Principal {
+            owner: Owner::Key(id.to_string()),
+            grants,
+        });
+    }
+    let dir = app.state_dir.clone();
+    let key_id = id.to_string();
+    let file_key = app.file_keys.iter().any(|(k, _)| k == id);
+    let key = tokio::task::spawn_blocking(move || {
+        let keys = match &dir {
+            Some(dir) => phantom_state::keys::Keys::open(dir),
+            None => phantom_state::keys::Keys::open_default(),
+        };
+        keys.and_then(|k| k.find(&key_id))
+    })
+    .await
+    .map_err(|e| Error::new(Code::Internal, format!("worker failed: {e}")))?
+    .map_err(|e| {
+        eprintln!("phantom-supervisor: the key database: {e}");
+        Error::new(Code::Internal, "the key database could not be read")
+    })?;
+    let grants = match key {
+        Some(k) if k.revoked.is_none() => k.grants,
+        Some(_) => {
+            return Err(Error::new(
+                Code::Unauthenticated,
+                format!("the API key {id} that made this sandbox was revoked"),
+            ))
+        }
+        None if file_key => phantom_api::access::Grants::default_key(),
+        None => {
+            return Err(Error::new(
+                Code::Unauthenticated,
+                format!("the API key {id} that made this sandbox is unknown"),
+            ))
+        }
+    };
+    app.e2b
+        .remember_owner(id, grants.clone(), app.state_dir.as_deref());
+    Ok(Principal {
+        owner: Owner::Key(id.to_string()),
+        grants,
+    })
+}
+
+/// `process.Process/METHOD`.
+async fn process(
+    State(app): State<Arc<App>>,
+    Extension(id): Extension<SandboxId>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (record, principal) = match sandbox(&app, &id, &headers).await {
+        Ok(found) => found,
+        Err(e) if method == "Start" || method == "Connect" => return stream_error(e),
+        Err(e) => return e.into_response(),
+    };
+    let result = match method.as_str() {
+        "Start" => return start(app, record, principal, &headers, &body).await,
+        "List" => list(&app, &record),
+        "SendSignal" => send_signal(&app, &record, &body),
+        "Connect" | "Update" | "StreamInput" | "SendInput" | "CloseStdin" => Err(Error::new(
+            Code::Unimplemented,
+            format!("process.Process/{method} is not served by this server yet"),
+        )),
+        other => Err(Error::new(
+            Code::NotFound,
+            format!("process.Process has no method {other}"),
+        )),
+    };
+    match result {
+        Ok(message) => connect::unary_ok(message),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A streaming call that fails before it starts: HTTP 200, no message, the error at
+/// the end of the stream (as the protocol says).
+fn stream_error(e: Error) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, connect::STREAM_JSON)],
+        connect::end_stream(Some(&e)),
+    )
+        .into_response()
+}
+
+/// `ProcessConfig` and `StartRequest` as the JSON codec writes them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StartRequest {
+    process: ProcessConfig,
+    #[serde(default)]
+    pty: Option<Value>,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    stdin: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProcessConfig {
+    cmd: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    envs: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cwd: Option<String>,
+}
+
+/// How often a stream says it is alive when the client asked for it
+/// (`Keepalive-Ping-Interval`, seconds).
+fn keepalive(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get("keepalive-ping-interval")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map(|s| Duration::from_secs(s.min(3600)))
+}
+
+fn event(e: Value) -> Bytes {
+    connect::envelope(&json!({ "event": e }))
+}
+
+/// `Start`: run the process as an exec of the sandbox and stream its events.
+async fn start(
+    app: Arc<App>,
+    record: Record,
+    principal: Principal,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let request: StartRequest = match connect::single_message(headers, body) {
+        Ok(r) => r,
+        Err(e) => return stream_error(e),
+    };
+    if request.pty.is_some() {
+        return stream_error(Error::new(
+            Code::Unimplemented,
+            "a PTY is not served by this server yet: start the process without one",
+        ));
+    }
+    if request.stdin == Some(true) {
+        // The SDK asks for stdin only when told to (`stdin=True`); without SendInput
+        // it would wait forever.
+        return stream_error(Error::new(
+            Code::Unimplemented,
+            "stdin streams are not served by this server yet: start the process with stdin=False",
+        ));
+    }
+    let config = request.process;
+    if config.cmd.is_empty() {
+        return stream_error(Error::new(Code::InvalidArgument, "process.cmd is empty"));
+    }
+    // E2B's template conventions: HOME and USER of its user; the sandbox's envVars,
+    // then the call's.
+    let mut env: BTreeMap<String, String> = [
+        ("HOME".to_string(), "/home/user".to_string()),
+        ("USER".to_string(), "user".to_string()),
+    ]
+    .into();
+    env.extend(record.env_vars.clone());
+    env.extend(config.envs.clone());
+    let mut argv = vec![config.cmd.clone()];
+    argv.extend(config.args.iter().cloned());
+    let exec = ExecRequest {
+        argv: Some(argv),
+        env,
+        cwd: config.cwd.clone(),
+        // The client's deadline bounds the stream; the process ends with it.
+        timeout: connect::timeout_ms(headers).map(|ms| Quantity(format!("{ms}ms"))),
+        ..ExecRequest::default()
+    };
+    let pid = app.e2b.next_pid.fetch_add(1, Ordering::SeqCst);
+    let cancel = match Cancel::new() {
+        Ok(c) => c,
+        Err(e) => return stream_error(Error::new(Code::Internal, e.message)),
+    };
+    let run_side = match cancel.run_side.try_clone() {
+        Ok(fd) => fd,
+        Err(e) => return stream_error(Error::new(Code::Internal, e.to_string())),
+    };
+    let key = (record.id.clone(), pid);
+    app.e2b_processes.running.lock().expect("processes").insert(
+        key.clone(),
+        Running {
+            config: serde_json::to_value(&config).unwrap_or(Value::Null),
+            tag: request.tag.clone(),
+            kill: cancel.stopper(),
+        },
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let engine = app.engine.clone();
+    let name = record.id.clone();
+    let runtime = tokio::runtime::Handle::current();
+    let events = tx.clone();
+    let permit = match app
+        .workers
+        .acquire(&record.owner, app.deadlines.queue)
+        .await
+    {
+        Ok(p) => p,
+        Err(r) => {
+            app.e2b_processes
+                .running
+                .lock()
+                .expect("processes")
+                .remove(&key);
+            let f = handlers::refused(&app, r);
+            return stream_error(Error::new(Code::of_status(f.status), f.message));
+        }
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut started = false;
+        let mut on_started = |_: &phantom_api::engine::Started| {
+            started = true;
+            let _ = runtime.block_on(events.send(event(json!({ "start": { "pid": pid } }))));
+        };
+        let data_events = events.clone();
+        let data_runtime = runtime.clone();
+        let mut send = move |stream: Stream, data: &[u8]| {
+            let which = match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            };
+            let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+            // A client that went away dropped the receiver: the exec is being killed.
+            let _ = data_runtime
+                .block_on(data_events.send(event(json!({ "data": { which: encoded } }))));
+        };
+        let io = RunIo {
+            stdin: Stdin::Null,
+            output: Output::Stream(&mut send),
+            wake: Wake::Cancel(run_side.as_fd()),
+            on_started: Some(&mut on_started),
+        };
+        engine.exec(principal, &name, exec, io)
+    });
+    let keep = keepalive(headers);
+    let done_app = app.clone();
+    tokio::spawn(async move {
+        let result = task.await;
+        done_app
+            .e2b_processes
+            .running
+            .lock()
+            .expect("processes")
+            .remove(&key);
+        let (end, error) = match result {
+            Ok(Ok(report)) => {
+                let (status, exit_code) = match report.signal {
+                    Some(sig) => (format!("signal: {}", signal_name(sig)), -1),
+                    None => (
+                        format!("exit status {}", report.exit_code),
+                        report.exit_code,
+                    ),
+                };
+                let mut end = json!({
+                    "exitCode": exit_code,
+                    "exited": report.signal.is_none(),
+                    "status": status,
+                });
+                if report.timed_out {
+                    end["error"] = json!("the process ran past its timeout and was killed");
+                }
+                (Some(end), None)
+            }
+            Ok(Err(failure)) => {
+                let f = crate::handlers::ApiFailure::from(failure);
+                (None, Some(Error::new(Code::of_status(f.status), f.message)))
+            }
+            Err(e) => (
+                None,
+                Some(Error::new(Code::Internal, format!("worker failed: {e}"))),
+            ),
+        };
+        if let Some(end) = end {
+            let _ = tx.send(event(json!({ "end": end }))).await;
+        }
+        let _ = tx.send(connect::end_stream(error.as_ref())).await;
+    });
+    // The cancel end lives as long as the response body: a client that goes away
+    // drops it, and the engine kills the process.
+    let stream = futures_util::stream::unfold((rx, cancel), move |(mut rx, cancel)| async move {
+        let next = match keep {
+            // Quiet for the interval: a keepalive event, so that the client's idle
+            // timers do not fire while the process works.
+            Some(k) => match tokio::time::timeout(k, rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => Some(event(json!({ "keepalive": {} }))),
+            },
+            None => rx.recv().await,
+        };
+        next.map(|m| (Ok::<_, std::convert::Infallible>(m), (rx, cancel)))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, connect::STREAM_JSON)],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        9 => "killed",
+        15 => "terminated",
+        2 => "interrupt",
+        6 => "aborted",
+        11 => "segmentation fault",
+        _ => "signal",
+    }
+}
+
+/// `List`: the processes started through envd that still run.
+fn list(app: &App, record: &Record) -> Result<Value, Error> {
+    let running = app.e2b_processes.running.lock().expect("processes");
+    let processes: Vec<Value> = running
+        .iter()
+        .filter(|((sandbox, _), _)| *sandbox == record.id)
+        .map(|((_, pid), r)| {
+            let mut info = json!({ "config": r.config, "pid": pid });
+            if let Some(tag) = &r.tag {
+                info["tag"] = json!(tag);
+            }
+            info
+        })
+        .collect();
+    Ok(json!({ "processes": processes }))
+}
+
+#[derive(Debug, Deserialize)]
+struct Selector {
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SignalRequest {
+    process: Selector,
+    #[serde(default)]
+    signal: Option<Value>,
+}
+
+/// `SendSignal`: SIGTERM and SIGKILL both end the process (the engine kills an
+/// exec's processes).
+fn send_signal(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> {
+    let request: SignalRequest = connect::unary_message(body)?;
+    match &request.signal {
+        Some(Value::String(s)) if s == "SIGNAL_SIGTERM" || s == "SIGNAL_SIGKILL" => {}
+        Some(Value::Number(n)) if n.as_u64() == Some(9) || n.as_u64() == Some(15) => {}
+        other => {
+            return Err(Error::new(
+                Code::InvalidArgument,
+                format!("signal {other:?}: SIGNAL_SIGTERM or SIGNAL_SIGKILL"),
+            ))
+        }
+    }
+    let running = app.e2b_processes.running.lock().expect("processes");
+    let found = running.iter().find(|((sandbox, pid), r)| {
+        *sandbox == record.id
+            && (request.process.pid == Some(*pid)
+                || (request.process.tag.is_some() && r.tag == request.process.tag))
+    });
+    match found {
+        Some((_, r)) => {
+            r.kill.stop();
+            Ok(json!({}))
+        }
+        None => Err(Error::new(
+            Code::NotFound,
+            format!(
+                "process {} not found",
+                request
+                    .process
+                    .pid
+                    .map(|p| p.to_string())
+                    .or(request.process.tag.clone())
+                    .unwrap_or_default()
+            ),
+        )),
+    }
+}

@@ -1,0 +1,879 @@
+//! The E2B surface (`phantom-supervisor --e2b-bind ADDR`): E2B's control plane and its
+//! in-sandbox daemon ("envd") on one plain-HTTP listener, so that E2B's unchanged SDKs
+//! work with `E2B_API_URL=http://ADDR E2B_SANDBOX_URL=http://ADDR E2B_API_KEY=<key>`.
+//!
+//! * Control plane (E2B's OpenAPI, `spec/openapi.yml` of e2b-dev/E2B): `X-API-KEY`
+//!   authenticates as on /api/v2 — the same keys, grants, rate limits, audit and
+//!   tenancy (`phantom keys add NAME --e2b` makes one in E2B's shape). An E2B sandbox
+//!   is a persistent sandbox of ours named by its id; what E2B adds (template,
+//!   metadata, envs, expiry, access token) is in [`registry`].
+//! * In-sandbox traffic: a request with `E2b-Sandbox-Id` and `E2b-Sandbox-Port`
+//!   headers is for that sandbox's daemon on that port (49983: envd, see [`envd`]);
+//!   `X-Access-Token` must be the sandbox's token, which only its creator received.
+//!   It acts for the sandbox's owner, whose key must still be valid.
+//!
+//! Differences from E2B: a sandbox is a Linux sandbox of ours (namespaces, seccomp,
+//! Landlock, cgroups), not a microVM; its processes run as the sandbox's root (named
+//! `root`; HOME and USER say `/home/user` and `user`); see README's "E2B" section.
+
+pub mod connect;
+pub mod envd;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use phantom_api::access::{Owner, Principal};
+use phantom_api::request::{CreateRequest, Limits, Quantity};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::handlers::{self, ApiFailure, Peer};
+use crate::App;
+use registry::{Record, Registry};
+
+/// envd's port (the SDKs send it in `E2b-Sandbox-Port`).
+pub const ENVD_PORT: u16 = 49983;
+/// The envd version we answer with: the SDK turns features on by it (0.3.0 stdin,
+/// 0.4.0 default user, 0.5.7 octet-stream uploads).
+pub const ENVD_VERSION: &str = "0.5.7";
+/// The template when none is named, as in E2B.
+pub const DEFAULT_TEMPLATE: &str = "base";
+/// The longest timeout a sandbox may have (E2B's Pro tier: 24 hours).
+pub const MAX_TIMEOUT_S: u64 = 24 * 3600;
+/// E2B's default sandbox timeout.
+pub const DEFAULT_TIMEOUT_S: u64 = 300;
+/// Where in-sandbox requests are routed after [`to_sandbox`] rewrites them.
+const SANDBOX_PREFIX: &str = "/__sandbox";
+
+/// Owners' grants by key id, when looked up, and the keys' generation then.
+type OwnerCache = BTreeMap<
+    String,
+    (
+        phantom_api::access::Grants,
+        std::time::Instant,
+        Option<std::time::SystemTime>,
+    ),
+>;
+
+/// The E2B surface's shared state.
+pub struct E2b {
+    pub registry: Registry,
+    /// Pids of processes started by envd calls (E2B's SDKs name processes by pid).
+    pub next_pid: std::sync::atomic::AtomicU32,
+    owners: std::sync::Mutex<OwnerCache>,
+}
+
+/// How long a sandbox owner's key is trusted without asking the database again (while
+/// no key was revoked meanwhile).
+const OWNER_TTL: Duration = Duration::from_secs(30);
+
+impl E2b {
+    pub fn new(state_dir: Option<std::path::PathBuf>) -> E2b {
+        E2b {
+            registry: Registry::open(state_dir),
+            next_pid: std::sync::atomic::AtomicU32::new(1000),
+            owners: Default::default(),
+        }
+    }
+
+    /// Key `id`'s grants, when it was found valid recently and no key was revoked
+    /// since.
+    pub fn owner_cached(
+        &self,
+        id: &str,
+        state_dir: Option<&std::path::Path>,
+    ) -> Option<phantom_api::access::Grants> {
+        let generation = state_dir.and_then(phantom_state::keys::Keys::generation);
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let (grants, at, seen) = owners.get(id)?;
+        (at.elapsed() < OWNER_TTL && *seen == generation).then(|| grants.clone())
+    }
+
+    pub fn remember_owner(
+        &self,
+        id: &str,
+        grants: phantom_api::access::Grants,
+        state_dir: Option<&std::path::Path>,
+    ) {
+        let generation = state_dir.and_then(phantom_state::keys::Keys::generation);
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        if owners.len() > 10_000 {
+            owners.clear();
+        }
+        owners.insert(
+            id.to_string(),
+            (grants, std::time::Instant::now(), generation),
+        );
+    }
+}
+
+/// An E2B API error: `{"code": STATUS, "message": "..."}`, E2B's `Error` schema.
+#[derive(Debug)]
+pub struct E2bError(pub ApiFailure);
+
+impl From<ApiFailure> for E2bError {
+    fn from(f: ApiFailure) -> E2bError {
+        E2bError(f)
+    }
+}
+
+impl IntoResponse for E2bError {
+    fn into_response(self) -> Response {
+        let status = self.0.status;
+        let mut response = (
+            status,
+            axum::Json(json!({ "code": status.as_u16(), "message": self.0.message })),
+        )
+            .into_response();
+        if let Some(after) = self.0.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string()) {
+                response.headers_mut().insert("retry-after", v);
+            }
+        }
+        response
+    }
+}
+
+type E2bResult<T> = Result<T, E2bError>;
+
+fn not_found(id: &str) -> E2bError {
+    E2bError(ApiFailure::not_found(format!("sandbox \"{id}\" not found")))
+}
+
+/// The routes of the E2B listener (in-sandbox requests reach theirs through
+/// [`to_sandbox`], which [`serve`] puts in front).
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/sandboxes", post(create).get(list_v1))
+        .route("/v2/sandboxes", post(create).get(list_v2))
+        .route("/sandboxes/{id}", get(detail).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(refresh))
+        .route("/sandboxes/{id}/connect", post(connect_sandbox))
+        .route("/v2/sandboxes/{id}/connect", post(connect_sandbox))
+        .route("/sandboxes/{id}/metrics", get(metrics))
+        .nest(&format!("{SANDBOX_PREFIX}/{ENVD_PORT}"), envd::router())
+        .fallback(unknown)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            handlers::observe,
+        ))
+        .with_state(app)
+}
+
+/// A request with `E2b-Sandbox-Id` goes to that sandbox's daemon (its port's routes);
+/// one without it never reaches them.
+async fn to_sandbox(mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    if path.starts_with(SANDBOX_PREFIX) {
+        return unknown_path(&path).into_response();
+    }
+    let target = request
+        .headers()
+        .get("e2b-sandbox-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(id) = target {
+        let port = request
+            .headers()
+            .get("e2b-sandbox-port")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .unwrap_or(ENVD_PORT);
+        let query = request
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let Ok(uri) = format!("{SANDBOX_PREFIX}/{port}{path}{query}").parse::<Uri>() else {
+            return unknown_path(&path).into_response();
+        };
+        *request.uri_mut() = uri;
+        request.extensions_mut().insert(SandboxId(id));
+    }
+    next.run(request).await
+}
+
+/// The sandbox an in-sandbox request is for (its `E2b-Sandbox-Id`).
+#[derive(Debug, Clone)]
+pub struct SandboxId(pub String);
+
+fn unknown_path(path: &str) -> E2bError {
+    E2bError(ApiFailure::not_found(format!(
+        "no such endpoint: {path} (E2B's API: /sandboxes, /v2/sandboxes; in-sandbox calls carry E2b-Sandbox-Id and E2b-Sandbox-Port)"
+    )))
+}
+
+async fn unknown(request: Request) -> E2bError {
+    if request.extensions().get::<SandboxId>().is_some() {
+        return E2bError(ApiFailure::not_found(format!(
+            "no such endpoint in the sandbox: {} (served: envd on port {ENVD_PORT})",
+            request.uri().path()
+        )));
+    }
+    unknown_path(request.uri().path())
+}
+
+async fn health() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+// ---------------------------------------------------------------------------------------
+// Control plane
+// ---------------------------------------------------------------------------------------
+
+/// E2B's NewSandbox (v1) and NewSandboxV2 bodies: what we act on, and the rest
+/// accepted (so that a newer SDK's fields do not fail the call).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewSandbox {
+    #[serde(rename = "templateID", default)]
+    template_id: Option<String>,
+    #[serde(default)]
+    timeout: Option<u64>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "allow_internet_access")]
+    allow_internet_access: Option<bool>,
+    #[serde(default)]
+    auto_pause: Option<bool>,
+    #[serde(default)]
+    volume_mounts: Option<Vec<Value>>,
+    #[serde(flatten)]
+    _rest: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TimeoutBody {
+    timeout: u64,
+}
+
+/// A JSON body, or 400 naming what is wrong.
+fn body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> E2bResult<T> {
+    let bytes = body.map_err(|e| E2bError(ApiFailure::bad_request(e.body_text())))?;
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| E2bError(ApiFailure::bad_request(format!("{what}: {e}"))))
+}
+
+/// The caller's key (`X-API-KEY`, as the SDKs send it).
+async fn caller(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    peer: &Peer,
+    action: &str,
+    target: Option<&str>,
+) -> E2bResult<(String, Principal)> {
+    let key = handlers::authenticate(app, headers, peer, action, target).await?;
+    Ok((key.id.clone(), handlers::principal(&key)))
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 (UTC, seconds), as E2B's `date-time` fields.
+fn rfc3339(unix_s: u64) -> String {
+    let days = unix_s / 86_400;
+    let secs = unix_s % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// What a template names: an E2B template of ours, a built-in profile, or an image
+/// of the store (`image:NAME`, or a name the store has).
+fn resolve_template(template: &str) -> Result<(String, Option<String>), String> {
+    let builtin = phantom_policy::builtin_names();
+    match template {
+        "base" | "code-interpreter-v1" | "code-interpreter" => Ok(("e2b".into(), None)),
+        t if builtin.contains(&t) => Ok((t.to_string(), None)),
+        t => match t.strip_prefix("image:") {
+            Some(image) if !image.is_empty() => Ok(("e2b".into(), Some(image.to_string()))),
+            _ => Err(format!(
+                "template \"{t}\" not found: use base or code-interpreter-v1 (E2B's), a profile of ours ({}), or image:NAME of `phantom image list`",
+                builtin.join(", ")
+            )),
+        },
+    }
+}
+
+/// E2B's `Sandbox` (what create and connect answer).
+fn sandbox_json(r: &Record) -> Value {
+    json!({
+        "templateID": r.template,
+        "sandboxID": r.id,
+        "clientID": "phantom",
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": r.token,
+        "trafficAccessToken": r.token,
+        "domain": null,
+    })
+}
+
+/// E2B's `ListedSandbox` / `SandboxDetail`.
+fn detail_json(r: &Record) -> Value {
+    json!({
+        "templateID": r.template,
+        "alias": r.template,
+        "sandboxID": r.id,
+        "clientID": "phantom",
+        "startedAt": rfc3339(r.started_at),
+        "endAt": rfc3339(r.end_at),
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": r.token,
+        "allowInternetAccess": r.allow_internet_access,
+        "domain": null,
+        "cpuCount": r.cpu_count,
+        "memoryMB": r.memory_mb,
+        "diskSizeMB": r.memory_mb / 2,
+        "metadata": r.metadata,
+        "state": if r.paused { "paused" } else { "running" },
+    })
+}
+
+/// A profile's CPUs (rounded up) and memory in MiB, as E2B reports them.
+fn sizes(profile: &str) -> (u32, u64) {
+    phantom_policy::load_builtin(profile)
+        .ok()
+        .and_then(|p| phantom_policy::compile(&p, &Default::default()).ok())
+        .map(|plan| {
+            (
+                plan.limits.cpu_millis.div_ceil(1000).max(1),
+                plan.limits.memory_bytes >> 20,
+            )
+        })
+        .unwrap_or((1, 512))
+}
+
+fn timeout_of(asked: Option<u64>) -> E2bResult<u64> {
+    let t = asked.unwrap_or(DEFAULT_TIMEOUT_S);
+    if t > MAX_TIMEOUT_S {
+        return Err(E2bError(ApiFailure::bad_request(format!(
+            "timeout {t}s: at most {MAX_TIMEOUT_S}s (24 hours)"
+        ))));
+    }
+    Ok(t)
+}
+
+async fn create(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+) -> E2bResult<Response> {
+    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.create", None).await?;
+    let new: NewSandbox = body(raw, "the NewSandbox body")?;
+    let template = new
+        .template_id
+        .clone()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| DEFAULT_TEMPLATE.into());
+    let (profile, image) =
+        resolve_template(&template).map_err(|m| E2bError(ApiFailure::not_found(m)))?;
+    let timeout = timeout_of(new.timeout)?;
+    if new.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(E2bError(ApiFailure::bad_request(
+            "volumeMounts: E2B volumes are not served here; bind host directories with a policy instead",
+        )));
+    }
+    if new.auto_pause == Some(true) {
+        return Err(E2bError(ApiFailure::bad_request(
+            "autoPause: not supported here; the sandbox is killed at its timeout (pause it explicitly)",
+        )));
+    }
+    for k in new.env_vars.iter().flatten().map(|(k, _)| k) {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(E2bError(ApiFailure::bad_request(format!(
+                "envVars: {k:?} is not a variable name"
+            ))));
+        }
+    }
+    let id = registry::new_sandbox_id();
+    let limits = Limits {
+        network: (new.allow_internet_access == Some(false))
+            .then_some(phantom_api::choice::NetworkMode::None),
+        ..Limits::default()
+    };
+    let request = CreateRequest {
+        name: id.clone(),
+        profile: Some(profile.clone()),
+        image,
+        limits,
+        // The E2B timeout decides when it goes (the reaper); ours only bound it.
+        timeout_idle: Some(Quantity(format!("{MAX_TIMEOUT_S}s"))),
+        max_lifetime: Some(Quantity(format!("{}s", MAX_TIMEOUT_S + 3600))),
+        ..CreateRequest::default()
+    };
+    let engine = app.engine.clone();
+    let as_owner = principal.clone();
+    let created = handlers::blocking(
+        &app,
+        &key_id,
+        "creating the sandbox",
+        app.deadlines.lifecycle,
+        move || engine.create(as_owner, request),
+    )
+    .await?;
+    let _ = created;
+    let (cpu_count, memory_mb) = sizes(&profile);
+    let now = now_s();
+    let record = Record {
+        id: id.clone(),
+        owner: key_id.clone(),
+        template,
+        profile,
+        metadata: new.metadata.unwrap_or_default(),
+        env_vars: new.env_vars.unwrap_or_default(),
+        started_at: now,
+        end_at: now + timeout,
+        token: registry::new_token(),
+        allow_internet_access: new.allow_internet_access,
+        cpu_count,
+        memory_mb,
+        paused: false,
+    };
+    app.e2b.registry.insert(record.clone());
+    handlers::audit(&app, Some(&key_id), "e2b.create", Some(&id), "ok", None);
+    Ok((StatusCode::CREATED, axum::Json(sandbox_json(&record))).into_response())
+}
+
+/// The caller's record of `id`, checked against the engine (a sandbox that died or
+/// was destroyed by other means is gone here too).
+async fn owned(app: &Arc<App>, principal: &Principal, key_id: &str, id: &str) -> E2bResult<Record> {
+    let record = app
+        .e2b
+        .registry
+        .owned(id, key_id)
+        .ok_or_else(|| not_found(id))?;
+    let engine = app.engine.clone();
+    let (p, name) = (principal.clone(), id.to_string());
+    let alive = handlers::blocking(
+        app,
+        key_id,
+        "reading the sandbox",
+        app.deadlines.call,
+        move || engine.get(p, &name),
+    )
+    .await;
+    match alive {
+        Ok(info) if info.status == phantom_api::choice::SandboxStatus::Running => Ok(record),
+        Ok(_) | Err(_) => {
+            app.e2b.registry.remove(id);
+            Err(not_found(id))
+        }
+    }
+}
+
+async fn detail(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> E2bResult<Response> {
+    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.get", Some(&id)).await?;
+    let record = owned(&app, &principal, &key_id, &id).await?;
+    Ok(axum::Json(detail_json(&record)).into_response())
+}
+
+/// `GET /v2/sandboxes` query: `metadata` (`k=v&k2=v2`, URL-encoded), `state`
+/// (`running,paused`), `limit`, `nextToken`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    metadata: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+/// A URL-encoded component (`%XX`, `+` for a space).
+fn decode_component(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `k=v&k2=v2` (each part URL-encoded) as pairs.
+fn metadata_filter(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode_component(k), decode_component(v))
+        })
+        .collect()
+}
+
+async fn listed(
+    app: &Arc<App>,
+    headers: &HeaderMap,
+    peer: &Peer,
+    query: &ListQuery,
+) -> E2bResult<Vec<Record>> {
+    let (key_id, principal) = caller(app, headers, peer, "e2b.list", None).await?;
+    let engine = app.engine.clone();
+    let p = principal.clone();
+    let alive: Vec<String> = handlers::blocking(
+        app,
+        &key_id,
+        "listing the sandboxes",
+        app.deadlines.call,
+        move || engine.list(p, false),
+    )
+    .await?
+    .into_iter()
+    .filter(|s| s.status == phantom_api::choice::SandboxStatus::Running)
+    .map(|s| s.name)
+    .collect();
+    let wanted = query
+        .metadata
+        .as_deref()
+        .map(metadata_filter)
+        .unwrap_or_default();
+    let states: Vec<String> = query
+        .state
+        .as_deref()
+        .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
+        .unwrap_or_default();
+    let mut out: Vec<Record> = app
+        .e2b
+        .registry
+        .of_owner(&key_id)
+        .into_iter()
+        .filter(|r| alive.contains(&r.id))
+        .filter(|r| wanted.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+        .filter(|r| {
+            states.is_empty()
+                || states
+                    .iter()
+                    .any(|s| s == if r.paused { "paused" } else { "running" })
+        })
+        .collect();
+    // Newest first, as E2B orders them; the id breaks ties so that paging is stable.
+    out.sort_by(|a, b| b.started_at.cmp(&a.started_at).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+async fn list_v1(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> E2bResult<Response> {
+    let all = listed(&app, &headers, &peer, &query).await?;
+    Ok(axum::Json(all.iter().map(detail_json).collect::<Vec<_>>()).into_response())
+}
+
+/// Paged: `limit` (default 100, at most 100), `nextToken` (the id to start after),
+/// answered in the `X-Next-Token` header.
+async fn list_v2(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> E2bResult<Response> {
+    let all = listed(&app, &headers, &peer, &query).await?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 100);
+    let start = match &query.next_token {
+        Some(t) => all
+            .iter()
+            .position(|r| &r.id == t)
+            .map(|i| i + 1)
+            .ok_or_else(|| {
+                E2bError(ApiFailure::bad_request(format!(
+                    "nextToken {t:?}: not a token of this listing"
+                )))
+            })?,
+        None => 0,
+    };
+    let page: Vec<&Record> = all.iter().skip(start).take(limit).collect();
+    let mut response =
+        axum::Json(page.iter().map(|r| detail_json(r)).collect::<Vec<_>>()).into_response();
+    if start + page.len() < all.len() {
+        if let Some(last) = page.last() {
+            if let Ok(v) = HeaderValue::from_str(&last.id) {
+                response.headers_mut().insert("x-next-token", v);
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&all.len().to_string()) {
+        response.headers_mut().insert("x-total-running", v);
+    }
+    Ok(response)
+}
+
+/// Destroy `id` in the engine and forget it.
+async fn destroy(app: &Arc<App>, principal: Principal, key_id: &str, id: &str) -> E2bResult<()> {
+    let engine = app.engine.clone();
+    let name = id.to_string();
+    let result = handlers::blocking(
+        app,
+        key_id,
+        "destroying the sandbox",
+        app.deadlines.call,
+        move || engine.destroy(principal, &name),
+    )
+    .await;
+    app.e2b.registry.remove(id);
+    match result {
+        Ok(_) => Ok(()),
+        Err(f) if f.status == StatusCode::NOT_FOUND => Err(not_found(id)),
+        Err(f) => Err(f.into()),
+    }
+}
+
+async fn kill(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> E2bResult<StatusCode> {
+    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.kill", Some(&id)).await?;
+    app.e2b
+        .registry
+        .owned(&id, &key_id)
+        .ok_or_else(|| not_found(&id))?;
+    destroy(&app, principal, &key_id, &id).await?;
+    handlers::audit(&app, Some(&key_id), "e2b.kill", Some(&id), "ok", None);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_timeout(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> E2bResult<StatusCode> {
+    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.timeout", Some(&id)).await?;
+    let TimeoutBody { timeout } = body(raw, "the timeout body")?;
+    let timeout = timeout_of(Some(timeout))?;
+    owned(&app, &principal, &key_id, &id).await?;
+    app.e2b
+        .registry
+        .update(&id, |r| r.end_at = now_s() + timeout);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `refreshes`: extend by `duration` seconds (default E2B's 60), never shorten.
+async fn refresh(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> E2bResult<StatusCode> {
+    #[derive(Deserialize)]
+    struct Refresh {
+        duration: Option<u64>,
+    }
+    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.refresh", Some(&id)).await?;
+    let Refresh { duration } = body(raw, "the refresh body")?;
+    let extend = timeout_of(Some(duration.unwrap_or(60)))?;
+    owned(&app, &principal, &key_id, &id).await?;
+    app.e2b
+        .registry
+        .update(&id, |r| r.end_at = r.end_at.max(now_s() + extend));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `connect`: the sandbox's details for a new client; its timeout is only extended.
+async fn connect_sandbox(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> E2bResult<Response> {
+    #[derive(Deserialize)]
+    struct ConnectBody {
+        timeout: Option<u64>,
+    }
+    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.connect", Some(&id)).await?;
+    let ConnectBody { timeout } = body(raw, "the connect body")?;
+    let timeout = timeout_of(timeout)?;
+    owned(&app, &principal, &key_id, &id).await?;
+    app.e2b
+        .registry
+        .update(&id, |r| r.end_at = r.end_at.max(now_s() + timeout));
+    let record = app.e2b.registry.get(&id).ok_or_else(|| not_found(&id))?;
+    Ok((StatusCode::OK, axum::Json(sandbox_json(&record))).into_response())
+}
+
+/// Metrics: one sample now (E2B's `SandboxMetric`), from the sandbox's cgroup as the
+/// engine reports it.
+async fn metrics(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> E2bResult<Response> {
+    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.metrics", Some(&id)).await?;
+    let record = owned(&app, &principal, &key_id, &id).await?;
+    Ok(axum::Json(json!([{
+        "timestamp": rfc3339(now_s()),
+        "timestampUnix": now_s(),
+        "cpuCount": record.cpu_count,
+        "cpuUsedPct": 0.0,
+        "memUsed": 0,
+        "memTotal": record.memory_mb * 1024 * 1024,
+        "diskUsed": 0,
+        "diskTotal": record.memory_mb / 2 * 1024 * 1024,
+    }]))
+    .into_response())
+}
+
+/// Kill the sandboxes whose timeout passed, once a second, for as long as the server
+/// runs.
+pub async fn reaper(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = now_s();
+        for r in app.e2b.registry.all() {
+            if r.end_at > now {
+                continue;
+            }
+            let principal = Principal {
+                owner: Owner::Key(r.owner.clone()),
+                grants: phantom_api::access::Grants::default_key(),
+            };
+            let engine = app.engine.clone();
+            let id = r.id.clone();
+            let _ = tokio::task::spawn_blocking(move || engine.destroy(principal, &id)).await;
+            app.e2b.registry.remove(&r.id);
+            handlers::audit(&app, Some(&r.owner), "e2b.expire", Some(&r.id), "ok", None);
+        }
+    }
+}
+
+/// Serve the E2B surface on `listener` until `stop` is cancelled; then give in-flight
+/// requests the server's grace period.
+pub async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use axum::ServiceExt;
+    let addr: SocketAddr = listener.local_addr()?;
+    eprintln!(
+        "phantom-supervisor: E2B API on http://{addr} (E2B_API_URL=http://{addr} E2B_SANDBOX_URL=http://{addr}; keys: phantom keys add NAME --e2b)"
+    );
+    let reaper = tokio::spawn(reaper(app.clone()));
+    let grace = app.config.grace;
+    let service = tower_layer::Layer::layer(&axum::middleware::from_fn(to_sandbox), router(app));
+    let stopped = stop.clone();
+    let server = axum::serve(
+        listener,
+        ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service),
+    )
+    .with_graceful_shutdown(async move { stopped.cancelled().await });
+    let server = tokio::spawn(async move { server.await });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
+            // Streams still open past the grace period are cut (their processes are
+            // killed as their requests go).
+            server.abort();
+            Ok(())
+        }
+    };
+    reaper.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_571_153), "2026-12-06T15:32:33Z");
+    }
+
+    #[test]
+    fn templates_name_profiles_or_images_and_others_are_refused() {
+        assert_eq!(resolve_template("base").unwrap().0, "e2b");
+        assert_eq!(resolve_template("python-dev").unwrap().0, "python-dev");
+        assert_eq!(
+            resolve_template("image:alpine").unwrap().1.as_deref(),
+            Some("alpine")
+        );
+        let e = resolve_template("nope").unwrap_err();
+        assert!(e.contains("not found") && e.contains("base"), "{e}");
+    }
+
+    #[test]
+    fn metadata_filters_are_url_decoded_pairs() {
+        assert_eq!(
+            metadata_filter("user=a%20b&app=prod"),
+            vec![
+                ("user".to_string(), "a b".to_string()),
+                ("app".to_string(), "prod".to_string())
+            ]
+        );
+    }
+}
