@@ -140,6 +140,9 @@ step "MCP server against the official Python SDK and the conformance suite"
 # Installs pinned versions of both into a throwaway directory (see the script).
 ./scripts/test-mcp.sh target/debug/phantom-mcp
 
+step "E2B's Python SDKs (PyPI e2b, e2b-code-interpreter) against phantom-supervisor --e2b-bind"
+./scripts/test-e2b.sh target/debug
+
 step "fuzzing: each target for a bounded time (longer runs: fuzz/README.md)"
 ./scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 

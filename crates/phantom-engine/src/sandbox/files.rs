@@ -97,13 +97,16 @@ pub struct CpReport {
 
 /// A directory to resolve paths in: the host's cwd (the caller's own files), or a
 /// sandbox's workspace (untrusted: resolved beneath it).
-struct Side {
+pub(crate) struct Side {
     root: Option<OwnedFd>,
     /// How the user wrote this side, for messages.
     shown: String,
 }
 
-fn errno<'a>(what: &'static str, path: &'a str) -> impl FnOnce(Errno) -> EngineError + 'a {
+pub(crate) fn errno<'a>(
+    what: &'static str,
+    path: &'a str,
+) -> impl FnOnce(Errno) -> EngineError + 'a {
     move |e| {
         if e == Errno::XDEV {
             EngineError::Usage(format!(
@@ -133,7 +136,12 @@ fn errno<'a>(what: &'static str, path: &'a str) -> impl FnOnce(Errno) -> EngineE
 
 impl Side {
     /// Open `rel` (relative to the side's root) with `flags`.
-    fn open(&self, rel: &Path, flags: OFlags, mode: Mode) -> Result<OwnedFd, EngineError> {
+    pub(crate) fn open(
+        &self,
+        rel: &Path,
+        flags: OFlags,
+        mode: Mode,
+    ) -> Result<OwnedFd, EngineError> {
         let shown = self.show(rel);
         let flags = flags | OFlags::CLOEXEC;
         match &self.root {
@@ -168,7 +176,7 @@ impl Side {
 }
 
 /// The sandbox side of `NAME:PATH`: the workspace's fd and PATH relative to it.
-fn sandbox_side(
+pub(crate) fn sandbox_side(
     workspace: &OwnedFd,
     name: &str,
     path: &str,

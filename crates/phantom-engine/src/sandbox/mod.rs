@@ -10,6 +10,7 @@
 
 pub(crate) mod exec;
 pub mod files;
+pub mod fsops;
 pub(crate) mod keeper;
 
 use std::os::fd::AsFd;

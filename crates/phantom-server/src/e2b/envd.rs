@@ -49,6 +49,8 @@ pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/health", get(health))
         .route("/process.Process/{method}", post(process))
+        .route("/filesystem.Filesystem/{method}", post(filesystem))
+        .route("/files", get(download).post(upload))
 }
 
 async fn health() -> StatusCode {
@@ -466,5 +468,417 @@ fn send_signal(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> 
                     .unwrap_or_default()
             ),
         )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Files: the filesystem service and /files
+// ---------------------------------------------------------------------------------------
+
+/// E2B's home, which is our workspace in the `e2b` profile.
+pub const HOME: &str = "/home/user";
+
+/// An E2B path (absolute, or relative to the home) as a workspace path of ours; only
+/// the home is reachable.
+fn workspace_path(path: &str) -> Result<String, Error> {
+    let path = path.trim();
+    let rel = if path.is_empty() || path == "~" {
+        ""
+    } else if let Some(rest) = path.strip_prefix("~/") {
+        rest
+    } else if path == HOME {
+        ""
+    } else if let Some(rest) = path.strip_prefix(&format!("{HOME}/")) {
+        rest
+    } else if !path.starts_with('/') {
+        path
+    } else {
+        return Err(Error::new(
+            Code::InvalidArgument,
+            format!("path '{path}': only {HOME} (the sandbox's workspace) is reachable through the file API; use a path below it, or a command for other places"),
+        ));
+    };
+    Ok(format!("/workspace/{}", rel.trim_start_matches('/')))
+}
+
+/// How E2B shows a workspace path.
+fn shown_path(workspace_path: &str) -> String {
+    let rel = workspace_path
+        .trim_start_matches("/workspace")
+        .trim_matches('/');
+    if rel.is_empty() {
+        HOME.to_string()
+    } else {
+        format!("{HOME}/{rel}")
+    }
+}
+
+/// An engine failure about a path as a Connect error (not found stays not found),
+/// naming paths as E2B does (`/home/user/...`).
+fn path_error(name: &str, e: phantom_engine::EngineError) -> Error {
+    let f = e.to_failure();
+    let text = f
+        .for_api()
+        .replace(&format!("{name}:/workspace"), HOME)
+        .replace("/workspace", HOME);
+    let code = if text.contains("no such file or directory") {
+        Code::NotFound
+    } else if matches!(f.kind.exit_code(), 2) {
+        Code::InvalidArgument
+    } else {
+        Code::Internal
+    };
+    Error::new(code, text)
+}
+
+/// `rwxr-xr-x` of a mode, with the type's letter first.
+fn permissions(kind: phantom_api::choice::FileKind, mode: u32) -> String {
+    use phantom_api::choice::FileKind;
+    let mut s = String::from(match kind {
+        FileKind::Dir => 'd',
+        FileKind::Symlink => 'l',
+        _ => '-',
+    });
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+/// E2B's `EntryInfo` (the JSON codec: int64 as a string, enums by name).
+fn entry_info(path: &str, info: &phantom_engine::sandbox::fsops::PathInfo) -> Value {
+    use phantom_api::choice::FileKind;
+    let kind = match info.entry.kind {
+        FileKind::File => "FILE_TYPE_FILE",
+        FileKind::Dir => "FILE_TYPE_DIRECTORY",
+        FileKind::Symlink => "FILE_TYPE_SYMLINK",
+        _ => "FILE_TYPE_UNSPECIFIED",
+    };
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let (secs, nanos) = info.modified;
+    let mut v = json!({
+        "name": name,
+        "type": kind,
+        "path": path,
+        "size": info.entry.size.to_string(),
+        "mode": info.entry.mode,
+        "permissions": permissions(info.entry.kind, info.entry.mode),
+        "owner": "user",
+        "group": "user",
+        "modifiedTime": format!("{}.{nanos:09}Z", super::rfc3339(secs.max(0) as u64).trim_end_matches('Z')),
+    });
+    if let Some(t) = &info.entry.target {
+        v["symlinkTarget"] = json!(t);
+    }
+    v
+}
+
+/// Blocking file work on the sandbox's workspace, as its owner.
+async fn on_workspace<T: Send + 'static>(
+    app: &Arc<App>,
+    record: &Record,
+    principal: Principal,
+    f: impl FnOnce(&std::os::fd::OwnedFd, &str) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let engine = app.engine.clone();
+    let name = record.id.clone();
+    let permit = app
+        .workers
+        .acquire(&record.owner, app.deadlines.queue)
+        .await
+        .map_err(|r| {
+            let f = handlers::refused(app, r);
+            Error::new(Code::of_status(f.status), f.message)
+        })?;
+    let work = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let ws = engine.workspace(principal, &name).map_err(|f| {
+            let f = crate::handlers::ApiFailure::from(f);
+            Error::new(Code::of_status(f.status), f.message)
+        })?;
+        f(&ws, &name)
+    });
+    match tokio::time::timeout(app.deadlines.files, work).await {
+        Ok(joined) => {
+            joined.map_err(|e| Error::new(Code::Internal, format!("worker failed: {e}")))?
+        }
+        Err(_) => Err(Error::new(
+            Code::DeadlineExceeded,
+            "the file operation took longer than the server's deadline",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PathRequest {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    depth: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MoveRequest {
+    source: String,
+    destination: String,
+}
+
+/// `filesystem.Filesystem/METHOD`.
+pub(super) async fn filesystem(
+    State(app): State<Arc<App>>,
+    Extension(id): Extension<SandboxId>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (record, principal) = match sandbox(&app, &id, &headers).await {
+        Ok(found) => found,
+        Err(e) if method == "WatchDir" => return stream_error(e),
+        Err(e) => return e.into_response(),
+    };
+    use phantom_engine::sandbox::fsops;
+    let result = match method.as_str() {
+        "Stat" | "MakeDir" | "Remove" | "ListDir" => {
+            let request: PathRequest = match connect::unary_message(&body) {
+                Ok(r) => r,
+                Err(e) => return e.into_response(),
+            };
+            let path = match workspace_path(&request.path) {
+                Ok(p) => p,
+                Err(e) => return e.into_response(),
+            };
+            let method = method.clone();
+            on_workspace(&app, &record, principal, move |ws, name| {
+                let shown = shown_path(&path);
+                match method.as_str() {
+                    "Stat" => fsops::stat(ws, name, &path)
+                        .map(|info| json!({ "entry": entry_info(&shown, &info) })),
+                    "MakeDir" => match fsops::make_dir(ws, name, &path) {
+                        Ok(true) => fsops::stat(ws, name, &path)
+                            .map(|info| json!({ "entry": entry_info(&shown, &info) })),
+                        Ok(false) => {
+                            return Err(Error::new(
+                                Code::FailedPrecondition,
+                                format!("directory '{shown}' already exists"),
+                            ))
+                        }
+                        Err(e) => Err(e),
+                    },
+                    "Remove" => fsops::remove(ws, name, &path).map(|()| json!({})),
+                    _ => {
+                        let depth = request.depth.unwrap_or(1).max(1) as usize;
+                        fsops::walk(ws, name, &path, depth).map(|entries| {
+                            let entries: Vec<Value> = entries
+                                .iter()
+                                .map(|(rel, info)| {
+                                    let p = format!(
+                                        "{}/{}",
+                                        shown.trim_end_matches('/'),
+                                        rel.display()
+                                    );
+                                    entry_info(&p, info)
+                                })
+                                .collect();
+                            json!({ "entries": entries })
+                        })
+                    }
+                }
+                .map_err(|e| path_error(name, e))
+            })
+            .await
+        }
+        "Move" => {
+            let request: MoveRequest = match connect::unary_message(&body) {
+                Ok(r) => r,
+                Err(e) => return e.into_response(),
+            };
+            let (from, to) = match (
+                workspace_path(&request.source),
+                workspace_path(&request.destination),
+            ) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) | (_, Err(e)) => return e.into_response(),
+            };
+            on_workspace(&app, &record, principal, move |ws, name| {
+                fsops::rename(ws, name, &from, &to)
+                    .map(|info| json!({ "entry": entry_info(&shown_path(&to), &info) }))
+                    .map_err(|e| path_error(name, e))
+            })
+            .await
+        }
+        "WatchDir" | "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
+            let e = Error::new(
+                Code::Unimplemented,
+                format!("filesystem.Filesystem/{method} is not served by this server yet"),
+            );
+            return if method == "WatchDir" {
+                stream_error(e)
+            } else {
+                e.into_response()
+            };
+        }
+        other => Err(Error::new(
+            Code::NotFound,
+            format!("filesystem.Filesystem has no method {other}"),
+        )),
+    };
+    match result {
+        Ok(message) => connect::unary_ok(message),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// E2B's REST errors on /files: `{"code": STATUS, "message"}`.
+fn files_error(e: Error) -> Response {
+    let status = e.code.http_status();
+    (
+        status,
+        axum::Json(json!({ "code": status.as_u16(), "message": e.message })),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct FilesQuery {
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// The largest file `GET /files` returns.
+const MAX_DOWNLOAD: u64 = 256 << 20;
+
+/// `GET /files?path=`: the file's bytes.
+pub(super) async fn download(
+    State(app): State<Arc<App>>,
+    Extension(id): Extension<SandboxId>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<FilesQuery>,
+) -> Response {
+    let (record, principal) = match sandbox(&app, &id, &headers).await {
+        Ok(found) => found,
+        Err(e) => return files_error(e),
+    };
+    let path = match workspace_path(query.path.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return files_error(e),
+    };
+    let result = on_workspace(&app, &record, principal, move |ws, name| {
+        phantom_engine::sandbox::files::read_file(ws, name, &path, MAX_DOWNLOAD)
+            .map_err(|e| path_error(name, e))
+    })
+    .await;
+    match result {
+        Ok(data) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            data,
+        )
+            .into_response(),
+        Err(e) => files_error(e),
+    }
+}
+
+/// `POST /files?path=`: an `application/octet-stream` body, or `multipart/form-data`
+/// parts named `file` whose file names are their paths; parent directories are
+/// made. Answers the written files' `EntryInfo`s.
+pub(super) async fn upload(
+    State(app): State<Arc<App>>,
+    Extension(id): Extension<SandboxId>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<FilesQuery>,
+    request: axum::extract::Request,
+) -> Response {
+    let (record, principal) = match sandbox(&app, &id, &headers).await {
+        Ok(found) => found,
+        Err(e) => return files_error(e),
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if headers.contains_key(header::CONTENT_ENCODING) {
+        return files_error(Error::new(
+            Code::InvalidArgument,
+            "compressed uploads are not accepted: upload without gzip",
+        ));
+    }
+    let mut files: Vec<(String, Bytes)> = Vec::new();
+    if content_type.starts_with("multipart/form-data") {
+        use axum::extract::FromRequest;
+        let mut form = match axum::extract::Multipart::from_request(request, &()).await {
+            Ok(f) => f,
+            Err(e) => return files_error(Error::new(Code::InvalidArgument, e.body_text())),
+        };
+        loop {
+            match form.next_field().await {
+                Ok(Some(field)) => {
+                    let name = field
+                        .file_name()
+                        .map(str::to_string)
+                        .or_else(|| query.path.clone());
+                    let Some(name) = name else {
+                        return files_error(Error::new(
+                            Code::InvalidArgument,
+                            "a part without a file name: name each part's file by its path",
+                        ));
+                    };
+                    match field.bytes().await {
+                        Ok(data) => files.push((name, data)),
+                        Err(e) => {
+                            return files_error(Error::new(Code::InvalidArgument, e.body_text()))
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return files_error(Error::new(Code::InvalidArgument, e.body_text())),
+            }
+        }
+        // One part and a `path`: the path wins (the SDK sends both).
+        if let (Some(path), [one]) = (&query.path, files.as_mut_slice()) {
+            one.0 = path.clone();
+        }
+    } else {
+        let Some(path) = query.path.clone() else {
+            return files_error(Error::new(Code::InvalidArgument, "?path= is required"));
+        };
+        match axum::body::to_bytes(request.into_body(), app.config.max_body).await {
+            Ok(data) => files.push((path, data)),
+            Err(e) => {
+                return files_error(Error::new(
+                    Code::InvalidArgument,
+                    format!("the body: {e} (at most {} bytes)", app.config.max_body),
+                ))
+            }
+        }
+    }
+    let mut targets = Vec::new();
+    for (path, data) in files {
+        match workspace_path(&path) {
+            Ok(p) => targets.push((p, data)),
+            Err(e) => return files_error(e),
+        }
+    }
+    let result = on_workspace(&app, &record, principal, move |ws, name| {
+        let mut written = Vec::new();
+        for (path, data) in targets {
+            phantom_engine::sandbox::files::write_file(ws, name, &path, &data, true)
+                .map_err(|e| path_error(name, e))?;
+            let shown = shown_path(&path);
+            written.push(json!({
+                "path": shown,
+                "name": shown.rsplit('/').next().unwrap_or(""),
+                "type": "file",
+            }));
+        }
+        Ok(Value::Array(written))
+    })
+    .await;
+    match result {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => files_error(e),
     }
 }

@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""E2B's unchanged Python SDKs against `phantom-supervisor --e2b-bind`.
+
+    sdk_test.py TARGET_DIR   (holds phantom and phantom-supervisor)
+
+Starts a supervisor with its own state directory, makes two keys with
+`phantom keys add --e2b`, points the SDK at it with the environment variables a user
+sets (E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY) and checks what the issue lists.
+Prints one line per check; exits 1 if any failed. Run by scripts/test-e2b.sh.
+"""
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN_DIR = sys.argv[1]
+failed = 0
+
+
+def check(what, ok, detail=""):
+    global failed
+    print(("ok   " if ok else "FAIL ") + what + ("" if ok else f": {detail!r}"))
+    if not ok:
+        failed = 1
+
+
+def raises(what, exc_name, f):
+    """Check that f() raises the SDK exception named exc_name (or a subclass)."""
+    try:
+        f()
+    except Exception as e:  # the SDK's own exception classes
+        names = [c.__name__ for c in type(e).__mro__]
+        check(what, exc_name in names, f"{type(e).__name__}: {e}")
+        return e
+    check(what, False, "no exception")
+    return None
+
+
+def sdk_checks(key, other_key):
+    from e2b import Sandbox, CommandExitException
+
+    # Create with metadata and envs; the template conventions.
+    sb = Sandbox.create(metadata={"suite": "e2b", "run": "1"}, envs={"GREETING": "hello"})
+    check("create returns a sandbox id", bool(re.fullmatch(r"i[a-z0-9]{19}", sb.sandbox_id)), sb.sandbox_id)
+
+    streamed = []
+    r = sb.commands.run("echo $GREETING; pwd; echo $HOME; touch /home/user/w /tmp/t && echo writable",
+                        on_stdout=lambda s: streamed.append(s))
+    check("commands.run sees the sandbox's envs", r.stdout.splitlines()[0] == "hello", r.stdout)
+    check("the working directory and HOME are /home/user", r.stdout.splitlines()[1:3] == ["/home/user", "/home/user"], r.stdout)
+    check("/home/user and /tmp are writable", "writable" in r.stdout, r.stdout + r.stderr)
+    check("on_stdout streamed the output", "".join(streamed) == r.stdout, streamed)
+    r = sb.commands.run("echo per-call $X", envs={"X": "yes"}, cwd="/tmp")
+    check("a call's envs and cwd", r.stdout == "per-call yes\n", r.stdout)
+
+    e = raises("a non-zero exit raises CommandExitException", "CommandExitException",
+               lambda: sb.commands.run("echo out; echo err >&2; exit 7"))
+    if e is not None:
+        check("the exception carries exit code and output", e.exit_code == 7 and e.stdout == "out\n" and e.stderr == "err\n",
+              (e.exit_code, e.stdout, e.stderr))
+
+    # Background command, list, kill.
+    h = sb.commands.run("sleep 60", background=True)
+    pids = [p.pid for p in sb.commands.list()]
+    check("a background command is listed", h.pid in pids, pids)
+    started = time.time()
+    check("commands.kill kills it", sb.commands.kill(h.pid) is True)
+    try:
+        h.wait()
+        check("the killed command ends", False, "wait() returned normally")
+    except CommandExitException:
+        check("the killed command ends at once", time.time() - started < 5, time.time() - started)
+    check("a killed command is no longer listed", h.pid not in [p.pid for p in sb.commands.list()])
+
+    # Files.
+    info = sb.files.write("/home/user/dir/a.txt", "alpha")
+    check("files.write", info.path == "/home/user/dir/a.txt", info)
+    check("files.read (relative to the home)", sb.files.read("dir/a.txt") == "alpha")
+    sb.files.write_files([{"path": "m1.txt", "data": "1"}, {"path": "/home/user/m2.bin", "data": b"\x00\x01"}])
+    check("files.write_files and read bytes", sb.files.read("m2.bin", format="bytes") == b"\x00\x01")
+    names = sorted(e.name for e in sb.files.list("/home/user"))
+    check("files.list", {"dir", "m1.txt", "m2.bin"} <= set(names), names)
+    check("files.make_dir", sb.files.make_dir("/home/user/new/sub") is True)
+    check("files.exists", sb.files.exists("new/sub") and not sb.files.exists("nope"))
+    moved = sb.files.rename("dir/a.txt", "b.txt")
+    check("files.rename", moved.path == "/home/user/b.txt" and sb.files.read("b.txt") == "alpha", moved)
+    sb.files.remove("new")
+    check("files.remove", not sb.files.exists("new"))
+    r = sb.commands.run("cat b.txt m1.txt")
+    check("files written are what commands see", r.stdout == "alpha1", r.stdout)
+    raises("a missing file is FileNotFoundException", "FileNotFoundException", lambda: sb.files.read("missing"))
+    raises("a path outside the home is refused", "InvalidArgumentException", lambda: sb.files.read("/etc/passwd"))
+
+    # Info, list, timeout, connect.
+    info = sb.get_info()
+    check("get_info: metadata and template", info.metadata == {"suite": "e2b", "run": "1"} and info.template_id == "base", info)
+    listed = [s.sandbox_id for s in Sandbox.list().next_items()]
+    check("list shows it", sb.sandbox_id in listed, listed)
+    from e2b import SandboxQuery
+    q = Sandbox.list(query=SandboxQuery(metadata={"suite": "e2b"})).next_items()
+    check("list filters by metadata", [s.sandbox_id for s in q] == [sb.sandbox_id], q)
+    q = Sandbox.list(query=SandboxQuery(metadata={"suite": "other"})).next_items()
+    check("list filters out other metadata", q == [], q)
+    before = sb.get_info().end_at
+    sb.set_timeout(3600)
+    check("set_timeout moves the end", sb.get_info().end_at > before)
+    again = Sandbox.connect(sb.sandbox_id)
+    check("connect reaches the same sandbox", again.commands.run("cat b.txt").stdout == "alpha")
+    check("is_running", sb.is_running())
+
+    # Another key: "not found", as for E2B.
+    os.environ["E2B_API_KEY"] = other_key
+    raises("another key cannot connect", "NotFoundException", lambda: Sandbox.connect(sb.sandbox_id))
+    check("another key does not list it", sb.sandbox_id not in [s.sandbox_id for s in Sandbox.list().next_items()])
+    check("another key cannot kill it (kill answers False: not found)", Sandbox.kill(sb.sandbox_id) is False)
+    raises("another key cannot read its info", "NotFoundException", lambda: Sandbox.get_info(sb.sandbox_id))
+    os.environ["E2B_API_KEY"] = key
+
+    # Refusals.
+    os.environ["E2B_API_KEY"] = "e2b_" + "0" * 40
+    raises("an unknown key is AuthenticationException", "AuthenticationException", lambda: Sandbox.create())
+    os.environ["E2B_API_KEY"] = key
+    e = raises("an unknown template is refused", "SandboxException", lambda: Sandbox.create(template="no-such-template"))
+    check("... with 404 and a message naming the templates", e is not None and getattr(e, "status_code", None) == 404
+          and "base" in str(e), e)
+
+    # A short timeout: the sandbox goes by itself.
+    short = Sandbox.create(timeout=2)
+    time.sleep(4)
+    check("a sandbox past its timeout is gone", short.sandbox_id not in [s.sandbox_id for s in Sandbox.list().next_items()])
+
+    sb.kill()
+    check("kill removes it", sb.sandbox_id not in [s.sandbox_id for s in Sandbox.list().next_items()])
+
+
+async def async_checks():
+    from e2b import AsyncSandbox
+    sb = await AsyncSandbox.create()
+    r = await sb.commands.run("echo async")
+    check("AsyncSandbox: commands.run", r.stdout == "async\n", r.stdout)
+    await sb.files.write("x.txt", "y")
+    check("AsyncSandbox: files", await sb.files.read("x.txt") == "y")
+    await sb.kill()
+
+
+def timing(n=30):
+    """Time to first command: Sandbox.create() then commands.run("true")."""
+    from e2b import Sandbox
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        sb = Sandbox.create()
+        sb.commands.run("true")
+        samples.append((time.perf_counter() - t) * 1000)
+        sb.kill()
+    samples.sort()
+    print(f"time to first command (create + run true), {n} runs: p50 {samples[n // 2]:.1f} ms, p95 {samples[int(n * 0.95)]:.1f} ms")
+
+
+def main():
+    with tempfile.TemporaryDirectory(prefix="phantom-e2b.") as work:
+        os.chmod(work, 0o755)
+        env = dict(os.environ, PHANTOM_STATE_DIR=os.path.join(work, "state"))
+        os.makedirs(env["PHANTOM_STATE_DIR"])
+
+        def new_key(name):
+            out = subprocess.run([f"{BIN_DIR}/phantom", "keys", "add", name, "--e2b", "--json"],
+                                 env=env, check=True, capture_output=True, text=True).stdout
+            return json.loads(out)["key"]
+
+        key, other = new_key("sdk"), new_key("other")
+        log = open(os.path.join(work, "supervisor.log"), "w+")
+        server = subprocess.Popen(
+            [f"{BIN_DIR}/phantom-supervisor", "--e2b-bind", "127.0.0.1:0", "--profiles", "default",
+             "--zygote-pools", "1", "--socket", os.path.join(work, "engine.sock")],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            url = None
+            for _ in range(600):
+                log.seek(0)
+                m = re.search(r"E2B API on (http://\S+)", log.read())
+                if m:
+                    url = m.group(1)
+                    break
+                if server.poll() is not None:
+                    break
+                time.sleep(0.05)
+            check("the supervisor prints its E2B address", url is not None)
+            if url:
+                os.environ.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=key)
+                sdk_checks(key, other)
+                asyncio.run(async_checks())
+                if os.environ.get("E2B_TIMING"):
+                    timing(int(os.environ["E2B_TIMING"]))
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                check("the supervisor stops on SIGTERM", False)
+            leftovers = subprocess.run([f"{BIN_DIR}/phantom", "list", "--all-owners", "--json"], env=env,
+                                       capture_output=True, text=True).stdout
+            subprocess.run([f"{BIN_DIR}/phantom", "destroy", "--all", "--every-owner"], env=env,
+                           capture_output=True)
+            if failed:
+                log.seek(0)
+                print(log.read()[-4000:])
+                print("sandboxes left:", leftovers)
+    sys.exit(failed)
+
+
+main()
