@@ -170,6 +170,10 @@ pub enum Stdin {
     Bytes(Vec<u8>),
     /// Nothing (`/dev/null`).
     Null,
+    /// This pipe's read end, handed to the process as it is: the caller keeps the
+    /// write end and writes to it for as long as the process lives (a code context's
+    /// requests).
+    Pipe(OwnedFd),
 }
 
 /// What wakes a run's relay besides the engine and the output.
@@ -391,6 +395,13 @@ impl EngineClient {
             }
             Stdin::Bytes(bytes) => (StdinRelay::none(), Some(memfd("phantom-stdin", bytes)?)),
             Stdin::Null => (StdinRelay::none(), None),
+            Stdin::Pipe(fd) => (
+                StdinRelay::none(),
+                Some(
+                    fd.try_clone()
+                        .map_err(|e| failed(format!("dup stdin: {e}")))?,
+                ),
+            ),
         };
         let (out_r, out_w) = process::pipe().map_err(sys)?;
         let (err_r, err_w) = process::pipe().map_err(sys)?;
@@ -619,7 +630,11 @@ fn relay_until_finished(
         if conn_ready {
             match channel::recv_message::<Reply>(conn.fd(), 0, "engine") {
                 Ok((Reply::Started(s), _)) => {
-                    relay.budget = s.output_limit;
+                    relay.budget = if io.output.capped() {
+                        s.output_limit
+                    } else {
+                        u64::MAX
+                    };
                     // The engine enforces the timeout; this only guards against an
                     // engine that stopped answering.
                     give_up = Some(

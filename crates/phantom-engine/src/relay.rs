@@ -160,6 +160,10 @@ pub enum Output<'a> {
     Capture(Vec<u8>, Vec<u8>),
     /// To a callback, as it comes (an HTTP event stream).
     Stream(&'a mut (dyn FnMut(Stream, &[u8]) + Send)),
+    /// To a callback, as it comes, without the run's output cap: the output of a
+    /// long-lived session (a code context's interpreter), which serves many requests;
+    /// the front end caps what each request returns.
+    Session(&'a mut (dyn FnMut(Stream, &[u8]) + Send)),
 }
 
 impl Output<'_> {
@@ -175,8 +179,13 @@ impl Output<'_> {
                 Stream::Stdout => out.extend_from_slice(data),
                 Stream::Stderr => err.extend_from_slice(data),
             },
-            Output::Stream(f) => f(stream, data),
+            Output::Stream(f) | Output::Session(f) => f(stream, data),
         }
+    }
+
+    /// Whether the run's output cap applies (all but [`Output::Session`]).
+    pub(crate) fn capped(&self) -> bool {
+        !matches!(self, Output::Session(_))
     }
 
     /// The captured output (lossy UTF-8), as (stdout, stderr), when capturing.

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod contexts;
 pub mod e2b;
 mod handlers;
 pub mod limits;
@@ -96,6 +97,8 @@ pub struct App {
     /// The E2B surface (`--e2b-bind`): its sandboxes' records and running processes.
     pub(crate) e2b: e2b::E2b,
     pub(crate) e2b_processes: e2b::envd::Processes,
+    /// Code contexts (interpreters in persistent sandboxes) this server holds.
+    pub(crate) contexts: contexts::Contexts,
 }
 
 impl App {
@@ -133,6 +136,7 @@ impl App {
             mcp_stop: Default::default(),
             e2b: e2b::E2b::new(state_dir.clone()),
             e2b_processes: Default::default(),
+            contexts: Default::default(),
             config,
             key_cache: Mutex::new(Default::default()),
             audit: audit::AuditLog::start(state_dir.clone()),
@@ -235,7 +239,7 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
     let shutdown_app = app.clone();
     // With each connection's peer address: refusals are budgeted per source.
     let router = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let server = axum::serve(no_delay(listener), router).with_graceful_shutdown(async move {
         shutdown_signal().await;
         shutdown_app.shutting_down.store(true, Ordering::SeqCst);
         eprintln!(
@@ -290,6 +294,18 @@ pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> std::io:
     let _ =
         tokio::task::spawn_blocking(move || audit_app.audit.flush(Duration::from_secs(5))).await;
     r
+}
+
+/// `listener` with TCP_NODELAY on every connection: a streamed answer's small writes
+/// (a chunk, an event) otherwise wait for the client's delayed ACK — 40 ms each.
+pub(crate) fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn set(tcp: &mut tokio::net::TcpStream) {
+        let _ = tcp.set_nodelay(true);
+    }
+    listener.tap_io(set as fn(&mut tokio::net::TcpStream))
 }
 
 /// SIGTERM or SIGINT.

@@ -57,8 +57,10 @@ async fn health() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// The sandbox a request is for, checked: its token, and its owner's key.
-async fn sandbox(
+/// The sandbox a request is for, checked: its token (`X-Access-Token`, or
+/// `E2B-Traffic-Access-Token`, which the code interpreter's SDK sends on some calls),
+/// and its owner's key.
+pub(super) async fn sandbox(
     app: &Arc<App>,
     id: &SandboxId,
     headers: &HeaderMap,
@@ -67,6 +69,7 @@ async fn sandbox(
     let record = app.e2b.registry.get(&id.0).ok_or_else(gone)?;
     let token = headers
         .get("x-access-token")
+        .or_else(|| headers.get("e2b-traffic-access-token"))
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !same_token(token, &record.token) {

@@ -18,6 +18,7 @@
 
 pub mod connect;
 pub mod envd;
+pub mod interpreter;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -165,6 +166,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2/sandboxes/{id}/connect", post(connect_sandbox))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .nest(&format!("{SANDBOX_PREFIX}/{ENVD_PORT}"), envd::router())
+        .nest(
+            &format!("{SANDBOX_PREFIX}/{}", interpreter::PORT),
+            interpreter::router(),
+        )
         .fallback(unknown)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -219,8 +224,9 @@ fn unknown_path(path: &str) -> E2bError {
 async fn unknown(request: Request) -> E2bError {
     if request.extensions().get::<SandboxId>().is_some() {
         return E2bError(ApiFailure::not_found(format!(
-            "no such endpoint in the sandbox: {} (served: envd on port {ENVD_PORT})",
-            request.uri().path()
+            "no such endpoint in the sandbox: {} (served: envd on port {ENVD_PORT}, the code interpreter on port {})",
+            request.uri().path(),
+            interpreter::PORT
         )));
     }
     unknown_path(request.uri().path())
@@ -675,6 +681,7 @@ async fn destroy(app: &Arc<App>, principal: Principal, key_id: &str, id: &str) -
     )
     .await;
     app.e2b.registry.remove(id);
+    app.contexts.remove_sandbox(id);
     match result {
         Ok(_) => Ok(()),
         Err(f) if f.status == StatusCode::NOT_FOUND => Err(not_found(id)),
@@ -802,6 +809,7 @@ pub async fn reaper(app: Arc<App>) {
             let id = r.id.clone();
             let _ = tokio::task::spawn_blocking(move || engine.destroy(principal, &id)).await;
             app.e2b.registry.remove(&r.id);
+            app.contexts.remove_sandbox(&r.id);
             handlers::audit(&app, Some(&r.owner), "e2b.expire", Some(&r.id), "ok", None);
         }
     }
@@ -824,7 +832,7 @@ pub async fn serve(
     let service = tower_layer::Layer::layer(&axum::middleware::from_fn(to_sandbox), router(app));
     let stopped = stop.clone();
     let server = axum::serve(
-        listener,
+        crate::no_delay(listener),
         ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(service),
     )
     .with_graceful_shutdown(async move { stopped.cancelled().await });

@@ -138,6 +138,56 @@ def sdk_checks(key, other_key):
     check("kill removes it", sb.sandbox_id not in [s.sandbox_id for s in Sandbox.list().next_items()])
 
 
+def code_interpreter_checks():
+    import base64
+    from e2b_code_interpreter import Sandbox
+    sb = Sandbox.create()
+    check("code interpreter: the template is code-interpreter-v1", sb.get_info().template_id == "code-interpreter-v1")
+    sb.run_code("x = 1")
+    e = sb.run_code("x + 1")
+    check("a context keeps state: x = 1 then x + 1 gives 2", e.text == "2", e)
+    e = sb.run_code("print('out'); import sys; print('err', file=sys.stderr)")
+    check("stdout and stderr are the logs", e.logs.stdout == ["out\n"] and e.logs.stderr == ["err\n"], e.logs)
+    streamed = []
+    sb.run_code("for i in range(3): print(i)", on_stdout=lambda m: streamed.append(m.line))
+    check("on_stdout streams", "".join(streamed) == "0\n1\n2\n", streamed)
+    e = sb.run_code("def f():\n    raise ValueError('bad value')\nf()")
+    check("an exception: name, value, traceback", e.error is not None and e.error.name == "ValueError"
+          and e.error.value == "bad value" and "in f" in e.error.traceback and "_run" not in e.error.traceback, e.error)
+    e = sb.run_code("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()")
+    png = e.results[0].png if e.results else None
+    check("a matplotlib chart is a valid PNG", png is not None and base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n", e)
+    e = sb.run_code("import pandas as pd\npd.DataFrame({'a': [1, 2]})")
+    check("a DataFrame comes as text and HTML", bool(e.results) and e.results[0].html and "<table" in e.results[0].html
+          and e.results[0].text, e)
+    ctx = sb.create_code_context()
+    sb.run_code("y = 5", context=ctx)
+    check("a context of its own keeps its state", sb.run_code("y", context=ctx).text == "5")
+    check("contexts are apart", sb.run_code("'y' in globals()").text == "False")
+    check("list_code_contexts", ctx.id in [c.id for c in sb.list_code_contexts()])
+    sb.restart_code_context(ctx)
+    e = sb.run_code("y", context=ctx)
+    check("restart forgets the state", e.error is not None and e.error.name == "NameError", e)
+    sb.remove_code_context(ctx)
+    check("remove_code_context", ctx.id not in [c.id for c in sb.list_code_contexts()])
+    started = time.time()
+    try:
+        sb.run_code("import time\nwhile True: time.sleep(0.01)", timeout=2)
+        check("a call's timeout", False, "no timeout")
+    except Exception as ex:
+        check("a call's timeout raises TimeoutException", type(ex).__name__ == "TimeoutException", ex)
+    e = sb.run_code("x")
+    check("an interrupted cell leaves the context usable", e.text == "1" and time.time() - started < 10, (e, time.time() - started))
+    samples = []
+    for _ in range(50):
+        t = time.perf_counter()
+        sb.run_code("x + 1")
+        samples.append((time.perf_counter() - t) * 1000)
+    samples.sort()
+    print(f"run_code('x + 1') in an existing context, 50 runs: p50 {samples[25]:.2f} ms, p95 {samples[47]:.2f} ms")
+    sb.kill()
+
+
 async def async_checks():
     from e2b import AsyncSandbox
     sb = await AsyncSandbox.create()
@@ -194,6 +244,7 @@ def main():
             if url:
                 os.environ.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=key)
                 sdk_checks(key, other)
+                code_interpreter_checks()
                 asyncio.run(async_checks())
                 if os.environ.get("E2B_TIMING"):
                     timing(int(os.environ["E2B_TIMING"]))
