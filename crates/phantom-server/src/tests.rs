@@ -218,3 +218,16 @@ async fn a_stalled_request_answers_504_and_gives_its_slot_back() {
     })
     .await;
 }
+
+/// Regression: streamed answers (an E2B execution's NDJSON, /run's events) waited for
+/// the client's delayed ACK, 40 ms per call, because the listeners left Nagle on.
+#[tokio::test]
+async fn streamed_answers_do_not_wait_for_delayed_acks_nodelay_is_set() {
+    use axum::serve::Listener;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut listener = crate::no_delay(listener);
+    let client = tokio::net::TcpStream::connect(addr);
+    let ((accepted, _), _client) = tokio::join!(listener.accept(), client);
+    assert!(accepted.nodelay().unwrap());
+}
