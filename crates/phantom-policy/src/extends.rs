@@ -52,9 +52,21 @@ impl Loader {
         Profile::from_tree(&tree)
     }
 
+    /// Loads an already parsed tree (a config.yaml profile, translated) as if it were
+    /// `layer`'s text, and everything it extends.
+    pub fn load_tree(&mut self, root: Node, layer: Layer) -> Result<Profile, PolicyError> {
+        let tree = self.merged(root, layer)?;
+        Profile::from_tree(&tree)
+    }
+
     /// The merged tree of `layer` over its ancestors.
     fn tree(&mut self, layer: Layer) -> Result<Node, PolicyError> {
         let root = yaml::parse(&layer.text, &layer.file)?;
+        self.merged(root, layer)
+    }
+
+    /// `root` (the tree of `layer`) merged over its ancestors.
+    fn merged(&mut self, root: Node, layer: Layer) -> Result<Node, PolicyError> {
         let Value::Map(entries) = &root.value else {
             return Err(top_level_error(&root));
         };
