@@ -24,7 +24,7 @@ use crate::EngineError;
 /// Where a request's policy comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Policy {
-    /// A built-in profile by name.
+    /// A profile by name: a built-in, else one of the engine's config.yaml.
     Builtin(String),
     /// A policy file on this host (absolute).
     File(PathBuf),
@@ -74,11 +74,14 @@ pub(crate) struct Compiled {
     pub build_key: String,
 }
 
-/// Compiled plans of built-in profiles, by profile and limits (a policy file is read
+/// Compiled plans of named profiles, by profile and limits (a policy file is read
 /// again each time: it may change).
 #[derive(Default)]
 pub(crate) struct PlanCache {
     plans: HashMap<(Policy, String), Arc<Compiled>>,
+    /// The config.yaml the engine read when it started: its profiles are named like
+    /// built-ins (which they may not shadow).
+    config: Option<Arc<phantom_policy::Config>>,
 }
 
 /// Entries kept before the cache starts over.
@@ -90,13 +93,37 @@ impl PlanCache {
     /// how many were compiled; a profile that does not compile on this host is left
     /// to fail at its run, as it would have.
     pub(crate) fn prefill(&mut self) -> usize {
-        phantom_policy::builtin_names()
+        let mut names: Vec<String> = phantom_policy::builtin_names()
             .iter()
+            .map(|n| n.to_string())
+            .collect();
+        if let Some(config) = &self.config {
+            names.extend(config.names().into_iter().map(str::to_string));
+        }
+        names
+            .into_iter()
             .filter(|name| {
-                self.get(&Policy::Builtin(name.to_string()), &Overrides::default())
+                self.get(&Policy::Builtin(name.clone()), &Overrides::default())
                     .is_ok()
             })
             .count()
+    }
+
+    /// A cache that also knows `config`'s profiles.
+    pub(crate) fn with_config(config: Option<phantom_policy::Config>) -> PlanCache {
+        PlanCache {
+            plans: HashMap::new(),
+            config: config.map(Arc::new),
+        }
+    }
+
+    /// Whether `name` is a profile of the config (not a built-in).
+    pub(crate) fn is_config_profile(&self, name: &str) -> bool {
+        phantom_policy::builtin_source(name).is_none()
+            && self
+                .config
+                .as_ref()
+                .is_some_and(|c| c.profile(name).is_some())
     }
 
     /// The plan for `policy` with `overrides`.
@@ -110,7 +137,7 @@ impl PlanCache {
             return Ok(found.clone());
         }
         let profile = match policy {
-            Policy::Builtin(name) => phantom_policy::load_builtin(name)?,
+            Policy::Builtin(name) => phantom_policy::load_named(name, self.config.as_deref())?,
             Policy::File(path) => phantom_policy::load_file(path)?,
         };
         let plan = phantom_policy::compile(&profile, overrides)?;
@@ -343,6 +370,21 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
         }
     }
     match &ask.policy {
+        // A config.yaml profile may bind host directories: an API key reaches one only
+        // when its grants name it (an empty list means the built-ins).
+        Policy::Builtin(name)
+            if cache.is_config_profile(name)
+                && ask.principal.owner != phantom_api::access::Owner::Local
+                && !grants.profiles.iter().any(|p| p == name) =>
+        {
+            return Err(forbidden(
+                Field::Profile,
+                name.as_str(),
+                format!(
+                    "{name} is a profile of the supervisor's config.yaml, which this caller was not granted (an operator grants it with `phantom keys add NAME --profiles {name}`)"
+                ),
+            ))
+        }
         Policy::Builtin(name) if !grants.allows_profile(name) => {
             return Err(forbidden(
                 Field::Profile,
