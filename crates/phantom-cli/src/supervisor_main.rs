@@ -83,6 +83,8 @@ pub(crate) struct Args {
     pub(crate) socket: Option<std::path::PathBuf>,
     /// Serve the HTTP API on this address (e.g. 127.0.0.1:8080; port 0 picks one, which
     /// is printed). Every /api/v2 call needs an API key (`phantom keys add NAME`).
+    /// Without it, AISBX_API_PORT=PORT (or config.yaml's `api_port:`) means
+    /// 127.0.0.1:PORT; with neither there is no HTTP API.
     #[arg(long, value_name = "ADDR")]
     pub(crate) bind: Option<std::net::SocketAddr>,
     /// With --bind: sandboxes at once (runs, execs and persistent sandboxes).
@@ -92,7 +94,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SIZE", default_value = "8MiB")]
     pub(crate) max_body: String,
     /// With --bind: also accept the keys listed in FILE (one `phk_...` key per line,
-    /// `#` comments), e.g. a mounted secret; keys from `phantom keys add` always work.
+    /// `#` comments), e.g. a mounted secret; keys from `phantom keys add` always work,
+    /// and so does the key in AISBX_API_KEY (same rules as a line of FILE).
     #[arg(long, value_name = "FILE")]
     pub(crate) api_keys: Option<std::path::PathBuf>,
     /// With --bind and --psi-aware: read pressure from DIR/cpu and DIR/memory instead
@@ -180,7 +183,37 @@ impl Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    // config.yaml and the AISBX_*/PHANTOM_* variables: a mistake stops the start.
+    let settings = match phantom_policy::Settings::from_env(&phantom_policy::config::process_env) {
+        Ok(s) => s,
+        Err(e) => {
+            e.to_string()
+                .lines()
+                .for_each(|l| eprintln!("phantom-supervisor: error: {l}"));
+            std::process::exit(2);
+        }
+    };
+    if args.bind.is_none() {
+        if let Some(port) = &settings.api_port {
+            args.bind = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port.value)));
+        }
+    }
+    server::set_debug(settings.debug.value);
+    if settings.debug.value {
+        eprintln!(
+            "phantom-supervisor: debug log on ({}); config: {}",
+            settings.debug.origin,
+            settings
+                .config
+                .as_ref()
+                .map_or("none".to_string(), |c| format!(
+                    "{} ({} profiles)",
+                    c.file.display(),
+                    c.profiles.len()
+                ))
+        );
+    }
     if args.health {
         std::process::exit(health(&args));
     }
@@ -220,7 +253,16 @@ fn main() {
         }
     }
     if let Some(bind) = args.bind {
-        std::process::exit(http::main(&args, bind));
+        std::process::exit(http::main(&args, bind, settings.api_key.as_ref()));
+    }
+    if let Some(key) = &settings.api_key {
+        eprintln!(
+            "phantom-supervisor: warning: {}: without --bind (or AISBX_API_PORT) there is no HTTP API to accept it",
+            match &key.origin {
+                phantom_policy::config::Origin::Variable(v) => v.as_str(),
+                _ => "AISBX_API_KEY",
+            }
+        );
     }
     if args.zygote_pools == 0 || args.zygote_pools > 1024 {
         eprintln!(
