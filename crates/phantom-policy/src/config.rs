@@ -758,6 +758,7 @@ fn oci_seccomp(root: &Node) -> Result<Node, PolicyError> {
         };
         let mut names = Vec::new();
         let mut entry_deny = None;
+        let mut action_seen = false;
         for (k, v) in fields {
             let field = format!(
                 "{here}.{}",
@@ -772,10 +773,13 @@ fn oci_seccomp(root: &Node) -> Result<Node, PolicyError> {
                     _ => errors.push(wrong_type(v, &field, "a list of syscall names")),
                 },
                 Some("name") => names.push(v),
-                Some("action") => match action(v, &field) {
-                    Ok(d) => entry_deny = Some(d),
-                    Err(e) => errors.push(e),
-                },
+                Some("action") => {
+                    action_seen = true;
+                    match action(v, &field) {
+                        Ok(d) => entry_deny = Some(d),
+                        Err(e) => errors.push(e),
+                    }
+                }
                 Some("args") if !is_empty(v) => {
                     errors.push(invalid(v, &field, "argument conditions cannot be expressed in phantom's seccomp section (it filters by syscall name, plus its own checks on clone, ioctl and personality); remove the entry or its args".into()));
                 }
@@ -787,6 +791,10 @@ fn oci_seccomp(root: &Node) -> Result<Node, PolicyError> {
             }
         }
         let Some(entry_deny) = entry_deny else {
+            if action_seen {
+                // Its error is noted already.
+                continue;
+            }
             errors.push(PolicyError::MissingKey {
                 at: entry.pos.source(),
                 key: format!("{here}.action"),
@@ -1357,12 +1365,14 @@ mod tests {
             ("{\"defaultAction\": \"SCMP_ACT_EROR\"}", "did you mean `SCMP_ACT_ERRNO`"),
             ("{\"defaultAction\": \"SCMP_ACT_ALLOW\",\n \"syscalls\": [{\"names\": [\"opne\"], \"action\": \"SCMP_ACT_ERRNO\"}]}", "custom.json:2:26: syscalls[0].names: `opne` is not a syscall"),
             ("{\"defaultAction\": \"SCMP_ACT_ALLOW\",\n \"syscalls\": [{\"names\": [\"clone\"], \"action\": \"SCMP_ACT_ERRNO\", \"args\": [{\"index\": 0}]}]}", "syscalls[0].args: argument conditions cannot be expressed"),
+            ("{\"defaultAction\": \"SCMP_ACT_ALLOW\",\n \"syscalls\": [{\"names\": [\"ptrace\"], \"action\": \"SCMP_ACT_LOG\"}]}", "custom.json:2:47: syscalls[0].action: `SCMP_ACT_LOG`"),
             ("{\"defaultAction\": \"SCMP_ACT_ERRNO\", \"defaultErrnoRet\": 38}", "defaultErrnoRet: phantom's denials return EPERM"),
             ("{\"defaultAction\": \"SCMP_ACT_ERRNO\", \"flags\": []}", "unknown key `flags` in the seccomp profile"),
             ("{\"defaultAction\": \"SCMP_ACT_ALLOW\", \"syscalls\": [{\"names\": [\"exit\"], \"action\": \"SCMP_ACT_ERRNO\"}]}", "`exit` cannot be denied"),
         ] {
             let line = with_seccomp(json).unwrap_err().to_string();
             assert!(line.contains(want), "{json}\nwanted: {want}\ngot:    {line}");
+            assert!(!line.contains('\n'), "one mistake, one line: {line}");
         }
         let missing = parse("profiles:\n  - name: a\n    seccomp: nothere.json\n")
             .unwrap_err()
