@@ -60,8 +60,8 @@ pub struct McpArgs {
     /// zygote (or turbo): warm pools (see below); cold: a fresh sandbox for every run.
     #[arg(long, value_name = "MODE", default_value = "zygote", env = "PHANTOM_PERFORMANCE_MODE", value_parser = parse_mode)]
     mode: ModeArg,
-    /// Built-in profiles to keep warm pools for (comma-separated; `python` means
-    /// python-dev, `node` node-dev, ...).
+    /// Profiles to keep warm pools for: built-ins or config.yaml's (comma-separated;
+    /// `python` means python-dev, `node` node-dev, ...).
     #[arg(long, value_delimiter = ',', default_value = "default,python-dev")]
     profiles: Vec<String>,
     /// Sandboxes kept ready per pool (1 to 64).
@@ -118,12 +118,15 @@ fn parse_pool_size(text: &str) -> Result<usize, String> {
 pub fn mcp(args: McpArgs) -> i32 {
     // config.yaml, whose profiles the engine serves by name: a mistake is said here,
     // before the engine is forked.
-    if let Err(e) = phantom_policy::config::load_from_env(&phantom_policy::config::process_env) {
-        e.to_string()
-            .lines()
-            .for_each(|l| eprintln!("phantom-mcp: error: {l}"));
-        return 2;
-    }
+    let config = match phantom_policy::config::load_from_env(&phantom_policy::config::process_env) {
+        Ok(c) => c,
+        Err(e) => {
+            e.to_string()
+                .lines()
+                .for_each(|l| eprintln!("phantom-mcp: error: {l}"));
+            return 2;
+        }
+    };
     let max_output = match phantom_policy::units::parse_bytes(&args.max_output) {
         Ok(n) => n,
         Err(e) => {
@@ -139,10 +142,18 @@ pub fn mcp(args: McpArgs) -> i32 {
     let mut profiles = Vec::new();
     for p in &args.profiles {
         let name = p.trim().to_string();
-        if !phantom_policy::builtin_names().contains(&name.as_str()) {
+        let ours = config.as_ref().map(|c| c.names()).unwrap_or_default();
+        if !phantom_policy::builtin_names().contains(&name.as_str())
+            && !ours.contains(&name.as_str())
+        {
             eprintln!(
-                "phantom-mcp: error: --profiles: `{name}` is not a built-in profile: use one of {}",
-                phantom_policy::builtin_names().join(", ")
+                "phantom-mcp: error: --profiles: `{name}` is not a profile: use one of {}",
+                phantom_policy::builtin_names()
+                    .iter()
+                    .chain(&ours)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             return 2;
         }

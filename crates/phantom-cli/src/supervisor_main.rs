@@ -43,9 +43,9 @@ Examples:
   phantom pool status"
 )]
 pub(crate) struct Args {
-    /// Built-in profiles to keep pools for on the host root (comma-separated; with
-    /// neither this nor --pool: every built-in profile with `performance.zygote: true`
-    /// — default and python-dev).
+    /// Profiles to keep pools for on the host root: built-ins or config.yaml's
+    /// (comma-separated; with neither this nor --pool: every built-in profile with
+    /// `performance.zygote: true` — default and python-dev).
     #[arg(long, value_delimiter = ',')]
     pub(crate) profiles: Vec<String>,
     /// Keep a pool of this built-in profile, on the host root (`default`) or on an

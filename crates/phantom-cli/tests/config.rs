@@ -425,8 +425,14 @@ fn the_supervisor_listens_on_aisbx_api_port_and_accepts_aisbx_api_key() {
     let key = format!("phk_0123456789ab_{}", "7".repeat(64));
     let port = free_port();
     let mut cmd = Command::new(supervisor_bin());
-    cmd.args(["--profiles", "default", "--zygote-pools", "1", "--socket"])
-        .arg(dir.path("pool.sock"));
+    cmd.args([
+        "--profiles",
+        "default,operator-only",
+        "--zygote-pools",
+        "1",
+        "--socket",
+    ])
+    .arg(dir.path("pool.sock"));
     dir.env(
         &mut cmd,
         &[
@@ -471,6 +477,26 @@ fn the_supervisor_listens_on_aisbx_api_port_and_accepts_aisbx_api_key() {
             .to_string()
             .as_bytes(),
     );
+    // The supervisor pools config profiles too: the local user's run of one is warm.
+    let socket = dir.path("pool.sock");
+    let state = dir.path("state");
+    let local = phantom(
+        &[
+            "run",
+            "--json",
+            "--profile",
+            "operator-only",
+            "--",
+            "sh",
+            "-c",
+            "echo $X",
+        ],
+        |c| {
+            dir.env(c, &[("AISBX_CONFIG_PATH", &config)]);
+            c.env("PHANTOM_SUPERVISOR_SOCKET", &socket)
+                .env("PHANTOM_STATE_DIR", &state);
+        },
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -488,6 +514,10 @@ fn the_supervisor_listens_on_aisbx_api_port_and_accepts_aisbx_api_key() {
         "{}",
         config_profile.text()
     );
+    assert_eq!(local.code, Some(0), "{}", local.describe());
+    let report: Value = serde_json::from_str(local.stdout.trim()).unwrap();
+    assert_eq!(report["stdout"], "y\n", "{report}");
+    assert_eq!(report["start"], "warm", "{report}\n{log}");
     assert!(log.contains("debug: list request"), "AISBX_DEBUG: {log}");
     assert!(!log.contains(&key), "the key is never logged: {log}");
     assert!(stopped.is_some(), "the supervisor did not stop on SIGTERM");
