@@ -237,7 +237,7 @@ fn show(settings: &Settings, json: bool) -> i32 {
     match (&settings.config, &looked) {
         (Some(c), _) => println!("config file: {} (from {})", c.file.display(), c.found_by),
         (None, Some((p, v, _))) => println!(
-            "config file: none ({} does not exist; from {v})",
+            "config file: none (no readable file at {}; from {v})",
             p.display()
         ),
         (None, None) => println!("config file: none (neither XDG_CONFIG_HOME nor HOME is set)"),

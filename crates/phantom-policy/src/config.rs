@@ -966,6 +966,19 @@ pub fn load_from_env(env: Env<'_>) -> Result<Option<Config>, PolicyError> {
         return Ok(None);
     };
     match Config::load(&path, &var) {
+        // The XDG file may be missing, or out of this user's reach (a HOME that is
+        // another user's, as under `sudo -u`); a file a variable names must be read.
+        Err(PolicyError::Read { error, .. })
+            if !required
+                && matches!(
+                    error.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::NotADirectory
+                ) =>
+        {
+            Ok(None)
+        }
         Err(PolicyError::Read { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
             if required {
                 Err(PolicyError::Environment {
@@ -1453,6 +1466,21 @@ mod tests {
         assert!(load_from_env(&env(&[("XDG_CONFIG_HOME", "/nonexistent")]))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn an_xdg_file_out_of_reach_is_no_config() {
+        // A HOME whose .config is a file: ENOTDIR, as EACCES for another user's HOME.
+        let home = std::env::temp_dir().join(format!(
+            "phantom-config-home-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(home.join(".config"), "not a directory").unwrap();
+        let found = load_from_env(&env(&[("HOME", home.to_str().unwrap())]));
+        std::fs::remove_dir_all(&home).unwrap();
+        assert!(found.unwrap().is_none());
     }
 
     #[test]
