@@ -605,3 +605,45 @@ fn phantom_mcp_takes_its_mode_and_pool_size_from_the_environment() {
         );
     }
 }
+
+/// Regression: a line of `--api-keys FILE` (and so AISBX_API_KEY) was checked only for
+/// its prefix and byte length; a non-ASCII one of the right length passed, and the
+/// server then cut its id out at a byte that was not a character boundary and
+/// panicked at start. Keys now take the key store's own shape check.
+#[test]
+fn a_non_ascii_key_of_the_right_length_is_refused_not_a_panic() {
+    let dir = Dir::new("keyshape");
+    let key = format!("phk_a{}€_{}", "é".repeat(5), "0".repeat(62));
+    assert_eq!(key.len(), 81, "the length the old check wanted");
+    let file = dir.write("keys", &format!("{key}\n"));
+    let mut cmd = Command::new(supervisor_bin());
+    cmd.args(["--bind", "127.0.0.1:0", "--socket"])
+        .arg(dir.path("pool.sock"))
+        .arg("--api-keys")
+        .arg(&file)
+        .env("PHANTOM_STATE_DIR", dir.path("state"));
+    dir.env(&mut cmd, &[]);
+    let out = common::run_with_deadline(cmd, Duration::from_secs(60));
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "phantom-supervisor: error: --api-keys {}:1: not a key (expected phk_<12 hex>_<64 hex>, as `phantom keys add` prints)",
+            file.display()
+        )
+    );
+    let mut cmd = Command::new(supervisor_bin());
+    cmd.args(["--socket"]).arg(dir.path("pool2.sock"));
+    dir.env(
+        &mut cmd,
+        &[("AISBX_API_PORT", "0"), ("AISBX_API_KEY", key.as_str())],
+    );
+    let out = common::run_with_deadline(cmd, Duration::from_secs(60));
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(!out.stderr.contains(&key), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("AISBX_API_KEY: not a key"),
+        "{}",
+        out.stderr
+    );
+}
