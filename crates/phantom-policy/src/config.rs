@@ -274,12 +274,14 @@ fn profile_exists(name: &str, config: Option<&Config>) -> Result<(), String> {
         " (built-in profiles: {}",
         crate::builtin::builtin_names().join(", ")
     ));
-    if let Some(c) = config {
-        if ours.is_empty() {
-            hint.push_str(&format!("; {} defines none", c.file.display()));
-        } else {
-            hint.push_str(&format!("; {}: {}", c.file.display(), ours.join(", ")));
+    match config {
+        Some(c) if ours.is_empty() => {
+            hint.push_str(&format!("; {} defines none", c.file.display()))
         }
+        Some(c) => hint.push_str(&format!("; {}: {}", c.file.display(), ours.join(", "))),
+        None => hint.push_str(
+            "; no config.yaml was found: AISBX_CONFIG_PATH, PHANTOM_CONFIG, $XDG_CONFIG_HOME/phantom/config.yaml",
+        ),
     }
     hint.push(')');
     Err(hint)
@@ -292,7 +294,6 @@ pub fn load_named(name: &str, config: Option<&Config>) -> Result<Profile, Policy
     }
     match config.and_then(|c| c.profile(name)) {
         Some(p) => Ok(p.profile.clone()),
-        None if config.is_none() => crate::builtin::load_builtin(name),
         None => Err(PolicyError::UnknownNamedProfile {
             name: shown(name),
             hint: profile_exists(name, config).err().unwrap_or_default(),
@@ -1410,7 +1411,8 @@ mod tests {
             .to_string();
         assert!(e.contains("did you mean `my-python`"), "{e}");
         assert!(e.contains("config.yaml: my-python"), "{e}");
-        assert!(load_named("my-python", None).is_err());
+        let e = load_named("my-python", None).unwrap_err().to_string();
+        assert!(e.contains("no config.yaml was found"), "{e}");
     }
 
     #[test]
