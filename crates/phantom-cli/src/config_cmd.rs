@@ -21,7 +21,7 @@ pub enum ConfigCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The config file in effect (or where it would be looked for), on one line.
+    /// The config file in effect, or `none`, on one line.
     Path,
 }
 
@@ -34,9 +34,9 @@ Variables (AISBX_X and PHANTOM_X are the same setting; both set to different val
 is an error): AISBX_DEFAULT_PROFILE (the profile without --profile), AISBX_DEBUG=1
 (what --verbose does; the supervisor's debug log), AISBX_API_PORT (phantom-supervisor
 serves HTTP on 127.0.0.1:PORT without --bind), AISBX_API_KEY (a key the supervisor's
-HTTP API and MCP accept), PHANTOM_PERFORMANCE_MODE and PHANTOM_ZYGOTE_POOL_SIZE
-(phantom-mcp --mode, --pool-size). A flag wins over a variable, a variable over the
-config file.
+HTTP API accepts, as a line of --api-keys), PHANTOM_PERFORMANCE_MODE and
+PHANTOM_ZYGOTE_POOL_SIZE (phantom-mcp --mode, --pool-size). A flag wins over a
+variable, a variable over the config file.
 
 Example config.yaml:
   default_profile: my-python
