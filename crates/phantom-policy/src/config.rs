@@ -29,8 +29,9 @@
 //! same validation as a policy file, so every mistake is `file:line:column: key: what is
 //! wrong (how to fix it)`. Writing a value both ways (`cpu` and `resources.cpu`) is an
 //! error. Without `extends:` a config profile starts from the DSL's defaults (those of
-//! the built-in `default`). A config profile may not take a built-in profile's name:
-//! `extends: python-dev` builds on one.
+//! the built-in `default`). `extends:` names a built-in, a DSL file (a path, relative to
+//! the config file), or a profile defined above it in the same file. A config profile
+//! may not take a built-in profile's name: `extends: python-dev` builds on one.
 //!
 //! `seccomp:` reads an OCI seccomp profile (`defaultAction`, `syscalls: [{names,
 //! action}]`): `SCMP_ACT_ALLOW` as the default keeps phantom's denylist and adds the
@@ -148,6 +149,9 @@ pub struct ConfigProfile {
     pub at: SourcePos,
     /// Its entry as written (for `phantom profile show`).
     pub text: String,
+    /// Its DSL tree merged over its ancestors: what a later profile of the same file
+    /// that extends it is merged over.
+    tree: Node,
 }
 
 impl Config {
@@ -204,7 +208,7 @@ impl Config {
                         }
                     };
                     for (i, item) in items.iter().enumerate() {
-                        match profile_entry(item, i, &dir, &file, text) {
+                        match profile_entry(item, i, &dir, &file, text, &config.profiles) {
                             Ok(p) => {
                                 if let Some(first) = config.profile(&p.name) {
                                     errors.push(PolicyError::InvalidValue {
@@ -393,6 +397,7 @@ fn profile_entry(
     dir: &Path,
     file: &Arc<str>,
     text: &str,
+    earlier: &[ConfigProfile],
 ) -> Result<ConfigProfile, PolicyError> {
     let here = format!("profiles[{i}]");
     let Value::Map(entries) = &item.value else {
@@ -522,21 +527,87 @@ fn profile_entry(
         value: Value::Map(tree.entries),
         pos: item.pos.clone(),
     };
-    let profile = Loader::new().load_tree(
-        root,
-        Layer {
-            text: String::new(),
-            file: Arc::clone(file),
-            identity: format!("config:{file}#{name}"),
-            base: Base::Dir(dir.to_path_buf()),
-        },
-    )?;
+    let tree = match sibling_parent(&tree_entries(&root), earlier)? {
+        // `extends:` a profile defined above in this file: merged over its tree as over
+        // a parent file's (the child's own `extends` key was taken out).
+        Some((parent, rest)) => extends::merge_profile(
+            parent.tree.clone(),
+            Node {
+                value: Value::Map(rest),
+                pos: root.pos.clone(),
+            },
+        ),
+        None => Loader::new().merged(
+            root,
+            Layer {
+                text: String::new(),
+                file: Arc::clone(file),
+                identity: format!("config:{file}#{name}"),
+                base: Base::Dir(dir.to_path_buf()),
+            },
+        )?,
+    };
+    let profile = Profile::from_tree(&tree)?;
     Ok(ConfigProfile {
         at: name_pos,
         text: entry_text(text, item),
         name,
         profile,
+        tree,
     })
+}
+
+fn tree_entries(root: &Node) -> Vec<(Node, Node)> {
+    match &root.value {
+        Value::Map(entries) => entries.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// A profile of the same file that a child extends, and the child's entries without
+/// `extends`.
+type SiblingParent<'e> = (&'e ConfigProfile, Vec<(Node, Node)>);
+
+/// When `extends:` names a profile of this file (not a built-in, not a path): that
+/// profile and the child's entries without `extends`. A name that is none of the three
+/// is an error that lists what it could be.
+fn sibling_parent<'e>(
+    entries: &[(Node, Node)],
+    earlier: &'e [ConfigProfile],
+) -> Result<Option<SiblingParent<'e>>, PolicyError> {
+    let Some(i) = entries
+        .iter()
+        .position(|(k, _)| matches!(&k.value, Value::Str(s) if s == "extends"))
+    else {
+        return Ok(None);
+    };
+    let Value::Str(parent) = &entries[i].1.value else {
+        return Ok(None);
+    };
+    let path_like = parent.contains('/') || parent.ends_with(".yaml") || parent.ends_with(".yml");
+    if path_like || crate::builtin::builtin_source(parent).is_some() {
+        return Ok(None);
+    }
+    match earlier.iter().find(|p| p.name == *parent) {
+        Some(p) => {
+            let mut rest = entries.to_vec();
+            rest.remove(i);
+            Ok(Some((p, rest)))
+        }
+        None => {
+            let mut names: Vec<&str> = crate::builtin::builtin_names().to_vec();
+            names.extend(earlier.iter().map(|p| p.name.as_str()));
+            Err(invalid(
+                &entries[i].1,
+                "extends",
+                format!(
+                    "`{}` is neither a built-in profile nor one defined above in this file{} (to extend a file, write a path such as ./base.yaml)",
+                    shown(parent),
+                    did_you_mean(parent, names.iter().copied())
+                ),
+            ))
+        }
+    }
 }
 
 /// The lines of `text` that hold a `profiles:` entry: from its first line to the line
@@ -1276,6 +1347,42 @@ mod tests {
         assert_eq!(p.mode, crate::Mode::Hardened);
         assert_eq!((p.resources.pids, p.resources.cpu_millis), (64, 500));
         assert_eq!(config.default_profile.unwrap().0, "p");
+    }
+
+    #[test]
+    fn a_profile_may_extend_one_defined_above_it() {
+        let text = "profiles:
+  - name: base
+    extends: python-dev
+    memory: 256MB
+    environment: {A: a, B: b}
+  - name: child
+    extends: base
+    cpu: 0.5
+    environment: {B: c}
+";
+        let config = parse(text).unwrap();
+        let child = &config.profile("child").unwrap().profile;
+        let python = crate::load_builtin("python-dev").unwrap();
+        assert_eq!(child.name, "child");
+        assert_eq!(child.runtime, python.runtime);
+        assert_eq!(child.resources.memory_bytes, 256 << 20);
+        assert_eq!(child.resources.cpu_millis, 500);
+        assert_eq!(
+            child.env,
+            vec![
+                ("A".to_string(), "a".to_string()),
+                ("B".to_string(), "c".to_string())
+            ]
+        );
+        for (text, want) in [
+            ("profiles:\n  - name: a\n    extends: b\n  - name: b\n", "config.yaml:3:14: extends: `b` is neither a built-in profile nor one defined above in this file"),
+            ("profiles:\n  - name: base\n  - name: a\n    extends: bsae\n", "(did you mean `base`?)"),
+            ("profiles:\n  - name: a\n    extends: a\n", "`a` is neither a built-in profile nor one defined above"),
+        ] {
+            let line = err(text);
+            assert!(line.contains(want), "wanted {want}\ngot    {line}");
+        }
     }
 
     #[test]
