@@ -79,9 +79,11 @@ pub(crate) struct Compiled {
 #[derive(Default)]
 pub(crate) struct PlanCache {
     plans: HashMap<(Policy, String), Arc<Compiled>>,
-    /// The config.yaml the engine read when it started: its profiles are named like
-    /// built-ins (which they may not shadow).
-    config: Option<Arc<phantom_policy::Config>>,
+    /// config.yaml (found through the engine's environment, as its front end found it):
+    /// its profiles are named like built-ins (which they may not shadow). Read at the
+    /// first name that is not a built-in's, then kept: a run of a built-in profile
+    /// never reads it. `None` until then.
+    config: Option<Option<Arc<phantom_policy::Config>>>,
 }
 
 /// Entries kept before the cache starts over.
@@ -97,7 +99,7 @@ impl PlanCache {
             .iter()
             .map(|n| n.to_string())
             .collect();
-        if let Some(config) = &self.config {
+        if let Ok(Some(config)) = self.config() {
             names.extend(config.names().into_iter().map(str::to_string));
         }
         names
@@ -109,21 +111,32 @@ impl PlanCache {
             .count()
     }
 
-    /// A cache that also knows `config`'s profiles.
+    /// A cache that knows `config`'s profiles (and reads no file for them).
+    #[cfg(test)]
     pub(crate) fn with_config(config: Option<phantom_policy::Config>) -> PlanCache {
         PlanCache {
             plans: HashMap::new(),
-            config: config.map(Arc::new),
+            config: Some(config.map(Arc::new)),
         }
     }
 
+    /// config.yaml, read once (AISBX_CONFIG_PATH, PHANTOM_CONFIG, else XDG).
+    fn config(&mut self) -> Result<Option<Arc<phantom_policy::Config>>, EngineError> {
+        if let Some(config) = &self.config {
+            return Ok(config.clone());
+        }
+        let config = phantom_policy::config::load_from_env(&phantom_policy::config::process_env)?
+            .map(Arc::new);
+        self.config = Some(config.clone());
+        Ok(config)
+    }
+
     /// Whether `name` is a profile of the config (not a built-in).
-    pub(crate) fn is_config_profile(&self, name: &str) -> bool {
-        phantom_policy::builtin_source(name).is_none()
-            && self
-                .config
-                .as_ref()
-                .is_some_and(|c| c.profile(name).is_some())
+    pub(crate) fn is_config_profile(&mut self, name: &str) -> Result<bool, EngineError> {
+        if phantom_policy::builtin_source(name).is_some() {
+            return Ok(false);
+        }
+        Ok(self.config()?.is_some_and(|c| c.profile(name).is_some()))
     }
 
     /// The plan for `policy` with `overrides`.
@@ -137,7 +150,10 @@ impl PlanCache {
             return Ok(found.clone());
         }
         let profile = match policy {
-            Policy::Builtin(name) => phantom_policy::load_named(name, self.config.as_deref())?,
+            Policy::Builtin(name) if phantom_policy::builtin_source(name).is_some() => {
+                phantom_policy::load_builtin(name)?
+            }
+            Policy::Builtin(name) => phantom_policy::load_named(name, self.config()?.as_deref())?,
             Policy::File(path) => phantom_policy::load_file(path)?,
         };
         let plan = phantom_policy::compile(&profile, overrides)?;
@@ -369,11 +385,15 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
             }
         }
     }
+    let config_profile = match &ask.policy {
+        Policy::Builtin(name) => cache.is_config_profile(name)?,
+        Policy::File(_) => false,
+    };
     match &ask.policy {
         // A config.yaml profile may bind host directories: an API key reaches one only
         // when its grants name it (an empty list means the built-ins).
         Policy::Builtin(name)
-            if cache.is_config_profile(name)
+            if config_profile
                 && ask.principal.owner != phantom_api::access::Owner::Local
                 && !grants.profiles.iter().any(|p| p == name) =>
         {
@@ -792,7 +812,8 @@ mod tests {
 
     #[test]
     fn an_aot_cache_holds_the_plan_a_run_without_limits_asks_for() {
-        let mut cache = PlanCache::default();
+        // No config.yaml: the host's own must not change the count.
+        let mut cache = PlanCache::with_config(None);
         let compiled = cache.prefill();
         assert_eq!(compiled, phantom_policy::builtin_names().len());
         let env = Default::default();
@@ -809,6 +830,39 @@ mod tests {
         // The run took the prefilled plan: nothing new was compiled.
         assert_eq!(cache.plans.len(), compiled);
         assert!(Arc::ptr_eq(&planned, &cache.plans[&key]));
+    }
+
+    #[test]
+    fn a_config_profile_reaches_a_key_only_when_its_grants_name_it() {
+        let config = phantom_policy::Config::parse(
+            "profiles:\n  - name: ops\n    environment: {X: y}\n",
+            std::path::Path::new("/etc/phantom/config.yaml"),
+            "test",
+        )
+        .unwrap();
+        let mut cache = PlanCache::with_config(Some(config));
+        let program = Program::Argv(vec!["true".into()]);
+        let env = Default::default();
+        let limits = Limits::default();
+        let run = |principal: &Principal, cache: &mut PlanCache| {
+            let mut a = ask(principal, &limits, &program, &env);
+            a.policy = Policy::Builtin("ops".into());
+            prepare(a, cache)
+        };
+        let prepared = run(&Principal::local(), &mut cache).unwrap();
+        assert!(prepared.plan().env.contains(&("X".into(), "y".into())));
+        let e = run(&key(), &mut cache).unwrap_err();
+        let EngineError::Request(f) = e else {
+            panic!("{e}")
+        };
+        assert_eq!(
+            (f.kind, f.field),
+            (FailureKind::Forbidden, Some(Field::Profile))
+        );
+        assert!(f.message.contains("--profiles ops"), "{}", f.message);
+        let mut granted = key();
+        granted.grants.profiles = vec!["ops".into()];
+        run(&granted, &mut cache).unwrap();
     }
 
     #[test]

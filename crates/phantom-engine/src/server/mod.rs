@@ -391,10 +391,6 @@ impl Engine {
         let test_resolve = phantom_egress::test_resolve_from_env()
             .map_err(EngineError::Usage)?
             .unwrap_or_default();
-        // config.yaml's profiles, named like built-ins (AISBX_CONFIG_PATH, PHANTOM_CONFIG,
-        // else the XDG config directory); read once, as the front end that started this
-        // engine read it.
-        let config = phantom_policy::config::load_from_env(&phantom_policy::config::process_env)?;
         // What engines killed earlier left behind.
         if let Ok(base) = crate::workspace::state_base() {
             crate::workspace::collect_stale(&base, phantom_linux::cgroup::Layout::cached());
@@ -403,7 +399,8 @@ impl Engine {
             pools,
             conns: Vec::new(),
             jobs: Vec::new(),
-            cache: PlanCache::with_config(config),
+            // config.yaml's profiles are read at the first run that names one.
+            cache: PlanCache::default(),
             state: None,
             test_resolve,
             private,
