@@ -35,7 +35,12 @@ fn file_keys(path: &PathBuf) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
-pub fn main(args: &Args, bind: Option<SocketAddr>) -> i32 {
+/// `api_key`: AISBX_API_KEY (or PHANTOM_API_KEY), accepted like a line of --api-keys.
+pub fn main(
+    args: &Args,
+    bind: Option<SocketAddr>,
+    api_key: Option<&phantom_policy::config::Sourced<String>>,
+) -> i32 {
     let max_body = match phantom_policy::units::parse_bytes(&args.max_body) {
         Ok(b) if (1024..=(1 << 30)).contains(&b) => b as usize,
         Ok(_) => {
@@ -58,10 +63,23 @@ pub fn main(args: &Args, bind: Option<SocketAddr>) -> i32 {
     if args.max_sandboxes == 0 {
         return fail("--max-sandboxes: at least 1");
     }
-    let file_keys = match args.api_keys.as_ref().map(file_keys).transpose() {
+    let mut file_keys = match args.api_keys.as_ref().map(file_keys).transpose() {
         Ok(k) => k.unwrap_or_default(),
         Err(e) => return fail(e),
     };
+    if let Some(key) = api_key {
+        // The key itself is never printed.
+        if !phantom_state::keys::looks_like_key(key.value.trim()) {
+            return fail(format!(
+                "{}: not a key (expected phk_<12 hex>_<64 hex>, as `phantom keys add` prints)",
+                match &key.origin {
+                    phantom_policy::config::Origin::Variable(v) => v.as_str(),
+                    _ => "AISBX_API_KEY",
+                }
+            ));
+        }
+        file_keys.push(key.value.trim().to_string());
+    }
     let psi = if args.psi_aware {
         let dir = args
             .psi_source

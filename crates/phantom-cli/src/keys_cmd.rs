@@ -111,10 +111,11 @@ impl GrantArgs {
         use phantom_policy::units;
         let defaults = Grants::default_key();
         for p in &self.profiles {
-            if !phantom_policy::builtin_names().contains(&p.as_str()) {
+            // config.yaml's profiles too: the supervisor reads the same file.
+            if !crate::config_cmd::profile_names().contains(p) {
                 return Err(format!(
-                    "--profiles {p}: not a built-in profile; use {}",
-                    phantom_policy::builtin_names().join(", ")
+                    "--profiles {p}: not a profile; use {}",
+                    crate::config_cmd::profile_names().join(", ")
                 ));
             }
         }

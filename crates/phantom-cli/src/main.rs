@@ -7,6 +7,7 @@
 mod bench;
 mod bench_zygote;
 mod completions;
+mod config_cmd;
 mod doctor;
 mod image_cmd;
 mod keys_cmd;
@@ -65,6 +66,10 @@ enum Command {
     /// Built-in profiles: list them or show one in the policy DSL.
     #[command(subcommand)]
     Profile(policy_cmd::ProfileCommand),
+    /// config.yaml and the AISBX_*/PHANTOM_* variables: show the effective
+    /// configuration and where each value came from.
+    #[command(subcommand, after_help = config_cmd::AFTER_HELP)]
+    Config(config_cmd::ConfigCommand),
     /// Check or compile a policy file written in the DSL.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
@@ -120,9 +125,17 @@ fn main() {
     if !matches!(cli.command, Command::Mcp(_)) {
         phantom_engine::client::end_quietly_on_closed_stdout();
     }
+    // A mistake in config.yaml or the AISBX_*/PHANTOM_* variables is said once, here,
+    // before any engine starts (which reads them too).
+    if !matches!(cli.command, Command::Completions(_) | Command::Man(_)) {
+        if let Err(code) = config_cmd::load() {
+            std::process::exit(code);
+        }
+    }
     let code = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Profile(cmd) => policy_cmd::profile(cmd),
+        Command::Config(cmd) => config_cmd::config(cmd),
         Command::Policy(cmd) => policy_cmd::policy(cmd),
         Command::Pool(cmd) => pool_cmd::pool(cmd),
         Command::Doctor(args) => doctor::doctor(args),

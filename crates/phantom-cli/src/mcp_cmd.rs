@@ -57,15 +57,15 @@ pub struct McpArgs {
     /// Port to listen on (http); 0 picks a free one (printed on stderr).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// zygote: warm pools (see below); cold: a fresh sandbox for every run.
-    #[arg(long, value_enum, default_value = "zygote")]
+    /// zygote (or turbo): warm pools (see below); cold: a fresh sandbox for every run.
+    #[arg(long, value_name = "MODE", default_value = "zygote", env = "PHANTOM_PERFORMANCE_MODE", value_parser = parse_mode)]
     mode: ModeArg,
-    /// Built-in profiles to keep warm pools for (comma-separated; `python` means
-    /// python-dev, `node` node-dev, ...).
+    /// Profiles to keep warm pools for: built-ins or config.yaml's (comma-separated;
+    /// `python` means python-dev, `node` node-dev, ...).
     #[arg(long, value_delimiter = ',', default_value = "default,python-dev")]
     profiles: Vec<String>,
-    /// Sandboxes kept ready per pool.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    /// Sandboxes kept ready per pool (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 4, env = "PHANTOM_ZYGOTE_POOL_SIZE", value_parser = parse_pool_size)]
     pool_size: usize,
     /// Output cap per run: bytes of stdout+stderr kept (e.g. 1MiB, 256KB); the rest is
     /// dropped and the result says `truncated`.
@@ -91,8 +91,42 @@ pub struct McpArgs {
     io_mode: IoModeArg,
 }
 
+/// `--mode` / PHANTOM_PERFORMANCE_MODE (the seed's Claude Desktop example); the error
+/// names both, since clap does not say which one the value came from.
+fn parse_mode(text: &str) -> Result<ModeArg, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "zygote" | "turbo" => Ok(ModeArg::Zygote),
+        "cold" => Ok(ModeArg::Cold),
+        _ => Err(
+            "expected zygote (or turbo) or cold (from --mode or PHANTOM_PERFORMANCE_MODE)".into(),
+        ),
+    }
+}
+
+/// `--pool-size` / PHANTOM_ZYGOTE_POOL_SIZE.
+fn parse_pool_size(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(
+            "expected a whole number from 1 to 64 (from --pool-size or PHANTOM_ZYGOTE_POOL_SIZE)"
+                .into(),
+        ),
+    }
+}
+
 /// Run the server with these flags; returns the exit code.
 pub fn mcp(args: McpArgs) -> i32 {
+    // config.yaml, whose profiles the engine serves by name: a mistake is said here,
+    // before the engine is forked.
+    let config = match phantom_policy::config::load_from_env(&phantom_policy::config::process_env) {
+        Ok(c) => c,
+        Err(e) => {
+            e.to_string()
+                .lines()
+                .for_each(|l| eprintln!("phantom-mcp: error: {l}"));
+            return 2;
+        }
+    };
     let max_output = match phantom_policy::units::parse_bytes(&args.max_output) {
         Ok(n) => n,
         Err(e) => {
@@ -108,10 +142,18 @@ pub fn mcp(args: McpArgs) -> i32 {
     let mut profiles = Vec::new();
     for p in &args.profiles {
         let name = p.trim().to_string();
-        if !phantom_policy::builtin_names().contains(&name.as_str()) {
+        let ours = config.as_ref().map(|c| c.names()).unwrap_or_default();
+        if !phantom_policy::builtin_names().contains(&name.as_str())
+            && !ours.contains(&name.as_str())
+        {
             eprintln!(
-                "phantom-mcp: error: --profiles: `{name}` is not a built-in profile: use one of {}",
-                phantom_policy::builtin_names().join(", ")
+                "phantom-mcp: error: --profiles: `{name}` is not a profile: use one of {}",
+                phantom_policy::builtin_names()
+                    .iter()
+                    .chain(&ours)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             return 2;
         }

@@ -9,7 +9,8 @@ use crate::error_line;
 
 #[derive(Subcommand, Debug)]
 pub enum ProfileCommand {
-    /// List the built-in profiles with their mode, network and limits.
+    /// List the profiles (built-in, then config.yaml's) with their mode, network and
+    /// limits.
     #[command(after_help = "Examples:
   phantom profile list
   phantom profile list --performance        # zygote, pool size, preloads, io_mode, allocator
@@ -32,7 +33,8 @@ pub enum ProfileCommand {
         #[arg(long, value_name = "N", default_value_t = 10, requires = "benchmark")]
         iterations: usize,
     },
-    /// Print a built-in profile's source in the policy DSL (a good start for your own).
+    /// Print a built-in profile's source in the policy DSL (a good start for your own),
+    /// or a config.yaml profile's entry.
     Show {
         /// Profile name, e.g. python-dev.
         name: String,
@@ -63,7 +65,7 @@ pub struct FileArg {
 }
 
 fn compile_builtin(name: &str) -> Result<Plan, String> {
-    let profile = phantom_policy::load_builtin(name).map_err(|e| e.to_string())?;
+    let profile = crate::config_cmd::load_profile(name).map_err(|e| e.to_string())?;
     phantom_policy::compile(&profile, &Overrides::default()).map_err(|e| e.to_string())
 }
 
@@ -82,8 +84,8 @@ pub fn profile(cmd: ProfileCommand) -> i32 {
         } => performance(json),
         ProfileCommand::List { json, .. } => {
             let mut rows = Vec::new();
-            for name in phantom_policy::builtin_names() {
-                let profile = match phantom_policy::load_builtin(name) {
+            for name in &crate::config_cmd::profile_names() {
+                let profile = match crate::config_cmd::load_profile(name) {
                     Ok(p) => p,
                     Err(e) => {
                         error_line(e);
@@ -151,15 +153,18 @@ pub fn profile(cmd: ProfileCommand) -> i32 {
             }
             0
         }
-        ProfileCommand::Show { name } => match phantom_policy::builtin_source(&name) {
+        ProfileCommand::Show { name } => match phantom_policy::builtin_source(&name)
+            .map(str::to_string)
+            .or_else(|| crate::config_cmd::config_source(&name))
+        {
             Some(src) => {
                 print!("{src}");
                 0
             }
             None => {
                 error_line(format!(
-                    "unknown profile `{name}`; built-in profiles: {}",
-                    phantom_policy::builtin_names().join(", ")
+                    "unknown profile `{name}`; profiles: {}",
+                    crate::config_cmd::profile_names().join(", ")
                 ));
                 2
             }

@@ -103,7 +103,8 @@ pub const EXIT_PHANTOM_FAILED: i32 = 125;
 /// `phantom create` take the same.
 #[derive(Args, Debug)]
 pub struct PolicyArgs {
-    /// Built-in profile to run under (see `phantom profile list`).
+    /// Profile to run under: a built-in or one of config.yaml's (see `phantom profile
+    /// list`; default: AISBX_DEFAULT_PROFILE, else config.yaml's default_profile).
     #[arg(long, value_name = "NAME", conflicts_with = "policy")]
     profile: Option<String>,
     /// Policy file in the DSL (see `phantom profile show default` for the format).
@@ -132,9 +133,15 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    /// The built-in profile named (none: the request's default).
+    /// The profile named, else (without --policy) AISBX_DEFAULT_PROFILE or config.yaml's
+    /// `default_profile` (none: the request's default).
     pub fn profile(&self) -> Option<String> {
-        self.profile.clone()
+        self.profile.clone().or_else(|| {
+            self.policy
+                .is_none()
+                .then(crate::config_cmd::default_profile)
+                .flatten()
+        })
     }
 
     /// The policy file named, made absolute (the engine may run elsewhere than here).
@@ -221,7 +228,7 @@ pub struct RunArgs {
     #[arg(long)]
     cold: bool,
     /// Say why a run was not served warm, and (network limited) each decision of the
-    /// egress proxy.
+    /// egress proxy. AISBX_DEBUG=1 does the same.
     #[arg(long, short = 'v')]
     verbose: bool,
     /// The command and its arguments: after the options, with or without `--`
@@ -243,7 +250,8 @@ pub fn parse_env(items: &[String]) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
-pub fn run(args: RunArgs) -> i32 {
+pub fn run(mut args: RunArgs) -> i32 {
+    args.verbose |= crate::config_cmd::debug();
     let env = match parse_env(&args.env) {
         Ok(e) => e,
         Err(msg) => {

@@ -54,9 +54,9 @@ Examples:
   phantom pool status"
 )]
 pub(crate) struct Args {
-    /// Built-in profiles to keep pools for on the host root (comma-separated; with
-    /// neither this nor --pool: every built-in profile with `performance.zygote: true`
-    /// — default and python-dev).
+    /// Profiles to keep pools for on the host root: built-ins or config.yaml's
+    /// (comma-separated; with neither this nor --pool: every built-in profile with
+    /// `performance.zygote: true` — default and python-dev).
     #[arg(long, value_delimiter = ',')]
     pub(crate) profiles: Vec<String>,
     /// Keep a pool of this built-in profile, on the host root (`default`) or on an
@@ -94,6 +94,8 @@ pub(crate) struct Args {
     pub(crate) socket: Option<std::path::PathBuf>,
     /// Serve the HTTP API on this address (e.g. 127.0.0.1:8080; port 0 picks one, which
     /// is printed). Every /api/v2 call needs an API key (`phantom keys add NAME`).
+    /// Without it, AISBX_API_PORT=PORT (or config.yaml's `api_port:`) means
+    /// 127.0.0.1:PORT; with neither there is no HTTP API.
     #[arg(long, value_name = "ADDR")]
     pub(crate) bind: Option<std::net::SocketAddr>,
     /// Serve E2B's API on this address (e.g. 127.0.0.1:3000; port 0 picks one, which is
@@ -110,7 +112,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "SIZE", default_value = "8MiB")]
     pub(crate) max_body: String,
     /// With --bind: also accept the keys listed in FILE (one `phk_...` key per line,
-    /// `#` comments), e.g. a mounted secret; keys from `phantom keys add` always work.
+    /// `#` comments), e.g. a mounted secret; keys from `phantom keys add` always work,
+    /// and so does the key in AISBX_API_KEY (same rules as a line of FILE).
     #[arg(long, value_name = "FILE")]
     pub(crate) api_keys: Option<std::path::PathBuf>,
     /// With --bind and --psi-aware: read pressure from DIR/cpu and DIR/memory instead
@@ -213,12 +216,42 @@ impl Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if let Some(shell) = args.completions {
         std::process::exit(completions::completion_script(shell, Args::command()));
     }
     if args.man {
         std::process::exit(completions::man_page(Args::command()));
+    }
+    // config.yaml and the AISBX_*/PHANTOM_* variables: a mistake stops the start.
+    let settings = match phantom_policy::Settings::from_env(&phantom_policy::config::process_env) {
+        Ok(s) => s,
+        Err(e) => {
+            e.to_string()
+                .lines()
+                .for_each(|l| eprintln!("phantom-supervisor: error: {l}"));
+            std::process::exit(2);
+        }
+    };
+    if args.bind.is_none() {
+        if let Some(port) = &settings.api_port {
+            args.bind = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port.value)));
+        }
+    }
+    server::set_debug(settings.debug.value);
+    if settings.debug.value {
+        eprintln!(
+            "phantom-supervisor: debug log on ({}); config: {}",
+            settings.debug.origin,
+            settings
+                .config
+                .as_ref()
+                .map_or("none".to_string(), |c| format!(
+                    "{} ({} profiles)",
+                    c.file.display(),
+                    c.profiles.len()
+                ))
+        );
     }
     if args.health {
         std::process::exit(health(&args));
@@ -259,7 +292,16 @@ fn main() {
         }
     }
     if args.bind.is_some() || args.e2b_bind.is_some() {
-        std::process::exit(http::main(&args, args.bind));
+        std::process::exit(http::main(&args, args.bind, settings.api_key.as_ref()));
+    }
+    if let Some(key) = &settings.api_key {
+        eprintln!(
+            "phantom-supervisor: warning: {}: without --bind (or AISBX_API_PORT) there is no HTTP API to accept it",
+            match &key.origin {
+                phantom_policy::config::Origin::Variable(v) => v.as_str(),
+                _ => "AISBX_API_KEY",
+            }
+        );
     }
     if args.zygote_pools == 0 || args.zygote_pools > 1024 {
         eprintln!(

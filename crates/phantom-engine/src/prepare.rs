@@ -24,7 +24,7 @@ use crate::EngineError;
 /// Where a request's policy comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Policy {
-    /// A built-in profile by name.
+    /// A profile by name: a built-in, else one of the engine's config.yaml.
     Builtin(String),
     /// A policy file on this host (absolute).
     File(PathBuf),
@@ -74,11 +74,16 @@ pub(crate) struct Compiled {
     pub build_key: String,
 }
 
-/// Compiled plans of built-in profiles, by profile and limits (a policy file is read
+/// Compiled plans of named profiles, by profile and limits (a policy file is read
 /// again each time: it may change).
 #[derive(Default)]
 pub(crate) struct PlanCache {
     plans: HashMap<(Policy, String), Arc<Compiled>>,
+    /// config.yaml (found through the engine's environment, as its front end found it):
+    /// its profiles are named like built-ins (which they may not shadow). Read at the
+    /// first name that is not a built-in's, then kept: a run of a built-in profile
+    /// never reads it. `None` until then.
+    config: Option<Option<Arc<phantom_policy::Config>>>,
 }
 
 /// Entries kept before the cache starts over.
@@ -90,13 +95,48 @@ impl PlanCache {
     /// how many were compiled; a profile that does not compile on this host is left
     /// to fail at its run, as it would have.
     pub(crate) fn prefill(&mut self) -> usize {
-        phantom_policy::builtin_names()
+        let mut names: Vec<String> = phantom_policy::builtin_names()
             .iter()
+            .map(|n| n.to_string())
+            .collect();
+        if let Ok(Some(config)) = self.config() {
+            names.extend(config.names().into_iter().map(str::to_string));
+        }
+        names
+            .into_iter()
             .filter(|name| {
-                self.get(&Policy::Builtin(name.to_string()), &Overrides::default())
+                self.get(&Policy::Builtin(name.clone()), &Overrides::default())
                     .is_ok()
             })
             .count()
+    }
+
+    /// A cache that knows `config`'s profiles (and reads no file for them).
+    #[cfg(test)]
+    pub(crate) fn with_config(config: Option<phantom_policy::Config>) -> PlanCache {
+        PlanCache {
+            plans: HashMap::new(),
+            config: Some(config.map(Arc::new)),
+        }
+    }
+
+    /// config.yaml, read once (AISBX_CONFIG_PATH, PHANTOM_CONFIG, else XDG).
+    fn config(&mut self) -> Result<Option<Arc<phantom_policy::Config>>, EngineError> {
+        if let Some(config) = &self.config {
+            return Ok(config.clone());
+        }
+        let config = phantom_policy::config::load_from_env(&phantom_policy::config::process_env)?
+            .map(Arc::new);
+        self.config = Some(config.clone());
+        Ok(config)
+    }
+
+    /// Whether `name` is a profile of the config (not a built-in).
+    pub(crate) fn is_config_profile(&mut self, name: &str) -> Result<bool, EngineError> {
+        if phantom_policy::builtin_source(name).is_some() {
+            return Ok(false);
+        }
+        Ok(self.config()?.is_some_and(|c| c.profile(name).is_some()))
     }
 
     /// The plan for `policy` with `overrides`.
@@ -110,7 +150,10 @@ impl PlanCache {
             return Ok(found.clone());
         }
         let profile = match policy {
-            Policy::Builtin(name) => phantom_policy::load_builtin(name)?,
+            Policy::Builtin(name) if phantom_policy::builtin_source(name).is_some() => {
+                phantom_policy::load_builtin(name)?
+            }
+            Policy::Builtin(name) => phantom_policy::load_named(name, self.config()?.as_deref())?,
             Policy::File(path) => phantom_policy::load_file(path)?,
         };
         let plan = phantom_policy::compile(&profile, overrides)?;
@@ -342,7 +385,26 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
             }
         }
     }
+    let config_profile = match &ask.policy {
+        Policy::Builtin(name) => cache.is_config_profile(name)?,
+        Policy::File(_) => false,
+    };
     match &ask.policy {
+        // A config.yaml profile may bind host directories: an API key reaches one only
+        // when its grants name it (an empty list means the built-ins).
+        Policy::Builtin(name)
+            if config_profile
+                && ask.principal.owner != phantom_api::access::Owner::Local
+                && !grants.profiles.iter().any(|p| p == name) =>
+        {
+            return Err(forbidden(
+                Field::Profile,
+                name.as_str(),
+                format!(
+                    "{name} is a profile of the supervisor's config.yaml, which this caller was not granted (an operator grants it with `phantom keys add NAME --profiles {name}`)"
+                ),
+            ))
+        }
         Policy::Builtin(name) if !grants.allows_profile(name) => {
             return Err(forbidden(
                 Field::Profile,
@@ -750,7 +812,8 @@ mod tests {
 
     #[test]
     fn an_aot_cache_holds_the_plan_a_run_without_limits_asks_for() {
-        let mut cache = PlanCache::default();
+        // No config.yaml: the host's own must not change the count.
+        let mut cache = PlanCache::with_config(None);
         let compiled = cache.prefill();
         assert_eq!(compiled, phantom_policy::builtin_names().len());
         let env = Default::default();
@@ -767,6 +830,39 @@ mod tests {
         // The run took the prefilled plan: nothing new was compiled.
         assert_eq!(cache.plans.len(), compiled);
         assert!(Arc::ptr_eq(&planned, &cache.plans[&key]));
+    }
+
+    #[test]
+    fn a_config_profile_reaches_a_key_only_when_its_grants_name_it() {
+        let config = phantom_policy::Config::parse(
+            "profiles:\n  - name: ops\n    environment: {X: y}\n",
+            std::path::Path::new("/etc/phantom/config.yaml"),
+            "test",
+        )
+        .unwrap();
+        let mut cache = PlanCache::with_config(Some(config));
+        let program = Program::Argv(vec!["true".into()]);
+        let env = Default::default();
+        let limits = Limits::default();
+        let run = |principal: &Principal, cache: &mut PlanCache| {
+            let mut a = ask(principal, &limits, &program, &env);
+            a.policy = Policy::Builtin("ops".into());
+            prepare(a, cache)
+        };
+        let prepared = run(&Principal::local(), &mut cache).unwrap();
+        assert!(prepared.plan().env.contains(&("X".into(), "y".into())));
+        let e = run(&key(), &mut cache).unwrap_err();
+        let EngineError::Request(f) = e else {
+            panic!("{e}")
+        };
+        assert_eq!(
+            (f.kind, f.field),
+            (FailureKind::Forbidden, Some(Field::Profile))
+        );
+        assert!(f.message.contains("--profiles ops"), "{}", f.message);
+        let mut granted = key();
+        granted.grants.profiles = vec!["ops".into()];
+        run(&granted, &mut cache).unwrap();
     }
 
     #[test]

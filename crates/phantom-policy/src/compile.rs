@@ -341,6 +341,13 @@ pub fn compile_on(
             .unwrap_or("/usr/lib/libjemalloc.so.2");
         env.push(("LD_PRELOAD".to_string(), library.to_string()));
     }
+    // The profile's `env:` last: a name it gives replaces phantom's own.
+    for (key, value) in &profile.env {
+        match env.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.clone(),
+            None => env.push((key.clone(), value.clone())),
+        }
+    }
 
     let isolated = mode != Mode::Direct;
     let mounts = if isolated {

@@ -115,6 +115,11 @@ pub enum PolicyError {
     #[error("unknown built-in profile `{name}`{hint}")]
     UnknownBuiltin { name: String, hint: String },
 
+    /// A profile was asked for by a name that is neither a built-in nor one of
+    /// config.yaml's.
+    #[error("unknown profile `{name}`{hint}")]
+    UnknownNamedProfile { name: String, hint: String },
+
     /// `extends:` goes round in a circle.
     #[error("{at}: extends: cycle {chain}; a profile cannot extend itself")]
     ExtendsCycle { at: SourcePos, chain: String },
@@ -134,6 +139,11 @@ pub enum PolicyError {
     /// A bug: the BPF generator produced something it should not have.
     #[error("seccomp program `{program}`: internal error: {message} (please report this)")]
     Internal { program: String, message: String },
+
+    /// An environment variable that phantom reads (`AISBX_CONFIG_PATH`, ...) has a
+    /// value that cannot be used.
+    #[error("{variable}: {}", one_line_quoted(.message))]
+    Environment { variable: String, message: String },
 
     /// Several independent problems (unknown keys, wrong types, bad values), in file
     /// order, so that one round of `phantom policy check` shows them all. Displays as

@@ -55,6 +55,12 @@ impl Loader {
     /// The merged tree of `layer` over its ancestors.
     fn tree(&mut self, layer: Layer) -> Result<Node, PolicyError> {
         let root = yaml::parse(&layer.text, &layer.file)?;
+        self.merged(root, layer)
+    }
+
+    /// `root` (the tree of `layer`, or a config.yaml profile translated into the DSL)
+    /// merged over its ancestors.
+    pub(crate) fn merged(&mut self, root: Node, layer: Layer) -> Result<Node, PolicyError> {
         let Value::Map(entries) = &root.value else {
             return Err(top_level_error(&root));
         };
@@ -198,7 +204,7 @@ pub(crate) fn read_policy_file(path: &Path) -> Result<String, PolicyError> {
 
 /// The child's tree over the parent's: mappings merge key by key, anything else
 /// replaces. `profile`, `description` and `extends` of the parent are dropped.
-fn merge_profile(parent: Node, child: Node) -> Node {
+pub(crate) fn merge_profile(parent: Node, child: Node) -> Node {
     let mut parent = parent;
     if let Value::Map(entries) = &mut parent.value {
         entries.retain(|(k, _)| {

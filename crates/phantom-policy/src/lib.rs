@@ -6,6 +6,9 @@
 //! * [`Plan`] — what [`compile`] makes of a profile and the command line's
 //!   [`Overrides`]: mounts, seccomp BPF, Landlock rules, limits, environment. The
 //!   runtime only replays a plan.
+//! * [`config`] — `config.yaml`: profiles in the seed README's short form and the
+//!   front ends' defaults, found through `AISBX_CONFIG_PATH`/`PHANTOM_CONFIG`/XDG;
+//!   [`load_named`] loads a profile by name from the built-ins and the config.
 //! * [`units`] — sizes (`512MB`), durations (`30s`) and CPU counts (`0.5`).
 //! * [`PolicyError`] — one line, `file:line:column: key: what is wrong (how to fix it)`;
 //!   a policy with several mistakes gets them all, one line each.
@@ -23,6 +26,7 @@
 
 mod builtin;
 mod compile;
+pub mod config;
 pub mod egress;
 mod error;
 mod extends;
@@ -44,6 +48,7 @@ pub use compile::{
     compile, compile_on, Overrides, DEV_NODES, HOSTNAME, PATH, PROC_MASKED, PROC_READ_ONLY,
     SHM_SIZE_BYTES,
 };
+pub use config::{load_named, Config, ConfigProfile, Settings};
 pub use error::{ChoiceError, PolicyError, SourcePos};
 pub use plan::*;
 pub use profile::{

@@ -59,6 +59,12 @@ pub struct Profile {
     pub network: Network,
     /// `filesystem:` — what of the host the sandbox sees.
     pub filesystem: Filesystem,
+    /// `env:` (optional) — environment variables set in the sandbox, `NAME: value`
+    /// (names of letters, digits and `_`, not starting with a digit). They come after
+    /// phantom's own (PATH, HOME, ...; a name here replaces one of those) and before
+    /// the run's `--env`, which wins. A child's `env:` merges over its parent's, name
+    /// by name. The host's environment is never passed in.
+    pub env: Vec<(String, String)>,
     /// Where each key was written, by dotted path (`resources.memory`,
     /// `filesystem.binds[0].access`), so that `compile()` can point at it.
     #[serde(skip)]

@@ -32,6 +32,7 @@ const TOP_KEYS: &[&str] = &[
     "resources",
     "network",
     "filesystem",
+    "env",
 ];
 const SECURITY_KEYS: &[&str] = &["level", "seccomp", "landlock"];
 const SECCOMP_KEYS: &[&str] = &["default", "allow", "deny"];
@@ -101,6 +102,7 @@ impl Profile {
                 allow_reserved: Vec::new(),
             },
             filesystem: Filesystem::default(),
+            env: Vec::new(),
             positions: BTreeMap::new(),
         };
         if !matches!(root.value, Value::Map(_)) {
@@ -124,6 +126,7 @@ impl Profile {
                 "resources" => r.resources(value, &mut profile.resources),
                 "network" => r.network(value, &mut profile.network),
                 "filesystem" => r.filesystem(value, &mut profile.filesystem),
+                "env" => r.env(value, &mut profile.env),
                 _ => unreachable!("Reader::map only returns listed keys"),
             };
             r.note(result);
@@ -708,6 +711,64 @@ impl Reader {
                     }
                 }
                 _ => unreachable!(),
+            }
+        }
+        Ok(())
+    }
+
+    /// `env:` — a mapping of variable names to values (scalars; numbers and booleans
+    /// are written as their text).
+    fn env(&mut self, node: &Node, out: &mut Vec<(String, String)>) -> Result<(), PolicyError> {
+        let Value::Map(entries) = &node.value else {
+            self.record(node, "env");
+            return Err(wrong_type(node, "env", "a mapping of NAME: value"));
+        };
+        self.record(node, "env");
+        out.clear();
+        for (key, value) in entries {
+            let Value::Str(name) = &key.value else {
+                self.errors.push(wrong_type(key, "env", "a variable name"));
+                continue;
+            };
+            let field = format!("env.{}", shown(name));
+            let valid_name = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && name.len() <= 256;
+            if !valid_name {
+                self.errors.push(invalid(
+                    key,
+                    "env",
+                    format!("`{}` is not a variable name: use letters, digits and `_`, not starting with a digit", shown(name)),
+                ));
+                continue;
+            }
+            self.record(value, &field);
+            let text = match &value.value {
+                Value::Str(s) => s.clone(),
+                Value::Int(i) => i.to_string(),
+                Value::Float(f) => f.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Null => String::new(),
+                _ => {
+                    self.errors
+                        .push(wrong_type(value, &field, "a string, e.g. \"bar\""));
+                    continue;
+                }
+            };
+            if text.contains('\0') {
+                self.errors.push(invalid(
+                    value,
+                    &field,
+                    "the value contains a NUL byte, which no environment variable can hold".into(),
+                ));
+                continue;
+            }
+            match out.iter_mut().find(|(k, _)| k == name) {
+                Some(slot) => slot.1 = text,
+                None => out.push((name.clone(), text)),
             }
         }
         Ok(())

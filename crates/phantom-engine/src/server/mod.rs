@@ -63,6 +63,21 @@ pub struct Config {
 /// Who the engine's log lines say they are from (set once by [`serve`]).
 static LOG_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
+/// Whether the engine logs each request and each refusal (phantom-supervisor with
+/// AISBX_DEBUG=1).
+static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turn the debug log on or off; call before [`serve`] (or starting an engine process).
+pub fn set_debug(on: bool) {
+    DEBUG.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn debug(msg: impl std::fmt::Display) {
+    if DEBUG.load(std::sync::atomic::Ordering::Relaxed) {
+        log(format_args!("debug: {msg}"));
+    }
+}
+
 pub(super) fn log(msg: impl std::fmt::Display) {
     eprintln!(
         "{}: {msg}",
@@ -384,6 +399,7 @@ impl Engine {
             pools,
             conns: Vec::new(),
             jobs: Vec::new(),
+            // config.yaml's profiles are read at the first run that names one.
             cache: PlanCache::default(),
             state: None,
             test_resolve,
@@ -818,6 +834,7 @@ impl Engine {
 
     /// A request came: start it as a job, or answer it now.
     fn dispatch(&mut self, request: Request, fds: Vec<OwnedFd>, conn: OwnedFd) {
+        debug(format_args!("{} request", request.kind()));
         let expected = request.fd_names().len();
         if fds.len() != expected {
             let failure = Failure::new(
@@ -892,6 +909,9 @@ impl Engine {
                 "a signal is sent during a run or an exec, on its connection",
             )),
         };
+        if let Reply::Error(f) = &answer {
+            debug(format_args!("refused: {}", f.for_cli().replace('\n', "; ")));
+        }
         reply(&conn, &answer);
     }
 

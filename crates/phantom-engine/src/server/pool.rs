@@ -163,6 +163,16 @@ impl RunSlot {
     }
 }
 
+/// A pool's profile by name: a built-in, else one of the config.yaml this process's
+/// environment finds (as the engine's plan cache resolves a run's profile).
+fn named_profile(name: &str) -> Result<phantom_policy::Profile, EngineError> {
+    if phantom_policy::builtin_source(name).is_some() {
+        return Ok(phantom_policy::load_builtin(name)?);
+    }
+    let config = phantom_policy::config::load_from_env(&phantom_policy::config::process_env)?;
+    Ok(phantom_policy::load_named(name, config.as_ref())?)
+}
+
 impl Pool {
     /// The pool `spec` asks for: its profile compiled (on its image, found in the
     /// store now, as a run on the image compiles and finds it), no sandbox yet.
@@ -176,9 +186,8 @@ impl Pool {
             image: spec.image.clone(),
             ..Overrides::default()
         };
-        let plan =
-            phantom_policy::compile(&phantom_policy::load_builtin(&spec.profile)?, &overrides)
-                .map_err(|e| in_spec(e.into()))?;
+        let plan = phantom_policy::compile(&named_profile(&spec.profile)?, &overrides)
+            .map_err(|e| in_spec(e.into()))?;
         if plan.mode == phantom_policy::Mode::Direct {
             return Err(EngineError::Usage(format!(
                 "profile {}: direct mode has no sandbox to keep warm",
@@ -875,7 +884,7 @@ pub fn pools_for(
     }
     let mut out: BTreeMap<(String, Option<String>), usize> = BTreeMap::new();
     for spec in specs {
-        let profile = phantom_policy::load_builtin(&spec.profile)?;
+        let profile = named_profile(&spec.profile)?;
         let size = profile
             .performance
             .pool_size
