@@ -71,7 +71,7 @@ pub fn main(
         // The key itself is never printed.
         if !phantom_state::keys::looks_like_key(key.value.trim()) {
             return fail(format!(
-                "{}: not a key (expected phk_<12 hex>_<64 hex>, as `phantom keys add` prints)",
+                "{}: not a key (expected phk_<12 hex>_<64 hex> or e2b_<40 hex>, as `phantom keys add [--e2b]` prints)",
                 match &key.origin {
                     phantom_policy::config::Origin::Variable(v) => v.as_str(),
                     _ => "AISBX_API_KEY",

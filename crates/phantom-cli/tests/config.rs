@@ -536,7 +536,7 @@ fn the_supervisor_listens_on_aisbx_api_port_and_accepts_aisbx_api_key() {
     assert_eq!(out.code, Some(2), "{}", out.describe());
     assert_eq!(
         out.stderr.trim(),
-        "phantom-supervisor: error: PHANTOM_API_KEY: not a key (expected phk_<12 hex>_<64 hex>, as `phantom keys add` prints)"
+        "phantom-supervisor: error: PHANTOM_API_KEY: not a key (expected phk_<12 hex>_<64 hex> or e2b_<40 hex>, as `phantom keys add [--e2b]` prints)"
     );
 }
 
@@ -628,7 +628,7 @@ fn a_non_ascii_key_of_the_right_length_is_refused_not_a_panic() {
     assert_eq!(
         out.stderr.trim(),
         format!(
-            "phantom-supervisor: error: --api-keys {}:1: not a key (expected phk_<12 hex>_<64 hex>, as `phantom keys add` prints)",
+            "phantom-supervisor: error: --api-keys {}:1: not a key (expected phk_<12 hex>_<64 hex> or e2b_<40 hex>, as `phantom keys add [--e2b]` prints)",
             file.display()
         )
     );
