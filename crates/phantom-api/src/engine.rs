@@ -86,6 +86,27 @@ pub enum Request {
     Workspace { principal: Principal, name: String },
     /// During a run or exec: forward this signal to the program.
     Signal { signal: i32 },
+    /// The processes in one of the principal's sandboxes (commands still running and
+    /// what commands left running): [`Reply::Processes`].
+    ListProcesses { principal: Principal, name: String },
+    /// Send `signal` to the process `pid` (as the sandbox numbers it, see
+    /// [`crate::ProcessInfo`]) in one of the principal's sandboxes: [`Reply::Done`].
+    KillProcess {
+        principal: Principal,
+        name: String,
+        pid: i32,
+        signal: crate::choice::ProcessSignal,
+    },
+    /// After an exec's command exited while processes it left behind still hold its
+    /// output pipes: the client hands the read ends (attached, `count` of them) to the
+    /// sandbox's keeper, which reads and discards what they write for as long as they
+    /// live, so that they neither block on a full pipe nor die of SIGPIPE when the
+    /// client goes: [`Reply::Done`].
+    Detach {
+        principal: Principal,
+        name: String,
+        count: u8,
+    },
     /// The warm pools (`phantom pool status`).
     Pools,
     /// Every owner's sandboxes and their memory use, for the operator's metrics (a
@@ -119,6 +140,7 @@ impl Request {
                 names.extend(["stdout", "stderr"]);
                 names
             }
+            Request::Detach { count, .. } => ["output"; 2][..(*count).min(2) as usize].to_vec(),
             _ => Vec::new(),
         }
     }
@@ -136,6 +158,9 @@ impl Request {
             Request::Metrics { .. } => "metrics",
             Request::Workspace { .. } => "workspace",
             Request::Signal { .. } => "signal",
+            Request::ListProcesses { .. } => "list-processes",
+            Request::KillProcess { .. } => "kill-process",
+            Request::Detach { .. } => "detach",
             Request::Pools => "pools",
             Request::Census => "census",
             Request::Hello => "hello",
@@ -236,6 +261,10 @@ pub enum Reply {
     Pools(Box<PoolStatus>),
     Census(Vec<SandboxUsage>),
     Hello(EngineHello),
+    /// The processes of a sandbox (final): `ListProcesses`.
+    Processes(Vec<crate::ProcessInfo>),
+    /// Done, nothing to tell (final): `KillProcess`, `Detach`.
+    Done,
     /// The request failed (final).
     Error(Failure),
 }

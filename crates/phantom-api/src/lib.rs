@@ -33,8 +33,8 @@ pub mod strict;
 pub const DEFAULT_PROFILE: &str = "default";
 
 pub use report::{
-    ApiError, ApiHealth, ConnectionRecord, FileEntry, IsolationReport, NetworkReport, RunReport,
-    SandboxInfo, SandboxMetrics,
+    ApiError, ApiHealth, ConnectionRecord, FileEntry, IsolationReport, NetworkReport, ProcessInfo,
+    RunReport, SandboxInfo, SandboxMetrics,
 };
 
 use schemars::JsonSchema;

@@ -1,4 +1,4 @@
-//! Persistent sandboxes: `phantom create|exec|destroy|list|monitor|cp|snapshot`.
+//! Persistent sandboxes: `phantom create|exec|ps|kill|destroy|list|monitor|cp|snapshot`.
 //! Each maps its flags onto a phantom-api request for the engine (as the local user)
 //! and prints what it returns; files and snapshots move here, through the workspace
 //! fd the engine hands out.
@@ -177,6 +177,74 @@ pub fn exec(args: ExecArgs) -> i32 {
             }
             report.exit_code
         }
+        Err(e) => fail(e),
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Lists the commands still running in the sandbox and what commands left running
+in the background (`phantom exec NAME -- sh -c 'server &'`), by their pid inside the
+sandbox — the number `phantom kill` takes. The sandbox's init (pid 1) is not listed.
+
+Examples:
+  phantom ps agent-1
+  phantom ps agent-1 --json"
+)]
+pub struct PsArgs {
+    /// The sandbox.
+    name: String,
+    /// Print the processes as JSON: pid, cmdline, started (unix seconds), state.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn ps(args: PsArgs) -> i32 {
+    let list = match engine().list_processes(crate::principal(), &args.name) {
+        Ok(list) => list,
+        Err(e) => return fail(e),
+    };
+    if args.json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("no processes in {} (its init only)", args.name);
+        return 0;
+    }
+    println!("{:>7}  {:<10}  {:<15}  COMMAND", "PID", "STATE", "STARTED");
+    for p in &list {
+        println!(
+            "{:>7}  {:<10}  {:<15}  {}",
+            p.pid,
+            p.state.as_str(),
+            age(p.started),
+            p.cmdline.join(" ")
+        );
+    }
+    0
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "PID is the process's pid inside the sandbox, as `phantom ps` shows it.
+
+Examples:
+  phantom kill agent-1 42
+  phantom kill agent-1 42 --signal KILL"
+)]
+pub struct KillArgs {
+    /// The sandbox.
+    name: String,
+    /// The process, by its pid inside the sandbox (see `phantom ps`).
+    pid: i32,
+    /// The signal: TERM, KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT (or its number).
+    #[arg(long, short = 's', value_name = "SIGNAL", default_value = "TERM")]
+    signal: phantom_api::choice::ProcessSignal,
+}
+
+pub fn kill(args: KillArgs) -> i32 {
+    match engine().kill_process(crate::principal(), &args.name, args.pid, args.signal) {
+        Ok(()) => 0,
         Err(e) => fail(e),
     }
 }

@@ -289,6 +289,10 @@ pub(crate) enum Report {
     Namespaces,
     /// It failed; the message says why.
     Failed { message: String },
+    /// To a keeper, from the engine: the attached read ends of an exec's output pipes,
+    /// still held open by processes the command left behind; the keeper reads and
+    /// discards what they write until they close them (see keeper.rs).
+    Adopt,
 }
 
 impl Report {
@@ -297,6 +301,7 @@ impl Report {
             Report::Ready { .. } => "ready".into(),
             Report::Child { .. } => "child".into(),
             Report::Namespaces => "namespaces".into(),
+            Report::Adopt => "adopt".into(),
             Report::Failed { message } => format!("failed ({message})"),
         }
     }

@@ -415,6 +415,52 @@ impl PhantomMcp {
     }
 
     #[tool(
+        name = "list_processes",
+        title = "List a sandbox's processes",
+        description = "The processes in a persistent sandbox: commands still running and what commands left running in the background (`server &`), with pid (inside the sandbox), command line, start (unix seconds) and state.",
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<Processes>()
+    )]
+    async fn list_processes(
+        &self,
+        Parameters(args): Parameters<Args<SandboxName>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let SandboxName { name } = args!(args);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    Ok(Processes {
+                        processes: client.list_processes(principal.clone(), &name)?,
+                    })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "kill_process",
+        title = "Signal a process in a sandbox",
+        description = "Send a signal (default term; kill, int, hup, quit, usr1, usr2, stop, cont) to a process of a persistent sandbox, by the pid list_processes shows.",
+        annotations(read_only_hint = false, destructive_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<Signalled>()
+    )]
+    async fn kill_process(
+        &self,
+        Parameters(args): Parameters<Args<KillParams>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let KillParams { name, pid, signal } = args!(args);
+        let signal = signal.unwrap_or(phantom_api::choice::ProcessSignal::Term);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    client.kill_process(principal.clone(), &name, pid, signal)?;
+                    Ok(Signalled { pid, signal })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
         name = "snapshot_sandbox",
         title = "Snapshot a sandbox's workspace",
         description = "Store a sandbox's /workspace in the content-addressed snapshot store (unchanged files cost nothing); create_sandbox can start from it (from_snapshot).",

@@ -37,18 +37,59 @@ pub(crate) struct Joined {
 }
 
 impl Joined {
+    /// Send `signal` to everything the command started: its process group (it leads
+    /// its own session; before it got there, the group does not exist yet and the
+    /// process itself is signalled) and every descendant it still has, the ones that
+    /// left the group (`setsid`, a daemon's double fork under a living parent) too.
+    /// What it started and already left behind (re-parented to the sandbox's init) is
+    /// not reached: `phantom ps` lists it and `phantom kill` ends it.
     pub(crate) fn signal(&self, signal: i32) {
-        // The payload leads its own process group (setsid); before it got there,
-        // the group does not exist yet and the process itself is signalled.
+        let descendants = process::descendants(self.pid);
+        for pid in &descendants {
+            let _ = process::kill(*pid, signal);
+        }
         if process::kill(-self.pid, signal).is_err() {
             let _ = process::pidfd_kill(self.pidfd.as_fd(), signal);
         }
     }
 
+    /// Kill everything the command started (see [`Joined::signal`]). The group is
+    /// stopped first, so that it cannot fork while its descendants are listed; the
+    /// descendants are listed while the command lives (once it is gone they belong to
+    /// the init and cannot be told apart).
     pub(crate) fn kill(&self) {
+        let _ = process::kill(-self.pid, libc::SIGSTOP);
+        for _ in 0..3 {
+            let descendants = process::descendants(self.pid);
+            if descendants.is_empty() {
+                break;
+            }
+            for pid in descendants {
+                let _ = process::kill(pid, libc::SIGKILL);
+            }
+        }
         let _ = process::kill(-self.pid, libc::SIGKILL);
         let _ = process::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
     }
+}
+
+/// Hand the read ends of an exec's output pipes to the sandbox's keeper, which drains
+/// them for the processes the command left behind (see keeper.rs's `Gate`).
+pub(crate) fn adopt_output(record: &Record, pipes: Vec<OwnedFd>) -> Result<(), EngineError> {
+    let conn = fdpass::connect_seqpacket(&record.socket)?;
+    let _ = rustix::net::sockopt::set_socket_timeout(
+        &conn,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_secs(5)),
+    );
+    // The keeper first hands out the namespaces, as to every connection.
+    let (_namespaces, _) = channel::recv::<Report>(conn.as_fd(), 4096, fdpass::MAX_FDS, "keeper")
+        .map_err(|e| {
+        EngineError::Setup(format!("sandbox `{}`: its keeper: {e}", record.name))
+    })?;
+    let fds: Vec<_> = pipes.iter().map(|p| p.as_fd()).collect();
+    channel::send(conn.as_fd(), &Report::Adopt, &fds)
+        .map_err(|e| EngineError::Setup(format!("sandbox `{}`: its keeper: {e}", record.name)))
 }
 
 /// Refuse a sandbox that cannot take commands, with what to do instead.

@@ -197,12 +197,14 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     let _ = channel::send(report.as_fd(), &Report::Ready { warnings }, &[]);
     drop(report);
 
-    let gate = Gate {
+    let mut gate = Gate {
         listener,
         namespaces,
         stop: stop_fd.ok(),
+        conns: Vec::new(),
+        drains: Vec::new(),
     };
-    let (reason, _lock) = watch(&k, &state, &spawned.pidfd, &gate);
+    let (reason, _lock) = watch(&k, &state, &spawned.pidfd, &mut gate);
     drop(gate);
     if reason.is_some() {
         spawned.kill();
@@ -228,7 +230,7 @@ fn watch(
     k: &Keeper,
     state: &State,
     init: &OwnedFd,
-    gate: &Gate,
+    gate: &mut Gate,
 ) -> (Option<String>, Option<std::fs::File>) {
     loop {
         let record = match state.get_by_id(&k.id) {
@@ -286,7 +288,7 @@ fn watch(
             }
             match wait_either(init, gate, left) {
                 Woke::Init => return (None, None),
-                Woke::Exec => gate.serve(),
+                Woke::Gate(ready) => gate.serve(&ready),
                 Woke::Stop(signal) => {
                     return (
                         Some(format!("stopped by {}", process::signal_name(signal))),
@@ -299,19 +301,83 @@ fn watch(
     }
 }
 
-/// What `exec` needs from the keeper: the init's namespaces.
+/// What `exec` needs from the keeper: the init's namespaces; and where the output of
+/// what commands leave behind goes.
+///
+/// Each connection to the keeper's socket gets the namespaces at once. The engine
+/// closes it when that was all it wanted; or, when an exec's command exited while
+/// processes it left behind still hold its output pipes, it sends [`Report::Adopt`]
+/// with the pipes' read ends. The keeper then reads and discards what those processes
+/// write until they close the pipes (or the sandbox goes): a background job's output
+/// goes nowhere, as to /dev/null, but it never blocks on a full pipe nor dies of
+/// SIGPIPE because the client that ran its command is gone.
 struct Gate {
     listener: OwnedFd,
     namespaces: Vec<OwnedFd>,
     /// The signals that retire the sandbox (None: no signalfd; they then kill the
     /// keeper, and the init follows by its parent-death signal).
     stop: Option<OwnedFd>,
+    /// Connections that got the namespaces, until the engine closes them or sends
+    /// [`Report::Adopt`].
+    conns: Vec<OwnedFd>,
+    /// Adopted read ends, until their writers are all gone.
+    drains: Vec<OwnedFd>,
+}
+
+/// At most this many connections wait for an adoption (the oldest goes first).
+const MAX_CONNS: usize = 64;
+/// At most this many adopted pipes are drained; past that a pipe is closed, and what
+/// still writes into it gets SIGPIPE (EPIPE).
+const MAX_DRAINS: usize = 256;
+
+/// Which of the gate's fds a poll found ready.
+struct GateReady {
+    listener: bool,
+    conns: Vec<bool>,
+    drains: Vec<bool>,
 }
 
 impl Gate {
+    /// Serve what is ready: hand the namespaces to a new connection, take what an
+    /// engine sends, drain adopted pipes.
+    fn serve(&mut self, ready: &GateReady) {
+        // From the end, so that removals keep the other indices valid.
+        for i in (0..self.drains.len()).rev() {
+            if ready.drains.get(i) == Some(&true) && !drain(&self.drains[i]) {
+                self.drains.swap_remove(i);
+            }
+        }
+        for i in (0..self.conns.len()).rev() {
+            if ready.conns.get(i) != Some(&true) {
+                continue;
+            }
+            let conn = self.conns.swap_remove(i);
+            if let Ok((Report::Adopt, fds)) =
+                channel::recv::<Report>(conn.as_fd(), 4096, fdpass::MAX_FDS, "engine")
+            {
+                for fd in fds {
+                    // Only pipes: nothing else is read here.
+                    let fifo = rustix::fs::fstat(&fd).is_ok_and(|st| {
+                        rustix::fs::FileType::from_raw_mode(st.st_mode)
+                            == rustix::fs::FileType::Fifo
+                    });
+                    if fifo
+                        && self.drains.len() < MAX_DRAINS
+                        && rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK).is_ok()
+                    {
+                        self.drains.push(fd);
+                    }
+                }
+            }
+        }
+        if ready.listener {
+            self.accept();
+        }
+    }
+
     /// Hand the namespaces to one `exec` — only to a process of our own user (the
     /// socket is 0600 in a 0700 directory already; SO_PEERCRED says it again).
-    fn serve(&self) {
+    fn accept(&mut self) {
         let Ok(Some(conn)) = fdpass::accept(self.listener.as_fd()) else {
             return;
         };
@@ -319,18 +385,38 @@ impl Gate {
             return;
         }
         let fds: Vec<_> = self.namespaces.iter().map(|f| f.as_fd()).collect();
-        let _ = channel::send(conn.as_fd(), &Report::Namespaces, &fds);
+        if channel::send(conn.as_fd(), &Report::Namespaces, &fds).is_ok() {
+            if self.conns.len() >= MAX_CONNS {
+                self.conns.remove(0);
+            }
+            self.conns.push(conn);
+        }
     }
+}
+
+/// Read and discard what is in an adopted pipe; false once no writer is left.
+fn drain(pipe: &OwnedFd) -> bool {
+    let mut buf = [0u8; 16384];
+    for _ in 0..16 {
+        match rustix::io::read(pipe, &mut buf) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return true,
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 enum Woke {
     Init,
-    Exec,
+    Gate(GateReady),
     Stop(i32),
     Timeout,
 }
 
-/// Wait for the init to exit, an `exec` to connect or a signal to stop.
+/// Wait for the init to exit, an `exec` to connect, an adopted pipe to have output
+/// or a signal to stop.
 fn wait_either(init: &OwnedFd, gate: &Gate, timeout: Duration) -> Woke {
     let ts = rustix::event::Timespec {
         tv_sec: timeout.as_secs() as i64,
@@ -340,15 +426,21 @@ fn wait_either(init: &OwnedFd, gate: &Gate, timeout: Duration) -> Woke {
         PollFd::new(init, PollFlags::IN),
         PollFd::new(&gate.listener, PollFlags::IN),
     ];
-    if let Some(stop) = &gate.stop {
+    let stop_ix = gate.stop.as_ref().map(|stop| {
         fds.push(PollFd::new(stop, PollFlags::IN));
-    }
+        fds.len() - 1
+    });
+    let conns = fds.len();
+    fds.extend(gate.conns.iter().map(|c| PollFd::new(c, PollFlags::IN)));
+    let drains = fds.len();
+    fds.extend(gate.drains.iter().map(|d| PollFd::new(d, PollFlags::IN)));
     match poll(&mut fds, Some(&ts)) {
         Ok(n) if n > 0 => {
-            if !fds[0].revents().is_empty() {
+            let ready = |f: &PollFd<'_>| !f.revents().is_empty();
+            if ready(&fds[0]) {
                 return Woke::Init;
             }
-            if fds.get(2).is_some_and(|f| !f.revents().is_empty()) {
+            if stop_ix.is_some_and(|i| ready(&fds[i])) {
                 if let Some(signal) = gate
                     .stop
                     .as_ref()
@@ -357,11 +449,11 @@ fn wait_either(init: &OwnedFd, gate: &Gate, timeout: Duration) -> Woke {
                     return Woke::Stop(signal);
                 }
             }
-            if fds[1].revents().is_empty() {
-                Woke::Timeout
-            } else {
-                Woke::Exec
-            }
+            Woke::Gate(GateReady {
+                listener: ready(&fds[1]),
+                conns: fds[conns..drains].iter().map(ready).collect(),
+                drains: fds[drains..].iter().map(ready).collect(),
+            })
         }
         _ => Woke::Timeout,
     }

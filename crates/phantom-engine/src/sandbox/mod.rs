@@ -11,6 +11,7 @@
 pub(crate) mod exec;
 pub mod files;
 pub(crate) mod keeper;
+pub(crate) mod processes;
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
