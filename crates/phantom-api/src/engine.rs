@@ -132,6 +132,8 @@ impl Request {
                 }
                 names
             }
+            // A background command's stdio is /dev/null.
+            Request::Exec(call) if call.request.background => Vec::new(),
             Request::Exec(call) => {
                 let mut names = Vec::new();
                 if call.stdin {
@@ -265,6 +267,11 @@ pub enum Reply {
     Processes(Vec<crate::ProcessInfo>),
     /// Done, nothing to tell (final): `KillProcess`, `Detach`.
     Done,
+    /// A background command started (final): an `Exec` with `background`; its pid
+    /// inside the sandbox.
+    Spawned {
+        pid: i32,
+    },
     /// The request failed (final).
     Error(Failure),
 }

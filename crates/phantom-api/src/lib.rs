@@ -49,6 +49,13 @@ pub struct ApiRunResult {
     pub cpu_ms: f64,
 }
 
+/// A command started in the background (an exec with `background: true`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Spawned {
+    /// Its pid inside the sandbox: `ListProcesses` shows it, `KillProcess` takes it.
+    pub pid: i32,
+}
+
 /// `POST /api/v2/sandboxes/{name}/snapshots`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -114,7 +114,13 @@ phantom's own errors exit with 2 (bad flags, unknown or dead sandbox) or 125.
 Examples:
   phantom exec agent-1 -- python3 main.py
   phantom exec agent-1 --cwd /workspace/src --env DEBUG=1 -- make test
-  phantom exec agent-1 --json --timeout 5s -- sh -c 'echo hi; exit 3'"
+  phantom exec agent-1 --json --timeout 5s -- sh -c 'echo hi; exit 3'
+  phantom exec agent-1 --background -- python3 -m http.server 8000
+
+The command returns when its own process exits: what it started in the background
+(`server &`) runs on in the sandbox — `phantom ps` lists it, `phantom kill` ends it —
+and its output past that goes nowhere. --timeout, SIGTERM and SIGINT reach the
+command and everything it started that is still below it or in its process group."
 )]
 pub struct ExecArgs {
     /// The sandbox (see `phantom list`).
@@ -134,6 +140,12 @@ pub struct ExecArgs {
     /// Output cap, stdout and stderr together (e.g. 256KiB; default: the profile's).
     #[arg(long, value_name = "SIZE")]
     max_output: Option<String>,
+    /// Start the command and return at once, printing its pid inside the sandbox
+    /// (`phantom ps` lists it, `phantom kill` ends it). It runs on with its stdin,
+    /// stdout and stderr on /dev/null and no --timeout, until it exits or the sandbox
+    /// goes.
+    #[arg(long, conflicts_with_all = ["timeout", "max_output"])]
+    background: bool,
     /// The command and its arguments.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -162,6 +174,16 @@ pub fn exec(args: ExecArgs) -> i32 {
         max_output: args.max_output.map(Quantity),
         ..ExecRequest::default()
     };
+    if args.background {
+        return match engine().exec_background(crate::principal(), &args.name, req) {
+            Ok(pid) if args.json => print_json(&phantom_api::Spawned { pid }),
+            Ok(pid) => {
+                println!("{pid}");
+                0
+            }
+            Err(e) => fail(e),
+        };
+    }
     let mut told = crate::run::Told::new(args.json, false, "the command");
     let mut on_started = |s: &phantom_api::engine::Started| told.started(s);
     let io = crate::run::told_io(args.json, &mut on_started);

@@ -307,6 +307,58 @@ fn a_background_job_can_be_listed_and_killed() {
     });
 }
 
+/// `phantom exec --background` starts the command and returns at once with its pid
+/// inside the sandbox (what E2B's `commands.run(background=True)` needs): the same pid
+/// the command sees as `$$`, listed by `phantom ps`, ended by `phantom kill`.
+#[test]
+fn exec_background_returns_at_once_with_the_pid_inside_the_sandbox() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("bgflag");
+    env.create("t");
+    let out = env.ok(&[
+        "exec",
+        "t",
+        "--background",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "echo $$ > /workspace/bg.pid; exec sleep 305",
+    ]);
+    assert!(out.elapsed < Duration::from_secs(10), "{}", out.describe());
+    let spawned: Value = serde_json::from_str(&out.stdout).unwrap();
+    let pid = spawned["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{spawned}"));
+    let mut seen = String::new();
+    wait_for(
+        "the command to write its pid",
+        Duration::from_secs(5),
+        || {
+            seen = env
+                .ok(&["exec", "t", "--", "cat", "/workspace/bg.pid"])
+                .stdout;
+            !seen.trim().is_empty()
+        },
+    );
+    assert_eq!(
+        seen.trim(),
+        pid.to_string(),
+        "the pid is the one the command has"
+    );
+    wait_for("ps to show it", Duration::from_secs(5), || {
+        env.ps("t")
+            .iter()
+            .any(|p| p["pid"] == pid && p["cmdline"] == json!(["sleep", "305"]))
+    });
+    env.ok(&["kill", "t", &pid.to_string()]);
+    wait_for("the killed command to go", Duration::from_secs(5), || {
+        env.ps("t").iter().all(|p| p["pid"] != pid)
+    });
+}
+
 fn phantom_state_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -374,6 +426,25 @@ fn another_owner_cannot_list_or_kill_a_sandboxs_processes() {
         let r = server.request("GET", &path("box"), Some(&alice), b"");
         with_cmdline(r.json().as_array().unwrap(), &["sleep", "303"]).is_empty()
     });
+    // `"background": true` answers at once with the pid, which the list shows.
+    let r = server.json(
+        "POST",
+        "/api/v2/sandboxes/box/exec",
+        &alice,
+        json!({"argv": ["sleep", "306"], "background": true}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let spawned = r.json()["pid"].as_i64().unwrap();
+    let r = server.request("GET", &path("box"), Some(&alice), b"");
+    assert!(
+        r.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["pid"] == spawned && p["cmdline"] == json!(["sleep", "306"])),
+        "{}",
+        r.text()
+    );
     // A bad signal is the caller's mistake, said as such.
     let r = server.request(
         "DELETE",
@@ -490,6 +561,20 @@ fn mcp_lists_and_kills_a_background_process() {
             .as_array()
             .is_some_and(|l| with_cmdline(l, &["sleep", "304"]).is_empty())
     });
+    // start_process: at once, with the pid.
+    let r = server.call(
+        "start_process",
+        json!({"name": "m", "argv": ["sleep", "307"]}),
+    );
+    assert_eq!(r["isError"], false, "{r}");
+    let pid = r["structuredContent"]["pid"].clone();
+    let r = server.call("list_processes", json!({"name": "m"}));
+    assert!(
+        r["structuredContent"]["processes"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p["pid"] == pid)),
+        "{r}"
+    );
     // An unknown sandbox is an error result, not a protocol error.
     let r = server.call("list_processes", json!({"name": "nosuch"}));
     assert_eq!(r["isError"], true, "{r}");

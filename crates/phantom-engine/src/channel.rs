@@ -285,6 +285,8 @@ pub(crate) enum Report {
     Ready { warnings: Vec<String> },
     /// The command joined the sandbox as this process (a child of the front end).
     Child { pid: i32 },
+    /// A background command started as this process (its pid inside the sandbox).
+    Background { pid: i32 },
     /// The sandbox's namespaces are attached.
     Namespaces,
     /// It failed; the message says why.
@@ -302,6 +304,7 @@ impl Report {
             Report::Child { .. } => "child".into(),
             Report::Namespaces => "namespaces".into(),
             Report::Adopt => "adopt".into(),
+            Report::Background { .. } => "background".into(),
             Report::Failed { message } => format!("failed ({message})"),
         }
     }

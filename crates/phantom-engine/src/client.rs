@@ -365,6 +365,12 @@ impl EngineClient {
         mut request: ExecRequest,
         io: RunIo<'_>,
     ) -> Result<RunReport, Failure> {
+        if request.background {
+            return Err(Failure::new(
+                FailureKind::Invalid,
+                "a background command has no output to relay: start it with exec_background",
+            ));
+        }
         let mut io = io;
         if let Some(text) = request.stdin.take() {
             io.stdin = Stdin::Bytes(text.into_bytes());
@@ -387,6 +393,33 @@ impl EngineClient {
             let _ = self.detach(principal, name, pipes);
         }
         Ok(report)
+    }
+
+    /// Start `request` in `principal`'s sandbox `name` in the background (see
+    /// [`ExecRequest::background`]); its pid inside the sandbox.
+    pub fn exec_background(
+        &self,
+        principal: Principal,
+        name: &str,
+        mut request: ExecRequest,
+    ) -> Result<i32, Failure> {
+        request.background = true;
+        if request.stdin.is_some() {
+            return Err(Failure::from(phantom_api::request::FieldError::new(
+                phantom_api::request::Field::Stdin,
+                "a background command reads /dev/null: give it no stdin (or write the input into a file first)",
+            )));
+        }
+        match self.call(&Request::Exec(Box::new(ExecCall {
+            principal,
+            name: name.to_string(),
+            request,
+            stdin: false,
+            term: None,
+        })))? {
+            (Reply::Spawned { pid }, _) => Ok(pid),
+            (other, _) => Err(Self::unexpected(&other)),
+        }
     }
 
     /// Hand an exec's output pipes, still held by what its command left running, to

@@ -268,6 +268,11 @@ impl PhantomMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let NamedExec { name, exec } = args!(args);
+        if exec.background {
+            return Ok(bad_args(
+                "background: exec_in_sandbox waits for its command; start a background one with start_process".into(),
+            ));
+        }
         Ok(self.job(Job::Exec(name, Box::new(exec)), &context).await)
     }
 
@@ -409,6 +414,28 @@ impl PhantomMcp {
                     Ok(Sandboxes {
                         sandboxes: list.into_iter().map(SandboxInfo::redacted).collect(),
                     })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "start_process",
+        title = "Start a background process in a sandbox",
+        description = "Start a command (argv, or language and code) in a persistent sandbox and return at once with its pid inside the sandbox. It runs on without a time limit, with stdin, stdout and stderr on /dev/null (redirect its output into a file in /workspace to read it later), until it exits, kill_process ends it or the sandbox goes. list_processes shows it.",
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false),
+        output_schema = schema_for_output::<phantom_api::Spawned>()
+    )]
+    async fn start_process(
+        &self,
+        Parameters(args): Parameters<Args<NamedExec>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let NamedExec { name, exec } = args!(args);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    let pid = client.exec_background(principal.clone(), &name, exec)?;
+                    Ok(phantom_api::Spawned { pid })
                 })
                 .await,
         )

@@ -1161,6 +1161,9 @@ pub(crate) async fn exec(
     } = json_body(body, app.config.max_body)?;
     req.program()
         .map_err(|e| ApiFailure::from(Failure::from(e)))?;
+    if req.background {
+        return exec_background(app, key, name, req).await;
+    }
     let slot = admit(&app, &key).await?;
     let principal = principal(&key);
     if stream {
@@ -1183,6 +1186,35 @@ pub(crate) async fn exec(
     drop(slot);
     audit_result(&app, &key, "sandbox.exec", Some(&name), &result);
     Ok(axum::Json(finish_run(&app, result?, "exec")).into_response())
+}
+
+/// An exec with `background: true`: started, answered at once with its pid (201). It
+/// takes no run slot: it is a process of the sandbox, bounded by the sandbox's pids and
+/// memory limits and its lifetime, listed and killed through `.../processes`.
+async fn exec_background(
+    app: Arc<App>,
+    key: ApiKey,
+    name: String,
+    req: phantom_api::request::ExecRequest,
+) -> ApiResult<Response> {
+    let engine = app.engine.clone();
+    let principal = principal(&key);
+    let target = name.clone();
+    let r = blocking(
+        &app,
+        &key.id,
+        "starting the background command",
+        app.deadlines.call,
+        move || engine.exec_background(principal, &target, req),
+    )
+    .await;
+    audit_result(&app, &key, "sandbox.exec", Some(&name), &r);
+    let pid = r?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        axum::Json(phantom_api::Spawned { pid }),
+    )
+        .into_response())
 }
 
 /// `GET /api/v2/sandboxes/{name}/processes`: what commands still run in the sandbox

@@ -28,6 +28,13 @@ use crate::channel::{self, Report};
 use crate::init::ChildPayload;
 use crate::EngineError;
 
+/// What [`join`] started: a command the engine watches, or one in the background
+/// (its pid inside the sandbox), which the sandbox's init reaps.
+pub(crate) enum Joining {
+    Watched(Joined),
+    Background(i32),
+}
+
 /// The command started in the sandbox, as the engine watches it.
 pub(crate) struct Joined {
     pub pid: i32,
@@ -152,12 +159,16 @@ pub(crate) fn namespaces_from_keeper(record: &Record) -> Result<Vec<OwnedFd>, En
 }
 
 /// Fork the helper that joins the sandbox (see the module docs) and return the
-/// payload it started, a child of ours.
+/// payload it started, a child of ours — unless `background`: then the helper forks the
+/// payload as its own child and exits once we read the payload's pid inside the
+/// sandbox, so that the payload is re-parented to the sandbox's init, which reaps it;
+/// nothing of ours waits for it, and it does not die with the front end.
 pub(crate) fn join(
     namespaces: Vec<OwnedFd>,
     cgroup: Option<&SandboxCgroup>,
     payload: ChildPayload,
-) -> Result<Joined, EngineError> {
+    background: bool,
+) -> Result<Joining, EngineError> {
     let ChildPayload::Ready(ctx) = payload else {
         unreachable!("exec always has its payload");
     };
@@ -206,6 +217,25 @@ pub(crate) fn join(
             // The namespace fds must not reach the payload.
             drop(namespaces);
             match process::fork_sibling() {
+                Ok(None) if background => {
+                    // In the sandbox's pid namespace now: fork the payload once more and
+                    // go, so that it is re-parented to the sandbox's init; its pid here
+                    // is its pid inside the sandbox. (The helper could not fork it
+                    // itself: it is not in the sandbox's /proc, which clone3's check
+                    // for threads reads.)
+                    match process::clone_child(Namespaces::default(), None) {
+                        Ok(Forked::Child) => {
+                            drop(report_child);
+                            crate::init::payload(&ctx, &chan_child)
+                        }
+                        Ok(Forked::Parent { pid, .. }) => {
+                            let report = Report::Background { pid };
+                            let _ = channel::send(report_child.as_fd(), &report, &[]);
+                            process::exit_now(0)
+                        }
+                        Err(e) => fail(e.to_string()),
+                    }
+                }
                 Ok(None) => {
                     // The payload: dies with the front end, like a cold run's sandbox.
                     let _ = process::set_parent_death_signal_kill();
@@ -228,15 +258,18 @@ pub(crate) fn join(
     // The helper's report: the payload's pid, or why it failed.
     let report = channel::recv::<Report>(report_parent.as_fd(), 4096, 0, "exec helper");
     let _ = process::wait4(helper, false);
+    if background {
+        return background_report(report, report_parent.as_fd()).map(Joining::Background);
+    }
     match report {
         Ok((Report::Child { pid }, _)) => {
             // Our child (CLONE_PARENT): its pid cannot be reused before we reap it.
             let pidfd = process::pidfd_open(pid)?;
-            Ok(Joined {
+            Ok(Joining::Watched(Joined {
                 pid,
                 pidfd,
                 chan: chan_parent,
-            })
+            }))
         }
         Ok((Report::Failed { message }, _)) => Err(EngineError::Setup(message)),
         Ok((other, _)) => Err(EngineError::Setup(
@@ -251,5 +284,53 @@ pub(crate) fn join(
             "the helper joining the sandbox died".into(),
         )),
         Err(e) => Err(EngineError::Setup(e.to_string())),
+    }
+}
+
+/// A background command's start: the helper reports the intermediate process (our
+/// child, reaped here at once), which reports the payload's pid inside the sandbox.
+fn background_report(
+    first: Result<(Report, Vec<OwnedFd>), channel::ChannelError>,
+    report: std::os::fd::BorrowedFd<'_>,
+) -> Result<i32, EngineError> {
+    let mut intermediate = None;
+    let mut inside = None;
+    let mut next = Some(first);
+    while let Some(message) = next.take() {
+        match message {
+            Ok((Report::Child { pid }, _)) => intermediate = Some(pid),
+            Ok((Report::Background { pid }, _)) => inside = Some(pid),
+            Ok((Report::Failed { message }, _)) => return Err(EngineError::Setup(message)),
+            Ok((other, _)) => {
+                return Err(EngineError::Setup(
+                    channel::ChannelError::UnexpectedMessage {
+                        peer: "exec helper",
+                        expected: "child or background",
+                        received: other.name(),
+                    }
+                    .to_string(),
+                ))
+            }
+            Err(_) => break,
+        }
+        if intermediate.is_none() || inside.is_none() {
+            // Both come at once; a helper that hangs must not hold the engine.
+            if channel::readable(report, Duration::from_secs(5)) {
+                next = Some(channel::recv::<Report>(report, 4096, 0, "exec helper"));
+            }
+        }
+    }
+    let Some(pid) = intermediate else {
+        return Err(EngineError::Setup(
+            "the helper joining the sandbox died".into(),
+        ));
+    };
+    // Our child (CLONE_PARENT); it exits right after its report.
+    let _ = process::wait4(pid, false);
+    match inside {
+        Some(inside) => Ok(inside),
+        None => Err(EngineError::Setup(
+            "the background command could not be started in the sandbox".into(),
+        )),
     }
 }

@@ -58,14 +58,7 @@ fn describe(host_pid: i32, ns: (u64, u64), boot: u64) -> Option<ProcessInfo> {
     if (meta.dev(), meta.ino()) != ns {
         return None;
     }
-    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
-    let pid: i32 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()?;
+    let pid = pid_inside(host_pid)?;
     if pid == 1 {
         return None;
     }
@@ -99,6 +92,19 @@ fn describe(host_pid: i32, ns: (u64, u64), boot: u64) -> Option<ProcessInfo> {
         started: boot + ticks / TICKS_PER_SECOND,
         state,
     })
+}
+
+/// The pid inside its innermost pid namespace of host process `host_pid` (the last
+/// `NSpid:` of its status).
+pub(crate) fn pid_inside(host_pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 /// Unix seconds of the host's boot (`btime` of /proc/stat).

@@ -29,7 +29,7 @@ use crate::channel::{self, FromInit};
 use crate::error::not_found;
 use crate::init::ChildPayload;
 use crate::prepare::{self, api_mode, payload_context, Ask, Policy};
-use crate::sandbox::exec::{check_usable, join, namespaces_from_keeper, Joined};
+use crate::sandbox::exec::{check_usable, join, namespaces_from_keeper, Joined, Joining};
 use crate::sandbox::processes;
 use crate::sandbox::{self, keeper, now_s, plan_hash, validate_name};
 use crate::spawn::SandboxStatus as Status;
@@ -142,12 +142,26 @@ impl Engine {
             stdin,
             term,
         } = call;
-        let mut fds = fds.into_iter();
-        let stdin = stdin.then(|| fds.next()).flatten();
-        let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
-            unreachable!("counted by dispatch");
+        let background = request.background;
+        let [stdin, stdout, stderr] = if background {
+            // A background command's stdio is /dev/null (no fds came: see fd_names).
+            let null = || {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+                    .map_err(io("open", std::path::Path::new("/dev/null")))
+            };
+            [null()?, null()?, null()?]
+        } else {
+            let mut fds = fds.into_iter();
+            let stdin = stdin.then(|| fds.next()).flatten();
+            let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
+                unreachable!("counted by dispatch");
+            };
+            super::run::payload_stdio(stdin, stdout, stderr)?
         };
-        let [stdin, stdout, stderr] = super::run::payload_stdio(stdin, stdout, stderr)?;
         let record = lookup(self, &principal.owner, &name)?;
         check_usable(&record)?;
         let program = request.program()?;
@@ -213,7 +227,19 @@ impl Engine {
             None,
             cgroup.is_none(),
         )?;
-        let joined = join(namespaces, cgroup.as_ref(), ChildPayload::Ready(ctx))?;
+        let joined = match join(
+            namespaces,
+            cgroup.as_ref(),
+            ChildPayload::Ready(ctx),
+            background,
+        )? {
+            Joining::Watched(joined) => joined,
+            Joining::Background(pid) => {
+                // Nothing to watch: the sandbox's init reaps it.
+                reply(conn, &Reply::Spawned { pid });
+                return Ok(());
+            }
+        };
         let client = conn
             .try_clone()
             .map_err(io("dup", std::path::Path::new("client")))?;
