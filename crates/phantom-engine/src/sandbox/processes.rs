@@ -132,3 +132,31 @@ pub(crate) fn open(ns: (u64, u64), pid: i32) -> Option<OwnedFd> {
 pub(crate) fn signal(pidfd: &OwnedFd, signal: i32) -> bool {
     process::pidfd_kill(pidfd.as_fd(), signal).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_namespace_lists_its_processes_with_their_command_lines() {
+        // Our own pid namespace: this test process is in it, under its own pid.
+        let ns = std::fs::File::open("/proc/self/ns/pid").unwrap();
+        let id = namespace_id(ns.as_fd()).unwrap();
+        let me = process::getpid();
+        let found = list(id);
+        let mine = found
+            .iter()
+            .find(|f| f.host_pid == me)
+            .expect("the test process is listed");
+        assert_eq!(pid_inside(me), Some(mine.info.pid));
+        let argv0 = std::env::args().next().unwrap();
+        assert_eq!(mine.info.cmdline.first(), Some(&argv0));
+        assert_ne!(mine.info.state, ProcessState::Zombie);
+        assert!(found.iter().all(|f| f.info.pid != 1), "the init is never listed");
+        let now = phantom_state::now_s();
+        assert!(mine.info.started <= now + 1 && mine.info.started + 3600 > now);
+        // A namespace nothing is in lists nothing.
+        assert!(list((u64::MAX, u64::MAX)).is_empty());
+        assert!(open((u64::MAX, u64::MAX), mine.info.pid).is_none());
+    }
+}

@@ -702,12 +702,13 @@ impl Engine {
         pid: i32,
         signal: ProcessSignal,
     ) -> Result<Reply, EngineError> {
+        // The sandbox first: another owner's is "not found", whatever the pid.
+        let ns = self.pid_namespace(principal, name)?;
         if pid == 1 {
             return Err(EngineError::Usage(format!(
                 "pid 1 is sandbox `{name}`'s init, which keeps it alive: to end everything in it, `phantom destroy {name}`"
             )));
         }
-        let ns = self.pid_namespace(principal, name)?;
         let pidfd = processes::open(ns, pid).ok_or_else(|| {
             not_found(format!(
                 "no process {pid} in sandbox `{name}` (`phantom ps {name}` lists them)"
