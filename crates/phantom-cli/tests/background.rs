@@ -71,6 +71,23 @@ impl Env {
         self.ok(&["create", "--name", name, "--json"]);
     }
 
+    /// The process of sandbox `name` whose command line is `argv`, once `phantom ps`
+    /// lists it (a job forked a moment ago may not have started its program yet).
+    fn listed(&self, name: &str, argv: &[&str]) -> Value {
+        let start = Instant::now();
+        loop {
+            let list = self.ps(name);
+            if let [one] = with_cmdline(&list, argv)[..] {
+                return one.clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{argv:?} is not listed once in {name}: {list:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `phantom ps NAME --json`.
     fn ps(&self, name: &str) -> Vec<Value> {
         self.json(&["ps", name, "--json"])
@@ -134,12 +151,8 @@ fn an_exec_that_leaves_a_background_job_returns_when_its_command_exits() {
     assert_eq!(report["exit_code"], 0, "{report}");
     assert_eq!(report["timed_out"], false, "{report}");
     assert_eq!(report["stdout"], "started\n", "{report}");
-    let list = env.ps("t");
-    assert_eq!(
-        with_cmdline(&list, &["sleep", "31"]).len(),
-        1,
-        "the background job lives on in the sandbox: {list:?}"
-    );
+    // The background job lives on in the sandbox.
+    env.listed("t", &["sleep", "31"]);
 
     // A job that writes on after the exec returned keeps running: its output goes to
     // the sandbox's keeper, not into a pipe nobody reads (SIGPIPE) or that fills up.
@@ -256,10 +269,8 @@ fn a_background_job_can_be_listed_and_killed() {
     env.create("t");
     let before = phantom_state_now();
     env.ok(&["exec", "t", "--", "sh", "-c", "sleep 301 & echo started"]);
+    let job = &env.listed("t", &["sleep", "301"]);
     let list = env.ps("t");
-    let found = with_cmdline(&list, &["sleep", "301"]);
-    assert_eq!(found.len(), 1, "{list:?}");
-    let job = found[0];
     let pid = job["pid"].as_i64().unwrap();
     assert!(pid > 1, "{job}");
     assert_eq!(job["state"], "sleeping", "{job}");
@@ -297,10 +308,7 @@ fn a_background_job_can_be_listed_and_killed() {
         "-c",
         "trap '' TERM; sleep 302 & echo started",
     ]);
-    let list = env.ps("t");
-    let pid = with_cmdline(&list, &["sleep", "302"])[0]["pid"]
-        .as_i64()
-        .unwrap();
+    let pid = env.listed("t", &["sleep", "302"])["pid"].as_i64().unwrap();
     env.ok(&["kill", "t", &pid.to_string(), "--signal", "KILL"]);
     wait_for("the KILLed job to go", Duration::from_secs(5), || {
         env.ps("t").iter().all(|p| p["pid"] != pid)
@@ -387,12 +395,17 @@ fn another_owner_cannot_list_or_kill_a_sandboxs_processes() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["stdout"], "started\n");
 
-    let r = server.request("GET", "/api/v2/sandboxes/box/processes", Some(&alice), b"");
-    assert_eq!(r.status, 200, "{}", r.text());
-    let list = r.json();
-    let found = with_cmdline(list.as_array().unwrap(), &["sleep", "303"]);
-    assert_eq!(found.len(), 1, "{list}");
-    let pid = found[0]["pid"].as_i64().unwrap();
+    let mut pid = 0;
+    wait_for("the job in the list", Duration::from_secs(5), || {
+        let r = server.request("GET", "/api/v2/sandboxes/box/processes", Some(&alice), b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let list = r.json();
+        match with_cmdline(list.as_array().unwrap(), &["sleep", "303"])[..] {
+            [one] => pid = one["pid"].as_i64().unwrap(),
+            _ => return false,
+        }
+        true
+    });
 
     // Bob: "not found", the same as for a name nobody has.
     let path = |name: &str| format!("/api/v2/sandboxes/{name}/processes");
@@ -435,15 +448,18 @@ fn another_owner_cannot_list_or_kill_a_sandboxs_processes() {
     );
     assert_eq!(r.status, 201, "{}", r.text());
     let spawned = r.json()["pid"].as_i64().unwrap();
-    let r = server.request("GET", &path("box"), Some(&alice), b"");
-    assert!(
-        r.json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["pid"] == spawned && p["cmdline"] == json!(["sleep", "306"])),
-        "{}",
-        r.text()
+    // Listed once it runs its program (before, it is phantom's, not yet the caller's).
+    wait_for(
+        "the background command in the list",
+        Duration::from_secs(5),
+        || {
+            let r = server.request("GET", &path("box"), Some(&alice), b"");
+            r.json()
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["pid"] == spawned && p["cmdline"] == json!(["sleep", "306"]))
+        },
     );
     // A bad signal is the caller's mistake, said as such.
     let r = server.request(
@@ -541,15 +557,20 @@ fn mcp_lists_and_kills_a_background_process() {
         started.elapsed() < Duration::from_secs(10),
         "exec_in_sandbox waited for the background job"
     );
-    let r = server.call("list_processes", json!({"name": "m"}));
-    assert_eq!(r["isError"], false, "{r}");
-    let list = r["structuredContent"]["processes"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{r}"))
-        .clone();
-    let found = with_cmdline(&list, &["sleep", "304"]);
-    assert_eq!(found.len(), 1, "{r}");
-    let pid = found[0]["pid"].clone();
+    let mut pid = Value::Null;
+    wait_for("the job in the list", Duration::from_secs(5), || {
+        let r = server.call("list_processes", json!({"name": "m"}));
+        assert_eq!(r["isError"], false, "{r}");
+        let list = r["structuredContent"]["processes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"))
+            .clone();
+        match with_cmdline(&list, &["sleep", "304"])[..] {
+            [one] => pid = one["pid"].clone(),
+            _ => return false,
+        }
+        true
+    });
     let r = server.call(
         "kill_process",
         json!({"name": "m", "pid": pid, "signal": "kill"}),
@@ -568,12 +589,15 @@ fn mcp_lists_and_kills_a_background_process() {
     );
     assert_eq!(r["isError"], false, "{r}");
     let pid = r["structuredContent"]["pid"].clone();
-    let r = server.call("list_processes", json!({"name": "m"}));
-    assert!(
-        r["structuredContent"]["processes"]
-            .as_array()
-            .is_some_and(|l| l.iter().any(|p| p["pid"] == pid)),
-        "{r}"
+    wait_for(
+        "the started process in the list",
+        Duration::from_secs(5),
+        || {
+            let r = server.call("list_processes", json!({"name": "m"}));
+            r["structuredContent"]["processes"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|p| p["pid"] == pid))
+        },
     );
     // An unknown sandbox is an error result, not a protocol error.
     let r = server.call("list_processes", json!({"name": "nosuch"}));

@@ -152,7 +152,10 @@ mod tests {
         let argv0 = std::env::args().next().unwrap();
         assert_eq!(mine.info.cmdline.first(), Some(&argv0));
         assert_ne!(mine.info.state, ProcessState::Zombie);
-        assert!(found.iter().all(|f| f.info.pid != 1), "the init is never listed");
+        assert!(
+            found.iter().all(|f| f.info.pid != 1),
+            "the init is never listed"
+        );
         let now = phantom_state::now_s();
         assert!(mine.info.started <= now + 1 && mine.info.started + 3600 > now);
         // A namespace nothing is in lists nothing.
