@@ -321,8 +321,29 @@ struct Gate {
     /// [`Report::Adopt`].
     conns: Vec<OwnedFd>,
     /// Adopted read ends, until their writers are all gone.
-    drains: Vec<OwnedFd>,
+    drains: Vec<Drain>,
 }
+
+/// An adopted pipe and how much was read from it in the current second. The keeper
+/// is outside the sandbox's cgroup: a job that writes without pause must not make it
+/// spend the host's CPU on its output. Past [`DRAIN_BYTES_PER_SECOND`] the pipe is
+/// left alone until the second is over, and the job blocks on the full pipe instead.
+struct Drain {
+    pipe: OwnedFd,
+    window: Instant,
+    bytes: u64,
+}
+
+impl Drain {
+    /// When it may be read again (None: now).
+    fn throttled_until(&self, now: Instant) -> Option<Instant> {
+        let end = self.window + Duration::from_secs(1);
+        (self.bytes >= DRAIN_BYTES_PER_SECOND && now < end).then_some(end)
+    }
+}
+
+/// What an adopted pipe is read at, at most.
+const DRAIN_BYTES_PER_SECOND: u64 = 1 << 20;
 
 /// At most this many connections wait for an adoption (the oldest goes first).
 const MAX_CONNS: usize = 64;
@@ -342,9 +363,21 @@ impl Gate {
     /// engine sends, drain adopted pipes.
     fn serve(&mut self, ready: &GateReady) {
         // From the end, so that removals keep the other indices valid.
+        let now = Instant::now();
         for i in (0..self.drains.len()).rev() {
-            if ready.drains.get(i) == Some(&true) && !drain(&self.drains[i]) {
-                self.drains.swap_remove(i);
+            if ready.drains.get(i) != Some(&true) {
+                continue;
+            }
+            let d = &mut self.drains[i];
+            if now >= d.window + Duration::from_secs(1) {
+                d.window = now;
+                d.bytes = 0;
+            }
+            match drain(&d.pipe) {
+                Some(n) => d.bytes += n,
+                None => {
+                    self.drains.swap_remove(i);
+                }
             }
         }
         for i in (0..self.conns.len()).rev() {
@@ -365,7 +398,11 @@ impl Gate {
                         && self.drains.len() < MAX_DRAINS
                         && rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK).is_ok()
                     {
-                        self.drains.push(fd);
+                        self.drains.push(Drain {
+                            pipe: fd,
+                            window: Instant::now(),
+                            bytes: 0,
+                        });
                     }
                 }
             }
@@ -394,18 +431,20 @@ impl Gate {
     }
 }
 
-/// Read and discard what is in an adopted pipe; false once no writer is left.
-fn drain(pipe: &OwnedFd) -> bool {
+/// Read and discard what is in an adopted pipe (up to 256 KiB); the bytes read, or
+/// None once no writer is left.
+fn drain(pipe: &OwnedFd) -> Option<u64> {
     let mut buf = [0u8; 16384];
+    let mut read = 0;
     for _ in 0..16 {
         match rustix::io::read(pipe, &mut buf) {
-            Ok(0) => return false,
-            Ok(_) => {}
-            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return true,
-            Err(_) => return false,
+            Ok(0) => return None,
+            Ok(n) => read += n as u64,
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => break,
+            Err(_) => return None,
         }
     }
-    true
+    Some(read)
 }
 
 enum Woke {
@@ -418,6 +457,15 @@ enum Woke {
 /// Wait for the init to exit, an `exec` to connect, an adopted pipe to have output
 /// or a signal to stop.
 fn wait_either(init: &OwnedFd, gate: &Gate, timeout: Duration) -> Woke {
+    // A throttled pipe is not polled; wake when its second is over.
+    let now = Instant::now();
+    let throttled: Vec<Option<Instant>> =
+        gate.drains.iter().map(|d| d.throttled_until(now)).collect();
+    let timeout = throttled
+        .iter()
+        .flatten()
+        .map(|t| t.saturating_duration_since(now))
+        .fold(timeout, Duration::min);
     let ts = rustix::event::Timespec {
         tv_sec: timeout.as_secs() as i64,
         tv_nsec: timeout.subsec_nanos() as i64,
@@ -433,7 +481,14 @@ fn wait_either(init: &OwnedFd, gate: &Gate, timeout: Duration) -> Woke {
     let conns = fds.len();
     fds.extend(gate.conns.iter().map(|c| PollFd::new(c, PollFlags::IN)));
     let drains = fds.len();
-    fds.extend(gate.drains.iter().map(|d| PollFd::new(d, PollFlags::IN)));
+    fds.extend(gate.drains.iter().zip(&throttled).map(|(d, t)| {
+        let events = if t.is_some() {
+            PollFlags::empty()
+        } else {
+            PollFlags::IN
+        };
+        PollFd::new(&d.pipe, events)
+    }));
     match poll(&mut fds, Some(&ts)) {
         Ok(n) if n > 0 => {
             let ready = |f: &PollFd<'_>| !f.revents().is_empty();
