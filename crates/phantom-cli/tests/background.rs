@@ -168,6 +168,43 @@ fn an_exec_that_leaves_a_background_job_returns_when_its_command_exits() {
     );
 }
 
+/// The output of what an exec left behind is read by the sandbox's keeper, which is
+/// outside the sandbox's cgroup: a job that writes without pause (`yes &`) must not
+/// make it spend the host's CPU. It is read at 1 MiB/s at most; past that the job
+/// blocks on its full pipe.
+#[test]
+fn a_background_job_that_writes_without_pause_costs_its_keeper_no_cpu() {
+    if !sandbox_available() {
+        return;
+    }
+    let env = Env::new("yes");
+    env.create("t");
+    let list = env.json(&["list", "--json"]);
+    let init = list[0]["init_pid"]
+        .as_i64()
+        .expect("the local user sees the init's pid");
+    let stat = |pid: i64| fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let field = |text: &str, n: usize| -> u64 {
+        let rest = text.rsplit_once(')').unwrap().1;
+        rest.split_whitespace().nth(n - 3).unwrap().parse().unwrap()
+    };
+    let keeper = field(&stat(init), 4) as i64;
+    let cpu = || {
+        let s = stat(keeper);
+        field(&s, 14) + field(&s, 15)
+    };
+    env.ok(&["exec", "t", "--", "sh", "-c", "yes & echo started"]);
+    env.listed("t", &["yes"]);
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(2));
+    let ticks = cpu() - before;
+    // 2 s of reading as fast as `yes` writes is 100 ticks and more.
+    assert!(
+        ticks <= 20,
+        "the keeper spent {ticks} clock ticks in 2 s on a background job's output"
+    );
+}
+
 /// `--timeout` fires whatever the command started: at the timeout the command and
 /// everything it started — a job that left its process group with `setsid` too — is
 /// killed, and the exec returns with `timed_out: true` (it used to wait for the job
