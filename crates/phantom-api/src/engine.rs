@@ -19,6 +19,10 @@
 //! 4. While a run or an exec lasts, the client may send [`Request::Signal`] (forwarded
 //!    to the program). Closing the connection cancels: the engine kills the sandbox or
 //!    the command, reaps it, and removes its cgroup and run directory.
+//! 5. An exec's [`Reply::Finished`] comes when its command's process exits. The client
+//!    reads what is left in the output pipes for a moment; pipes still open then are
+//!    held by processes the command left running, and the client hands them over with
+//!    [`Request::Detach`] rather than wait for those.
 //!
 //! Every request names the [`Principal`] it acts for; the engine enforces ownership and
 //! grants (see [`crate::access`]). A failure is a [`Failure`] whose [`FailureKind`] maps

@@ -11,6 +11,18 @@
 //!    of the engine, which waits for it like a cold run's init,
 //! 5. reports the payload's pid and exits.
 //!
+//! A background command (`exec --background`) goes one step further: the process
+//! forked in step 4 forks the payload once more and exits at once, reporting the
+//! payload's pid inside the sandbox; the payload, an orphan of the sandbox's pid
+//! namespace, is the init's to reap, runs with /dev/null as stdio and does not die with
+//! the front end.
+//!
+//! An exec ends when its command's process exits, not when every holder of its output
+//! pipes closes them: the client reads what is left for a moment, then hands the pipes
+//! to the sandbox's keeper ([`adopt_output`]), which discards what the command's
+//! background jobs write on. A timeout or a signal from the client reaches the
+//! command's process group and every descendant it still has ([`Joined::kill`]).
+//!
 //! The payload then does what a cold payload does (init.rs `payload`): setsid,
 //! rlimits, no_new_privs, Landlock, dropped capabilities, closed fds, seccomp last,
 //! execve — so an exec is fenced exactly like the sandbox's first command would be.
@@ -159,10 +171,10 @@ pub(crate) fn namespaces_from_keeper(record: &Record) -> Result<Vec<OwnedFd>, En
 }
 
 /// Fork the helper that joins the sandbox (see the module docs) and return the
-/// payload it started, a child of ours — unless `background`: then the helper forks the
-/// payload as its own child and exits once we read the payload's pid inside the
-/// sandbox, so that the payload is re-parented to the sandbox's init, which reaps it;
-/// nothing of ours waits for it, and it does not die with the front end.
+/// payload it started, a child of ours — unless `background`: then that child forks
+/// the payload once more inside the sandbox and exits, so that the payload is
+/// re-parented to the sandbox's init, which reaps it; nothing of ours waits for it, and
+/// it does not die with the front end. Its pid inside the sandbox is returned.
 pub(crate) fn join(
     namespaces: Vec<OwnedFd>,
     cgroup: Option<&SandboxCgroup>,
@@ -288,48 +300,47 @@ pub(crate) fn join(
 }
 
 /// A background command's start: the helper reports the intermediate process (our
-/// child, reaped here at once), which reports the payload's pid inside the sandbox.
+/// child, reaped here), which reports the payload's pid inside the sandbox.
 fn background_report(
     first: Result<(Report, Vec<OwnedFd>), channel::ChannelError>,
     report: std::os::fd::BorrowedFd<'_>,
 ) -> Result<i32, EngineError> {
     let mut intermediate = None;
     let mut inside = None;
+    let mut failure = None;
     let mut next = Some(first);
     while let Some(message) = next.take() {
         match message {
             Ok((Report::Child { pid }, _)) => intermediate = Some(pid),
             Ok((Report::Background { pid }, _)) => inside = Some(pid),
-            Ok((Report::Failed { message }, _)) => return Err(EngineError::Setup(message)),
+            Ok((Report::Failed { message }, _)) => failure = Some(message),
             Ok((other, _)) => {
-                return Err(EngineError::Setup(
+                failure = Some(
                     channel::ChannelError::UnexpectedMessage {
                         peer: "exec helper",
                         expected: "child or background",
                         received: other.name(),
                     }
                     .to_string(),
-                ))
+                )
             }
             Err(_) => break,
         }
-        if intermediate.is_none() || inside.is_none() {
-            // Both come at once; a helper that hangs must not hold the engine.
-            if channel::readable(report, Duration::from_secs(5)) {
-                next = Some(channel::recv::<Report>(report, 4096, 0, "exec helper"));
-            }
+        // Both come at once (or the end of the channel, once every process that held
+        // it is gone); a helper that hangs must not hold the engine.
+        let waiting = intermediate.is_none() || (inside.is_none() && failure.is_none());
+        if waiting && channel::readable(report, Duration::from_secs(5)) {
+            next = Some(channel::recv::<Report>(report, 4096, 0, "exec helper"));
         }
     }
-    let Some(pid) = intermediate else {
-        return Err(EngineError::Setup(
-            "the helper joining the sandbox died".into(),
-        ));
-    };
-    // Our child (CLONE_PARENT); it exits right after its report.
-    let _ = process::wait4(pid, false);
-    match inside {
-        Some(inside) => Ok(inside),
-        None => Err(EngineError::Setup(
+    if let Some(pid) = intermediate {
+        // Our child (CLONE_PARENT); it exits right after its report.
+        let _ = process::wait4(pid, false);
+    }
+    match (inside, failure) {
+        (Some(inside), _) => Ok(inside),
+        (None, Some(message)) => Err(EngineError::Setup(message)),
+        (None, None) => Err(EngineError::Setup(
             "the background command could not be started in the sandbox".into(),
         )),
     }

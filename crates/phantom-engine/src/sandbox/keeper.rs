@@ -6,6 +6,9 @@
 //! init gets its parent-death signal and the kernel takes the whole sandbox down.
 //! While it lives it
 //! * waits for the init on its pidfd (an init that dies is recorded as dead, with why),
+//! * hands the sandbox's namespaces to each `exec` that asks, and reads and discards
+//!   the output of what commands left running, from the pipes the engine hands over
+//!   (see `Gate`),
 //! * retires the sandbox at its maximum lifetime, and when it was idle — no `exec`
 //!   holding `exec.lock` — for the idle timeout, with nobody's CLI running,
 //! * then removes the cgroup and the run directory (`Spawned::finish`).
