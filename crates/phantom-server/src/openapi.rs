@@ -40,6 +40,7 @@ fn schemas() -> Map<String, Value> {
     gen.subschema_for::<ApiError>();
     gen.subschema_for::<ApiHealth>();
     gen.subschema_for::<phantom_api::ProcessInfo>();
+    gen.subschema_for::<phantom_api::Spawned>();
     gen.subschema_for::<phantom_api::choice::ProcessSignal>();
     all.extend(gen.take_definitions(true));
     all
@@ -162,7 +163,14 @@ pub fn document() -> Value {
         json!({ "get": get, "delete": del }),
     );
 
-    let mut exec_r = vec![ok("200", "The command's result", r("ApiRunResult"))];
+    let mut exec_r = vec![
+        ok("200", "The command's result", r("ApiRunResult")),
+        ok(
+            "201",
+            "`background: true`: started; its pid inside the sandbox",
+            r("Spawned"),
+        ),
+    ];
     exec_r.extend(errors(&[
         ("404", "No such sandbox"),
         ("413", "Body too large"),
