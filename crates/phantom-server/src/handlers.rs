@@ -1253,10 +1253,15 @@ pub(crate) async fn kill_process(
     State(app): State<Arc<App>>,
     peer: Peer,
     headers: HeaderMap,
-    Path((name, pid)): Path<(String, i32)>,
+    Path((name, pid)): Path<(String, String)>,
     signal: Result<Query<SignalQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let key = authenticate(&app, &headers, &peer, "sandbox.kill", Some(&name)).await?;
+    let pid: i32 = pid.parse().map_err(|_| {
+        ApiFailure::bad_request(format!(
+            "pid `{pid}`: a process's pid inside the sandbox, a number as GET .../processes lists it"
+        ))
+    })?;
     let Query(SignalQuery { signal }) = signal.map_err(|e| {
         ApiFailure::bad_request(format!(
             "query: {e}; expected ?signal=term (or kill, int, hup, quit, usr1, usr2, stop, cont)"
