@@ -33,9 +33,11 @@ pub mod strict;
 pub const DEFAULT_PROFILE: &str = "default";
 
 pub use report::{
-    ApiError, ApiHealth, ConnectionRecord, FileEntry, IsolationReport, NetworkReport, ProcessInfo,
-    RunReport, SandboxInfo, SandboxMetrics,
+    ApiError, ApiHealth, ConnectionRecord, FileEntry, IsolationReport, NetworkReport, RunReport,
+    SandboxInfo, SandboxMetrics,
 };
+// Apart from the list above, so that it merges with other additions there.
+pub use report::ProcessInfo;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
