@@ -36,7 +36,7 @@ pub use report::{
     ApiError, ApiHealth, ConnectionRecord, FileEntry, IsolationReport, NetworkReport, RunReport,
     SandboxInfo, SandboxMetrics,
 };
-// Apart from the list above, so that it merges with other additions there.
+// A persistent sandbox's processes (`Request::ListProcesses`).
 pub use report::ProcessInfo;
 
 use schemars::JsonSchema;
