@@ -89,6 +89,61 @@ macro_rules! choice {
 }
 
 choice! {
+    /// A signal a caller may send to a process in its sandbox (`KillProcess`).
+    ProcessSignal, "signal" {
+        /// Ask it to end (the default).
+        Term = "term" | "sigterm" | "15",
+        /// End it now; it cannot be caught.
+        Kill = "kill" | "sigkill" | "9",
+        /// As Ctrl-C does.
+        Int = "int" | "sigint" | "2",
+        Hup = "hup" | "sighup" | "1",
+        Quit = "quit" | "sigquit" | "3",
+        Usr1 = "usr1" | "sigusr1" | "10",
+        Usr2 = "usr2" | "sigusr2" | "12",
+        /// Pause it (SIGSTOP).
+        Stop = "stop" | "sigstop" | "19",
+        /// Resume a paused one (SIGCONT).
+        Cont = "cont" | "sigcont" | "18",
+    }
+}
+
+impl ProcessSignal {
+    /// The signal's number on Linux.
+    pub fn number(self) -> i32 {
+        match self {
+            ProcessSignal::Term => 15,
+            ProcessSignal::Kill => 9,
+            ProcessSignal::Int => 2,
+            ProcessSignal::Hup => 1,
+            ProcessSignal::Quit => 3,
+            ProcessSignal::Usr1 => 10,
+            ProcessSignal::Usr2 => 12,
+            ProcessSignal::Stop => 19,
+            ProcessSignal::Cont => 18,
+        }
+    }
+}
+
+choice! {
+    /// What a process in a sandbox is doing (the state letter of /proc/PID/stat).
+    ProcessState, "process state" {
+        /// Running or runnable (R).
+        Running = "running",
+        /// Waiting for something (S, or I for an idle kernel wait).
+        Sleeping = "sleeping",
+        /// In an uninterruptible wait, mostly disk I/O (D).
+        DiskSleep = "disk-sleep",
+        /// Stopped by a signal or traced (T, t).
+        Stopped = "stopped",
+        /// Exited, not yet reaped (Z).
+        Zombie = "zombie",
+        /// Anything else the kernel reports.
+        Other = "other",
+    }
+}
+
+choice! {
     /// How much a sandbox isolates.
     Mode, "mode" {
         /// No namespaces: only resource limits and the timeout (for debugging).

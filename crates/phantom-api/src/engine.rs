@@ -19,6 +19,10 @@
 //! 4. While a run or an exec lasts, the client may send [`Request::Signal`] (forwarded
 //!    to the program). Closing the connection cancels: the engine kills the sandbox or
 //!    the command, reaps it, and removes its cgroup and run directory.
+//! 5. An exec's [`Reply::Finished`] comes when its command's process exits. The client
+//!    reads what is left in the output pipes for a moment; pipes still open then are
+//!    held by processes the command left running, and the client hands them over with
+//!    [`Request::Detach`] rather than wait for those.
 //!
 //! Every request names the [`Principal`] it acts for; the engine enforces ownership and
 //! grants (see [`crate::access`]). A failure is a [`Failure`] whose [`FailureKind`] maps
@@ -86,6 +90,27 @@ pub enum Request {
     Workspace { principal: Principal, name: String },
     /// During a run or exec: forward this signal to the program.
     Signal { signal: i32 },
+    /// The processes in one of the principal's sandboxes (commands still running and
+    /// what commands left running): [`Reply::Processes`].
+    ListProcesses { principal: Principal, name: String },
+    /// Send `signal` to the process `pid` (as the sandbox numbers it, see
+    /// [`crate::ProcessInfo`]) in one of the principal's sandboxes: [`Reply::Done`].
+    KillProcess {
+        principal: Principal,
+        name: String,
+        pid: i32,
+        signal: crate::choice::ProcessSignal,
+    },
+    /// After an exec's command exited while processes it left behind still hold its
+    /// output pipes: the client hands the read ends (attached, `count` of them) to the
+    /// sandbox's keeper, which reads and discards what they write for as long as they
+    /// live, so that they neither block on a full pipe nor die of SIGPIPE when the
+    /// client goes: [`Reply::Done`].
+    Detach {
+        principal: Principal,
+        name: String,
+        count: u8,
+    },
     /// The warm pools (`phantom pool status`).
     Pools,
     /// Every owner's sandboxes and their memory use, for the operator's metrics (a
@@ -111,6 +136,8 @@ impl Request {
                 }
                 names
             }
+            // A background command's stdio is /dev/null.
+            Request::Exec(call) if call.request.background => Vec::new(),
             Request::Exec(call) => {
                 let mut names = Vec::new();
                 if call.stdin {
@@ -119,6 +146,7 @@ impl Request {
                 names.extend(["stdout", "stderr"]);
                 names
             }
+            Request::Detach { count, .. } => ["output"; 2][..(*count).min(2) as usize].to_vec(),
             _ => Vec::new(),
         }
     }
@@ -136,6 +164,9 @@ impl Request {
             Request::Metrics { .. } => "metrics",
             Request::Workspace { .. } => "workspace",
             Request::Signal { .. } => "signal",
+            Request::ListProcesses { .. } => "list-processes",
+            Request::KillProcess { .. } => "kill-process",
+            Request::Detach { .. } => "detach",
             Request::Pools => "pools",
             Request::Census => "census",
             Request::Hello => "hello",
@@ -236,6 +267,15 @@ pub enum Reply {
     Pools(Box<PoolStatus>),
     Census(Vec<SandboxUsage>),
     Hello(EngineHello),
+    /// The processes of a sandbox (final): `ListProcesses`.
+    Processes(Vec<crate::ProcessInfo>),
+    /// Done, nothing to tell (final): `KillProcess`, `Detach`.
+    Done,
+    /// A background command started (final): an `Exec` with `background`; its pid
+    /// inside the sandbox.
+    Spawned {
+        pid: i32,
+    },
     /// The request failed (final).
     Error(Failure),
 }

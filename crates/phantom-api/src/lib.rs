@@ -36,6 +36,8 @@ pub use report::{
     ApiError, ApiHealth, ConnectionRecord, FileEntry, IsolationReport, NetworkReport, RunReport,
     SandboxInfo, SandboxMetrics,
 };
+// A persistent sandbox's processes (`Request::ListProcesses`).
+pub use report::ProcessInfo;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -47,6 +49,13 @@ pub struct ApiRunResult {
     pub report: RunReport,
     /// user_ms + sys_ms.
     pub cpu_ms: f64,
+}
+
+/// A command started in the background (an exec with `background: true`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Spawned {
+    /// Its pid inside the sandbox: `ListProcesses` shows it, `KillProcess` takes it.
+    pub pid: i32,
 }
 
 /// `POST /api/v2/sandboxes/{name}/snapshots`.

@@ -181,6 +181,20 @@ impl SandboxInfo {
     }
 }
 
+/// A process in a persistent sandbox (`ListProcesses`): one a command left running
+/// in the background, or a command still running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ProcessInfo {
+    /// Its pid inside the sandbox (its own pid namespace; the init is 1 and is not
+    /// listed). `KillProcess` takes this number.
+    pub pid: i32,
+    /// Its command line (argv), as the process shows it.
+    pub cmdline: Vec<String>,
+    /// Unix seconds of its start.
+    pub started: u64,
+    pub state: crate::choice::ProcessState,
+}
+
 /// A persistent sandbox's resource use, from its cgroup. `None`: not reported on this
 /// host (no cgroup, or the controller lacks the counter).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

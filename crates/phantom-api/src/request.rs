@@ -455,6 +455,12 @@ pub struct ExecRequest {
     /// Output cap of this command (default: the sandbox's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output: Option<Quantity>,
+    /// Start the command and return at once with its pid (inside the sandbox): it runs
+    /// on with stdin, stdout and stderr on /dev/null (redirect its output into a file
+    /// to keep it), without a wall-clock limit, until it exits, is killed
+    /// (`KillProcess`) or the sandbox goes. Its exit status is not kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub background: bool,
 }
 
 /// The HTTP API's exec body: the command, and whether its output streams.

@@ -91,6 +91,10 @@ enum Command {
     Create(sandbox_cmd::CreateArgs),
     /// Run a command in a persistent sandbox.
     Exec(sandbox_cmd::ExecArgs),
+    /// List the processes in a persistent sandbox (what commands left running too).
+    Ps(sandbox_cmd::PsArgs),
+    /// Send a signal to a process in a persistent sandbox.
+    Kill(sandbox_cmd::KillArgs),
     /// Destroy a persistent sandbox (or all of them).
     Destroy(sandbox_cmd::DestroyArgs),
     /// List the persistent sandboxes.
@@ -144,6 +148,8 @@ fn main() {
         Command::Store(cmd) => store_cmd::store(cmd),
         Command::Create(args) => sandbox_cmd::create(args),
         Command::Exec(args) => sandbox_cmd::exec(args),
+        Command::Ps(args) => sandbox_cmd::ps(args),
+        Command::Kill(args) => sandbox_cmd::kill(args),
         Command::Destroy(args) => sandbox_cmd::destroy(args),
         Command::List(args) => sandbox_cmd::list(args),
         Command::Monitor(args) => sandbox_cmd::monitor(args),

@@ -5,7 +5,8 @@ use clap::{Args, ValueEnum};
 pub const AFTER_HELP: &str = "Tools: run_code {language: python|node|bash|sh, code, files?, stdin?, env?, timeout?, ...},
 run_command {argv, ...}, create_sandbox, exec_in_sandbox, write_file, read_file,
 list_files, snapshot_sandbox, destroy_sandbox, list_sandboxes, list_profiles,
-get_metrics (tools/list has each one's schema).
+get_metrics, start_process, list_processes, kill_process (tools/list has each one's
+schema).
 
 Before its threads exist the server forks its engine (the process that starts every
 sandbox), which stops with it. --mode zygote (the default) gives the engine warm pools

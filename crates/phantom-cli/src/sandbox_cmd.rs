@@ -1,4 +1,4 @@
-//! Persistent sandboxes: `phantom create|exec|destroy|list|monitor|cp|snapshot`.
+//! Persistent sandboxes: `phantom create|exec|ps|kill|destroy|list|monitor|cp|snapshot`.
 //! Each maps its flags onto a phantom-api request for the engine (as the local user)
 //! and prints what it returns; files and snapshots move here, through the workspace
 //! fd the engine hands out.
@@ -114,7 +114,13 @@ phantom's own errors exit with 2 (bad flags, unknown or dead sandbox) or 125.
 Examples:
   phantom exec agent-1 -- python3 main.py
   phantom exec agent-1 --cwd /workspace/src --env DEBUG=1 -- make test
-  phantom exec agent-1 --json --timeout 5s -- sh -c 'echo hi; exit 3'"
+  phantom exec agent-1 --json --timeout 5s -- sh -c 'echo hi; exit 3'
+  phantom exec agent-1 --background -- python3 -m http.server 8000
+
+The command returns when its own process exits: what it started in the background
+(`server &`) runs on in the sandbox — `phantom ps` lists it, `phantom kill` ends it —
+and its output past that goes nowhere. --timeout, SIGTERM and SIGINT reach the
+command and everything it started that is still below it or in its process group."
 )]
 pub struct ExecArgs {
     /// The sandbox (see `phantom list`).
@@ -134,6 +140,12 @@ pub struct ExecArgs {
     /// Output cap, stdout and stderr together (e.g. 256KiB; default: the profile's).
     #[arg(long, value_name = "SIZE")]
     max_output: Option<String>,
+    /// Start the command and return at once, printing its pid inside the sandbox
+    /// (`phantom ps` lists it, `phantom kill` ends it). It runs on with its stdin,
+    /// stdout and stderr on /dev/null and no --timeout, until it exits or the sandbox
+    /// goes.
+    #[arg(long, conflicts_with_all = ["timeout", "max_output"])]
+    background: bool,
     /// The command and its arguments.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -162,6 +174,16 @@ pub fn exec(args: ExecArgs) -> i32 {
         max_output: args.max_output.map(Quantity),
         ..ExecRequest::default()
     };
+    if args.background {
+        return match engine().exec_background(crate::principal(), &args.name, req) {
+            Ok(pid) if args.json => print_json(&phantom_api::Spawned { pid }),
+            Ok(pid) => {
+                println!("{pid}");
+                0
+            }
+            Err(e) => fail(e),
+        };
+    }
     let mut told = crate::run::Told::new(args.json, false, "the command");
     let mut on_started = |s: &phantom_api::engine::Started| told.started(s);
     let io = crate::run::told_io(args.json, &mut on_started);
@@ -177,6 +199,74 @@ pub fn exec(args: ExecArgs) -> i32 {
             }
             report.exit_code
         }
+        Err(e) => fail(e),
+    }
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Lists the commands still running in the sandbox and what commands left running
+in the background (`phantom exec NAME -- sh -c 'server &'`), by their pid inside the
+sandbox — the number `phantom kill` takes. The sandbox's init (pid 1) is not listed.
+
+Examples:
+  phantom ps agent-1
+  phantom ps agent-1 --json"
+)]
+pub struct PsArgs {
+    /// The sandbox.
+    name: String,
+    /// Print the processes as JSON: pid, cmdline, started (unix seconds), state.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn ps(args: PsArgs) -> i32 {
+    let list = match engine().list_processes(crate::principal(), &args.name) {
+        Ok(list) => list,
+        Err(e) => return fail(e),
+    };
+    if args.json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("no processes in {} (its init only)", args.name);
+        return 0;
+    }
+    println!("{:>7}  {:<10}  {:<15}  COMMAND", "PID", "STATE", "STARTED");
+    for p in &list {
+        println!(
+            "{:>7}  {:<10}  {:<15}  {}",
+            p.pid,
+            p.state.as_str(),
+            age(p.started),
+            p.cmdline.join(" ")
+        );
+    }
+    0
+}
+
+#[derive(Args, Debug)]
+#[command(
+    after_help = "PID is the process's pid inside the sandbox, as `phantom ps` shows it.
+
+Examples:
+  phantom kill agent-1 42
+  phantom kill agent-1 42 --signal KILL"
+)]
+pub struct KillArgs {
+    /// The sandbox.
+    name: String,
+    /// The process, by its pid inside the sandbox (see `phantom ps`).
+    pid: i32,
+    /// The signal: TERM, KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT (or its number).
+    #[arg(long, short = 's', value_name = "SIGNAL", default_value = "TERM")]
+    signal: phantom_api::choice::ProcessSignal,
+}
+
+pub fn kill(args: KillArgs) -> i32 {
+    match engine().kill_process(crate::principal(), &args.name, args.pid, args.signal) {
+        Ok(()) => 0,
         Err(e) => fail(e),
     }
 }

@@ -285,10 +285,16 @@ pub(crate) enum Report {
     Ready { warnings: Vec<String> },
     /// The command joined the sandbox as this process (a child of the front end).
     Child { pid: i32 },
+    /// A background command started as this process (its pid inside the sandbox).
+    Background { pid: i32 },
     /// The sandbox's namespaces are attached.
     Namespaces,
     /// It failed; the message says why.
     Failed { message: String },
+    /// To a keeper, from the engine: the attached read ends of an exec's output pipes,
+    /// still held open by processes the command left behind; the keeper reads and
+    /// discards what they write until they close them (see keeper.rs).
+    Adopt,
 }
 
 impl Report {
@@ -297,6 +303,8 @@ impl Report {
             Report::Ready { .. } => "ready".into(),
             Report::Child { .. } => "child".into(),
             Report::Namespaces => "namespaces".into(),
+            Report::Adopt => "adopt".into(),
+            Report::Background { .. } => "background".into(),
             Report::Failed { message } => format!("failed ({message})"),
         }
     }

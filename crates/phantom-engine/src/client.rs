@@ -52,6 +52,14 @@ pub fn socket_path() -> PathBuf {
     }
 }
 
+/// How long an exec's output is read after its command exited, for what it wrote
+/// last; past that the exec returns, and what the command left running writes on into
+/// the sandbox's keeper, which discards it.
+const EXEC_GRACE: Duration = Duration::from_millis(100);
+/// The same for a run, whose sandbox goes with its payload: its pipes close as soon
+/// as its last processes are killed.
+const RUN_GRACE: Duration = Duration::from_secs(2);
+
 fn failed(message: impl Into<String>) -> Failure {
     Failure::new(FailureKind::Failed, message)
 }
@@ -347,7 +355,10 @@ impl EngineClient {
                 cold,
             }))
         };
-        self.relay(call, files_fd, io)
+        // Once the payload is gone its sandbox is too: the pipes close as soon as the
+        // init's last processes die.
+        let (report, _pipes) = self.relay(call, files_fd, io, RUN_GRACE)?;
+        Ok(report)
     }
 
     /// Run `request` in `principal`'s sandbox `name` to completion.
@@ -358,6 +369,12 @@ impl EngineClient {
         mut request: ExecRequest,
         io: RunIo<'_>,
     ) -> Result<RunReport, Failure> {
+        if request.background {
+            return Err(Failure::new(
+                FailureKind::Invalid,
+                "a background command has no output to relay: start it with exec_background",
+            ));
+        }
         let mut io = io;
         if let Some(text) = request.stdin.take() {
             io.stdin = Stdin::Bytes(text.into_bytes());
@@ -372,16 +389,107 @@ impl EngineClient {
                 term: term.clone(),
             }))
         };
-        self.relay(call, None, io)
+        let (report, pipes) = self.relay(call, None, io, EXEC_GRACE)?;
+        if !pipes.is_empty() {
+            // Processes the command left behind hold its output: the sandbox's keeper
+            // takes the pipes over. Should that fail, they are closed here, and what
+            // writes into them gets SIGPIPE — the command's report stands either way.
+            let _ = self.detach(principal, name, pipes);
+        }
+        Ok(report)
     }
 
-    /// Send a run or an exec with its stdio, relay the output until the report.
+    /// Start `request` in `principal`'s sandbox `name` in the background (see
+    /// [`ExecRequest::background`]); its pid inside the sandbox.
+    pub fn exec_background(
+        &self,
+        principal: Principal,
+        name: &str,
+        mut request: ExecRequest,
+    ) -> Result<i32, Failure> {
+        request.background = true;
+        if request.stdin.is_some() {
+            return Err(Failure::from(phantom_api::request::FieldError::new(
+                phantom_api::request::Field::Stdin,
+                "a background command reads /dev/null: give it no stdin (or write the input into a file first)",
+            )));
+        }
+        match self.call(&Request::Exec(Box::new(ExecCall {
+            principal,
+            name: name.to_string(),
+            request,
+            stdin: false,
+            term: None,
+        })))? {
+            (Reply::Spawned { pid }, _) => Ok(pid),
+            (other, _) => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// Hand an exec's output pipes, still held by what its command left running, to
+    /// the sandbox's keeper ([`Request::Detach`]).
+    fn detach(&self, principal: Principal, name: &str, pipes: Vec<OwnedFd>) -> Result<(), Failure> {
+        let conn = self.connect()?;
+        let request = Request::Detach {
+            principal,
+            name: name.to_string(),
+            count: pipes.len() as u8,
+        };
+        let fds: Vec<BorrowedFd<'_>> = pipes.iter().map(|p| p.as_fd()).collect();
+        channel::send_message(conn.fd(), &request, &fds, true).map_err(lost)?;
+        drop(pipes);
+        match channel::recv_message::<Reply>(conn.fd(), 0, "engine").map_err(lost)? {
+            (Reply::Done, _) => Ok(()),
+            (Reply::Error(f), _) => Err(f),
+            (other, _) => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// The processes in `principal`'s sandbox `name`: commands still running and what
+    /// commands left running.
+    pub fn list_processes(
+        &self,
+        principal: Principal,
+        name: &str,
+    ) -> Result<Vec<phantom_api::ProcessInfo>, Failure> {
+        match self.call(&Request::ListProcesses {
+            principal,
+            name: name.to_string(),
+        })? {
+            (Reply::Processes(list), _) => Ok(list),
+            (other, _) => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// Send `signal` to process `pid` (as the sandbox numbers it) in `principal`'s
+    /// sandbox `name`.
+    pub fn kill_process(
+        &self,
+        principal: Principal,
+        name: &str,
+        pid: i32,
+        signal: phantom_api::choice::ProcessSignal,
+    ) -> Result<(), Failure> {
+        match self.call(&Request::KillProcess {
+            principal,
+            name: name.to_string(),
+            pid,
+            signal,
+        })? {
+            (Reply::Done, _) => Ok(()),
+            (other, _) => Err(Self::unexpected(&other)),
+        }
+    }
+
+    /// Send a run or an exec with its stdio, relay the output until the report; then
+    /// read what is left for at most `grace`. Returns the output pipes still open.
     fn relay(
         &self,
         make: impl Fn(bool) -> Request,
         files: Option<OwnedFd>,
         mut io: RunIo<'_>,
-    ) -> Result<RunReport, Failure> {
+        grace: Duration,
+    ) -> Result<(RunReport, Vec<OwnedFd>), Failure> {
         let conn = self.connect()?;
         let (mut stdin_relay, stdin_fd) = match &io.stdin {
             Stdin::Inherit => {
@@ -430,6 +538,7 @@ impl EngineClient {
             signals.as_ref(),
             &mut stdin_relay,
             Relay::new(out_r, err_r, u64::MAX),
+            grace,
         );
         if signals.is_some() {
             let _ = process::reset_signals(&[]);
@@ -587,7 +696,8 @@ fn relay_until_finished(
     signals: Option<&OwnedFd>,
     stdin_relay: &mut StdinRelay,
     mut relay: Relay,
-) -> Result<RunReport, Failure> {
+    grace: Duration,
+) -> Result<(RunReport, Vec<OwnedFd>), Failure> {
     let mut started: Option<Started> = None;
     let mut give_up: Option<Instant> = None;
     let mut interrupts = 0;
@@ -691,15 +801,16 @@ fn relay_until_finished(
             }
         }
     };
-    // The payload is gone: the pipes reach EOF once drained.
-    relay.drain(&mut io.output);
+    // The command is gone: what it wrote is in the pipes. They reach their end now,
+    // unless something it left running holds them — that is not waited for.
+    let pipes = relay.drain_for(&mut io.output, grace);
     let mut report = report;
     report.output_truncated = relay.truncated;
     report.cancelled = cancelled;
     let (stdout, stderr) = io.output.captured();
     report.stdout = stdout;
     report.stderr = stderr;
-    Ok(report)
+    Ok((report, pipes))
 }
 
 /// For a command-line front end that prints and exits: a reader that closes its

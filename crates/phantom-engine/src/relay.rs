@@ -331,10 +331,49 @@ impl Relay {
         }
     }
 
-    /// Read everything left (once the program is gone, the pipes reach EOF).
-    pub(crate) fn drain(&mut self, output: &mut Output<'_>) {
-        for i in 0..2 {
-            while self.pump(i, output) {}
+    /// Read what is left once the program is gone, waiting at most `grace` for the
+    /// pipes' end; return the pipes still open. What the program wrote before it
+    /// exited is in the pipes already and is read; a pipe stays open past that only
+    /// while a process the program left behind (`cmd &`) holds it, and the run does not
+    /// wait for that process.
+    pub(crate) fn drain_for(
+        &mut self,
+        output: &mut Output<'_>,
+        grace: std::time::Duration,
+    ) -> Vec<OwnedFd> {
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let open: Vec<usize> = (0..2).filter(|&i| self.pipes[i].is_some()).collect();
+            if open.is_empty() {
+                return Vec::new();
+            }
+            let ts = rustix::event::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: left.subsec_nanos() as i64,
+            };
+            let ready: Vec<usize> = {
+                let mut fds: Vec<PollFd<'_>> = open
+                    .iter()
+                    .map(|&i| PollFd::new(self.pipes[i].as_ref().expect("open"), PollFlags::IN))
+                    .collect();
+                match rustix::event::poll(&mut fds, Some(&ts)) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => break,
+                }
+                open.iter()
+                    .zip(&fds)
+                    .filter(|(_, f)| !f.revents().is_empty())
+                    .map(|(&i, _)| i)
+                    .collect()
+            };
+            for i in &ready {
+                self.pump(*i, output);
+            }
+            if ready.is_empty() && left.is_zero() {
+                break;
+            }
         }
+        self.pipes.iter_mut().filter_map(Option::take).collect()
     }
 }

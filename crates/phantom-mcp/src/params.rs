@@ -201,6 +201,34 @@ pub struct Sandboxes {
     pub sandboxes: Vec<SandboxInfo>,
 }
 
+/// `list_processes`' result.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Processes {
+    /// Commands still running and what commands left running, by pid inside the
+    /// sandbox (the init, pid 1, is not listed).
+    pub processes: Vec<phantom_api::ProcessInfo>,
+}
+
+/// `kill_process`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KillParams {
+    /// The sandbox's name.
+    pub name: String,
+    /// The process's pid inside the sandbox, as `list_processes` shows it.
+    pub pid: i32,
+    /// The signal (default: term).
+    #[serde(default)]
+    pub signal: Option<phantom_api::choice::ProcessSignal>,
+}
+
+/// `kill_process`'s result.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct Signalled {
+    pub pid: i32,
+    pub signal: phantom_api::choice::ProcessSignal,
+}
+
 /// `snapshot_sandbox`'s result.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct SnapshotResult {

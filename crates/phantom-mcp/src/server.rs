@@ -331,6 +331,11 @@ impl PhantomMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let NamedExec { name, exec } = args!(args);
+        if exec.background {
+            return Ok(bad_args(
+                "background: exec_in_sandbox waits for its command; start a background one with start_process".into(),
+            ));
+        }
         Ok(self.job(Job::Exec(name, Box::new(exec)), &context).await)
     }
 
@@ -477,6 +482,74 @@ impl PhantomMcp {
                     Ok(Sandboxes {
                         sandboxes: list.into_iter().map(SandboxInfo::redacted).collect(),
                     })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "start_process",
+        title = "Start a background process in a sandbox",
+        description = "Start a command (argv, or language and code) in a persistent sandbox and return at once with its pid inside the sandbox. It runs on without a time limit, with stdin, stdout and stderr on /dev/null (redirect its output into a file in /workspace to read it later), until it exits, kill_process ends it or the sandbox goes. list_processes shows it.",
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false),
+        output_schema = schema_for_output::<phantom_api::Spawned>()
+    )]
+    async fn start_process(
+        &self,
+        Parameters(args): Parameters<Args<NamedExec>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let NamedExec { name, exec } = args!(args);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    let pid = client.exec_background(principal.clone(), &name, exec)?;
+                    Ok(phantom_api::Spawned { pid })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "list_processes",
+        title = "List a sandbox's processes",
+        description = "The processes in a persistent sandbox: commands still running and what commands left running in the background (`server &`), with pid (inside the sandbox), command line, start (unix seconds) and state.",
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<Processes>()
+    )]
+    async fn list_processes(
+        &self,
+        Parameters(args): Parameters<Args<SandboxName>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let SandboxName { name } = args!(args);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    Ok(Processes {
+                        processes: client.list_processes(principal.clone(), &name)?,
+                    })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "kill_process",
+        title = "Signal a process in a sandbox",
+        description = "Send a signal (default term; kill, int, hup, quit, usr1, usr2, stop, cont) to a process of a persistent sandbox, by the pid list_processes shows.",
+        annotations(read_only_hint = false, destructive_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<Signalled>()
+    )]
+    async fn kill_process(
+        &self,
+        Parameters(args): Parameters<Args<KillParams>>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let KillParams { name, pid, signal } = args!(args);
+        let signal = signal.unwrap_or(phantom_api::choice::ProcessSignal::Term);
+        answer(
+            self.engine
+                .blocking(move |client, principal| {
+                    client.kill_process(principal.clone(), &name, pid, signal)?;
+                    Ok(Signalled { pid, signal })
                 })
                 .await,
         )

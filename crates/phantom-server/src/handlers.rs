@@ -1180,6 +1180,9 @@ pub(crate) async fn exec(
     } = json_body(body, app.config.max_body)?;
     req.program()
         .map_err(|e| ApiFailure::from(Failure::from(e)))?;
+    if req.background {
+        return exec_background(app, key, name, req).await;
+    }
     let slot = admit(&app, &key).await?;
     let principal = principal(&key);
     if stream {
@@ -1202,6 +1205,108 @@ pub(crate) async fn exec(
     drop(slot);
     audit_result(&app, &key, "sandbox.exec", Some(&name), &result);
     Ok(axum::Json(finish_run(&app, result?, "exec")).into_response())
+}
+
+/// An exec with `background: true`: started, answered at once with its pid (201). It
+/// takes no run slot: it is a process of the sandbox, bounded by the sandbox's pids and
+/// memory limits and its lifetime, listed and killed through `.../processes`.
+async fn exec_background(
+    app: Arc<App>,
+    key: ApiKey,
+    name: String,
+    req: phantom_api::request::ExecRequest,
+) -> ApiResult<Response> {
+    let engine = app.engine.clone();
+    let principal = principal(&key);
+    let target = name.clone();
+    let r = blocking(
+        &app,
+        &key.id,
+        "starting the background command",
+        app.deadlines.call,
+        move || engine.exec_background(principal, &target, req),
+    )
+    .await;
+    audit_result(&app, &key, "sandbox.exec", Some(&name), &r);
+    let pid = r?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        axum::Json(phantom_api::Spawned { pid }),
+    )
+        .into_response())
+}
+
+/// `GET /api/v2/sandboxes/{name}/processes`: what commands still run in the sandbox
+/// and what they left running, by their pid inside it.
+pub(crate) async fn list_processes(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Vec<phantom_api::ProcessInfo>>> {
+    let key = authenticate(&app, &headers, &peer, "sandbox.processes", Some(&name)).await?;
+    let engine = app.engine.clone();
+    let principal = principal(&key);
+    let list = blocking(
+        &app,
+        &key.id,
+        "listing the sandbox's processes",
+        app.deadlines.call,
+        move || engine.list_processes(principal, &name),
+    )
+    .await?;
+    Ok(axum::Json(list))
+}
+
+/// `?signal=` of `DELETE /api/v2/sandboxes/{name}/processes/{pid}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignalQuery {
+    /// term (the default), kill, int, hup, quit, usr1, usr2, stop, cont.
+    signal: Option<phantom_api::choice::ProcessSignal>,
+}
+
+/// `DELETE /api/v2/sandboxes/{name}/processes/{pid}[?signal=kill]`: signal a process
+/// of the sandbox (SIGTERM by default); 204 once sent.
+pub(crate) async fn kill_process(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((name, pid)): Path<(String, String)>,
+    signal: Result<Query<SignalQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let key = authenticate(&app, &headers, &peer, "sandbox.kill", Some(&name)).await?;
+    let pid: i32 = pid.parse().map_err(|_| {
+        ApiFailure::bad_request(format!(
+            "pid `{pid}`: a process's pid inside the sandbox, a number as GET .../processes lists it"
+        ))
+    })?;
+    let Query(SignalQuery { signal }) = signal.map_err(|e| {
+        ApiFailure::bad_request(format!(
+            "query: {e}; expected ?signal=term (or kill, int, hup, quit, usr1, usr2, stop, cont)"
+        ))
+    })?;
+    let engine = app.engine.clone();
+    let principal = principal(&key);
+    let target = name.clone();
+    let r = blocking(
+        &app,
+        &key.id,
+        "signalling the process",
+        app.deadlines.call,
+        move || {
+            engine.kill_process(
+                principal,
+                &target,
+                pid,
+                signal.unwrap_or(phantom_api::choice::ProcessSignal::Term),
+            )
+        },
+    )
+    .await;
+    audit_result(&app, &key, "sandbox.kill", Some(&name), &r);
+    r?;
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -166,6 +166,11 @@ pub fn router(app: Arc<App>) -> Router {
             get(handlers::get_sandbox).delete(handlers::delete_sandbox),
         )
         .route("/sandboxes/{name}/exec", post(handlers::exec))
+        .route("/sandboxes/{name}/processes", get(handlers::list_processes))
+        .route(
+            "/sandboxes/{name}/processes/{pid}",
+            axum::routing::delete(handlers::kill_process),
+        )
         .route("/sandboxes/{name}/files", get(handlers::list_files))
         .route(
             "/sandboxes/{name}/files/content",

@@ -39,6 +39,9 @@ fn schemas() -> Map<String, Value> {
     gen.subschema_for::<FileEntry>();
     gen.subschema_for::<ApiError>();
     gen.subschema_for::<ApiHealth>();
+    gen.subschema_for::<phantom_api::ProcessInfo>();
+    gen.subschema_for::<phantom_api::Spawned>();
+    gen.subschema_for::<phantom_api::choice::ProcessSignal>();
     all.extend(gen.take_definitions(true));
     all
 }
@@ -160,7 +163,14 @@ pub fn document() -> Value {
         json!({ "get": get, "delete": del }),
     );
 
-    let mut exec_r = vec![ok("200", "The command's result", r("ApiRunResult"))];
+    let mut exec_r = vec![
+        ok("200", "The command's result", r("ApiRunResult")),
+        ok(
+            "201",
+            "`background: true`: started; its pid inside the sandbox",
+            r("Spawned"),
+        ),
+    ];
     exec_r.extend(errors(&[
         ("404", "No such sandbox"),
         ("413", "Body too large"),
@@ -172,6 +182,34 @@ pub fn document() -> Value {
     paths.insert(
         "/api/v2/sandboxes/{name}/exec".into(),
         json!({ "post": exec }),
+    );
+
+    let mut ps_r = vec![ok(
+        "200",
+        "Commands still running and what commands left running, by pid inside the sandbox",
+        json!({ "type": "array", "items": r("ProcessInfo") }),
+    )];
+    ps_r.extend(errors(&[("404", "No such sandbox")]));
+    let mut ps = op("List a sandbox's processes", None, ps_r);
+    ps["parameters"] = json!([name_param()]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}/processes".into(),
+        json!({ "get": ps }),
+    );
+    let mut kill_r = vec![(
+        "204".to_string(),
+        json!({ "description": "The signal was sent" }),
+    )];
+    kill_r.extend(errors(&[("404", "No such sandbox or process")]));
+    let mut kill = op("Signal a process of a sandbox", None, kill_r);
+    kill["parameters"] = json!([
+        name_param(),
+        { "name": "pid", "in": "path", "required": true, "schema": { "type": "integer", "minimum": 2 } },
+        { "name": "signal", "in": "query", "required": false, "schema": r("ProcessSignal") }
+    ]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}/processes/{pid}".into(),
+        json!({ "delete": kill }),
     );
 
     let mut files_r = vec![ok(

@@ -6,6 +6,9 @@
 //! init gets its parent-death signal and the kernel takes the whole sandbox down.
 //! While it lives it
 //! * waits for the init on its pidfd (an init that dies is recorded as dead, with why),
+//! * hands the sandbox's namespaces to each `exec` that asks, and reads and discards
+//!   the output of what commands left running, from the pipes the engine hands over
+//!   (see `Gate`),
 //! * retires the sandbox at its maximum lifetime, and when it was idle — no `exec`
 //!   holding `exec.lock` — for the idle timeout, with nobody's CLI running,
 //! * then removes the cgroup and the run directory (`Spawned::finish`).
@@ -197,12 +200,14 @@ pub(crate) fn run(k: Keeper, report: OwnedFd) -> ! {
     let _ = channel::send(report.as_fd(), &Report::Ready { warnings }, &[]);
     drop(report);
 
-    let gate = Gate {
+    let mut gate = Gate {
         listener,
         namespaces,
         stop: stop_fd.ok(),
+        conns: Vec::new(),
+        drains: Vec::new(),
     };
-    let (reason, _lock) = watch(&k, &state, &spawned.pidfd, &gate);
+    let (reason, _lock) = watch(&k, &state, &spawned.pidfd, &mut gate);
     drop(gate);
     if reason.is_some() {
         spawned.kill();
@@ -228,7 +233,7 @@ fn watch(
     k: &Keeper,
     state: &State,
     init: &OwnedFd,
-    gate: &Gate,
+    gate: &mut Gate,
 ) -> (Option<String>, Option<std::fs::File>) {
     loop {
         let record = match state.get_by_id(&k.id) {
@@ -286,7 +291,7 @@ fn watch(
             }
             match wait_either(init, gate, left) {
                 Woke::Init => return (None, None),
-                Woke::Exec => gate.serve(),
+                Woke::Gate(ready) => gate.serve(&ready),
                 Woke::Stop(signal) => {
                     return (
                         Some(format!("stopped by {}", process::signal_name(signal))),
@@ -299,19 +304,120 @@ fn watch(
     }
 }
 
-/// What `exec` needs from the keeper: the init's namespaces.
+/// What `exec` needs from the keeper: the init's namespaces; and where the output of
+/// what commands leave behind goes.
+///
+/// Each connection to the keeper's socket gets the namespaces at once. The engine
+/// closes it when that was all it wanted; or, when an exec's command exited while
+/// processes it left behind still hold its output pipes, it sends [`Report::Adopt`]
+/// with the pipes' read ends. The keeper then reads and discards what those processes
+/// write until they close the pipes (or the sandbox goes): a background job's output
+/// goes nowhere, as to /dev/null, but it never blocks on a full pipe nor dies of
+/// SIGPIPE because the client that ran its command is gone.
 struct Gate {
     listener: OwnedFd,
     namespaces: Vec<OwnedFd>,
     /// The signals that retire the sandbox (None: no signalfd; they then kill the
     /// keeper, and the init follows by its parent-death signal).
     stop: Option<OwnedFd>,
+    /// Connections that got the namespaces, until the engine closes them or sends
+    /// [`Report::Adopt`].
+    conns: Vec<OwnedFd>,
+    /// Adopted read ends, until their writers are all gone.
+    drains: Vec<Drain>,
+}
+
+/// An adopted pipe and how much was read from it in the current second. The keeper
+/// is outside the sandbox's cgroup: a job that writes without pause must not make it
+/// spend the host's CPU on its output. Past [`DRAIN_BYTES_PER_SECOND`] the pipe is
+/// left alone until the second is over, and the job blocks on the full pipe instead.
+struct Drain {
+    pipe: OwnedFd,
+    window: Instant,
+    bytes: u64,
+}
+
+impl Drain {
+    /// When it may be read again (None: now).
+    fn throttled_until(&self, now: Instant) -> Option<Instant> {
+        let end = self.window + Duration::from_secs(1);
+        (self.bytes >= DRAIN_BYTES_PER_SECOND && now < end).then_some(end)
+    }
+}
+
+/// What an adopted pipe is read at, at most.
+const DRAIN_BYTES_PER_SECOND: u64 = 1 << 20;
+
+/// At most this many connections wait for an adoption (the oldest goes first).
+const MAX_CONNS: usize = 64;
+/// At most this many adopted pipes are drained; past that a pipe is closed, and what
+/// still writes into it gets SIGPIPE (EPIPE).
+const MAX_DRAINS: usize = 256;
+
+/// Which of the gate's fds a poll found ready.
+struct GateReady {
+    listener: bool,
+    conns: Vec<bool>,
+    drains: Vec<bool>,
 }
 
 impl Gate {
+    /// Serve what is ready: hand the namespaces to a new connection, take what an
+    /// engine sends, drain adopted pipes.
+    fn serve(&mut self, ready: &GateReady) {
+        // From the end, so that removals keep the other indices valid.
+        let now = Instant::now();
+        for i in (0..self.drains.len()).rev() {
+            if ready.drains.get(i) != Some(&true) {
+                continue;
+            }
+            let d = &mut self.drains[i];
+            if now >= d.window + Duration::from_secs(1) {
+                d.window = now;
+                d.bytes = 0;
+            }
+            match drain(&d.pipe) {
+                Some(n) => d.bytes += n,
+                None => {
+                    self.drains.swap_remove(i);
+                }
+            }
+        }
+        for i in (0..self.conns.len()).rev() {
+            if ready.conns.get(i) != Some(&true) {
+                continue;
+            }
+            let conn = self.conns.swap_remove(i);
+            if let Ok((Report::Adopt, fds)) =
+                channel::recv::<Report>(conn.as_fd(), 4096, fdpass::MAX_FDS, "engine")
+            {
+                for fd in fds {
+                    // Only pipes: nothing else is read here.
+                    let fifo = rustix::fs::fstat(&fd).is_ok_and(|st| {
+                        rustix::fs::FileType::from_raw_mode(st.st_mode)
+                            == rustix::fs::FileType::Fifo
+                    });
+                    if fifo
+                        && self.drains.len() < MAX_DRAINS
+                        && rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK).is_ok()
+                    {
+                        self.drains.push(Drain {
+                            pipe: fd,
+                            window: Instant::now(),
+                            bytes: 0,
+                        });
+                    }
+                }
+            }
+        }
+        if ready.listener {
+            self.accept();
+        }
+    }
+
     /// Hand the namespaces to one `exec` — only to a process of our own user (the
     /// socket is 0600 in a 0700 directory already; SO_PEERCRED says it again).
-    fn serve(&self) {
+    fn accept(&mut self) {
         let Ok(Some(conn)) = fdpass::accept(self.listener.as_fd()) else {
             return;
         };
@@ -319,19 +425,50 @@ impl Gate {
             return;
         }
         let fds: Vec<_> = self.namespaces.iter().map(|f| f.as_fd()).collect();
-        let _ = channel::send(conn.as_fd(), &Report::Namespaces, &fds);
+        if channel::send(conn.as_fd(), &Report::Namespaces, &fds).is_ok() {
+            if self.conns.len() >= MAX_CONNS {
+                self.conns.remove(0);
+            }
+            self.conns.push(conn);
+        }
     }
+}
+
+/// Read and discard what is in an adopted pipe (up to 256 KiB); the bytes read, or
+/// None once no writer is left.
+fn drain(pipe: &OwnedFd) -> Option<u64> {
+    let mut buf = [0u8; 16384];
+    let mut read = 0;
+    for _ in 0..16 {
+        match rustix::io::read(pipe, &mut buf) {
+            Ok(0) => return None,
+            Ok(n) => read += n as u64,
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => break,
+            Err(_) => return None,
+        }
+    }
+    Some(read)
 }
 
 enum Woke {
     Init,
-    Exec,
+    Gate(GateReady),
     Stop(i32),
     Timeout,
 }
 
-/// Wait for the init to exit, an `exec` to connect or a signal to stop.
+/// Wait for the init to exit, an `exec` to connect, an adopted pipe to have output
+/// or a signal to stop.
 fn wait_either(init: &OwnedFd, gate: &Gate, timeout: Duration) -> Woke {
+    // A throttled pipe is not polled; wake when its second is over.
+    let now = Instant::now();
+    let throttled: Vec<Option<Instant>> =
+        gate.drains.iter().map(|d| d.throttled_until(now)).collect();
+    let timeout = throttled
+        .iter()
+        .flatten()
+        .map(|t| t.saturating_duration_since(now))
+        .fold(timeout, Duration::min);
     let ts = rustix::event::Timespec {
         tv_sec: timeout.as_secs() as i64,
         tv_nsec: timeout.subsec_nanos() as i64,
@@ -340,15 +477,28 @@ fn wait_either(init: &OwnedFd, gate: &Gate, timeout: Duration) -> Woke {
         PollFd::new(init, PollFlags::IN),
         PollFd::new(&gate.listener, PollFlags::IN),
     ];
-    if let Some(stop) = &gate.stop {
+    let stop_ix = gate.stop.as_ref().map(|stop| {
         fds.push(PollFd::new(stop, PollFlags::IN));
-    }
+        fds.len() - 1
+    });
+    let conns = fds.len();
+    fds.extend(gate.conns.iter().map(|c| PollFd::new(c, PollFlags::IN)));
+    let drains = fds.len();
+    fds.extend(gate.drains.iter().zip(&throttled).map(|(d, t)| {
+        let events = if t.is_some() {
+            PollFlags::empty()
+        } else {
+            PollFlags::IN
+        };
+        PollFd::new(&d.pipe, events)
+    }));
     match poll(&mut fds, Some(&ts)) {
         Ok(n) if n > 0 => {
-            if !fds[0].revents().is_empty() {
+            let ready = |f: &PollFd<'_>| !f.revents().is_empty();
+            if ready(&fds[0]) {
                 return Woke::Init;
             }
-            if fds.get(2).is_some_and(|f| !f.revents().is_empty()) {
+            if stop_ix.is_some_and(|i| ready(&fds[i])) {
                 if let Some(signal) = gate
                     .stop
                     .as_ref()
@@ -357,11 +507,11 @@ fn wait_either(init: &OwnedFd, gate: &Gate, timeout: Duration) -> Woke {
                     return Woke::Stop(signal);
                 }
             }
-            if fds[1].revents().is_empty() {
-                Woke::Timeout
-            } else {
-                Woke::Exec
-            }
+            Woke::Gate(GateReady {
+                listener: ready(&fds[1]),
+                conns: fds[conns..drains].iter().map(ready).collect(),
+                drains: fds[drains..].iter().map(ready).collect(),
+            })
         }
         _ => Woke::Timeout,
     }

@@ -6,12 +6,14 @@
 //! keeper ([`keeper`]), which restores a snapshot into the workspace when asked,
 //! starts the init and watches it; commands join it from the engine ([`exec`]); files
 //! move through a workspace fd the engine hands out, every sandbox-side path resolved
-//! beneath it ([`files`], in the caller's process).
+//! beneath it ([`files`], in the caller's process); the processes in it are found in
+//! the host's /proc by its pid namespace ([`processes`]).
 
 pub(crate) mod exec;
 pub mod files;
 pub mod fsops;
 pub(crate) mod keeper;
+pub(crate) mod processes;
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;

@@ -891,6 +891,18 @@ impl Engine {
             } => self.answer(|e| e.list(Scope::new(&principal, every_owner)?)),
             Request::Get { principal, name } => self.answer(|e| e.get(&principal, &name)),
             Request::Metrics { principal, name } => self.answer(|e| e.metrics(&principal, &name)),
+            Request::ListProcesses { principal, name } => {
+                self.answer(|e| e.list_processes(&principal, &name))
+            }
+            Request::KillProcess {
+                principal,
+                name,
+                pid,
+                signal,
+            } => self.answer(|e| e.kill_process(&principal, &name, pid, signal)),
+            Request::Detach {
+                principal, name, ..
+            } => self.answer(|e| e.detach(&principal, &name, fds)),
             Request::Pools => {
                 let status = self.pools_status();
                 Reply::Pools(Box::new(status))

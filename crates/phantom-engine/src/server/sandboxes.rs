@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use phantom_api::access::{Owner, Principal};
-use phantom_api::choice::{SandboxStatus, StartKind};
+use phantom_api::choice::{ProcessSignal, SandboxStatus, StartKind};
 use phantom_api::engine::{
     CreateCall, Created, ExecCall, Failure, FailureKind, Reply, Request, SandboxUsage, Started,
 };
@@ -29,7 +29,8 @@ use crate::channel::{self, FromInit};
 use crate::error::not_found;
 use crate::init::ChildPayload;
 use crate::prepare::{self, api_mode, payload_context, Ask, Policy};
-use crate::sandbox::exec::{check_usable, join, namespaces_from_keeper, Joined};
+use crate::sandbox::exec::{check_usable, join, namespaces_from_keeper, Joined, Joining};
+use crate::sandbox::processes;
 use crate::sandbox::{self, keeper, now_s, plan_hash, validate_name};
 use crate::spawn::SandboxStatus as Status;
 use crate::EngineError;
@@ -141,12 +142,26 @@ impl Engine {
             stdin,
             term,
         } = call;
-        let mut fds = fds.into_iter();
-        let stdin = stdin.then(|| fds.next()).flatten();
-        let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
-            unreachable!("counted by dispatch");
+        let background = request.background;
+        let [stdin, stdout, stderr] = if background {
+            // A background command's stdio is /dev/null (no fds came: see fd_names).
+            let null = || {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map(OwnedFd::from)
+                    .map_err(io("open", std::path::Path::new("/dev/null")))
+            };
+            [null()?, null()?, null()?]
+        } else {
+            let mut fds = fds.into_iter();
+            let stdin = stdin.then(|| fds.next()).flatten();
+            let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
+                unreachable!("counted by dispatch");
+            };
+            super::run::payload_stdio(stdin, stdout, stderr)?
         };
-        let [stdin, stdout, stderr] = super::run::payload_stdio(stdin, stdout, stderr)?;
         let record = lookup(self, &principal.owner, &name)?;
         check_usable(&record)?;
         let program = request.program()?;
@@ -212,7 +227,19 @@ impl Engine {
             None,
             cgroup.is_none(),
         )?;
-        let joined = join(namespaces, cgroup.as_ref(), ChildPayload::Ready(ctx))?;
+        let joined = match join(
+            namespaces,
+            cgroup.as_ref(),
+            ChildPayload::Ready(ctx),
+            background,
+        )? {
+            Joining::Watched(joined) => joined,
+            Joining::Background(pid) => {
+                // Nothing to watch: the sandbox's init reaps it.
+                reply(conn, &Reply::Spawned { pid });
+                return Ok(());
+            }
+        };
         let client = conn
             .try_clone()
             .map_err(io("dup", std::path::Path::new("client")))?;
@@ -632,6 +659,83 @@ impl Engine {
             io_write_bytes: st.io_write_bytes,
             oom_kills: st.oom_kills,
         })))
+    }
+
+    /// The pid namespace of the principal's running sandbox `name`, as an id to compare
+    /// /proc entries with.
+    fn pid_namespace(
+        &mut self,
+        principal: &Principal,
+        name: &str,
+    ) -> Result<(u64, u64), EngineError> {
+        let record = lookup(self, &principal.owner, name)?;
+        check_usable(&record)?;
+        let namespaces = namespaces_from_keeper(&record)?;
+        let ix = process::NAMESPACE_FILES
+            .iter()
+            .position(|n| *n == "pid")
+            .expect("pid is one of the namespaces");
+        processes::namespace_id(namespaces[ix].as_fd()).ok_or_else(|| {
+            EngineError::Setup(format!(
+                "sandbox `{name}`: its pid namespace cannot be read"
+            ))
+        })
+    }
+
+    /// The processes in the principal's sandbox `name` (see [`processes`]).
+    pub(super) fn list_processes(
+        &mut self,
+        principal: &Principal,
+        name: &str,
+    ) -> Result<Reply, EngineError> {
+        let ns = self.pid_namespace(principal, name)?;
+        Ok(Reply::Processes(
+            processes::list(ns).into_iter().map(|f| f.info).collect(),
+        ))
+    }
+
+    /// Signal the process the principal's sandbox `name` numbers `pid`.
+    pub(super) fn kill_process(
+        &mut self,
+        principal: &Principal,
+        name: &str,
+        pid: i32,
+        signal: ProcessSignal,
+    ) -> Result<Reply, EngineError> {
+        // The sandbox first: another owner's is "not found", whatever the pid.
+        let ns = self.pid_namespace(principal, name)?;
+        if pid == 1 {
+            return Err(EngineError::Usage(format!(
+                "pid 1 is sandbox `{name}`'s init, which keeps it alive: to end everything in it, `phantom destroy {name}`"
+            )));
+        }
+        let pidfd = processes::open(ns, pid).ok_or_else(|| {
+            not_found(format!(
+                "no process {pid} in sandbox `{name}` (`phantom ps {name}` lists them)"
+            ))
+        })?;
+        if !processes::signal(&pidfd, signal.number()) {
+            return Err(not_found(format!(
+                "process {pid} in sandbox `{name}` is gone"
+            )));
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Hand the read ends of an exec's output pipes to the keeper of the principal's
+    /// sandbox `name` (see [`crate::sandbox::exec::adopt_output`]). A sandbox that is
+    /// gone needs nothing: its processes went with it, and the pipes close here.
+    pub(super) fn detach(
+        &mut self,
+        principal: &Principal,
+        name: &str,
+        pipes: Vec<OwnedFd>,
+    ) -> Result<Reply, EngineError> {
+        let record = lookup(self, &principal.owner, name)?;
+        if check_usable(&record).is_ok() {
+            crate::sandbox::exec::adopt_output(&record, pipes)?;
+        }
+        Ok(Reply::Done)
     }
 
     /// The sandbox's workspace directory, opened `O_PATH` (a dead sandbox's too: its

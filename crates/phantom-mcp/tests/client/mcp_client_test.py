@@ -60,7 +60,8 @@ async def run_checks(client, label, marker):
     names = sorted(t.name for t in tools)
     check(f"{label}: tools/list", names == sorted([
         "get_metrics", "list_profiles", "run_code", "run_command", "create_sandbox", "exec_in_sandbox",
-        "write_file", "read_file", "list_files", "destroy_sandbox", "list_sandboxes", "snapshot_sandbox"]), names)
+        "write_file", "read_file", "list_files", "destroy_sandbox", "list_sandboxes", "snapshot_sandbox",
+        "list_processes", "kill_process", "start_process"]), names)
     check(f"{label}: every tool has input and output schemas",
           all(t.input_schema.get("type") == "object" and (t.output_schema or {}).get("type") == "object" for t in tools))
 
@@ -182,6 +183,17 @@ async def sandbox_checks(client, label, marker):
               and "root:" not in text_of(r), text_of(r))
     r = await client.call_tool("snapshot_sandbox", {"name": name})
     check(f"{label}: snapshot_sandbox", not r.is_error and structured(r)["files"] == 2, text_of(r))
+    # Background processes: a job left behind does not hold the exec; listed, killed.
+    r = await client.call_tool("exec_in_sandbox", {"name": name, "argv": ["sh", "-c", "sleep 308 & echo started"]})
+    check(f"{label}: exec_in_sandbox returns while its background job runs", not r.is_error, text_of(r))
+    r = await client.call_tool("start_process", {"name": name, "argv": ["sleep", "309"]})
+    pid = structured(r).get("pid") if not r.is_error else None
+    check(f"{label}: start_process gives a pid", isinstance(pid, int), text_of(r))
+    r = await client.call_tool("list_processes", {"name": name})
+    listed = [p["pid"] for p in structured(r)["processes"]] if not r.is_error else []
+    check(f"{label}: list_processes", not r.is_error and isinstance(listed, list), text_of(r))
+    r = await client.call_tool("kill_process", {"name": name, "pid": pid if isinstance(pid, int) else 0, "signal": "kill"})
+    check(f"{label}: kill_process", not r.is_error and structured(r)["signal"] == "kill", text_of(r))
     r = await client.call_tool("list_sandboxes", {})
     check(f"{label}: list_sandboxes", not r.is_error and any(s["name"] == name for s in structured(r)["sandboxes"]), text_of(r))
     r = await client.call_tool("destroy_sandbox", {"name": name})
