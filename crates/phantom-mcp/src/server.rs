@@ -497,11 +497,12 @@ impl PhantomMcp {
     async fn start_process(
         &self,
         Parameters(args): Parameters<Args<NamedExec>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let NamedExec { name, exec } = args!(args);
         answer(
             self.engine
-                .blocking(move |client, principal| {
+                .blocking(caller!(self, context), move |client, principal| {
                     let pid = client.exec_background(principal.clone(), &name, exec)?;
                     Ok(phantom_api::Spawned { pid })
                 })
@@ -519,11 +520,12 @@ impl PhantomMcp {
     async fn list_processes(
         &self,
         Parameters(args): Parameters<Args<SandboxName>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let SandboxName { name } = args!(args);
         answer(
             self.engine
-                .blocking(move |client, principal| {
+                .blocking(caller!(self, context), move |client, principal| {
                     Ok(Processes {
                         processes: client.list_processes(principal.clone(), &name)?,
                     })
@@ -542,12 +544,13 @@ impl PhantomMcp {
     async fn kill_process(
         &self,
         Parameters(args): Parameters<Args<KillParams>>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let KillParams { name, pid, signal } = args!(args);
         let signal = signal.unwrap_or(phantom_api::choice::ProcessSignal::Term);
         answer(
             self.engine
-                .blocking(move |client, principal| {
+                .blocking(caller!(self, context), move |client, principal| {
                     client.kill_process(principal.clone(), &name, pid, signal)?;
                     Ok(Signalled { pid, signal })
                 })
