@@ -65,6 +65,9 @@ impl ApiFailure {
     pub fn not_found(m: impl Into<String>) -> ApiFailure {
         ApiFailure::new(StatusCode::NOT_FOUND, m)
     }
+    pub fn conflict(m: impl Into<String>) -> ApiFailure {
+        ApiFailure::new(StatusCode::CONFLICT, m)
+    }
     pub fn internal(m: impl Into<String>) -> ApiFailure {
         ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, m)
     }

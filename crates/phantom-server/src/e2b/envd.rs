@@ -76,6 +76,15 @@ pub(super) async fn sandbox(
         // A wrong token and an unknown sandbox look the same.
         return Err(gone());
     }
+    if record.paused {
+        return Err(Error::new(
+            Code::FailedPrecondition,
+            format!(
+                "sandbox \"{}\" is paused: connect to it (Sandbox.connect) to resume it",
+                id.0
+            ),
+        ));
+    }
     let principal = owner(app, &record.owner).await?;
     Ok((record, principal))
 }

@@ -163,6 +163,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/sandboxes/{id}/timeout", post(set_timeout))
         .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/connect", post(connect_sandbox))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
         .route("/v2/sandboxes/{id}/connect", post(connect_sandbox))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .nest(&format!("{SANDBOX_PREFIX}/{ENVD_PORT}"), envd::router())
@@ -759,12 +761,120 @@ async fn connect_sandbox(
     let (key_id, principal) = caller(&app, &headers, &peer, "e2b.connect", Some(&id)).await?;
     let ConnectBody { timeout } = body(raw, "the connect body")?;
     let timeout = timeout_of(timeout)?;
-    owned(&app, &principal, &key_id, &id).await?;
+    let record = owned(&app, &principal, &key_id, &id).await?;
+    // A paused sandbox is resumed: 201, as E2B answers then.
+    let status = if record.paused {
+        freeze(&app, principal, &key_id, &id, false).await?;
+        app.e2b.registry.update(&id, |r| r.paused = false);
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     app.e2b
         .registry
         .update(&id, |r| r.end_at = r.end_at.max(now_s() + timeout));
     let record = app.e2b.registry.get(&id).ok_or_else(|| not_found(&id))?;
-    Ok((StatusCode::OK, axum::Json(sandbox_json(&record))).into_response())
+    Ok((status, axum::Json(sandbox_json(&record))).into_response())
+}
+
+/// Stop (SIGSTOP) or continue (SIGCONT) every process of the sandbox but its init:
+/// a paused sandbox keeps its memory and runs nothing. Processes forked meanwhile are
+/// caught by the next round.
+async fn freeze(
+    app: &Arc<App>,
+    principal: Principal,
+    key_id: &str,
+    id: &str,
+    stop: bool,
+) -> E2bResult<()> {
+    use phantom_api::choice::{ProcessSignal, ProcessState};
+    let engine = app.engine.clone();
+    let name = id.to_string();
+    handlers::blocking(
+        app,
+        key_id,
+        "pausing the sandbox",
+        app.deadlines.call,
+        move || {
+            for _ in 0..8 {
+                let todo: Vec<i32> = engine
+                    .list_processes(principal.clone(), &name)?
+                    .into_iter()
+                    .filter(|p| match stop {
+                        true => !matches!(p.state, ProcessState::Stopped | ProcessState::Zombie),
+                        false => p.state == ProcessState::Stopped,
+                    })
+                    .map(|p| p.pid)
+                    .collect();
+                if todo.is_empty() {
+                    return Ok(());
+                }
+                let signal = if stop {
+                    ProcessSignal::Stop
+                } else {
+                    ProcessSignal::Cont
+                };
+                for pid in todo {
+                    // A process that exited meanwhile is fine.
+                    let _ = engine.kill_process(principal.clone(), &name, pid, signal);
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// `pause`: every process of the sandbox stopped, its memory kept; it does not expire
+/// while paused; connect (or the older resume) continues it.
+async fn pause(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> E2bResult<StatusCode> {
+    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.pause", Some(&id)).await?;
+    let record = owned(&app, &principal, &key_id, &id).await?;
+    if record.paused {
+        return Err(E2bError(ApiFailure::conflict(format!(
+            "sandbox \"{id}\" is already paused"
+        ))));
+    }
+    freeze(&app, principal, &key_id, &id, true).await?;
+    app.e2b.registry.update(&id, |r| r.paused = true);
+    handlers::audit(&app, Some(&key_id), "e2b.pause", Some(&id), "ok", None);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The older `resume` (E2B marks it deprecated; connect resumes too).
+async fn resume(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> E2bResult<Response> {
+    #[derive(Deserialize)]
+    struct ResumeBody {
+        timeout: Option<u64>,
+    }
+    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.resume", Some(&id)).await?;
+    let ResumeBody { timeout } = body(raw, "the resume body")?;
+    let timeout = timeout_of(timeout)?;
+    let record = owned(&app, &principal, &key_id, &id).await?;
+    if !record.paused {
+        return Err(E2bError(ApiFailure::conflict(format!(
+            "sandbox \"{id}\" is not paused"
+        ))));
+    }
+    freeze(&app, principal, &key_id, &id, false).await?;
+    app.e2b.registry.update(&id, |r| {
+        r.paused = false;
+        r.end_at = now_s() + timeout;
+    });
+    let record = app.e2b.registry.get(&id).ok_or_else(|| not_found(&id))?;
+    Ok((StatusCode::CREATED, axum::Json(sandbox_json(&record))).into_response())
 }
 
 /// Metrics: one sample now (E2B's `SandboxMetric`), from the sandbox's cgroup as the
@@ -798,7 +908,7 @@ pub async fn reaper(app: Arc<App>) {
         tick.tick().await;
         let now = now_s();
         for r in app.e2b.registry.all() {
-            if r.end_at > now {
+            if r.end_at > now || r.paused {
                 continue;
             }
             let principal = Principal {

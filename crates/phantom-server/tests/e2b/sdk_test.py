@@ -113,6 +113,25 @@ def sdk_checks(key, other_key):
     check("connect reaches the same sandbox", again.commands.run("cat b.txt").stdout == "alpha")
     check("is_running", sb.is_running())
 
+    # Pause: its processes stopped (a counter does not move), its memory kept;
+    # connect resumes it.
+    counter = sb.commands.run("i=0; while true; do i=$((i+1)); echo $i > /home/user/count; sleep 0.05; done",
+                              background=True)
+    time.sleep(0.5)
+    sb.pause()
+    check("pause: the state is paused", sb.get_info().state.value == "paused", sb.get_info().state)
+    raises("a paused sandbox refuses commands", "SandboxException", lambda: sb.commands.run("true"))
+    frozen_at = time.time()
+    time.sleep(1.5)
+    resumed = Sandbox.connect(sb.sandbox_id)
+    c1 = int(resumed.files.read("count"))
+    time.sleep(0.5)
+    c2 = int(resumed.files.read("count"))
+    check("while paused nothing ran; after connect it goes on", c2 > c1 and c1 < 10 + 0.5 / 0.05 + 5,
+          (c1, c2, time.time() - frozen_at))
+    check("connect resumed it", sb.get_info().state.value == "running")
+    sb.commands.kill(counter.pid)
+
     # Another key: "not found", as for E2B.
     os.environ["E2B_API_KEY"] = other_key
     raises("another key cannot connect", "NotFoundException", lambda: Sandbox.connect(sb.sandbox_id))
