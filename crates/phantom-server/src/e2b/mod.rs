@@ -164,6 +164,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/connect", post(connect_sandbox))
         .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/snapshots", post(snapshot))
+        .route("/snapshots", get(list_snapshots))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/v2/sandboxes/{id}/connect", post(connect_sandbox))
         .route("/sandboxes/{id}/metrics", get(metrics))
@@ -414,8 +416,13 @@ async fn create(
         .clone()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| DEFAULT_TEMPLATE.into());
-    let (profile, image) =
-        resolve_template(&template).map_err(|m| E2bError(ApiFailure::not_found(m)))?;
+    // A snapshot of the caller's (E2B: a snapshot is a template) starts a sandbox of
+    // the `e2b` profile with its files.
+    let snapshot = own_snapshot(&app, &key_id, &template).await?;
+    let (profile, image) = match &snapshot {
+        Some(_) => ("e2b".to_string(), None),
+        None => resolve_template(&template).map_err(|m| E2bError(ApiFailure::not_found(m)))?,
+    };
     let timeout = timeout_of(new.timeout)?;
     if new.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
         return Err(E2bError(ApiFailure::bad_request(
@@ -448,6 +455,7 @@ async fn create(
         // The E2B timeout decides when it goes (the reaper); ours only bound it.
         timeout_idle: Some(Quantity(format!("{MAX_TIMEOUT_S}s"))),
         max_lifetime: Some(Quantity(format!("{}s", MAX_TIMEOUT_S + 3600))),
+        from_snapshot: snapshot,
         ..CreateRequest::default()
     };
     let engine = app.engine.clone();
@@ -875,6 +883,136 @@ async fn resume(
     });
     let record = app.e2b.registry.get(&id).ok_or_else(|| not_found(&id))?;
     Ok((StatusCode::CREATED, axum::Json(sandbox_json(&record))).into_response())
+}
+
+/// The tag of key `key_id`'s snapshot named `template` (E2B's `name:tag` forms
+/// accepted: `name` and `name:default` are the same), if there is one.
+async fn own_snapshot(app: &Arc<App>, key_id: &str, template: &str) -> E2bResult<Option<String>> {
+    let tag = template
+        .strip_suffix(":default")
+        .unwrap_or(template)
+        .to_string();
+    if phantom_policy::builtin_names().contains(&tag.as_str())
+        || ["base", "code-interpreter-v1", "code-interpreter"].contains(&tag.as_str())
+    {
+        return Ok(None);
+    }
+    let owner = Owner::Key(key_id.to_string());
+    let found = handlers::blocking(
+        app,
+        key_id,
+        "looking up the snapshot",
+        app.deadlines.call,
+        move || {
+            let store = phantom_store::SnapshotStore::open_default()
+                .map_err(|e| phantom_engine::EngineError::from(e).to_failure())?;
+            Ok(store.info(&owner, &tag).ok().map(|i| i.tag))
+        },
+    )
+    .await?;
+    Ok(found)
+}
+
+/// `POST /sandboxes/{id}/snapshots`: the sandbox's /home/user into the snapshot store,
+/// under `name` (replacing an older one of the same name, as E2B adds a build to an
+/// existing template) or a generated name; a sandbox can then be created from it
+/// (`templateID` = its `snapshotID`).
+async fn snapshot(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: Result<Bytes, BytesRejection>,
+) -> E2bResult<Response> {
+    #[derive(Deserialize)]
+    struct SnapshotBody {
+        name: Option<String>,
+    }
+    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.snapshot", Some(&id)).await?;
+    let SnapshotBody { name } = body(raw, "the snapshot body")?;
+    owned(&app, &principal, &key_id, &id).await?;
+    let tag = name
+        .map(|n| n.strip_suffix(":default").unwrap_or(&n).to_string())
+        .unwrap_or_else(|| format!("{id}-{}", phantom_engine::sandbox::utc_stamp(now_s())));
+    let engine = app.engine.clone();
+    let owner = Owner::Key(key_id.clone());
+    let name = id.clone();
+    let info = handlers::blocking(
+        app.as_ref(),
+        &key_id,
+        "the snapshot",
+        app.deadlines.snapshot,
+        move || {
+            use std::os::fd::AsFd;
+            let ws = engine.workspace(principal, &name)?;
+            let store = phantom_store::SnapshotStore::open_default()
+                .map_err(|e| phantom_engine::EngineError::from(e).to_failure())?;
+            let dir =
+                phantom_engine::sandbox::files::readable_dir(&ws).map_err(|e| e.to_failure())?;
+            store
+                .snapshot_at(
+                    dir.as_fd(),
+                    &format!("{name}:/home/user"),
+                    &owner,
+                    &tag,
+                    &phantom_store::SnapshotOptions { replace: true },
+                    &mut |_| {},
+                )
+                .map_err(|e| phantom_engine::EngineError::from(e).to_failure())
+        },
+    )
+    .await?;
+    handlers::audit(
+        &app,
+        Some(&key_id),
+        "e2b.snapshot",
+        Some(&id),
+        "ok",
+        Some(&info.tag),
+    );
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "snapshotID": info.tag, "names": [info.tag] })),
+    )
+        .into_response())
+}
+
+/// `GET /snapshots`: the caller's snapshots made through the E2B API (`sandboxID`
+/// and `name` filters).
+async fn list_snapshots(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> E2bResult<Response> {
+    let (key_id, _) = caller(&app, &headers, &peer, "e2b.snapshots", None).await?;
+    let owner = Owner::Key(key_id.clone());
+    let all = handlers::blocking(
+        &app,
+        &key_id,
+        "listing the snapshots",
+        app.deadlines.call,
+        move || {
+            let store = phantom_store::SnapshotStore::open_default()
+                .map_err(|e| phantom_engine::EngineError::from(e).to_failure())?;
+            store
+                .list(Some(&owner))
+                .map_err(|e| phantom_engine::EngineError::from(e).to_failure())
+        },
+    )
+    .await?;
+    let sandbox = query.get("sandboxID");
+    let name = query
+        .get("name")
+        .map(|n| n.strip_suffix(":default").unwrap_or(n).to_string());
+    let out: Vec<Value> = all
+        .into_iter()
+        .filter(|s| s.source.ends_with(":/home/user"))
+        .filter(|s| sandbox.is_none_or(|id| s.source == format!("{id}:/home/user")))
+        .filter(|s| name.as_ref().is_none_or(|n| &s.tag == n))
+        .map(|s| json!({ "snapshotID": s.tag, "names": [s.tag] }))
+        .collect();
+    Ok(axum::Json(out).into_response())
 }
 
 /// Metrics: one sample now (E2B's `SandboxMetric`), from the sandbox's cgroup as the

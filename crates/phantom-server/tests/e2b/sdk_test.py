@@ -132,12 +132,22 @@ def sdk_checks(key, other_key):
     check("connect resumed it", sb.get_info().state.value == "running")
     sb.commands.kill(counter.pid)
 
+    # Snapshots: the home into the content-addressed store; a sandbox made from one.
+    snap = sb.create_snapshot(name="suite-snap")
+    check("create_snapshot", snap.snapshot_id == "suite-snap", snap)
+    check("list_snapshots", "suite-snap" in [s.snapshot_id for s in Sandbox.list_snapshots().next_items()])
+    from_snap = Sandbox.create(template=snap.snapshot_id)
+    check("a sandbox made from a snapshot has its files", from_snap.files.read("b.txt") == "alpha")
+    from_snap.kill()
+
     # Another key: "not found", as for E2B.
     os.environ["E2B_API_KEY"] = other_key
     raises("another key cannot connect", "NotFoundException", lambda: Sandbox.connect(sb.sandbox_id))
     check("another key does not list it", sb.sandbox_id not in [s.sandbox_id for s in Sandbox.list().next_items()])
     check("another key cannot kill it (kill answers False: not found)", Sandbox.kill(sb.sandbox_id) is False)
     raises("another key cannot read its info", "NotFoundException", lambda: Sandbox.get_info(sb.sandbox_id))
+    e = raises("another key cannot start from its snapshot", "SandboxException", lambda: Sandbox.create(template="suite-snap"))
+    check("... which is not found for it", e is not None and getattr(e, "status_code", None) == 404, e)
     os.environ["E2B_API_KEY"] = key
 
     # Refusals.
