@@ -1065,24 +1065,7 @@ pub(crate) async fn create_sandbox(
     let req: CreateRequest = json_body(body, app.config.max_body)?;
     let name = req.name.clone();
     let principal = principal(&key);
-    let (engine, p) = (app.engine.clone(), principal.clone());
-    let mine = blocking(
-        &app,
-        &key.id,
-        "listing the key's sandboxes",
-        app.deadlines.call,
-        move || Ok(engine.list(p, false)?.len()),
-    )
-    .await?;
-    if mine >= key.max_concurrent as usize {
-        return Err(refused(
-            &app,
-            Refusal::KeyBusy {
-                limit: key.max_concurrent,
-            },
-        ));
-    }
-    let slot = admit(&app, &key).await?;
+    let slot = admit_persistent(&app, &key).await?;
     let engine = app.engine.clone();
     let created = blocking(
         &app,
@@ -1103,6 +1086,30 @@ pub(crate) async fn create_sandbox(
         })
         .inc();
     Ok((StatusCode::CREATED, axum::Json(created.info.redacted())).into_response())
+}
+
+/// Admission of a new persistent sandbox for `key` (REST and E2B alike): at most the
+/// key's `max_concurrent` sandboxes, then the server's slots and pressure. The slot
+/// is held until the sandbox exists; from then on it counts as a persistent one.
+pub(crate) async fn admit_persistent(app: &Arc<App>, key: &ApiKey) -> ApiResult<Slot> {
+    let (engine, p) = (app.engine.clone(), principal(key));
+    let mine = blocking(
+        app,
+        &key.id,
+        "listing the key's sandboxes",
+        app.deadlines.call,
+        move || Ok(engine.list(p, false)?.len()),
+    )
+    .await?;
+    if mine >= key.max_concurrent as usize {
+        return Err(refused(
+            app,
+            Refusal::KeyBusy {
+                limit: key.max_concurrent,
+            },
+        ));
+    }
+    admit(app, key).await
 }
 
 pub(crate) async fn list_sandboxes(

@@ -409,7 +409,8 @@ async fn create(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> E2bResult<Response> {
-    let (key_id, principal) = caller(&app, &headers, &peer, "e2b.create", None).await?;
+    let key = handlers::authenticate(&app, &headers, &peer, "e2b.create", None).await?;
+    let (key_id, principal) = (key.id.clone(), handlers::principal(&key));
     let new: NewSandbox = body(raw, "the NewSandbox body")?;
     let template = new
         .template_id
@@ -458,6 +459,9 @@ async fn create(
         from_snapshot: snapshot,
         ..CreateRequest::default()
     };
+    // The same admission as /api/v2's create: the key's sandboxes at once, the
+    // server's slots, pressure.
+    let slot = handlers::admit_persistent(&app, &key).await?;
     let engine = app.engine.clone();
     let as_owner = principal.clone();
     let created = handlers::blocking(
@@ -467,8 +471,10 @@ async fn create(
         app.deadlines.lifecycle,
         move || engine.create(as_owner, request),
     )
-    .await?;
-    let _ = created;
+    .await;
+    drop(slot);
+    *app.persistent.lock().expect("census") = None;
+    created?;
     let (cpu_count, memory_mb) = sizes(&profile);
     let now = now_s();
     let record = Record {

@@ -167,6 +167,18 @@ def sdk_checks(key, other_key):
     check("kill removes it", sb.sandbox_id not in [s.sandbox_id for s in Sandbox.list().next_items()])
 
 
+def limits_checks(small, key):
+    """A key's limits hold on the E2B API as on /api/v2."""
+    from e2b import Sandbox
+    os.environ["E2B_API_KEY"] = small
+    made = [Sandbox.create(), Sandbox.create()]
+    raises("a key's max_concurrent stops a third sandbox (429: RateLimitException)", "RateLimitException",
+           lambda: made.append(Sandbox.create()))
+    for sb in made:
+        sb.kill()
+    os.environ["E2B_API_KEY"] = key
+
+
 def code_interpreter_checks():
     import base64
     from e2b_code_interpreter import Sandbox
@@ -247,12 +259,13 @@ def main():
         env = dict(os.environ, PHANTOM_STATE_DIR=os.path.join(work, "state"))
         os.makedirs(env["PHANTOM_STATE_DIR"])
 
-        def new_key(name):
-            out = subprocess.run([f"{BIN_DIR}/phantom", "keys", "add", name, "--e2b", "--json"],
+        def new_key(name, *extra):
+            out = subprocess.run([f"{BIN_DIR}/phantom", "keys", "add", name, "--e2b", "--json", *extra],
                                  env=env, check=True, capture_output=True, text=True).stdout
             return json.loads(out)["key"]
 
         key, other = new_key("sdk"), new_key("other")
+        small = new_key("small", "--max-concurrent", "2")
         log = open(os.path.join(work, "supervisor.log"), "w+")
         server = subprocess.Popen(
             [f"{BIN_DIR}/phantom-supervisor", "--e2b-bind", "127.0.0.1:0", "--profiles", "default",
@@ -273,6 +286,7 @@ def main():
             if url:
                 os.environ.update(E2B_API_URL=url, E2B_SANDBOX_URL=url, E2B_API_KEY=key)
                 sdk_checks(key, other)
+                limits_checks(small, key)
                 code_interpreter_checks()
                 asyncio.run(async_checks())
                 if os.environ.get("E2B_TIMING"):
