@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 BIN_DIR=$(realpath "${1:-target/debug}")
 E2B_VERSION=2.63.0
 E2B_CI_VERSION=2.11.5
+E2B_JS_VERSION=2.51.0
+E2B_JS_CI_VERSION=2.8.0
 work=$(mktemp -d /tmp/phantom-e2b-test.XXXXXX)
 chmod 755 "$work"
 cleanup() { rm -rf "$work"; }
@@ -22,4 +24,11 @@ echo "-- installing e2b==$E2B_VERSION e2b-code-interpreter==$E2B_CI_VERSION into
   "e2b==$E2B_VERSION" "e2b-code-interpreter==$E2B_CI_VERSION" \
   || { echo "test-e2b: pip install of the E2B SDKs failed"; exit 1; }
 
-"$work/venv/bin/python" crates/phantom-server/tests/e2b/sdk_test.py "$BIN_DIR"
+echo "-- installing npm e2b@$E2B_JS_VERSION @e2b/code-interpreter@$E2B_JS_CI_VERSION into a throwaway dir"
+command -v npm >/dev/null || { echo "test-e2b: npm is needed (apt-get install npm)"; exit 1; }
+mkdir "$work/npm"
+(cd "$work/npm" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error \
+    "e2b@$E2B_JS_VERSION" "@e2b/code-interpreter@$E2B_JS_CI_VERSION") \
+  || { echo "test-e2b: npm install of the E2B SDKs failed"; exit 1; }
+
+E2B_JS_MODULES="$work/npm/node_modules" "$work/venv/bin/python" crates/phantom-server/tests/e2b/sdk_test.py "$BIN_DIR"

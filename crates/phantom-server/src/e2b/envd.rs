@@ -153,7 +153,7 @@ async fn process(
     let result = match method.as_str() {
         "Start" => return start(app, record, principal, &headers, &body).await,
         "List" => list(&app, &record),
-        "SendSignal" => send_signal(&app, &record, &body),
+        "SendSignal" => send_signal(&app, &record, &body).await,
         "Connect" | "Update" | "StreamInput" | "SendInput" | "CloseStdin" => Err(Error::new(
             Code::Unimplemented,
             format!("process.Process/{method} is not served by this server yet"),
@@ -444,8 +444,9 @@ struct SignalRequest {
 }
 
 /// `SendSignal`: SIGTERM and SIGKILL both end the process (the engine kills an
-/// exec's processes).
-fn send_signal(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> {
+/// exec's processes); answered once it has ended (2 s at most), so that a `List`
+/// right after no longer shows it.
+async fn send_signal(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> {
     let request: SignalRequest = connect::unary_message(body)?;
     match &request.signal {
         Some(Value::String(s)) if s == "SIGNAL_SIGTERM" || s == "SIGNAL_SIGKILL" => {}
@@ -457,15 +458,33 @@ fn send_signal(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> 
             ))
         }
     }
-    let running = app.e2b_processes.running.lock().expect("processes");
-    let found = running.iter().find(|((sandbox, pid), r)| {
-        *sandbox == record.id
-            && (request.process.pid == Some(*pid)
-                || (request.process.tag.is_some() && r.tag == request.process.tag))
-    });
+    let found = {
+        let running = app.e2b_processes.running.lock().expect("processes");
+        running
+            .iter()
+            .find(|((sandbox, pid), r)| {
+                *sandbox == record.id
+                    && (request.process.pid == Some(*pid)
+                        || (request.process.tag.is_some() && r.tag == request.process.tag))
+            })
+            .map(|(key, r)| {
+                r.kill.stop();
+                key.clone()
+            })
+    };
     match found {
-        Some((_, r)) => {
-            r.kill.stop();
+        Some(key) => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while tokio::time::Instant::now() < deadline
+                && app
+                    .e2b_processes
+                    .running
+                    .lock()
+                    .expect("processes")
+                    .contains_key(&key)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             Ok(json!({}))
         }
         None => Err(Error::new(

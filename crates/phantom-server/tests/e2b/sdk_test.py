@@ -289,6 +289,13 @@ def main():
                 limits_checks(small, key)
                 code_interpreter_checks()
                 asyncio.run(async_checks())
+                js = os.environ.get("E2B_JS_MODULES")
+                if js:
+                    here = os.path.dirname(os.path.abspath(__file__))
+                    r = subprocess.run(["node", os.path.join(here, "sdk_test.mjs")],
+                                       env=dict(os.environ, NODE_PATH=js), capture_output=True, text=True, timeout=300)
+                    print(r.stdout, end="")
+                    check("the JavaScript SDK suite", r.returncode == 0, r.stderr[-2000:])
                 if os.environ.get("E2B_TIMING"):
                     timing(int(os.environ["E2B_TIMING"]))
         finally:
