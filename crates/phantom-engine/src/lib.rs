@@ -37,6 +37,7 @@ mod relay;
 pub mod sandbox;
 pub mod server;
 mod spawn;
+mod wasm_run;
 pub mod workspace;
 
 pub use client::EngineClient;
