@@ -530,3 +530,64 @@ fn python_runs_in_wasm_when_a_wasi_cpython_is_installed() {
     assert_eq!(printed(&report), "wasm wasi", "{}", out.describe());
     assert_eq!(report["wasm"]["cached"], false, "{report}");
 }
+
+#[test]
+fn the_runner_is_fenced_before_the_module_runs_and_goes_with_its_front_end() {
+    let place = Place::new("fences");
+    let module = place.module("spin", r#"(module (func (export "_start") (loop br 0)))"#);
+    let mut front = std::process::Command::new(common::phantom_bin())
+        .args(["run", "--mode", "wasm", "--timeout", "60s", "--", &module])
+        .env("PHANTOM_STATE_DIR", place.dir.join("state"))
+        .env("XDG_RUNTIME_DIR", place.dir.join("runtime"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The runner: the front end's descendant named phantom:wasm, once its seccomp
+    // filters are on (they go on last, just before the module's first instruction).
+    let started = std::time::Instant::now();
+    let (runner, status) = loop {
+        let found = common::descendants(front.id()).into_iter().find_map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.pid)).ok()?;
+            let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).ok()?;
+            (comm.trim() == "phantom:wasm" && status.contains("Seccomp:\t2")).then_some((p, status))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no fenced phantom:wasm process below the front end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    assert_eq!(field("CapPrm:"), "0000000000000000", "{status}");
+    if common::is_root() {
+        assert!(
+            runner.cgroups.iter().any(|c| c.contains("phantom")),
+            "the runner is in no cgroup of phantom's: {:?}",
+            runner.cgroups
+        );
+    }
+    // The front end goes: so does the module, long before its timeout.
+    front.kill().unwrap();
+    front.wait().unwrap();
+    let killed = std::time::Instant::now();
+    while runner.alive() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the wasm runner outlived its front end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
