@@ -11,7 +11,8 @@ Times, end to end (process start to exit of `phantom run`, cold: no supervisor):
              phantom run --mode wasm -- python3 -c pass   against
              phantom run -- python3 -c pass
 and prints p50/p95/p99 in milliseconds. Uses a private state directory (the compile
-cache) and runtime directory, removed at the end.
+cache; --state-dir keeps one, e.g. with CPython compiled already) and runtime
+directory, removed at the end.
 """
 
 import argparse
@@ -57,13 +58,15 @@ def main():
     parser.add_argument("--phantom", default=shutil.which("phantom") or "target/debug/phantom")
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--python", action="store_true")
+    parser.add_argument("--state-dir", help="PHANTOM_STATE_DIR to use (keeps its compile cache; default: a private one)")
     args = parser.parse_args()
 
     place = tempfile.mkdtemp(prefix="phantom-bench-wasm-")
     try:
         runtime = os.path.join(place, "runtime")
         os.mkdir(runtime, 0o700)
-        env = dict(os.environ, PHANTOM_STATE_DIR=os.path.join(place, "state"), XDG_RUNTIME_DIR=runtime)
+        state = args.state_dir or os.path.join(place, "state")
+        env = dict(os.environ, PHANTOM_STATE_DIR=state, XDG_RUNTIME_DIR=runtime)
         module = os.path.join(place, "hello.wat")
         with open(module, "w") as f:
             f.write(HELLO)
