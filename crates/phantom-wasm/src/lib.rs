@@ -85,27 +85,42 @@ fn one_line(message: &str) -> String {
         .to_string()
 }
 
-/// Whether `path` is a module this runner takes, judged by what a caller can see
-/// without compiling it: a regular file that starts with the wasm magic number, or a
-/// `.wat` text file. Err: one line saying what to change.
-pub fn check_file(path: &Path) -> Result<(), String> {
-    use std::io::Read;
+/// Open `path` for reading if it is a regular file, judged on what was opened: the
+/// open does not block (a FIFO put in the module's place would block a plain open, and
+/// the engine checks modules on its one thread), and the type is that of the file
+/// opened, not of whatever the path named a moment before.
+fn open_regular(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            format!("{shown}: no such file (give the path of a .wasm or .wat module on the engine's host)")
-        }
-        _ => format!("{shown}: {e}"),
-    })?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "{shown}: no such file (give the path of a .wasm or .wat module on the engine's host)"
+            ),
+            _ => format!("{shown}: {e}"),
+        })?;
+    let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
     if !meta.is_file() {
         return Err(format!(
             "{shown}: not a regular file (give a .wasm or .wat module)"
         ));
     }
+    Ok(file)
+}
+
+/// Whether `path` is a module this runner takes, judged by what a caller can see
+/// without compiling it: a regular file that starts with the wasm magic number, or a
+/// `.wat` text file. Err: one line saying what to change.
+pub fn check_file(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut file = open_regular(path)?;
     let mut head = [0u8; 4];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| format!("{shown}: {e}"))?;
+    let n = file
+        .read(&mut head)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     if n == 4 && head == *b"\0asm" {
         return Ok(());
     }
@@ -113,8 +128,19 @@ pub fn check_file(path: &Path) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "{shown}: not a WebAssembly module (no \\0asm header, and not a .wat text file); build one for wasm32-wasip1, e.g. `cargo build --target wasm32-wasip1`"
+        "{}: not a WebAssembly module (no \\0asm header, and not a .wat text file); build one for wasm32-wasip1, e.g. `cargo build --target wasm32-wasip1`",
+        path.display()
     ))
+}
+
+/// The module's bytes (binary or text), read from what [`open_regular`] opened.
+fn read_module(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(bytes)
 }
 
 /// The module's host state.
@@ -139,6 +165,7 @@ pub struct Loaded {
 pub fn load(job: &Job) -> Result<Loaded, WasmError> {
     let started = Instant::now();
     check_file(&job.module).map_err(WasmError::Module)?;
+    let bytes = read_module(&job.module).map_err(WasmError::Module)?;
     let mut config = Config::new();
     config.epoch_interruption(true);
     let cache = match &job.cache_dir {
@@ -167,7 +194,7 @@ pub fn load(job: &Job) -> Result<Loaded, WasmError> {
             eprintln!("phantom: compiling {shown} (first run; cached after)…");
         }
     });
-    let module = Module::from_file(&engine, &job.module);
+    let module = Module::new(&engine, &bytes);
     let _ = done.send(());
     let _ = progress.join();
     let module = module.map_err(|e| {
@@ -423,6 +450,29 @@ mod tests {
         let err = load(&unknown).err().unwrap().to_string();
         assert!(err.contains("no_such_call"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_in_the_modules_place_cannot_block_the_check() {
+        let dir = temp("fifo");
+        let fifo = dir.join("m.wasm");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        // On a thread: a blocking open would hang there, and the test fails by time.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((check_file(&path), read_module(&path).map(|_| ())));
+        });
+        let (checked, read) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("opening a FIFO as the module blocked");
+        assert!(checked.unwrap_err().contains("not a regular file"));
+        assert!(read.unwrap_err().contains("not a regular file"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
