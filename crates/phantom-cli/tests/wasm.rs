@@ -591,3 +591,30 @@ fn the_runner_is_fenced_before_the_module_runs_and_goes_with_its_front_end() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_compile_cache_that_others_can_write_is_never_used() {
+    // wasmtime runs what its cache holds as native code: a cache directory someone
+    // else could write would let them run code in every wasm run of this user.
+    use std::os::unix::fs::PermissionsExt;
+    let place = Place::new("cache-perms");
+    let cache = place.dir.join("state/wasm-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let module = place.module("hello", &hello());
+    for _ in 0..2 {
+        let (out, report) = place.run(&[], &[&module]);
+        assert_eq!(printed(&report), "hello from wasm", "{}", out.describe());
+        assert_eq!(report["wasm"]["cached"], false, "{}", out.describe());
+        let said = report["warnings"].as_array().unwrap().iter().any(|w| {
+            let w = w.as_str().unwrap_or_default();
+            w.contains("the wasm compile cache") && w.contains("is not used")
+        });
+        assert!(said, "no warning about the cache\n{}", out.describe());
+    }
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        0,
+        "something was written to the open cache directory"
+    );
+}

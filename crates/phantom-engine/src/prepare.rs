@@ -453,7 +453,11 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
                 "mode wasm runs one module per request: exec is not available in mode wasm".into(),
             ));
         }
-        Some(crate::wasm_run::resolve(ask.program, workspace.as_deref())?)
+        Some(crate::wasm_run::resolve(
+            ask.program,
+            workspace.as_deref(),
+            &mut warnings,
+        )?)
     } else {
         None
     };

@@ -52,6 +52,8 @@ pub(crate) struct WasmCommand {
     pub argv: Vec<String>,
     /// Read-only preopens beyond the workspace and /tmp (a CPython's stdlib).
     pub extra: Vec<Preopen>,
+    /// The compile cache (None: none usable, said in a warning).
+    pub cache_dir: Option<PathBuf>,
 }
 
 fn argv_error(value: &str, message: String) -> EngineError {
@@ -60,10 +62,12 @@ fn argv_error(value: &str, message: String) -> EngineError {
 
 /// The module a wasm run's command names. `workspace`: the caller's directory, where a
 /// relative module path is looked up (the engine does not share the caller's current
-/// directory; `phantom run` makes such a path absolute itself).
+/// directory; `phantom run` makes such a path absolute itself). A compile cache that
+/// cannot be used is said in `warnings`.
 pub(crate) fn resolve(
     program: Option<&Program>,
     workspace: Option<&Path>,
+    warnings: &mut Vec<String>,
 ) -> Result<WasmCommand, EngineError> {
     let Some(program) = program else {
         return Err(EngineError::Usage(
@@ -77,6 +81,10 @@ pub(crate) fn resolve(
             "no module given, e.g. [\"hello.wasm\"]".into(),
         ));
     };
+    let cache_dir = cache_dir().unwrap_or_else(|why| {
+        warnings.push(why);
+        None
+    });
     let name = Path::new(first)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -98,6 +106,7 @@ pub(crate) fn resolve(
             module,
             argv,
             extra: Vec::new(),
+            cache_dir,
         });
     }
     if matches!(name.as_str(), "python3" | "python") {
@@ -115,6 +124,7 @@ pub(crate) fn resolve(
                     writable: false,
                 })
                 .collect(),
+            cache_dir,
         });
     }
     Err(argv_error(
@@ -234,19 +244,38 @@ pub(crate) fn payload(
             preopens,
             memory_bytes: plan.limits.memory_bytes,
             timeout: Duration::from_millis(plan.limits.wall_timeout_ms),
-            cache_dir: cache_dir(),
+            cache_dir: wasm.cache_dir.clone(),
         },
         tmp,
     })))
 }
 
 /// wasmtime's compile cache: `wasm-cache` in phantom's state directory (see
-/// phantom_state::store_dir::state_dir), None when there is none.
-pub(crate) fn cache_dir() -> Option<PathBuf> {
-    phantom_state::store_dir::state_dir()
-        .ok()
-        .flatten()
-        .map(|d| d.join("wasm-cache"))
+/// phantom_state::store_dir::state_dir), created 0700. wasmtime runs what it finds
+/// there as native code, so a directory that another user owns or that others can
+/// write is never used: Err says why, and the run compiles without a cache.
+pub(crate) fn cache_dir() -> Result<Option<PathBuf>, String> {
+    let Some(state) = phantom_state::store_dir::state_dir().ok().flatten() else {
+        return Ok(None);
+    };
+    let dir = state.join("wasm-cache");
+    use phantom_state::store_dir::StoreDirError;
+    phantom_state::store_dir::prepare(&dir, &[])
+        .map(|()| Some(dir.clone()))
+        .map_err(|e| {
+            let why = match e {
+                StoreDirError::Io { what, path, source } => {
+                    format!("cannot {what} {}: {source}", path.display())
+                }
+                StoreDirError::NotYours { uid } => format!(
+                    "it is not a directory that only uid {uid} owns and can write; remove it"
+                ),
+            };
+            format!(
+                "the wasm compile cache {} is not used ({why}): every run compiles its module",
+                dir.display()
+            )
+        })
 }
 
 /// The wasm run's process. Never returns.
