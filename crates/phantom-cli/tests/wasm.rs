@@ -618,3 +618,54 @@ fn a_compile_cache_that_others_can_write_is_never_used() {
         "something was written to the open cache directory"
     );
 }
+
+#[test]
+fn a_module_blocked_reading_stdin_is_killed_at_its_timeout() {
+    // Epoch interruption stops wasm code, not a host call that waits: the engine's
+    // own deadline, moved to the module's start, backs it up.
+    let place = Place::new("stdin");
+    let module = place.module(
+        "read",
+        &format!(
+            r#"(module
+              (import "{WASI}" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+              (memory (export "memory") 1)
+              (func (export "_start")
+                (i32.store (i32.const 0) (i32.const 1024))
+                (i32.store (i32.const 4) (i32.const 16))
+                (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))))"#
+        ),
+    );
+    let mut command = std::process::Command::new(common::phantom_bin());
+    command
+        .args([
+            "run",
+            "--json",
+            "--mode",
+            "wasm",
+            "--timeout",
+            "1s",
+            "--",
+            &module,
+        ])
+        .env("PHANTOM_STATE_DIR", place.dir.join("state"))
+        .env("XDG_RUNTIME_DIR", place.dir.join("runtime"));
+    // A stdin that never ends: a pipe whose write end this test holds.
+    let (reader, writer) = std::io::pipe().unwrap();
+    let out = common::run_with_stdin(command, reader.into(), Duration::from_secs(60));
+    drop(writer);
+    let report = out
+        .report()
+        .unwrap_or_else(|e| panic!("{e}\n{}", out.describe()));
+    assert_eq!(report["timed_out"], true, "{}", out.describe());
+    assert!(
+        out.elapsed < Duration::from_secs(20),
+        "took {:?}",
+        out.elapsed
+    );
+    assert!(
+        place.run_dirs_left().is_empty(),
+        "{:?}",
+        place.run_dirs_left()
+    );
+}
