@@ -25,7 +25,7 @@ use phantom_linux::process::{self, ExitStatus};
 use phantom_policy::{Mount, Plan};
 use phantom_wasm::{Ended, Job, Preopen, WasmError};
 
-use crate::channel::{tell, FromInit};
+use crate::channel::{self, tell, FromInit, ToInit};
 use crate::init::{self, ChildContext, ChildPayload, PayloadContext};
 use crate::prepare::PayloadCommand;
 use crate::EngineError;
@@ -211,10 +211,15 @@ pub(crate) fn payload(
         files,
         no_cgroup,
     )?;
-    // No RLIMIT_DATA: wasmtime reserves address space for each linear memory (guard
-    // regions); the module's memory is held by the store's limit, the process's by
-    // the cgroup.
-    payload.rlimit_data = None;
+    // Without a cgroup, RLIMIT_DATA holds the process: the module's memory and
+    // wasmtime's headroom (its reservations of address space for linear memories and
+    // their guard regions are PROT_NONE, which RLIMIT_DATA does not count).
+    payload.rlimit_data = payload
+        .rlimit_data
+        .map(|m| m.saturating_add(RUNTIME_HEADROOM_BYTES));
+    // The process runs as the engine's user on the host: root drops every capability;
+    // another user holds none, and could not drop the bounding set (CAP_SETPCAP).
+    payload.drop_caps = process::euid() == 0;
     // Landlock: the preopened directories and nothing else (no TCP either: WASI
     // preview 1 has no sockets).
     if let Some((_, unix, signals, _)) = &payload.landlock {
@@ -298,6 +303,18 @@ pub(crate) fn child(ctx: ChildContext, chan: OwnedFd) -> ! {
     let WasmPayload { payload, job, tmp } = *w;
     if init::recv_go(&chan).is_err() {
         process::exit_now(1);
+    }
+    // The engine's kill (ToInit::Kill: the timeout, a cancelled run) or its end (the
+    // channel closes) ends the process at once, in a long compile as in the module:
+    // without a cgroup to kill, nothing else would. The thread only reads the channel.
+    match chan.try_clone() {
+        Ok(watch) => {
+            std::thread::spawn(move || {
+                let _ = channel::recv::<ToInit>(watch.as_fd(), 4096, 0, "spawner");
+                process::exit_now(128 + libc::SIGKILL);
+            });
+        }
+        Err(e) => setup_failed(&chan, format!("dup the channel: {e}")),
     }
     // The client's stdio onto 0/1/2, a session of its own, the rlimits, the workspace
     // as working directory.
