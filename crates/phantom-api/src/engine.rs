@@ -318,6 +318,10 @@ pub struct Started {
     /// Milliseconds the engine spent compiling the policy (near 0 for a cached plan).
     #[serde(default)]
     pub compile_ms: f64,
+    /// Mode wasm: how long loading the module may take before its timeout starts
+    /// (a first compile of a large module takes minutes); 0 for other runs.
+    #[serde(default)]
+    pub load_allowance_ms: u64,
 }
 
 /// A created sandbox and the warnings its start produced.

@@ -34,7 +34,7 @@ pub const DEFAULT_PROFILE: &str = "default";
 
 pub use report::{
     ApiError, ApiHealth, ConnectionRecord, FileEntry, IsolationReport, NetworkReport, RunReport,
-    SandboxInfo, SandboxMetrics,
+    SandboxInfo, SandboxMetrics, WasmReport,
 };
 // A persistent sandbox's processes (`Request::ListProcesses`).
 pub use report::ProcessInfo;

@@ -54,6 +54,19 @@ pub struct RunReport {
     /// `network: limited`: what the egress proxy allowed and refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkReport>,
+    /// Mode wasm: how the module was loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmReport>,
+}
+
+/// Mode wasm: how the module of a run was loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WasmReport {
+    /// Served from the compile cache (false: compiled for this run, and cached for the
+    /// next).
+    pub cached: bool,
+    /// Time spent reading and compiling the module, or loading it from the cache.
+    pub load_ms: f64,
 }
 
 impl RunReport {

@@ -263,8 +263,19 @@ pub fn run(mut args: RunArgs) -> i32 {
         error_line("no command given: give it after the options, e.g. `phantom run python3 main.py` (or after `--`)");
         return 2;
     }
+    let mut command = args.command;
+    // Mode wasm (asked here, or perhaps by a policy file): the module is a file of the
+    // caller's, and the engine does not share this directory.
+    if let Some(first) = command.first_mut() {
+        let module = first.ends_with(".wasm") || first.ends_with(".wat");
+        let wasm = args.policy.limits().mode == Some(Mode::Wasm)
+            || (args.policy.policy.is_some() && std::path::Path::new(first).is_file());
+        if module && wasm && !first.starts_with('/') {
+            *first = absolute(first);
+        }
+    }
     let request = RunRequest {
-        argv: (!args.command.is_empty() || args.image.is_none()).then_some(args.command),
+        argv: (!command.is_empty() || args.image.is_none()).then_some(command),
         options: RunOptions {
             env,
             profile: args.policy.profile(),
@@ -308,6 +319,17 @@ pub fn run(mut args: RunArgs) -> i32 {
         return report.exit_code;
     }
     told.ended(&report);
+    if let (Some(wasm), true) = (&report.wasm, args.verbose) {
+        eprintln!(
+            "phantom: wasm: module {} in {:.1} ms",
+            if wasm.cached {
+                "loaded from the compile cache"
+            } else {
+                "compiled (cached for the next run)"
+            },
+            wasm.load_ms
+        );
+    }
     if let Some(net) = &report.network {
         if args.verbose {
             for c in &net.connections {

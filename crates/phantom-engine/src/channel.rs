@@ -207,6 +207,12 @@ pub(crate) enum FromInit {
     /// A zygote's child (pid 1 of the run's namespaces) started; its pidfd is attached
     /// (the zygote is its parent, so the engine cannot wait for it).
     Forked,
+    /// Mode wasm: the module is loaded (compiled now, or taken from the compile
+    /// cache); its wall time starts.
+    WasmLoaded { compiled: bool, load_ms: f64 },
+    /// Mode wasm: the module ran out of wall time (epoch interruption); `Exited`
+    /// follows.
+    TimedOut,
     /// How the payload ended, with its own rusage.
     Exited {
         status: Status,
@@ -233,6 +239,8 @@ impl FromInit {
             FromInit::Prewarmed => "prewarmed".into(),
             FromInit::Forked => "forked".into(),
             FromInit::Preloaded { .. } => "preloaded".into(),
+            FromInit::WasmLoaded { .. } => "wasm_loaded".into(),
+            FromInit::TimedOut => "timed_out".into(),
             FromInit::Exited { .. } => "exited".into(),
         }
     }

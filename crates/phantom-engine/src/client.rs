@@ -750,6 +750,7 @@ fn relay_until_finished(
                     give_up = Some(
                         Instant::now()
                             + Duration::from_millis(s.timeout_ms)
+                            + Duration::from_millis(s.load_allowance_ms)
                             + Duration::from_secs(10),
                     );
                     if let Some(f) = io.on_started.as_mut() {

@@ -162,6 +162,10 @@ pub(crate) enum ChildPayload {
     /// A zygote (see fork.rs): once the root is built, the init becomes the pool's
     /// interpreter, which forks each run into fresh namespaces.
     Zygote(crate::fork::ZygoteStart),
+    /// Mode wasm: the process runs the module itself (wasm_run.rs).
+    // Never built without the `wasm` feature (its payload type is empty then).
+    #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
+    Wasm(Box<crate::wasm_run::WasmPayload>),
 }
 
 impl ChildPayload {
@@ -176,6 +180,7 @@ impl ChildPayload {
                 .map(|f| f.as_raw_fd())
                 .collect(),
             ChildPayload::Zygote(z) => z.fds(),
+            ChildPayload::Wasm(w) => crate::wasm_run::fds(w),
             ChildPayload::Pooled(_) | ChildPayload::Persistent => Vec::new(),
         }
     }
@@ -425,6 +430,8 @@ fn setup(ctx: &ChildContext, chan: &OwnedFd) -> Result<PayloadStart, String> {
     let pooled;
     let payload_ctx = match &ctx.payload {
         ChildPayload::Ready(p) => p,
+        // Mode wasm runs in no namespace: spawn.rs never gives it to a sandbox init.
+        ChildPayload::Wasm(_) => return Err("a wasm run reached a sandbox init".into()),
         // The init becomes the interpreter; only a failure comes back.
         ChildPayload::Zygote(z) => return Err(z.exec(chan)),
         ChildPayload::Persistent => {
@@ -822,7 +829,7 @@ pub(crate) fn python_serves(
 /// copies of bind sources the sandbox's user could not reach (by step).
 type GoMounts = (Option<OwnedFd>, Option<OwnedFd>, Vec<(usize, OwnedFd)>);
 
-fn recv_go(chan: &OwnedFd) -> Result<GoMounts, String> {
+pub(crate) fn recv_go(chan: &OwnedFd) -> Result<GoMounts, String> {
     let (message, fds) =
         match channel::recv::<ToInit>(chan.as_fd(), 4096, 2 + channel::GO_MAX_BRIDGED, "spawner") {
             Ok(received) => received,

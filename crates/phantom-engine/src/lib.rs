@@ -37,6 +37,11 @@ mod relay;
 pub mod sandbox;
 pub mod server;
 mod spawn;
+#[cfg(feature = "wasm")]
+mod wasm_run;
+#[cfg(not(feature = "wasm"))]
+#[path = "wasm_off.rs"]
+mod wasm_run;
 pub mod workspace;
 
 pub use client::EngineClient;

@@ -321,6 +321,8 @@ pub(crate) struct Prepared {
     pub test_resolve: Vec<(String, std::net::SocketAddr)>,
     /// Milliseconds spent compiling the policy (near 0 when the plan was cached).
     pub compile_ms: f64,
+    /// Mode wasm: the module the run executes.
+    pub wasm: Option<crate::wasm_run::WasmCommand>,
 }
 
 impl Prepared {
@@ -491,13 +493,6 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
             );
         }
     }
-    if plan.mode == Mode::Wasm {
-        return Err(EngineError::Unsupported {
-            what: "mode wasm".into(),
-            why: "this build has no WebAssembly runtime".into(),
-            hint: "use mode sandbox or hardened".into(),
-        });
-    }
     // The image is found now, before clone: a missing one is the caller's mistake.
     let argv = ask.program.map(Program::argv).unwrap_or_default();
     let image = match plan.rootfs.image() {
@@ -512,6 +507,22 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
         )));
     }
     let workspace = ask.workspace.map(existing_workspace).transpose()?;
+    // Mode wasm: the module is found and checked now; a missing file or one that is
+    // not a module is the caller's mistake, said before any process exists.
+    let wasm = if plan.mode == Mode::Wasm {
+        if ask.exec {
+            return Err(EngineError::Usage(
+                "mode wasm runs one module per request: exec is not available in mode wasm".into(),
+            ));
+        }
+        Some(crate::wasm_run::resolve(
+            ask.program,
+            workspace.as_deref(),
+            &mut warnings,
+        )?)
+    } else {
+        None
+    };
     if let Some(dir) = workspace.as_deref().filter(|_| isolated) {
         warnings.extend(unwritable_workspace(dir));
     }
@@ -545,6 +556,7 @@ pub(crate) fn prepare(ask: Ask<'_>, cache: &mut PlanCache) -> Result<Prepared, E
         command,
         workspace,
         test_resolve,
+        wasm,
     })
 }
 

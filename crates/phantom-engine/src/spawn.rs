@@ -85,6 +85,10 @@ pub(crate) struct SandboxStatus {
     pub prewarmed: bool,
     /// Size-limited filesystems that were full when the payload ended.
     pub full: Vec<String>,
+    /// Mode wasm: the module was loaded (compiled now?, milliseconds).
+    pub wasm_loaded: Option<(bool, f64)>,
+    /// Mode wasm: the module's own timeout fired (epoch interruption).
+    pub timed_out: bool,
 }
 
 impl SandboxStatus {
@@ -109,6 +113,18 @@ impl SandboxStatus {
                     value,
                 });
                 "request refused inside the sandbox"
+            }
+            FromInit::WasmLoaded { compiled, load_ms } => {
+                self.wasm_loaded = Some((compiled, load_ms));
+                if compiled {
+                    "wasm module compiled"
+                } else {
+                    "wasm module loaded from the compile cache"
+                }
+            }
+            FromInit::TimedOut => {
+                self.timed_out = true;
+                "wasm module timed out"
             }
             FromInit::Prewarmed => {
                 self.prewarmed = true;
@@ -238,7 +254,8 @@ pub(crate) fn spawn_on(
     trace.step("run directory and workspace");
     let guard = sandbox_cgroup(plan, &sandbox_id, warnings);
     trace.step("cgroup created");
-    let isolated = plan.mode != Mode::Direct;
+    // Mode wasm: a process of the engine's, fenced but in no namespace (wasm_run.rs).
+    let isolated = !matches!(plan.mode, Mode::Direct | Mode::Wasm);
     let (host_uid, host_gid) = if isolated {
         ids::sandbox_host_ids()
     } else {
@@ -333,6 +350,8 @@ pub(crate) fn spawn_on(
             }
             if isolated {
                 init::sandbox_init(ctx, chan_child)
+            } else if plan.mode == Mode::Wasm {
+                crate::wasm_run::child(ctx, chan_child)
             } else {
                 init::direct_child(ctx, chan_child)
             }

@@ -307,6 +307,21 @@ pub fn wait4(pid: i32, nohang: bool) -> SysResult<Option<(i32, ExitStatus, Usage
     }
 }
 
+/// This process's own rusage (its CPU time and peak memory so far), for a process
+/// that runs its payload itself (mode wasm) rather than waiting for one.
+pub fn own_usage() -> Usage {
+    // SAFETY: rusage is plain old data; zeroed is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is valid for writes for the duration of the call; RUSAGE_SELF cannot
+    // fail.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    Usage {
+        user: tv(ru.ru_utime),
+        sys: tv(ru.ru_stime),
+        max_rss_kb: ru.ru_maxrss.max(0) as u64,
+    }
+}
+
 /// Send `signal` to the process behind `pidfd`.
 pub fn pidfd_kill(pidfd: BorrowedFd<'_>, signal: i32) -> SysResult<()> {
     // SAFETY: plain syscall on a borrowed, open fd; null siginfo is allowed.

@@ -737,6 +737,7 @@ mod tests {
             isolation: Default::default(),
             warnings: Vec::new(),
             network: None,
+            wasm: None,
         };
         let r = run_result(report(3), 1024);
         assert_eq!(r.is_error, Some(true));

@@ -118,21 +118,17 @@ pub fn compile_on(
         message,
     };
 
-    // The mode, and what this build cannot do.
+    // The mode. Mode wasm compiles like sandbox (mounts, Landlock, the seccomp
+    // denylist): the wasm runner replays what applies to it (the workspace and /tmp
+    // as preopens, the environment, the limits, the fences of its process).
     let mode = overrides.mode.unwrap_or(profile.mode);
-    if mode == Mode::Wasm {
-        let message =
-            "mode wasm is not available in this build (no wasmtime); use sandbox or hardened"
-                .to_string();
-        return Err(match overrides.mode {
-            Some(_) => override_error("mode", message),
-            None => profile_error("mode", message),
-        });
-    }
-    if profile.runtime == Runtime::Wasm {
+    if profile.runtime == Runtime::Wasm && mode != Mode::Wasm {
         return Err(profile_error(
             "runtime",
-            "runtime wasm is not available in this build (no wasmtime); use auto or native".into(),
+            format!(
+                "runtime wasm runs WebAssembly modules, which only mode wasm does (the mode here is {}); write mode: wasm, or runtime: auto",
+                mode.as_str()
+            ),
         ));
     }
     let hardened = mode == Mode::Hardened;
@@ -259,11 +255,17 @@ pub fn compile_on(
         }
         None => profile.filesystem.rootfs.clone(),
     };
-    if mode == Mode::Direct {
+    if matches!(mode, Mode::Direct | Mode::Wasm) {
         if let Rootfs::Image(name) = &rootfs {
-            let message = format!(
-                "mode direct runs on the host's own filesystem, so it cannot run on image `{name}`; use mode sandbox or hardened"
-            );
+            let message = if mode == Mode::Wasm {
+                format!(
+                    "mode wasm runs a WebAssembly module that sees only /workspace and /tmp, so it cannot run on image `{name}`; use mode sandbox or hardened for an image"
+                )
+            } else {
+                format!(
+                    "mode direct runs on the host's own filesystem, so it cannot run on image `{name}`; use mode sandbox or hardened"
+                )
+            };
             return Err(if overrides.mode.is_some() || overrides.image.is_some() {
                 override_error(
                     if overrides.image.is_some() {
@@ -390,7 +392,9 @@ pub fn compile_on(
         let policy = &profile.security.seccomp;
         let spec = seccomp::Spec {
             kill: high,
-            allowlist: hardened || policy.default == SeccompDefault::Deny,
+            // wasmtime (its signal handlers, JIT code and runtime threads) needs
+            // syscalls an allowlist forbids: mode wasm keeps the denylist.
+            allowlist: mode != Mode::Wasm && (hardened || policy.default == SeccompDefault::Deny),
             allow: &policy.allow,
             deny: &policy.deny,
         };
@@ -400,6 +404,11 @@ pub fn compile_on(
     };
 
     let mut warnings = warnings(profile, mode);
+    if mode == Mode::Wasm && profile.security.seccomp.default == SeccompDefault::Deny {
+        warnings.push(
+            "security.seccomp.default: deny has no effect in mode wasm: wasmtime needs syscalls an allowlist forbids, so the runner's process keeps the denylist (the module itself makes no syscalls, only WASI calls)".into(),
+        );
+    }
     warnings.extend(weakening);
     if isolated {
         if network == NetworkMode::Host {

@@ -18,7 +18,8 @@ pub enum Mode {
     Sandbox,
     /// Allowlist seccomp, no network at all, read-only everything but the workspace.
     Hardened,
-    /// WebAssembly under wasmtime (accepted by the DSL; not available in this build).
+    /// A WASI preview 1 module under wasmtime, in a process of its own with the
+    /// sandbox's fences but no namespaces: it sees only /workspace and /tmp (preopens).
     Wasm,
 }
 

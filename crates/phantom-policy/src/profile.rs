@@ -40,14 +40,14 @@ pub struct Profile {
     /// timeout; for debugging), `sandbox` (default: every namespace, the seccomp
     /// denylist, Landlock), `hardened` (additionally: seccomp allowlist, no network at
     /// all, read-only `/tmp`, read-only binds only, and none of the keys that would
-    /// undo that — see `weaken.rs`) or `wasm` (accepted, but this build has no
-    /// wasmtime: `compile()` refuses it).
+    /// undo that — see `weaken.rs`) or `wasm` (a WASI preview 1 module under
+    /// wasmtime that sees only /workspace and /tmp; see docs/ARCHITECTURE.md).
     pub mode: Mode,
     /// `runtime:` — `auto` (default) or `native`: both run the payload natively, the
     /// only runtime of this build. `python`: native too, and phantom-supervisor's warm
     /// pools keep python3 started (site imported) in each pooled sandbox, so that
     /// `phantom run -- python3 -c CODE` / `python3 script.py` skip the interpreter's
-    /// start-up. `wasm` is refused by `compile()`.
+    /// start-up. `wasm`: only with `mode: wasm` (the module runs under wasmtime).
     pub runtime: Runtime,
     /// `security:` — seccomp, Landlock and the overall strictness.
     pub security: Security,

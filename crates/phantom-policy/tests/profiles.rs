@@ -1089,10 +1089,6 @@ fn overrides_replace_profile_values_and_are_checked() {
             wall_timeout_ms: Some(0),
             ..Overrides::default()
         },
-        Overrides {
-            mode: Some(Mode::Wasm),
-            ..Overrides::default()
-        },
     ] {
         let err = compile(&profile, &bad).unwrap_err();
         assert!(
@@ -1103,18 +1099,32 @@ fn overrides_replace_profile_values_and_are_checked() {
 }
 
 #[test]
-fn wasm_is_refused_with_the_reason() {
-    let text = "profile: x\nmode: wasm\n";
-    let err = compile(&load(text).unwrap(), &Overrides::default()).unwrap_err();
-    assert_at(&err, text, "wasm");
-    assert!(
-        err.to_string()
-            .contains("mode wasm is not available in this build (no wasmtime)"),
-        "{err}"
-    );
+fn wasm_compiles_like_sandbox_with_the_denylist() {
+    // The wasm runner replays the workspace, /tmp, the environment and the limits;
+    // its process gets the sandbox's fences, with the seccomp denylist even where the
+    // profile asks for an allowlist (wasmtime needs syscalls an allowlist forbids).
+    let plan = plan_of("profile: x\nmode: wasm\nsecurity:\n  seccomp:\n    default: deny\n");
+    assert_eq!(plan.mode, Mode::Wasm);
+    let sandbox = plan_of("profile: x\nmode: sandbox\n");
+    assert_eq!(plan.mounts, sandbox.mounts);
+    assert_eq!(plan.seccomp, sandbox.seccomp);
+    let plan = plan_of("profile: x\nruntime: wasm\nmode: wasm\n");
+    assert_eq!(plan.mode, Mode::Wasm);
+    // runtime wasm under another mode is a contradiction, named at its line.
     let text = "profile: x\nruntime: wasm\n";
     let err = compile(&load(text).unwrap(), &Overrides::default()).unwrap_err();
     assert_at(&err, text, "wasm");
+    assert!(err.to_string().contains("write mode: wasm"), "{err}");
+    // An image brings a root filesystem a module never sees.
+    let err = compile(
+        &load("profile: x\nmode: wasm\n").unwrap(),
+        &Overrides {
+            image: Some("alpine".into()),
+            ..Overrides::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("mode wasm"), "{err}");
 }
 
 #[test]

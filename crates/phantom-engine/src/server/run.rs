@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use phantom_api::choice::StartKind;
 use phantom_api::engine::{Failure, FailureKind, Reply, Request, RunCall, Started};
-use phantom_api::{IsolationReport, NetworkReport, RunReport};
+use phantom_api::{IsolationReport, NetworkReport, RunReport, WasmReport};
 use phantom_egress::{ProxyConfig, ProxyHelper};
 use phantom_linux::cgroup;
 use phantom_linux::process::{self, ExitStatus, Usage};
@@ -22,6 +22,7 @@ use crate::channel::{self, FromInit, RunSpec, ToInit};
 use crate::init::ChildPayload;
 use crate::prepare::{self, api_mode, payload_context, Ask, Policy, Prepared};
 use crate::spawn::{ms, payload_env, spawn_on, CgroupGuard, SandboxStatus, Spawned, Trace};
+use crate::wasm_run;
 use crate::EngineError;
 use phantom_linux::fdpass;
 
@@ -36,6 +37,8 @@ pub(super) struct RunJob {
     /// The pool it came from (a warm run).
     pub pool: Option<usize>,
     deadline: Instant,
+    /// The run's wall-time limit.
+    timeout: Duration,
     timed_out: bool,
     status: SandboxStatus,
     /// `Finished` (or an error) sent already.
@@ -115,6 +118,10 @@ impl ReportBase {
             },
             warnings: self.warnings.clone(),
             network,
+            wasm: status.wasm_loaded.map(|(compiled, load_ms)| WasmReport {
+                cached: !compiled,
+                load_ms,
+            }),
         }
     }
 }
@@ -272,20 +279,39 @@ impl Engine {
                 let mut warnings = Vec::new();
                 let [stdin, stdout, stderr] = stdio;
                 let workspace = prepared.workspace.as_ref().map(|p| p.display().to_string());
+                let sandbox_id = phantom_state::ids::new_sandbox_id();
+                // Mode wasm: a process of the engine's runs the module (wasm_run.rs).
+                let wasm_plan = prepared.wasm.as_ref().map(|_| wasm_run::spawn_plan(plan));
+                let run_dir = crate::workspace::state_base()?
+                    .join(format!("{}{sandbox_id}", crate::workspace::RUN_PREFIX));
                 let mut spawned = spawn_on(
-                    phantom_state::ids::new_sandbox_id(),
-                    plan,
+                    sandbox_id,
+                    wasm_plan.as_ref().unwrap_or(plan),
                     prepared.image.as_ref(),
                     workspace.as_deref(),
                     &mut trace,
                     &mut warnings,
                     |ws, no_cgroup| {
+                        let stdio = [Some(stdin), Some(stdout), Some(stderr)];
+                        if let Some(wasm) = &prepared.wasm {
+                            return wasm_run::payload(
+                                wasm,
+                                &prepared.command,
+                                plan,
+                                ws,
+                                &run_dir,
+                                term.as_deref(),
+                                stdio,
+                                files,
+                                no_cgroup,
+                            );
+                        }
                         Ok(ChildPayload::Ready(payload_context(
                             &prepared.command,
                             plan,
                             ws,
                             term.as_deref(),
-                            [Some(stdin), Some(stdout), Some(stderr)],
+                            stdio,
                             files,
                             no_cgroup,
                         )?))
@@ -327,6 +353,11 @@ impl Engine {
             warnings: warnings.clone(),
             not_warm,
             compile_ms: prepared.compile_ms,
+            load_allowance_ms: if plan.mode == Mode::Wasm {
+                wasm_run::LOAD_ALLOWANCE.as_millis() as u64
+            } else {
+                0
+            },
         }));
         let client_open = reply(&client, &started_reply);
         if !client_open {
@@ -338,8 +369,17 @@ impl Engine {
             spawned.host_uid,
             spawned.idmapped,
         );
+        let timeout = Duration::from_millis(plan.limits.wall_timeout_ms);
         self.jobs.push(super::Job::Run(Box::new(RunJob {
-            deadline: spawned.started + Duration::from_millis(plan.limits.wall_timeout_ms),
+            // Mode wasm: the module's timeout starts once it is loaded (see event()).
+            deadline: spawned.started
+                + timeout
+                + if plan.mode == Mode::Wasm {
+                    wasm_run::LOAD_ALLOWANCE
+                } else {
+                    Duration::ZERO
+                },
+            timeout,
             client,
             client_open,
             spawned,
@@ -382,6 +422,9 @@ impl Engine {
         let plan = prepared.plan();
         if plan.mode == Mode::Direct {
             return Err("direct mode has no sandbox".into());
+        }
+        if plan.mode == Mode::Wasm {
+            return Err("mode wasm runs in a process of its own".into());
         }
         let Some(profile) = &prepared.profile else {
             return Err("a policy file is not pooled".into());
@@ -678,6 +721,12 @@ impl RunJob {
                     }
                     Ok((message, _)) => {
                         let was = self.status.prewarmed;
+                        if matches!(message, FromInit::WasmLoaded { .. }) {
+                            // The module's own timeout (epoch interruption) starts now;
+                            // the engine kills it a little after, should it be stuck in
+                            // a host call.
+                            self.deadline = Instant::now() + self.timeout + wasm_run::KILL_GRACE;
+                        }
                         self.status.record(message);
                         self.reply_early();
                         return !was && self.status.prewarmed;
@@ -745,7 +794,7 @@ impl RunJob {
         let cg = s.cgroup.0.as_ref();
         let report = self.base.report(
             &self.status,
-            false,
+            self.status.timed_out,
             exit,
             usage,
             s.started.elapsed(),
@@ -802,7 +851,7 @@ impl RunJob {
                             };
                             Reply::Finished(Box::new(base.report(
                                 &o.status,
-                                timed_out,
+                                timed_out || o.status.timed_out,
                                 exit,
                                 o.usage,
                                 o.wall,

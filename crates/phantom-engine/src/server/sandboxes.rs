@@ -252,6 +252,7 @@ impl Engine {
             warnings: prepared.warnings.clone(),
             not_warm: None,
             compile_ms: prepared.compile_ms,
+            load_allowance_ms: 0,
         }));
         let client_open = reply(&client, &started_reply);
         if !client_open {
