@@ -250,6 +250,64 @@ pub fn parse_env(items: &[String]) -> Result<BTreeMap<String, String>, String> {
         .collect()
 }
 
+/// The files of this directory that `command`'s arguments (not the program itself)
+/// name by a relative path — `script.py`, `data/in.csv`, `./x.py` — as `files` of the
+/// run: regular UTF-8 files, within the `files` limits; others are left out (said with
+/// `verbose`).
+fn named_files(command: &[String], verbose: bool) -> Vec<phantom_api::request::FileSpec> {
+    use phantom_api::request::{FileSpec, MAX_FILES, MAX_FILES_BYTES};
+    let mut files: Vec<FileSpec> = Vec::new();
+    let mut total = 0usize;
+    for arg in command.iter().skip(1) {
+        let rel = arg.strip_prefix("./").unwrap_or(arg);
+        let path = std::path::Path::new(rel);
+        let plain = !rel.is_empty()
+            && !rel.starts_with('-')
+            && path
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || files.iter().any(|f| f.path == rel) {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let too_big = meta.len() as usize > MAX_FILES_BYTES - total || files.len() >= MAX_FILES;
+        let content = if too_big {
+            None
+        } else {
+            std::fs::read(path)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+        };
+        match content {
+            Some(content) => {
+                if verbose {
+                    eprintln!("phantom: {rel} copied into the run's workspace (/workspace/{rel}); changes stay in the sandbox (use --workspace DIR to share a directory)");
+                }
+                total += content.len();
+                files.push(FileSpec {
+                    path: rel.to_string(),
+                    content,
+                });
+            }
+            None if verbose => eprintln!(
+                "phantom: {rel} not copied into the run's workspace ({}); use --workspace DIR",
+                if too_big {
+                    "too large"
+                } else {
+                    "not UTF-8 text"
+                }
+            ),
+            None => {}
+        }
+    }
+    files
+}
+
 pub fn run(mut args: RunArgs) -> i32 {
     args.verbose |= crate::config_cmd::debug();
     let env = match parse_env(&args.env) {
@@ -274,6 +332,14 @@ pub fn run(mut args: RunArgs) -> i32 {
             *first = absolute(first);
         }
     }
+    // `phantom run python3 script.py` in the script's directory, as the seed README
+    // shows it: without --workspace the workspace is fresh and empty, so the files the
+    // arguments name here are copied into it (the rest of this directory is not).
+    let files = if args.workspace.is_none() && args.policy.limits().mode != Some(Mode::Wasm) {
+        named_files(&command, args.verbose)
+    } else {
+        Vec::new()
+    };
     let request = RunRequest {
         argv: (!command.is_empty() || args.image.is_none()).then_some(command),
         options: RunOptions {
@@ -287,6 +353,7 @@ pub fn run(mut args: RunArgs) -> i32 {
             image: args.image,
             workspace: args.workspace.as_deref().map(absolute),
             cwd: args.cwd,
+            files,
             ..RunOptions::default()
         },
         ..RunRequest::default()

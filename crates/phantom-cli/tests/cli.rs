@@ -687,3 +687,48 @@ fn the_seed_readmes_python_line_runs_as_written() {
     assert_eq!(out.code, Some(0), "{}", out.describe());
     assert_eq!(out.stdout, "Hello Fragment!\n", "{}", out.describe());
 }
+
+/// The seed README's `phantom run --profile python-dev --mode sandbox python script.py`
+/// (and `--verbose`), typed in the script's directory, failed: the workspace is fresh and
+/// empty, so python found no script.py. The files the arguments name are copied in;
+/// nothing else of the directory is.
+#[test]
+fn the_seed_readmes_script_py_lines_run_in_the_scripts_directory() {
+    if !sandbox_available() {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        return common::not_applicable("no /usr/bin/python3 on this host");
+    }
+    let ws = Workspace::new();
+    let dir = ws.host_path("");
+    std::fs::write(
+        dir.join("script.py"),
+        "import os\nprint('from script', sorted(os.listdir('.')))\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("secret.txt"), "not named, not copied\n").unwrap();
+    for extra in [&["--mode", "sandbox"][..], &["--verbose"][..]] {
+        let mut args = vec!["run", "--profile", "python-dev"];
+        args.extend_from_slice(extra);
+        args.extend(["python", "script.py"]);
+        let out = phantom(&args, |c| {
+            c.current_dir(&dir);
+        });
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.describe());
+        assert_eq!(
+            out.stdout,
+            "from script ['script.py']\n",
+            "{args:?}: {}",
+            out.describe()
+        );
+        if extra.contains(&"--verbose") {
+            assert!(
+                out.stderr
+                    .contains("script.py copied into the run's workspace"),
+                "{}",
+                out.describe()
+            );
+        }
+    }
+}
