@@ -176,6 +176,22 @@ pub fn router(app: Arc<App>) -> Router {
             "/sandboxes/{name}/processes/{pid}",
             axum::routing::delete(handlers::kill_process),
         )
+        .route(
+            "/sandboxes/{name}/contexts",
+            post(handlers::create_context).get(handlers::list_contexts),
+        )
+        .route(
+            "/sandboxes/{name}/contexts/{id}",
+            axum::routing::delete(handlers::delete_context),
+        )
+        .route(
+            "/sandboxes/{name}/contexts/{id}/restart",
+            post(handlers::restart_context),
+        )
+        .route(
+            "/sandboxes/{name}/contexts/{id}/run",
+            post(handlers::run_context),
+        )
         .route("/sandboxes/{name}/files", get(handlers::list_files))
         .route(
             "/sandboxes/{name}/files/content",
