@@ -97,6 +97,11 @@ impl Engine {
         self
     }
 
+    /// Whether the server is stopping (a context call in flight is interrupted).
+    pub fn stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
     /// Runs in flight.
     pub fn in_flight(&self) -> usize {
         self.active.load(Ordering::SeqCst)
