@@ -386,10 +386,12 @@ pub struct ContextList {
 }
 
 /// `run_code` in a context: the context's id and what the call returned. Figures
-/// (`png`) also come as MCP image content.
+/// come as MCP image content (image/png) after the text, not as `png` here.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct ContextCodeResult {
     pub context: String,
+    /// How many figures (PNG) follow as image content, in the order of `results`.
+    pub images: usize,
     #[serde(flatten)]
     pub result: phantom_api::context::CodeResult,
 }

@@ -823,6 +823,7 @@ impl PhantomMcp {
                 )?;
                 Ok(ContextCodeResult {
                     context: context.id.clone(),
+                    images: 0,
                     result,
                 })
             })
@@ -837,30 +838,20 @@ impl PhantomMcp {
 /// The id of a sandbox's default context (`run_code` with a sandbox and no context).
 const DEFAULT_CONTEXT: &str = "default-python";
 
-/// A context call's result: structured, its figures also as image content (and left
-/// out of the text copy), an error when the code raised or timed out.
-fn context_result(result: ContextCodeResult) -> CallToolResult {
+/// A context call's result: structured, with its figures as image content instead of
+/// base64 text in `results` (a model reads images, not 50 kB of base64); an error when
+/// the code raised or timed out.
+fn context_result(mut result: ContextCodeResult) -> CallToolResult {
     let is_error = result.result.error.is_some() || result.result.timed_out;
-    let value = serde_json::to_value(&result).expect("results serialize");
-    let mut text = value.clone();
-    if let Some(results) = text["results"].as_array_mut() {
-        for r in results {
-            if let Some(r) = r.as_object_mut() {
-                if r.remove("png").is_some() {
-                    r.insert("png".into(), "(sent as image content)".into());
-                }
-            }
+    let mut images = Vec::new();
+    for r in &mut result.result.results {
+        if let Some(png) = r.png.take() {
+            images.push(ContentBlock::image(png, "image/png"));
         }
     }
-    let mut content = vec![ContentBlock::text(text.to_string())];
-    for r in &result.result.results {
-        if let Some(png) = &r.png {
-            content.push(ContentBlock::image(png.clone(), "image/png"));
-        }
-    }
-    let mut answer = CallToolResult::structured(value);
-    answer.content = content;
-    answer.is_error = Some(is_error);
+    result.images = images.len();
+    let mut answer = structured(&result, is_error);
+    answer.content.extend(images);
     answer
 }
 
