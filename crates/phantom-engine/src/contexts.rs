@@ -74,7 +74,7 @@ pub struct CodeContext {
     /// What it was started with (a restart starts the same).
     env: BTreeMap<String, String>,
     /// The interpreter's stdin (None once it ended).
-    stdin: Mutex<Option<std::io::PipeWriter>>,
+    stdin: Mutex<Option<std::fs::File>>,
     /// Where the running call's raw events go.
     sink: Arc<Mutex<Option<mpsc::Sender<Value>>>>,
     /// One call at a time.
@@ -450,8 +450,9 @@ impl CodeContexts {
     ) -> Result<Arc<CodeContext>, Failure> {
         let sys =
             |what: &str, e: std::io::Error| failure(FailureKind::Failed, format!("{what}: {e}"));
-        let (reader, writer) = std::io::pipe().map_err(|e| sys("pipe", e))?;
-        let reader: OwnedFd = reader.into();
+        let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| sys("pipe", e.into()))?;
+        let writer = std::fs::File::from(writer);
         let (kill, run_side) = UnixStream::pair().map_err(|e| sys("socketpair", e))?;
         let run_side: OwnedFd = run_side.into();
         let sink: Arc<Mutex<Option<mpsc::Sender<Value>>>> = Default::default();

@@ -92,12 +92,12 @@ struct NewContext {
     cwd: Option<String>,
 }
 
-fn language(asked: Option<&str>) -> Result<ContextLanguage, Response> {
+/// The language asked for, or the refusal (400).
+fn language(asked: Option<&str>) -> Result<ContextLanguage, String> {
     match asked.unwrap_or("python") {
         "" | "python" | "python3" => Ok(ContextLanguage::Python),
-        other => Err(error(
-            400,
-            format!("language {other:?}: this server's contexts run python (javascript is not served yet)"),
+        other => Err(format!(
+            "language {other:?}: this server's contexts run python (javascript is not served yet)"
         )),
     }
 }
@@ -150,7 +150,7 @@ async fn create(
     };
     let lang = match language(new.language.as_deref()) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(why) => return error(400, why),
     };
     let cwd = new.cwd.unwrap_or_else(|| super::envd::HOME.to_string());
     let spec = spec(&record, phantom_engine::contexts::new_id(), lang, cwd);
@@ -298,7 +298,7 @@ async fn execute(
         None => {
             let lang = match language(request.language.as_deref()) {
                 Ok(l) => l,
-                Err(r) => return r,
+                Err(why) => return error(400, why),
             };
             match app
                 .contexts
