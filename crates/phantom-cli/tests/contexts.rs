@@ -390,3 +390,103 @@ fn mcp_run_code_in_a_sandbox_keeps_state_and_returns_figures_as_images() {
     assert!(server.finish().success());
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// A streamed call whose client left while the code printed nothing ran on: the
+/// server noticed the client only when it had an event to send, so the context stayed
+/// busy until the code ended by itself.
+#[test]
+fn a_streaming_client_that_goes_away_interrupts_its_cell() {
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("contexts-leave", &[]);
+    let key = server.key("k", &[]);
+    let r = server.json(
+        "POST",
+        "/api/v2/sandboxes",
+        &key,
+        json!({"name": "nb", "profile": "python-dev"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = server.json("POST", "/api/v2/sandboxes/nb/contexts", &key, json!({}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let body = json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(40)", "stream": true, "timeout": "60s"}).to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /api/v2/sandboxes/nb/contexts/{id}/run HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 && !line.contains("started") {
+        line.clear();
+    }
+    assert!(line.contains("started"), "the cell did not start");
+    drop(reader);
+    // The next call is served at once: the cell was interrupted, not awaited.
+    let t0 = Instant::now();
+    let r = server.json(
+        "POST",
+        &format!("/api/v2/sandboxes/nb/contexts/{id}/run"),
+        &key,
+        json!({"code": "6 * 7", "timeout": "20s"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(main_text(&r.json()).as_deref(), Some("42"), "{}", r.text());
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let r = server.request("DELETE", "/api/v2/sandboxes/nb", Some(&key), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Contexts had no limit per sandbox: schemathesis created them in one sandbox until
+/// its pids limit refused the next exec, answered 500 "the sandbox could not be run".
+/// The limit is now a refusal that says what to do, and deleting one makes room.
+#[test]
+fn endless_contexts_in_one_sandbox_ran_out_of_pids_with_a_500() {
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("contexts-many", &[]);
+    let key = server.key("k", &[]);
+    let r = server.json("POST", "/api/v2/sandboxes", &key, json!({"name": "many"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let mut made = Vec::new();
+    let refusal = loop {
+        let r = server.json("POST", "/api/v2/sandboxes/many/contexts", &key, json!({}));
+        if r.status != 201 {
+            break r;
+        }
+        made.push(r.json()["id"].as_str().unwrap().to_string());
+        assert!(made.len() <= 40, "no limit after 40 contexts");
+    };
+    assert_eq!(refusal.status, 409, "{}", refusal.text());
+    assert!(refusal.text().contains("delete one"), "{}", refusal.text());
+    // Every context made still works.
+    let last = made.last().unwrap();
+    let r = server.json(
+        "POST",
+        &format!("/api/v2/sandboxes/many/contexts/{last}/run"),
+        &key,
+        json!({"code": "1 + 1"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = server.request(
+        "DELETE",
+        &format!("/api/v2/sandboxes/many/contexts/{}", made[0]),
+        Some(&key),
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = server.json("POST", "/api/v2/sandboxes/many/contexts", &key, json!({}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = server.request("DELETE", "/api/v2/sandboxes/many", Some(&key), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -49,6 +49,10 @@ pub const READY_WITHIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an interrupted cell has to stop before its interpreter is killed.
 pub const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+/// The most live contexts one owner keeps in one sandbox: each is an interpreter with
+/// its threads and memory inside the sandbox's limits, and past a few dozen the
+/// sandbox's pids limit would refuse every exec there.
+pub const MAX_PER_SANDBOX: usize = 16;
 /// How often a waiting call looks whether its caller went away.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -448,6 +452,19 @@ impl CodeContexts {
         sandbox: &str,
         spec: ContextSpec,
     ) -> Result<Arc<CodeContext>, Failure> {
+        let live = self
+            .list(&principal.owner, sandbox)
+            .iter()
+            .filter(|c| c.is_alive() && c.id != spec.id)
+            .count();
+        if live >= MAX_PER_SANDBOX {
+            return Err(failure(
+                FailureKind::Conflict,
+                format!(
+                    "sandbox {sandbox} already has {live} code contexts, the most one sandbox holds: delete one (DELETE .../contexts/{{id}}, delete_context over MCP) or run code in one of them"
+                ),
+            ));
+        }
         let sys =
             |what: &str, e: std::io::Error| failure(FailureKind::Failed, format!("{what}: {e}"));
         let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)

@@ -1733,10 +1733,8 @@ pub(crate) async fn run_context(
         .acquire(&key.id, app.deadlines.queue)
         .await
         .map_err(|r| refused(&app, r))?;
-    let deadline = tokio::time::Instant::now()
-        + timeout
-        + phantom_engine::contexts::INTERRUPT_GRACE
-        + app.deadlines.run_margin;
+    let had = timeout + phantom_engine::contexts::INTERRUPT_GRACE + app.deadlines.run_margin;
+    let deadline = tokio::time::Instant::now() + had;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ContextEvent>(64);
     let runtime = tokio::runtime::Handle::current();
     let task = tokio::task::spawn_blocking(move || {
@@ -1769,7 +1767,7 @@ pub(crate) async fn run_context(
             Ok((result, Ok(Ok(())))) => Ok(result),
             Ok((_, Ok(Err(f)))) => Err(ApiFailure::from(f)),
             Ok((_, Err(e))) => Err(ApiFailure::internal(format!("worker failed: {e}"))),
-            Err(_) => Err(run_deadline_passed(&app, deadline.elapsed())),
+            Err(_) => Err(run_deadline_passed(&app, had)),
         };
         audit_result(&app, &key, "sandbox.context.run", Some(&name), &r);
         return Ok(axum::Json(r?).into_response());
@@ -1777,7 +1775,13 @@ pub(crate) async fn run_context(
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         let data = |v: serde_json::Value| v.to_string();
-        while let Some(e) = rx.recv().await {
+        loop {
+            // A client that went away while the code prints nothing is noticed too.
+            let e = tokio::select! {
+                e = rx.recv() => e,
+                () = out_tx.closed() => return,
+            };
+            let Some(e) = e else { break };
             let event = match e {
                 ContextEvent::Stdout { text } => Event::default()
                     .event("stdout")
@@ -1811,7 +1815,7 @@ pub(crate) async fn run_context(
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(f))) => Err(ApiFailure::from(f)),
             Ok(Err(e)) => Err(ApiFailure::internal(format!("worker failed: {e}"))),
-            Err(_) => Err(run_deadline_passed(&app, deadline.elapsed())),
+            Err(_) => Err(run_deadline_passed(&app, had)),
         };
         audit_result(&app, &key, "sandbox.context.run", Some(&name), &r);
         if let Err(f) = r {

@@ -226,6 +226,10 @@ pub fn document() -> Value {
     )];
     ctx_new.extend(errors(&[
         ("404", "No such sandbox"),
+        (
+            "409",
+            "The sandbox holds its most code contexts: delete one",
+        ),
         ("413", "Body too large"),
         ("500", "The interpreter could not start"),
     ]));
