@@ -645,3 +645,40 @@ pub fn new_id() -> String {
         .expect("/dev/urandom is readable");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(q: Option<&str>) -> Result<Duration, Failure> {
+        call_timeout(&ContextRun {
+            timeout: q.map(Into::into),
+            ..ContextRun::default()
+        })
+    }
+
+    #[test]
+    fn a_calls_timeout_is_a_positive_duration_named_in_its_refusal() {
+        assert_eq!(timeout(None).unwrap(), DEFAULT_TIMEOUT);
+        assert_eq!(timeout(Some("1.5s")).unwrap(), Duration::from_millis(1500));
+        assert_eq!(timeout(Some("2")).unwrap(), Duration::from_secs(2));
+        for bad in ["0", "soon"] {
+            let f = timeout(Some(bad)).unwrap_err();
+            assert_eq!(f.kind, FailureKind::Invalid);
+            assert_eq!(f.field, Some(phantom_api::request::Field::Timeout));
+            assert!(f.message.contains(bad), "{}", f.message);
+        }
+    }
+
+    #[test]
+    fn a_missing_context_is_not_found_alike_by_get_and_remove() {
+        let contexts = CodeContexts::default();
+        let a = contexts
+            .get(&Owner::Key("a".into()), "s", "x")
+            .err()
+            .unwrap();
+        let b = contexts.remove(&Owner::Local, "s", "x").err().unwrap();
+        assert_eq!(a.kind, FailureKind::NotFound);
+        assert_eq!(a.message, b.message);
+    }
+}
