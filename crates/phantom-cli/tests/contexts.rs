@@ -490,3 +490,46 @@ fn endless_contexts_in_one_sandbox_ran_out_of_pids_with_a_500() {
     let r = server.request("DELETE", "/api/v2/sandboxes/many", Some(&key), b"");
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// A command (or a context) joining a sandbox whose pids limit was full was answered
+/// 500 "the sandbox could not be run" (clone3 EAGAIN, found by schemathesis creating a
+/// context in a sandbox made with a tiny `pids`): it is the caller's to resolve, a 409
+/// that says so.
+#[test]
+fn an_exec_into_a_sandbox_at_its_pids_limit_answered_500() {
+    if !sandbox_available() {
+        return;
+    }
+    let server = Server::start("contexts-pids", &[]);
+    let key = server.key("k", &[]);
+    let r = server.json(
+        "POST",
+        "/api/v2/sandboxes",
+        &key,
+        json!({"name": "tight", "pids": 3}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    // Fill the pids limit with background sleepers, until one is refused.
+    let mut started = 0;
+    let refusal = loop {
+        let r = server.json(
+            "POST",
+            "/api/v2/sandboxes/tight/exec",
+            &key,
+            json!({"argv": ["sleep", "60"], "background": true}),
+        );
+        if r.status != 201 {
+            break r;
+        }
+        started += 1;
+        assert!(started < 10, "a pids limit of 3 held {started} sleepers");
+    };
+    assert_eq!(refusal.status, 409, "{}", refusal.text());
+    assert!(refusal.text().contains("pids limit"), "{}", refusal.text());
+    // A context (an interpreter with its threads) does not fit either.
+    let r = server.json("POST", "/api/v2/sandboxes/tight/contexts", &key, json!({}));
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("pids"), "{}", r.text());
+    let r = server.request("DELETE", "/api/v2/sandboxes/tight", Some(&key), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+}

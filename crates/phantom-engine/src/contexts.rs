@@ -614,14 +614,21 @@ fn relay(
             FailureKind::Failed,
             "the context's interpreter ran past the sandbox's timeout and was stopped",
         ),
+        // What ends the interpreter is the sandbox's (its limits, its python3, a
+        // cell's os._exit): the caller's to see, not a host failure.
         Ok(report) => failure(
-            FailureKind::Failed,
+            FailureKind::Conflict,
             format!(
-                "the context's interpreter ended (exit code {}){}",
+                "the context's interpreter ended (exit code {}){}{}",
                 report.exit_code,
                 match String::from_utf8_lossy(&errors).trim() {
                     "" => String::new(),
                     e => format!(": {}", e.lines().last().unwrap_or(e)),
+                },
+                if ready.is_some() {
+                    " before it was ready; check the sandbox's limits (pids, memory) and its python3"
+                } else {
+                    ""
                 }
             ),
         ),
