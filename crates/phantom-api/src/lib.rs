@@ -14,6 +14,9 @@
 //! * [`choice`] — the closed sets used instead of strings: modes, network modes, how a
 //!   run started, a sandbox's status, the egress proxy's decisions, file kinds, and the
 //!   languages with their one interpreter and default profile each.
+//! * [`context`] — code contexts: a long-lived interpreter in a persistent sandbox;
+//!   [`context::ContextRun`] in, [`context::CodeResult`] (or [`context::ContextEvent`]s)
+//!   out.
 //! * [`access`] — who a request acts for ([`access::Owner`]) and what it may ask for
 //!   ([`access::Grants`]).
 //! * [`engine`] — the protocol between front ends and the engine, described there in
@@ -24,6 +27,7 @@
 
 pub mod access;
 pub mod choice;
+pub mod context;
 pub mod engine;
 pub mod report;
 pub mod request;

@@ -15,6 +15,8 @@
 //!   setup), `init.rs` (the sandbox's pid 1: mounts, pivot_root, fences, the payload),
 //!   `channel.rs` (the typed messages between them), `sandbox/` (keepers, joining a
 //!   sandbox, file operations beneath a workspace).
+//! * [`contexts`] — code contexts: a long-lived interpreter in a persistent sandbox,
+//!   kept per owner and sandbox ([`contexts::CodeContexts`]); blocking calls.
 //! * [`doctor`] reports what this host supports; [`EngineError`] is why anything
 //!   failed, wrapping the errors of the crates it drives: images (phantom-image),
 //!   snapshots (phantom-store), the egress proxy (phantom-egress) and the state
@@ -23,6 +25,7 @@
 
 mod channel;
 pub mod client;
+pub mod contexts;
 pub mod doctor;
 mod error;
 pub mod fork;

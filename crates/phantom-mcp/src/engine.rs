@@ -15,6 +15,7 @@ use phantom_api::engine::{Failure, FailureKind};
 use phantom_api::request::{ExecRequest, Quantity, RunRequest};
 use phantom_api::RunReport;
 use phantom_engine::client::{Output, RunIo, Stdin, Wake};
+use phantom_engine::contexts::CodeContexts;
 use phantom_engine::EngineClient;
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +63,8 @@ pub struct Engine {
     shutdown: CancellationToken,
     /// Runs in flight.
     active: AtomicUsize,
+    /// The code contexts this server's tools made; they end when it stops.
+    pub contexts: Arc<CodeContexts>,
 }
 
 /// Counts a run in flight for as long as it lives.
@@ -83,7 +86,20 @@ impl Engine {
             metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
             active: AtomicUsize::new(0),
+            contexts: Default::default(),
         }
+    }
+
+    /// The same, keeping its code contexts in `contexts` (shared with another front
+    /// end of the same process).
+    pub fn with_contexts(mut self, contexts: Arc<CodeContexts>) -> Engine {
+        self.contexts = contexts;
+        self
+    }
+
+    /// Whether the server is stopping (a context call in flight is interrupted).
+    pub fn stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
     }
 
     /// Runs in flight.
@@ -94,6 +110,7 @@ impl Engine {
     /// Kill every run in flight and wait (up to `limit`) until each has ended.
     pub async fn shut_down(&self, limit: Duration) {
         self.shutdown.cancel();
+        self.contexts.clear();
         let deadline = Instant::now() + limit;
         while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

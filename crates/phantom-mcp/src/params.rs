@@ -328,3 +328,70 @@ mod tests {
         }
     }
 }
+
+/// `run_code`: a program in a fresh sandbox — or, with `sandbox`, python code in a
+/// code context of that persistent sandbox, whose variables persist between calls.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+pub struct CodeCall {
+    #[serde(flatten)]
+    pub run: CodeRun,
+    /// A persistent sandbox's name (create_sandbox): run the code in a code context
+    /// there instead of a fresh sandbox — `context`, or the sandbox's default python
+    /// context (started at its first use). Only `language: python`, `code`, `env` and
+    /// `timeout` apply then; a call's timeout interrupts the code (KeyboardInterrupt)
+    /// and the context keeps its state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// A context's id (create_context); needs `sandbox`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+/// `create_context`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextCreate {
+    /// The persistent sandbox's name.
+    pub sandbox: String,
+    /// The interpreter (default: python).
+    #[serde(default)]
+    pub language: Option<phantom_api::context::ContextLanguage>,
+    /// Its working directory inside the sandbox (default: /workspace).
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// `restart_context`, `delete_context`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextRef {
+    /// The persistent sandbox's name.
+    pub sandbox: String,
+    /// The context's id (create_context, list_contexts).
+    pub context: String,
+}
+
+/// `list_contexts`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContextsOf {
+    /// The persistent sandbox's name.
+    pub sandbox: String,
+}
+
+/// `list_contexts`' result.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ContextList {
+    pub contexts: Vec<phantom_api::context::ContextInfo>,
+}
+
+/// `run_code` in a context: the context's id and what the call returned. Figures
+/// come as MCP image content (image/png) after the text, not as `png` here.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ContextCodeResult {
+    pub context: String,
+    /// How many figures (PNG) follow as image content, in the order of `results`.
+    pub images: usize,
+    #[serde(flatten)]
+    pub result: phantom_api::context::CodeResult,
+}

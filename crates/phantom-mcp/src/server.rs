@@ -48,7 +48,9 @@ start in milliseconds. Use run_code for a program in python, node, bash or sh (a
 for more source or data; they appear in the working directory /workspace), run_command \
 for any command line as an argv. Each call gets a fresh sandbox that is thrown away \
 afterwards; create_sandbox makes one that lives between calls (exec_in_sandbox, \
-write_file, read_file, list_files, snapshot_sandbox, destroy_sandbox). A program's \
+write_file, read_file, list_files, snapshot_sandbox, destroy_sandbox). run_code with \
+`sandbox` runs python in a code context there whose variables persist between calls \
+(create_context for more than the default one). A program's \
 failure is a normal result with isError set: read stderr and exit_code.";
 
 /// A result the model reads: structured, and an error when `is_error`.
@@ -211,18 +213,33 @@ impl PhantomMcp {
 
     #[tool(
         name = "run_code",
-        title = "Run code in a fresh sandbox",
-        description = "Run a program in a fresh, isolated Linux sandbox that is thrown away afterwards (no network but loopback unless the profile allows more, a private /tmp, the working directory /workspace holds `files`). language: python (python3 -c), node (node -e), bash or sh (-c); the profile defaults to the language's (python-dev, node-dev, default). Returns stdout, stderr, exit_code, timed_out, oom_killed, disk_limit_hit, output_truncated, wall_ms and notes. Output is capped at {max_output} bytes (stdout and stderr together); a program that fails is a normal result with isError set.",
-        annotations(read_only_hint = true, destructive_hint = false, open_world_hint = false),
-        output_schema = schema_for_output::<RunResult>()
+        title = "Run code in a fresh sandbox or a code context",
+        description = "Run a program in a fresh, isolated Linux sandbox that is thrown away afterwards (no network but loopback unless the profile allows more, a private /tmp, the working directory /workspace holds `files`). language: python (python3 -c), node (node -e), bash or sh (-c); the profile defaults to the language's (python-dev, node-dev, default). Returns stdout, stderr, exit_code, timed_out, oom_killed, disk_limit_hit, output_truncated, wall_ms and notes. Output is capped at {max_output} bytes (stdout and stderr together); a program that fails is a normal result with isError set. With `sandbox` (a persistent sandbox's name) python code runs in a code context there instead — `context` (create_context) or the sandbox's default one — whose variables and imports persist between calls, like a notebook: returns stdout, stderr, results (the last expression's value as text/html/..., matplotlib figures as png, also sent as image content), error (name, value, traceback) and execution_count; `timeout` (default 60s) interrupts the code and the context keeps its state.",
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false),
+        output_schema = code_output_schema()
     )]
     async fn run_code(
         &self,
-        Parameters(args): Parameters<Args<CodeRun>>,
+        Parameters(args): Parameters<Args<CodeCall>>,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let run = args!(args);
-        Ok(self.job(Job::Run(Box::new(run.into())), &context).await)
+        let CodeCall {
+            run,
+            sandbox,
+            context: context_id,
+        } = args!(args);
+        let Some(sandbox) = sandbox else {
+            if context_id.is_some() {
+                return Ok(bad_args(
+                    "`context` needs `sandbox`: the persistent sandbox the context runs in".into(),
+                ));
+            }
+            return Ok(self.job(Job::Run(Box::new(run.into())), &context).await);
+        };
+        let principal = caller!(self, context);
+        Ok(self
+            .run_in_context(principal, sandbox, context_id, run, context.ct.clone())
+            .await)
     }
 
     #[tool(
@@ -453,10 +470,14 @@ impl PhantomMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let SandboxName { name } = args!(args);
+        let contexts = self.engine.contexts.clone();
         answer(
             self.engine
                 .blocking(caller!(self, context), move |client, principal| {
-                    Ok(client.destroy(principal.clone(), &name)?.redacted())
+                    let info = client.destroy(principal.clone(), &name)?.redacted();
+                    // Its interpreters died with it.
+                    contexts.remove_sandbox(&principal.owner, &name);
+                    Ok(info)
                 })
                 .await,
         )
@@ -559,6 +580,125 @@ impl PhantomMcp {
     }
 
     #[tool(
+        name = "create_context",
+        title = "Start a code context in a sandbox",
+        description = "Start a code context — a long-lived python interpreter — in a persistent sandbox (create_sandbox). run_code with `sandbox` and this `context` runs code in it; variables, imports and open files persist between calls, like a notebook. Returns its id. It lives until delete_context, the sandbox's end, its command timeout (the sandbox's `timeout`) or this server's end.",
+        annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false),
+        output_schema = schema_for_output::<phantom_api::context::ContextInfo>()
+    )]
+    async fn create_context(
+        &self,
+        Parameters(args): Parameters<Args<ContextCreate>>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let ContextCreate {
+            sandbox,
+            language,
+            cwd,
+        } = args!(args);
+        let contexts = self.engine.contexts.clone();
+        answer(
+            self.engine
+                .blocking(caller!(self, context), move |client, principal| {
+                    let spec = phantom_engine::contexts::ContextSpec {
+                        id: phantom_engine::contexts::new_id(),
+                        language: language.unwrap_or_default(),
+                        cwd: cwd.unwrap_or_else(|| "/workspace".into()),
+                        env: Default::default(),
+                    };
+                    Ok(contexts
+                        .start(client, principal.clone(), &sandbox, spec)?
+                        .info())
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "list_contexts",
+        title = "List a sandbox's code contexts",
+        description = "The code contexts of a persistent sandbox that this server holds: id, language, working directory, and whether its interpreter is alive (restart_context one that is not).",
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<ContextList>()
+    )]
+    async fn list_contexts(
+        &self,
+        Parameters(args): Parameters<Args<ContextsOf>>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let ContextsOf { sandbox } = args!(args);
+        let contexts = self.engine.contexts.clone();
+        answer(
+            self.engine
+                .blocking(caller!(self, context), move |client, principal| {
+                    // Another owner's sandbox is "not found", as everywhere.
+                    client.get(principal.clone(), &sandbox)?;
+                    Ok(ContextList {
+                        contexts: contexts
+                            .list(&principal.owner, &sandbox)
+                            .iter()
+                            .map(|c| c.info())
+                            .collect(),
+                    })
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "restart_context",
+        title = "Restart a code context",
+        description = "Start a code context's interpreter afresh under the same id: its variables and imports are gone (use it when a call hangs or the interpreter died).",
+        annotations(read_only_hint = false, destructive_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<phantom_api::context::ContextInfo>()
+    )]
+    async fn restart_context(
+        &self,
+        Parameters(args): Parameters<Args<ContextRef>>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let ContextRef {
+            sandbox,
+            context: id,
+        } = args!(args);
+        let contexts = self.engine.contexts.clone();
+        answer(
+            self.engine
+                .blocking(caller!(self, context), move |client, principal| {
+                    Ok(contexts
+                        .restart(client, principal.clone(), &sandbox, &id)?
+                        .info())
+                })
+                .await,
+        )
+    }
+
+    #[tool(
+        name = "delete_context",
+        title = "Stop a code context",
+        description = "Stop a code context's interpreter and forget it.",
+        annotations(read_only_hint = false, destructive_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<phantom_api::context::ContextInfo>()
+    )]
+    async fn delete_context(
+        &self,
+        Parameters(args): Parameters<Args<ContextRef>>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let ContextRef {
+            sandbox,
+            context: id,
+        } = args!(args);
+        let principal = caller!(self, context);
+        answer(
+            self.engine
+                .contexts
+                .remove(&principal.owner, &sandbox, &id)
+                .map(|c| c.info()),
+        )
+    }
+
+    #[tool(
         name = "snapshot_sandbox",
         title = "Snapshot a sandbox's workspace",
         description = "Store a sandbox's /workspace in the content-addressed snapshot store (unchanged files cost nothing); create_sandbox can start from it (from_snapshot).",
@@ -607,6 +747,141 @@ impl PhantomMcp {
                 .await,
         )
     }
+}
+
+impl PhantomMcp {
+    /// `run_code` with a `sandbox`: `run.code` in the context `id` (or the sandbox's
+    /// default python context, started at its first use).
+    async fn run_in_context(
+        &self,
+        principal: Principal,
+        sandbox: String,
+        id: Option<String>,
+        run: CodeRun,
+        ct: tokio_util::sync::CancellationToken,
+    ) -> CallToolResult {
+        use phantom_api::context::{CodeResult, ContextRun};
+        use phantom_engine::contexts::{call_timeout, ContextSpec};
+        let CodeRun {
+            language,
+            code,
+            options,
+        } = run;
+        if language != phantom_api::choice::Language::Python {
+            return bad_args(format!(
+                "language {language}: a code context runs python; run {language} in the sandbox with exec_in_sandbox"
+            ));
+        }
+        let mut rest = options.clone();
+        rest.env = Default::default();
+        rest.limits.timeout = None;
+        if rest != phantom_api::request::RunOptions::default() {
+            return bad_args(
+                "with `sandbox`, run_code takes language, code, env and timeout only (the sandbox's own profile, limits and files apply): leave out the others".into(),
+            );
+        }
+        let timeout = match call_timeout(&ContextRun {
+            timeout: options.limits.timeout.clone(),
+            ..ContextRun::default()
+        }) {
+            Ok(t) => t,
+            Err(f) => return failed(f),
+        };
+        let (engine, env) = (self.engine.clone(), options.env);
+        let r = self
+            .engine
+            .blocking(principal, move |client, principal| {
+                let contexts = &engine.contexts;
+                let context = match id {
+                    Some(id) => contexts.get(&principal.owner, &sandbox, &id)?,
+                    None => match contexts.get(&principal.owner, &sandbox, DEFAULT_CONTEXT) {
+                        Ok(c) => c,
+                        Err(_) => contexts.start(
+                            client,
+                            principal.clone(),
+                            &sandbox,
+                            ContextSpec {
+                                id: DEFAULT_CONTEXT.into(),
+                                language: phantom_api::context::ContextLanguage::Python,
+                                cwd: "/workspace".into(),
+                                env: Default::default(),
+                            },
+                        )?,
+                    },
+                };
+                let mut result = CodeResult::default();
+                context.execute(
+                    &code,
+                    &env,
+                    timeout,
+                    engine.max_output,
+                    &mut |e| {
+                        result.add(e);
+                        true
+                    },
+                    &|| ct.is_cancelled() || engine.stopping(),
+                )?;
+                Ok(ContextCodeResult {
+                    context: context.id.clone(),
+                    images: 0,
+                    result,
+                })
+            })
+            .await;
+        match r {
+            Ok(result) => context_result(result),
+            Err(f) => failed(f),
+        }
+    }
+}
+
+/// The id of a sandbox's default context (`run_code` with a sandbox and no context).
+const DEFAULT_CONTEXT: &str = "default-python";
+
+/// A context call's result: structured, with its figures as image content instead of
+/// base64 text in `results` (a model reads images, not 50 kB of base64); an error when
+/// the code raised or timed out.
+fn context_result(mut result: ContextCodeResult) -> CallToolResult {
+    let is_error = result.result.error.is_some() || result.result.timed_out;
+    let mut images = Vec::new();
+    for r in &mut result.result.results {
+        if let Some(png) = r.png.take() {
+            images.push(ContentBlock::image(png, "image/png"));
+        }
+    }
+    result.images = images.len();
+    let mut answer = structured(&result, is_error);
+    answer.content.extend(images);
+    answer
+}
+
+/// `run_code`'s output schema: a fresh sandbox's [`RunResult`] or a context's
+/// [`ContextCodeResult`] (an object either way).
+fn code_output_schema() -> Arc<rmcp::model::JsonObject> {
+    let mut defs = serde_json::Map::new();
+    let mut defs_key = "$defs";
+    let mut branches = Vec::new();
+    for schema in [
+        schema_for_output::<RunResult>(),
+        schema_for_output::<ContextCodeResult>(),
+    ] {
+        let mut schema = (*schema).clone();
+        for key in ["$defs", "definitions"] {
+            if let Some(serde_json::Value::Object(d)) = schema.remove(key) {
+                defs_key = key;
+                defs.extend(d);
+            }
+        }
+        schema.remove("$schema");
+        branches.push(serde_json::Value::Object(schema));
+    }
+    let mut out = serde_json::Map::new();
+    out.insert("type".into(), "object".into());
+    out.insert("anyOf".into(), branches.into());
+    if !defs.is_empty() {
+        out.insert(defs_key.into(), defs.into());
+    }
+    Arc::new(out)
 }
 
 /// The built-in profiles, as `list_profiles` shows them.

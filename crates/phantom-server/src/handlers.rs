@@ -1173,6 +1173,12 @@ pub(crate) async fn delete_sandbox(
     .await;
     *app.persistent.lock().expect("census") = None;
     audit_result(&app, &key, "sandbox.delete", Some(&name), &r);
+    if r.is_ok() {
+        // Its interpreters died with it.
+        app.contexts
+            .all
+            .remove_sandbox(&Owner::Key(key.id.clone()), &name);
+    }
     Ok(axum::Json(r?.redacted()))
 }
 
@@ -1560,4 +1566,281 @@ pub(crate) async fn performance(
         "wall_ms": { "p50": p50, "p95": p95, "p99": p99 },
         "by_profile_and_path": by_path,
     })))
+}
+
+// ---------------------------------------------------------------------------------------
+// Code contexts: long-lived interpreters in a key's persistent sandbox
+// (phantom_engine::contexts), kept by owner and sandbox — another key's context is
+// "not found".
+// ---------------------------------------------------------------------------------------
+
+/// The most stdout and stderr one context call returns.
+const CONTEXT_MAX_OUTPUT: u64 = 16 << 20;
+
+/// Whether `name` is `key`'s sandbox (404 otherwise, as for every sandbox route).
+async fn own_sandbox(app: &Arc<App>, key: &ApiKey, name: &str) -> ApiResult<()> {
+    let engine = app.engine.clone();
+    let (principal, name) = (principal(key), name.to_string());
+    blocking(
+        app,
+        &key.id,
+        "looking the sandbox up",
+        app.deadlines.call,
+        move || engine.get(principal, &name).map(drop),
+    )
+    .await
+}
+
+/// `POST /api/v2/sandboxes/{name}/contexts` (`{language?, cwd?}`): start an interpreter
+/// in the sandbox; 201 with its id.
+pub(crate) async fn create_context(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    use phantom_api::context::NewContext;
+    let key = authenticate(&app, &headers, &peer, "sandbox.context.create", Some(&name)).await?;
+    let new: NewContext = match &body {
+        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => NewContext::default(),
+        _ => json_body(body, app.config.max_body)?,
+    };
+    let spec = phantom_engine::contexts::ContextSpec {
+        id: phantom_engine::contexts::new_id(),
+        language: new.language.unwrap_or_default(),
+        cwd: new.cwd.unwrap_or_else(|| "/workspace".into()),
+        env: Default::default(),
+    };
+    let (contexts, engine, principal, target) = (
+        app.contexts.all.clone(),
+        app.engine.clone(),
+        principal(&key),
+        name.clone(),
+    );
+    let r = blocking(
+        &app,
+        &key.id,
+        "starting the context",
+        app.deadlines.lifecycle,
+        move || Ok(contexts.start(&engine, principal, &target, spec)?.info()),
+    )
+    .await;
+    audit_result(&app, &key, "sandbox.context.create", Some(&name), &r);
+    Ok((StatusCode::CREATED, axum::Json(r?)).into_response())
+}
+
+/// `GET /api/v2/sandboxes/{name}/contexts`.
+pub(crate) async fn list_contexts(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<Vec<phantom_api::context::ContextInfo>>> {
+    let key = authenticate(&app, &headers, &peer, "sandbox.context.list", Some(&name)).await?;
+    own_sandbox(&app, &key, &name).await?;
+    let owner = principal(&key).owner;
+    Ok(axum::Json(
+        app.contexts
+            .all
+            .list(&owner, &name)
+            .iter()
+            .map(|c| c.info())
+            .collect(),
+    ))
+}
+
+/// `DELETE /api/v2/sandboxes/{name}/contexts/{id}`: stop it; 204.
+pub(crate) async fn delete_context(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let key = authenticate(&app, &headers, &peer, "sandbox.context.delete", Some(&name)).await?;
+    let r = app
+        .contexts
+        .all
+        .remove(&principal(&key).owner, &name, &id)
+        .map(drop)
+        .map_err(ApiFailure::from);
+    audit_result(&app, &key, "sandbox.context.delete", Some(&name), &r);
+    r?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /api/v2/sandboxes/{name}/contexts/{id}/restart`: a fresh interpreter under
+/// the same id (its state is gone); 204.
+pub(crate) async fn restart_context(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let key = authenticate(
+        &app,
+        &headers,
+        &peer,
+        "sandbox.context.restart",
+        Some(&name),
+    )
+    .await?;
+    let (contexts, engine, principal, target) = (
+        app.contexts.all.clone(),
+        app.engine.clone(),
+        principal(&key),
+        name.clone(),
+    );
+    let r = blocking(
+        &app,
+        &key.id,
+        "restarting the context",
+        app.deadlines.lifecycle,
+        move || contexts.restart(&engine, principal, &target, &id).map(drop),
+    )
+    .await;
+    audit_result(&app, &key, "sandbox.context.restart", Some(&name), &r);
+    r?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /api/v2/sandboxes/{name}/contexts/{id}/run` (`{code, env?, timeout?,
+/// stream?}`): the [`phantom_api::context::CodeResult`], or with `stream` Server-Sent
+/// Events:
+///
+/// * `stdout` / `stderr`, `data: {"data": "<text>"}` — output as it comes;
+/// * `result`, `data: <CellResult>` — a display result (a figure, the value);
+/// * `error`, `data: <CellError>` — the exception that ended the code; or
+///   `data: {"error": "..."}` when the call could not run;
+/// * `done`, `data: {"execution_count", "timed_out", "output_truncated"}` — last.
+///
+/// Past its timeout the code is interrupted (KeyboardInterrupt) and `timed_out` says
+/// so; the context keeps its state. The client going away interrupts it too. The call
+/// holds a worker thread of the key until its timeout plus the interrupt's grace and
+/// the server's run margin, at most.
+pub(crate) async fn run_context(
+    State(app): State<Arc<App>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use phantom_api::context::{CodeResult, ContextEvent, ContextRun};
+    let key = authenticate(&app, &headers, &peer, "sandbox.context.run", Some(&name)).await?;
+    let run: ContextRun = json_body(body, app.config.max_body)?;
+    let timeout = phantom_engine::contexts::call_timeout(&run).map_err(ApiFailure::from)?;
+    let context = app
+        .contexts
+        .all
+        .get(&principal(&key).owner, &name, &id)
+        .map_err(ApiFailure::from)?;
+    let permit = app
+        .workers
+        .acquire(&key.id, app.deadlines.queue)
+        .await
+        .map_err(|r| refused(&app, r))?;
+    let had = timeout + phantom_engine::contexts::INTERRUPT_GRACE + app.deadlines.run_margin;
+    let deadline = tokio::time::Instant::now() + had;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ContextEvent>(64);
+    let runtime = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let gone = tx.clone();
+        context.execute(
+            &run.code,
+            &run.env,
+            timeout,
+            CONTEXT_MAX_OUTPUT,
+            // A client that stopped reading holds this thread until the deadline only.
+            &mut |e| {
+                runtime
+                    .block_on(tokio::time::timeout_at(deadline, tx.send(e)))
+                    .is_ok_and(|sent| sent.is_ok())
+            },
+            &|| gone.is_closed(),
+        )
+    });
+    if !run.stream {
+        let collect = async {
+            let mut result = CodeResult::default();
+            while let Some(e) = rx.recv().await {
+                result.add(e);
+            }
+            result
+        };
+        let r = match tokio::time::timeout_at(deadline, async { (collect.await, task.await) }).await
+        {
+            Ok((result, Ok(Ok(())))) => Ok(result),
+            Ok((_, Ok(Err(f)))) => Err(ApiFailure::from(f)),
+            Ok((_, Err(e))) => Err(ApiFailure::internal(format!("worker failed: {e}"))),
+            Err(_) => Err(run_deadline_passed(&app, had)),
+        };
+        audit_result(&app, &key, "sandbox.context.run", Some(&name), &r);
+        return Ok(axum::Json(r?).into_response());
+    }
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let data = |v: serde_json::Value| v.to_string();
+        loop {
+            // A client that went away while the code prints nothing is noticed too.
+            let e = tokio::select! {
+                e = rx.recv() => e,
+                () = out_tx.closed() => return,
+            };
+            let Some(e) = e else { break };
+            let event = match e {
+                ContextEvent::Stdout { text } => Event::default()
+                    .event("stdout")
+                    .data(data(serde_json::json!({ "data": text }))),
+                ContextEvent::Stderr { text } => Event::default()
+                    .event("stderr")
+                    .data(data(serde_json::json!({ "data": text }))),
+                ContextEvent::Result(r) => Event::default()
+                    .event("result")
+                    .data(serde_json::to_string(&r).expect("serializes")),
+                ContextEvent::Error(e) => Event::default()
+                    .event("error")
+                    .data(serde_json::to_string(&e).expect("serializes")),
+                ContextEvent::Done {
+                    execution_count,
+                    timed_out,
+                    output_truncated,
+                } => Event::default().event("done").data(data(serde_json::json!({
+                    "execution_count": execution_count,
+                    "timed_out": timed_out,
+                    "output_truncated": output_truncated,
+                }))),
+            };
+            // The client went away: dropping `rx` tells the call, which interrupts
+            // the cell.
+            if out_tx.send(event).await.is_err() {
+                return;
+            }
+        }
+        let r = match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(f))) => Err(ApiFailure::from(f)),
+            Ok(Err(e)) => Err(ApiFailure::internal(format!("worker failed: {e}"))),
+            Err(_) => Err(run_deadline_passed(&app, had)),
+        };
+        audit_result(&app, &key, "sandbox.context.run", Some(&name), &r);
+        if let Err(f) = r {
+            let _ = out_tx
+                .send(
+                    Event::default()
+                        .event("error")
+                        .data(serde_json::json!({ "error": f.message }).to_string()),
+                )
+                .await;
+        }
+    });
+    let events = futures_util::stream::unfold(out_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|e| (Ok::<_, std::convert::Infallible>(e), rx))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

@@ -121,13 +121,18 @@ impl App {
             .map(|k| (k[4..16].to_string(), blake3::hash(k.as_bytes())))
             .collect();
         let engine = phantom_engine::EngineClient::at(config.engine_socket.clone());
+        let contexts = contexts::Contexts::default();
         let mcp = config.mcp_max_output.map(|max_output| {
-            Arc::new(phantom_mcp::engine::Engine::new(
-                phantom_mcp::Mode::Zygote,
-                engine.clone(),
-                phantom_mcp::engine::Acting::PerRequest,
-                max_output,
-            ))
+            Arc::new(
+                phantom_mcp::engine::Engine::new(
+                    phantom_mcp::Mode::Zygote,
+                    engine.clone(),
+                    phantom_mcp::engine::Acting::PerRequest,
+                    max_output,
+                )
+                // A key's contexts are the same over /api/v2 and /mcp/v1/.
+                .with_contexts(contexts.all.clone()),
+            )
         });
         Arc::new(App {
             file_keys,
@@ -136,7 +141,7 @@ impl App {
             mcp_stop: Default::default(),
             e2b: e2b::E2b::new(state_dir.clone()),
             e2b_processes: Default::default(),
-            contexts: Default::default(),
+            contexts,
             config,
             key_cache: Mutex::new(Default::default()),
             audit: audit::AuditLog::start(state_dir.clone()),
@@ -170,6 +175,22 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/sandboxes/{name}/processes/{pid}",
             axum::routing::delete(handlers::kill_process),
+        )
+        .route(
+            "/sandboxes/{name}/contexts",
+            post(handlers::create_context).get(handlers::list_contexts),
+        )
+        .route(
+            "/sandboxes/{name}/contexts/{id}",
+            axum::routing::delete(handlers::delete_context),
+        )
+        .route(
+            "/sandboxes/{name}/contexts/{id}/restart",
+            post(handlers::restart_context),
+        )
+        .route(
+            "/sandboxes/{name}/contexts/{id}/run",
+            post(handlers::run_context),
         )
         .route("/sandboxes/{name}/files", get(handlers::list_files))
         .route(

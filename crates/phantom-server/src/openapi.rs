@@ -17,6 +17,8 @@ fn schemas() -> Map<String, Value> {
     gen.subschema_for::<CreateRequest>();
     gen.subschema_for::<ExecBody>();
     gen.subschema_for::<ApiSnapshotRequest>();
+    gen.subschema_for::<phantom_api::context::NewContext>();
+    gen.subschema_for::<phantom_api::context::ContextRun>();
     let mut all = gen.take_definitions(true);
     // Bodies refuse unknown fields (phantom_api::strict): said so in their schemas.
     for name in [
@@ -24,6 +26,8 @@ fn schemas() -> Map<String, Value> {
         "CreateRequest",
         "ExecBody",
         "ApiSnapshotRequest",
+        "NewContext",
+        "ContextRun",
     ] {
         if let Some(Value::Object(schema)) = all.get_mut(name) {
             schema.insert("additionalProperties".into(), Value::Bool(false));
@@ -42,6 +46,8 @@ fn schemas() -> Map<String, Value> {
     gen.subschema_for::<phantom_api::ProcessInfo>();
     gen.subschema_for::<phantom_api::Spawned>();
     gen.subschema_for::<phantom_api::choice::ProcessSignal>();
+    gen.subschema_for::<phantom_api::context::ContextInfo>();
+    gen.subschema_for::<phantom_api::context::CodeResult>();
     all.extend(gen.take_definitions(true));
     all
 }
@@ -210,6 +216,94 @@ pub fn document() -> Value {
     paths.insert(
         "/api/v2/sandboxes/{name}/processes/{pid}".into(),
         json!({ "delete": kill }),
+    );
+
+    let context_param = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1 } });
+    let mut ctx_new = vec![ok(
+        "201",
+        "The context, its interpreter ready",
+        r("ContextInfo"),
+    )];
+    ctx_new.extend(errors(&[
+        ("404", "No such sandbox"),
+        (
+            "409",
+            "The sandbox holds its most code contexts: delete one",
+        ),
+        ("413", "Body too large"),
+        ("500", "The interpreter could not start"),
+    ]));
+    let mut ctx_create = op(
+        "Start a code context (a long-lived interpreter) in a sandbox",
+        Some(
+            json!({ "required": false, "content": { "application/json": { "schema": r("NewContext") } } }),
+        ),
+        ctx_new,
+    );
+    ctx_create["parameters"] = json!([name_param()]);
+    let mut ctx_list_r = vec![ok(
+        "200",
+        "This key's contexts of the sandbox",
+        json!({ "type": "array", "items": r("ContextInfo") }),
+    )];
+    ctx_list_r.extend(errors(&[("404", "No such sandbox")]));
+    let mut ctx_list = op("List a sandbox's code contexts", None, ctx_list_r);
+    ctx_list["parameters"] = json!([name_param()]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}/contexts".into(),
+        json!({ "post": ctx_create, "get": ctx_list }),
+    );
+    let mut ctx_del_r = vec![(
+        "204".to_string(),
+        json!({ "description": "Stopped and forgotten" }),
+    )];
+    ctx_del_r.extend(errors(&[("404", "No such sandbox or context")]));
+    let mut ctx_del = op("Stop a code context", None, ctx_del_r);
+    ctx_del["parameters"] = json!([name_param(), context_param.clone()]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}/contexts/{id}".into(),
+        json!({ "delete": ctx_del }),
+    );
+    let mut ctx_restart_r = vec![(
+        "204".to_string(),
+        json!({ "description": "A fresh interpreter under the same id" }),
+    )];
+    ctx_restart_r.extend(errors(&[
+        ("404", "No such sandbox or context"),
+        ("500", "The interpreter could not start"),
+    ]));
+    let mut ctx_restart = op(
+        "Restart a code context (its state is gone)",
+        None,
+        ctx_restart_r,
+    );
+    ctx_restart["parameters"] = json!([name_param(), context_param.clone()]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}/contexts/{id}/restart".into(),
+        json!({ "post": ctx_restart }),
+    );
+    let mut ctx_run_r: Vec<(String, Value)> = vec![(
+        "200".into(),
+        json!({ "description": "The call's result (an exception is a normal result); with `stream`, Server-Sent Events: stdout, stderr, result, error, done", "content": {
+            "application/json": { "schema": r("CodeResult") },
+            "text/event-stream": { "schema": { "type": "string" } }
+        } }),
+    )];
+    ctx_run_r.extend(errors(&[
+        ("404", "No such sandbox or context"),
+        ("409", "The context's interpreter ended: restart it"),
+        ("413", "Body too large"),
+        ("503", "The context runs another call (Retry-After)"),
+    ]));
+    let mut ctx_run = op(
+        "Run code in a code context",
+        Some(body("ContextRun")),
+        ctx_run_r,
+    );
+    ctx_run["parameters"] = json!([name_param(), context_param]);
+    paths.insert(
+        "/api/v2/sandboxes/{name}/contexts/{id}/run".into(),
+        json!({ "post": ctx_run }),
     );
 
     let mut files_r = vec![ok(

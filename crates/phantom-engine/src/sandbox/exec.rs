@@ -245,6 +245,9 @@ pub(crate) fn join(
                             let _ = channel::send(report_child.as_fd(), &report, &[]);
                             process::exit_now(0)
                         }
+                        Err(e) if e.source.raw_os_error() == Some(libc::EAGAIN) => {
+                            fail(PIDS_FULL.to_string())
+                        }
                         Err(e) => fail(e.to_string()),
                     }
                 }
@@ -260,6 +263,11 @@ pub(crate) fn join(
                     }
                     let _ = channel::send(report_child.as_fd(), &Report::Child { pid }, &[]);
                     process::exit_now(0)
+                }
+                // The sandbox's pids cgroup is full: the caller's to resolve, not a
+                // failure of the host.
+                Err(e) if e.source.raw_os_error() == Some(libc::EAGAIN) => {
+                    fail(PIDS_FULL.to_string())
                 }
                 Err(e) => fail(e.to_string()),
             }
@@ -283,7 +291,7 @@ pub(crate) fn join(
                 chan: chan_parent,
             }))
         }
-        Ok((Report::Failed { message }, _)) => Err(EngineError::Setup(message)),
+        Ok((Report::Failed { message }, _)) => Err(helper_failed(message)),
         Ok((other, _)) => Err(EngineError::Setup(
             channel::ChannelError::UnexpectedMessage {
                 peer: "exec helper",
@@ -301,6 +309,22 @@ pub(crate) fn join(
 
 /// A background command's start: the helper reports the intermediate process (our
 /// child, reaped here), which reports the payload's pid inside the sandbox.
+/// What the helper reports when the sandbox's pids limit refuses the command's
+/// process (clone3 EAGAIN).
+const PIDS_FULL: &str = "the sandbox is at its pids limit: no new process fits";
+
+/// The helper's failure: a full pids limit is the caller's to resolve (409), anything
+/// else a setup failure.
+fn helper_failed(message: String) -> EngineError {
+    if message == PIDS_FULL {
+        return EngineError::Request(phantom_api::engine::Failure::new(
+            phantom_api::engine::FailureKind::Conflict,
+            format!("{PIDS_FULL}: end some of its processes (GET .../processes, kill_process) or create it with a higher `pids`"),
+        ));
+    }
+    EngineError::Setup(message)
+}
+
 fn background_report(
     first: Result<(Report, Vec<OwnedFd>), channel::ChannelError>,
     report: std::os::fd::BorrowedFd<'_>,
@@ -339,7 +363,7 @@ fn background_report(
     }
     match (inside, failure) {
         (Some(inside), _) => Ok(inside),
-        (None, Some(message)) => Err(EngineError::Setup(message)),
+        (None, Some(message)) => Err(helper_failed(message)),
         (None, None) => Err(EngineError::Setup(
             "the background command could not be started in the sandbox".into(),
         )),

@@ -61,7 +61,8 @@ async def run_checks(client, label, marker):
     check(f"{label}: tools/list", names == sorted([
         "get_metrics", "list_profiles", "run_code", "run_command", "create_sandbox", "exec_in_sandbox",
         "write_file", "read_file", "list_files", "destroy_sandbox", "list_sandboxes", "snapshot_sandbox",
-        "list_processes", "kill_process", "start_process"]), names)
+        "list_processes", "kill_process", "start_process",
+        "create_context", "list_contexts", "restart_context", "delete_context"]), names)
     check(f"{label}: every tool has input and output schemas",
           all(t.input_schema.get("type") == "object" and (t.output_schema or {}).get("type") == "object" for t in tools))
 
@@ -165,6 +166,19 @@ async def sandbox_checks(client, label, marker):
     check(f"{label}: a second create of the name is refused", r.is_error and "exists already" in text_of(r), text_of(r))
     r = await client.call_tool("write_file", {"name": name, "path": "src/app.py", "content": "print('persisted')\n"})
     check(f"{label}: write_file", not r.is_error and structured(r)["bytes"] == 19, text_of(r))
+    # A code context: state between run_code calls in the sandbox (the SDK checks the
+    # structured result against run_code's output schema).
+    r = await client.call_tool("create_context", {"sandbox": name})
+    sc = structured(r)
+    check(f"{label}: create_context", not r.is_error and sc and sc["language"] == "python", text_of(r))
+    ctx = sc["id"] if sc else ""
+    r = await client.call_tool("run_code", {"language": "python", "code": "x = 1", "sandbox": name, "context": ctx})
+    r = await client.call_tool("run_code", {"language": "python", "code": "x + 1", "sandbox": name, "context": ctx})
+    sc = structured(r)
+    check(f"{label}: run_code in a context keeps state", not r.is_error and sc and
+          [x.get("text") for x in sc["results"] if x.get("is_main_result")] == ["2"], text_of(r))
+    r = await client.call_tool("delete_context", {"sandbox": name, "context": ctx})
+    check(f"{label}: delete_context", not r.is_error, text_of(r))
     r = await client.call_tool("exec_in_sandbox", {"name": name, "argv": ["python3", "src/app.py"]})
     sc = structured(r)
     check(f"{label}: exec_in_sandbox runs the written file", not r.is_error and sc["stdout"] == "persisted\n", sc)

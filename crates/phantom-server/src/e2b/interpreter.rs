@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, State};
@@ -14,12 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use phantom_api::access::Principal;
+use phantom_api::context::{ContextEvent, ContextInfo, ContextLanguage};
+use phantom_api::engine::Failure;
+use phantom_engine::contexts::{CodeContext, ContextSpec};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::registry::Record;
 use super::SandboxId;
-use crate::contexts::{self, ContextError, Event};
 use crate::App;
 
 /// The code interpreter's port (the SDKs send it in `E2b-Sandbox-Port`).
@@ -28,6 +31,9 @@ pub const PORT: u16 = 49999;
 const DEFAULT_CONTEXT: &str = "default-python";
 /// The most stdout and stderr one execution returns.
 const MAX_OUTPUT: u64 = 16 << 20;
+/// The longest one execution runs (the SDK's own `timeout` is a client-side one: it
+/// closes the stream, which interrupts the cell).
+const LONGEST_EXECUTION: Duration = Duration::from_secs(3600);
 
 pub fn router() -> Router<Arc<App>> {
     Router::new()
@@ -48,8 +54,8 @@ fn error(status: u16, message: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn from_context_error(e: ContextError) -> Response {
-    error(e.status, e.message)
+fn from_failure(f: Failure) -> Response {
+    error(f.kind.http_status(), f.message)
 }
 
 async fn sandbox(
@@ -73,8 +79,9 @@ fn base_env(record: &Record) -> BTreeMap<String, String> {
     env
 }
 
-fn context_json(c: &contexts::Context) -> Value {
-    json!({ "id": c.id, "language": c.language, "cwd": c.cwd })
+/// E2B's context: its id, language and working directory.
+fn context_json(c: &ContextInfo) -> Value {
+    json!({ "id": c.id, "language": c.language.as_str(), "cwd": c.cwd })
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,33 +92,45 @@ struct NewContext {
     cwd: Option<String>,
 }
 
-fn language(asked: Option<&str>) -> String {
+/// The language asked for, or the refusal (400).
+fn language(asked: Option<&str>) -> Result<ContextLanguage, String> {
     match asked.unwrap_or("python") {
-        "" | "python" | "python3" => "python".into(),
-        other => other.to_string(),
+        "" | "python" | "python3" => Ok(ContextLanguage::Python),
+        other => Err(format!(
+            "language {other:?}: this server's contexts run python (javascript is not served yet)"
+        )),
     }
 }
 
+/// Start a context in the E2B sandbox `record` (blocking work off the async threads).
 async fn start(
     app: &Arc<App>,
     record: &Record,
     principal: Principal,
-    id: String,
-    language: String,
-    cwd: String,
-) -> Result<Arc<contexts::Context>, ContextError> {
-    contexts::start(
-        app,
-        principal,
-        contexts::Spec {
-            id,
-            sandbox: record.id.clone(),
-            language,
-            cwd,
-            env: base_env(record),
-        },
-    )
-    .await
+    spec: ContextSpec,
+) -> Result<Arc<CodeContext>, Failure> {
+    let (contexts, client, sandbox) = (
+        app.contexts.all.clone(),
+        app.engine.clone(),
+        record.id.clone(),
+    );
+    tokio::task::spawn_blocking(move || contexts.start(&client, principal, &sandbox, spec))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                phantom_api::engine::FailureKind::Failed,
+                format!("worker failed: {e}"),
+            )
+        })?
+}
+
+fn spec(record: &Record, id: String, language: ContextLanguage, cwd: String) -> ContextSpec {
+    ContextSpec {
+        id,
+        language,
+        cwd,
+        env: base_env(record),
+    }
 }
 
 async fn create(
@@ -129,19 +148,15 @@ async fn create(
         Ok(n) => n,
         Err(e) => return error(400, format!("the context: {e}")),
     };
+    let lang = match language(new.language.as_deref()) {
+        Ok(l) => l,
+        Err(why) => return error(400, why),
+    };
     let cwd = new.cwd.unwrap_or_else(|| super::envd::HOME.to_string());
-    match start(
-        &app,
-        &record,
-        principal,
-        contexts::new_id(),
-        language(new.language.as_deref()),
-        cwd,
-    )
-    .await
-    {
-        Ok(c) => axum::Json(context_json(&c)).into_response(),
-        Err(e) => from_context_error(e),
+    let spec = spec(&record, phantom_engine::contexts::new_id(), lang, cwd);
+    match start(&app, &record, principal, spec).await {
+        Ok(c) => axum::Json(context_json(&c.info())).into_response(),
+        Err(f) => from_failure(f),
     }
 }
 
@@ -150,15 +165,16 @@ async fn list(
     Extension(id): Extension<SandboxId>,
     headers: HeaderMap,
 ) -> Response {
-    let (record, _) = match sandbox(&app, &id, &headers).await {
+    let (record, principal) = match sandbox(&app, &id, &headers).await {
         Ok(found) => found,
         Err(r) => return r,
     };
     let all: Vec<Value> = app
         .contexts
-        .list(&record.id)
+        .all
+        .list(&principal.owner, &record.id)
         .iter()
-        .map(|c| context_json(c))
+        .map(|c| context_json(&c.info()))
         .collect();
     axum::Json(all).into_response()
 }
@@ -169,13 +185,17 @@ async fn remove(
     Path(context): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let (record, _) = match sandbox(&app, &id, &headers).await {
+    let (record, principal) = match sandbox(&app, &id, &headers).await {
         Ok(found) => found,
         Err(r) => return r,
     };
-    match app.contexts.remove(&record.id, &context) {
-        Some(_) => StatusCode::NO_CONTENT.into_response(),
-        None => error(404, format!("context {context} not found")),
+    match app
+        .contexts
+        .all
+        .remove(&principal.owner, &record.id, &context)
+    {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(f) => from_failure(f),
     }
 }
 
@@ -189,14 +209,19 @@ async fn restart(
         Ok(found) => found,
         Err(r) => return r,
     };
-    let Some(old) = app.contexts.remove(&record.id, &context) else {
-        return error(404, format!("context {context} not found"));
-    };
-    let (language, cwd) = (old.language.clone(), old.cwd.clone());
-    drop(old);
-    match start(&app, &record, principal, context, language, cwd).await {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => from_context_error(e),
+    let (contexts, client, sandbox) = (
+        app.contexts.all.clone(),
+        app.engine.clone(),
+        record.id.clone(),
+    );
+    let restarted = tokio::task::spawn_blocking(move || {
+        contexts.restart(&client, principal, &sandbox, &context)
+    })
+    .await;
+    match restarted {
+        Ok(Ok(_)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(f)) => from_failure(f),
+        Err(e) => error(500, format!("worker failed: {e}")),
     }
 }
 
@@ -223,21 +248,25 @@ fn timestamp() -> String {
 }
 
 /// One NDJSON line of E2B's execution stream.
-fn line(event: &Event) -> Bytes {
+fn line(event: &ContextEvent) -> Bytes {
     let v = match event {
-        Event::Stdout(text) => json!({"type": "stdout", "text": text, "timestamp": timestamp()}),
-        Event::Stderr(text) => json!({"type": "stderr", "text": text, "timestamp": timestamp()}),
-        Event::Result(formats) => {
-            let mut v = Value::Object(formats.clone());
+        ContextEvent::Stdout { text } => {
+            json!({"type": "stdout", "text": text, "timestamp": timestamp()})
+        }
+        ContextEvent::Stderr { text } => {
+            json!({"type": "stderr", "text": text, "timestamp": timestamp()})
+        }
+        ContextEvent::Result(formats) => {
+            let mut v = serde_json::to_value(formats).unwrap_or_default();
             v["type"] = json!("result");
             v
         }
-        Event::Error {
-            name,
-            value,
-            traceback,
-        } => json!({"type": "error", "name": name, "value": value, "traceback": traceback}),
-        Event::Done { execution_count } => {
+        ContextEvent::Error(e) => {
+            json!({"type": "error", "name": e.name, "value": e.value, "traceback": e.traceback})
+        }
+        ContextEvent::Done {
+            execution_count, ..
+        } => {
             json!({"type": "number_of_executions", "execution_count": execution_count})
         }
     };
@@ -262,41 +291,49 @@ async fn execute(
         return error(400, "give context_id or language, not both");
     }
     let context = match &request.context_id {
-        Some(cid) => match app.contexts.get(&record.id, cid) {
-            Some(c) => c,
-            None => return error(404, format!("context {cid} not found")),
+        Some(cid) => match app.contexts.all.get(&principal.owner, &record.id, cid) {
+            Ok(c) => c,
+            Err(f) => return from_failure(f),
         },
         None => {
-            let lang = language(request.language.as_deref());
-            if lang != "python" {
-                return error(
-                    400,
-                    format!("language {lang:?}: this server's contexts run python (javascript is not served yet)"),
-                );
-            }
-            match app.contexts.get(&record.id, DEFAULT_CONTEXT) {
-                Some(c) => c,
-                None => match start(
-                    &app,
-                    &record,
-                    principal,
-                    DEFAULT_CONTEXT.into(),
-                    lang,
-                    super::envd::HOME.into(),
-                )
-                .await
-                {
-                    Ok(c) => c,
-                    Err(e) => return from_context_error(e),
-                },
+            let lang = match language(request.language.as_deref()) {
+                Ok(l) => l,
+                Err(why) => return error(400, why),
+            };
+            match app
+                .contexts
+                .all
+                .get(&principal.owner, &record.id, DEFAULT_CONTEXT)
+            {
+                Ok(c) => c,
+                Err(_) => {
+                    let spec = spec(
+                        &record,
+                        DEFAULT_CONTEXT.into(),
+                        lang,
+                        super::envd::HOME.into(),
+                    );
+                    match start(&app, &record, principal, spec).await {
+                        Ok(c) => c,
+                        Err(f) => return from_failure(f),
+                    }
+                }
             }
         }
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<ContextEvent>(64);
     let env = request.env_vars.unwrap_or_default();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Option<ContextError>>();
-    tokio::spawn(async move {
-        let result = contexts::execute(context, request.code, env, MAX_OUTPUT, tx).await;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Option<Failure>>();
+    tokio::task::spawn_blocking(move || {
+        let gone = tx.clone();
+        let result = context.execute(
+            &request.code,
+            &env,
+            LONGEST_EXECUTION,
+            MAX_OUTPUT,
+            &mut |e| tx.blocking_send(e).is_ok(),
+            &|| gone.is_closed(),
+        );
         let _ = done_tx.send(result.err());
     });
     // The response body owns the receiver: a client that goes away drops it, and
