@@ -163,7 +163,10 @@ fn keys_are_required_checked_rate_limited_and_audited() {
     );
     assert_eq!(
         (r.status, r.json()["error"].as_str().unwrap()),
-        (401, "malformed API key (expected phk_<id>_<secret> or e2b_<40 hex>)")
+        (
+            401,
+            "malformed API key (expected phk_<id>_<secret> or e2b_<40 hex>)"
+        )
     );
     let key = server.key("limited", &["--rate", "2", "--burst", "2"]);
     let mut wrong = key.clone();
