@@ -272,6 +272,12 @@ struct TimeoutBody {
     timeout: u64,
 }
 
+/// connect's and resume's bodies: a timeout, E2B's default when absent.
+#[derive(Debug, Deserialize)]
+struct OptionalTimeout {
+    timeout: Option<u64>,
+}
+
 /// A JSON body, or 400 naming what is wrong.
 fn body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
@@ -768,12 +774,8 @@ async fn connect_sandbox(
     Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> E2bResult<Response> {
-    #[derive(Deserialize)]
-    struct ConnectBody {
-        timeout: Option<u64>,
-    }
     let (key_id, principal) = caller(&app, &headers, &peer, "e2b.connect", Some(&id)).await?;
-    let ConnectBody { timeout } = body(raw, "the connect body")?;
+    let OptionalTimeout { timeout } = body(raw, "the connect body")?;
     let timeout = timeout_of(timeout)?;
     let record = owned(&app, &principal, &key_id, &id).await?;
     // A paused sandbox is resumed: 201, as E2B answers then.
@@ -869,12 +871,8 @@ async fn resume(
     Path(id): Path<String>,
     raw: Result<Bytes, BytesRejection>,
 ) -> E2bResult<Response> {
-    #[derive(Deserialize)]
-    struct ResumeBody {
-        timeout: Option<u64>,
-    }
     let (key_id, principal) = caller(&app, &headers, &peer, "e2b.resume", Some(&id)).await?;
-    let ResumeBody { timeout } = body(raw, "the resume body")?;
+    let OptionalTimeout { timeout } = body(raw, "the resume body")?;
     let timeout = timeout_of(timeout)?;
     let record = owned(&app, &principal, &key_id, &id).await?;
     if !record.paused {
