@@ -56,6 +56,28 @@ def descendants(pid):
     return out
 
 
+def sandbox_pids(server_pid):
+    """The supervisor and its descendants, every process in a phantom cgroup (the
+    sandboxes' processes, interpreters included) and the sandboxes' keepers."""
+    pids = set(descendants(server_pid))
+    for root, _dirs, files in os.walk("/sys/fs/cgroup"):
+        if "/phantom" in root and "cgroup.procs" in files:
+            try:
+                with open(os.path.join(root, "cgroup.procs")) as f:
+                    pids.update(int(x) for x in f.read().split())
+            except OSError:
+                pass
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip().startswith("phantom:keeper"):
+                        pids.add(int(entry))
+            except OSError:
+                pass
+    return sorted(pids)
+
+
 def pss_kb(pids):
     total = 0
     for p in pids:
@@ -143,7 +165,7 @@ def main():
         print("\n2. run_code in an existing context")
         row('run_code("x + 1")', code)
 
-        pids_before = descendants(server.pid)
+        pids_before = sandbox_pids(server.pid)
         before = pss_kb(pids_before)
         live = []
         t = time.perf_counter()
@@ -154,7 +176,7 @@ def main():
             if (i + 1) % 50 == 0:
                 print(f"   {i + 1} sandboxes with a context ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
         time.sleep(2)
-        pids = descendants(server.pid)
+        pids = sandbox_pids(server.pid)
         after = pss_kb(pids)
         per = (after - before) / args.sandboxes / 1024
         print(f"\n3. {args.sandboxes} live sandboxes, each with an idle Python context")
