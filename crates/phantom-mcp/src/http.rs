@@ -60,8 +60,9 @@ pub fn service(
     )
 }
 
-/// Equal without an early exit on the first differing byte.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+/// Equal without an early exit on the first differing byte (API keys here, the E2B
+/// surface's access tokens).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

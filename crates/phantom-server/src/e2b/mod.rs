@@ -41,6 +41,7 @@ use serde_json::{json, Value};
 
 use crate::handlers::{self, ApiFailure, Peer};
 use crate::App;
+use phantom_state::now_s;
 use registry::{Record, Registry};
 
 /// envd's port (the SDKs send it in `E2b-Sandbox-Port`).
@@ -303,13 +304,6 @@ async fn caller(
 ) -> E2bResult<(String, Principal)> {
     let key = handlers::authenticate(app, headers, peer, action, target).await?;
     Ok((key.id.clone(), handlers::principal(&key)))
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// RFC 3339 (UTC, seconds), as E2B's `date-time` fields.

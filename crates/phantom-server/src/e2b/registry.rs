@@ -173,8 +173,7 @@ pub fn new_token() -> String {
 
 /// Whether a presented token is `expected`, compared without an early exit.
 pub fn same_token(presented: &str, expected: &str) -> bool {
-    let (a, b) = (presented.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    phantom_mcp::http::same_secret(presented.as_bytes(), expected.as_bytes())
 }
 
 #[cfg(test)]
