@@ -28,6 +28,10 @@ pub enum Owner {
     Local,
     /// An API key, by its id (`phantom keys list`).
     Key(String),
+    /// Nobody yet: a persistent sandbox the engine built ahead of demand
+    /// (`phantom-supervisor --persistent-pool`), which a create of the same plan
+    /// adopts; then it is the creator's. No request ever acts for this owner.
+    Spare,
 }
 
 impl Owner {
@@ -36,6 +40,7 @@ impl Owner {
         match self {
             Owner::Local => "local".into(),
             Owner::Key(id) => format!("key:{id}"),
+            Owner::Spare => "spare".into(),
         }
     }
 
@@ -43,6 +48,7 @@ impl Owner {
     pub fn parse(text: &str) -> Option<Owner> {
         match text {
             "local" => Some(Owner::Local),
+            "spare" => Some(Owner::Spare),
             _ => text
                 .strip_prefix("key:")
                 .filter(|id| !id.is_empty())
@@ -67,7 +73,9 @@ impl<'de> Deserialize<'de> for Owner {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         Owner::parse(&text).ok_or_else(|| {
-            serde::de::Error::custom(format!("owner `{text}`: expected `local` or `key:<id>`"))
+            serde::de::Error::custom(format!(
+                "owner `{text}`: expected `local`, `key:<id>` or `spare`"
+            ))
         })
     }
 }
@@ -80,8 +88,8 @@ impl JsonSchema for Owner {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "pattern": "^(local|key:.+)$",
-            "description": "`local` (the engine's own user) or `key:<id>` (an API key)."
+            "pattern": "^(local|key:.+|spare)$",
+            "description": "`local` (the engine's own user), `key:<id>` (an API key) or `spare` (a sandbox built ahead of demand, nobody's yet)."
         })
     }
 }

@@ -109,6 +109,10 @@ pub fn main(
         Ok(p) => p,
         Err(e) => return fail(e),
     };
+    let spares = match args.spares() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
     let thresholds = (args.psi_aware && args.psi_source.is_none()).then_some(
         phantom_engine::pressure::Thresholds {
             cpu: args.psi_cpu,
@@ -119,6 +123,7 @@ pub fn main(
         match phantom_engine::server::EngineProcess::start(phantom_engine::server::Config {
             name: "phantom-supervisor",
             pools,
+            spares,
             thresholds,
             socket: socket.clone(),
             precompile: args.precompile(),

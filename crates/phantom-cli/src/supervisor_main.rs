@@ -105,6 +105,18 @@ pub(crate) struct Args {
     /// NAME --e2b`. With or without --bind.
     #[arg(long, value_name = "ADDR")]
     pub(crate) e2b_bind: Option<std::net::SocketAddr>,
+    /// Keep spare persistent sandboxes of this built-in profile, so that creating one
+    /// (`phantom create`, POST /api/v2/sandboxes, E2B's `Sandbox.create()`) takes a
+    /// spare instead of starting a sandbox: the spare, which never ran anything,
+    /// changes owner and name. Only a create of the same plan takes one (no image,
+    /// policy file, snapshot or limits of its own). Repeatable. Default with
+    /// --e2b-bind: `e2b`; `none` keeps no spares. Spares are on top of
+    /// --max-sandboxes; they are destroyed when the supervisor stops.
+    #[arg(long = "persistent-pool", value_name = "PROFILE")]
+    pub(crate) persistent_pool: Vec<String>,
+    /// Spares kept per --persistent-pool (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub(crate) persistent_pool_size: usize,
     /// With --bind: sandboxes at once (runs, execs and persistent sandboxes).
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub(crate) max_sandboxes: usize,
@@ -201,6 +213,40 @@ impl Args {
     /// `--profile-compilation aot`: the engine compiles built-in plans at start.
     pub(crate) fn precompile(&self) -> bool {
         self.profile_compilation == ProfileCompilation::Aot
+    }
+
+    /// The spare persistent sandboxes these flags ask for.
+    pub(crate) fn spares(&self) -> Result<Vec<server::SpareSpec>, String> {
+        if !(1..=64).contains(&self.persistent_pool_size) {
+            return Err(format!(
+                "--persistent-pool-size {}: must be 1 to 64",
+                self.persistent_pool_size
+            ));
+        }
+        let mut profiles = self.persistent_pool.clone();
+        if profiles.iter().any(|p| p == "none") {
+            if profiles.len() > 1 {
+                return Err(
+                    "--persistent-pool none: keeps no spares; name no profile with it".into(),
+                );
+            }
+            profiles.clear();
+        } else if profiles.is_empty() && self.e2b_bind.is_some() {
+            profiles.push("e2b".into());
+        }
+        profiles.dedup();
+        profiles
+            .into_iter()
+            .map(|profile| match phantom_policy::load_builtin(&profile) {
+                Ok(_) => Ok(server::SpareSpec {
+                    profile,
+                    size: self.persistent_pool_size,
+                }),
+                Err(_) => Err(format!(
+                    "--persistent-pool {profile}: not a built-in profile (see `phantom profile list`)"
+                )),
+            })
+            .collect()
     }
 
     /// The pools these flags ask for (the same for the engine alone and with --bind).
@@ -322,9 +368,17 @@ fn main() {
         eprintln!("phantom-supervisor: error: --psi-aware: this kernel has no /proc/pressure (boot with psi=1)");
         std::process::exit(2);
     }
+    let spares = match args.spares() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("phantom-supervisor: error: {e}");
+            std::process::exit(2);
+        }
+    };
     let config = server::Config {
         name: "phantom-supervisor",
         pools,
+        spares,
         thresholds: args.psi_aware.then_some(pressure::Thresholds {
             cpu: args.psi_cpu,
             memory: args.psi_memory,

@@ -207,6 +207,7 @@ fn start_engine(
     let engine = EngineProcess::start(server::Config {
         name: "phantom-mcp",
         pools,
+        spares: Vec::new(),
         thresholds: None,
         socket: scratch.join("engine.sock"),
         precompile: false,

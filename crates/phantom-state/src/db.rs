@@ -307,6 +307,49 @@ impl State {
         }
     }
 
+    /// Give the running spare sandbox `id` (owner [`Owner::Spare`]) to `owner` as
+    /// `name`, as if `request` had made it now: its lifetime and idle clocks start
+    /// over. False when it is no longer a running spare (retired, destroyed, or
+    /// adopted already); a name `owner` uses already is [`StateError::NameTaken`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn adopt(
+        &self,
+        id: &str,
+        owner: &Owner,
+        name: &str,
+        request: &CreateRequest,
+        now: u64,
+        idle_timeout_s: u64,
+        max_lifetime_s: u64,
+    ) -> Result<bool, StateError> {
+        let request = serde_json::to_string(request).expect("a CreateRequest serializes");
+        let updated = self.conn.execute(
+            "UPDATE sandboxes SET owner = ?2, name = ?3, request = ?4, created = ?5,
+                 last_used = ?5, idle_timeout_s = ?6, max_lifetime_s = ?7
+             WHERE id = ?1 AND owner = ?8 AND status = ?9",
+            params![
+                id,
+                owner.as_string(),
+                name,
+                request,
+                now as i64,
+                idle_timeout_s as i64,
+                max_lifetime_s as i64,
+                Owner::Spare.as_string(),
+                SandboxStatus::Running.as_str(),
+            ],
+        );
+        match updated {
+            Ok(n) => Ok(n == 1),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StateError::NameTaken(name.to_string()))
+            }
+            Err(e) => Err(db_error("give the spare sandbox to its owner")(e)),
+        }
+    }
+
     /// The keeper started the init: record both processes and mark it running.
     pub fn set_running(
         &self,
@@ -741,6 +784,61 @@ mod tests {
             .unwrap();
         let r = state.get(&Owner::Local, "box").unwrap().unwrap();
         assert_eq!(r.status, SandboxStatus::Destroying);
+    }
+
+    #[test]
+    fn only_a_running_spare_is_adopted_and_a_taken_name_leaves_it_a_spare() {
+        let scratch = Scratch::new("state-adopt");
+        let state = State::open(&scratch.0).unwrap();
+        let key = Owner::Key("k1".into());
+        let asked = CreateRequest {
+            name: "mine".into(),
+            ..CreateRequest::default()
+        };
+        state
+            .insert(&record_of(Owner::Spare, "spare-1-1", "s1"))
+            .unwrap();
+        // Still starting: not adoptable.
+        assert!(!state
+            .adopt("s1", &key, "mine", &asked, 5000, 60, 600)
+            .unwrap());
+        state
+            .set_running("s1", (1, 1), (1, 1), Path::new("/s"))
+            .unwrap();
+        state
+            .insert(&record_of(key.clone(), "taken", "t1"))
+            .unwrap();
+        let e = state
+            .adopt("s1", &key, "taken", &asked, 5000, 60, 600)
+            .unwrap_err();
+        assert!(
+            matches!(e, StateError::NameTaken(ref n) if n == "taken"),
+            "{e}"
+        );
+        assert_eq!(state.get_by_id("s1").unwrap().unwrap().owner, Owner::Spare);
+        assert!(state
+            .adopt("s1", &key, "mine", &asked, 5000, 60, 600)
+            .unwrap());
+        let r = state.get(&key, "mine").unwrap().unwrap();
+        assert_eq!(
+            (
+                r.id.as_str(),
+                r.created,
+                r.last_used,
+                r.idle_timeout_s,
+                r.max_lifetime_s
+            ),
+            ("s1", 5000, 5000, 60, 600)
+        );
+        assert_eq!(r.request.name, "mine");
+        // Once adopted it is no spare: nobody adopts it again.
+        assert!(!state
+            .adopt("s1", &Owner::Local, "other", &asked, 6000, 60, 600)
+            .unwrap());
+        // A record that was never a spare is never adopted.
+        assert!(!state
+            .adopt("t1", &Owner::Local, "t", &asked, 6000, 60, 600)
+            .unwrap());
     }
 
     #[test]

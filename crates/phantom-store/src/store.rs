@@ -671,6 +671,9 @@ pub(crate) fn tag_file(owner: &Owner, tag: &str) -> String {
     match owner {
         Owner::Local => tag.to_string(),
         Owner::Key(id) => format!("~{id}~{tag}"),
+        // Never asked for (a spare runs nobody's requests); `-` keeps it apart from
+        // every key's tags (parse_tag_file takes only alphanumeric ids).
+        Owner::Spare => format!("~-spare-~{tag}"),
     }
 }
 

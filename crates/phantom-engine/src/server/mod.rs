@@ -23,6 +23,7 @@
 mod pool;
 mod run;
 mod sandboxes;
+mod spares;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use phantom_state::State;
 use rustix::event::{poll, PollFd, PollFlags};
 
 pub use pool::{pools_for, PoolSpec, POOL_FLOOR};
+pub use spares::SpareSpec;
 
 pub use crate::pressure;
 
@@ -51,6 +53,8 @@ pub struct Config {
     /// `phantom-mcp`.
     pub name: &'static str,
     pub pools: Vec<PoolSpec>,
+    /// Spare persistent sandboxes to keep for creates (`--persistent-pool`).
+    pub spares: Vec<SpareSpec>,
     /// Pause refills above these PSI thresholds (`--psi-aware`).
     pub thresholds: Option<Thresholds>,
     pub socket: PathBuf,
@@ -121,6 +125,9 @@ pub fn serve(config: Config, pressure: &mut dyn PressureSource) -> Result<(), En
         pools.push(Pool::new(spec)?);
     }
     let mut engine = Engine::new(Pools::new(pools, config.thresholds), false)?;
+    engine.spares = spares::Spares::new(&config.spares);
+    // Spares of an engine that died without destroying them (their keepers live on).
+    engine.destroy_orphan_spares();
     if config.precompile {
         let started = Instant::now();
         let compiled = engine.cache.prefill();
@@ -143,13 +150,19 @@ pub fn serve(config: Config, pressure: &mut dyn PressureSource) -> Result<(), En
         .iter()
         .map(|p| format!("{} x{}", p.name(), p.target))
         .collect();
+    let spare_pools = engine.spares.describe();
     log(format_args!(
-        "engine listening on {} ({})",
+        "engine listening on {} ({}{})",
         config.socket.display(),
         if pools.is_empty() {
             "no warm pools: every run starts cold".into()
         } else {
             format!("pools: {}", pools.join(", "))
+        },
+        if spare_pools.is_empty() {
+            String::new()
+        } else {
+            format!("; persistent pools: {}", spare_pools.join(", "))
         }
     ));
     let result = engine.run(Some(&listener), &sigfd, pressure);
@@ -384,6 +397,7 @@ struct Engine {
     test_resolve: Vec<(String, std::net::SocketAddr)>,
     /// A private engine: done once its connection is served.
     private: bool,
+    spares: spares::Spares,
 }
 
 impl Engine {
@@ -404,6 +418,7 @@ impl Engine {
             state: None,
             test_resolve,
             private,
+            spares: spares::Spares::default(),
         })
     }
 
@@ -426,6 +441,7 @@ impl Engine {
                 return Ok(());
             }
             let wants_refill = self.pools.refill(pressure, self.jobs.len());
+            self.refill_spares();
             let mut fds = vec![PollFd::new(sigfd, PollFlags::IN)];
             let mut events = vec![Event::Signal];
             if let Some(l) = listener {
@@ -952,14 +968,20 @@ impl Engine {
 
     /// Kill and reap every sandbox; tell waiting clients.
     fn shutdown(&mut self) {
-        for job in self.jobs.drain(..) {
+        let mut starting_spares = Vec::new();
+        for job in std::mem::take(&mut self.jobs) {
             match job {
                 Job::Run(j) => j.abort("the engine is shutting down"),
                 Job::Exec(j) => j.abort("the engine is shutting down"),
                 // A keeper being started, or a destroy under way, finishes on its own
                 // (the keeper is detached); the client hears that the engine went.
                 Job::Create(j) => {
-                    reply(&j.client, &Reply::Error(Failure::new(
+                    let Some(client) = &j.client else {
+                        // A spare: it is destroyed below, once its keeper reported.
+                        starting_spares.push(j);
+                        continue;
+                    };
+                    reply(client, &Reply::Error(Failure::new(
                         FailureKind::Unavailable,
                         "the engine is shutting down; the sandbox may still come up (list shows it)",
                     )));
@@ -978,6 +1000,7 @@ impl Engine {
         for pool in &mut self.pools.pools {
             pool.drain();
         }
+        self.destroy_spares(starting_spares);
     }
 }
 

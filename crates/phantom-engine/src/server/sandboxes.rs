@@ -16,7 +16,7 @@ use phantom_api::choice::{ProcessSignal, SandboxStatus, StartKind};
 use phantom_api::engine::{
     CreateCall, Created, ExecCall, Failure, FailureKind, Reply, Request, SandboxUsage, Started,
 };
-use phantom_api::request::{Field, FieldError, Limits};
+use phantom_api::request::{CreateRequest, Field, FieldError, Limits};
 use phantom_api::{SandboxInfo, SandboxMetrics};
 use phantom_linux::cgroup::{Layout, SandboxCgroup};
 use phantom_linux::process::{self, ExitStatus};
@@ -67,7 +67,9 @@ pub(super) struct ExecJob {
 
 /// A sandbox whose keeper is starting it.
 pub(super) struct CreateJob {
-    pub client: OwnedFd,
+    /// Who asked; none for a spare (`spare` then names its pool).
+    pub client: Option<OwnedFd>,
+    pub spare: Option<usize>,
     report: OwnedFd,
     pub deadline: Instant,
     id: String,
@@ -102,7 +104,7 @@ impl<'a> Scope<'a> {
         match (every_owner, &principal.owner) {
             (false, owner) => Ok(Scope::Owner(owner)),
             (true, Owner::Local) => Ok(Scope::Everyone),
-            (true, Owner::Key(_)) => Err(EngineError::Request(Failure::new(
+            (true, Owner::Key(_) | Owner::Spare) => Err(EngineError::Request(Failure::new(
                 FailureKind::Forbidden,
                 "only the local operator reaches every owner's sandboxes",
             ))),
@@ -341,6 +343,55 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
+        // A spare built ahead of demand for the same plan, when there is one: the
+        // create is then a change of owner (the fences are the plan's, checked above
+        // for this principal).
+        if let Some((record, spare_warnings)) =
+            self.adopt_spare(&principal, &request, &prepared, idle, lifetime)?
+        {
+            let mut warnings: Vec<String> = Vec::new();
+            for w in (prepared.warnings.iter().cloned())
+                .chain(unbounded_workspace_warning())
+                .chain(spare_warnings)
+            {
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+            reply(
+                conn,
+                &Reply::Created(Box::new(Created {
+                    info: record.info(),
+                    warnings,
+                })),
+            );
+            return Ok(());
+        }
+        let client = conn
+            .try_clone()
+            .map_err(io("dup", std::path::Path::new("client")))?;
+        self.launch(
+            &principal,
+            request,
+            &prepared,
+            (idle, lifetime),
+            Some(client),
+            None,
+        )
+    }
+
+    /// Record a new sandbox, make its workspace and fork its keeper; the create job
+    /// answers `client` (or, for a spare, fills pool `spare`) when the keeper reports.
+    pub(super) fn launch(
+        &mut self,
+        principal: &Principal,
+        request: CreateRequest,
+        prepared: &prepare::Prepared,
+        (idle, lifetime): (u64, u64),
+        client: Option<OwnedFd>,
+        spare: Option<usize>,
+    ) -> Result<(), EngineError> {
+        let plan = prepared.plan();
         let state = self.state()?;
         let id = phantom_state::ids::new_sandbox_id();
         let dir = state.dir().join("sandboxes").join(&id);
@@ -421,9 +472,8 @@ impl Engine {
             }
         };
         self.jobs.push(super::Job::Create(CreateJob {
-            client: conn
-                .try_clone()
-                .map_err(io("dup", std::path::Path::new("client")))?,
+            client,
+            spare,
             report,
             deadline: Instant::now() + sandbox::CREATE_TIMEOUT,
             id,
@@ -473,7 +523,13 @@ impl Engine {
                 Reply::Error(e.to_failure())
             }
         };
-        reply(&job.client, &answer);
+        match (&job.client, job.spare) {
+            (Some(client), _) => {
+                reply(client, &answer);
+            }
+            (None, Some(pool)) => self.spare_started(pool, &job.id, answer),
+            (None, None) => {}
+        }
     }
 
     pub(super) fn start_destroy(
@@ -492,7 +548,9 @@ impl Engine {
         scope: Scope<'_>,
         conn: &OwnedFd,
     ) -> Result<(), EngineError> {
-        let records = self.state()?.list(scope.owner())?;
+        let mut records = self.state()?.list(scope.owner())?;
+        // Spares are the engine's: it destroys them when it stops.
+        records.retain(|r| r.owner != Owner::Spare);
         self.queue_destroy(records.into(), true, conn)
     }
 
@@ -532,19 +590,7 @@ impl Engine {
             }
         }
         while let Some(record) = job.queue.pop_front() {
-            if let Ok(state) = self.state() {
-                let _ = state.set_destroying(&record.id);
-            }
-            // Killing pid 1 of the namespace kills every process in it.
-            if let Ok(init) = crate::sandbox::exec::open_init(&record) {
-                let _ = process::pidfd_kill(init.as_fd(), libc::SIGKILL);
-            }
-            let keeper = record
-                .keeper_alive()
-                .then(|| process::pidfd_open(record.keeper_pid).ok())
-                .flatten()
-                .filter(|_| process::start_time(record.keeper_pid) == Some(record.keeper_start));
-            match keeper {
+            match self.kill_for_destroy(&record) {
                 // The keeper reaps the init and removes its cgroup and run directory;
                 // we wait for it among the other events.
                 Some(pidfd) => {
@@ -573,8 +619,25 @@ impl Engine {
         reply(&job.client, &answer);
     }
 
+    /// Mark `record` as being destroyed and kill its init; its keeper's pidfd when the
+    /// keeper lives (it then reaps the init and removes the cgroup and run directory).
+    pub(super) fn kill_for_destroy(&mut self, record: &Record) -> Option<OwnedFd> {
+        if let Ok(state) = self.state() {
+            let _ = state.set_destroying(&record.id);
+        }
+        // Killing pid 1 of the namespace kills every process in it.
+        if let Ok(init) = crate::sandbox::exec::open_init(record) {
+            let _ = process::pidfd_kill(init.as_fd(), libc::SIGKILL);
+        }
+        record
+            .keeper_alive()
+            .then(|| process::pidfd_open(record.keeper_pid).ok())
+            .flatten()
+            .filter(|_| process::start_time(record.keeper_pid) == Some(record.keeper_start))
+    }
+
     /// Clean up what a dead keeper could not, and forget the sandbox.
-    fn remove_sandbox(&mut self, record: &Record) -> Result<SandboxInfo, EngineError> {
+    pub(super) fn remove_sandbox(&mut self, record: &Record) -> Result<SandboxInfo, EngineError> {
         let mut info = record.info();
         let layout = Layout::cached();
         if let Ok(mut cg) = SandboxCgroup::open(layout, &record.id) {
@@ -598,6 +661,8 @@ impl Engine {
         Ok(Reply::Census(
             records
                 .iter()
+                // Spares are on top of the limits (`--persistent-pool` sizes them).
+                .filter(|r| r.owner != Owner::Spare)
                 .map(|r| {
                     let (status, _) = r.effective_status();
                     SandboxUsage {
@@ -617,7 +682,13 @@ impl Engine {
 
     pub(super) fn list(&mut self, scope: Scope<'_>) -> Result<Reply, EngineError> {
         let records = self.state()?.list(scope.owner())?;
-        Ok(Reply::Sandboxes(records.iter().map(Record::info).collect()))
+        Ok(Reply::Sandboxes(
+            records
+                .iter()
+                .filter(|r| r.owner != Owner::Spare)
+                .map(Record::info)
+                .collect(),
+        ))
     }
 
     pub(super) fn get(&mut self, principal: &Principal, name: &str) -> Result<Reply, EngineError> {
@@ -878,6 +949,12 @@ impl ExecJob {
 impl CreateJob {
     pub(super) fn fds(&self) -> Vec<(BorrowedFd<'_>, Slot)> {
         vec![(self.report.as_fd(), Slot::Report)]
+    }
+
+    /// Wait (until its deadline) for the keeper's report, without reading it.
+    pub(super) fn wait_report(&self) {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        channel::readable(self.report.as_fd(), left);
     }
 }
 

@@ -21,9 +21,9 @@ pub mod envd;
 pub mod interpreter;
 pub mod registry;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -379,9 +379,16 @@ fn detail_json(r: &Record) -> Value {
     })
 }
 
-/// A profile's CPUs (rounded up) and memory in MiB, as E2B reports them.
+/// A profile's CPUs (rounded up) and memory in MiB, as E2B reports them. Compiled
+/// once per built-in profile (a compile costs milliseconds, on every create).
 fn sizes(profile: &str) -> (u32, u64) {
-    phantom_policy::load_builtin(profile)
+    static KNOWN: std::sync::OnceLock<Mutex<HashMap<String, (u32, u64)>>> =
+        std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(s) = known.lock().expect("sizes").get(profile) {
+        return *s;
+    }
+    let sizes = phantom_policy::load_builtin(profile)
         .ok()
         .and_then(|p| phantom_policy::compile(&p, &Default::default()).ok())
         .map(|plan| {
@@ -390,7 +397,12 @@ fn sizes(profile: &str) -> (u32, u64) {
                 plan.limits.memory_bytes >> 20,
             )
         })
-        .unwrap_or((1, 512))
+        .unwrap_or((1, 512));
+    known
+        .lock()
+        .expect("sizes")
+        .insert(profile.to_string(), sizes);
+    sizes
 }
 
 fn timeout_of(asked: Option<u64>) -> E2bResult<u64> {
