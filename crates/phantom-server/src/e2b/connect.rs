@@ -135,8 +135,8 @@ fn frame(flags: u8, data: &[u8]) -> Bytes {
     out.into()
 }
 
-/// The one message of a server-streaming request's body.
-pub fn single_message<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, Error> {
+/// A streaming call's content type must be the JSON codec's.
+pub fn check_stream_type(headers: &HeaderMap) -> Result<(), Error> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -147,26 +147,55 @@ pub fn single_message<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> 
             format!("content type {content_type:?}: this server speaks {STREAM_JSON} (the JSON codec) on streaming calls"),
         ));
     }
-    if body.len() < 5 {
-        return Err(Error::new(
+    Ok(())
+}
+
+/// The one message of a server-streaming request's body.
+pub fn single_message<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, Error> {
+    check_stream_type(headers)?;
+    let mut body = body.to_vec();
+    next_message(&mut body)?.ok_or_else(|| {
+        Error::new(
             Code::InvalidArgument,
-            "the request holds no enveloped message",
-        ));
+            match body.len() {
+                0..5 => "the request holds no enveloped message",
+                _ => "the enveloped message is cut short",
+            },
+        )
+    })
+}
+
+/// Take the first whole enveloped message off `buf` (a client stream read so far);
+/// None until one has arrived in full.
+pub fn next_message<T: DeserializeOwned>(buf: &mut Vec<u8>) -> Result<Option<T>, Error> {
+    if buf.len() < 5 {
+        return Ok(None);
     }
-    let flags = body[0];
-    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    let flags = buf[0];
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if flags & COMPRESSED != 0 {
         return Err(Error::new(
             Code::Unimplemented,
             "compressed messages are not accepted: send them uncompressed",
         ));
     }
-    let data = body
-        .get(5..5 + len)
-        .ok_or_else(|| Error::new(Code::InvalidArgument, "the enveloped message is cut short"))?;
-    serde_json::from_slice(data)
-        .map_err(|e| Error::new(Code::InvalidArgument, format!("the message: {e}")))
+    if len > MAX_MESSAGE {
+        return Err(Error::new(
+            Code::ResourceExhausted,
+            format!("a message of {len} bytes: at most {MAX_MESSAGE}"),
+        ));
+    }
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    let message = serde_json::from_slice(&buf[5..5 + len])
+        .map_err(|e| Error::new(Code::InvalidArgument, format!("the message: {e}")));
+    buf.drain(..5 + len);
+    message.map(Some)
 }
+
+/// The largest enveloped message a client may send (a chunk of stdin, base64).
+const MAX_MESSAGE: usize = 16 << 20;
 
 /// A unary request's JSON body (an empty body is the empty message).
 pub fn unary_message<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
@@ -221,6 +250,16 @@ mod tests {
         let v: serde_json::Value = single_message(&headers, &body).unwrap();
         assert_eq!(v["x"], "y");
         assert!(single_message::<serde_json::Value>(&headers, &body[..6]).is_err());
+        let mut stream = [body.to_vec(), body.to_vec()].concat();
+        stream.truncate(stream.len() - 1);
+        let first: serde_json::Value = next_message(&mut stream).unwrap().unwrap();
+        assert_eq!(first["x"], "y");
+        assert!(next_message::<serde_json::Value>(&mut stream)
+            .unwrap()
+            .is_none());
+        stream.push(b'}');
+        let second: serde_json::Value = next_message(&mut stream).unwrap().unwrap();
+        assert_eq!((second["x"].as_str(), stream.len()), (Some("y"), 0));
         let mut compressed = body.to_vec();
         compressed[0] = COMPRESSED;
         let e = single_message::<serde_json::Value>(&headers, &compressed).unwrap_err();

@@ -2,13 +2,18 @@
 //! service of `spec/envd/process/process.proto` (Connect, JSON codec) and `/health`.
 //!
 //! A process is an exec in the persistent sandbox: `Start` streams its start (a pid
-//! of ours), its output as it comes and its end; `SendSignal` (SIGTERM, SIGKILL) and
-//! the client going away kill it; `List` shows the ones running. Every call needs
-//! the sandbox's `X-Access-Token` and acts for the sandbox's owner, whose key must
-//! still be valid.
+//! of ours), its output as it comes and its end; `Connect` attaches to a running one
+//! and streams what comes from then on; `SendInput`, `StreamInput` and `CloseStdin`
+//! write to and close its stdin (a pipe, unless it was started with `stdin: false`);
+//! `SendSignal` (SIGTERM, SIGKILL) kills it; `List` shows the ones running. As in
+//! E2B, a process outlives the stream that started it (the SDK's `disconnect()`),
+//! bounded by the timeout its `Start` asked for and by the sandbox's life. Every call
+//! needs the sandbox's `X-Access-Token` and acts for the sandbox's owner, whose key
+//! must still be valid.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,16 +43,54 @@ pub struct Processes {
     running: Mutex<BTreeMap<(String, u32), Running>>,
 }
 
-/// A running process: what `List` shows, and what kills it.
+/// A running process: what `List` shows, what kills it, its stdin and its events.
 struct Running {
     config: Value,
     tag: Option<String>,
     kill: handlers::Stopper,
+    /// The write end of its stdin; None once closed (or when started without one).
+    stdin: Option<Arc<Mutex<Option<std::io::PipeWriter>>>>,
+    /// Its events as they come, for `Connect` (a late subscriber sees what follows).
+    events: tokio::sync::broadcast::Sender<Bytes>,
+}
+
+impl Processes {
+    /// `f` of the process of `sandbox` that `selector` names.
+    fn with<T>(
+        &self,
+        sandbox: &str,
+        selector: &Selector,
+        f: impl FnOnce(u32, &Running) -> T,
+    ) -> Result<T, Error> {
+        let running = self.running.lock().expect("processes");
+        running
+            .iter()
+            .find(|((id, pid), r)| {
+                id == sandbox
+                    && (selector.pid == Some(*pid)
+                        || (selector.tag.is_some() && r.tag == selector.tag))
+            })
+            .map(|((_, pid), r)| f(*pid, r))
+            .ok_or_else(|| {
+                Error::new(
+                    Code::NotFound,
+                    format!(
+                        "process {} not found",
+                        selector
+                            .pid
+                            .map(|p| p.to_string())
+                            .or(selector.tag.clone())
+                            .unwrap_or_default()
+                    ),
+                )
+            })
+    }
 }
 
 pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/health", get(health))
+        .route("/process.Process/StreamInput", post(stream_input))
         .route("/process.Process/{method}", post(process))
         .route("/filesystem.Filesystem/{method}", post(filesystem))
         .route("/files", get(download).post(upload))
@@ -152,11 +195,14 @@ async fn process(
     };
     let result = match method.as_str() {
         "Start" => return start(app, record, principal, &headers, &body).await,
+        "Connect" => return attach(&app, &record, &headers, &body),
         "List" => list(&app, &record),
         "SendSignal" => send_signal(&app, &record, &body).await,
-        "Connect" | "Update" | "StreamInput" | "SendInput" | "CloseStdin" => Err(Error::new(
+        "SendInput" => send_input(&app, &record, &body).await,
+        "CloseStdin" => close_stdin(&app, &record, &body),
+        "Update" => Err(Error::new(
             Code::Unimplemented,
-            format!("process.Process/{method} is not served by this server yet"),
+            "process.Process/Update resizes a PTY, and this server starts no PTY",
         )),
         other => Err(Error::new(
             Code::NotFound,
@@ -238,18 +284,23 @@ async fn start(
             "a PTY is not served by this server yet: start the process without one",
         ));
     }
-    if request.stdin == Some(true) {
-        // The SDK asks for stdin only when told to (`stdin=True`); without SendInput
-        // it would wait forever.
-        return stream_error(Error::new(
-            Code::Unimplemented,
-            "stdin streams are not served by this server yet: start the process with stdin=False",
-        ));
-    }
     let config = request.process;
     if config.cmd.is_empty() {
         return stream_error(Error::new(Code::InvalidArgument, "process.cmd is empty"));
     }
+    // A pipe unless the call says `stdin: false` (absent means true, the proto's
+    // default for older SDKs; today's send false unless told `stdin=True`).
+    let (stdin, stdin_writer) = if request.stdin == Some(false) {
+        (Stdin::Null, None)
+    } else {
+        match std::io::pipe() {
+            Ok((read, write)) => (
+                Stdin::Pipe(OwnedFd::from(read)),
+                Some(Arc::new(Mutex::new(Some(write)))),
+            ),
+            Err(e) => return stream_error(Error::new(Code::Internal, format!("pipe: {e}"))),
+        }
+    };
     // E2B's template conventions: HOME and USER of its user; the sandbox's envVars,
     // then the call's.
     let mut env: BTreeMap<String, String> = [
@@ -279,19 +330,30 @@ async fn start(
         Err(e) => return stream_error(Error::new(Code::Internal, e.to_string())),
     };
     let key = (record.id.clone(), pid);
+    let (watchers, _) = tokio::sync::broadcast::channel::<Bytes>(256);
     app.e2b_processes.running.lock().expect("processes").insert(
         key.clone(),
         Running {
             config: serde_json::to_value(&config).unwrap_or(Value::Null),
             tag: request.tag.clone(),
             kill: cancel.stopper(),
+            stdin: stdin_writer,
+            events: watchers.clone(),
         },
     );
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let engine = app.engine.clone();
     let name = record.id.clone();
     let runtime = tokio::runtime::Handle::current();
-    let events = tx.clone();
+    // Every event goes to the starting stream (which may be gone: then only to
+    // `Connect`ed ones) and to whoever attached with `Connect`.
+    let emit = {
+        let (tx, watchers, runtime) = (tx.clone(), watchers.clone(), runtime.clone());
+        move |e: Bytes| {
+            let _ = watchers.send(e.clone());
+            let _ = runtime.block_on(tx.send(e));
+        }
+    };
     let permit = match app
         .workers
         .acquire(&record.owner, app.deadlines.queue)
@@ -313,22 +375,19 @@ async fn start(
         let mut started = false;
         let mut on_started = |_: &phantom_api::engine::Started| {
             started = true;
-            let _ = runtime.block_on(events.send(event(json!({ "start": { "pid": pid } }))));
+            emit(event(json!({ "start": { "pid": pid } })));
         };
-        let data_events = events.clone();
-        let data_runtime = runtime.clone();
+        let emit_data = emit.clone();
         let mut send = move |stream: Stream, data: &[u8]| {
             let which = match stream {
                 Stream::Stdout => "stdout",
                 Stream::Stderr => "stderr",
             };
             let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-            // A client that went away dropped the receiver: the exec is being killed.
-            let _ = data_runtime
-                .block_on(data_events.send(event(json!({ "data": { which: encoded } }))));
+            emit_data(event(json!({ "data": { which: encoded } })));
         };
         let io = RunIo {
-            stdin: Stdin::Null,
+            stdin,
             output: Output::Stream(&mut send),
             wake: Wake::Cancel(run_side.as_fd()),
             on_started: Some(&mut on_started),
@@ -339,12 +398,8 @@ async fn start(
     let done_app = app.clone();
     tokio::spawn(async move {
         let result = task.await;
-        done_app
-            .e2b_processes
-            .running
-            .lock()
-            .expect("processes")
-            .remove(&key);
+        // The process is over: nothing can kill it any more.
+        drop(cancel);
         let (end, error) = match result {
             Ok(Ok(report)) => {
                 let (status, exit_code) = match report.signal {
@@ -374,13 +429,22 @@ async fn start(
             ),
         };
         if let Some(end) = end {
-            let _ = tx.send(event(json!({ "end": end }))).await;
+            let end = event(json!({ "end": end }));
+            let _ = watchers.send(end.clone());
+            let _ = tx.send(end).await;
         }
+        // Gone from `List`; its stdin closes, and `Connect`ed streams end (the last
+        // sender of their events goes with it).
+        done_app
+            .e2b_processes
+            .running
+            .lock()
+            .expect("processes")
+            .remove(&key);
+        drop(watchers);
         let _ = tx.send(connect::end_stream(error.as_ref())).await;
     });
-    // The cancel end lives as long as the response body: a client that goes away
-    // drops it, and the engine kills the process.
-    let stream = futures_util::stream::unfold((rx, cancel), move |(mut rx, cancel)| async move {
+    let stream = futures_util::stream::unfold(rx, move |mut rx| async move {
         let next = match keep {
             // Quiet for the interval: a keepalive event, so that the client's idle
             // timers do not fire while the process works.
@@ -390,7 +454,7 @@ async fn start(
             },
             None => rx.recv().await,
         };
-        next.map(|m| (Ok::<_, std::convert::Infallible>(m), (rx, cancel)))
+        next.map(|m| (Ok::<_, std::convert::Infallible>(m), rx))
     });
     (
         StatusCode::OK,
@@ -458,48 +522,247 @@ async fn send_signal(app: &App, record: &Record, body: &[u8]) -> Result<Value, E
             ))
         }
     }
-    let found = {
-        let running = app.e2b_processes.running.lock().expect("processes");
-        running
-            .iter()
-            .find(|((sandbox, pid), r)| {
-                *sandbox == record.id
-                    && (request.process.pid == Some(*pid)
-                        || (request.process.tag.is_some() && r.tag == request.process.tag))
-            })
-            .map(|(key, r)| {
-                r.kill.stop();
-                key.clone()
-            })
-    };
-    match found {
-        Some(key) => {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while tokio::time::Instant::now() < deadline
-                && app
-                    .e2b_processes
-                    .running
-                    .lock()
-                    .expect("processes")
-                    .contains_key(&key)
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Ok(json!({}))
-        }
-        None => Err(Error::new(
-            Code::NotFound,
-            format!(
-                "process {} not found",
-                request
-                    .process
-                    .pid
-                    .map(|p| p.to_string())
-                    .or(request.process.tag.clone())
-                    .unwrap_or_default()
-            ),
-        )),
+    let key = app
+        .e2b_processes
+        .with(&record.id, &request.process, |pid, r| {
+            r.kill.stop();
+            (record.id.clone(), pid)
+        })?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline
+        && app
+            .e2b_processes
+            .running
+            .lock()
+            .expect("processes")
+            .contains_key(&key)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Ok(json!({}))
+}
+
+#[derive(Debug, Deserialize)]
+struct ProcessOnly {
+    process: Selector,
+}
+
+/// `ProcessInput`: stdin bytes (base64 in the JSON codec); a PTY's are refused.
+#[derive(Debug, Deserialize, Default)]
+struct Input {
+    #[serde(default)]
+    stdin: Option<String>,
+    #[serde(default)]
+    pty: Option<String>,
+}
+
+impl Input {
+    fn bytes(self) -> Result<Vec<u8>, Error> {
+        match (self.stdin, self.pty) {
+            (Some(data), _) => base64::engine::general_purpose::STANDARD
+                .decode(data.as_bytes())
+                .map_err(|e| Error::new(Code::InvalidArgument, format!("input.stdin: {e}"))),
+            (None, Some(_)) => Err(Error::new(
+                Code::Unimplemented,
+                "input.pty: this server starts no PTY; send stdin",
+            )),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct InputRequest {
+    process: Selector,
+    #[serde(default)]
+    input: Input,
+}
+
+/// The stdin of the process `selector` names, or why there is none.
+fn stdin_of(
+    app: &App,
+    record: &Record,
+    selector: &Selector,
+) -> Result<Arc<Mutex<Option<std::io::PipeWriter>>>, Error> {
+    app.e2b_processes
+        .with(&record.id, selector, |_, r| r.stdin.clone())?
+        .ok_or_else(|| {
+            Error::new(
+                Code::FailedPrecondition,
+                "the process was started without stdin: start it with stdin=True",
+            )
+        })
+}
+
+/// Write `data` to a process's stdin (from a blocking thread: a process that does not
+/// read fills the pipe).
+async fn write_stdin(
+    pipe: Arc<Mutex<Option<std::io::PipeWriter>>>,
+    data: Vec<u8>,
+) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || {
+        let mut pipe = pipe.lock().expect("stdin");
+        let Some(writer) = pipe.as_mut() else {
+            return Err(Error::new(
+                Code::FailedPrecondition,
+                "the process's stdin is closed (CloseStdin)",
+            ));
+        };
+        writer.write_all(&data).map_err(|e| {
+            Error::new(
+                Code::FailedPrecondition,
+                format!("the process no longer reads its stdin: {e}"),
+            )
+        })
+    })
+    .await
+    .map_err(|e| Error::new(Code::Internal, format!("worker failed: {e}")))?
+}
+
+/// `SendInput`: bytes to the process's stdin.
+async fn send_input(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> {
+    let request: InputRequest = connect::unary_message(body)?;
+    let data = request.input.bytes()?;
+    let pipe = stdin_of(app, record, &request.process)?;
+    write_stdin(pipe, data).await?;
+    Ok(json!({}))
+}
+
+/// `CloseStdin`: end of file on the process's stdin.
+fn close_stdin(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> {
+    let request: ProcessOnly = connect::unary_message(body)?;
+    let pipe = stdin_of(app, record, &request.process)?;
+    drop(pipe.lock().expect("stdin").take());
+    Ok(json!({}))
+}
+
+/// `StreamInput` (client streaming): a `start` naming the process, then `data`
+/// messages written to its stdin as they arrive, in order; answered when the client
+/// ends its stream.
+pub(super) async fn stream_input(
+    State(app): State<Arc<App>>,
+    Extension(id): Extension<SandboxId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let (record, _) = sandbox(&app, &id, &headers).await?;
+        connect::check_stream_type(&headers)?;
+        let mut frames = body.into_data_stream();
+        let mut buf = Vec::new();
+        let mut pipe = None;
+        loop {
+            while let Some(message) = connect::next_message::<StreamInputRequest>(&mut buf)? {
+                match message {
+                    StreamInputRequest {
+                        start: Some(start), ..
+                    } => pipe = Some(stdin_of(&app, &record, &start.process)?),
+                    StreamInputRequest { data: Some(d), .. } => {
+                        let pipe = pipe.clone().ok_or_else(|| {
+                            Error::new(
+                                Code::InvalidArgument,
+                                "a data message before the start message that names the process",
+                            )
+                        })?;
+                        write_stdin(pipe, d.input.bytes()?).await?;
+                    }
+                    _ => {} // keepalive
+                }
+            }
+            match futures_util::StreamExt::next(&mut frames).await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    return Err(Error::new(
+                        Code::InvalidArgument,
+                        format!("the request: {e}"),
+                    ))
+                }
+                None if buf.is_empty() => return Ok(()),
+                None => {
+                    return Err(Error::new(
+                        Code::InvalidArgument,
+                        "the stream ended inside a message",
+                    ))
+                }
+            }
+        }
+    }
+    .await;
+    let mut out = result
+        .as_ref()
+        .map_or_else(|_| Vec::new(), |()| connect::envelope(&json!({})).to_vec());
+    out.extend_from_slice(&connect::end_stream(result.err().as_ref()));
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, connect::STREAM_JSON)],
+        out,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamInputRequest {
+    #[serde(default)]
+    start: Option<ProcessOnly>,
+    #[serde(default)]
+    data: Option<StreamData>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamData {
+    #[serde(default)]
+    input: Input,
+}
+
+/// `Connect`: attach to a running process; its events from now on, then its end.
+fn attach(app: &App, record: &Record, headers: &HeaderMap, body: &[u8]) -> Response {
+    let request: ProcessOnly = match connect::single_message(headers, body) {
+        Ok(r) => r,
+        Err(e) => return stream_error(e),
+    };
+    let (pid, events) = match app
+        .e2b_processes
+        .with(&record.id, &request.process, |pid, r| {
+            (pid, r.events.subscribe())
+        }) {
+        Ok(found) => found,
+        Err(e) => return stream_error(e),
+    };
+    use tokio::sync::broadcast::error::RecvError;
+    let keep = keepalive(headers);
+    let first = event(json!({ "start": { "pid": pid } }));
+    let stream = futures_util::stream::unfold(
+        (Some(first), Some(events)),
+        move |(first, events)| async move {
+            if let Some(first) = first {
+                return Some((Ok::<_, std::convert::Infallible>(first), (None, events)));
+            }
+            let mut events = events?;
+            loop {
+                let next = match keep {
+                    Some(k) => match tokio::time::timeout(k, events.recv()).await {
+                        Ok(m) => m,
+                        Err(_) => Ok(event(json!({ "keepalive": {} }))),
+                    },
+                    None => events.recv().await,
+                };
+                match next {
+                    Ok(m) => return Some((Ok(m), (None, Some(events)))),
+                    // A slow reader misses what it could not take, as a late one does.
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => {
+                        return Some((Ok(connect::end_stream(None)), (None, None)))
+                    }
+                }
+            }
+        },
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, connect::STREAM_JSON)],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -77,6 +77,29 @@ def sdk_checks(key, other_key):
         check("the killed command ends at once", time.time() - started < 5, time.time() - started)
     check("a killed command is no longer listed", h.pid not in [p.pid for p in sb.commands.list()])
 
+    # Stdin: send, stream, close; a process without stdin says so.
+    h = sb.commands.run("cat; echo done", background=True, stdin=True)
+    sb.commands.send_stdin(h.pid, "hello\n")
+    sb.commands.stream_input(h.pid, ["a", b"b", "c\n"])
+    sb.commands.close_stdin(h.pid)
+    r = h.wait()
+    check("send_stdin, stream_input and close_stdin reach the command", r.stdout == "hello\nabc\ndone\n", r.stdout)
+    h = sb.commands.run("sleep 5", background=True)
+    raises("send_stdin to a command started without stdin is refused", "SandboxException",
+           lambda: sb.commands.send_stdin(h.pid, "x"))
+    sb.commands.kill(h.pid)
+
+    # A command outlives its stream (disconnect) and can be connected to again.
+    h = sb.commands.run("sleep 1; echo late; exit 3", background=True)
+    h.disconnect()
+    check("a disconnected command keeps running", h.pid in [p.pid for p in sb.commands.list()])
+    again = sb.commands.connect(h.pid)
+    e = raises("connect: the command's end comes through", "CommandExitException", again.wait)
+    if e is not None:
+        check("connect: output after attaching and the exit code", e.exit_code == 3 and e.stdout == "late\n",
+              (e.exit_code, e.stdout))
+    raises("connect to a finished command is NotFound", "SandboxException", lambda: sb.commands.connect(h.pid))
+
     # Files.
     info = sb.files.write("/home/user/dir/a.txt", "alpha")
     check("files.write", info.path == "/home/user/dir/a.txt", info)
