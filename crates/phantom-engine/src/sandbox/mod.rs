@@ -14,6 +14,7 @@ pub mod files;
 pub mod fsops;
 pub(crate) mod keeper;
 pub(crate) mod processes;
+pub mod watch;
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;

@@ -28,6 +28,7 @@ use base64::Engine as _;
 use phantom_api::access::{Owner, Principal};
 use phantom_api::request::{ExecRequest, Quantity};
 use phantom_engine::client::{Output, RunIo, Stdin, Stream, Wake};
+use phantom_engine::sandbox::watch::{Change, Watch, WatchEvent};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -37,11 +38,16 @@ use super::SandboxId;
 use crate::handlers::{self, Cancel};
 use crate::App;
 
-/// Processes started through envd and still running: by sandbox, then pid.
+/// Processes started through envd and still running: by sandbox, then pid; and the
+/// directory watchers of `CreateWatcher`, by id (with their sandbox).
 #[derive(Default)]
 pub struct Processes {
     running: Mutex<BTreeMap<(String, u32), Running>>,
+    watchers: Mutex<BTreeMap<String, (String, Watch)>>,
 }
+
+/// The most `CreateWatcher` watchers a sandbox keeps at once.
+const MAX_WATCHERS: usize = 64;
 
 /// A running process: what `List` shows, what kills it, its stdin and its events.
 struct Running {
@@ -1003,16 +1009,22 @@ pub(super) async fn filesystem(
             })
             .await
         }
-        "WatchDir" | "CreateWatcher" | "GetWatcherEvents" | "RemoveWatcher" => {
-            let e = Error::new(
-                Code::Unimplemented,
-                format!("filesystem.Filesystem/{method} is not served by this server yet"),
-            );
-            return if method == "WatchDir" {
-                stream_error(e)
-            } else {
-                e.into_response()
+        "WatchDir" => return watch_dir(app, record, principal, &headers, &body).await,
+        "CreateWatcher" => create_watcher(&app, record, principal, &body).await,
+        "GetWatcherEvents" => watcher_events(&app, &record, &body),
+        "RemoveWatcher" => {
+            let request: WatcherId = match connect::unary_message(&body) {
+                Ok(r) => r,
+                Err(e) => return e.into_response(),
             };
+            let mut watchers = app.e2b_processes.watchers.lock().expect("watchers");
+            match watchers.get(&request.watcher_id) {
+                Some((sandbox, _)) if *sandbox == record.id => {
+                    watchers.remove(&request.watcher_id);
+                    Ok(json!({}))
+                }
+                _ => Err(no_watcher(&request.watcher_id)),
+            }
         }
         other => Err(Error::new(
             Code::NotFound,
@@ -1023,6 +1035,161 @@ pub(super) async fn filesystem(
         Ok(message) => connect::unary_ok(message),
         Err(e) => e.into_response(),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchRequest {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatcherId {
+    #[serde(default)]
+    watcher_id: String,
+}
+
+fn no_watcher(id: &str) -> Error {
+    Error::new(Code::NotFound, format!("watcher {id} not found"))
+}
+
+/// A `FilesystemEvent`: the entry's path relative to the watched directory.
+fn fs_event(e: &WatchEvent) -> Value {
+    let kind = match e.change {
+        Change::Create => "EVENT_TYPE_CREATE",
+        Change::Write => "EVENT_TYPE_WRITE",
+        Change::Remove => "EVENT_TYPE_REMOVE",
+        Change::Rename => "EVENT_TYPE_RENAME",
+        Change::Chmod => "EVENT_TYPE_CHMOD",
+    };
+    json!({ "name": e.name.to_string_lossy(), "type": kind })
+}
+
+/// A watch on the request's directory, made in a worker (the workspace fd comes from
+/// the engine).
+async fn open_watch(
+    app: &Arc<App>,
+    record: &Record,
+    principal: Principal,
+    request: WatchRequest,
+) -> Result<Watch, Error> {
+    let path = workspace_path(&request.path)?;
+    on_workspace(app, record, principal, move |ws, name| {
+        Watch::new(ws, name, &path, request.recursive).map_err(|e| path_error(name, e))
+    })
+    .await
+}
+
+/// `WatchDir` (server streaming): a start event, then the changes as they come, until
+/// the client goes away or the sandbox does.
+async fn watch_dir(
+    app: Arc<App>,
+    record: Record,
+    principal: Principal,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let request: WatchRequest = match connect::single_message(headers, body) {
+        Ok(r) => r,
+        Err(e) => return stream_error(e),
+    };
+    let mut watch = match open_watch(&app, &record, principal, request).await {
+        Ok(w) => w,
+        Err(e) => return stream_error(e),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let _ = tx.try_send(connect::envelope(&json!({ "start": {} })));
+    let keep = keepalive(headers).unwrap_or(Duration::from_secs(30));
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut quiet = Duration::ZERO;
+        let step = Duration::from_millis(500);
+        let error = loop {
+            if tx.is_closed() || app.e2b.registry.get(&record.id).is_none() {
+                break None;
+            }
+            let events = match watch.wait(step) {
+                Ok(events) => events,
+                Err(e) => break Some(Error::new(Code::Internal, e.to_string())),
+            };
+            quiet = if events.is_empty() {
+                quiet + step
+            } else {
+                Duration::ZERO
+            };
+            for e in &events {
+                let m = connect::envelope(&json!({ "filesystem": fs_event(e) }));
+                if runtime.block_on(tx.send(m)).is_err() {
+                    return;
+                }
+            }
+            if quiet >= keep {
+                quiet = Duration::ZERO;
+                let _ = runtime.block_on(tx.send(connect::envelope(&json!({ "keepalive": {} }))));
+            }
+        };
+        let _ = runtime.block_on(tx.send(connect::end_stream(error.as_ref())));
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|m| (Ok::<_, std::convert::Infallible>(m), rx))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, connect::STREAM_JSON)],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// `CreateWatcher`: a watch whose changes `GetWatcherEvents` collects.
+async fn create_watcher(
+    app: &Arc<App>,
+    record: Record,
+    principal: Principal,
+    body: &[u8],
+) -> Result<Value, Error> {
+    let request: WatchRequest = connect::unary_message(body)?;
+    {
+        // Watchers of sandboxes that are gone go first.
+        let mut watchers = app.e2b_processes.watchers.lock().expect("watchers");
+        watchers.retain(|_, (sandbox, _)| app.e2b.registry.get(sandbox).is_some());
+        if watchers.values().filter(|(s, _)| *s == record.id).count() >= MAX_WATCHERS {
+            return Err(Error::new(
+                Code::ResourceExhausted,
+                format!("{MAX_WATCHERS} watchers in this sandbox already: remove one first"),
+            ));
+        }
+    }
+    let watch = open_watch(app, &record, principal, request).await?;
+    let id = super::registry::new_token();
+    app.e2b_processes
+        .watchers
+        .lock()
+        .expect("watchers")
+        .insert(id.clone(), (record.id.clone(), watch));
+    Ok(json!({ "watcherId": id }))
+}
+
+/// `GetWatcherEvents`: the changes since the last call.
+fn watcher_events(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> {
+    let request: WatcherId = connect::unary_message(body)?;
+    let mut watchers = app.e2b_processes.watchers.lock().expect("watchers");
+    let Some((sandbox, watch)) = watchers.get_mut(&request.watcher_id) else {
+        return Err(no_watcher(&request.watcher_id));
+    };
+    if *sandbox != record.id {
+        return Err(no_watcher(&request.watcher_id));
+    }
+    let events = watch
+        .read()
+        .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+    Ok(json!({ "events": events.iter().map(fs_event).collect::<Vec<_>>() }))
 }
 
 /// E2B's REST errors on /files: `{"code": STATUS, "message"}`.

@@ -119,6 +119,23 @@ def sdk_checks(key, other_key):
     raises("a missing file is FileNotFoundException", "FileNotFoundException", lambda: sb.files.read("missing"))
     raises("a path outside the home is refused", "InvalidArgumentException", lambda: sb.files.read("/etc/passwd"))
 
+    # Watching a directory (the sync SDK polls a watcher), recursively; a symlink
+    # out of the home is no directory to watch.
+    sb.files.make_dir("watched")
+    w = sb.files.watch_dir("/home/user/watched", recursive=True)
+    sb.files.write("watched/new.txt", "x")
+    sb.commands.run("mkdir /home/user/watched/d")
+    seen = {(e.name, e.type.name) for e in w.get_new_events()}
+    sb.commands.run("echo y > /home/user/watched/d/inner && chmod 600 /home/user/watched/new.txt && rm /home/user/watched/new.txt")
+    seen |= {(e.name, e.type.name) for e in w.get_new_events()}
+    want = {("new.txt", "CREATE"), ("new.txt", "WRITE"), ("d", "CREATE"), ("d/inner", "CREATE"),
+            ("new.txt", "CHMOD"), ("new.txt", "REMOVE")}
+    check("watch_dir: changes, in subdirectories too", want <= seen, sorted(seen))
+    w.stop()
+    sb.commands.run("ln -s /etc /home/user/etc-link")
+    raises("watch_dir through a symlink out of the home is refused", "SandboxException",
+           lambda: sb.files.watch_dir("/home/user/etc-link"))
+
     # Info, list, timeout, connect.
     info = sb.get_info()
     check("get_info: metadata and template", info.metadata == {"suite": "e2b", "run": "1"} and info.template_id == "base", info)
@@ -259,6 +276,15 @@ async def async_checks():
     check("AsyncSandbox: commands.run", r.stdout == "async\n", r.stdout)
     await sb.files.write("x.txt", "y")
     check("AsyncSandbox: files", await sb.files.read("x.txt") == "y")
+    events = []
+    handle = await sb.files.watch_dir("/home/user", lambda e: events.append((e.name, e.type.name)))
+    await sb.files.write("streamed.txt", "z")
+    for _ in range(100):
+        if ("streamed.txt", "CREATE") in events:
+            break
+        await asyncio.sleep(0.02)
+    check("AsyncSandbox: watch_dir streams changes", ("streamed.txt", "CREATE") in events, events)
+    await handle.stop()
     await sb.kill()
 
 
