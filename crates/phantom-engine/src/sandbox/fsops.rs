@@ -121,6 +121,15 @@ pub fn make_dir(workspace: &OwnedFd, name: &str, path: &str) -> Result<bool, Eng
     Ok(made)
 }
 
+/// The bytes used and the size of the filesystem the workspace is on (a root
+/// engine's sandbox has a tmpfs of its own there).
+pub fn usage(workspace: &OwnedFd) -> Option<(u64, u64)> {
+    let st = rfs::fstatvfs(workspace).ok()?;
+    let total = st.f_blocks.saturating_mul(st.f_frsize);
+    let free = st.f_bfree.saturating_mul(st.f_frsize);
+    Some((total.saturating_sub(free), total))
+}
+
 /// Remove `path`: a file, a symlink (not what it points to) or a directory with
 /// everything in it (at most [`MAX_CP_DEPTH`] levels deep).
 pub fn remove(workspace: &OwnedFd, name: &str, path: &str) -> Result<(), EngineError> {

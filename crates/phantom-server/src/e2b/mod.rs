@@ -74,6 +74,8 @@ pub struct E2b {
     /// Pids of processes started by envd calls (E2B's SDKs name processes by pid).
     pub next_pid: std::sync::atomic::AtomicU32,
     owners: std::sync::Mutex<OwnerCache>,
+    /// The last metrics sample of each sandbox (E2B's CPU percentage is a rate).
+    samples: Mutex<HashMap<String, phantom_api::SandboxMetrics>>,
 }
 
 /// How long a sandbox owner's key is trusted without asking the database again (while
@@ -81,11 +83,18 @@ pub struct E2b {
 const OWNER_TTL: Duration = Duration::from_secs(30);
 
 impl E2b {
+    /// The sandbox is gone: its record and its last metrics sample.
+    pub fn forget(&self, id: &str) -> Option<Record> {
+        self.samples.lock().expect("samples").remove(id);
+        self.registry.remove(id)
+    }
+
     pub fn new(state_dir: Option<std::path::PathBuf>) -> E2b {
         E2b {
             registry: Registry::open(state_dir),
             next_pid: std::sync::atomic::AtomicU32::new(1000),
             owners: Default::default(),
+            samples: Default::default(),
         }
     }
 
@@ -530,7 +539,7 @@ async fn owned(app: &Arc<App>, principal: &Principal, key_id: &str, id: &str) ->
     match alive {
         Ok(info) if info.status == phantom_api::choice::SandboxStatus::Running => Ok(record),
         Ok(_) | Err(_) => {
-            app.e2b.registry.remove(id);
+            app.e2b.forget(id);
             Err(not_found(id))
         }
     }
@@ -708,7 +717,7 @@ async fn destroy(app: &Arc<App>, principal: Principal, key_id: &str, id: &str) -
         move || engine.destroy(principal, &name),
     )
     .await;
-    app.e2b.registry.remove(id);
+    app.e2b.forget(id);
     app.contexts.remove_sandbox(id);
     match result {
         Ok(_) => Ok(()),
@@ -1035,15 +1044,46 @@ async fn metrics(
 ) -> E2bResult<Response> {
     let (key_id, principal) = caller(&app, &headers, &peer, "e2b.metrics", Some(&id)).await?;
     let record = owned(&app, &principal, &key_id, &id).await?;
+    // A sample from the sandbox's cgroup and its workspace; the CPU rate since the
+    // previous sample (the first one: since the sandbox started).
+    let previous = app.e2b.samples.lock().expect("samples").get(&id).cloned();
+    let engine = app.engine.clone();
+    let name = id.clone();
+    let (sample, disk) = handlers::blocking(
+        &app,
+        &key_id,
+        "reading the sandbox's metrics",
+        app.deadlines.call,
+        move || {
+            let sample = engine.metrics(principal.clone(), &name, previous.as_ref())?;
+            let disk = engine
+                .workspace(principal, &name)
+                .ok()
+                .and_then(|ws| phantom_engine::sandbox::fsops::usage(&ws));
+            Ok((sample, disk))
+        },
+    )
+    .await?;
+    let cores = sample.cpu_cores.or_else(|| {
+        let lived_ms = (now_s().saturating_sub(record.started_at)).max(1) * 1000;
+        sample.cpu_usage_ms.map(|ms| ms / lived_ms as f64)
+    });
+    app.e2b
+        .samples
+        .lock()
+        .expect("samples")
+        .insert(id.clone(), sample.clone());
+    let (disk_used, disk_total) = disk.unwrap_or((0, record.memory_mb / 2 * 1024 * 1024));
     Ok(axum::Json(json!([{
         "timestamp": rfc3339(now_s()),
         "timestampUnix": now_s(),
         "cpuCount": record.cpu_count,
-        "cpuUsedPct": 0.0,
-        "memUsed": 0,
-        "memTotal": record.memory_mb * 1024 * 1024,
-        "diskUsed": 0,
-        "diskTotal": record.memory_mb / 2 * 1024 * 1024,
+        "cpuUsedPct": cores.map_or(0.0, |c| (c / record.cpu_count as f64 * 100.0).min(100.0)),
+        "memUsed": sample.memory_bytes.unwrap_or(0),
+        "memCache": 0,
+        "memTotal": sample.memory_limit_bytes.unwrap_or(record.memory_mb * 1024 * 1024),
+        "diskUsed": disk_used,
+        "diskTotal": disk_total,
     }]))
     .into_response())
 }
@@ -1066,7 +1106,7 @@ pub async fn reaper(app: Arc<App>) {
             let engine = app.engine.clone();
             let id = r.id.clone();
             let _ = tokio::task::spawn_blocking(move || engine.destroy(principal, &id)).await;
-            app.e2b.registry.remove(&r.id);
+            app.e2b.forget(&r.id);
             app.contexts.remove_sandbox(&r.id);
             handlers::audit(&app, Some(&r.owner), "e2b.expire", Some(&r.id), "ok", None);
         }

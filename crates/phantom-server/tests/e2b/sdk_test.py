@@ -136,6 +136,13 @@ def sdk_checks(key, other_key):
     raises("watch_dir through a symlink out of the home is refused", "SandboxException",
            lambda: sb.files.watch_dir("/home/user/etc-link"))
 
+    # Metrics: from the sandbox's cgroup and its workspace.
+    sb.commands.run("head -c 3000000 /dev/zero > /home/user/big; i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")
+    m = sb.get_metrics()[-1]
+    check("get_metrics: memory, disk and CPU in use", m.mem_used > 1_000_000 and m.disk_used >= 3_000_000
+          and m.disk_total >= m.disk_used and m.cpu_used_pct > 0 and m.mem_total >= m.mem_used, m)
+    sb.files.remove("big")
+
     # Info, list, timeout, connect.
     info = sb.get_info()
     check("get_info: metadata and template", info.metadata == {"suite": "e2b", "run": "1"} and info.template_id == "base", info)
