@@ -127,6 +127,17 @@ pub struct Limits {
     /// Isolation mode (default: the profile's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// The hosts the sandbox's egress proxy may connect to, instead of the profile's
+    /// `network.allow` (entries as there: `pypi.org`, `*.pythonhosted.org`,
+    /// `api.example.com:443`, `10.0.0.5`); the network is then `limited`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub allow_hosts: Vec<String>,
+    /// Hosts refused even when `allow_hosts` lets them through (instead of the
+    /// profile's `network.deny`; only with `allow_hosts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub deny_hosts: Vec<String>,
 }
 
 impl Limits {
@@ -514,6 +525,8 @@ pub enum Field {
     FromSnapshot,
     Path,
     Tag,
+    AllowHosts,
+    DenyHosts,
 }
 
 impl Field {
@@ -544,6 +557,8 @@ impl Field {
             Field::FromSnapshot => "from_snapshot",
             Field::Path => "path",
             Field::Tag => "tag",
+            Field::AllowHosts => "allow_hosts",
+            Field::DenyHosts => "deny_hosts",
         }
     }
 
@@ -553,6 +568,8 @@ impl Field {
         match self {
             Field::Argv | Field::Code | Field::Language | Field::Path | Field::Files => None,
             Field::PolicyFile => Some("--policy".into()),
+            Field::AllowHosts => Some("--allow-host".into()),
+            Field::DenyHosts => Some("--deny-host".into()),
             other => Some(format!("--{}", other.as_str().replace('_', "-"))),
         }
     }

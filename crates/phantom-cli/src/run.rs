@@ -130,6 +130,15 @@ pub struct PolicyArgs {
     /// network.allow says) or host (the host's network; refused in hardened mode).
     #[arg(long, value_name = "MODE")]
     network: Option<NetworkMode>,
+    /// A host the egress proxy may connect to, instead of the profile's network.allow
+    /// (`pypi.org`, `*.pythonhosted.org`, `api.example.com:443`, `10.0.0.5`);
+    /// repeatable. The network is then limited.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    allow_host: Vec<String>,
+    /// A host refused even when an --allow-host entry lets it through (instead of
+    /// the profile's network.deny); repeatable, only with --allow-host.
+    #[arg(long = "deny-host", value_name = "HOST")]
+    deny_host: Vec<String>,
 }
 
 impl PolicyArgs {
@@ -159,6 +168,8 @@ impl PolicyArgs {
             max_output: None,
             network: self.network,
             mode: self.mode,
+            allow_hosts: self.allow_host.clone(),
+            deny_hosts: self.deny_host.clone(),
         }
     }
 }

@@ -621,6 +621,82 @@ fn host_network_is_refused_by_strict_and_in_hardened_mode() {
 }
 
 #[test]
+fn a_requests_allowed_hosts_replace_the_profiles_and_make_the_network_limited() {
+    if !ready() {
+        return;
+    }
+    let internet = Internet::start();
+    let ws = Workspace::new();
+    // The profile has no proxy at all, and allows a host the request does not.
+    let policy = ws.policy(
+        "hosts",
+        "profile: hosts-test\nnetwork:\n  mode: loopback-only\n  allow: [other.test]\n",
+    );
+    let resolve = internet.resolve(&[
+        "pypi.test",
+        "www.corp.test",
+        "secret.corp.test",
+        "other.test",
+    ]);
+    let (report, results) = run_script(
+        &policy,
+        &[
+            "--allow-host",
+            "pypi.test",
+            "--allow-host",
+            "*.corp.test",
+            "--deny-host",
+            "secret.corp.test",
+        ],
+        &resolve,
+        r#"
+results["pypi"] = urllib_get("http://pypi.test/simple/")
+results["www"] = connect_get("www.corp.test", 443)
+results["secret"] = connect_get("secret.corp.test", 443)
+results["other"] = connect_get("other.test", 443)
+"#,
+    );
+    assert_eq!(report["network"]["mode"], "limited", "{report}");
+    assert_eq!(pair(&results, "pypi").0, "200", "{results}");
+    assert_eq!(pair(&results, "www").0, "200", "{results}");
+    assert_eq!(pair(&results, "secret").0, "403", "{results}");
+    assert_eq!(pair(&results, "other").0, "403", "{results}");
+    assert!(
+        !internet
+            .seen()
+            .iter()
+            .any(|l| l.contains("secret") || l.contains("other")),
+        "{:?}",
+        internet.seen()
+    );
+}
+
+#[test]
+fn allowed_hosts_that_cannot_apply_are_refused_naming_the_flag() {
+    for (args, says) in [
+        (
+            vec!["--allow-host", "https://pypi.org/simple"],
+            "--allow-host",
+        ),
+        (
+            vec!["--deny-host", "pypi.org"],
+            "give the hosts that are allowed too",
+        ),
+        (
+            vec!["--network", "none", "--allow-host", "pypi.org"],
+            "no egress proxy",
+        ),
+    ] {
+        let mut full = vec!["run"];
+        full.extend_from_slice(&args);
+        full.extend_from_slice(&["--", "true"]);
+        let out = phantom(&full, |_| {});
+        assert_eq!(out.code, Some(2), "{}", out.describe());
+        assert!(out.stderr.contains(says), "{says}: {}", out.describe());
+    }
+}
+
+#[test]
 fn malformed_allow_entries_are_policy_errors_at_their_place() {
     let dir = std::env::temp_dir().join(format!(
         "phantom-net-policy-{}-{}",

@@ -285,9 +285,38 @@ pub(crate) fn overrides(
             wall_timeout_ms: timeout,
             network: limits.network.map(policy_network),
             image: image.map(str::to_string),
+            egress: egress(limits)?,
         },
         output,
     ))
+}
+
+/// `allow_hosts` / `deny_hosts` as egress rules (each entry checked like a profile's
+/// `network.allow`).
+fn egress(limits: &Limits) -> Result<Option<phantom_policy::EgressOverride>, FieldError> {
+    if limits.allow_hosts.is_empty() {
+        if let Some(first) = limits.deny_hosts.first() {
+            return Err(FieldError::with_value(
+                Field::DenyHosts,
+                first,
+                "deny_hosts narrows allow_hosts: give the hosts that are allowed too",
+            ));
+        }
+        return Ok(None);
+    }
+    let rules = |field: Field, entries: &[String]| {
+        entries
+            .iter()
+            .map(|e| {
+                phantom_policy::egress::EgressRule::parse(e)
+                    .map_err(|m| FieldError::with_value(field, e, m))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Some(phantom_policy::EgressOverride {
+        allow: rules(Field::AllowHosts, &limits.allow_hosts)?,
+        deny: rules(Field::DenyHosts, &limits.deny_hosts)?,
+    }))
 }
 
 /// What a payload runs, where, and with which variables over the plan's environment:

@@ -42,6 +42,17 @@ pub struct Overrides {
     /// `filesystem.rootfs`). Checked like an `image:NAME` there; whether the image
     /// exists is the runtime's business.
     pub image: Option<String>,
+    /// `--allow-host` / `--deny-host`: the egress proxy's rules instead of the
+    /// profile's `network.allow` and `network.deny`; the network is then `limited`
+    /// (an explicit other network is an error).
+    pub egress: Option<EgressOverride>,
+}
+
+/// A request's own egress rules (see [`Overrides::egress`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EgressOverride {
+    pub allow: Vec<crate::egress::EgressRule>,
+    pub deny: Vec<crate::egress::EgressRule>,
 }
 
 /// The sandbox's hostname, also in its /etc/hosts and /etc/hostname.
@@ -160,10 +171,21 @@ pub fn compile_on(
         profile::check_timeout(v).map_err(|m| override_error("timeout", m))?;
     }
 
+    // Hosts of the request's own make the network limited.
+    let asked_network = match (&overrides.egress, overrides.network) {
+        (Some(_), None | Some(NetworkMode::Limited)) => Some(NetworkMode::Limited),
+        (Some(_), Some(other)) => {
+            return Err(override_error(
+                "network",
+                format!("{} has no egress proxy to apply allowed hosts to; use network limited, or give no hosts", other.as_str()),
+            ))
+        }
+        (None, asked) => asked,
+    };
     // Network: hardened has none, and never the host's.
-    let network = match (overrides.network, hardened) {
+    let network = match (asked_network, hardened) {
         (Some(NetworkMode::LoopbackOnly | NetworkMode::Limited | NetworkMode::Host), true) => {
-            let asked = overrides.network.map_or("", |n| n.as_str());
+            let asked = asked_network.map_or("", |n| n.as_str());
             return Err(override_error(
                 "network",
                 format!("{asked} conflicts with mode hardened, which has no network at all; use network none or mode sandbox"),
@@ -193,10 +215,24 @@ pub fn compile_on(
         (None, false) => profile.network.mode,
     };
     let egress = if network == NetworkMode::Limited {
-        Egress {
-            allow: profile.network.allow.clone(),
-            deny: profile.network.deny.clone(),
-            allow_reserved: profile.network.allow_reserved.clone(),
+        match &overrides.egress {
+            Some(asked) => Egress {
+                allow: asked.allow.clone(),
+                deny: asked.deny.clone(),
+                // The profile's trusted mirrors stay trusted only where still allowed.
+                allow_reserved: profile
+                    .network
+                    .allow_reserved
+                    .iter()
+                    .filter(|r| asked.allow.iter().any(|a| a.covers(r)))
+                    .cloned()
+                    .collect(),
+            },
+            None => Egress {
+                allow: profile.network.allow.clone(),
+                deny: profile.network.deny.clone(),
+                allow_reserved: profile.network.allow_reserved.clone(),
+            },
         }
     } else {
         Egress::default()

@@ -45,8 +45,8 @@ use std::sync::Arc;
 
 pub use builtin::{builtin_names, builtin_source, load_builtin, DEFAULT_PROFILE};
 pub use compile::{
-    compile, compile_on, Overrides, DEV_NODES, HOSTNAME, PATH, PROC_MASKED, PROC_READ_ONLY,
-    SHM_SIZE_BYTES,
+    compile, compile_on, EgressOverride, Overrides, DEV_NODES, HOSTNAME, PATH, PROC_MASKED,
+    PROC_READ_ONLY, SHM_SIZE_BYTES,
 };
 pub use config::{load_named, Config, ConfigProfile, Settings};
 pub use error::{ChoiceError, PolicyError, SourcePos};

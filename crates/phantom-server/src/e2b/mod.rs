@@ -273,8 +273,68 @@ struct NewSandbox {
     auto_pause: Option<bool>,
     #[serde(default)]
     volume_mounts: Option<Vec<Value>>,
+    #[serde(default)]
+    network: Option<NetworkConfig>,
     #[serde(flatten)]
     _rest: BTreeMap<String, Value>,
+}
+
+/// `SandboxNetworkConfig`: the egress rules (the rest — public traffic, host masks,
+/// rules per domain — concerns E2B's edge, which has no counterpart here).
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct NetworkConfig {
+    #[serde(default)]
+    allow_out: Vec<String>,
+    #[serde(default)]
+    deny_out: Vec<String>,
+}
+
+/// E2B's network settings as our limits: `allowOut` is the egress proxy's allow list
+/// (the network is then `limited`: everything else is refused, so a `denyOut` of
+/// `0.0.0.0/0` adds nothing), `denyOut` its deny list; without `allowOut`, denying
+/// everything or `allow_internet_access: false` is no network at all. Address ranges
+/// are served only as single addresses (`/32`, `/128`).
+fn network_limits(
+    allow_internet_access: Option<bool>,
+    net: &NetworkConfig,
+) -> E2bResult<(
+    Option<phantom_api::choice::NetworkMode>,
+    Vec<String>,
+    Vec<String>,
+)> {
+    fn everything(e: &str) -> bool {
+        matches!(e.trim(), "0.0.0.0/0" | "::/0")
+    }
+    fn host(field: &str, i: usize, e: &str) -> E2bResult<String> {
+        let e = e.trim();
+        match e.split_once('/') {
+            None => Ok(e.to_string()),
+            Some((addr, "32")) if addr.parse::<std::net::Ipv4Addr>().is_ok() => Ok(addr.into()),
+            Some((addr, "128")) if addr.parse::<std::net::Ipv6Addr>().is_ok() => Ok(addr.into()),
+            Some(_) => Err(E2bError(ApiFailure::bad_request(format!(
+                "network.{field}[{i}]: `{e}` is an address range; this server's egress proxy takes names (`example.com`, `*.example.com`) and single addresses"
+            )))),
+        }
+    }
+    let allow = (net.allow_out.iter().enumerate())
+        .map(|(i, e)| host("allowOut", i, e))
+        .collect::<E2bResult<Vec<_>>>()?;
+    let deny = (net.deny_out.iter().enumerate())
+        .filter(|(_, e)| !everything(e))
+        .map(|(i, e)| host("denyOut", i, e))
+        .collect::<E2bResult<Vec<_>>>()?;
+    use phantom_api::choice::NetworkMode;
+    if !allow.is_empty() {
+        return Ok((None, allow, deny));
+    }
+    if !deny.is_empty() {
+        return Err(E2bError(ApiFailure::bad_request(
+            "network.denyOut without allowOut: this server cannot take addresses out of open internet access; list what the sandbox may reach in allowOut",
+        )));
+    }
+    let closed = allow_internet_access == Some(false) || net.deny_out.iter().any(|e| everything(e));
+    Ok((closed.then_some(NetworkMode::None), Vec::new(), Vec::new()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -464,9 +524,12 @@ async fn create(
         }
     }
     let id = registry::new_sandbox_id();
+    let (network, allow_hosts, deny_hosts) =
+        network_limits(new.allow_internet_access, &new.network.unwrap_or_default())?;
     let limits = Limits {
-        network: (new.allow_internet_access == Some(false))
-            .then_some(phantom_api::choice::NetworkMode::None),
+        network,
+        allow_hosts,
+        deny_hosts,
         ..Limits::default()
     };
     let request = CreateRequest {

@@ -143,6 +143,25 @@ def sdk_checks(key, other_key):
           and m.disk_total >= m.disk_used and m.cpu_used_pct > 0 and m.mem_total >= m.mem_used, m)
     sb.files.remove("big")
 
+    # Egress rules: allowOut is the egress proxy's allow list; anything else is refused.
+    net = Sandbox.create(network={"allow_out": ["pypi.test", "*.corp.test"], "deny_out": ["0.0.0.0/0"]})
+    r = net.commands.run("""python3 - <<'EOF'
+import os, urllib.request, urllib.error
+print(os.environ.get("HTTPS_PROXY", "none").startswith("http://127.0.0.1:"))
+try:
+    urllib.request.urlopen("http://blocked.example/", timeout=10)
+except urllib.error.HTTPError as e:
+    print(e.code)
+EOF""")
+    check("network.allow_out: a proxy that refuses what is not listed", r.stdout.split() == ["True", "403"], r.stdout + r.stderr)
+    net.kill()
+    raises("network.allow_out with an address range is refused (400)", "SandboxException",
+           lambda: Sandbox.create(network={"allow_out": ["10.0.0.0/8"]}))
+    closed = Sandbox.create(allow_internet_access=False)
+    r = closed.commands.run("cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '")
+    check("allow_internet_access=False: no interface but lo (down)", r.stdout.split() == ["lo"], r.stdout)
+    closed.kill()
+
     # Info, list, timeout, connect.
     info = sb.get_info()
     check("get_info: metadata and template", info.metadata == {"suite": "e2b", "run": "1"} and info.template_id == "base", info)
