@@ -18,13 +18,24 @@ pub enum ContextLanguage {
     /// python3, with matplotlib figures returned as PNG (Agg backend).
     #[default]
     Python,
+    /// node: cells share one vm context (globals and top-level `let`/`const`
+    /// persist), the last expression is the result, top-level `await` works.
+    #[serde(alias = "js")]
+    Javascript,
 }
 
 impl ContextLanguage {
     pub fn as_str(self) -> &'static str {
         match self {
             ContextLanguage::Python => "python",
+            ContextLanguage::Javascript => "javascript",
         }
+    }
+
+    /// The id of a sandbox's default context of this language (the one a call that
+    /// names no context runs in): `default-python`, `default-javascript`.
+    pub fn default_context(self) -> String {
+        format!("default-{}", self.as_str())
     }
 }
 

@@ -348,6 +348,46 @@ fn mcp_run_code_in_a_sandbox_keeps_state_and_returns_figures_as_images() {
         Some("5"),
         "{r}"
     );
+    // node code runs in the sandbox's default javascript context, with its own state.
+    if std::path::Path::new("/usr/bin/node").exists() {
+        let js = |server: &mut McpServer, code: &str| {
+            server.call(
+                "run_code",
+                json!({"language": "node", "code": code, "sandbox": "nb"}),
+            )
+        };
+        let r = js(&mut server, "let z = 20; console.log('hi')");
+        assert_eq!(r["isError"], false, "{r}");
+        assert_eq!(r["structuredContent"]["stdout"], "hi\n", "{r}");
+        let r = js(&mut server, "z * 2 + (typeof y)");
+        assert_eq!(
+            main_text(&r["structuredContent"]).as_deref(),
+            Some("'40undefined'"),
+            "{r}"
+        );
+        let r = js(&mut server, "undefinedName");
+        assert_eq!(
+            r["structuredContent"]["error"]["name"], "ReferenceError",
+            "{r}"
+        );
+        let r = server.call("list_contexts", json!({"sandbox": "nb"}));
+        let languages: Vec<&str> = r["structuredContent"]["contexts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["language"].as_str())
+            .collect();
+        assert!(languages.contains(&"javascript"), "{r}");
+        let r = server.call(
+            "delete_context",
+            json!({"sandbox": "nb", "context": "default-javascript"}),
+        );
+        assert_eq!(r["isError"], false, "{r}");
+    } else {
+        common::not_applicable(
+            "no /usr/bin/node on this host: javascript contexts are not checked",
+        );
+    }
     let r = server.call("list_contexts", json!({"sandbox": "nb"}));
     assert_eq!(
         r["structuredContent"]["contexts"].as_array().unwrap().len(),

@@ -1,5 +1,5 @@
-//! Code contexts: a long-lived interpreter ([`KERNEL`], `python3 -c KERNEL`) inside a
-//! persistent sandbox, fenced like any command there (it is an exec of the sandbox),
+//! Code contexts: a long-lived interpreter ([`KERNEL`], `python3 -c KERNEL`; for
+//! JavaScript [`KERNEL_JS`], `node -e KERNEL_JS`) inside a persistent sandbox, fenced like any command there (it is an exec of the sandbox),
 //! whose globals persist between calls.
 //!
 //! The protocol with the interpreter (described in full at the top of
@@ -42,6 +42,8 @@ use crate::EngineClient;
 
 /// The interpreter, run as `python3 -c KERNEL`.
 pub const KERNEL: &str = include_str!("context_kernel.py");
+/// The JavaScript interpreter, run as `node -e KERNEL_JS` (the same protocol).
+pub const KERNEL_JS: &str = include_str!("context_kernel.js");
 
 /// How long a new interpreter has to say it is ready.
 pub const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -479,7 +481,10 @@ impl CodeContexts {
         env.entry("MPLBACKEND".into())
             .or_insert_with(|| "Agg".into());
         let exec = ExecRequest {
-            argv: Some(vec!["python3".into(), "-c".into(), KERNEL.into()]),
+            argv: Some(match spec.language {
+                ContextLanguage::Python => vec!["python3".into(), "-c".into(), KERNEL.into()],
+                ContextLanguage::Javascript => vec!["node".into(), "-e".into(), KERNEL_JS.into()],
+            }),
             env,
             cwd: Some(spec.cwd.clone()),
             // No timeout of its own: the interpreter lives at most the sandbox's
@@ -626,7 +631,7 @@ fn relay(
                     e => format!(": {}", e.lines().last().unwrap_or(e)),
                 },
                 if ready.is_some() {
-                    " before it was ready; check the sandbox's limits (pids, memory) and its python3"
+                    " before it was ready; check the sandbox's limits (pids, memory) and that its root has the interpreter (python3, or node for javascript)"
                 } else {
                     ""
                 }

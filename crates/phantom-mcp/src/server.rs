@@ -214,7 +214,7 @@ impl PhantomMcp {
     #[tool(
         name = "run_code",
         title = "Run code in a fresh sandbox or a code context",
-        description = "Run a program in a fresh, isolated Linux sandbox that is thrown away afterwards (no network but loopback unless the profile allows more, a private /tmp, the working directory /workspace holds `files`). language: python (python3 -c), node (node -e), bash or sh (-c); the profile defaults to the language's (python-dev, node-dev, default). Returns stdout, stderr, exit_code, timed_out, oom_killed, disk_limit_hit, output_truncated, wall_ms and notes. Output is capped at {max_output} bytes (stdout and stderr together); a program that fails is a normal result with isError set. With `sandbox` (a persistent sandbox's name) python code runs in a code context there instead — `context` (create_context) or the sandbox's default one — whose variables and imports persist between calls, like a notebook: returns stdout, stderr, results (the last expression's value as text/html/..., matplotlib figures as png, also sent as image content), error (name, value, traceback) and execution_count; `timeout` (default 60s) interrupts the code and the context keeps its state.",
+        description = "Run a program in a fresh, isolated Linux sandbox that is thrown away afterwards (no network but loopback unless the profile allows more, a private /tmp, the working directory /workspace holds `files`). language: python (python3 -c), node (node -e), bash or sh (-c); the profile defaults to the language's (python-dev, node-dev, default). Returns stdout, stderr, exit_code, timed_out, oom_killed, disk_limit_hit, output_truncated, wall_ms and notes. Output is capped at {max_output} bytes (stdout and stderr together); a program that fails is a normal result with isError set. With `sandbox` (a persistent sandbox's name) python or node code runs in a code context there instead — `context` (create_context) or the sandbox's default one — whose variables and imports persist between calls, like a notebook: returns stdout, stderr, results (the last expression's value as text/html/..., matplotlib figures as png, also sent as image content), error (name, value, traceback) and execution_count; `timeout` (default 60s) interrupts the code and the context keeps its state.",
         annotations(read_only_hint = false, destructive_hint = false, open_world_hint = false),
         output_schema = code_output_schema()
     )]
@@ -760,18 +760,22 @@ impl PhantomMcp {
         run: CodeRun,
         ct: tokio_util::sync::CancellationToken,
     ) -> CallToolResult {
-        use phantom_api::context::{CodeResult, ContextRun};
+        use phantom_api::context::{CodeResult, ContextLanguage, ContextRun};
         use phantom_engine::contexts::{call_timeout, ContextSpec};
         let CodeRun {
             language,
             code,
             options,
         } = run;
-        if language != phantom_api::choice::Language::Python {
-            return bad_args(format!(
-                "language {language}: a code context runs python; run {language} in the sandbox with exec_in_sandbox"
-            ));
-        }
+        let language = match language {
+            phantom_api::choice::Language::Python => ContextLanguage::Python,
+            phantom_api::choice::Language::Node => ContextLanguage::Javascript,
+            other => {
+                return bad_args(format!(
+                    "language {other}: a code context runs python or node; run {other} in the sandbox with exec_in_sandbox"
+                ))
+            }
+        };
         let mut rest = options.clone();
         rest.env = Default::default();
         rest.limits.timeout = None;
@@ -794,20 +798,23 @@ impl PhantomMcp {
                 let contexts = &engine.contexts;
                 let context = match id {
                     Some(id) => contexts.get(&principal.owner, &sandbox, &id)?,
-                    None => match contexts.get(&principal.owner, &sandbox, DEFAULT_CONTEXT) {
-                        Ok(c) => c,
-                        Err(_) => contexts.start(
-                            client,
-                            principal.clone(),
-                            &sandbox,
-                            ContextSpec {
-                                id: DEFAULT_CONTEXT.into(),
-                                language: phantom_api::context::ContextLanguage::Python,
-                                cwd: "/workspace".into(),
-                                env: Default::default(),
-                            },
-                        )?,
-                    },
+                    None => {
+                        match contexts.get(&principal.owner, &sandbox, &language.default_context())
+                        {
+                            Ok(c) => c,
+                            Err(_) => contexts.start(
+                                client,
+                                principal.clone(),
+                                &sandbox,
+                                ContextSpec {
+                                    id: language.default_context(),
+                                    language,
+                                    cwd: "/workspace".into(),
+                                    env: Default::default(),
+                                },
+                            )?,
+                        }
+                    }
                 };
                 let mut result = CodeResult::default();
                 context.execute(
@@ -834,9 +841,6 @@ impl PhantomMcp {
         }
     }
 }
-
-/// The id of a sandbox's default context (`run_code` with a sandbox and no context).
-const DEFAULT_CONTEXT: &str = "default-python";
 
 /// A context call's result: structured, with its figures as image content instead of
 /// base64 text in `results` (a model reads images, not 50 kB of base64); an error when

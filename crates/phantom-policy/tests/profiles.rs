@@ -1050,6 +1050,65 @@ fn hardened_refuses_read_write_binds() {
 }
 
 #[test]
+fn a_requests_hosts_replace_the_profiles_and_make_the_network_limited() {
+    use phantom_policy::egress::EgressRule;
+    let rule = |s: &str| EgressRule::parse(s).unwrap();
+    let hosts = Overrides {
+        egress: Some(phantom_policy::EgressOverride {
+            allow: vec![rule("example.org"), rule("*.corp.test")],
+            deny: vec![rule("secret.corp.test")],
+        }),
+        ..Overrides::default()
+    };
+    // python-dev is limited with pypi: the request's list replaces it.
+    let plan = compile(&load_builtin("python-dev").unwrap(), &hosts).unwrap();
+    assert_eq!(plan.network, NetworkMode::Limited);
+    assert_eq!(
+        plan.egress.allow,
+        vec![rule("example.org"), rule("*.corp.test")]
+    );
+    assert_eq!(plan.egress.deny, vec![rule("secret.corp.test")]);
+    // default is loopback-only: the hosts make it limited.
+    let plan = compile(&load_builtin("default").unwrap(), &hosts).unwrap();
+    assert_eq!(plan.network, NetworkMode::Limited);
+    // A profile's trusted mirror stays trusted only while the request still allows it.
+    let mirror = load_str(
+        "profile: m\nnetwork:\n  mode: limited\n  allow: [mirror.internal]\n  allow_reserved: [mirror.internal]\n",
+        "mirror.yaml",
+    )
+    .unwrap();
+    assert!(compile(&mirror, &hosts)
+        .unwrap()
+        .egress
+        .allow_reserved
+        .is_empty());
+    let keeps = Overrides {
+        egress: Some(phantom_policy::EgressOverride {
+            allow: vec![rule("mirror.internal")],
+            deny: Vec::new(),
+        }),
+        ..Overrides::default()
+    };
+    assert_eq!(
+        compile(&mirror, &keeps).unwrap().egress.allow_reserved,
+        vec![rule("mirror.internal")]
+    );
+    // Another network, or hardened (no network at all): refused, saying why.
+    let none = Overrides {
+        network: Some(NetworkMode::None),
+        ..hosts.clone()
+    };
+    let e = compile(&load_builtin("default").unwrap(), &none).unwrap_err();
+    assert!(e.to_string().contains("no egress proxy"), "{e}");
+    let hardened = Overrides {
+        mode: Some(Mode::Hardened),
+        ..hosts.clone()
+    };
+    let e = compile(&load_builtin("default").unwrap(), &hardened).unwrap_err();
+    assert!(e.to_string().contains("hardened"), "{e}");
+}
+
+#[test]
 fn overrides_replace_profile_values_and_are_checked() {
     let profile = load_builtin("python-dev").unwrap();
     let overrides = Overrides {
@@ -1060,6 +1119,7 @@ fn overrides_replace_profile_values_and_are_checked() {
         wall_timeout_ms: Some(units::parse_duration_ms("5s").unwrap()),
         network: Some(NetworkMode::None),
         image: None,
+        egress: None,
     };
     let plan = compile(&profile, &overrides).unwrap();
     assert_eq!(plan.limits.memory_bytes, overrides.memory_bytes.unwrap());

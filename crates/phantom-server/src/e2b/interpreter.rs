@@ -27,8 +27,6 @@ use crate::App;
 
 /// The code interpreter's port (the SDKs send it in `E2b-Sandbox-Port`).
 pub const PORT: u16 = 49999;
-/// The id of a sandbox's default context.
-const DEFAULT_CONTEXT: &str = "default-python";
 /// The most stdout and stderr one execution returns.
 const MAX_OUTPUT: u64 = 16 << 20;
 /// The longest one execution runs (the SDK's own `timeout` is a client-side one: it
@@ -96,8 +94,9 @@ struct NewContext {
 fn language(asked: Option<&str>) -> Result<ContextLanguage, String> {
     match asked.unwrap_or("python") {
         "" | "python" | "python3" => Ok(ContextLanguage::Python),
+        "js" | "javascript" => Ok(ContextLanguage::Javascript),
         other => Err(format!(
-            "language {other:?}: this server's contexts run python (javascript is not served yet)"
+            "language {other:?}: this server's contexts run python and javascript"
         )),
     }
 }
@@ -303,13 +302,13 @@ async fn execute(
             match app
                 .contexts
                 .all
-                .get(&principal.owner, &record.id, DEFAULT_CONTEXT)
+                .get(&principal.owner, &record.id, &lang.default_context())
             {
                 Ok(c) => c,
                 Err(_) => {
                     let spec = spec(
                         &record,
-                        DEFAULT_CONTEXT.into(),
+                        lang.default_context(),
                         lang,
                         super::envd::HOME.into(),
                     );

@@ -285,6 +285,24 @@ def code_interpreter_checks():
         check("a call's timeout raises TimeoutException", type(ex).__name__ == "TimeoutException", ex)
     e = sb.run_code("x")
     check("an interrupted cell leaves the context usable", e.text == "1" and time.time() - started < 10, (e, time.time() - started))
+    # JavaScript: its own default context, state kept, errors with name and stack.
+    sb.run_code("let n = 40; console.log('js', {a: 1})", language="js")
+    e = sb.run_code("n + 2", language="javascript")
+    check("run_code in javascript keeps its state", e.text == "42", e)
+    e = sb.run_code("console.log('out'); await Promise.resolve(7)", language="js")
+    check("javascript: console output and top-level await", e.logs.stdout == ["out\n"] and e.text == "7", e)
+    e = sb.run_code("null.x", language="js")
+    check("javascript: an error's name and stack", e.error is not None and e.error.name == "TypeError"
+          and "<cell>" in e.error.traceback, e.error)
+    js = sb.create_code_context(language="js")
+    check("a javascript context of its own", sb.run_code("typeof n", context=js).text == "'undefined'")
+    try:
+        sb.run_code("while (true) {}", language="js", timeout=2)
+        check("javascript: a call's timeout", False, "no timeout")
+    except Exception as ex:
+        check("javascript: a call's timeout raises TimeoutException", type(ex).__name__ == "TimeoutException", ex)
+    check("javascript: an interrupted cell leaves the context usable",
+          sb.run_code("n", language="js").text == "40")
     samples = []
     for _ in range(50):
         t = time.perf_counter()
