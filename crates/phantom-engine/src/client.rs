@@ -182,6 +182,10 @@ pub enum Stdin {
     /// write end and writes to it for as long as the process lives (a code context's
     /// requests).
     Pipe(OwnedFd),
+    /// A pseudo-terminal's slave ([`phantom_linux::terminal::open_pty`]): the
+    /// process's stdin, stdout and stderr, and its controlling terminal. The caller
+    /// reads and writes the master; the run's own output is then empty.
+    Terminal(OwnedFd),
 }
 
 /// What wakes a run's relay besides the engine and the output.
@@ -503,7 +507,7 @@ impl EngineClient {
             }
             Stdin::Bytes(bytes) => (StdinRelay::none(), Some(memfd("phantom-stdin", bytes)?)),
             Stdin::Null => (StdinRelay::none(), None),
-            Stdin::Pipe(fd) => (
+            Stdin::Pipe(fd) | Stdin::Terminal(fd) => (
                 StdinRelay::none(),
                 Some(
                     fd.try_clone()
@@ -511,8 +515,17 @@ impl EngineClient {
                 ),
             ),
         };
-        let (out_r, out_w) = process::pipe().map_err(sys)?;
-        let (err_r, err_w) = process::pipe().map_err(sys)?;
+        let (out_r, mut out_w) = process::pipe().map_err(sys)?;
+        let (err_r, mut err_w) = process::pipe().map_err(sys)?;
+        if let Stdin::Terminal(slave) = &io.stdin {
+            // The terminal is the output too; the pipes stay empty (and close).
+            let dup = || {
+                slave
+                    .try_clone()
+                    .map_err(|e| failed(format!("dup the terminal: {e}")))
+            };
+            (out_w, err_w) = (dup()?, dup()?);
+        }
         let request = make(stdin_fd.is_some());
         {
             let mut fds: Vec<BorrowedFd<'_>> = stdin_fd.iter().map(|f| f.as_fd()).collect();

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use phantom_linux::mount::{self, Attrs};
 use phantom_linux::process::{self, ExitStatus, Rlimit};
-use phantom_linux::{caps, fdpass, landlock, net, seccomp};
+use phantom_linux::{caps, fdpass, landlock, net, seccomp, terminal};
 
 use phantom_api::request::Field;
 
@@ -1369,6 +1369,14 @@ pub(crate) fn payload_prologue(ctx: &PayloadContext, chan: &OwnedFd) {
         if let Err(e) = process::dup_onto(fd.as_fd(), target) {
             payload_failed(ctx, 126, e.to_string());
         }
+    }
+    // A pseudo-terminal made for this process (E2B's PTY; never a user's terminal,
+    // which the CLI relays through a pipe) becomes its controlling terminal, so that a
+    // shell has job control. Without it the process runs on, only without.
+    if terminal::is_terminal(rustix::stdio::stdin())
+        && terminal::is_terminal(rustix::stdio::stdout())
+    {
+        let _ = terminal::take_controlling_terminal(rustix::stdio::stdin());
     }
     let mut limits = vec![
         (Rlimit::NoFile, ctx.nofile),

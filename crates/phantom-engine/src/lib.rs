@@ -48,4 +48,9 @@ mod wasm_run;
 pub mod workspace;
 
 pub use client::EngineClient;
+
+/// Pseudo-terminals for processes that ask for one (`client::Stdin::Terminal`).
+pub mod terminal {
+    pub use phantom_linux::terminal::{open_pty, read_master, resize, write_master};
+}
 pub use error::EngineError;

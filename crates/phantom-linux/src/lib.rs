@@ -30,6 +30,7 @@ pub mod net;
 pub mod process;
 pub mod seccomp;
 pub mod sysinfo;
+pub mod terminal;
 pub mod userns;
 
 use std::io;

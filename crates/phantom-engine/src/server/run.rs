@@ -133,6 +133,11 @@ pub(super) struct RunOutcome {
     pub network: Option<NetworkReport>,
 }
 
+/// A Unix 98 pseudo-terminal slave (`/dev/pts/N`: majors 136 to 143).
+fn is_pty_slave(rdev: u64) -> bool {
+    (136..=143).contains(&rustix::fs::major(rdev))
+}
+
 fn dev_null() -> Result<OwnedFd, EngineError> {
     std::fs::File::open("/dev/null")
         .map(OwnedFd::from)
@@ -145,9 +150,11 @@ fn dev_null() -> Result<OwnedFd, EngineError> {
 
 /// The payload's stdio as a client sent them (stdin, stdout, stderr; None: stdin
 /// given none): /dev/null for a missing stdin, and a refusal of any fd that is not a
-/// pipe, a regular file (a memfd) or /dev/null. Anything else — a directory, a socket,
-/// a device — would be a handle on the host inside the sandbox; the client relays such
-/// a stdin through a pipe, so only a client that skipped that gets here.
+/// pipe, a regular file (a memfd), /dev/null or a pseudo-terminal's slave (a terminal
+/// a front end made for this process, `Stdin::Terminal`: it reaches nothing but its
+/// own master). Anything else — a directory, a socket, another device — would be a
+/// handle on the host inside the sandbox; the client relays such a stdin through a
+/// pipe, so only a client that skipped that gets here.
 pub(super) fn payload_stdio(
     stdin: Option<OwnedFd>,
     stdout: OwnedFd,
@@ -165,7 +172,9 @@ pub(super) fn payload_stdio(
         let kind = FileType::from_raw_mode(stat.st_mode);
         let fine = match kind {
             FileType::Fifo | FileType::RegularFile => true,
-            FileType::CharacterDevice => crate::relay::is_dev_null(&stat),
+            FileType::CharacterDevice => {
+                crate::relay::is_dev_null(&stat) || is_pty_slave(stat.st_rdev)
+            }
             _ => false,
         };
         if !fine {
@@ -916,5 +925,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("stderr is a socket"), "{e}");
+        // A pseudo-terminal's slave passes (a terminal made for the process); another
+        // device does not.
+        let (_master, slave) = phantom_linux::terminal::open_pty(80, 24).unwrap();
+        let dup = || slave.try_clone().unwrap();
+        assert!(payload_stdio(Some(dup()), dup(), dup()).is_ok());
+        let zero = fd(std::fs::File::open("/dev/zero").unwrap());
+        let e = payload_stdio(Some(zero), out(), out())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stdin is a character device"), "{e}");
     }
 }

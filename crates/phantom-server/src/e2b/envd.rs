@@ -56,6 +56,8 @@ struct Running {
     kill: handlers::Stopper,
     /// The write end of its stdin; None once closed (or when started without one).
     stdin: Option<Arc<Mutex<Option<std::io::PipeWriter>>>>,
+    /// The master of its pseudo-terminal, when it was started with one.
+    pty: Option<Arc<OwnedFd>>,
     /// Its events as they come, for `Connect` (a late subscriber sees what follows).
     events: tokio::sync::broadcast::Sender<Bytes>,
 }
@@ -206,10 +208,7 @@ async fn process(
         "SendSignal" => send_signal(&app, &record, &body).await,
         "SendInput" => send_input(&app, &record, &body).await,
         "CloseStdin" => close_stdin(&app, &record, &body),
-        "Update" => Err(Error::new(
-            Code::Unimplemented,
-            "process.Process/Update resizes a PTY, and this server starts no PTY",
-        )),
+        "Update" => update(&app, &record, &body),
         other => Err(Error::new(
             Code::NotFound,
             format!("process.Process has no method {other}"),
@@ -238,7 +237,7 @@ fn stream_error(e: Error) -> Response {
 struct StartRequest {
     process: ProcessConfig,
     #[serde(default)]
-    pty: Option<Value>,
+    pty: Option<PtyConfig>,
     #[serde(default)]
     tag: Option<String>,
     #[serde(default)]
@@ -255,6 +254,32 @@ struct ProcessConfig {
     envs: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cwd: Option<String>,
+}
+
+/// `PTY`: the terminal's size.
+#[derive(Debug, Deserialize, Default)]
+struct PtyConfig {
+    #[serde(default)]
+    size: Option<PtySize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct PtySize {
+    #[serde(default)]
+    cols: u16,
+    #[serde(default)]
+    rows: u16,
+}
+
+impl PtyConfig {
+    /// Columns and rows (80 x 24 for what is absent or zero).
+    fn size(&self) -> (u16, u16) {
+        let (cols, rows) = self.size.as_ref().map_or((0, 0), |s| (s.cols, s.rows));
+        (
+            if cols == 0 { 80 } else { cols },
+            if rows == 0 { 24 } else { rows },
+        )
+    }
 }
 
 /// How often a stream says it is alive when the client asked for it
@@ -284,19 +309,24 @@ async fn start(
         Ok(r) => r,
         Err(e) => return stream_error(e),
     };
-    if request.pty.is_some() {
-        return stream_error(Error::new(
-            Code::Unimplemented,
-            "a PTY is not served by this server yet: start the process without one",
-        ));
-    }
     let config = request.process;
     if config.cmd.is_empty() {
         return stream_error(Error::new(Code::InvalidArgument, "process.cmd is empty"));
     }
-    // A pipe unless the call says `stdin: false` (absent means true, the proto's
-    // default for older SDKs; today's send false unless told `stdin=True`).
-    let (stdin, stdin_writer) = if request.stdin == Some(false) {
+    // A terminal when asked for one (its slave is stdin, stdout and stderr); else a
+    // pipe unless the call says `stdin: false` (absent means true, the proto's default
+    // for older SDKs; today's send false unless told `stdin=True`).
+    let mut terminal = None;
+    let (stdin, stdin_writer) = if let Some(pty) = &request.pty {
+        let (cols, rows) = pty.size();
+        match phantom_engine::terminal::open_pty(cols, rows) {
+            Ok((master, slave)) => {
+                terminal = Some(Arc::new(master));
+                (Stdin::Terminal(slave), None)
+            }
+            Err(e) => return stream_error(Error::new(Code::Internal, format!("a terminal: {e}"))),
+        }
+    } else if request.stdin == Some(false) {
         (Stdin::Null, None)
     } else {
         match std::io::pipe() {
@@ -344,6 +374,7 @@ async fn start(
             tag: request.tag.clone(),
             kill: cancel.stopper(),
             stdin: stdin_writer,
+            pty: terminal.clone(),
             events: watchers.clone(),
         },
     );
@@ -376,12 +407,25 @@ async fn start(
             return stream_error(Error::new(Code::of_status(f.status), f.message));
         }
     };
+    // A terminal's output is read from its master by a thread of its own, from the
+    // process's start until it is over and the terminal has gone quiet.
+    let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (pumped_tx, pumped) = tokio::sync::oneshot::channel::<()>();
+    let mut pump = terminal
+        .clone()
+        .map(|master| (master, emit.clone(), over.clone(), pumped_tx));
     let task = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mut started = false;
         let mut on_started = |_: &phantom_api::engine::Started| {
             started = true;
             emit(event(json!({ "start": { "pid": pid } })));
+            if let Some((master, emit, over, pumped)) = pump.take() {
+                std::thread::spawn(move || {
+                    pump_terminal(&master, &emit, &over);
+                    let _ = pumped.send(());
+                });
+            }
         };
         let emit_data = emit.clone();
         let mut send = move |stream: Stream, data: &[u8]| {
@@ -404,8 +448,11 @@ async fn start(
     let done_app = app.clone();
     tokio::spawn(async move {
         let result = task.await;
-        // The process is over: nothing can kill it any more.
+        // The process is over: nothing can kill it any more; what its terminal still
+        // holds comes before its end.
         drop(cancel);
+        over.store(true, Ordering::SeqCst);
+        let _ = tokio::time::timeout(Duration::from_secs(2), pumped).await;
         let (end, error) = match result {
             Ok(Ok(report)) => {
                 let (status, exit_code) = match report.signal {
@@ -468,6 +515,33 @@ async fn start(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// Send what the process writes to its terminal as `pty` data events until every
+/// slave is closed, or the process is `over` and the terminal stays quiet.
+fn pump_terminal(master: &OwnedFd, emit: &impl Fn(Bytes), over: &std::sync::atomic::AtomicBool) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut quiet = 0;
+    loop {
+        match phantom_engine::terminal::read_master(
+            master.as_fd(),
+            &mut buf,
+            Duration::from_millis(100),
+        ) {
+            Ok(Some(0)) | Err(_) => return,
+            Ok(Some(n)) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(&buf[..n]);
+                emit(event(json!({ "data": { "pty": encoded } })));
+            }
+            Ok(None) if over.load(Ordering::SeqCst) => {
+                quiet += 1;
+                if quiet >= 3 {
+                    return;
+                }
+            }
+            Ok(None) => {}
+        }
+    }
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -562,18 +636,24 @@ struct Input {
     pty: Option<String>,
 }
 
+/// Where input goes.
+enum Sink {
+    Stdin(Arc<Mutex<Option<std::io::PipeWriter>>>),
+    Terminal(Arc<OwnedFd>),
+}
+
 impl Input {
-    fn bytes(self) -> Result<Vec<u8>, Error> {
-        match (self.stdin, self.pty) {
-            (Some(data), _) => base64::engine::general_purpose::STANDARD
-                .decode(data.as_bytes())
-                .map_err(|e| Error::new(Code::InvalidArgument, format!("input.stdin: {e}"))),
-            (None, Some(_)) => Err(Error::new(
-                Code::Unimplemented,
-                "input.pty: this server starts no PTY; send stdin",
-            )),
-            (None, None) => Ok(Vec::new()),
-        }
+    /// The bytes, and whether they are for a terminal.
+    fn bytes(self) -> Result<(Vec<u8>, bool), Error> {
+        let (data, pty, field) = match (self.stdin, self.pty) {
+            (Some(d), _) => (d, false, "input.stdin"),
+            (None, Some(d)) => (d, true, "input.pty"),
+            (None, None) => return Ok((Vec::new(), false)),
+        };
+        base64::engine::general_purpose::STANDARD
+            .decode(data.as_bytes())
+            .map(|b| (b, pty))
+            .map_err(|e| Error::new(Code::InvalidArgument, format!("{field}: {e}")))
     }
 }
 
@@ -595,9 +675,48 @@ fn stdin_of(
         .ok_or_else(|| {
             Error::new(
                 Code::FailedPrecondition,
-                "the process was started without stdin: start it with stdin=True",
+                "the process was started without stdin: start it with stdin=True (or write to its PTY)",
             )
         })
+}
+
+/// The terminal of the process `selector` names, or why there is none.
+fn terminal_of(app: &App, record: &Record, selector: &Selector) -> Result<Arc<OwnedFd>, Error> {
+    app.e2b_processes
+        .with(&record.id, selector, |_, r| r.pty.clone())?
+        .ok_or_else(|| {
+            Error::new(
+                Code::FailedPrecondition,
+                "the process was started without a PTY: send its input as stdin",
+            )
+        })
+}
+
+fn sink_of(app: &App, record: &Record, selector: &Selector, pty: bool) -> Result<Sink, Error> {
+    if pty {
+        terminal_of(app, record, selector).map(Sink::Terminal)
+    } else {
+        stdin_of(app, record, selector).map(Sink::Stdin)
+    }
+}
+
+/// Write `data` where it goes (from a blocking thread: a process that does not read
+/// fills its pipe or terminal).
+async fn write_input(sink: Sink, data: Vec<u8>) -> Result<(), Error> {
+    match sink {
+        Sink::Stdin(pipe) => write_stdin(pipe, data).await,
+        Sink::Terminal(master) => tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            phantom_engine::terminal::write_master(master.as_fd(), &data, deadline).map_err(|e| {
+                Error::new(
+                    Code::FailedPrecondition,
+                    format!("the process's terminal does not take input: {e}"),
+                )
+            })
+        })
+        .await
+        .map_err(|e| Error::new(Code::Internal, format!("worker failed: {e}")))?,
+    }
 }
 
 /// Write `data` to a process's stdin (from a blocking thread: a process that does not
@@ -628,15 +747,40 @@ async fn write_stdin(
 /// `SendInput`: bytes to the process's stdin.
 async fn send_input(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> {
     let request: InputRequest = connect::unary_message(body)?;
-    let data = request.input.bytes()?;
-    let pipe = stdin_of(app, record, &request.process)?;
-    write_stdin(pipe, data).await?;
+    let (data, pty) = request.input.bytes()?;
+    let sink = sink_of(app, record, &request.process, pty)?;
+    write_input(sink, data).await?;
+    Ok(json!({}))
+}
+
+#[derive(Debug, Deserialize)]
+struct UpdateRequest {
+    process: Selector,
+    #[serde(default)]
+    pty: Option<PtyConfig>,
+}
+
+/// `Update`: a new size for the process's terminal.
+fn update(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> {
+    let request: UpdateRequest = connect::unary_message(body)?;
+    let master = terminal_of(app, record, &request.process)?;
+    if let Some(pty) = request.pty {
+        let (cols, rows) = pty.size();
+        phantom_engine::terminal::resize(master.as_fd(), cols, rows)
+            .map_err(|e| Error::new(Code::Internal, e.to_string()))?;
+    }
     Ok(json!({}))
 }
 
 /// `CloseStdin`: end of file on the process's stdin.
 fn close_stdin(app: &App, record: &Record, body: &[u8]) -> Result<Value, Error> {
     let request: ProcessOnly = connect::unary_message(body)?;
+    if terminal_of(app, record, &request.process).is_ok() {
+        return Err(Error::new(
+            Code::FailedPrecondition,
+            "a PTY has no stdin to close: send Ctrl-D (0x04) to it instead",
+        ));
+    }
     let pipe = stdin_of(app, record, &request.process)?;
     drop(pipe.lock().expect("stdin").take());
     Ok(json!({}))
@@ -656,21 +800,22 @@ pub(super) async fn stream_input(
         connect::check_stream_type(&headers)?;
         let mut frames = body.into_data_stream();
         let mut buf = Vec::new();
-        let mut pipe = None;
+        let mut process = None;
         loop {
             while let Some(message) = connect::next_message::<StreamInputRequest>(&mut buf)? {
                 match message {
                     StreamInputRequest {
                         start: Some(start), ..
-                    } => pipe = Some(stdin_of(&app, &record, &start.process)?),
+                    } => process = Some(start.process),
                     StreamInputRequest { data: Some(d), .. } => {
-                        let pipe = pipe.clone().ok_or_else(|| {
+                        let selector = process.as_ref().ok_or_else(|| {
                             Error::new(
                                 Code::InvalidArgument,
                                 "a data message before the start message that names the process",
                             )
                         })?;
-                        write_stdin(pipe, d.input.bytes()?).await?;
+                        let (data, pty) = d.input.bytes()?;
+                        write_input(sink_of(&app, &record, selector, pty)?, data).await?;
                     }
                     _ => {} // keepalive
                 }

@@ -89,6 +89,22 @@ def sdk_checks(key, other_key):
            lambda: sb.commands.send_stdin(h.pid, "x"))
     sb.commands.kill(h.pid)
 
+    # A PTY: an interactive bash with a terminal of the size asked, input and resize.
+    from e2b import PtySize
+    term = sb.pty.create(PtySize(rows=24, cols=80))
+    sb.pty.send_stdin(term.pid, b"stty size; test -t 0 && test -t 1 && echo IS-A-TTY\n")
+    time.sleep(1)
+    sb.pty.resize(term.pid, PtySize(rows=40, cols=120))
+    sb.pty.send_stdin(term.pid, b"stty size; exit 5\n")
+    seen = []
+    try:
+        term.wait(on_pty=lambda d: seen.append(bytes(d)))
+        check("pty: the shell's exit", False, "no exit code")
+    except CommandExitException as e:
+        check("pty: the shell's exit code", e.exit_code == 5, e.exit_code)
+    text = b"".join(seen).decode(errors="replace")
+    check("pty: a terminal of the size asked, then resized", "24 80" in text and "40 120" in text and "IS-A-TTY" in text, text)
+
     # A command outlives its stream (disconnect) and can be connected to again.
     h = sb.commands.run("sleep 1; echo late; exit 3", background=True)
     h.disconnect()
