@@ -105,4 +105,9 @@ if [ -n "${OCI_KEEP:-}" ]; then
   read -r _
   exit 0
 fi
+if [ -n "${PHANTOM_OCI_RUN:-}" ]; then
+  # Another command against this containerd instead of the tests (bench-oci.sh).
+  $PHANTOM_OCI_RUN
+  exit 0
+fi
 cargo test -q -p phantom-oci --test ctr -- --test-threads=1 "$@"
