@@ -314,6 +314,18 @@ pub fn connect_stream(path: &Path) -> SysResult<OwnedFd> {
     Ok(sock)
 }
 
+/// Create the character device `path` (major:minor) with `mode`, whatever the umask.
+pub fn mknod_char(path: &Path, major: u32, minor: u32, mode: u32) -> SysResult<()> {
+    let c = cstr(path)?;
+    let dev = libc::makedev(major, minor);
+    // SAFETY: c is NUL-terminated and outlives the call; mknod takes integers else.
+    let ret = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | mode, dev) };
+    check(ret as _, "mknod", || path.display().to_string())?;
+    // SAFETY: as above, chmod with a path and an integer.
+    let ret = unsafe { libc::chmod(c.as_ptr(), mode) };
+    check(ret as _, "chmod", || path.display().to_string()).map(|_| ())
+}
+
 /// chroot(2) into `path` (with `--no-pivot`, after moving the rootfs onto /).
 pub fn chroot(path: &Path) -> SysResult<()> {
     rustix::process::chroot(path)

@@ -355,11 +355,21 @@ fn limits_land_in_the_containers_cgroup_and_update_changes_them() {
     let id = id("update");
     let _cleanup_id = Cleanup(&env, id.clone());
     env.start_detached(&["--memory-limit", "67108864"], &id, &["sleep", "300"]);
-    assert_eq!(cgroup_file(&id, "memory", "memory.limit_in_bytes", "memory.max"), "67108864");
+    assert_eq!(
+        cgroup_file(&id, "memory", "memory.limit_in_bytes", "memory.max"),
+        "67108864"
+    );
     // `ctr` has no update command: call phantom-oci as the shim does, with the
     // resources on stdin.
     let mut update = Command::new(&env.binary)
-        .args(["--root", &format!("/run/containerd/runc/{NS}"), "update", "--resources", "-", &id])
+        .args([
+            "--root",
+            &format!("/run/containerd/runc/{NS}"),
+            "update",
+            "--resources",
+            "-",
+            &id,
+        ])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -373,11 +383,21 @@ fn limits_land_in_the_containers_cgroup_and_update_changes_them() {
         .unwrap();
     let out = update.wait_with_output().unwrap();
     assert!(out.status.success(), "update: {}", text(&out.stderr));
-    assert_eq!(cgroup_file(&id, "memory", "memory.limit_in_bytes", "memory.max"), "134217728");
+    assert_eq!(
+        cgroup_file(&id, "memory", "memory.limit_in_bytes", "memory.max"),
+        "134217728"
+    );
     assert_eq!(cgroup_file(&id, "pids", "pids.max", "pids.max"), "50");
     // A field phantom-oci does not support is refused by name, not ignored.
     let mut update = Command::new(&env.binary)
-        .args(["--root", &format!("/run/containerd/runc/{NS}"), "update", "--resources", "-", &id])
+        .args([
+            "--root",
+            &format!("/run/containerd/runc/{NS}"),
+            "update",
+            "--resources",
+            "-",
+            &id,
+        ])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -390,7 +410,11 @@ fn limits_land_in_the_containers_cgroup_and_update_changes_them() {
         .unwrap();
     let out = update.wait_with_output().unwrap();
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("hugepageLimits"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("hugepageLimits"),
+        "{}",
+        text(&out.stderr)
+    );
     env.remove(&id);
     assert_clean(&id);
 }
@@ -592,5 +616,19 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_uid() {
     assert_eq!(lines.next(), Some("0"), "{got} {}", text(&out.stderr));
     let map: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
     assert_eq!(map, ["0", "100000", "65536"], "{got}");
+    assert_clean(&id);
+}
+
+#[test]
+fn an_unsupported_field_is_refused_by_name_and_nothing_is_left() {
+    let Some(env) = env() else { return };
+    let id = id("refused");
+    let _cleanup_id = Cleanup(&env, id.clone());
+    // --rdt-class sets linux.intelRdt, which phantom-oci does not support.
+    let out = env.run(&["--rdt-class", "gold"], &id, &["true"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("linux.intelRdt: not supported"), "{err}");
+    let _ = env.ctr(&["container", "delete", &id]);
     assert_clean(&id);
 }

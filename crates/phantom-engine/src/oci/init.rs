@@ -224,7 +224,7 @@ fn setup(
     }
     // 9. The devices every container has, bound from the host's, and the standard
     //    links (runc creates the same).
-    default_devices(rootfs)?;
+    default_devices(rootfs, plan.new_user)?;
     // 10. The terminal, while the host's tree is still reachable for nothing: the
     //     pty comes from the container's own devpts (mounted in step 8).
     if plan.terminal {
@@ -567,17 +567,31 @@ fn mount_one(rootfs: &Path, m: &super::spec::MountPlan, cgroup: &Cgroup) -> Resu
     Ok(())
 }
 
-fn default_devices(rootfs: &Path) -> Result<(), OciError> {
+/// The devices every container gets (runtime-spec "Default Devices"): made with
+/// mknod as host root; bound from the host's in a user namespace, where mknod is
+/// not allowed.
+fn default_devices(rootfs: &Path, in_user_ns: bool) -> Result<(), OciError> {
     let dev = resolve_in_root(rootfs, Path::new("/dev"));
     std::fs::create_dir_all(&dev).map_err(|e| OciError::io("mkdir", &dev, e))?;
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
         let target = dev.join(name);
         if std::fs::symlink_metadata(&target).is_ok() {
             continue;
         }
-        std::fs::File::create(&target).map_err(|e| OciError::io("create", &target, e))?;
-        let host = format!("/dev/{name}");
-        sys::mount(Some(&host), &target, None, libc::MS_BIND, None)?;
+        if in_user_ns {
+            std::fs::File::create(&target).map_err(|e| OciError::io("create", &target, e))?;
+            let host = format!("/dev/{name}");
+            sys::mount(Some(&host), &target, None, libc::MS_BIND, None)?;
+        } else {
+            sys::mknod_char(&target, major, minor, 0o666)?;
+        }
     }
     for (link, to) in [
         ("fd", "/proc/self/fd"),

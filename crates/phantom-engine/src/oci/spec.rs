@@ -420,6 +420,46 @@ fn propagation_flag(s: &str) -> Result<u64, OciError> {
     })
 }
 
+/// Only sysctls of a namespace the container has on its own may be set (as runc
+/// allows): anything else would change the host.
+fn sysctl_allowed(key: &str, separate: &dyn Fn(i32, &str) -> bool) -> Result<(), OciError> {
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let name = key.replace('/', ".");
+    if name.split('.').any(|c| c.is_empty() || c == "..") || name.contains("..") {
+        return refuse("linux.sysctl", &format!("{key:?} is not a sysctl name"));
+    }
+    let (flag, ns, what) = if IPC.contains(&name.as_str()) || name.starts_with("fs.mqueue.") {
+        (libc::CLONE_NEWIPC, "ipc", "an ipc")
+    } else if name.starts_with("net.") {
+        (libc::CLONE_NEWNET, "net", "a network")
+    } else if name == "kernel.hostname" || name == "kernel.domainname" {
+        (libc::CLONE_NEWUTS, "uts", "a uts")
+    } else {
+        return refuse(
+            "linux.sysctl",
+            &format!("{key} is not namespaced: setting it would change the host; remove it"),
+        );
+    };
+    if !separate(flag, ns) {
+        return refuse(
+            "linux.sysctl",
+            &format!(
+                "{key} needs {what} namespace of the container's own; it would change the host's"
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// The plan for container `id` of `spec` (already [`check`]ed) in `bundle`.
 pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
     let root = spec.root().as_ref().expect("checked");
@@ -531,6 +571,28 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
         );
     }
 
+    let separate = |flag: i32, host: &str| -> bool {
+        if unshare & flag != 0 {
+            return true;
+        }
+        // A namespace joined by path counts only if it is not the host's own.
+        join.iter().any(|(p, f)| {
+            *f == flag
+                && std::fs::metadata(p)
+                    .ok()
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                    != std::fs::metadata(format!("/proc/1/ns/{host}"))
+                        .ok()
+                        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        })
+    };
+    let mut sysctl = Vec::new();
+    for (key, value) in linux.sysctl().iter().flatten() {
+        sysctl_allowed(key, &separate)?;
+        sysctl.push((key.clone(), value.clone()));
+    }
+    sysctl.sort();
+
     let mut mounts = Vec::new();
     for m in spec.mounts().iter().flatten() {
         if !m.destination().is_absolute() {
@@ -594,12 +656,7 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
         gid_maps,
         hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
         domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
-        sysctl: linux
-            .sysctl()
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        sysctl,
         mounts,
         rootfs_propagation: propagation_flag(linux.rootfs_propagation().as_deref().unwrap_or(""))?,
         masked_paths: linux
@@ -620,4 +677,49 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
         cgroup_path: super::cgroup::path_for(linux.cgroups_path().as_deref(), id)?,
         resources: linux.resources().clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sysctl_that_would_change_the_host_is_refused() {
+        let own_net = |flag: i32, _: &str| flag == libc::CLONE_NEWNET;
+        assert!(sysctl_allowed("net.ipv4.ip_forward", &own_net).is_ok());
+        assert!(sysctl_allowed("net/ipv4/ip_forward", &own_net).is_ok());
+        // Not namespaced at all.
+        let err = sysctl_allowed("kernel.panic", &own_net).unwrap_err().0;
+        assert!(
+            err.contains("kernel.panic") && err.contains("not namespaced"),
+            "{err}"
+        );
+        // Namespaced, but the container shares the host's ipc namespace.
+        let err = sysctl_allowed("kernel.shmmax", &own_net).unwrap_err().0;
+        assert!(err.contains("ipc namespace"), "{err}");
+        let host_net = |_: i32, _: &str| false;
+        assert!(sysctl_allowed("net.ipv4.ip_forward", &host_net).is_err());
+        assert!(sysctl_allowed("net...x", &own_net).is_err());
+    }
+
+    #[test]
+    fn mount_options_become_flags_data_and_propagation() {
+        let opts: Vec<String> = [
+            "nosuid", "noexec", "nodev", "ro", "size=64k", "mode=755", "rprivate",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (flags, prop, data, bind) = mount_options(&opts).unwrap();
+        assert_eq!(
+            flags,
+            libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV | libc::MS_RDONLY
+        );
+        assert_eq!(prop, vec![libc::MS_PRIVATE | libc::MS_REC]);
+        assert_eq!(data, "size=64k,mode=755");
+        assert!(!bind);
+        let (flags, _, _, bind) = mount_options(&["rbind".to_string(), "rw".to_string()]).unwrap();
+        assert!(bind && flags & libc::MS_REC != 0);
+        assert!(mount_options(&["idmap".to_string()]).is_err());
+    }
 }
