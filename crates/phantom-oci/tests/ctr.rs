@@ -632,3 +632,102 @@ fn an_unsupported_field_is_refused_by_name_and_nothing_is_left() {
     let _ = env.ctr(&["container", "delete", &id]);
     assert_clean(&id);
 }
+
+#[test]
+fn strict_policy_adds_landlock_seccomp_and_drops_capabilities() {
+    let Some(env) = env() else { return };
+    let script = "grep -E '^(CapEff|Seccomp):' /proc/self/status; \
+                  touch /x && echo wrote-root; touch /run/x && echo wrote-run; \
+                  unshare -U true && echo unshared; echo end";
+    // The same container without the annotation: runc's behaviour (the root is
+    // writable, a user namespace can be made), so the assertions below can fail.
+    let plain = id("plain");
+    let _cleanup_plain = Cleanup(&env, plain.clone());
+    let out = env.run(&[], &plain, &["sh", "-c", script]);
+    let got = text(&out.stdout);
+    assert!(
+        got.contains("wrote-root") && got.contains("unshared"),
+        "{got} {}",
+        text(&out.stderr)
+    );
+    assert_clean(&plain);
+
+    let sid = id("strict");
+    let _cleanup_sid = Cleanup(&env, sid.clone());
+    let out = env.run(
+        &["--annotation", "run.phantom.policy=strict"],
+        &sid,
+        &["sh", "-c", script],
+    );
+    let got = text(&out.stdout);
+    let err = text(&out.stderr);
+    assert!(got.contains("end"), "{got} {err}");
+    assert!(
+        !got.contains("wrote-root"),
+        "Landlock let the root be written: {got}"
+    );
+    assert!(
+        got.contains("wrote-run"),
+        "a writable mount must stay writable: {got} {err}"
+    );
+    assert!(
+        !got.contains("unshared"),
+        "the strict filter let unshare through: {got}"
+    );
+    assert!(got.contains("Seccomp:\t2"), "{got}");
+    let eff = got
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    let eff = u64::from_str_radix(eff, 16).unwrap();
+    assert_eq!(eff & (1 << 13), 0, "CAP_NET_RAW kept: {eff:#x}");
+    assert_eq!(eff & (1 << 27), 0, "CAP_MKNOD kept: {eff:#x}");
+    // An exec'd process gets the same fences.
+    assert_clean(&sid);
+    let id2 = id("strict-exec");
+    let _cleanup_id2 = Cleanup(&env, id2.clone());
+    env.start_detached(
+        &["--annotation", "run.phantom.policy=strict"],
+        &id2,
+        &["sleep", "300"],
+    );
+    let out = env.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "s1",
+        &id2,
+        "sh",
+        "-c",
+        "touch /y && echo wrote-root; grep Seccomp: /proc/self/status",
+    ]);
+    let got = text(&out.stdout);
+    assert!(
+        !got.contains("wrote-root") && got.contains("Seccomp:\t2"),
+        "{got} {}",
+        text(&out.stderr)
+    );
+    env.remove(&id2);
+    assert_clean(&id2);
+}
+
+#[test]
+fn an_unknown_policy_is_refused_by_name() {
+    let Some(env) = env() else { return };
+    let id = id("bogus-policy");
+    let _cleanup_id = Cleanup(&env, id.clone());
+    let out = env.run(
+        &["--annotation", "run.phantom.policy=bogus"],
+        &id,
+        &["true"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("annotations.run.phantom.policy"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = env.ctr(&["container", "delete", &id]);
+    assert_clean(&id);
+}

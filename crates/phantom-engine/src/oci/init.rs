@@ -9,6 +9,7 @@ use phantom_linux::oci as sys;
 use phantom_linux::process;
 
 use super::spec::{Plan, ProcessPlan};
+use super::strict::Fences;
 use super::{Cgroup, CreateRequest, OciError};
 
 /// Run in the child of `create`: set up, report "ready", wait for `start`, exec.
@@ -65,6 +66,7 @@ pub(super) fn run(
     let err = finish_and_exec(
         &plan.process,
         plan.seccomp.as_deref(),
+        plan.fences.as_ref(),
         req.preserve_fds,
         Some(&conn),
     );
@@ -76,9 +78,11 @@ pub(super) fn run(
 /// The child of `exec`: join the container's cgroup and namespaces, fork the
 /// process into its pid namespace (a sibling: a child of `exec` itself), report
 /// its pid and exit. The process sets itself up like the init's user process.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn exec_child(
     p: &ProcessPlan,
     seccomp: Option<&[phantom_linux::seccomp::Instruction]>,
+    fences: Option<&Fences>,
     preserve_fds: u32,
     cgroup: &Cgroup,
     namespaces: &[(std::fs::File, i32, &str)],
@@ -137,7 +141,7 @@ pub(super) fn exec_child(
                 fail(&sync, e);
             }
             drop(console);
-            let err = finish_and_exec(p, seccomp, preserve_fds, None);
+            let err = finish_and_exec(p, seccomp, fences, preserve_fds, None);
             fail(&sync, err)
         }
     }
@@ -310,10 +314,11 @@ fn apply_process_limits(p: &ProcessPlan) -> Result<(), OciError> {
 pub(super) fn finish_and_exec(
     p: &ProcessPlan,
     seccomp: Option<&[phantom_linux::seccomp::Instruction]>,
+    fences: Option<&Fences>,
     preserve_fds: u32,
     started: Option<&OwnedFd>,
 ) -> OciError {
-    match finish(p, seccomp, preserve_fds) {
+    match finish(p, seccomp, fences, preserve_fds) {
         Ok((path, argv, envp)) => {
             if let Some(conn) = started {
                 let _ = fdpass::send_bytes(conn, b"started");
@@ -333,6 +338,7 @@ type Exec = (
 fn finish(
     p: &ProcessPlan,
     seccomp: Option<&[phantom_linux::seccomp::Instruction]>,
+    fences: Option<&Fences>,
     preserve_fds: u32,
 ) -> Result<Exec, OciError> {
     let cstr = |s: &str| {
@@ -372,10 +378,25 @@ fn finish(
     sys::set_capabilities(p.caps[1], p.caps[2], p.caps[3], p.caps[4])?;
     if p.no_new_privileges {
         process::set_no_new_privs()?;
+        // Landlock (strict) after no_new_privs, which it needs, and before seccomp,
+        //    whose profile need not allow the landlock_* calls.
+        if let Some(f) = fences {
+            let abi = phantom_linux::landlock::restrict(&f.landlock, false, false, None)?;
+            if abi == 0 {
+                return Err(OciError(
+                    "run.phantom.policy strict: Landlock could not be enforced".into(),
+                ));
+            }
+        }
         // Seccomp last: nothing after it but execve.
         if let Some(prog) = seccomp {
             phantom_linux::seccomp::install("linux.seccomp", prog)?;
         }
+    }
+    // Strict's own filter after the spec's (strict forces no_new_privs): the
+    //    kernel runs both and the stricter answer wins.
+    if let Some(f) = fences {
+        phantom_linux::seccomp::install("run.phantom.policy strict", &f.seccomp)?;
     }
     // Only stdio and the preserved fds reach the user's process.
     process::cloexec_from(3 + preserve_fds)?;

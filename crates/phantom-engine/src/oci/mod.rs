@@ -9,11 +9,13 @@
 //! * [`init`] — the container's init: one linear setup function.
 //! * [`cgroup`] — the cgroup `linux.cgroupsPath` names (v1 and v2).
 //! * [`seccomp`] — the OCI seccomp JSON compiled to classic BPF.
+//! * [`strict`] — Phantom's fences on top, for `run.phantom.policy: strict`.
 
 pub mod cgroup;
 mod init;
 pub mod seccomp;
 pub mod spec;
+pub mod strict;
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -343,12 +345,13 @@ pub fn exec(req: &ExecRequest) -> Result<i32, OciError> {
     if plan.terminal && req.console_socket.is_none() {
         return Err(OciError("exec --tty needs --console-socket".into()));
     }
-    let seccomp = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.seccomp().as_ref())
-        .map(seccomp::compile)
-        .transpose()?;
+    // The container's seccomp profile and policy hold for every process in it.
+    let container = spec::plan(&spec, &req.bundle, "exec")?;
+    let seccomp = container.seccomp;
+    let fences = container.fences;
+    if fences.is_some() {
+        strict::harden(&mut plan);
+    }
     // The init's namespaces, opened now (the user namespace first: it gives the
     // capabilities the others need); those we already share are skipped (setns
     // into one's own user namespace fails).
@@ -384,6 +387,7 @@ pub fn exec(req: &ExecRequest) -> Result<i32, OciError> {
             init::exec_child(
                 &plan,
                 seccomp.as_deref(),
+                fences.as_ref(),
                 req.preserve_fds,
                 &cgroup,
                 &namespaces,

@@ -71,6 +71,8 @@ pub struct Plan {
     pub process: ProcessPlan,
     pub terminal: bool,
     pub seccomp: Option<Vec<Instruction>>,
+    /// Phantom's fences on top (`run.phantom.policy: strict`).
+    pub fences: Option<super::strict::Fences>,
     pub cgroup_path: String,
     pub resources: Option<LinuxResources>,
 }
@@ -471,7 +473,8 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
     let rootfs = std::fs::canonicalize(&rootfs)
         .map_err(|e| OciError(format!("root.path {}: {e}", rootfs.display())))?;
     let linux = spec.linux().as_ref().expect("checked");
-    let process = process_plan(spec.process().as_ref().expect("checked"))?;
+    let mut process = process_plan(spec.process().as_ref().expect("checked"))?;
+    let policy = super::strict::policy(spec.annotations().as_ref())?;
 
     let mut new_user = false;
     let mut new_pid = false;
@@ -643,6 +646,8 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
         .map(super::seccomp::compile)
         .transpose()?;
 
+    let fences = super::strict::fences(policy, &mounts, &mut process)?;
+
     Ok(Plan {
         rootfs,
         readonly_root: root.readonly().unwrap_or(false),
@@ -674,6 +679,7 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
         terminal: process.terminal,
         process,
         seccomp,
+        fences,
         cgroup_path: super::cgroup::path_for(linux.cgroups_path().as_deref(), id)?,
         resources: linux.resources().clone(),
     })
