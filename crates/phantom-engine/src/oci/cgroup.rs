@@ -296,6 +296,61 @@ impl Cgroup {
                 ));
             }
         }
+        // Huge pages: the kubelet sends a limit (often 0) for every page size the
+        // node has. Written where the hugetlb controller is; without it, a zero
+        // limit is what the node gives anyway (runc skips it too) and a non-zero
+        // one is refused.
+        for h in r.hugepage_limits().iter().flatten() {
+            let size = h.page_size();
+            if size.is_empty() || !size.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(OciError::refused(
+                    "linux.resources.hugepageLimits.pageSize",
+                    &format!("{size:?} is not a page size such as 2MB"),
+                ));
+            }
+            let (dir, file) = if self.legacy {
+                (
+                    self.v1_dir("hugetlb").map(Path::to_path_buf),
+                    format!("hugetlb.{size}.limit_in_bytes"),
+                )
+            } else {
+                (self.v2.clone(), format!("hugetlb.{size}.max"))
+            };
+            match dir.map(|d| d.join(&file)).filter(|p| p.exists()) {
+                Some(path) => std::fs::write(&path, h.limit().to_string())
+                    .map_err(|e| OciError::io("write", &path, e))?,
+                None if h.limit() == 0 => {}
+                None => {
+                    return Err(OciError::refused(
+                        "linux.resources.hugepageLimits",
+                        &format!("no hugetlb cgroup controller for {size} pages on this host; remove the limit"),
+                    ))
+                }
+            }
+        }
+        // Raw cgroup v2 files (the kubelet sets memory.oom.group this way).
+        for (key, value) in r.unified().iter().flatten() {
+            let valid = key.split_once('.').is_some_and(|(c, f)| {
+                !c.is_empty() && !f.is_empty() && !key.contains('/') && !key.contains("..")
+            });
+            if !valid {
+                return Err(OciError::refused(
+                    "linux.resources.unified",
+                    &format!("{key:?} is not a cgroup v2 file name such as memory.oom.group"),
+                ));
+            }
+            if self.legacy {
+                return Err(OciError::refused(
+                    "linux.resources.unified",
+                    &format!(
+                        "{key} is a cgroup v2 file, but this host's controllers are in cgroup v1"
+                    ),
+                ));
+            }
+            let dir = self.v2.as_deref().expect("a v2 host has a v2 directory");
+            let path = dir.join(key);
+            std::fs::write(&path, value).map_err(|e| OciError::io("write", &path, e))?;
+        }
         if let Some(devices) = r.devices() {
             if self.legacy {
                 if let Some(dir) = self.v1_dir("devices") {
@@ -501,12 +556,6 @@ fn refuse_unsupported_resources(r: &LinuxResources) -> Result<(), OciError> {
             ));
         }
     }
-    if r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()) {
-        return Err(OciError::refused(
-            "linux.resources.hugepageLimits",
-            "hugetlb limits are not supported; remove them",
-        ));
-    }
     if r.network().is_some() {
         return Err(OciError::refused(
             "linux.resources.network",
@@ -517,12 +566,6 @@ fn refuse_unsupported_resources(r: &LinuxResources) -> Result<(), OciError> {
         return Err(OciError::refused(
             "linux.resources.rdma",
             "rdma limits are not supported; remove them",
-        ));
-    }
-    if r.unified().as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(OciError::refused(
-            "linux.resources.unified",
-            "raw cgroup v2 files are not supported; remove them",
         ));
     }
     if let Some(m) = r.memory() {

@@ -357,12 +357,24 @@ mod tests {
         let prog = crate::oci::strict::seccomp().unwrap();
         let nr = |n| number(n).unwrap();
         let eperm = RET_ERRNO | libc::EPERM as u32;
-        assert_eq!(run(&prog, nr("unshare"), [0x1000_0000, 0, 0, 0, 0, 0]), eperm);
-        assert_eq!(run(&prog, nr("clone"), [0x1000_0000 | 0x11, 0, 0, 0, 0, 0]), eperm);
-        assert_eq!(run(&prog, nr("clone"), [0x01_20_00_11, 0, 0, 0, 0, 0]), RET_ALLOW);
+        assert_eq!(
+            run(&prog, nr("unshare"), [0x1000_0000, 0, 0, 0, 0, 0]),
+            eperm
+        );
+        assert_eq!(
+            run(&prog, nr("clone"), [0x1000_0000 | 0x11, 0, 0, 0, 0, 0]),
+            eperm
+        );
+        assert_eq!(
+            run(&prog, nr("clone"), [0x01_20_00_11, 0, 0, 0, 0, 0]),
+            RET_ALLOW
+        );
         assert_eq!(run(&prog, nr("clone3"), [0; 6]), RET_ERRNO | ENOSYS);
         // TIOCSTI with junk in the high bits is the same request to the kernel.
-        assert_eq!(run(&prog, nr("ioctl"), [0, 0x1_0000_5412, 0, 0, 0, 0]), eperm);
+        assert_eq!(
+            run(&prog, nr("ioctl"), [0, 0x1_0000_5412, 0, 0, 0, 0]),
+            eperm
+        );
         assert_eq!(run(&prog, nr("ioctl"), [0, 0x5413, 0, 0, 0, 0]), RET_ALLOW);
         assert_eq!(run(&prog, nr("io_uring_setup"), [0; 6]), eperm);
         assert_eq!(run(&prog, nr("getpid"), [0; 6]), RET_ALLOW);
