@@ -13,6 +13,7 @@
 //! * [`seccomp`] — installing a classic-BPF filter program.
 //! * [`landlock`] — the Landlock filesystem fence and scopes, best effort.
 //! * [`net`] — bringing `lo` up in a fresh network namespace.
+//! * [`bpfdev`] — cgroup v2 device rules: loading and attaching an eBPF program.
 //! * [`cgroup`] — cgroup v1 and v2 limits, membership, OOM events, cleanup.
 //! * [`dir`] — a directory's entries, read by its fd.
 //! * [`fdpass`] — a seqpacket channel that can carry one fd (SCM_RIGHTS).
@@ -22,6 +23,7 @@
 //! * [`attempt`] — deliberate attempts at forbidden operations (for phantom-probe).
 
 pub mod attempt;
+pub mod bpfdev;
 pub mod caps;
 pub mod cgroup;
 pub mod dir;

@@ -48,7 +48,7 @@ fn env() -> Option<Env> {
     }
 }
 
-fn id(name: &str) -> String {
+fn new_id(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
 
@@ -175,7 +175,7 @@ fn assert_clean(id: &str) {
 #[test]
 fn run_rm_gives_the_output_and_the_exit_code() {
     let Some(env) = env() else { return };
-    let id = id("exit");
+    let id = new_id("exit");
     let _cleanup_id = Cleanup(&env, id.clone());
     let out = env.run(&[], &id, &["sh", "-c", "echo hi; echo err >&2; exit 3"]);
     assert_eq!(text(&out.stdout), "hi\n", "stderr: {}", text(&out.stderr));
@@ -187,7 +187,7 @@ fn run_rm_gives_the_output_and_the_exit_code() {
 #[test]
 fn a_signal_ends_the_container_with_128_plus_its_number() {
     let Some(env) = env() else { return };
-    let id = id("signal");
+    let id = new_id("signal");
     let _cleanup_id = Cleanup(&env, id.clone());
     // ctr run --rm waits for the task; `ctr task kill` from outside ends it.
     let run = Command::new("ctr")
@@ -226,7 +226,7 @@ fn a_signal_ends_the_container_with_128_plus_its_number() {
 #[test]
 fn a_missing_program_fails_with_a_message_that_names_it() {
     let Some(env) = env() else { return };
-    let id = id("missing");
+    let id = new_id("missing");
     let _cleanup_id = Cleanup(&env, id.clone());
     let out = env.run(&[], &id, &["/no/such/program"]);
     assert!(!out.status.success());
@@ -238,7 +238,7 @@ fn a_missing_program_fails_with_a_message_that_names_it() {
 #[test]
 fn task_start_exec_ps_pause_resume_kill_delete() {
     let Some(env) = env() else { return };
-    let id = id("lifecycle");
+    let id = new_id("lifecycle");
     let _cleanup_id = Cleanup(&env, id.clone());
     // create + start as two steps. `ctr container create` has no --runc-binary:
     // scripts/test-oci.sh puts phantom-oci first on containerd's PATH as `runc`.
@@ -352,7 +352,7 @@ fn cgroup_file(id: &str, controller: &str, v1: &str, v2: &str) -> String {
 #[test]
 fn limits_land_in_the_containers_cgroup_and_update_changes_them() {
     let Some(env) = env() else { return };
-    let id = id("update");
+    let id = new_id("update");
     let _cleanup_id = Cleanup(&env, id.clone());
     env.start_detached(&["--memory-limit", "67108864"], &id, &["sleep", "300"]);
     assert_eq!(
@@ -426,7 +426,7 @@ fn tty_gives_the_container_a_terminal() {
         println!("skipped: script(1) is needed to give ctr a terminal");
         return;
     }
-    let id = id("tty");
+    let id = new_id("tty");
     let _cleanup_id = Cleanup(&env, id.clone());
     // ctr -t needs a terminal of its own: script(1) gives it one.
     let cmd = format!(
@@ -443,14 +443,36 @@ fn tty_gives_the_container_a_terminal() {
     assert!(got.contains("stdin-is-a-tty"), "{got}");
     assert!(out.status.success(), "{got} {}", text(&out.stderr));
     assert_clean(&id);
+
+    // exec -t into a running container gets a terminal of its own.
+    let id2 = new_id("tty-exec");
+    let _cleanup_id2 = Cleanup(&env, id2.clone());
+    env.start_detached(&[], &id2, &["sleep", "300"]);
+    let cmd = format!(
+        "ctr -a {} -n {NS} task exec -t --exec-id t1 {id2} sh -c 'test -t 0 && test -t 1 && echo exec-has-a-tty'",
+        env.socket
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains("exec-has-a-tty"),
+        "{} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    env.remove(&id2);
+    assert_clean(&id2);
 }
 
 #[test]
 fn a_second_container_joins_the_first_ones_network_namespace() {
     let Some(env) = env() else { return };
-    let first = id("pod-a");
+    let first = new_id("pod-a");
     let _cleanup_first = Cleanup(&env, first.clone());
-    let second = id("pod-b");
+    let second = new_id("pod-b");
     let _cleanup_second = Cleanup(&env, second.clone());
     let pid = env.start_detached(&[], &first, &["sleep", "300"]);
     let netns = format!("/proc/{pid}/ns/net");
@@ -476,7 +498,7 @@ fn a_second_container_joins_the_first_ones_network_namespace() {
 #[test]
 fn host_processes_are_invisible() {
     let Some(env) = env() else { return };
-    let id = id("procs");
+    let id = new_id("procs");
     let _cleanup_id = Cleanup(&env, id.clone());
     let me = std::process::id();
     let out = env.run(
@@ -499,7 +521,7 @@ fn host_processes_are_invisible() {
 #[test]
 fn a_read_only_root_cannot_be_written() {
     let Some(env) = env() else { return };
-    let id = id("ro");
+    let id = new_id("ro");
     let _cleanup_id = Cleanup(&env, id.clone());
     let out = env.run(
         &["--read-only"],
@@ -524,7 +546,7 @@ fn a_read_only_root_cannot_be_written() {
 #[test]
 fn no_mount_and_no_new_namespaces_without_the_capability() {
     let Some(env) = env() else { return };
-    let id = id("caps");
+    let id = new_id("caps");
     let _cleanup_id = Cleanup(&env, id.clone());
     let out = env.run(
         &[],
@@ -551,7 +573,7 @@ fn no_mount_and_no_new_namespaces_without_the_capability() {
 fn the_specs_seccomp_profile_is_enforced() {
     let Some(env) = env() else { return };
     // containerd's default profile: installed, one filter, no_new_privs.
-    let id1 = id("seccomp-default");
+    let id1 = new_id("seccomp-default");
     let _cleanup_id1 = Cleanup(&env, id1.clone());
     let out = env.run(
         &["--seccomp"],
@@ -578,7 +600,7 @@ fn the_specs_seccomp_profile_is_enforced() {
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
     )
     .unwrap();
-    let id2 = id("seccomp-custom");
+    let id2 = new_id("seccomp-custom");
     let _cleanup_id2 = Cleanup(&env, id2.clone());
     let p = profile.to_string_lossy().into_owned();
     let out = env.run(
@@ -593,7 +615,7 @@ fn the_specs_seccomp_profile_is_enforced() {
         text(&out.stderr)
     );
     assert_clean(&id2);
-    let id3 = id("seccomp-none");
+    let id3 = new_id("seccomp-none");
     let _cleanup_id3 = Cleanup(&env, id3.clone());
     let out = env.run(&[], &id3, &["sh", "-c", "mkdir /tmp/d && echo made"]);
     assert_eq!(text(&out.stdout), "made\n", "{}", text(&out.stderr));
@@ -604,7 +626,7 @@ fn the_specs_seccomp_profile_is_enforced() {
 #[test]
 fn a_user_namespace_maps_root_to_an_unprivileged_host_uid() {
     let Some(env) = env() else { return };
-    let id = id("userns");
+    let id = new_id("userns");
     let _cleanup_id = Cleanup(&env, id.clone());
     let out = env.run(
         &["--uidmap", "0:100000:65536", "--gidmap", "0:100000:65536"],
@@ -622,7 +644,7 @@ fn a_user_namespace_maps_root_to_an_unprivileged_host_uid() {
 #[test]
 fn an_unsupported_field_is_refused_by_name_and_nothing_is_left() {
     let Some(env) = env() else { return };
-    let id = id("refused");
+    let id = new_id("refused");
     let _cleanup_id = Cleanup(&env, id.clone());
     // --rdt-class sets linux.intelRdt, which phantom-oci does not support.
     let out = env.run(&["--rdt-class", "gold"], &id, &["true"]);
@@ -641,7 +663,7 @@ fn strict_policy_adds_landlock_seccomp_and_drops_capabilities() {
                   unshare -U true && echo unshared; echo end";
     // The same container without the annotation: runc's behaviour (the root is
     // writable, a user namespace can be made), so the assertions below can fail.
-    let plain = id("plain");
+    let plain = new_id("plain");
     let _cleanup_plain = Cleanup(&env, plain.clone());
     let out = env.run(&[], &plain, &["sh", "-c", script]);
     let got = text(&out.stdout);
@@ -652,7 +674,7 @@ fn strict_policy_adds_landlock_seccomp_and_drops_capabilities() {
     );
     assert_clean(&plain);
 
-    let sid = id("strict");
+    let sid = new_id("strict");
     let _cleanup_sid = Cleanup(&env, sid.clone());
     let out = env.run(
         &["--annotation", "run.phantom.policy=strict"],
@@ -685,7 +707,7 @@ fn strict_policy_adds_landlock_seccomp_and_drops_capabilities() {
     assert_eq!(eff & (1 << 27), 0, "CAP_MKNOD kept: {eff:#x}");
     // An exec'd process gets the same fences.
     assert_clean(&sid);
-    let id2 = id("strict-exec");
+    let id2 = new_id("strict-exec");
     let _cleanup_id2 = Cleanup(&env, id2.clone());
     env.start_detached(
         &["--annotation", "run.phantom.policy=strict"],
@@ -715,7 +737,7 @@ fn strict_policy_adds_landlock_seccomp_and_drops_capabilities() {
 #[test]
 fn an_unknown_policy_is_refused_by_name() {
     let Some(env) = env() else { return };
-    let id = id("bogus-policy");
+    let id = new_id("bogus-policy");
     let _cleanup_id = Cleanup(&env, id.clone());
     let out = env.run(
         &["--annotation", "run.phantom.policy=bogus"],

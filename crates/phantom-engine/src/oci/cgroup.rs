@@ -166,7 +166,7 @@ impl Cgroup {
             }
         }
         if let Some(r) = resources {
-            self.apply(r)?;
+            self.apply_with(r, true)?;
         }
         Ok(())
     }
@@ -187,8 +187,12 @@ impl Cgroup {
         std::fs::write(&path, value).map_err(|e| OciError::io("write", &path, e))
     }
 
-    /// Apply `resources` (create and `update`).
+    /// Apply `resources` to a running container (`update`).
     pub fn apply(&self, r: &LinuxResources) -> Result<(), OciError> {
+        self.apply_with(r, false)
+    }
+
+    fn apply_with(&self, r: &LinuxResources, creating: bool) -> Result<(), OciError> {
         refuse_unsupported_resources(r)?;
         if let Some(m) = r.memory() {
             if let Some(limit) = m.limit() {
@@ -365,11 +369,18 @@ impl Cgroup {
                             .map_err(|e| OciError::io("write", &path, e))?;
                     }
                 }
-            } else if devices.iter().any(|d| d.allow()) || devices.len() > 1 {
-                return Err(OciError::refused(
-                    "linux.resources.devices",
-                    "cgroup v2 device rules need an eBPF program, which phantom-oci does not load yet",
-                ));
+            } else if !devices.is_empty() {
+                if !creating {
+                    return Err(OciError::refused(
+                        "linux.resources.devices",
+                        "changing the device rules of a running container is not supported on cgroup v2",
+                    ));
+                }
+                let dir = self.v2.as_deref().expect("a v2 host has a v2 directory");
+                phantom_linux::bpfdev::attach_device_filter(
+                    dir,
+                    &super::devices::program(devices),
+                )?;
             }
         }
         Ok(())

@@ -12,6 +12,7 @@
 //! * [`strict`] — Phantom's fences on top, for `run.phantom.policy: strict`.
 
 pub mod cgroup;
+mod devices;
 mod init;
 pub mod seccomp;
 pub mod spec;
