@@ -326,6 +326,24 @@ pub fn mknod_char(path: &Path, major: u32, minor: u32, mode: u32) -> SysResult<(
     check(ret as _, "chmod", || path.display().to_string()).map(|_| ())
 }
 
+/// Join a new anonymous session keyring named `name` (keyctl
+/// KEYCTL_JOIN_SESSION_KEYRING), so that the caller and its children no longer share
+/// their parent's session keyring. `Ok(false)` when the kernel has no keyrings.
+pub fn join_new_session_keyring(name: &str) -> SysResult<bool> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| SysError::new("keyctl", name, std::io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: keyctl reads the NUL-terminated name, which outlives the call.
+    let ret = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, c.as_ptr()) };
+    if ret < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        return Ok(false);
+    }
+    check(ret, "keyctl", || {
+        format!("KEYCTL_JOIN_SESSION_KEYRING {name}")
+    })
+    .map(|_| true)
+}
+
 /// chroot(2) into `path` (with `--no-pivot`, after moving the rootfs onto /).
 pub fn chroot(path: &Path) -> SysResult<()> {
     rustix::process::chroot(path)

@@ -215,7 +215,7 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
             pid_file,
             console_socket,
             no_pivot,
-            no_new_keyring: _,
+            no_new_keyring,
             preserve_fds,
             id,
         } => {
@@ -224,8 +224,11 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
                 bundle,
                 pid_file.as_deref(),
                 console_socket.as_deref(),
-                *no_pivot,
-                *preserve_fds,
+                CreateFlags {
+                    no_pivot: *no_pivot,
+                    no_new_keyring: *no_new_keyring,
+                    preserve_fds: *preserve_fds,
+                },
                 id,
             )?;
             Ok(0)
@@ -251,7 +254,7 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
             pid_file,
             console_socket,
             no_pivot,
-            no_new_keyring: _,
+            no_new_keyring,
             preserve_fds,
             detach,
             id,
@@ -261,8 +264,11 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
                 bundle,
                 pid_file.as_deref(),
                 console_socket.as_deref(),
-                *no_pivot,
-                *preserve_fds,
+                CreateFlags {
+                    no_pivot: *no_pivot,
+                    no_new_keyring: *no_new_keyring,
+                    preserve_fds: *preserve_fds,
+                },
                 id,
             )?;
             let mut st = State::load(&cli.root, id)?;
@@ -294,7 +300,8 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
                 return Ok(0);
             }
             if !oci::alive(st.pid, st.start_time) {
-                return Err(OciError(format!("container {id} is not running")));
+                // The words containerd's shim matches ("container not running").
+                return Err(OciError(format!("container {id}: container not running")));
             }
             oci::signal(st.pid, sig)?;
             Ok(0)
@@ -314,7 +321,7 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
         } => {
             let st = State::load(&cli.root, id)?;
             if !oci::alive(st.pid, st.start_time) {
-                return Err(OciError(format!("container {id} is not running")));
+                return Err(OciError(format!("container {id}: container not running")));
             }
             let text = if process == Path::new("-") {
                 let mut s = String::new();
@@ -365,7 +372,7 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
         Command::Pause { id } | Command::Resume { id } => {
             let st = State::load(&cli.root, id)?;
             if !oci::alive(st.pid, st.start_time) {
-                return Err(OciError(format!("container {id} is not running")));
+                return Err(OciError(format!("container {id}: container not running")));
             }
             let pause = matches!(cli.command, Command::Pause { .. });
             Cgroup::at(&st.cgroup_path).freeze(pause)?;
@@ -420,13 +427,19 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
     }
 }
 
+/// The flags of `create` and `run` that go to the engine as they are.
+struct CreateFlags {
+    no_pivot: bool,
+    no_new_keyring: bool,
+    preserve_fds: u32,
+}
+
 fn create(
     cli: &Cli,
     bundle: &Path,
     pid_file: Option<&Path>,
     console_socket: Option<&Path>,
-    no_pivot: bool,
-    preserve_fds: u32,
+    flags: CreateFlags,
     id: &str,
 ) -> Result<(), OciError> {
     check_id(id)?;
@@ -438,8 +451,9 @@ fn create(
         bundle: bundle.clone(),
         start_socket: dir.join("start.sock"),
         console_socket: console_socket.map(Path::to_path_buf),
-        preserve_fds,
-        no_pivot,
+        preserve_fds: flags.preserve_fds,
+        no_pivot: flags.no_pivot,
+        no_new_keyring: flags.no_new_keyring,
     };
     let created = match oci::create(&req) {
         Ok(c) => c,

@@ -753,3 +753,21 @@ fn an_unknown_policy_is_refused_by_name() {
     let _ = env.ctr(&["container", "delete", &id]);
     assert_clean(&id);
 }
+
+#[test]
+fn the_container_has_a_session_keyring_of_its_own() {
+    let Some(env) = env() else { return };
+    // Keyrings are not namespaced: without a new session keyring the container
+    // would share the shim's. runc names it after the container; so do we.
+    let id = new_id("keyring");
+    let _cleanup_id = Cleanup(&env, id.clone());
+    env.start_detached(&[], &id, &["sleep", "300"]);
+    let keys = std::fs::read_to_string("/proc/keys").unwrap();
+    assert!(
+        keys.lines()
+            .any(|l| l.contains(" keyring ") && l.contains(&format!(" {id}: "))),
+        "no session keyring named {id} in /proc/keys"
+    );
+    env.remove(&id);
+    assert_clean(&id);
+}

@@ -61,6 +61,8 @@ pub struct Cgroup {
     v2: Option<PathBuf>,
     /// Whether controllers live in v1 (false: pure v2).
     legacy: bool,
+    /// Where the v2 hierarchy is mounted.
+    v2_root: Option<PathBuf>,
     /// `linux.cgroupsPath` as given (for the in-container cgroup mount).
     pub path: String,
 }
@@ -98,9 +100,11 @@ impl Cgroup {
         let legacy = all.iter().any(|h| !h.v2);
         let mut v1 = Vec::new();
         let mut v2 = None;
+        let mut v2_root = None;
         for h in all {
             if h.v2 {
                 v2 = Some(h.mount.join(rel));
+                v2_root = Some(h.mount.clone());
             } else {
                 v1.push((h.controllers, h.mount.join(rel)));
             }
@@ -109,6 +113,7 @@ impl Cgroup {
             v1,
             v2,
             legacy,
+            v2_root,
             path: path.to_string(),
         }
     }
@@ -157,6 +162,28 @@ impl Cgroup {
     pub fn create(&self, resources: Option<&LinuxResources>) -> Result<(), OciError> {
         for dir in self.dirs() {
             std::fs::create_dir_all(dir).map_err(|e| OciError::io("create cgroup", dir, e))?;
+        }
+        // cgroup v2: a controller's files exist in a cgroup only when its parent
+        // enables it in cgroup.subtree_control; enable every available one on the
+        // way down (as runc does). Best effort per controller: one the parent
+        // cannot delegate is missing below, and a limit that needs it fails then
+        // with the file's name.
+        if !self.legacy {
+            if let (Some(leaf), Some(root)) = (self.v2.as_deref(), self.v2_root.as_deref()) {
+                let mut chain: Vec<&Path> = leaf
+                    .ancestors()
+                    .skip(1)
+                    .take_while(|d| d.starts_with(root))
+                    .collect();
+                chain.reverse();
+                for dir in chain {
+                    let available =
+                        std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+                    for c in available.split_whitespace() {
+                        let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+                    }
+                }
+            }
         }
         // A new cpuset cgroup starts with no cpus and no mems, and no task may join
         // it: copy them down from the nearest ancestor that has them.

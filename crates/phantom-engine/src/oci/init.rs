@@ -185,6 +185,12 @@ fn setup(
     if plan.new_cgroup_ns {
         sys::unshare(libc::CLONE_NEWCGROUP)?;
     }
+    // 4b. A session keyring of its own (runc does the same unless
+    //     --no-new-keyring): keyrings are not namespaced, and the caller's holds
+    //     the shim's keys.
+    if !req.no_new_keyring {
+        sys::join_new_session_keyring(&req.id)?;
+    }
     // 5. sysctls through the host's /proc, which already shows our network and ipc
     //    namespaces' values (procfs resolves /proc/sys/net and kernel.* ipc keys
     //    by the opener's namespaces). Before pivot_root: afterwards /proc/sys is

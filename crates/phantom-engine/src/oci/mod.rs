@@ -69,6 +69,8 @@ pub struct CreateRequest {
     pub preserve_fds: u32,
     /// `--no-pivot`: chroot after moving the rootfs onto / instead of pivot_root.
     pub no_pivot: bool,
+    /// `--no-new-keyring`: keep the caller's session keyring instead of a new one.
+    pub no_new_keyring: bool,
 }
 
 /// A created container: its init's pid (in the caller's pid namespace) and start
