@@ -382,21 +382,32 @@ impl Cgroup {
             let path = dir.join(key);
             std::fs::write(&path, value).map_err(|e| OciError::io("write", &path, e))?;
         }
-        if let Some(devices) = r.devices() {
+        if let Some(spec_rules) = r.devices() {
+            // The devices every container gets (§ Default Devices) stay usable
+            // whatever the rules deny: appended after them, as runc does (the CRI
+            // sends only "deny everything").
+            let mut devices = spec_rules.clone();
+            if creating {
+                devices.extend(super::devices::default_allowed());
+            }
             if self.legacy {
-                if let Some(dir) = self.v1_dir("devices") {
-                    for rule in devices {
-                        let file = if rule.allow() {
-                            "devices.allow"
-                        } else {
-                            "devices.deny"
-                        };
-                        let path = dir.join(file);
-                        std::fs::write(&path, device_rule(rule))
-                            .map_err(|e| OciError::io("write", &path, e))?;
-                    }
+                let Some(dir) = self.v1_dir("devices") else {
+                    return Err(OciError::refused(
+                        "linux.resources.devices",
+                        "the devices cgroup controller is not mounted on this host; remove the device rules",
+                    ));
+                };
+                for rule in &devices {
+                    let file = if rule.allow() {
+                        "devices.allow"
+                    } else {
+                        "devices.deny"
+                    };
+                    let path = dir.join(file);
+                    std::fs::write(&path, device_rule(rule))
+                        .map_err(|e| OciError::io("write", &path, e))?;
                 }
-            } else if !devices.is_empty() {
+            } else if !spec_rules.is_empty() {
                 if !creating {
                     return Err(OciError::refused(
                         "linux.resources.devices",
@@ -406,7 +417,7 @@ impl Cgroup {
                 let dir = self.v2.as_deref().expect("a v2 host has a v2 directory");
                 phantom_linux::bpfdev::attach_device_filter(
                     dir,
-                    &super::devices::program(devices),
+                    &super::devices::program(&devices),
                 )?;
             }
         }

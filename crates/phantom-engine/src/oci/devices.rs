@@ -53,6 +53,27 @@ fn access_bits(access: Option<&str>) -> i32 {
     }
 }
 
+/// The rules runc appends to every container's: mknod of any device node (the
+/// node is useless without an allow rule), the default devices, /dev/console,
+/// the container's ptys and /dev/net/tun.
+pub fn default_allowed() -> Vec<LinuxDeviceCgroup> {
+    serde_json::from_str(
+        r#"[{"allow": true, "type": "c", "access": "m"},
+            {"allow": true, "type": "b", "access": "m"},
+            {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 8, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 7, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 1, "minor": 9, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 5, "minor": 1, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 136, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 5, "minor": 2, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"}]"#,
+    )
+    .expect("static device rules")
+}
+
 /// Whether `rule` names every device with every access.
 fn is_wildcard(rule: &LinuxDeviceCgroup) -> bool {
     matches!(rule.typ(), None | Some(LinuxDeviceType::A))
