@@ -160,11 +160,24 @@ fn main() -> ExitCode {
 
 /// The error where containerd's shim looks for it: the last line of `--log`.
 fn log_error(cli: &Cli, msg: &str) {
+    log_line(cli, "error", msg);
+}
+
+/// A warning (a failed poststart or poststop hook): to stderr and `--log`.
+fn log_warning(cli: &Cli, msg: &str) {
+    eprintln!("phantom-oci: warning: {msg}");
+    log_line(cli, "warning", msg);
+}
+
+fn log_line(cli: &Cli, level: &str, msg: &str) {
     let Some(path) = &cli.log else { return };
     let line = if cli.log_format == "json" {
-        serde_json::json!({"level": "error", "msg": msg, "time": state::now_rfc3339()}).to_string()
+        serde_json::json!({"level": level, "msg": msg, "time": state::now_rfc3339()}).to_string()
     } else {
-        format!("time=\"{}\" level=error msg={msg:?}", state::now_rfc3339())
+        format!(
+            "time=\"{}\" level={level} msg={msg:?}",
+            state::now_rfc3339()
+        )
     };
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
@@ -247,6 +260,9 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
             st.started = true;
             st.save(&cli.root)?;
             let _ = std::fs::remove_file(st.start_socket(&cli.root));
+            for w in oci::poststart(&st.bundle, id, st.pid) {
+                log_warning(cli, &w);
+            }
             Ok(0)
         }
         Command::Run {
@@ -275,6 +291,9 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
             oci::start(&st.start_socket(&cli.root))?;
             st.started = true;
             st.save(&cli.root)?;
+            for w in oci::poststart(&st.bundle, id, st.pid) {
+                log_warning(cli, &w);
+            }
             if *detach {
                 return Ok(0);
             }
@@ -514,6 +533,9 @@ fn delete(cli: &Cli, id: &str, force: bool) -> Result<(), OciError> {
     }
     let left = cgroup.remove();
     let _ = std::fs::remove_dir_all(cli.root.join(id));
+    for w in oci::poststop(&st.bundle, id) {
+        log_warning(cli, &w);
+    }
     if !left.is_empty() {
         return Err(OciError(format!(
             "container {id} deleted, but its cgroup could not be removed: {}",

@@ -39,13 +39,13 @@ pub(super) fn run(
         Ok(v) => v,
         Err(e) => process::exit_now(fail_before_sync(&e)),
     };
-    match setup(plan, req, &sync, console) {
-        Ok(()) => {}
+    let host_pid = match setup(plan, req, &sync, console) {
+        Ok(pid) => pid,
         Err(e) => {
             let _ = fdpass::send_bytes(&sync, e.0.as_bytes());
             process::exit_now(1);
         }
-    }
+    };
     // Set up: tell `create` (which writes the pid file and exits), then block until
     // `start` connects. Nothing of the user's runs before that.
     let _ = fdpass::send_bytes(&sync, b"ready");
@@ -62,6 +62,16 @@ pub(super) fn run(
     match fdpass::recv(conn.as_fd(), &mut buf) {
         Ok((n, _)) if &buf[..n] == b"start" => {}
         _ => process::exit_now(1),
+    }
+    // startContainer hooks: in the container, after `start`, before the user's
+    // process (a failure fails `start`).
+    if let Some(list) = plan.hooks.start_container() {
+        let state =
+            super::hooks::state_json(&req.id, host_pid, &req.bundle, "created", &plan.annotations);
+        if let Err(e) = super::hooks::run("startContainer", list, &state) {
+            let _ = fdpass::send_bytes(&conn, e.0.as_bytes());
+            process::exit_now(1);
+        }
     }
     let err = finish_and_exec(
         &plan.process,
@@ -152,22 +162,26 @@ fn fail_before_sync(e: &OciError) -> i32 {
     1
 }
 
-/// Everything before the wait for `start`.
+/// Everything before the wait for `start`. Returns our pid as the host sees it.
 fn setup(
     plan: &Plan,
     req: &CreateRequest,
     sync: &OwnedFd,
     console: Option<OwnedFd>,
-) -> Result<(), OciError> {
+) -> Result<i32, OciError> {
     // 1. Wait for the parent: it puts us in the cgroup and writes the id maps of a
     //    new user namespace; nothing below may run before (a cgroup namespace is
     //    rooted at the cgroup we are in when we unshare it; without maps we have no
     //    capabilities in the user namespace).
-    let mut buf = [0u8; 8];
+    let mut buf = [0u8; 32];
     let (n, _) = fdpass::recv(sync.as_fd(), &mut buf)?;
-    if &buf[..n] != b"go" {
+    let Some(host_pid) = std::str::from_utf8(&buf[..n])
+        .ok()
+        .and_then(|m| m.strip_prefix("go "))
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
         return Err(OciError("create was cancelled".into()));
-    }
+    };
     // 2. In a new user namespace, become its root for real (we keep the host ids
     //    until we set them).
     if plan.new_user {
@@ -235,6 +249,34 @@ fn setup(
     // 9. The devices every container has, bound from the host's, and the standard
     //    links (runc creates the same).
     default_devices(rootfs, plan.new_user)?;
+    // 9b. Hooks, while the host's tree is still visible: createRuntime (run by
+    //     `create`, in the runtime's namespaces) then createContainer (run here, in
+    //     the container's namespaces; its path resolves in the runtime's tree).
+    let state = || {
+        super::hooks::state_json(
+            &req.id,
+            host_pid,
+            &req.bundle,
+            "creating",
+            &plan.annotations,
+        )
+    };
+    let runtime_hooks = plan
+        .hooks
+        .prestart()
+        .iter()
+        .chain(plan.hooks.create_runtime())
+        .any(|h| !h.is_empty());
+    if runtime_hooks {
+        fdpass::send_bytes(sync, b"hooks")?;
+        let (n, _) = fdpass::recv(sync.as_fd(), &mut buf)?;
+        if &buf[..n] != b"continue" {
+            return Err(OciError("a createRuntime hook failed".into()));
+        }
+    }
+    if let Some(list) = plan.hooks.create_container() {
+        super::hooks::run("createContainer", list, &state())?;
+    }
     // 10. The terminal, while the host's tree is still reachable for nothing: the
     //     pty comes from the container's own devpts (mounted in step 8).
     if plan.terminal {
@@ -300,7 +342,7 @@ fn setup(
     //     (raising it is free, lowering needs CAP_SYS_RESOURCE, still held here),
     //     rlimits (raising a hard limit needs it too).
     apply_process_limits(&plan.process)?;
-    Ok(())
+    Ok(host_pid)
 }
 
 /// Per-process limits (create and exec).

@@ -13,6 +13,7 @@
 
 pub mod cgroup;
 mod devices;
+pub mod hooks;
 mod init;
 pub mod seccomp;
 pub mod spec;
@@ -183,18 +184,51 @@ fn spawn_init(req: &CreateRequest, plan: &spec::Plan, cgroup: &Cgroup) -> Result
                 if plan.new_user {
                     write_id_maps(pid, plan)?;
                 }
-                fdpass::send_bytes(&parent_end, b"go")?;
+                // The init's pid as the host sees it, for the hooks' state JSON.
+                fdpass::send_bytes(&parent_end, format!("go {pid}").as_bytes())?;
                 Ok(())
             })();
-            let outcome = release.and_then(|()| {
+            let outcome = release.and_then(|()| loop {
                 let mut buf = [0u8; 4096];
                 let (n, _) = fdpass::recv(parent_end.as_fd(), &mut buf)?;
                 match &buf[..n] {
-                    b"ready" => Ok(()),
-                    [] => Err(OciError(
-                        "the container's init exited during setup (see the log for why)".into(),
-                    )),
-                    msg => Err(OciError(String::from_utf8_lossy(msg).into_owned())),
+                    b"ready" => return Ok(()),
+                    // The init's namespaces and mounts exist: the createRuntime (and
+                    // deprecated prestart) hooks run now, in the runtime's namespaces.
+                    b"hooks" => {
+                        let state = hooks::state_json(
+                            &req.id,
+                            pid,
+                            &req.bundle,
+                            "creating",
+                            &plan.annotations,
+                        );
+                        let ran = hooks::run(
+                            "prestart",
+                            plan.hooks.prestart().as_deref().unwrap_or(&[]),
+                            &state,
+                        )
+                        .and_then(|()| {
+                            hooks::run(
+                                "createRuntime",
+                                plan.hooks.create_runtime().as_deref().unwrap_or(&[]),
+                                &state,
+                            )
+                        });
+                        match ran {
+                            Ok(()) => fdpass::send_bytes(&parent_end, b"continue")?,
+                            Err(e) => {
+                                let _ = fdpass::send_bytes(&parent_end, b"abort");
+                                return Err(e);
+                            }
+                        }
+                    }
+                    [] => {
+                        return Err(OciError(
+                            "the container's init exited during setup (see the log for why)".into(),
+                        ))
+                    }
+                    msg => return Err(OciError(String::from_utf8_lossy(msg).into_owned())),
                 }
             });
             match outcome {
@@ -327,6 +361,47 @@ pub fn wait_gone(pid: i32, start_time: u64, timeout: std::time::Duration) -> boo
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     !alive(pid, start_time)
+}
+
+/// Run the container's poststart hooks (after `start`): their failures are
+/// warnings, as the runtime-spec says.
+pub fn poststart(bundle: &Path, id: &str, pid: i32) -> Vec<String> {
+    lifecycle_hooks(bundle, id, pid, "running", |h| h.poststart().clone())
+}
+
+/// Run the container's poststop hooks (after `delete`): failures are warnings.
+pub fn poststop(bundle: &Path, id: &str) -> Vec<String> {
+    lifecycle_hooks(bundle, id, 0, "stopped", |h| h.poststop().clone())
+}
+
+fn lifecycle_hooks(
+    bundle: &Path,
+    id: &str,
+    pid: i32,
+    status: &str,
+    pick: impl Fn(&oci_spec::runtime::Hooks) -> Option<Vec<oci_spec::runtime::Hook>>,
+) -> Vec<String> {
+    let path = bundle.join("config.json");
+    let spec = match Spec::load(&path) {
+        Ok(s) => s,
+        Err(_) => return Vec::new(), // the bundle is gone: nothing to run
+    };
+    let Some(list) = spec.hooks().as_ref().and_then(&pick) else {
+        return Vec::new();
+    };
+    let kind = if status == "running" {
+        "poststart"
+    } else {
+        "poststop"
+    };
+    let state = hooks::state_json(
+        id,
+        pid,
+        bundle,
+        status,
+        &spec.annotations().clone().unwrap_or_default(),
+    );
+    hooks::run_all(kind, &list, &state)
 }
 
 /// Wait for our child `pid` and return its exit code (128+N for signal N).

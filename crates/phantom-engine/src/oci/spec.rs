@@ -73,6 +73,8 @@ pub struct Plan {
     pub seccomp: Option<Vec<Instruction>>,
     /// Phantom's fences on top (`run.phantom.policy: strict`).
     pub fences: Option<super::strict::Fences>,
+    pub hooks: oci_spec::runtime::Hooks,
+    pub annotations: std::collections::HashMap<String, String>,
     pub cgroup_path: String,
     pub resources: Option<LinuxResources>,
 }
@@ -83,8 +85,8 @@ fn refuse<T>(field: &str, why: &str) -> Result<T, OciError> {
 
 /// Refuse what phantom-oci does not support (see docs/KUBERNETES.md).
 pub fn check(spec: &Spec) -> Result<(), OciError> {
-    if let Some(h) = spec.hooks() {
-        let any = [
+    for h in spec.hooks().iter() {
+        for hook in [
             h.prestart(),
             h.create_runtime(),
             h.create_container(),
@@ -92,10 +94,16 @@ pub fn check(spec: &Spec) -> Result<(), OciError> {
             h.poststart(),
             h.poststop(),
         ]
-        .iter()
-        .any(|v| v.as_ref().is_some_and(|v| !v.is_empty()));
-        if any {
-            return refuse("hooks", "OCI hooks are not supported yet; remove them");
+        .into_iter()
+        .flatten()
+        .flatten()
+        {
+            if !hook.path().is_absolute() {
+                return refuse(
+                    "hooks.path",
+                    &format!("{} must be an absolute path", hook.path().display()),
+                );
+            }
         }
     }
     if spec.root().is_none() {
@@ -680,6 +688,8 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
         process,
         seccomp,
         fences,
+        hooks: spec.hooks().clone().unwrap_or_default(),
+        annotations: spec.annotations().clone().unwrap_or_default(),
         cgroup_path: super::cgroup::path_for(linux.cgroups_path().as_deref(), id)?,
         resources: linux.resources().clone(),
     })
