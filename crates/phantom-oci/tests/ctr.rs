@@ -771,3 +771,27 @@ fn the_container_has_a_session_keyring_of_its_own() {
     env.remove(&id);
     assert_clean(&id);
 }
+
+#[test]
+fn no_pivot_runs_the_container_in_its_rootfs() {
+    let Some(env) = env() else { return };
+    let id = new_id("nopivot");
+    let _cleanup_id = Cleanup(&env, id.clone());
+    let me = std::process::id();
+    let out = env.run(
+        &["--no-pivot"],
+        &id,
+        &[
+            "sh",
+            "-c",
+            &format!("ls /proc | grep -x {me} || echo unseen; test -d /root && ls /bin/busybox"),
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "unseen\n/bin/busybox\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_clean(&id);
+}
