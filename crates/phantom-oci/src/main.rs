@@ -501,11 +501,12 @@ fn create(
 fn delete(cli: &Cli, id: &str, force: bool) -> Result<(), OciError> {
     let st = match State::load(&cli.root, id) {
         Ok(st) => st,
-        // A container whose create failed half-way has a directory but no state.
+        // A container whose create failed half-way has a directory but no state;
+        // with --force an unknown container is no error (as with runc: containerd's
+        // cleanup of a dead shim deletes what `ctr run --rm` already deleted).
         Err(e) => {
-            let dir = cli.root.join(id);
-            if force && dir.exists() {
-                let _ = std::fs::remove_dir_all(dir);
+            if force {
+                let _ = std::fs::remove_dir_all(cli.root.join(id));
                 return Ok(());
             }
             return Err(e);
