@@ -795,3 +795,18 @@ fn no_pivot_runs_the_container_in_its_rootfs() {
     );
     assert_clean(&id);
 }
+
+#[test]
+fn a_memory_hog_is_killed_by_the_containers_memory_limit() {
+    let Some(env) = env() else { return };
+    let id = new_id("oom");
+    let _cleanup_id = Cleanup(&env, id.clone());
+    // 32 MiB; `tail /dev/zero` keeps one ever-growing line in memory.
+    let out = env.run(
+        &["--memory-limit", "33554432"],
+        &id,
+        &["sh", "-c", "tail /dev/zero"],
+    );
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert_clean(&id);
+}
