@@ -120,5 +120,5 @@ cargo test -q -p phantom-oci --test ctr -- --test-threads=1 "$@"
 # The tests that need only root and a static busybox (they skip in `cargo test
 # --workspace` on a machine without busybox-static, installed above).
 if [ $# -eq 0 ]; then
-  cargo test -q -p phantom-oci --test cri_spec --test hooks
+  cargo test -q -p phantom-oci --test cri_spec --test hooks --test cgroup_v2
 fi

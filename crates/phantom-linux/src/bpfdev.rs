@@ -53,44 +53,64 @@ struct ProgAttach {
     replace_bpf_fd: u32,
 }
 
-/// Load `program` as a cgroup device program and attach it to the cgroup v2
-/// directory `cgroup` (with BPF_F_ALLOW_MULTI: programs of ancestors still apply).
-pub fn attach_device_filter(cgroup: &Path, program: &[Insn]) -> SysResult<()> {
+fn load(program: &[Insn], log_level: u32, log: &mut [u8]) -> Result<OwnedFd, std::io::Error> {
     let license = c"Apache-2.0";
-    let mut log = vec![0u8; 4096];
-    let load = ProgLoad {
+    let attr = ProgLoad {
         prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
         insn_cnt: program.len() as u32,
         insns: program.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        log_level: 1,
+        log_level,
         log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
         ..Default::default()
     };
-    // SAFETY: `load` is a valid bpf_attr head of the size passed; the instruction
+    // SAFETY: `attr` is a valid bpf_attr head of the size passed; the instruction
     // array, license and log buffer it points to outlive the call, and the kernel
     // writes at most log_size bytes into the log.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             BPF_PROG_LOAD,
-            &load as *const ProgLoad,
+            &attr as *const ProgLoad,
             std::mem::size_of::<ProgLoad>(),
         )
     };
     if ret < 0 {
-        let err = std::io::Error::last_os_error();
-        let end = log.iter().position(|b| *b == 0).unwrap_or(0);
-        let verifier = String::from_utf8_lossy(&log[..end]).replace('\n', " ");
-        return Err(SysError::new(
-            "bpf",
-            format!("BPF_PROG_LOAD cgroup device program ({verifier})"),
-            err,
-        ));
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: on success BPF_PROG_LOAD returns a new fd we own.
-    let prog = unsafe { OwnedFd::from_raw_fd(ret as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+}
+
+/// Load `program` as a cgroup device program and attach it to the cgroup v2
+/// directory `cgroup` (with BPF_F_ALLOW_MULTI: programs of ancestors still apply).
+pub fn attach_device_filter(cgroup: &Path, program: &[Insn]) -> SysResult<()> {
+    // Without a log first (a verbose log that does not fit fails the load with
+    // ENOSPC); on failure again with one, for the verifier's reason.
+    let prog = match load(program, 0, &mut []) {
+        Ok(fd) => fd,
+        Err(err) => {
+            let mut log = vec![0u8; 1 << 20];
+            let _ = load(program, 1, &mut log);
+            let end = log.iter().position(|b| *b == 0).unwrap_or(0);
+            let tail: String = String::from_utf8_lossy(&log[..end])
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(SysError::new(
+                "bpf",
+                format!("BPF_PROG_LOAD cgroup device program ({tail})"),
+                err,
+            ));
+        }
+    };
     let dir = std::fs::File::open(cgroup)
         .map_err(|e| SysError::new("open", cgroup.display().to_string(), e))?;
     let attach = ProgAttach {

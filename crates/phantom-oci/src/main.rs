@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use phantom_engine::oci::{self, Cgroup, OciError};
+use phantom_engine::oci::{self, OciError};
 
 use state::State;
 
@@ -313,7 +313,7 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
             let st = State::load(&cli.root, id)?;
             let sig = oci::parse_signal(signal)?;
             if *all {
-                for pid in Cgroup::at(&st.cgroup_path).pids() {
+                for pid in st.cgroup().pids() {
                     let _ = oci::signal(pid, sig);
                 }
                 return Ok(0);
@@ -357,6 +357,7 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
                 bundle: st.bundle.clone(),
                 init_pid: st.pid,
                 cgroup_path: st.cgroup_path.clone(),
+                cgroup_v2_only: st.cgroup_v2_only,
                 process: proc_spec,
                 tty: *tty,
                 console_socket: console_socket.clone(),
@@ -377,7 +378,7 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
             ps_args: _,
         } => {
             let st = State::load(&cli.root, id)?;
-            let pids = Cgroup::at(&st.cgroup_path).pids();
+            let pids = st.cgroup().pids();
             if format == "json" {
                 println!("{}", serde_json::to_string(&pids).expect("json"));
             } else {
@@ -394,7 +395,7 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
                 return Err(OciError(format!("container {id}: container not running")));
             }
             let pause = matches!(cli.command, Command::Pause { .. });
-            Cgroup::at(&st.cgroup_path).freeze(pause)?;
+            st.cgroup().freeze(pause)?;
             Ok(0)
         }
         Command::Update { resources, id } => {
@@ -410,7 +411,7 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
             };
             let r: oci::LinuxResources =
                 serde_json::from_str(&text).map_err(|e| OciError(format!("--resources: {e}")))?;
-            Cgroup::at(&st.cgroup_path).apply(&r)?;
+            st.cgroup().apply(&r)?;
             Ok(0)
         }
         Command::Features => {
@@ -487,6 +488,7 @@ fn create(
         start_time: created.start_time,
         bundle,
         cgroup_path: created.cgroup_path,
+        cgroup_v2_only: created.cgroup_v2_only,
         started: false,
         created: state::now_rfc3339(),
         annotations: created.annotations,
@@ -518,7 +520,7 @@ fn delete(cli: &Cli, id: &str, force: bool) -> Result<(), OciError> {
             "container {id} is running: stop it first (kill) or pass --force"
         )));
     }
-    let cgroup = Cgroup::at(&st.cgroup_path);
+    let cgroup = st.cgroup();
     if alive {
         // A created (never started) container is deleted by killing its init, as
         // runc does; a running one only with --force.

@@ -16,6 +16,9 @@ pub struct State {
     pub start_time: u64,
     pub bundle: PathBuf,
     pub cgroup_path: String,
+    /// The cgroup is in the v2 hierarchy only (`PHANTOM_OCI_CGROUP=v2` at create).
+    #[serde(default)]
+    pub cgroup_v2_only: bool,
     /// `start` has released the init.
     pub started: bool,
     pub created: String,
@@ -78,6 +81,11 @@ impl State {
         out
     }
 
+    /// The container's cgroup, as `create` made it.
+    pub fn cgroup(&self) -> Cgroup {
+        Cgroup::at(&self.cgroup_path, self.cgroup_v2_only)
+    }
+
     pub fn start_socket(&self, root: &Path) -> PathBuf {
         root.join(&self.id).join("start.sock")
     }
@@ -88,7 +96,7 @@ impl State {
             "stopped"
         } else if !self.started {
             "created"
-        } else if Cgroup::at(&self.cgroup_path).frozen() {
+        } else if self.cgroup().frozen() {
             "paused"
         } else {
             "running"

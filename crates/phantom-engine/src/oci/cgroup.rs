@@ -92,11 +92,27 @@ pub fn path_for(cgroups_path: Option<&Path>, id: &str) -> Result<String, OciErro
     Ok(p)
 }
 
+/// `PHANTOM_OCI_CGROUP`: `v2` puts containers in the cgroup v2 hierarchy only, on a
+/// hybrid host too (where runc uses the v1 controllers); unset or `auto`: the host's
+/// layout. Read by `create`; every later command uses what `create` recorded.
+pub fn v2_only_from_env() -> Result<bool, OciError> {
+    match std::env::var("PHANTOM_OCI_CGROUP").as_deref() {
+        Err(_) | Ok("") | Ok("auto") => Ok(false),
+        Ok("v2") => Ok(true),
+        Ok(other) => Err(OciError(format!(
+            "PHANTOM_OCI_CGROUP={other:?}: use v2 or auto"
+        ))),
+    }
+}
+
 impl Cgroup {
-    /// The directories of `path` (not created).
-    pub fn at(path: &str) -> Cgroup {
+    /// The directories of `path` (not created); `v2_only`: ignore v1 hierarchies.
+    pub fn at(path: &str, v2_only: bool) -> Cgroup {
         let rel = path.trim_start_matches('/');
-        let all = hierarchies();
+        let mut all = hierarchies();
+        if v2_only {
+            all.retain(|h| h.v2);
+        }
         let legacy = all.iter().any(|h| !h.v2);
         let mut v1 = Vec::new();
         let mut v2 = None;

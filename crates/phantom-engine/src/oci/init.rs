@@ -242,7 +242,7 @@ fn setup(
     )?;
     // 8. The spec's mounts, in order, each destination resolved inside the rootfs
     //    (a symlink in the image cannot point a mount at the host).
-    let cgroup = Cgroup::at(&plan.cgroup_path);
+    let cgroup = Cgroup::at(&plan.cgroup_path, plan.cgroup_v2_only);
     for m in &plan.mounts {
         mount_one(rootfs, m, &cgroup)?;
     }

@@ -81,6 +81,8 @@ pub struct Created {
     pub pid: i32,
     pub start_time: u64,
     pub cgroup_path: String,
+    /// The cgroup is in the v2 hierarchy only (`PHANTOM_OCI_CGROUP=v2`).
+    pub cgroup_v2_only: bool,
     /// The spec's annotations (for the state JSON).
     pub annotations: std::collections::HashMap<String, String>,
 }
@@ -92,6 +94,7 @@ pub struct ExecRequest {
     pub bundle: PathBuf,
     pub init_pid: i32,
     pub cgroup_path: String,
+    pub cgroup_v2_only: bool,
     pub process: Process,
     /// `--tty`: a terminal, whatever `process.terminal` says.
     pub tty: bool,
@@ -118,7 +121,7 @@ pub fn create(req: &CreateRequest) -> Result<Created, OciError> {
             "process.terminal is true but no --console-socket was given".into(),
         ));
     }
-    let cgroup = Cgroup::at(&plan.cgroup_path);
+    let cgroup = Cgroup::at(&plan.cgroup_path, plan.cgroup_v2_only);
     if let Err(e) = cgroup.create(plan.resources.as_ref()) {
         cgroup.remove();
         return Err(e);
@@ -128,6 +131,7 @@ pub fn create(req: &CreateRequest) -> Result<Created, OciError> {
             pid,
             start_time: process::start_time(pid).unwrap_or(0),
             cgroup_path: plan.cgroup_path.clone(),
+            cgroup_v2_only: plan.cgroup_v2_only,
             annotations: spec.annotations().clone().unwrap_or_default(),
         }),
         Err(e) => {
@@ -457,7 +461,7 @@ pub fn exec(req: &ExecRequest) -> Result<i32, OciError> {
         (Some(path), true) => Some(phantom_linux::oci::connect_stream(path)?),
         _ => None,
     };
-    let cgroup = Cgroup::at(&req.cgroup_path);
+    let cgroup = Cgroup::at(&req.cgroup_path, req.cgroup_v2_only);
     let (parent_end, child_end) = fdpass::channel()?;
     match process::clone_child(Namespaces::default(), None)? {
         Forked::Child => {

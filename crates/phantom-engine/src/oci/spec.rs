@@ -76,6 +76,8 @@ pub struct Plan {
     pub hooks: oci_spec::runtime::Hooks,
     pub annotations: std::collections::HashMap<String, String>,
     pub cgroup_path: String,
+    /// `PHANTOM_OCI_CGROUP=v2`: the v2 hierarchy only.
+    pub cgroup_v2_only: bool,
     pub resources: Option<LinuxResources>,
 }
 
@@ -691,6 +693,7 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
         hooks: spec.hooks().clone().unwrap_or_default(),
         annotations: spec.annotations().clone().unwrap_or_default(),
         cgroup_path: super::cgroup::path_for(linux.cgroups_path().as_deref(), id)?,
+        cgroup_v2_only: super::cgroup::v2_only_from_env()?,
         resources: linux.resources().clone(),
     })
 }
