@@ -38,7 +38,7 @@ struct Cli {
     /// Use systemd to manage cgroups (refused: phantom-oci writes cgroupfs).
     #[arg(long = "systemd-cgroup", global = true)]
     systemd_cgroup: bool,
-    /// Log more.
+    /// Also log each command line to --log (level debug).
     #[arg(long, global = true)]
     debug: bool,
     #[command(subcommand)]
@@ -148,6 +148,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.debug {
+        let args: Vec<String> = std::env::args().collect();
+        log_line(&cli, "debug", &format!("{args:?}"));
+    }
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

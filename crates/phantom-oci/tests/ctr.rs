@@ -810,3 +810,30 @@ fn a_memory_hog_is_killed_by_the_containers_memory_limit() {
     assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
     assert_clean(&id);
 }
+
+#[test]
+fn no_fd_beyond_stdio_and_no_block_device_reaches_the_container() {
+    let Some(env) = env() else { return };
+    let id = new_id("fds");
+    let _cleanup_id = Cleanup(&env, id.clone());
+    // The init's own fds (the start socket, the sync channel, the console socket)
+    // must not survive execve; /dev has only the default character devices.
+    let out = env.run(
+        &[],
+        &id,
+        &[
+            "sh",
+            "-c",
+            "ls /proc/$$/fd | tr '\\n' ' '; echo; find /dev -type b | wc -l; ls /",
+        ],
+    );
+    let got = text(&out.stdout);
+    let mut lines = got.lines();
+    let fds: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(fds, ["0", "1", "2"], "{got} {}", text(&out.stderr));
+    assert_eq!(lines.next(), Some("0"), "block devices in /dev: {got}");
+    // The root is the image's, not the host's.
+    let root: Vec<&str> = lines.collect();
+    assert!(!root.contains(&"home") && root.contains(&"bin"), "{root:?}");
+    assert_clean(&id);
+}
