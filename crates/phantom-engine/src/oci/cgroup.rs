@@ -71,9 +71,12 @@ pub struct Cgroup {
 /// The systemd form (`slice:prefix:name`) is refused: only cgroupfs paths are
 /// supported.
 pub fn path_for(cgroups_path: Option<&Path>, id: &str) -> Result<String, OciError> {
-    let p = match cgroups_path {
-        Some(p) => p.to_string_lossy().into_owned(),
-        None => format!("/phantom-oci/{id}"),
+    // An empty path (`ctr run --cgroup ""`) or the root itself would put the
+    // container's limits, device rules and cleanup on a hierarchy's root cgroup:
+    // it gets a cgroup of its own instead.
+    let p = match cgroups_path.map(|p| p.to_string_lossy().into_owned()) {
+        Some(p) if !p.trim_matches('/').is_empty() => p,
+        _ => format!("/phantom-oci/{id}"),
     };
     if p.contains(':') {
         return Err(OciError::refused(
@@ -83,7 +86,7 @@ pub fn path_for(cgroups_path: Option<&Path>, id: &str) -> Result<String, OciErro
             ),
         ));
     }
-    if p.split('/').any(|c| c == "..") {
+    if p.split('/').any(|c| c == ".." || c == ".") {
         return Err(OciError::refused(
             "linux.cgroupsPath",
             &format!("{p:?} contains `..`"),
@@ -642,4 +645,27 @@ fn refuse_unsupported_resources(r: &LinuxResources) -> Result<(), OciError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_or_root_cgroup_path_never_names_a_hierarchys_root() {
+        for p in ["", "/", "//"] {
+            assert_eq!(
+                path_for(Some(Path::new(p)), "c1").unwrap(),
+                "/phantom-oci/c1",
+                "{p:?}"
+            );
+        }
+        assert_eq!(path_for(None, "c1").unwrap(), "/phantom-oci/c1");
+        assert_eq!(
+            path_for(Some(Path::new("/k/pod1/c1")), "c1").unwrap(),
+            "/k/pod1/c1"
+        );
+        assert!(path_for(Some(Path::new("/k/../../etc")), "c1").is_err());
+        assert!(path_for(Some(Path::new("system.slice:cri:c1")), "c1").is_err());
+    }
 }
