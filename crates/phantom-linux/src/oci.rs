@@ -344,6 +344,26 @@ pub fn join_new_session_keyring(name: &str) -> SysResult<bool> {
     .map(|_| true)
 }
 
+/// Whether AppArmor is enabled on this host.
+pub fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y")
+}
+
+/// Confine the next execve of the calling process to AppArmor profile `profile`
+/// (written to /proc/self/attr/apparmor/exec, or /proc/self/attr/exec on kernels
+/// without the per-LSM directory). Needs the /proc of the caller's pid namespace.
+pub fn apparmor_exec_profile(profile: &str) -> SysResult<()> {
+    let text = format!("exec {profile}");
+    let lsm = Path::new("/proc/self/attr/apparmor/exec");
+    let path = if lsm.exists() {
+        lsm
+    } else {
+        Path::new("/proc/self/attr/exec")
+    };
+    std::fs::write(path, text).map_err(|e| SysError::new("write", path.display().to_string(), e))
+}
+
 /// chroot(2) into `path` (with `--no-pivot`, after moving the rootfs onto /).
 pub fn chroot(path: &Path) -> SysResult<()> {
     rustix::process::chroot(path)

@@ -837,3 +837,34 @@ fn no_fd_beyond_stdio_and_no_block_device_reaches_the_container() {
     assert!(!root.contains(&"home") && root.contains(&"bin"), "{root:?}");
     assert_clean(&id);
 }
+
+#[test]
+fn an_apparmor_profile_is_applied_or_refused_never_ignored() {
+    let Some(env) = env() else { return };
+    let id = new_id("apparmor");
+    let _cleanup_id = Cleanup(&env, id.clone());
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|s| s.trim() == "Y");
+    let out = env.run(
+        &["--apparmor-profile", "unconfined"],
+        &id,
+        &["cat", "/proc/self/attr/current"],
+    );
+    if enabled {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("unconfined"),
+            "{}",
+            text(&out.stdout)
+        );
+    } else {
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("process.apparmorProfile: AppArmor is not enabled"),
+            "{err}"
+        );
+        let _ = env.ctr(&["container", "delete", &id]);
+    }
+    assert_clean(&id);
+}

@@ -424,6 +424,11 @@ fn finish(
     sys::set_ids(p.uid, p.gid, &p.groups)?;
     sys::set_keep_caps(false)?;
     sys::set_capabilities(p.caps[1], p.caps[2], p.caps[3], p.caps[4])?;
+    // The AppArmor profile takes effect at execve; written before Landlock (which
+    //    would forbid the write under /proc) and seccomp.
+    if let Some(profile) = &p.apparmor {
+        sys::apparmor_exec_profile(profile)?;
+    }
     if p.no_new_privileges {
         process::set_no_new_privs()?;
         // Landlock (strict) after no_new_privs, which it needs, and before seccomp,

@@ -44,6 +44,8 @@ pub struct ProcessPlan {
     pub oom_score_adj: Option<i32>,
     pub terminal: bool,
     pub console_size: Option<(u16, u16)>,
+    /// The AppArmor profile the process is confined to from its execve.
+    pub apparmor: Option<String>,
 }
 
 /// Everything the init does, in the order [`super::init::run`] does it.
@@ -168,10 +170,12 @@ pub fn check(spec: &Spec) -> Result<(), OciError> {
 }
 
 fn check_process(p: &Process) -> Result<(), OciError> {
-    if p.apparmor_profile().as_ref().is_some_and(|a| !a.is_empty()) {
+    if p.apparmor_profile().as_ref().is_some_and(|a| !a.is_empty())
+        && !phantom_linux::oci::apparmor_enabled()
+    {
         return refuse(
             "process.apparmorProfile",
-            "AppArmor is not supported; remove it (the CRI sets it only when AppArmor is enabled on the node)",
+            "AppArmor is not enabled on this host; remove the profile",
         );
     }
     if p.selinux_label().as_ref().is_some_and(|a| !a.is_empty()) {
@@ -308,6 +312,7 @@ pub fn process_plan(p: &Process) -> Result<ProcessPlan, OciError> {
         no_new_privileges: p.no_new_privileges().unwrap_or(false),
         oom_score_adj: p.oom_score_adj(),
         terminal: p.terminal().unwrap_or(false),
+        apparmor: p.apparmor_profile().clone().filter(|a| !a.is_empty()),
         console_size: p.console_size().map(|b| {
             (
                 b.height().min(u16::MAX as u64) as u16,
