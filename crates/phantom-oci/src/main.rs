@@ -479,7 +479,23 @@ fn create(
         no_pivot: flags.no_pivot,
         no_new_keyring: flags.no_new_keyring,
     };
-    let created = match oci::create(&req) {
+    // A first state as soon as the cgroup exists (pid 0: "creating"), so that
+    // `delete` can clean up after a create that was killed half-way.
+    let mut record = |cgroup_path: &str, v2_only: bool| {
+        State {
+            id: id.to_string(),
+            pid: 0,
+            start_time: 0,
+            bundle: bundle.clone(),
+            cgroup_path: cgroup_path.to_string(),
+            cgroup_v2_only: v2_only,
+            started: false,
+            created: state::now_rfc3339(),
+            annotations: Default::default(),
+        }
+        .save(&cli.root)
+    };
+    let created = match oci::create(&req, &mut record) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);

@@ -90,9 +90,11 @@ impl State {
         root.join(&self.id).join("start.sock")
     }
 
-    /// created | running | paused | stopped.
+    /// creating | created | running | paused | stopped.
     pub fn status(&self) -> &'static str {
-        if !oci::alive(self.pid, self.start_time) {
+        if self.pid == 0 {
+            "creating"
+        } else if !oci::alive(self.pid, self.start_time) {
             "stopped"
         } else if !self.started {
             "created"

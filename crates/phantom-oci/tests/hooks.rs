@@ -51,7 +51,7 @@ struct Cleanup(std::path::PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for id in ["h1", "h2"] {
+        for id in ["h1", "h2", "h3"] {
             let _ = Command::new(binary())
                 .args([
                     "--root",
@@ -67,7 +67,7 @@ impl Drop for Cleanup {
             .flatten()
             .flatten()
         {
-            for id in ["h1", "h2"] {
+            for id in ["h1", "h2", "h3"] {
                 let parent = format!("phantom-oci-hooks-test-{}-{id}", std::process::id());
                 let _ = std::fs::remove_dir(entry.path().join(parent));
             }
@@ -251,4 +251,101 @@ fn a_failing_create_runtime_hook_fails_create_and_leaves_nothing() {
         .filter(|p| p.exists())
         .collect();
     assert!(cgroup_left.is_empty(), "{cgroup_left:?}");
+}
+
+#[test]
+fn a_create_killed_half_way_leaves_no_init_and_delete_removes_its_cgroup() {
+    if !is_root() {
+        println!("skipped: needs root (namespaces, cgroups)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("phantom-oci-hooks-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = Cleanup(dir.clone());
+    if !rootfs(&dir.join("rootfs")) {
+        println!("skipped: no static /bin/busybox to build a root filesystem from");
+        return;
+    }
+    // The createContainer hook runs in the init (which waits for it): it records
+    // the state (the init's pid), then holds the init up.
+    let mark = dir.join("hook-ran");
+    let state_file = dir.join("hook-state.json");
+    let hooks = serde_json::json!({
+        "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", format!(
+            "cat > {}; echo $$ > {}; exec sleep 3", state_file.display(), mark.display())]}]
+    });
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        config(&dir, "h3", hooks, &["true"]).to_string(),
+    )
+    .unwrap();
+    let root = dir.join("state");
+    let mut create = Command::new(binary())
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle", &bundle.to_string_lossy(), "h3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if mark.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(mark.exists(), "the hook never ran");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let init = state["pid"].as_i64().unwrap();
+    // The hook outlives the killed create (it is not the container's): end it.
+    struct KillHook(std::path::PathBuf);
+    impl Drop for KillHook {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = Command::new("kill").args(["-KILL", pid.trim()]).output();
+            }
+        }
+    }
+    let _kill_hook = KillHook(mark.clone());
+    let cgroup = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            e.path().join(format!(
+                "phantom-oci-hooks-test-{}-h3/c",
+                std::process::id()
+            ))
+        })
+        .find(|p| p.join("cgroup.procs").exists())
+        .expect("the container's cgroup exists while create runs");
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{init}/stat")).is_ok_and(|st| {
+            !st.rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'))
+        })
+    };
+    assert!(alive(), "the init is running its hook");
+    create.kill().unwrap();
+    create.wait().unwrap();
+    // The init dies with its create (parent-death signal) instead of going on to
+    // wait for a start that will never come.
+    let mut gone = false;
+    for _ in 0..100 {
+        if !alive() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(gone, "the init {init} outlived its create");
+    // The state create recorded first lets delete remove the cgroup.
+    let (ok, msg) = oci(&root, &["delete", "--force", "h3"], &dir.join("delete.log"));
+    assert!(ok, "delete: {msg}");
+    assert!(!cgroup.exists(), "cgroup left behind: {}", cgroup.display());
+    assert!(!root.join("h3").exists(), "state left behind");
 }

@@ -22,6 +22,10 @@ pub(super) fn run(
     listener: OwnedFd,
     console: Option<OwnedFd>,
 ) -> ! {
+    // Until `create` has what it needs (the "ready" below), its death is ours: a
+    // `create` killed half-way (a shim's timeout) leaves no init behind. (Had it
+    // died before this prctl, the sync channel is closed and step 1 fails.)
+    let _ = process::set_parent_death_signal_kill();
     // Our own fds move above the `--preserve-fds` range, which the user's process
     // gets as fds 3..3+N.
     let floor = 3 + req.preserve_fds as i32;
@@ -48,6 +52,7 @@ pub(super) fn run(
     };
     // Set up: tell `create` (which writes the pid file and exits), then block until
     // `start` connects. Nothing of the user's runs before that.
+    let _ = process::set_parent_death_signal(0);
     let _ = fdpass::send_bytes(&sync, b"ready");
     drop(sync);
     let conn = loop {

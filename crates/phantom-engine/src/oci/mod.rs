@@ -113,7 +113,14 @@ pub fn load(bundle: &Path) -> Result<Spec, OciError> {
 /// Create the container of `req`: its cgroup, its init (a child of the caller, in
 /// its namespaces, its root set up), blocked before the user's process until
 /// [`start`] connects to `req.start_socket`. The caller must be single-threaded.
-pub fn create(req: &CreateRequest) -> Result<Created, OciError> {
+///
+/// `record` is called with the cgroup path (and whether it is v2-only) as soon as
+/// the cgroup exists, before any process: the front end records it so that a
+/// `create` killed half-way can still be deleted without leaving the cgroup.
+pub fn create(
+    req: &CreateRequest,
+    record: &mut dyn FnMut(&str, bool) -> Result<(), OciError>,
+) -> Result<Created, OciError> {
     let spec = load(&req.bundle)?;
     let plan = spec::plan(&spec, &req.bundle, &req.id)?;
     if plan.terminal && req.console_socket.is_none() {
@@ -122,7 +129,10 @@ pub fn create(req: &CreateRequest) -> Result<Created, OciError> {
         ));
     }
     let cgroup = Cgroup::at(&plan.cgroup_path, plan.cgroup_v2_only);
-    if let Err(e) = cgroup.create(plan.resources.as_ref()) {
+    if let Err(e) = cgroup
+        .create(plan.resources.as_ref())
+        .and_then(|()| record(&plan.cgroup_path, plan.cgroup_v2_only))
+    {
         cgroup.remove();
         return Err(e);
     }
