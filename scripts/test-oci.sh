@@ -65,6 +65,9 @@ cleanup() {
   # leaves it too; the containers' own are checked by the tests).
   rmdir /sys/fs/cgroup/*/phantom-oci-test /sys/fs/cgroup/phantom-oci-test 2>/dev/null
   rmdir /run/containerd/runc/phantom-oci-test 2>/dev/null
+  # The shims' default runtime directories, when empty (a system containerd's are
+  # not: its socket is there).
+  rmdir /run/containerd/runc /run/containerd/s /run/containerd/fifo /run/containerd 2>/dev/null
 }
 trap cleanup EXIT
 
