@@ -143,6 +143,9 @@ step "MCP server against the official Python SDK and the conformance suite"
 step "E2B's Python SDKs (PyPI e2b, e2b-code-interpreter) against phantom-supervisor --e2b-bind"
 ./scripts/test-e2b.sh target/debug
 
+step "phantom-oci under containerd's runc shim (ctr run --runc-binary)"
+./scripts/test-oci.sh
+
 step "fuzzing: each target for a bounded time (longer runs: fuzz/README.md)"
 ./scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 

@@ -13,13 +13,17 @@
 //! * [`seccomp`] — installing a classic-BPF filter program.
 //! * [`landlock`] — the Landlock filesystem fence and scopes, best effort.
 //! * [`net`] — bringing `lo` up in a fresh network namespace.
+//! * [`bpfdev`] — cgroup v2 device rules: loading and attaching an eBPF program.
 //! * [`cgroup`] — cgroup v1 and v2 limits, membership, OOM events, cleanup.
 //! * [`dir`] — a directory's entries, read by its fd.
 //! * [`fdpass`] — a seqpacket channel that can carry one fd (SCM_RIGHTS).
+//! * [`oci`] — what an OCI container's setup needs beyond a sandbox's: generic
+//!   mounts, setns by file, ids, the five capability sets, any rlimit, terminals.
 //! * [`sysinfo`] — read-only host probes for `phantom doctor`.
 //! * [`attempt`] — deliberate attempts at forbidden operations (for phantom-probe).
 
 pub mod attempt;
+pub mod bpfdev;
 pub mod caps;
 pub mod cgroup;
 pub mod dir;
@@ -27,6 +31,7 @@ pub mod fdpass;
 pub mod landlock;
 pub mod mount;
 pub mod net;
+pub mod oci;
 pub mod process;
 pub mod seccomp;
 pub mod sysinfo;
