@@ -12,10 +12,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+# A skip is a failure where every isolation feature is required (CI, as root).
+skip() {
+  echo "skipped: $1"
+  if [ "${PHANTOM_REQUIRE_ISOLATION:-}" = 1 ]; then exit 1; fi
+  exit 0
+}
 
 if [ "$(id -u)" != 0 ]; then
-  echo "skipped: phantom-oci's containerd tests need root (containerd, cgroups)"
-  exit 0
+  skip "phantom-oci's containerd tests need root (containerd, cgroups)"
 fi
 want=()
 command -v containerd >/dev/null || want+=(containerd)
@@ -29,12 +34,11 @@ if ! { [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && static_elf 
 fi
 if [ ${#want[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null; then
-    echo "skipped: ${want[*]} missing and no apt-get to install them"
-    exit 0
+    skip "${want[*]} missing and no apt-get to install them"
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${want[@]}" >/dev/null \
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${want[@]}" >/dev/null; } \
-    || { echo "skipped: could not install ${want[*]}"; exit 0; }
+    || skip "could not install ${want[*]}"
 fi
 
 work=$(mktemp -d /tmp/phantom-oci-test.XXXXXX)

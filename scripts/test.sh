@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== [%ss] %s\n' "$SECONDS" "$*"; }
 
 # What a run of phantom can leave on the host, one line per thing: mounts, sandbox
 # cgroups, processes (by pid and name), run directories, MCP scratch directories.
