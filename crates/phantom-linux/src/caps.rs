@@ -24,6 +24,12 @@ pub fn drop_all() -> SysResult<()> {
         }
         cap += 1;
     }
+    clear_ambient()?;
+    capset(0, 0, 0)
+}
+
+/// Empty the ambient set.
+pub(crate) fn clear_ambient() -> SysResult<()> {
     // SAFETY: prctl with integer arguments only.
     let ret = unsafe {
         libc::prctl(
@@ -34,8 +40,12 @@ pub fn drop_all() -> SysResult<()> {
             0,
         )
     };
-    check(ret as _, "prctl", || "PR_CAP_AMBIENT_CLEAR_ALL".into())?;
+    check(ret as _, "prctl", || "PR_CAP_AMBIENT_CLEAR_ALL".into()).map(|_| ())
+}
 
+/// Set the effective, permitted and inheritable sets of the calling thread (capset,
+/// version 3: two 32-bit words per set).
+pub(crate) fn capset(effective: u64, permitted: u64, inheritable: u64) -> SysResult<()> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -52,13 +62,17 @@ pub fn drop_all() -> SysResult<()> {
         version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
         pid: 0,
     };
-    let data = [Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
+    let word = |set: u64, i: u32| (set >> (32 * i)) as u32;
+    let data = [0, 1].map(|i| Data {
+        effective: word(effective, i),
+        permitted: word(permitted, i),
+        inheritable: word(inheritable, i),
+    });
     // SAFETY: header and data match the kernel's v3 layout (two data words) and
     // outlive the call.
     let ret = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
-    check(ret, "capset", || "all zero".into()).map(|_| ())
+    check(ret, "capset", || {
+        format!("effective={effective:#x} permitted={permitted:#x} inheritable={inheritable:#x}")
+    })
+    .map(|_| ())
 }

@@ -133,45 +133,8 @@ pub fn set_capabilities(
     inheritable: u64,
     ambient: u64,
 ) -> SysResult<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let header = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let word = |set: u64, i: u32| (set >> (32 * i)) as u32;
-    let data = [0, 1].map(|i| Data {
-        effective: word(effective, i),
-        permitted: word(permitted, i),
-        inheritable: word(inheritable, i),
-    });
-    // SAFETY: header and data match the kernel's v3 layout (two data words) and
-    // outlive the call.
-    let ret = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
-    check(ret, "capset", || {
-        format!("effective={effective:#x} permitted={permitted:#x} inheritable={inheritable:#x}")
-    })?;
-    // SAFETY: prctl with integer arguments only.
-    let ret = unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    check(ret as _, "prctl", || "PR_CAP_AMBIENT_CLEAR_ALL".into())?;
+    crate::caps::capset(effective, permitted, inheritable)?;
+    crate::caps::clear_ambient()?;
     for cap in 0..64u32 {
         if ambient & (1u64 << cap) == 0 {
             continue;
