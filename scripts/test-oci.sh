@@ -92,7 +92,9 @@ EOF
 # `ctr container create` has no --runc-binary: the shim runs `runc` from its PATH,
 # which for this containerd finds phantom-oci first (tests that pass --runc-binary
 # say so anyway; the benchmark names Debian's runc explicitly).
-cargo build -q -p phantom-oci
+# --workspace, as scripts/test.sh builds: `-p phantom-oci` alone would resolve
+# phantom-engine's features for it only and build the engine a second time.
+cargo build -q --workspace --all-targets
 mkdir "$work/bin"
 ln -s "$root/target/debug/phantom-oci" "$work/bin/runc"
 PATH="$work/bin:$PATH" containerd --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
@@ -123,9 +125,9 @@ if [ -n "${PHANTOM_OCI_RUN:-}" ]; then
   $PHANTOM_OCI_RUN
   exit 0
 fi
-cargo test -q -p phantom-oci --test ctr -- --test-threads=1 "$@"
+cargo test -q --workspace --test ctr -- --test-threads=1 "$@"
 # The tests that need only root and a static busybox (they skip in `cargo test
 # --workspace` on a machine without busybox-static, installed above).
 if [ $# -eq 0 ]; then
-  cargo test -q -p phantom-oci --test cri_spec --test hooks --test cgroup_v2
+  cargo test -q --workspace --test cri_spec --test hooks --test cgroup_v2
 fi

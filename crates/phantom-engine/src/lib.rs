@@ -34,6 +34,7 @@ pub mod fuzzing;
 pub mod ids;
 mod image_run;
 mod init;
+#[cfg(feature = "oci")]
 pub mod oci;
 mod prepare;
 pub mod pressure;
