@@ -350,6 +350,74 @@ pub fn stdio_across_exec() {
     keep_across_exec(0, 3);
 }
 
+/// A detached copy of the mount at `path` (open_tree OPEN_TREE_CLONE), with the
+/// mounts below it when `recursive` (a runtime-spec `rbind`), not otherwise (`bind`).
+/// Made idmapped with [`crate::mount::set_idmap`], attached with
+/// [`crate::mount::attach`].
+pub fn clone_mount(path: &Path, recursive: bool) -> SysResult<OwnedFd> {
+    use rustix::mount::OpenTreeFlags;
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    rustix::mount::open_tree(rustix::fs::CWD, path, flags)
+        .map_err(|e| SysError::new("open_tree", path.display().to_string(), e.into()))
+}
+
+/// A detached overlay mount (fsopen, fsconfig, fsmount) of `options` (`(key,
+/// None)` is a flag), created with the filesystem ids `uid`/`gid`. overlayfs does
+/// its upper-layer work (the work directory, copy-up) with its creator's
+/// credentials: on idmapped layers those ids must be mapped, which host root's are
+/// not. The caller's capabilities are kept (setfsuid away from 0 drops the
+/// filesystem ones from the effective set; they are raised again), and its ids and
+/// capabilities are restored before this returns.
+pub fn overlay_as(uid: u32, gid: u32, options: &[(String, Option<String>)]) -> SysResult<OwnedFd> {
+    use rustix::mount::{self as m, FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let status = std::fs::read_to_string("/proc/thread-self/status")
+        .map_err(|e| SysError::new("read", "/proc/thread-self/status", e))?;
+    let caps = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let (effective, permitted, inheritable) = (caps("CapEff:"), caps("CapPrm:"), caps("CapInh:"));
+    let err = |op: &'static str, what: &str| {
+        let what = what.to_string();
+        move |e: rustix::io::Errno| SysError::new(op, what, e.into())
+    };
+    // SAFETY: setfsgid/setfsuid take integers and change this thread's filesystem
+    // ids only; they return the previous ones, restored below.
+    let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+    let made = (|| -> SysResult<OwnedFd> {
+        crate::caps::capset(permitted, permitted, inheritable)?;
+        let fs =
+            m::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen", "overlay"))?;
+        for (key, value) in options {
+            match value {
+                Some(v) => m::fsconfig_set_string(&fs, key.as_str(), v.as_str())
+                    .map_err(err("fsconfig", &format!("overlay {key}={v}")))?,
+                None => m::fsconfig_set_flag(&fs, key.as_str())
+                    .map_err(err("fsconfig", &format!("overlay {key}")))?,
+            }
+        }
+        // The superblock, and with it the creator's credentials, is made here.
+        m::fsconfig_create(&fs).map_err(err("fsconfig", "overlay create"))?;
+        Ok(fs)
+    })();
+    // SAFETY: as above, back to the previous filesystem ids.
+    unsafe {
+        libc::setfsuid(old_uid as u32);
+        libc::setfsgid(old_gid as u32);
+    }
+    let restored = crate::caps::capset(effective, permitted, inheritable);
+    let fs = made?;
+    restored?;
+    m::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+        .map_err(err("fsmount", "overlay"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -502,6 +502,9 @@ fn create(
             return Err(e);
         }
     };
+    for w in &created.warnings {
+        log_warning(cli, w);
+    }
     let st = State {
         id: id.to_string(),
         pid: created.pid,

@@ -734,6 +734,170 @@ fn strict_policy_adds_landlock_seccomp_and_drops_capabilities() {
     assert_clean(&id2);
 }
 
+/// The real uid of `pid` as the host sees it (`Uid:` of /proc/PID/status).
+fn host_uid(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no Uid line for {pid}: {status}"))
+}
+
+#[test]
+fn strict_policy_runs_the_containers_root_as_an_unprivileged_host_uid() {
+    let Some(env) = env() else { return };
+    // A host directory owned by host root, bound writable into the container (a
+    // volume), and one of the image's files owned by root.
+    let vol = TempDir::new("vol");
+    let vol = &vol.0;
+    let mount = format!("type=bind,src={},dst=/data,options=rbind:rw", vol.display());
+    let script = "id -u; stat -c %u /bin/busybox; cat /etc/passwd >/dev/null && echo read-image; \
+                  echo hi > /data/f && echo wrote-volume; echo x > /run/x && echo wrote-run; \
+                  readlink /proc/self/ns/user";
+
+    // Without the annotation the container's root is host root (runc's
+    // behaviour), so the assertions below can fail.
+    let plain = new_id("hostuid-plain");
+    let _cleanup_plain = Cleanup(&env, plain.clone());
+    let pid = env.start_detached(&["--mount", &mount], &plain, &["sleep", "300"]);
+    assert_eq!(host_uid(pid), 0, "the plain container's init");
+    env.remove(&plain);
+    assert_clean(&plain);
+
+    let sid = new_id("hostuid-strict");
+    let _cleanup_sid = Cleanup(&env, sid.clone());
+    let pid = env.start_detached(
+        &[
+            "--annotation",
+            "run.phantom.policy=strict",
+            "--mount",
+            &mount,
+        ],
+        &sid,
+        &["sleep", "300"],
+    );
+    let uid = host_uid(pid);
+    assert_ne!(uid, 0, "the strict container's init runs as host root");
+    // Its uid 0 is that host uid, and the whole range is above the host's own ids.
+    let map = std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap();
+    let map: Vec<u32> = map.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(map.len(), 3, "one uid_map line: {map:?}");
+    assert_eq!((map[0], map[1]), (0, uid), "uid_map {map:?}");
+    assert!(
+        map[1] >= 65536,
+        "the host range overlaps the host's ids: {map:?}"
+    );
+    // Still in exactly the cgroup containerd named.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for line in cgroups.lines() {
+        assert!(
+            line.ends_with(&format!(":/{NS}/{sid}")),
+            "init's cgroup is not /{NS}/{sid}: {line}"
+        );
+    }
+    // Inside, it is root; the image's files are its own (idmapped: not nobody's);
+    // the volume and /run are writable.
+    let out = env.ctr(&["task", "exec", "--exec-id", "u1", &sid, "sh", "-c", script]);
+    let got = text(&out.stdout);
+    // An exec'd process joins the init's user namespace.
+    let userns = std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    assert_eq!(
+        got,
+        format!(
+            "0\n0\nread-image\nwrote-volume\nwrote-run\n{}\n",
+            userns.display()
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    // What the container's root wrote is host root's on disk (the idmapped volume
+    // maps it back), not the unprivileged uid's.
+    use std::os::unix::fs::MetadataExt;
+    let written = std::fs::metadata(vol.join("f")).unwrap();
+    assert_eq!(
+        written.uid(),
+        0,
+        "the volume's file is owned by {}",
+        written.uid()
+    );
+    env.remove(&sid);
+    assert_clean(&sid);
+}
+
+/// A directory of the test's own under the temp dir, removed (after unmounting
+/// anything the test mounted on it) when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("phantom-oci-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn strict_policy_refuses_a_writable_mount_it_cannot_idmap() {
+    let Some(env) = env() else { return };
+    // ramfs cannot be idmapped: bound writable, the container's unprivileged root
+    // could not write it, so the container is refused, naming the mount; bound
+    // read-only, it is a plain bind.
+    let dir = TempDir::new("ramfs");
+    let ok = Command::new("mount")
+        .args(["-t", "ramfs", "ramfs"])
+        .arg(&dir.0)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        println!("skipped: cannot mount a ramfs");
+        return;
+    }
+    std::fs::write(dir.0.join("f"), "in-ramfs\n").unwrap();
+    let id = new_id("strict-ramfs");
+    let _cleanup_id = Cleanup(&env, id.clone());
+    let rw = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        dir.0.display()
+    );
+    let out = env.run(
+        &["--annotation", "run.phantom.policy=strict", "--mount", &rw],
+        &id,
+        &["cat", "/data/f"],
+    );
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        err.contains("mounts /data:") && err.contains("cannot idmap"),
+        "{err}"
+    );
+    let _ = env.ctr(&["container", "delete", &id]);
+    assert_clean(&id);
+    let id2 = new_id("strict-ramfs-ro");
+    let _cleanup_id2 = Cleanup(&env, id2.clone());
+    let ro = format!(
+        "type=bind,src={},dst=/data,options=rbind:ro",
+        dir.0.display()
+    );
+    let out = env.run(
+        &["--annotation", "run.phantom.policy=strict", "--mount", &ro],
+        &id2,
+        &["cat", "/data/f"],
+    );
+    assert_eq!(text(&out.stdout), "in-ramfs\n", "{}", text(&out.stderr));
+    assert_clean(&id2);
+}
+
 #[test]
 fn an_unknown_policy_is_refused_by_name() {
     let Some(env) = env() else { return };

@@ -177,15 +177,25 @@ fn setup(
     // 1. Wait for the parent: it puts us in the cgroup and writes the id maps of a
     //    new user namespace; nothing below may run before (a cgroup namespace is
     //    rooted at the cgroup we are in when we unshare it; without maps we have no
-    //    capabilities in the user namespace).
+    //    capabilities in the user namespace). In strict's user namespace it first
+    //    sends idmapped copies of the rootfs and the bind sources (only host root
+    //    may make them), attached in steps 7 and 8.
     let mut buf = [0u8; 32];
-    let (n, _) = fdpass::recv(sync.as_fd(), &mut buf)?;
-    let Some(host_pid) = std::str::from_utf8(&buf[..n])
-        .ok()
-        .and_then(|m| m.strip_prefix("go "))
-        .and_then(|p| p.parse::<i32>().ok())
-    else {
-        return Err(OciError("create was cancelled".into()));
+    let mut idmapped = Idmapped::default();
+    let host_pid = loop {
+        let (n, fd) = fdpass::recv(sync.as_fd(), &mut buf)?;
+        let msg = std::str::from_utf8(&buf[..n]).unwrap_or("");
+        match (msg.strip_prefix("idmap "), fd) {
+            (Some("root"), Some(fd)) => idmapped.root = Some(fd),
+            (Some(i), Some(fd)) => match i.parse::<usize>() {
+                Ok(i) => drop(idmapped.binds.insert(i, fd)),
+                Err(_) => return Err(OciError(format!("create sent {msg:?}"))),
+            },
+            _ => match msg.strip_prefix("go ").and_then(|p| p.parse::<i32>().ok()) {
+                Some(pid) => break pid,
+                None => return Err(OciError("create was cancelled".into())),
+            },
+        }
     };
     // 2. In a new user namespace, become its root for real (we keep the host ids
     //    until we set them).
@@ -236,21 +246,39 @@ fn setup(
     //    to the host (rootfsPropagation, rslave by default, like runc).
     sys::mount(None, Path::new("/"), None, plan.rootfs_propagation, None)?;
     // The rootfs becomes a mount point of its own: pivot_root needs one, and the
-    //    read-only remount at the end applies to it alone.
-    let rootfs = &plan.rootfs;
-    sys::mount(
-        Some(&rootfs.to_string_lossy()),
-        rootfs,
-        None,
-        libc::MS_BIND | libc::MS_REC,
-        None,
-    )?;
+    //    read-only remount at the end applies to it alone. In strict's user
+    //    namespace it is the idmapped copy (after the rslave above, which it need
+    //    not get: a detached copy propagates nothing), so that the image's files
+    //    owned by host uid 0 are our root's; before step 8, whose mount points are
+    //    made in it by that root. Our root there may not search the host's
+    //    directories above the rootfs: `create` made the rootfs our working
+    //    directory (unshare moved it into our mount namespace), the copy is
+    //    attached on it, and from here on the rootfs is reached through the
+    //    copy's fd, never by its host path.
+    let rootfs = match &idmapped.root {
+        Some(tree) => {
+            phantom_linux::mount::attach(tree.as_fd(), Path::new("."))?;
+            PathBuf::from(format!("/proc/self/fd/{}", tree.as_raw_fd()))
+        }
+        None => {
+            sys::mount(
+                Some(&plan.rootfs.to_string_lossy()),
+                &plan.rootfs,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )?;
+            plan.rootfs.clone()
+        }
+    };
+    let rootfs = rootfs.as_path();
     // 8. The spec's mounts, in order, each destination resolved inside the rootfs
     //    (a symlink in the image cannot point a mount at the host).
     let cgroup = Cgroup::at(&plan.cgroup_path, plan.cgroup_v2_only);
-    for m in &plan.mounts {
-        mount_one(rootfs, m, &cgroup)?;
+    for (i, m) in plan.mounts.iter().enumerate() {
+        mount_one(rootfs, m, &cgroup, idmapped.binds.get(&i))?;
     }
+    idmapped.binds.clear();
     // 9. The devices every container has, bound from the host's, and the standard
     //    links (runc creates the same).
     default_devices(rootfs, plan.new_user)?;
@@ -303,6 +331,7 @@ fn setup(
     } else {
         phantom_linux::mount::pivot_into(rootfs)?;
     }
+    drop(idmapped);
     // 12. maskedPaths and readonlyPaths, now inside: a masked file gets /dev/null
     //     bound over it, a masked directory an empty read-only tmpfs.
     for p in &plan.masked_paths {
@@ -526,16 +555,36 @@ pub(super) fn resolve_in_root(root: &Path, path: &Path) -> PathBuf {
     root.join(parts.iter().collect::<PathBuf>())
 }
 
-fn mount_one(rootfs: &Path, m: &super::spec::MountPlan, cgroup: &Cgroup) -> Result<(), OciError> {
+/// The idmapped copies `create` sent (strict's user namespace): of the rootfs, and
+/// of the bind mounts' sources by their index in `plan.mounts`.
+#[derive(Default)]
+struct Idmapped {
+    root: Option<OwnedFd>,
+    binds: std::collections::HashMap<usize, OwnedFd>,
+}
+
+/// Mount `m` in `rootfs`; a bind whose source `create` idmapped attaches `idmapped`
+/// instead.
+fn mount_one(
+    rootfs: &Path,
+    m: &super::spec::MountPlan,
+    cgroup: &Cgroup,
+    idmapped: Option<&OwnedFd>,
+) -> Result<(), OciError> {
     let target = resolve_in_root(rootfs, &m.destination);
     let what =
         |e: phantom_linux::SysError| OciError(format!("mounts {}: {e}", m.destination.display()));
-    // The mount point: a file for a bind of a file, else a directory.
-    let source_is_file = m.bind
-        && m.source
-            .as_deref()
-            .and_then(|s| std::fs::metadata(s).ok())
-            .is_some_and(|meta| !meta.is_dir());
+    // The mount point: a file for a bind of a file, else a directory (an idmapped
+    //    copy is looked at through its fd: the source's path may not be searchable
+    //    by our unprivileged root).
+    let source_meta = match idmapped {
+        Some(tree) => tree
+            .try_clone()
+            .and_then(|fd| std::fs::File::from(fd).metadata())
+            .ok(),
+        None => m.source.as_deref().and_then(|s| std::fs::metadata(s).ok()),
+    };
+    let source_is_file = m.bind && source_meta.is_some_and(|meta| !meta.is_dir());
     if source_is_file {
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(|e| OciError::io("mkdir", parent, e))?;
@@ -550,14 +599,17 @@ fn mount_one(rootfs: &Path, m: &super::spec::MountPlan, cgroup: &Cgroup) -> Resu
     if m.bind {
         let source = m.source.as_deref().unwrap_or("");
         // A bind ignores every flag but MS_BIND|MS_REC: the others take a remount.
-        sys::mount(
-            Some(source),
-            &target,
-            None,
-            m.flags & (libc::MS_BIND | libc::MS_REC),
-            None,
-        )
-        .map_err(what)?;
+        match idmapped {
+            Some(tree) => phantom_linux::mount::attach(tree.as_fd(), &target).map_err(what)?,
+            None => sys::mount(
+                Some(source),
+                &target,
+                None,
+                m.flags & (libc::MS_BIND | libc::MS_REC),
+                None,
+            )
+            .map_err(what)?,
+        }
         let extra = m.flags & !(libc::MS_BIND | libc::MS_REC | libc::MS_REMOUNT);
         if extra != 0 {
             sys::mount(

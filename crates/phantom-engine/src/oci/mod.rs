@@ -9,11 +9,13 @@
 //! * [`init`] — the container's init: one linear setup function.
 //! * [`cgroup`] — the cgroup `linux.cgroupsPath` names (v1 and v2).
 //! * [`seccomp`] — the OCI seccomp JSON compiled to classic BPF.
-//! * [`strict`] — Phantom's fences on top, for `run.phantom.policy: strict`.
+//! * [`strict`] — Phantom's fences on top, for `run.phantom.policy: strict`;
+//!   [`idmap`] — the idmapped rootfs and binds of its user namespace.
 
 pub mod cgroup;
 mod devices;
 pub mod hooks;
+mod idmap;
 mod init;
 pub mod seccomp;
 pub mod spec;
@@ -85,6 +87,8 @@ pub struct Created {
     pub cgroup_v2_only: bool,
     /// The spec's annotations (for the state JSON).
     pub annotations: std::collections::HashMap<String, String>,
+    /// Warnings for the caller's log (a strict fence that could not apply).
+    pub warnings: Vec<String>,
 }
 
 /// What `exec` needs: the container's bundle (its spec gives the seccomp profile),
@@ -143,6 +147,7 @@ pub fn create(
             cgroup_path: plan.cgroup_path.clone(),
             cgroup_v2_only: plan.cgroup_v2_only,
             annotations: spec.annotations().clone().unwrap_or_default(),
+            warnings: plan.warnings.clone(),
         }),
         Err(e) => {
             for pid in cgroup.pids() {
@@ -180,7 +185,24 @@ fn spawn_init(req: &CreateRequest, plan: &spec::Plan, cgroup: &Cgroup) -> Result
         pid: plan.new_pid,
         ..Namespaces::default()
     };
-    match process::clone_child(ns, None)? {
+    // In strict's user namespace the init's root is an unprivileged host uid, which
+    // may not search the bundle's directories (containerd makes them 0700 when the
+    // spec has no user namespace): it is born with the rootfs as its working
+    // directory instead, and attaches the idmapped root there (init step 7).
+    let cwd = if plan.idmapped {
+        let old = std::env::current_dir().map_err(|e| OciError(format!("getcwd: {e}")))?;
+        std::env::set_current_dir(&plan.rootfs)
+            .map_err(|e| OciError::io("chdir", &plan.rootfs, e))?;
+        Some(old)
+    } else {
+        None
+    };
+    let forked = process::clone_child(ns, None);
+    // Back to where we were (the parent only: the init keeps the rootfs).
+    if let (Some(old), Ok(Forked::Parent { .. }) | Err(_)) = (cwd, &forked) {
+        std::env::set_current_dir(&old).map_err(|e| OciError::io("chdir", &old, e))?;
+    }
+    match forked? {
         Forked::Child => {
             drop(parent_end);
             init::run(plan, req, child_end, listener, console)
@@ -197,6 +219,12 @@ fn spawn_init(req: &CreateRequest, plan: &spec::Plan, cgroup: &Cgroup) -> Result
                 cgroup.add(pid)?;
                 if plan.new_user {
                     write_id_maps(pid, plan)?;
+                }
+                // strict's user namespace: idmapped copies of the rootfs and the
+                // bind sources, made here because only host root may idmap a host
+                // filesystem (after the maps: the idmapping is read from them).
+                if plan.idmapped {
+                    idmap::send(pid, plan, &parent_end)?;
                 }
                 // The init's pid as the host sees it, for the hooks' state JSON.
                 fdpass::send_bytes(&parent_end, format!("go {pid}").as_bytes())?;

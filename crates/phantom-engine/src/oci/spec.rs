@@ -63,6 +63,11 @@ pub struct Plan {
     pub new_cgroup_ns: bool,
     pub uid_maps: Vec<(u32, u32, u32)>,
     pub gid_maps: Vec<(u32, u32, u32)>,
+    /// The user namespace is strict mode's, not the spec's: `create` gives the init
+    /// idmapped copies of the rootfs and of the bind mounts' sources.
+    pub idmapped: bool,
+    /// What `create` must tell the caller (a fence that could not apply).
+    pub warnings: Vec<String>,
     pub hostname: Option<String>,
     pub domainname: Option<String>,
     pub sysctl: Vec<(String, String)>,
@@ -565,8 +570,8 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
             .map(|m| (m.container_id(), m.host_id(), m.size()))
             .collect()
     };
-    let uid_maps = maps(linux.uid_mappings());
-    let gid_maps = maps(linux.gid_mappings());
+    let mut uid_maps = maps(linux.uid_mappings());
+    let mut gid_maps = maps(linux.gid_mappings());
     if new_user && (uid_maps.is_empty() || gid_maps.is_empty()) {
         return refuse(
             "linux.uidMappings",
@@ -578,6 +583,18 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
             "linux.uidMappings",
             "id mappings are given but no new user namespace is asked for",
         );
+    }
+    // strict: the container's root is never host uid 0 (a user namespace of its own
+    // when the spec has none; checked after the spec's own mappings above).
+    let joins_by_path = !join.is_empty() || pid_ns_path.is_some();
+    let mut warnings = Vec::new();
+    let strict_maps =
+        super::strict::user_namespace(policy, new_user, joins_by_path, &process, &mut warnings)?;
+    let idmapped = strict_maps.is_some();
+    if let Some(m) = strict_maps {
+        new_user = true;
+        uid_maps = m.clone();
+        gid_maps = m;
     }
     if spec.hostname().as_ref().is_some_and(|h| !h.is_empty())
         && unshare & libc::CLONE_NEWUTS == 0
@@ -674,6 +691,8 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
         new_cgroup_ns,
         uid_maps,
         gid_maps,
+        idmapped,
+        warnings,
         hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
         domainname: spec.domainname().clone().filter(|h| !h.is_empty()),
         sysctl,

@@ -16,7 +16,16 @@
 //!   executed but not written, even when `root.readonly` is false; only the
 //!   writable mounts of the spec (tmpfs, volumes, /dev, /run …) may be written.
 //!   A kernel without Landlock makes the container fail to start (never a silent
-//!   downgrade).
+//!   downgrade);
+//! * **the container's root is never host uid 0**: a spec that asks for no user
+//!   namespace gets one of its own, its ids 0..65536 mapped to the host's
+//!   [`HOST_ID_BASE`]..+65536, and the rootfs and the bind mounts are idmapped
+//!   through it (files owned by host uid 0 are the container root's, and what it
+//!   writes is owned by host uid 0 on disk). A spec with a user namespace of its
+//!   own keeps its mappings. A mount whose filesystem cannot be idmapped makes the
+//!   container fail to start (a read-only bind falls back to a plain bind, its
+//!   files owned by nobody). Not for a container that joins namespaces by path
+//!   (a pod's): its root stays host uid 0, with a warning ([`user_namespace`]).
 
 use std::path::PathBuf;
 
@@ -54,6 +63,55 @@ pub fn policy(
             &format!("{other:?} is not a policy: use strict (or leave it out)"),
         )),
     }
+}
+
+/// The first host uid (and gid) of the range strict mode maps the container's
+/// ids 0..[`ID_COUNT`] to, when the spec asks for no user namespace (the range
+/// runc, Podman and Kubernetes' user namespaces use by default; every strict
+/// container shares it).
+pub const HOST_ID_BASE: u32 = 100_000;
+
+/// How many ids that range holds.
+pub const ID_COUNT: u32 = 65_536;
+
+/// One line of a uid_map or gid_map: inside, host, count.
+pub type IdMap = (u32, u32, u32);
+
+/// The uid/gid maps strict mode gives a container whose spec asks for no user
+/// namespace (`None`: the spec's own user namespace, or the OCI policy).
+///
+/// A container that joins namespaces by path (every container of a Kubernetes pod
+/// joins the network, ipc and uts namespaces CRI or the pause container made) keeps
+/// host uid 0 for its root, with a warning pushed to `warnings`: those namespaces
+/// belong to the host's user namespace, where a root of a user namespace of its own
+/// has no capabilities (the pod's containers would have to share one user
+/// namespace, which is not done yet). The other fences still apply.
+pub fn user_namespace(
+    policy: Policy,
+    spec_has_one: bool,
+    joins_by_path: bool,
+    process: &super::spec::ProcessPlan,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Vec<IdMap>>, OciError> {
+    if policy == Policy::Oci || spec_has_one {
+        return Ok(None);
+    }
+    if joins_by_path {
+        warnings.push(format!(
+            "{ANNOTATION} strict: the container joins namespaces by path (linux.namespaces), so its root stays host uid 0; Landlock, the seccomp filter and the capability drops still apply"
+        ));
+        return Ok(None);
+    }
+    let ids = [process.uid, process.gid]
+        .into_iter()
+        .chain(process.groups.iter().copied());
+    if let Some(id) = ids.into_iter().find(|id| *id >= ID_COUNT) {
+        return Err(OciError::refused(
+            "process.user",
+            &format!("id {id} is outside the 0..{ID_COUNT} that {ANNOTATION} strict maps to host ids {HOST_ID_BASE}..; use a smaller id or remove the annotation"),
+        ));
+    }
+    Ok(Some(vec![(0, HOST_ID_BASE, ID_COUNT)]))
 }
 
 /// Capabilities strict mode removes from every set (bit numbers).
@@ -219,5 +277,64 @@ pub fn harden(process: &mut super::spec::ProcessPlan) {
     process.no_new_privileges = true;
     for set in &mut process.caps {
         *set &= caps_mask();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(uid: u32) -> super::super::spec::ProcessPlan {
+        let p: oci_spec::runtime::Process = serde_json::from_value(serde_json::json!({
+            "cwd": "/", "args": ["true"], "user": {"uid": uid, "gid": 0},
+        }))
+        .unwrap();
+        super::super::spec::process_plan(&p).unwrap()
+    }
+
+    #[test]
+    fn strict_maps_the_root_of_a_container_without_a_user_namespace() {
+        let mut warnings = Vec::new();
+        let maps = user_namespace(Policy::Strict, false, false, &process(0), &mut warnings);
+        assert_eq!(maps, Ok(Some(vec![(0, HOST_ID_BASE, ID_COUNT)])));
+        assert!(warnings.is_empty());
+        // The spec's own user namespace, or no policy: nothing changes.
+        assert_eq!(
+            user_namespace(Policy::Strict, true, false, &process(0), &mut warnings),
+            Ok(None)
+        );
+        assert_eq!(
+            user_namespace(Policy::Oci, false, false, &process(0), &mut warnings),
+            Ok(None)
+        );
+        assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn a_strict_container_that_joins_namespaces_keeps_host_root_with_a_warning() {
+        let mut warnings = Vec::new();
+        let maps = user_namespace(Policy::Strict, false, true, &process(0), &mut warnings);
+        assert_eq!(maps, Ok(None));
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("host uid 0"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_strict_user_outside_the_mapped_range_is_refused_by_name() {
+        let err = user_namespace(
+            Policy::Strict,
+            false,
+            false,
+            &process(70000),
+            &mut Vec::new(),
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            err.contains("process.user") && err.contains("70000"),
+            "{err}"
+        );
     }
 }
