@@ -112,7 +112,7 @@ ctr -a "$work/ctd.sock" -n phantom-oci-test images ls -q | grep -qx "$image" || 
 
 export PHANTOM_OCI_CTR_SOCKET="$work/ctd.sock"
 export PHANTOM_OCI_IMAGE="$image"
-export PHANTOM_OCI_BINARY="$root/target/debug/phantom-oci"
+export PHANTOM_OCI_BINARY="${PHANTOM_OCI_BINARY:-$root/target/debug/phantom-oci}"
 export PHANTOM_OCI_WORK="$work"
 if [ -n "${OCI_KEEP:-}" ]; then
   echo "PHANTOM_OCI_CTR_SOCKET=$work/ctd.sock PHANTOM_OCI_IMAGE=$image PHANTOM_OCI_BINARY=$PHANTOM_OCI_BINARY PHANTOM_OCI_WORK=$work"
