@@ -152,6 +152,12 @@ step "fuzzing: each target for a bounded time (longer runs: fuzz/README.md)"
 step "skipped tests"
 if [ -s "$skip_log" ]; then
   sort "$skip_log" | uniq -c | sed 's/^ *\([0-9]*\) /\1x /'
+  # Regression: lines written in two pieces by parallel tests came out blank or
+  # doubled (`skip log lines interleaved`).
+  if grep -qx '' "$skip_log"; then
+    echo "the skip log has a blank line: a test writes its skip line in more than one write"
+    exit 1
+  fi
 else
   echo "none"
 fi

@@ -35,12 +35,14 @@ fn env() -> Option<Env> {
             binary,
         }),
         _ => {
-            let why = "no containerd: run scripts/test-oci.sh (it sets PHANTOM_OCI_CTR_SOCKET)";
+            let why = "no containerd in this pass: scripts/test-oci.sh runs it against one (it sets PHANTOM_OCI_CTR_SOCKET)";
             println!("skipped: {why}");
             if let Some(log) = std::env::var_os("PHANTOM_SKIP_LOG") {
                 use std::io::Write;
                 if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(log) {
-                    let _ = writeln!(f, "{why}");
+                    // One write per line: tests run in parallel threads, and two
+                    // writes (text, then newline) interleave with theirs.
+                    let _ = f.write_all(format!("{why}\n").as_bytes());
                 }
             }
             None
