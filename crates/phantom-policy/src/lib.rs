@@ -56,7 +56,7 @@ pub use profile::{
     Performance, Profile, Resources, Runtime, SeccompDefault, SeccompPolicy, Security,
     SecurityLevel, Toolchain, MAX_EXTENDS,
 };
-pub use seccomp::{BASE_ALLOWLIST, DENYLIST};
+pub use seccomp::{build_arch, Arch, BASE_ALLOWLIST, DENYLIST};
 pub use weaken::{FENCE_SYSCALLS, HOST_STATE_DIRS, SOCKET_DIRS};
 pub use yaml::{MAX_DEPTH, MAX_POLICY_BYTES};
 

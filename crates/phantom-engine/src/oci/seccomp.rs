@@ -23,7 +23,6 @@
 //! through the x32 ABI.
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
 use phantom_linux::seccomp::Instruction;
@@ -44,24 +43,14 @@ const RET_ERRNO: u32 = 0x0005_0000;
 const ENOSYS: u32 = 38;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
-#[cfg(target_arch = "x86_64")]
-const AUDIT_ARCH: u32 = 62 | 0x8000_0000 | 0x4000_0000;
-#[cfg(target_arch = "aarch64")]
-const AUDIT_ARCH: u32 = 183 | 0x8000_0000 | 0x4000_0000;
+/// This build's architecture: its syscall table and `AUDIT_ARCH` (phantom-policy's,
+/// which the profiles' programs use too).
+fn arch() -> &'static phantom_policy::Arch {
+    phantom_policy::build_arch().expect("phantom builds only for x86_64 and aarch64")
+}
 
 fn number(name: &str) -> Option<u32> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        syscalls::x86_64::Sysno::from_str(name)
-            .ok()
-            .map(|s| s.id() as u32)
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        syscalls::aarch64::Sysno::from_str(name)
-            .ok()
-            .map(|s| s.id() as u32)
-    }
+    arch().number(name).map(|n| n as u32)
 }
 
 fn ins(code: u16, jt: u8, jf: u8, k: u32) -> Instruction {
@@ -206,7 +195,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<Instruction>, OciError> {
 
     let mut prog = vec![
         ins(BPF_LD_W_ABS, 0, 0, 4), // arch
-        ins(BPF_JEQ_K, 1, 0, AUDIT_ARCH),
+        ins(BPF_JEQ_K, 1, 0, arch().audit_arch),
         ins(BPF_RET_K, 0, 0, RET_KILL_PROCESS),
         ins(BPF_LD_W_ABS, 0, 0, 0), // nr
     ];
@@ -258,7 +247,7 @@ mod tests {
     fn run(prog: &[Instruction], nr: u32, args: [u64; 6]) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_le_bytes());
-        data[4..8].copy_from_slice(&AUDIT_ARCH.to_le_bytes());
+        data[4..8].copy_from_slice(&arch().audit_arch.to_le_bytes());
         for (i, a) in args.iter().enumerate() {
             data[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
         }
