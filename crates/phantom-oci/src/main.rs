@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use phantom_engine::oci::{self, OciError};
 
 use state::State;
@@ -49,39 +49,17 @@ struct Cli {
 enum Command {
     /// Set up a container and leave its init waiting for `start`.
     Create {
-        #[arg(long, short = 'b', default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        #[arg(long = "no-pivot")]
-        no_pivot: bool,
-        #[arg(long = "no-new-keyring")]
-        no_new_keyring: bool,
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: u32,
-        id: String,
+        #[command(flatten)]
+        args: CreateArgs,
     },
     /// Run the user's process of a created container.
     Start { id: String },
     /// Create and start, then wait for the container (like `runc run`).
     Run {
-        #[arg(long, short = 'b', default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        #[arg(long = "no-pivot")]
-        no_pivot: bool,
-        #[arg(long = "no-new-keyring")]
-        no_new_keyring: bool,
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: u32,
+        #[command(flatten)]
+        args: CreateArgs,
         #[arg(long, short = 'd')]
         detach: bool,
-        id: String,
     },
     /// The OCI state of a container, as JSON.
     State { id: String },
@@ -227,27 +205,8 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
         )));
     }
     match &cli.command {
-        Command::Create {
-            bundle,
-            pid_file,
-            console_socket,
-            no_pivot,
-            no_new_keyring,
-            preserve_fds,
-            id,
-        } => {
-            create(
-                cli,
-                bundle,
-                pid_file.as_deref(),
-                console_socket.as_deref(),
-                CreateFlags {
-                    no_pivot: *no_pivot,
-                    no_new_keyring: *no_new_keyring,
-                    preserve_fds: *preserve_fds,
-                },
-                id,
-            )?;
+        Command::Create { args } => {
+            create(cli, args)?;
             Ok(0)
         }
         Command::Start { id } => {
@@ -269,28 +228,9 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
             }
             Ok(0)
         }
-        Command::Run {
-            bundle,
-            pid_file,
-            console_socket,
-            no_pivot,
-            no_new_keyring,
-            preserve_fds,
-            detach,
-            id,
-        } => {
-            create(
-                cli,
-                bundle,
-                pid_file.as_deref(),
-                console_socket.as_deref(),
-                CreateFlags {
-                    no_pivot: *no_pivot,
-                    no_new_keyring: *no_new_keyring,
-                    preserve_fds: *preserve_fds,
-                },
-                id,
-            )?;
+        Command::Run { args, detach } => {
+            let id = &args.id;
+            create(cli, args)?;
             let mut st = State::load(&cli.root, id)?;
             oci::start(&st.start_socket(&cli.root))?;
             st.started = true;
@@ -451,21 +391,35 @@ fn run(cli: &Cli) -> Result<u8, OciError> {
     }
 }
 
-/// The flags of `create` and `run` that go to the engine as they are.
-struct CreateFlags {
+/// What `create` and `run` take.
+#[derive(Args, Debug)]
+struct CreateArgs {
+    #[arg(long, short = 'b', default_value = ".")]
+    bundle: PathBuf,
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    #[arg(long = "no-pivot")]
     no_pivot: bool,
+    #[arg(long = "no-new-keyring")]
     no_new_keyring: bool,
+    #[arg(long = "preserve-fds", default_value_t = 0)]
     preserve_fds: u32,
+    id: String,
 }
 
-fn create(
-    cli: &Cli,
-    bundle: &Path,
-    pid_file: Option<&Path>,
-    console_socket: Option<&Path>,
-    flags: CreateFlags,
-    id: &str,
-) -> Result<(), OciError> {
+fn create(cli: &Cli, args: &CreateArgs) -> Result<(), OciError> {
+    let CreateArgs {
+        bundle,
+        pid_file,
+        console_socket,
+        no_pivot,
+        no_new_keyring,
+        preserve_fds,
+        id,
+    } = args;
+    let (pid_file, console_socket) = (pid_file.as_deref(), console_socket.as_deref());
     check_id(id)?;
     let bundle = std::fs::canonicalize(bundle)
         .map_err(|e| OciError(format!("--bundle {}: {e}", bundle.display())))?;
@@ -475,9 +429,9 @@ fn create(
         bundle: bundle.clone(),
         start_socket: dir.join("start.sock"),
         console_socket: console_socket.map(Path::to_path_buf),
-        preserve_fds: flags.preserve_fds,
-        no_pivot: flags.no_pivot,
-        no_new_keyring: flags.no_new_keyring,
+        preserve_fds: *preserve_fds,
+        no_pivot: *no_pivot,
+        no_new_keyring: *no_new_keyring,
     };
     // A first state as soon as the cgroup exists (pid 0: "creating"), so that
     // `delete` can clean up after a create that was killed half-way.
