@@ -3,11 +3,12 @@
 # toolchain) and runs each for a bounded time. Fails with the path of the input that
 # crashed a target (or hung it, or took too much memory).
 #
-#   ./scripts/fuzz.sh                 # every target, 20 s each (what CI runs)
+#   ./scripts/fuzz.sh                 # every target, 20 s each (CI: FUZZ_SECONDS in test.sh)
 #   ./scripts/fuzz.sh 600             # every target, 10 minutes each
 #   ./scripts/fuzz.sh 600 http_head   # one target (or several, by name)
 #   FUZZ_JOBS=1 ./scripts/fuzz.sh     # one target at a time (default: one per core)
 #   FUZZ_TARGET_DIR=DIR ./scripts/fuzz.sh  # build there (default: fuzz/target)
+#   ./scripts/fuzz.sh --build-only    # build every target, run none
 #
 # Each target grows its corpus in fuzz/corpus/TARGET (kept between runs, not
 # committed), starting from the seeds in fuzz/seeds/TARGET (committed) and, for the
@@ -18,6 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 fuzz=$(pwd)
+build_only=""
+if [ "${1:-}" = --build-only ]; then build_only=1; shift; fi
 seconds=${1:-20}
 shift || true
 targets=("$@")
@@ -51,6 +54,7 @@ for t in "${targets[@]}"; do bins+=(--bin "$t"); done
 cargo build --release --quiet --target "$host" "${bins[@]}"
 built=$(date +%s)
 echo "fuzz.sh: built in $((built - started)) s"
+[ -z "$build_only" ] || exit 0
 
 # The layer target unpacks into a scratch directory of its own; removed however we end.
 # (tmpfs when there is one: each input creates and removes a tree).

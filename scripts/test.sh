@@ -75,13 +75,33 @@ fi
 if [ -z "${SKIP_LINT:-}" ]; then
   step "cargo fmt --check"
   cargo fmt --all -- --check
-  step "cargo clippy"
-  cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
 step "build (once; every test below reuses these binaries)"
 cargo build --workspace --all-targets --quiet
 cargo test --workspace --no-run --quiet 2>/dev/null || cargo test --workspace --no-run
+
+# Clippy and the fuzz targets' instrumented build need the CPU but nothing the tests
+# make, and the test steps below wait on sandboxes, sockets and Python more than they
+# compute: both run beside them, at the lowest CPU priority, each in a target
+# directory of its own (cargo locks the one it builds in for as long as it runs, and
+# the tests run from target/debug). Their results are awaited before the fuzzers run.
+background_log=$(mktemp /tmp/phantom-suite-background.XXXXXX)
+scratch_paths+=("$background_log")
+set -m  # a process group of its own, so that an early exit stops all of it
+(
+  if [ -z "${SKIP_LINT:-}" ]; then
+    echo "-- cargo clippy --workspace --all-targets -- -D warnings"
+    CARGO_TARGET_DIR="$root/target/clippy" nice -n 19 \
+      cargo clippy --workspace --all-targets --quiet -- -D warnings || exit 1
+  fi
+  echo "-- fuzz targets' build"
+  nice -n 19 ./scripts/fuzz.sh --build-only || exit 2
+) >"$background_log" 2>&1 &
+background=$!
+set +m
+step "in the background until the fuzzing step: clippy, then the fuzz targets' build (pid $background)"
+trap 'kill -- "-$background" 2>/dev/null; rm -rf "${scratch_paths[@]}"' EXIT
 
 step "tests as $(id -un)"
 cargo test --workspace -- --test-threads=2
@@ -145,6 +165,14 @@ step "E2B's Python SDKs (PyPI e2b, e2b-code-interpreter) against phantom-supervi
 
 step "phantom-oci under containerd's runc shim (ctr run --runc-binary)"
 ./scripts/test-oci.sh
+
+step "clippy and the fuzz targets' build (started after the build)"
+if ! wait "$background"; then
+  cat "$background_log"
+  echo "clippy or the fuzz targets' build failed (above)"
+  exit 1
+fi
+cat "$background_log"
 
 step "fuzzing: each target for a bounded time (longer runs: fuzz/README.md)"
 ./scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
