@@ -77,31 +77,33 @@ if [ -z "${SKIP_LINT:-}" ]; then
   cargo fmt --all -- --check
 fi
 
-step "build (once; every test below reuses these binaries)"
+# Clippy lints the workspace's crates while they are compiled for the tests, as
+# `cargo clippy` itself does it (clippy-driver as the wrapper of rustc for the
+# workspace's members, its arguments in CLIPPY_ARGS): one compilation instead of a
+# `cargo clippy` pass beside the build. Exported, so that every cargo command below
+# (scripts/test-oci.sh's too) finds the same build and rebuilds nothing.
+if [ -z "${SKIP_LINT:-}" ]; then
+  clippy_driver=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver || true)
+  [ -n "$clippy_driver" ] || { echo "clippy-driver not found: rustup component add clippy"; exit 1; }
+  export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
+  export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+fi
+step "build (once, clippy -D warnings on our crates; every test below reuses these binaries)"
 cargo build --workspace --all-targets --quiet
 cargo test --workspace --no-run --quiet 2>/dev/null || cargo test --workspace --no-run
 
-# Clippy and the fuzz targets' instrumented build need the CPU but nothing the tests
-# make, and the test steps below wait on sandboxes, sockets and Python more than they
-# compute: both run beside them, at the lowest CPU priority, each in a target
-# directory of its own (cargo locks the one it builds in for as long as it runs, and
-# the tests run from target/debug). Their results are awaited before the fuzzers run.
-background_log=$(mktemp /tmp/phantom-suite-background.XXXXXX)
-scratch_paths+=("$background_log")
+# The fuzz targets' instrumented build needs the CPU but nothing the tests make, and
+# the test steps below wait on sandboxes, sockets, package downloads and Python
+# part of the time: it runs beside them at the lowest CPU priority, in its own
+# target directory, and is awaited before the fuzzers run.
+fuzz_build_log=$(mktemp /tmp/phantom-suite-fuzz-build.XXXXXX)
+scratch_paths+=("$fuzz_build_log")
 set -m  # a process group of its own, so that an early exit stops all of it
-(
-  if [ -z "${SKIP_LINT:-}" ]; then
-    echo "-- cargo clippy --workspace --all-targets -- -D warnings"
-    CARGO_TARGET_DIR="$root/target/clippy" nice -n 19 \
-      cargo clippy --workspace --all-targets --quiet -- -D warnings || exit 1
-  fi
-  echo "-- fuzz targets' build"
-  nice -n 19 ./scripts/fuzz.sh --build-only || exit 2
-) >"$background_log" 2>&1 &
-background=$!
+env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS nice -n 19 ./scripts/fuzz.sh --build-only >"$fuzz_build_log" 2>&1 &
+fuzz_build=$!
 set +m
-step "in the background until the fuzzing step: clippy, then the fuzz targets' build (pid $background)"
-trap 'kill -- "-$background" 2>/dev/null; rm -rf "${scratch_paths[@]}"' EXIT
+step "in the background until the fuzzing step: the fuzz targets' build (pid $fuzz_build)"
+trap 'kill -- "-$fuzz_build" 2>/dev/null || true; rm -rf "${scratch_paths[@]}"' EXIT
 
 step "tests as $(id -un)"
 cargo test --workspace -- --test-threads=2
@@ -166,16 +168,16 @@ step "E2B's Python SDKs (PyPI e2b, e2b-code-interpreter) against phantom-supervi
 step "phantom-oci under containerd's runc shim (ctr run --runc-binary)"
 ./scripts/test-oci.sh
 
-step "clippy and the fuzz targets' build (started after the build)"
-if ! wait "$background"; then
-  cat "$background_log"
-  echo "clippy or the fuzz targets' build failed (above)"
+step "the fuzz targets' build (started after the build)"
+if ! wait "$fuzz_build"; then
+  cat "$fuzz_build_log"
+  echo "the fuzz targets' build failed (above)"
   exit 1
 fi
-cat "$background_log"
+cat "$fuzz_build_log"
 
 step "fuzzing: each target for a bounded time (longer runs: fuzz/README.md)"
-./scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS ./scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 
 step "skipped tests"
 if [ -s "$skip_log" ]; then
