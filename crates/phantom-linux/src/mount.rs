@@ -252,6 +252,19 @@ pub fn clone_tree(path: &Path) -> SysResult<OwnedFd> {
     .map_err(|e| SysError::new("open_tree", path.display().to_string(), e.into()))
 }
 
+/// A new, detached mount of a filesystem without a source (sysfs, mqueue, ...)
+/// with `attrs` (fsopen, fsconfig, fsmount), ready for [`attach`]. Made for the
+/// caller's namespaces: a sysfs shows its network namespace, an mqueue its ipc
+/// namespace, wherever the mount is attached afterwards.
+pub fn detached_fs(fstype: &str, attrs: Attrs) -> SysResult<OwnedFd> {
+    use rustix::mount::{self as m, FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let err = |op: &'static str| move |e: rustix::io::Errno| SysError::new(op, fstype, e.into());
+    let fs = m::fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(err("fsopen"))?;
+    m::fsconfig_create(&fs).map_err(err("fsconfig"))?;
+    let flags = MountAttrFlags::from_bits_retain(attrs.bits() as u32);
+    m::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, flags).map_err(err("fsmount"))
+}
+
 /// Make a detached mount idmapped through `userns` (mount_setattr MOUNT_ATTR_IDMAP):
 /// ids on disk are seen mapped up through that user namespace's uid/gid maps.
 pub fn set_idmap(mount: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> SysResult<()> {

@@ -134,18 +134,18 @@ pub fn clone_child(ns: Namespaces, cgroup: Option<BorrowedFd<'_>>) -> SysResult<
     })
 }
 
-/// Fork the calling process with CLONE_PARENT: the child is a child of OUR parent,
-/// which can wait for it, and it is born in the pid namespace the caller joined with
-/// [`setns`] (a process cannot move itself into a pid namespace; its children can be
-/// born there). Returns the child's pid (as the caller's pid namespace sees it) in
-/// the caller, `None` in the child.
+/// Fork the calling process with CLONE_PARENT, into the new namespaces `ns`: the
+/// child is a child of OUR parent, which can wait for it, and it is born in the
+/// namespaces the caller joined with [`setns`] (a process cannot move itself into a
+/// pid namespace; its children can be born there). Returns the child's pid (as the
+/// caller's pid namespace sees it) in the caller, `None` in the child.
 ///
 /// The caller must be single-threaded: it is meant for a child fresh from
 /// [`clone_child`] (which checked its parent), and after setns the thread count
 /// cannot be read here (/proc is the joined namespace's).
-pub fn fork_sibling() -> SysResult<Option<i32>> {
+pub fn fork_sibling(ns: Namespaces) -> SysResult<Option<i32>> {
     let mut args = CloneArgs {
-        flags: libc::CLONE_PARENT as u64,
+        flags: libc::CLONE_PARENT as u64 | ns.clone_flags(),
         // clone3 refuses an exit signal with CLONE_PARENT: the child inherits the
         // caller's (SIGCHLD for a child of clone_child), so the shared parent's plain
         // wait4 sees it.
@@ -161,7 +161,9 @@ pub fn fork_sibling() -> SysResult<Option<i32>> {
             std::mem::size_of::<CloneArgs>(),
         )
     };
-    let ret = check(ret, "clone3", || "CLONE_PARENT".into())?;
+    let ret = check(ret, "clone3", || {
+        format!("CLONE_PARENT, flags={:#x}", args.flags)
+    })?;
     Ok((ret != 0).then_some(ret as i32))
 }
 

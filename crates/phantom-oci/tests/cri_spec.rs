@@ -153,6 +153,356 @@ fn spec(
     s
 }
 
+/// What the kubelet and the CRI plugin prepare on the host for a pod, in DIR/host.
+fn kubelet_files(dir: &Path) -> PathBuf {
+    let host = dir.join("host");
+    std::fs::create_dir_all(host.join("shm")).unwrap();
+    std::fs::create_dir_all(host.join("serviceaccount")).unwrap();
+    std::fs::write(host.join("hosts"), "127.0.0.1 localhost\n10.0.0.7 pod-a\n").unwrap();
+    std::fs::write(host.join("hostname"), "pod-a\n").unwrap();
+    std::fs::write(host.join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
+    std::fs::write(host.join("termination-log"), "").unwrap();
+    std::fs::write(host.join("serviceaccount/token"), "secret-token").unwrap();
+    host
+}
+
+/// A network namespace made as the CRI plugin makes a pod's (pinned under
+/// /run/netns, owned by the host's user namespace), deleted on drop.
+struct PodNetns(String);
+
+impl PodNetns {
+    fn add(name: String) -> Option<PodNetns> {
+        let made = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        made.then_some(PodNetns(name))
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// A scratch directory with a busybox rootfs and the kubelet's files, a state
+/// root, a pod cgroup, and the pod's network namespace; `None` (with the reason
+/// printed) when the host cannot have them.
+fn pod_scratch(tag: &str) -> Option<(Scratch, PathBuf, PodNetns)> {
+    if !is_root() {
+        println!("skipped: needs root (namespaces, cgroups)");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("phantom-oci-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = Scratch {
+        root: dir.join("state"),
+        cgroup_parent: format!("/phantom-oci-{tag}-test/pod{}", std::process::id()),
+        dir: dir.clone(),
+    };
+    if !rootfs(&dir.join("rootfs")) {
+        println!("skipped: no static /bin/busybox to build a root filesystem from");
+        return None;
+    }
+    let host = kubelet_files(&dir);
+    let Some(netns) = PodNetns::add(format!("phantom-oci-{tag}-{}", std::process::id())) else {
+        println!("skipped: `ip netns add` failed (iproute2 makes the pod's network namespace)");
+        return None;
+    };
+    Some((scratch, host, netns))
+}
+
+/// Create and start the pause container of `spec`; its pid.
+fn start_pause(scratch: &Scratch, spec: &serde_json::Value) -> i64 {
+    let bundle = scratch.dir.join("pause");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let (created, log) = oci_create(
+        &scratch.root,
+        &bundle,
+        "pause",
+        &scratch.dir.join("pause.log"),
+    );
+    assert!(created, "create pause: {log}");
+    let out = oci(&scratch.root, &["start", "pause"]);
+    assert!(
+        out.status.success(),
+        "start pause: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&oci(&scratch.root, &["state", "pause"]).stdout).unwrap();
+    assert_eq!(state["status"], "running", "{state}");
+    state["pid"].as_i64().unwrap()
+}
+
+/// `run` the app container of `spec`; its stdout (the run must succeed).
+fn run_app(scratch: &Scratch, spec: &serde_json::Value) -> String {
+    let bundle = scratch.dir.join("app");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let out = oci(
+        &scratch.root,
+        &["run", "--bundle", &bundle.to_string_lossy(), "app"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "run app: {stdout} {stderr}");
+    stdout
+}
+
+fn bind(dst: &str, src: PathBuf, mode: &str) -> serde_json::Value {
+    serde_json::json!({"destination": dst, "type": "bind", "source": src,
+                       "options": ["rbind", "rprivate", mode]})
+}
+
+/// Owner and group of everything below `dir` set to `id` (symlinks themselves).
+fn chown_tree(dir: &Path, id: u32) {
+    std::os::unix::fs::lchown(dir, Some(id), Some(id)).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.symlink_metadata().unwrap().is_dir() {
+            chown_tree(&path, id);
+        } else {
+            std::os::unix::fs::lchown(&path, Some(id), Some(id)).unwrap();
+        }
+    }
+}
+
+fn inode(path: &str) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+}
+
+fn owner(path: &Path) -> u32 {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(path).unwrap())
+}
+
+/// The first (real) id of the `Uid:` line of /proc/PID/status: the host's view.
+fn host_uid(pid: i64) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap()
+}
+
+/// The script an app container runs to report what it sees.
+const REPORT: &str = r#"
+    echo "uid_map=$(tr -s ' ' < /proc/self/uid_map | sed 's/^ //')"
+    echo "user=$(readlink /proc/self/ns/user)"
+    echo "net=$(readlink /proc/self/ns/net)"
+    echo "ipc=$(readlink /proc/self/ns/ipc)"
+    echo "hostname=$(hostname)"
+    hostname other 2>/dev/null && echo hostname-changed
+    echo "busybox_owner=$(stat -c %u /bin/busybox)"
+    echo "hosts_owner=$(stat -c %u /etc/hosts)"
+    grep -q 10.0.0.7 /etc/hosts && echo hosts-ok
+    echo finished > /dev/termination-log && echo termination-ok
+    echo shared > /dev/shm/from-app && echo shm-ok
+    echo "netdevs=$(ls /sys/class/net)"
+    grep -q ' /dev/mqueue mqueue ' /proc/mounts && echo mqueue-ok
+    echo done
+"#;
+
+fn want(stdout: &str, line: &str) {
+    assert!(
+        stdout.lines().any(|l| l == line),
+        "want {line:?} in:\n{stdout}"
+    );
+}
+
+/// `run.phantom.policy: strict` on a pod: each container, the pause container
+/// included, runs as an unprivileged host uid in a user namespace of its own,
+/// while sharing the pod's network (made by the CRI, owned by the host's user
+/// namespace), ipc and uts namespaces — where its root has no capabilities.
+#[test]
+fn a_strict_pods_containers_run_as_unprivileged_host_uids_in_the_pods_namespaces() {
+    let Some((scratch, host, netns)) = pod_scratch("strict-pod") else {
+        return;
+    };
+    let strict = serde_json::json!({"run.phantom.policy": "strict",
+                                    "io.kubernetes.cri.container-type": "sandbox"});
+    let mut pause_mounts = base_mounts();
+    pause_mounts.retain(|m| m["destination"] != "/sys/fs/cgroup");
+    let pause = spec(
+        &["sleep", "300"],
+        Some("pod-a"),
+        pause_mounts,
+        serde_json::json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                           {"type": "network", "path": netns.path()}]),
+        &format!("{}/pause", scratch.cgroup_parent),
+        serde_json::json!({"cpu": {"shares": 2}}),
+        strict.clone(),
+    );
+    let pause_pid = start_pause(&scratch, &pause);
+    assert_eq!(host_uid(pause_pid), "100000", "the pause container's root");
+    assert_eq!(
+        inode(&format!("/proc/{pause_pid}/ns/net")),
+        inode(&netns.path()),
+        "the pause container is in the CRI's network namespace"
+    );
+    let ns = |n: &str| format!("/proc/{pause_pid}/ns/{n}");
+    let mut mounts = base_mounts();
+    mounts.push(bind("/etc/hosts", host.join("hosts"), "rw"));
+    mounts.push(bind(
+        "/dev/termination-log",
+        host.join("termination-log"),
+        "rw",
+    ));
+    mounts.push(bind("/dev/shm", host.join("shm"), "rw"));
+    let app = spec(
+        &["sh", "-c", REPORT],
+        None,
+        mounts,
+        serde_json::json!([
+            {"type": "pid"},
+            {"type": "ipc", "path": ns("ipc")},
+            {"type": "uts", "path": ns("uts")},
+            {"type": "mount"},
+            {"type": "network", "path": ns("net")}
+        ]),
+        &format!("{}/app", scratch.cgroup_parent),
+        serde_json::json!({"memory": {"limit": 134217728}}),
+        serde_json::json!({"run.phantom.policy": "strict",
+                           "io.kubernetes.cri.container-type": "container"}),
+    );
+    let stdout = run_app(&scratch, &app);
+    let link = |n: &str| {
+        std::fs::read_link(ns(n))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    want(&stdout, "uid_map=0 100000 65536");
+    want(&stdout, &format!("net={}", link("net")));
+    want(&stdout, &format!("ipc={}", link("ipc")));
+    want(&stdout, "hostname=pod-a");
+    // The rootfs and the binds are idmapped: host uid 0's files are its root's.
+    want(&stdout, "busybox_owner=0");
+    want(&stdout, "hosts_owner=0");
+    want(&stdout, "hosts-ok");
+    want(&stdout, "termination-ok");
+    want(&stdout, "shm-ok");
+    // sysfs and mqueue are the pod's (made by the helper in its namespaces).
+    want(&stdout, "netdevs=lo");
+    want(&stdout, "mqueue-ok");
+    want(&stdout, "done");
+    // No capability in the pod's uts namespace, which the host's user namespace owns.
+    assert!(!stdout.contains("hostname-changed"), "{stdout}");
+    // What it wrote is host uid 0's on disk, as with runc.
+    assert_eq!(
+        std::fs::read_to_string(host.join("termination-log")).unwrap(),
+        "finished\n"
+    );
+    assert_eq!(owner(&host.join("shm/from-app")), 0);
+    assert_ne!(
+        link("user"),
+        std::fs::read_link("/proc/self/ns/user")
+            .unwrap()
+            .to_string_lossy()
+    );
+    drop(netns);
+}
+
+/// A pod with `hostUsers: false`, as containerd writes it: the pause container
+/// gets a new user namespace with the pod's mappings (and joins the CRI's network
+/// namespace), the app container joins that user namespace by path, and its binds
+/// are idmapped — by the mount's own mappings, or by the `idmap` option.
+#[test]
+fn a_pod_without_host_users_shares_the_pause_containers_user_namespace() {
+    let Some((scratch, host, netns)) = pod_scratch("userns-pod") else {
+        return;
+    };
+    let maps = serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    // containerd shifts the image's owners into the pod's range (a chown of the
+    // snapshot, or an idmapped one): the pod's root owns its rootfs.
+    chown_tree(&scratch.dir.join("rootfs"), 200000);
+    let mut pause_mounts = base_mounts();
+    pause_mounts.retain(|m| m["destination"] != "/sys/fs/cgroup");
+    let mut pause = spec(
+        &["sleep", "300"],
+        Some("pod-a"),
+        pause_mounts,
+        serde_json::json!([{"type": "user"}, {"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                           {"type": "mount"}, {"type": "network", "path": netns.path()}]),
+        &format!("{}/pause", scratch.cgroup_parent),
+        serde_json::json!({"cpu": {"shares": 2}}),
+        serde_json::json!({"io.kubernetes.cri.container-type": "sandbox"}),
+    );
+    pause["linux"]["uidMappings"] = maps.clone();
+    pause["linux"]["gidMappings"] = maps.clone();
+    let pause_pid = start_pause(&scratch, &pause);
+    assert_eq!(host_uid(pause_pid), "200000", "the pause container's root");
+    let ns = |n: &str| format!("/proc/{pause_pid}/ns/{n}");
+    let mut mounts = base_mounts();
+    let idmapped = |dst: &str, src: PathBuf| {
+        let mut m = bind(dst, src, "rw");
+        m["uidMappings"] = maps.clone();
+        m["gidMappings"] = maps.clone();
+        m
+    };
+    mounts.push(idmapped("/etc/hosts", host.join("hosts")));
+    mounts.push(idmapped("/dev/shm", host.join("shm")));
+    mounts.push(
+        serde_json::json!({"destination": "/dev/termination-log", "type": "bind",
+        "source": host.join("termination-log"), "options": ["rbind", "rw", "idmap"]}),
+    );
+    let mut app = spec(
+        &["sh", "-c", REPORT],
+        None,
+        mounts,
+        serde_json::json!([
+            {"type": "user", "path": ns("user")},
+            {"type": "pid"},
+            {"type": "ipc", "path": ns("ipc")},
+            {"type": "uts", "path": ns("uts")},
+            {"type": "mount"},
+            {"type": "network", "path": ns("net")}
+        ]),
+        &format!("{}/app", scratch.cgroup_parent),
+        serde_json::json!({"memory": {"limit": 134217728}}),
+        serde_json::json!({"io.kubernetes.cri.container-type": "container"}),
+    );
+    app["linux"]["uidMappings"] = maps.clone();
+    app["linux"]["gidMappings"] = maps;
+    let stdout = run_app(&scratch, &app);
+    let link = |n: &str| {
+        std::fs::read_link(ns(n))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    want(&stdout, "uid_map=0 200000 65536");
+    want(&stdout, &format!("user={}", link("user")));
+    want(&stdout, &format!("net={}", link("net")));
+    want(&stdout, &format!("ipc={}", link("ipc")));
+    want(&stdout, "hostname=pod-a");
+    // The shifted image and the idmapped binds are the pod's root's.
+    want(&stdout, "busybox_owner=0");
+    want(&stdout, "hosts_owner=0");
+    want(&stdout, "termination-ok");
+    want(&stdout, "shm-ok");
+    // sysfs and mqueue are the pod's (made by the helper in its namespaces).
+    want(&stdout, "netdevs=lo");
+    want(&stdout, "mqueue-ok");
+    want(&stdout, "done");
+    assert_eq!(
+        std::fs::read_to_string(host.join("termination-log")).unwrap(),
+        "finished\n"
+    );
+    assert_eq!(owner(&host.join("shm/from-app")), 0);
+    drop(netns);
+}
+
 #[test]
 fn a_pod_as_the_cri_writes_it_runs_with_every_field_honoured() {
     if !is_root() {
@@ -171,15 +521,7 @@ fn a_pod_as_the_cri_writes_it_runs_with_every_field_honoured() {
         println!("skipped: no static /bin/busybox to build a root filesystem from");
         return;
     }
-    // What the kubelet and the CRI plugin prepare on the host.
-    let host = dir.join("host");
-    std::fs::create_dir_all(host.join("shm")).unwrap();
-    std::fs::create_dir_all(host.join("serviceaccount")).unwrap();
-    std::fs::write(host.join("hosts"), "127.0.0.1 localhost\n10.0.0.7 pod-a\n").unwrap();
-    std::fs::write(host.join("hostname"), "pod-a\n").unwrap();
-    std::fs::write(host.join("resolv.conf"), "nameserver 10.96.0.10\n").unwrap();
-    std::fs::write(host.join("termination-log"), "").unwrap();
-    std::fs::write(host.join("serviceaccount/token"), "secret-token").unwrap();
+    let host = kubelet_files(&dir);
     let no_devices = serde_json::json!([{"allow": false, "access": "rwm"}]);
 
     // The pause container: new namespaces, the pod's hostname.
@@ -216,10 +558,6 @@ fn a_pod_as_the_cri_writes_it_runs_with_every_field_honoured() {
     let app_bundle = dir.join("app");
     std::fs::create_dir_all(&app_bundle).unwrap();
     let mut mounts = base_mounts();
-    let bind = |dst: &str, src: PathBuf, mode: &str| {
-        serde_json::json!({"destination": dst, "type": "bind", "source": src,
-                           "options": ["rbind", "rprivate", mode]})
-    };
     mounts.push(bind("/etc/hosts", host.join("hosts"), "rw"));
     mounts.push(bind(
         "/dev/termination-log",

@@ -7,13 +7,16 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use phantom_linux::{fdpass, mount, oci as sys};
+use phantom_linux::process::{self, Forked, Namespaces};
+use phantom_linux::{mount, oci as sys};
 
+use super::channel::{self, Order};
+use super::spec::MountIdmap;
 use super::{spec, strict, OciError};
 
 /// Send the init of `pid` (in strict's user namespace, its maps written) an
-/// idmapped copy of the rootfs (`idmap root`) and of each bind mount's source
-/// (`idmap N`, N its index in `plan.mounts`), one per message, before `go`.
+/// idmapped copy of the rootfs and of each bind mount's source (by its index in
+/// `plan.mounts`), one [`Order::Idmapped`] each, before [`Order::Go`].
 ///
 /// A writable mount that cannot be idmapped fails `create`, naming it: its files
 /// would be unwritable for the container's root. A read-only bind falls back to a
@@ -39,15 +42,13 @@ pub(super) fn send(pid: i32, plan: &spec::Plan, chan: &OwnedFd) -> Result<(), Oc
         }
         None => idmapped(&plan.rootfs, true).map_err(|e| root_err(e.to_string()))?,
     };
-    fdpass::send_fds(chan.as_fd(), b"idmap root", &[root.as_fd()])?;
+    channel::send(chan, &Order::Idmapped { mount: None }, Some(root.as_fd()))?;
     for (i, m) in plan.mounts.iter().enumerate() {
         let Some(source) = m.source.as_deref().filter(|_| m.bind) else {
             continue;
         };
         match idmapped(Path::new(source), m.flags & libc::MS_REC != 0) {
-            Ok(tree) => {
-                fdpass::send_fds(chan.as_fd(), format!("idmap {i}").as_bytes(), &[tree.as_fd()])?
-            }
+            Ok(tree) => channel::send(chan, &Order::Idmapped { mount: Some(i) }, Some(tree.as_fd()))?,
             Err(_) if m.flags & libc::MS_RDONLY != 0 => {}
             Err(e) => {
                 return Err(OciError(format!(
@@ -58,6 +59,79 @@ pub(super) fn send(pid: i32, plan: &spec::Plan, chan: &OwnedFd) -> Result<(), Oc
         }
     }
     Ok(())
+}
+
+/// Send the init of `pid` (its user namespace set up) an idmapped copy of the
+/// source of each bind mount the spec asks to idmap: through the init's user
+/// namespace (the `idmap` option) or through one made with the mount's own
+/// mappings. A mount that cannot be idmapped fails `create`, naming it.
+pub(super) fn send_spec_mounts(
+    pid: i32,
+    plan: &spec::Plan,
+    chan: &OwnedFd,
+) -> Result<(), OciError> {
+    let mut made: Vec<(&MountIdmap, OwnedFd)> = Vec::new();
+    for (i, m) in plan.mounts.iter().enumerate() {
+        let Some(how) = &m.idmap else { continue };
+        let source = m.source.as_deref().unwrap_or("");
+        let what = |e: String| {
+            OciError(format!(
+                "mounts {}: cannot idmap {source} ({e}); put it on a filesystem with idmapped mounts or remove the mappings",
+                m.destination.display()
+            ))
+        };
+        let userns = match made.iter().find(|(h, _)| *h == how) {
+            Some((_, fd)) => fd.try_clone().map_err(|e| what(e.to_string()))?,
+            None => {
+                let fd = match how {
+                    MountIdmap::Container => mount::open_userns(pid).map_err(OciError::from),
+                    MountIdmap::Maps { uid, gid } => user_namespace_with(uid, gid),
+                }
+                .map_err(|e| what(e.to_string()))?;
+                made.push((how, fd.try_clone().map_err(|e| what(e.to_string()))?));
+                fd
+            }
+        };
+        let tree = sys::clone_mount(Path::new(source), m.flags & libc::MS_REC != 0)
+            .and_then(|tree| mount::set_idmap(tree.as_fd(), userns.as_fd()).map(|()| tree))
+            .map_err(|e| what(e.to_string()))?;
+        channel::send(
+            chan,
+            &Order::Idmapped { mount: Some(i) },
+            Some(tree.as_fd()),
+        )?;
+    }
+    Ok(())
+}
+
+/// A user namespace with these maps, to idmap mounts through: made by a child that
+/// waits, its maps written from here; the child is gone when this returns, the
+/// namespace lives on in the returned fd.
+fn user_namespace_with(
+    uid: &[(u32, u32, u32)],
+    gid: &[(u32, u32, u32)],
+) -> Result<OwnedFd, OciError> {
+    let (parent_end, child_end) = phantom_linux::fdpass::channel()?;
+    let ns = Namespaces {
+        user: true,
+        ..Namespaces::default()
+    };
+    match process::clone_child(ns, None)? {
+        Forked::Child => {
+            // Wait until the parent has opened our namespace (it closes its end).
+            drop(parent_end);
+            let _ = channel::recv::<Order>(&child_end, "create");
+            process::exit_now(0)
+        }
+        Forked::Parent { pid, pidfd: _pidfd } => {
+            drop(child_end);
+            let opened =
+                super::write_id_maps(pid, uid, gid).and_then(|()| Ok(mount::open_userns(pid)?));
+            drop(parent_end);
+            let _ = process::wait4(pid, false);
+            opened
+        }
+    }
 }
 
 /// The host id of the container's id 0.

@@ -4,15 +4,16 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use phantom_linux::fdpass;
 use phantom_linux::oci as sys;
 use phantom_linux::process;
 
+use super::channel::{self, Answer, Order};
 use super::spec::{Plan, ProcessPlan};
 use super::strict::Fences;
 use super::{Cgroup, CreateRequest, OciError};
 
-/// Run in the child of `create`: set up, report "ready", wait for `start`, exec.
+/// Run in the child of `create`: set up, report [`Answer::Ready`], wait for
+/// [`Order::Start`], exec.
 /// Never returns; a failure is reported to the parent (which fails `create` with
 /// it) and ends the process.
 pub(super) fn run(
@@ -21,8 +22,9 @@ pub(super) fn run(
     sync: OwnedFd,
     listener: OwnedFd,
     console: Option<OwnedFd>,
+    fresh: Mounts,
 ) -> ! {
-    // Until `create` has what it needs (the "ready" below), its death is ours: a
+    // Until `create` has what it needs (Ready, below), its death is ours: a
     // `create` killed half-way (a shim's timeout) leaves no init behind. (Had it
     // died before this prctl, the sync channel is closed and step 1 fails.)
     let _ = process::set_parent_death_signal_kill();
@@ -35,37 +37,41 @@ pub(super) fn run(
         let console = console
             .map(|c| sys::dup_at_least(c.as_fd(), floor))
             .transpose()?;
-        Ok((sync, listener, console))
+        let mut moved = Mounts::default();
+        for (i, fd) in &fresh {
+            moved.insert(*i, sys::dup_at_least(fd.as_fd(), floor)?);
+        }
+        Ok((sync, listener, console, moved))
     })();
     drop(sync);
     drop(listener);
-    let (sync, listener, console) = match moved {
+    drop(fresh);
+    let (sync, listener, console, fresh) = match moved {
         Ok(v) => v,
         Err(e) => process::exit_now(fail_before_sync(&e)),
     };
-    let host_pid = match setup(plan, req, &sync, console) {
+    let host_pid = match setup(plan, req, &sync, console, fresh) {
         Ok(pid) => pid,
         Err(e) => {
-            let _ = fdpass::send_bytes(&sync, e.0.as_bytes());
+            channel::fail(&sync, &e);
             process::exit_now(1);
         }
     };
     // Set up: tell `create` (which writes the pid file and exits), then block until
     // `start` connects. Nothing of the user's runs before that.
     let _ = process::set_parent_death_signal(0);
-    let _ = fdpass::send_bytes(&sync, b"ready");
+    let _ = channel::send(&sync, &Answer::Ready, None);
     drop(sync);
     let conn = loop {
-        match fdpass::accept(listener.as_fd()) {
+        match phantom_linux::fdpass::accept(listener.as_fd()) {
             Ok(Some(c)) => break c,
             Ok(None) => continue,
             Err(_) => process::exit_now(1),
         }
     };
     drop(listener);
-    let mut buf = [0u8; 64];
-    match fdpass::recv(conn.as_fd(), &mut buf) {
-        Ok((n, _)) if &buf[..n] == b"start" => {}
+    match channel::recv::<Order>(&conn, "start") {
+        Ok(Some((Order::Start, _))) => {}
         _ => process::exit_now(1),
     }
     // startContainer hooks: in the container, after `start`, before the user's
@@ -74,7 +80,7 @@ pub(super) fn run(
         let state =
             super::hooks::state_json(&req.id, host_pid, &req.bundle, "created", &plan.annotations);
         if let Err(e) = super::hooks::run("startContainer", list, &state) {
-            let _ = fdpass::send_bytes(&conn, e.0.as_bytes());
+            channel::fail(&conn, &e);
             process::exit_now(1);
         }
     }
@@ -85,9 +91,81 @@ pub(super) fn run(
         req.preserve_fds,
         Some(&conn),
     );
-    let _ = fdpass::send_bytes(&conn, err.0.as_bytes());
+    channel::fail(&conn, &err);
     eprintln!("phantom-oci: {err}");
     process::exit_now(127)
+}
+
+/// The helper `create` forks for a container that joins namespaces by path: join
+/// them as host root — the network, ipc, uts and cgroup ones, then a pid namespace
+/// (for our children only), then a user namespace last (joining it gives up host
+/// root's capabilities over the others) — write the sysctls of a joined network
+/// namespace, fork the init into them and its new user and pid namespaces (a
+/// sibling: a child of `create`, which it tells the init's pid), and exit.
+pub(super) fn join_and_fork(
+    plan: &Plan,
+    req: &CreateRequest,
+    ns: process::Namespaces,
+    sync: OwnedFd,
+    listener: OwnedFd,
+    console: Option<OwnedFd>,
+) -> ! {
+    // `create` killed half-way (a shim's timeout) leaves no helper behind.
+    let _ = process::set_parent_death_signal_kill();
+    let join = |path: &Path, flag: i32| -> Result<(), OciError> {
+        let f = std::fs::File::open(path).map_err(|e| OciError::io("open namespace", path, e))?;
+        Ok(sys::setns_file(
+            f.as_fd(),
+            flag,
+            &path.display().to_string(),
+        )?)
+    };
+    let mut fresh = Mounts::default();
+    let forked = (|| -> Result<Option<i32>, OciError> {
+        for (path, flag) in &plan.join {
+            join(path, *flag)?;
+        }
+        // A sysfs shows the network namespace of its mounter, an mqueue the ipc
+        //    namespace; the kernel lets only a root with capabilities there mount
+        //    them, which the init's root in a user namespace may not have (a pod's
+        //    namespaces are the host's user namespace's). Made here, as host root,
+        //    and attached by the init.
+        for (i, m) in plan.mounts.iter().enumerate() {
+            if plan.fresh_by_helper(m) {
+                let attrs = phantom_linux::mount::Attrs {
+                    read_only: m.flags & libc::MS_RDONLY != 0,
+                    nosuid: m.flags & libc::MS_NOSUID != 0,
+                    nodev: m.flags & libc::MS_NODEV != 0,
+                    noexec: m.flags & libc::MS_NOEXEC != 0,
+                };
+                let fd = phantom_linux::mount::detached_fs(&m.typ, attrs)
+                    .map_err(|e| OciError(format!("mounts {}: {e}", m.destination.display())))?;
+                fresh.insert(i, fd);
+            }
+        }
+        // procfs resolves /proc/sys/net by the opener's network namespace.
+        for (key, value) in plan.sysctl.iter().filter(|(k, _)| plan.sysctl_by_helper(k)) {
+            write_sysctl(key, value)?;
+        }
+        if let Some(path) = &plan.pid_ns_path {
+            join(path, libc::CLONE_NEWPID)?;
+        }
+        if let Some(path) = &plan.join_user {
+            join(path, libc::CLONE_NEWUSER)?;
+        }
+        Ok(process::fork_sibling(ns)?)
+    })();
+    match forked {
+        Ok(Some(pid)) => {
+            let _ = channel::send(&sync, &Answer::Forked { pid }, None);
+            process::exit_now(0)
+        }
+        Ok(None) => run(plan, req, sync, listener, console, fresh),
+        Err(e) => {
+            channel::fail(&sync, &e);
+            process::exit_now(1)
+        }
+    }
 }
 
 /// The child of `exec`: join the container's cgroup and namespaces, fork the
@@ -106,7 +184,7 @@ pub(super) fn exec_child(
 ) -> ! {
     let floor = 3 + preserve_fds as i32;
     let fail = |sync: &OwnedFd, e: OciError| -> ! {
-        let _ = fdpass::send_bytes(sync, e.0.as_bytes());
+        channel::fail(sync, &e);
         process::exit_now(1)
     };
     let sync = match sys::dup_at_least(sync.as_fd(), floor) {
@@ -125,25 +203,32 @@ pub(super) fn exec_child(
     if let Err(e) = cgroup.add(process::getpid()) {
         fail(&sync, e);
     }
-    // Namespaces in order: user (capabilities for the rest), …, pid (for our
-    //    children only), mount last (it also moves our root to the container's).
+    // oom_score_adj while we are host root (the process inherits it).
+    if let Some(adj) = p.oom_score_adj {
+        if let Err(e) = set_oom_score_adj("self", adj) {
+            fail(&sync, e);
+        }
+    }
+    // Namespaces in `exec`'s order: …, pid (for our children only), mount (it also
+    //    moves our root to the container's), user last (it gives up host root's
+    //    capabilities over the others).
     for (f, flag, name) in namespaces {
         if let Err(e) = sys::setns_file(f.as_fd(), *flag, name) {
             fail(&sync, e.into());
         }
     }
-    let child = match process::fork_sibling() {
+    let child = match process::fork_sibling(process::Namespaces::default()) {
         Ok(c) => c,
         Err(e) => fail(&sync, e.into()),
     };
     match child {
         Some(pid) => {
-            let _ = fdpass::send_bytes(&sync, format!("pid {pid}").as_bytes());
+            let _ = channel::send(&sync, &Answer::Forked { pid }, None);
             process::exit_now(0)
         }
         None => {
             let run = || -> Result<(), OciError> {
-                apply_process_limits(p)?;
+                apply_rlimits(p)?;
                 if p.terminal {
                     let console = console
                         .as_ref()
@@ -173,42 +258,37 @@ fn setup(
     req: &CreateRequest,
     sync: &OwnedFd,
     console: Option<OwnedFd>,
+    fresh: Mounts,
 ) -> Result<i32, OciError> {
     // 1. Wait for the parent: it puts us in the cgroup and writes the id maps of a
     //    new user namespace; nothing below may run before (a cgroup namespace is
     //    rooted at the cgroup we are in when we unshare it; without maps we have no
     //    capabilities in the user namespace). In strict's user namespace it first
-    //    sends idmapped copies of the rootfs and the bind sources (only host root
-    //    may make them), attached in steps 7 and 8.
-    let mut buf = [0u8; 32];
-    let mut idmapped = Idmapped::default();
+    //    sends idmapped copies of the rootfs and the bind sources, and of each
+    //    mount the spec asks to idmap (only host root may make them), attached in
+    //    steps 7 and 8.
+    let mut prepared = Prepared {
+        root: None,
+        mounts: fresh,
+    };
     let host_pid = loop {
-        let (n, fd) = fdpass::recv(sync.as_fd(), &mut buf)?;
-        let msg = std::str::from_utf8(&buf[..n]).unwrap_or("");
-        match (msg.strip_prefix("idmap "), fd) {
-            (Some("root"), Some(fd)) => idmapped.root = Some(fd),
-            (Some(i), Some(fd)) => match i.parse::<usize>() {
-                Ok(i) => drop(idmapped.binds.insert(i, fd)),
-                Err(_) => return Err(OciError(format!("create sent {msg:?}"))),
-            },
-            _ => match msg.strip_prefix("go ").and_then(|p| p.parse::<i32>().ok()) {
-                Some(pid) => break pid,
-                None => return Err(OciError("create was cancelled".into())),
-            },
+        match channel::recv::<Order>(sync, "create")? {
+            Some((Order::Idmapped { mount: None }, Some(fd))) => prepared.root = Some(fd),
+            Some((Order::Idmapped { mount: Some(i) }, Some(fd))) => {
+                drop(prepared.mounts.insert(i, fd))
+            }
+            Some((Order::Go { pid }, _)) => break pid,
+            Some((other, _)) => return Err(OciError(format!("create sent {other:?}"))),
+            None => return Err(OciError("create was cancelled".into())),
         }
     };
-    // 2. In a new user namespace, become its root for real (we keep the host ids
-    //    until we set them).
-    if plan.new_user {
+    // 2. In a new user namespace, or one joined by path, become its root for real
+    //    (we keep the host ids until we set them).
+    if plan.new_user || plan.join_user.is_some() {
         sys::set_ids(0, 0, &[])?;
     }
-    // 3. Join the namespaces given by path (a pod's network, ipc, uts) while we
-    //    still hold the host's capabilities over them, then unshare the new ones —
-    //    after the joins, so a new namespace is not replaced by a joined one.
-    for (path, flag) in &plan.join {
-        let f = std::fs::File::open(path).map_err(|e| OciError::io("open namespace", path, e))?;
-        sys::setns_file(f.as_fd(), *flag, &path.display().to_string())?;
-    }
+    // 3. The namespaces given by path were joined before we were forked (see
+    //    `spawn_init`); the new ones are unshared now.
     sys::unshare(plan.unshare)?;
     // 4. The cgroup namespace last of all: it is rooted at our cgroup (step 1).
     if plan.new_cgroup_ns {
@@ -224,16 +304,15 @@ fn setup(
     //    namespaces' values (procfs resolves /proc/sys/net and kernel.* ipc keys
     //    by the opener's namespaces). Before pivot_root: afterwards /proc/sys is
     //    read-only in most configurations.
-    for (key, value) in &plan.sysctl {
-        if key.contains("..") || key.contains('/') && key.contains('.') {
-            return Err(OciError::refused(
-                "linux.sysctl",
-                &format!("{key:?} is not a sysctl name"),
-            ));
-        }
-        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value)
-            .map_err(|e| OciError(format!("linux.sysctl {key}={value}: {e}")))?;
+    //    Those of a network namespace joined by path were written by the helper
+    //    that forked us, as host root in it (`spawn_init`): our root may have no
+    //    capabilities there.
+    for (key, value) in plan
+        .sysctl
+        .iter()
+        .filter(|(k, _)| !plan.sysctl_by_helper(k))
+    {
+        write_sysctl(key, value)?;
     }
     // 6. Hostname and domain name of the (new or joined) uts namespace.
     if let Some(h) = &plan.hostname {
@@ -255,7 +334,7 @@ fn setup(
     //    directory (unshare moved it into our mount namespace), the copy is
     //    attached on it, and from here on the rootfs is reached through the
     //    copy's fd, never by its host path.
-    let rootfs = match &idmapped.root {
+    let rootfs = match &prepared.root {
         Some(tree) => {
             phantom_linux::mount::attach(tree.as_fd(), Path::new("."))?;
             PathBuf::from(format!("/proc/self/fd/{}", tree.as_raw_fd()))
@@ -276,12 +355,12 @@ fn setup(
     //    (a symlink in the image cannot point a mount at the host).
     let cgroup = Cgroup::at(&plan.cgroup_path, plan.cgroup_v2_only);
     for (i, m) in plan.mounts.iter().enumerate() {
-        mount_one(rootfs, m, &cgroup, idmapped.binds.get(&i))?;
+        mount_one(rootfs, m, &cgroup, prepared.mounts.get(&i))?;
     }
-    idmapped.binds.clear();
+    prepared.mounts.clear();
     // 9. The devices every container has, bound from the host's, and the standard
     //    links (runc creates the same).
-    default_devices(rootfs, plan.new_user)?;
+    default_devices(rootfs, plan.in_user_ns())?;
     // 9b. Hooks, while the host's tree is still visible: createRuntime (run by
     //     `create`, in the runtime's namespaces) then createContainer (run here, in
     //     the container's namespaces; its path resolves in the runtime's tree).
@@ -301,9 +380,8 @@ fn setup(
         .chain(plan.hooks.create_runtime())
         .any(|h| !h.is_empty());
     if runtime_hooks {
-        fdpass::send_bytes(sync, b"hooks")?;
-        let (n, _) = fdpass::recv(sync.as_fd(), &mut buf)?;
-        if &buf[..n] != b"continue" {
+        channel::send(sync, &Answer::Hooks, None)?;
+        if !matches!(channel::recv(sync, "create")?, Some((Order::Continue, _))) {
             return Err(OciError("a createRuntime hook failed".into()));
         }
     }
@@ -331,7 +409,7 @@ fn setup(
     } else {
         phantom_linux::mount::pivot_into(rootfs)?;
     }
-    drop(idmapped);
+    drop(prepared);
     // 12. maskedPaths and readonlyPaths, now inside: a masked file gets /dev/null
     //     bound over it, a masked directory an empty read-only tmpfs.
     for p in &plan.masked_paths {
@@ -372,19 +450,23 @@ fn setup(
             None,
         )?;
     }
-    // 14. Per-process settings that need no privilege to be kept: oom_score_adj
-    //     (raising it is free, lowering needs CAP_SYS_RESOURCE, still held here),
-    //     rlimits (raising a hard limit needs it too).
-    apply_process_limits(&plan.process)?;
+    // 14. rlimits, while CAP_SYS_RESOURCE is held (raising a hard limit needs it).
+    //     (oom_score_adj was written by `create`, as host root: in a user
+    //     namespace our own /proc/self files are not ours to write.)
+    apply_rlimits(&plan.process)?;
     Ok(host_pid)
 }
 
-/// Per-process limits (create and exec).
-fn apply_process_limits(p: &ProcessPlan) -> Result<(), OciError> {
-    if let Some(adj) = p.oom_score_adj {
-        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
-            .map_err(|e| OciError(format!("process.oomScoreAdj {adj}: {e}")))?;
-    }
+/// Write `adj` to the oom_score_adj of process `pid` ("self" for the caller), as
+/// host root: lowering it needs CAP_SYS_RESOURCE, and once a process has changed
+/// its ids in a user namespace its /proc files belong to host root.
+pub(super) fn set_oom_score_adj(pid: &str, adj: i32) -> Result<(), OciError> {
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
+        .map_err(|e| OciError(format!("process.oomScoreAdj {adj}: {e}")))
+}
+
+/// The process's rlimits (create and exec).
+fn apply_rlimits(p: &ProcessPlan) -> Result<(), OciError> {
     for (res, soft, hard) in &p.rlimits {
         sys::set_rlimit(*res, *soft, *hard)?;
     }
@@ -403,7 +485,7 @@ pub(super) fn finish_and_exec(
     match finish(p, seccomp, fences, preserve_fds) {
         Ok((path, argv, envp)) => {
             if let Some(conn) = started {
-                let _ = fdpass::send_bytes(conn, b"started");
+                let _ = channel::send(conn, &Answer::Started, None);
             }
             process::execve(&path, &argv, &envp).into()
         }
@@ -555,21 +637,36 @@ pub(super) fn resolve_in_root(root: &Path, path: &Path) -> PathBuf {
     root.join(parts.iter().collect::<PathBuf>())
 }
 
-/// The idmapped copies `create` sent (strict's user namespace): of the rootfs, and
-/// of the bind mounts' sources by their index in `plan.mounts`.
-#[derive(Default)]
-struct Idmapped {
-    root: Option<OwnedFd>,
-    binds: std::collections::HashMap<usize, OwnedFd>,
+/// Write sysctl `key` through /proc/sys, for the caller's namespaces.
+pub(super) fn write_sysctl(key: &str, value: &str) -> Result<(), OciError> {
+    if key.contains("..") || key.contains('/') && key.contains('.') {
+        return Err(OciError::refused(
+            "linux.sysctl",
+            &format!("{key:?} is not a sysctl name"),
+        ));
+    }
+    let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(|e| OciError(format!("linux.sysctl {key}={value}: {e}")))
 }
 
-/// Mount `m` in `rootfs`; a bind whose source `create` idmapped attaches `idmapped`
-/// instead.
+/// Detached mounts made for the init by its index in `plan.mounts`.
+pub(super) type Mounts = std::collections::HashMap<usize, OwnedFd>;
+
+/// The detached mounts the init attaches instead of mounting: the idmapped copies
+/// `create` sent (of the rootfs, and of bind sources), and the sysfs and mqueue
+/// mounts the helper made in the namespaces it joined.
+struct Prepared {
+    root: Option<OwnedFd>,
+    mounts: Mounts,
+}
+
+/// Mount `m` in `rootfs`; a mount made for us beforehand (`prepared`) is
+/// attached instead.
 fn mount_one(
     rootfs: &Path,
     m: &super::spec::MountPlan,
     cgroup: &Cgroup,
-    idmapped: Option<&OwnedFd>,
+    prepared: Option<&OwnedFd>,
 ) -> Result<(), OciError> {
     let target = resolve_in_root(rootfs, &m.destination);
     let what =
@@ -577,7 +674,7 @@ fn mount_one(
     // The mount point: a file for a bind of a file, else a directory (an idmapped
     //    copy is looked at through its fd: the source's path may not be searchable
     //    by our unprivileged root).
-    let source_meta = match idmapped {
+    let source_meta = match prepared {
         Some(tree) => tree
             .try_clone()
             .and_then(|fd| std::fs::File::from(fd).metadata())
@@ -599,7 +696,7 @@ fn mount_one(
     if m.bind {
         let source = m.source.as_deref().unwrap_or("");
         // A bind ignores every flag but MS_BIND|MS_REC: the others take a remount.
-        match idmapped {
+        match prepared {
             Some(tree) => phantom_linux::mount::attach(tree.as_fd(), &target).map_err(what)?,
             None => sys::mount(
                 Some(source),
@@ -688,6 +785,9 @@ fn mount_one(
             None,
         )
         .map_err(what)?;
+    } else if let Some(fresh) = prepared {
+        // Made by the helper in the namespace it shows (with the mount's flags).
+        phantom_linux::mount::attach(fresh.as_fd(), &target).map_err(what)?;
     } else {
         let source = m.source.as_deref().unwrap_or(&m.typ);
         sys::mount(Some(source), &target, Some(&m.typ), m.flags, data).map_err(what)?;
@@ -748,7 +848,7 @@ fn terminal(ptmx: &Path, console: &OwnedFd, size: Option<(u16, u16)>) -> Result<
     }
     // The master goes to the shim over the console socket; the slave becomes our
     //    controlling terminal and stdio, which the user's process inherits.
-    fdpass::send_fds(console.as_fd(), b"/dev/pts/ptmx", &[master.as_fd()])?;
+    phantom_linux::fdpass::send_fds(console.as_fd(), b"/dev/pts/ptmx", &[master.as_fd()])?;
     process::setsid()?;
     sys::set_controlling_terminal(slave.as_fd())?;
     let _ = slave.as_raw_fd();

@@ -7,12 +7,16 @@
 //! * [`spec`] — what of config.json is supported; everything else is refused with
 //!   one line naming the field.
 //! * [`init`] — the container's init: one linear setup function.
+//! * [`channel`] — the typed messages between `create`, `start`, `exec` and the
+//!   processes they fork.
 //! * [`cgroup`] — the cgroup `linux.cgroupsPath` names (v1 and v2).
 //! * [`seccomp`] — the OCI seccomp JSON compiled to classic BPF.
 //! * [`strict`] — Phantom's fences on top, for `run.phantom.policy: strict`;
-//!   [`idmap`] — the idmapped rootfs and binds of its user namespace.
+//!   [`idmap`] — the idmapped rootfs and binds of its user namespace, and the
+//!   binds the spec asks to idmap.
 
 pub mod cgroup;
+mod channel;
 mod devices;
 pub mod hooks;
 mod idmap;
@@ -21,11 +25,12 @@ pub mod seccomp;
 pub mod spec;
 pub mod strict;
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 pub use oci_spec::runtime::{LinuxResources, Process, Spec};
 use phantom_linux::fdpass;
+
+use channel::{Answer, Order};
 use phantom_linux::process::{self, Forked, Namespaces};
 
 pub use cgroup::Cgroup;
@@ -170,21 +175,22 @@ fn spawn_init(req: &CreateRequest, plan: &spec::Plan, cgroup: &Cgroup) -> Result
         _ => None,
     };
     let (parent_end, child_end) = fdpass::channel()?;
-    // A pid namespace given by path is joined here: setns(CLONE_NEWPID) changes the
-    // namespace of the caller's children only, so the init is born in it.
-    if let Some(path) = &plan.pid_ns_path {
-        let f = std::fs::File::open(path).map_err(|e| OciError::io("open", path, e))?;
-        phantom_linux::oci::setns_file(f.as_fd(), libc::CLONE_NEWPID, &path.display().to_string())?;
-    }
     // Only the user and pid namespaces are created by clone: the pid namespace must
     // be (unshare(CLONE_NEWPID) would not move the caller), and it must be owned by
     // the new user namespace so that the init can mount its /proc. The others are
-    // unshared by the init after it joined the namespaces given by path.
+    // unshared by the init.
     let ns = Namespaces {
         user: plan.new_user,
         pid: plan.new_pid,
         ..Namespaces::default()
     };
+    // Namespaces given by path (a pod's) are joined by a helper child, which then
+    // forks the init into them as a child of ours (CLONE_PARENT) and exits: as host
+    // root it can join namespaces the host's user namespace owns, which the init,
+    // born in a user namespace of its own, could not; and it can join a pid
+    // namespace (which only a process's children enter) or a user namespace
+    // (last: it gives up host root's capabilities) without changing ours.
+    let helper = plan.joins_by_path();
     // In strict's user namespace the init's root is an unprivileged host uid, which
     // may not search the bundle's directories (containerd makes them 0700 when the
     // spec has no user namespace): it is born with the rootfs as its working
@@ -197,28 +203,62 @@ fn spawn_init(req: &CreateRequest, plan: &spec::Plan, cgroup: &Cgroup) -> Result
     } else {
         None
     };
-    let forked = process::clone_child(ns, None);
+    let forked = process::clone_child(if helper { Namespaces::default() } else { ns }, None);
     // Back to where we were (the parent only: the init keeps the rootfs).
     if let (Some(old), Ok(Forked::Parent { .. }) | Err(_)) = (cwd, &forked) {
         std::env::set_current_dir(&old).map_err(|e| OciError::io("chdir", &old, e))?;
     }
     match forked? {
+        Forked::Child if helper => {
+            drop(parent_end);
+            init::join_and_fork(plan, req, ns, child_end, listener, console)
+        }
         Forked::Child => {
             drop(parent_end);
-            init::run(plan, req, child_end, listener, console)
+            init::run(
+                plan,
+                req,
+                child_end,
+                listener,
+                console,
+                init::Mounts::default(),
+            )
         }
         Forked::Parent { pid, pidfd: _pidfd } => {
             drop(child_end);
             drop(listener);
             drop(console);
+            let pid = if helper {
+                // The helper answers with the init's pid (or what failed) and exits.
+                let answer = channel::recv::<Answer>(&parent_end, "helper");
+                let _ = process::wait4(pid, false);
+                match answer? {
+                    Some((Answer::Forked { pid }, _)) => pid,
+                    Some((Answer::Failed { error }, _)) => return Err(OciError(error)),
+                    Some((other, _)) => {
+                        return Err(OciError(format!("the helper answered {other:?}")))
+                    }
+                    None => {
+                        return Err(OciError(
+                            "the helper that joins the namespaces exited (see the log for why)"
+                                .into(),
+                        ))
+                    }
+                }
+            } else {
+                pid
+            };
             let release = (|| -> Result<(), OciError> {
                 // Before the init runs a single step: it joins its cgroup (so that
                 // everything it creates is accounted there, and a cgroup namespace
                 // it unshares is rooted there) and, in a new user namespace, gets
                 // its uid/gid maps (which only a process outside may write).
                 cgroup.add(pid)?;
+                if let Some(adj) = plan.process.oom_score_adj {
+                    init::set_oom_score_adj(&pid.to_string(), adj)?;
+                }
                 if plan.new_user {
-                    write_id_maps(pid, plan)?;
+                    write_id_maps(pid, &plan.uid_maps, &plan.gid_maps)?;
                 }
                 // strict's user namespace: idmapped copies of the rootfs and the
                 // bind sources, made here because only host root may idmap a host
@@ -226,18 +266,17 @@ fn spawn_init(req: &CreateRequest, plan: &spec::Plan, cgroup: &Cgroup) -> Result
                 if plan.idmapped {
                     idmap::send(pid, plan, &parent_end)?;
                 }
+                // The binds the spec asks to idmap, likewise.
+                idmap::send_spec_mounts(pid, plan, &parent_end)?;
                 // The init's pid as the host sees it, for the hooks' state JSON.
-                fdpass::send_bytes(&parent_end, format!("go {pid}").as_bytes())?;
-                Ok(())
+                channel::send(&parent_end, &Order::Go { pid }, None)
             })();
             let outcome = release.and_then(|()| loop {
-                let mut buf = [0u8; 4096];
-                let (n, _) = fdpass::recv(parent_end.as_fd(), &mut buf)?;
-                match &buf[..n] {
-                    b"ready" => return Ok(()),
+                match channel::recv::<Answer>(&parent_end, "init")? {
+                    Some((Answer::Ready, _)) => return Ok(()),
                     // The init's namespaces and mounts exist: the createRuntime (and
                     // deprecated prestart) hooks run now, in the runtime's namespaces.
-                    b"hooks" => {
+                    Some((Answer::Hooks, _)) => {
                         let state = hooks::state_json(
                             &req.id,
                             pid,
@@ -258,19 +297,22 @@ fn spawn_init(req: &CreateRequest, plan: &spec::Plan, cgroup: &Cgroup) -> Result
                             )
                         });
                         match ran {
-                            Ok(()) => fdpass::send_bytes(&parent_end, b"continue")?,
+                            Ok(()) => channel::send(&parent_end, &Order::Continue, None)?,
                             Err(e) => {
-                                let _ = fdpass::send_bytes(&parent_end, b"abort");
+                                let _ = channel::send(&parent_end, &Order::Abort, None);
                                 return Err(e);
                             }
                         }
                     }
-                    [] => {
+                    Some((Answer::Failed { error }, _)) => return Err(OciError(error)),
+                    Some((other, _)) => {
+                        return Err(OciError(format!("the init answered {other:?}")))
+                    }
+                    None => {
                         return Err(OciError(
                             "the container's init exited during setup (see the log for why)".into(),
                         ))
                     }
-                    msg => return Err(OciError(String::from_utf8_lossy(msg).into_owned())),
                 }
             });
             match outcome {
@@ -285,15 +327,19 @@ fn spawn_init(req: &CreateRequest, plan: &spec::Plan, cgroup: &Cgroup) -> Result
     }
 }
 
-fn write_id_maps(pid: i32, plan: &spec::Plan) -> Result<(), OciError> {
-    let fmt = |m: &[(u32, u32, u32)]| {
-        m.iter()
-            .map(|(c, h, n)| format!("{c} {h} {n}\n"))
-            .collect::<String>()
-    };
-    for (file, maps) in [("uid_map", &plan.uid_maps), ("gid_map", &plan.gid_maps)] {
+/// Write the uid and gid maps of the user namespace of `pid` (a child of ours).
+fn write_id_maps(
+    pid: i32,
+    uid: &[(u32, u32, u32)],
+    gid: &[(u32, u32, u32)],
+) -> Result<(), OciError> {
+    for (file, maps) in [("uid_map", uid), ("gid_map", gid)] {
         let path = PathBuf::from(format!("/proc/{pid}/{file}"));
-        std::fs::write(&path, fmt(maps)).map_err(|e| OciError::io("write", &path, e))?;
+        let text: String = maps
+            .iter()
+            .map(|(c, h, n)| format!("{c} {h} {n}\n"))
+            .collect();
+        std::fs::write(&path, text).map_err(|e| OciError::io("write", &path, e))?;
     }
     Ok(())
 }
@@ -305,15 +351,14 @@ pub fn start(start_socket: &Path) -> Result<(), OciError> {
             "the container's init is not waiting to start ({e}); was it already started?"
         ))
     })?;
-    fdpass::send_bytes(&sock, b"start")?;
-    let mut buf = [0u8; 4096];
-    let (n, _) = fdpass::recv(sock.as_fd(), &mut buf)?;
-    match &buf[..n] {
-        b"started" => Ok(()),
-        [] => Err(OciError(
+    channel::send(&sock, &Order::Start, None)?;
+    match channel::recv::<Answer>(&sock, "init")? {
+        Some((Answer::Started, _)) => Ok(()),
+        Some((Answer::Failed { error }, _)) => Err(OciError(error)),
+        Some((other, _)) => Err(OciError(format!("the init answered {other:?}"))),
+        None => Err(OciError(
             "the container's init exited before starting".into(),
         )),
-        msg => Err(OciError(String::from_utf8_lossy(msg).into_owned())),
     }
 }
 
@@ -472,18 +517,20 @@ pub fn exec(req: &ExecRequest) -> Result<i32, OciError> {
     if fences.is_some() {
         strict::harden(&mut plan);
     }
-    // The init's namespaces, opened now (the user namespace first: it gives the
-    // capabilities the others need); those we already share are skipped (setns
-    // into one's own user namespace fails).
+    // The init's namespaces, opened now, joined by host root in this order: the
+    // user namespace last, since joining it gives up the capabilities over
+    // namespaces the host's user namespace owns (a pod's network, ipc and uts,
+    // which a strict container's own user namespace does not own); those we
+    // already share are skipped (setns into one's own user namespace fails).
     let mut namespaces: Vec<(std::fs::File, i32, &str)> = Vec::new();
     for (name, flag) in [
-        ("user", libc::CLONE_NEWUSER),
         ("ipc", libc::CLONE_NEWIPC),
         ("uts", libc::CLONE_NEWUTS),
         ("net", libc::CLONE_NEWNET),
         ("cgroup", libc::CLONE_NEWCGROUP),
         ("pid", libc::CLONE_NEWPID),
         ("mnt", libc::CLONE_NEWNS),
+        ("user", libc::CLONE_NEWUSER),
     ] {
         let theirs = format!("/proc/{}/ns/{name}", req.init_pid);
         let same = std::fs::read_link(&theirs).ok()
@@ -518,28 +565,23 @@ pub fn exec(req: &ExecRequest) -> Result<i32, OciError> {
         Forked::Parent { pid, pidfd: _pidfd } => {
             drop(child_end);
             drop(console);
-            let mut buf = [0u8; 4096];
-            let first = fdpass::recv(parent_end.as_fd(), &mut buf).map(|(n, _)| buf[..n].to_vec());
+            let first = channel::recv::<Answer>(&parent_end, "exec");
             // The intermediate child exits as soon as it has forked the process
             // into the container's pid namespace.
             let _ = process::wait4(pid, false);
-            let first = first?;
-            let text = String::from_utf8_lossy(&first).into_owned();
-            let Some(grandchild) = text
-                .strip_prefix("pid ")
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                return Err(OciError(if text.is_empty() {
-                    "exec: the process exited during setup".into()
-                } else {
-                    text
-                }));
+            let grandchild = match first? {
+                Some((Answer::Forked { pid }, _)) => pid,
+                Some((Answer::Failed { error }, _)) => return Err(OciError(error)),
+                Some((other, _)) => return Err(OciError(format!("exec: answered {other:?}"))),
+                None => return Err(OciError("exec: the process exited during setup".into())),
             };
             // Then EOF (its copy of the channel closes on execve) or an error.
-            let (n, _) = fdpass::recv(parent_end.as_fd(), &mut buf)?;
-            if n > 0 {
+            if let Some((answer, _)) = channel::recv::<Answer>(&parent_end, "exec")? {
                 let _ = process::wait4(grandchild, false);
-                return Err(OciError(String::from_utf8_lossy(&buf[..n]).into_owned()));
+                return Err(OciError(match answer {
+                    Answer::Failed { error } => error,
+                    other => format!("exec: answered {other:?}"),
+                }));
             }
             Ok(grandchild)
         }

@@ -25,6 +25,21 @@ pub struct MountPlan {
     /// Filesystem options passed as data.
     pub data: String,
     pub bind: bool,
+    /// The spec asks for this bind to be idmapped (`uidMappings`/`gidMappings`, or
+    /// the `idmap`/`ridmap` option): `create` sends the init an idmapped copy.
+    pub idmap: Option<MountIdmap>,
+}
+
+/// The user namespace an idmapped bind mount is mapped through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountIdmap {
+    /// The container's own (the `idmap` option without mappings).
+    Container,
+    /// One made with the mount's `uidMappings` and `gidMappings`.
+    Maps {
+        uid: Vec<(u32, u32, u32)>,
+        gid: Vec<(u32, u32, u32)>,
+    },
 }
 
 /// The process to run: from `process` (create) or `--process` (exec).
@@ -56,11 +71,17 @@ pub struct Plan {
     pub new_user: bool,
     pub new_pid: bool,
     pub pid_ns_path: Option<PathBuf>,
-    /// Namespaces to join by path, with their CLONE_NEW* flag (user first).
+    /// A user namespace to join by path (a Kubernetes pod with `hostUsers: false`:
+    /// its containers join the pause container's).
+    pub join_user: Option<PathBuf>,
+    /// Other namespaces to join by path (net, ipc, uts, cgroup), with their
+    /// CLONE_NEW* flag.
     pub join: Vec<(PathBuf, i32)>,
     /// CLONE_NEW* flags the init unshares (mount, net, ipc, uts, cgroup).
     pub unshare: i32,
     pub new_cgroup_ns: bool,
+    /// The maps of a new user namespace (written by `create`); those the spec gives
+    /// with a user namespace joined by path are that namespace's, and unused.
     pub uid_maps: Vec<(u32, u32, u32)>,
     pub gid_maps: Vec<(u32, u32, u32)>,
     /// The user namespace is strict mode's, not the spec's: `create` gives the init
@@ -86,6 +107,39 @@ pub struct Plan {
     /// `PHANTOM_OCI_CGROUP=v2`: the v2 hierarchy only.
     pub cgroup_v2_only: bool,
     pub resources: Option<LinuxResources>,
+}
+
+impl Plan {
+    /// Whether the init runs in a user namespace (new or joined).
+    pub fn in_user_ns(&self) -> bool {
+        self.new_user || self.join_user.is_some()
+    }
+
+    /// Whether the init is forked by a helper that first joins the namespaces
+    /// given by path (see `spawn_init`).
+    pub fn joins_by_path(&self) -> bool {
+        !self.join.is_empty() || self.pid_ns_path.is_some() || self.join_user.is_some()
+    }
+
+    /// Whether mount `m` is made by that helper: a sysfs or an mqueue for a
+    /// container in a user namespace that joins the network or ipc namespace it
+    /// would show.
+    pub fn fresh_by_helper(&self, m: &MountPlan) -> bool {
+        let flag = match m.typ.as_str() {
+            "sysfs" => libc::CLONE_NEWNET,
+            "mqueue" => libc::CLONE_NEWIPC,
+            _ => return false,
+        };
+        self.in_user_ns() && self.join.iter().any(|(_, f)| *f == flag)
+    }
+
+    /// Whether sysctl `key` is written by that helper, as host root in a network
+    /// namespace joined by path (where the container's root may have no
+    /// capabilities), rather than by the init.
+    pub fn sysctl_by_helper(&self, key: &str) -> bool {
+        key.replace('/', ".").starts_with("net.")
+            && self.join.iter().any(|(_, f)| *f == libc::CLONE_NEWNET)
+    }
 }
 
 fn refuse<T>(field: &str, why: &str) -> Result<T, OciError> {
@@ -159,17 +213,6 @@ pub fn check(spec: &Spec) -> Result<(), OciError> {
     }
     if let Some(p) = spec.process() {
         check_process(p)?;
-    }
-    for m in spec.mounts().iter().flatten() {
-        if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
-            return refuse(
-                "mounts.uidMappings",
-                &format!(
-                    "idmapped mounts are not supported yet ({}); remove the mappings",
-                    m.destination().display()
-                ),
-            );
-        }
     }
     Ok(())
 }
@@ -395,12 +438,8 @@ fn mount_options(options: &[String]) -> Result<(u64, Vec<u64>, String, bool), Oc
                 (0, 0)
             }
             "defaults" => (0, 0),
-            "idmap" | "ridmap" => {
-                return refuse(
-                    "mounts.options",
-                    &format!("{o:?}: idmapped mounts are not supported yet"),
-                )
-            }
+            // Read by `plan` (which knows the mount's mappings and type).
+            "idmap" | "ridmap" => (0, 0),
             "tmpcopyup" => {
                 return refuse(
                     "mounts.options",
@@ -421,6 +460,56 @@ fn mount_options(options: &[String]) -> Result<(u64, Vec<u64>, String, bool), Oc
         data.join(","),
         flags & libc::MS_BIND != 0,
     ))
+}
+
+/// uidMappings/gidMappings as (inside, host, count).
+fn id_maps(m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>) -> Vec<(u32, u32, u32)> {
+    m.iter()
+        .flatten()
+        .map(|m| (m.container_id(), m.host_id(), m.size()))
+        .collect()
+}
+
+/// How mount `m` is idmapped, if the spec asks (runc's rules: a bind mount, in a
+/// container with a user namespace; mappings given for both uids and gids).
+fn mount_idmap(
+    m: &oci_spec::runtime::Mount,
+    bind: bool,
+    user_ns: bool,
+) -> Result<Option<MountIdmap>, OciError> {
+    let option = m
+        .options()
+        .iter()
+        .flatten()
+        .any(|o| o == "idmap" || o == "ridmap");
+    let (uid, gid) = (id_maps(m.uid_mappings()), id_maps(m.gid_mappings()));
+    if !option && uid.is_empty() && gid.is_empty() {
+        return Ok(None);
+    }
+    let at = m.destination().display();
+    if !bind {
+        return refuse(
+            "mounts.uidMappings",
+            &format!("{at}: only a bind mount can be idmapped"),
+        );
+    }
+    if !user_ns {
+        return refuse(
+            "mounts.uidMappings",
+            &format!("{at}: an idmapped mount needs the container to have a user namespace (linux.namespaces)"),
+        );
+    }
+    if uid.is_empty() != gid.is_empty() {
+        return refuse(
+            "mounts.uidMappings",
+            &format!("{at}: give both uidMappings and gidMappings, or neither"),
+        );
+    }
+    Ok(Some(if uid.is_empty() {
+        MountIdmap::Container
+    } else {
+        MountIdmap::Maps { uid, gid }
+    }))
 }
 
 fn propagation_flag(s: &str) -> Result<u64, OciError> {
@@ -499,6 +588,7 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
     let mut new_user = false;
     let mut new_pid = false;
     let mut pid_ns_path = None;
+    let mut join_user = None;
     let mut join = Vec::new();
     let mut unshare = 0;
     let mut new_cgroup_ns = false;
@@ -530,10 +620,7 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
                 if flag == libc::CLONE_NEWPID {
                     pid_ns_path = Some(path.clone());
                 } else if flag == libc::CLONE_NEWUSER {
-                    return refuse(
-                        "linux.namespaces",
-                        "joining a user namespace by path is not supported yet; ask for a new one or none",
-                    );
+                    join_user = Some(path.clone());
                 } else {
                     join.push((path.clone(), flag));
                 }
@@ -558,38 +645,31 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
             "a new mount namespace is required (phantom-oci never changes the host's mounts); add {\"type\": \"mount\"}",
         );
     }
-    if new_user && (!join.is_empty() || pid_ns_path.is_some()) {
-        return refuse(
-            "linux.namespaces",
-            "joining namespaces by path together with a new user namespace is not supported yet",
-        );
-    }
-    let maps = |m: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<(u32, u32, u32)> {
-        m.iter()
-            .flatten()
-            .map(|m| (m.container_id(), m.host_id(), m.size()))
-            .collect()
-    };
-    let mut uid_maps = maps(linux.uid_mappings());
-    let mut gid_maps = maps(linux.gid_mappings());
+    let mut uid_maps = id_maps(linux.uid_mappings());
+    let mut gid_maps = id_maps(linux.gid_mappings());
     if new_user && (uid_maps.is_empty() || gid_maps.is_empty()) {
         return refuse(
             "linux.uidMappings",
             "a new user namespace needs uidMappings and gidMappings",
         );
     }
-    if !new_user && (!uid_maps.is_empty() || !gid_maps.is_empty()) {
+    let spec_user_ns = new_user || join_user.is_some();
+    if !spec_user_ns && (!uid_maps.is_empty() || !gid_maps.is_empty()) {
         return refuse(
             "linux.uidMappings",
-            "id mappings are given but no new user namespace is asked for",
+            "id mappings are given but no user namespace is asked for",
         );
     }
     // strict: the container's root is never host uid 0 (a user namespace of its own
     // when the spec has none; checked after the spec's own mappings above).
-    let joins_by_path = !join.is_empty() || pid_ns_path.is_some();
     let mut warnings = Vec::new();
-    let strict_maps =
-        super::strict::user_namespace(policy, new_user, joins_by_path, &process, &mut warnings)?;
+    let strict_maps = super::strict::user_namespace(
+        policy,
+        spec_user_ns,
+        pid_ns_path.is_some(),
+        &process,
+        &mut warnings,
+    )?;
     let idmapped = strict_maps.is_some();
     if let Some(m) = strict_maps {
         new_user = true;
@@ -643,6 +723,7 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
             .clone()
             .unwrap_or_else(|| if bind { "bind".into() } else { "none".into() });
         let bind = bind || typ == "bind";
+        let idmap = mount_idmap(m, bind, spec_user_ns)?;
         let source = m.source().as_ref().map(|s| {
             if bind && s.is_relative() {
                 bundle.join(s).to_string_lossy().into_owned()
@@ -669,6 +750,7 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
             propagation,
             data,
             bind,
+            idmap,
         });
     }
 
@@ -686,6 +768,7 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
         new_user,
         new_pid,
         pid_ns_path,
+        join_user,
         join,
         unshare,
         new_cgroup_ns,
@@ -726,6 +809,124 @@ pub fn plan(spec: &Spec, bundle: &Path, id: &str) -> Result<Plan, OciError> {
 mod tests {
     use super::*;
 
+    /// The plan of a minimal spec with these namespaces, id maps and mounts.
+    fn plan_of(
+        namespaces: serde_json::Value,
+        maps: Option<serde_json::Value>,
+        mounts: serde_json::Value,
+    ) -> Result<Plan, OciError> {
+        let bundle = std::env::temp_dir().join(format!("phantom-oci-plan-{}", std::process::id()));
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        let mut linux = serde_json::json!({"namespaces": namespaces});
+        if let Some(m) = maps {
+            linux["uidMappings"] = m.clone();
+            linux["gidMappings"] = m;
+        }
+        let spec: Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"cwd": "/", "args": ["true"], "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "mounts": mounts,
+            "linux": linux,
+        }))
+        .unwrap();
+        check(&spec)?;
+        plan(&spec, &bundle, "t")
+    }
+
+    #[test]
+    fn a_pods_user_namespace_is_joined_by_path_and_a_new_one_may_join_the_rest() {
+        let maps = serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        // An app container of a `hostUsers: false` pod.
+        let app = plan_of(
+            serde_json::json!([{"type": "user", "path": "/proc/1/ns/user"}, {"type": "mount"},
+                               {"type": "network", "path": "/proc/1/ns/net"}]),
+            Some(maps.clone()),
+            serde_json::json!([]),
+        )
+        .unwrap();
+        assert_eq!(app.join_user, Some(PathBuf::from("/proc/1/ns/user")));
+        assert!(!app.new_user && app.in_user_ns() && app.joins_by_path());
+        assert_eq!(
+            app.join,
+            vec![(PathBuf::from("/proc/1/ns/net"), libc::CLONE_NEWNET)]
+        );
+        // Its pause container: a new user namespace, the CRI's network namespace.
+        let pause = plan_of(
+            serde_json::json!([{"type": "user"}, {"type": "mount"},
+                               {"type": "network", "path": "/run/netns/x"}]),
+            Some(maps),
+            serde_json::json!([]),
+        )
+        .unwrap();
+        assert!(pause.new_user && pause.joins_by_path());
+        assert!(pause.sysctl_by_helper("net.ipv4.ip_unprivileged_port_start"));
+        assert!(!pause.sysctl_by_helper("kernel.shmmax"));
+        // Maps without any user namespace are still refused.
+        let err = plan_of(
+            serde_json::json!([{"type": "mount"}]),
+            Some(serde_json::json!([{"containerID": 0, "hostID": 1, "size": 1}])),
+            serde_json::json!([]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("linux.uidMappings"), "{err}");
+    }
+
+    #[test]
+    fn idmapped_mounts_are_binds_in_a_container_with_a_user_namespace() {
+        let userns = serde_json::json!([{"type": "user"}, {"type": "mount"}]);
+        let maps = serde_json::json!([{"containerID": 0, "hostID": 300000, "size": 10}]);
+        let mounts = serde_json::json!([
+            {"destination": "/a", "type": "bind", "source": "/tmp", "options": ["rbind", "idmap"]},
+            {"destination": "/b", "type": "bind", "source": "/tmp", "options": ["rbind"],
+             "uidMappings": maps, "gidMappings": maps},
+            {"destination": "/c", "type": "bind", "source": "/tmp", "options": ["rbind"]}
+        ]);
+        let plan = plan_of(userns.clone(), Some(maps.clone()), mounts).unwrap();
+        let idmaps: Vec<_> = plan.mounts.iter().map(|m| m.idmap.clone()).collect();
+        let three = (0, 300000, 10);
+        assert_eq!(
+            idmaps,
+            vec![
+                Some(MountIdmap::Container),
+                Some(MountIdmap::Maps {
+                    uid: vec![three],
+                    gid: vec![three]
+                }),
+                None
+            ]
+        );
+        let refused = |namespaces: serde_json::Value, mount: serde_json::Value, why: &str| {
+            let with_ns = namespaces.as_array().unwrap().len() > 1;
+            let err = plan_of(
+                namespaces,
+                with_ns.then(|| maps.clone()),
+                serde_json::json!([mount]),
+            )
+            .unwrap_err();
+            assert!(
+                err.0.contains("mounts.uidMappings") && err.0.contains(why),
+                "{err}"
+            );
+        };
+        refused(
+            userns.clone(),
+            serde_json::json!({"destination": "/t", "type": "tmpfs", "source": "tmpfs", "options": ["idmap"]}),
+            "only a bind mount",
+        );
+        refused(
+            serde_json::json!([{"type": "mount"}]),
+            serde_json::json!({"destination": "/a", "type": "bind", "source": "/tmp", "options": ["idmap"]}),
+            "user namespace",
+        );
+        refused(
+            userns,
+            serde_json::json!({"destination": "/a", "type": "bind", "source": "/tmp", "options": ["rbind"],
+                               "uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}]}),
+            "both",
+        );
+    }
+
     #[test]
     fn a_sysctl_that_would_change_the_host_is_refused() {
         let own_net = |flag: i32, _: &str| flag == libc::CLONE_NEWNET;
@@ -763,6 +964,7 @@ mod tests {
         assert!(!bind);
         let (flags, _, _, bind) = mount_options(&["rbind".to_string(), "rw".to_string()]).unwrap();
         assert!(bind && flags & libc::MS_REC != 0);
-        assert!(mount_options(&["idmap".to_string()]).is_err());
+        let (_, _, data, _) = mount_options(&["rbind".into(), "idmap".into()]).unwrap();
+        assert_eq!(data, "", "idmap is not a filesystem option");
     }
 }

@@ -24,8 +24,13 @@
 //!   writes is owned by host uid 0 on disk). A spec with a user namespace of its
 //!   own keeps its mappings. A mount whose filesystem cannot be idmapped makes the
 //!   container fail to start (a read-only bind falls back to a plain bind, its
-//!   files owned by nobody). Not for a container that joins namespaces by path
-//!   (a pod's): its root stays host uid 0, with a warning ([`user_namespace`]).
+//!   files owned by nobody). A pod's containers get one each too: they join the
+//!   pod's network, ipc and uts namespaces (the host's user namespace owns them)
+//!   before their own user namespace is made, so their root has no capabilities
+//!   there — it cannot reconfigure the pod's network, bind a port below 1024 or
+//!   set the hostname. Not for a container that joins a pid namespace by path
+//!   (`shareProcessNamespace`): its /proc could not be mounted, so its root stays
+//!   host uid 0, with a warning ([`user_namespace`]).
 
 use std::path::PathBuf;
 
@@ -80,25 +85,24 @@ pub type IdMap = (u32, u32, u32);
 /// The uid/gid maps strict mode gives a container whose spec asks for no user
 /// namespace (`None`: the spec's own user namespace, or the OCI policy).
 ///
-/// A container that joins namespaces by path (every container of a Kubernetes pod
-/// joins the network, ipc and uts namespaces CRI or the pause container made) keeps
-/// host uid 0 for its root, with a warning pushed to `warnings`: those namespaces
-/// belong to the host's user namespace, where a root of a user namespace of its own
-/// has no capabilities (the pod's containers would have to share one user
-/// namespace, which is not done yet). The other fences still apply.
+/// A container that joins a pid namespace by path (a pod with
+/// `shareProcessNamespace`) keeps host uid 0 for its root, with a warning pushed to
+/// `warnings`: the kernel mounts a /proc only for a root with capabilities in the
+/// user namespace that owns the pid namespace, here the host's. The other fences
+/// still apply.
 pub fn user_namespace(
     policy: Policy,
     spec_has_one: bool,
-    joins_by_path: bool,
+    joins_pid_ns: bool,
     process: &super::spec::ProcessPlan,
     warnings: &mut Vec<String>,
 ) -> Result<Option<Vec<IdMap>>, OciError> {
     if policy == Policy::Oci || spec_has_one {
         return Ok(None);
     }
-    if joins_by_path {
+    if joins_pid_ns {
         warnings.push(format!(
-            "{ANNOTATION} strict: the container joins namespaces by path (linux.namespaces), so its root stays host uid 0; Landlock, the seccomp filter and the capability drops still apply"
+            "{ANNOTATION} strict: the container joins a pid namespace by path (shareProcessNamespace), so its root stays host uid 0; Landlock, the seccomp filter and the capability drops still apply"
         ));
         return Ok(None);
     }
@@ -311,7 +315,7 @@ mod tests {
     }
 
     #[test]
-    fn a_strict_container_that_joins_namespaces_keeps_host_root_with_a_warning() {
+    fn a_strict_container_that_joins_a_pid_namespace_keeps_host_root_with_a_warning() {
         let mut warnings = Vec::new();
         let maps = user_namespace(Policy::Strict, false, true, &process(0), &mut warnings);
         assert_eq!(maps, Ok(None));

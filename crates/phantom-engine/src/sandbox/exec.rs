@@ -228,7 +228,7 @@ pub(crate) fn join(
             }
             // The namespace fds must not reach the payload.
             drop(namespaces);
-            match process::fork_sibling() {
+            match process::fork_sibling(Namespaces::default()) {
                 Ok(None) if background => {
                     // In the sandbox's pid namespace now: fork the payload once more and
                     // go, so that it is re-parented to the sandbox's init; its pid here
