@@ -8,8 +8,11 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d /tmp/phantom-api-check.XXXXXX)
 chmod 755 "$work"
 sup=""
+at() { echo "-- [${SECONDS}s] $*"; }  # where the step's time goes
 cleanup() {
+  at "stopping the supervisor"
   if [ -n "$sup" ]; then kill -TERM "$sup" 2>/dev/null || true; wait "$sup" 2>/dev/null || true; fi
+  at "stopped"
   PHANTOM_STATE_DIR="$work/state" target/debug/phantom destroy --all --every-owner >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -23,12 +26,14 @@ else
   promtool="$work/prom/usr/bin/promtool"
 fi
 "$promtool" --version | head -1
+at "schemathesis into a venv"
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
 "$work/venv/bin/schemathesis" --version
 
 export PHANTOM_STATE_DIR="$work/state"
 mkdir -p "$PHANTOM_STATE_DIR"
+at "starting a supervisor"
 key=$(target/debug/phantom keys add api-check --rate 100000 --burst 10000 --max-concurrent 8 2>/dev/null)
 target/debug/phantom-supervisor --bind 127.0.0.1:0 --socket "$work/pool.sock" --zygote-pools 2 \
   --profiles default 2>"$work/log" &
@@ -52,7 +57,7 @@ for body in ({"argv": ["true"]}, {"language": "python", "code": "print(1)"}, {"a
         assert r.status == 200, r.status
 PY
 
-echo "-- promtool check metrics"
+at "promtool check metrics"
 python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())" "$base/metrics" > "$work/metrics.txt"
 problems=$("$promtool" check metrics < "$work/metrics.txt" 2>&1 || true)
 # The seed names this family with a unit suffix (`_ms`), which promtool's linter flags;
@@ -61,7 +66,7 @@ other=$(printf '%s\n' "$problems" | grep -v '^phantom_performance_p95_spawn_time
 if [ -n "$other" ]; then echo "promtool check metrics:"; echo "$other"; exit 1; fi
 echo "promtool: ok ($(grep -c '^# TYPE' "$work/metrics.txt") families)"
 
-echo "-- schemathesis (bounded: 10 examples per operation, deterministic)"
+at "schemathesis (bounded: 10 examples per operation, deterministic)"
 # From the work directory: schemathesis keeps a cache (.schemathesis/) where it runs.
 (cd "$work" && "$work/venv/bin/schemathesis" run "$base/api/v2/openapi.json" \
   --header "X-API-Key: $key" \

@@ -192,10 +192,10 @@ impl Drop for PodNetns {
     }
 }
 
-/// A scratch directory with a busybox rootfs and the kubelet's files, a state
-/// root, a pod cgroup, and the pod's network namespace; `None` (with the reason
-/// printed) when the host cannot have them.
-fn pod_scratch(tag: &str) -> Option<(Scratch, PathBuf, PodNetns)> {
+/// A scratch directory with a busybox rootfs and the kubelet's files (the second
+/// value), a state root and a pod cgroup; `None` (with the reason printed) when
+/// the host cannot have them.
+fn pod_scratch(tag: &str) -> Option<(Scratch, PathBuf)> {
     if !is_root() {
         println!("skipped: needs root (namespaces, cgroups)");
         return None;
@@ -213,6 +213,12 @@ fn pod_scratch(tag: &str) -> Option<(Scratch, PathBuf, PodNetns)> {
         return None;
     }
     let host = kubelet_files(&dir);
+    Some((scratch, host))
+}
+
+/// [`pod_scratch`] and the pod's network namespace, made as the CRI makes it.
+fn pod_scratch_with_netns(tag: &str) -> Option<(Scratch, PathBuf, PodNetns)> {
+    let (scratch, host) = pod_scratch(tag)?;
     let Some(netns) = PodNetns::add(format!("phantom-oci-{tag}-{}", std::process::id())) else {
         println!("skipped: `ip netns add` failed (iproute2 makes the pod's network namespace)");
         return None;
@@ -313,6 +319,55 @@ const REPORT: &str = r#"
     echo done
 "#;
 
+/// What every app container of a pod reports (`REPORT`) when its root is host
+/// uid `host_id` and it shares the pause container's (`pause_pid`) network, ipc
+/// and uts namespaces; and what it wrote in the kubelet's files in `host`.
+fn check_app_report(stdout: &str, pause_pid: i64, host_id: u32, host: &Path) {
+    let link = |n: &str| ns_link(pause_pid, n);
+    want(stdout, &format!("uid_map=0 {host_id} 65536"));
+    want(stdout, &format!("net={}", link("net")));
+    want(stdout, &format!("ipc={}", link("ipc")));
+    want(stdout, "hostname=pod-a");
+    // The image (idmapped by strict, shifted by containerd) and the idmapped
+    // binds are the container root's.
+    want(stdout, "busybox_owner=0");
+    want(stdout, "hosts_owner=0");
+    want(stdout, "hosts-ok");
+    want(stdout, "termination-ok");
+    want(stdout, "shm-ok");
+    // sysfs and mqueue are the pod's (made by the helper in its namespaces).
+    want(stdout, "netdevs=lo");
+    want(stdout, "mqueue-ok");
+    want(stdout, "done");
+    // What it wrote is host uid 0's on disk, as with runc.
+    assert_eq!(
+        std::fs::read_to_string(host.join("termination-log")).unwrap(),
+        "finished\n"
+    );
+    assert_eq!(owner(&host.join("shm/from-app")), 0);
+}
+
+/// An application container's namespaces, as the CRI writes them: the pause
+/// container's (`pause_pid`) ipc, uts and network by path, its own pid and mount.
+fn app_namespaces(pause_pid: i64) -> serde_json::Value {
+    let ns = |n: &str| format!("/proc/{pause_pid}/ns/{n}");
+    serde_json::json!([
+        {"type": "pid"},
+        {"type": "ipc", "path": ns("ipc")},
+        {"type": "uts", "path": ns("uts")},
+        {"type": "mount"},
+        {"type": "network", "path": ns("net")}
+    ])
+}
+
+/// Where /proc/PID/ns/NAME points (`net:[4026531840]`).
+fn ns_link(pid: i64, name: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{name}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn want(stdout: &str, line: &str) {
     assert!(
         stdout.lines().any(|l| l == line),
@@ -326,7 +381,7 @@ fn want(stdout: &str, line: &str) {
 /// namespace), ipc and uts namespaces — where its root has no capabilities.
 #[test]
 fn a_strict_pods_containers_run_as_unprivileged_host_uids_in_the_pods_namespaces() {
-    let Some((scratch, host, netns)) = pod_scratch("strict-pod") else {
+    let Some((scratch, host, netns)) = pod_scratch_with_netns("strict-pod") else {
         return;
     };
     let strict = serde_json::json!({"run.phantom.policy": "strict",
@@ -350,7 +405,6 @@ fn a_strict_pods_containers_run_as_unprivileged_host_uids_in_the_pods_namespaces
         inode(&netns.path()),
         "the pause container is in the CRI's network namespace"
     );
-    let ns = |n: &str| format!("/proc/{pause_pid}/ns/{n}");
     let mut mounts = base_mounts();
     mounts.push(bind("/etc/hosts", host.join("hosts"), "rw"));
     mounts.push(bind(
@@ -363,53 +417,31 @@ fn a_strict_pods_containers_run_as_unprivileged_host_uids_in_the_pods_namespaces
         &["sh", "-c", REPORT],
         None,
         mounts,
-        serde_json::json!([
-            {"type": "pid"},
-            {"type": "ipc", "path": ns("ipc")},
-            {"type": "uts", "path": ns("uts")},
-            {"type": "mount"},
-            {"type": "network", "path": ns("net")}
-        ]),
+        app_namespaces(pause_pid),
         &format!("{}/app", scratch.cgroup_parent),
         serde_json::json!({"memory": {"limit": 134217728}}),
         serde_json::json!({"run.phantom.policy": "strict",
                            "io.kubernetes.cri.container-type": "container"}),
     );
     let stdout = run_app(&scratch, &app);
-    let link = |n: &str| {
-        std::fs::read_link(ns(n))
-            .unwrap()
-            .to_string_lossy()
-            .into_owned()
-    };
-    want(&stdout, "uid_map=0 100000 65536");
-    want(&stdout, &format!("net={}", link("net")));
-    want(&stdout, &format!("ipc={}", link("ipc")));
-    want(&stdout, "hostname=pod-a");
-    // The rootfs and the binds are idmapped: host uid 0's files are its root's.
-    want(&stdout, "busybox_owner=0");
-    want(&stdout, "hosts_owner=0");
-    want(&stdout, "hosts-ok");
-    want(&stdout, "termination-ok");
-    want(&stdout, "shm-ok");
-    // sysfs and mqueue are the pod's (made by the helper in its namespaces).
-    want(&stdout, "netdevs=lo");
-    want(&stdout, "mqueue-ok");
-    want(&stdout, "done");
+    check_app_report(&stdout, pause_pid, 100000, &host);
+    let link = |n: &str| ns_link(pause_pid, n);
     // No capability in the pod's uts namespace, which the host's user namespace owns.
     assert!(!stdout.contains("hostname-changed"), "{stdout}");
-    // What it wrote is host uid 0's on disk, as with runc.
-    assert_eq!(
-        std::fs::read_to_string(host.join("termination-log")).unwrap(),
-        "finished\n"
-    );
-    assert_eq!(owner(&host.join("shm/from-app")), 0);
     assert_ne!(
         link("user"),
         std::fs::read_link("/proc/self/ns/user")
             .unwrap()
             .to_string_lossy()
     );
+    // `kubectl exec` into the pause container: its user namespace is joined last,
+    // after the pod's network namespace, which its root could not join.
+    let out = exec_in(
+        &scratch,
+        "pause",
+        r#"tr -s " " < /proc/self/uid_map; readlink /proc/self/ns/net; hostname"#,
+    );
+    assert_eq!(out, format!(" 0 100000 65536\n{}\npod-a\n", link("net")));
     drop(netns);
 }
 
@@ -419,7 +451,7 @@ fn a_strict_pods_containers_run_as_unprivileged_host_uids_in_the_pods_namespaces
 /// are idmapped — by the mount's own mappings, or by the `idmap` option.
 #[test]
 fn a_pod_without_host_users_shares_the_pause_containers_user_namespace() {
-    let Some((scratch, host, netns)) = pod_scratch("userns-pod") else {
+    let Some((scratch, host, netns)) = pod_scratch_with_netns("userns-pod") else {
         return;
     };
     let maps = serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
@@ -460,14 +492,12 @@ fn a_pod_without_host_users_shares_the_pause_containers_user_namespace() {
         &["sh", "-c", REPORT],
         None,
         mounts,
-        serde_json::json!([
-            {"type": "user", "path": ns("user")},
-            {"type": "pid"},
-            {"type": "ipc", "path": ns("ipc")},
-            {"type": "uts", "path": ns("uts")},
-            {"type": "mount"},
-            {"type": "network", "path": ns("net")}
-        ]),
+        {
+            let mut namespaces = app_namespaces(pause_pid);
+            let user = serde_json::json!({"type": "user", "path": ns("user")});
+            namespaces.as_array_mut().unwrap().insert(0, user);
+            namespaces
+        },
         &format!("{}/app", scratch.cgroup_parent),
         serde_json::json!({"memory": {"limit": 134217728}}),
         serde_json::json!({"io.kubernetes.cri.container-type": "container"}),
@@ -475,53 +505,53 @@ fn a_pod_without_host_users_shares_the_pause_containers_user_namespace() {
     app["linux"]["uidMappings"] = maps.clone();
     app["linux"]["gidMappings"] = maps;
     let stdout = run_app(&scratch, &app);
-    let link = |n: &str| {
-        std::fs::read_link(ns(n))
-            .unwrap()
-            .to_string_lossy()
-            .into_owned()
-    };
-    want(&stdout, "uid_map=0 200000 65536");
+    check_app_report(&stdout, pause_pid, 200000, &host);
+    let link = |n: &str| ns_link(pause_pid, n);
     want(&stdout, &format!("user={}", link("user")));
-    want(&stdout, &format!("net={}", link("net")));
-    want(&stdout, &format!("ipc={}", link("ipc")));
-    want(&stdout, "hostname=pod-a");
-    // The shifted image and the idmapped binds are the pod's root's.
-    want(&stdout, "busybox_owner=0");
-    want(&stdout, "hosts_owner=0");
-    want(&stdout, "termination-ok");
-    want(&stdout, "shm-ok");
-    // sysfs and mqueue are the pod's (made by the helper in its namespaces).
-    want(&stdout, "netdevs=lo");
-    want(&stdout, "mqueue-ok");
-    want(&stdout, "done");
-    assert_eq!(
-        std::fs::read_to_string(host.join("termination-log")).unwrap(),
-        "finished\n"
+    let out = exec_in(
+        &scratch,
+        "pause",
+        r#"tr -s " " < /proc/self/uid_map; readlink /proc/self/ns/user"#,
     );
-    assert_eq!(owner(&host.join("shm/from-app")), 0);
+    assert_eq!(out, format!(" 0 200000 65536\n{}\n", link("user")));
     drop(netns);
+}
+
+/// `phantom-oci exec` of `sh -c SCRIPT` in container `id`, as root; its stdout.
+fn exec_in(scratch: &Scratch, id: &str, script: &str) -> String {
+    let process = serde_json::json!({"cwd": "/", "args": ["sh", "-c", script],
+                                     "user": {"uid": 0, "gid": 0},
+                                     "env": ["PATH=/bin"]});
+    let mut child = Command::new(binary())
+        .arg("--root")
+        .arg(&scratch.root)
+        .args(["exec", "--process", "-", id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        process.to_string().as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "exec in {id}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 #[test]
 fn a_pod_as_the_cri_writes_it_runs_with_every_field_honoured() {
-    if !is_root() {
-        println!("skipped: needs root (namespaces, cgroups)");
+    let Some((scratch, host)) = pod_scratch("cri") else {
         return;
-    }
-    let dir = std::env::temp_dir().join(format!("phantom-oci-cri-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let scratch = Scratch {
-        root: dir.join("state"),
-        cgroup_parent: format!("/phantom-oci-cri-test/pod{}", std::process::id()),
-        dir: dir.clone(),
     };
-    if !rootfs(&dir.join("rootfs")) {
-        println!("skipped: no static /bin/busybox to build a root filesystem from");
-        return;
-    }
-    let host = kubelet_files(&dir);
+    let dir = scratch.dir.clone();
     let no_devices = serde_json::json!([{"allow": false, "access": "rwm"}]);
 
     // The pause container: new namespaces, the pod's hostname.
@@ -595,13 +625,7 @@ fn a_pod_as_the_cri_writes_it_runs_with_every_field_honoured() {
         &["sh", "-c", script],
         None,
         mounts,
-        serde_json::json!([
-            {"type": "pid"},
-            {"type": "ipc", "path": ns("ipc")},
-            {"type": "uts", "path": ns("uts")},
-            {"type": "mount"},
-            {"type": "network", "path": ns("net")}
-        ]),
+        app_namespaces(pause_pid),
         &format!("{}/app", scratch.cgroup_parent),
         serde_json::json!({
             "devices": no_devices,

@@ -421,6 +421,16 @@ fn limits_land_in_the_containers_cgroup_and_update_changes_them() {
     assert_clean(&id);
 }
 
+/// Run shell command `cmd` on a terminal of its own (`ctr -t` needs one), given by
+/// script(1).
+fn in_terminal(cmd: &str) -> Output {
+    Command::new("script")
+        .args(["-qec", cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn tty_gives_the_container_a_terminal() {
     let Some(env) = env() else { return };
@@ -435,11 +445,7 @@ fn tty_gives_the_container_a_terminal() {
         "ctr -a {} -n {NS} run --rm -t --runc-binary {} {} {id} sh -c 'tty; test -t 0 && echo stdin-is-a-tty'",
         env.socket, env.binary, env.image
     );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = in_terminal(&cmd);
     let got = text(&out.stdout);
     assert!(got.contains("/dev/pts/0"), "{got} {}", text(&out.stderr));
     assert!(got.contains("stdin-is-a-tty"), "{got}");
@@ -454,11 +460,7 @@ fn tty_gives_the_container_a_terminal() {
         "ctr -a {} -n {NS} task exec -t --exec-id t1 {id2} sh -c 'test -t 0 && test -t 1 && echo exec-has-a-tty'",
         env.socket
     );
-    let out = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = in_terminal(&cmd);
     assert!(
         text(&out.stdout).contains("exec-has-a-tty"),
         "{} {}",
@@ -960,6 +962,75 @@ fn no_pivot_runs_the_container_in_its_rootfs() {
         text(&out.stderr)
     );
     assert_clean(&id);
+}
+
+/// strict's user namespace with the paths that set up the init differently: a
+/// terminal (the pty comes from the container's own devpts, owned by its root) and
+/// --no-pivot (MS_MOVE and chroot instead of pivot_root), and an exec -t into it.
+#[test]
+fn strict_policy_holds_with_a_tty_no_pivot_and_exec_tty() {
+    let Some(env) = env() else { return };
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("skipped: script(1) is needed to give ctr a terminal");
+        return;
+    }
+    let id = new_id("strict-tty");
+    let _cleanup_id = Cleanup(&env, id.clone());
+    let report = r#"tr -s " " < /proc/self/uid_map; test -t 0 && echo stdin-is-a-tty"#;
+    let cmd = format!(
+        "ctr -a {} -n {NS} run --rm -t --annotation run.phantom.policy=strict --runc-binary {} {} {id} sh -c '{report}'",
+        env.socket, env.binary, env.image
+    );
+    let out = in_terminal(&cmd);
+    let got = text(&out.stdout);
+    assert!(
+        got.contains(" 0 100000 65536"),
+        "{got} {}",
+        text(&out.stderr)
+    );
+    assert!(got.contains("stdin-is-a-tty"), "{got}");
+    assert!(out.status.success(), "{got} {}", text(&out.stderr));
+    assert_clean(&id);
+
+    let id2 = new_id("strict-nopivot");
+    let _cleanup_id2 = Cleanup(&env, id2.clone());
+    let out = env.run(
+        &["--no-pivot", "--annotation", "run.phantom.policy=strict"],
+        &id2,
+        &[
+            "sh",
+            "-c",
+            "tr -s ' ' < /proc/self/uid_map; stat -c %u /bin/busybox; touch /x 2>/dev/null || echo root-read-only",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout),
+        " 0 100000 65536\n0\nroot-read-only\n",
+        "{}",
+        text(&out.stderr)
+    );
+    assert_clean(&id2);
+
+    let id3 = new_id("strict-exec-tty");
+    let _cleanup_id3 = Cleanup(&env, id3.clone());
+    env.start_detached(
+        &["--annotation", "run.phantom.policy=strict"],
+        &id3,
+        &["sleep", "300"],
+    );
+    let cmd = format!(
+        "ctr -a {} -n {NS} task exec -t --exec-id t1 {id3} sh -c 'test -t 0 && tr -s \" \" < /proc/self/uid_map'",
+        env.socket
+    );
+    let out = in_terminal(&cmd);
+    assert!(
+        text(&out.stdout).contains(" 0 100000 65536"),
+        "{} {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    env.remove(&id3);
+    assert_clean(&id3);
 }
 
 #[test]

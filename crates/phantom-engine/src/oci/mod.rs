@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 
 pub use oci_spec::runtime::{LinuxResources, Process, Spec};
 use phantom_linux::fdpass;
+use phantom_linux::process::{self, Forked, Namespaces};
 
 use channel::{Answer, Order};
-use phantom_linux::process::{self, Forked, Namespaces};
 
 pub use cgroup::Cgroup;
 
