@@ -114,7 +114,20 @@ step "HTTP API: promtool on /metrics, schemathesis on the OpenAPI document"
 if [ "$(id -u)" = 0 ]; then
   # The same assertions, served by a supervisor: one matrix in three columns — cold
   # (above), warm (pre-built sandboxes) and forked (a zygote forks every run).
-  iso=$(cargo test -p phantom-cli --test isolation --no-run 2>&1 | sed -n 's|^ *Executable tests/isolation\.rs (\(.*\))$|\1|p')
+  # phantom-cli's integration test executables, "NAME PATH" a line, as the workspace
+  # build made them: `cargo test -p phantom-cli` would build them (and phantom-cli's
+  # dependencies) again, with that package's features alone — minutes, in CI.
+  cli_tests() {
+    cargo test --workspace --tests --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if (m.get("reason") == "compiler-artifact" and m.get("executable")
+            and m["target"]["kind"] == ["test"] and "/crates/phantom-cli/" in m["manifest_path"]):
+        print(m["target"]["name"], m["executable"])'
+  }
+  iso=$(cli_tests | sed -n 's|^isolation ||p')
+  [ -x "$iso" ] || { echo "the isolation test executable was not found"; exit 1; }
   isolation_served() {  # START SUPERVISOR-ARGS...
     local start=$1; shift
     local sock_dir sup_pid
@@ -140,10 +153,7 @@ if [ "$(id -u)" = 0 ]; then
   stage=$(mktemp -d /tmp/phantom-suite.XXXXXX)
   scratch_paths+=("$stage")
   chmod 755 "$stage"
-  # cargo names each integration test binary: "Executable tests/cli.rs (target/debug/deps/cli-HASH)".
-  cargo test -p phantom-cli --tests --no-run 2>&1 \
-    | sed -n 's|^ *Executable tests/\([a-z_]*\)\.rs (\(.*\))$|\1 \2|p' \
-    | while read -r name exe; do cp "$exe" "$stage/test-$name"; done
+  cli_tests | while read -r name exe; do cp "$exe" "$stage/test-$name"; done
   ls "$stage"/test-* >/dev/null  # fail loudly if none was found
   cp target/debug/phantom target/debug/phantom-probe target/debug/phantom-supervisor target/debug/phantom-mcp \
     target/debug/libphantom_zygote.so "$stage/"

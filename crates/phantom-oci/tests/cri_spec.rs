@@ -546,6 +546,36 @@ fn exec_in(scratch: &Scratch, id: &str, script: &str) -> String {
     stdout
 }
 
+/// Regression: a strict container with `process.oomScoreAdj` (the CRI sets one for
+/// every container) failed to start with EACCES. Its init wrote its own
+/// /proc/self/oom_score_adj after becoming root of its user namespace, when its
+/// /proc files are host root's; `create` now writes it, as host root.
+#[test]
+fn strict_oom_score_adj_is_set_though_the_inits_proc_files_are_not_its_roots() {
+    let Some((scratch, _host)) = pod_scratch("strict-oom") else {
+        return;
+    };
+    let mut mounts = base_mounts();
+    mounts.retain(|m| m["destination"] != "/sys/fs/cgroup");
+    let standalone = spec(
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/oom_score_adj; tr -s ' ' < /proc/self/uid_map",
+        ],
+        None,
+        mounts,
+        serde_json::json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                           {"type": "network"}]),
+        &format!("{}/app", scratch.cgroup_parent),
+        serde_json::json!({}),
+        serde_json::json!({"run.phantom.policy": "strict"}),
+    );
+    assert_eq!(standalone["process"]["oomScoreAdj"], 1000);
+    let stdout = run_app(&scratch, &standalone);
+    assert_eq!(stdout, "1000\n 0 100000 65536\n");
+}
+
 #[test]
 fn a_pod_as_the_cri_writes_it_runs_with_every_field_honoured() {
     let Some((scratch, host)) = pod_scratch("cri") else {
