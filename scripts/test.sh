@@ -22,6 +22,8 @@ leftovers() {
   pgrep -a -f "^($root/target/debug|/tmp/phantom-suite\.[^/]*)/phantom-(mcp|supervisor)" | sed 's/^/process: /' || true
   find /dev/shm "${TMPDIR:-/tmp}" ${XDG_RUNTIME_DIR:+"$XDG_RUNTIME_DIR"} -maxdepth 2 -path '*phantom*/run-*' 2>/dev/null | sed 's/^/run directory: /' || true
   find /tmp "${TMPDIR:-/tmp}" -maxdepth 2 -name 'phantom-mcp.*' 2>/dev/null | sed 's/^/MCP scratch directory: /' || true
+  # The OCI tests' bundles, state roots and logs (a unit test once left its bundles).
+  find /tmp "${TMPDIR:-/tmp}" -maxdepth 1 -name 'phantom-oci-*' 2>/dev/null | sed 's/^/OCI test directory: /' || true
 }
 # Temporary files and directories of the suite, removed however it ends.
 scratch_paths=()

@@ -815,7 +815,11 @@ mod tests {
         maps: Option<serde_json::Value>,
         mounts: serde_json::Value,
     ) -> Result<Plan, OciError> {
-        let bundle = std::env::temp_dir().join(format!("phantom-oci-plan-{}", std::process::id()));
+        // One bundle per call: the tests run in parallel threads of one process.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bundle =
+            std::env::temp_dir().join(format!("phantom-oci-plan-{}-{call}", std::process::id()));
         std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
         let mut linux = serde_json::json!({"namespaces": namespaces});
         if let Some(m) = maps {
@@ -830,8 +834,9 @@ mod tests {
             "linux": linux,
         }))
         .unwrap();
-        check(&spec)?;
-        plan(&spec, &bundle, "t")
+        let planned = check(&spec).and_then(|()| plan(&spec, &bundle, "t"));
+        std::fs::remove_dir_all(&bundle).unwrap();
+        planned
     }
 
     #[test]
