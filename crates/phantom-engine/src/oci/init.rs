@@ -305,7 +305,7 @@ fn setup(
     //    by the opener's namespaces). Before pivot_root: afterwards /proc/sys is
     //    read-only in most configurations.
     //    Those of a network namespace joined by path were written by the helper
-    //    that forked us, as host root in it (`spawn_init`): our root may have no
+    //    that forked us, as host root in it (`join_and_fork`): our root may have no
     //    capabilities there.
     for (key, value) in plan
         .sysctl
