@@ -241,15 +241,19 @@ pub fn pivot_into(dir: &Path) -> SysResult<()> {
 /// A detached copy of the mount tree at `path` (open_tree OPEN_TREE_CLONE), ready to
 /// be given attributes and attached elsewhere with [`attach`].
 pub fn clone_tree(path: &Path) -> SysResult<OwnedFd> {
+    clone_mount(path, true)
+}
+
+/// A detached copy of the mount at `path`, with the mounts below it when
+/// `recursive` (a runtime-spec `rbind`), not otherwise (`bind`).
+pub fn clone_mount(path: &Path, recursive: bool) -> SysResult<OwnedFd> {
     use rustix::mount::OpenTreeFlags;
-    rustix::mount::open_tree(
-        rustix::fs::CWD,
-        path,
-        OpenTreeFlags::OPEN_TREE_CLONE
-            | OpenTreeFlags::OPEN_TREE_CLOEXEC
-            | OpenTreeFlags::AT_RECURSIVE,
-    )
-    .map_err(|e| SysError::new("open_tree", path.display().to_string(), e.into()))
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= OpenTreeFlags::AT_RECURSIVE;
+    }
+    rustix::mount::open_tree(rustix::fs::CWD, path, flags)
+        .map_err(|e| SysError::new("open_tree", path.display().to_string(), e.into()))
 }
 
 /// A new, detached mount of a filesystem without a source (sysfs, mqueue, ...)

@@ -350,20 +350,6 @@ pub fn stdio_across_exec() {
     keep_across_exec(0, 3);
 }
 
-/// A detached copy of the mount at `path` (open_tree OPEN_TREE_CLONE), with the
-/// mounts below it when `recursive` (a runtime-spec `rbind`), not otherwise (`bind`).
-/// Made idmapped with [`crate::mount::set_idmap`], attached with
-/// [`crate::mount::attach`].
-pub fn clone_mount(path: &Path, recursive: bool) -> SysResult<OwnedFd> {
-    use rustix::mount::OpenTreeFlags;
-    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
-    if recursive {
-        flags |= OpenTreeFlags::AT_RECURSIVE;
-    }
-    rustix::mount::open_tree(rustix::fs::CWD, path, flags)
-        .map_err(|e| SysError::new("open_tree", path.display().to_string(), e.into()))
-}
-
 /// A detached overlay mount (fsopen, fsconfig, fsmount) of `options` (`(key,
 /// None)` is a flag), created with the filesystem ids `uid`/`gid`. overlayfs does
 /// its upper-layer work (the work directory, copy-up) with its creator's

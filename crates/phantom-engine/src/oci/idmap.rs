@@ -24,7 +24,7 @@ use super::{spec, strict, OciError};
 pub(super) fn send(pid: i32, plan: &spec::Plan, chan: &OwnedFd) -> Result<(), OciError> {
     let userns = mount::open_userns(pid)?;
     let idmapped = |path: &Path, recursive: bool| {
-        let tree = sys::clone_mount(path, recursive)?;
+        let tree = mount::clone_mount(path, recursive)?;
         mount::set_idmap(tree.as_fd(), userns.as_fd())?;
         Ok::<_, phantom_linux::SysError>(tree)
     };
@@ -92,7 +92,7 @@ pub(super) fn send_spec_mounts(
                 fd
             }
         };
-        let tree = sys::clone_mount(Path::new(source), m.flags & libc::MS_REC != 0)
+        let tree = mount::clone_mount(Path::new(source), m.flags & libc::MS_REC != 0)
             .and_then(|tree| mount::set_idmap(tree.as_fd(), userns.as_fd()).map(|()| tree))
             .map_err(|e| what(e.to_string()))?;
         channel::send(
