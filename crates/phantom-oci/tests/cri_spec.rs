@@ -166,29 +166,39 @@ fn kubelet_files(dir: &Path) -> PathBuf {
     host
 }
 
-/// A network namespace made as the CRI plugin makes a pod's (pinned under
-/// /run/netns, owned by the host's user namespace), deleted on drop.
-struct PodNetns(String);
+/// A network namespace in the host's user namespace, as the CRI plugin makes a
+/// pod's: held by a `sleep` that util-linux's unshare(1) (Essential on Debian)
+/// started in it, killed on drop.
+struct PodNetns(std::process::Child);
 
 impl PodNetns {
-    fn add(name: String) -> Option<PodNetns> {
-        let made = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        made.then_some(PodNetns(name))
+    fn add() -> PodNetns {
+        let child = Command::new("unshare")
+            .args(["--net", "--", "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare(1) (util-linux) makes the pod's network namespace");
+        let netns = PodNetns(child);
+        // Until unshare has made it, the child is in ours.
+        let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+        for _ in 0..500 {
+            if std::fs::read_link(netns.path()).is_ok_and(|theirs| theirs != ours) {
+                return netns;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("unshare --net made no network namespace in 5 s");
     }
 
     fn path(&self) -> String {
-        format!("/run/netns/{}", self.0)
+        format!("/proc/{}/ns/net", self.0.id())
     }
 }
 
 impl Drop for PodNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -219,11 +229,7 @@ fn pod_scratch(tag: &str) -> Option<(Scratch, PathBuf)> {
 /// [`pod_scratch`] and the pod's network namespace, made as the CRI makes it.
 fn pod_scratch_with_netns(tag: &str) -> Option<(Scratch, PathBuf, PodNetns)> {
     let (scratch, host) = pod_scratch(tag)?;
-    let Some(netns) = PodNetns::add(format!("phantom-oci-{tag}-{}", std::process::id())) else {
-        println!("skipped: `ip netns add` failed (iproute2 makes the pod's network namespace)");
-        return None;
-    };
-    Some((scratch, host, netns))
+    Some((scratch, host, PodNetns::add()))
 }
 
 /// Create and start the pause container of `spec`; its pid.
