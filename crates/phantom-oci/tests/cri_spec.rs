@@ -271,6 +271,24 @@ fn run_app(scratch: &Scratch, spec: &serde_json::Value) -> String {
     stdout
 }
 
+/// The binds the CRI gives an application container, from the kubelet's files in
+/// `host`: /etc/hosts, hostname and resolv.conf, the termination log, /dev/shm
+/// (the sandbox's), and a read-only service-account volume.
+fn kubelet_binds(host: &Path) -> Vec<serde_json::Value> {
+    vec![
+        bind("/etc/hosts", host.join("hosts"), "rw"),
+        bind("/dev/termination-log", host.join("termination-log"), "rw"),
+        bind("/etc/hostname", host.join("hostname"), "rw"),
+        bind("/etc/resolv.conf", host.join("resolv.conf"), "rw"),
+        bind("/dev/shm", host.join("shm"), "rw"),
+        bind(
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            host.join("serviceaccount"),
+            "ro",
+        ),
+    ]
+}
+
 fn bind(dst: &str, src: PathBuf, mode: &str) -> serde_json::Value {
     serde_json::json!({"destination": dst, "type": "bind", "source": src,
                        "options": ["rbind", "rprivate", mode]})
@@ -412,13 +430,7 @@ fn a_strict_pods_containers_run_as_unprivileged_host_uids_in_the_pods_namespaces
         "the pause container is in the CRI's network namespace"
     );
     let mut mounts = base_mounts();
-    mounts.push(bind("/etc/hosts", host.join("hosts"), "rw"));
-    mounts.push(bind(
-        "/dev/termination-log",
-        host.join("termination-log"),
-        "rw",
-    ));
-    mounts.push(bind("/dev/shm", host.join("shm"), "rw"));
+    mounts.extend(kubelet_binds(&host));
     let app = spec(
         &["sh", "-c", REPORT],
         None,
@@ -591,8 +603,6 @@ fn a_pod_as_the_cri_writes_it_runs_with_every_field_honoured() {
     let no_devices = serde_json::json!([{"allow": false, "access": "rwm"}]);
 
     // The pause container: new namespaces, the pod's hostname.
-    let pause_bundle = dir.join("pause");
-    std::fs::create_dir_all(&pause_bundle).unwrap();
     let mut pause_mounts = base_mounts();
     pause_mounts.retain(|m| m["destination"] != "/sys/fs/cgroup");
     let pause = spec(
@@ -604,40 +614,15 @@ fn a_pod_as_the_cri_writes_it_runs_with_every_field_honoured() {
         serde_json::json!({"devices": no_devices, "cpu": {"shares": 2}}),
         serde_json::json!({"io.kubernetes.cri.container-type": "sandbox"}),
     );
-    std::fs::write(pause_bundle.join("config.json"), pause.to_string()).unwrap();
     let root = scratch.root.clone();
-    let (created, log) = oci_create(&root, &pause_bundle, "pause", &dir.join("pause.log"));
-    assert!(created, "create pause: {log}");
-    let out = oci(&root, &["start", "pause"]);
-    assert!(
-        out.status.success(),
-        "start pause: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let state: serde_json::Value =
-        serde_json::from_slice(&oci(&root, &["state", "pause"]).stdout).unwrap();
-    assert_eq!(state["status"], "running", "{state}");
-    let pause_pid = state["pid"].as_i64().unwrap();
+    let pause_pid = start_pause(&scratch, &pause);
     let ns = |n: &str| format!("/proc/{pause_pid}/ns/{n}");
 
     // The application container, joining the pause container's namespaces.
     let app_bundle = dir.join("app");
     std::fs::create_dir_all(&app_bundle).unwrap();
     let mut mounts = base_mounts();
-    mounts.push(bind("/etc/hosts", host.join("hosts"), "rw"));
-    mounts.push(bind(
-        "/dev/termination-log",
-        host.join("termination-log"),
-        "rw",
-    ));
-    mounts.push(bind("/etc/hostname", host.join("hostname"), "rw"));
-    mounts.push(bind("/etc/resolv.conf", host.join("resolv.conf"), "rw"));
-    mounts.push(bind("/dev/shm", host.join("shm"), "rw"));
-    mounts.push(bind(
-        "/var/run/secrets/kubernetes.io/serviceaccount",
-        host.join("serviceaccount"),
-        "ro",
-    ));
+    mounts.extend(kubelet_binds(&host));
     let script = r#"
         echo "hostname=$(hostname)"
         echo "net=$(readlink /proc/self/ns/net)"
